@@ -1,0 +1,50 @@
+/*
+ * Attribute arrays: CK_ATTRIBUTE vectors whose values the array owns.
+ */
+#ifndef CMKP11_ATTRS_H
+#define CMKP11_ATTRS_H
+
+#include "compat.h"
+
+struct attrs {
+    CK_ATTRIBUTE *v;
+    CK_ULONG n;
+    CK_ULONG alloc;
+};
+
+void attrs_init(struct attrs *a);
+/* Frees the values (wiping them) and the vector. */
+void attrs_clear(struct attrs *a);
+/* Sets (adds or replaces) an attribute, copying the value. -1 on ENOMEM. */
+int attrs_set(struct attrs *a, CK_ATTRIBUTE_TYPE type, const void *value,
+              CK_ULONG len);
+int attrs_set_bool(struct attrs *a, CK_ATTRIBUTE_TYPE type, CK_BBOOL v);
+int attrs_set_ulong(struct attrs *a, CK_ATTRIBUTE_TYPE type, CK_ULONG v);
+int attrs_set_string(struct attrs *a, CK_ATTRIBUTE_TYPE type, const char *s);
+int attrs_copy(struct attrs *dst, const struct attrs *src);
+/* Adds every attribute of the template (replacing). */
+int attrs_merge(struct attrs *a, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
+/* Borrows the attribute, or NULL. */
+CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
+int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type);
+
+/* Lookups in a caller's template. find_* return 1 if found and valid,
+ * 0 if absent, -1 if present with a bad length. */
+const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *t, CK_ULONG n,
+                              CK_ATTRIBUTE_TYPE type);
+int tmpl_find_bool(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
+                   CK_BBOOL *v);
+int tmpl_find_ulong(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
+                    CK_ULONG *v);
+
+/* True if every attribute of the template is present in a with an equal
+ * value (the FindObjects rule). */
+bool attrs_match(const struct attrs *a, const CK_ATTRIBUTE *tmpl,
+                 CK_ULONG n);
+
+bool attrs_get_bool(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
+                    bool dflt);
+CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
+                         CK_ULONG dflt);
+
+#endif

@@ -1,0 +1,51 @@
+/*
+ * Handling of secrets: wiping, locked allocations, constant-time helpers,
+ * and reading secret or configuration files that nobody else may write.
+ */
+#ifndef CMKP11_SECURE_H
+#define CMKP11_SECURE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Wipes len bytes in a way the compiler may not remove. */
+void secure_zero(void *p, size_t len);
+/* Wipes then frees; p may be NULL. */
+void secure_free(void *p, size_t len);
+/* Allocates zeroed memory that is locked in RAM where possible. Free with
+ * secure_free(). */
+void *secure_alloc(size_t len);
+/* Copies len bytes into a new secure allocation. */
+void *secure_dup(const void *p, size_t len);
+
+/* Constant-time helpers: masks are all ones (true) or zero (false). */
+static inline unsigned ct_is_zero(unsigned long x)
+{
+    return (unsigned)(0 - (((~x & (x - 1)) >> (sizeof(x) * 8 - 1)) & 1));
+}
+static inline unsigned ct_eq(unsigned long a, unsigned long b)
+{
+    return ct_is_zero(a ^ b);
+}
+static inline unsigned long ct_select(unsigned mask, unsigned long a,
+                                      unsigned long b)
+{
+    unsigned long m = (unsigned long)0 - (unsigned long)(mask & 1);
+    return (a & m) | (b & ~m);
+}
+/* Constant-time comparison of two buffers of the same length: 0 if equal. */
+int ct_memcmp(const void *a, const void *b, size_t len);
+
+/*
+ * Reads a whole file that must be a regular file, not writable by group or
+ * others, and owned by root or the current user. With strip, trailing
+ * newlines and carriage returns are removed. The result is NUL-terminated,
+ * in secure memory; free it with secure_free(buf, *len + 1).
+ * On failure returns -1 and writes a reason (no file contents) to err.
+ */
+int secure_read_file(const char *path, int strip, char **buf, size_t *len,
+                     char *err, size_t errlen);
+/* The permission checks alone, on an open descriptor. */
+int secure_check_fd(int fd, const char *path, char *err, size_t errlen);
+
+#endif
