@@ -30,5 +30,8 @@ size_t hmap_count(const struct hmap *m);
  * hmap_iter_remove on the current entry. */
 void hmap_iter_init(struct hmap_iter *it, const struct hmap *m);
 bool hmap_iter_next(struct hmap_iter *it, unsigned long *key, void **value);
+/* Removes the entry hmap_iter_next last returned and frees its value; m is
+ * the map being iterated (writable). Returns true if an entry was removed. */
+bool hmap_iter_remove(struct hmap_iter *it, struct hmap *m);
 
 #endif
