@@ -50,9 +50,9 @@ static const struct {
     const char *name;
     unsigned flag;
 } categories[] = {
-    {"module", CMK_DEBUG_MODULE}, {"hsm", CMK_DEBUG_HSM},
+    {"module", CMK_DEBUG_MODULE},     {"hsm", CMK_DEBUG_HSM},
     {"keyvault", CMK_DEBUG_KEYVAULT}, {"config", CMK_DEBUG_CONFIG},
-    {"mock", CMK_DEBUG_MOCK},     {"all", CMK_DEBUG_ALL},
+    {"mock", CMK_DEBUG_MOCK},         {"all", CMK_DEBUG_ALL},
 };
 
 int cmk_log_level_parse(const char *text, int *level)
@@ -79,8 +79,7 @@ static int open_log_file(const char *path)
     struct stat st;
     int fd;
 
-    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY,
-              0600);
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
     if (fd < 0)
         return -1;
     if (fstat(fd, &st) < 0) {
@@ -171,8 +170,7 @@ int cmk_log_configure(const char *level, const char *sink_name)
     int fd = -1;
 
     if (level != NULL && cmk_log_level_parse(level, &lvl) < 0) {
-        cmk_error("log-level '%s' is not error, warning, info or debug",
-                  level);
+        cmk_error("log-level '%s' is not error, warning, info or debug", level);
         return -1;
     }
     if (sink_name != NULL) {
@@ -220,6 +218,18 @@ int cmk_log_configure(const char *level, const char *sink_name)
     }
     pthread_mutex_unlock(&sink_lock);
     return 0;
+}
+
+void cmk_log_set_level(int level)
+{
+    if (level < CMK_LOG_ERROR || level > CMK_LOG_DEBUG)
+        return;
+    pthread_mutex_lock(&sink_lock);
+    if (!env_override) {
+        cmk_log_threshold = level;
+        cmk_debug_mask = level >= CMK_LOG_DEBUG ? CMK_DEBUG_ALL : 0;
+    }
+    pthread_mutex_unlock(&sink_lock);
 }
 
 void cmk_log_close(void)

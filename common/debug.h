@@ -37,6 +37,8 @@ void cmk_log_init_env(void);
  * overrides them. Returns 0, or -1 if the level or sink is not valid. */
 int cmk_log_configure(const char *level, const char *sink);
 int cmk_log_level_parse(const char *text, int *level);
+/* Sets the threshold from the configuration unless CMKP11_DEBUG is set. */
+void cmk_log_set_level(int level);
 void cmk_log_close(void);
 
 void cmk_log(int level, const char *fmt, ...)

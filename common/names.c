@@ -592,12 +592,10 @@ const char *cmk_rv_name(unsigned long rv)
 
 const char *cmk_mech_name(unsigned long mech)
 {
-    return lookup(mech_names, N_ENTRIES(mech_names), mech,
-                  "CKM_(unknown)");
+    return lookup(mech_names, N_ENTRIES(mech_names), mech, "CKM_(unknown)");
 }
 
 const char *cmk_attr_name(unsigned long type)
 {
-    return lookup(attr_names, N_ENTRIES(attr_names), type,
-                  "CKA_(unknown)");
+    return lookup(attr_names, N_ENTRIES(attr_names), type, "CKA_(unknown)");
 }

@@ -243,22 +243,21 @@ static int parse_section(struct parser *ps, char *s)
 
     if (strncmp(inner, "token", 5) != 0 ||
         (inner[5] != ' ' && inner[5] != '\t' && inner[5] != '\0')) {
-        set_err(ps->err, ps->errlen, "%s:%d: unknown section [%.64s]",
-                ps->path, ps->line, inner);
+        set_err(ps->err, ps->errlen, "%s:%d: unknown section [%.64s]", ps->path,
+                ps->line, inner);
         return -1;
     }
     name = trim(inner + 5);
     problem = token_name_problem(name);
     if (problem != NULL) {
-        set_err(ps->err, ps->errlen, "%s:%d: %s", ps->path, ps->line,
-                problem);
+        set_err(ps->err, ps->errlen, "%s:%d: %s", ps->path, ps->line, problem);
         return -1;
     }
     for (i = 0; i < cfg->n_tokens; i++) {
         if (strcmp(cfg->tokens[i].name, name) == 0) {
             set_err(ps->err, ps->errlen,
-                    "%s:%d: duplicate token '%s' (first at line %d)",
-                    ps->path, ps->line, name, cfg->tokens[i].line);
+                    "%s:%d: duplicate token '%s' (first at line %d)", ps->path,
+                    ps->line, name, cfg->tokens[i].line);
             return -1;
         }
     }
@@ -328,8 +327,8 @@ static int set_global(struct parser *ps, const char *key, const char *value)
     if (strcmp(key, "min-key-bits") == 0) {
         if (!parse_long(value, 512, 16384, &cfg->min_key_bits)) {
             set_err(ps->err, ps->errlen,
-                    "%s:%d: %s: must be a number from 512 to 16384",
-                    ps->path, ps->line, key);
+                    "%s:%d: %s: must be a number from 512 to 16384", ps->path,
+                    ps->line, key);
             return -1;
         }
         return 0;
@@ -404,8 +403,8 @@ static int parse_assignment(struct parser *ps, char *s)
     char *key, *value;
 
     if (eq == NULL) {
-        set_err(ps->err, ps->errlen, "%s:%d: expected 'key = value'",
-                ps->path, ps->line);
+        set_err(ps->err, ps->errlen, "%s:%d: expected 'key = value'", ps->path,
+                ps->line);
         return -1;
     }
     *eq = '\0';
@@ -413,8 +412,8 @@ static int parse_assignment(struct parser *ps, char *s)
     value = trim(eq + 1);
 
     if (key[0] == '\0') {
-        set_err(ps->err, ps->errlen, "%s:%d: missing key before '='",
-                ps->path, ps->line);
+        set_err(ps->err, ps->errlen, "%s:%d: missing key before '='", ps->path,
+                ps->line);
         return -1;
     }
     if (!valid_key(key)) {
@@ -461,8 +460,8 @@ static int parse_line(struct parser *ps, const char *text, size_t len)
     memcpy(buf, text, len);
     buf[len] = '\0';
     if (memchr(buf, '\r', len) != NULL) {
-        set_err(ps->err, ps->errlen, "%s:%d: stray carriage return",
-                ps->path, ps->line);
+        set_err(ps->err, ps->errlen, "%s:%d: stray carriage return", ps->path,
+                ps->line);
         return -1;
     }
 
@@ -627,8 +626,7 @@ int config_token_get_bool(const struct config_token *t, const char *key,
 }
 
 int config_token_get_long(const struct config_token *t, const char *key,
-                          long min, long max, long *v, char *err,
-                          size_t errlen)
+                          long min, long max, long *v, char *err, size_t errlen)
 {
     struct config_entry *e = find_entry(t, key);
     long n;

@@ -1,0 +1,369 @@
+/*
+ * The common helpers: secure memory and files, constant-time helpers, the
+ * hash map, the generated name tables and logging.
+ */
+#include "config.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "debug.h"
+#include "hmap.h"
+#include "secure.h"
+#include "test.h"
+
+static char tmpdir[] = "/tmp/cmkp11-test-common-XXXXXX";
+
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        test_bail("cannot write %s", path);
+    close(fd);
+    if (chmod(path, mode) < 0)
+        test_bail("cannot chmod %s", path);
+}
+
+static void test_secure_memory(void)
+{
+    unsigned char *p;
+    size_t i;
+    bool zero = true;
+    static const char secret[] = "correct horse";
+
+    p = secure_alloc(64);
+    ok(p != NULL, "secure_alloc");
+    for (i = 0; p != NULL && i < 64; i++)
+        zero = zero && p[i] == 0;
+    ok(zero, "secure_alloc returns zeroed memory");
+    if (p != NULL) {
+        memset(p, 0xa5, 64);
+        secure_zero(p, 32);
+        ok(p[0] == 0 && p[31] == 0 && p[32] == 0xa5,
+           "secure_zero wipes exactly len bytes");
+    }
+    secure_free(p, 64);
+    secure_free(NULL, 10);
+
+    p = secure_dup(secret, sizeof(secret));
+    ok(p != NULL && memcmp(p, secret, sizeof(secret)) == 0, "secure_dup");
+    secure_free(p, sizeof(secret));
+
+    p = secure_alloc(0);
+    ok(p != NULL, "secure_alloc(0) gives a freeable pointer");
+    secure_free(p, 0);
+}
+
+static void test_constant_time(void)
+{
+    ok(ct_is_zero(0) == ~0u, "ct_is_zero(0) is all ones");
+    ok(ct_is_zero(1) == 0 && ct_is_zero(~0UL) == 0 &&
+           ct_is_zero(1UL << (sizeof(long) * 8 - 1)) == 0,
+       "ct_is_zero of non-zero is zero");
+    ok(ct_eq(42, 42) == ~0u && ct_eq(42, 43) == 0, "ct_eq");
+    ok(ct_select(ct_eq(1, 1), 7, 9) == 7 && ct_select(ct_eq(1, 2), 7, 9) == 9,
+       "ct_select");
+    ok(ct_memcmp("abcd", "abcd", 4) == 0, "ct_memcmp equal");
+    ok(ct_memcmp("abcd", "abce", 4) != 0, "ct_memcmp differs in last byte");
+    ok(ct_memcmp("x", "y", 0) == 0, "ct_memcmp of nothing");
+}
+
+static void test_secure_file(void)
+{
+    char path[256], *buf = NULL;
+    char err[512];
+    size_t len = 0;
+    int rc;
+
+    snprintf(path, sizeof(path), "%s/secret", tmpdir);
+    write_file(path, "s3cr3t-value\r\n\n", 0600);
+    rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == 0 && len == 12 && strcmp(buf, "s3cr3t-value") == 0,
+       "secure_read_file strips the line end");
+    secure_free(buf, len + 1);
+
+    rc = secure_read_file(path, 0, &buf, &len, err, sizeof(err));
+    ok(rc == 0 && len == 15 && buf[len] == '\0',
+       "secure_read_file without strip keeps everything");
+    secure_free(buf, len + 1);
+
+    chmod(path, 0644);
+    rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == 0, "mode 0644 is accepted (only writing is checked)");
+    secure_free(buf, len + 1);
+
+    chmod(path, 0620);
+    buf = NULL;
+    rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == -1 && buf == NULL && strstr(err, "writable by group") != NULL &&
+           strstr(err, "0620") != NULL && strstr(err, "s3cr3t") == NULL,
+       "group-writable file refused, contents not in the error");
+
+    chmod(path, 0600);
+    snprintf(path, sizeof(path), "%s/link", tmpdir);
+    if (symlink("secret", path) == 0) {
+        rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
+        ok(rc == 0 && strcmp(buf, "s3cr3t-value") == 0,
+           "a symbolic link is followed");
+        secure_free(buf, len + 1);
+        unlink(path);
+    } else {
+        test_skip("cannot make a symbolic link");
+    }
+
+    rc = secure_read_file(tmpdir, 1, &buf, &len, err, sizeof(err));
+    ok(rc == -1 && strstr(err, "not a regular file") != NULL,
+       "a directory is refused");
+
+    snprintf(path, sizeof(path), "%s/missing", tmpdir);
+    rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == -1 && strncmp(err, path, strlen(path)) == 0 &&
+           strstr(err, "No such file") != NULL,
+       "a missing file names the path");
+
+    snprintf(path, sizeof(path), "%s/empty", tmpdir);
+    write_file(path, "", 0600);
+    rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == 0 && len == 0 && buf != NULL && buf[0] == '\0',
+       "an empty file is an empty string");
+    secure_free(buf, len + 1);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/secret", tmpdir);
+    unlink(path);
+}
+
+static int freed;
+static void count_free(void *p)
+{
+    freed++;
+    free(p);
+}
+
+static void test_hmap(void)
+{
+    struct hmap *m = hmap_new(count_free);
+    struct hmap_iter it;
+    unsigned long k, sum = 0;
+    void *v;
+    size_t n = 0;
+    bool all = true;
+    int *p;
+
+    ok(m != NULL && hmap_count(m) == 0, "hmap_new is empty");
+    for (k = 1; k <= 1000; k++) {
+        p = malloc(sizeof(*p));
+        *p = (int)k;
+        if (hmap_put(m, k, p) < 0)
+            all = false;
+    }
+    ok(all && hmap_count(m) == 1000, "1000 entries (the map grows)");
+    for (k = 1; k <= 1000; k++) {
+        p = hmap_get(m, k);
+        all = all && p != NULL && *p == (int)k;
+    }
+    ok(all, "every key finds its value");
+    ok(hmap_get(m, 0) == NULL && hmap_get(m, 1001) == NULL,
+       "absent keys give NULL");
+
+    freed = 0;
+    p = malloc(sizeof(*p));
+    *p = -1;
+    hmap_put(m, 5, p);
+    ok(freed == 1 && *(int *)hmap_get(m, 5) == -1 && hmap_count(m) == 1000,
+       "replacing frees the old value");
+
+    p = hmap_take(m, 6);
+    ok(p != NULL && *p == 6 && freed == 1 && hmap_get(m, 6) == NULL,
+       "hmap_take returns without freeing");
+    free(p);
+    ok(hmap_remove(m, 7) && freed == 2 && !hmap_remove(m, 7),
+       "hmap_remove frees once");
+
+    /* Remove the even keys while iterating. */
+    hmap_iter_init(&it, m);
+    while (hmap_iter_next(&it, &k, &v)) {
+        n++;
+        if (k % 2 == 0)
+            hmap_iter_remove(&it, m);
+    }
+    ok(n == 998 && hmap_count(m) == 499, "iteration with removal");
+    hmap_iter_init(&it, m);
+    while (hmap_iter_next(&it, &k, &v))
+        sum += k;
+    ok(sum == 250000 - 7, "odd keys remain");
+
+    /* Tombstones are reused: churn does not grow the map without bound. */
+    for (k = 0; k < 100000; k++) {
+        hmap_put(m, 5000 + k, NULL);
+        hmap_remove(m, 5000 + k);
+    }
+    ok(hmap_count(m) == 499 && hmap_get(m, 999) != NULL, "churn");
+
+    freed = 0;
+    hmap_free(m);
+    ok(freed == 499, "hmap_free frees the remaining values");
+    hmap_free(NULL);
+}
+
+static void test_names(void)
+{
+    ok(strcmp(cmk_rv_name(CKR_OK), "CKR_OK") == 0, "CKR_OK");
+    ok(strcmp(cmk_rv_name(CKR_BUFFER_TOO_SMALL), "CKR_BUFFER_TOO_SMALL") == 0,
+       "CKR_BUFFER_TOO_SMALL");
+    ok(strcmp(cmk_rv_name(CKR_VENDOR_DEFINED), "CKR_VENDOR_DEFINED") == 0,
+       "CKR_VENDOR_DEFINED (the last)");
+    ok(strcmp(cmk_rv_name(0x7ffffffeUL), "CKR_(unknown)") == 0, "unknown CKR");
+    ok(strcmp(cmk_mech_name(CKM_RSA_PKCS_OAEP), "CKM_RSA_PKCS_OAEP") == 0,
+       "CKM_RSA_PKCS_OAEP");
+    ok(strcmp(cmk_mech_name(CKM_RSA_PKCS_KEY_PAIR_GEN),
+              "CKM_RSA_PKCS_KEY_PAIR_GEN") == 0,
+       "CKM 0 (the first)");
+    ok(strcmp(cmk_mech_name(CKM_EC_KEY_PAIR_GEN), "CKM_EC_KEY_PAIR_GEN") == 0,
+       "deprecated alias loses");
+    ok(strcmp(cmk_attr_name(CKA_ALLOWED_MECHANISMS),
+              "CKA_ALLOWED_MECHANISMS") == 0,
+       "array attribute");
+    /* CKA_CMK_KEY_OPS in compat.h: CKA_VENDOR_DEFINED | "CM" << 16 | 9. */
+    ok(strcmp(cmk_attr_name(CKA_VENDOR_DEFINED | 0x434D0009UL),
+              "CKA_CMK_KEY_OPS") == 0,
+       "vendor attribute");
+    ok(strcmp(cmk_attr_name(0x7fffffffUL), "CKA_(unknown)") == 0,
+       "unknown CKA");
+}
+
+static void test_logging(void)
+{
+    char path[256], buf[4096];
+    int level = -1, fd, status = 0;
+    ssize_t n;
+    pid_t pid;
+
+    ok(cmk_log_level_parse("error", &level) == 0 && level == CMK_LOG_ERROR,
+       "level error");
+    ok(cmk_log_level_parse("debug", &level) == 0 && level == CMK_LOG_DEBUG,
+       "level debug");
+    ok(cmk_log_level_parse("Debug", &level) == -1 &&
+           cmk_log_level_parse("", &level) == -1 &&
+           cmk_log_level_parse(NULL, &level) == -1,
+       "bad levels refused");
+
+    /* The refusals log errors; keep them out of the test output. */
+    cmk_log_threshold = -1;
+    ok(cmk_log_configure("loud", NULL) == -1, "configure refuses bad level");
+    ok(cmk_log_configure(NULL, "relative.log") == -1,
+       "configure refuses a relative sink");
+
+    snprintf(path, sizeof(path), "%s/bad.log", tmpdir);
+    write_file(path, "", 0666);
+    ok(cmk_log_configure(NULL, path) == -1,
+       "configure refuses a world-writable log file");
+    unlink(path);
+    cmk_log_threshold = CMK_LOG_WARNING;
+
+    snprintf(path, sizeof(path), "%s/cmkp11.log", tmpdir);
+    ok(cmk_log_configure("info", path) == 0, "configure a log file");
+    is_num(cmk_log_threshold, CMK_LOG_INFO, "threshold info");
+    cmk_info("hello %d", 42);
+    cmk_debug("not shown at info");
+    ok(cmk_log_configure("debug", NULL) == 0 && cmk_debug_mask != 0,
+       "debug level turns debug categories on");
+    cmk_debug("traced");
+    cmk_log_close();
+    cmk_log_configure("warning", NULL);
+
+    fd = open(path, O_RDONLY);
+    n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    ok(n > 24 && buf[4] == '-' && buf[10] == 'T' && buf[19] == '.' &&
+           buf[23] == 'Z',
+       "line starts with an ISO-8601 UTC time with milliseconds");
+    ok(strstr(buf, " cmkp11[") != NULL && strstr(buf, "] info: hello 42\n"),
+       "process, level and message");
+    ok(strstr(buf, "not shown") == NULL, "debug off at info");
+    ok(strstr(buf, "debug: test-common.c:") != NULL &&
+           strstr(buf, "test_logging(): traced\n") != NULL,
+       "debug line carries file:line func()");
+    unlink(path);
+
+    cmk_log_set_level(CMK_LOG_INFO);
+    is_num(cmk_log_threshold, CMK_LOG_INFO, "cmk_log_set_level");
+    cmk_log_set_level(CMK_LOG_WARNING);
+
+    unsetenv("CMKP11_STRICT");
+    cmk_log_threshold = -1; /* keep the test output clean */
+    cmk_precond_failed("x != NULL", __func__);
+    cmk_log_threshold = CMK_LOG_WARNING;
+    ok(1, "a failed precondition without CMKP11_STRICT returns");
+
+    pid = fork();
+    if (pid == 0) {
+        cmk_log_threshold = -1;
+        setenv("CMKP11_STRICT", "1", 1);
+        cmk_precond_failed("x != NULL", __func__);
+        _exit(0);
+    }
+    ok(pid > 0 && waitpid(pid, &status, 0) == pid && WIFSIGNALED(status) &&
+           WTERMSIG(status) == SIGABRT,
+       "with CMKP11_STRICT=1 a failed precondition aborts");
+}
+
+/* Last: CMKP11_DEBUG's override lasts for the rest of the process. */
+static void test_debug_env(void)
+{
+    char path[256], buf[4096];
+    int fd;
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "%s/env.log", tmpdir);
+    snprintf(buf, sizeof(buf), "hsm,config,file:%s", path);
+    setenv("CMKP11_DEBUG", buf, 1);
+    cmk_log_init_env();
+    is_num(cmk_log_threshold, CMK_LOG_DEBUG, "CMKP11_DEBUG: threshold debug");
+    is_num(cmk_debug_mask, CMK_DEBUG_HSM | CMK_DEBUG_CONFIG,
+           "CMKP11_DEBUG: categories hsm and config");
+    ok(cmk_log_configure("error", "stderr") == 0 &&
+           cmk_log_threshold == CMK_LOG_DEBUG,
+       "the configuration does not override CMKP11_DEBUG");
+    cmk_log_set_level(CMK_LOG_ERROR);
+    is_num(cmk_log_threshold, CMK_LOG_DEBUG, "nor does cmk_log_set_level");
+    cmk_debug_msg(CMK_DEBUG_HSM, "hsm.c", 7, "f", "to the file");
+    cmk_debug_msg(CMK_DEBUG_KEYVAULT, "kv.c", 7, "f", "category off");
+    cmk_log_close();
+    unsetenv("CMKP11_DEBUG");
+
+    fd = open(path, O_RDONLY);
+    n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+    if (fd >= 0)
+        close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    ok(strstr(buf, "debug: hsm.c:7 f(): to the file\n") != NULL &&
+           strstr(buf, "category off") == NULL,
+       "CMKP11_DEBUG file: sink and category filter");
+    unlink(path);
+}
+
+int main(void)
+{
+    if (mkdtemp(tmpdir) == NULL)
+        test_bail("mkdtemp failed");
+    test_secure_memory();
+    test_constant_time();
+    test_secure_file();
+    test_hmap();
+    test_names();
+    test_logging();
+    test_debug_env();
+    rmdir(tmpdir);
+    return test_done();
+}
