@@ -1,0 +1,1 @@
+"""kvemu: a local Azure Key Vault / Managed HSM emulator for tests."""
