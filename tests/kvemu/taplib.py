@@ -260,3 +260,47 @@ class Emu:
         kw.setdefault("retry_total", 0)
         return CryptographyClient(key, credential or self.secret_credential(),
                                   connection_verify=self.ca, **kw)
+
+
+TENANT = "72f9e1c1-1e6b-4b0f-9d3a-6b7e0c2a5e10"
+OTHER_TENANT = "5a0e8c1d-2b7f-4e39-8d61-0c4b9e7a3f22"
+
+
+def test_config():
+    """Several vaults and identities, used by the test scripts."""
+    full = ["all"]
+    everyone = {"app": full, "mi": full, "certapp": full, "wi": full, "uami": full,
+                "cryptoonly": ["encrypt", "decrypt", "wrapKey", "unwrapKey", "sign", "verify"],
+                "reader": ["get", "list"], "alien": full}
+    return {
+        "tenants": [TENANT, OTHER_TENANT],
+        "identities": [
+            {"name": "app", "client_id": "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e01",
+             "client_secrets": ["kvemu-client-secret"]},
+            {"name": "mi", "managed": "system",
+             "client_id": "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e02"},
+            {"name": "certapp", "client_id": "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e03",
+             "client_certificates": [{"generate": "client-cert"}]},
+            {"name": "wi", "client_id": "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e04",
+             "federated": [{"issuer": "@emulator",
+                            "subject": "system:serviceaccount:default:wi"},
+                           {"token": "literal-federated-token-for-wi"}]},
+            {"name": "uami", "managed": "user",
+             "client_id": "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e05"},
+            {"name": "reader", "client_secrets": ["reader-secret"]},
+            {"name": "cryptoonly", "client_secrets": ["crypto-secret"]},
+            {"name": "alien", "tenant": OTHER_TENANT, "client_secrets": ["alien-secret"]},
+        ],
+        "vaults": [
+            {"name": "kvemu", "kind": "vault", "sku": "premium", "soft_delete": True,
+             "purge_protection": True, "access": everyone},
+            {"name": "kvpurge", "kind": "vault", "soft_delete": True, "purge_protection": False,
+             "recoverable_days": 7, "access": everyone},
+            {"name": "kvnosoft", "kind": "vault", "soft_delete": False, "access": everyone},
+            {"name": "kvstd", "kind": "vault", "sku": "standard", "access": everyone},
+            {"name": "kvdelay", "kind": "vault", "delete_delay_ms": 1500,
+             "purge_protection": False, "access": everyone},
+            {"name": "kvhsm", "kind": "managedhsm", "access": everyone,
+             "keys": [{"name": "preloaded", "key_size": 2048}]},
+        ],
+    }
