@@ -24,6 +24,10 @@ if HERE not in sys.path:
 import kvemu_localhost  # noqa: E402
 
 kvemu_localhost.install()
+import logging  # noqa: E402
+
+# Expected authentication failures make azure.identity log warnings; keep TAP output clean.
+logging.getLogger("azure").setLevel(logging.CRITICAL)
 
 
 class Tap:
