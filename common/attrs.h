@@ -39,11 +39,9 @@ int tmpl_find_ulong(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
 
 /* True if every attribute of the template is present in a with an equal
  * value (the FindObjects rule). */
-bool attrs_match(const struct attrs *a, const CK_ATTRIBUTE *tmpl,
-                 CK_ULONG n);
+bool attrs_match(const struct attrs *a, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 
-bool attrs_get_bool(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
-                    bool dflt);
+bool attrs_get_bool(const struct attrs *a, CK_ATTRIBUTE_TYPE type, bool dflt);
 CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
                          CK_ULONG dflt);
 

@@ -25,6 +25,10 @@ typedef CK_INTERFACE *CK_INTERFACE_PTR;
 typedef CK_INTERFACE_PTR *CK_INTERFACE_PTR_PTR;
 #endif
 
+#ifndef CKF_FIND_OBJECTS
+#define CKF_FIND_OBJECTS 0x00000040UL /* PKCS#11 3.0, C_SessionCancel */
+#endif
+
 typedef CK_RV (*CK_C_GetInterfaceList_t)(CK_INTERFACE_PTR, CK_ULONG_PTR);
 typedef CK_RV (*CK_C_GetInterface_t)(CK_UTF8CHAR_PTR, CK_VERSION_PTR,
                                      CK_INTERFACE_PTR_PTR, CK_FLAGS);
@@ -32,7 +36,7 @@ typedef CK_RV (*CK_C_GetInterface_t)(CK_UTF8CHAR_PTR, CK_VERSION_PTR,
 /* The PKCS#11 3.0 function list: the 2.40 list followed by the 3.0 calls. */
 typedef struct CK_FUNCTION_LIST_3_0 {
     CK_VERSION version;
-#define CMK_FN(name) CK_C_##name name;
+#define CMK_FN(name) CK_##name name;
     CMK_FN(C_Initialize)
     CMK_FN(C_Finalize)
     CMK_FN(C_GetInfo)
@@ -105,66 +109,76 @@ typedef struct CK_FUNCTION_LIST_3_0 {
     /* PKCS#11 3.0 additions, in the order of the 3.0 header. */
     CK_C_GetInterfaceList_t C_GetInterfaceList;
     CK_C_GetInterface_t C_GetInterface;
-    CK_RV (*C_LoginUser)(CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR,
-                         CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG);
+    CK_RV (*C_LoginUser)
+    (CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG,
+     CK_UTF8CHAR_PTR, CK_ULONG);
     CK_RV (*C_SessionCancel)(CK_SESSION_HANDLE, CK_FLAGS);
-    CK_RV (*C_MessageEncryptInit)(CK_SESSION_HANDLE, CK_MECHANISM_PTR,
-                                  CK_OBJECT_HANDLE);
-    CK_RV (*C_EncryptMessage)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                              CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
-                              CK_BYTE_PTR, CK_ULONG_PTR);
-    CK_RV (*C_EncryptMessageBegin)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                                   CK_BYTE_PTR, CK_ULONG);
-    CK_RV (*C_EncryptMessageNext)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                                  CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                  CK_ULONG_PTR, CK_FLAGS);
+    CK_RV (*C_MessageEncryptInit)
+    (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+    CK_RV (*C_EncryptMessage)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+    CK_RV (*C_EncryptMessageBegin)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+    CK_RV (*C_EncryptMessageNext)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG_PTR, CK_FLAGS);
     CK_RV (*C_MessageEncryptFinal)(CK_SESSION_HANDLE);
-    CK_RV (*C_MessageDecryptInit)(CK_SESSION_HANDLE, CK_MECHANISM_PTR,
-                                  CK_OBJECT_HANDLE);
-    CK_RV (*C_DecryptMessage)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                              CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
-                              CK_BYTE_PTR, CK_ULONG_PTR);
-    CK_RV (*C_DecryptMessageBegin)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                                   CK_BYTE_PTR, CK_ULONG);
-    CK_RV (*C_DecryptMessageNext)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                                  CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                                  CK_ULONG_PTR, CK_FLAGS);
+    CK_RV (*C_MessageDecryptInit)
+    (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+    CK_RV (*C_DecryptMessage)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+    CK_RV (*C_DecryptMessageBegin)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+    CK_RV (*C_DecryptMessageNext)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG_PTR, CK_FLAGS);
     CK_RV (*C_MessageDecryptFinal)(CK_SESSION_HANDLE);
-    CK_RV (*C_MessageSignInit)(CK_SESSION_HANDLE, CK_MECHANISM_PTR,
-                               CK_OBJECT_HANDLE);
-    CK_RV (*C_SignMessage)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                           CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
+    CK_RV (*C_MessageSignInit)
+    (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+    CK_RV (*C_SignMessage)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG_PTR);
     CK_RV (*C_SignMessageBegin)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG);
-    CK_RV (*C_SignMessageNext)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                               CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR,
-                               CK_ULONG_PTR);
+    CK_RV (*C_SignMessageNext)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG_PTR);
     CK_RV (*C_MessageSignFinal)(CK_SESSION_HANDLE);
-    CK_RV (*C_MessageVerifyInit)(CK_SESSION_HANDLE, CK_MECHANISM_PTR,
-                                 CK_OBJECT_HANDLE);
-    CK_RV (*C_VerifyMessage)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                             CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+    CK_RV (*C_MessageVerifyInit)
+    (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
+    CK_RV (*C_VerifyMessage)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG);
     CK_RV (*C_VerifyMessageBegin)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG);
-    CK_RV (*C_VerifyMessageNext)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG,
-                                 CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
+    CK_RV (*C_VerifyMessageNext)
+    (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
+     CK_BYTE_PTR, CK_ULONG);
     CK_RV (*C_MessageVerifyFinal)(CK_SESSION_HANDLE);
 } CK_FUNCTION_LIST_3_0;
 
+/* The 3.0 entry points (p11-kit's 2.40 header does not declare them). */
+CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList,
+                         CK_ULONG_PTR pulCount);
+CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
+                     CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+
 /* Vendor attributes: CKA_VENDOR_DEFINED | "CM" << 16 | n (docs/vendor.md). */
-#define CKA_CMK_BASE        (CKA_VENDOR_DEFINED | 0x434D0000UL)
-#define CKA_CMK_BACKEND     (CKA_CMK_BASE + 1)  /* "hsm" | "keyvault" */
-#define CKA_CMK_SOURCE      (CKA_CMK_BASE + 2)  /* vault or module URL */
-#define CKA_CMK_KEY_NAME    (CKA_CMK_BASE + 3)  /* key name, no version */
-#define CKA_CMK_VERSION     (CKA_CMK_BASE + 4)  /* version string */
-#define CKA_CMK_ENABLED     (CKA_CMK_BASE + 5)  /* CK_BBOOL */
-#define CKA_CMK_CREATED     (CKA_CMK_BASE + 6)  /* seconds, decimal text */
-#define CKA_CMK_UPDATED     (CKA_CMK_BASE + 7)  /* seconds, decimal text */
-#define CKA_CMK_RECOVERY    (CKA_CMK_BASE + 8)  /* recoveryLevel */
-#define CKA_CMK_KEY_OPS     (CKA_CMK_BASE + 9)  /* "wrapKey,unwrapKey,..." */
-#define CKA_CMK_CURRENT     (CKA_CMK_BASE + 10) /* CK_BBOOL */
-#define CKA_CMK_KEY_TYPE    (CKA_CMK_BASE + 11) /* "RSA" | "RSA-HSM" */
-#define CKA_CMK_NOT_BEFORE  (CKA_CMK_BASE + 12) /* seconds, decimal text */
-#define CKA_CMK_EXPIRES     (CKA_CMK_BASE + 13) /* seconds, decimal text */
-#define CKA_CMK_MIN_BITS    (CKA_CMK_BASE + 14) /* CK_ULONG, min-key-bits */
+#define CKA_CMK_BASE       (CKA_VENDOR_DEFINED | 0x434D0000UL)
+#define CKA_CMK_BACKEND    (CKA_CMK_BASE + 1)  /* "hsm" | "keyvault" */
+#define CKA_CMK_SOURCE     (CKA_CMK_BASE + 2)  /* vault or module URL */
+#define CKA_CMK_KEY_NAME   (CKA_CMK_BASE + 3)  /* key name, no version */
+#define CKA_CMK_VERSION    (CKA_CMK_BASE + 4)  /* version string */
+#define CKA_CMK_ENABLED    (CKA_CMK_BASE + 5)  /* CK_BBOOL */
+#define CKA_CMK_CREATED    (CKA_CMK_BASE + 6)  /* seconds, decimal text */
+#define CKA_CMK_UPDATED    (CKA_CMK_BASE + 7)  /* seconds, decimal text */
+#define CKA_CMK_RECOVERY   (CKA_CMK_BASE + 8)  /* recoveryLevel */
+#define CKA_CMK_KEY_OPS    (CKA_CMK_BASE + 9)  /* "wrapKey,unwrapKey,..." */
+#define CKA_CMK_CURRENT    (CKA_CMK_BASE + 10) /* CK_BBOOL */
+#define CKA_CMK_KEY_TYPE   (CKA_CMK_BASE + 11) /* "RSA" | "RSA-HSM" */
+#define CKA_CMK_NOT_BEFORE (CKA_CMK_BASE + 12) /* seconds, decimal text */
+#define CKA_CMK_EXPIRES    (CKA_CMK_BASE + 13) /* seconds, decimal text */
+#define CKA_CMK_MIN_BITS   (CKA_CMK_BASE + 14) /* CK_ULONG, min-key-bits */
 
 #define CMK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

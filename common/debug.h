@@ -28,7 +28,7 @@ enum cmk_debug_category {
     CMK_DEBUG_ALL = 0xff,
 };
 
-extern int cmk_log_threshold;  /* messages at or below this level print */
+extern int cmk_log_threshold;   /* messages at or below this level print */
 extern unsigned cmk_debug_mask; /* categories with debug output on */
 
 /* Sets up logging from the environment before the configuration is read. */

@@ -6,9 +6,7 @@
  * missing final newline are all handled. Every error names the file and
  * line, and the key where there is one.
  */
-/* Angle brackets: "config.h" would find this directory's module/config.h
- * before the build's configuration header. */
-#include <config.h>
+#include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -21,7 +19,7 @@
 #define CMK_DEBUG_FLAG CMK_DEBUG_CONFIG
 #include "debug.h"
 #include "secure.h"
-#include "module/config.h"
+#include "conf.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"

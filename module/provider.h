@@ -16,7 +16,7 @@
 
 #include "compat.h"
 #include "attrs.h"
-#include "config.h"
+#include "conf.h"
 
 struct provider_ops;
 
@@ -40,8 +40,8 @@ struct pcall {
 struct provider_token_info {
     char model[16];
     char serial[16];
-    bool login_required;  /* C_Login is needed before private objects */
-    bool hardware;        /* CKF_HW_SLOT */
+    bool login_required; /* C_Login is needed before private objects */
+    bool hardware;       /* CKF_HW_SLOT */
     CK_ULONG min_pin, max_pin;
 };
 
@@ -66,8 +66,9 @@ struct provider_ops {
 
     /* Reads the token's section and prepares the token. Should do no slow
      * I/O: C_Initialize must stay fast. err gets "FILE:LINE: key: reason". */
-    CK_RV (*open)(const struct config_token *cfg, void **tok,
-                  unsigned *flags, char *err, size_t errlen);
+    CK_RV (*open)
+    (const struct config_token *cfg, void **tok, unsigned *flags, char *err,
+     size_t errlen);
     /* in_child: the process forked since open; release without touching
      * anything the parent still uses (sockets, the lower module's state). */
     void (*close)(void *tok, bool in_child);
@@ -75,8 +76,8 @@ struct provider_ops {
     /* The mechanisms the back end performs on its keys. */
     const struct pmech *(*mechanisms)(void *tok, CK_ULONG *count);
 
-    CK_RV (*login)(struct pcall *c, CK_USER_TYPE user, const CK_UTF8CHAR *pin,
-                   CK_ULONG len);
+    CK_RV (*login)
+    (struct pcall *c, CK_USER_TYPE user, const CK_UTF8CHAR *pin, CK_ULONG len);
     CK_RV (*logout)(struct pcall *c);
 
     /* Optional: per-session state (a lower session for session objects). */
@@ -91,8 +92,9 @@ struct provider_ops {
      * decides when to refresh from the back end (refresh-interval).
      * The front end takes ownership of the returned array and its pobjs.
      */
-    CK_RV (*list)(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
-                  struct pobj **objs, CK_ULONG *n, bool *complete);
+    CK_RV (*list)
+    (struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+     struct pobj **objs, CK_ULONG *n, bool *complete);
     /* Releases a reference from a pobj. */
     void (*ref_free)(void *tok, void *ref);
 
@@ -103,28 +105,30 @@ struct provider_ops {
      * symmetric: inlen + 32). POP_SIGN gets CKM_RSA_PKCS (a DigestInfo)
      * or CKM_RSA_PKCS_PSS (a digest), or the provider's own mechanisms.
      */
-    CK_RV (*crypt)(struct pcall *c, enum pop op, void *key,
-                   const CK_MECHANISM *mech, const CK_BYTE *in, CK_ULONG inlen,
-                   CK_BYTE *out, CK_ULONG *outlen);
+    CK_RV (*crypt)
+    (struct pcall *c, enum pop op, void *key, const CK_MECHANISM *mech,
+     const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);
 
     /* PROVIDER_OWNS_SECRET_KEYS: the key objects live in the back end. */
-    CK_RV (*unwrap)(struct pcall *c, void *key, const CK_MECHANISM *mech,
-                    const CK_BYTE *wrapped, CK_ULONG len,
-                    const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out);
-    CK_RV (*wrap)(struct pcall *c, void *wrapping_key, const CK_MECHANISM *mech,
-                  void *key, CK_BYTE *out, CK_ULONG *outlen);
-    CK_RV (*generate_key)(struct pcall *c, const CK_MECHANISM *mech,
-                          const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                          struct pobj *out);
-    CK_RV (*create_object)(struct pcall *c, const CK_ATTRIBUTE *tmpl,
-                           CK_ULONG n, struct pobj *out);
+    CK_RV (*unwrap)
+    (struct pcall *c, void *key, const CK_MECHANISM *mech,
+     const CK_BYTE *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+     struct pobj *out);
+    CK_RV (*wrap)
+    (struct pcall *c, void *wrapping_key, const CK_MECHANISM *mech, void *key,
+     CK_BYTE *out, CK_ULONG *outlen);
+    CK_RV (*generate_key)
+    (struct pcall *c, const CK_MECHANISM *mech, const CK_ATTRIBUTE *tmpl,
+     CK_ULONG n, struct pobj *out);
+    CK_RV (*create_object)
+    (struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out);
     CK_RV (*destroy_object)(struct pcall *c, void *ref);
 
     /* Key pairs made in the back end (a new key, or a new version). */
-    CK_RV (*generate_key_pair)(struct pcall *c, const CK_MECHANISM *mech,
-                               const CK_ATTRIBUTE *pub, CK_ULONG npub,
-                               const CK_ATTRIBUTE *priv, CK_ULONG npriv,
-                               struct pobj *pub_out, struct pobj *priv_out);
+    CK_RV (*generate_key_pair)
+    (struct pcall *c, const CK_MECHANISM *mech, const CK_ATTRIBUTE *pub,
+     CK_ULONG npub, const CK_ATTRIBUTE *priv, CK_ULONG npriv,
+     struct pobj *pub_out, struct pobj *priv_out);
     /* Optional; the module uses OpenSSL's generator when absent. */
     CK_RV (*generate_random)(struct pcall *c, CK_BYTE *out, CK_ULONG len);
 };

@@ -50,8 +50,8 @@ void test_diag(const char *fmt, ...)
     fflush(stdout);
 }
 
-void test_rv(unsigned long got, unsigned long want, const char *file,
-             int line, const char *what)
+void test_rv(unsigned long got, unsigned long want, const char *file, int line,
+             const char *what)
 {
     test_ok(got == want, file, line, "%s is %s", what, cmk_rv_name(want));
     if (got != want)

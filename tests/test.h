@@ -27,8 +27,8 @@ void test_bail(const char *fmt, ...)
 #define ok(cond, ...) test_ok(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
 
 /* Compares two CK_RVs and names both on failure. */
-void test_rv(unsigned long got, unsigned long want, const char *file,
-             int line, const char *what);
+void test_rv(unsigned long got, unsigned long want, const char *file, int line,
+             const char *what);
 #define is_rv(got, want, what) test_rv((got), (want), __FILE__, __LINE__, what)
 
 #define is_num(got, want, ...)                                                 \

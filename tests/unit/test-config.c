@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "debug.h"
-#include "module/config.h"
+#include "module/conf.h"
 #include "test.h"
 
 static char err[512];

@@ -1,0 +1,1138 @@
+/*
+ * Encrypt, decrypt, sign, verify and digest: operation state, validation
+ * order, multi-part calls and the output-length convention.
+ *
+ * Every Init validates in the same order: arguments, session, operation
+ * already active, key handle, mechanism on this token, key usage,
+ * CKA_ALLOWED_MECHANISMS, key type, validity dates, mechanism parameters.
+ * Every output follows PKCS#11 2.40 section 5.2: a NULL buffer returns a
+ * sufficient size and keeps the operation; a short buffer returns
+ * CKR_BUFFER_TOO_SMALL with the exact size and keeps the operation (and the
+ * result, so a remote back end is not asked twice); anything else ends it.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "crypto.h"
+#include "rsa.h"
+#include "secure.h"
+#include "softkey.h"
+
+static const struct {
+    CK_ATTRIBUTE_TYPE usage;
+    CK_FLAGS flag;
+    CK_OBJECT_CLASS rsa_class;
+    const char *name;
+} op_spec[OP_COUNT] = {
+    [OP_ENCRYPT] = {CKA_ENCRYPT, CKF_ENCRYPT, CKO_PUBLIC_KEY, "encrypt"},
+    [OP_DECRYPT] = {CKA_DECRYPT, CKF_DECRYPT, CKO_PRIVATE_KEY, "decrypt"},
+    [OP_SIGN] = {CKA_SIGN, CKF_SIGN, CKO_PRIVATE_KEY, "sign"},
+    [OP_VERIFY] = {CKA_VERIFY, CKF_VERIFY, CKO_PUBLIC_KEY, "verify"},
+    [OP_DIGEST] = {0, CKF_DIGEST, 0, "digest"},
+};
+
+bool mech_is_rsa(CK_MECHANISM_TYPE m)
+{
+    CK_MECHANISM_TYPE d;
+    bool pss;
+
+    return m == CKM_RSA_PKCS || m == CKM_RSA_PKCS_OAEP || m == CKM_RSA_X_509 ||
+           m == CKM_RSA_PKCS_PSS || rsa_hash_sign_mech(m, &d, &pss);
+}
+
+static bool mech_is_aes(CK_MECHANISM_TYPE m)
+{
+    return m == CKM_AES_GCM || m == CKM_AES_CBC_PAD || m == CKM_AES_KEY_WRAP ||
+           m == CKM_AES_KEY_WRAP_PAD || m == CKM_AES_ECB || m == CKM_AES_CBC;
+}
+
+/* Deep-copies the mechanism and its parameters into the operation. */
+CK_RV op_copy_mech(struct op *op, const CK_MECHANISM *m)
+{
+    op->mech = *m;
+    op->mech.pParameter = NULL;
+    op->mech.ulParameterLen = 0;
+    if (m->pParameter == NULL || m->ulParameterLen == 0)
+        return CKR_OK;
+    switch (m->mechanism) {
+    case CKM_RSA_PKCS_OAEP: {
+        CK_RSA_PKCS_OAEP_PARAMS *p = &op->param.oaep;
+        *p = *(CK_RSA_PKCS_OAEP_PARAMS *)m->pParameter;
+        if (p->ulSourceDataLen > 0) {
+            op->param_data[0] = malloc(p->ulSourceDataLen);
+            if (op->param_data[0] == NULL)
+                return CKR_HOST_MEMORY;
+            memcpy(op->param_data[0], p->pSourceData, p->ulSourceDataLen);
+        }
+        p->pSourceData = op->param_data[0];
+        break;
+    }
+    case CKM_AES_GCM: {
+        CK_GCM_PARAMS *p = &op->param.gcm;
+        *p = *(CK_GCM_PARAMS *)m->pParameter;
+        op->param_data[0] = malloc(p->ulIvLen + 1);
+        op->param_data[1] = malloc(p->ulAADLen + 1);
+        if (op->param_data[0] == NULL || op->param_data[1] == NULL)
+            return CKR_HOST_MEMORY;
+        memcpy(op->param_data[0], p->pIv, p->ulIvLen);
+        if (p->ulAADLen > 0)
+            memcpy(op->param_data[1], p->pAAD, p->ulAADLen);
+        p->pIv = op->param_data[0];
+        p->pAAD = op->param_data[1];
+        break;
+    }
+    default:
+        if (m->ulParameterLen > sizeof(op->param))
+            return CKR_MECHANISM_PARAM_INVALID;
+        memcpy(&op->param, m->pParameter, m->ulParameterLen);
+        break;
+    }
+    op->mech.pParameter = &op->param;
+    op->mech.ulParameterLen = m->ulParameterLen;
+    return CKR_OK;
+}
+
+static bool allowed_mechanism(struct object *key, CK_MECHANISM_TYPE m)
+{
+    CK_ULONG len = 0, i;
+    CK_MECHANISM_TYPE *list =
+        object_get_value(key, CKA_ALLOWED_MECHANISMS, &len);
+    bool ok = true;
+
+    if (list != NULL && len >= sizeof(CK_MECHANISM_TYPE)) {
+        ok = false;
+        for (i = 0; i < len / sizeof(CK_MECHANISM_TYPE); i++)
+            if (list[i] == m)
+                ok = true;
+    }
+    free(list);
+    return ok;
+}
+
+/* Key Vault's rule: outside nbf/exp, encrypt, wrap and sign are refused
+ * while decrypt, unwrap and verify still work. */
+CK_RV key_check_dates(struct object *key)
+{
+    CK_ULONG len;
+    char *nbf = object_get_value(key, CKA_CMK_NOT_BEFORE, &len);
+    char *exp = object_get_value(key, CKA_CMK_EXPIRES, &len);
+    long long now = (long long)time(NULL);
+    CK_RV rv = CKR_OK;
+
+    if ((nbf != NULL && nbf[0] && now < atoll(nbf)) ||
+        (exp != NULL && exp[0] && now >= atoll(exp)))
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    free(nbf);
+    free(exp);
+    return rv;
+}
+
+CK_RV key_check(struct session *s, struct object *key, const CK_MECHANISM *m,
+                CK_ATTRIBUTE_TYPE usage, CK_FLAGS flag,
+                CK_OBJECT_CLASS rsa_class)
+{
+    const struct pmech *pm = token_mech(s->token, m->mechanism);
+    CK_OBJECT_CLASS cls = object_get_ulong(key, CKA_CLASS, ~0UL);
+    CK_KEY_TYPE kt = object_get_ulong(key, CKA_KEY_TYPE, ~0UL);
+
+    if (pm == NULL || !(pm->info.flags & flag))
+        return CKR_MECHANISM_INVALID;
+    if (usage != 0 && !object_get_bool(key, usage, false))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (!allowed_mechanism(key, m->mechanism))
+        return CKR_MECHANISM_INVALID;
+    if (mech_is_rsa(m->mechanism)) {
+        if (kt != CKK_RSA || cls != rsa_class)
+            return CKR_KEY_TYPE_INCONSISTENT;
+    } else if (mech_is_aes(m->mechanism)) {
+        if (kt != CKK_AES || cls != CKO_SECRET_KEY)
+            return CKR_KEY_TYPE_INCONSISTENT;
+    }
+    return CKR_OK;
+}
+
+/* Mechanism parameters, after the key checks. */
+CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m)
+{
+    CK_MECHANISM_TYPE digest;
+    bool pss;
+
+    switch (m->mechanism) {
+    case CKM_RSA_PKCS_OAEP:
+        return rsa_check_oaep(m);
+    case CKM_RSA_PKCS_PSS:
+        return rsa_check_pss(m, 0);
+    case CKM_RSA_PKCS:
+    case CKM_RSA_X_509:
+        return CKR_OK;
+    default:
+        break;
+    }
+    if (rsa_hash_sign_mech(m->mechanism, &digest, &pss))
+        return pss ? rsa_check_pss(m, digest) : CKR_OK;
+    if (mech_is_aes(m->mechanism)) {
+        CK_ULONG len = key->secret != NULL
+                           ? key->secret_len
+                           : object_get_ulong(key, CKA_VALUE_LEN, 0);
+        return softkey_check_mech(m, len);
+    }
+    return CKR_OK;
+}
+
+static CK_RV op_prepare(struct session *s, struct op *op, enum op_kind kind,
+                        const CK_MECHANISM *m, struct object *key)
+{
+    CK_MECHANISM_TYPE digest;
+    bool pss;
+    CK_RV rv;
+
+    rv = key_check(s, key, m, op_spec[kind].usage, op_spec[kind].flag,
+                   op_spec[kind].rsa_class);
+    if (rv == CKR_OK && (kind == OP_ENCRYPT || kind == OP_SIGN) &&
+        mech_is_rsa(m->mechanism))
+        rv = key_check_dates(key);
+    if (rv == CKR_OK)
+        rv = mech_check_params(key, m);
+    if (rv == CKR_OK)
+        rv = op_copy_mech(op, m);
+    if (rv != CKR_OK)
+        return rv;
+    op->inner = m->mechanism;
+    if (rsa_hash_sign_mech(m->mechanism, &digest, &pss)) {
+        op->inner = pss ? CKM_RSA_PKCS_PSS : CKM_RSA_PKCS;
+        op->md = EVP_MD_CTX_new();
+        if (op->md == NULL ||
+            EVP_DigestInit_ex(op->md, rsa_md_for_mech(digest), NULL) != 1)
+            return CKR_HOST_MEMORY;
+    }
+    return CKR_OK;
+}
+
+CK_RV op_append(struct op *op, const CK_BYTE *in, CK_ULONG inlen)
+{
+    unsigned char *nb;
+    CK_ULONG ncap;
+
+    if (inlen == 0)
+        return CKR_OK;
+    if (op->len + inlen > CMK_MAX_MULTIPART || op->len + inlen < op->len)
+        return CKR_DATA_LEN_RANGE;
+    if (op->len + inlen > op->cap) {
+        ncap = op->cap ? op->cap : 256;
+        while (ncap < op->len + inlen)
+            ncap *= 2;
+        nb = secure_alloc(ncap);
+        if (nb == NULL)
+            return CKR_HOST_MEMORY;
+        if (op->len > 0)
+            memcpy(nb, op->buf, op->len);
+        secure_free(op->buf, op->cap);
+        op->buf = nb;
+        op->cap = ncap;
+    }
+    memcpy(op->buf + op->len, in, inlen);
+    op->len += inlen;
+    return CKR_OK;
+}
+
+static CK_ULONG op_bound(struct op *op, enum op_kind kind, CK_ULONG inlen)
+{
+    if (kind == OP_DIGEST)
+        return (CK_ULONG)EVP_MD_get_size(rsa_md_for_mech(op->mech.mechanism));
+    if (mech_is_rsa(op->mech.mechanism))
+        return rsa_object_bytes(op->key);
+    if (op->key->secret != NULL)
+        return softkey_out_bound(&op->mech, kind == OP_ENCRYPT, inlen);
+    return inlen + 32;
+}
+
+/* Forwards one operation to the provider, with the call's context. */
+CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
+                     const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                     CK_BYTE *out, CK_ULONG *outlen)
+{
+    struct token *t = s->token;
+    struct pcall c = {.tok = t->ptok, .sess = s->psess};
+    CK_ULONG cap = *outlen;
+    CK_RV rv;
+
+    if (t->ops->crypt == NULL || key->ref == NULL)
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    rv = t->ops->crypt(&c, pop, key->ref, m, in, inlen, out, outlen);
+    s->device_error = c.device_error;
+    if (m->mechanism == CKM_RSA_PKCS &&
+        (pop == POP_DECRYPT || pop == POP_UNWRAP)) {
+        /* PKCS#1 v1.5: no branch on whether the padding was valid. */
+        unsigned ok = ct_eq(rv, CKR_OK);
+        *outlen = ct_select(ok, *outlen, 0);
+        (void)cap;
+        return ct_select(ok, CKR_OK, rv);
+    }
+    if (rv != CKR_OK)
+        *outlen = 0;
+    return rv;
+}
+
+/* Signs prepared input: a DigestInfo or data (CKM_RSA_PKCS), a digest
+ * (PSS), or whatever the provider's own mechanism takes. */
+static CK_RV sign_prepared(struct session *s, struct op *op, const CK_BYTE *in,
+                           CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
+{
+    CK_MECHANISM inner = op->mech;
+
+    inner.mechanism = op->inner;
+    if (op->inner == CKM_RSA_PKCS) {
+        inner.pParameter = NULL;
+        inner.ulParameterLen = 0;
+    }
+    return provider_crypt(s, POP_SIGN, op->key, &inner, in, inlen, out, outlen);
+}
+
+/* The actual computation, on whole (prepared) input. */
+static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
+                    const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                    CK_ULONG *outlen)
+{
+    struct object *key = op->key;
+    EVP_PKEY *pk;
+
+    switch (kind) {
+    case OP_ENCRYPT:
+        if (key->secret != NULL)
+            return softkey_crypt(&op->mech, true, key->secret, key->secret_len,
+                                 in, inlen, out, outlen);
+        if (mech_is_rsa(op->mech.mechanism) &&
+            (s->token->pflags & PROVIDER_LOCAL_PUBLIC)) {
+            pk = rsa_object_pkey(key);
+            if (pk == NULL)
+                return CKR_GENERAL_ERROR;
+            return rsa_encrypt(pk, &op->mech, in, inlen, out, outlen);
+        }
+        return provider_crypt(s, POP_ENCRYPT, key, &op->mech, in, inlen, out,
+                              outlen);
+    case OP_DECRYPT:
+        if (key->secret != NULL)
+            return softkey_crypt(&op->mech, false, key->secret, key->secret_len,
+                                 in, inlen, out, outlen);
+        return provider_crypt(s, POP_DECRYPT, key, &op->mech, in, inlen, out,
+                              outlen);
+    case OP_SIGN:
+        return sign_prepared(s, op, in, inlen, out, outlen);
+    default:
+        return CKR_GENERAL_ERROR;
+    }
+}
+
+/* Hash-and-sign: the digest becomes the provider's input. */
+static CK_RV sign_input(struct op *op, const CK_BYTE *data, CK_ULONG len,
+                        bool final, CK_BYTE *buf, CK_ULONG *buflen)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    CK_MECHANISM_TYPE digest;
+    bool pss;
+
+    if (!rsa_hash_sign_mech(op->mech.mechanism, &digest, &pss)) {
+        if (*buflen < len)
+            return CKR_DATA_LEN_RANGE;
+        memcpy(buf, data, len);
+        *buflen = len;
+        return CKR_OK;
+    }
+    if (!final && EVP_DigestUpdate(op->md, data, len) != 1)
+        return CKR_GENERAL_ERROR;
+    if (EVP_DigestFinal_ex(op->md, md, &mdlen) != 1)
+        return CKR_GENERAL_ERROR;
+    if (pss) {
+        memcpy(buf, md, mdlen);
+        *buflen = mdlen;
+        return CKR_OK;
+    }
+    return rsa_digest_info(digest, md, mdlen, buf, buflen);
+}
+
+void op_end(struct op *op)
+{
+    op_reset(op);
+}
+
+static void input_hash(const CK_BYTE *in, CK_ULONG len, unsigned char *h)
+{
+    unsigned int hl = 32;
+
+    EVP_Digest(in, len, h, &hl, EVP_sha256(), NULL);
+}
+
+/*
+ * The output convention. in is the whole prepared input of the call.
+ */
+static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
+                     const CK_BYTE *in, CK_ULONG inlen, CK_BYTE_PTR out,
+                     CK_ULONG_PTR outlen)
+{
+    unsigned char h[32];
+    unsigned char *res = NULL;
+    CK_ULONG cap, len;
+    bool cached = false;
+    CK_RV rv;
+
+    if (op->result != NULL) {
+        input_hash(in, inlen, h);
+        cached = ct_memcmp(h, op->in_hash, sizeof(h)) == 0;
+        if (!cached) {
+            secure_free(op->result, op->result_len);
+            op->result = NULL;
+            op->result_len = 0;
+        }
+    }
+    if (out == NULL) {
+        *outlen = cached ? op->result_len : op_bound(op, kind, inlen);
+        return CKR_OK;
+    }
+    if (cached) {
+        res = op->result;
+        len = op->result_len;
+    } else {
+        cap = op_bound(op, kind, inlen);
+        res = secure_alloc(cap ? cap : 1);
+        if (res == NULL) {
+            op_end(op);
+            return CKR_HOST_MEMORY;
+        }
+        len = cap;
+        rv = op_run(s, op, kind, in, inlen, res, &len);
+        if (rv != CKR_OK) {
+            secure_free(res, cap ? cap : 1);
+            op_end(op);
+            return rv;
+        }
+        if (len < cap) {
+            /* Keep exactly len bytes so the free size is known. */
+            unsigned char *exact = secure_dup(res, len ? len : 1);
+            secure_free(res, cap ? cap : 1);
+            res = exact;
+            if (res == NULL) {
+                op_end(op);
+                return CKR_HOST_MEMORY;
+            }
+        }
+    }
+    if (*outlen < len) {
+        if (!cached) {
+            op->result = res;
+            op->result_len = len;
+            input_hash(in, inlen, op->in_hash);
+        }
+        *outlen = len;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    memcpy(out, res, len);
+    *outlen = len;
+    if (!cached)
+        secure_free(res, len ? len : 1);
+    op_end(op);
+    return CKR_OK;
+}
+
+static CK_RV op_init(CK_SESSION_HANDLE hSession, enum op_kind kind,
+                     CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    struct session *s;
+    struct object *key = NULL;
+    struct op *op;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pMechanism == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    op = &s->ops[kind];
+    if (op->active) {
+        rv = CKR_OPERATION_ACTIVE;
+        goto put;
+    }
+    if (object_get(s, hKey, &key) != CKR_OK) {
+        rv = CKR_KEY_HANDLE_INVALID;
+        goto put;
+    }
+    op->key = key;
+    rv = op_prepare(s, op, kind, pMechanism, key);
+    if (rv != CKR_OK)
+        op_reset(op);
+    else
+        op->active = true;
+put:
+    session_put(s);
+out:
+    module_leave();
+    cmk_debug("C_%sInit(%s) = %s", op_spec[kind].name,
+              pMechanism ? cmk_mech_name(pMechanism->mechanism) : "NULL",
+              cmk_rv_name(rv));
+    return rv;
+}
+
+/* Looks up the session and its active operation of this kind. */
+static CK_RV op_begin(CK_SESSION_HANDLE hSession, enum op_kind kind,
+                      struct session **s, struct op **op)
+{
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = session_get(hSession, s);
+    if (rv != CKR_OK) {
+        module_leave();
+        return rv;
+    }
+    *op = &(*s)->ops[kind];
+    if (!(*op)->active) {
+        session_put(*s);
+        module_leave();
+        return CKR_OPERATION_NOT_INITIALIZED;
+    }
+    return CKR_OK;
+}
+
+static void op_done(struct session *s)
+{
+    session_put(s);
+    module_leave();
+}
+
+/* Single-part encrypt or decrypt. */
+static CK_RV crypt_once(CK_SESSION_HANDLE hSession, enum op_kind kind,
+                        CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
+                        CK_ULONG_PTR outlen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, kind, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((in == NULL && inlen > 0) || outlen == NULL) {
+        op_end(op);
+        rv = CKR_ARGUMENTS_BAD;
+    } else if (op->updated) {
+        rv = CKR_OPERATION_ACTIVE;
+    } else {
+        rv = deliver(s, op, kind, in, inlen, out, outlen);
+    }
+    op_done(s);
+    return rv;
+}
+
+static CK_RV crypt_update(CK_SESSION_HANDLE hSession, enum op_kind kind,
+                          CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
+                          CK_ULONG_PTR outlen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, kind, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((in == NULL && inlen > 0) || outlen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        op_end(op);
+    } else {
+        /* Whole-message mechanisms: output comes at Final. */
+        rv = op_append(op, in, inlen);
+        if (rv == CKR_OK) {
+            op->updated = true;
+            *outlen = 0;
+        } else {
+            op_end(op);
+        }
+    }
+    op_done(s);
+    return rv;
+}
+
+static CK_RV crypt_final(CK_SESSION_HANDLE hSession, enum op_kind kind,
+                         CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, kind, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (outlen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        op_end(op);
+    } else {
+        rv = deliver(s, op, kind, op->buf, op->len, out, outlen);
+    }
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                    CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, OP_ENCRYPT, pMechanism, hKey);
+}
+
+CK_RV C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
+                CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData,
+                CK_ULONG_PTR pulEncryptedDataLen)
+{
+    return crypt_once(hSession, OP_ENCRYPT, pData, ulDataLen, pEncryptedData,
+                      pulEncryptedDataLen);
+}
+
+CK_RV C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                      CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
+                      CK_ULONG_PTR pulEncryptedPartLen)
+{
+    return crypt_update(hSession, OP_ENCRYPT, pPart, ulPartLen, pEncryptedPart,
+                        pulEncryptedPartLen);
+}
+
+CK_RV C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart,
+                     CK_ULONG_PTR pulLastEncryptedPartLen)
+{
+    return crypt_final(hSession, OP_ENCRYPT, pLastEncryptedPart,
+                       pulLastEncryptedPartLen);
+}
+
+CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                    CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, OP_DECRYPT, pMechanism, hKey);
+}
+
+CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData,
+                CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData,
+                CK_ULONG_PTR pulDataLen)
+{
+    return crypt_once(hSession, OP_DECRYPT, pEncryptedData, ulEncryptedDataLen,
+                      pData, pulDataLen);
+}
+
+CK_RV C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
+                      CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
+                      CK_ULONG_PTR pulPartLen)
+{
+    return crypt_update(hSession, OP_DECRYPT, pEncryptedPart,
+                        ulEncryptedPartLen, pPart, pulPartLen);
+}
+
+CK_RV C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart,
+                     CK_ULONG_PTR pulLastPartLen)
+{
+    return crypt_final(hSession, OP_DECRYPT, pLastPart, pulLastPartLen);
+}
+
+CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                 CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, OP_SIGN, pMechanism, hKey);
+}
+
+/* Prepares the provider's input for a signature once, keeping it in
+ * op->buf so a repeated call (after a length query) signs the same. */
+static CK_RV sign_prepare_once(struct op *op, const CK_BYTE *data, CK_ULONG len,
+                               bool final)
+{
+    CK_BYTE buf[EVP_MAX_MD_SIZE + 32];
+    CK_ULONG blen = sizeof(buf);
+    CK_MECHANISM_TYPE digest;
+    bool pss;
+    CK_RV rv;
+
+    if (!rsa_hash_sign_mech(op->mech.mechanism, &digest, &pss)) {
+        if (final)
+            return CKR_OK; /* op->buf already holds the data */
+        return op_append(op, data, len);
+    }
+    if (op->md == NULL)
+        return CKR_OK; /* done on an earlier call */
+    rv = sign_input(op, data, len, final, buf, &blen);
+    EVP_MD_CTX_free(op->md);
+    op->md = NULL;
+    if (rv == CKR_OK)
+        rv = op_append(op, buf, blen);
+    secure_zero(buf, sizeof(buf));
+    return rv;
+}
+
+CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
+             CK_BYTE_PTR pSignature, CK_ULONG_PTR pulSignatureLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_SIGN, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((pData == NULL && ulDataLen > 0) || pulSignatureLen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        op_end(op);
+    } else if (op->updated) {
+        rv = CKR_OPERATION_ACTIVE;
+    } else {
+        if (op->len == 0 || op->md != NULL) {
+            op->len = 0;
+            rv = sign_prepare_once(op, pData, ulDataLen, false);
+        }
+        if (rv == CKR_OK)
+            rv = deliver(s, op, OP_SIGN, op->buf, op->len, pSignature,
+                         pulSignatureLen);
+        else
+            op_end(op);
+    }
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                   CK_ULONG ulPartLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_SIGN, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pPart == NULL && ulPartLen > 0) {
+        rv = CKR_ARGUMENTS_BAD;
+    } else if (op->md != NULL) {
+        if (EVP_DigestUpdate(op->md, pPart, ulPartLen) != 1)
+            rv = CKR_GENERAL_ERROR;
+    } else if (op->result == NULL) {
+        rv = op_append(op, pPart, ulPartLen);
+    } else {
+        rv = CKR_OPERATION_ACTIVE;
+    }
+    if (rv == CKR_OK)
+        op->updated = true;
+    else
+        op_end(op);
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
+                  CK_ULONG_PTR pulSignatureLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_SIGN, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pulSignatureLen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        op_end(op);
+    } else {
+        rv = sign_prepare_once(op, NULL, 0, true);
+        if (rv == CKR_OK)
+            rv = deliver(s, op, OP_SIGN, op->buf, op->len, pSignature,
+                         pulSignatureLen);
+        else
+            op_end(op);
+    }
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                   CK_OBJECT_HANDLE hKey)
+{
+    return op_init(hSession, OP_VERIFY, pMechanism, hKey);
+}
+
+static CK_RV verify_run(struct op *op, const CK_BYTE *data, CK_ULONG len,
+                        bool final, const CK_BYTE *sig, CK_ULONG siglen)
+{
+    CK_BYTE buf[EVP_MAX_MD_SIZE + 32];
+    CK_ULONG blen = sizeof(buf);
+    CK_MECHANISM inner = op->mech;
+    EVP_PKEY *pk = rsa_object_pkey(op->key);
+    CK_RV rv;
+
+    if (pk == NULL)
+        return CKR_GENERAL_ERROR;
+    inner.mechanism = op->inner;
+    if (op->md != NULL) {
+        rv = sign_input(op, data, len, final, buf, &blen);
+        if (rv != CKR_OK)
+            return rv;
+        return rsa_verify(pk, &inner, buf, blen, sig, siglen);
+    }
+    if (final)
+        return rsa_verify(pk, &inner, op->buf, op->len, sig, siglen);
+    return rsa_verify(pk, &inner, data, len, sig, siglen);
+}
+
+CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
+               CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+               CK_ULONG ulSignatureLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_VERIFY, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((pData == NULL && ulDataLen > 0) || pSignature == NULL)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (op->updated)
+        rv = CKR_OPERATION_ACTIVE;
+    else
+        rv =
+            verify_run(op, pData, ulDataLen, false, pSignature, ulSignatureLen);
+    if (rv != CKR_OPERATION_ACTIVE)
+        op_end(op);
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                     CK_ULONG ulPartLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_VERIFY, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pPart == NULL && ulPartLen > 0)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (op->md != NULL)
+        rv = EVP_DigestUpdate(op->md, pPart, ulPartLen) == 1
+                 ? CKR_OK
+                 : CKR_GENERAL_ERROR;
+    else
+        rv = op_append(op, pPart, ulPartLen);
+    if (rv == CKR_OK)
+        op->updated = true;
+    else
+        op_end(op);
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
+                    CK_ULONG ulSignatureLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_VERIFY, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pSignature == NULL)
+        rv = CKR_ARGUMENTS_BAD;
+    else
+        rv = verify_run(op, NULL, 0, true, pSignature, ulSignatureLen);
+    op_end(op);
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
+{
+    struct session *s;
+    struct op *op;
+    const struct pmech *pm;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pMechanism == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    op = &s->ops[OP_DIGEST];
+    pm = token_mech(s->token, pMechanism->mechanism);
+    if (op->active) {
+        rv = CKR_OPERATION_ACTIVE;
+    } else if (pm == NULL || !(pm->info.flags & CKF_DIGEST) ||
+               rsa_md_for_mech(pMechanism->mechanism) == NULL) {
+        rv = CKR_MECHANISM_INVALID;
+    } else {
+        op->mech.mechanism = pMechanism->mechanism;
+        op->md = EVP_MD_CTX_new();
+        if (op->md == NULL ||
+            EVP_DigestInit_ex(op->md, rsa_md_for_mech(op->mech.mechanism),
+                              NULL) != 1) {
+            rv = CKR_HOST_MEMORY;
+            op_reset(op);
+        } else {
+            op->active = true;
+        }
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+/* Digest output: the digest is computed once and kept for a repeat. */
+static CK_RV digest_deliver(struct op *op, CK_BYTE_PTR out, CK_ULONG_PTR outlen)
+{
+    CK_ULONG size =
+        (CK_ULONG)EVP_MD_get_size(rsa_md_for_mech(op->mech.mechanism));
+    unsigned int n = 0;
+
+    if (out == NULL) {
+        *outlen = size;
+        return CKR_OK;
+    }
+    if (*outlen < size) {
+        *outlen = size;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    if (EVP_DigestFinal_ex(op->md, out, &n) != 1) {
+        op_end(op);
+        return CKR_GENERAL_ERROR;
+    }
+    *outlen = n;
+    op_end(op);
+    return CKR_OK;
+}
+
+CK_RV C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
+               CK_ULONG ulDataLen, CK_BYTE_PTR pDigest,
+               CK_ULONG_PTR pulDigestLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((pData == NULL && ulDataLen > 0) || pulDigestLen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        op_end(op);
+    } else if (op->updated) {
+        rv = CKR_OPERATION_ACTIVE;
+    } else if (pDigest == NULL ||
+               *pulDigestLen <
+                   (CK_ULONG)EVP_MD_get_size(EVP_MD_CTX_get0_md(op->md))) {
+        rv = digest_deliver(op, pDigest, pulDigestLen);
+    } else if (EVP_DigestUpdate(op->md, pData, ulDataLen) != 1) {
+        rv = CKR_GENERAL_ERROR;
+        op_end(op);
+    } else {
+        rv = digest_deliver(op, pDigest, pulDigestLen);
+    }
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                     CK_ULONG ulPartLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pPart == NULL && ulPartLen > 0)
+        rv = CKR_ARGUMENTS_BAD;
+    else if (EVP_DigestUpdate(op->md, pPart, ulPartLen) != 1)
+        rv = CKR_GENERAL_ERROR;
+    if (rv == CKR_OK)
+        op->updated = true;
+    else
+        op_end(op);
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
+{
+    struct session *s;
+    struct op *op;
+    struct object *key;
+    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (object_get(s, hKey, &key) != CKR_OK) {
+        rv = CKR_KEY_HANDLE_INVALID;
+    } else {
+        if (key->secret == NULL || object_get_bool(key, CKA_SENSITIVE, true) ||
+            !object_get_bool(key, CKA_EXTRACTABLE, false))
+            rv = CKR_KEY_INDIGESTIBLE;
+        else if (EVP_DigestUpdate(op->md, key->secret, key->secret_len) != 1)
+            rv = CKR_GENERAL_ERROR;
+        object_unref(key);
+    }
+    if (rv == CKR_OK)
+        op->updated = true;
+    else
+        op_end(op);
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest,
+                    CK_ULONG_PTR pulDigestLen)
+{
+    struct session *s;
+    struct op *op;
+    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pulDigestLen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        op_end(op);
+    } else {
+        rv = digest_deliver(op, pDigest, pulDigestLen);
+    }
+    op_done(s);
+    return rv;
+}
+
+CK_RV C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData,
+                       CK_ULONG ulRandomLen)
+{
+    struct session *s;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pRandomData == NULL && ulRandomLen > 0) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (ulRandomLen > 0 && s->token->ops->generate_random != NULL) {
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        rv = s->token->ops->generate_random(&c, pRandomData, ulRandomLen);
+        s->device_error = c.device_error;
+    } else if (ulRandomLen > 0 &&
+               (ulRandomLen > 0x7fffffffUL ||
+                RAND_bytes(pRandomData, (int)ulRandomLen) != 1)) {
+        rv = CKR_FUNCTION_FAILED;
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed,
+                   CK_ULONG ulSeedLen)
+{
+    struct session *s;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pSeed == NULL && ulSeedLen > 0) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv == CKR_OK) {
+        rv = CKR_RANDOM_SEED_NOT_SUPPORTED;
+        session_put(s);
+    }
+out:
+    module_leave();
+    return rv;
+}
+
+/* Functions this module does not offer; they still check their state. */
+static CK_RV unsupported_in_session(CK_SESSION_HANDLE hSession)
+{
+    struct session *s;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = session_get(hSession, &s);
+    if (rv == CKR_OK) {
+        rv = CKR_FUNCTION_NOT_SUPPORTED;
+        session_put(s);
+    }
+    module_leave();
+    return rv;
+}
+
+CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                        CK_OBJECT_HANDLE hKey)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
+                    CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
+                    CK_ULONG_PTR pulSignatureLen)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession,
+                          CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
+                      CK_ULONG ulSignatureLen, CK_BYTE_PTR pData,
+                      CK_ULONG_PTR pulDataLen)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                            CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
+                            CK_ULONG_PTR pulEncryptedPartLen)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession,
+                            CK_BYTE_PTR pEncryptedPart,
+                            CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
+                            CK_ULONG_PTR pulPartLen)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
+                          CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
+                          CK_ULONG_PTR pulEncryptedPartLen)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession,
+                            CK_BYTE_PTR pEncryptedPart,
+                            CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
+                            CK_ULONG_PTR pulPartLen)
+{
+    return unsupported_in_session(hSession);
+}
+
+CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                  CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate,
+                  CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+    return unsupported_in_session(hSession);
+}

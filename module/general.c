@@ -1,0 +1,255 @@
+/*
+ * C_Initialize, C_Finalize, C_GetInfo; initialisation state and fork.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "module.h"
+#include "secure.h"
+
+struct module_state g = {
+    .rwlock = PTHREAD_RWLOCK_INITIALIZER,
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/*
+ * Fork: the prepare handler takes the table mutex so the child sees
+ * consistent tables; the child gets fresh locks (another thread of the
+ * parent may have held the rwlock) and, through the pid check in
+ * module_enter(), CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize.
+ */
+static void atfork_prepare(void)
+{
+    pthread_mutex_lock(&g.mutex);
+}
+
+static void atfork_parent(void)
+{
+    pthread_mutex_unlock(&g.mutex);
+}
+
+static void atfork_child(void)
+{
+    pthread_rwlock_t fresh = PTHREAD_RWLOCK_INITIALIZER;
+
+    memcpy(&g.rwlock, &fresh, sizeof(fresh));
+    pthread_mutex_unlock(&g.mutex);
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+CK_RV module_enter(void)
+{
+    pthread_rwlock_rdlock(&g.rwlock);
+    if (!g.initialized || g.pid != getpid()) {
+        pthread_rwlock_unlock(&g.rwlock);
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    }
+    return CKR_OK;
+}
+
+void module_leave(void)
+{
+    pthread_rwlock_unlock(&g.rwlock);
+}
+
+CK_ULONG module_new_handle_unlocked(void)
+{
+    /* Handles are never reused within one initialisation. */
+    return ++g.next_handle;
+}
+
+static void session_free_value(void *p)
+{
+    (void)p; /* sessions are released by sessions_destroy_all */
+}
+
+static void object_free_value(void *p)
+{
+    object_unref(p);
+}
+
+/* Releases everything; in a forked child, without touching what the
+ * parent still uses. Called with the write lock held. */
+static void teardown_unlocked(bool in_child)
+{
+    CK_ULONG i;
+
+    sessions_destroy_all(in_child);
+    for (i = 0; i < g.n_tokens; i++)
+        objects_destroy_token(&g.tokens[i], in_child);
+    hmap_free(g.objects);
+    g.objects = NULL;
+    for (i = 0; i < g.n_tokens; i++)
+        token_teardown(&g.tokens[i], in_child);
+    hmap_free(g.sessions);
+    g.sessions = NULL;
+    free(g.tokens);
+    g.tokens = NULL;
+    g.n_tokens = 0;
+    config_free(g.cfg);
+    g.cfg = NULL;
+    g.initialized = false;
+    cmk_log_close();
+}
+
+static CK_RV check_init_args(CK_C_INITIALIZE_ARGS *args, const char **reserved)
+{
+    bool all, none;
+
+    *reserved = NULL;
+    if (args == NULL)
+        return CKR_OK;
+    none = args->CreateMutex == NULL && args->DestroyMutex == NULL &&
+           args->LockMutex == NULL && args->UnlockMutex == NULL;
+    all = args->CreateMutex != NULL && args->DestroyMutex != NULL &&
+          args->LockMutex != NULL && args->UnlockMutex != NULL;
+    if (!all && !none)
+        return CKR_ARGUMENTS_BAD;
+    /*
+     * The module locks with the operating system's primitives. An
+     * application that supplies its own mutex functions without allowing
+     * OS locking asks for something this module cannot do.
+     */
+    if (all && !(args->flags & CKF_OS_LOCKING_OK))
+        return CKR_CANT_LOCK;
+    *reserved = args->pReserved;
+    return CKR_OK;
+}
+
+static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
+{
+    CK_C_INITIALIZE_ARGS *args = pInitArgs;
+    const char *reserved = NULL;
+    char err[512] = "";
+    char *path = NULL;
+    struct config *cfg = NULL;
+    CK_ULONG i;
+    CK_RV rv;
+
+    rv = check_init_args(args, &reserved);
+    if (rv != CKR_OK)
+        return rv;
+
+    if (g.initialized) {
+        if (g.pid == getpid())
+            return CKR_CRYPTOKI_ALREADY_INITIALIZED;
+        /* A forked child re-initialising: drop the parent's state. */
+        teardown_unlocked(true);
+    }
+
+    cmk_log_init_env();
+    path = config_choose_path(reserved, err, sizeof(err));
+    if (path == NULL) {
+        cmk_error("C_Initialize: %s", err);
+        return CKR_ARGUMENTS_BAD;
+    }
+    cfg = config_load(path, err, sizeof(err));
+    free(path);
+    if (cfg == NULL) {
+        cmk_error("%s", err);
+        return CKR_GENERAL_ERROR;
+    }
+    if (cmk_log_configure(NULL, cfg->log_file) != 0) {
+        cmk_error("%s: log-file: cannot use '%s'", cfg->path,
+                  cfg->log_file ? cfg->log_file : "");
+        config_free(cfg);
+        return CKR_GENERAL_ERROR;
+    }
+    cmk_log_set_level(cfg->log_level);
+
+    g.cfg = cfg;
+    g.sessions = hmap_new(session_free_value);
+    g.objects = hmap_new(object_free_value);
+    g.tokens = calloc(cfg->n_tokens ? cfg->n_tokens : 1, sizeof(*g.tokens));
+    if (g.sessions == NULL || g.objects == NULL || g.tokens == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    g.pid = getpid();
+    g.next_handle = 0;
+    for (i = 0; i < cfg->n_tokens; i++) {
+        rv = token_setup(&g.tokens[i], &cfg->tokens[i]);
+        if (rv != CKR_OK)
+            goto fail;
+        g.tokens[i].slot_id = i;
+        g.n_tokens++;
+    }
+    g.initialized = true;
+    cmk_debug("initialised from %s with %lu token(s)", cfg->path,
+              (unsigned long)g.n_tokens);
+    return CKR_OK;
+
+fail:
+    g.initialized = true;
+    teardown_unlocked(false);
+    return rv;
+}
+
+CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
+{
+    CK_RV rv;
+
+    pthread_once(&atfork_once, register_atfork);
+    pthread_rwlock_wrlock(&g.rwlock);
+    rv = do_initialize(pInitArgs);
+    pthread_rwlock_unlock(&g.rwlock);
+    cmk_debug("C_Initialize = %s", cmk_rv_name(rv));
+    return rv;
+}
+
+CK_RV C_Finalize(CK_VOID_PTR pReserved)
+{
+    CK_RV rv = CKR_OK;
+
+    if (pReserved != NULL)
+        return CKR_ARGUMENTS_BAD;
+    pthread_rwlock_wrlock(&g.rwlock);
+    if (!g.initialized || g.pid != getpid())
+        rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else
+        teardown_unlocked(false);
+    pthread_rwlock_unlock(&g.rwlock);
+    return rv;
+}
+
+static void pad(CK_UTF8CHAR *dst, size_t len, const char *src)
+{
+    size_t n = strlen(src);
+
+    memset(dst, ' ', len);
+    memcpy(dst, src, n < len ? n : len);
+}
+
+CK_RV C_GetInfo(CK_INFO_PTR pInfo)
+{
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pInfo == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+    } else {
+        memset(pInfo, 0, sizeof(*pInfo));
+        pInfo->cryptokiVersion.major = 2;
+        pInfo->cryptokiVersion.minor = 40;
+        pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID),
+            CMK_MANUFACTURER);
+        pad(pInfo->libraryDescription, sizeof(pInfo->libraryDescription),
+            CMK_LIBRARY_DESCRIPTION);
+        pInfo->libraryVersion.major = CMK_VERSION_MAJOR;
+        pInfo->libraryVersion.minor = CMK_VERSION_MINOR;
+    }
+    module_leave();
+    return rv;
+}

@@ -1,0 +1,686 @@
+/*
+ * Key management: C_GenerateKey, C_GenerateKeyPair, C_CreateObject,
+ * C_WrapKey, C_UnwrapKey. Secret keys live in the back end when it keeps
+ * them (PROVIDER_OWNS_SECRET_KEYS), otherwise in this module's memory as
+ * session objects, wiped when destroyed.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/rand.h>
+
+#include "crypto.h"
+#include "rsa.h"
+#include "secure.h"
+#include "softkey.h"
+
+/* Attributes a secret key template may carry, and their kinds. */
+enum tkind { T_BOOL, T_ULONG, T_BYTES, T_DATE };
+
+static const struct {
+    CK_ATTRIBUTE_TYPE type;
+    enum tkind kind;
+} secret_attrs[] = {
+    {CKA_CLASS, T_ULONG},
+    {CKA_KEY_TYPE, T_ULONG},
+    {CKA_TOKEN, T_BOOL},
+    {CKA_PRIVATE, T_BOOL},
+    {CKA_LABEL, T_BYTES},
+    {CKA_ID, T_BYTES},
+    {CKA_VALUE_LEN, T_ULONG},
+    {CKA_VALUE, T_BYTES},
+    {CKA_SENSITIVE, T_BOOL},
+    {CKA_EXTRACTABLE, T_BOOL},
+    {CKA_ENCRYPT, T_BOOL},
+    {CKA_DECRYPT, T_BOOL},
+    {CKA_WRAP, T_BOOL},
+    {CKA_UNWRAP, T_BOOL},
+    {CKA_SIGN, T_BOOL},
+    {CKA_VERIFY, T_BOOL},
+    {CKA_DERIVE, T_BOOL},
+    {CKA_MODIFIABLE, T_BOOL},
+    {CKA_COPYABLE, T_BOOL},
+    {CKA_DESTROYABLE, T_BOOL},
+    {CKA_START_DATE, T_DATE},
+    {CKA_END_DATE, T_DATE},
+    {CKA_WRAP_WITH_TRUSTED, T_BOOL},
+    {CKA_TRUSTED, T_BOOL},
+    {CKA_ALLOWED_MECHANISMS, T_BYTES},
+};
+
+static CK_RV check_template_types(const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_ULONG i, j;
+
+    for (i = 0; i < n; i++) {
+        bool known = false;
+        for (j = 0; j < CMK_ARRAY_SIZE(secret_attrs); j++) {
+            if (secret_attrs[j].type != tmpl[i].type)
+                continue;
+            known = true;
+            if (tmpl[i].pValue == NULL && tmpl[i].ulValueLen != 0)
+                return CKR_ATTRIBUTE_VALUE_INVALID;
+            switch (secret_attrs[j].kind) {
+            case T_BOOL:
+                if (tmpl[i].ulValueLen != sizeof(CK_BBOOL))
+                    return CKR_ATTRIBUTE_VALUE_INVALID;
+                break;
+            case T_ULONG:
+                if (tmpl[i].ulValueLen != sizeof(CK_ULONG))
+                    return CKR_ATTRIBUTE_VALUE_INVALID;
+                break;
+            case T_DATE:
+                if (tmpl[i].ulValueLen != 0 &&
+                    tmpl[i].ulValueLen != sizeof(CK_DATE))
+                    return CKR_ATTRIBUTE_VALUE_INVALID;
+                break;
+            default:
+                break;
+            }
+        }
+        if (!known)
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+    return CKR_OK;
+}
+
+/*
+ * Checks a template for a secret key the module will hold. kt and
+ * value_len are in/out: what the mechanism implies (0 = unknown) and what
+ * the template asks for.
+ */
+CK_RV secret_template_check(struct token *t, const CK_ATTRIBUTE *tmpl,
+                            CK_ULONG n, CK_KEY_TYPE *kt, CK_ULONG *value_len,
+                            bool creating_value)
+{
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE tkt;
+    CK_ULONG vlen;
+    CK_BBOOL token;
+    CK_RV rv;
+
+    (void)t;
+    rv = check_template_types(tmpl, n);
+    if (rv != CKR_OK)
+        return rv;
+    if (tmpl_find_ulong(tmpl, n, CKA_CLASS, &cls) == 1 && cls != CKO_SECRET_KEY)
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 && token)
+        return CKR_TEMPLATE_INCONSISTENT; /* nowhere to keep it */
+    if (tmpl_find_ulong(tmpl, n, CKA_KEY_TYPE, &tkt) == 1) {
+        if (*kt != 0 && *kt != tkt)
+            return CKR_TEMPLATE_INCONSISTENT;
+        *kt = tkt;
+    }
+    if (*kt == 0)
+        *kt = CKK_GENERIC_SECRET;
+    if (*kt != CKK_AES && *kt != CKK_GENERIC_SECRET)
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (!creating_value && tmpl_find(tmpl, n, CKA_VALUE) != NULL)
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &vlen) == 1) {
+        if (creating_value)
+            return CKR_TEMPLATE_INCONSISTENT;
+        if (*value_len != 0 && *value_len != vlen)
+            return CKR_TEMPLATE_INCONSISTENT;
+        *value_len = vlen;
+    }
+    if (*kt == CKK_AES && *value_len != 0 && *value_len != 16 &&
+        *value_len != 24 && *value_len != 32)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (*kt == CKK_GENERIC_SECRET && *value_len > 512)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    return CKR_OK;
+}
+
+/* The attributes of a module-held secret key (PKCS#11 2.40 4.7, 4.9). */
+CK_RV secret_object_build(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                          CK_KEY_TYPE kt, CK_ULONG value_len, CK_BBOOL local,
+                          struct pobj *out)
+{
+    struct attrs *a = &out->attrs;
+    CK_BBOOL sensitive, extractable;
+    int r = 0;
+
+    (void)t;
+    memset(out, 0, sizeof(*out));
+    r |= attrs_set_ulong(a, CKA_CLASS, CKO_SECRET_KEY);
+    r |= attrs_set_ulong(a, CKA_KEY_TYPE, kt);
+    r |= attrs_set_bool(a, CKA_TOKEN, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_PRIVATE, CK_FALSE);
+    r |= attrs_set(a, CKA_LABEL, "", 0);
+    r |= attrs_set(a, CKA_ID, "", 0);
+    r |= attrs_set(a, CKA_START_DATE, NULL, 0);
+    r |= attrs_set(a, CKA_END_DATE, NULL, 0);
+    r |= attrs_set_bool(a, CKA_SENSITIVE, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_EXTRACTABLE, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_ENCRYPT, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_DECRYPT, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_WRAP, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_UNWRAP, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_SIGN, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_VERIFY, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_DERIVE, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_MODIFIABLE, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_COPYABLE, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_DESTROYABLE, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_TRUSTED, CK_FALSE);
+    if (r != 0 || attrs_merge(a, tmpl, n) != 0)
+        return CKR_HOST_MEMORY;
+    attrs_remove(a, CKA_VALUE);
+    r |= attrs_set_ulong(a, CKA_VALUE_LEN, value_len);
+    r |= attrs_set_bool(a, CKA_LOCAL, local);
+    r |= attrs_set_ulong(
+        a, CKA_KEY_GEN_MECHANISM,
+        local ? (kt == CKK_AES ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN)
+              : CK_UNAVAILABLE_INFORMATION);
+    sensitive = attrs_get_bool(a, CKA_SENSITIVE, false);
+    extractable = attrs_get_bool(a, CKA_EXTRACTABLE, true);
+    /* Unwrapped or imported keys were once outside: 4.9 footnotes 11, 12. */
+    r |= attrs_set_bool(a, CKA_ALWAYS_SENSITIVE, local && sensitive);
+    r |= attrs_set_bool(a, CKA_NEVER_EXTRACTABLE, local && !extractable);
+    return r ? CKR_HOST_MEMORY : CKR_OK;
+}
+
+static char *new_uid(CK_SESSION_HANDLE sess)
+{
+    static unsigned long counter;
+    char buf[64];
+
+    snprintf(buf, sizeof(buf), "session/%lu/%lu", (unsigned long)sess,
+             __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED));
+    return strdup(buf);
+}
+
+/* Publishes a module-held secret key; takes value (secure memory). */
+static CK_RV publish_secret(struct session *s, const CK_ATTRIBUTE *tmpl,
+                            CK_ULONG n, CK_KEY_TYPE kt, unsigned char *value,
+                            CK_ULONG len, CK_BBOOL local,
+                            CK_OBJECT_HANDLE_PTR ph)
+{
+    struct pobj p;
+    CK_RV rv;
+
+    rv = secret_object_build(s->token, tmpl, n, kt, len, local, &p);
+    if (rv == CKR_OK) {
+        p.uid = new_uid(s->handle);
+        rv = p.uid ? object_publish(s->token, s->handle, &p, value, len, ph)
+                   : CKR_HOST_MEMORY;
+    }
+    pobj_clear(NULL, NULL, &p);
+    if (rv != CKR_OK)
+        secure_free(value, len);
+    return rv;
+}
+
+static CK_RV publish_provider_object(struct session *s, struct pobj *p,
+                                     CK_OBJECT_HANDLE_PTR ph)
+{
+    CK_RV rv;
+
+    if (p->uid == NULL)
+        p->uid = new_uid(s->handle);
+    rv = object_publish(s->token, s->handle, p, NULL, 0, ph);
+    if (rv != CKR_OK) {
+        if (s->token->ops->destroy_object != NULL && p->ref != NULL) {
+            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+            s->token->ops->destroy_object(&c, p->ref);
+        }
+        pobj_clear(s->token->ops, s->token->ptok, p);
+    }
+    return rv;
+}
+
+CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                    CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                    CK_OBJECT_HANDLE_PTR phKey)
+{
+    struct session *s;
+    const struct pmech *pm;
+    CK_KEY_TYPE kt;
+    CK_ULONG len = 0;
+    unsigned char *value;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pMechanism == NULL || phKey == NULL ||
+        (pTemplate == NULL && ulCount > 0)) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    pm = token_mech(s->token, pMechanism->mechanism);
+    if (pm == NULL || !(pm->info.flags & CKF_GENERATE)) {
+        rv = CKR_MECHANISM_INVALID;
+        goto put;
+    }
+    if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        struct pobj p;
+        memset(&p, 0, sizeof(p));
+        rv = s->token->ops->generate_key
+                 ? s->token->ops->generate_key(&c, pMechanism, pTemplate,
+                                               ulCount, &p)
+                 : CKR_FUNCTION_NOT_SUPPORTED;
+        s->device_error = c.device_error;
+        if (rv == CKR_OK)
+            rv = publish_provider_object(s, &p, phKey);
+        goto put;
+    }
+    kt =
+        pMechanism->mechanism == CKM_AES_KEY_GEN ? CKK_AES : CKK_GENERIC_SECRET;
+    rv = secret_template_check(s->token, pTemplate, ulCount, &kt, &len, false);
+    if (rv == CKR_OK && len == 0)
+        rv = CKR_TEMPLATE_INCOMPLETE;
+    if (rv != CKR_OK)
+        goto put;
+    value = secure_alloc(len);
+    if (value == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto put;
+    }
+    if (RAND_priv_bytes(value, (int)len) != 1) {
+        secure_free(value, len);
+        rv = CKR_FUNCTION_FAILED;
+        goto put;
+    }
+    rv = publish_secret(s, pTemplate, ulCount, kt, value, len, CK_TRUE, phKey);
+put:
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
+                     CK_ULONG ulCount, CK_OBJECT_HANDLE_PTR phObject)
+{
+    struct session *s;
+    const CK_ATTRIBUTE *val;
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE kt = 0;
+    CK_ULONG len = 0;
+    unsigned char *value;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (phObject == NULL || (pTemplate == NULL && ulCount > 0)) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (tmpl_find_ulong(pTemplate, ulCount, CKA_CLASS, &cls) != 1) {
+        rv = CKR_TEMPLATE_INCOMPLETE;
+        goto put;
+    }
+    if (cls != CKO_SECRET_KEY) {
+        /* Key pairs come from the back end; nothing else is stored. */
+        rv = CKR_TEMPLATE_INCONSISTENT;
+        goto put;
+    }
+    if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        struct pobj p;
+        memset(&p, 0, sizeof(p));
+        rv = s->token->ops->create_object
+                 ? s->token->ops->create_object(&c, pTemplate, ulCount, &p)
+                 : CKR_FUNCTION_NOT_SUPPORTED;
+        s->device_error = c.device_error;
+        if (rv == CKR_OK)
+            rv = publish_provider_object(s, &p, phObject);
+        goto put;
+    }
+    if (tmpl_find_ulong(pTemplate, ulCount, CKA_KEY_TYPE, &kt) != 1) {
+        rv = CKR_TEMPLATE_INCOMPLETE;
+        goto put;
+    }
+    val = tmpl_find(pTemplate, ulCount, CKA_VALUE);
+    if (val == NULL || val->pValue == NULL || val->ulValueLen == 0) {
+        rv = CKR_TEMPLATE_INCOMPLETE;
+        goto put;
+    }
+    len = val->ulValueLen;
+    rv = secret_template_check(s->token, pTemplate, ulCount, &kt, &len, true);
+    if (rv != CKR_OK)
+        goto put;
+    value = secure_dup(val->pValue, len);
+    if (value == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto put;
+    }
+    rv = publish_secret(s, pTemplate, ulCount, kt, value, len, CK_FALSE,
+                        phObject);
+put:
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+static CK_RV map_unwrap_rv(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_ENCRYPTED_DATA_INVALID:
+        return CKR_WRAPPED_KEY_INVALID;
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+        return CKR_WRAPPED_KEY_LEN_RANGE;
+    default:
+        return rv;
+    }
+}
+
+static CK_RV map_key_check_rv(CK_RV rv, CK_RV handle_rv, CK_RV type_rv)
+{
+    if (rv == CKR_KEY_HANDLE_INVALID)
+        return handle_rv;
+    if (rv == CKR_KEY_TYPE_INCONSISTENT)
+        return type_rv;
+    return rv;
+}
+
+CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                  CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey,
+                  CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
+                  CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
+{
+    struct session *s;
+    struct object *key = NULL;
+    CK_KEY_TYPE kt = 0;
+    CK_ULONG len = 0, cap;
+    unsigned char *value = NULL;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pMechanism == NULL || pWrappedKey == NULL || phKey == NULL ||
+        (pTemplate == NULL && ulAttributeCount > 0)) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (object_get(s, hUnwrappingKey, &key) != CKR_OK) {
+        rv = CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+        goto put;
+    }
+    rv = key_check(s, key, pMechanism, CKA_UNWRAP, CKF_UNWRAP, CKO_PRIVATE_KEY);
+    rv = map_key_check_rv(rv, CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+                          CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
+    if (rv == CKR_OK)
+        rv = mech_check_params(key, pMechanism);
+    if (rv != CKR_OK)
+        goto put;
+
+    if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        struct pobj p;
+        memset(&p, 0, sizeof(p));
+        rv = s->token->ops->unwrap
+                 ? s->token->ops->unwrap(&c, key->ref, pMechanism, pWrappedKey,
+                                         ulWrappedKeyLen, pTemplate,
+                                         ulAttributeCount, &p)
+                 : CKR_FUNCTION_NOT_SUPPORTED;
+        s->device_error = c.device_error;
+        if (rv == CKR_OK)
+            rv = publish_provider_object(s, &p, phKey);
+        goto put;
+    }
+
+    rv = secret_template_check(s->token, pTemplate, ulAttributeCount, &kt, &len,
+                               false);
+    if (rv != CKR_OK)
+        goto put;
+    cap = mech_is_rsa(pMechanism->mechanism)
+              ? rsa_object_bytes(key)
+              : softkey_out_bound(pMechanism, false, ulWrappedKeyLen);
+    value = secure_alloc(cap ? cap : 1);
+    if (value == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto put;
+    }
+    len = cap;
+    if (key->secret != NULL)
+        rv = softkey_crypt(pMechanism, false, key->secret, key->secret_len,
+                           pWrappedKey, ulWrappedKeyLen, value, &len);
+    else
+        rv = provider_crypt(s, POP_UNWRAP, key, pMechanism, pWrappedKey,
+                            ulWrappedKeyLen, value, &len);
+    rv = map_unwrap_rv(rv);
+    if (rv == CKR_OK) {
+        CK_ULONG want = 0;
+        unsigned char *exact;
+        /* The template may name a length; the key must have it. */
+        if (tmpl_find_ulong(pTemplate, ulAttributeCount, CKA_VALUE_LEN,
+                            &want) == 1 &&
+            want != len)
+            rv = CKR_WRAPPED_KEY_INVALID;
+        else if (kt == CKK_AES && len != 16 && len != 24 && len != 32)
+            rv = CKR_WRAPPED_KEY_INVALID;
+        else if (len == 0)
+            rv = CKR_WRAPPED_KEY_INVALID;
+        if (rv == CKR_OK) {
+            exact = secure_dup(value, len);
+            secure_free(value, cap ? cap : 1);
+            value = NULL;
+            if (exact == NULL) {
+                rv = CKR_HOST_MEMORY;
+            } else {
+                rv = publish_secret(s, pTemplate, ulAttributeCount, kt, exact,
+                                    len, CK_FALSE, phKey);
+            }
+        }
+    }
+    secure_free(value, cap ? cap : 1);
+put:
+    object_unref(key);
+    session_put(s);
+out:
+    module_leave();
+    cmk_debug("C_UnwrapKey = %s", cmk_rv_name(rv));
+    return rv;
+}
+
+CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey,
+                CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
+{
+    struct session *s;
+    struct object *wkey = NULL, *key = NULL;
+    CK_ULONG cap, len;
+    unsigned char *buf = NULL;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pMechanism == NULL || pulWrappedKeyLen == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (object_get(s, hWrappingKey, &wkey) != CKR_OK) {
+        rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
+        goto put;
+    }
+    if (object_get(s, hKey, &key) != CKR_OK) {
+        rv = CKR_KEY_HANDLE_INVALID;
+        goto put;
+    }
+    rv = key_check(s, wkey, pMechanism, CKA_WRAP, CKF_WRAP, CKO_PUBLIC_KEY);
+    rv = map_key_check_rv(rv, CKR_WRAPPING_KEY_HANDLE_INVALID,
+                          CKR_WRAPPING_KEY_TYPE_INCONSISTENT);
+    if (rv == CKR_OK && mech_is_rsa(pMechanism->mechanism))
+        rv = key_check_dates(wkey);
+    if (rv == CKR_OK)
+        rv = mech_check_params(wkey, pMechanism);
+    if (rv != CKR_OK)
+        goto put;
+    if (object_get_ulong(key, CKA_CLASS, ~0UL) != CKO_SECRET_KEY) {
+        rv = CKR_KEY_NOT_WRAPPABLE;
+        goto put;
+    }
+    if (!object_get_bool(key, CKA_EXTRACTABLE, false)) {
+        rv = CKR_KEY_UNEXTRACTABLE;
+        goto put;
+    }
+
+    if (key->secret == NULL) {
+        /* The key lives in the back end: it wraps it there. */
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        rv = s->token->ops->wrap
+                 ? s->token->ops->wrap(&c, wkey->ref, pMechanism, key->ref,
+                                       pWrappedKey, pulWrappedKeyLen)
+                 : CKR_KEY_NOT_WRAPPABLE;
+        s->device_error = c.device_error;
+        goto put;
+    }
+    cap = mech_is_rsa(pMechanism->mechanism)
+              ? rsa_object_bytes(wkey)
+              : softkey_out_bound(pMechanism, true, key->secret_len);
+    if (pWrappedKey == NULL) {
+        *pulWrappedKeyLen = cap;
+        goto put;
+    }
+    buf = malloc(cap ? cap : 1);
+    if (buf == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto put;
+    }
+    len = cap;
+    if (mech_is_rsa(pMechanism->mechanism)) {
+        EVP_PKEY *pk = rsa_object_pkey(wkey);
+        if (!(s->token->pflags & PROVIDER_LOCAL_PUBLIC))
+            rv = provider_crypt(s, POP_ENCRYPT, wkey, pMechanism, key->secret,
+                                key->secret_len, buf, &len);
+        else
+            rv = pk ? rsa_encrypt(pk, pMechanism, key->secret, key->secret_len,
+                                  buf, &len)
+                    : CKR_GENERAL_ERROR;
+        if (rv == CKR_DATA_LEN_RANGE)
+            rv = CKR_KEY_SIZE_RANGE;
+    } else if (wkey->secret != NULL) {
+        rv = softkey_crypt(pMechanism, true, wkey->secret, wkey->secret_len,
+                           key->secret, key->secret_len, buf, &len);
+        if (rv == CKR_DATA_LEN_RANGE)
+            rv = CKR_KEY_SIZE_RANGE;
+    } else {
+        rv = CKR_WRAPPING_KEY_TYPE_INCONSISTENT;
+    }
+    if (rv != CKR_OK)
+        goto put;
+    if (*pulWrappedKeyLen < len) {
+        *pulWrappedKeyLen = len;
+        rv = CKR_BUFFER_TOO_SMALL;
+        goto put;
+    }
+    memcpy(pWrappedKey, buf, len);
+    *pulWrappedKeyLen = len;
+put:
+    free(buf);
+    object_unref(wkey);
+    object_unref(key);
+    session_put(s);
+out:
+    module_leave();
+    cmk_debug("C_WrapKey = %s", cmk_rv_name(rv));
+    return rv;
+}
+
+CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
+                        CK_ATTRIBUTE_PTR pPublicKeyTemplate,
+                        CK_ULONG ulPublicKeyAttributeCount,
+                        CK_ATTRIBUTE_PTR pPrivateKeyTemplate,
+                        CK_ULONG ulPrivateKeyAttributeCount,
+                        CK_OBJECT_HANDLE_PTR phPublicKey,
+                        CK_OBJECT_HANDLE_PTR phPrivateKey)
+{
+    struct session *s;
+    const struct pmech *pm;
+    struct pcall c;
+    struct pobj *objs = NULL;
+    char *uid_pub = NULL, *uid_priv = NULL;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pMechanism == NULL || phPublicKey == NULL || phPrivateKey == NULL ||
+        (pPublicKeyTemplate == NULL && ulPublicKeyAttributeCount > 0) ||
+        (pPrivateKeyTemplate == NULL && ulPrivateKeyAttributeCount > 0)) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    pm = token_mech(s->token, pMechanism->mechanism);
+    if (pm == NULL || !(pm->info.flags & CKF_GENERATE_KEY_PAIR) ||
+        s->token->ops->generate_key_pair == NULL) {
+        rv = CKR_MECHANISM_INVALID;
+        goto put;
+    }
+    if (!session_is_rw(s)) {
+        rv = CKR_SESSION_READ_ONLY;
+        goto put;
+    }
+    objs = calloc(2, sizeof(*objs));
+    if (objs == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto put;
+    }
+    memset(&c, 0, sizeof(c));
+    c.tok = s->token->ptok;
+    c.sess = s->psess;
+    rv = s->token->ops->generate_key_pair(
+        &c, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount,
+        pPrivateKeyTemplate, ulPrivateKeyAttributeCount, &objs[0], &objs[1]);
+    s->device_error = c.device_error;
+    if (rv != CKR_OK) {
+        free(objs);
+        goto put;
+    }
+    uid_pub = objs[0].uid ? strdup(objs[0].uid) : NULL;
+    uid_priv = objs[1].uid ? strdup(objs[1].uid) : NULL;
+    object_merge(s->token, NULL, 0, objs, 2, false);
+    /* A new version relabels the older ones: list again. */
+    object_refresh(s, NULL, 0);
+    rv = CKR_GENERAL_ERROR;
+    if (uid_pub != NULL && uid_priv != NULL) {
+        struct hmap_iter it;
+        unsigned long k;
+        void *v;
+        *phPublicKey = *phPrivateKey = CK_INVALID_HANDLE;
+        pthread_mutex_lock(&g.mutex);
+        hmap_iter_init(&it, g.objects);
+        while (hmap_iter_next(&it, &k, &v)) {
+            struct object *o = v;
+            if (o->token != s->token || o->uid == NULL)
+                continue;
+            if (strcmp(o->uid, uid_pub) == 0)
+                *phPublicKey = k;
+            if (strcmp(o->uid, uid_priv) == 0)
+                *phPrivateKey = k;
+        }
+        pthread_mutex_unlock(&g.mutex);
+        if (*phPublicKey != CK_INVALID_HANDLE &&
+            *phPrivateKey != CK_INVALID_HANDLE)
+            rv = CKR_OK;
+    }
+put:
+    free(uid_pub);
+    free(uid_priv);
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}

@@ -1,0 +1,755 @@
+/*
+ * Objects: handles, the merge of provider listings, search and attributes.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "module.h"
+#include "secure.h"
+
+void pobj_clear(const struct provider_ops *ops, void *tok, struct pobj *o)
+{
+    if (o == NULL)
+        return;
+    free(o->uid);
+    attrs_clear(&o->attrs);
+    if (o->ref != NULL && ops != NULL && ops->ref_free != NULL)
+        ops->ref_free(tok, o->ref);
+    memset(o, 0, sizeof(*o));
+}
+
+struct object *object_ref(struct object *o)
+{
+    __atomic_add_fetch(&o->refs, 1, __ATOMIC_ACQ_REL);
+    return o;
+}
+
+void object_unref(struct object *o)
+{
+    if (o == NULL || __atomic_sub_fetch(&o->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    if (o->ref != NULL && o->token != NULL && o->token->ops != NULL &&
+        o->token->ops->ref_free != NULL && o->token->ptok != NULL)
+        o->token->ops->ref_free(o->token->ptok, o->ref);
+    attrs_clear(&o->attrs);
+    secure_free(o->secret, o->secret_len);
+    EVP_PKEY_free(o->pkey);
+    free(o->uid);
+    free(o);
+}
+
+static unsigned long uid_hash(const char *uid)
+{
+    unsigned long h = 1469598103934665603UL;
+
+    for (; *uid; uid++) {
+        h ^= (unsigned char)*uid;
+        h *= 1099511628211UL;
+    }
+    return h;
+}
+
+static struct object *uid_find_unlocked(struct token *t, const char *uid)
+{
+    struct object *o = hmap_get(t->by_uid, uid_hash(uid));
+
+    for (; o != NULL; o = o->uid_next)
+        if (strcmp(o->uid, uid) == 0)
+            return o;
+    return NULL;
+}
+
+static int uid_insert_unlocked(struct token *t, struct object *o)
+{
+    unsigned long h = uid_hash(o->uid);
+
+    o->uid_next = hmap_get(t->by_uid, h);
+    return hmap_put(t->by_uid, h, o);
+}
+
+static void uid_remove_unlocked(struct token *t, struct object *o)
+{
+    unsigned long h = uid_hash(o->uid);
+    struct object *head = hmap_get(t->by_uid, h), **pp;
+
+    if (head == o) {
+        if (o->uid_next != NULL)
+            hmap_put(t->by_uid, h, o->uid_next);
+        else
+            hmap_take(t->by_uid, h);
+        return;
+    }
+    for (pp = &head; *pp != NULL; pp = &(*pp)->uid_next) {
+        if (*pp == o) {
+            *pp = o->uid_next;
+            return;
+        }
+    }
+}
+
+/* Fills in the attributes every object has, where the provider left them
+ * out. */
+static int common_defaults(struct attrs *a, bool token_object)
+{
+    static const CK_ATTRIBUTE_TYPE false_by_default[] = {CKA_MODIFIABLE,
+                                                         CKA_COPYABLE};
+    CK_ULONG i;
+
+    if (attrs_find(a, CKA_TOKEN) == NULL &&
+        attrs_set_bool(a, CKA_TOKEN, token_object))
+        return -1;
+    if (attrs_find(a, CKA_PRIVATE) == NULL &&
+        attrs_set_bool(a, CKA_PRIVATE, CK_FALSE))
+        return -1;
+    if (attrs_find(a, CKA_LABEL) == NULL && attrs_set(a, CKA_LABEL, "", 0))
+        return -1;
+    for (i = 0; i < CMK_ARRAY_SIZE(false_by_default); i++)
+        if (attrs_find(a, false_by_default[i]) == NULL &&
+            attrs_set_bool(a, false_by_default[i], CK_FALSE))
+            return -1;
+    if (attrs_find(a, CKA_DESTROYABLE) == NULL &&
+        attrs_set_bool(a, CKA_DESTROYABLE, !token_object))
+        return -1;
+    return 0;
+}
+
+CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
+                     unsigned char *secret, CK_ULONG secret_len,
+                     CK_OBJECT_HANDLE *h)
+{
+    struct object *o = calloc(1, sizeof(*o));
+    CK_RV rv = CKR_OK;
+
+    if (o == NULL || common_defaults(&p->attrs, sess == 0) != 0) {
+        free(o);
+        return CKR_HOST_MEMORY;
+    }
+    o->refs = 1;
+    o->token = t;
+    o->session = sess;
+    o->uid = p->uid;
+    o->attrs = p->attrs;
+    o->ref = p->ref;
+    o->secret = secret;
+    o->secret_len = secret_len;
+    memset(p, 0, sizeof(*p));
+    pthread_mutex_lock(&g.mutex);
+    o->handle = module_new_handle_unlocked();
+    if (hmap_put(g.objects, o->handle, o) != 0)
+        rv = CKR_HOST_MEMORY;
+    else if (sess == 0 && o->uid != NULL && uid_insert_unlocked(t, o) != 0)
+        rv = CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        *h = o->handle;
+    else
+        hmap_take(g.objects, o->handle);
+    pthread_mutex_unlock(&g.mutex);
+    if (rv != CKR_OK) {
+        o->secret = NULL; /* the caller still owns it */
+        object_unref(o);
+    }
+    return rv;
+}
+
+static void object_forget_unlocked(struct object *o)
+{
+    o->gone = true;
+    if (o->session == 0 && o->uid != NULL)
+        uid_remove_unlocked(o->token, o);
+    hmap_take(g.objects, o->handle);
+}
+
+void object_merge(struct token *t, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+                  struct pobj *objs, CK_ULONG n, bool complete)
+{
+    struct hmap *seen = hmap_new(NULL);
+    void **refs = calloc(n + 1, sizeof(*refs));
+    CK_ULONG i, n_refs = 0;
+    struct object **drop = NULL;
+    CK_ULONG n_drop = 0;
+
+    pthread_mutex_lock(&g.mutex);
+    for (i = 0; i < n; i++) {
+        struct pobj *p = &objs[i];
+        struct object *o;
+        CK_OBJECT_HANDLE h;
+
+        if (p->uid == NULL)
+            continue;
+        o = uid_find_unlocked(t, p->uid);
+        if (o != NULL && common_defaults(&p->attrs, true) == 0) {
+            /* Same object: new attributes, the old reference stays. */
+            attrs_clear(&o->attrs);
+            o->attrs = p->attrs;
+            attrs_init(&p->attrs);
+            if (refs != NULL)
+                refs[n_refs++] = p->ref;
+            p->ref = NULL;
+            if (seen)
+                hmap_put(seen, o->handle, o);
+            continue;
+        }
+        pthread_mutex_unlock(&g.mutex);
+        if (object_publish(t, 0, p, NULL, 0, &h) == CKR_OK && seen) {
+            pthread_mutex_lock(&g.mutex);
+            hmap_put(seen, h, hmap_get(g.objects, h));
+        } else {
+            pthread_mutex_lock(&g.mutex);
+        }
+    }
+    if (complete && seen != NULL) {
+        struct hmap_iter it;
+        unsigned long key;
+        void *value;
+
+        drop = calloc(hmap_count(g.objects) + 1, sizeof(*drop));
+        hmap_iter_init(&it, g.objects);
+        while (drop != NULL && hmap_iter_next(&it, &key, &value)) {
+            struct object *o = value;
+            if (o->token == t && o->session == 0 &&
+                hmap_get(seen, key) == NULL &&
+                attrs_match(&o->attrs, hint, nhint))
+                drop[n_drop++] = o;
+        }
+        for (i = 0; i < n_drop; i++)
+            object_forget_unlocked(drop[i]);
+    }
+    pthread_mutex_unlock(&g.mutex);
+
+    for (i = 0; i < n_drop; i++) {
+        cmk_debug("object %s is gone from token %s", drop[i]->uid, t->name);
+        object_unref(drop[i]);
+    }
+    free(drop);
+    for (i = 0; i < n_refs; i++)
+        if (refs[i] != NULL && t->ops->ref_free != NULL)
+            t->ops->ref_free(t->ptok, refs[i]);
+    free(refs);
+    for (i = 0; i < n; i++)
+        pobj_clear(t->ops, t->ptok, &objs[i]);
+    free(objs);
+    hmap_free(seen);
+}
+
+CK_RV object_refresh(struct session *s, const CK_ATTRIBUTE *hint,
+                     CK_ULONG nhint)
+{
+    struct token *t = s->token;
+    struct pcall c = {.tok = t->ptok, .sess = s->psess};
+    struct pobj *objs = NULL;
+    CK_ULONG n = 0;
+    bool complete = false;
+    CK_RV rv;
+
+    rv = t->ops->list(&c, hint, nhint, &objs, &n, &complete);
+    s->device_error = c.device_error;
+    if (rv != CKR_OK) {
+        cmk_debug("listing token %s: %s", t->name, cmk_rv_name(rv));
+        return rv;
+    }
+    object_merge(t, hint, nhint, objs, n, complete);
+    return CKR_OK;
+}
+
+bool object_visible_unlocked(const struct session *s, const struct object *o)
+{
+    const struct token *t = s->token;
+
+    if (o->gone || o->token != t)
+        return false;
+    if (t->info.login_required && !t->logged_in &&
+        attrs_get_bool(&o->attrs, CKA_PRIVATE, false))
+        return false;
+    return true;
+}
+
+CK_RV object_get(struct session *s, CK_OBJECT_HANDLE h, struct object **out)
+{
+    struct object *o;
+    CK_RV rv = CKR_OBJECT_HANDLE_INVALID;
+
+    pthread_mutex_lock(&g.mutex);
+    o = hmap_get(g.objects, h);
+    if (o != NULL && object_visible_unlocked(s, o)) {
+        *out = object_ref(o);
+        rv = CKR_OK;
+    }
+    pthread_mutex_unlock(&g.mutex);
+    return rv;
+}
+
+bool object_get_bool(struct object *o, CK_ATTRIBUTE_TYPE type, bool dflt)
+{
+    bool v;
+
+    pthread_mutex_lock(&g.mutex);
+    v = attrs_get_bool(&o->attrs, type, dflt);
+    pthread_mutex_unlock(&g.mutex);
+    return v;
+}
+
+CK_ULONG object_get_ulong(struct object *o, CK_ATTRIBUTE_TYPE type,
+                          CK_ULONG dflt)
+{
+    CK_ULONG v;
+
+    pthread_mutex_lock(&g.mutex);
+    v = attrs_get_ulong(&o->attrs, type, dflt);
+    pthread_mutex_unlock(&g.mutex);
+    return v;
+}
+
+void *object_get_value(struct object *o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
+{
+    CK_ATTRIBUTE *at;
+    void *copy = NULL;
+
+    pthread_mutex_lock(&g.mutex);
+    at = attrs_find(&o->attrs, type);
+    if (at != NULL) {
+        copy = malloc(at->ulValueLen + 1);
+        if (copy != NULL) {
+            memcpy(copy, at->pValue, at->ulValueLen);
+            ((char *)copy)[at->ulValueLen] = '\0';
+            *len = at->ulValueLen;
+        }
+    }
+    pthread_mutex_unlock(&g.mutex);
+    return copy;
+}
+
+void object_destroy_session_objects(struct session *s)
+{
+    struct hmap_iter it;
+    unsigned long key;
+    void *value;
+    struct object **list;
+    CK_ULONG n = 0, i;
+
+    pthread_mutex_lock(&g.mutex);
+    list = calloc(hmap_count(g.objects) + 1, sizeof(*list));
+    hmap_iter_init(&it, g.objects);
+    while (list != NULL && hmap_iter_next(&it, &key, &value)) {
+        struct object *o = value;
+        if (o->session == s->handle)
+            list[n++] = o;
+    }
+    for (i = 0; i < n; i++)
+        object_forget_unlocked(list[i]);
+    pthread_mutex_unlock(&g.mutex);
+    for (i = 0; i < n; i++) {
+        struct object *o = list[i];
+        if (o->ref != NULL && s->token->ops->destroy_object != NULL) {
+            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+            s->token->ops->destroy_object(&c, o->ref);
+        }
+        object_unref(o);
+    }
+    free(list);
+}
+
+void objects_destroy_token(struct token *t, bool in_child)
+{
+    struct hmap_iter it;
+    unsigned long key;
+    void *value;
+    struct object **list;
+    CK_ULONG n = 0, i;
+
+    if (g.objects == NULL)
+        return;
+    list = calloc(hmap_count(g.objects) + 1, sizeof(*list));
+    hmap_iter_init(&it, g.objects);
+    while (list != NULL && hmap_iter_next(&it, &key, &value)) {
+        struct object *o = value;
+        if (o->token == t)
+            list[n++] = o;
+    }
+    for (i = 0; i < n; i++) {
+        object_forget_unlocked(list[i]);
+        if (in_child) {
+            /* Other threads of the parent held references; drop the
+             * provider reference without calling into the provider. */
+            list[i]->refs = 1;
+            list[i]->ref = NULL;
+        }
+        object_unref(list[i]);
+    }
+    free(list);
+}
+
+/* Attributes whose values never leave a sensitive or unextractable key. */
+static bool attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type)
+{
+    switch (type) {
+    case CKA_VALUE:
+        return cls == CKO_SECRET_KEY || cls == CKO_PRIVATE_KEY;
+    case CKA_PRIVATE_EXPONENT:
+    case CKA_PRIME_1:
+    case CKA_PRIME_2:
+    case CKA_EXPONENT_1:
+    case CKA_EXPONENT_2:
+    case CKA_COEFFICIENT:
+        return cls == CKO_PRIVATE_KEY;
+    default:
+        return false;
+    }
+}
+
+static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at)
+{
+    CK_OBJECT_CLASS cls = attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL);
+    const void *value;
+    CK_ULONG len;
+    const CK_ATTRIBUTE *have;
+
+    if (attr_is_secret(cls, at->type)) {
+        /* PKCS#11 2.40 4.1.5: sensitive or unextractable. Private key
+         * material never reaches this module at all. */
+        if (cls == CKO_PRIVATE_KEY || o->secret == NULL ||
+            attrs_get_bool(&o->attrs, CKA_SENSITIVE, true) ||
+            !attrs_get_bool(&o->attrs, CKA_EXTRACTABLE, false)) {
+            at->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            return CKR_ATTRIBUTE_SENSITIVE;
+        }
+        value = o->secret;
+        len = o->secret_len;
+    } else {
+        have = attrs_find(&o->attrs, at->type);
+        if (have == NULL) {
+            at->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            return CKR_ATTRIBUTE_TYPE_INVALID;
+        }
+        value = have->pValue;
+        len = have->ulValueLen;
+    }
+    if (at->pValue == NULL) {
+        at->ulValueLen = len;
+        return CKR_OK;
+    }
+    if (at->ulValueLen < len) {
+        at->ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    if (len > 0)
+        memcpy(at->pValue, value, len);
+    at->ulValueLen = len;
+    return CKR_OK;
+}
+
+CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                          CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+    struct session *s;
+    struct object *o;
+    CK_ULONG i;
+    CK_RV rv = module_enter(), r;
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pTemplate == NULL && ulCount > 0) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rv = object_get(s, hObject, &o);
+    if (rv == CKR_OK) {
+        pthread_mutex_lock(&g.mutex);
+        for (i = 0; i < ulCount; i++) {
+            r = get_one_unlocked(o, &pTemplate[i]);
+            if (r != CKR_OK && rv == CKR_OK)
+                rv = r;
+        }
+        pthread_mutex_unlock(&g.mutex);
+        object_unref(o);
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+/* What C_SetAttributeValue may change on a module-held session object
+ * (PKCS#11 2.40 4.1.2 table 10, and the change-to rules of 4.9). */
+static CK_RV set_check(const struct attrs *a, const CK_ATTRIBUTE *at)
+{
+    CK_BBOOL v;
+
+    switch (at->type) {
+    case CKA_LABEL:
+    case CKA_ID:
+    case CKA_START_DATE:
+    case CKA_END_DATE:
+        return CKR_OK;
+    case CKA_SENSITIVE:
+    case CKA_EXTRACTABLE:
+        if (at->pValue == NULL || at->ulValueLen != sizeof(CK_BBOOL))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        v = *(CK_BBOOL *)at->pValue;
+        if (at->type == CKA_SENSITIVE && !v &&
+            attrs_get_bool(a, CKA_SENSITIVE, false))
+            return CKR_ATTRIBUTE_READ_ONLY;
+        if (at->type == CKA_EXTRACTABLE && v &&
+            !attrs_get_bool(a, CKA_EXTRACTABLE, false))
+            return CKR_ATTRIBUTE_READ_ONLY;
+        return CKR_OK;
+    case CKA_ENCRYPT:
+    case CKA_DECRYPT:
+    case CKA_WRAP:
+    case CKA_UNWRAP:
+    case CKA_SIGN:
+    case CKA_VERIFY:
+        if (at->pValue == NULL || at->ulValueLen != sizeof(CK_BBOOL))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        return CKR_OK;
+    default:
+        return attrs_find(a, at->type) ? CKR_ATTRIBUTE_READ_ONLY
+                                       : CKR_ATTRIBUTE_TYPE_INVALID;
+    }
+}
+
+CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                          CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
+{
+    struct session *s;
+    struct object *o;
+    CK_ULONG i;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pTemplate == NULL && ulCount > 0) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rv = object_get(s, hObject, &o);
+    if (rv != CKR_OK)
+        goto put;
+    pthread_mutex_lock(&g.mutex);
+    if (o->session == 0 || o->ref != NULL ||
+        !attrs_get_bool(&o->attrs, CKA_MODIFIABLE, true)) {
+        /* Key objects of the back end are read-only here. */
+        rv = CKR_ACTION_PROHIBITED;
+    }
+    for (i = 0; rv == CKR_OK && i < ulCount; i++)
+        rv = set_check(&o->attrs, &pTemplate[i]);
+    if (rv == CKR_OK && attrs_merge(&o->attrs, pTemplate, ulCount) != 0)
+        rv = CKR_HOST_MEMORY;
+    pthread_mutex_unlock(&g.mutex);
+    object_unref(o);
+put:
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                      CK_ULONG_PTR pulSize)
+{
+    struct session *s;
+    struct object *o;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pulSize == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rv = object_get(s, hObject, &o);
+    if (rv == CKR_OK) {
+        *pulSize = CK_UNAVAILABLE_INFORMATION;
+        object_unref(o);
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
+                        CK_ULONG ulCount)
+{
+    struct session *s;
+    struct hmap_iter it;
+    unsigned long key;
+    void *value;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (pTemplate == NULL && ulCount > 0) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (s->find_active) {
+        rv = CKR_OPERATION_ACTIVE;
+        goto put;
+    }
+    rv = object_refresh(s, pTemplate, ulCount);
+    if (rv != CKR_OK)
+        goto put;
+    free(s->found);
+    s->n_found = s->found_pos = 0;
+    pthread_mutex_lock(&g.mutex);
+    s->found = calloc(hmap_count(g.objects) + 1, sizeof(*s->found));
+    hmap_iter_init(&it, g.objects);
+    while (s->found != NULL && hmap_iter_next(&it, &key, &value)) {
+        struct object *o = value;
+        if (object_visible_unlocked(s, o) &&
+            attrs_match(&o->attrs, pTemplate, ulCount))
+            s->found[s->n_found++] = key;
+    }
+    pthread_mutex_unlock(&g.mutex);
+    if (s->found == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto put;
+    }
+    s->find_active = true;
+put:
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
+                    CK_ULONG ulMaxObjectCount, CK_ULONG_PTR pulObjectCount)
+{
+    struct session *s;
+    CK_ULONG n = 0;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (phObject == NULL || pulObjectCount == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (!s->find_active) {
+        rv = CKR_OPERATION_NOT_INITIALIZED;
+    } else {
+        while (n < ulMaxObjectCount && s->found_pos < s->n_found)
+            phObject[n++] = s->found[s->found_pos++];
+        *pulObjectCount = n;
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE hSession)
+{
+    struct session *s;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    if (!s->find_active) {
+        rv = CKR_OPERATION_NOT_INITIALIZED;
+    } else {
+        s->find_active = false;
+        free(s->found);
+        s->found = NULL;
+        s->n_found = s->found_pos = 0;
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
+{
+    struct session *s;
+    struct object *o;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rv = object_get(s, hObject, &o);
+    if (rv != CKR_OK)
+        goto put;
+    pthread_mutex_lock(&g.mutex);
+    if (o->session == 0 && !session_is_rw(s))
+        rv = CKR_SESSION_READ_ONLY;
+    else if (!attrs_get_bool(&o->attrs, CKA_DESTROYABLE, true))
+        rv = CKR_ACTION_PROHIBITED;
+    else if (o->gone)
+        rv = CKR_OBJECT_HANDLE_INVALID;
+    if (rv == CKR_OK && o->ref != NULL) {
+        pthread_mutex_unlock(&g.mutex);
+        if (s->token->ops->destroy_object != NULL) {
+            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+            rv = s->token->ops->destroy_object(&c, o->ref);
+            s->device_error = c.device_error;
+        }
+        pthread_mutex_lock(&g.mutex);
+    }
+    if (rv == CKR_OK && !o->gone) {
+        object_forget_unlocked(o);
+        pthread_mutex_unlock(&g.mutex);
+        object_unref(o); /* the table's reference */
+    } else {
+        pthread_mutex_unlock(&g.mutex);
+    }
+    object_unref(o);
+put:
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}
+
+CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
+                   CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount,
+                   CK_OBJECT_HANDLE_PTR phNewObject)
+{
+    struct session *s;
+    struct object *o;
+    CK_RV rv = module_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if ((pTemplate == NULL && ulCount > 0) || phNewObject == NULL) {
+        rv = CKR_ARGUMENTS_BAD;
+        goto out;
+    }
+    rv = session_get(hSession, &s);
+    if (rv != CKR_OK)
+        goto out;
+    rv = object_get(s, hObject, &o);
+    if (rv == CKR_OK) {
+        /* CKA_COPYABLE is false on every object of this module. */
+        rv = CKR_ACTION_PROHIBITED;
+        object_unref(o);
+    }
+    session_put(s);
+out:
+    module_leave();
+    return rv;
+}

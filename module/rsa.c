@@ -1,0 +1,447 @@
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/core_names.h>
+#include <openssl/param_build.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
+
+#include "rsa.h"
+#include "secure.h"
+
+const EVP_MD *rsa_md_for_mech(CK_MECHANISM_TYPE m)
+{
+    switch (m) {
+    case CKM_SHA_1:
+        return EVP_sha1();
+    case CKM_SHA224:
+        return EVP_sha224();
+    case CKM_SHA256:
+        return EVP_sha256();
+    case CKM_SHA384:
+        return EVP_sha384();
+    case CKM_SHA512:
+        return EVP_sha512();
+    default:
+        return NULL;
+    }
+}
+
+const EVP_MD *rsa_md_for_mgf(CK_RSA_PKCS_MGF_TYPE mgf)
+{
+    switch (mgf) {
+    case CKG_MGF1_SHA1:
+        return EVP_sha1();
+    case CKG_MGF1_SHA224:
+        return EVP_sha224();
+    case CKG_MGF1_SHA256:
+        return EVP_sha256();
+    case CKG_MGF1_SHA384:
+        return EVP_sha384();
+    case CKG_MGF1_SHA512:
+        return EVP_sha512();
+    default:
+        return NULL;
+    }
+}
+
+bool rsa_hash_sign_mech(CK_MECHANISM_TYPE m, CK_MECHANISM_TYPE *digest,
+                        bool *pss)
+{
+    static const struct {
+        CK_MECHANISM_TYPE mech, digest;
+        bool pss;
+    } map[] = {
+        {CKM_SHA1_RSA_PKCS, CKM_SHA_1, false},
+        {CKM_SHA224_RSA_PKCS, CKM_SHA224, false},
+        {CKM_SHA256_RSA_PKCS, CKM_SHA256, false},
+        {CKM_SHA384_RSA_PKCS, CKM_SHA384, false},
+        {CKM_SHA512_RSA_PKCS, CKM_SHA512, false},
+        {CKM_SHA1_RSA_PKCS_PSS, CKM_SHA_1, true},
+        {CKM_SHA224_RSA_PKCS_PSS, CKM_SHA224, true},
+        {CKM_SHA256_RSA_PKCS_PSS, CKM_SHA256, true},
+        {CKM_SHA384_RSA_PKCS_PSS, CKM_SHA384, true},
+        {CKM_SHA512_RSA_PKCS_PSS, CKM_SHA512, true},
+    };
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(map); i++) {
+        if (map[i].mech == m) {
+            *digest = map[i].digest;
+            *pss = map[i].pss;
+            return true;
+        }
+    }
+    return false;
+}
+
+CK_RV rsa_check_oaep(const CK_MECHANISM *m)
+{
+    const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+
+    if (p == NULL || m->ulParameterLen != sizeof(*p))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (rsa_md_for_mech(p->hashAlg) == NULL || rsa_md_for_mgf(p->mgf) == NULL)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (p->source != 0 && p->source != CKZ_DATA_SPECIFIED)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (p->pSourceData == NULL && p->ulSourceDataLen != 0)
+        return CKR_MECHANISM_PARAM_INVALID;
+    return CKR_OK;
+}
+
+CK_RV rsa_check_pss(const CK_MECHANISM *m, CK_MECHANISM_TYPE hash_mech)
+{
+    const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+
+    if (p == NULL || m->ulParameterLen != sizeof(*p))
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (rsa_md_for_mech(p->hashAlg) == NULL || rsa_md_for_mgf(p->mgf) == NULL)
+        return CKR_MECHANISM_PARAM_INVALID;
+    /* The hash-and-sign forms must name their own hash. */
+    if (hash_mech != 0 && p->hashAlg != hash_mech)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (p->sLen > 1024)
+        return CKR_MECHANISM_PARAM_INVALID;
+    return CKR_OK;
+}
+
+CK_RV rsa_digest_info(CK_MECHANISM_TYPE digest, const CK_BYTE *hash,
+                      CK_ULONG hlen, CK_BYTE *out, CK_ULONG *outlen)
+{
+    /* DER of DigestInfo up to the digest (RFC 8017 section 9.2, note 1). */
+    static const CK_BYTE sha1[] = {0x30, 0x21, 0x30, 0x09, 0x06,
+                                   0x05, 0x2b, 0x0e, 0x03, 0x02,
+                                   0x1a, 0x05, 0x00, 0x04, 0x14};
+    static const CK_BYTE sha224[] = {0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                     0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                     0x04, 0x05, 0x00, 0x04, 0x1c};
+    static const CK_BYTE sha256[] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                     0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                     0x01, 0x05, 0x00, 0x04, 0x20};
+    static const CK_BYTE sha384[] = {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                     0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                     0x02, 0x05, 0x00, 0x04, 0x30};
+    static const CK_BYTE sha512[] = {0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                     0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                     0x03, 0x05, 0x00, 0x04, 0x40};
+    const CK_BYTE *prefix;
+    CK_ULONG plen;
+
+    switch (digest) {
+    case CKM_SHA_1:
+        prefix = sha1, plen = sizeof(sha1);
+        break;
+    case CKM_SHA224:
+        prefix = sha224, plen = sizeof(sha224);
+        break;
+    case CKM_SHA256:
+        prefix = sha256, plen = sizeof(sha256);
+        break;
+    case CKM_SHA384:
+        prefix = sha384, plen = sizeof(sha384);
+        break;
+    case CKM_SHA512:
+        prefix = sha512, plen = sizeof(sha512);
+        break;
+    default:
+        return CKR_MECHANISM_INVALID;
+    }
+    if (hlen != prefix[plen - 1] || *outlen < plen + hlen)
+        return CKR_GENERAL_ERROR;
+    memcpy(out, prefix, plen);
+    memcpy(out + plen, hash, hlen);
+    *outlen = plen + hlen;
+    return CKR_OK;
+}
+
+static EVP_PKEY *pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen,
+                                 const CK_BYTE *e, CK_ULONG elen)
+{
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    EVP_PKEY *pk = NULL;
+    BIGNUM *bn = BN_bin2bn(n, (int)nlen, NULL);
+    BIGNUM *be = BN_bin2bn(e, (int)elen, NULL);
+
+    if (bld == NULL || bn == NULL || be == NULL ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
+        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be))
+        goto out;
+    params = OSSL_PARAM_BLD_to_param(bld);
+    ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    if (params == NULL || ctx == NULL || EVP_PKEY_fromdata_init(ctx) <= 0 ||
+        EVP_PKEY_fromdata(ctx, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0)
+        pk = NULL;
+out:
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(bn);
+    BN_free(be);
+    return pk;
+}
+
+EVP_PKEY *rsa_object_pkey(struct object *o)
+{
+    EVP_PKEY *pk, *expected = NULL;
+    CK_ULONG nlen = 0, elen = 0;
+    CK_BYTE *n, *e;
+
+    pk = __atomic_load_n(&o->pkey, __ATOMIC_ACQUIRE);
+    if (pk != NULL)
+        return pk;
+    n = object_get_value(o, CKA_MODULUS, &nlen);
+    e = object_get_value(o, CKA_PUBLIC_EXPONENT, &elen);
+    if (n != NULL && e != NULL && nlen > 0 && elen > 0)
+        pk = pkey_from_parts(n, nlen, e, elen);
+    free(n);
+    free(e);
+    if (pk == NULL)
+        return NULL;
+    if (!__atomic_compare_exchange_n(&o->pkey, &expected, pk, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        EVP_PKEY_free(pk);
+        pk = expected;
+    }
+    return pk;
+}
+
+CK_ULONG rsa_object_bytes(struct object *o)
+{
+    CK_ULONG bits = object_get_ulong(o, CKA_MODULUS_BITS, 0);
+
+    if (bits == 0) {
+        CK_ULONG len = 0;
+        void *n = object_get_value(o, CKA_MODULUS, &len);
+        free(n);
+        return len;
+    }
+    return (bits + 7) / 8;
+}
+
+static CK_RV set_oaep(EVP_PKEY_CTX *ctx, const CK_MECHANISM *m)
+{
+    const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+    unsigned char *label = NULL;
+
+    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_oaep_md(ctx, rsa_md_for_mech(p->hashAlg)) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, rsa_md_for_mgf(p->mgf)) <= 0)
+        return CKR_MECHANISM_PARAM_INVALID;
+    if (p->ulSourceDataLen > 0) {
+        label = OPENSSL_memdup(p->pSourceData, p->ulSourceDataLen);
+        if (label == NULL)
+            return CKR_HOST_MEMORY;
+        if (EVP_PKEY_CTX_set0_rsa_oaep_label(ctx, label,
+                                             (int)p->ulSourceDataLen) <= 0) {
+            OPENSSL_free(label);
+            return CKR_MECHANISM_PARAM_INVALID;
+        }
+    }
+    return CKR_OK;
+}
+
+CK_RV rsa_encrypt(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *in,
+                  CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
+    size_t olen = *outlen;
+    CK_RV rv = CKR_OK;
+
+    if (ctx == NULL || EVP_PKEY_encrypt_init(ctx) <= 0) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    if (m->mechanism == CKM_RSA_PKCS_OAEP) {
+        rv = set_oaep(ctx, m);
+    } else if (m->mechanism == CKM_RSA_PKCS) {
+        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
+            rv = CKR_GENERAL_ERROR;
+    } else if (m->mechanism == CKM_RSA_X_509) {
+        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) <= 0)
+            rv = CKR_GENERAL_ERROR;
+    } else {
+        rv = CKR_MECHANISM_INVALID;
+    }
+    if (rv != CKR_OK)
+        goto out;
+    if (EVP_PKEY_encrypt(ctx, out, &olen, in, inlen) <= 0) {
+        rv = CKR_DATA_LEN_RANGE;
+        goto out;
+    }
+    *outlen = olen;
+out:
+    EVP_PKEY_CTX_free(ctx);
+    return rv;
+}
+
+CK_RV rsa_verify(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *data,
+                 CK_ULONG len, const CK_BYTE *sig, CK_ULONG siglen)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
+    CK_RV rv = CKR_OK;
+    int r;
+
+    if (ctx == NULL || EVP_PKEY_verify_init(ctx) <= 0) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    if ((size_t)siglen != (size_t)EVP_PKEY_get_size(pk)) {
+        rv = CKR_SIGNATURE_LEN_RANGE;
+        goto out;
+    }
+    if (m->mechanism == CKM_RSA_PKCS_PSS) {
+        const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+        if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) <= 0 ||
+            EVP_PKEY_CTX_set_signature_md(ctx, rsa_md_for_mech(p->hashAlg)) <=
+                0 ||
+            EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, rsa_md_for_mgf(p->mgf)) <= 0 ||
+            EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, (int)p->sLen) <= 0) {
+            rv = CKR_MECHANISM_PARAM_INVALID;
+            goto out;
+        }
+    } else if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    r = EVP_PKEY_verify(ctx, sig, siglen, data, len);
+    rv = r == 1 ? CKR_OK : CKR_SIGNATURE_INVALID;
+out:
+    EVP_PKEY_CTX_free(ctx);
+    return rv;
+}
+
+static int set_date(struct attrs *a, CK_ATTRIBUTE_TYPE type, long long t)
+{
+    CK_DATE d;
+    char buf[40];
+    struct tm tm;
+    time_t tt = (time_t)t;
+
+    if (t <= 0)
+        return attrs_set(a, type, NULL, 0);
+    if (gmtime_r(&tt, &tm) == NULL)
+        return -1;
+    snprintf(buf, sizeof(buf), "%04d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday);
+    memcpy(d.year, buf, 4);
+    memcpy(d.month, buf + 4, 2);
+    memcpy(d.day, buf + 6, 2);
+    return attrs_set(a, type, &d, sizeof(d));
+}
+
+static int set_time_text(struct attrs *a, CK_ATTRIBUTE_TYPE type, long long t)
+{
+    char buf[32];
+
+    if (t <= 0)
+        return attrs_set(a, type, NULL, 0);
+    snprintf(buf, sizeof(buf), "%lld", t);
+    return attrs_set_string(a, type, buf);
+}
+
+/* Attributes both halves share. */
+static int common_key_attrs(struct attrs *a, const struct rsa_key_desc *d)
+{
+    int r = 0;
+
+    r |= attrs_set_ulong(a, CKA_KEY_TYPE, CKK_RSA);
+    r |= attrs_set_bool(a, CKA_TOKEN, CK_TRUE);
+    r |= attrs_set_string(a, CKA_LABEL, d->label);
+    r |= attrs_set(a, CKA_ID, d->id, d->id_len);
+    r |= attrs_set(a, CKA_MODULUS, d->modulus, d->modulus_len);
+    r |= attrs_set_ulong(a, CKA_MODULUS_BITS, d->modulus_len * 8);
+    r |= attrs_set(a, CKA_PUBLIC_EXPONENT, d->exponent, d->exponent_len);
+    r |= set_date(a, CKA_START_DATE, d->not_before);
+    r |= set_date(a, CKA_END_DATE, d->expires);
+    r |= attrs_set_bool(a, CKA_LOCAL, d->local);
+    r |= attrs_set_ulong(a, CKA_KEY_GEN_MECHANISM,
+                         d->local ? CKM_RSA_PKCS_KEY_PAIR_GEN
+                                  : CK_UNAVAILABLE_INFORMATION);
+    r |= attrs_set_bool(a, CKA_DERIVE, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_MODIFIABLE, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_COPYABLE, CK_FALSE);
+    r |= attrs_set_bool(a, CKA_DESTROYABLE, CK_FALSE);
+    /* Vendor attributes (docs/vendor.md). */
+    r |= attrs_set_string(a, CKA_CMK_BACKEND, d->backend);
+    r |= attrs_set_string(a, CKA_CMK_SOURCE, d->source);
+    r |= attrs_set_string(a, CKA_CMK_KEY_NAME, d->key_name);
+    r |= attrs_set_string(a, CKA_CMK_VERSION, d->version);
+    r |= attrs_set_bool(a, CKA_CMK_ENABLED, d->enabled);
+    r |= attrs_set_bool(a, CKA_CMK_CURRENT, d->current);
+    r |= set_time_text(a, CKA_CMK_CREATED, d->created);
+    r |= set_time_text(a, CKA_CMK_UPDATED, d->updated);
+    r |= set_time_text(a, CKA_CMK_NOT_BEFORE, d->not_before);
+    r |= set_time_text(a, CKA_CMK_EXPIRES, d->expires);
+    r |= attrs_set_string(a, CKA_CMK_RECOVERY, d->recovery_level);
+    r |= attrs_set_string(a, CKA_CMK_KEY_OPS, d->key_ops);
+    r |= attrs_set_string(a, CKA_CMK_KEY_TYPE, d->key_type);
+    return r ? -1 : 0;
+}
+
+static int public_key_info(struct attrs *a, const struct rsa_key_desc *d)
+{
+    EVP_PKEY *pk = pkey_from_parts(d->modulus, d->modulus_len, d->exponent,
+                                   d->exponent_len);
+    unsigned char *der = NULL;
+    int len, r = -1;
+
+    if (pk == NULL)
+        return -1;
+    len = i2d_PUBKEY(pk, &der);
+    if (len > 0)
+        r = attrs_set(a, CKA_PUBLIC_KEY_INFO, der, (CK_ULONG)len);
+    OPENSSL_free(der);
+    EVP_PKEY_free(pk);
+    return r;
+}
+
+int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
+                    struct pobj *pub)
+{
+    char uid[512];
+    int r = 0;
+
+    memset(priv, 0, sizeof(*priv));
+    memset(pub, 0, sizeof(*pub));
+    snprintf(uid, sizeof(uid), "%s/private", d->uid_prefix);
+    priv->uid = strdup(uid);
+    snprintf(uid, sizeof(uid), "%s/public", d->uid_prefix);
+    pub->uid = strdup(uid);
+    if (priv->uid == NULL || pub->uid == NULL)
+        return -1;
+
+    r |= attrs_set_ulong(&priv->attrs, CKA_CLASS, CKO_PRIVATE_KEY);
+    r |= common_key_attrs(&priv->attrs, d);
+    r |= attrs_set_bool(&priv->attrs, CKA_PRIVATE, d->private_obj);
+    r |= attrs_set_bool(&priv->attrs, CKA_SENSITIVE, CK_TRUE);
+    r |= attrs_set_bool(&priv->attrs, CKA_ALWAYS_SENSITIVE, CK_TRUE);
+    r |= attrs_set_bool(&priv->attrs, CKA_NEVER_EXTRACTABLE, CK_TRUE);
+    r |= attrs_set_bool(&priv->attrs, CKA_EXTRACTABLE, CK_FALSE);
+    r |= attrs_set_bool(&priv->attrs, CKA_DECRYPT, d->decrypt);
+    r |= attrs_set_bool(&priv->attrs, CKA_UNWRAP, d->unwrap);
+    r |= attrs_set_bool(&priv->attrs, CKA_SIGN, d->sign);
+    r |= attrs_set_bool(&priv->attrs, CKA_SIGN_RECOVER, CK_FALSE);
+    r |= attrs_set_bool(&priv->attrs, CKA_ALWAYS_AUTHENTICATE, CK_FALSE);
+    r |= attrs_set_bool(&priv->attrs, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
+    r |= attrs_set(&priv->attrs, CKA_SUBJECT, NULL, 0);
+    r |= public_key_info(&priv->attrs, d);
+
+    r |= attrs_set_ulong(&pub->attrs, CKA_CLASS, CKO_PUBLIC_KEY);
+    r |= common_key_attrs(&pub->attrs, d);
+    r |= attrs_set_bool(&pub->attrs, CKA_PRIVATE, CK_FALSE);
+    r |= attrs_set_bool(&pub->attrs, CKA_ENCRYPT, d->encrypt);
+    r |= attrs_set_bool(&pub->attrs, CKA_WRAP, d->wrap);
+    r |= attrs_set_bool(&pub->attrs, CKA_VERIFY, d->verify);
+    r |= attrs_set_bool(&pub->attrs, CKA_VERIFY_RECOVER, CK_FALSE);
+    r |= attrs_set_bool(&pub->attrs, CKA_TRUSTED, CK_FALSE);
+    r |= attrs_set(&pub->attrs, CKA_SUBJECT, NULL, 0);
+    r |= public_key_info(&pub->attrs, d);
+    return r ? -1 : 0;
+}

@@ -1,0 +1,71 @@
+/*
+ * RSA helpers: local public-key operations with OpenSSL, mechanism
+ * parameters, DigestInfo encoding, and the attributes of RSA key objects
+ * that every provider presents the same way.
+ */
+#ifndef CMKP11_RSA_H
+#define CMKP11_RSA_H
+
+#include <openssl/evp.h>
+
+#include "module.h"
+
+/* The EVP_MD for a CKM_SHA* / CKG_MGF1_SHA* value, or NULL. */
+const EVP_MD *rsa_md_for_mech(CK_MECHANISM_TYPE m);
+const EVP_MD *rsa_md_for_mgf(CK_RSA_PKCS_MGF_TYPE mgf);
+/* For hash-and-sign mechanisms: the digest (CKM_SHA*), and whether PSS. */
+bool rsa_hash_sign_mech(CK_MECHANISM_TYPE m, CK_MECHANISM_TYPE *digest,
+                        bool *pss);
+
+/* Checks OAEP/PSS parameters. */
+CK_RV rsa_check_oaep(const CK_MECHANISM *m);
+CK_RV rsa_check_pss(const CK_MECHANISM *m, CK_MECHANISM_TYPE hash_mech);
+
+/* DigestInfo = prefix || digest for a CKM_SHA* mechanism. */
+CK_RV rsa_digest_info(CK_MECHANISM_TYPE digest, const CK_BYTE *hash,
+                      CK_ULONG hlen, CK_BYTE *out, CK_ULONG *outlen);
+
+/* The object's public key, built once from CKA_MODULUS and
+ * CKA_PUBLIC_EXPONENT. Borrowed; valid while the object is referenced. */
+EVP_PKEY *rsa_object_pkey(struct object *o);
+CK_ULONG rsa_object_bytes(struct object *o);
+
+/* Local public-key encryption (CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP). */
+CK_RV rsa_encrypt(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *in,
+                  CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);
+/* Local verification. For CKM_RSA_PKCS, data is the DigestInfo (or any
+ * data); for PSS, data is the digest. */
+CK_RV rsa_verify(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *data,
+                 CK_ULONG len, const CK_BYTE *sig, CK_ULONG siglen);
+
+/* A description of one RSA key version, for rsa_key_objects(). */
+struct rsa_key_desc {
+    const char *uid_prefix; /* unique within the token */
+    const char *label;      /* NAME or NAME@VERSION */
+    const CK_BYTE *id;      /* CKA_ID */
+    CK_ULONG id_len;
+    const CK_BYTE *modulus;
+    CK_ULONG modulus_len;
+    const CK_BYTE *exponent;
+    CK_ULONG exponent_len;
+    bool decrypt, unwrap, sign;    /* private-key usage (false when disabled) */
+    bool encrypt, wrap, verify;    /* public-key usage */
+    bool private_obj;              /* CKA_PRIVATE on the private key */
+    long long not_before, expires; /* 0 = none; seconds since the epoch */
+    long long created, updated;
+    bool enabled, current;
+    bool local;          /* CKA_LOCAL: generated in the back end */
+    const char *backend; /* vendor attributes */
+    const char *source;
+    const char *key_name;
+    const char *version;
+    const char *recovery_level;
+    const char *key_ops;
+    const char *key_type;
+};
+
+/* Builds the private and public key objects' attributes. 0 or -1. */
+int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
+                    struct pobj *pub);
+
+#endif

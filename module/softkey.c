@@ -1,0 +1,181 @@
+#include "config.h"
+
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "softkey.h"
+
+static const EVP_CIPHER *cipher_for(CK_MECHANISM_TYPE m, CK_ULONG key_len)
+{
+    int i = key_len == 16 ? 0 : key_len == 24 ? 1 : key_len == 32 ? 2 : -1;
+
+    if (i < 0)
+        return NULL;
+    switch (m) {
+    case CKM_AES_GCM:
+        return (const EVP_CIPHER *[]){EVP_aes_128_gcm(), EVP_aes_192_gcm(),
+                                      EVP_aes_256_gcm()}[i];
+    case CKM_AES_CBC_PAD:
+        return (const EVP_CIPHER *[]){EVP_aes_128_cbc(), EVP_aes_192_cbc(),
+                                      EVP_aes_256_cbc()}[i];
+    case CKM_AES_KEY_WRAP:
+        return (const EVP_CIPHER *[]){EVP_aes_128_wrap(), EVP_aes_192_wrap(),
+                                      EVP_aes_256_wrap()}[i];
+    case CKM_AES_KEY_WRAP_PAD:
+        return (const EVP_CIPHER *[]){EVP_aes_128_wrap_pad(),
+                                      EVP_aes_192_wrap_pad(),
+                                      EVP_aes_256_wrap_pad()}[i];
+    default:
+        return NULL;
+    }
+}
+
+CK_RV softkey_check_mech(const CK_MECHANISM *m, CK_ULONG key_len)
+{
+    const CK_GCM_PARAMS *gcm;
+
+    if (cipher_for(m->mechanism, key_len) == NULL)
+        return cipher_for(m->mechanism, 32) ? CKR_KEY_SIZE_RANGE
+                                            : CKR_MECHANISM_INVALID;
+    switch (m->mechanism) {
+    case CKM_AES_GCM:
+        gcm = m->pParameter;
+        if (gcm == NULL || m->ulParameterLen != sizeof(*gcm) ||
+            gcm->pIv == NULL || gcm->ulIvLen == 0 || gcm->ulIvLen > 256 ||
+            (gcm->pAAD == NULL && gcm->ulAADLen != 0) || gcm->ulTagBits < 96 ||
+            gcm->ulTagBits > 128 || gcm->ulTagBits % 8 != 0)
+            return CKR_MECHANISM_PARAM_INVALID;
+        return CKR_OK;
+    case CKM_AES_CBC_PAD:
+        if (m->pParameter == NULL || m->ulParameterLen != 16)
+            return CKR_MECHANISM_PARAM_INVALID;
+        return CKR_OK;
+    default:
+        /* Key wrap: only the default initial values. */
+        if (m->pParameter != NULL || m->ulParameterLen != 0)
+            return CKR_MECHANISM_PARAM_INVALID;
+        return CKR_OK;
+    }
+}
+
+CK_ULONG softkey_out_bound(const CK_MECHANISM *m, bool encrypt, CK_ULONG inlen)
+{
+    const CK_GCM_PARAMS *gcm = m->pParameter;
+
+    switch (m->mechanism) {
+    case CKM_AES_GCM:
+        return encrypt ? inlen + gcm->ulTagBits / 8 : inlen;
+    case CKM_AES_CBC_PAD:
+        return encrypt ? (inlen / 16 + 1) * 16 : inlen;
+    case CKM_AES_KEY_WRAP:
+    case CKM_AES_KEY_WRAP_PAD:
+        return encrypt ? (inlen + 7) / 8 * 8 + 8 : inlen;
+    default:
+        return inlen + 32;
+    }
+}
+
+CK_RV softkey_crypt(const CK_MECHANISM *m, bool encrypt, const CK_BYTE *key,
+                    CK_ULONG key_len, const CK_BYTE *in, CK_ULONG inlen,
+                    CK_BYTE *out, CK_ULONG *outlen)
+{
+    const EVP_CIPHER *cipher = cipher_for(m->mechanism, key_len);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    const CK_GCM_PARAMS *gcm = m->pParameter;
+    const unsigned char *iv = NULL;
+    CK_ULONG tag = 0, body = inlen;
+    int n = 0, fin = 0;
+    CK_RV rv = CKR_OK;
+
+    if (cipher == NULL || ctx == NULL) {
+        rv = cipher == NULL ? CKR_MECHANISM_INVALID : CKR_HOST_MEMORY;
+        goto out;
+    }
+    if (inlen > 0x7fffffffUL) {
+        rv = CKR_DATA_LEN_RANGE;
+        goto out;
+    }
+    switch (m->mechanism) {
+    case CKM_AES_GCM:
+        tag = gcm->ulTagBits / 8;
+        iv = gcm->pIv;
+        if (!encrypt) {
+            if (inlen < tag) {
+                rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
+                goto out;
+            }
+            body = inlen - tag;
+        }
+        break;
+    case CKM_AES_CBC_PAD:
+        iv = m->pParameter;
+        if (!encrypt && (inlen == 0 || inlen % 16 != 0)) {
+            rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
+            goto out;
+        }
+        break;
+    case CKM_AES_KEY_WRAP:
+        EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+        if ((encrypt && (inlen < 16 || inlen % 8 != 0)) ||
+            (!encrypt && (inlen < 24 || inlen % 8 != 0))) {
+            rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+            goto out;
+        }
+        break;
+    case CKM_AES_KEY_WRAP_PAD:
+        EVP_CIPHER_CTX_set_flags(ctx, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+        if ((encrypt && inlen == 0) ||
+            (!encrypt && (inlen < 16 || inlen % 8 != 0))) {
+            rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_LEN_RANGE;
+            goto out;
+        }
+        break;
+    default:
+        break;
+    }
+
+    if (EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, encrypt) != 1 ||
+        (m->mechanism == CKM_AES_GCM &&
+         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)gcm->ulIvLen,
+                             NULL) != 1) ||
+        EVP_CipherInit_ex(ctx, NULL, NULL, key, iv, encrypt) != 1) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    if (m->mechanism == CKM_AES_GCM) {
+        if (gcm->ulAADLen > 0 && EVP_CipherUpdate(ctx, NULL, &n, gcm->pAAD,
+                                                  (int)gcm->ulAADLen) != 1) {
+            rv = CKR_GENERAL_ERROR;
+            goto out;
+        }
+        if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, (int)tag,
+                                            (void *)(in + body)) != 1) {
+            rv = CKR_GENERAL_ERROR;
+            goto out;
+        }
+    }
+    n = 0;
+    if (body > 0 && EVP_CipherUpdate(ctx, out, &n, in, (int)body) != 1) {
+        rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_INVALID;
+        goto out;
+    }
+    if (EVP_CipherFinal_ex(ctx, out + n, &fin) != 1) {
+        rv = encrypt ? CKR_DATA_LEN_RANGE : CKR_ENCRYPTED_DATA_INVALID;
+        goto out;
+    }
+    *outlen = (CK_ULONG)(n + fin);
+    if (m->mechanism == CKM_AES_GCM && encrypt) {
+        if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, (int)tag,
+                                out + *outlen) != 1) {
+            rv = CKR_GENERAL_ERROR;
+            goto out;
+        }
+        *outlen += tag;
+    }
+out:
+    if (rv != CKR_OK)
+        OPENSSL_cleanse(out, softkey_out_bound(m, encrypt, inlen));
+    EVP_CIPHER_CTX_free(ctx);
+    return rv;
+}

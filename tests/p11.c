@@ -1,0 +1,135 @@
+#include "config.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "p11.h"
+#include "test.h"
+
+CK_FUNCTION_LIST *p11;
+void *p11_dl;
+static char tmpdir[256];
+
+void p11_load(const char *path)
+{
+    CK_C_GetFunctionList gfl;
+
+    if (path == NULL)
+        path = getenv("CMKP11_TEST_MODULE");
+    if (path == NULL)
+        test_bail("CMKP11_TEST_MODULE is not set");
+    p11_dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (p11_dl == NULL)
+        test_bail("dlopen %s: %s", path, dlerror());
+    gfl = (CK_C_GetFunctionList)dlsym(p11_dl, "C_GetFunctionList");
+    if (gfl == NULL || gfl(&p11) != CKR_OK)
+        test_bail("C_GetFunctionList failed");
+}
+
+const char *p11_tmpdir(void)
+{
+    if (tmpdir[0] == '\0') {
+        snprintf(tmpdir, sizeof(tmpdir), "tmp-test-XXXXXX");
+        if (mkdtemp(tmpdir) == NULL)
+            test_bail("mkdtemp failed");
+    }
+    return tmpdir;
+}
+
+char *p11_write_file(const char *name, const char *text)
+{
+    char *path = malloc(512);
+    FILE *f;
+
+    snprintf(path, 512, "%s/%s", p11_tmpdir(), name);
+    f = fopen(path, "w");
+    if (f == NULL)
+        test_bail("cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+    chmod(path, 0600);
+    return path;
+}
+
+CK_RV p11_init(const char *conf_path)
+{
+    static char reserved[600];
+    CK_C_INITIALIZE_ARGS args;
+
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    snprintf(reserved, sizeof(reserved), "conf=%s", conf_path);
+    args.pReserved = reserved;
+    return p11->C_Initialize(&args);
+}
+
+CK_SESSION_HANDLE p11_open(CK_SLOT_ID slot, bool rw)
+{
+    CK_SESSION_HANDLE h = 0;
+    CK_RV rv = p11->C_OpenSession(
+        slot, CKF_SERIAL_SESSION | (rw ? CKF_RW_SESSION : 0), NULL, NULL, &h);
+
+    if (rv != CKR_OK)
+        test_diag("C_OpenSession: 0x%lx", rv);
+    return h;
+}
+
+CK_OBJECT_HANDLE p11_find(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                          const char *label)
+{
+    CK_ATTRIBUTE t[2] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
+    };
+    CK_OBJECT_HANDLE h = 0;
+    CK_ULONG n = 0;
+
+    if (p11->C_FindObjectsInit(s, t, label ? 2 : 1) != CKR_OK)
+        return 0;
+    if (p11->C_FindObjects(s, &h, 1, &n) != CKR_OK || n == 0)
+        h = 0;
+    p11->C_FindObjectsFinal(s);
+    return h;
+}
+
+CK_OBJECT_HANDLE p11_aes_key(CK_SESSION_HANDLE s, CK_ULONG len,
+                             bool extractable, bool sensitive)
+{
+    CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_BBOOL ext = extractable, sens = sensitive, f = CK_FALSE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+        {CKA_EXTRACTABLE, &ext, sizeof(ext)},
+        {CKA_SENSITIVE, &sens, sizeof(sens)},
+        {CKA_TOKEN, &f, sizeof(f)},
+    };
+    CK_OBJECT_HANDLE h = 0;
+
+    if (p11->C_GenerateKey(s, &m, t, 4, &h) != CKR_OK)
+        return 0;
+    return h;
+}
+
+void *p11_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
+               CK_ULONG *len)
+{
+    CK_ATTRIBUTE a = {t, NULL, 0};
+    void *v;
+
+    if (p11->C_GetAttributeValue(s, o, &a, 1) != CKR_OK)
+        return NULL;
+    v = malloc(a.ulValueLen + 1);
+    a.pValue = v;
+    if (p11->C_GetAttributeValue(s, o, &a, 1) != CKR_OK) {
+        free(v);
+        return NULL;
+    }
+    ((char *)v)[a.ulValueLen] = '\0';
+    if (len != NULL)
+        *len = a.ulValueLen;
+    return v;
+}

@@ -1,0 +1,32 @@
+/* Test helpers: load a module, write a configuration, find objects. */
+#ifndef CMKP11_TEST_P11_H
+#define CMKP11_TEST_P11_H
+
+#include "compat.h"
+
+extern CK_FUNCTION_LIST *p11;
+extern void *p11_dl;
+
+/* Loads $CMKP11_TEST_MODULE (or the given path) and its function list. */
+void p11_load(const char *path);
+/* A private directory for this test (under the current directory). */
+const char *p11_tmpdir(void);
+/* Writes text to NAME in the private directory, mode 0600; returns path. */
+char *p11_write_file(const char *name, const char *text);
+/* C_Initialize with OS locking and pReserved "conf=PATH". */
+CK_RV p11_init(const char *conf_path);
+CK_SESSION_HANDLE p11_open(CK_SLOT_ID slot, bool rw);
+/* The first object of a class with a label (NULL: any), or 0. */
+CK_OBJECT_HANDLE p11_find(CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                          const char *label);
+/* An AES key made in the module (session object). */
+CK_OBJECT_HANDLE p11_aes_key(CK_SESSION_HANDLE s, CK_ULONG len,
+                             bool extractable, bool sensitive);
+/* A whole attribute into a malloc'd buffer. */
+void *p11_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
+               CK_ULONG *len);
+
+#define MOCK_CONF                                                              \
+    "[cmkp11]\nlog-level = error\n\n[token mock]\nbackend = mock\n"
+
+#endif

@@ -1,0 +1,15 @@
+/* The back ends built into the test module: the mock and the real ones. */
+#include "config.h"
+
+#include "provider.h"
+
+extern const struct provider_ops mock_provider;
+extern const struct provider_ops hsm_provider;
+
+const struct provider_ops *const cmk_providers[] = {
+    &mock_provider,
+#ifdef WITH_HSM_PROVIDER
+    &hsm_provider,
+#endif
+    NULL,
+};

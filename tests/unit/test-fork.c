@@ -1,0 +1,6 @@
+#include "config.h"
+#include "test.h"
+int main(void)
+{
+    return test_done();
+}
