@@ -497,6 +497,10 @@ static CK_RV set_check(const struct attrs *a, const CK_ATTRIBUTE *at)
             !attrs_get_bool(a, CKA_EXTRACTABLE, false))
             return CKR_ATTRIBUTE_READ_ONLY;
         return CKR_OK;
+    case CKA_VALUE:
+        /* A key's value is kept apart from its attributes and never
+         * changes after creation (4.7, footnote 4). */
+        return CKR_ATTRIBUTE_READ_ONLY;
     case CKA_ENCRYPT:
     case CKA_DECRYPT:
     case CKA_WRAP:
