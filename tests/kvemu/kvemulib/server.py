@@ -4,6 +4,7 @@ import json
 import os
 import random
 import socket
+import socketserver
 import ssl
 import struct
 import sys
@@ -968,6 +969,12 @@ class _Server(ThreadingHTTPServer):
         self.emu = emu
         self.listener = listener
         super().__init__(addr, handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind would look up the host's FQDN, which can stall offline.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "localhost"
+        self.server_port = self.server_address[1]
 
     def handle_error(self, request, client_address):
         # Clients that drop connections (timeouts, resets) are normal here.
