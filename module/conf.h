@@ -16,7 +16,10 @@ struct config_entry {
     bool used;
 };
 
+struct config;
+
 struct config_token {
+    const struct config *global; /* the [cmkp11] settings */
     char *name;
     int line; /* line of the [token NAME] header */
     const char *path;

@@ -514,6 +514,8 @@ struct config *config_parse(const char *path, const char *text, size_t len,
         pos += line_len + (nl != NULL ? 1 : 0);
     }
 
+    for (size_t t = 0; t < cfg->n_tokens; t++)
+        cfg->tokens[t].global = cfg;
     cmk_debug("%s: %zu token(s)", cfg->path, cfg->n_tokens);
     return cfg;
 }

@@ -38,8 +38,8 @@ struct pcall {
 };
 
 struct provider_token_info {
-    char model[16];
-    char serial[16];
+    char model[17];
+    char serial[17];
     bool login_required; /* C_Login is needed before private objects */
     bool hardware;       /* CKF_HW_SLOT */
     CK_ULONG min_pin, max_pin;
@@ -66,7 +66,7 @@ struct provider_ops {
 
     /* Reads the token's section and prepares the token. Should do no slow
      * I/O: C_Initialize must stay fast. err gets "FILE:LINE: key: reason". */
-    CK_RV (*open)
+    CK_RV(*open)
     (const struct config_token *cfg, void **tok, unsigned *flags, char *err,
      size_t errlen);
     /* in_child: the process forked since open; release without touching
@@ -76,7 +76,7 @@ struct provider_ops {
     /* The mechanisms the back end performs on its keys. */
     const struct pmech *(*mechanisms)(void *tok, CK_ULONG *count);
 
-    CK_RV (*login)
+    CK_RV(*login)
     (struct pcall *c, CK_USER_TYPE user, const CK_UTF8CHAR *pin, CK_ULONG len);
     CK_RV (*logout)(struct pcall *c);
 
@@ -92,7 +92,7 @@ struct provider_ops {
      * decides when to refresh from the back end (refresh-interval).
      * The front end takes ownership of the returned array and its pobjs.
      */
-    CK_RV (*list)
+    CK_RV(*list)
     (struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
      struct pobj **objs, CK_ULONG *n, bool *complete);
     /* Releases a reference from a pobj. */
@@ -105,27 +105,27 @@ struct provider_ops {
      * symmetric: inlen + 32). POP_SIGN gets CKM_RSA_PKCS (a DigestInfo)
      * or CKM_RSA_PKCS_PSS (a digest), or the provider's own mechanisms.
      */
-    CK_RV (*crypt)
+    CK_RV(*crypt)
     (struct pcall *c, enum pop op, void *key, const CK_MECHANISM *mech,
      const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);
 
     /* PROVIDER_OWNS_SECRET_KEYS: the key objects live in the back end. */
-    CK_RV (*unwrap)
+    CK_RV(*unwrap)
     (struct pcall *c, void *key, const CK_MECHANISM *mech,
      const CK_BYTE *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
      struct pobj *out);
-    CK_RV (*wrap)
+    CK_RV(*wrap)
     (struct pcall *c, void *wrapping_key, const CK_MECHANISM *mech, void *key,
      CK_BYTE *out, CK_ULONG *outlen);
-    CK_RV (*generate_key)
+    CK_RV(*generate_key)
     (struct pcall *c, const CK_MECHANISM *mech, const CK_ATTRIBUTE *tmpl,
      CK_ULONG n, struct pobj *out);
-    CK_RV (*create_object)
+    CK_RV(*create_object)
     (struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out);
     CK_RV (*destroy_object)(struct pcall *c, void *ref);
 
     /* Key pairs made in the back end (a new key, or a new version). */
-    CK_RV (*generate_key_pair)
+    CK_RV(*generate_key_pair)
     (struct pcall *c, const CK_MECHANISM *mech, const CK_ATTRIBUTE *pub,
      CK_ULONG npub, const CK_ATTRIBUTE *priv, CK_ULONG npriv,
      struct pobj *pub_out, struct pobj *priv_out);

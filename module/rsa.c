@@ -159,8 +159,8 @@ CK_RV rsa_digest_info(CK_MECHANISM_TYPE digest, const CK_BYTE *hash,
     return CKR_OK;
 }
 
-static EVP_PKEY *pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen,
-                                 const CK_BYTE *e, CK_ULONG elen)
+EVP_PKEY *rsa_pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen, const CK_BYTE *e,
+                              CK_ULONG elen)
 {
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
     OSSL_PARAM *params = NULL;
@@ -199,7 +199,7 @@ EVP_PKEY *rsa_object_pkey(struct object *o)
     n = object_get_value(o, CKA_MODULUS, &nlen);
     e = object_get_value(o, CKA_PUBLIC_EXPONENT, &elen);
     if (n != NULL && e != NULL && nlen > 0 && elen > 0)
-        pk = pkey_from_parts(n, nlen, e, elen);
+        pk = rsa_pkey_from_parts(n, nlen, e, elen);
     free(n);
     free(e);
     if (pk == NULL)
@@ -387,8 +387,8 @@ static int common_key_attrs(struct attrs *a, const struct rsa_key_desc *d)
 
 static int public_key_info(struct attrs *a, const struct rsa_key_desc *d)
 {
-    EVP_PKEY *pk = pkey_from_parts(d->modulus, d->modulus_len, d->exponent,
-                                   d->exponent_len);
+    EVP_PKEY *pk = rsa_pkey_from_parts(d->modulus, d->modulus_len, d->exponent,
+                                       d->exponent_len);
     unsigned char *der = NULL;
     int len, r = -1;
 

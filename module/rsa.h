@@ -29,6 +29,9 @@ CK_RV rsa_digest_info(CK_MECHANISM_TYPE digest, const CK_BYTE *hash,
  * CKA_PUBLIC_EXPONENT. Borrowed; valid while the object is referenced. */
 EVP_PKEY *rsa_object_pkey(struct object *o);
 CK_ULONG rsa_object_bytes(struct object *o);
+/* A public key from its modulus and exponent (big-endian bytes). */
+EVP_PKEY *rsa_pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen, const CK_BYTE *e,
+                              CK_ULONG elen);
 
 /* Local public-key encryption (CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP). */
 CK_RV rsa_encrypt(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *in,

@@ -1,0 +1,1582 @@
+/*
+ * The hsm back end: presents the RSA key pairs of a lower PKCS#11 token as
+ * versioned keys and forwards every operation to it.
+ *
+ * Versions: pairs labelled NAME or NAME@HEXID (HEXID = the pair's CKA_ID in
+ * hex) are the versions of key NAME; the pair labelled exactly NAME is
+ * current. A version whose private key has CKA_UNWRAP and CKA_DECRYPT false
+ * is disabled.
+ *
+ * OAEP beyond the lower token: where the lower token refuses an OAEP
+ * parameter set (SoftHSM 2.6.1 takes only SHA-1 without a label) but
+ * decrypts with CKM_RSA_X_509, the raw RSA result is decoded here with
+ * OpenSSL's constant-time OAEP check, and an unwrapped key enters the
+ * lower token as a session object.
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED /* RSA_padding_check_PKCS1_OAEP_mgf1 */
+#include "config.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <p11-kit/uri.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_HSM
+#include "debug.h"
+#include "hsm.h"
+#include "rsa.h"
+#include "secure.h"
+#include "softkey.h"
+
+/* Calls into the lower module go through this: a missing function is
+ * CKR_FUNCTION_NOT_SUPPORTED, and failures are traced. */
+#define LOWER(ht, fn, ...)                                                     \
+    lower_trace(#fn, (ht)->lib->fl->fn != NULL                                 \
+                         ? (ht)->lib->fl->fn(__VA_ARGS__)                      \
+                         : CKR_FUNCTION_NOT_SUPPORTED)
+
+static CK_RV lower_trace(const char *fn, CK_RV rv)
+{
+    if (rv != CKR_OK)
+        cmk_debug("lower %s = %s", fn, cmk_rv_name(rv));
+    return rv;
+}
+
+/* ---- Error mapping: one table, lower CKR -> ours. ---- */
+
+static const struct {
+    CK_RV lower, ours;
+} rv_map[] = {
+    /* The lower session or module went away under us: our session is
+     * still valid, the device is not. */
+    {CKR_SESSION_HANDLE_INVALID, CKR_DEVICE_ERROR},
+    {CKR_SESSION_CLOSED, CKR_DEVICE_ERROR},
+    {CKR_CRYPTOKI_NOT_INITIALIZED, CKR_DEVICE_ERROR},
+    {CKR_SESSION_COUNT, CKR_DEVICE_MEMORY},
+    {CKR_TOKEN_NOT_PRESENT, CKR_DEVICE_REMOVED},
+    {CKR_TOKEN_NOT_RECOGNIZED, CKR_DEVICE_REMOVED},
+    /* The key version was deleted from the lower token. */
+    {CKR_OBJECT_HANDLE_INVALID, CKR_KEY_HANDLE_INVALID},
+    /* SoftHSM answers unsupported mechanism parameters this way. */
+    {CKR_ARGUMENTS_BAD, CKR_MECHANISM_PARAM_INVALID},
+    {CKR_FUNCTION_NOT_SUPPORTED, CKR_FUNCTION_NOT_SUPPORTED},
+};
+
+/* Codes that mean the same thing on both sides pass through. */
+static const CK_RV rv_same[] = {
+    CKR_OK,
+    CKR_HOST_MEMORY,
+    CKR_DEVICE_ERROR,
+    CKR_DEVICE_MEMORY,
+    CKR_DEVICE_REMOVED,
+    CKR_ENCRYPTED_DATA_INVALID,
+    CKR_ENCRYPTED_DATA_LEN_RANGE,
+    CKR_DATA_INVALID,
+    CKR_DATA_LEN_RANGE,
+    CKR_KEY_HANDLE_INVALID,
+    CKR_KEY_SIZE_RANGE,
+    CKR_KEY_TYPE_INCONSISTENT,
+    CKR_KEY_FUNCTION_NOT_PERMITTED,
+    CKR_KEY_NOT_WRAPPABLE,
+    CKR_KEY_UNEXTRACTABLE,
+    CKR_MECHANISM_INVALID,
+    CKR_MECHANISM_PARAM_INVALID,
+    CKR_PIN_INCORRECT,
+    CKR_PIN_INVALID,
+    CKR_PIN_LEN_RANGE,
+    CKR_PIN_EXPIRED,
+    CKR_PIN_LOCKED,
+    CKR_USER_NOT_LOGGED_IN,
+    CKR_USER_ALREADY_LOGGED_IN,
+    CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+    CKR_USER_PIN_NOT_INITIALIZED,
+    CKR_USER_TYPE_INVALID,
+    CKR_SIGNATURE_INVALID,
+    CKR_SIGNATURE_LEN_RANGE,
+    CKR_TEMPLATE_INCOMPLETE,
+    CKR_TEMPLATE_INCONSISTENT,
+    CKR_ATTRIBUTE_TYPE_INVALID,
+    CKR_ATTRIBUTE_VALUE_INVALID,
+    CKR_ATTRIBUTE_READ_ONLY,
+    CKR_ATTRIBUTE_SENSITIVE,
+    CKR_WRAPPED_KEY_INVALID,
+    CKR_WRAPPED_KEY_LEN_RANGE,
+    CKR_WRAPPING_KEY_HANDLE_INVALID,
+    CKR_WRAPPING_KEY_SIZE_RANGE,
+    CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+    CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+    CKR_UNWRAPPING_KEY_SIZE_RANGE,
+    CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+    CKR_BUFFER_TOO_SMALL,
+    CKR_TOKEN_WRITE_PROTECTED,
+    CKR_SESSION_READ_ONLY,
+    CKR_ACTION_PROHIBITED,
+    CKR_RANDOM_NO_RNG,
+    CKR_FUNCTION_FAILED,
+    CKR_GENERAL_ERROR,
+};
+
+CK_RV hsm_map_rv(CK_RV lower)
+{
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(rv_map); i++)
+        if (rv_map[i].lower == lower)
+            return rv_map[i].ours;
+    for (i = 0; i < CMK_ARRAY_SIZE(rv_same); i++)
+        if (rv_same[i] == lower)
+            return lower;
+    return CKR_DEVICE_ERROR;
+}
+
+/* Records the lower code for ulDeviceError and maps it. */
+static CK_RV mapped(struct pcall *c, CK_RV lower)
+{
+    if (lower != CKR_OK)
+        c->device_error = lower;
+    return hsm_map_rv(lower);
+}
+
+/* ---- Loading lower modules ---- */
+
+static pthread_mutex_t libs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct hsm_lib *libs;
+
+static CK_RV lib_open(const char *path, struct hsm_lib **out, char *err,
+                      size_t errlen)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_C_GetFunctionList gfl;
+    struct hsm_lib *l;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&libs_lock);
+    for (l = libs; l != NULL; l = l->next)
+        if (strcmp(l->path, path) == 0)
+            break;
+    if (l != NULL) {
+        l->users++;
+        *out = l;
+        goto out;
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL || (l->path = strdup(path)) == NULL) {
+        free(l);
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (l->dl == NULL) {
+        snprintf(err, errlen, "module: cannot load %s: %s", path, dlerror());
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
+    gfl = (CK_C_GetFunctionList)dlsym(l->dl, "C_GetFunctionList");
+    if (gfl == NULL || gfl(&l->fl) != CKR_OK || l->fl == NULL) {
+        snprintf(err, errlen, "module: %s is not a PKCS#11 module", path);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = l->fl->C_Initialize(&args);
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        /* The application uses the same library directly. */
+        rv = CKR_OK;
+    } else if (rv == CKR_OK) {
+        l->we_initialized = true;
+    } else {
+        snprintf(err, errlen, "module: %s: C_Initialize failed: %s", path,
+                 cmk_rv_name(rv));
+        rv = CKR_DEVICE_ERROR;
+        goto fail;
+    }
+    l->users = 1;
+    l->next = libs;
+    libs = l;
+    *out = l;
+    goto out;
+fail:
+    if (l->dl != NULL)
+        dlclose(l->dl);
+    free(l->path);
+    free(l);
+out:
+    pthread_mutex_unlock(&libs_lock);
+    return rv;
+}
+
+static void lib_close(struct hsm_lib *lib, bool in_child)
+{
+    struct hsm_lib **pp;
+
+    pthread_mutex_lock(&libs_lock);
+    if (--lib->users > 0) {
+        pthread_mutex_unlock(&libs_lock);
+        return;
+    }
+    for (pp = &libs; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == lib) {
+            *pp = lib->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&libs_lock);
+    /* In a forked child the lower module needs C_Finalize before it can be
+     * initialised again (SoftHSM 2.6.1). */
+    if (lib->we_initialized || in_child)
+        lib->fl->C_Finalize(NULL);
+    /* Not unloaded: a lower module may have registered handlers (atfork,
+     * atexit) that must not point into unmapped code. */
+    free(lib->path);
+    free(lib);
+}
+
+/* ---- Opening a token ---- */
+
+static void free_versions(struct hsm_token *ht)
+{
+    struct hsm_ver *v, *next;
+
+    for (v = ht->versions; v != NULL; v = next) {
+        next = v->next;
+        free(v->name);
+        free(v->label);
+        free(v);
+    }
+    ht->versions = NULL;
+}
+
+static void free_keys(char **keys)
+{
+    size_t i;
+
+    for (i = 0; keys != NULL && keys[i] != NULL; i++)
+        free(keys[i]);
+    free(keys);
+}
+
+/* Splits "a, b,c" into a NULL-terminated list. */
+static char **split_list(const char *text)
+{
+    char **list = calloc(strlen(text) / 2 + 2, sizeof(*list));
+    const char *p = text;
+    size_t n = 0;
+
+    if (list == NULL)
+        return NULL;
+    while (*p != '\0') {
+        const char *start, *end;
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        start = p;
+        while (*p != '\0' && *p != ',')
+            p++;
+        end = p;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if (end > start) {
+            list[n] = strndup(start, (size_t)(end - start));
+            if (list[n] == NULL) {
+                free_keys(list);
+                return NULL;
+            }
+            n++;
+        }
+    }
+    return list;
+}
+
+static void hsm_close(void *tok, bool in_child)
+{
+    struct hsm_token *ht = tok;
+
+    if (ht == NULL)
+        return;
+    if (ht->lib != NULL) {
+        if (!in_child && ht->anchor != CK_INVALID_HANDLE) {
+            if (ht->self_login)
+                ht->lib->fl->C_Logout(ht->anchor);
+            ht->lib->fl->C_CloseSession(ht->anchor);
+        }
+        lib_close(ht->lib, in_child);
+    }
+    free_versions(ht);
+    free_keys(ht->keys);
+    free(ht->mechs);
+    free(ht->module_path);
+    free(ht->token_label);
+    free(ht->token_uri);
+    pthread_mutex_destroy(&ht->lock);
+    pthread_mutex_destroy(&ht->list_lock);
+    free(ht);
+}
+
+static bool label_matches(const CK_UTF8CHAR *padded, const char *label)
+{
+    size_t n = strlen(label), i;
+
+    if (n > 32 || memcmp(padded, label, n) != 0)
+        return false;
+    for (i = n; i < 32; i++)
+        if (padded[i] != ' ')
+            return false;
+    return true;
+}
+
+static CK_RV find_slot(struct hsm_token *ht, const struct config_token *cfg,
+                       char *err, size_t errlen)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG n = 0, i;
+    P11KitUri *uri = NULL;
+    CK_RV rv;
+    int found = 0;
+
+    if (ht->token_uri != NULL) {
+        uri = p11_kit_uri_new();
+        if (uri == NULL ||
+            p11_kit_uri_parse(ht->token_uri, P11_KIT_URI_FOR_TOKEN, uri) !=
+                P11_KIT_URI_OK) {
+            snprintf(err, errlen, "%s:%d: token-uri: not a PKCS#11 URI",
+                     cfg->path, config_token_line(cfg, "token-uri"));
+            p11_kit_uri_free(uri);
+            return CKR_GENERAL_ERROR;
+        }
+    }
+    rv = LOWER(ht, C_GetSlotList, CK_TRUE, NULL, &n);
+    if (rv == CKR_OK && n > 0) {
+        slots = calloc(n, sizeof(*slots));
+        rv = slots ? LOWER(ht, C_GetSlotList, CK_TRUE, slots, &n)
+                   : CKR_HOST_MEMORY;
+    }
+    for (i = 0; rv == CKR_OK && i < n && !found; i++) {
+        CK_TOKEN_INFO ti;
+        if (LOWER(ht, C_GetTokenInfo, slots[i], &ti) != CKR_OK)
+            continue;
+        if (uri != NULL ? p11_kit_uri_match_token_info(uri, &ti) == 1
+                        : label_matches(ti.label, ht->token_label)) {
+            ht->slot = slots[i];
+            ht->tinfo = ti;
+            found = 1;
+        }
+    }
+    free(slots);
+    p11_kit_uri_free(uri);
+    if (rv == CKR_OK && !found) {
+        snprintf(err, errlen, "%s:%d: %s: no token '%s' in %s", cfg->path,
+                 config_token_line(cfg, uri ? "token-uri" : "token-label"),
+                 ht->token_uri ? "token-uri" : "token-label",
+                 ht->token_uri ? ht->token_uri : ht->token_label,
+                 ht->module_path);
+        rv = CKR_GENERAL_ERROR;
+    } else if (rv != CKR_OK) {
+        snprintf(err, errlen, "%s: listing slots failed: %s", ht->module_path,
+                 cmk_rv_name(rv));
+        rv = CKR_DEVICE_ERROR;
+    }
+    return rv;
+}
+
+/* The mechanisms this back end offers, from what the lower token has. */
+static CK_RV load_mechanisms(struct hsm_token *ht)
+{
+    static const CK_MECHANISM_TYPE wanted[] = {
+        CKM_RSA_PKCS_KEY_PAIR_GEN,
+        CKM_RSA_PKCS,
+        CKM_RSA_PKCS_OAEP,
+        CKM_RSA_PKCS_PSS,
+        CKM_AES_KEY_GEN,
+        CKM_GENERIC_SECRET_KEY_GEN,
+        CKM_AES_GCM,
+        CKM_AES_CBC_PAD,
+        CKM_AES_KEY_WRAP,
+        CKM_AES_KEY_WRAP_PAD,
+    };
+    CK_MECHANISM_INFO info;
+    size_t i;
+
+    ht->mechs = calloc(CMK_ARRAY_SIZE(wanted), sizeof(*ht->mechs));
+    if (ht->mechs == NULL)
+        return CKR_HOST_MEMORY;
+    if (LOWER(ht, C_GetMechanismInfo, ht->slot, CKM_RSA_X_509, &info) ==
+            CKR_OK &&
+        (info.flags & CKF_DECRYPT))
+        ht->has_raw = true;
+    for (i = 0; i < CMK_ARRAY_SIZE(wanted); i++) {
+        if (LOWER(ht, C_GetMechanismInfo, ht->slot, wanted[i], &info) != CKR_OK)
+            continue;
+        /* Public-key operations run here, with the cached public key. */
+        info.flags &= ~(CKF_VERIFY | CKF_VERIFY_RECOVER | CKF_SIGN_RECOVER);
+        if (wanted[i] == CKM_RSA_PKCS || wanted[i] == CKM_RSA_PKCS_OAEP)
+            info.flags &= ~CKF_ENCRYPT;
+        if (wanted[i] == CKM_RSA_PKCS_OAEP && ht->has_raw)
+            info.flags |= CKF_DECRYPT | CKF_UNWRAP;
+        ht->mechs[ht->n_mechs].type = wanted[i];
+        ht->mechs[ht->n_mechs].info = info;
+        ht->n_mechs++;
+    }
+    return CKR_OK;
+}
+
+static CK_RV hsm_open(const struct config_token *cfg, void **tok,
+                      unsigned *flags, char *err, size_t errlen)
+{
+    struct hsm_token *ht = calloc(1, sizeof(*ht));
+    const char *module, *label, *uri, *pin_file, *keys;
+    char *pin = NULL;
+    size_t pin_len = 0;
+    CK_RV rv;
+
+    if (ht == NULL)
+        return CKR_HOST_MEMORY;
+    pthread_mutex_init(&ht->lock, NULL);
+    pthread_mutex_init(&ht->list_lock, NULL);
+    ht->anchor = CK_INVALID_HANDLE;
+    module = config_token_get(cfg, "module");
+    label = config_token_get(cfg, "token-label");
+    uri = config_token_get(cfg, "token-uri");
+    pin_file = config_token_get(cfg, "pin-file");
+    keys = config_token_get(cfg, "keys");
+    if (module == NULL) {
+        snprintf(err, errlen,
+                 "%s:%d: [token %s]: module is missing (the PKCS#11 library "
+                 "of the HSM, e.g. /usr/lib/softhsm/libsofthsm2.so)",
+                 cfg->path, cfg->line, cfg->name);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
+    if ((label == NULL) == (uri == NULL)) {
+        snprintf(err, errlen,
+                 "%s:%d: [token %s]: give one of token-label or token-uri",
+                 cfg->path, cfg->line, cfg->name);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
+    ht->module_path = strdup(module);
+    ht->token_label = label ? strdup(label) : NULL;
+    ht->token_uri = uri ? strdup(uri) : NULL;
+    if (keys != NULL && (ht->keys = split_list(keys)) == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    if (pin_file != NULL &&
+        secure_read_file(pin_file, 1, &pin, &pin_len, err, errlen) != 0) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s:%d: pin-file: %s", cfg->path,
+                 config_token_line(cfg, "pin-file"), err);
+        snprintf(err, errlen, "%s", msg);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
+    rv = lib_open(module, &ht->lib, err, errlen);
+    if (rv != CKR_OK)
+        goto fail;
+    rv = find_slot(ht, cfg, err, errlen);
+    if (rv != CKR_OK)
+        goto fail;
+    rv = LOWER(ht, C_OpenSession, ht->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+               NULL, NULL, &ht->anchor);
+    if (rv != CKR_OK) {
+        snprintf(err, errlen, "%s: cannot open a session on the token: %s",
+                 module, cmk_rv_name(rv));
+        rv = CKR_DEVICE_ERROR;
+        goto fail;
+    }
+    if (pin != NULL) {
+        rv = LOWER(ht, C_Login, ht->anchor, CKU_USER, (CK_UTF8CHAR *)pin,
+                   (CK_ULONG)pin_len);
+        if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+            snprintf(err, errlen,
+                     "%s:%d: pin-file: the token refused the PIN "
+                     "(%s)",
+                     cfg->path, config_token_line(cfg, "pin-file"),
+                     cmk_rv_name(rv));
+            rv = CKR_GENERAL_ERROR;
+            goto fail;
+        }
+        ht->self_login = true;
+    }
+    rv = load_mechanisms(ht);
+    if (rv != CKR_OK)
+        goto fail;
+    secure_free(pin, pin_len + 1);
+    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC;
+    *tok = ht;
+    return CKR_OK;
+fail:
+    secure_free(pin, pin_len + 1);
+    hsm_close(ht, false);
+    return rv;
+}
+
+static void hsm_token_info(void *tok, struct provider_token_info *info)
+{
+    struct hsm_token *ht = tok;
+    size_t n;
+
+    memset(info, 0, sizeof(*info));
+    memcpy(info->model, ht->tinfo.model, sizeof(ht->tinfo.model));
+    memcpy(info->serial, ht->tinfo.serialNumber,
+           sizeof(ht->tinfo.serialNumber));
+    /* Trim the padding for the front end, which pads again. */
+    for (n = sizeof(info->model); n > 0 && info->model[n - 1] == ' '; n--)
+        info->model[n - 1] = '\0';
+    for (n = sizeof(info->serial); n > 0 && info->serial[n - 1] == ' '; n--)
+        info->serial[n - 1] = '\0';
+
+    info->login_required =
+        !ht->self_login && (ht->tinfo.flags & CKF_LOGIN_REQUIRED);
+    info->hardware = (ht->tinfo.flags & CKF_HW_SLOT) != 0;
+    info->min_pin = ht->tinfo.ulMinPinLen;
+    info->max_pin = ht->tinfo.ulMaxPinLen;
+}
+
+static const struct pmech *hsm_mechanisms(void *tok, CK_ULONG *count)
+{
+    struct hsm_token *ht = tok;
+
+    *count = ht->n_mechs;
+    return ht->mechs;
+}
+
+static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
+                       const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+    struct hsm_token *ht = c->tok;
+    CK_RV rv;
+
+    if (ht->self_login)
+        return CKR_OK; /* logged in from pin-file; any PIN will do */
+    rv = LOWER(ht, C_Login, ht->anchor, user, (CK_UTF8CHAR *)pin, len);
+    if (rv == CKR_USER_ALREADY_LOGGED_IN)
+        rv = CKR_OK;
+    return mapped(c, rv);
+}
+
+static CK_RV hsm_logout(struct pcall *c)
+{
+    struct hsm_token *ht = c->tok;
+
+    if (ht->self_login)
+        return CKR_OK;
+    return mapped(c, LOWER(ht, C_Logout, ht->anchor));
+}
+
+static CK_RV hsm_session_open(void *tok, void **sess)
+{
+    struct hsm_token *ht = tok;
+    CK_SESSION_HANDLE *h = malloc(sizeof(*h));
+    CK_RV rv;
+
+    if (h == NULL)
+        return CKR_HOST_MEMORY;
+    rv = LOWER(ht, C_OpenSession, ht->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
+               NULL, NULL, h);
+    if (rv != CKR_OK) {
+        free(h);
+        return hsm_map_rv(rv);
+    }
+    *sess = h;
+    return CKR_OK;
+}
+
+static void hsm_session_close(void *tok, void *sess)
+{
+    struct hsm_token *ht = tok;
+    CK_SESSION_HANDLE *h = sess;
+
+    if (h == NULL)
+        return;
+    LOWER(ht, C_CloseSession, *h);
+    free(h);
+}
+
+/* The lower session for a call: the caller's, or the anchor. */
+static CK_SESSION_HANDLE lower_session(struct pcall *c)
+{
+    struct hsm_token *ht = c->tok;
+
+    return c->sess != NULL ? *(CK_SESSION_HANDLE *)c->sess : ht->anchor;
+}
+
+/* ---- Listing ---- */
+
+static void *get_attr(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                      CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    void *v;
+
+    if (LOWER(ht, C_GetAttributeValue, s, o, &a, 1) != CKR_OK ||
+        a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        return NULL;
+    v = malloc(a.ulValueLen + 1);
+    if (v == NULL)
+        return NULL;
+    a.pValue = v;
+    if (LOWER(ht, C_GetAttributeValue, s, o, &a, 1) != CKR_OK) {
+        free(v);
+        return NULL;
+    }
+    ((char *)v)[a.ulValueLen] = '\0';
+    *len = a.ulValueLen;
+    return v;
+}
+
+static bool get_bool(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                     CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type)
+{
+    CK_BBOOL v = CK_FALSE;
+    CK_ATTRIBUTE a = {type, &v, sizeof(v)};
+
+    return LOWER(ht, C_GetAttributeValue, s, o, &a, 1) == CKR_OK && v;
+}
+
+static void hex(const CK_BYTE *b, CK_ULONG n, char *out, size_t outlen)
+{
+    CK_ULONG i;
+
+    out[0] = '\0';
+    for (i = 0; i < n && 2 * i + 2 < outlen; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* NAME@HEXID names a version of NAME when HEXID is its own CKA_ID. */
+static char *key_name(const char *label, const CK_BYTE *id, CK_ULONG id_len)
+{
+    const char *at = strrchr(label, '@');
+    char h[130];
+
+    hex(id, id_len, h, sizeof(h));
+    if (at != NULL && at != label && id_len > 0 && strcasecmp(at + 1, h) == 0)
+        return strndup(label, (size_t)(at - label));
+    return strdup(label);
+}
+
+static bool allowed(struct hsm_token *ht, const char *name)
+{
+    size_t i;
+
+    if (ht->keys == NULL)
+        return true;
+    for (i = 0; ht->keys[i] != NULL; i++)
+        if (strcmp(ht->keys[i], name) == 0)
+            return true;
+    return false;
+}
+
+static struct hsm_ver *version_find_unlocked(struct hsm_token *ht,
+                                             const CK_BYTE *id, CK_ULONG id_len)
+{
+    struct hsm_ver *v;
+
+    for (v = ht->versions; v != NULL; v = v->next)
+        if (v->id_len == id_len && memcmp(v->id, id, id_len) == 0)
+            return v;
+    return NULL;
+}
+
+/* One lower key object: record it in its version. */
+static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                       CK_OBJECT_HANDLE o, bool is_private)
+{
+    CK_ULONG id_len = 0, label_len = 0;
+    CK_BYTE *id = get_attr(ht, s, o, CKA_ID, &id_len);
+    char *label = get_attr(ht, s, o, CKA_LABEL, &label_len);
+    struct hsm_ver *v;
+    char *name;
+
+    if (id == NULL || label == NULL || id_len == 0 || id_len > 64)
+        goto out;
+    name = key_name(label, id, id_len);
+    if (name == NULL || !allowed(ht, name)) {
+        free(name);
+        goto out;
+    }
+    pthread_mutex_lock(&ht->lock);
+    v = version_find_unlocked(ht, id, id_len);
+    if (v == NULL) {
+        v = calloc(1, sizeof(*v));
+        if (v != NULL) {
+            v->kind = HSM_REF_VERSION;
+            memcpy(v->id, id, id_len);
+            v->id_len = id_len;
+            v->next = ht->versions;
+            ht->versions = v;
+        }
+    }
+    if (v != NULL) {
+        if (!v->seen || is_private) {
+            free(v->name);
+            free(v->label);
+            v->name = name;
+            v->label = strdup(label);
+            name = NULL;
+        }
+        v->seen = true;
+        if (is_private)
+            v->next_priv = o;
+        else
+            v->next_pub = o;
+    }
+    pthread_mutex_unlock(&ht->lock);
+    free(name);
+out:
+    free(id);
+    free(label);
+}
+
+static CK_RV scan_class(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                        CK_OBJECT_CLASS cls)
+{
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_BBOOL t = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, sizeof(t)},
+    };
+    CK_OBJECT_HANDLE found[64];
+    CK_ULONG n, i;
+    CK_RV rv;
+
+    rv = LOWER(ht, C_FindObjectsInit, s, tmpl, 3);
+    if (rv != CKR_OK)
+        return rv;
+    do {
+        n = 0;
+        rv = LOWER(ht, C_FindObjects, s, found, CMK_ARRAY_SIZE(found), &n);
+        for (i = 0; rv == CKR_OK && i < n; i++)
+            see_object(ht, s, found[i], cls == CKO_PRIVATE_KEY);
+    } while (rv == CKR_OK && n > 0);
+    LOWER(ht, C_FindObjectsFinal, s);
+    return rv;
+}
+
+static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                           struct hsm_ver *v, struct pobj *priv,
+                           struct pobj *pub)
+{
+    CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
+    CK_ULONG nlen = 0, elen = 0, dlen = 0;
+    CK_BYTE *n = get_attr(ht, s, src, CKA_MODULUS, &nlen);
+    CK_BYTE *e = get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &elen);
+    CK_DATE *start = get_attr(ht, s, src, CKA_START_DATE, &dlen);
+    struct rsa_key_desc d;
+    char uid[160], version[130], source[600], ops[128];
+    CK_BYTE *nn;
+    bool dec, unw, sig;
+    int r = -1;
+
+    free(start); /* validity dates are not enforced on hsm keys */
+    if (n == NULL || e == NULL || nlen == 0)
+        goto out;
+    nn = n;
+    while (nlen > 1 && *nn == 0) {
+        nn++;
+        nlen--;
+    }
+    dec = v->priv && get_bool(ht, s, v->priv, CKA_DECRYPT);
+    unw = v->priv && get_bool(ht, s, v->priv, CKA_UNWRAP);
+    sig = v->priv && get_bool(ht, s, v->priv, CKA_SIGN);
+    hex(v->id, v->id_len, version, sizeof(version));
+    snprintf(uid, sizeof(uid), "hsm/%s", version);
+    snprintf(source, sizeof(source), "%s;token=%s", ht->module_path,
+             ht->token_label ? ht->token_label : ht->token_uri);
+    snprintf(ops, sizeof(ops), "%s%s%s%s", dec ? "decrypt," : "",
+             unw ? "unwrapKey," : "", sig ? "sign," : "",
+             "encrypt,wrapKey,verify");
+    memset(&d, 0, sizeof(d));
+    d.uid_prefix = uid;
+    d.label = v->label;
+    d.id = v->id;
+    d.id_len = v->id_len;
+    d.modulus = nn;
+    d.modulus_len = nlen;
+    d.exponent = e;
+    d.exponent_len = elen;
+    d.decrypt = dec;
+    d.unwrap = unw;
+    d.sign = sig;
+    d.encrypt = d.wrap = dec || unw;
+    d.verify = true;
+    d.private_obj = !ht->self_login;
+    d.enabled = dec || unw;
+    d.current = strcmp(v->label, v->name) == 0;
+    d.local = v->priv && get_bool(ht, s, v->priv, CKA_LOCAL);
+    d.backend = "hsm";
+    d.source = source;
+    d.key_name = v->name;
+    d.version = version;
+    d.recovery_level = "";
+    d.key_ops = ops;
+    d.key_type = "RSA";
+    r = rsa_key_objects(&d, priv, pub);
+    if (r == 0) {
+        priv->ref = v;
+        pub->ref = v;
+    }
+out:
+    free(n);
+    free(e);
+    return r;
+}
+
+static CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+                      struct pobj **objs, CK_ULONG *count, bool *complete)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    struct hsm_ver *v, **list = NULL;
+    struct pobj *out = NULL;
+    size_t n = 0, i, k = 0;
+    CK_RV rv;
+
+    (void)hint;
+    (void)nhint;
+    /* One listing at a time; operations keep the handles of the last
+     * complete listing until this one is done. */
+    pthread_mutex_lock(&ht->list_lock);
+    rv = scan_class(ht, s, CKO_PUBLIC_KEY);
+    if (rv == CKR_OK)
+        rv = scan_class(ht, s, CKO_PRIVATE_KEY);
+    pthread_mutex_lock(&ht->lock);
+    for (v = ht->versions; v != NULL; v = v->next) {
+        if (rv == CKR_OK) {
+            v->present = v->seen;
+            v->priv = v->next_priv;
+            v->pub = v->next_pub;
+        }
+        v->seen = false;
+        v->next_priv = v->next_pub = 0;
+        n++;
+    }
+    pthread_mutex_unlock(&ht->lock);
+    pthread_mutex_unlock(&ht->list_lock);
+    if (rv != CKR_OK)
+        return mapped(c, rv);
+
+    pthread_mutex_lock(&ht->lock);
+    list = calloc(n + 1, sizeof(*list));
+    n = 0;
+    for (v = ht->versions; list != NULL && v != NULL; v = v->next)
+        if (v->present)
+            list[n++] = v;
+    pthread_mutex_unlock(&ht->lock);
+    out = calloc(2 * n + 1, sizeof(*out));
+    if (list == NULL || out == NULL) {
+        free(list);
+        free(out);
+        return CKR_HOST_MEMORY;
+    }
+    for (i = 0; i < n; i++)
+        if (version_objects(ht, s, list[i], &out[k], &out[k + 1]) == 0)
+            k += 2;
+    free(list);
+    *objs = out;
+    *count = k;
+    *complete = true;
+    return CKR_OK;
+}
+
+static void hsm_ref_free(void *tok, void *ref)
+{
+    int *kind = ref;
+
+    /* Versions live as long as the token; secret key references are the
+     * front end's to free. */
+    if (kind != NULL && *kind == HSM_REF_SECRET)
+        free(ref);
+}
+
+/* The lower handle behind a reference; 0 if it is not there now. */
+static CK_OBJECT_HANDLE ref_handle(struct hsm_token *ht, void *ref,
+                                   bool private_half)
+{
+    int *kind = ref;
+    CK_OBJECT_HANDLE h = 0;
+
+    if (kind == NULL)
+        return 0;
+    if (*kind == HSM_REF_SECRET)
+        return ((struct hsm_secret *)ref)->h;
+    pthread_mutex_lock(&ht->lock);
+    h = private_half ? ((struct hsm_ver *)ref)->priv
+                     : ((struct hsm_ver *)ref)->pub;
+    pthread_mutex_unlock(&ht->lock);
+    return h;
+}
+
+/* ---- OAEP done here over raw RSA ---- */
+
+static int oaep_slot(const CK_RSA_PKCS_OAEP_PARAMS *p)
+{
+    static const CK_ULONG hashes[] = {CKM_SHA_1, CKM_SHA224, CKM_SHA256,
+                                      CKM_SHA384, CKM_SHA512};
+    static const CK_ULONG mgfs[] = {CKG_MGF1_SHA1, CKG_MGF1_SHA224,
+                                    CKG_MGF1_SHA256, CKG_MGF1_SHA384,
+                                    CKG_MGF1_SHA512};
+    int h = -1, m = -1, i;
+
+    for (i = 0; i < 5; i++) {
+        if (hashes[i] == p->hashAlg)
+            h = i;
+        if (mgfs[i] == p->mgf)
+            m = i;
+    }
+    if (h < 0 || m < 0)
+        return -1;
+    return (h * 8 + m) * 2 + (p->ulSourceDataLen > 0);
+}
+
+static bool oaep_is_local(struct hsm_token *ht, const CK_MECHANISM *m)
+{
+    int slot;
+    bool local;
+
+    if (m->mechanism != CKM_RSA_PKCS_OAEP || m->pParameter == NULL)
+        return false;
+    slot = oaep_slot(m->pParameter);
+    if (slot < 0)
+        return false;
+    pthread_mutex_lock(&ht->lock);
+    local = ht->oaep_local[slot];
+    pthread_mutex_unlock(&ht->lock);
+    return local;
+}
+
+static void oaep_mark_local(struct hsm_token *ht, const CK_MECHANISM *m)
+{
+    int slot = oaep_slot(m->pParameter);
+
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&ht->lock);
+    ht->oaep_local[slot] = true;
+    pthread_mutex_unlock(&ht->lock);
+    cmk_debug("OAEP parameter set %d is done in the module over raw RSA", slot);
+}
+
+/* Raw RSA through the lower key, then OAEP decoding in constant time. */
+static CK_RV oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
+                              const CK_MECHANISM *m, const CK_BYTE *in,
+                              CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+    CK_MECHANISM raw = {CKM_RSA_X_509, NULL, 0};
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_ULONG blen = inlen, mlen;
+    CK_BYTE *block = NULL, *em = NULL;
+    CK_RV rv;
+    int r;
+
+    if (!ht->has_raw)
+        return CKR_MECHANISM_PARAM_INVALID;
+    block = secure_alloc(inlen + 1);
+    em = secure_alloc(inlen + 1);
+    if (block == NULL || em == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    rv = LOWER(ht, C_DecryptInit, s, &raw, priv);
+    if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED) {
+        /* Raw RSA needs CKA_DECRYPT on the lower key. */
+        rv = CKR_MECHANISM_PARAM_INVALID;
+        goto out;
+    }
+    if (rv != CKR_OK) {
+        rv = mapped(c, rv);
+        goto out;
+    }
+    rv = LOWER(ht, C_Decrypt, s, (CK_BYTE *)in, inlen, block, &blen);
+    if (rv != CKR_OK) {
+        rv = mapped(c, rv);
+        goto out;
+    }
+    if (blen > inlen) {
+        rv = CKR_DEVICE_ERROR;
+        goto out;
+    }
+    /* The encoded message is exactly modulus-sized, leading zeros kept. */
+    mlen = inlen;
+    memcpy(em + (mlen - blen), block, blen);
+    r = RSA_padding_check_PKCS1_OAEP_mgf1(
+        out, (int)*outlen, em, (int)mlen, (int)mlen, p->pSourceData,
+        (int)p->ulSourceDataLen, rsa_md_for_mech(p->hashAlg),
+        rsa_md_for_mgf(p->mgf));
+    rv = (CK_RV)ct_select(ct_eq((unsigned long)(r < 0), 0), CKR_OK,
+                          CKR_ENCRYPTED_DATA_INVALID);
+    *outlen = (CK_ULONG)ct_select(ct_eq(rv, CKR_OK), (unsigned long)r, 0);
+out:
+    secure_free(block, inlen + 1);
+    secure_free(em, inlen + 1);
+    return rv;
+}
+
+/* ---- Operations ---- */
+
+static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
+                       const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                       CK_BYTE *out, CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_OBJECT_HANDLE h = ref_handle(ht, key, op != POP_ENCRYPT);
+    CK_RV rv;
+
+    if (h == 0)
+        return CKR_KEY_HANDLE_INVALID;
+    switch (op) {
+    case POP_DECRYPT:
+    case POP_UNWRAP:
+        if (oaep_is_local(ht, m))
+            return oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
+        rv = LOWER(ht, C_DecryptInit, s, (CK_MECHANISM *)m, h);
+        if ((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
+             rv == CKR_MECHANISM_INVALID) &&
+            m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw) {
+            oaep_mark_local(ht, m);
+            return oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
+        }
+        if (rv == CKR_OK)
+            rv = LOWER(ht, C_Decrypt, s, (CK_BYTE *)in, inlen, out, outlen);
+        return mapped(c, rv);
+    case POP_SIGN:
+        rv = LOWER(ht, C_SignInit, s, (CK_MECHANISM *)m, h);
+        if (rv == CKR_OK)
+            rv = LOWER(ht, C_Sign, s, (CK_BYTE *)in, inlen, out, outlen);
+        return mapped(c, rv);
+    case POP_ENCRYPT:
+        rv = LOWER(ht, C_EncryptInit, s, (CK_MECHANISM *)m, h);
+        if (rv == CKR_OK)
+            rv = LOWER(ht, C_Encrypt, s, (CK_BYTE *)in, inlen, out, outlen);
+        return mapped(c, rv);
+    }
+    return CKR_GENERAL_ERROR;
+}
+
+/* The attributes of a lower secret key, for the front end's object. */
+static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                         CK_OBJECT_HANDLE h, struct pobj *out)
+{
+    static const CK_ATTRIBUTE_TYPE copy[] = {
+        CKA_CLASS,
+        CKA_KEY_TYPE,
+        CKA_TOKEN,
+        CKA_PRIVATE,
+        CKA_LABEL,
+        CKA_ID,
+        CKA_VALUE_LEN,
+        CKA_SENSITIVE,
+        CKA_EXTRACTABLE,
+        CKA_ENCRYPT,
+        CKA_DECRYPT,
+        CKA_WRAP,
+        CKA_UNWRAP,
+        CKA_SIGN,
+        CKA_VERIFY,
+        CKA_DERIVE,
+        CKA_LOCAL,
+        CKA_ALWAYS_SENSITIVE,
+        CKA_NEVER_EXTRACTABLE,
+        CKA_MODIFIABLE,
+        CKA_START_DATE,
+        CKA_END_DATE,
+        CKA_KEY_GEN_MECHANISM,
+        CKA_WRAP_WITH_TRUSTED,
+        CKA_TRUSTED,
+    };
+    struct hsm_secret *ref;
+    size_t i;
+
+    memset(out, 0, sizeof(*out));
+    for (i = 0; i < CMK_ARRAY_SIZE(copy); i++) {
+        CK_ULONG len = 0;
+        void *v = get_attr(ht, s, h, copy[i], &len);
+        if (v == NULL)
+            continue;
+        if (attrs_set(&out->attrs, copy[i], v, len) != 0) {
+            free(v);
+            attrs_clear(&out->attrs);
+            return CKR_HOST_MEMORY;
+        }
+        free(v);
+    }
+    attrs_set_bool(&out->attrs, CKA_COPYABLE, CK_FALSE);
+    attrs_set_bool(&out->attrs, CKA_DESTROYABLE, CK_TRUE);
+    ref = calloc(1, sizeof(*ref));
+    if (ref == NULL) {
+        attrs_clear(&out->attrs);
+        return CKR_HOST_MEMORY;
+    }
+    ref->kind = HSM_REF_SECRET;
+    ref->h = h;
+    out->ref = ref;
+    return CKR_OK;
+}
+
+/* A copy of the template with CKA_TOKEN false: the keys this back end
+ * makes are session objects of the caller's lower session. */
+static CK_RV session_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                              CK_ATTRIBUTE **out, CK_ULONG *nout)
+{
+    static CK_BBOOL no = CK_FALSE;
+    CK_BBOOL token = CK_FALSE;
+    CK_ATTRIBUTE *t;
+    CK_ULONG i, k = 0;
+
+    if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) < 0)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (token)
+        return CKR_TEMPLATE_INCONSISTENT;
+    t = calloc(n + 1, sizeof(*t));
+    if (t == NULL)
+        return CKR_HOST_MEMORY;
+    for (i = 0; i < n; i++)
+        if (tmpl[i].type != CKA_TOKEN)
+            t[k++] = tmpl[i];
+    t[k].type = CKA_TOKEN;
+    t[k].pValue = &no;
+    t[k].ulValueLen = sizeof(no);
+    *out = t;
+    *nout = k + 1;
+    return CKR_OK;
+}
+
+static CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
+                        const CK_BYTE *wrapped, CK_ULONG len,
+                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_OBJECT_HANDLE priv = ref_handle(ht, key, true), h = 0;
+    CK_ATTRIBUTE *t = NULL, *t2 = NULL;
+    CK_ULONG nt = 0, keylen;
+    CK_BYTE *value = NULL;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_RV rv;
+
+    if (priv == 0)
+        return CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+    rv = session_template(tmpl, n, &t, &nt);
+    if (rv != CKR_OK)
+        return rv;
+    if (!oaep_is_local(ht, m)) {
+        rv = LOWER(ht, C_UnwrapKey, s, (CK_MECHANISM *)m, priv,
+                   (CK_BYTE *)wrapped, len, t, nt, &h);
+        if (rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
+            rv == CKR_MECHANISM_INVALID) {
+            if (m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw)
+                oaep_mark_local(ht, m);
+        }
+        if (!oaep_is_local(ht, m)) {
+            if (rv == CKR_ENCRYPTED_DATA_INVALID)
+                rv = CKR_WRAPPED_KEY_INVALID;
+            if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+                rv = CKR_WRAPPED_KEY_LEN_RANGE;
+            rv = mapped(c, rv);
+            goto done;
+        }
+    }
+    /* Decrypt here, then the key enters the token as a session object. */
+    keylen = len;
+    value = secure_alloc(len + 1);
+    if (value == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto done;
+    }
+    rv = oaep_decrypt_raw(c, priv, m, wrapped, len, value, &keylen);
+    if (rv == CKR_ENCRYPTED_DATA_INVALID)
+        rv = CKR_WRAPPED_KEY_INVALID;
+    if (rv != CKR_OK)
+        goto done;
+    t2 = calloc(nt + 2, sizeof(*t2));
+    if (t2 == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto done;
+    }
+    memcpy(t2, t, nt * sizeof(*t));
+    if (tmpl_find(t, nt, CKA_CLASS) == NULL) {
+        t2[nt].type = CKA_CLASS;
+        t2[nt].pValue = &cls;
+        t2[nt].ulValueLen = sizeof(cls);
+        nt++;
+    }
+    {
+        CK_ULONG i, k = 0;
+        /* CKA_VALUE_LEN may not accompany CKA_VALUE in C_CreateObject. */
+        CK_ULONG want;
+        if (tmpl_find_ulong(t2, nt, CKA_VALUE_LEN, &want) == 1 &&
+            want != keylen) {
+            rv = CKR_WRAPPED_KEY_INVALID;
+            goto done;
+        }
+        for (i = 0; i < nt; i++)
+            if (t2[i].type != CKA_VALUE_LEN)
+                t2[k++] = t2[i];
+        nt = k;
+    }
+    t2[nt].type = CKA_VALUE;
+    t2[nt].pValue = value;
+    t2[nt].ulValueLen = keylen;
+    nt++;
+    rv = mapped(c, LOWER(ht, C_CreateObject, s, t2, nt, &h));
+done:
+    if (rv == CKR_OK) {
+        rv = secret_pobj(ht, s, h, out);
+        if (rv != CKR_OK)
+            LOWER(ht, C_DestroyObject, s, h);
+    }
+    secure_free(value, len + 1);
+    free(t);
+    free(t2);
+    return rv;
+}
+
+/* The value of a lower secret key, by wrapping it under a temporary AES
+ * key: the lower token still enforces CKA_EXTRACTABLE. */
+static CK_RV extract_value(struct pcall *c, CK_OBJECT_HANDLE h, CK_BYTE *out,
+                           CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ULONG klen = 32;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_VALUE_LEN, &klen, sizeof(klen)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &no, sizeof(no)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_WRAP, &yes, sizeof(yes)},
+    };
+    CK_BYTE kek[32], blob[600];
+    CK_ATTRIBUTE kv = {CKA_VALUE, kek, sizeof(kek)};
+    CK_ULONG blen = sizeof(blob);
+    CK_OBJECT_HANDLE tmp = 0;
+    CK_RV rv;
+
+    rv = LOWER(ht, C_GenerateKey, s, &gen, t, CMK_ARRAY_SIZE(t), &tmp);
+    if (rv == CKR_OK)
+        rv = LOWER(ht, C_WrapKey, s, &kwp, tmp, h, blob, &blen);
+    if (rv == CKR_OK)
+        rv = LOWER(ht, C_GetAttributeValue, s, tmp, &kv, 1);
+    if (tmp != 0)
+        LOWER(ht, C_DestroyObject, s, tmp);
+    if (rv == CKR_OK)
+        rv = softkey_crypt(&kwp, false, kek, sizeof(kek), blob, blen, out,
+                           outlen);
+    secure_zero(kek, sizeof(kek));
+    secure_zero(blob, sizeof(blob));
+    return rv == CKR_OK ? CKR_OK : mapped(c, rv);
+}
+
+static CK_RV hsm_wrap(struct pcall *c, void *wrapping_key,
+                      const CK_MECHANISM *m, void *key, CK_BYTE *out,
+                      CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_OBJECT_HANDLE wh = ref_handle(ht, wrapping_key, false);
+    CK_OBJECT_HANDLE kh = ref_handle(ht, key, false);
+    CK_BYTE value[600];
+    CK_ULONG vlen = sizeof(value), nlen = 0, elen = 0;
+    CK_BYTE *n = NULL, *e = NULL;
+    EVP_PKEY *pk = NULL;
+    CK_RV rv;
+
+    if (wh == 0)
+        return CKR_WRAPPING_KEY_HANDLE_INVALID;
+    if (kh == 0)
+        return CKR_KEY_HANDLE_INVALID;
+    if (!oaep_is_local(ht, m)) {
+        rv = LOWER(ht, C_WrapKey, s, (CK_MECHANISM *)m, wh, kh, out, outlen);
+        if (!((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID) &&
+              m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw))
+            return mapped(c, rv);
+        oaep_mark_local(ht, m);
+    }
+    /* OAEP the lower token cannot do: encrypt here with the public key. */
+    n = get_attr(ht, s, wh, CKA_MODULUS, &nlen);
+    e = get_attr(ht, s, wh, CKA_PUBLIC_EXPONENT, &elen);
+    if (n == NULL || e == NULL) {
+        rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
+        goto out;
+    }
+    if (out == NULL) {
+        *outlen = nlen;
+        rv = CKR_OK;
+        goto out;
+    }
+    rv = extract_value(c, kh, value, &vlen);
+    if (rv != CKR_OK)
+        goto out;
+    pk = rsa_pkey_from_parts(n, nlen, e, elen);
+    if (pk == NULL) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    {
+        CK_BYTE tmp[1024];
+        CK_ULONG tlen = sizeof(tmp);
+        rv = rsa_encrypt(pk, m, value, vlen, tmp, &tlen);
+        if (rv == CKR_OK && *outlen < tlen) {
+            *outlen = tlen;
+            rv = CKR_BUFFER_TOO_SMALL;
+        } else if (rv == CKR_OK) {
+            memcpy(out, tmp, tlen);
+            *outlen = tlen;
+        }
+    }
+out:
+    secure_zero(value, sizeof(value));
+    EVP_PKEY_free(pk);
+    free(n);
+    free(e);
+    return rv;
+}
+
+static CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
+                              const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                              struct pobj *out)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_ATTRIBUTE *t = NULL;
+    CK_ULONG nt = 0;
+    CK_OBJECT_HANDLE h = 0;
+    CK_RV rv;
+
+    rv = session_template(tmpl, n, &t, &nt);
+    if (rv != CKR_OK)
+        return rv;
+    rv = mapped(c, LOWER(ht, C_GenerateKey, s, (CK_MECHANISM *)m, t, nt, &h));
+    free(t);
+    if (rv == CKR_OK) {
+        rv = secret_pobj(ht, s, h, out);
+        if (rv != CKR_OK)
+            LOWER(ht, C_DestroyObject, s, h);
+    }
+    return rv;
+}
+
+static CK_RV hsm_create_object(struct pcall *c, const CK_ATTRIBUTE *tmpl,
+                               CK_ULONG n, struct pobj *out)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    CK_ATTRIBUTE *t = NULL;
+    CK_ULONG nt = 0;
+    CK_OBJECT_HANDLE h = 0;
+    CK_RV rv;
+
+    rv = session_template(tmpl, n, &t, &nt);
+    if (rv != CKR_OK)
+        return rv;
+    rv = mapped(c, LOWER(ht, C_CreateObject, s, t, nt, &h));
+    free(t);
+    if (rv == CKR_OK) {
+        rv = secret_pobj(ht, s, h, out);
+        if (rv != CKR_OK)
+            LOWER(ht, C_DestroyObject, s, h);
+    }
+    return rv;
+}
+
+static CK_RV hsm_destroy_object(struct pcall *c, void *ref)
+{
+    struct hsm_token *ht = c->tok;
+    int *kind = ref;
+
+    if (kind == NULL || *kind != HSM_REF_SECRET)
+        return CKR_ACTION_PROHIBITED;
+    return mapped(c, LOWER(ht, C_DestroyObject, lower_session(c),
+                           ((struct hsm_secret *)ref)->h));
+}
+
+static CK_RV set_label(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                       CK_OBJECT_HANDLE h, const char *label)
+{
+    CK_ATTRIBUTE a = {CKA_LABEL, (void *)label, strlen(label)};
+
+    if (h == 0)
+        return CKR_OK;
+    return LOWER(ht, C_SetAttributeValue, s, h, &a, 1);
+}
+
+/*
+ * A new key pair. With the label of an existing key it becomes the new
+ * current version: made under a temporary label, then the old current
+ * pair is relabelled NAME@HEXID, then the new one takes NAME. An
+ * interruption leaves every version reachable.
+ */
+static CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
+                                   const CK_ATTRIBUTE *pubt, CK_ULONG npub,
+                                   const CK_ATTRIBUTE *privt, CK_ULONG npriv,
+                                   struct pobj *pub_out, struct pobj *priv_out)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = lower_session(c);
+    const CK_ATTRIBUTE *la = tmpl_find(privt, npriv, CKA_LABEL);
+    CK_BYTE id[8], exp[] = {0x01, 0x00, 0x01};
+    CK_ULONG bits = 0;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    char name[256], tmp_label[300], old_label[300], idhex[20];
+    struct hsm_ver *cur = NULL, *v;
+    CK_OBJECT_HANDLE hpub = 0, hpriv = 0, old_priv = 0, old_pub = 0;
+    struct pobj *objs = NULL;
+    CK_ULONG nobjs = 0, i;
+    bool complete;
+    CK_RV rv;
+
+    if (la == NULL)
+        la = tmpl_find(pubt, npub, CKA_LABEL);
+    if (la == NULL || la->pValue == NULL || la->ulValueLen == 0 ||
+        la->ulValueLen >= sizeof(name))
+        snprintf(name, sizeof(name), "key");
+    else
+        snprintf(name, sizeof(name), "%.*s", (int)la->ulValueLen,
+                 (const char *)la->pValue);
+    if (strchr(name, '@') != NULL)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (tmpl_find_ulong(pubt, npub, CKA_MODULUS_BITS, &bits) < 0)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+
+    /* Know the current version (for its size, and to relabel it). */
+    rv = hsm_list(c, NULL, 0, &objs, &nobjs, &complete);
+    if (rv != CKR_OK)
+        return rv;
+    for (i = 0; i < nobjs; i++)
+        pobj_clear(NULL, NULL, &objs[i]);
+    free(objs);
+    pthread_mutex_lock(&ht->lock);
+    for (v = ht->versions; v != NULL; v = v->next)
+        if (v->present && v->label && strcmp(v->label, name) == 0)
+            cur = v;
+    if (cur != NULL) {
+        old_priv = cur->priv;
+        old_pub = cur->pub;
+        hex(cur->id, cur->id_len, idhex, sizeof(idhex));
+        snprintf(old_label, sizeof(old_label), "%s@%s", name, idhex);
+    }
+    pthread_mutex_unlock(&ht->lock);
+    if (bits == 0 && cur != NULL) {
+        CK_ULONG nlen = 0;
+        void *nm =
+            get_attr(ht, s, old_pub ? old_pub : old_priv, CKA_MODULUS, &nlen);
+        bits = nlen * 8;
+        free(nm);
+    }
+    if (bits == 0)
+        bits = 2048;
+
+    if (RAND_bytes(id, sizeof(id)) != 1)
+        return CKR_FUNCTION_FAILED;
+    hex(id, sizeof(id), idhex, sizeof(idhex));
+    snprintf(tmp_label, sizeof(tmp_label), "%s@%s", name, idhex);
+    {
+        CK_ATTRIBUTE pub[] = {
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &no, sizeof(no)},
+            {CKA_LABEL, tmp_label, strlen(tmp_label)},
+            {CKA_ID, id, sizeof(id)},
+            {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+            {CKA_PUBLIC_EXPONENT, exp, sizeof(exp)},
+            {CKA_ENCRYPT, &yes, sizeof(yes)},
+            {CKA_WRAP, &yes, sizeof(yes)},
+            {CKA_VERIFY, &yes, sizeof(yes)},
+        };
+        CK_ATTRIBUTE priv[] = {
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &yes, sizeof(yes)},
+            {CKA_LABEL, tmp_label, strlen(tmp_label)},
+            {CKA_ID, id, sizeof(id)},
+            {CKA_SENSITIVE, &yes, sizeof(yes)},
+            {CKA_EXTRACTABLE, &no, sizeof(no)},
+            {CKA_DECRYPT, &yes, sizeof(yes)},
+            {CKA_UNWRAP, &yes, sizeof(yes)},
+            {CKA_SIGN, &yes, sizeof(yes)},
+        };
+        rv = LOWER(ht, C_GenerateKeyPair, s, (CK_MECHANISM *)m, pub,
+                   CMK_ARRAY_SIZE(pub), priv, CMK_ARRAY_SIZE(priv), &hpub,
+                   &hpriv);
+    }
+    if (rv != CKR_OK)
+        return mapped(c, rv);
+    if (cur != NULL) {
+        rv = set_label(ht, s, old_priv, old_label);
+        if (rv == CKR_OK)
+            rv = set_label(ht, s, old_pub, old_label);
+    }
+    if (rv == CKR_OK)
+        rv = set_label(ht, s, hpriv, name);
+    if (rv == CKR_OK)
+        rv = set_label(ht, s, hpub, name);
+    if (rv != CKR_OK)
+        return mapped(c, rv);
+
+    /* Report the new pair as the listing will show it. */
+    rv = hsm_list(c, NULL, 0, &objs, &nobjs, &complete);
+    if (rv != CKR_OK)
+        return rv;
+    rv = CKR_GENERAL_ERROR;
+    for (i = 0; i < nobjs; i++) {
+        CK_ATTRIBUTE *ida = attrs_find(&objs[i].attrs, CKA_ID);
+        CK_OBJECT_CLASS cls = attrs_get_ulong(&objs[i].attrs, CKA_CLASS, ~0UL);
+        if (ida != NULL && ida->ulValueLen == sizeof(id) &&
+            memcmp(ida->pValue, id, sizeof(id)) == 0) {
+            if (cls == CKO_PUBLIC_KEY) {
+                *pub_out = objs[i];
+                memset(&objs[i], 0, sizeof(objs[i]));
+            } else if (cls == CKO_PRIVATE_KEY) {
+                *priv_out = objs[i];
+                memset(&objs[i], 0, sizeof(objs[i]));
+            }
+        }
+        pobj_clear(NULL, NULL, &objs[i]);
+    }
+    free(objs);
+    if (pub_out->uid != NULL && priv_out->uid != NULL)
+        rv = CKR_OK;
+    cmk_info("token %s: new key pair %s (version %s)",
+             ht->token_label ? ht->token_label : ht->token_uri, name, idhex);
+    return rv;
+}
+
+static CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
+{
+    struct hsm_token *ht = c->tok;
+
+    return mapped(c, LOWER(ht, C_GenerateRandom, lower_session(c), out, len));
+}
+
+const struct provider_ops hsm_provider = {
+    .name = "hsm",
+    .open = hsm_open,
+    .close = hsm_close,
+    .token_info = hsm_token_info,
+    .mechanisms = hsm_mechanisms,
+    .login = hsm_login,
+    .logout = hsm_logout,
+    .session_open = hsm_session_open,
+    .session_close = hsm_session_close,
+    .list = hsm_list,
+    .ref_free = hsm_ref_free,
+    .crypt = hsm_crypt,
+    .unwrap = hsm_unwrap,
+    .wrap = hsm_wrap,
+    .generate_key = hsm_generate_key,
+    .create_object = hsm_create_object,
+    .destroy_object = hsm_destroy_object,
+    .generate_key_pair = hsm_generate_key_pair,
+    .generate_random = hsm_generate_random,
+};
