@@ -180,6 +180,9 @@ CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m)
         CK_ULONG len = key->secret != NULL
                            ? key->secret_len
                            : object_get_ulong(key, CKA_VALUE_LEN, 0);
+        /* A back end that keeps the key checks its length itself. */
+        if (len == 0 && key->secret == NULL)
+            len = 32;
         return softkey_check_mech(m, len);
     }
     return CKR_OK;

@@ -398,7 +398,18 @@ static bool attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type)
     }
 }
 
-static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at)
+static bool secret_readable_unlocked(struct object *o)
+{
+    CK_OBJECT_CLASS cls = attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL);
+
+    return cls == CKO_SECRET_KEY && (o->secret != NULL || o->ref != NULL) &&
+           !attrs_get_bool(&o->attrs, CKA_SENSITIVE, true) &&
+           attrs_get_bool(&o->attrs, CKA_EXTRACTABLE, false);
+}
+
+/* fetched: the value of a back-end secret key, read before the lock. */
+static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at,
+                              const CK_BYTE *fetched, CK_ULONG fetched_len)
 {
     CK_OBJECT_CLASS cls = attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL);
     const void *value;
@@ -408,14 +419,12 @@ static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at)
     if (attr_is_secret(cls, at->type)) {
         /* PKCS#11 2.40 4.1.5: sensitive or unextractable. Private key
          * material never reaches this module at all. */
-        if (cls == CKO_PRIVATE_KEY || o->secret == NULL ||
-            attrs_get_bool(&o->attrs, CKA_SENSITIVE, true) ||
-            !attrs_get_bool(&o->attrs, CKA_EXTRACTABLE, false)) {
+        if (!secret_readable_unlocked(o)) {
             at->ulValueLen = CK_UNAVAILABLE_INFORMATION;
             return CKR_ATTRIBUTE_SENSITIVE;
         }
-        value = o->secret;
-        len = o->secret_len;
+        value = o->secret != NULL ? o->secret : fetched;
+        len = o->secret != NULL ? o->secret_len : fetched_len;
     } else {
         have = attrs_find(&o->attrs, at->type);
         if (have == NULL) {
@@ -444,7 +453,8 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 {
     struct session *s;
     struct object *o;
-    CK_ULONG i;
+    CK_BYTE *fetched = NULL;
+    CK_ULONG i, fetched_len = 0;
     CK_RV rv = module_enter(), r;
 
     if (rv != CKR_OK)
@@ -457,16 +467,43 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     if (rv != CKR_OK)
         goto out;
     rv = object_get(s, hObject, &o);
+    if (rv == CKR_OK && o->secret == NULL && o->ref != NULL &&
+        s->token->ops->get_value != NULL &&
+        tmpl_find(pTemplate, ulCount, CKA_VALUE) != NULL) {
+        bool readable;
+        pthread_mutex_lock(&g.mutex);
+        readable = secret_readable_unlocked(o);
+        pthread_mutex_unlock(&g.mutex);
+        if (readable) {
+            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+            fetched_len = 0;
+            rv = s->token->ops->get_value(&c, o->ref, NULL, &fetched_len);
+            if (rv == CKR_OK)
+                fetched = secure_alloc(fetched_len + 1);
+            if (rv == CKR_OK && fetched == NULL)
+                rv = CKR_HOST_MEMORY;
+            if (rv == CKR_OK)
+                rv =
+                    s->token->ops->get_value(&c, o->ref, fetched, &fetched_len);
+            s->device_error = c.device_error;
+            if (rv != CKR_OK) {
+                object_unref(o);
+                goto put;
+            }
+        }
+    }
     if (rv == CKR_OK) {
         pthread_mutex_lock(&g.mutex);
         for (i = 0; i < ulCount; i++) {
-            r = get_one_unlocked(o, &pTemplate[i]);
+            r = get_one_unlocked(o, &pTemplate[i], fetched, fetched_len);
             if (r != CKR_OK && rv == CKR_OK)
                 rv = r;
         }
         pthread_mutex_unlock(&g.mutex);
         object_unref(o);
     }
+put:
+    secure_free(fetched, fetched_len + 1);
     session_put(s);
 out:
     module_leave();

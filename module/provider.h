@@ -123,6 +123,10 @@ struct provider_ops {
     CK_RV(*create_object)
     (struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out);
     CK_RV (*destroy_object)(struct pcall *c, void *ref);
+    /* The value of a secret key the provider keeps, for C_GetAttributeValue
+     * (the front end has checked CKA_SENSITIVE and CKA_EXTRACTABLE). With
+     * a NULL out, the length. */
+    CK_RV (*get_value)(struct pcall *c, void *ref, CK_BYTE *out, CK_ULONG *len);
 
     /* Key pairs made in the back end (a new key, or a new version). */
     CK_RV(*generate_key_pair)

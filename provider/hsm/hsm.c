@@ -980,7 +980,18 @@ static CK_RV oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
 
     if (!ht->has_raw)
         return CKR_MECHANISM_PARAM_INVALID;
-    block = secure_alloc(inlen + 1);
+    {
+        /* The ciphertext must be exactly as long as the modulus. */
+        CK_ATTRIBUTE a = {CKA_MODULUS, NULL, 0};
+        if (LOWER(ht, C_GetAttributeValue, s, priv, &a, 1) != CKR_OK)
+            return mapped(c, CKR_KEY_HANDLE_INVALID);
+        if (a.ulValueLen != inlen)
+            return CKR_ENCRYPTED_DATA_LEN_RANGE;
+    }
+    /* Room for any modulus: a short input must not make the lower
+     * operation stop at CKR_BUFFER_TOO_SMALL and stay active. */
+    blen = inlen + 1024;
+    block = secure_alloc(blen);
     em = secure_alloc(inlen + 1);
     if (block == NULL || em == NULL) {
         rv = CKR_HOST_MEMORY;
@@ -1001,8 +1012,9 @@ static CK_RV oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
         rv = mapped(c, rv);
         goto out;
     }
-    if (blen > inlen) {
-        rv = CKR_DEVICE_ERROR;
+    if (blen != inlen) {
+        /* Raw RSA gives exactly the modulus size: the input was not. */
+        rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
         goto out;
     }
     /* The encoded message is exactly modulus-sized, leading zeros kept. */
@@ -1016,7 +1028,7 @@ static CK_RV oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
                           CKR_ENCRYPTED_DATA_INVALID);
     *outlen = (CK_ULONG)ct_select(ct_eq(rv, CKR_OK), (unsigned long)r, 0);
 out:
-    secure_free(block, inlen + 1);
+    secure_free(block, inlen + 1024);
     secure_free(em, inlen + 1);
     return rv;
 }
@@ -1178,7 +1190,9 @@ static CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
                 oaep_mark_local(ht, m);
         }
         if (!oaep_is_local(ht, m)) {
-            if (rv == CKR_ENCRYPTED_DATA_INVALID)
+            /* SoftHSM reports a blob it cannot decrypt as a general
+             * error; the blob is the only input the caller controls. */
+            if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_GENERAL_ERROR)
                 rv = CKR_WRAPPED_KEY_INVALID;
             if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
                 rv = CKR_WRAPPED_KEY_LEN_RANGE;
@@ -1196,6 +1210,8 @@ static CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
     rv = oaep_decrypt_raw(c, priv, m, wrapped, len, value, &keylen);
     if (rv == CKR_ENCRYPTED_DATA_INVALID)
         rv = CKR_WRAPPED_KEY_INVALID;
+    if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+        rv = CKR_WRAPPED_KEY_LEN_RANGE;
     if (rv != CKR_OK)
         goto done;
     t2 = calloc(nt + 2, sizeof(*t2));
@@ -1403,6 +1419,22 @@ static CK_RV hsm_destroy_object(struct pcall *c, void *ref)
                            ((struct hsm_secret *)ref)->h));
 }
 
+static CK_RV hsm_get_value(struct pcall *c, void *ref, CK_BYTE *out,
+                           CK_ULONG *len)
+{
+    struct hsm_token *ht = c->tok;
+    CK_OBJECT_HANDLE h = ref_handle(ht, ref, false);
+    CK_ATTRIBUTE a = {CKA_VALUE, out, *len};
+    CK_RV rv;
+
+    if (h == 0)
+        return CKR_OBJECT_HANDLE_INVALID;
+    rv = LOWER(ht, C_GetAttributeValue, lower_session(c), h, &a, 1);
+    if (rv == CKR_OK)
+        *len = a.ulValueLen;
+    return mapped(c, rv);
+}
+
 static CK_RV set_label(struct hsm_token *ht, CK_SESSION_HANDLE s,
                        CK_OBJECT_HANDLE h, const char *label)
 {
@@ -1577,6 +1609,7 @@ const struct provider_ops hsm_provider = {
     .generate_key = hsm_generate_key,
     .create_object = hsm_create_object,
     .destroy_object = hsm_destroy_object,
+    .get_value = hsm_get_value,
     .generate_key_pair = hsm_generate_key_pair,
     .generate_random = hsm_generate_random,
 };
