@@ -109,49 +109,49 @@ typedef struct CK_FUNCTION_LIST_3_0 {
     /* PKCS#11 3.0 additions, in the order of the 3.0 header. */
     CK_C_GetInterfaceList_t C_GetInterfaceList;
     CK_C_GetInterface_t C_GetInterface;
-    CK_RV (*C_LoginUser)
+    CK_RV(*C_LoginUser)
     (CK_SESSION_HANDLE, CK_USER_TYPE, CK_UTF8CHAR_PTR, CK_ULONG,
      CK_UTF8CHAR_PTR, CK_ULONG);
     CK_RV (*C_SessionCancel)(CK_SESSION_HANDLE, CK_FLAGS);
-    CK_RV (*C_MessageEncryptInit)
+    CK_RV(*C_MessageEncryptInit)
     (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    CK_RV (*C_EncryptMessage)
+    CK_RV(*C_EncryptMessage)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    CK_RV (*C_EncryptMessageBegin)
+    CK_RV(*C_EncryptMessageBegin)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
-    CK_RV (*C_EncryptMessageNext)
+    CK_RV(*C_EncryptMessageNext)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG_PTR, CK_FLAGS);
     CK_RV (*C_MessageEncryptFinal)(CK_SESSION_HANDLE);
-    CK_RV (*C_MessageDecryptInit)
+    CK_RV(*C_MessageDecryptInit)
     (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    CK_RV (*C_DecryptMessage)
+    CK_RV(*C_DecryptMessage)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    CK_RV (*C_DecryptMessageBegin)
+    CK_RV(*C_DecryptMessageBegin)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG);
-    CK_RV (*C_DecryptMessageNext)
+    CK_RV(*C_DecryptMessageNext)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG_PTR, CK_FLAGS);
     CK_RV (*C_MessageDecryptFinal)(CK_SESSION_HANDLE);
-    CK_RV (*C_MessageSignInit)
+    CK_RV(*C_MessageSignInit)
     (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    CK_RV (*C_SignMessage)
+    CK_RV(*C_SignMessage)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG_PTR);
     CK_RV (*C_SignMessageBegin)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG);
-    CK_RV (*C_SignMessageNext)
+    CK_RV(*C_SignMessageNext)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG_PTR);
     CK_RV (*C_MessageSignFinal)(CK_SESSION_HANDLE);
-    CK_RV (*C_MessageVerifyInit)
+    CK_RV(*C_MessageVerifyInit)
     (CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    CK_RV (*C_VerifyMessage)
+    CK_RV(*C_VerifyMessage)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG);
     CK_RV (*C_VerifyMessageBegin)(CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG);
-    CK_RV (*C_VerifyMessageNext)
+    CK_RV(*C_VerifyMessageNext)
     (CK_SESSION_HANDLE, CK_VOID_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG,
      CK_BYTE_PTR, CK_ULONG);
     CK_RV (*C_MessageVerifyFinal)(CK_SESSION_HANDLE);
