@@ -1106,21 +1106,49 @@ static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
         CKA_WRAP_WITH_TRUSTED,
         CKA_TRUSTED,
     };
+    CK_ATTRIBUTE t[CMK_ARRAY_SIZE(copy)];
+    CK_BYTE buf[1024], *p = buf;
     struct hsm_secret *ref;
     size_t i;
+    CK_RV rv;
 
+    /* One call for the lengths, one for the values: this is on the
+     * unwrap path. Attributes the lower token lacks are left out. */
     memset(out, 0, sizeof(*out));
     for (i = 0; i < CMK_ARRAY_SIZE(copy); i++) {
-        CK_ULONG len = 0;
-        void *v = get_attr(ht, s, h, copy[i], &len);
-        if (v == NULL)
+        t[i].type = copy[i];
+        t[i].pValue = NULL;
+        t[i].ulValueLen = 0;
+    }
+    rv = LOWER(ht, C_GetAttributeValue, s, h, t, CMK_ARRAY_SIZE(t));
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+        rv != CKR_ATTRIBUTE_SENSITIVE)
+        return hsm_map_rv(rv);
+    for (i = 0; i < CMK_ARRAY_SIZE(t); i++) {
+        if (t[i].ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+            t[i].ulValueLen > (CK_ULONG)(buf + sizeof(buf) - p)) {
+            t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
             continue;
-        if (attrs_set(&out->attrs, copy[i], v, len) != 0) {
-            free(v);
-            attrs_clear(&out->attrs);
-            return CKR_HOST_MEMORY;
         }
-        free(v);
+        t[i].pValue = p;
+        p += t[i].ulValueLen;
+    }
+    {
+        /* Ask again for those that have a value. */
+        CK_ATTRIBUTE q[CMK_ARRAY_SIZE(copy)];
+        CK_ULONG nq = 0;
+        for (i = 0; i < CMK_ARRAY_SIZE(t); i++)
+            if (t[i].ulValueLen != CK_UNAVAILABLE_INFORMATION)
+                q[nq++] = t[i];
+        rv = LOWER(ht, C_GetAttributeValue, s, h, q, nq);
+        if (rv != CKR_OK)
+            return hsm_map_rv(rv);
+        for (i = 0; i < nq; i++)
+            if (attrs_set(&out->attrs, q[i].type, q[i].pValue,
+                          q[i].ulValueLen) != 0) {
+                attrs_clear(&out->attrs);
+                return CKR_HOST_MEMORY;
+            }
     }
     attrs_set_bool(&out->attrs, CKA_COPYABLE, CK_FALSE);
     attrs_set_bool(&out->attrs, CKA_DESTROYABLE, CK_TRUE);
