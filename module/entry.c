@@ -8,7 +8,16 @@
 
 #include "module.h"
 
-/* Prototypes of the C_ functions come from pkcs11.h through compat.h. */
+/* Prototypes of the C_ functions come from pkcs11.h through compat.h.
+ * The three exported functions are interposable: another library in the
+ * process (p11-kit's proxy, another module linked in) may define the same
+ * names, so the function lists point at these local copies instead. */
+static CK_RV get_function_list(CK_FUNCTION_LIST_PTR_PTR ppFunctionList);
+static CK_RV get_interface_list(CK_INTERFACE_PTR pInterfacesList,
+                                CK_ULONG_PTR pulCount);
+static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName,
+                           CK_VERSION_PTR pVersion,
+                           CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
 
 static CK_RV not_supported(void)
 {
@@ -57,7 +66,7 @@ static CK_FUNCTION_LIST function_list = {
     .C_Initialize = C_Initialize,
     .C_Finalize = C_Finalize,
     .C_GetInfo = C_GetInfo,
-    .C_GetFunctionList = C_GetFunctionList,
+    .C_GetFunctionList = get_function_list,
     .C_GetSlotList = C_GetSlotList,
     .C_GetSlotInfo = C_GetSlotInfo,
     .C_GetTokenInfo = C_GetTokenInfo,
@@ -129,7 +138,7 @@ static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .C_Initialize = C_Initialize,
     .C_Finalize = C_Finalize,
     .C_GetInfo = C_GetInfo,
-    .C_GetFunctionList = C_GetFunctionList,
+    .C_GetFunctionList = get_function_list,
     .C_GetSlotList = C_GetSlotList,
     .C_GetSlotInfo = C_GetSlotInfo,
     .C_GetTokenInfo = C_GetTokenInfo,
@@ -194,8 +203,8 @@ static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .C_GetFunctionStatus = C_GetFunctionStatus,
     .C_CancelFunction = C_CancelFunction,
     .C_WaitForSlotEvent = C_WaitForSlotEvent,
-    .C_GetInterfaceList = C_GetInterfaceList,
-    .C_GetInterface = C_GetInterface,
+    .C_GetInterfaceList = get_interface_list,
+    .C_GetInterface = get_interface,
     .C_LoginUser = C_LoginUser,
     .C_SessionCancel = C_SessionCancel,
     .C_MessageEncryptInit = (void *)not_supported,
@@ -227,7 +236,7 @@ static CK_INTERFACE interfaces[] = {
     {interface_name, &function_list, 0},
 };
 
-CMK_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+static CK_RV get_function_list(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
 {
     if (ppFunctionList == NULL)
         return CKR_ARGUMENTS_BAD;
@@ -235,8 +244,8 @@ CMK_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
     return CKR_OK;
 }
 
-CMK_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList,
-                                    CK_ULONG_PTR pulCount)
+static CK_RV get_interface_list(CK_INTERFACE_PTR pInterfacesList,
+                                CK_ULONG_PTR pulCount)
 {
     CK_ULONG n = CMK_ARRAY_SIZE(interfaces);
 
@@ -255,10 +264,9 @@ CMK_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList,
     return CKR_OK;
 }
 
-CMK_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName,
-                                CK_VERSION_PTR pVersion,
-                                CK_INTERFACE_PTR_PTR ppInterface,
-                                CK_FLAGS flags)
+static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName,
+                           CK_VERSION_PTR pVersion,
+                           CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
 {
     size_t i;
 
@@ -278,4 +286,23 @@ CMK_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName,
         return CKR_OK;
     }
     return CKR_ARGUMENTS_BAD;
+}
+
+CMK_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
+{
+    return get_function_list(ppFunctionList);
+}
+
+CMK_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList,
+                                    CK_ULONG_PTR pulCount)
+{
+    return get_interface_list(pInterfacesList, pulCount);
+}
+
+CMK_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName,
+                                CK_VERSION_PTR pVersion,
+                                CK_INTERFACE_PTR_PTR ppInterface,
+                                CK_FLAGS flags)
+{
+    return get_interface(pInterfaceName, pVersion, ppInterface, flags);
 }

@@ -311,7 +311,8 @@ void *object_get_value(struct object *o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
     if (at != NULL) {
         copy = malloc(at->ulValueLen + 1);
         if (copy != NULL) {
-            memcpy(copy, at->pValue, at->ulValueLen);
+            if (at->ulValueLen > 0)
+                memcpy(copy, at->pValue, at->ulValueLen);
             ((char *)copy)[at->ulValueLen] = '\0';
             *len = at->ulValueLen;
         }

@@ -203,6 +203,14 @@ static void test_interfaces(void)
         ok(f3->C_GetInterface != NULL && f3->C_LoginUser != NULL &&
                f3->C_SessionCancel != NULL,
            "3.0 list has the 3.0 functions");
+        is_rv(f3->C_GetFunctionList(NULL), CKR_ARGUMENTS_BAD,
+              "3.0 list C_GetFunctionList(NULL) is the module's");
+        {
+            CK_INTERFACE *again = NULL;
+            is_rv(f3->C_GetInterface((CK_UTF8CHAR *)"PKCS 11", &v30, &again, 0),
+                  CKR_OK, "3.0 list C_GetInterface");
+            ok(again == iface, "  gives the module's own interface");
+        }
         is_rv(f3->C_GetInfo(NULL), CKR_CRYPTOKI_NOT_INITIALIZED,
               "3.0 list C_GetInfo before init");
     }
