@@ -180,8 +180,11 @@ static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
     g.next_handle = 0;
     for (i = 0; i < cfg->n_tokens; i++) {
         rv = token_setup(&g.tokens[i], &cfg->tokens[i]);
-        if (rv != CKR_OK)
+        if (rv != CKR_OK) {
+            /* Not counted yet, so teardown would not see it. */
+            token_teardown(&g.tokens[i], false);
             goto fail;
+        }
         g.tokens[i].slot_id = i;
         g.n_tokens++;
     }
