@@ -1,0 +1,331 @@
+/*
+ * HTTPS transport with libcurl. Each token keeps a pool of easy handles;
+ * a handle keeps its connection alive between requests, and the handles
+ * share DNS answers and TLS sessions, so calls from many threads reuse
+ * connections. TLS is always verified; ca-file adds trust anchors to the
+ * system's. Proxies come from the usual environment variables (libcurl).
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
+#include "debug.h"
+#include "kv.h"
+#include "secure.h"
+
+#define KV_POOL_MAX 64
+#define KV_MAX_BODY (4L * 1024 * 1024)
+
+struct kv_http {
+    pthread_mutex_t lock;
+    CURL *idle[KV_POOL_MAX];
+    int n_idle;
+    CURLSH *share;
+    pthread_mutex_t share_lock[CURL_LOCK_DATA_LAST];
+    long timeout_ms;
+    char *ca_file;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc;
+
+static void global_init(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int64_t kv_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access access,
+                       void *user)
+{
+    struct kv_http *kh = user;
+
+    (void)h;
+    (void)access;
+    if (data < CURL_LOCK_DATA_LAST)
+        pthread_mutex_lock(&kh->share_lock[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *user)
+{
+    struct kv_http *kh = user;
+
+    (void)h;
+    if (data < CURL_LOCK_DATA_LAST)
+        pthread_mutex_unlock(&kh->share_lock[data]);
+}
+
+struct kv_http *kv_http_new(const struct kv_http_opts *opts)
+{
+    struct kv_http *h;
+    int i;
+
+    pthread_once(&global_once, global_init);
+    if (global_rc != CURLE_OK)
+        return NULL;
+    h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return NULL;
+    pthread_mutex_init(&h->lock, NULL);
+    for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&h->share_lock[i], NULL);
+    h->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
+    if (opts->ca_file != NULL && (h->ca_file = strdup(opts->ca_file)) == NULL)
+        goto fail;
+    h->share = curl_share_init();
+    if (h->share == NULL)
+        goto fail;
+    curl_share_setopt(h->share, CURLSHOPT_LOCKFUNC, share_lock);
+    curl_share_setopt(h->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+    curl_share_setopt(h->share, CURLSHOPT_USERDATA, h);
+    curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    return h;
+fail:
+    kv_http_free(h, false);
+    return NULL;
+}
+
+void kv_http_free(struct kv_http *h, bool in_child)
+{
+    int i;
+
+    if (h == NULL)
+        return;
+    /* In a forked child the connections belong to the parent: closing
+     * them would send TLS alerts on its sockets. They are left alone. */
+    if (!in_child) {
+        for (i = 0; i < h->n_idle; i++)
+            curl_easy_cleanup(h->idle[i]);
+        if (h->share != NULL)
+            curl_share_cleanup(h->share);
+    }
+    for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_destroy(&h->share_lock[i]);
+    pthread_mutex_destroy(&h->lock);
+    free(h->ca_file);
+    free(h);
+}
+
+static CURL *take_handle(struct kv_http *h)
+{
+    CURL *c = NULL;
+
+    pthread_mutex_lock(&h->lock);
+    if (h->n_idle > 0)
+        c = h->idle[--h->n_idle];
+    pthread_mutex_unlock(&h->lock);
+    if (c == NULL) {
+        c = curl_easy_init();
+        if (c != NULL)
+            curl_easy_setopt(c, CURLOPT_SHARE, h->share);
+    }
+    return c;
+}
+
+static void give_handle(struct kv_http *h, CURL *c, bool keep)
+{
+    pthread_mutex_lock(&h->lock);
+    if (keep && h->n_idle < KV_POOL_MAX) {
+        h->idle[h->n_idle++] = c;
+        c = NULL;
+    }
+    pthread_mutex_unlock(&h->lock);
+    if (c != NULL)
+        curl_easy_cleanup(c);
+}
+
+struct sink {
+    struct kv_response *r;
+    size_t cap;
+};
+
+static size_t on_body(char *data, size_t size, size_t n, void *user)
+{
+    struct sink *s = user;
+    size_t len = size * n;
+    char *nb;
+
+    if (s->r->len + len + 1 > (size_t)KV_MAX_BODY)
+        return 0;
+    if (s->r->len + len + 1 > s->cap) {
+        size_t ncap = s->cap ? s->cap : 1024;
+        while (ncap < s->r->len + len + 1)
+            ncap *= 2;
+        nb = realloc(s->r->body, ncap);
+        if (nb == NULL)
+            return 0;
+        s->r->body = nb;
+        s->cap = ncap;
+    }
+    memcpy(s->r->body + s->r->len, data, len);
+    s->r->len += len;
+    s->r->body[s->r->len] = '\0';
+    return len;
+}
+
+static bool header_is(const char *line, size_t len, const char *name,
+                      const char **value, size_t *vlen)
+{
+    size_t n = strlen(name);
+
+    if (len <= n || strncasecmp(line, name, n) != 0 || line[n] != ':')
+        return false;
+    line += n + 1;
+    len -= n + 1;
+    while (len > 0 && (*line == ' ' || *line == '\t'))
+        line++, len--;
+    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == '\n' ||
+                       line[len - 1] == ' '))
+        len--;
+    *value = line;
+    *vlen = len;
+    return true;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *user)
+{
+    struct kv_response *r = user;
+    size_t len = size * n, vlen;
+    const char *v;
+    char num[32];
+
+    if (header_is(data, len, "WWW-Authenticate", &v, &vlen)) {
+        free(r->www_authenticate);
+        r->www_authenticate = strndup(v, vlen);
+    } else if (header_is(data, len, "retry-after-ms", &v, &vlen) ||
+               header_is(data, len, "x-ms-retry-after-ms", &v, &vlen)) {
+        snprintf(num, sizeof(num), "%.*s", (int)(vlen < 20 ? vlen : 20), v);
+        r->retry_after_ms = atol(num);
+    } else if (header_is(data, len, "Retry-After", &v, &vlen) &&
+               r->retry_after_ms < 0) {
+        /* Seconds; an HTTP date is not used by Key Vault. */
+        snprintf(num, sizeof(num), "%.*s", (int)(vlen < 20 ? vlen : 20), v);
+        if (num[0] >= '0' && num[0] <= '9')
+            r->retry_after_ms = atol(num) * 1000;
+    }
+    return len;
+}
+
+static CURLcode on_ssl_ctx(CURL *c, void *ssl_ctx, void *user)
+{
+    struct kv_http *h = user;
+    X509_STORE *store = SSL_CTX_get_cert_store(ssl_ctx);
+
+    (void)c;
+    /* Added to the system's anchors, not instead of them. */
+    if (h->ca_file != NULL && X509_STORE_load_file(store, h->ca_file) != 1)
+        return CURLE_SSL_CACERT_BADFILE;
+    return CURLE_OK;
+}
+
+void kv_response_clear(struct kv_response *r)
+{
+    free(r->body);
+    free(r->www_authenticate);
+    memset(r, 0, sizeof(*r));
+    r->retry_after_ms = -1;
+}
+
+int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
+               struct kv_response *r)
+{
+    struct curl_slist *headers = NULL;
+    struct sink sink = {r, 0};
+    char *auth = NULL;
+    size_t auth_len = 0;
+    CURL *c;
+    int i;
+
+    memset(r, 0, sizeof(*r));
+    r->retry_after_ms = -1;
+    c = take_handle(h);
+    if (c == NULL)
+        return -1;
+    if (timeout_ms <= 0 || timeout_ms > h->timeout_ms)
+        timeout_ms = h->timeout_ms;
+
+    curl_easy_setopt(c, CURLOPT_URL, req->url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR,
+                     req->allow_http ? "http,https" : "https");
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
+    curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "cmkp11/" PACKAGE_VERSION);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    if (strcmp(req->method, "GET") != 0) {
+        const char *body = req->body ? req->body : "";
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        if (strcmp(req->method, "POST") != 0)
+            curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req->method);
+        headers = curl_slist_append(
+            headers, req->form
+                         ? "Content-Type: application/x-www-form-urlencoded"
+                         : "Content-Type: application/json");
+    }
+    headers = curl_slist_append(headers, "Accept: application/json");
+    headers = curl_slist_append(headers, "Expect:");
+    for (i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
+        headers = curl_slist_append(headers, req->headers[i]);
+    if (req->bearer != NULL) {
+        auth_len = strlen(req->bearer) + 32;
+        auth = secure_alloc(auth_len);
+        if (auth != NULL) {
+            snprintf(auth, auth_len, "Authorization: Bearer %s", req->bearer);
+            headers = curl_slist_append(headers, auth);
+        }
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+
+    r->curl = curl_easy_perform(c);
+    if (r->curl == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    else
+        cmk_debug("%s %s: %s", req->method, req->url,
+                  curl_easy_strerror(r->curl));
+    if (r->body == NULL) {
+        r->body = strdup("");
+        r->len = 0;
+    }
+    /* Drop every reference to this request's data before pooling. */
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, NULL);
+    if (headers != NULL) {
+        /* The header list holds a copy of the bearer token. */
+        struct curl_slist *l;
+        for (l = headers; l != NULL; l = l->next)
+            secure_zero(l->data, strlen(l->data));
+        curl_slist_free_all(headers);
+    }
+    secure_free(auth, auth_len);
+    give_handle(h, c, r->curl == CURLE_OK);
+    return r->body != NULL ? 0 : -1;
+}

@@ -1,0 +1,1489 @@
+/*
+ * The keyvault back end: the RSA keys of an Azure Key Vault or Managed HSM
+ * as versioned token objects.
+ *
+ * Loading is lazy: C_Initialize makes no request. A search by label loads
+ * that key alone (its versions, then each version's public key once); a
+ * search without a label lists the vault's keys (or the keys = allow-list).
+ * What was loaded is refreshed when it is older than refresh-interval.
+ * Private-key operations are REST calls on the version's kid; public-key
+ * operations run in the module with the cached public key.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
+#include "debug.h"
+#include "kv.h"
+#include "rsa.h"
+#include "secure.h"
+
+struct kv_key;
+
+/* A key version. Versions are freed only when the token closes, so the
+ * references the front end holds stay valid; fields change under the
+ * token's lock. */
+struct kv_version {
+    struct kv_key *key;
+    char *version;
+    CK_BYTE id[64];
+    CK_ULONG id_len;
+    CK_BYTE *n, *e;
+    CK_ULONG nlen, elen;
+    char *kty;
+    char *key_ops; /* "wrapKey,unwrapKey,..." */
+    char *recovery;
+    bool loaded;  /* n, e, kty and key_ops are known */
+    bool present; /* in the last listing of the key's versions */
+    bool enabled;
+    long long nbf, exp, created, updated;
+    struct kv_version *next;
+};
+
+struct kv_key {
+    char *name;
+    struct kv_version *versions;
+    int64_t loaded_at_ms; /* 0: never */
+    bool exists;
+    struct kv_key *next;
+};
+
+struct kv_token {
+    pthread_mutex_t lock; /* keys, versions, the challenge */
+    char *name;           /* the [token] section */
+    char *vault_url;      /* https://host[:port], no trailing slash */
+    char *host;           /* host[:port] */
+    bool mhsm;
+    struct kv_http *http;
+    struct kv_auth *auth;
+    char *resource; /* from the 401 challenge */
+    char *tenant;
+    char **allow; /* keys =, NULL-terminated, or NULL */
+    struct kv_key *keys;
+    int64_t names_loaded_at_ms;
+    long refresh_ms;
+    long deadline_ms;
+    long retries;
+    bool local_public;
+    char *key_type; /* RSA | RSA-HSM */
+    char *pin;
+    size_t pin_len;
+};
+
+/* ---- configuration ---- */
+
+static void free_list(char **l)
+{
+    size_t i;
+
+    for (i = 0; l != NULL && l[i] != NULL; i++)
+        free(l[i]);
+    free(l);
+}
+
+static char **split_list(const char *text)
+{
+    char **list = calloc(strlen(text) / 2 + 2, sizeof(*list));
+    const char *p = text;
+    size_t n = 0;
+
+    if (list == NULL)
+        return NULL;
+    while (*p != '\0') {
+        const char *start, *end;
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        start = p;
+        while (*p != '\0' && *p != ',')
+            p++;
+        end = p;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if (end > start && (list[n++] = strndup(start, end - start)) == NULL) {
+            free_list(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static void kv_close(void *tok, bool in_child)
+{
+    struct kv_token *kt = tok;
+    struct kv_key *k, *kn;
+    struct kv_version *v, *vn;
+
+    if (kt == NULL)
+        return;
+    for (k = kt->keys; k != NULL; k = kn) {
+        kn = k->next;
+        for (v = k->versions; v != NULL; v = vn) {
+            vn = v->next;
+            free(v->version);
+            free(v->n);
+            free(v->e);
+            free(v->kty);
+            free(v->key_ops);
+            free(v->recovery);
+            free(v);
+        }
+        free(k->name);
+        free(k);
+    }
+    kv_auth_free(kt->auth);
+    kv_http_free(kt->http, in_child);
+    free_list(kt->allow);
+    free(kt->name);
+    free(kt->vault_url);
+    free(kt->host);
+    free(kt->resource);
+    free(kt->tenant);
+    free(kt->key_type);
+    secure_free(kt->pin, kt->pin_len + 1);
+    pthread_mutex_destroy(&kt->lock);
+    free(kt);
+}
+
+static const char *env_or(const char *v, const char *env)
+{
+    const char *e;
+
+    if (v != NULL)
+        return v;
+    e = getenv(env);
+    return e != NULL && e[0] != '\0' ? e : NULL;
+}
+
+static CK_RV bad(char *err, size_t errlen, const struct config_token *cfg,
+                 const char *key, const char *why)
+{
+    snprintf(err, errlen, "%s:%d: %s: %s", cfg->path,
+             config_token_line(cfg, key), key, why);
+    return CKR_GENERAL_ERROR;
+}
+
+static CK_RV kv_open(const struct config_token *cfg, void **tok,
+                     unsigned *flags, char *err, size_t errlen)
+{
+    static const char *other_keys[] = {
+        "unwrap-fallback",         "unwrap-cache",
+        "client-certificate-file", "client-certificate-password-file",
+        "federated-token-file",    "access-token-file"};
+    struct kv_token *kt = calloc(1, sizeof(*kt));
+    struct kv_auth_config ac;
+    struct kv_http_opts ho;
+    const char *url, *auth, *v;
+    long timeout = 10, deadline = 30, retries = 4;
+    bool local = true;
+    size_t i;
+    CK_RV rv = CKR_GENERAL_ERROR;
+
+    if (kt == NULL)
+        return CKR_HOST_MEMORY;
+    memset(&ac, 0, sizeof(ac));
+    pthread_mutex_init(&kt->lock, NULL);
+    kt->name = strdup(cfg->name);
+    kt->refresh_ms = (cfg->global ? cfg->global->refresh_interval : 60) * 1000L;
+
+    url = config_token_get(cfg, "vault-url");
+    if (url == NULL)
+        url = env_or(NULL, "VAULT_URL");
+    if (url == NULL) {
+        snprintf(err, errlen,
+                 "%s:%d: [token %s]: vault-url is missing (https://NAME."
+                 "vault.azure.net or https://NAME.managedhsm.azure.net)",
+                 cfg->path, cfg->line, cfg->name);
+        goto fail;
+    }
+    if (strncmp(url, "https://", 8) != 0 || strlen(url) < 10) {
+        rv = bad(err, errlen, cfg, "vault-url", "must be an https:// URL");
+        goto fail;
+    }
+    kt->vault_url = strdup(url);
+    while (kt->vault_url[strlen(kt->vault_url) - 1] == '/')
+        kt->vault_url[strlen(kt->vault_url) - 1] = '\0';
+    kt->host = strdup(kt->vault_url + 8);
+    if (strchr(kt->host, '/') != NULL) {
+        rv = bad(err, errlen, cfg, "vault-url",
+                 "must name the vault only, without a path");
+        goto fail;
+    }
+    kt->mhsm = strstr(kt->host, ".managedhsm.") != NULL;
+
+    if (config_token_get_long(cfg, "timeout", 1, 3600, &timeout, err, errlen) <
+            0 ||
+        config_token_get_long(cfg, "deadline", 1, 3600, &deadline, err,
+                              errlen) < 0 ||
+        config_token_get_long(cfg, "retries", 0, 20, &retries, err, errlen) <
+            0 ||
+        config_token_get_bool(cfg, "local-public-ops", &local, err, errlen) < 0)
+        goto fail;
+    kt->deadline_ms = deadline * 1000;
+    kt->retries = retries;
+    kt->local_public = local;
+    v = config_token_get(cfg, "key-type");
+    if (v != NULL && strcmp(v, "RSA") != 0 && strcmp(v, "RSA-HSM") != 0) {
+        rv = bad(err, errlen, cfg, "key-type", "must be RSA or RSA-HSM");
+        goto fail;
+    }
+    kt->key_type = strdup(v ? v : (kt->mhsm ? "RSA-HSM" : "RSA"));
+    v = config_token_get(cfg, "keys");
+    if (v != NULL && (kt->allow = split_list(v)) == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    v = config_token_get(cfg, "pin-file");
+    if (v != NULL) {
+        char msg[300];
+        if (secure_read_file(v, 1, &kt->pin, &kt->pin_len, msg, sizeof(msg))) {
+            rv = bad(err, errlen, cfg, "pin-file", msg);
+            goto fail;
+        }
+    }
+    for (i = 0; i < CMK_ARRAY_SIZE(other_keys); i++)
+        (void)config_token_get(cfg, other_keys[i]);
+
+    auth = config_token_get(cfg, "auth");
+    if (auth == NULL)
+        auth = env_or(NULL, "AZURE_CLIENT_SECRET") ? "client-secret"
+                                                   : "managed-identity";
+    if (strcmp(auth, "client-secret") == 0) {
+        ac.method = KV_AUTH_CLIENT_SECRET;
+    } else if (strcmp(auth, "managed-identity") == 0) {
+        ac.method = KV_AUTH_MANAGED_IDENTITY;
+    } else if (strcmp(auth, "client-certificate") == 0 ||
+               strcmp(auth, "workload-identity") == 0 ||
+               strcmp(auth, "azure-cli") == 0 ||
+               strcmp(auth, "access-token-file") == 0) {
+        rv = bad(err, errlen, cfg, "auth",
+                 "this method is not available in this build; use "
+                 "client-secret or managed-identity");
+        goto fail;
+    } else {
+        rv = bad(err, errlen, cfg, "auth",
+                 "unknown method (managed-identity, client-secret, "
+                 "client-certificate, workload-identity, azure-cli, "
+                 "access-token-file)");
+        goto fail;
+    }
+    /* Keys the file leaves out come from the variables the SDKs read. */
+    ac.tenant_id =
+        (char *)env_or(config_token_get(cfg, "tenant-id"), "AZURE_TENANT_ID");
+    ac.client_id =
+        (char *)env_or(config_token_get(cfg, "client-id"), "AZURE_CLIENT_ID");
+    ac.authority_host = (char *)env_or(config_token_get(cfg, "authority-host"),
+                                       "AZURE_AUTHORITY_HOST");
+    ac.secret_file = (char *)config_token_get(cfg, "client-secret-file");
+    ac.secondary_secret_file =
+        (char *)config_token_get(cfg, "secondary-client-secret-file");
+    ac.imds_endpoint = (char *)config_token_get(cfg, "imds-endpoint");
+    if (ac.method == KV_AUTH_MANAGED_IDENTITY && ac.imds_endpoint == NULL) {
+        ac.identity_endpoint = (char *)env_or(NULL, "IDENTITY_ENDPOINT");
+        ac.identity_header = (char *)env_or(NULL, "IDENTITY_HEADER");
+    }
+    if (ac.method == KV_AUTH_CLIENT_SECRET && ac.secret_file == NULL)
+        ac.secret_env = (char *)env_or(NULL, "AZURE_CLIENT_SECRET");
+
+    memset(&ho, 0, sizeof(ho));
+    ho.timeout_ms = timeout * 1000;
+    ho.ca_file = config_token_get(cfg, "ca-file");
+    if (ho.ca_file != NULL) {
+        char msg[300], *buf = NULL;
+        size_t blen = 0;
+        if (secure_read_file(ho.ca_file, 0, &buf, &blen, msg, sizeof(msg))) {
+            rv = bad(err, errlen, cfg, "ca-file", msg);
+            goto fail;
+        }
+        secure_free(buf, blen + 1);
+    }
+    kt->http = kv_http_new(&ho);
+    if (kt->http == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    {
+        char msg[300] = "";
+        rv = kv_auth_new(&ac, kt->http, &kt->auth, msg, sizeof(msg));
+        if (rv != CKR_OK) {
+            snprintf(err, errlen, "%s:%d: [token %s]: %s", cfg->path, cfg->line,
+                     cfg->name, msg);
+            goto fail;
+        }
+    }
+    *flags = kt->local_public ? PROVIDER_LOCAL_PUBLIC : 0;
+    *tok = kt;
+    return CKR_OK;
+fail:
+    kv_close(kt, false);
+    return rv;
+}
+
+static void kv_token_info(void *tok, struct provider_token_info *info)
+{
+    struct kv_token *kt = tok;
+    unsigned char md[32];
+    unsigned int mdlen = sizeof(md);
+    int i;
+
+    memset(info, 0, sizeof(*info));
+    snprintf(info->model, sizeof(info->model), "%s",
+             kt->mhsm ? "Managed HSM" : "Key Vault");
+    EVP_Digest(kt->host, strlen(kt->host), md, &mdlen, EVP_sha256(), NULL);
+    for (i = 0; i < 8; i++)
+        snprintf(info->serial + 2 * i, 3, "%02x", md[i]);
+    info->login_required = kt->pin != NULL;
+    info->hardware = kt->mhsm;
+    info->min_pin = 1;
+    info->max_pin = 256;
+}
+
+static const struct pmech kv_mechs[] = {
+    {CKM_RSA_PKCS_KEY_PAIR_GEN, {2048, 4096, CKF_GENERATE_KEY_PAIR}},
+    {CKM_RSA_PKCS, {2048, 4096, CKF_DECRYPT | CKF_UNWRAP | CKF_SIGN}},
+    {CKM_RSA_PKCS_OAEP, {2048, 4096, CKF_DECRYPT | CKF_UNWRAP}},
+    {CKM_RSA_PKCS_PSS, {2048, 4096, CKF_SIGN}},
+};
+
+static const struct pmech *kv_mechanisms(void *tok, CK_ULONG *count)
+{
+    *count = CMK_ARRAY_SIZE(kv_mechs);
+    return kv_mechs;
+}
+
+static CK_RV kv_login(struct pcall *c, CK_USER_TYPE user,
+                      const CK_UTF8CHAR *pin, CK_ULONG len)
+{
+    struct kv_token *kt = c->tok;
+
+    if (user != CKU_USER)
+        return CKR_USER_TYPE_INVALID;
+    if (kt->pin == NULL)
+        return CKR_OK; /* no PIN configured: any will do */
+    if (len != kt->pin_len || ct_memcmp(pin, kt->pin, len) != 0)
+        return CKR_PIN_INCORRECT;
+    return CKR_OK;
+}
+
+/* ---- requests: challenge, token, retries ---- */
+
+/* Parses a Bearer challenge: resource (or scope) and the tenant. */
+static bool parse_challenge(const char *h, char **resource, char **tenant)
+{
+    char *res = NULL, *auth = NULL;
+    const char *p;
+
+    if (h == NULL || strncasecmp(h, "Bearer", 6) != 0)
+        return false;
+    for (p = h + 6; *p;) {
+        const char *name, *val;
+        size_t nlen, vlen;
+        while (*p == ' ' || *p == ',')
+            p++;
+        name = p;
+        while (*p && *p != '=')
+            p++;
+        nlen = (size_t)(p - name);
+        if (*p != '=')
+            break;
+        p++;
+        if (*p == '"') {
+            val = ++p;
+            while (*p && *p != '"')
+                p++;
+            vlen = (size_t)(p - val);
+            if (*p == '"')
+                p++;
+        } else {
+            val = p;
+            while (*p && *p != ',')
+                p++;
+            vlen = (size_t)(p - val);
+        }
+        if (nlen == 8 && strncasecmp(name, "resource", 8) == 0) {
+            free(res);
+            res = strndup(val, vlen);
+        } else if ((nlen == 13 &&
+                    strncasecmp(name, "authorization", 13) == 0) ||
+                   (nlen == 17 &&
+                    strncasecmp(name, "authorization_uri", 17) == 0)) {
+            free(auth);
+            auth = strndup(val, vlen);
+        }
+    }
+    if (res == NULL) {
+        free(auth);
+        return false;
+    }
+    while (strlen(res) > 0 && res[strlen(res) - 1] == '/')
+        res[strlen(res) - 1] = '\0';
+    *resource = res;
+    *tenant = NULL;
+    if (auth != NULL) {
+        /* https://login.example/{tenant}[/...] */
+        const char *s = strstr(auth, "://");
+        s = s ? strchr(s + 3, '/') : NULL;
+        if (s != NULL) {
+            const char *e = strchr(s + 1, '/');
+            *tenant = e ? strndup(s + 1, (size_t)(e - s - 1)) : strdup(s + 1);
+        }
+        free(auth);
+    }
+    return true;
+}
+
+/* The vault host must lie in the resource's domain, as the SDKs check. */
+static bool resource_matches(const char *vault_host, const char *resource)
+{
+    const char *rh = strstr(resource, "://");
+    size_t vl = strlen(vault_host), rl;
+
+    if (rh == NULL)
+        return false;
+    rh += 3;
+    rl = strlen(rh);
+    return vl > rl + 1 && strcasecmp(vault_host + vl - rl, rh) == 0 &&
+           vault_host[vl - rl - 1] == '.';
+}
+
+static bool retriable(const struct kv_response *r)
+{
+    if (r->curl != CURLE_OK)
+        return true;
+    return r->status == 408 || r->status == 429 || r->status == 500 ||
+           r->status == 502 || r->status == 503 || r->status == 504;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts;
+
+    if (ms <= 0)
+        return;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
+/* Backoff before retry n (0-based): Retry-After when given; otherwise
+ * exponential from 800 ms (1 s for 429) with jitter of -20..+30 %. */
+static int64_t backoff_ms(const struct kv_response *r, int n)
+{
+    unsigned char rnd;
+    int64_t base;
+
+    if (r->retry_after_ms >= 0)
+        return r->retry_after_ms;
+    base = (r->status == 429 ? 1000 : 800) * ((int64_t)1 << (n < 6 ? n : 6));
+    RAND_bytes(&rnd, 1);
+    return base * (80 + rnd % 51) / 100;
+}
+
+struct kv_result {
+    long status;
+    json_object *doc; /* parsed body of a 2xx answer */
+    char code[64];    /* Key Vault's error code */
+    char message[256];
+};
+
+static void result_clear(struct kv_result *res)
+{
+    json_object_put(res->doc);
+    memset(res, 0, sizeof(*res));
+}
+
+static char *with_api_version(const struct kv_token *kt, const char *path)
+{
+    const char *sep;
+
+    if (strncmp(path, "https://", 8) == 0) {
+        sep = strchr(path, '?') ? "&" : "?";
+        if (strstr(path, "api-version=") != NULL)
+            return strdup(path);
+        return kv_strdup_printf("%s%sapi-version=%s", path, sep,
+                                KV_API_VERSION);
+    }
+    sep = strchr(path, '?') ? "&" : "?";
+    return kv_strdup_printf("%s%s%sapi-version=%s", kt->vault_url, path, sep,
+                            KV_API_VERSION);
+}
+
+/*
+ * One Key Vault call with the whole retry policy: the 401 challenge (once),
+ * a refused token (refreshed once), retries of 408/429/5xx and transport
+ * errors with backoff, all within the call's deadline.
+ */
+static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
+                     const char *path, const char *body, int64_t deadline,
+                     struct kv_result *res)
+{
+    char *url = with_api_version(kt, path), *token = NULL, *resource = NULL,
+         *tenant = NULL;
+    bool challenged = false, refreshed = false;
+    struct kv_request req;
+    struct kv_response r;
+    int attempt = 0;
+    CK_RV rv = CKR_DEVICE_ERROR;
+
+    memset(res, 0, sizeof(*res));
+    if (url == NULL)
+        return CKR_HOST_MEMORY;
+    for (;;) {
+        long identity_status = 0;
+        int64_t left = deadline - kv_now_ms();
+
+        if (left <= 0) {
+            cmk_error("token %s: %s %s: no answer within the deadline",
+                      kt->name, method, path);
+            rv = CKR_DEVICE_ERROR;
+            break;
+        }
+        pthread_mutex_lock(&kt->lock);
+        free(resource);
+        free(tenant);
+        resource = kt->resource ? strdup(kt->resource) : NULL;
+        tenant = kt->tenant ? strdup(kt->tenant) : NULL;
+        pthread_mutex_unlock(&kt->lock);
+        if (resource != NULL && token == NULL) {
+            rv = kv_auth_token(kt->auth, resource, tenant, refreshed, deadline,
+                               &token, &identity_status);
+            if (rv != CKR_OK) {
+                c->device_error = (CK_ULONG)identity_status;
+                rv = CKR_DEVICE_ERROR;
+                break;
+            }
+        }
+        memset(&req, 0, sizeof(req));
+        req.method = method;
+        req.url = url;
+        req.body = body;
+        req.bearer = token;
+        if (kv_http_do(kt->http, &req, (long)left, &r) != 0) {
+            kv_response_clear(&r);
+            rv = CKR_HOST_MEMORY;
+            break;
+        }
+        res->status = r.status;
+        c->device_error = (CK_ULONG)r.status;
+        if (r.curl == CURLE_OK && r.status == 401) {
+            char *nres = NULL, *nten = NULL;
+            bool parsed = parse_challenge(r.www_authenticate, &nres, &nten);
+            if (parsed && !resource_matches(kt->host, nres)) {
+                cmk_error("token %s: the vault's challenge names resource %s, "
+                          "which %s is not part of; refusing it",
+                          kt->name, nres, kt->host);
+                free(nres);
+                free(nten);
+                kv_response_clear(&r);
+                rv = CKR_DEVICE_ERROR;
+                break;
+            }
+            if (parsed) {
+                pthread_mutex_lock(&kt->lock);
+                free(kt->resource);
+                free(kt->tenant);
+                kt->resource = nres;
+                kt->tenant = nten;
+                pthread_mutex_unlock(&kt->lock);
+            }
+            kv_response_clear(&r);
+            if (token == NULL && parsed && !challenged) {
+                challenged = true; /* the first request of this vault */
+                continue;
+            }
+            if (token != NULL && !refreshed) {
+                /* Expired or revoked token: fetch a new one, once. */
+                secure_free(token, strlen(token) + 1);
+                token = NULL;
+                refreshed = true;
+                continue;
+            }
+            cmk_error("token %s: the vault refused the credentials (401)",
+                      kt->name);
+            rv = CKR_DEVICE_ERROR;
+            break;
+        }
+        if (r.curl == CURLE_OK && r.status >= 200 && r.status < 300) {
+            res->doc = r.len > 0 ? json_tokener_parse(r.body) : NULL;
+            if (r.len > 0 && res->doc == NULL) {
+                cmk_error("token %s: %s %s: the answer is not JSON", kt->name,
+                          method, path);
+                rv = CKR_DEVICE_ERROR;
+            } else {
+                rv = CKR_OK;
+            }
+            kv_response_clear(&r);
+            break;
+        }
+        if (retriable(&r) && attempt < kt->retries) {
+            int64_t wait = backoff_ms(&r, attempt);
+            if (kv_now_ms() + wait < deadline) {
+                cmk_debug("%s %s: %ld %s; retry %d in %lld ms", method, path,
+                          r.status, r.curl ? curl_easy_strerror(r.curl) : "",
+                          attempt + 1, (long long)wait);
+                kv_response_clear(&r);
+                attempt++;
+                sleep_ms(wait);
+                continue;
+            }
+        }
+        if (r.curl != CURLE_OK) {
+            cmk_error("token %s: %s is unreachable: %s", kt->name, kt->host,
+                      curl_easy_strerror(r.curl));
+            rv = CKR_DEVICE_ERROR;
+        } else {
+            rv = kv_map_http(r.status, r.body, res->code, sizeof(res->code),
+                             res->message, sizeof(res->message));
+        }
+        kv_response_clear(&r);
+        break;
+    }
+    if (token != NULL)
+        secure_free(token, strlen(token) + 1);
+    free(url);
+    free(resource);
+    free(tenant);
+    return rv;
+}
+
+/* A message a person can act on, for a failed key operation. */
+static void explain(struct kv_token *kt, const char *key, const char *op,
+                    const struct kv_result *res, CK_RV rv)
+{
+    const char *code = res->code[0] ? res->code : "";
+
+    if (res->status == 403 && (strcmp(code, "KeyDisabled") == 0))
+        cmk_error("key %s in %s is disabled: %s refused (403 %s); enable "
+                  "the key or use another version",
+                  key, kt->host, op, code);
+    else if (res->status == 403 && (strncmp(code, "KeyNotYetValid", 14) == 0 ||
+                                    strncmp(code, "KeyExpired", 10) == 0))
+        cmk_error("key %s in %s is outside its validity dates: %s refused "
+                  "(403 %s)",
+                  key, kt->host, op, code);
+    else if (res->status == 403)
+        cmk_error("access to key %s in %s was denied (403 %s): grant the "
+                  "identity Get, Wrap Key and Unwrap Key%s",
+                  key, kt->host, code,
+                  strcmp(op, "sign") == 0 ? " (and Sign)" : "");
+    else if (res->status == 404)
+        cmk_error("key %s was not found in %s (404 %s): it was deleted or "
+                  "the version does not exist; recover it or use another",
+                  key, kt->host, code);
+    else if (res->status == 400)
+        cmk_error("key %s in %s: %s refused (400 %s): the data does not "
+                  "fit this key",
+                  key, kt->host, op, code);
+    else if (res->status != 0)
+        cmk_error("key %s in %s: %s failed (%ld %s): %s", key, kt->host, op,
+                  res->status, code, cmk_rv_name(rv));
+}
+
+/* ---- keys and versions ---- */
+
+static bool allowed(struct kv_token *kt, const char *name)
+{
+    size_t i;
+
+    if (kt->allow == NULL)
+        return true;
+    for (i = 0; kt->allow[i] != NULL; i++)
+        if (strcmp(kt->allow[i], name) == 0)
+            return true;
+    return false;
+}
+
+static struct kv_key *key_get_unlocked(struct kv_token *kt, const char *name,
+                                       bool create)
+{
+    struct kv_key *k;
+
+    for (k = kt->keys; k != NULL; k = k->next)
+        if (strcasecmp(k->name, name) == 0)
+            return k;
+    if (!create)
+        return NULL;
+    k = calloc(1, sizeof(*k));
+    if (k == NULL || (k->name = strdup(name)) == NULL) {
+        free(k);
+        return NULL;
+    }
+    k->next = kt->keys;
+    kt->keys = k;
+    return k;
+}
+
+static struct kv_version *version_get_unlocked(struct kv_key *k,
+                                               const char *version)
+{
+    struct kv_version *v;
+    size_t i, len = strlen(version);
+
+    for (v = k->versions; v != NULL; v = v->next)
+        if (strcasecmp(v->version, version) == 0)
+            return v;
+    v = calloc(1, sizeof(*v));
+    if (v == NULL || (v->version = strdup(version)) == NULL) {
+        free(v);
+        return NULL;
+    }
+    v->key = k;
+    /* CKA_ID: a 32-hex-character version becomes its 16 raw bytes. */
+    if (len == 32 && strspn(version, "0123456789abcdefABCDEF") == 32) {
+        for (i = 0; i < 16; i++) {
+            char b[3] = {version[2 * i], version[2 * i + 1], 0};
+            v->id[i] = (CK_BYTE)strtoul(b, NULL, 16);
+        }
+        v->id_len = 16;
+    } else {
+        v->id_len = len < sizeof(v->id) ? len : sizeof(v->id);
+        memcpy(v->id, version, v->id_len);
+    }
+    v->next = k->versions;
+    k->versions = v;
+    return v;
+}
+
+/* Splits https://vault/keys/NAME/VERSION. */
+static bool split_kid(const char *kid, char *name, size_t nlen, char *version,
+                      size_t vlen)
+{
+    const char *p = strstr(kid, "/keys/"), *s;
+
+    if (p == NULL)
+        return false;
+    p += 6;
+    s = strchr(p, '/');
+    if (s == NULL || (size_t)(s - p) >= nlen || strlen(s + 1) >= vlen ||
+        s[1] == '\0')
+        return false;
+    memcpy(name, p, (size_t)(s - p));
+    name[s - p] = '\0';
+    strcpy(version, s + 1);
+    return true;
+}
+
+static void set_ops(struct kv_version *v, json_object *ops)
+{
+    char buf[256] = "";
+    size_t i, n;
+
+    if (ops == NULL || !json_object_is_type(ops, json_type_array))
+        return;
+    n = json_object_array_length(ops);
+    for (i = 0; i < n; i++) {
+        const char *op =
+            json_object_get_string(json_object_array_get_idx(ops, i));
+        if (op == NULL || strlen(buf) + strlen(op) + 2 >= sizeof(buf))
+            continue;
+        if (buf[0])
+            strcat(buf, ",");
+        strcat(buf, op);
+    }
+    free(v->key_ops);
+    v->key_ops = strdup(buf);
+}
+
+static void set_attributes(struct kv_version *v, json_object *attrs)
+{
+    const char *rl = kv_json_str(attrs, "recoveryLevel");
+
+    v->enabled = kv_json_bool(attrs, "enabled", true);
+    v->nbf = kv_json_int(attrs, "nbf", 0);
+    v->exp = kv_json_int(attrs, "exp", 0);
+    v->created = kv_json_int(attrs, "created", 0);
+    v->updated = kv_json_int(attrs, "updated", 0);
+    if (rl != NULL) {
+        free(v->recovery);
+        v->recovery = strdup(rl);
+    }
+}
+
+/* Stores a key bundle (GET /keys/NAME/VERSION) in its version. */
+static void take_bundle(struct kv_token *kt, struct kv_key *k, json_object *doc)
+{
+    json_object *key = NULL, *attrs = NULL, *ops = NULL;
+    const char *kid, *kty, *n, *e;
+    char name[256], version[128];
+    struct kv_version *v;
+    unsigned char *nb = NULL, *eb = NULL;
+    size_t nl = 0, el = 0;
+
+    if (!json_object_object_get_ex(doc, "key", &key))
+        return;
+    json_object_object_get_ex(doc, "attributes", &attrs);
+    json_object_object_get_ex(key, "key_ops", &ops);
+    kid = kv_json_str(key, "kid");
+    kty = kv_json_str(key, "kty");
+    n = kv_json_str(key, "n");
+    e = kv_json_str(key, "e");
+    if (kid == NULL ||
+        !split_kid(kid, name, sizeof(name), version, sizeof(version)))
+        return;
+    if (n != NULL)
+        nb = kv_b64url_decode(n, &nl);
+    if (e != NULL)
+        eb = kv_b64url_decode(e, &el);
+    pthread_mutex_lock(&kt->lock);
+    v = version_get_unlocked(k, version);
+    if (v != NULL) {
+        free(v->kty);
+        v->kty = kty ? strdup(kty) : NULL;
+        if (nb != NULL && eb != NULL) {
+            /* The modulus without leading zeros. */
+            size_t skip = 0;
+            while (skip + 1 < nl && nb[skip] == 0)
+                skip++;
+            free(v->n);
+            free(v->e);
+            v->n = malloc(nl - skip);
+            if (v->n != NULL)
+                memcpy(v->n, nb + skip, nl - skip);
+            v->nlen = nl - skip;
+            v->e = eb;
+            v->elen = el;
+            eb = NULL;
+        }
+        set_ops(v, ops);
+        if (attrs != NULL)
+            set_attributes(v, attrs);
+        v->loaded = v->n != NULL && v->e != NULL && v->kty != NULL;
+        v->present = true;
+    }
+    pthread_mutex_unlock(&kt->lock);
+    free(nb);
+    free(eb);
+}
+
+/* Loads (or refreshes) one key: its versions, and each new version's
+ * public key. */
+static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
+                      int64_t deadline)
+{
+    struct kv_key *k;
+    struct kv_version *v;
+    struct kv_result res;
+    char *path, *esc = kv_url_escape(name), **missing = NULL;
+    size_t n_missing = 0, i;
+    CK_RV rv;
+
+    if (esc == NULL)
+        return CKR_HOST_MEMORY;
+    pthread_mutex_lock(&kt->lock);
+    k = key_get_unlocked(kt, name, true);
+    if (k != NULL)
+        for (v = k->versions; v != NULL; v = v->next)
+            v->present = false;
+    pthread_mutex_unlock(&kt->lock);
+    if (k == NULL) {
+        free(esc);
+        return CKR_HOST_MEMORY;
+    }
+    path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
+    while (path != NULL) {
+        json_object *value = NULL;
+        const char *next;
+        size_t n;
+
+        rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
+        free(path);
+        path = NULL;
+        if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
+            /* Deleted: its versions disappear. */
+            pthread_mutex_lock(&kt->lock);
+            k->exists = false;
+            k->loaded_at_ms = kv_now_ms();
+            pthread_mutex_unlock(&kt->lock);
+            result_clear(&res);
+            free(esc);
+            return CKR_OK;
+        }
+        if (rv != CKR_OK) {
+            explain(kt, name, "list versions", &res, rv);
+            result_clear(&res);
+            free(esc);
+            return rv;
+        }
+        json_object_object_get_ex(res.doc, "value", &value);
+        n = value ? json_object_array_length(value) : 0;
+        pthread_mutex_lock(&kt->lock);
+        for (i = 0; i < n; i++) {
+            json_object *item = json_object_array_get_idx(value, i), *attrs;
+            const char *kid = kv_json_str(item, "kid");
+            char kname[256], version[128];
+            if (kid == NULL ||
+                !split_kid(kid, kname, sizeof(kname), version, sizeof(version)))
+                continue;
+            v = version_get_unlocked(k, version);
+            if (v == NULL)
+                continue;
+            v->present = true;
+            if (json_object_object_get_ex(item, "attributes", &attrs))
+                set_attributes(v, attrs);
+        }
+        pthread_mutex_unlock(&kt->lock);
+        next = kv_json_str(res.doc, "nextLink");
+        if (next != NULL && next[0] != '\0')
+            path = strdup(next);
+        result_clear(&res);
+    }
+    free(esc);
+
+    /* Public keys of new versions; the newest enabled version again, for
+     * its permitted operations. */
+    pthread_mutex_lock(&kt->lock);
+    {
+        struct kv_version *cur = NULL;
+        for (v = k->versions; v != NULL; v = v->next)
+            if (v->present && v->enabled &&
+                (cur == NULL || v->created > cur->created))
+                cur = v;
+        for (v = k->versions; v != NULL; v = v->next)
+            if (v->present && (!v->loaded || v == cur))
+                n_missing++;
+        missing = calloc(n_missing + 1, sizeof(*missing));
+        n_missing = 0;
+        for (v = k->versions; missing != NULL && v != NULL; v = v->next)
+            if (v->present && (!v->loaded || v == cur))
+                missing[n_missing++] = strdup(v->version);
+    }
+    k->exists = true;
+    pthread_mutex_unlock(&kt->lock);
+    rv = missing != NULL ? CKR_OK : CKR_HOST_MEMORY;
+    esc = kv_url_escape(name);
+    for (i = 0; rv == CKR_OK && i < n_missing; i++) {
+        path = kv_strdup_printf("/keys/%s/%s", esc, missing[i]);
+        rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
+                  : CKR_HOST_MEMORY;
+        if (rv == CKR_OK)
+            take_bundle(kt, k, res.doc);
+        else if (res.status == 404)
+            rv = CKR_OK; /* deleted since the listing */
+        else
+            explain(kt, name, "get", &res, rv);
+        result_clear(&res);
+        free(path);
+    }
+    for (i = 0; missing != NULL && i < n_missing; i++)
+        free(missing[i]);
+    free(missing);
+    free(esc);
+    if (rv == CKR_OK) {
+        pthread_mutex_lock(&kt->lock);
+        k->loaded_at_ms = kv_now_ms();
+        pthread_mutex_unlock(&kt->lock);
+    }
+    return rv;
+}
+
+/* The names of the vault's keys (GET /keys, paged). */
+static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
+{
+    char *path = strdup("/keys?maxresults=25");
+    struct kv_result res;
+    CK_RV rv = CKR_OK;
+
+    while (path != NULL) {
+        json_object *value = NULL;
+        const char *next;
+        size_t n, i;
+
+        rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
+        free(path);
+        path = NULL;
+        if (rv != CKR_OK) {
+            explain(kt, "(all)", "list keys", &res, rv);
+            result_clear(&res);
+            return rv;
+        }
+        json_object_object_get_ex(res.doc, "value", &value);
+        n = value ? json_object_array_length(value) : 0;
+        pthread_mutex_lock(&kt->lock);
+        for (i = 0; i < n; i++) {
+            const char *kid =
+                kv_json_str(json_object_array_get_idx(value, i), "kid");
+            const char *p = kid ? strstr(kid, "/keys/") : NULL;
+            if (p != NULL && strchr(p + 6, '/') == NULL && allowed(kt, p + 6))
+                key_get_unlocked(kt, p + 6, true);
+        }
+        pthread_mutex_unlock(&kt->lock);
+        next = kv_json_str(res.doc, "nextLink");
+        if (next != NULL && next[0] != '\0')
+            path = strdup(next);
+        result_clear(&res);
+    }
+    pthread_mutex_lock(&kt->lock);
+    kt->names_loaded_at_ms = kv_now_ms();
+    pthread_mutex_unlock(&kt->lock);
+    return rv;
+}
+
+static bool has_op(const char *ops, const char *op)
+{
+    size_t n = strlen(op);
+    const char *p = ops;
+
+    while (p != NULL && *p) {
+        if (strncmp(p, op, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+            return true;
+        p = strchr(p, ',');
+        if (p != NULL)
+            p++;
+    }
+    return false;
+}
+
+/* The current version: the newest enabled one. */
+static struct kv_version *current_unlocked(struct kv_key *k)
+{
+    struct kv_version *v, *cur = NULL;
+
+    for (v = k->versions; v != NULL; v = v->next)
+        if (v->present && v->loaded && v->enabled &&
+            (cur == NULL || v->created > cur->created ||
+             (v->created == cur->created && v->updated > cur->updated)))
+            cur = v;
+    return cur;
+}
+
+static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
+                                    bool current, struct pobj *priv,
+                                    struct pobj *pub)
+{
+    struct rsa_key_desc d;
+    char uid[512], label[512];
+    long long now = (long long)time(NULL);
+    bool in_dates =
+        (v->nbf == 0 || now >= v->nbf) && (v->exp == 0 || now < v->exp);
+    int r;
+
+    (void)in_dates;
+    snprintf(uid, sizeof(uid), "kv/%s/%s", v->key->name, v->version);
+    if (current)
+        snprintf(label, sizeof(label), "%s", v->key->name);
+    else
+        snprintf(label, sizeof(label), "%s@%s", v->key->name, v->version);
+    memset(&d, 0, sizeof(d));
+    d.uid_prefix = uid;
+    d.label = label;
+    d.id = v->id;
+    d.id_len = v->id_len;
+    d.modulus = v->n;
+    d.modulus_len = v->nlen;
+    d.exponent = v->e;
+    d.exponent_len = v->elen;
+    d.decrypt = v->enabled && has_op(v->key_ops, "decrypt");
+    d.unwrap = v->enabled && has_op(v->key_ops, "unwrapKey");
+    d.sign = v->enabled && has_op(v->key_ops, "sign");
+    /* A wrap under a key that can no longer unwrap is refused here. */
+    d.encrypt = v->enabled && has_op(v->key_ops, "encrypt");
+    d.wrap = d.unwrap && has_op(v->key_ops, "wrapKey");
+    d.verify = has_op(v->key_ops, "verify");
+    d.private_obj = kt->pin != NULL;
+    d.not_before = v->nbf;
+    d.expires = v->exp;
+    d.created = v->created;
+    d.updated = v->updated;
+    d.enabled = v->enabled;
+    d.current = current;
+    d.local = true;
+    d.backend = "keyvault";
+    d.source = kt->vault_url;
+    d.key_name = v->key->name;
+    d.version = v->version;
+    d.recovery_level = v->recovery ? v->recovery : "";
+    d.key_ops = v->key_ops ? v->key_ops : "";
+    d.key_type = v->kty;
+    r = rsa_key_objects(&d, priv, pub);
+    if (r == 0) {
+        priv->ref = v;
+        pub->ref = v;
+    }
+    return r;
+}
+
+static bool stale(int64_t at, long refresh_ms)
+{
+    if (at == 0)
+        return true;
+    if (refresh_ms <= 0)
+        return false; /* refresh-interval = 0: only at start */
+    return kv_now_ms() - at >= refresh_ms;
+}
+
+static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+                     struct pobj **objs, CK_ULONG *count, bool *complete)
+{
+    struct kv_token *kt = c->tok;
+    const CK_ATTRIBUTE *la = tmpl_find(hint, nhint, CKA_LABEL);
+    int64_t deadline = kv_now_ms() + kt->deadline_ms;
+    char name[256] = "", **names = NULL;
+    size_t n_names = 0, i, k = 0, cap = 0;
+    struct pobj *out = NULL;
+    struct kv_key *key;
+    CK_RV rv = CKR_OK, first_error = CKR_OK;
+
+    if (la != NULL && la->pValue != NULL && la->ulValueLen > 0 &&
+        la->ulValueLen < sizeof(name)) {
+        char *at;
+        memcpy(name, la->pValue, la->ulValueLen);
+        name[la->ulValueLen] = '\0';
+        at = strchr(name, '@');
+        if (at != NULL)
+            *at = '\0';
+    }
+    /* Which keys this search needs. */
+    if (name[0] != '\0') {
+        names = calloc(2, sizeof(*names));
+        if (names != NULL && allowed(kt, name))
+            names[n_names++] = strdup(name);
+    } else if (kt->allow != NULL) {
+        for (i = 0; kt->allow[i] != NULL; i++)
+            ;
+        names = calloc(i + 1, sizeof(*names));
+        for (i = 0; names != NULL && kt->allow[i] != NULL; i++)
+            names[n_names++] = strdup(kt->allow[i]);
+    } else {
+        bool need;
+        pthread_mutex_lock(&kt->lock);
+        need = stale(kt->names_loaded_at_ms, kt->refresh_ms);
+        pthread_mutex_unlock(&kt->lock);
+        if (need)
+            first_error = load_names(kt, c, deadline);
+        pthread_mutex_lock(&kt->lock);
+        for (key = kt->keys; key != NULL; key = key->next)
+            n_names++;
+        names = calloc(n_names + 1, sizeof(*names));
+        n_names = 0;
+        for (key = kt->keys; names != NULL && key != NULL; key = key->next)
+            names[n_names++] = strdup(key->name);
+        pthread_mutex_unlock(&kt->lock);
+    }
+    if (names == NULL)
+        return CKR_HOST_MEMORY;
+
+    for (i = 0; i < n_names; i++) {
+        bool need;
+        pthread_mutex_lock(&kt->lock);
+        key = key_get_unlocked(kt, names[i], true);
+        need = key != NULL && stale(key->loaded_at_ms, kt->refresh_ms);
+        pthread_mutex_unlock(&kt->lock);
+        if (need) {
+            rv = load_key(kt, c, names[i], deadline);
+            if (rv != CKR_OK && first_error == CKR_OK)
+                first_error = rv;
+        }
+    }
+
+    pthread_mutex_lock(&kt->lock);
+    for (i = 0; i < n_names; i++) {
+        struct kv_version *v, *cur;
+        key = key_get_unlocked(kt, names[i], false);
+        if (key == NULL || !key->exists)
+            continue;
+        cur = current_unlocked(key);
+        for (v = key->versions; v != NULL; v = v->next) {
+            if (!v->present || !v->loaded || v->kty == NULL ||
+                strncmp(v->kty, "RSA", 3) != 0)
+                continue;
+            if (k + 2 > cap) {
+                struct pobj *no;
+                cap = cap ? cap * 2 : 16;
+                no = realloc(out, cap * sizeof(*out));
+                if (no == NULL)
+                    break;
+                out = no;
+            }
+            if (version_objects_unlocked(kt, v, v == cur, &out[k],
+                                         &out[k + 1]) == 0)
+                k += 2;
+        }
+    }
+    pthread_mutex_unlock(&kt->lock);
+    for (i = 0; i < n_names; i++)
+        free(names[i]);
+    free(names);
+    if (first_error != CKR_OK && k == 0) {
+        free(out);
+        return first_error;
+    }
+    *objs = out;
+    *count = k;
+    /* After a failed refresh, keep what the front end has. */
+    *complete = first_error == CKR_OK;
+    return CKR_OK;
+}
+
+static void kv_ref_free(void *tok, void *ref)
+{
+    /* Versions live as long as the token. */
+}
+
+/* ---- operations ---- */
+
+static const char *oaep_alg(const CK_MECHANISM *m)
+{
+    const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
+
+    if (p == NULL || p->ulSourceDataLen != 0)
+        return NULL; /* Key Vault takes no OAEP label */
+    if (p->hashAlg == CKM_SHA_1 && p->mgf == CKG_MGF1_SHA1)
+        return "RSA-OAEP";
+    if (p->hashAlg == CKM_SHA256 && p->mgf == CKG_MGF1_SHA256)
+        return "RSA-OAEP-256";
+    return NULL;
+}
+
+/* DigestInfo prefixes Key Vault's RS* algorithms take the digest of. */
+static const char *sign_alg(const CK_MECHANISM *m, const CK_BYTE *in,
+                            CK_ULONG inlen, CK_ULONG *skip)
+{
+    static const struct {
+        const char *alg;
+        CK_ULONG hlen;
+        CK_BYTE oid_last;
+    } rs[] = {{"RS256", 32, 0x01}, {"RS384", 48, 0x02}, {"RS512", 64, 0x03}};
+    static const CK_BYTE head[] = {0x06, 0x09, 0x60, 0x86, 0x48,
+                                   0x01, 0x65, 0x03, 0x04, 0x02};
+    size_t i;
+
+    *skip = 0;
+    if (m->mechanism == CKM_RSA_PKCS_PSS) {
+        const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+        /* Key Vault's PS* use MGF1 with the same hash and a salt as long
+         * as the hash. */
+        if (p->hashAlg == CKM_SHA256 && p->mgf == CKG_MGF1_SHA256 &&
+            p->sLen == 32 && inlen == 32)
+            return "PS256";
+        if (p->hashAlg == CKM_SHA384 && p->mgf == CKG_MGF1_SHA384 &&
+            p->sLen == 48 && inlen == 48)
+            return "PS384";
+        if (p->hashAlg == CKM_SHA512 && p->mgf == CKG_MGF1_SHA512 &&
+            p->sLen == 64 && inlen == 64)
+            return "PS512";
+        return NULL;
+    }
+    for (i = 0; i < CMK_ARRAY_SIZE(rs); i++) {
+        CK_ULONG plen = 19;
+        if (inlen == plen + rs[i].hlen && in[0] == 0x30 && in[2] == 0x30 &&
+            memcmp(in + 4, head, sizeof(head)) == 0 &&
+            in[4 + sizeof(head)] == rs[i].oid_last) {
+            *skip = plen;
+            return rs[i].alg;
+        }
+    }
+    return "RSNULL"; /* the DigestInfo as it is */
+}
+
+static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
+                      const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                      CK_BYTE *out, CK_ULONG *outlen)
+{
+    static const char *verbs[] = {[POP_ENCRYPT] = "encrypt",
+                                  [POP_DECRYPT] = "decrypt",
+                                  [POP_UNWRAP] = "unwrapkey",
+                                  [POP_SIGN] = "sign"};
+    struct kv_token *kt = c->tok;
+    struct kv_version *v = key;
+    int64_t deadline = kv_now_ms() + kt->deadline_ms;
+    const char *alg = NULL, *value;
+    CK_ULONG skip = 0;
+    struct kv_result res;
+    char *b64 = NULL, *body = NULL, *path = NULL, *name, *ver, *esc;
+    unsigned char *dec = NULL;
+    size_t declen = 0;
+    CK_RV rv;
+
+    if (op == POP_SIGN)
+        alg = sign_alg(m, in, inlen, &skip);
+    else if (m->mechanism == CKM_RSA_PKCS_OAEP)
+        alg = oaep_alg(m);
+    else if (m->mechanism == CKM_RSA_PKCS)
+        alg = "RSA1_5";
+    if (alg == NULL)
+        return CKR_MECHANISM_PARAM_INVALID;
+
+    pthread_mutex_lock(&kt->lock);
+    name = strdup(v->key->name);
+    ver = strdup(v->version);
+    pthread_mutex_unlock(&kt->lock);
+    esc = name ? kv_url_escape(name) : NULL;
+    b64 = kv_b64url_encode(in + skip, inlen - skip);
+    if (esc != NULL && ver != NULL)
+        path = kv_strdup_printf("/keys/%s/%s/%s", esc, ver, verbs[op]);
+    if (b64 != NULL)
+        body = kv_strdup_printf("{\"alg\":\"%s\",\"value\":\"%s\"}", alg, b64);
+    if (path == NULL || body == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    rv = kv_call(kt, c, "POST", path, body, deadline, &res);
+    if (rv != CKR_OK) {
+        if (res.status == 400 && op == POP_SIGN)
+            rv = CKR_DATA_INVALID;
+        explain(kt, name, verbs[op], &res, rv);
+        result_clear(&res);
+        goto out;
+    }
+    value = kv_json_str(res.doc, "value");
+    dec = value ? kv_b64url_decode(value, &declen) : NULL;
+    if (dec == NULL) {
+        cmk_error("token %s: %s of key %s: the answer has no value", kt->name,
+                  verbs[op], name);
+        rv = CKR_DEVICE_ERROR;
+    } else if (declen > *outlen) {
+        rv = CKR_BUFFER_TOO_SMALL;
+    } else {
+        memcpy(out, dec, declen);
+        *outlen = (CK_ULONG)declen;
+    }
+    if (value != NULL)
+        secure_zero((void *)value, strlen(value));
+    result_clear(&res);
+out:
+    if (dec != NULL)
+        secure_free(dec, declen);
+    if (b64 != NULL)
+        secure_free(b64, strlen(b64) + 1);
+    if (body != NULL)
+        secure_free(body, strlen(body) + 1);
+    free(path);
+    free(name);
+    free(ver);
+    free(esc);
+    return rv;
+}
+
+/*
+ * C_GenerateKeyPair: a new key, or a new version of an existing one
+ * (rotate when the template gives no size, create when it gives one).
+ */
+static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
+                                  const CK_ATTRIBUTE *pubt, CK_ULONG npub,
+                                  const CK_ATTRIBUTE *privt, CK_ULONG npriv,
+                                  struct pobj *pub_out, struct pobj *priv_out)
+{
+    struct kv_token *kt = c->tok;
+    const CK_ATTRIBUTE *la = tmpl_find(privt, npriv, CKA_LABEL);
+    int64_t deadline = kv_now_ms() + kt->deadline_ms;
+    CK_ULONG bits = 0;
+    char name[128], kname[256], version[128], *esc = NULL, *path = NULL,
+                                              *body = NULL;
+    struct kv_result res;
+    struct kv_key *k;
+    struct kv_version *v;
+    bool exists;
+    const char *kid;
+    CK_RV rv;
+    int r = -1;
+
+    if (la == NULL)
+        la = tmpl_find(pubt, npub, CKA_LABEL);
+    if (la == NULL || la->pValue == NULL || la->ulValueLen == 0 ||
+        la->ulValueLen >= sizeof(name))
+        return CKR_TEMPLATE_INCOMPLETE; /* Key Vault keys need a name */
+    memcpy(name, la->pValue, la->ulValueLen);
+    name[la->ulValueLen] = '\0';
+    if (strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789-") != strlen(name))
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (!allowed(kt, name))
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (tmpl_find_ulong(pubt, npub, CKA_MODULUS_BITS, &bits) < 0 ||
+        (bits != 0 && bits != 2048 && bits != 3072 && bits != 4096))
+        return CKR_KEY_SIZE_RANGE;
+
+    rv = load_key(kt, c, name, deadline);
+    if (rv != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&kt->lock);
+    k = key_get_unlocked(kt, name, false);
+    exists = k != NULL && k->exists;
+    pthread_mutex_unlock(&kt->lock);
+    esc = kv_url_escape(name);
+    if (exists && bits == 0) {
+        path = kv_strdup_printf("/keys/%s/rotate", esc);
+        body = strdup("");
+    } else {
+        path = kv_strdup_printf("/keys/%s/create", esc);
+        body = kv_strdup_printf(
+            "{\"kty\":\"%s\",\"key_size\":%lu,\"key_ops\":[\"encrypt\","
+            "\"decrypt\",\"sign\",\"verify\",\"wrapKey\",\"unwrapKey\"]}",
+            kt->key_type, bits ? (unsigned long)bits : 2048UL);
+    }
+    if (esc == NULL || path == NULL || body == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    rv = kv_call(kt, c, "POST", path, body, deadline, &res);
+    if (rv != CKR_OK) {
+        explain(kt, name, exists && bits == 0 ? "rotate" : "create", &res, rv);
+        if (res.status == 403)
+            rv = CKR_FUNCTION_FAILED;
+        result_clear(&res);
+        goto out;
+    }
+    kid = NULL;
+    {
+        json_object *key = NULL;
+        if (json_object_object_get_ex(res.doc, "key", &key))
+            kid = kv_json_str(key, "kid");
+    }
+    if (kid == NULL ||
+        !split_kid(kid, kname, sizeof(kname), version, sizeof(version))) {
+        result_clear(&res);
+        rv = CKR_DEVICE_ERROR;
+        goto out;
+    }
+    pthread_mutex_lock(&kt->lock);
+    k = key_get_unlocked(kt, name, true);
+    pthread_mutex_unlock(&kt->lock);
+    if (k != NULL)
+        take_bundle(kt, k, res.doc);
+    result_clear(&res);
+    cmk_info("token %s: key %s has a new version %s", kt->name, name, version);
+    /* Reload so that the new version is current and the old relabelled. */
+    rv = load_key(kt, c, name, deadline);
+    if (rv != CKR_OK)
+        goto out;
+    pthread_mutex_lock(&kt->lock);
+    k = key_get_unlocked(kt, name, false);
+    v = k ? version_get_unlocked(k, version) : NULL;
+    if (v != NULL && v->loaded)
+        r = version_objects_unlocked(kt, v, current_unlocked(k) == v, priv_out,
+                                     pub_out);
+    pthread_mutex_unlock(&kt->lock);
+    rv = r == 0 ? CKR_OK : CKR_DEVICE_ERROR;
+out:
+    free(esc);
+    free(path);
+    free(body);
+    return rv;
+}
+
+static CK_RV kv_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
+{
+    (void)c;
+    return RAND_bytes(out, (int)len) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
+}
+
+const struct provider_ops keyvault_provider = {
+    .name = "keyvault",
+    .open = kv_open,
+    .close = kv_close,
+    .token_info = kv_token_info,
+    .mechanisms = kv_mechanisms,
+    .login = kv_login,
+    .list = kv_list,
+    .ref_free = kv_ref_free,
+    .crypt = kv_crypt,
+    .generate_key_pair = kv_generate_key_pair,
+    .generate_random = kv_generate_random,
+};

@@ -1,0 +1,144 @@
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "kv.h"
+
+char *kv_b64url_encode(const unsigned char *in, size_t len)
+{
+    size_t n = 4 * ((len + 2) / 3) + 1, i;
+    char *out = malloc(n);
+    int w;
+
+    if (out == NULL)
+        return NULL;
+    w = EVP_EncodeBlock((unsigned char *)out, in, (int)len);
+    while (w > 0 && out[w - 1] == '=')
+        w--;
+    out[w] = '\0';
+    for (i = 0; i < (size_t)w; i++) {
+        if (out[i] == '+')
+            out[i] = '-';
+        else if (out[i] == '/')
+            out[i] = '_';
+    }
+    return out;
+}
+
+unsigned char *kv_b64url_decode(const char *in, size_t *len)
+{
+    size_t n = strlen(in), i, pad;
+    char *tmp = malloc(n + 4);
+    unsigned char *out = malloc(n + 4);
+    int w;
+
+    if (tmp == NULL || out == NULL)
+        goto fail;
+    while (n > 0 && in[n - 1] == '=')
+        n--;
+    for (i = 0; i < n; i++) {
+        char ch = in[i];
+        if (ch == '-')
+            ch = '+';
+        else if (ch == '_')
+            ch = '/';
+        else if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                   (ch >= '0' && ch <= '9') || ch == '+' || ch == '/'))
+            goto fail;
+        tmp[i] = ch;
+    }
+    pad = (4 - n % 4) % 4;
+    if (pad == 3)
+        goto fail;
+    memset(tmp + n, '=', pad);
+    n += pad;
+    w = EVP_DecodeBlock(out, (unsigned char *)tmp, (int)n);
+    if (w < 0)
+        goto fail;
+    *len = (size_t)w - pad;
+    free(tmp);
+    return out;
+fail:
+    free(tmp);
+    free(out);
+    return NULL;
+}
+
+char *kv_strdup_printf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    return s;
+}
+
+char *kv_url_escape(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    char *out = malloc(strlen(s) * 3 + 1), *p = out;
+
+    if (out == NULL)
+        return NULL;
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+            (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' ||
+            ch == '~') {
+            *p++ = (char)ch;
+        } else {
+            *p++ = '%';
+            *p++ = hex[ch >> 4];
+            *p++ = hex[ch & 15];
+        }
+    }
+    *p = '\0';
+    return out;
+}
+
+const char *kv_json_str(json_object *o, const char *key)
+{
+    json_object *v;
+
+    if (o == NULL || !json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+bool kv_json_bool(json_object *o, const char *key, bool dflt)
+{
+    json_object *v;
+
+    if (o == NULL || !json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_boolean))
+        return dflt;
+    return json_object_get_boolean(v);
+}
+
+long long kv_json_int(json_object *o, const char *key, long long dflt)
+{
+    json_object *v;
+
+    if (o == NULL || !json_object_object_get_ex(o, key, &v))
+        return dflt;
+    if (json_object_is_type(v, json_type_int))
+        return (long long)json_object_get_int64(v);
+    if (json_object_is_type(v, json_type_double))
+        return (long long)json_object_get_double(v);
+    if (json_object_is_type(v, json_type_string)) {
+        const char *s = json_object_get_string(v);
+        char *end;
+        long long n = strtoll(s, &end, 10);
+        return end != s && *end == '\0' ? n : dflt;
+    }
+    return dflt;
+}

@@ -1,0 +1,119 @@
+/*
+ * The keyvault back end: Azure Key Vault and Managed HSM keys over REST.
+ * See docs/keyvault.md.
+ */
+#ifndef CMKP11_KV_H
+#define CMKP11_KV_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+
+#include "provider.h"
+
+#define KV_API_VERSION "7.4"
+
+/* ---- transport (http.c) ---- */
+
+struct kv_http;
+
+struct kv_response {
+    long status;   /* HTTP status, 0 on a transport error */
+    CURLcode curl; /* the transport's result */
+    char *body;    /* NUL-terminated */
+    size_t len;
+    char *www_authenticate;
+    long retry_after_ms; /* -1 if the response gave none */
+};
+
+struct kv_request {
+    const char *method; /* GET, POST, PATCH, PUT, DELETE */
+    const char *url;
+    const char *body; /* JSON (or form data when form is set) */
+    bool form;
+    const char *bearer;   /* the access token, or NULL */
+    const char **headers; /* extra "Name: value" lines, NULL-terminated */
+    bool allow_http;      /* plain http: the IMDS endpoint only */
+};
+
+/* Options for every request of one token. */
+struct kv_http_opts {
+    long timeout_ms;     /* one request */
+    const char *ca_file; /* extra trust anchors, or NULL */
+};
+
+struct kv_http *kv_http_new(const struct kv_http_opts *opts);
+/* in_child: forked; leaks the connections rather than shutting down TLS
+ * on sockets the parent still uses. */
+void kv_http_free(struct kv_http *h, bool in_child);
+/* One request, no retries. timeout_ms caps this request (0: the default).
+ * Returns 0, or -1 if memory ran out; transport errors are in r->curl. */
+int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
+               struct kv_response *r);
+void kv_response_clear(struct kv_response *r);
+
+/* ---- time ---- */
+int64_t kv_now_ms(void); /* monotonic */
+
+/* ---- authentication (auth.c) ---- */
+
+enum kv_auth_method {
+    KV_AUTH_MANAGED_IDENTITY,
+    KV_AUTH_CLIENT_SECRET,
+    KV_AUTH_CLIENT_CERTIFICATE,
+    KV_AUTH_WORKLOAD_IDENTITY,
+    KV_AUTH_AZURE_CLI,
+    KV_AUTH_ACCESS_TOKEN_FILE,
+};
+
+struct kv_auth;
+
+struct kv_auth_config {
+    enum kv_auth_method method;
+    char *tenant_id;
+    char *client_id;
+    char *authority_host; /* https://login.microsoftonline.com */
+    char *secret_file;    /* client-secret-file */
+    char *secondary_secret_file;
+    char *imds_endpoint;     /* http://169.254.169.254 or a test endpoint */
+    char *identity_endpoint; /* App Service: IDENTITY_ENDPOINT */
+    char *identity_header;
+    char *secret_env; /* AZURE_CLIENT_SECRET, when no file is set */
+};
+
+CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
+                  struct kv_auth **out, char *err, size_t errlen);
+void kv_auth_free(struct kv_auth *a);
+/*
+ * A bearer token for resource (e.g. https://vault.azure.net), from the
+ * cache or fetched. force: the cached one was refused; fetch a new one.
+ * tenant: from the vault's challenge, used when none is configured.
+ * *token is a secure copy for the caller to secure_free(strlen + 1).
+ * http_status gets the identity endpoint's status on failure.
+ */
+CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
+                    bool force, int64_t deadline_ms, char **token,
+                    long *http_status);
+const char *kv_auth_method_name(enum kv_auth_method m);
+
+/* ---- errors (kv-errors.c) ---- */
+
+/* The CKR for a failed response; fills code with Key Vault's error code. */
+CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
+                  char *message, size_t msglen);
+
+/* ---- helpers (kv-util.c) ---- */
+
+char *kv_b64url_encode(const unsigned char *in, size_t len);
+/* Decodes base64url (padded or not); returns a malloc'd buffer. */
+unsigned char *kv_b64url_decode(const char *in, size_t *len);
+char *kv_strdup_printf(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+char *kv_url_escape(const char *s);
+const char *kv_json_str(json_object *o, const char *key);
+bool kv_json_bool(json_object *o, const char *key, bool dflt);
+long long kv_json_int(json_object *o, const char *key, long long dflt);
+
+#endif
