@@ -214,7 +214,17 @@ static CK_RV op_prepare(struct session *s, struct op *op, enum op_kind kind,
             EVP_DigestInit_ex(op->md, rsa_md_for_mech(digest), NULL) != 1)
             return CKR_HOST_MEMORY;
     }
-    return CKR_OK;
+    if ((kind == OP_DECRYPT || kind == OP_SIGN) && key->secret == NULL) {
+        CK_MECHANISM inner = op->mech;
+        inner.mechanism = op->inner;
+        if (op->inner == CKM_RSA_PKCS) {
+            inner.pParameter = NULL;
+            inner.ulParameterLen = 0;
+        }
+        rv = provider_check_mechanism(
+            s, kind == OP_SIGN ? POP_SIGN : POP_DECRYPT, &inner);
+    }
+    return rv;
 }
 
 CK_RV op_append(struct op *op, const CK_BYTE *in, CK_ULONG inlen)
@@ -253,6 +263,16 @@ static CK_ULONG op_bound(struct op *op, enum op_kind kind, CK_ULONG inlen)
     if (op->key->secret != NULL)
         return softkey_out_bound(&op->mech, kind == OP_ENCRYPT, inlen);
     return inlen + 32;
+}
+
+CK_RV provider_check_mechanism(struct session *s, enum pop op,
+                               const CK_MECHANISM *m)
+{
+    const struct provider_ops *ops = s->token->ops;
+
+    if (ops->check_mechanism == NULL)
+        return CKR_OK;
+    return ops->check_mechanism(s->token->ptok, op, m);
 }
 
 /* Forwards one operation to the provider, with the call's context. */

@@ -418,6 +418,8 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                           CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT);
     if (rv == CKR_OK)
         rv = mech_check_params(key, pMechanism);
+    if (rv == CKR_OK && key->secret == NULL)
+        rv = provider_check_mechanism(s, POP_UNWRAP, pMechanism);
     if (rv != CKR_OK)
         goto put;
 

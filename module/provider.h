@@ -98,6 +98,10 @@ struct provider_ops {
     /* Releases a reference from a pobj. */
     void (*ref_free)(void *tok, void *ref);
 
+    /* Optional: refuses at C_*Init what the back end cannot express
+     * (CKR_MECHANISM_PARAM_INVALID), with the mechanism crypt() will get. */
+    CK_RV (*check_mechanism)(void *tok, enum pop op, const CK_MECHANISM *mech);
+
     /*
      * One operation with a key the provider holds. in/out are whole; the
      * front end handles multi-part calls and the caller's length rules, and

@@ -1282,6 +1282,36 @@ static const char *sign_alg(const CK_MECHANISM *m, const CK_BYTE *in,
     return "RSNULL"; /* the DigestInfo as it is */
 }
 
+static CK_RV kv_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
+{
+    const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+    CK_ULONG hlen;
+
+    (void)tok;
+    switch (m->mechanism) {
+    case CKM_RSA_PKCS_OAEP:
+        return op != POP_SIGN && oaep_alg(m) != NULL
+                   ? CKR_OK
+                   : CKR_MECHANISM_PARAM_INVALID;
+    case CKM_RSA_PKCS_PSS:
+        if (p == NULL)
+            return CKR_MECHANISM_PARAM_INVALID;
+        hlen = p->hashAlg == CKM_SHA256   ? 32
+               : p->hashAlg == CKM_SHA384 ? 48
+               : p->hashAlg == CKM_SHA512 ? 64
+                                          : 0;
+        /* PS256/384/512: MGF1 of the same hash, salt as long as it. */
+        if (hlen == 0 || p->sLen != hlen ||
+            p->mgf != (hlen == 32   ? CKG_MGF1_SHA256
+                       : hlen == 48 ? CKG_MGF1_SHA384
+                                    : CKG_MGF1_SHA512))
+            return CKR_MECHANISM_PARAM_INVALID;
+        return CKR_OK;
+    default:
+        return CKR_OK;
+    }
+}
+
 static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
                       const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
                       CK_BYTE *out, CK_ULONG *outlen)
@@ -1483,6 +1513,7 @@ const struct provider_ops keyvault_provider = {
     .login = kv_login,
     .list = kv_list,
     .ref_free = kv_ref_free,
+    .check_mechanism = kv_check_mechanism,
     .crypt = kv_crypt,
     .generate_key_pair = kv_generate_key_pair,
     .generate_random = kv_generate_random,
