@@ -1,0 +1,249 @@
+#!/bin/sh
+# RSA-2048 throughput: SoftHSMv2 directly, through cmkp11 and through
+# p11-kit's proxy (issue 4, docs/performance.md).
+#
+#   scripts/bench.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE]
+#
+# Builds cmkp11 and bench/p11bench if needed, creates a private SoftHSM
+# token in a temporary directory (tests/softhsm-init.sh) and measures
+# OAEP-SHA1 unwrap, CKM_RSA_PKCS decrypt and CKM_SHA256_RSA_PKCS sign at 1
+# and 2 threads. Each round measures every operation/thread pair on the
+# three modules in turn (direct, cmkp11, proxy); then the medians, the
+# ratios to direct speed and OAEP-SHA256 unwrap through cmkp11 are printed.
+#
+# The bar: cmkp11/direct >= 0.97 on every row, and not more than 0.02 below
+# proxy/direct. It is printed as PASS or FAIL; the exit status is 0 unless
+# a measurement fails outright (timing on a shared machine is noisy).
+#
+# The proxy needs SoftHSM registered with p11-kit. Nothing on the system is
+# changed for good: if the system registration (Debian's
+# /usr/share/p11-kit/modules/softhsm2.module) already serves the token, it
+# is used as it is; otherwise a module file goes into a private HOME
+# (~/.config/pkcs11/modules), read by the current user or, as root (p11-kit
+# ignores user files for root), by "nobody" through runuser; only if that
+# fails too, a temporary file in /etc/pkcs11/modules that is removed on exit.
+# BENCH_PROXY=system|user|etc forces one of these.
+set -eu
+
+seconds=2
+rounds=5
+raw=
+while getopts d:r:o:h opt; do
+    case $opt in
+    d) seconds=$OPTARG ;;
+    r) rounds=$OPTARG ;;
+    o) raw=$OPTARG ;;
+    *)
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+softhsm=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+proxy_so=${P11KIT_PROXY:-/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so}
+cmkp11_so=$top/.libs/cmkp11.so
+bench=$top/bench/p11bench
+pin=1234
+key=kek
+
+for f in "$softhsm" "$proxy_so"; do
+    [ -f "$f" ] || { echo "bench: $f is missing" >&2; exit 1; }
+done
+
+# Build what is missing or out of date.
+if [ ! -f Makefile ]; then
+    [ -x configure ] || autoreconf -fi
+    ./configure --enable-strict
+fi
+make -j2 cmkp11.la bench/p11bench >/dev/null
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/cmkp11-bench.XXXXXX")
+etc_module=
+etc_made=
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+    if [ -n "$etc_module" ] && [ -f "$etc_module" ]; then
+        rm -f "$etc_module"
+        echo "bench: removed $etc_module" >&2
+    fi
+    if [ -n "$etc_made" ]; then
+        rmdir /etc/pkcs11/modules 2>/dev/null || :
+        [ "$etc_made" != top ] || rmdir /etc/pkcs11 2>/dev/null || :
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "bench: creating a SoftHSM token in $tmp/hsm" >&2
+sh "$top/tests/softhsm-init.sh" "$tmp/hsm" >/dev/null
+# shellcheck source=/dev/null
+. "$tmp/hsm/env"
+
+cat >"$tmp/cmkp11.conf" <<EOT
+[cmkp11]
+log-level = error
+[token local]
+backend = hsm
+module = $softhsm
+token-label = cmk
+EOT
+chmod 600 "$tmp/cmkp11.conf"
+
+# How to run p11bench on the proxy: "$@" is prefixed by $proxy_run.
+proxy_run=
+probe_bin=$bench
+probe() { # probe PREFIX...: can the proxy see token "cmk" this way?
+    "$@" "$probe_bin" -n 1 -w 1 -t 1 -o sign "$proxy_so" cmk "$pin" "$key" \
+        >/dev/null 2>"$tmp/probe.err"
+}
+user_module() { # user_module HOME
+    mkdir -p "$1/.config/pkcs11/modules"
+    # Same name as Debian's file, so that it replaces it rather than
+    # loading SoftHSM twice.
+    echo "module: $softhsm" >"$1/.config/pkcs11/modules/softhsm2.module"
+}
+setup_proxy() {
+    mode=${BENCH_PROXY:-}
+    if [ -z "$mode" ] || [ "$mode" = system ]; then
+        if probe env; then
+            proxy_run="env"
+            echo "bench: proxy: SoftHSM as registered on the system" >&2
+            return 0
+        fi
+        [ -z "$mode" ] || { cat "$tmp/probe.err" >&2; return 1; }
+    fi
+    if [ -z "$mode" ] || [ "$mode" = user ]; then
+        if [ "$(id -u)" != 0 ]; then
+            user_module "$tmp/home"
+            if probe env HOME="$tmp/home" XDG_CONFIG_HOME="$tmp/home/.config"; then
+                proxy_run="env HOME=$tmp/home XDG_CONFIG_HOME=$tmp/home/.config"
+                echo "bench: proxy: module file in a private HOME" >&2
+                return 0
+            fi
+        elif command -v runuser >/dev/null && id nobody >/dev/null 2>&1; then
+            # nobody gets a copy of the token and of p11bench.
+            p=$tmp/nobody
+            mkdir -p "$p"
+            cp -R "$tmp/hsm/tokens" "$p/tokens"
+            sed "s|^directories.tokendir = .*|directories.tokendir = $p/tokens|" \
+                "$tmp/hsm/softhsm2.conf" >"$p/softhsm2.conf"
+            cp "$bench" "$p/p11bench"
+            user_module "$p/home"
+            chmod 711 "$tmp"
+            chown -R nobody "$p"
+            run="runuser -u nobody -- env HOME=$p/home XDG_CONFIG_HOME=$p/home/.config SOFTHSM2_CONF=$p/softhsm2.conf"
+            probe_bin=$p/p11bench
+            # shellcheck disable=SC2086 # $run is a list of words
+            if probe $run; then
+                proxy_run=$run
+                bench_proxy=$p/p11bench
+                echo "bench: proxy: run as nobody, module file in a private HOME" >&2
+                return 0
+            fi
+        fi
+        [ -z "$mode" ] || { cat "$tmp/probe.err" >&2; return 1; }
+    fi
+    if [ -z "$mode" ] || [ "$mode" = etc ]; then
+        if [ "$(id -u)" = 0 ]; then
+            etc_module=/etc/pkcs11/modules/cmkp11-bench-softhsm.module
+            if [ -e "$etc_module" ]; then
+                echo "bench: $etc_module exists; not touching it" >&2
+                etc_module=
+                return 1
+            fi
+            if [ ! -d /etc/pkcs11 ]; then
+                etc_made=top
+            elif [ ! -d /etc/pkcs11/modules ]; then
+                etc_made=modules
+            fi
+            mkdir -p /etc/pkcs11/modules
+            echo "module: $softhsm" >"$etc_module"
+            echo "bench: TEMPORARY $etc_module (removed on exit)" >&2
+            if probe env; then
+                proxy_run="env"
+                return 0
+            fi
+        fi
+    fi
+    cat "$tmp/probe.err" >&2
+    return 1
+}
+bench_proxy=$bench
+setup_proxy || { echo "bench: cannot serve SoftHSM through $proxy_so" >&2; exit 1; }
+
+results=$tmp/results
+: >"$results"
+run() { # run NAME OP THREADS MODULE TOKEN, with $pre before p11bench
+    name=$1 op=$2 threads=$3
+    prog=$bench
+    [ "$name" != proxy ] || prog=$bench_proxy
+    if ! out=$($pre "$prog" -d "$seconds" -t "$threads" -o "$op" \
+        "$4" "$5" "$pin" "$key"); then
+        echo "bench: round $r: $name $op $threads threads failed" >&2
+        exit 1
+    fi
+    echo "$r $name $out" >>"$results"
+    echo "bench: round $r: $name $out" >&2
+}
+
+ops="unwrap decrypt sign"
+echo "bench: $rounds rounds of ${seconds}s measurements" >&2
+r=1
+while [ "$r" -le "$rounds" ]; do
+    for op in $ops; do
+        for t in 1 2; do
+            pre="env"
+            run direct "$op" "$t" "$softhsm" cmk
+            pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+            run cmkp11 "$op" "$t" "$cmkp11_so" local
+            pre=$proxy_run
+            run proxy "$op" "$t" "$proxy_so" cmk
+        done
+    done
+    pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+    for t in 1 2; do
+        run cmkp11 unwrap-sha256 "$t" "$cmkp11_so" local
+    done
+    r=$((r + 1))
+done
+[ -z "$raw" ] || cp "$results" "$raw"
+
+# Medians per (module, op, threads), then the table.
+median() { # median NAME OP THREADS
+    awk -v n="$1" -v o="$2" -v t="$3" '$2 == n && $3 == o && $4 == t { print $5 }' \
+        "$results" | sort -g | awk '{ v[NR] = $1 }
+        END { if (NR == 0) print "nan";
+              else if (NR % 2) print v[(NR + 1) / 2];
+              else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+echo
+echo "RSA-2048, ops/s, median of $rounds rounds of ${seconds}s ($(nproc) CPUs)"
+printf '%-14s %7s %9s %9s %9s %8s %8s  %s\n' op threads direct cmkp11 proxy \
+    cmk/dir prx/dir bar
+verdict=PASS
+for op in $ops; do
+    for t in 1 2; do
+        d=$(median direct "$op" "$t")
+        c=$(median cmkp11 "$op" "$t")
+        p=$(median proxy "$op" "$t")
+        line=$(awk -v op="$op" -v t="$t" -v d="$d" -v c="$c" -v p="$p" 'BEGIN {
+            rc = c / d; rp = p / d
+            ok = (rc >= 0.97 && rc >= rp - 0.02) ? "PASS" : "FAIL"
+            printf "%-14s %7d %9.0f %9.0f %9.0f %8.3f %8.3f  %s", op, t, d, c, p, rc, rp, ok
+        }')
+        echo "$line"
+        case $line in *FAIL) verdict=FAIL ;; esac
+    done
+done
+for t in 1 2; do
+    printf '%-14s %7d %9s %9.0f %9s\n' unwrap-sha256 "$t" - \
+        "$(median cmkp11 unwrap-sha256 "$t")" -
+done
+echo
+echo "bar (cmkp11/direct >= 0.97 and >= proxy/direct - 0.02 on every row): $verdict"
+exit 0
