@@ -1,0 +1,162 @@
+"""Shared set-up for the tests that drive cmkp11's keyvault back end.
+
+Starts the Key Vault emulator (tests/kvemu) in a private directory, writes a
+cmkp11 configuration for it, and loads cmkp11 through PyKCS11. Microsoft's
+Python SDK is available against the same emulator for cross-checks.
+"""
+import os
+import sys
+
+TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
+
+import taplib  # noqa: E402
+from taplib import Tap, Emu, skip_all  # noqa: E402,F401
+
+try:
+    import PyKCS11  # noqa: E402
+except ImportError:
+    skip_all("python3-pykcs11 missing")
+
+MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
+    os.environ.get("top_builddir", "."), ".libs", "cmkp11.so")
+
+# Identities of the emulator configuration below.
+TENANT = "72f9e1c1-1e6b-4b0f-9d3a-6b7e0c2a5e10"
+APP_ID = "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e01"
+APP_SECRET = "kvemu-client-secret"
+READER_ID = "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e11"
+READER_SECRET = "reader-secret-value"
+MI_ID = "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e02"
+
+
+def emulator_config(extra_vaults=()):
+    return {
+        "tenants": [TENANT],
+        "identities": [
+            {"name": "app", "client_id": APP_ID, "client_secrets": [APP_SECRET]},
+            {"name": "reader", "client_id": READER_ID,
+             "client_secrets": [READER_SECRET]},
+            {"name": "mi", "managed": "system", "client_id": MI_ID},
+        ],
+        "vaults": [
+            {"name": "kvemu", "kind": "vault", "sku": "premium",
+             "soft_delete": True, "purge_protection": True,
+             "access": {"app": ["all"], "mi": ["all"],
+                        "reader": ["get", "list"]}},
+            {"name": "kvhsm", "kind": "managedhsm",
+             "access": {"app": ["all"], "mi": ["all"]}},
+        ] + list(extra_vaults),
+    }
+
+
+def write_private(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+class KvSetup:
+    """The emulator, files for cmkp11 and a loaded module."""
+
+    def __init__(self, tokens, config=None, refresh=60, emu_args=()):
+        self.emu = Emu(config or emulator_config(), extra_args=emu_args)
+        self.dir = self.emu.dir
+        self.app_secret = write_private(os.path.join(self.dir, "app.secret"),
+                                        APP_SECRET + "\n")
+        self.reader_secret = write_private(
+            os.path.join(self.dir, "reader.secret"), READER_SECRET + "\n")
+        text = "[cmkp11]\nlog-level = error\nlog-file = %s\n" \
+               "refresh-interval = %d\n" % (os.path.join(self.dir, "cmkp11.log"),
+                                            refresh)
+        for name, body in tokens:
+            text += "\n[token %s]\n%s" % (name, body.format(s=self))
+        self.conf = write_private(os.path.join(self.dir, "cmkp11.conf"), text)
+        os.environ["CMKP11_CONF"] = self.conf
+        self.lib = None
+
+    def vault_url(self, name="kvemu"):
+        return self.emu.url(name)
+
+    def token_body(self, vault="kvemu", auth="client-secret", extra=""):
+        s = "backend = keyvault\nvault-url = %s\nca-file = %s\n" % (
+            self.vault_url(vault), self.emu.ca)
+        if auth == "client-secret":
+            s += "auth = client-secret\ntenant-id = %s\nclient-id = %s\n" \
+                 "client-secret-file = %s\nauthority-host = %s\n" % (
+                     TENANT, APP_ID, self.app_secret,
+                     self.emu.env["AZURE_AUTHORITY_HOST"])
+        elif auth == "reader":
+            s += "auth = client-secret\ntenant-id = %s\nclient-id = %s\n" \
+                 "client-secret-file = %s\nauthority-host = %s\n" % (
+                     TENANT, READER_ID, self.reader_secret,
+                     self.emu.env["AZURE_AUTHORITY_HOST"])
+        elif auth == "imds":
+            s += "auth = managed-identity\nimds-endpoint = %s\n" % \
+                 self.emu.info["KVEMU_IMDS"]
+        return s + extra
+
+    def load(self):
+        self.lib = PyKCS11.PyKCS11Lib()
+        self.lib.load(MODULE)
+        return self.lib
+
+    def session(self, label, rw=True):
+        for slot in self.lib.getSlotList(tokenPresent=True):
+            if self.lib.getTokenInfo(slot).label.strip() == label:
+                flags = PyKCS11.CKF_SERIAL_SESSION
+                if rw:
+                    flags |= PyKCS11.CKF_RW_SESSION
+                return self.lib.openSession(slot, flags)
+        raise RuntimeError("no token %s" % label)
+
+    def create_key(self, name, vault="kvemu", **kw):
+        body = {"name": name}
+        body.update(kw)
+        return self.emu.admin("POST", "vaults/%s/keys" % vault, body)
+
+    def log_text(self):
+        try:
+            with open(os.path.join(self.dir, "cmkp11.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+def find(session, cls, label=None, id=None):
+    t = [(PyKCS11.CKA_CLASS, cls)]
+    if label is not None:
+        t.append((PyKCS11.CKA_LABEL, label))
+    if id is not None:
+        t.append((PyKCS11.CKA_ID, id))
+    return session.findObjects(t)
+
+
+def ckr(fn, *args):
+    """The CKR a call ends with (CKR_OK = 0)."""
+    try:
+        fn(*args)
+    except PyKCS11.PyKCS11Error as e:
+        return e.value
+    return 0
+
+
+def aes_template(sensitive=True, extractable=False, token=False):
+    return [
+        (PyKCS11.CKA_CLASS, PyKCS11.CKO_SECRET_KEY),
+        (PyKCS11.CKA_KEY_TYPE, PyKCS11.CKK_AES),
+        (PyKCS11.CKA_TOKEN, token),
+        (PyKCS11.CKA_SENSITIVE, sensitive),
+        (PyKCS11.CKA_EXTRACTABLE, extractable),
+        (PyKCS11.CKA_ENCRYPT, True),
+        (PyKCS11.CKA_DECRYPT, True),
+        (PyKCS11.CKA_WRAP, True),
+        (PyKCS11.CKA_UNWRAP, True),
+    ]
+
+
+OAEP1 = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA_1, PyKCS11.CKG_MGF1_SHA1)
+OAEP256 = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA256, PyKCS11.CKG_MGF1_SHA256)
+PKCS1 = PyKCS11.MechanismRSAPKCS1
