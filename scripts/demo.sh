@@ -1,9 +1,10 @@
 #!/bin/sh
 # The main job on the local default: installs what is missing (Debian 12,
-# as root), builds cmkp11, creates a SoftHSM token with an RSA-2048 CMK in
-# a directory of its own, and envelope-encrypts a sample file through
-# cmkp11: fresh AES-256 data key, AES-GCM, RSA-OAEP wrap, then unwrap and
-# decrypt, checking that the result equals the original.
+# as root), builds cmkp11, creates a SoftHSM token with an RSA-2048 CMK and
+# starts the local Key Vault emulator with a CMK of its own, in a directory
+# of their own, and envelope-encrypts a sample file through cmkp11 on each:
+# fresh AES-256 data key, AES-GCM, RSA-OAEP wrap, then unwrap and decrypt,
+# checking that the result equals the original.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -20,11 +21,27 @@ make -j"$(nproc)" >/dev/null
 module=$top/.libs/cmkp11.so
 
 demo=${DEMO_DIR:-$top/demo}
-say "creating a SoftHSM token with an RSA-2048 CMK in $demo"
+say "creating a SoftHSM token with an RSA-2048 CMK in $demo/softhsm"
 rm -rf "$demo"
 mkdir -p "$demo"
 tests/softhsm-init.sh "$demo/softhsm" >/dev/null
 . "$demo/softhsm/env"
+say "starting the local Key Vault emulator in $demo/kvemu"
+tests/kvemu/kvemu --port 0 --state-dir "$demo/kvemu" >"$demo/kvemu.out" 2>"$demo/kvemu.log" &
+emu_pid=$!
+trap 'kill $emu_pid 2>/dev/null; wait $emu_pid 2>/dev/null' EXIT INT TERM
+for _ in $(seq 1 100); do
+    grep -q KVEMU_READY "$demo/kvemu.out" 2>/dev/null && break
+    sleep 0.2
+done
+grep -q KVEMU_READY "$demo/kvemu.out" || { cat "$demo/kvemu.log"; exit 1; }
+. "$demo/kvemu/env"
+echo "vault $VAULT_URL (TLS with the emulator's own CA, $KVEMU_CA)"
+tests/kvemu/kvemu-admin --state-dir "$demo/kvemu" create-key kvemu payments-kek >/dev/null
+echo "created the CMK payments-kek (RSA-2048) in the vault"
+printf '%s\n' "$AZURE_CLIENT_SECRET" >"$demo/payments.secret"
+chmod 600 "$demo/payments.secret"
+
 cat >"$demo/cmkp11.conf" <<EOT
 [cmkp11]
 log-level = warning
@@ -33,25 +50,40 @@ log-level = warning
 backend = hsm
 module = $SOFTHSM_MODULE
 token-label = cmk
+
+[token payments]
+backend = keyvault
+vault-url = $VAULT_URL
+keys = payments-kek
+auth = client-secret
+tenant-id = $AZURE_TENANT_ID
+client-id = $AZURE_CLIENT_ID
+client-secret-file = $demo/payments.secret
+authority-host = $AZURE_AUTHORITY_HOST
+ca-file = $KVEMU_CA
 EOT
 chmod 600 "$demo/cmkp11.conf"
 CMKP11_CONF=$demo/cmkp11.conf
 export CMKP11_CONF
-echo "token 'local' (SoftHSM token 'cmk'), CMK 'kek', configuration $CMKP11_CONF"
-pkcs11-tool --module "$module" -L 2>/dev/null | sed -n '1,4p'
+echo "configuration $CMKP11_CONF:"
+pkcs11-tool --module "$module" -L 2>/dev/null | grep -E '^Slot|token label'
 
-say "the main job: envelope encryption through cmkp11"
 head -c 100000 /dev/urandom >"$demo/sample.bin"
 printf 'Quarterly results, confidential.\n' >>"$demo/sample.bin"
-/usr/bin/python3 scripts/envelope.py seal "$module" local kek 1234 \
-    "$demo/sample.bin" "$demo/sample.dek" "$demo/sample.sealed"
-/usr/bin/python3 scripts/envelope.py unseal "$module" local kek 1234 \
-    "$demo/sample.dek" "$demo/sample.sealed" "$demo/sample.out"
 
-say "checking"
-if cmp -s "$demo/sample.bin" "$demo/sample.out"; then
-    echo "OK: the decrypted file equals the original ($(wc -c <"$demo/sample.bin") bytes)"
-else
-    echo "FAILED: the decrypted file differs from the original"
-    exit 1
-fi
+run_job() { # run_job TOKEN KEY PIN
+    say "the main job on token '$1' (CMK '$2'): envelope encryption through cmkp11"
+    /usr/bin/python3 scripts/envelope.py seal "$module" "$1" "$2" "$3" \
+        "$demo/sample.bin" "$demo/sample.$1.dek" "$demo/sample.$1.sealed"
+    /usr/bin/python3 scripts/envelope.py unseal "$module" "$1" "$2" "$3" \
+        "$demo/sample.$1.dek" "$demo/sample.$1.sealed" "$demo/sample.$1.out"
+    if cmp -s "$demo/sample.bin" "$demo/sample.$1.out"; then
+        echo "OK: the decrypted file equals the original ($(wc -c <"$demo/sample.bin") bytes)"
+    else
+        echo "FAILED: the decrypted file differs from the original"
+        exit 1
+    fi
+}
+run_job local kek 1234
+run_job payments payments-kek ""
+say "done: both tokens sealed and unsealed the sample; files are in $demo"
