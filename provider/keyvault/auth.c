@@ -1,15 +1,31 @@
 /*
- * Access tokens for Key Vault: client secret, managed identity (IMDS or
- * App Service's IDENTITY_ENDPOINT), cached per resource and renewed before
- * they expire. Secrets are read from their files at each token request (so
- * a rotated file is picked up), kept out of logs and wiped after use.
+ * Access tokens for Key Vault, cached per resource and renewed before they
+ * expire: client secret, client certificate (a signed JWT assertion),
+ * workload identity (a federated token file), managed identity (IMDS or
+ * App Service's IDENTITY_ENDPOINT), the Azure CLI, and a token file.
+ * Secret, certificate and token files are read again at each token request
+ * (so a replaced file is picked up), kept out of logs and wiped after use.
  */
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
@@ -34,7 +50,10 @@ struct kv_auth {
     pthread_mutex_t fetch_lock; /* one fetch at a time */
     struct kv_token_entry entries[KV_MAX_RESOURCES];
     int n;
+    struct stat token_file_st; /* access-token-file as last read */
 };
+
+extern char **environ;
 
 const char *kv_auth_method_name(enum kv_auth_method m)
 {
@@ -64,6 +83,10 @@ static void config_clear(struct kv_auth_config *c)
     free(c->imds_endpoint);
     free(c->identity_endpoint);
     free(c->identity_header);
+    free(c->cert_file);
+    free(c->cert_password_file);
+    free(c->federated_token_file);
+    free(c->token_file);
     if (c->secret_env != NULL)
         secure_free(c->secret_env, strlen(c->secret_env) + 1);
     memset(c, 0, sizeof(*c));
@@ -85,26 +108,52 @@ CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
     a->cfg.imds_endpoint = dup_or_null(cfg->imds_endpoint);
     a->cfg.identity_endpoint = dup_or_null(cfg->identity_endpoint);
     a->cfg.identity_header = dup_or_null(cfg->identity_header);
+    a->cfg.cert_file = dup_or_null(cfg->cert_file);
+    a->cfg.cert_password_file = dup_or_null(cfg->cert_password_file);
+    a->cfg.federated_token_file = dup_or_null(cfg->federated_token_file);
+    a->cfg.token_file = dup_or_null(cfg->token_file);
     if (cfg->secret_env != NULL)
         a->cfg.secret_env =
             secure_dup(cfg->secret_env, strlen(cfg->secret_env) + 1);
     a->http = http;
     pthread_mutex_init(&a->lock, NULL);
     pthread_mutex_init(&a->fetch_lock, NULL);
-    if (cfg->method == KV_AUTH_CLIENT_SECRET && a->cfg.client_id == NULL) {
-        snprintf(err, errlen,
-                 "client-id: missing for auth = client-secret "
-                 "(or set AZURE_CLIENT_ID)");
-        kv_auth_free(a);
-        return CKR_GENERAL_ERROR;
-    }
-    if (cfg->method == KV_AUTH_CLIENT_SECRET && a->cfg.secret_file == NULL &&
-        a->cfg.secret_env == NULL) {
-        snprintf(err, errlen,
-                 "client-secret-file: missing for auth = "
-                 "client-secret (or set AZURE_CLIENT_SECRET)");
-        kv_auth_free(a);
-        return CKR_GENERAL_ERROR;
+    {
+        const char *missing = NULL;
+        switch (cfg->method) {
+        case KV_AUTH_CLIENT_SECRET:
+            if (a->cfg.client_id == NULL)
+                missing = "client-id (or AZURE_CLIENT_ID)";
+            else if (a->cfg.secret_file == NULL && a->cfg.secret_env == NULL)
+                missing = "client-secret-file (or AZURE_CLIENT_SECRET)";
+            break;
+        case KV_AUTH_CLIENT_CERTIFICATE:
+            if (a->cfg.client_id == NULL)
+                missing = "client-id (or AZURE_CLIENT_ID)";
+            else if (a->cfg.cert_file == NULL)
+                missing = "client-certificate-file (or "
+                          "AZURE_CLIENT_CERTIFICATE_PATH)";
+            break;
+        case KV_AUTH_WORKLOAD_IDENTITY:
+            if (a->cfg.client_id == NULL)
+                missing = "client-id (or AZURE_CLIENT_ID)";
+            else if (a->cfg.federated_token_file == NULL)
+                missing = "federated-token-file (or "
+                          "AZURE_FEDERATED_TOKEN_FILE)";
+            break;
+        case KV_AUTH_ACCESS_TOKEN_FILE:
+            if (a->cfg.token_file == NULL)
+                missing = "access-token-file";
+            break;
+        default:
+            break;
+        }
+        if (missing != NULL) {
+            snprintf(err, errlen, "%s: missing for auth = %s", missing,
+                     kv_auth_method_name(cfg->method));
+            kv_auth_free(a);
+            return CKR_GENERAL_ERROR;
+        }
     }
     *out = a;
     return CKR_OK;
@@ -216,25 +265,6 @@ static CK_RV parse_token(const char *body, char **token, long long *lifetime)
     return rv;
 }
 
-static char *read_secret(const char *file, const char *env, size_t *len)
-{
-    char err[256];
-    char *buf = NULL;
-
-    if (file != NULL) {
-        if (secure_read_file(file, 1, &buf, len, err, sizeof(err)) != 0) {
-            cmk_error("client-secret-file: %s", err);
-            return NULL;
-        }
-        return buf;
-    }
-    if (env != NULL) {
-        *len = strlen(env);
-        return secure_dup(env, *len + 1);
-    }
-    return NULL;
-}
-
 static void describe_failure(struct kv_auth *a, const char *where,
                              const struct kv_response *r)
 {
@@ -253,12 +283,188 @@ static void describe_failure(struct kv_auth *a, const char *where,
     json_object_put(doc);
 }
 
-static CK_RV fetch_client_secret(struct kv_auth *a, const char *resource,
-                                 const char *tenant, int64_t deadline,
-                                 char **token, long long *lifetime,
-                                 long *status)
+/* ---- credentials for the token endpoint ---- */
+
+static char *read_file_secret(const char *what, const char *file, size_t *len)
 {
-    const char *files[2] = {a->cfg.secret_file, a->cfg.secondary_secret_file};
+    char err[300];
+    char *buf = NULL;
+
+    if (secure_read_file(file, 1, &buf, len, err, sizeof(err)) != 0) {
+        cmk_error("%s: %s", what, err);
+        return NULL;
+    }
+    return buf;
+}
+
+static char *b64url_json(const char *json)
+{
+    return kv_b64url_encode((const unsigned char *)json, strlen(json));
+}
+
+/* Loads the certificate and its key: PEM (both in one file), or PKCS#12
+ * with the password from client-certificate-password-file. */
+static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
+{
+    size_t len = 0, plen = 0;
+    char *data =
+        read_file_secret("client-certificate-file", a->cfg.cert_file, &len);
+    char *pass = NULL;
+    BIO *bio;
+    int r = -1;
+
+    *cert = NULL;
+    *key = NULL;
+    if (data == NULL)
+        return -1;
+    bio = BIO_new_mem_buf(data, (int)len);
+    if (bio != NULL && strstr(data, "-----BEGIN") != NULL) {
+        *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+        BIO_reset(bio);
+        *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+    } else if (bio != NULL) {
+        PKCS12 *p12 = d2i_PKCS12_bio(bio, NULL);
+        if (a->cfg.cert_password_file != NULL)
+            pass = read_file_secret("client-certificate-password-file",
+                                    a->cfg.cert_password_file, &plen);
+        if (p12 == NULL ||
+            !PKCS12_parse(p12, pass ? pass : "", key, cert, NULL))
+            cmk_error("client-certificate-file: %s is neither PEM nor a "
+                      "PKCS#12 file this password opens",
+                      a->cfg.cert_file);
+        PKCS12_free(p12);
+    }
+    BIO_free(bio);
+    secure_free(data, len + 1);
+    if (pass != NULL)
+        secure_free(pass, plen + 1);
+    if (*cert != NULL && *key != NULL)
+        r = 0;
+    else
+        cmk_error("client-certificate-file: %s must hold the certificate "
+                  "and its private key",
+                  a->cfg.cert_file);
+    return r;
+}
+
+/* A client assertion: a JWT signed with the certificate's key (RS256),
+ * naming the certificate by its SHA-1 thumbprint (x5t). */
+static char *client_assertion(struct kv_auth *a, const char *token_url)
+{
+    X509 *cert = NULL;
+    EVP_PKEY *key = NULL;
+    unsigned char sha1[20], jti[16], sig[1024];
+    unsigned int n = sizeof(sha1);
+    size_t siglen = sizeof(sig);
+    char *x5t = NULL, *h = NULL, *c = NULL, *hj = NULL, *cj = NULL,
+         *input = NULL, *s64 = NULL, *jwt = NULL, jtihex[33];
+    long long now = (long long)time(NULL);
+    EVP_MD_CTX *md = NULL;
+    int i;
+
+    if (load_certificate(a, &cert, &key) != 0)
+        goto out;
+    X509_digest(cert, EVP_sha1(), sha1, &n);
+    RAND_bytes(jti, sizeof(jti));
+    for (i = 0; i < 16; i++)
+        snprintf(jtihex + 2 * i, 3, "%02x", jti[i]);
+    x5t = kv_b64url_encode(sha1, n);
+    hj = kv_strdup_printf("{\"alg\":\"RS256\",\"typ\":\"JWT\",\"x5t\":\"%s\"}",
+                          x5t ? x5t : "");
+    cj = kv_strdup_printf("{\"aud\":\"%s\",\"iss\":\"%s\",\"sub\":\"%s\","
+                          "\"jti\":\"%s\",\"nbf\":%lld,\"exp\":%lld}",
+                          token_url, a->cfg.client_id, a->cfg.client_id, jtihex,
+                          now, now + 600);
+    h = hj ? b64url_json(hj) : NULL;
+    c = cj ? b64url_json(cj) : NULL;
+    input = h && c ? kv_strdup_printf("%s.%s", h, c) : NULL;
+    md = EVP_MD_CTX_new();
+    if (input == NULL || md == NULL ||
+        EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1 ||
+        EVP_DigestSign(md, sig, &siglen, (unsigned char *)input,
+                       strlen(input)) != 1)
+        goto out;
+    s64 = kv_b64url_encode(sig, siglen);
+    if (s64 != NULL)
+        jwt = kv_strdup_printf("%s.%s", input, s64);
+out:
+    EVP_MD_CTX_free(md);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    free(x5t);
+    free(hj);
+    free(cj);
+    free(h);
+    free(c);
+    free(input);
+    free(s64);
+    return jwt;
+}
+
+/*
+ * The form fields that prove the identity: client_secret=..., or a client
+ * assertion. which: 0 the primary credential, 1 the secondary secret.
+ * Returns a secure string, or NULL.
+ */
+static char *credential_fields(struct kv_auth *a, const char *token_url,
+                               int which)
+{
+    static const char assertion_type[] =
+        "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3A"
+        "client-assertion-type%3Ajwt-bearer&client_assertion=";
+    size_t len = 0;
+    char *raw = NULL, *esc, *out;
+
+    switch (a->cfg.method) {
+    case KV_AUTH_CLIENT_SECRET:
+        if (which == 1)
+            raw = a->cfg.secondary_secret_file
+                      ? read_file_secret("secondary-client-secret-file",
+                                         a->cfg.secondary_secret_file, &len)
+                      : NULL;
+        else if (a->cfg.secret_file != NULL)
+            raw = read_file_secret("client-secret-file", a->cfg.secret_file,
+                                   &len);
+        else if (a->cfg.secret_env != NULL)
+            raw = secure_dup(a->cfg.secret_env,
+                             (len = strlen(a->cfg.secret_env)) + 1);
+        break;
+    case KV_AUTH_CLIENT_CERTIFICATE:
+        if (which == 0 && (raw = client_assertion(a, token_url)) != NULL)
+            len = strlen(raw);
+        break;
+    case KV_AUTH_WORKLOAD_IDENTITY:
+        if (which == 0)
+            raw = read_file_secret("federated-token-file",
+                                   a->cfg.federated_token_file, &len);
+        break;
+    default:
+        break;
+    }
+    if (raw == NULL)
+        return NULL;
+    esc = kv_url_escape(raw);
+    secure_free(raw, len + 1);
+    if (esc == NULL)
+        return NULL;
+    len = strlen(esc) + sizeof(assertion_type) + 32;
+    out = secure_alloc(len);
+    if (out != NULL)
+        snprintf(out, len, "%s%s",
+                 a->cfg.method == KV_AUTH_CLIENT_SECRET ? "client_secret="
+                                                        : assertion_type,
+                 esc);
+    secure_free(esc, strlen(esc) + 1);
+    return out;
+}
+
+/* The Entra token endpoint, with the primary credential and then, if it
+ * was refused, the secondary one (credential rotation). */
+static CK_RV fetch_from_authority(struct kv_auth *a, const char *resource,
+                                  const char *tenant, int64_t deadline,
+                                  char **token, long long *lifetime,
+                                  long *status)
+{
     const char *host = a->cfg.authority_host
                            ? a->cfg.authority_host
                            : "https://login.microsoftonline.com";
@@ -267,7 +473,8 @@ static CK_RV fetch_client_secret(struct kv_auth *a, const char *resource,
     int i;
 
     if (tenant == NULL) {
-        cmk_error("client-secret: no tenant: set tenant-id or AZURE_TENANT_ID");
+        cmk_error("%s: no tenant: set tenant-id or AZURE_TENANT_ID",
+                  kv_auth_method_name(a->cfg.method));
         return CKR_DEVICE_ERROR;
     }
     url = kv_strdup_printf("%s%s%s/oauth2/v2.0/token", host,
@@ -282,29 +489,21 @@ static CK_RV fetch_client_secret(struct kv_auth *a, const char *resource,
     for (i = 0; i < 2; i++) {
         struct kv_request req;
         struct kv_response r;
-        size_t slen = 0, blen;
-        char *secret, *esc, *body;
+        char *cred = credential_fields(a, url, i), *body;
+        size_t blen;
 
-        if (i == 1 && files[1] == NULL)
-            break;
-        secret =
-            read_secret(files[i], i == 0 ? a->cfg.secret_env : NULL, &slen);
-        if (secret == NULL)
-            continue;
-        esc = kv_url_escape(secret);
-        secure_free(secret, slen + 1);
-        if (esc == NULL) {
-            rv = CKR_HOST_MEMORY;
+        if (cred == NULL) {
+            if (i == 0)
+                continue; /* logged; the secondary may still work */
             break;
         }
-        blen = strlen(esc) + strlen(cid) + strlen(scope) + 128;
+        blen = strlen(cred) + strlen(cid) + strlen(scope) + 96;
         body = secure_alloc(blen);
         if (body != NULL)
             snprintf(body, blen,
-                     "grant_type=client_credentials&client_id=%s&"
-                     "client_secret=%s&scope=%s",
-                     cid, esc, scope);
-        secure_free(esc, strlen(esc) + 1);
+                     "grant_type=client_credentials&client_id=%s&%s&scope=%s",
+                     cid, cred, scope);
+        secure_free(cred, strlen(cred) + 1);
         if (body == NULL) {
             rv = CKR_HOST_MEMORY;
             break;
@@ -321,10 +520,9 @@ static CK_RV fetch_client_secret(struct kv_auth *a, const char *resource,
             rv = parse_token(r.body, token, lifetime);
             kv_response_clear(&r);
             if (rv == CKR_OK && i == 1)
-                cmk_warning("the client secret in %s was refused; the "
-                            "secondary secret in %s worked: update the first",
-                            files[0] ? files[0] : "AZURE_CLIENT_SECRET",
-                            files[1]);
+                cmk_warning("the client secret was refused and the secondary "
+                            "secret in %s worked: replace the first one",
+                            a->cfg.secondary_secret_file);
             break;
         }
         describe_failure(a, url, &r);
@@ -341,6 +539,198 @@ out:
     free(scope);
     free(cid);
     return rv;
+}
+
+/* Runs argv (no shell) and collects its standard output, within the
+ * deadline. Returns the exit status, or -1. */
+static int run_capture(char *const argv[], int64_t deadline, char **out,
+                       size_t *outlen)
+{
+    posix_spawn_file_actions_t fa;
+    int pipefd[2], status = -1, devnull;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    pid_t pid;
+
+    *out = NULL;
+    if (buf == NULL || pipe2(pipefd, O_CLOEXEC) != 0) {
+        free(buf);
+        return -1;
+    }
+    devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
+    if (devnull >= 0) {
+        posix_spawn_file_actions_adddup2(&fa, devnull, 0);
+        posix_spawn_file_actions_adddup2(&fa, devnull, 2);
+    }
+    if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0)
+        pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    close(pipefd[1]);
+    if (devnull >= 0)
+        close(devnull);
+    while (pid > 0) {
+        struct pollfd p = {pipefd[0], POLLIN, 0};
+        int64_t left = deadline - kv_now_ms();
+        ssize_t n;
+        if (left <= 0 || poll(&p, 1, (int)(left > 1000 ? 1000 : left)) < 0) {
+            if (left <= 0) {
+                kill(pid, SIGKILL);
+                break;
+            }
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (!(p.revents & (POLLIN | POLLHUP)))
+            continue;
+        if (len + 4096 > cap && len < 1024 * 1024) {
+            char *nb = realloc(buf, cap * 2);
+            if (nb == NULL)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+        n = read(pipefd[0], buf + len, cap - len - 1);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(pipefd[0]);
+    if (pid > 0 && waitpid(pid, &status, 0) < 0)
+        status = -1;
+    buf[len] = '\0';
+    *out = buf;
+    *outlen = len;
+    return pid > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* az account get-access-token: accessToken and expires_on (or the older
+ * expiresOn, local time). */
+static CK_RV fetch_azure_cli(struct kv_auth *a, const char *resource,
+                             int64_t deadline, char **token,
+                             long long *lifetime)
+{
+    char *argv[10], *out = NULL;
+    size_t len = 0;
+    json_object *doc;
+    const char *t;
+    long long on;
+    CK_RV rv = CKR_DEVICE_ERROR;
+    int n = 0, st;
+
+    argv[n++] = (char *)"az";
+    argv[n++] = (char *)"account";
+    argv[n++] = (char *)"get-access-token";
+    argv[n++] = (char *)"--output";
+    argv[n++] = (char *)"json";
+    argv[n++] = (char *)"--resource";
+    argv[n++] = (char *)resource;
+    if (a->cfg.tenant_id != NULL) {
+        argv[n++] = (char *)"--tenant";
+        argv[n++] = a->cfg.tenant_id;
+    }
+    argv[n] = NULL;
+    st = run_capture(argv, deadline, &out, &len);
+    if (st != 0) {
+        cmk_error("azure-cli: 'az account get-access-token' failed (%s); run "
+                  "'az login' as the user of this process",
+                  st < 0 ? "not run or timed out" : "non-zero exit");
+        goto out;
+    }
+    doc = json_tokener_parse(out);
+    t = kv_json_str(doc, "accessToken");
+    on = kv_json_int(doc, "expires_on", -1);
+    if (on < 0) {
+        const char *eo = kv_json_str(doc, "expiresOn");
+        struct tm tm;
+        memset(&tm, 0, sizeof(tm));
+        if (eo != NULL && strptime(eo, "%Y-%m-%d %H:%M:%S", &tm) != NULL) {
+            tm.tm_isdst = -1;
+            on = (long long)mktime(&tm);
+        }
+    }
+    if (t != NULL && t[0] != '\0') {
+        *token = secure_dup(t, strlen(t) + 1);
+        *lifetime = on > 0 ? on - (long long)time(NULL) : 300;
+        rv = *token ? CKR_OK : CKR_HOST_MEMORY;
+        secure_zero((void *)t, strlen(t));
+    } else {
+        cmk_error("azure-cli: no accessToken in the output of 'az account "
+                  "get-access-token'");
+    }
+    json_object_put(doc);
+out:
+    if (out != NULL)
+        secure_free(out, len + 1);
+    return rv;
+}
+
+/* The lifetime a JWT's exp claim gives, or -1. */
+static long long jwt_lifetime(const char *jwt)
+{
+    const char *p = strchr(jwt, '.'), *q;
+    unsigned char *claims;
+    size_t len = 0;
+    char *part;
+    json_object *doc;
+    long long exp;
+
+    if (p == NULL || (q = strchr(p + 1, '.')) == NULL)
+        return -1;
+    part = strndup(p + 1, (size_t)(q - p - 1));
+    claims = part ? kv_b64url_decode(part, &len) : NULL;
+    free(part);
+    if (claims == NULL)
+        return -1;
+    part = strndup((char *)claims, len);
+    free(claims);
+    doc = part ? json_tokener_parse(part) : NULL;
+    free(part);
+    exp = kv_json_int(doc, "exp", -1);
+    json_object_put(doc);
+    return exp > 0 ? exp - (long long)time(NULL) : -1;
+}
+
+/* access-token-file: a bearer token someone else keeps fresh. */
+static CK_RV fetch_token_file(struct kv_auth *a, char **token,
+                              long long *lifetime)
+{
+    size_t len = 0;
+    char *t = read_file_secret("access-token-file", a->cfg.token_file, &len);
+    long long life;
+
+    if (t == NULL)
+        return CKR_DEVICE_ERROR;
+    if (len == 0) {
+        cmk_error("access-token-file: %s is empty", a->cfg.token_file);
+        secure_free(t, 1);
+        return CKR_DEVICE_ERROR;
+    }
+    life = jwt_lifetime(t);
+    *lifetime = life > 0 ? life : 3600;
+    *token = t;
+    return CKR_OK;
+}
+
+/* True when the token file changed since it was last read. */
+static bool token_file_changed(struct kv_auth *a)
+{
+    struct stat st;
+    bool changed;
+
+    if (stat(a->cfg.token_file, &st) != 0)
+        return true;
+    pthread_mutex_lock(&a->lock);
+    changed = st.st_ino != a->token_file_st.st_ino ||
+              st.st_size != a->token_file_st.st_size ||
+              st.st_mtim.tv_sec != a->token_file_st.st_mtim.tv_sec ||
+              st.st_mtim.tv_nsec != a->token_file_st.st_mtim.tv_nsec;
+    if (changed)
+        a->token_file_st = st;
+    pthread_mutex_unlock(&a->lock);
+    return changed;
 }
 
 static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
@@ -401,22 +791,27 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
                     bool force, int64_t deadline_ms, char **token,
                     long *http_status)
 {
-    int64_t asked = kv_now_ms();
+    /* With force, only a token fetched after this moment will do. */
+    int64_t since = kv_now_ms();
     long long lifetime = 0;
     char *t;
     CK_RV rv;
 
     *http_status = 0;
-    t = cached(a, resource, force, INT64_MAX);
-    if (t != NULL && !force) {
-        *token = t;
-        return CKR_OK;
+    if (a->cfg.method == KV_AUTH_ACCESS_TOKEN_FILE && token_file_changed(a)) {
+        force = true; /* the file was replaced: read it again now */
+        since = INT64_MAX;
     }
-    if (t != NULL)
-        secure_free(t, strlen(t) + 1);
+    if (!force) {
+        t = cached(a, resource, false, 0);
+        if (t != NULL) {
+            *token = t;
+            return CKR_OK;
+        }
+    }
     pthread_mutex_lock(&a->fetch_lock);
     /* Another thread may have fetched one while this one waited. */
-    t = cached(a, resource, force, force ? asked : INT64_MAX);
+    t = cached(a, resource, force, since);
     if (t != NULL) {
         pthread_mutex_unlock(&a->fetch_lock);
         *token = t;
@@ -426,16 +821,22 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
         tenant = a->cfg.tenant_id;
     switch (a->cfg.method) {
     case KV_AUTH_CLIENT_SECRET:
-        rv = fetch_client_secret(a, resource, tenant, deadline_ms, &t,
-                                 &lifetime, http_status);
+    case KV_AUTH_CLIENT_CERTIFICATE:
+    case KV_AUTH_WORKLOAD_IDENTITY:
+        rv = fetch_from_authority(a, resource, tenant, deadline_ms, &t,
+                                  &lifetime, http_status);
         break;
     case KV_AUTH_MANAGED_IDENTITY:
         rv = fetch_managed_identity(a, resource, deadline_ms, &t, &lifetime,
                                     http_status);
         break;
+    case KV_AUTH_AZURE_CLI:
+        rv = fetch_azure_cli(a, resource, deadline_ms, &t, &lifetime);
+        break;
+    case KV_AUTH_ACCESS_TOKEN_FILE:
+        rv = fetch_token_file(a, &t, &lifetime);
+        break;
     default:
-        cmk_error("auth = %s is not available in this build",
-                  kv_auth_method_name(a->cfg.method));
         rv = CKR_DEVICE_ERROR;
         break;
     }

@@ -76,7 +76,16 @@ struct kv_token {
     char *key_type; /* RSA | RSA-HSM */
     char *pin;
     size_t pin_len;
+    /* Circuit breaker, under lock: after KV_CIRCUIT_FAILURES calls in a row
+     * that found the vault unavailable, calls fail fast for
+     * KV_CIRCUIT_OPEN_MS; then one call probes. */
+    int failures;
+    int64_t open_until_ms;
+    bool probing;
 };
+
+#define KV_CIRCUIT_FAILURES 5
+#define KV_CIRCUIT_OPEN_MS  5000
 
 /* ---- configuration ---- */
 
@@ -259,14 +268,14 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
         ac.method = KV_AUTH_CLIENT_SECRET;
     } else if (strcmp(auth, "managed-identity") == 0) {
         ac.method = KV_AUTH_MANAGED_IDENTITY;
-    } else if (strcmp(auth, "client-certificate") == 0 ||
-               strcmp(auth, "workload-identity") == 0 ||
-               strcmp(auth, "azure-cli") == 0 ||
-               strcmp(auth, "access-token-file") == 0) {
-        rv = bad(err, errlen, cfg, "auth",
-                 "this method is not available in this build; use "
-                 "client-secret or managed-identity");
-        goto fail;
+    } else if (strcmp(auth, "client-certificate") == 0) {
+        ac.method = KV_AUTH_CLIENT_CERTIFICATE;
+    } else if (strcmp(auth, "workload-identity") == 0) {
+        ac.method = KV_AUTH_WORKLOAD_IDENTITY;
+    } else if (strcmp(auth, "azure-cli") == 0) {
+        ac.method = KV_AUTH_AZURE_CLI;
+    } else if (strcmp(auth, "access-token-file") == 0) {
+        ac.method = KV_AUTH_ACCESS_TOKEN_FILE;
     } else {
         rv = bad(err, errlen, cfg, "auth",
                  "unknown method (managed-identity, client-secret, "
@@ -274,6 +283,15 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
                  "access-token-file)");
         goto fail;
     }
+    ac.cert_file =
+        (char *)env_or(config_token_get(cfg, "client-certificate-file"),
+                       "AZURE_CLIENT_CERTIFICATE_PATH");
+    ac.cert_password_file =
+        (char *)config_token_get(cfg, "client-certificate-password-file");
+    ac.federated_token_file =
+        (char *)env_or(config_token_get(cfg, "federated-token-file"),
+                       "AZURE_FEDERATED_TOKEN_FILE");
+    ac.token_file = (char *)config_token_get(cfg, "access-token-file");
     /* Keys the file leaves out come from the variables the SDKs read. */
     ac.tenant_id =
         (char *)env_or(config_token_get(cfg, "tenant-id"), "AZURE_TENANT_ID");
@@ -515,6 +533,43 @@ static char *with_api_version(const struct kv_token *kt, const char *path)
                             KV_API_VERSION);
 }
 
+static bool circuit_allows(struct kv_token *kt)
+{
+    int64_t now = kv_now_ms();
+    bool ok = true;
+
+    pthread_mutex_lock(&kt->lock);
+    if (kt->failures >= KV_CIRCUIT_FAILURES) {
+        if (now < kt->open_until_ms || kt->probing)
+            ok = false; /* open: fail fast instead of piling up */
+        else
+            kt->probing = true; /* half-open: this call probes */
+    }
+    pthread_mutex_unlock(&kt->lock);
+    if (!ok)
+        cmk_debug("token %s: circuit open, failing fast", kt->name);
+    return ok;
+}
+
+static void circuit_record(struct kv_token *kt, bool unavailable)
+{
+    pthread_mutex_lock(&kt->lock);
+    kt->probing = false;
+    if (!unavailable) {
+        if (kt->failures >= KV_CIRCUIT_FAILURES)
+            cmk_info("token %s: %s answers again", kt->name, kt->host);
+        kt->failures = 0;
+    } else if (++kt->failures >= KV_CIRCUIT_FAILURES) {
+        kt->open_until_ms = kv_now_ms() + KV_CIRCUIT_OPEN_MS;
+        if (kt->failures == KV_CIRCUIT_FAILURES)
+            cmk_error("token %s: %s failed %d calls in a row; failing fast "
+                      "for %d s before trying again",
+                      kt->name, kt->host, kt->failures,
+                      KV_CIRCUIT_OPEN_MS / 1000);
+    }
+    pthread_mutex_unlock(&kt->lock);
+}
+
 /*
  * One Key Vault call with the whole retry policy: the 401 challenge (once),
  * a refused token (refreshed once), retries of 408/429/5xx and transport
@@ -526,7 +581,7 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
 {
     char *url = with_api_version(kt, path), *token = NULL, *resource = NULL,
          *tenant = NULL;
-    bool challenged = false, refreshed = false;
+    bool challenged = false, refreshed = false, unavailable = false;
     struct kv_request req;
     struct kv_response r;
     int attempt = 0;
@@ -535,6 +590,11 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
     memset(res, 0, sizeof(*res));
     if (url == NULL)
         return CKR_HOST_MEMORY;
+    if (!circuit_allows(kt)) {
+        free(url);
+        c->device_error = 0;
+        return CKR_DEVICE_ERROR;
+    }
     for (;;) {
         long identity_status = 0;
         int64_t left = deadline - kv_now_ms();
@@ -543,6 +603,7 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
             cmk_error("token %s: %s %s: no answer within the deadline",
                       kt->name, method, path);
             rv = CKR_DEVICE_ERROR;
+            unavailable = true;
             break;
         }
         pthread_mutex_lock(&kt->lock);
@@ -634,17 +695,22 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
                 continue;
             }
         }
+        unavailable = retriable(&r);
         if (r.curl != CURLE_OK) {
             cmk_error("token %s: %s is unreachable: %s", kt->name, kt->host,
                       curl_easy_strerror(r.curl));
             rv = CKR_DEVICE_ERROR;
         } else {
+            if (unavailable)
+                cmk_error("token %s: %s answered %ld after %d retries",
+                          kt->name, kt->host, r.status, attempt);
             rv = kv_map_http(r.status, r.body, res->code, sizeof(res->code),
                              res->message, sizeof(res->message));
         }
         kv_response_clear(&r);
         break;
     }
+    circuit_record(kt, unavailable);
     if (token != NULL)
         secure_free(token, strlen(token) + 1);
     free(url);

@@ -81,6 +81,10 @@ struct kv_auth_config {
     char *identity_endpoint; /* App Service: IDENTITY_ENDPOINT */
     char *identity_header;
     char *secret_env; /* AZURE_CLIENT_SECRET, when no file is set */
+    char *cert_file;  /* client-certificate-file: PEM or PKCS#12 */
+    char *cert_password_file;
+    char *federated_token_file;
+    char *token_file; /* access-token-file */
 };
 
 CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
