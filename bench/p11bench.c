@@ -25,7 +25,12 @@
  * with OpenSSL). Any failure is reported on stderr and the exit status is 1.
  *
  * Output, one line per measurement on stdout:
- *   OP THREADS OPS_PER_SECOND
+ *   OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND
+ * OPS_PER_SECOND is wall-clock throughput: all operations of all threads
+ * divided by the time from the common start to the last thread's end.
+ * OPS_PER_CPU_SECOND divides the same count by the CPU time (user + system)
+ * the process used meanwhile; other load on the machine changes it much
+ * less, but it does not show time spent waiting, e.g. for a lock.
  */
 #include "config.h"
 
@@ -38,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -126,7 +132,8 @@ static void usage(void)
             "              (default unwrap,decrypt,sign)\n"
             "  -w WARMUP   untimed operations per thread first (default 20)\n"
             "  -v          details on stderr\n"
-            "output: OP THREADS OPS_PER_SECOND, one line per measurement\n",
+            "output, one line per measurement:\n"
+            "  OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND\n",
             prog);
     exit(2);
 }
@@ -135,6 +142,16 @@ static double elapsed(const struct timespec *a, const struct timespec *b)
 {
     return (double)(b->tv_sec - a->tv_sec) +
            (double)(b->tv_nsec - a->tv_nsec) / 1e9;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static int ts_before(const struct timespec *a, const struct timespec *b)
@@ -519,12 +536,16 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Runs one measurement; returns ops/s, or -1 on a failed operation. */
-static double measure(struct bench *b, unsigned nthreads)
+/*
+ * Runs one measurement; returns ops/s and sets *PER_CPU to ops per CPU
+ * second, or returns -1 on a failed operation.
+ */
+static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
 {
     struct worker w[MAX_THREADS];
     CK_FLAGS flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
     struct timespec t0, t1;
+    double cpu0, cpu;
     unsigned long total = 0;
     unsigned i;
     int failed = 0;
@@ -545,6 +566,7 @@ static double measure(struct bench *b, unsigned nthreads)
             die("pthread_create failed");
     }
     pthread_barrier_wait(&b->start);
+    cpu0 = cpu_seconds();
     if (!b->count) {
         struct timespec d;
 
@@ -556,6 +578,7 @@ static double measure(struct bench *b, unsigned nthreads)
     }
     for (i = 0; i < nthreads; i++)
         pthread_join(w[i].tid, NULL);
+    cpu = cpu_seconds() - cpu0;
     pthread_barrier_destroy(&b->start);
 
     t0 = w[0].t0;
@@ -579,10 +602,11 @@ static double measure(struct bench *b, unsigned nthreads)
         }
     }
     if (b->verbose)
-        fprintf(stderr, "%s: %s x%u: %lu ops in %.3f s\n", prog,
-                op_names[b->op], nthreads, total, elapsed(&t0, &t1));
+        fprintf(stderr, "%s: %s x%u: %lu ops in %.3f s, %.3f s of CPU\n", prog,
+                op_names[b->op], nthreads, total, elapsed(&t0, &t1), cpu);
     if (failed)
         return -1;
+    *per_cpu = cpu > 0 ? (double)total / cpu : 0;
     return elapsed(&t0, &t1) > 0 ? (double)total / elapsed(&t0, &t1) : 0;
 }
 
@@ -708,15 +732,16 @@ int main(int argc, char **argv)
 
     for (i = 0; i < nops; i++) {
         for (j = 0; j < nthreads; j++) {
-            double rate;
+            double rate, per_cpu = 0;
 
             b.op = (enum op)ops[i];
-            rate = measure(&b, threads[j]);
+            rate = measure(&b, threads[j], &per_cpu);
             if (rate < 0) {
                 failed = 1;
                 continue;
             }
-            printf("%s %u %.1f\n", op_names[b.op], threads[j], rate);
+            printf("%s %u %.1f %.1f\n", op_names[b.op], threads[j], rate,
+                   per_cpu);
             fflush(stdout);
         }
     }
