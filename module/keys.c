@@ -387,17 +387,129 @@ static CK_RV map_key_check_rv(CK_RV rv, CK_RV handle_rv, CK_RV type_rv)
     return rv;
 }
 
+/* One unwrap attempt with a key that passed the checks. */
+static CK_RV unwrap_one(struct session *s, struct object *key,
+                        CK_MECHANISM_PTR m, CK_BYTE_PTR wrapped, CK_ULONG wlen,
+                        CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
+                        CK_OBJECT_HANDLE_PTR ph)
+{
+    CK_KEY_TYPE kt = 0;
+    CK_ULONG len = 0, cap, want = 0;
+    unsigned char *value = NULL, *exact;
+    CK_RV rv;
+
+    if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        struct pobj p;
+        memset(&p, 0, sizeof(p));
+        rv = s->token->ops->unwrap
+                 ? s->token->ops->unwrap(&c, key->ref, m, wrapped, wlen, tmpl,
+                                         n, &p)
+                 : CKR_FUNCTION_NOT_SUPPORTED;
+        s->device_error = c.device_error;
+        if (rv == CKR_OK)
+            rv = publish_provider_object(s, &p, ph);
+        return rv;
+    }
+    rv = secret_template_check(s->token, tmpl, n, &kt, &len, false);
+    if (rv != CKR_OK)
+        return rv;
+    cap = mech_is_rsa(m->mechanism) ? rsa_object_bytes(key)
+                                    : softkey_out_bound(m, false, wlen);
+    value = secure_alloc(cap ? cap : 1);
+    if (value == NULL)
+        return CKR_HOST_MEMORY;
+    len = cap;
+    if (key->secret != NULL)
+        rv = softkey_crypt(m, false, key->secret, key->secret_len, wrapped,
+                           wlen, value, &len);
+    else
+        rv = provider_crypt(s, POP_UNWRAP, key, m, wrapped, wlen, value, &len);
+    rv = map_unwrap_rv(rv);
+    /* The template may name a length; the key must have it. */
+    if (rv == CKR_OK &&
+        ((tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &want) == 1 && want != len) ||
+         (kt == CKK_AES && len != 16 && len != 24 && len != 32) || len == 0))
+        rv = CKR_WRAPPED_KEY_INVALID;
+    if (rv == CKR_OK) {
+        exact = secure_dup(value, len);
+        rv = exact ? publish_secret(s, tmpl, n, kt, exact, len, CK_FALSE, ph)
+                   : CKR_HOST_MEMORY;
+    }
+    secure_free(value, cap ? cap : 1);
+    return rv;
+}
+
+/*
+ * Version-aware unwrap: an OAEP blob the current version (the label
+ * object) cannot unwrap may belong to an older version. The key's other
+ * enabled versions are tried, newest first, at most CMK_FALLBACK_MAX.
+ * Never for PKCS#1 v1.5, whose padding can look valid under a wrong key.
+ */
+#define CMK_FALLBACK_MAX 8
+
+static CK_ULONG fallback_versions(struct session *s, struct object *key,
+                                  struct object **out)
+{
+    struct hmap_iter it;
+    unsigned long h;
+    void *v;
+    CK_ATTRIBUTE *name = NULL, *on;
+    long long created[CMK_FALLBACK_MAX];
+    CK_ULONG n = 0, i, j;
+
+    pthread_mutex_lock(&g.mutex);
+    name = attrs_find(&key->attrs, CKA_CMK_KEY_NAME);
+    hmap_iter_init(&it, g.objects);
+    while (name != NULL && hmap_iter_next(&it, &h, &v)) {
+        struct object *o = v;
+        CK_ATTRIBUTE *c;
+        long long when;
+        if (o == key || o->session != 0 || !object_visible_unlocked(s, o) ||
+            attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL) != CKO_PRIVATE_KEY ||
+            !attrs_get_bool(&o->attrs, CKA_UNWRAP, false) ||
+            !attrs_get_bool(&o->attrs, CKA_CMK_ENABLED, false))
+            continue;
+        on = attrs_find(&o->attrs, CKA_CMK_KEY_NAME);
+        if (on == NULL || on->ulValueLen != name->ulValueLen ||
+            memcmp(on->pValue, name->pValue, on->ulValueLen) != 0)
+            continue;
+        c = attrs_find(&o->attrs, CKA_CMK_CREATED);
+        when = 0;
+        if (c != NULL && c->ulValueLen > 0 && c->ulValueLen < 24) {
+            char num[24];
+            memcpy(num, c->pValue, c->ulValueLen);
+            num[c->ulValueLen] = '\0';
+            when = strtoll(num, NULL, 10);
+        }
+        /* Insert, newest first; keep the newest CMK_FALLBACK_MAX. */
+        for (i = 0; i < n && created[i] >= when; i++)
+            ;
+        if (i == CMK_FALLBACK_MAX)
+            continue;
+        if (n == CMK_FALLBACK_MAX)
+            object_unref(out[--n]);
+        for (j = n; j > i; j--) {
+            out[j] = out[j - 1];
+            created[j] = created[j - 1];
+        }
+        out[i] = object_ref(o);
+        created[i] = when;
+        n++;
+    }
+    pthread_mutex_unlock(&g.mutex);
+    return n;
+}
+
 CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                   CK_OBJECT_HANDLE hUnwrappingKey, CK_BYTE_PTR pWrappedKey,
                   CK_ULONG ulWrappedKeyLen, CK_ATTRIBUTE_PTR pTemplate,
                   CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
     struct session *s;
-    struct object *key = NULL;
-    CK_KEY_TYPE kt = 0;
-    CK_ULONG len = 0, cap;
-    unsigned char *value = NULL;
-    CK_RV rv = module_enter();
+    struct object *key = NULL, *others[CMK_FALLBACK_MAX];
+    CK_ULONG n_others = 0, i;
+    CK_RV rv = module_enter(), first;
 
     if (rv != CKR_OK)
         return rv;
@@ -423,66 +535,34 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     if (rv != CKR_OK)
         goto put;
 
-    if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-        struct pobj p;
-        memset(&p, 0, sizeof(p));
-        rv = s->token->ops->unwrap
-                 ? s->token->ops->unwrap(&c, key->ref, pMechanism, pWrappedKey,
-                                         ulWrappedKeyLen, pTemplate,
-                                         ulAttributeCount, &p)
-                 : CKR_FUNCTION_NOT_SUPPORTED;
-        s->device_error = c.device_error;
-        if (rv == CKR_OK)
-            rv = publish_provider_object(s, &p, phKey);
+    rv = unwrap_one(s, key, pMechanism, pWrappedKey, ulWrappedKeyLen, pTemplate,
+                    ulAttributeCount, phKey);
+    if (rv != CKR_WRAPPED_KEY_INVALID ||
+        pMechanism->mechanism != CKM_RSA_PKCS_OAEP ||
+        !s->token->unwrap_fallback ||
+        !object_get_bool(key, CKA_CMK_CURRENT, false))
         goto put;
-    }
-
-    rv = secret_template_check(s->token, pTemplate, ulAttributeCount, &kt, &len,
-                               false);
-    if (rv != CKR_OK)
-        goto put;
-    cap = mech_is_rsa(pMechanism->mechanism)
-              ? rsa_object_bytes(key)
-              : softkey_out_bound(pMechanism, false, ulWrappedKeyLen);
-    value = secure_alloc(cap ? cap : 1);
-    if (value == NULL) {
-        rv = CKR_HOST_MEMORY;
-        goto put;
-    }
-    len = cap;
-    if (key->secret != NULL)
-        rv = softkey_crypt(pMechanism, false, key->secret, key->secret_len,
-                           pWrappedKey, ulWrappedKeyLen, value, &len);
-    else
-        rv = provider_crypt(s, POP_UNWRAP, key, pMechanism, pWrappedKey,
-                            ulWrappedKeyLen, value, &len);
-    rv = map_unwrap_rv(rv);
-    if (rv == CKR_OK) {
-        CK_ULONG want = 0;
-        unsigned char *exact;
-        /* The template may name a length; the key must have it. */
-        if (tmpl_find_ulong(pTemplate, ulAttributeCount, CKA_VALUE_LEN,
-                            &want) == 1 &&
-            want != len)
-            rv = CKR_WRAPPED_KEY_INVALID;
-        else if (kt == CKK_AES && len != 16 && len != 24 && len != 32)
-            rv = CKR_WRAPPED_KEY_INVALID;
-        else if (len == 0)
-            rv = CKR_WRAPPED_KEY_INVALID;
+    first = rv;
+    n_others = fallback_versions(s, key, others);
+    for (i = 0; i < n_others; i++) {
+        rv = unwrap_one(s, others[i], pMechanism, pWrappedKey, ulWrappedKeyLen,
+                        pTemplate, ulAttributeCount, phKey);
         if (rv == CKR_OK) {
-            exact = secure_dup(value, len);
-            secure_free(value, cap ? cap : 1);
-            value = NULL;
-            if (exact == NULL) {
-                rv = CKR_HOST_MEMORY;
-            } else {
-                rv = publish_secret(s, pTemplate, ulAttributeCount, kt, exact,
-                                    len, CK_FALSE, phKey);
-            }
+            CK_ULONG vlen = 0;
+            char *ver = object_get_value(others[i], CKA_CMK_VERSION, &vlen);
+            cmk_info("token %s: the blob was wrapped under an older version "
+                     "(%s); unwrapped with it",
+                     s->token->name, ver ? ver : "?");
+            free(ver);
+            break;
         }
+        if (rv != CKR_WRAPPED_KEY_INVALID)
+            break; /* not a wrong-version answer: stop here */
     }
-    secure_free(value, cap ? cap : 1);
+    if (rv != CKR_OK)
+        rv = first;
+    for (i = 0; i < n_others; i++)
+        object_unref(others[i]);
 put:
     object_unref(key);
     session_put(s);

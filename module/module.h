@@ -38,7 +38,8 @@ struct token {
     void *ptok;
     unsigned pflags;
     struct provider_token_info info;
-    struct pmech *mechs; /* the provider's and the module's own */
+    bool unwrap_fallback; /* unwrap-fallback: try older versions (OAEP) */
+    struct pmech *mechs;  /* the provider's and the module's own */
     CK_ULONG n_mechs;
     /* under g.mutex: */
     bool logged_in;

@@ -149,6 +149,12 @@ CK_RV token_setup(struct token *t, const struct config_token *ct)
     if (t->name == NULL || t->by_uid == NULL)
         return CKR_HOST_MEMORY;
     /* Keys every back end shares. */
+    t->unwrap_fallback = true;
+    if (config_token_get_bool(ct, "unwrap-fallback", &t->unwrap_fallback, err,
+                              sizeof(err)) < 0) {
+        cmk_error("%s", err);
+        return CKR_GENERAL_ERROR;
+    }
     (void)config_token_get(ct, "certificates");
     rv = t->ops->open(ct, &t->ptok, &t->pflags, err, sizeof(err));
     if (rv != CKR_OK) {

@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""Version-aware unwrap on both back ends: wrap under version 1, rotate,
+wrap under version 2; both blobs unwrap through the label object, each
+through its own version's object, and a PKCS#1 v1.5 blob of version 1
+does not unwrap through the label object (no fallback for v1.5)."""
+import os
+import subprocess
+
+from kvtest import (Tap, PyKCS11, find, ckr, aes_template, OAEP256, OAEP1,
+                    PKCS1, emulator_config, write_private, APP_SECRET)
+from taplib import Emu
+
+P = PyKCS11
+t = Tap()
+srcdir = os.environ.get("top_srcdir", ".")
+emu = Emu(emulator_config())
+work = emu.dir
+
+# A SoftHSM token for the hsm back end.
+hsmdir = os.path.join(work, "softhsm")
+st = subprocess.run(["sh", os.path.join(srcdir, "tests", "softhsm-init.sh"),
+                     hsmdir], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+t.ok(st.returncode == 0, "a SoftHSM token for the run", st.stderr.decode())
+os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+
+secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
+emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
+conf = """[cmkp11]
+log-level = info
+log-file = {work}/cmkp11.log
+
+[token local]
+backend = hsm
+module = /usr/lib/softhsm/libsofthsm2.so
+token-label = cmk
+pin-file = {work}/pin
+
+[token kv]
+backend = keyvault
+vault-url = {url}
+ca-file = {ca}
+auth = client-secret
+tenant-id = {tenant}
+client-id = {cid}
+client-secret-file = {secret}
+authority-host = {auth}
+""".format(work=work, url=emu.vault_url, ca=emu.ca, tenant=emu.env["AZURE_TENANT_ID"],
+           cid=emu.env["AZURE_CLIENT_ID"], secret=secret,
+           auth=emu.env["AZURE_AUTHORITY_HOST"])
+write_private(os.path.join(work, "pin"), "1234\n")
+os.environ["CMKP11_CONF"] = write_private(os.path.join(work, "cmkp11.conf"), conf)
+
+lib = P.PyKCS11Lib()
+lib.load(os.environ.get("CMKP11_MODULE") or
+         os.path.join(os.environ.get("top_builddir", "."), ".libs", "cmkp11.so"))
+
+
+def session(label):
+    for slot in lib.getSlotList(tokenPresent=True):
+        if lib.getTokenInfo(slot).label.strip() == label:
+            return lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+    raise RuntimeError(label)
+
+
+def wrap(ses, pub, mech):
+    dek = ses.generateKey(aes_template(sensitive=False, extractable=True) +
+                          [(P.CKA_VALUE_LEN, 32)])
+    value = bytes(ses.getAttributeValue(dek, [P.CKA_VALUE])[0])
+    return bytes(ses.wrapKey(pub, dek, mech)), value
+
+
+def unwraps_to(ses, priv, blob, mech, value):
+    try:
+        h = ses.unwrapKey(priv, blob, aes_template(sensitive=False, extractable=True),
+                          mech)
+    except P.PyKCS11Error as e:
+        return e.value
+    got = bytes(ses.getAttributeValue(h, [P.CKA_VALUE])[0])
+    return 0 if got == value else "different key"
+
+
+for tok in ("local", "kv"):
+    ses = session(tok)
+    pub1 = find(ses, P.CKO_PUBLIC_KEY, "kek")[0]
+    priv1 = find(ses, P.CKO_PRIVATE_KEY, "kek")[0]
+    id1 = bytes(ses.getAttributeValue(priv1, [P.CKA_ID])[0])
+    blob1, v1 = wrap(ses, pub1, OAEP256)
+    blob1s, v1s = wrap(ses, pub1, OAEP1)
+    blob1p, v1p = wrap(ses, pub1, PKCS1)
+
+    pub2, priv2 = ses.generateKeyPair(
+        [(P.CKA_LABEL, "kek"), (P.CKA_TOKEN, True)],
+        [(P.CKA_LABEL, "kek"), (P.CKA_TOKEN, True)],
+        P.MechanismRSAGENERATEKEYPAIR)
+    id2 = bytes(ses.getAttributeValue(priv2, [P.CKA_ID])[0])
+    t.ok(id2 != id1, "%s: rotate makes a new version" % tok)
+    label_priv = find(ses, P.CKO_PRIVATE_KEY, "kek")
+    t.eq([bytes(ses.getAttributeValue(o, [P.CKA_ID])[0]) for o in label_priv], [id2],
+         "%s: the label object is the new version" % tok)
+    label_pub = find(ses, P.CKO_PUBLIC_KEY, "kek")[0]
+    blob2, v2 = wrap(ses, label_pub, OAEP256)
+    label_priv = label_priv[0]
+
+    t.eq(unwraps_to(ses, label_priv, blob2, OAEP256, v2), 0,
+         "%s: a version-2 blob unwraps through the label object" % tok)
+    t.eq(unwraps_to(ses, label_priv, blob1, OAEP256, v1), 0,
+         "%s: a version-1 OAEP-SHA256 blob unwraps through the label object "
+         "(fallback)" % tok)
+    t.eq(unwraps_to(ses, label_priv, blob1s, OAEP1, v1s), 0,
+         "%s: a version-1 OAEP-SHA1 blob too" % tok)
+    old = find(ses, P.CKO_PRIVATE_KEY, id=id1)
+    t.eq(len(old), 1, "%s: version 1 is found by its CKA_ID" % tok)
+    t.eq(unwraps_to(ses, old[0], blob1, OAEP256, v1), 0,
+         "%s: the version-1 blob unwraps through version 1's object" % tok)
+    t.eq(unwraps_to(ses, priv1, blob1, OAEP256, v1), 0,
+         "%s: and through the handle taken before the rotation" % tok)
+    t.eq(unwraps_to(ses, priv2, blob2, OAEP256, v2), 0,
+         "%s: the version-2 blob through version 2's object" % tok)
+    t.eq(unwraps_to(ses, old[0], blob2, OAEP256, v2), P.CKR_WRAPPED_KEY_INVALID,
+         "%s: a version's own object does not fall back" % tok)
+    r = unwraps_to(ses, label_priv, blob1p, PKCS1, v1p)
+    t.ok(r != 0, "%s: a PKCS#1 v1.5 blob of version 1 does not unwrap through "
+         "the label object (got %r)" % (tok, r))
+    t.eq(unwraps_to(ses, old[0], blob1p, PKCS1, v1p), 0,
+         "%s: it does through version 1's object" % tok)
+    label = ses.getAttributeValue(old[0], [P.CKA_LABEL])[0]
+    t.ok(label.startswith("kek@"), "%s: version 1 is labelled %s" % (tok, label))
+    ses.closeSession()
+
+with open(os.path.join(work, "cmkp11.log")) as f:
+    t.ok("older version" in f.read(), "the log says an older version unwrapped")
