@@ -98,6 +98,33 @@ class KvSetup:
                  self.emu.info["KVEMU_IMDS"]
         return s + extra
 
+    @classmethod
+    def started(cls, config=None, emu_args=()):
+        """The emulator only; write_conf() once its URLs are known."""
+        self = cls.__new__(cls)
+        self.emu = Emu(config or emulator_config(), extra_args=emu_args)
+        self.dir = self.emu.dir
+        self.app_secret = write_private(os.path.join(self.dir, "app.secret"),
+                                        APP_SECRET + "\n")
+        self.reader_secret = write_private(
+            os.path.join(self.dir, "reader.secret"), READER_SECRET + "\n")
+        self.lib = None
+        return self
+
+    def write_conf(self, tokens, refresh=60, log_level="info"):
+        """tokens: [(name, body)]; sets CMKP11_CONF; returns the path."""
+        text = "[cmkp11]\nlog-level = %s\nlog-file = %s\n" \
+               "refresh-interval = %d\n" % (
+                   log_level, os.path.join(self.dir, "cmkp11.log"), refresh)
+        for name, body in tokens:
+            text += "\n[token %s]\n%s" % (name, body)
+        self.conf = write_private(os.path.join(self.dir, "cmkp11.conf"), text)
+        os.environ["CMKP11_CONF"] = self.conf
+        return self.conf
+
+    def counters(self):
+        return self.emu.admin("GET", "counters")
+
     def load(self):
         self.lib = PyKCS11.PyKCS11Lib()
         self.lib.load(MODULE)
@@ -123,6 +150,23 @@ class KvSetup:
                 return f.read()
         except OSError:
             return ""
+
+
+def count(counters, route, status=None, identity=None):
+    """Requests to a route (kvemu:unwrapKey, login:token ...) in a
+    counters snapshot, optionally with one status or from one identity."""
+    if identity is not None:
+        return counters.get("by_identity_route", {}).get(identity, {}).get(
+            route, 0)
+    by = counters.get("by_route_status", {}).get(route, {})
+    if status is None:
+        return sum(by.values())
+    return by.get(str(status), 0)
+
+
+def delta(before, after, route, status=None, identity=None):
+    return count(after, route, status, identity) - \
+        count(before, route, status, identity)
 
 
 def find(session, cls, label=None, id=None):
@@ -160,3 +204,35 @@ def aes_template(sensitive=True, extractable=False, token=False):
 OAEP1 = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA_1, PyKCS11.CKG_MGF1_SHA1)
 OAEP256 = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA256, PyKCS11.CKG_MGF1_SHA256)
 PKCS1 = PyKCS11.MechanismRSAPKCS1
+
+CKA_CMK_VERSION = PyKCS11.CKA_VENDOR_DEFINED | 0x434D0004
+CKA_CMK_KEY_TYPE = PyKCS11.CKA_VENDOR_DEFINED | 0x434D000B
+
+
+def public_key(session, obj):
+    """The python3-cryptography public key of a public-key object."""
+    from cryptography.hazmat.primitives import serialization
+    return serialization.load_der_public_key(bytes(session.getAttributeValue(
+        obj, [PyKCS11.CKA_PUBLIC_KEY_INFO])[0]))
+
+
+def wrap_oaep256(pk, data):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    return pk.encrypt(data, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()),
+                                         algorithm=hashes.SHA256(), label=None))
+
+
+def unwrap(session, priv, pk):
+    """Wraps a fresh data key under pk (outside the module) and unwraps it
+    through priv. Returns the CKR; CKR_OK only when the value matches."""
+    dek = os.urandom(32)
+    try:
+        h = session.unwrapKey(priv, wrap_oaep256(pk, dek),
+                              aes_template(sensitive=False, extractable=True),
+                              OAEP256)
+        val = bytes(session.getAttributeValue(h, [PyKCS11.CKA_VALUE])[0])
+        session.destroyObject(h)
+    except PyKCS11.PyKCS11Error as e:
+        return e.value
+    return 0 if val == dek else -1
