@@ -19,6 +19,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "audit.h"
 #include "crypto.h"
 #include "rsa.h"
 #include "secure.h"
@@ -429,7 +430,10 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
             return CKR_HOST_MEMORY;
         }
         len = cap;
+        s->device_error = 0;
         rv = op_run(s, op, kind, in, inlen, res, &len);
+        audit_record(s, op->key, op_spec[kind].name, op->mech.mechanism, rv,
+                     s->device_error);
         if (rv != CKR_OK) {
             secure_free(res, cap ? cap : 1);
             op_end(op);
@@ -818,6 +822,8 @@ CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
     else
         rv =
             verify_run(op, pData, ulDataLen, false, pSignature, ulSignatureLen);
+    if (rv != CKR_OPERATION_ACTIVE && rv != CKR_ARGUMENTS_BAD)
+        audit_record(s, op->key, "verify", op->mech.mechanism, rv, 0);
     if (rv != CKR_OPERATION_ACTIVE)
         op_end(op);
     op_done(s);
@@ -862,6 +868,8 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
         rv = CKR_ARGUMENTS_BAD;
     else
         rv = verify_run(op, NULL, 0, true, pSignature, ulSignatureLen);
+    if (rv != CKR_ARGUMENTS_BAD)
+        audit_record(s, op->key, "verify", op->mech.mechanism, rv, 0);
     op_end(op);
     op_done(s);
     return rv;

@@ -11,6 +11,7 @@
 
 #include <openssl/rand.h>
 
+#include "audit.h"
 #include "crypto.h"
 #include "rsa.h"
 #include "secure.h"
@@ -398,6 +399,7 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
     unsigned char *value = NULL, *exact;
     CK_RV rv;
 
+    s->device_error = 0;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
@@ -407,6 +409,7 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
                                          n, &p)
                  : CKR_FUNCTION_NOT_SUPPORTED;
         s->device_error = c.device_error;
+        audit_record(s, key, "unwrap", m->mechanism, rv, c.device_error);
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, ph);
         return rv;
@@ -426,6 +429,8 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
     else
         rv = provider_crypt(s, POP_UNWRAP, key, m, wrapped, wlen, value, &len);
     rv = map_unwrap_rv(rv);
+    audit_record(s, key, "unwrap", m->mechanism, rv,
+                 key->secret != NULL ? 0 : s->device_error);
     /* The template may name a length; the key must have it. */
     if (rv == CKR_OK &&
         ((tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &want) == 1 && want != len) ||
@@ -625,6 +630,9 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                                        pWrappedKey, pulWrappedKeyLen)
                  : CKR_KEY_NOT_WRAPPABLE;
         s->device_error = c.device_error;
+        if (pWrappedKey != NULL)
+            audit_record(s, wkey, "wrap", pMechanism->mechanism, rv,
+                         c.device_error);
         goto put;
     }
     cap = mech_is_rsa(pMechanism->mechanism)
@@ -659,6 +667,9 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     } else {
         rv = CKR_WRAPPING_KEY_TYPE_INCONSISTENT;
     }
+    audit_record(s, wkey, "wrap", pMechanism->mechanism, rv,
+                 (s->token->pflags & PROVIDER_LOCAL_PUBLIC) ? 0
+                                                            : s->device_error);
     if (rv != CKR_OK)
         goto put;
     if (*pulWrappedKeyLen < len) {
@@ -757,6 +768,14 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         if (*phPublicKey != CK_INVALID_HANDLE &&
             *phPrivateKey != CK_INVALID_HANDLE)
             rv = CKR_OK;
+    }
+    if (rv == CKR_OK && audit_enabled()) {
+        struct object *o;
+        if (object_get(s, *phPrivateKey, &o) == CKR_OK) {
+            audit_record(s, o, "generate", pMechanism->mechanism, rv,
+                         s->device_error);
+            object_unref(o);
+        }
     }
 put:
     free(uid_pub);
