@@ -1,0 +1,300 @@
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keys.h"
+#include "out.h"
+
+static void version_clear(struct tversion *v)
+{
+    free(v->label);
+    free(v->version);
+    free(v->backend);
+    free(v->source);
+    free(v->recovery);
+    free(v->key_ops);
+    free(v->key_type);
+    free(v->created);
+    free(v->updated);
+    free(v->not_before);
+    free(v->expires);
+    free(v->id);
+    memset(v, 0, sizeof(*v));
+}
+
+void tkeys_free(struct tkeys *k)
+{
+    size_t i, j;
+
+    for (i = 0; i < k->n; i++) {
+        for (j = 0; j < k->k[i].n; j++)
+            version_clear(&k->k[i].v[j]);
+        free(k->k[i].v);
+        free(k->k[i].name);
+    }
+    free(k->k);
+    memset(k, 0, sizeof(*k));
+}
+
+static struct tkey *key_get(struct tkeys *k, const char *name)
+{
+    struct tkey *nk;
+    size_t i;
+
+    for (i = 0; i < k->n; i++)
+        if (strcmp(k->k[i].name, name) == 0)
+            return &k->k[i];
+    nk = realloc(k->k, (k->n + 1) * sizeof(*nk));
+    if (nk == NULL)
+        return NULL;
+    k->k = nk;
+    memset(&nk[k->n], 0, sizeof(*nk));
+    nk[k->n].name = strdup(name);
+    if (nk[k->n].name == NULL)
+        return NULL;
+    return &nk[k->n++];
+}
+
+/* Adds object h (of class cls) to its version, creating the version from
+ * the object's attributes the first time. */
+static int add_object(struct tmod *m, CK_SESSION_HANDLE s, struct tkeys *k,
+                      CK_OBJECT_HANDLE h, CK_OBJECT_CLASS cls)
+{
+    char *name = tattr_string(m, s, h, CKA_CMK_KEY_NAME);
+    size_t id_len = 0, i;
+    unsigned char *id = NULL;
+    struct tversion *v = NULL, *nv;
+    struct tkey *key;
+    int r = -1;
+
+    if (name == NULL)
+        return 0; /* not one of the module's key objects */
+    id = tattr_bytes(m, s, h, CKA_ID, &id_len);
+    key = key_get(k, name);
+    if (key == NULL)
+        goto out;
+    for (i = 0; i < key->n; i++)
+        if (key->v[i].id_len == id_len &&
+            (id_len == 0 || memcmp(key->v[i].id, id, id_len) == 0))
+            v = &key->v[i];
+    if (v == NULL) {
+        nv = realloc(key->v, (key->n + 1) * sizeof(*nv));
+        if (nv == NULL)
+            goto out;
+        key->v = nv;
+        v = &nv[key->n++];
+        memset(v, 0, sizeof(*v));
+        v->id = id;
+        v->id_len = id_len;
+        id = NULL;
+        v->label = tattr_string(m, s, h, CKA_LABEL);
+        v->version = tattr_string(m, s, h, CKA_CMK_VERSION);
+        v->backend = tattr_string(m, s, h, CKA_CMK_BACKEND);
+        v->source = tattr_string(m, s, h, CKA_CMK_SOURCE);
+        v->recovery = tattr_string(m, s, h, CKA_CMK_RECOVERY);
+        v->key_ops = tattr_string(m, s, h, CKA_CMK_KEY_OPS);
+        v->key_type = tattr_string(m, s, h, CKA_CMK_KEY_TYPE);
+        v->created = tattr_string(m, s, h, CKA_CMK_CREATED);
+        v->updated = tattr_string(m, s, h, CKA_CMK_UPDATED);
+        v->not_before = tattr_string(m, s, h, CKA_CMK_NOT_BEFORE);
+        v->expires = tattr_string(m, s, h, CKA_CMK_EXPIRES);
+        v->enabled = tattr_bool(m, s, h, CKA_CMK_ENABLED, NULL);
+        v->current = tattr_bool(m, s, h, CKA_CMK_CURRENT, NULL);
+        v->bits = tattr_ulong(m, s, h, CKA_MODULUS_BITS, NULL);
+        v->min_bits = tattr_ulong(m, s, h, CKA_CMK_MIN_BITS, NULL);
+    }
+    if (cls == CKO_PRIVATE_KEY)
+        v->priv = h;
+    else
+        v->pub = h;
+    r = 0;
+out:
+    free(name);
+    free(id);
+    return r;
+}
+
+static CK_RV find_class(struct tmod *m, CK_SESSION_HANDLE s, struct tkeys *k,
+                        CK_OBJECT_CLASS cls)
+{
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+    };
+    CK_OBJECT_HANDLE *all = NULL, *na, buf[64];
+    CK_ULONG got, n = 0, i;
+    CK_RV rv;
+
+    rv = m->f->C_FindObjectsInit(s, tmpl, CMK_ARRAY_SIZE(tmpl));
+    if (rv != CKR_OK)
+        return rv;
+    for (;;) {
+        rv = m->f->C_FindObjects(s, buf, CMK_ARRAY_SIZE(buf), &got);
+        if (rv != CKR_OK || got == 0)
+            break;
+        na = realloc(all, (n + got) * sizeof(*na));
+        if (na == NULL) {
+            rv = CKR_HOST_MEMORY;
+            break;
+        }
+        all = na;
+        memcpy(all + n, buf, got * sizeof(*buf));
+        n += got;
+    }
+    m->f->C_FindObjectsFinal(s);
+    /* Attributes are read after the search: some modules refuse other
+     * calls on a session while a search is active. */
+    for (i = 0; rv == CKR_OK && i < n; i++)
+        if (add_object(m, s, k, all[i], cls) < 0)
+            rv = CKR_HOST_MEMORY;
+    free(all);
+    return rv;
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp(((const struct tkey *)a)->name,
+                  ((const struct tkey *)b)->name);
+}
+
+static int cmp_version(const void *a, const void *b)
+{
+    const struct tversion *x = a, *y = b;
+    long long cx = out_epoch(x->created), cy = out_epoch(y->created);
+
+    if (x->current != y->current)
+        return x->current ? -1 : 1;
+    if (cx != cy)
+        return cx > cy ? -1 : 1;
+    return strcmp(x->version ? x->version : "", y->version ? y->version : "");
+}
+
+CK_RV tkeys_load(struct tmod *m, struct ttoken *t, struct tkeys *out)
+{
+    CK_RV rv;
+    size_t i;
+
+    memset(out, 0, sizeof(*out));
+    rv = find_class(m, t->sess, out, CKO_PRIVATE_KEY);
+    if (rv == CKR_OK)
+        rv = find_class(m, t->sess, out, CKO_PUBLIC_KEY);
+    if (rv != CKR_OK)
+        return rv;
+    qsort(out->k, out->n, sizeof(*out->k), cmp_key);
+    for (i = 0; i < out->n; i++) {
+        struct tkey *key = &out->k[i];
+        size_t j;
+        for (j = 0; j < key->n; j++)
+            key->v[j].state_unknown = key->v[j].priv == 0 &&
+                                      (t->pin_missing || !t->logged_in) &&
+                                      (t->info.flags & CKF_LOGIN_REQUIRED);
+        qsort(key->v, key->n, sizeof(*key->v), cmp_version);
+    }
+    return CKR_OK;
+}
+
+/* Whether the URI matches one of the version's objects. */
+static bool uri_matches(const struct tsel *s, const struct tversion *v)
+{
+    CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+    CK_OBJECT_HANDLE handles[] = {v->priv, v->pub};
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(classes); i++) {
+        CK_ATTRIBUTE a[3] = {
+            {CKA_CLASS, &classes[i], sizeof(classes[i])},
+            {CKA_ID, v->id, v->id_len},
+            {CKA_LABEL, v->label, v->label ? strlen(v->label) : 0},
+        };
+        if (handles[i] == 0)
+            continue;
+        if (p11_kit_uri_match_attributes(s->uri, a, CMK_ARRAY_SIZE(a)) == 1)
+            return true;
+    }
+    return false;
+}
+
+size_t tkeys_select(struct tkeys *k, const struct tsel *s)
+{
+    size_t i, j, n = 0;
+    bool any;
+
+    for (i = 0; i < k->n; i++) {
+        struct tkey *key = &k->k[i];
+        any = false;
+        for (j = 0; j < key->n; j++) {
+            struct tversion *v = &key->v[j];
+            if (s->uri != NULL && tsel_has_object(s))
+                v->matched = uri_matches(s, v);
+            else if (s->name != NULL)
+                v->matched = strcmp(key->name, s->name) == 0;
+            else
+                v->matched = true;
+            any |= v->matched;
+        }
+        n += any;
+    }
+    return n;
+}
+
+struct tversion *tkey_current(struct tkey *key)
+{
+    size_t i;
+
+    for (i = 0; i < key->n; i++)
+        if (key->v[i].current)
+            return &key->v[i];
+    return NULL;
+}
+
+struct tversion *tkey_selected(struct tkey *key)
+{
+    struct tversion *cur = tkey_current(key);
+    size_t i;
+
+    if (cur != NULL && cur->matched)
+        return cur;
+    for (i = 0; i < key->n; i++)
+        if (key->v[i].matched)
+            return &key->v[i];
+    return NULL;
+}
+
+void tversion_id_hex(const struct tversion *v, char *out, size_t len)
+{
+    size_t i;
+
+    if (len == 0)
+        return;
+    out[0] = '\0';
+    for (i = 0; i < v->id_len && 2 * i + 2 < len; i++)
+        snprintf(out + 2 * i, 3, "%02x", v->id[i]);
+}
+
+bool tops_has(const char *ops, const char *op)
+{
+    size_t n = strlen(op);
+    const char *p = ops;
+
+    if (ops == NULL)
+        return false;
+    while (*p != '\0') {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        while (len > 0 && *p == ' ') {
+            p++;
+            len--;
+        }
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (len == n && strncmp(p, op, n) == 0)
+            return true;
+        if (e == NULL)
+            break;
+        p = e + 1;
+    }
+    return false;
+}

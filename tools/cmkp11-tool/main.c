@@ -1,0 +1,205 @@
+/*
+ * cmkp11-tool: the tasks a person does by hand with customer-managed keys,
+ * through the cmkp11 module only (PKCS#11 calls and vendor attributes).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool.h"
+
+#ifndef CMKP11_DEFAULT_MODULE
+#define CMKP11_DEFAULT_MODULE "cmkp11.so"
+#endif
+
+struct command {
+    const char *name;
+    tool_cmd_fn fn;
+    int min_args, max_args; /* operands after the command's name */
+    const char *usage;
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"list", cmd_list, 0, 1, "list [TOKEN]",
+     "tokens, keys and versions: back end, state, dates, type and size"},
+};
+
+void tool_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("cmkp11-tool: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void usage(FILE *f)
+{
+    size_t i;
+
+    fprintf(f, "Usage: cmkp11-tool [OPTION...] COMMAND [ARG...]\n\n"
+               "Commands:\n");
+    for (i = 0; i < CMK_ARRAY_SIZE(commands); i++)
+        fprintf(f, "  %-22s %s\n", commands[i].usage, commands[i].summary);
+    fprintf(f,
+            "\nTOKEN is a token label or a pkcs11: URI (RFC 7512); KEY is a "
+            "key name or a\npkcs11: URI.\n\n"
+            "Options:\n"
+            "  --module PATH       the PKCS#11 module (default %s)\n"
+            "  --pin PIN           the token's user PIN, when it requires a "
+            "login\n"
+            "  --pin-file FILE     read the PIN from FILE (not writable by "
+            "group or others)\n"
+            "  --json              print JSON instead of text\n"
+            "  --min-key-bits N    the smallest RSA size check accepts "
+            "(default: the\n"
+            "                      module's min-key-bits where it shows it, "
+            "else 2048)\n"
+            "  -h, --help          show this help and exit\n"
+            "  -V, --version       show the version and exit\n\n"
+            "Exit status: 0 ok, 1 failed (or a check failed), 2 usage.\n"
+            "See cmkp11-tool(1).\n",
+            CMKP11_DEFAULT_MODULE);
+}
+
+static const struct command *find_command(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(commands); i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+enum {
+    OPT_MODULE = 256,
+    OPT_PIN,
+    OPT_PIN_FILE,
+    OPT_JSON,
+    OPT_MIN_BITS,
+};
+
+static int parse_long_arg(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"module", required_argument, NULL, OPT_MODULE},
+        {"pin", required_argument, NULL, OPT_PIN},
+        {"pin-file", required_argument, NULL, OPT_PIN_FILE},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"min-key-bits", required_argument, NULL, OPT_MIN_BITS},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    struct tool_opts o;
+    const struct command *cmd;
+    const char *pin_file = NULL;
+    struct tmod m;
+    int c, nargs, status = TOOL_USAGE;
+
+    memset(&o, 0, sizeof(o));
+    o.module = CMKP11_DEFAULT_MODULE;
+    while ((c = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_MODULE:
+            o.module = optarg;
+            break;
+        case OPT_PIN:
+            if (tpin_from_arg(&o.pin, optarg) < 0)
+                goto out;
+            break;
+        case OPT_PIN_FILE:
+            pin_file = optarg;
+            break;
+        case OPT_JSON:
+            o.json = true;
+            break;
+        case OPT_MIN_BITS:
+            if (parse_long_arg(optarg, 512, 16384, &o.min_key_bits) < 0) {
+                tool_error("--min-key-bits: a number of bits from 512 to "
+                           "16384, not '%s'",
+                           optarg);
+                goto out;
+            }
+            break;
+        case 'h':
+            usage(stdout);
+            status = TOOL_OK;
+            goto out;
+        case 'V':
+            printf("cmkp11-tool (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+            status = TOOL_OK;
+            goto out;
+        default:
+            fputs("Try 'cmkp11-tool --help'.\n", stderr);
+            goto out;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        goto out;
+    }
+    if (strcmp(argv[optind], "help") == 0) {
+        usage(stdout);
+        status = TOOL_OK;
+        goto out;
+    }
+    cmd = find_command(argv[optind]);
+    if (cmd == NULL) {
+        tool_error("unknown command '%s'; try 'cmkp11-tool --help'",
+                   argv[optind]);
+        goto out;
+    }
+    nargs = argc - optind - 1;
+    if (nargs < cmd->min_args || nargs > cmd->max_args) {
+        tool_error("usage: cmkp11-tool [OPTION...] %s", cmd->usage);
+        goto out;
+    }
+    for (c = optind + 1; c < argc; c++) {
+        struct tsel sel;
+        if (tsel_parse(&sel, argv[c]) < 0)
+            goto out; /* a malformed URI is a usage error */
+        tsel_clear(&sel);
+    }
+    if (pin_file != NULL && o.pin.value != NULL) {
+        tool_error("give --pin or --pin-file, not both");
+        goto out;
+    }
+    if (pin_file != NULL && tpin_from_file(&o.pin, pin_file) < 0) {
+        status = TOOL_FAILED;
+        goto out;
+    }
+    if (tmod_load(&m, o.module) < 0) {
+        status = TOOL_FAILED;
+        goto out;
+    }
+    status = cmd->fn(&m, &o, nargs + 1, argv + optind);
+    tmod_unload(&m);
+out:
+    tpin_free(&o.pin);
+    if (fflush(stdout) != 0 && status == TOOL_OK)
+        status = TOOL_FAILED;
+    return status;
+}

@@ -1,0 +1,56 @@
+/*
+ * cmkp11-tool: what the commands share. Each command is one file
+ * (cmd-NAME.c) with one entry point listed in main.c's command table.
+ */
+#ifndef CMKP11_TOOL_H
+#define CMKP11_TOOL_H
+
+#include <stdbool.h>
+
+#include "p11.h"
+
+/* Exit statuses. */
+#define TOOL_OK     0
+#define TOOL_FAILED 1
+#define TOOL_USAGE  2
+
+/* Options common to every command. */
+struct tool_opts {
+    const char *module; /* --module */
+    struct tpin pin;    /* --pin / --pin-file */
+    bool json;          /* --json */
+    long min_key_bits;  /* --min-key-bits, 0 when not given */
+};
+
+/* A command: argv[0] is the command's name; returns an exit status. */
+typedef int (*tool_cmd_fn)(struct tmod *m, const struct tool_opts *o, int argc,
+                           char **argv);
+
+int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
+int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
+int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc,
+               char **argv);
+
+struct jw;
+struct tversion;
+struct tkey;
+struct ttoken;
+
+/* A version as a JSON object (list and rotate print the same shape). */
+void tool_version_json(struct jw *w, const struct tversion *v);
+/* The columns list prints for a version (cmd-list.c). */
+#define TOOL_VERSION_COLS 9
+extern const char *const tool_version_headers[TOOL_VERSION_COLS];
+/* Fills cells (TOOL_VERSION_COLS of them) for key's version v; the strings
+ * live in buf, of at least TOOL_VERSION_BUF bytes. */
+#define TOOL_VERSION_BUF 256
+void tool_version_cells(const struct tkey *key, const struct tversion *v,
+                        const char **cells, char *buf);
+/* "CKR_X" or "CKR_X (HTTP 403)" / "CKR_X (device error 5)". */
+const char *tool_rv_text(const struct ttoken *t, CK_RV rv, CK_ULONG dev,
+                         char *buf, size_t len);
+
+/* Messages on stderr, prefixed with the program's name. */
+void tool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
