@@ -266,6 +266,19 @@ static CK_ULONG op_bound(struct op *op, enum op_kind kind, CK_ULONG inlen)
     return inlen + 32;
 }
 
+CK_RV provider_check_public(struct session *s, struct object *key, bool wrap)
+{
+    const struct provider_ops *ops = s->token->ops;
+    struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+    CK_RV rv;
+
+    if (ops->check_public == NULL || key->ref == NULL)
+        return CKR_OK;
+    rv = ops->check_public(&c, key->ref, wrap);
+    s->device_error = c.device_error;
+    return rv;
+}
+
 CK_RV provider_check_mechanism(struct session *s, enum pop op,
                                const CK_MECHANISM *m)
 {
@@ -333,6 +346,9 @@ static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
                                  in, inlen, out, outlen);
         if (mech_is_rsa(op->mech.mechanism) &&
             (s->token->pflags & PROVIDER_LOCAL_PUBLIC)) {
+            CK_RV rv = provider_check_public(s, key, false);
+            if (rv != CKR_OK)
+                return rv;
             pk = rsa_object_pkey(key);
             if (pk == NULL)
                 return CKR_GENERAL_ERROR;

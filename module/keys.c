@@ -648,7 +648,11 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         goto put;
     }
     len = cap;
-    if (mech_is_rsa(pMechanism->mechanism)) {
+    if (mech_is_rsa(pMechanism->mechanism) &&
+        (s->token->pflags & PROVIDER_LOCAL_PUBLIC) &&
+        (rv = provider_check_public(s, wkey, true)) != CKR_OK) {
+        /* The version can no longer be used: no local wrap either. */
+    } else if (mech_is_rsa(pMechanism->mechanism)) {
         EVP_PKEY *pk = rsa_object_pkey(wkey);
         if (!(s->token->pflags & PROVIDER_LOCAL_PUBLIC))
             rv = provider_crypt(s, POP_ENCRYPT, wkey, pMechanism, key->secret,

@@ -98,6 +98,12 @@ struct provider_ops {
     /* Releases a reference from a pobj. */
     void (*ref_free)(void *tok, void *ref);
 
+    /* Optional: before a local public-key operation (a wrap, or with
+     * wrap false an encryption) the provider confirms the version may
+     * still be used, refreshing what it knows when that is older than
+     * refresh-interval, so a revoked key stops being used locally too. */
+    CK_RV (*check_public)(struct pcall *c, void *key, bool wrap);
+
     /* Optional: refuses at C_*Init what the back end cannot express
      * (CKR_MECHANISM_PARAM_INVALID), with the mechanism crypt() will get. */
     CK_RV (*check_mechanism)(void *tok, enum pop op, const CK_MECHANISM *mech);

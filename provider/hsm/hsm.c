@@ -1612,6 +1612,31 @@ static CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
     return rv;
 }
 
+/* A version disabled (usage flags cleared) or deleted in the lower token
+ * stops local wraps and encryptions at once. */
+static CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
+{
+    struct hsm_token *ht = c->tok;
+    CK_OBJECT_HANDLE priv = ref_handle(ht, key, true);
+    CK_BBOOL unw = CK_FALSE, dec = CK_FALSE;
+    CK_ATTRIBUTE a[] = {
+        {CKA_UNWRAP, &unw, sizeof(unw)},
+        {CKA_DECRYPT, &dec, sizeof(dec)},
+    };
+    CK_RV rv;
+
+    if (priv == 0)
+        return CKR_OK; /* the private half is not visible (no login) */
+    rv = LOWER(ht, C_GetAttributeValue, lower_session(c), priv, a, 2);
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
+        return CKR_KEY_HANDLE_INVALID;
+    if (rv != CKR_OK)
+        return mapped(c, rv);
+    if (!(wrap ? unw : dec))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    return CKR_OK;
+}
+
 static CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
 {
     struct hsm_token *ht = c->tok;
@@ -1631,6 +1656,7 @@ const struct provider_ops hsm_provider = {
     .session_close = hsm_session_close,
     .list = hsm_list,
     .ref_free = hsm_ref_free,
+    .check_public = hsm_check_public,
     .crypt = hsm_crypt,
     .unwrap = hsm_unwrap,
     .wrap = hsm_wrap,

@@ -1564,6 +1564,47 @@ out:
     return rv;
 }
 
+/* Revocation reaches local public-key operations within refresh-interval:
+ * a stale key is loaded again, and a version that is gone, disabled, out
+ * of its dates or without the permission refuses. */
+static CK_RV kv_check_public(struct pcall *c, void *key, bool wrap)
+{
+    struct kv_token *kt = c->tok;
+    struct kv_version *v = key;
+    long long now = (long long)time(NULL);
+    char *name = NULL;
+    bool need;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&kt->lock);
+    need = stale(v->key->loaded_at_ms, kt->refresh_ms);
+    if (need)
+        name = strdup(v->key->name);
+    pthread_mutex_unlock(&kt->lock);
+    if (need) {
+        if (name == NULL)
+            return CKR_HOST_MEMORY;
+        rv = load_key(kt, c, name, kv_now_ms() + kt->deadline_ms);
+        free(name);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    pthread_mutex_lock(&kt->lock);
+    if (!v->key->exists || !v->present)
+        rv = CKR_KEY_HANDLE_INVALID;
+    else if (!v->enabled ||
+             !has_op(v->key_ops, wrap ? "unwrapKey" : "decrypt") ||
+             !has_op(v->key_ops, wrap ? "wrapKey" : "encrypt") ||
+             (v->nbf != 0 && now < v->nbf) || (v->exp != 0 && now >= v->exp))
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    pthread_mutex_unlock(&kt->lock);
+    if (rv != CKR_OK)
+        cmk_error("token %s: version %s of key %s can no longer be used "
+                  "(%s): local wraps with it are refused",
+                  kt->name, v->version, v->key->name, cmk_rv_name(rv));
+    return rv;
+}
+
 static CK_RV kv_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
 {
     (void)c;
@@ -1579,6 +1620,7 @@ const struct provider_ops keyvault_provider = {
     .login = kv_login,
     .list = kv_list,
     .ref_free = kv_ref_free,
+    .check_public = kv_check_public,
     .check_mechanism = kv_check_mechanism,
     .crypt = kv_crypt,
     .generate_key_pair = kv_generate_key_pair,
