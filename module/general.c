@@ -48,10 +48,38 @@ static void register_atfork(void)
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
+/*
+ * Process exit. Lower modules loaded in C_Initialize (SoftHSM) register
+ * their own destructors, which exit() runs before handlers registered
+ * earlier, such as the one in which OpenSSL's cleanup makes libp11 call
+ * C_CloseAllSessions and C_Finalize. This handler, registered after the
+ * first successful C_Initialize, runs before those destructors: from then
+ * on the module calls no back end. Calls return
+ * CKR_CRYPTOKI_NOT_INITIALIZED and C_Finalize only marks the module
+ * finalised; the process is ending and keeps its memory.
+ */
+static bool exiting;
+static pthread_once_t atexit_once = PTHREAD_ONCE_INIT;
+
+static void module_at_exit(void)
+{
+    __atomic_store_n(&exiting, true, __ATOMIC_RELEASE);
+}
+
+static void register_atexit(void)
+{
+    atexit(module_at_exit);
+}
+
+static bool is_exiting(void)
+{
+    return __atomic_load_n(&exiting, __ATOMIC_ACQUIRE);
+}
+
 CK_RV module_enter(void)
 {
     pthread_rwlock_rdlock(&g.rwlock);
-    if (!g.initialized || g.pid != getpid()) {
+    if (!g.initialized || g.pid != getpid() || is_exiting()) {
         pthread_rwlock_unlock(&g.rwlock);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
@@ -205,8 +233,10 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 
     pthread_once(&atfork_once, register_atfork);
     pthread_rwlock_wrlock(&g.rwlock);
-    rv = do_initialize(pInitArgs);
+    rv = is_exiting() ? CKR_CRYPTOKI_NOT_INITIALIZED : do_initialize(pInitArgs);
     pthread_rwlock_unlock(&g.rwlock);
+    if (rv == CKR_OK)
+        pthread_once(&atexit_once, register_atexit);
     cmk_debug("C_Initialize = %s", cmk_rv_name(rv));
     return rv;
 }
@@ -220,6 +250,8 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     pthread_rwlock_wrlock(&g.rwlock);
     if (!g.initialized || g.pid != getpid())
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
+    else if (is_exiting())
+        g.initialized = false; /* no back end may be called any more */
     else
         teardown_unlocked(false);
     pthread_rwlock_unlock(&g.rwlock);

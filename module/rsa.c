@@ -1,11 +1,15 @@
 #include "config.h"
 
+/* RSA_set0_key: the fallback in rsa_pkey_from_parts(). */
+#define OPENSSL_SUPPRESS_DEPRECATED
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/param_build.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -174,10 +178,29 @@ EVP_PKEY *rsa_pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen, const CK_BYTE *e,
         !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be))
         goto out;
     params = OSSL_PARAM_BLD_to_param(bld);
+    ERR_set_mark();
     ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
     if (params == NULL || ctx == NULL || EVP_PKEY_fromdata_init(ctx) <= 0 ||
         EVP_PKEY_fromdata(ctx, &pk, EVP_PKEY_PUBLIC_KEY, params) <= 0)
         pk = NULL;
+    ERR_pop_to_mark();
+    if (pk == NULL) {
+        /* An ENGINE that is the default for RSA (openssl -engine pkcs11,
+         * which loads this module) makes the context above a legacy one,
+         * which cannot import: build a legacy key instead. */
+        RSA *rsa = RSA_new();
+        if (rsa != NULL && RSA_set0_key(rsa, bn, be, NULL) == 1) {
+            bn = be = NULL; /* owned by rsa */
+            pk = EVP_PKEY_new();
+            if (pk != NULL && EVP_PKEY_assign_RSA(pk, rsa) == 1)
+                rsa = NULL; /* owned by pk */
+            else {
+                EVP_PKEY_free(pk);
+                pk = NULL;
+            }
+        }
+        RSA_free(rsa);
+    }
 out:
     EVP_PKEY_CTX_free(ctx);
     OSSL_PARAM_free(params);

@@ -2,7 +2,7 @@
 # Installs what cmkp11 needs to build and test on Debian 12 (as root).
 set -e
 pkgs="build-essential autoconf automake libtool pkg-config libssl-dev
-libp11-kit-dev p11-kit libcurl4-openssl-dev libjson-c-dev softhsm2 opensc
+libp11-kit-dev p11-kit p11-kit-modules libcurl4-openssl-dev libjson-c-dev softhsm2 opensc
 gnutls-bin libengine-pkcs11-openssl python3-cryptography python3-azure
 python3-pykcs11 clang-format openssl xz-utils git"
 missing=""
