@@ -809,13 +809,44 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
             return CKR_OK;
         }
     }
-    pthread_mutex_lock(&a->fetch_lock);
+    /* One fetch at a time, but nobody waits for it past the deadline:
+     * when the identity endpoint hangs, the threads queued behind a fetch
+     * must not each start another one after their time is up. */
+    {
+        int64_t left = deadline_ms - kv_now_ms();
+        struct timespec until;
+
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        if (left < 0)
+            left = 0;
+        until.tv_sec += left / 1000;
+        until.tv_nsec += (left % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (pthread_mutex_clocklock(&a->fetch_lock, CLOCK_MONOTONIC, &until) !=
+            0) {
+            cmk_error("cannot obtain a token (%s) for %s within the "
+                      "deadline: another request for it is still waiting",
+                      kv_auth_method_name(a->cfg.method), resource);
+            return CKR_DEVICE_ERROR;
+        }
+    }
     /* Another thread may have fetched one while this one waited. */
     t = cached(a, resource, force, since);
     if (t != NULL) {
         pthread_mutex_unlock(&a->fetch_lock);
         *token = t;
         return CKR_OK;
+    }
+    if (deadline_ms - kv_now_ms() <= 0) {
+        /* Waited until the end of the call: no time left for a request
+         * (which would otherwise get the full timeout). */
+        pthread_mutex_unlock(&a->fetch_lock);
+        cmk_error("cannot obtain a token (%s) for %s within the deadline",
+                  kv_auth_method_name(a->cfg.method), resource);
+        return CKR_DEVICE_ERROR;
     }
     if (a->cfg.tenant_id != NULL)
         tenant = a->cfg.tenant_id;
