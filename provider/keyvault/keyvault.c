@@ -22,6 +22,7 @@
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
+#include "kv-cache.h"
 #include "kv.h"
 #include "rsa.h"
 #include "secure.h"
@@ -82,9 +83,11 @@ struct kv_token {
     int failures;
     int64_t open_until_ms;
     bool probing;
+    struct kv_cache *cache; /* unwrap-cache, or NULL */
 };
 
 #define KV_CIRCUIT_FAILURES 5
+#define KV_CACHE_SIZE       4096 /* unwrap results kept at most */
 #define KV_CIRCUIT_OPEN_MS  5000
 
 /* ---- configuration ---- */
@@ -147,6 +150,7 @@ static void kv_close(void *tok, bool in_child)
         free(k->name);
         free(k);
     }
+    kv_cache_free(kt->cache);
     kv_auth_free(kt->auth);
     kv_http_free(kt->http, in_child);
     free_list(kt->allow);
@@ -182,15 +186,12 @@ static CK_RV bad(char *err, size_t errlen, const struct config_token *cfg,
 static CK_RV kv_open(const struct config_token *cfg, void **tok,
                      unsigned *flags, char *err, size_t errlen)
 {
-    static const char *other_keys[] = {
-        "unwrap-fallback",         "unwrap-cache",
-        "client-certificate-file", "client-certificate-password-file",
-        "federated-token-file",    "access-token-file"};
+    static const char *other_keys[] = {"unwrap-fallback"};
     struct kv_token *kt = calloc(1, sizeof(*kt));
     struct kv_auth_config ac;
     struct kv_http_opts ho;
     const char *url, *auth, *v;
-    long timeout = 10, deadline = 30, retries = 4;
+    long timeout = 10, deadline = 30, retries = 4, cache_s = 0;
     bool local = true;
     size_t i;
     CK_RV rv = CKR_GENERAL_ERROR;
@@ -235,6 +236,14 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
             0 ||
         config_token_get_bool(cfg, "local-public-ops", &local, err, errlen) < 0)
         goto fail;
+    if (config_token_get_long(cfg, "unwrap-cache", 0, 86400, &cache_s, err,
+                              errlen) < 0)
+        goto fail;
+    if (cache_s > 0 &&
+        (kt->cache = kv_cache_new(cache_s * 1000L, KV_CACHE_SIZE)) == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
     kt->deadline_ms = deadline * 1000;
     kt->retries = retries;
     kt->local_public = local;
@@ -754,6 +763,8 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
 
 /* ---- keys and versions ---- */
 
+static void cache_prune(struct kv_token *kt, struct kv_key *k, bool all);
+
 static bool allowed(struct kv_token *kt, const char *name)
 {
     size_t i;
@@ -967,6 +978,7 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
             k->exists = false;
             k->loaded_at_ms = kv_now_ms();
             pthread_mutex_unlock(&kt->lock);
+            cache_prune(kt, k, true);
             result_clear(&res);
             free(esc);
             return CKR_OK;
@@ -1045,6 +1057,7 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         pthread_mutex_lock(&kt->lock);
         k->loaded_at_ms = kv_now_ms();
         pthread_mutex_unlock(&kt->lock);
+        cache_prune(kt, k, false); /* versions revoked since */
     }
     return rv;
 }
@@ -1378,9 +1391,9 @@ static CK_RV kv_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
     }
 }
 
-static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
-                      const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
-                      CK_BYTE *out, CK_ULONG *outlen)
+static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
+                             const CK_MECHANISM *m, const CK_BYTE *in,
+                             CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
 {
     static const char *verbs[] = {[POP_ENCRYPT] = "encrypt",
                                   [POP_DECRYPT] = "decrypt",
@@ -1564,13 +1577,60 @@ out:
     return rv;
 }
 
-/* Revocation reaches local public-key operations within refresh-interval:
- * a stale key is loaded again, and a version that is gone, disabled, out
- * of its dates or without the permission refuses. */
-static CK_RV kv_check_public(struct pcall *c, void *key, bool wrap)
+static bool version_in(const void *version, void *arg)
 {
-    struct kv_token *kt = c->tok;
-    struct kv_version *v = key;
+    struct kv_version **list = arg;
+
+    for (; *list != NULL; list++)
+        if (*list == version)
+            return true;
+    return false;
+}
+
+/* Drops the cached unwraps of key k: all of them, or (all false) those of
+ * versions that can no longer unwrap. */
+static void cache_prune(struct kv_token *kt, struct kv_key *k, bool all)
+{
+    struct kv_version *v, **bad;
+    size_t n = 0, dropped;
+
+    if (kt->cache == NULL)
+        return;
+    pthread_mutex_lock(&kt->lock);
+    for (v = k->versions; v != NULL; v = v->next)
+        n++;
+    bad = calloc(n + 1, sizeof(*bad));
+    n = 0;
+    for (v = k->versions; bad != NULL && v != NULL; v = v->next)
+        if (all || !k->exists || !v->present || !v->enabled ||
+            !has_op(v->key_ops, "unwrapKey"))
+            bad[n++] = v;
+    pthread_mutex_unlock(&kt->lock);
+    if (bad == NULL) {
+        kv_cache_drop(kt->cache, NULL, NULL);
+        return;
+    }
+    dropped = n > 0 ? kv_cache_drop(kt->cache, version_in, bad) : 0;
+    if (dropped > 0)
+        cmk_info("token %s: %zu cached unwrap(s) of key %s dropped", kt->name,
+                 dropped, k->name);
+    free(bad);
+}
+
+enum kv_use { USE_WRAP, USE_ENCRYPT, USE_UNWRAP };
+
+/*
+ * Revocation reaches what the module does without the vault (local wraps
+ * and encryptions, cached unwraps) within refresh-interval: a stale key is
+ * loaded again, and a version that is gone, disabled, out of its dates (for
+ * wrap and encrypt) or without the permission refuses.
+ */
+static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
+                            struct kv_version *v, enum kv_use use)
+{
+    static const char *ops[][2] = {[USE_WRAP] = {"wrapKey", "unwrapKey"},
+                                   [USE_ENCRYPT] = {"encrypt", "decrypt"},
+                                   [USE_UNWRAP] = {"unwrapKey", "unwrapKey"}};
     long long now = (long long)time(NULL);
     char *name = NULL;
     bool need;
@@ -1586,22 +1646,71 @@ static CK_RV kv_check_public(struct pcall *c, void *key, bool wrap)
             return CKR_HOST_MEMORY;
         rv = load_key(kt, c, name, kv_now_ms() + kt->deadline_ms);
         free(name);
-        if (rv != CKR_OK)
+        if (rv != CKR_OK) {
+            cache_prune(kt, v->key, true);
             return rv;
+        }
     }
     pthread_mutex_lock(&kt->lock);
     if (!v->key->exists || !v->present)
         rv = CKR_KEY_HANDLE_INVALID;
-    else if (!v->enabled ||
-             !has_op(v->key_ops, wrap ? "unwrapKey" : "decrypt") ||
-             !has_op(v->key_ops, wrap ? "wrapKey" : "encrypt") ||
-             (v->nbf != 0 && now < v->nbf) || (v->exp != 0 && now >= v->exp))
+    else if (!v->enabled || !has_op(v->key_ops, ops[use][0]) ||
+             !has_op(v->key_ops, ops[use][1]) ||
+             (use != USE_UNWRAP && ((v->nbf != 0 && now < v->nbf) ||
+                                    (v->exp != 0 && now >= v->exp))))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
     pthread_mutex_unlock(&kt->lock);
-    if (rv != CKR_OK)
+    if (rv != CKR_OK) {
+        cache_prune(kt, v->key, false);
         cmk_error("token %s: version %s of key %s can no longer be used "
-                  "(%s): local wraps with it are refused",
+                  "(%s)",
                   kt->name, v->version, v->key->name, cmk_rv_name(rv));
+    }
+    return rv;
+}
+
+static CK_RV kv_check_public(struct pcall *c, void *key, bool wrap)
+{
+    return version_usable(c->tok, c, key, wrap ? USE_WRAP : USE_ENCRYPT);
+}
+
+static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
+                      const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                      CK_BYTE *out, CK_ULONG *outlen)
+{
+    struct kv_token *kt = c->tok;
+    struct kv_version *v = key;
+    unsigned char id[32];
+    size_t len = *outlen;
+    const char *alg;
+    CK_RV rv;
+    int r;
+
+    if (op != POP_UNWRAP || kt->cache == NULL)
+        return kv_crypt_remote(c, op, key, m, in, inlen, out, outlen);
+    alg = m->mechanism == CKM_RSA_PKCS_OAEP ? oaep_alg(m)
+          : m->mechanism == CKM_RSA_PKCS    ? "RSA1_5"
+                                            : NULL;
+    if (alg == NULL)
+        return CKR_MECHANISM_PARAM_INVALID;
+    rv = version_usable(kt, c, v, USE_UNWRAP);
+    if (rv != CKR_OK)
+        return rv;
+    kv_cache_id(v, alg, in, inlen, id);
+    r = kv_cache_get(kt->cache, id, v, kv_now_ms() + kt->deadline_ms, out,
+                     &len);
+    if (r == KV_CACHE_HIT) {
+        *outlen = (CK_ULONG)len;
+        c->device_error = 0;
+        return CKR_OK;
+    }
+    rv = kv_crypt_remote(c, op, key, m, in, inlen, out, outlen);
+    if (r == KV_CACHE_MISS && rv == CKR_OK)
+        kv_cache_put(kt->cache, id, out, *outlen);
+    else if (r == KV_CACHE_MISS)
+        kv_cache_abandon(kt->cache, id);
+    if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED || rv == CKR_KEY_HANDLE_INVALID)
+        cache_prune(kt, v->key, true);
     return rv;
 }
 
