@@ -9,6 +9,7 @@
 
 #include <openssl/crypto.h>
 
+#include "audit.h"
 #include "module.h"
 #include "secure.h"
 
@@ -128,6 +129,7 @@ static void teardown_unlocked(bool in_child)
     config_free(g.cfg);
     g.cfg = NULL;
     g.initialized = false;
+    audit_close();
     cmk_log_close();
 }
 
@@ -195,6 +197,11 @@ static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
         return CKR_GENERAL_ERROR;
     }
     cmk_log_set_level(cfg->log_level);
+    if (audit_open(cfg->audit_log, err, sizeof(err)) != 0) {
+        cmk_error("%s: %s", cfg->path, err);
+        config_free(cfg);
+        return CKR_GENERAL_ERROR;
+    }
 
     g.cfg = cfg;
     g.sessions = hmap_new(session_free_value);

@@ -1,0 +1,157 @@
+#!/usr/bin/python3
+"""The audit log (audit-log = PATH): one JSON line per operation with a
+customer-managed key, on both back ends; lines from many threads and
+processes never interleave; and neither the audit log nor the debug log
+holds a secret, a token, a PIN or key bytes, in raw, hex or base64 form."""
+import base64
+import json
+import os
+import subprocess
+
+from kvtest import (Tap, PyKCS11, find, aes_template, OAEP256, emulator_config,
+                    write_private, APP_SECRET)
+from taplib import Emu
+
+P = PyKCS11
+t = Tap()
+srcdir = os.environ.get("top_srcdir", ".")
+builddir = os.environ.get("top_builddir", ".")
+module = os.environ.get("CMKP11_MODULE") or os.path.join(builddir, ".libs",
+                                                         "cmkp11.so")
+emu = Emu(emulator_config())
+work = emu.dir
+hsmdir = os.path.join(work, "softhsm")
+subprocess.run(["sh", os.path.join(srcdir, "tests", "softhsm-init.sh"), hsmdir],
+               check=True, stdout=subprocess.DEVNULL)
+os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+PIN = "1234"
+secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
+audit = os.path.join(work, "audit.jsonl")
+debuglog = os.path.join(work, "debug.log")
+emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
+conf = """[cmkp11]
+log-level = debug
+log-file = {debug}
+audit-log = {audit}
+
+[token local]
+backend = hsm
+module = /usr/lib/softhsm/libsofthsm2.so
+token-label = cmk
+
+[token kv]
+backend = keyvault
+vault-url = {url}
+ca-file = {ca}
+auth = client-secret
+tenant-id = {tenant}
+client-id = {cid}
+client-secret-file = {secret}
+authority-host = {auth}
+""".format(debug=debuglog, audit=audit, url=emu.vault_url, ca=emu.ca,
+           tenant=emu.env["AZURE_TENANT_ID"], cid=emu.env["AZURE_CLIENT_ID"],
+           secret=secret, auth=emu.env["AZURE_AUTHORITY_HOST"])
+os.environ["CMKP11_CONF"] = write_private(os.path.join(work, "cmkp11.conf"), conf)
+
+lib = P.PyKCS11Lib()
+lib.load(module)
+secrets = [APP_SECRET.encode(), PIN.encode()]
+
+
+def session(label):
+    for slot in lib.getSlotList(tokenPresent=True):
+        if lib.getTokenInfo(slot).label.strip() == label:
+            return lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+
+
+expected = {}
+for tok in ("local", "kv"):
+    ses = session(tok)
+    if tok == "local":
+        ses.login(PIN)
+    pub = find(ses, P.CKO_PUBLIC_KEY, "kek")[0]
+    priv = find(ses, P.CKO_PRIVATE_KEY, "kek")[0]
+    dek = ses.generateKey(aes_template(sensitive=False, extractable=True) +
+                          [(P.CKA_VALUE_LEN, 32)])
+    secrets.append(bytes(ses.getAttributeValue(dek, [P.CKA_VALUE])[0]))
+    wrapped = bytes(ses.wrapKey(pub, dek, OAEP256))
+    secrets.append(wrapped)
+    ses.unwrapKey(priv, wrapped, aes_template(), OAEP256)
+    bad = bytearray(wrapped)
+    bad[5] ^= 1
+    try:
+        ses.unwrapKey(priv, bytes(bad), aes_template(), OAEP256)
+    except P.PyKCS11Error:
+        pass
+    msg = b"audited data"
+    sig = bytes(ses.sign(priv, msg, P.Mechanism(P.CKM_SHA256_RSA_PKCS)))
+    ses.verify(pub, msg, sig, P.Mechanism(P.CKM_SHA256_RSA_PKCS))
+    ct = bytes(ses.encrypt(pub, b"plain", OAEP256))
+    secrets.append(bytes(ses.decrypt(priv, ct, OAEP256)) * 4)
+    # The corrupted blob is also tried with the older version kek@01 on
+    # the SoftHSM token (unwrap-fallback): one more unwrap line there.
+    expected[tok] = {"wrap": 1, "unwrap": 3 if tok == "local" else 2,
+                     "sign": 1, "verify": 1, "encrypt": 1, "decrypt": 1}
+
+lines = open(audit).read().splitlines()
+records = []
+bad_lines = 0
+for line in lines:
+    try:
+        records.append(json.loads(line))
+    except ValueError:
+        bad_lines += 1
+t.eq(bad_lines, 0, "every audit line is JSON (%d lines)" % len(lines))
+fields = {"time", "pid", "token", "key", "version", "operation", "mechanism",
+          "result", "http_status"}
+t.ok(all(fields <= set(r) for r in records), "every line has all the fields")
+for tok in ("local", "kv"):
+    got = {}
+    for r in records:
+        if r["token"] == tok:
+            got[r["operation"]] = got.get(r["operation"], 0) + 1
+    t.eq(got, expected[tok], "%s: one line per key operation" % tok)
+kv_unwraps = [r for r in records if r["token"] == "kv" and r["operation"] == "unwrap"]
+t.eq(sorted(r["result"] for r in kv_unwraps), ["CKR_OK", "CKR_WRAPPED_KEY_INVALID"],
+     "results are recorded, failures too")
+t.eq(sorted(r["http_status"] for r in kv_unwraps), [200, 400],
+     "with the vault's HTTP status")
+t.ok(all(r["key"] == "kek" and len(r["version"]) > 0 for r in records),
+     "key and version are named")
+t.ok(all(r["mechanism"].startswith("CKM_") for r in records), "mechanisms by name")
+
+# Many processes and threads at once: lines never interleave.
+client = os.path.join(builddir, "tests", "integration", "kv-unwrap")
+before = len(lines)
+procs = [subprocess.Popen([client, module, "kv", "kek", "4", "25"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         for _ in range(3)]
+rcs = [p.wait(timeout=300) for p in procs]
+t.eq(rcs, [0, 0, 0], "3 processes x 4 threads unwrapping at once")
+lines = open(audit).read().splitlines()
+new = lines[before:]
+ok_lines = 0
+pids = set()
+for line in new:
+    try:
+        r = json.loads(line)
+        ok_lines += 1
+        pids.add(r["pid"])
+    except ValueError:
+        pass
+# Each unwrap in kv-unwrap also wraps locally: 2 records per iteration.
+t.eq((ok_lines, len(new)), (600, 600),
+     "600 whole lines from concurrent writers, none interleaved")
+t.eq(len(pids), 3, "from 3 processes")
+
+# No secret anywhere in the logs, in any form.
+blobs = open(audit, "rb").read() + open(debuglog, "rb").read()
+leaks = []
+for sec in secrets:
+    for form in (sec, sec.hex().encode(), base64.b64encode(sec),
+                 base64.urlsafe_b64encode(sec).rstrip(b"=")):
+        if len(form) >= 4 and form in blobs:
+            leaks.append(form[:16])
+t.eq(leaks, [], "no secret, PIN, key or wrapped bytes in the audit or debug log")
+t.ok(b"eyJ" not in blobs, "no bearer token (JWT) in the logs")
+t.ok(os.path.getsize(debuglog) > 0, "the debug log was written")
