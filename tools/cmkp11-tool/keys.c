@@ -7,7 +7,7 @@
 #include "keys.h"
 #include "out.h"
 
-static void version_clear(struct tversion *v)
+void tversion_clear(struct tversion *v)
 {
     free(v->label);
     free(v->version);
@@ -30,7 +30,7 @@ void tkeys_free(struct tkeys *k)
 
     for (i = 0; i < k->n; i++) {
         for (j = 0; j < k->k[i].n; j++)
-            version_clear(&k->k[i].v[j]);
+            tversion_clear(&k->k[i].v[j]);
         free(k->k[i].v);
         free(k->k[i].name);
     }
@@ -297,4 +297,51 @@ bool tops_has(const char *ops, const char *op)
         p = e + 1;
     }
     return false;
+}
+
+static int dupstr(char **to, const char *from)
+{
+    *to = from != NULL ? strdup(from) : NULL;
+    return from != NULL && *to == NULL ? -1 : 0;
+}
+
+int tversion_dup(struct tversion *dst, const struct tversion *src)
+{
+    int r = 0;
+
+    *dst = *src;
+    dst->id = NULL;
+    r |= dupstr(&dst->label, src->label);
+    r |= dupstr(&dst->version, src->version);
+    r |= dupstr(&dst->backend, src->backend);
+    r |= dupstr(&dst->source, src->source);
+    r |= dupstr(&dst->recovery, src->recovery);
+    r |= dupstr(&dst->key_ops, src->key_ops);
+    r |= dupstr(&dst->key_type, src->key_type);
+    r |= dupstr(&dst->created, src->created);
+    r |= dupstr(&dst->updated, src->updated);
+    r |= dupstr(&dst->not_before, src->not_before);
+    r |= dupstr(&dst->expires, src->expires);
+    if (src->id_len > 0) {
+        dst->id = malloc(src->id_len);
+        if (dst->id == NULL)
+            r = -1;
+        else
+            memcpy(dst->id, src->id, src->id_len);
+    }
+    if (r != 0)
+        tversion_clear(dst);
+    return r;
+}
+
+struct tversion *tkey_find_id(struct tkey *key, const unsigned char *id,
+                              size_t id_len)
+{
+    size_t i;
+
+    for (i = 0; i < key->n; i++)
+        if (key->v[i].id_len == id_len &&
+            (id_len == 0 || memcmp(key->v[i].id, id, id_len) == 0))
+            return &key->v[i];
+    return NULL;
 }

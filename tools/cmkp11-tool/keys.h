@@ -47,6 +47,14 @@ size_t tkeys_select(struct tkeys *k, const struct tsel *s);
 struct tversion *tkey_selected(struct tkey *key);
 struct tversion *tkey_current(struct tkey *key);
 
+/* The version of key whose CKA_ID is id, or NULL. */
+struct tversion *tkey_find_id(struct tkey *key, const unsigned char *id,
+                              size_t id_len);
+/* A deep copy (handles included); 0, or -1 when out of memory. */
+int tversion_dup(struct tversion *dst, const struct tversion *src);
+/* Frees what a version holds and zeroes it. */
+void tversion_clear(struct tversion *v);
+
 /* The version's CKA_ID in lower-case hex (out: 2 * id_len + 1 bytes). */
 void tversion_id_hex(const struct tversion *v, char *out, size_t len);
 /* Whether the comma-separated list ops contains op. */

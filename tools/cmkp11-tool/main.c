@@ -28,6 +28,10 @@ struct command {
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
      "tokens, keys and versions: back end, state, dates, type and size"},
+    {"check", cmd_check, 0, 2, "check [TOKEN [KEY]]",
+     "check the customer-managed key prerequisites (PASS or FAIL)"},
+    {"rotate", cmd_rotate, 1, 2, "rotate TOKEN KEY",
+     "make a new version of KEY and show the old and the new one"},
 };
 
 void tool_error(const char *fmt, ...)

@@ -239,8 +239,10 @@ struct table {
     char **cells; /* (nrows + 1) * ncols; row 0 is the header */
 };
 
-static char *dup_cell(const char *s)
+static char *dup_cell(const char *s, bool header)
 {
+    if (header)
+        return strdup(s != NULL ? s : "");
     return strdup(s != NULL && *s != '\0' ? s : "-");
 }
 
@@ -271,7 +273,7 @@ int table_add(struct table *t, const char *const *cells)
         t->cap = cap;
     }
     for (i = 0; i < t->ncols; i++) {
-        t->cells[t->nrows * t->ncols + i] = dup_cell(cells[i]);
+        t->cells[t->nrows * t->ncols + i] = dup_cell(cells[i], t->nrows == 0);
         if (t->cells[t->nrows * t->ncols + i] == NULL) {
             while (i-- > 0)
                 free(t->cells[t->nrows * t->ncols + i]);

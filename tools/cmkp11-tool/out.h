@@ -48,7 +48,8 @@ void json_write_string(FILE *f, const char *s);
 struct table;
 
 struct table *table_new(size_t ncols, const char *const *headers);
-/* Adds a row of ncols cells (copied; NULL prints as "-"). Returns 0 or -1. */
+/* Adds a row of ncols cells (copied; NULL or "" prints as "-"). Returns 0
+ * or -1. */
 int table_add(struct table *t, const char *const *cells);
 /* Prints the table, each line starting with indent spaces. The last column
  * is not padded. */
