@@ -112,6 +112,7 @@ CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
     a->cfg.cert_password_file = dup_or_null(cfg->cert_password_file);
     a->cfg.federated_token_file = dup_or_null(cfg->federated_token_file);
     a->cfg.token_file = dup_or_null(cfg->token_file);
+    a->cfg.retries = cfg->retries;
     if (cfg->secret_env != NULL)
         a->cfg.secret_env =
             secure_dup(cfg->secret_env, strlen(cfg->secret_env) + 1);
@@ -787,6 +788,41 @@ out:
     return rv;
 }
 
+/* Identity endpoint answers worth another try: throttling, server errors,
+ * transport errors, and IMDS's 410 while it updates. */
+static bool fetch_retriable(const struct kv_auth *a, long status)
+{
+    if (a->cfg.method != KV_AUTH_CLIENT_SECRET &&
+        a->cfg.method != KV_AUTH_CLIENT_CERTIFICATE &&
+        a->cfg.method != KV_AUTH_WORKLOAD_IDENTITY &&
+        a->cfg.method != KV_AUTH_MANAGED_IDENTITY)
+        return false;
+    return status == 0 || status == 408 || status == 429 || status == 500 ||
+           status == 502 || status == 503 || status == 504 ||
+           (status == 410 && a->cfg.method == KV_AUTH_MANAGED_IDENTITY);
+}
+
+/* Exponential from 800 ms with jitter of -20..+30 %, as for the vault. */
+static int64_t fetch_backoff_ms(int n)
+{
+    unsigned char rnd = 0;
+    int64_t base = 800 * ((int64_t)1 << (n < 6 ? n : 6));
+
+    RAND_bytes(&rnd, 1);
+    return base * (80 + rnd % 51) / 100;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts;
+
+    if (ms <= 0)
+        return;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
+}
+
 CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
                     bool force, int64_t deadline_ms, char **token,
                     long *http_status)
@@ -794,7 +830,8 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
     /* With force, only a token fetched after this moment will do. */
     int64_t since = kv_now_ms();
     long long lifetime = 0;
-    char *t;
+    char *t = NULL;
+    int attempt;
     CK_RV rv;
 
     *http_status = 0;
@@ -850,27 +887,46 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
     }
     if (a->cfg.tenant_id != NULL)
         tenant = a->cfg.tenant_id;
-    switch (a->cfg.method) {
-    case KV_AUTH_CLIENT_SECRET:
-    case KV_AUTH_CLIENT_CERTIFICATE:
-    case KV_AUTH_WORKLOAD_IDENTITY:
-        rv = fetch_from_authority(a, resource, tenant, deadline_ms, &t,
-                                  &lifetime, http_status);
-        break;
-    case KV_AUTH_MANAGED_IDENTITY:
-        rv = fetch_managed_identity(a, resource, deadline_ms, &t, &lifetime,
-                                    http_status);
-        break;
-    case KV_AUTH_AZURE_CLI:
-        rv = fetch_azure_cli(a, resource, deadline_ms, &t, &lifetime);
-        break;
-    case KV_AUTH_ACCESS_TOKEN_FILE:
-        rv = fetch_token_file(a, &t, &lifetime);
-        break;
-    default:
-        rv = CKR_DEVICE_ERROR;
-        break;
+    for (attempt = 0;; attempt++) {
+        int64_t wait;
+
+        /* -1: no request was made; 0: a transport error. */
+        *http_status = -1;
+        switch (a->cfg.method) {
+        case KV_AUTH_CLIENT_SECRET:
+        case KV_AUTH_CLIENT_CERTIFICATE:
+        case KV_AUTH_WORKLOAD_IDENTITY:
+            rv = fetch_from_authority(a, resource, tenant, deadline_ms, &t,
+                                      &lifetime, http_status);
+            break;
+        case KV_AUTH_MANAGED_IDENTITY:
+            rv = fetch_managed_identity(a, resource, deadline_ms, &t, &lifetime,
+                                        http_status);
+            break;
+        case KV_AUTH_AZURE_CLI:
+            rv = fetch_azure_cli(a, resource, deadline_ms, &t, &lifetime);
+            break;
+        case KV_AUTH_ACCESS_TOKEN_FILE:
+            rv = fetch_token_file(a, &t, &lifetime);
+            break;
+        default:
+            rv = CKR_DEVICE_ERROR;
+            break;
+        }
+        if (rv == CKR_OK || attempt >= a->cfg.retries ||
+            !fetch_retriable(a, *http_status))
+            break;
+        /* A busy or restarting identity endpoint: as the SDKs do, try
+         * again after a backoff, within the call's deadline. */
+        wait = fetch_backoff_ms(attempt);
+        if (kv_now_ms() + wait >= deadline_ms)
+            break;
+        cmk_debug("token request: %ld; retry %d in %lld ms", *http_status,
+                  attempt + 1, (long long)wait);
+        sleep_ms(wait);
     }
+    if (*http_status < 0)
+        *http_status = 0;
     if (rv == CKR_OK) {
         store(a, resource, t, lifetime);
         *token = t;

@@ -312,6 +312,7 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
     ac.secondary_secret_file =
         (char *)config_token_get(cfg, "secondary-client-secret-file");
     ac.imds_endpoint = (char *)config_token_get(cfg, "imds-endpoint");
+    ac.retries = retries;
     if (ac.method == KV_AUTH_MANAGED_IDENTITY && ac.imds_endpoint == NULL) {
         ac.identity_endpoint = (char *)env_or(NULL, "IDENTITY_ENDPOINT");
         ac.identity_header = (char *)env_or(NULL, "IDENTITY_HEADER");

@@ -85,6 +85,7 @@ struct kv_auth_config {
     char *cert_password_file;
     char *federated_token_file;
     char *token_file; /* access-token-file */
+    long retries;     /* of a token request the identity endpoint failed */
 };
 
 CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,

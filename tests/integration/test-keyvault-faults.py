@@ -54,10 +54,10 @@ def timed(sess=None, key=None, pub=None):
     return rv, el, before, s.counters()
 
 
-def works_again(what):
+def works_again(what, requests=1):
     emu.admin("DELETE", "faults")
     rv, el, b, a = timed()
-    t.ok(rv == 0 and delta(b, a, UNWRAP) == 1,
+    t.ok(rv == 0 and delta(b, a, UNWRAP) == requests,
          "%s: once the fault is gone, the next unwrap works at once" % what,
          "rv=%r requests=%d" % (rv, delta(b, a, UNWRAP)))
 
@@ -203,6 +203,34 @@ t.eq(delta(b, a, "login:token", 200), 1, "exactly one new token was fetched")
 rv, el, b, a = timed()
 t.ok(rv == 0 and delta(b, a, "login:token") == 0,
      "the new token is cached for the next call")
+
+# ---- the identity endpoint fails while a new token is needed -------------
+emu.admin("POST", "tokens/expire", {"identity": "app"})
+fault("503", match="login:token", count=1)
+rv, el, b, a = timed()
+t.eq(rv, 0, "tokens expired and Entra answers 503 once: the unwrap works")
+t.ok(delta(b, a, "login:token", 503) == 1 and
+     delta(b, a, "login:token", 200) == 1,
+     "the token request was retried once", a["by_route_status"].get(
+         "login:token"))
+emu.admin("POST", "tokens/expire", {"identity": "app"})
+fault("500", match="login:token", count=100)
+rv, el, b, a = timed()
+t.eq(rv, P.CKR_DEVICE_ERROR, "Entra keeps failing: CKR_DEVICE_ERROR")
+t.eq(ses.getSessionInfo().ulDeviceError, 500,
+     "ulDeviceError is the identity endpoint's 500")
+t.eq(delta(b, a, "login:token"), RETRIES + 1,
+     "after retries + 1 token requests")
+t.ok(el < DEADLINE + 0.5, "within the deadline (%.2f s)" % el)
+# The cached token the vault expired is tried first, refused, replaced.
+works_again("Entra failing", 2)
+emu.admin("POST", "tokens/expire", {"identity": "app"})
+fault("status", match="login:token", status=400, code="invalid_request",
+      count=1)
+rv, el, b, a = timed()
+t.ok(rv == P.CKR_DEVICE_ERROR and delta(b, a, "login:token") == 1,
+     "a 400 from Entra is not retried")
+works_again("Entra refusing", 2)
 
 # ---- access revoked and restored ------------------------------------------
 emu.admin("POST", "identities/app/revoke", {"vault": "kvemu"})
