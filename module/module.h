@@ -31,6 +31,15 @@
  * (RSA, AES-GCM decrypt, key wrap). */
 #define CMK_MAX_MULTIPART (64UL * 1024 * 1024)
 
+/* Certificate objects beside private keys (certs.c). */
+enum certs_mode {
+    CERTS_NONE,
+    CERTS_GENERATE, /* self-signed through the key */
+    CERTS_DIR,      /* PEM files from a directory */
+};
+
+struct cert_entry;
+
 struct token {
     CK_SLOT_ID slot_id;
     char *name;
@@ -46,6 +55,9 @@ struct token {
     CK_USER_TYPE user;
     CK_ULONG n_sessions, n_rw_sessions;
     struct hmap *by_uid; /* hash of uid -> struct object * (token objects) */
+    enum certs_mode cert_mode;
+    char *cert_dir;
+    struct cert_entry *certs; /* under g.mutex */
 };
 
 struct object {
@@ -167,6 +179,17 @@ CK_ULONG object_get_ulong(struct object *o, CK_ATTRIBUTE_TYPE type,
                           CK_ULONG dflt);
 /* A copy of one attribute's value (malloc'd), or NULL. */
 void *object_get_value(struct object *o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len);
+
+/* certs.c: certificate objects beside private keys ("certificates =") */
+CK_RV certs_setup(struct token *t, const struct config_token *ct);
+void certs_teardown(struct token *t);
+/* The search hint to give the provider, so that its listing holds every
+ * private key whose certificate matches hint (buf: room for n). */
+const CK_ATTRIBUTE *certs_hint(const struct token *t, const CK_ATTRIBUTE *hint,
+                               CK_ULONG n, CK_ATTRIBUTE *buf, CK_ULONG *nout);
+/* Adds certificate objects for the private keys of a provider listing,
+ * and their subject to the keys. May reallocate *objs. */
+void certs_add(struct session *s, struct pobj **objs, CK_ULONG *n);
 
 /* keys.c: secret keys and templates */
 CK_RV secret_template_check(struct token *t, const CK_ATTRIBUTE *tmpl,

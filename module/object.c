@@ -239,16 +239,23 @@ CK_RV object_refresh(struct session *s, const CK_ATTRIBUTE *hint,
     struct token *t = s->token;
     struct pcall c = {.tok = t->ptok, .sess = s->psess};
     struct pobj *objs = NULL;
-    CK_ULONG n = 0;
+    CK_ATTRIBUTE *wide = calloc(nhint + 1, sizeof(*wide));
+    const CK_ATTRIBUTE *phint;
+    CK_ULONG n = 0, nphint = 0;
     bool complete = false;
     CK_RV rv;
 
-    rv = t->ops->list(&c, hint, nhint, &objs, &n, &complete);
+    if (wide == NULL)
+        return CKR_HOST_MEMORY;
+    phint = certs_hint(t, hint, nhint, wide, &nphint);
+    rv = t->ops->list(&c, phint, nphint, &objs, &n, &complete);
+    free(wide);
     s->device_error = c.device_error;
     if (rv != CKR_OK) {
         cmk_debug("listing token %s: %s", t->name, cmk_rv_name(rv));
         return rv;
     }
+    certs_add(s, &objs, &n);
     object_merge(t, hint, nhint, objs, n, complete);
     return CKR_OK;
 }

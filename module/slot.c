@@ -155,7 +155,9 @@ CK_RV token_setup(struct token *t, const struct config_token *ct)
         cmk_error("%s", err);
         return CKR_GENERAL_ERROR;
     }
-    (void)config_token_get(ct, "certificates");
+    rv = certs_setup(t, ct);
+    if (rv != CKR_OK)
+        return rv;
     rv = t->ops->open(ct, &t->ptok, &t->pflags, err, sizeof(err));
     if (rv != CKR_OK) {
         cmk_error("%s", err[0] ? err : "cannot open the token");
@@ -177,6 +179,7 @@ void token_teardown(struct token *t, bool in_child)
 {
     if (t->ptok != NULL)
         t->ops->close(t->ptok, in_child);
+    certs_teardown(t);
     hmap_free(t->by_uid);
     free(t->mechs);
     free(t->name);
