@@ -139,6 +139,12 @@ st = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "cmk",
                      "rsa:1024", "--label", "small", "--id", "40"],
                     capture_output=True, text=True)
 t.eq(st.returncode, 0, "a 1024-bit key pair 'small' in the token")
+ODD = 'odd "name"\\é\t'
+st = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "cmk",
+                     "--login", "--pin", "1234", "--keypairgen", "--key-type",
+                     "rsa:2048", "--label", ODD, "--id", "50"],
+                    capture_output=True, text=True)
+t.eq(st.returncode, 0, "a key pair whose label needs JSON escaping")
 hconf = write_private(os.path.join(work, "hsm.conf"),
                       "[cmkp11]\nlog-level = error\nlog-file = %s\n\n"
                       "[token local]\nbackend = hsm\nmodule = %s\n"
@@ -160,8 +166,9 @@ t.ok(tok.get("token") == "local" and tok.get("backend") == "hsm" and
      tok.get("error") is None and SOFTHSM in (tok.get("source") or ""),
      "hsm list --json: the token, its back end, source and login", tok)
 names = [k["key"] for k in tok.get("keys", [])]
-t.eq(names, ["dec-only", "disabled", "kek", "small", "unwrap-only"],
-     "hsm list --json: every key, by name")
+t.eq(names, ["dec-only", "disabled", "kek", ODD, "small", "unwrap-only"],
+     "hsm list --json: every key, by name (quotes, backslash, tab and "
+     "UTF-8 escaped as JSON needs)")
 kek = key_of(doc, "local", "kek") or {}
 vs = kek.get("versions", [])
 t.ok(kek.get("current_version") == "02" and
@@ -243,7 +250,7 @@ rc, doc, err = run_json("--pin", "1234", "check", conf=hconf)
 t.ok(rc == 1 and isinstance(doc, list) and
      [(d["key"], d["result"]) for d in doc] ==
      [("dec-only", "FAIL"), ("disabled", "FAIL"), ("kek", "PASS"),
-      ("small", "FAIL"), ("unwrap-only", "FAIL")] and
+      (ODD, "PASS"), ("small", "FAIL"), ("unwrap-only", "FAIL")] and
      all(shape_ok(d, ROWS_HSM) for d in doc),
      "hsm check of every key: an array, one document per key", doc)
 rc, out, err = run("--pin", "1234", "check", "local", "nosuchkey", conf=hconf)
