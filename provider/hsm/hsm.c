@@ -135,6 +135,13 @@ CK_RV hsm_map_rv(CK_RV lower)
     return CKR_DEVICE_ERROR;
 }
 
+/* What a lower module may answer to a ciphertext it cannot decrypt. */
+static bool is_data_error(CK_RV rv)
+{
+    return rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_DATA_INVALID ||
+           rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED;
+}
+
 /* Records the lower code for ulDeviceError and maps it. */
 static CK_RV mapped(struct pcall *c, CK_RV lower)
 {
@@ -804,7 +811,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.exponent_len = elen;
     d.decrypt = dec;
     d.unwrap = unw;
-    d.sign = sig;
+    d.sign = sig && (dec || unw); /* a disabled version signs nothing */
     d.encrypt = d.wrap = dec || unw;
     d.verify = true;
     d.private_obj = !ht->self_login;
@@ -1009,7 +1016,11 @@ static CK_RV oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
     }
     rv = LOWER(ht, C_Decrypt, s, (CK_BYTE *)in, inlen, block, &blen);
     if (rv != CKR_OK) {
-        rv = mapped(c, rv);
+        /* Raw RSA refuses a ciphertext not below this key's modulus (a
+         * blob made for another key); SoftHSM says so with a general
+         * error. The ciphertext is the caller's input. */
+        c->device_error = rv;
+        rv = is_data_error(rv) ? CKR_ENCRYPTED_DATA_INVALID : hsm_map_rv(rv);
         goto out;
     }
     if (blen != inlen) {
@@ -1058,8 +1069,13 @@ static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
             oaep_mark_local(ht, m);
             return oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
         }
-        if (rv == CKR_OK)
+        if (rv == CKR_OK) {
             rv = LOWER(ht, C_Decrypt, s, (CK_BYTE *)in, inlen, out, outlen);
+            if (rv != CKR_OK && is_data_error(rv)) {
+                c->device_error = rv;
+                return CKR_ENCRYPTED_DATA_INVALID;
+            }
+        }
         return mapped(c, rv);
     case POP_SIGN:
         rv = LOWER(ht, C_SignInit, s, (CK_MECHANISM *)m, h);

@@ -43,7 +43,7 @@ def token_requests():
     return sum(n for r, n in c.get("by_route", {}).items() if r.startswith("login:"))
 
 
-proc = subprocess.Popen([client, module, "kv", "kek", "4", "600"], env=env,
+proc = subprocess.Popen([client, module, "kv", "kek", "4", "2000"], env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 time.sleep(1.0)
 t.ok(proc.poll() is None, "4 threads are unwrapping")
@@ -59,6 +59,7 @@ time.sleep(1.0)
 mid = token_requests()
 replace_file(primary, NEW + "\n")
 s.emu.admin("POST", "tokens/expire", {"identity": "app"})
+still = proc.poll() is None
 time.sleep(1.0)
 out, err = proc.communicate(timeout=300)
 t.eq(proc.returncode, 0, "no call failed while the secret was rolled (%s)"
@@ -66,6 +67,7 @@ t.eq(proc.returncode, 0, "no call failed while the secret was rolled (%s)"
 t.ok("failures=0" in out, "every unwrap checked", err)
 t.ok(mid > before, "tokens were fetched again after the old secret was "
      "removed (%d -> %d)" % (before, mid))
+t.ok(still, "the threads were still unwrapping when the roll ended")
 t.ok(token_requests() > mid, "and again after the primary file was replaced")
 text = open(log).read()
 t.ok("secondary" in text, "the log says the secondary secret was used")
