@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <dlfcn.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,25 @@
 CK_FUNCTION_LIST *p11;
 void *p11_dl;
 static char tmpdir[256];
+static pid_t tmpdir_owner;
+
+static int remove_entry(const char *path, const struct stat *st, int flag,
+                        struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* The private directory goes when the process that made it exits (not
+ * when a forked child does). */
+static void remove_tmpdir(void)
+{
+    if (tmpdir[0] != '\0' && getpid() == tmpdir_owner &&
+        getenv("CMKP11_KEEP_TMP") == NULL)
+        nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 void p11_load(const char *path)
 {
@@ -36,6 +56,8 @@ const char *p11_tmpdir(void)
         snprintf(tmpdir, sizeof(tmpdir), "tmp-test-XXXXXX");
         if (mkdtemp(tmpdir) == NULL)
             test_bail("mkdtemp failed");
+        tmpdir_owner = getpid();
+        atexit(remove_tmpdir);
     }
     return tmpdir;
 }
