@@ -14,6 +14,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include "module.h"
 #include "rsa.h"
 #include "secure.h"
 
@@ -405,6 +406,9 @@ static int common_key_attrs(struct attrs *a, const struct rsa_key_desc *d)
     r |= attrs_set_string(a, CKA_CMK_RECOVERY, d->recovery_level);
     r |= attrs_set_string(a, CKA_CMK_KEY_OPS, d->key_ops);
     r |= attrs_set_string(a, CKA_CMK_KEY_TYPE, d->key_type);
+    /* The configuration's min-key-bits, for cmkp11-tool check. */
+    r |= attrs_set_ulong(a, CKA_CMK_MIN_BITS,
+                         g.cfg != NULL ? (CK_ULONG)g.cfg->min_key_bits : 2048);
     return r ? -1 : 0;
 }
 

@@ -237,6 +237,19 @@ rc, doc, err = run_json("--pin", "1234", "--min-key-bits", "3072", "check",
 t.ok(rc == 1 and fails_on(doc, "key-type", {"key-type"}) and
      "minimum 3072" in rows(doc)["key-type"]["detail"],
      "--min-key-bits 3072: a 2048-bit key fails on size", doc)
+hconf3 = write_private(os.path.join(work, "hsm3072.conf"),
+                       open(hconf).read().replace(
+                           "log-level = error\n",
+                           "log-level = error\nmin-key-bits = 3072\n"))
+rc, doc, err = run_json("--pin", "1234", "check", "local", "kek", conf=hconf3)
+t.ok(rc == 1 and fails_on(doc, "key-type", {"key-type"}) and
+     "minimum 3072" in rows(doc)["key-type"]["detail"],
+     "the module's min-key-bits = 3072 (CKA_CMK_MIN_BITS): a 2048-bit key "
+     "fails on size", doc)
+rc, doc, err = run_json("--pin", "1234", "--min-key-bits", "2048", "check",
+                        "local", "kek", conf=hconf3)
+t.ok(rc == 0 and doc["result"] == "PASS",
+     "--min-key-bits overrides the module's min-key-bits", doc)
 rc, doc, err = run_json("--pin", "9999", "check", "local", "kek", conf=hconf)
 t.ok(rc == 1 and doc and doc["result"] == "FAIL" and
      rows(doc)["credentials"]["result"] == "FAIL" and
