@@ -6,6 +6,15 @@
 #include "attrs.h"
 #include "secure.h"
 
+/* Attribute values live on the heap; they are wiped when they go. */
+static void value_free(void *p, CK_ULONG len)
+{
+    if (p != NULL) {
+        secure_zero(p, len);
+        free(p);
+    }
+}
+
 void attrs_init(struct attrs *a)
 {
     memset(a, 0, sizeof(*a));
@@ -18,7 +27,7 @@ void attrs_clear(struct attrs *a)
     if (a == NULL)
         return;
     for (i = 0; i < a->n; i++)
-        secure_free(a->v[i].pValue, a->v[i].ulValueLen);
+        value_free(a->v[i].pValue, a->v[i].ulValueLen);
     free(a->v);
     attrs_init(a);
 }
@@ -47,7 +56,7 @@ int attrs_set(struct attrs *a, CK_ATTRIBUTE_TYPE type, const void *value,
     }
     at = attrs_find(a, type);
     if (at != NULL) {
-        secure_free(at->pValue, at->ulValueLen);
+        value_free(at->pValue, at->ulValueLen);
         at->pValue = copy;
         at->ulValueLen = len;
         return 0;
@@ -110,7 +119,7 @@ int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type)
 
     if (at == NULL)
         return 0;
-    secure_free(at->pValue, at->ulValueLen);
+    value_free(at->pValue, at->ulValueLen);
     *at = a->v[a->n - 1];
     a->n--;
     return 1;

@@ -4,6 +4,8 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,30 +32,104 @@ void secure_zero(void *p, size_t len)
 #endif
 }
 
-void *secure_alloc(size_t len)
-{
-    void *p;
+/*
+ * Small secrets (keys, PINs, tokens, wrapped and unwrapped key material)
+ * come from one region that is locked in RAM once and kept out of core
+ * dumps, in size classes with free lists: no system call per allocation,
+ * and freeing one secret never unlocks the page of another. Larger
+ * buffers come from the heap and are wiped when freed.
+ */
+#define POOL_SIZE    (512 * 1024)
+#define POOL_CLASSES 8 /* 32, 64, ... 4096 bytes */
+#define POOL_MIN     32
 
-    /* A zero-length secret still gets a unique, freeable pointer. */
-    if (len == 0)
-        len = 1;
-    p = calloc(1, len);
-    if (p == NULL)
-        return NULL;
-    /* Best effort: RLIMIT_MEMLOCK is often small, and a failure only means
-     * the pages may be swapped. */
-    (void)mlock(p, len);
-    return p;
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static unsigned char *pool, *pool_next;
+static void *free_list[POOL_CLASSES];
+
+static void pool_init(void)
+{
+    void *p = mmap(NULL, POOL_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return;
+    /* Best effort: RLIMIT_MEMLOCK may be small; then the pages may swap. */
+    (void)mlock(p, POOL_SIZE);
+#ifdef MADV_DONTDUMP
+    (void)madvise(p, POOL_SIZE, MADV_DONTDUMP);
+#endif
+    pool = pool_next = p;
 }
 
-void secure_free(void *p, size_t len)
+static int size_class(size_t len)
 {
+    size_t size = POOL_MIN;
+    int c = 0;
+
+    while (size < len && c < POOL_CLASSES) {
+        size <<= 1;
+        c++;
+    }
+    return c < POOL_CLASSES ? c : -1;
+}
+
+static bool in_pool(const void *p)
+{
+    return pool != NULL && (const unsigned char *)p >= pool &&
+           (const unsigned char *)p < pool + POOL_SIZE;
+}
+
+/* Each pooled chunk starts with a header naming its class, so a free
+ * with a different length cannot put it on the wrong list. */
+#define POOL_HEADER 16
+
+void *secure_alloc(size_t len)
+{
+    int c = size_class((len ? len : 1) + POOL_HEADER);
+    unsigned char *p = NULL;
+
+    pthread_once(&pool_once, pool_init);
+    if (c >= 0 && pool != NULL) {
+        size_t size = (size_t)POOL_MIN << c;
+        pthread_mutex_lock(&pool_lock);
+        if (free_list[c] != NULL) {
+            p = free_list[c];
+            free_list[c] = *(void **)p;
+        } else if (pool_next + size <= pool + POOL_SIZE) {
+            p = pool_next;
+            pool_next += size;
+        }
+        pthread_mutex_unlock(&pool_lock);
+        if (p != NULL) {
+            memset(p, 0, size);
+            p[0] = (unsigned char)c;
+            return p + POOL_HEADER;
+        }
+    }
+    /* Too large, or the region is used up. */
+    return calloc(1, len ? len : 1);
+}
+
+void secure_free(void *ptr, size_t len)
+{
+    unsigned char *p = ptr;
+
     if (p == NULL)
         return;
-    if (len == 0)
-        len = 1;
-    secure_zero(p, len);
-    (void)munlock(p, len);
+    if (in_pool(p)) {
+        int c;
+        p -= POOL_HEADER;
+        c = p[0];
+        secure_zero(p, (size_t)POOL_MIN << c);
+        pthread_mutex_lock(&pool_lock);
+        *(void **)p = free_list[c];
+        free_list[c] = p;
+        pthread_mutex_unlock(&pool_lock);
+        return;
+    }
+    secure_zero(p, len ? len : 1);
     free(p);
 }
 

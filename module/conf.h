@@ -66,4 +66,10 @@ int config_token_get_long(const struct config_token *t, const char *key,
                           size_t errlen);
 const struct config_entry *config_token_unused(const struct config_token *t);
 
+/* "a, b,c" as a NULL-terminated list of strings (keys =); NULL on ENOMEM. */
+char **config_split_list(const char *text);
+void config_free_list(char **list);
+/* True if list is NULL (no allow-list) or holds s. */
+bool config_list_allows(char *const *list, const char *s);
+
 #endif

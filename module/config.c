@@ -657,3 +657,54 @@ const struct config_entry *config_token_unused(const struct config_token *t)
     }
     return NULL;
 }
+
+char **config_split_list(const char *text)
+{
+    char **list = calloc(strlen(text) / 2 + 2, sizeof(*list));
+    const char *p = text;
+    size_t n = 0;
+
+    if (list == NULL)
+        return NULL;
+    while (*p != '\0') {
+        const char *start, *end;
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        start = p;
+        while (*p != '\0' && *p != ',')
+            p++;
+        end = p;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
+        if (end > start) {
+            list[n] = strndup(start, (size_t)(end - start));
+            if (list[n] == NULL) {
+                config_free_list(list);
+                return NULL;
+            }
+            n++;
+        }
+    }
+    return list;
+}
+
+void config_free_list(char **list)
+{
+    size_t i;
+
+    for (i = 0; list != NULL && list[i] != NULL; i++)
+        free(list[i]);
+    free(list);
+}
+
+bool config_list_allows(char *const *list, const char *s)
+{
+    size_t i;
+
+    if (list == NULL)
+        return true;
+    for (i = 0; list[i] != NULL; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}

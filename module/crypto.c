@@ -455,16 +455,6 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
             op_end(op);
             return rv;
         }
-        if (len < cap) {
-            /* Keep exactly len bytes so the free size is known. */
-            unsigned char *exact = secure_dup(res, len ? len : 1);
-            secure_free(res, cap ? cap : 1);
-            res = exact;
-            if (res == NULL) {
-                op_end(op);
-                return CKR_HOST_MEMORY;
-            }
-        }
     }
     if (*outlen < len) {
         if (!cached) {
@@ -478,7 +468,7 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
     memcpy(out, res, len);
     *outlen = len;
     if (!cached)
-        secure_free(res, len ? len : 1);
+        secure_free(res, cap ? cap : 1);
     op_end(op);
     return CKR_OK;
 }
@@ -1105,53 +1095,37 @@ out:
 }
 
 /* Functions this module does not offer; they still check their state. */
-static CK_RV unsupported_in_session(CK_SESSION_HANDLE hSession)
-{
-    struct session *s;
-    CK_RV rv = module_enter();
-
-    if (rv != CKR_OK)
-        return rv;
-    rv = session_get(hSession, &s);
-    if (rv == CKR_OK) {
-        rv = CKR_FUNCTION_NOT_SUPPORTED;
-        session_put(s);
-    }
-    module_leave();
-    return rv;
-}
-
 CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                         CK_OBJECT_HANDLE hKey)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
                     CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                     CK_ULONG_PTR pulSignatureLen)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession,
                           CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
                       CK_ULONG ulSignatureLen, CK_BYTE_PTR pData,
                       CK_ULONG_PTR pulDataLen)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
                             CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
                             CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession,
@@ -1159,14 +1133,14 @@ CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession,
                             CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
                             CK_ULONG_PTR pulPartLen)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
                           CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
                           CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession,
@@ -1174,12 +1148,12 @@ CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession,
                             CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
                             CK_ULONG_PTR pulPartLen)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                   CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate,
                   CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    return unsupported_in_session(hSession);
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }

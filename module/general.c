@@ -36,8 +36,13 @@ static void atfork_parent(void)
     pthread_mutex_unlock(&g.mutex);
 }
 
+/* Forks since the library was loaded; a module initialised in another
+ * generation belongs to a parent. Cheaper than getpid() on every call. */
+static unsigned long fork_generation;
+
 static void atfork_child(void)
 {
+    fork_generation++;
     pthread_rwlock_t fresh = PTHREAD_RWLOCK_INITIALIZER;
 
     memcpy(&g.rwlock, &fresh, sizeof(fresh));
@@ -80,7 +85,7 @@ static bool is_exiting(void)
 CK_RV module_enter(void)
 {
     pthread_rwlock_rdlock(&g.rwlock);
-    if (!g.initialized || g.pid != getpid() || is_exiting()) {
+    if (!g.initialized || g.generation != fork_generation || is_exiting()) {
         pthread_rwlock_unlock(&g.rwlock);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
@@ -172,7 +177,7 @@ static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
         return rv;
 
     if (g.initialized) {
-        if (g.pid == getpid())
+        if (g.generation == fork_generation)
             return CKR_CRYPTOKI_ALREADY_INITIALIZED;
         /* A forked child re-initialising: drop the parent's state. */
         teardown_unlocked(true);
@@ -212,6 +217,7 @@ static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
         goto fail;
     }
     g.pid = getpid();
+    g.generation = fork_generation;
     g.next_handle = 0;
     for (i = 0; i < cfg->n_tokens; i++) {
         rv = token_setup(&g.tokens[i], &cfg->tokens[i]);
@@ -255,7 +261,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     if (pReserved != NULL)
         return CKR_ARGUMENTS_BAD;
     pthread_rwlock_wrlock(&g.rwlock);
-    if (!g.initialized || g.pid != getpid())
+    if (!g.initialized || g.generation != fork_generation)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (is_exiting())
         g.initialized = false; /* no back end may be called any more */

@@ -126,6 +126,7 @@ struct module_state {
     pthread_mutex_t mutex;
     bool initialized;
     pid_t pid;
+    unsigned long generation; /* fork generation at C_Initialize */
     struct config *cfg;
     struct token *tokens;
     CK_ULONG n_tokens;
@@ -155,6 +156,7 @@ bool session_is_rw(const struct session *s);
 CK_STATE session_state_unlocked(const struct session *s);
 void op_reset(struct op *op);
 void sessions_destroy_all(bool in_child);
+CK_RV session_only(CK_SESSION_HANDLE h, CK_RV result);
 
 /* object.c */
 void object_unref(struct object *o);

@@ -394,37 +394,24 @@ out:
     return rv;
 }
 
-static CK_RV pin_unsupported(CK_SESSION_HANDLE hSession)
-{
-    struct session *s;
-    CK_RV rv = module_enter();
-
-    if (rv != CKR_OK)
-        return rv;
-    rv = session_get(hSession, &s);
-    if (rv == CKR_OK) {
-        /* PINs come from the configuration (pin-file) or the lower
-         * token's own tools; they cannot be set through this module. */
-        rv = CKR_FUNCTION_NOT_SUPPORTED;
-        session_put(s);
-    }
-    module_leave();
-    return rv;
-}
-
 CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin,
                 CK_ULONG ulPinLen)
 {
-    return pin_unsupported(hSession);
+    /* PINs come from the configuration (pin-file) or the lower token's own
+     * tools; they cannot be set through this module. */
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin,
                CK_ULONG ulOldLen, CK_UTF8CHAR_PTR pNewPin, CK_ULONG ulNewLen)
 {
-    return pin_unsupported(hSession);
+    /* PINs come from the configuration (pin-file) or the lower token's own
+     * tools; they cannot be set through this module. */
+    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
-static CK_RV session_only(CK_SESSION_HANDLE hSession, CK_RV result)
+/* For calls that need only a valid session: their result once it is. */
+CK_RV session_only(CK_SESSION_HANDLE hSession, CK_RV result)
 {
     struct session *s;
     CK_RV rv = module_enter();

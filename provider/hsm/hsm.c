@@ -260,46 +260,6 @@ static void free_versions(struct hsm_token *ht)
     ht->versions = NULL;
 }
 
-static void free_keys(char **keys)
-{
-    size_t i;
-
-    for (i = 0; keys != NULL && keys[i] != NULL; i++)
-        free(keys[i]);
-    free(keys);
-}
-
-/* Splits "a, b,c" into a NULL-terminated list. */
-static char **split_list(const char *text)
-{
-    char **list = calloc(strlen(text) / 2 + 2, sizeof(*list));
-    const char *p = text;
-    size_t n = 0;
-
-    if (list == NULL)
-        return NULL;
-    while (*p != '\0') {
-        const char *start, *end;
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        start = p;
-        while (*p != '\0' && *p != ',')
-            p++;
-        end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        if (end > start) {
-            list[n] = strndup(start, (size_t)(end - start));
-            if (list[n] == NULL) {
-                free_keys(list);
-                return NULL;
-            }
-            n++;
-        }
-    }
-    return list;
-}
-
 static void hsm_close(void *tok, bool in_child)
 {
     struct hsm_token *ht = tok;
@@ -315,7 +275,7 @@ static void hsm_close(void *tok, bool in_child)
         lib_close(ht->lib, in_child);
     }
     free_versions(ht);
-    free_keys(ht->keys);
+    config_free_list(ht->keys);
     free(ht->mechs);
     free(ht->module_path);
     free(ht->token_label);
@@ -469,7 +429,7 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     ht->module_path = strdup(module);
     ht->token_label = label ? strdup(label) : NULL;
     ht->token_uri = uri ? strdup(uri) : NULL;
-    if (keys != NULL && (ht->keys = split_list(keys)) == NULL) {
+    if (keys != NULL && (ht->keys = config_split_list(keys)) == NULL) {
         rv = CKR_HOST_MEMORY;
         goto fail;
     }
@@ -667,18 +627,6 @@ static char *key_name(const char *label, const CK_BYTE *id, CK_ULONG id_len)
     return strdup(label);
 }
 
-static bool allowed(struct hsm_token *ht, const char *name)
-{
-    size_t i;
-
-    if (ht->keys == NULL)
-        return true;
-    for (i = 0; ht->keys[i] != NULL; i++)
-        if (strcmp(ht->keys[i], name) == 0)
-            return true;
-    return false;
-}
-
 static struct hsm_ver *version_find_unlocked(struct hsm_token *ht,
                                              const CK_BYTE *id, CK_ULONG id_len)
 {
@@ -703,7 +651,7 @@ static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
     if (id == NULL || label == NULL || id_len == 0 || id_len > 64)
         goto out;
     name = key_name(label, id, id_len);
-    if (name == NULL || !allowed(ht, name)) {
+    if (name == NULL || !config_list_allows(ht->keys, name)) {
         free(name);
         goto out;
     }

@@ -92,41 +92,6 @@ struct kv_token {
 
 /* ---- configuration ---- */
 
-static void free_list(char **l)
-{
-    size_t i;
-
-    for (i = 0; l != NULL && l[i] != NULL; i++)
-        free(l[i]);
-    free(l);
-}
-
-static char **split_list(const char *text)
-{
-    char **list = calloc(strlen(text) / 2 + 2, sizeof(*list));
-    const char *p = text;
-    size_t n = 0;
-
-    if (list == NULL)
-        return NULL;
-    while (*p != '\0') {
-        const char *start, *end;
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        start = p;
-        while (*p != '\0' && *p != ',')
-            p++;
-        end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        if (end > start && (list[n++] = strndup(start, end - start)) == NULL) {
-            free_list(list);
-            return NULL;
-        }
-    }
-    return list;
-}
-
 static void kv_close(void *tok, bool in_child)
 {
     struct kv_token *kt = tok;
@@ -153,7 +118,7 @@ static void kv_close(void *tok, bool in_child)
     kv_cache_free(kt->cache);
     kv_auth_free(kt->auth);
     kv_http_free(kt->http, in_child);
-    free_list(kt->allow);
+    config_free_list(kt->allow);
     free(kt->name);
     free(kt->vault_url);
     free(kt->host);
@@ -254,7 +219,7 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
     }
     kt->key_type = strdup(v ? v : (kt->mhsm ? "RSA-HSM" : "RSA"));
     v = config_token_get(cfg, "keys");
-    if (v != NULL && (kt->allow = split_list(v)) == NULL) {
+    if (v != NULL && (kt->allow = config_split_list(v)) == NULL) {
         rv = CKR_HOST_MEMORY;
         goto fail;
     }
@@ -766,18 +731,6 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
 
 static void cache_prune(struct kv_token *kt, struct kv_key *k, bool all);
 
-static bool allowed(struct kv_token *kt, const char *name)
-{
-    size_t i;
-
-    if (kt->allow == NULL)
-        return true;
-    for (i = 0; kt->allow[i] != NULL; i++)
-        if (strcmp(kt->allow[i], name) == 0)
-            return true;
-    return false;
-}
-
 static struct kv_key *key_get_unlocked(struct kv_token *kt, const char *name,
                                        bool create)
 {
@@ -1090,7 +1043,8 @@ static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
             const char *kid =
                 kv_json_str(json_object_array_get_idx(value, i), "kid");
             const char *p = kid ? strstr(kid, "/keys/") : NULL;
-            if (p != NULL && strchr(p + 6, '/') == NULL && allowed(kt, p + 6))
+            if (p != NULL && strchr(p + 6, '/') == NULL &&
+                config_list_allows(kt->allow, p + 6))
                 key_get_unlocked(kt, p + 6, true);
         }
         pthread_mutex_unlock(&kt->lock);
@@ -1222,7 +1176,7 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     /* Which keys this search needs. */
     if (name[0] != '\0') {
         names = calloc(2, sizeof(*names));
-        if (names != NULL && allowed(kt, name))
+        if (names != NULL && config_list_allows(kt->allow, name))
             names[n_names++] = strdup(name);
     } else if (kt->allow != NULL) {
         for (i = 0; kt->allow[i] != NULL; i++)
@@ -1504,7 +1458,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     if (strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                      "0123456789-") != strlen(name))
         return CKR_ATTRIBUTE_VALUE_INVALID;
-    if (!allowed(kt, name))
+    if (!config_list_allows(kt->allow, name))
         return CKR_TEMPLATE_INCONSISTENT;
     if (tmpl_find_ulong(pubt, npub, CKA_MODULUS_BITS, &bits) < 0 ||
         (bits != 0 && bits != 2048 && bits != 3072 && bits != 4096))
