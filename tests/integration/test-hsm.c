@@ -548,5 +548,6 @@ int main(void)
 
     is_rv(p11->C_CloseSession(sess), CKR_OK, "close");
     is_rv(p11->C_Finalize(NULL), CKR_OK, "finalize");
+    free(conf);
     return test_done();
 }
