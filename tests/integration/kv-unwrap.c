@@ -2,12 +2,14 @@
  * A load client for tests: THREADS threads, each with its own session,
  * unwrap COUNT data keys through cmkp11 and check every result.
  *
- *   kv-unwrap MODULE TOKEN KEY THREADS COUNT
+ *   kv-unwrap MODULE TOKEN KEY THREADS COUNT [same]
  *
  * Each thread wraps a fresh AES-256 key with the public key (RSA-OAEP-
  * SHA256, locally in the module), unwraps it with the private key (in the
  * back end), and checks that the unwrapped key decrypts AES-GCM data made
- * with the original. Prints "unwraps=N failures=N seconds=S" and exits 0
+ * with the original. With "same", one blob is wrapped first and every
+ * thread unwraps that same blob, all starting at once (for the unwrap
+ * cache's coalescing). Prints "unwraps=N failures=N seconds=S" and exits 0
  * only if every unwrap succeeded and checked.
  */
 #include "config.h"
@@ -22,6 +24,11 @@
 
 static const char *token, *keyname;
 static long count;
+/* "same": the one blob, the key it wraps and data encrypted under it. */
+static bool same;
+static CK_BYTE same_blob[512], same_ct[64];
+static CK_ULONG same_blob_len, same_ct_len;
+static pthread_barrier_t start;
 static int failures;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -87,6 +94,62 @@ out:
     return ok;
 }
 
+static CK_GCM_PARAMS same_gcm = {
+    (CK_BYTE *)"nonce-nonce!", 12, 96, NULL, 0, 128};
+
+static bool one_same(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv)
+{
+    CK_RSA_PKCS_OAEP_PARAMS op = {CKM_SHA256, CKG_MGF1_SHA256,
+                                  CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    CK_MECHANISM gcm = {CKM_AES_GCM, &same_gcm, sizeof(same_gcm)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL f = CK_FALSE, t = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &f, sizeof(f)},       {CKA_SENSITIVE, &t, sizeof(t)},
+        {CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_DECRYPT, &t, sizeof(t)},
+    };
+    CK_BYTE pt[64];
+    CK_ULONG plen = sizeof(pt);
+    CK_OBJECT_HANDLE back = 0;
+    bool ok;
+
+    if (p11->C_UnwrapKey(s, &oaep, priv, same_blob, same_blob_len, tmpl,
+                         sizeof(tmpl) / sizeof(tmpl[0]), &back) != CKR_OK)
+        return false;
+    ok = p11->C_DecryptInit(s, &gcm, back) == CKR_OK &&
+         p11->C_Decrypt(s, same_ct, same_ct_len, pt, &plen) == CKR_OK &&
+         plen == 22 && memcmp(pt, "data under a data key", 22) == 0;
+    p11->C_DestroyObject(s, back);
+    return ok;
+}
+
+/* Wraps the one blob of "same" mode. */
+static bool make_same(CK_SLOT_ID slot)
+{
+    CK_SESSION_HANDLE s = p11_open(slot, true);
+    CK_OBJECT_HANDLE pub = p11_find(s, CKO_PUBLIC_KEY, keyname);
+    CK_OBJECT_HANDLE dk = p11_aes_key(s, 32, true, true);
+    CK_RSA_PKCS_OAEP_PARAMS op = {CKM_SHA256, CKG_MGF1_SHA256,
+                                  CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
+    CK_MECHANISM gcm = {CKM_AES_GCM, &same_gcm, sizeof(same_gcm)};
+    bool ok;
+
+    same_blob_len = sizeof(same_blob);
+    same_ct_len = sizeof(same_ct);
+    ok = pub != 0 && dk != 0 &&
+         p11->C_WrapKey(s, &oaep, pub, dk, same_blob, &same_blob_len) ==
+             CKR_OK &&
+         p11->C_EncryptInit(s, &gcm, dk) == CKR_OK &&
+         p11->C_Encrypt(s, (CK_BYTE *)"data under a data key", 22, same_ct,
+                        &same_ct_len) == CKR_OK;
+    p11->C_CloseSession(s);
+    return ok;
+}
+
 static void *worker(void *arg)
 {
     CK_SLOT_ID slot = *(CK_SLOT_ID *)arg;
@@ -100,8 +163,10 @@ static void *worker(void *arg)
         bad = (int)count;
         fprintf(stderr, "no session or key %s\n", keyname);
     }
+    if (same)
+        pthread_barrier_wait(&start); /* all threads unwrap at once */
     for (i = 0; bad == 0 && i < count; i++)
-        if (!one(s, pub, priv))
+        if (!(same ? one_same(s, priv) : one(s, pub, priv)))
             bad++;
     p11->C_CloseSession(s);
     pthread_mutex_lock(&lock);
@@ -118,10 +183,12 @@ int main(int argc, char **argv)
     long nthreads, i;
     CK_RV rv;
 
-    if (argc != 6) {
-        fprintf(stderr, "usage: %s MODULE TOKEN KEY THREADS COUNT\n", argv[0]);
+    if (argc != 6 && !(argc == 7 && strcmp(argv[6], "same") == 0)) {
+        fprintf(stderr, "usage: %s MODULE TOKEN KEY THREADS COUNT [same]\n",
+                argv[0]);
         return 2;
     }
+    same = argc == 7;
     token = argv[2];
     keyname = argv[3];
     nthreads = atol(argv[4]);
@@ -136,6 +203,11 @@ int main(int argc, char **argv)
         return 1;
     }
     slot = find_slot();
+    if (same && !make_same(slot)) {
+        fprintf(stderr, "cannot wrap the blob\n");
+        return 1;
+    }
+    pthread_barrier_init(&start, NULL, (unsigned)nthreads);
     for (i = 0; i < nthreads; i++)
         pthread_create(&th[i], NULL, worker, &slot);
     for (i = 0; i < nthreads; i++)

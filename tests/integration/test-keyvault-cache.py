@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """The unwrap cache (unwrap-cache = SECONDS) for throttled vaults: 1,000
-unwraps of the same blob cost one request to the vault; revocation
+unwraps of the same blob cost one request to the vault; 8 threads
+unwrapping one blob at once are coalesced into one request; revocation
 (access removed, or the key disabled) stops it serving that key within
 refresh-interval, and restoring access restores service."""
 import os
+import subprocess
 import time
 
 from kvtest import (Tap, PyKCS11, find, ckr, aes_template, OAEP256,
@@ -37,6 +39,23 @@ def unwrap_requests():
     c = s.emu.admin("GET", "counters")
     return c.get("by_route", {}).get("kvemu:unwrapKey", 0)
 
+
+# Coalescing: 8 threads ask for the same unwrap at once, on a slow vault.
+builddir = os.environ.get("top_builddir", ".")
+client = os.path.join(builddir, "tests", "integration", "kv-unwrap")
+module = os.environ.get("CMKP11_MODULE") or os.path.join(builddir, ".libs",
+                                                         "cmkp11.so")
+s.emu.admin("PUT", "latency", {"vault_ms": 300})
+before = unwrap_requests()
+p = subprocess.run([client, module, "kv", "kek", "8", "3", "same"],
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                   timeout=120)
+s.emu.admin("PUT", "latency", {"vault_ms": 0})
+t.ok(p.returncode == 0 and "failures=0" in p.stdout,
+     "8 threads x 3 unwraps of one blob, all checked (%s)" % p.stdout.strip(),
+     p.stderr)
+t.eq(unwrap_requests() - before, 1,
+     "concurrent identical unwraps were coalesced into one request")
 
 before = unwrap_requests()
 same = 0
