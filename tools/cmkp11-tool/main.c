@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,15 +24,32 @@ struct command {
     int min_args, max_args; /* operands after the command's name */
     const char *usage;
     const char *summary;
+    unsigned opts; /* the command's own options (*_OK); files: the
+                      operands are files, not token or key selections */
 };
+
+#define KEY_OK    1u
+#define TOKEN_OK  2u
+#define TO_OK     4u
+#define OUTPUT_OK 8u
+#define FILES     16u
 
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
-     "tokens, keys and versions: back end, state, dates, type and size"},
+     "tokens, keys and versions: back end, state, dates, type and size", 0},
     {"check", cmd_check, 0, 2, "check [TOKEN [KEY]]",
-     "check the customer-managed key prerequisites (PASS or FAIL)"},
+     "check the customer-managed key prerequisites (PASS or FAIL)", 0},
     {"rotate", cmd_rotate, 1, 2, "rotate TOKEN KEY",
-     "make a new version of KEY and show the old and the new one"},
+     "make a new version of KEY and show the old and the new one", 0},
+    {"seal", cmd_seal, 0, 1, "seal [IN] [-o OUT]",
+     "envelope-encrypt IN (or standard input) under KEY's current version",
+     KEY_OK | TOKEN_OK | OUTPUT_OK | FILES},
+    {"unseal", cmd_unseal, 0, 1, "unseal [IN] [-o OUT]",
+     "decrypt a sealed file, verifying every segment",
+     TOKEN_OK | OUTPUT_OK | FILES},
+    {"rewrap", cmd_rewrap, 1, INT_MAX, "rewrap FILE|DIR...",
+     "wrap sealed files' data keys under the current version (or KEY)",
+     TOKEN_OK | TO_OK | FILES},
 };
 
 void tool_error(const char *fmt, ...)
@@ -63,6 +81,16 @@ static void usage(FILE *f)
             "  --pin-file FILE     read the PIN from FILE (not writable by "
             "group or others)\n"
             "  --json              print JSON instead of text\n"
+            "  --key KEY           seal: the key to seal under (a name or "
+            "pkcs11: URI)\n"
+            "  --token TOKEN       seal, rewrap: the token of --key or --to; "
+            "unseal: the\n"
+            "                      token to unseal on instead of the file's\n"
+            "  --to KEY            rewrap: wrap under KEY's current version "
+            "(else the\n"
+            "                      current version of each file's key)\n"
+            "  -o, --output FILE   seal, unseal: write to FILE (default: "
+            "standard output)\n"
             "  --min-key-bits N    the smallest RSA size check accepts "
             "(default: the\n"
             "                      module's min-key-bits where it shows it, "
@@ -90,6 +118,9 @@ enum {
     OPT_PIN_FILE,
     OPT_JSON,
     OPT_MIN_BITS,
+    OPT_KEY,
+    OPT_TOKEN,
+    OPT_TO,
 };
 
 static int parse_long_arg(const char *s, long lo, long hi, long *out)
@@ -113,6 +144,10 @@ int main(int argc, char **argv)
         {"pin-file", required_argument, NULL, OPT_PIN_FILE},
         {"json", no_argument, NULL, OPT_JSON},
         {"min-key-bits", required_argument, NULL, OPT_MIN_BITS},
+        {"key", required_argument, NULL, OPT_KEY},
+        {"token", required_argument, NULL, OPT_TOKEN},
+        {"to", required_argument, NULL, OPT_TO},
+        {"output", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -125,7 +160,7 @@ int main(int argc, char **argv)
 
     memset(&o, 0, sizeof(o));
     o.module = CMKP11_DEFAULT_MODULE;
-    while ((c = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVo:", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_MODULE:
             o.module = optarg;
@@ -147,6 +182,18 @@ int main(int argc, char **argv)
                            optarg);
                 goto out;
             }
+            break;
+        case OPT_KEY:
+            o.key = optarg;
+            break;
+        case OPT_TOKEN:
+            o.token = optarg;
+            break;
+        case OPT_TO:
+            o.to = optarg;
+            break;
+        case 'o':
+            o.output = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -181,7 +228,18 @@ int main(int argc, char **argv)
         tool_error("usage: cmkp11-tool [OPTION...] %s", cmd->usage);
         goto out;
     }
-    for (c = optind + 1; c < argc; c++) {
+    if ((o.key != NULL && !(cmd->opts & KEY_OK)) ||
+        (o.token != NULL && !(cmd->opts & TOKEN_OK)) ||
+        (o.to != NULL && !(cmd->opts & TO_OK)) ||
+        (o.output != NULL && !(cmd->opts & OUTPUT_OK))) {
+        tool_error("%s does not take --%s", cmd->name,
+                   o.key != NULL && !(cmd->opts & KEY_OK)       ? "key"
+                   : o.token != NULL && !(cmd->opts & TOKEN_OK) ? "token"
+                   : o.to != NULL && !(cmd->opts & TO_OK)       ? "to"
+                                                                : "output");
+        goto out;
+    }
+    for (c = optind + 1; c < argc && !(cmd->opts & FILES); c++) {
         struct tsel sel;
         if (tsel_parse(&sel, argv[c]) < 0)
             goto out; /* a malformed URI is a usage error */

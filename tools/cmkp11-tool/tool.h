@@ -20,6 +20,10 @@ struct tool_opts {
     struct tpin pin;    /* --pin / --pin-file */
     bool json;          /* --json */
     long min_key_bits;  /* --min-key-bits, 0 when not given */
+    const char *key;    /* --key (seal) */
+    const char *token;  /* --token (seal, unseal, rewrap) */
+    const char *to;     /* --to (rewrap) */
+    const char *output; /* -o (seal, unseal) */
 };
 
 /* A command: argv[0] is the command's name; returns an exit status. */
@@ -29,6 +33,12 @@ typedef int (*tool_cmd_fn)(struct tmod *m, const struct tool_opts *o, int argc,
 int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
 int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
 int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc,
+               char **argv);
+/* seal, unseal and rewrap (cmd-seal.c); their operands are files. */
+int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
+int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc,
+               char **argv);
+int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc,
                char **argv);
 
 struct jw;

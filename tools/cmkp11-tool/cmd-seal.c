@@ -1,0 +1,1685 @@
+/*
+ * cmkp11-tool seal, unseal and rewrap: envelope encryption of files and
+ * streams in the format of docs/seal-format.md, through the module only.
+ *
+ * seal: a fresh AES-256 data key (DEK) generated in the token, wrapped with
+ * the CMK's current version (RSA-OAEP SHA-256), the data encrypted with it
+ * by the module in 64 KiB AES-GCM segments.
+ * unseal: the DEK unwrapped into a sensitive, non-extractable session key,
+ * each segment decrypted and verified by the module.
+ * rewrap: the DEK unwrapped and wrapped again under another version or key,
+ * the segments copied unchanged; the file is replaced by a rename.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "keys.h"
+#include "out.h"
+#include "seal.h"
+#include "secure.h"
+#include "tool.h"
+
+#define ERRLEN  768
+#define SEG_CT  (SEAL_SEGMENT + SEAL_TAG_LEN)
+#define TMP_TAG ".cmkp11-tmp-"
+
+/* ---- errors ---------------------------------------------------------------
+ */
+
+static void efmt(char *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void efmt(char *err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(err, ERRLEN, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- temporary files ------------------------------------------------------
+ * A temporary file beside its target, ".NAME.cmkp11-tmp-XXXXXX", mode 0600.
+ * A signal that ends the tool removes it; SIGKILL leaves it, and rewrap
+ * removes such leftovers (those nobody holds locked) in the directories it
+ * walks.
+ */
+
+static char tmp_path[PATH_MAX];
+static volatile sig_atomic_t tmp_active;
+
+static void on_signal(int sig)
+{
+    if (tmp_active)
+        unlink(tmp_path);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void signals_install(void)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
+    struct sigaction sa;
+    size_t i;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (i = 0; i < CMK_ARRAY_SIZE(sigs); i++)
+        sigaction(sigs[i], &sa, NULL);
+}
+
+static bool is_tmp_name(const char *name)
+{
+    const char *p = strstr(name, TMP_TAG);
+
+    return name[0] == '.' && p != NULL && strlen(p) == strlen(TMP_TAG) + 6;
+}
+
+/* Opens a new temporary file beside target. Returns the stream, or NULL
+ * with err set. */
+static FILE *tmp_open(const char *target, char *err)
+{
+    char *dcopy = strdup(target), *bcopy = strdup(target);
+    const char *dir, *base;
+    sigset_t all, old;
+    FILE *f = NULL;
+    int fd;
+
+    if (dcopy == NULL || bcopy == NULL) {
+        efmt(err, "out of memory");
+        goto out;
+    }
+    dir = dirname(dcopy);
+    base = basename(bcopy);
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    if (snprintf(tmp_path, sizeof(tmp_path), "%s/.%.180s" TMP_TAG "XXXXXX", dir,
+                 base) >= (int)sizeof(tmp_path)) {
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        efmt(err, "%s: the path is too long", target);
+        goto out;
+    }
+    fd = mkstemp(tmp_path);
+    if (fd >= 0) {
+        tmp_active = 1;
+        /* Held while the file is written: rewrap's clean-up leaves locked
+         * files alone. */
+        flock(fd, LOCK_EX);
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (fd < 0) {
+        efmt(err, "cannot create a temporary file in %s: %s", dir,
+             strerror(errno));
+        goto out;
+    }
+    f = fdopen(fd, "wb");
+    if (f == NULL) {
+        efmt(err, "%s: %s", tmp_path, strerror(errno));
+        close(fd);
+        unlink(tmp_path);
+        tmp_active = 0;
+    }
+out:
+    free(dcopy);
+    free(bcopy);
+    return f;
+}
+
+/* Removes the temporary file (after a failure). */
+static void tmp_discard(FILE *f)
+{
+    if (f != NULL)
+        fclose(f);
+    if (tmp_active)
+        unlink(tmp_path);
+    tmp_active = 0;
+}
+
+static int sync_dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    int fd, r = -1;
+
+    if (copy == NULL)
+        return -1;
+    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        r = fsync(fd);
+        /* Some file systems cannot sync a directory: not a failure. */
+        if (r < 0 && (errno == EINVAL || errno == EROFS))
+            r = 0;
+        close(fd);
+    }
+    free(copy);
+    return r;
+}
+
+/* Flushes, syncs and closes the temporary file, sets its mode and renames
+ * it to target, then syncs the directory. On failure the temporary file is
+ * removed. */
+static int tmp_commit(FILE *f, const char *target, mode_t mode, char *err)
+{
+    int fd = fileno(f);
+
+    if (fflush(f) != 0 || fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+        efmt(err, "writing %s: %s", tmp_path, strerror(errno));
+        tmp_discard(f);
+        return -1;
+    }
+    if (fclose(f) != 0) {
+        efmt(err, "writing %s: %s", tmp_path, strerror(errno));
+        tmp_discard(NULL);
+        return -1;
+    }
+    if (rename(tmp_path, target) < 0) {
+        efmt(err, "cannot rename %s to %s: %s", tmp_path, target,
+             strerror(errno));
+        tmp_discard(NULL);
+        return -1;
+    }
+    tmp_active = 0;
+    if (sync_dir_of(target) < 0) {
+        efmt(err, "syncing the directory of %s: %s", target, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Removes a leftover temporary file if no process holds it. */
+static void tmp_clean_stale(const char *path)
+{
+    struct stat a, b;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0)
+        return;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, &a) == 0 &&
+        lstat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        unlink(path);
+    close(fd);
+}
+
+/* ---- I/O ------------------------------------------------------------------
+ */
+
+/* Reads up to n bytes (fewer only at the end). Returns the count, or -1. */
+static ssize_t read_full(FILE *f, unsigned char *buf, size_t n)
+{
+    size_t got = fread(buf, 1, n, f);
+
+    if (got < n && ferror(f))
+        return -1;
+    return (ssize_t)got;
+}
+
+static const char *in_name(const char *path)
+{
+    return path == NULL || strcmp(path, "-") == 0 ? "standard input" : path;
+}
+
+static bool is_stdio(const char *path)
+{
+    return path == NULL || strcmp(path, "-") == 0;
+}
+
+/* ---- tokens and keys ------------------------------------------------------
+ */
+
+struct tstate {
+    struct ttoken *t;
+    bool loaded;
+    CK_RV rv; /* of opening, logging in and listing */
+    struct tkeys keys;
+};
+
+struct sctx {
+    struct tmod *m;
+    const struct tool_opts *o;
+    struct ttoken *toks;
+    size_t ntok;
+    struct tstate *st;
+};
+
+static int ctx_init(struct sctx *c, struct tmod *m, const struct tool_opts *o,
+                    char *err)
+{
+    struct tsel all;
+    size_t i;
+
+    memset(c, 0, sizeof(*c));
+    c->m = m;
+    c->o = o;
+    memset(&all, 0, sizeof(all));
+    if (ttokens_find(m, &all, &c->toks, &c->ntok) < 0) {
+        efmt(err, "cannot list the tokens");
+        return -1;
+    }
+    c->st = calloc(c->ntok + 1, sizeof(*c->st));
+    if (c->st == NULL) {
+        efmt(err, "out of memory");
+        return -1;
+    }
+    for (i = 0; i < c->ntok; i++)
+        c->st[i].t = &c->toks[i];
+    return 0;
+}
+
+static void ctx_free(struct sctx *c)
+{
+    size_t i;
+
+    for (i = 0; c->st != NULL && i < c->ntok; i++)
+        tkeys_free(&c->st[i].keys);
+    free(c->st);
+    ttokens_free(c->m, c->toks, c->ntok);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Opens the token, logs in and lists its keys, once. */
+static CK_RV ts_load(struct sctx *c, struct tstate *s)
+{
+    if (s->loaded)
+        return s->rv;
+    s->loaded = true;
+    s->rv = ttoken_open(c->m, s->t, &c->o->pin);
+    if (s->rv == CKR_OK && s->t->login_rv != CKR_OK)
+        s->rv = s->t->login_rv;
+    if (s->rv == CKR_OK)
+        s->rv = tkeys_load(c->m, s->t, &s->keys);
+    return s->rv;
+}
+
+static void ts_error(struct sctx *c, struct tstate *s, CK_RV rv,
+                     const char *what, char *err)
+{
+    char text[128];
+
+    efmt(err, "%s%stoken %s: %s%s", what ? what : "", what ? " on " : "",
+         s->t->label,
+         tool_rv_text(s->t, rv,
+                      s->t->open ? tmod_device_error(c->m, s->t->sess) : 0,
+                      text, sizeof(text)),
+         s->t->pin_missing ? ": give --pin or --pin-file" : "");
+}
+
+static struct tstate *ts_by_label(struct sctx *c, const char *label)
+{
+    size_t i;
+
+    for (i = 0; i < c->ntok; i++)
+        if (strcmp(c->toks[i].label, label) == 0)
+            return &c->st[i];
+    return NULL;
+}
+
+static struct tkey *key_by_name(struct tkeys *k, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < k->n; i++)
+        if (strcmp(k->k[i].name, name) == 0)
+            return &k->k[i];
+    return NULL;
+}
+
+/* A key to wrap with: its token and current version. */
+struct target {
+    struct tstate *ts;
+    struct tkey *key;
+    struct tversion *v;
+};
+
+/* The token a --token argument (name or URI) selects; exactly one. */
+static struct tstate *token_select(struct sctx *c, const char *arg, char *err)
+{
+    struct tstate *found = NULL;
+    struct tsel sel;
+    size_t i;
+
+    if (tsel_parse(&sel, arg) < 0) {
+        efmt(err, "--token: not a token name or pkcs11: URI");
+        return NULL;
+    }
+    for (i = 0; i < c->ntok; i++) {
+        if (!tsel_match_token(&sel, &c->toks[i].info, c->toks[i].label))
+            continue;
+        if (found != NULL) {
+            efmt(err, "'%s' matches more than one token: name one", arg);
+            tsel_clear(&sel);
+            return NULL;
+        }
+        found = &c->st[i];
+    }
+    tsel_clear(&sel);
+    if (found == NULL)
+        efmt(err, "no token matches '%s'", arg);
+    return found;
+}
+
+/* Finds the key that key_arg (a name or a pkcs11: URI; NULL = the only key)
+ * names, on the token token_arg names (NULL = any token), and its current
+ * version. */
+static int target_resolve(struct sctx *c, const char *key_arg,
+                          const char *token_arg, const char *opt,
+                          struct target *out, char *err)
+{
+    struct tsel ksel, tsel;
+    struct tstate *fail = NULL;
+    CK_RV fail_rv = CKR_OK;
+    size_t i, j, cand = 0, nmatch = 0;
+    char names[256] = "";
+    int r = -1;
+
+    memset(out, 0, sizeof(*out));
+    memset(&tsel, 0, sizeof(tsel));
+    if (tsel_parse(&ksel, key_arg) < 0) {
+        efmt(err, "%s: not a key name or pkcs11: URI", opt);
+        return -1;
+    }
+    if (token_arg != NULL && tsel_parse(&tsel, token_arg) < 0) {
+        efmt(err, "--token: not a token name or pkcs11: URI");
+        goto out;
+    }
+    for (i = 0; i < c->ntok; i++) {
+        struct tstate *s = &c->st[i];
+        CK_RV rv;
+        if (!tsel_match_token(&tsel, &s->t->info, s->t->label) ||
+            (ksel.uri != NULL &&
+             !tsel_match_token(&ksel, &s->t->info, s->t->label)))
+            continue;
+        cand++;
+        rv = ts_load(c, s);
+        if (rv != CKR_OK) {
+            fail = s;
+            fail_rv = rv;
+            continue;
+        }
+        tkeys_select(&s->keys, &ksel);
+        for (j = 0; j < s->keys.n; j++) {
+            if (tkey_selected(&s->keys.k[j]) == NULL)
+                continue;
+            if (nmatch++ == 0) {
+                out->ts = s;
+                out->key = &s->keys.k[j];
+            }
+            if (strlen(names) < 200)
+                snprintf(names + strlen(names), sizeof(names) - strlen(names),
+                         "%s%s/%s", nmatch > 1 ? ", " : "", s->t->label,
+                         s->keys.k[j].name);
+        }
+    }
+    if (nmatch == 1) {
+        out->v = tkey_current(out->key);
+        if (out->v == NULL || out->v->pub == 0 || out->v->version == NULL) {
+            efmt(err, "key %s on token %s has no usable current version",
+                 out->key->name, out->ts->t->label);
+            goto out;
+        }
+        r = 0;
+    } else if (nmatch > 1) {
+        if (key_arg == NULL)
+            efmt(err, "several keys (%s): give %s", names, opt);
+        else
+            efmt(err,
+                 "'%s' matches several keys (%s): give --token or a "
+                 "pkcs11: URI that names one",
+                 key_arg, names);
+    } else if (cand == 0) {
+        efmt(err, "no token matches '%s'", token_arg ? token_arg : "");
+    } else if (fail != NULL && cand == 1) {
+        ts_error(c, fail, fail_rv, NULL, err);
+    } else if (key_arg == NULL) {
+        efmt(err, "no key found: give %s", opt);
+    } else {
+        efmt(err, "no key matches '%s'%s%s", key_arg,
+             fail != NULL ? " (token " : "",
+             fail != NULL ? fail->t->label : "");
+        if (fail != NULL)
+            snprintf(err + strlen(err), ERRLEN - strlen(err),
+                     " could not be read: %s)", trv_name(fail_rv));
+    }
+out:
+    tsel_clear(&ksel);
+    tsel_clear(&tsel);
+    return r;
+}
+
+/* The private-key object that unwraps the header's DEK on token s: the
+ * version with the header's key id, else the key's label object (whose
+ * unwrap-fallback tries the other versions). */
+static int source_priv(struct sctx *c, struct tstate *s,
+                       const struct seal_header *h, CK_OBJECT_HANDLE *priv,
+                       bool *fallback, char *err)
+{
+    struct tkey *key;
+    struct tversion *v, *cur;
+    CK_RV rv = ts_load(c, s);
+
+    *fallback = false;
+    if (rv != CKR_OK) {
+        ts_error(c, s, rv, NULL, err);
+        return -1;
+    }
+    key = key_by_name(&s->keys, h->key);
+    if (key == NULL) {
+        efmt(err, "token %s has no key %s (the key the file names)",
+             s->t->label, h->key);
+        return -1;
+    }
+    v = tkey_find_id(key, h->key_id, h->key_id_len);
+    if (v != NULL) {
+        if (v->version != NULL && strcmp(v->version, h->version) != 0) {
+            efmt(err,
+                 "the header is altered: its key id is version %s of key %s, "
+                 "not version %s",
+                 v->version, key->name, h->version);
+            return -1;
+        }
+        if (v->priv == 0) {
+            efmt(err, "the private half of key %s version %s is not visible%s",
+                 key->name, h->version,
+                 s->t->pin_missing ? ": give --pin or --pin-file" : "");
+            return -1;
+        }
+        *priv = v->priv;
+        return 0;
+    }
+    cur = tkey_current(key);
+    if (cur == NULL || cur->priv == 0) {
+        efmt(err,
+             "token %s has no version %s of key %s, and no label object "
+             "to fall back to",
+             s->t->label, h->version, h->key);
+        return -1;
+    }
+    *fallback = true;
+    *priv = cur->priv;
+    return 0;
+}
+
+/* What an unwrapped DEK may do. */
+enum dek_use {
+    DEK_SEALED,    /* sensitive, not extractable: decrypt only */
+    DEK_WRAPPABLE, /* sensitive, extractable: wrap on the same token */
+    DEK_READABLE,  /* not sensitive: CKA_VALUE is read (another token) */
+};
+
+static const CK_RSA_PKCS_OAEP_PARAMS oaep256 = {CKM_SHA256, CKG_MGF1_SHA256,
+                                                CKZ_DATA_SPECIFIED, NULL, 0};
+
+static int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
+                      const struct seal_header *h, enum dek_use use,
+                      CK_OBJECT_HANDLE *dek, char *err)
+{
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL sens = use == DEK_READABLE ? CK_FALSE : CK_TRUE;
+    CK_BBOOL extr = use == DEK_SEALED ? CK_FALSE : CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &sk, sizeof(sk)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_SENSITIVE, &sens, sizeof(sens)},
+        {CKA_EXTRACTABLE, &extr, sizeof(extr)},
+    };
+    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
+    char text[128];
+    CK_ULONG vlen;
+    CK_RV rv;
+
+    *dek = 0;
+    rv = c->m->f->C_UnwrapKey(s->t->sess, &mech, priv, h->wrapped,
+                              h->wrapped_len, tmpl, CMK_ARRAY_SIZE(tmpl), dek);
+    if (rv == CKR_OK) {
+        vlen = tattr_ulong(c->m, s->t->sess, *dek, CKA_VALUE_LEN, NULL);
+        if (vlen != SEAL_DEK_LEN) {
+            c->m->f->C_DestroyObject(s->t->sess, *dek);
+            *dek = 0;
+            efmt(err,
+                 "the data key is %lu bytes, not %d: not a file this "
+                 "tool sealed",
+                 vlen, SEAL_DEK_LEN);
+            return -1;
+        }
+        return 0;
+    }
+    tool_rv_text(s->t, rv, tmod_device_error(c->m, s->t->sess), text,
+                 sizeof(text));
+    switch (rv) {
+    case CKR_WRAPPED_KEY_INVALID:
+    case CKR_WRAPPED_KEY_LEN_RANGE:
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+        efmt(err,
+             "the data key does not unwrap with key %s on token %s (%s): the "
+             "wrapped key is altered, or the file was sealed under another "
+             "key",
+             h->key, s->t->label, text);
+        break;
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+        efmt(err,
+             "key %s version %s on token %s may not unwrap (%s): it is "
+             "disabled, outside its dates, or lacks the unwrap permission",
+             h->key, h->version, s->t->label, text);
+        break;
+    default:
+        efmt(err, "C_UnwrapKey with key %s on token %s: %s", h->key,
+             s->t->label, text);
+        break;
+    }
+    return -1;
+}
+
+/* Encrypts or decrypts one segment through the module. */
+static CK_RV seg_crypt(struct sctx *c, CK_SESSION_HANDLE s,
+                       CK_OBJECT_HANDLE dek, const struct seal_header *h,
+                       uint32_t i, bool last, bool encrypt,
+                       const unsigned char *in, size_t inlen,
+                       unsigned char *out, CK_ULONG *outlen)
+{
+    unsigned char nonce[SEAL_NONCE_LEN];
+    CK_GCM_PARAMS gp;
+    CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_RV rv;
+
+    seal_nonce(h, i, last, nonce);
+    memset(&gp, 0, sizeof(gp));
+    gp.pIv = nonce;
+    gp.ulIvLen = sizeof(nonce);
+    gp.ulIvBits = sizeof(nonce) * 8;
+    gp.pAAD = (CK_BYTE *)h->fixed;
+    gp.ulAADLen = SEAL_FIXED_LEN;
+    gp.ulTagBits = SEAL_TAG_LEN * 8;
+    *outlen = SEG_CT;
+    if (encrypt) {
+        rv = c->m->f->C_EncryptInit(s, &mech, dek);
+        if (rv == CKR_OK)
+            rv = c->m->f->C_Encrypt(s, (CK_BYTE *)in, inlen, out, outlen);
+    } else {
+        rv = c->m->f->C_DecryptInit(s, &mech, dek);
+        if (rv == CKR_OK)
+            rv = c->m->f->C_Decrypt(s, (CK_BYTE *)in, inlen, out, outlen);
+    }
+    return rv;
+}
+
+static bool is_auth_failure(CK_RV rv)
+{
+    return rv == CKR_ENCRYPTED_DATA_INVALID ||
+           rv == CKR_ENCRYPTED_DATA_LEN_RANGE;
+}
+
+/* Why segment i (len bytes, last when the file ends after it) does not
+ * authenticate: tries the other flag and nearby indices. */
+static void seg_diagnose(struct sctx *c, CK_SESSION_HANDLE s,
+                         CK_OBJECT_HANDLE dek, const struct seal_header *h,
+                         uint32_t i, bool last, const unsigned char *in,
+                         size_t len, unsigned char *scratch, char *err)
+{
+    CK_ULONG n;
+    uint32_t j, lo = i > 16 ? i - 16 : 0;
+
+    if (seg_crypt(c, s, dek, h, i, !last, false, in, len, scratch, &n) ==
+        CKR_OK) {
+        if (last)
+            efmt(err,
+                 "the file is truncated: it ends after segment %lu, which is "
+                 "not the last one",
+                 (unsigned long)i);
+        else
+            efmt(err,
+                 "trailing data: bytes follow segment %lu, the last one "
+                 "(appended or left over)",
+                 (unsigned long)i);
+        return;
+    }
+    for (j = lo; j < i + 16 && j >= lo; j++) {
+        if (j == i)
+            continue;
+        if (seg_crypt(c, s, dek, h, j, false, false, in, len, scratch, &n) ==
+                CKR_OK ||
+            seg_crypt(c, s, dek, h, j, true, false, in, len, scratch, &n) ==
+                CKR_OK) {
+            efmt(err,
+                 "the segments are reordered: segment %lu holds segment %lu",
+                 (unsigned long)i, (unsigned long)j);
+            return;
+        }
+    }
+    if (last && len < SEG_CT)
+        efmt(err,
+             "segment %lu (the last, %zu bytes) does not authenticate: the "
+             "file is altered, truncated inside a segment, or has bytes "
+             "appended",
+             (unsigned long)i, len);
+    else
+        efmt(err,
+             "segment %lu does not authenticate: the data is altered (or "
+             "was not sealed with this data key)",
+             (unsigned long)i);
+}
+
+static void hex(const unsigned char *p, size_t n, char *out, size_t outlen)
+{
+    size_t i;
+
+    out[0] = '\0';
+    for (i = 0; i < n && 2 * i + 2 < outlen; i++)
+        snprintf(out + 2 * i, 3, "%02x", p[i]);
+}
+
+/* ---- seal -----------------------------------------------------------------
+ */
+
+struct seal_result {
+    unsigned long long bytes;
+    unsigned long segments;
+};
+
+static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
+                       FILE *out, struct seal_result *res, char *err)
+{
+    CK_SESSION_HANDLE s = tg->ts->t->sess;
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_ULONG vlen = SEAL_DEK_LEN, wlen = 0, n;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE gen[] = {
+        {CKA_CLASS, &sk, sizeof(sk)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
+        {CKA_ENCRYPT, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+    };
+    CK_MECHANISM kgen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_MECHANISM wrap = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
+    unsigned char prefix[SEAL_PREFIX_LEN], *wrapped = NULL, *hdr = NULL;
+    unsigned char *cur = NULL, *next = NULL, *ct = NULL, *tmp;
+    struct seal_header h;
+    CK_OBJECT_HANDLE dek = 0;
+    ssize_t cur_len, next_len = 0;
+    size_t hlen;
+    uint32_t i = 0;
+    char text[128];
+    int r = -1;
+    CK_RV rv;
+    bool last;
+
+    memset(&h, 0, sizeof(h));
+    memset(res, 0, sizeof(*res));
+    rv = c->m->f->C_GenerateKey(s, &kgen, gen, CMK_ARRAY_SIZE(gen), &dek);
+    if (rv != CKR_OK) {
+        efmt(err, "C_GenerateKey (the AES-256 data key) on token %s: %s",
+             tg->ts->t->label,
+             tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, s), text,
+                          sizeof(text)));
+        goto out;
+    }
+    rv = c->m->f->C_WrapKey(s, &wrap, tg->v->pub, dek, NULL, &wlen);
+    if (rv == CKR_OK && (wrapped = malloc(wlen ? wlen : 1)) == NULL)
+        rv = CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        rv = c->m->f->C_WrapKey(s, &wrap, tg->v->pub, dek, wrapped, &wlen);
+    if (rv != CKR_OK) {
+        efmt(err, "C_WrapKey with key %s version %s on token %s: %s",
+             tg->key->name, tg->v->version, tg->ts->t->label,
+             tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, s), text,
+                          sizeof(text)));
+        goto out;
+    }
+    if (getrandom(prefix, sizeof(prefix), 0) != (ssize_t)sizeof(prefix)) {
+        efmt(err, "getrandom: %s", strerror(errno));
+        goto out;
+    }
+    seal_fixed_init(&h, prefix);
+    if (seal_header_set(&h, tg->ts->t->label, tg->key->name, tg->v->version,
+                        tg->v->id, tg->v->id_len, wrapped, wlen) < 0 ||
+        (hdr = seal_header_encode(&h, &hlen)) == NULL) {
+        efmt(err, "the header does not encode (a name longer than 65535 "
+                  "bytes, or out of memory)");
+        goto out;
+    }
+    cur = malloc(SEAL_SEGMENT);
+    next = malloc(SEAL_SEGMENT);
+    ct = malloc(SEG_CT);
+    if (cur == NULL || next == NULL || ct == NULL) {
+        efmt(err, "out of memory");
+        goto out;
+    }
+    if (fwrite(hdr, 1, hlen, out) != hlen)
+        goto write_error;
+    cur_len = read_full(in, cur, SEAL_SEGMENT);
+    for (;;) {
+        if (cur_len < 0)
+            goto read_error;
+        last = (size_t)cur_len < SEAL_SEGMENT;
+        if (!last) {
+            /* One segment ahead: the last flag needs to know. */
+            next_len = read_full(in, next, SEAL_SEGMENT);
+            if (next_len < 0)
+                goto read_error;
+            last = next_len == 0;
+        }
+        rv = seg_crypt(c, s, dek, &h, i, last, true, cur, (size_t)cur_len, ct,
+                       &n);
+        if (rv != CKR_OK) {
+            efmt(err, "C_Encrypt (AES-GCM, segment %lu) on token %s: %s",
+                 (unsigned long)i, tg->ts->t->label,
+                 tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, s), text,
+                              sizeof(text)));
+            goto out;
+        }
+        if (n != (CK_ULONG)cur_len + SEAL_TAG_LEN) {
+            efmt(err, "C_Encrypt returned %lu bytes for %zd", n, cur_len);
+            goto out;
+        }
+        if (fwrite(ct, 1, n, out) != n)
+            goto write_error;
+        res->bytes += (unsigned long long)cur_len;
+        res->segments++;
+        if (last)
+            break;
+        if (i == UINT32_MAX) {
+            efmt(err, "the input is too large for the format (2^32 "
+                      "segments)");
+            goto out;
+        }
+        i++;
+        tmp = cur;
+        cur = next;
+        next = tmp;
+        cur_len = next_len;
+    }
+    if (fflush(out) != 0)
+        goto write_error;
+    r = 0;
+    goto out;
+read_error:
+    efmt(err, "reading the input: %s", strerror(errno));
+    goto out;
+write_error:
+    efmt(err, "writing the sealed data: %s", strerror(errno));
+out:
+    if (dek != 0)
+        c->m->f->C_DestroyObject(s, dek);
+    if (cur != NULL)
+        secure_free(cur, SEAL_SEGMENT);
+    if (next != NULL)
+        secure_free(next, SEAL_SEGMENT);
+    free(ct);
+    free(hdr);
+    free(wrapped);
+    seal_header_clear(&h);
+    return r;
+}
+
+static void json_key_fields(struct jw *w, const char *token, const char *key,
+                            const char *version, const unsigned char *id,
+                            size_t id_len)
+{
+    char idhex[2 * 64 + 1];
+
+    hex(id, id_len < 64 ? id_len : 64, idhex, sizeof(idhex));
+    jw_kv_string(w, "token", token);
+    jw_kv_string(w, "key", key);
+    jw_kv_string(w, "version", version);
+    jw_kv_string(w, "key_id", idhex);
+}
+
+static mode_t file_mode(void)
+{
+    mode_t um = umask(077);
+
+    umask(um);
+    return 0666 & ~um;
+}
+
+int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
+{
+    const char *inpath = argc > 1 ? argv[1] : NULL;
+    const char *outpath = o->output;
+    FILE *in = NULL, *out = NULL;
+    struct seal_result res;
+    struct target tg;
+    char err[ERRLEN];
+    struct sctx c;
+    struct jw w;
+    int status = TOOL_FAILED;
+
+    memset(&c, 0, sizeof(c));
+    if (o->json && is_stdio(outpath)) {
+        tool_error("seal --json prints a summary on standard output: give "
+                   "-o FILE for the sealed data");
+        return TOOL_USAGE;
+    }
+    if (is_stdio(outpath) && isatty(STDOUT_FILENO)) {
+        tool_error("the sealed data is binary: give -o FILE, or redirect "
+                   "standard output");
+        return TOOL_USAGE;
+    }
+    signals_install();
+    if (is_stdio(inpath)) {
+        in = stdin;
+    } else if ((in = fopen(inpath, "rb")) == NULL) {
+        tool_error("%s: %s", inpath, strerror(errno));
+        return TOOL_FAILED;
+    }
+    if (ctx_init(&c, m, o, err) < 0 ||
+        target_resolve(&c, o->key, o->token, "--key", &tg, err) < 0)
+        goto fail;
+    if (is_stdio(outpath)) {
+        out = stdout;
+    } else if ((out = tmp_open(outpath, err)) == NULL) {
+        goto fail;
+    }
+    if (seal_stream(&c, &tg, in, out, &res, err) < 0) {
+        if (out != stdout)
+            tmp_discard(out);
+        goto fail;
+    }
+    if (out != stdout && tmp_commit(out, outpath, file_mode(), err) < 0)
+        goto fail;
+    if (o->json) {
+        jw_init(&w, stdout);
+        jw_begin_object(&w);
+        jw_kv_string(&w, "input", is_stdio(inpath) ? "-" : inpath);
+        jw_kv_string(&w, "output", outpath);
+        json_key_fields(&w, tg.ts->t->label, tg.key->name, tg.v->version,
+                        tg.v->id, tg.v->id_len);
+        jw_kv_int(&w, "bytes", (long long)res.bytes);
+        jw_kv_int(&w, "segments", (long long)res.segments);
+        jw_end_object(&w);
+        jw_finish(&w);
+    } else if (!is_stdio(outpath)) {
+        printf("sealed %llu bytes from %s into %s under key %s version %s on "
+               "token %s\n",
+               res.bytes, in_name(inpath), outpath, tg.key->name, tg.v->version,
+               tg.ts->t->label);
+    }
+    status = TOOL_OK;
+    goto out;
+fail:
+    tool_error("seal: %s", err);
+out:
+    if (in != NULL && in != stdin)
+        fclose(in);
+    ctx_free(&c);
+    return status;
+}
+
+/* ---- unseal ---------------------------------------------------------------
+ */
+
+struct unseal_result {
+    unsigned long long bytes;
+    unsigned long segments;
+    bool fallback;
+    const char *token;
+};
+
+/* Reads segments from in (after the header), writes verified plaintext to
+ * out. */
+static int unseal_segments(struct sctx *c, struct tstate *s,
+                           CK_OBJECT_HANDLE dek, const struct seal_header *h,
+                           FILE *in, FILE *out, struct unseal_result *res,
+                           char *err)
+{
+    unsigned char *cur = malloc(SEG_CT), *next = malloc(SEG_CT);
+    unsigned char *pt = secure_alloc(SEG_CT), *tmp;
+    ssize_t cur_len, next_len = 0;
+    CK_SESSION_HANDLE sess = s->t->sess;
+    uint32_t i = 0;
+    char text[128];
+    int r = -1;
+    CK_ULONG n;
+    CK_RV rv;
+    bool last;
+
+    if (cur == NULL || next == NULL || pt == NULL) {
+        efmt(err, "out of memory");
+        goto out;
+    }
+    cur_len = read_full(in, cur, SEG_CT);
+    for (;;) {
+        if (cur_len < 0)
+            goto read_error;
+        last = (size_t)cur_len < SEG_CT;
+        if (!last) {
+            next_len = read_full(in, next, SEG_CT);
+            if (next_len < 0)
+                goto read_error;
+            last = next_len == 0;
+        }
+        if (cur_len == 0) {
+            efmt(err, "the file is truncated: it ends after the header, "
+                      "without a segment");
+            goto out;
+        }
+        if (cur_len < SEAL_TAG_LEN) {
+            efmt(err,
+                 "the file is truncated inside segment %lu (%zd bytes, "
+                 "shorter than a tag)",
+                 (unsigned long)i, cur_len);
+            goto out;
+        }
+        rv = seg_crypt(c, sess, dek, h, i, last, false, cur, (size_t)cur_len,
+                       pt, &n);
+        if (is_auth_failure(rv)) {
+            seg_diagnose(c, sess, dek, h, i, last, cur, (size_t)cur_len, pt,
+                         err);
+            goto out;
+        }
+        if (rv != CKR_OK) {
+            efmt(err, "C_Decrypt (AES-GCM, segment %lu) on token %s: %s",
+                 (unsigned long)i, s->t->label,
+                 tool_rv_text(s->t, rv, tmod_device_error(c->m, sess), text,
+                              sizeof(text)));
+            goto out;
+        }
+        if (n > 0 && fwrite(pt, 1, n, out) != n) {
+            efmt(err, "writing the data: %s", strerror(errno));
+            goto out;
+        }
+        res->bytes += n;
+        res->segments++;
+        if (last)
+            break;
+        if (i == UINT32_MAX) {
+            efmt(err, "more segments than the format allows");
+            goto out;
+        }
+        i++;
+        tmp = cur;
+        cur = next;
+        next = tmp;
+        cur_len = next_len;
+    }
+    if (fflush(out) != 0) {
+        efmt(err, "writing the data: %s", strerror(errno));
+        goto out;
+    }
+    r = 0;
+    goto out;
+read_error:
+    efmt(err, "reading the sealed data: %s", strerror(errno));
+out:
+    free(cur);
+    free(next);
+    if (pt != NULL)
+        secure_free(pt, SEG_CT);
+    return r;
+}
+
+/* Reads the header of in; a message in err on failure. */
+static int header_read(FILE *in, struct seal_header *h, char *err)
+{
+    char why[256];
+    enum seal_err e = seal_header_read(in, h, why, sizeof(why));
+
+    if (e == SEAL_OK)
+        return 0;
+    if (e == SEAL_IO)
+        efmt(err, "%s", strerror(errno));
+    else if (e == SEAL_NOMEM)
+        efmt(err, "out of memory");
+    else
+        efmt(err, "%s", why);
+    return -1;
+}
+
+int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
+{
+    const char *inpath = argc > 1 ? argv[1] : NULL;
+    const char *outpath = o->output;
+    struct unseal_result res;
+    struct seal_header h;
+    struct tstate *s = NULL;
+    CK_OBJECT_HANDLE priv = 0, dek = 0;
+    FILE *in = NULL, *out = NULL;
+    char err[ERRLEN];
+    struct sctx c;
+    struct jw w;
+    int status = TOOL_FAILED;
+
+    memset(&c, 0, sizeof(c));
+    memset(&h, 0, sizeof(h));
+    memset(&res, 0, sizeof(res));
+    if (o->json && is_stdio(outpath)) {
+        tool_error("unseal --json prints a summary on standard output: give "
+                   "-o FILE for the data");
+        return TOOL_USAGE;
+    }
+    signals_install();
+    if (is_stdio(inpath)) {
+        in = stdin;
+    } else if ((in = fopen(inpath, "rb")) == NULL) {
+        tool_error("%s: %s", inpath, strerror(errno));
+        return TOOL_FAILED;
+    }
+    if (header_read(in, &h, err) < 0 || ctx_init(&c, m, o, err) < 0)
+        goto fail;
+    if (o->token != NULL) {
+        s = token_select(&c, o->token, err);
+    } else if ((s = ts_by_label(&c, h.token)) == NULL) {
+        efmt(err, "no token %s (the token that sealed the file): give --token",
+             h.token);
+    }
+    if (s == NULL || source_priv(&c, s, &h, &priv, &res.fallback, err) < 0)
+        goto fail;
+    if (res.fallback && !o->json)
+        tool_error("key %s has no version %s on token %s: unwrapping through "
+                   "the key's label object (unwrap-fallback)",
+                   h.key, h.version, s->t->label);
+    if (dek_unwrap(&c, s, priv, &h, DEK_SEALED, &dek, err) < 0)
+        goto fail;
+    if (is_stdio(outpath))
+        out = stdout;
+    else if ((out = tmp_open(outpath, err)) == NULL)
+        goto fail;
+    if (unseal_segments(&c, s, dek, &h, in, out, &res, err) < 0) {
+        if (out != stdout)
+            tmp_discard(out);
+        goto fail;
+    }
+    if (out != stdout && tmp_commit(out, outpath, 0600, err) < 0)
+        goto fail;
+    if (o->json) {
+        jw_init(&w, stdout);
+        jw_begin_object(&w);
+        jw_kv_string(&w, "input", is_stdio(inpath) ? "-" : inpath);
+        jw_kv_string(&w, "output", outpath);
+        json_key_fields(&w, s->t->label, h.key, h.version, h.key_id,
+                        h.key_id_len);
+        jw_kv_bool(&w, "fallback", res.fallback);
+        jw_kv_int(&w, "bytes", (long long)res.bytes);
+        jw_kv_int(&w, "segments", (long long)res.segments);
+        jw_end_object(&w);
+        jw_finish(&w);
+    } else if (!is_stdio(outpath)) {
+        printf("unsealed %llu bytes from %s into %s (key %s version %s on "
+               "token %s)\n",
+               res.bytes, in_name(inpath), outpath, h.key, h.version,
+               s->t->label);
+    }
+    status = TOOL_OK;
+    goto out;
+fail:
+    tool_error("unseal: %s: %s", in_name(inpath), err);
+out:
+    if (dek != 0)
+        m->f->C_DestroyObject(s->t->sess, dek);
+    if (in != NULL && in != stdin)
+        fclose(in);
+    seal_header_clear(&h);
+    ctx_free(&c);
+    return status;
+}
+
+/* ---- rewrap ---------------------------------------------------------------
+ */
+
+struct item {
+    char *path;
+    off_t size;
+    bool named; /* given on the command line (else found in a directory) */
+};
+
+struct items {
+    struct item *v;
+    size_t n, cap;
+    unsigned long long total;
+};
+
+static int items_add(struct items *l, const char *path, off_t size, bool named)
+{
+    struct item *nv;
+
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        nv = realloc(l->v, l->cap * sizeof(*nv));
+        if (nv == NULL)
+            return -1;
+        l->v = nv;
+    }
+    l->v[l->n].path = strdup(path);
+    if (l->v[l->n].path == NULL)
+        return -1;
+    l->v[l->n].size = size;
+    l->v[l->n].named = named;
+    l->total += (unsigned long long)size;
+    l->n++;
+    return 0;
+}
+
+static void items_free(struct items *l)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        free(l->v[i].path);
+    free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+static bool starts_with_magic(const char *path)
+{
+    unsigned char buf[SEAL_MAGIC_LEN];
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    ssize_t n;
+
+    if (fd < 0)
+        return false;
+    n = read(fd, buf, sizeof(buf));
+    close(fd);
+    return n == (ssize_t)sizeof(buf) && seal_has_magic(buf, sizeof(buf));
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds the sealed regular files under dir, in name order; removes stale
+ * temporary files. Returns the number of directories that could not be
+ * read. */
+static int walk(struct items *l, const char *dir, int depth)
+{
+    DIR *d;
+    struct dirent *e;
+    char **names = NULL, **nn, path[PATH_MAX];
+    size_t n = 0, cap = 0, i;
+    struct stat st;
+    int bad = 0;
+
+    if (depth > 64)
+        return 0;
+    d = opendir(dir);
+    if (d == NULL) {
+        tool_error("rewrap: %s: %s", dir, strerror(errno));
+        return 1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            nn = realloc(names, cap * sizeof(*nn));
+            if (nn == NULL)
+                break;
+            names = nn;
+        }
+        if ((names[n] = strdup(e->d_name)) != NULL)
+            n++;
+    }
+    closedir(d);
+    if (n > 0)
+        qsort(names, n, sizeof(*names), cmp_str);
+    for (i = 0; i < n; i++) {
+        if (snprintf(path, sizeof(path), "%s/%s", dir, names[i]) >=
+                (int)sizeof(path) ||
+            lstat(path, &st) < 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            bad += walk(l, path, depth + 1);
+        } else if (S_ISREG(st.st_mode)) {
+            if (is_tmp_name(names[i]))
+                tmp_clean_stale(path);
+            else if (starts_with_magic(path) &&
+                     items_add(l, path, st.st_size, false) < 0)
+                bad++;
+        }
+    }
+    for (i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return bad;
+}
+
+/* The progress bar on a terminal. */
+struct progress {
+    bool on;
+    unsigned long long total, done;
+    size_t files, nfiles;
+    struct timespec last;
+};
+
+static void progress_draw(struct progress *p, bool force)
+{
+    struct timespec now;
+    int width = 30, fill, pct;
+
+    if (!p->on)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!force && (now.tv_sec - p->last.tv_sec) * 1000 +
+                          (now.tv_nsec - p->last.tv_nsec) / 1000000 <
+                      100)
+        return;
+    p->last = now;
+    pct = p->total ? (int)(p->done * 100 / p->total) : 100;
+    fill = pct * width / 100;
+    fprintf(stderr, "\r[%.*s%*s] %3d%%  %zu/%zu files  %.1f/%.1f MiB", fill,
+            "##############################", width - fill, "", pct, p->files,
+            p->nfiles, p->done / 1048576.0, p->total / 1048576.0);
+    fflush(stderr);
+}
+
+static void progress_clear(struct progress *p)
+{
+    if (p->on)
+        fputs("\r\033[K", stderr);
+}
+
+enum outcome { RW_DONE, RW_SKIPPED, RW_FAILED };
+
+struct rewrap_file {
+    enum outcome result;
+    char from_token[64], from_version[160], to_token[64], to_version[160];
+    char key[256], to_key[256];
+};
+
+/* The DEK wrapped for tg, from the header h read on token src. */
+static int rewrap_dek(struct sctx *c, struct tstate *src,
+                      const struct seal_header *h, const struct target *tg,
+                      FILE *f, off_t rest, unsigned char **wrapped,
+                      CK_ULONG *wlen, char *err)
+{
+    CK_SESSION_HANDLE ts = tg->ts->t->sess;
+    CK_MECHANISM wrap = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
+    CK_OBJECT_HANDLE priv = 0, dek = 0, tdek = 0;
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    unsigned char *value = NULL, *seg = NULL, *pt = NULL;
+    CK_ATTRIBUTE va = {CKA_VALUE, NULL, SEAL_DEK_LEN};
+    bool same = src == tg->ts, fallback;
+    ssize_t got;
+    char text[128];
+    CK_ULONG n;
+    int r = -1;
+    CK_RV rv;
+
+    *wrapped = NULL;
+    if (source_priv(c, src, h, &priv, &fallback, err) < 0 ||
+        dek_unwrap(c, src, priv, h, same ? DEK_WRAPPABLE : DEK_READABLE, &dek,
+                   err) < 0)
+        goto out;
+    if (same) {
+        tdek = dek;
+    } else {
+        /* Another token: the key's value moves through this process's
+         * memory only, and is wiped. */
+        CK_ATTRIBUTE tmpl[] = {
+            {CKA_CLASS, &sk, sizeof(sk)},
+            {CKA_KEY_TYPE, &aes, sizeof(aes)},
+            {CKA_TOKEN, &no, sizeof(no)},
+            {CKA_VALUE, NULL, SEAL_DEK_LEN},
+            {CKA_DECRYPT, &yes, sizeof(yes)},
+            {CKA_SENSITIVE, &yes, sizeof(yes)},
+            {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        };
+        value = secure_alloc(SEAL_DEK_LEN);
+        if (value == NULL) {
+            efmt(err, "out of memory");
+            goto out;
+        }
+        va.pValue = value;
+        rv = c->m->f->C_GetAttributeValue(src->t->sess, dek, &va, 1);
+        if (rv != CKR_OK || va.ulValueLen != SEAL_DEK_LEN) {
+            efmt(err, "reading the data key on token %s: %s", src->t->label,
+                 trv_name(rv));
+            goto out;
+        }
+        tmpl[3].pValue = value;
+        rv = c->m->f->C_CreateObject(ts, tmpl, CMK_ARRAY_SIZE(tmpl), &tdek);
+        secure_zero(value, SEAL_DEK_LEN);
+        if (rv != CKR_OK) {
+            efmt(err, "C_CreateObject (the data key) on token %s: %s",
+                 tg->ts->t->label,
+                 tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, ts), text,
+                              sizeof(text)));
+            goto out;
+        }
+    }
+    /* The first segment must authenticate before anything is written. */
+    seg = malloc(SEG_CT);
+    pt = secure_alloc(SEG_CT);
+    if (seg == NULL || pt == NULL) {
+        efmt(err, "out of memory");
+        goto out;
+    }
+    got = read_full(f, seg, SEG_CT);
+    if (got < 0) {
+        efmt(err, "reading the file: %s", strerror(errno));
+        goto out;
+    }
+    if (got < SEAL_TAG_LEN) {
+        efmt(err, "the file is truncated: no complete first segment");
+        goto out;
+    }
+    rv = seg_crypt(c, ts, tdek, h, 0, rest <= (off_t)SEG_CT, false, seg,
+                   (size_t)got, pt, &n);
+    if (rv != CKR_OK) {
+        if (is_auth_failure(rv))
+            efmt(err, "segment 0 does not authenticate with the data key: "
+                      "the file is altered");
+        else
+            efmt(err, "C_Decrypt on token %s: %s", tg->ts->t->label,
+                 trv_name(rv));
+        goto out;
+    }
+    rv = c->m->f->C_WrapKey(ts, &wrap, tg->v->pub, tdek, NULL, wlen);
+    if (rv == CKR_OK && (*wrapped = malloc(*wlen ? *wlen : 1)) == NULL)
+        rv = CKR_HOST_MEMORY;
+    if (rv == CKR_OK)
+        rv = c->m->f->C_WrapKey(ts, &wrap, tg->v->pub, tdek, *wrapped, wlen);
+    if (rv != CKR_OK) {
+        efmt(err, "C_WrapKey with key %s version %s on token %s: %s",
+             tg->key->name, tg->v->version, tg->ts->t->label,
+             tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, ts), text,
+                          sizeof(text)));
+        free(*wrapped);
+        *wrapped = NULL;
+        goto out;
+    }
+    r = 0;
+out:
+    if (dek != 0)
+        c->m->f->C_DestroyObject(src->t->sess, dek);
+    if (tdek != 0 && tdek != dek)
+        c->m->f->C_DestroyObject(ts, tdek);
+    if (value != NULL)
+        secure_free(value, SEAL_DEK_LEN);
+    if (pt != NULL)
+        secure_free(pt, SEG_CT);
+    free(seg);
+    return r;
+}
+
+static int rewrap_one(struct sctx *c, const struct target *to,
+                      const struct item *it, struct progress *pg,
+                      struct rewrap_file *rf, char *err)
+{
+    struct seal_header h, nh;
+    struct target tg;
+    struct tstate *src;
+    struct stat st, st2;
+    unsigned char *wrapped = NULL, *hdr = NULL, *buf = NULL;
+    CK_ULONG wlen = 0;
+    FILE *f = NULL, *out = NULL;
+    size_t hlen, k;
+    ssize_t got;
+    int r = -1;
+
+    memset(&h, 0, sizeof(h));
+    memset(&nh, 0, sizeof(nh));
+    rf->result = RW_FAILED;
+    f = fopen(it->path, "rb");
+    if (f == NULL || fstat(fileno(f), &st) < 0) {
+        efmt(err, "%s", strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        efmt(err, "not a regular file");
+        goto out;
+    }
+    if (header_read(f, &h, err) < 0)
+        goto out;
+    snprintf(rf->from_token, sizeof(rf->from_token), "%s", h.token);
+    snprintf(rf->key, sizeof(rf->key), "%s", h.key);
+    snprintf(rf->from_version, sizeof(rf->from_version), "%s", h.version);
+    src = ts_by_label(c, h.token);
+    if (src == NULL) {
+        efmt(err, "no token %s (the token that sealed the file)", h.token);
+        goto out;
+    }
+    if (to != NULL) {
+        tg = *to;
+    } else {
+        CK_RV rv = ts_load(c, src);
+        if (rv != CKR_OK) {
+            ts_error(c, src, rv, NULL, err);
+            goto out;
+        }
+        memset(&tg, 0, sizeof(tg));
+        tg.ts = src;
+        tg.key = key_by_name(&src->keys, h.key);
+        tg.v = tg.key ? tkey_current(tg.key) : NULL;
+        if (tg.v == NULL || tg.v->pub == 0 || tg.v->version == NULL) {
+            efmt(err, "token %s has no current version of key %s",
+                 src->t->label, h.key);
+            goto out;
+        }
+    }
+    snprintf(rf->to_token, sizeof(rf->to_token), "%s", tg.ts->t->label);
+    snprintf(rf->to_key, sizeof(rf->to_key), "%s", tg.key->name);
+    snprintf(rf->to_version, sizeof(rf->to_version), "%s", tg.v->version);
+    if (strcmp(h.token, tg.ts->t->label) == 0 &&
+        strcmp(h.key, tg.key->name) == 0 && h.key_id_len == tg.v->id_len &&
+        memcmp(h.key_id, tg.v->id, h.key_id_len) == 0) {
+        rf->result = RW_SKIPPED;
+        r = 0;
+        goto out;
+    }
+    if (rewrap_dek(c, src, &h, &tg, f, st.st_size - (off_t)h.length, &wrapped,
+                   &wlen, err) < 0)
+        goto out;
+    /* The new header: the same fixed part, the new key and wrapped DEK. */
+    memcpy(nh.fixed, h.fixed, SEAL_FIXED_LEN);
+    if (seal_header_set(&nh, tg.ts->t->label, tg.key->name, tg.v->version,
+                        tg.v->id, tg.v->id_len, wrapped, wlen) < 0 ||
+        (hdr = seal_header_encode(&nh, &hlen)) == NULL ||
+        (buf = malloc(SEG_CT)) == NULL) {
+        efmt(err, "out of memory");
+        goto out;
+    }
+    if (fseeko(f, (off_t)h.length, SEEK_SET) < 0) {
+        efmt(err, "%s", strerror(errno));
+        goto out;
+    }
+    out = tmp_open(it->path, err);
+    if (out == NULL)
+        goto out;
+    if (fwrite(hdr, 1, hlen, out) != hlen)
+        goto write_error;
+    for (;;) {
+        got = read_full(f, buf, SEG_CT);
+        if (got < 0) {
+            efmt(err, "reading: %s", strerror(errno));
+            tmp_discard(out);
+            goto out;
+        }
+        if (got == 0)
+            break;
+        k = (size_t)got;
+        if (fwrite(buf, 1, k, out) != k)
+            goto write_error;
+        pg->done += k;
+        progress_draw(pg, false);
+    }
+    /* Another process replaced or changed the file meanwhile: keep its
+     * version. */
+    if (stat(it->path, &st2) < 0 || st2.st_ino != st.st_ino ||
+        st2.st_dev != st.st_dev || st2.st_size != st.st_size ||
+        st2.st_mtim.tv_sec != st.st_mtim.tv_sec ||
+        st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
+        efmt(err, "the file changed while it was rewrapped: left as it is");
+        tmp_discard(out);
+        goto out;
+    }
+    if (fchown(fileno(out), st.st_uid, st.st_gid) < 0) {
+        /* Not the owner: the file becomes ours, as any rewrite would. */
+    }
+    if (tmp_commit(out, it->path, st.st_mode & 07777, err) < 0)
+        goto out;
+    rf->result = RW_DONE;
+    r = 0;
+    goto out;
+write_error:
+    efmt(err, "writing %s: %s", tmp_path, strerror(errno));
+    tmp_discard(out);
+out:
+    if (f != NULL)
+        fclose(f);
+    free(wrapped);
+    free(hdr);
+    free(buf);
+    seal_header_clear(&h);
+    seal_header_clear(&nh);
+    return r;
+}
+
+static const char *const outcome_names[] = {"rewrapped", "skipped", "failed"};
+
+int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
+{
+    struct items l;
+    struct target to;
+    struct progress pg;
+    struct rewrap_file rf;
+    struct sctx c;
+    struct stat st;
+    char err[ERRLEN], *real;
+    unsigned long counts[3] = {0, 0, 0};
+    char under[600] = "";
+    bool mixed = false;
+    struct jw w;
+    size_t i;
+    int a;
+
+    memset(&l, 0, sizeof(l));
+    memset(&c, 0, sizeof(c));
+    memset(&pg, 0, sizeof(pg));
+    signals_install();
+    for (a = 1; a < argc; a++) {
+        if (stat(argv[a], &st) < 0) {
+            tool_error("rewrap: %s: %s", argv[a], strerror(errno));
+            counts[RW_FAILED]++;
+        } else if (S_ISDIR(st.st_mode)) {
+            counts[RW_FAILED] += (unsigned long)walk(&l, argv[a], 0);
+        } else if ((real = realpath(argv[a], NULL)) != NULL) {
+            /* A symbolic link: the file it names is rewritten. */
+            if (items_add(&l, real, st.st_size, true) < 0)
+                counts[RW_FAILED]++;
+            free(real);
+        } else {
+            tool_error("rewrap: %s: %s", argv[a], strerror(errno));
+            counts[RW_FAILED]++;
+        }
+    }
+    if (ctx_init(&c, m, o, err) < 0 ||
+        (o->to != NULL &&
+         target_resolve(&c, o->to, o->token, "--to", &to, err) < 0)) {
+        tool_error("rewrap: %s", err);
+        items_free(&l);
+        ctx_free(&c);
+        return TOOL_FAILED;
+    }
+    pg.on = isatty(STDERR_FILENO) && l.n > 0;
+    pg.total = l.total;
+    pg.nfiles = l.n;
+    if (o->json) {
+        jw_init(&w, stdout);
+        jw_begin_object(&w);
+        jw_key(&w, "files");
+        jw_begin_array(&w);
+    }
+    for (i = 0; i < l.n; i++) {
+        unsigned long long before = pg.done;
+        memset(&rf, 0, sizeof(rf));
+        err[0] = '\0';
+        progress_draw(&pg, true);
+        if (!l.v[i].named && !starts_with_magic(l.v[i].path)) {
+            pg.done = before + (unsigned long long)l.v[i].size;
+            pg.files++;
+            continue; /* changed since the walk */
+        }
+        rewrap_one(&c, o->to ? &to : NULL, &l.v[i], &pg, &rf, err);
+        pg.done = before + (unsigned long long)l.v[i].size;
+        pg.files++;
+        counts[rf.result]++;
+        if (rf.result == RW_FAILED) {
+            progress_clear(&pg);
+            tool_error("rewrap: %s: %s", l.v[i].path, err);
+        } else if (rf.to_key[0] != '\0') {
+            char u[600];
+            snprintf(u, sizeof(u), "%s@%s", rf.to_key, rf.to_version);
+            if (under[0] == '\0')
+                snprintf(under, sizeof(under), "%s", u);
+            else if (strcmp(under, u) != 0)
+                mixed = true;
+        }
+        if (o->json) {
+            jw_begin_object(&w);
+            jw_kv_string(&w, "path", l.v[i].path);
+            jw_kv_string(&w, "result", outcome_names[rf.result]);
+            jw_key(&w, "from");
+            if (rf.from_token[0] != '\0') {
+                jw_begin_object(&w);
+                jw_kv_string(&w, "token", rf.from_token);
+                jw_kv_string(&w, "key", rf.key);
+                jw_kv_string(&w, "version", rf.from_version);
+                jw_end_object(&w);
+            } else {
+                jw_null(&w);
+            }
+            jw_key(&w, "to");
+            if (rf.to_token[0] != '\0' && rf.result != RW_FAILED) {
+                jw_begin_object(&w);
+                jw_kv_string(&w, "token", rf.to_token);
+                jw_kv_string(&w, "key", rf.to_key);
+                jw_kv_string(&w, "version", rf.to_version);
+                jw_end_object(&w);
+            } else {
+                jw_null(&w);
+            }
+            jw_kv_string(&w, "error", rf.result == RW_FAILED ? err : NULL);
+            jw_end_object(&w);
+        }
+    }
+    progress_draw(&pg, true);
+    progress_clear(&pg);
+    if (o->to != NULL)
+        snprintf(under, sizeof(under), "%s@%s", to.key->name, to.v->version);
+    if (o->json) {
+        jw_end_array(&w);
+        jw_kv_int(&w, "rewrapped", (long long)counts[RW_DONE]);
+        jw_kv_int(&w, "skipped", (long long)counts[RW_SKIPPED]);
+        jw_kv_int(&w, "failed", (long long)counts[RW_FAILED]);
+        jw_end_object(&w);
+        jw_finish(&w);
+    } else {
+        printf("rewrapped %lu file%s, skipped %lu already under %s, failed "
+               "%lu\n",
+               counts[RW_DONE], counts[RW_DONE] == 1 ? "" : "s",
+               counts[RW_SKIPPED],
+               mixed || under[0] == '\0' ? "their key's current version"
+                                         : under,
+               counts[RW_FAILED]);
+    }
+    items_free(&l);
+    ctx_free(&c);
+    return counts[RW_FAILED] > 0 ? TOOL_FAILED : TOOL_OK;
+}
