@@ -1,0 +1,199 @@
+#!/usr/bin/python3
+"""cmkp11-tool rewrap killed with SIGKILL at random moments, on a SoftHSM
+token (hsm back end): every file stays either its old or its new complete
+version and unseals; a rerun finishes the job and removes the leftover
+temporary files. Also the progress bar on a terminal."""
+import os
+import pty
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+TOP_BUILDDIR = os.environ.get("top_builddir") or TOP_SRCDIR
+sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
+
+from taplib import Tap, skip_all  # noqa: E402
+
+TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
+MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
+    TOP_BUILDDIR, ".libs", "cmkp11.so")
+SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+MiB = 1 << 20
+FILES = 20
+ROUNDS = 10
+
+if not os.access(TOOL, os.X_OK):
+    skip_all("cmkp11-tool is not built")
+t = Tap()
+work = tempfile.mkdtemp(prefix="tmp-test-seal-kill-",
+                        dir=os.environ.get("TMPDIR") or os.getcwd())
+hsmdir = os.path.join(work, "softhsm")
+st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
+                     hsmdir], capture_output=True, text=True)
+if st.returncode == 77:
+    skip_all("SoftHSMv2 or pkcs11-tool is missing")
+os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+st2 = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label",
+                      "cmk", "--login", "--pin", "1234", "--keypairgen",
+                      "--key-type", "rsa:2048", "--label", "kek2", "--id",
+                      "60"], capture_output=True, text=True)
+t.ok(st.returncode == 0 and st2.returncode == 0,
+     "a SoftHSM token with keys kek and kek2")
+
+
+def private(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path
+
+
+pin = private(os.path.join(work, "pin"), "1234\n")
+conf = private(os.path.join(work, "cmkp11.conf"),
+               "[cmkp11]\nlog-level = error\nlog-file = %s\n\n"
+               "[token local]\nbackend = hsm\nmodule = %s\ntoken-label = cmk\n"
+               "pin-file = %s\n" % (os.path.join(work, "cmkp11.log"), SOFTHSM,
+                                    pin))
+os.environ["CMKP11_CONF"] = conf
+CMD = [TOOL, "--module", MODULE]
+
+
+def header(data):
+    """(key, key id, header length) of a sealed file (docs/seal-format.md)."""
+    assert data[:8] == b"CMKSEAL1"
+    pos, f = 24, []
+    for _ in range(5):
+        (n,) = struct.unpack(">H", data[pos:pos + 2])
+        f.append(data[pos + 2:pos + 2 + n])
+        pos += 2 + n
+    return f[1].decode(), f[3], pos
+
+
+def rfile(p):
+    with open(p, "rb") as f:
+        return f.read()
+
+
+d = os.path.join(work, "files")
+os.makedirs(os.path.join(d, "sub"))
+rng = random.Random(os.getpid())
+plain, body, fixed = {}, {}, {}
+for i in range(FILES):
+    name = os.path.join(d, "sub" if i % 4 == 0 else "", "f%02d.sealed" % i)
+    data = os.urandom(rng.randint(MiB, 3 * MiB))
+    p = subprocess.run(CMD + ["seal", "--key", "kek", "-o", name], input=data,
+                       capture_output=True)
+    if p.returncode != 0:
+        t.diag(p.stderr.decode())
+    plain[name] = data
+    sealed = rfile(name)
+    fixed[name] = sealed[:24]
+    body[name] = sealed[header(sealed)[2]:]
+t.ok(all(os.path.exists(n) for n in plain),
+     "%d files of 1 to 3 MiB sealed under kek" % FILES)
+KEYS = {("kek", b"\x02"), ("kek2", b"\x60")}
+
+
+def consistent():
+    """Every file is complete: a header naming kek or kek2, the fixed part
+    and the segments unchanged. Returns the names of broken files."""
+    bad = []
+    for n in plain:
+        try:
+            data = rfile(n)
+            key, kid, hl = header(data)
+            if (key, kid) not in KEYS or data[:24] != fixed[n] or \
+                    data[hl:] != body[n]:
+                bad.append(n)
+        except (OSError, AssertionError, struct.error):
+            bad.append(n)
+    return bad
+
+
+def unseals(names):
+    bad = []
+    for n in names:
+        p = subprocess.run(CMD + ["unseal", n], capture_output=True)
+        if p.returncode != 0 or p.stdout != plain[n]:
+            bad.append((n, p.stderr.decode()))
+    return bad
+
+
+# How long a whole run takes here: the kills fall inside it.
+start = time.monotonic()
+p = subprocess.run(CMD + ["rewrap", "--to", "kek2", d], capture_output=True,
+                   text=True)
+span = min(0.3, time.monotonic() - start)
+t.ok(p.returncode == 0 and not consistent() and
+     p.stdout.startswith("rewrapped %d files" % FILES),
+     "rewrap --to kek2 of the directory: %.0f ms" % (span * 1000), p.stderr)
+killed = mixed = tmps = 0
+for r in range(ROUNDS):
+    target = "kek" if r % 2 == 0 else "kek2"
+    p = subprocess.Popen(CMD + ["rewrap", "--to", target, d],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0, span))
+    if p.poll() is None:
+        p.send_signal(signal.SIGKILL)
+        killed += 1
+    p.wait()
+    bad = consistent()
+    moved = sum(1 for n in plain if header(rfile(n))[0] == target)
+    mixed += 0 < moved < FILES
+    tmps += len([n for dp, dn, fn in os.walk(d) for n in fn
+                 if ".cmkp11-tmp-" in n])
+    sample = rng.sample(sorted(plain), 3)
+    t.ok(not bad and not unseals(sample), "round %d: rewrap --to %s, SIGKILL "
+         "after a random moment: every file complete (old or new header, "
+         "the same segments), a sample unseals" % (r + 1, target), bad)
+t.diag("%d of %d runs killed before they finished, %d left the directory "
+       "half done, %d temporary files seen after the kills" % (
+           killed, ROUNDS, mixed, tmps))
+
+p = subprocess.run(CMD + ["rewrap", "--to", "kek2", d], capture_output=True,
+                   text=True)
+t.ok(p.returncode == 0 and p.stdout.startswith("rewrapped ") and
+     p.stdout.strip().endswith("already under kek2@60, failed 0"),
+     "a rerun to completion: exit 0, the summary line", p.stdout + p.stderr)
+t.ok(all(header(rfile(n))[:2] == ("kek2", b"\x60") for n in plain) and
+     not consistent(), "every file is now under kek2, segments unchanged")
+tmps = [n for dp, dn, fn in os.walk(d) for n in fn if ".cmkp11-tmp-" in n]
+t.ok(not tmps, "the rerun removed the temporary files of the killed runs",
+     tmps)
+bad = unseals(sorted(plain))
+t.ok(not bad, "every file unseals to its original", bad)
+p = subprocess.run(CMD + ["rewrap", "--to", "kek2", d], capture_output=True,
+                   text=True)
+t.eq(p.stdout.strip(), "rewrapped 0 files, skipped %d already under kek2@60, "
+     "failed 0" % FILES, "a second run skips every file")
+
+# The progress bar when standard error is a terminal.
+master, slave = pty.openpty()
+p = subprocess.Popen(CMD + ["rewrap", "--to", "kek", d],
+                     stdout=subprocess.PIPE, stderr=slave)
+os.close(slave)
+tty = b""
+while True:
+    try:
+        chunk = os.read(master, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    tty += chunk
+out = p.communicate()[0].decode()
+os.close(master)
+t.ok(p.returncode == 0 and b"\r[" in tty and b"100%" in tty and
+     b"%d/%d files" % (FILES, FILES) in tty and
+     out.startswith("rewrapped %d files" % FILES),
+     "on a terminal: a progress bar on standard error, then the summary",
+     (tty[-300:], out))
+
+shutil.rmtree(work, ignore_errors=True)
