@@ -293,7 +293,12 @@ def round_trips(conf, token, key, label, version):
              in ("644", "600", "640", "664"),
              "%s: %d bytes: the header names token, key, version, key id; "
              "a 256-byte wrapped key; %d segment(s)" % (label, n, segs))
-        rc, out, err = run("unseal", s, "-o", u, conf=conf)
+        rc, out, err = run("--json", "unseal", s, "-o", u, conf=conf)
+        doc = json.loads(out) if rc == 0 else {}
+        t.ok(doc.get("bytes") == n and doc.get("segments") == segs and
+             doc.get("fallback") is False and doc.get("version") == version,
+             "%s: unseal --json: bytes, segments, the version, no fallback" %
+             label, (rc, err, doc))
         t.ok(rc == 0 and rfile(u) == data and
              oct(os.stat(u).st_mode)[-3:] == "600" and not leftovers(d),
              "%s: unseal %d bytes to a file (mode 0600): the same bytes" %
