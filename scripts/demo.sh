@@ -45,6 +45,8 @@ chmod 600 "$demo/payments.secret"
 cat >"$demo/cmkp11.conf" <<EOT
 [cmkp11]
 log-level = warning
+log-file = $demo/cmkp11.log
+refresh-interval = 5
 
 [token local]
 backend = hsm
@@ -86,4 +88,43 @@ run_job() { # run_job TOKEN KEY PIN
 }
 run_job local kek 1234
 run_job payments payments-kek ""
-say "done: both tokens sealed and unsealed the sample; files are in $demo"
+tool() { ./cmkp11-tool --module "$module" "$@"; }
+emu_admin() { tests/kvemu/kvemu-admin --state-dir "$demo/kvemu" "$@" >/dev/null; }
+
+say "the life cycle of a CMK in Key Vault, with cmkp11-tool"
+echo "\$ cmkp11-tool check payments payments-kek"
+tool check payments payments-kek
+echo
+echo "\$ cmkp11-tool seal --token payments --key payments-kek sample.bin -o sample.cmk"
+tool seal --token payments --key payments-kek "$demo/sample.bin" -o "$demo/sample.cmk"
+tool list payments
+
+say "rotation: a new version; new data under it, old data still readable"
+tool rotate payments payments-kek
+printf 'Next quarter.\n' >"$demo/next.txt"
+tool seal --token payments --key payments-kek "$demo/next.txt" -o "$demo/next.cmk"
+tool unseal "$demo/sample.cmk" -o "$demo/sample.unsealed"
+cmp -s "$demo/sample.bin" "$demo/sample.unsealed" &&
+    echo "the file sealed before the rotation still unseals"
+
+say "rewrap: the old file's data key moves to the new version (the data is not re-encrypted)"
+tool rewrap "$demo/sample.cmk"
+tool unseal "$demo/sample.cmk" -o "$demo/sample.unsealed"
+cmp -s "$demo/sample.bin" "$demo/sample.unsealed" && echo "it unseals under the new version"
+
+say "revocation: the vault takes the identity's access away"
+emu_admin revoke app
+sleep 6 # refresh-interval
+if tool unseal "$demo/sample.cmk" -o "$demo/sample.unsealed2"; then
+    echo "FAILED: unseal still worked after the access was revoked"
+    exit 1
+fi
+echo "unseal refused, as it must be; the module's log says why:"
+tail -n 2 "$demo/cmkp11.log" | sed 's/^/  /'
+
+say "restore: access comes back, and so does service, without a restart"
+emu_admin restore app
+tool unseal "$demo/sample.cmk" -o "$demo/sample.unsealed2"
+cmp -s "$demo/sample.bin" "$demo/sample.unsealed2" && echo "unsealed again"
+
+say "done: the main job on both tokens and the life cycle on Key Vault; files are in $demo"
