@@ -161,7 +161,7 @@ enum seal_err seal_header_read(FILE *f, struct seal_header *h, char *err,
     if (fixed[8] != SEAL_VERSION) {
         snprintf(err, errlen,
                  "format version %u is not supported (this tool reads %u)",
-                 fixed[8], SEAL_VERSION);
+                 fixed[8], (unsigned)SEAL_VERSION);
         return SEAL_BAD_VERSION;
     }
     if (fixed[9] != 0) {
