@@ -14,6 +14,14 @@
  *   unwrap-sha256  the same with OAEP SHA-256 / MGF1-SHA256
  *   decrypt        C_Decrypt with CKM_RSA_PKCS of a 32-byte plaintext
  *   sign           C_Sign with CKM_SHA256_RSA_PKCS of a 64-byte message
+ *   wrap-sha256    C_WrapKey with OAEP SHA-256 / MGF1-SHA256 and the public
+ *                  key object of an AES-256 session key (C_CreateObject in
+ *                  each thread's session); the module encrypts, not the
+ *                  token, where the public key is cached (Key Vault)
+ *   openssl-wrap-sha256
+ *                  the baseline of wrap-sha256 without the module: OpenSSL's
+ *                  EVP_PKEY_encrypt (a new EVP_PKEY_CTX each time, OAEP
+ *                  SHA-256) of the same 32 bytes with the same public key
  * Each measured call is preceded by its *Init call. The wrapped keys and
  * the ciphertext are made beforehand with OpenSSL and the public key read
  * from the token.
@@ -22,7 +30,12 @@
  * thread must give the AES key that was wrapped, checked by encrypting a block
  * with CKM_AES_CBC_PAD), a decrypt must give back the plaintext,
  * a signature must be 256 bytes (the first one of each thread is verified
- * with OpenSSL). Any failure is reported on stderr and the exit status is 1.
+ * with OpenSSL), a wrapped key must be 256 bytes (the first one of each
+ * thread is unwrapped by the module and checked like an unwrap). Any failure is
+ * reported on stderr and the exit status is 1.
+ *
+ * PIN "-" skips C_Login (a token that needs none, as a Key Vault token
+ * without pin =).
  *
  * Output, one line per measurement on stdout:
  *   OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND
@@ -59,19 +72,30 @@
 #define MAX_THREADS 64
 #define SIG_LEN     256
 
-enum op { OP_UNWRAP, OP_UNWRAP_SHA256, OP_DECRYPT, OP_SIGN, OP_COUNT };
+enum op {
+    OP_UNWRAP,
+    OP_UNWRAP_SHA256,
+    OP_DECRYPT,
+    OP_SIGN,
+    OP_WRAP_SHA256,
+    OP_OSSL_WRAP_SHA256,
+    OP_COUNT
+};
 
 static const char *const op_names[OP_COUNT] = {
     [OP_UNWRAP] = "unwrap",
     [OP_UNWRAP_SHA256] = "unwrap-sha256",
     [OP_DECRYPT] = "decrypt",
     [OP_SIGN] = "sign",
+    [OP_WRAP_SHA256] = "wrap-sha256",
+    [OP_OSSL_WRAP_SHA256] = "openssl-wrap-sha256",
 };
 
 struct bench {
     CK_FUNCTION_LIST_PTR p11;
     CK_SLOT_ID slot;
     CK_OBJECT_HANDLE priv;
+    CK_OBJECT_HANDLE pub_obj;
     EVP_PKEY *pub;
     size_t mod_len;
 
@@ -99,6 +123,7 @@ struct worker {
     struct bench *b;
     pthread_t tid;
     CK_SESSION_HANDLE session;
+    CK_OBJECT_HANDLE aes; /* wrap-sha256: the key that is wrapped */
     unsigned long ops;
     struct timespec t0, t1;
     int failed;
@@ -128,10 +153,11 @@ static void usage(void)
             "  -d SECONDS  length of each measurement (default 3)\n"
             "  -n OPS      operations per thread instead of a duration\n"
             "  -t LIST     thread counts (default 1,2)\n"
-            "  -o LIST     unwrap, unwrap-sha256, decrypt, sign\n"
-            "              (default unwrap,decrypt,sign)\n"
+            "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
+            "              openssl-wrap-sha256 (default unwrap,decrypt,sign)\n"
             "  -w WARMUP   untimed operations per thread first (default 20)\n"
             "  -v          details on stderr\n"
+            "PIN \"-\": no C_Login\n"
             "output, one line per measurement:\n"
             "  OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND\n",
             prog);
@@ -345,6 +371,29 @@ static int verify_signature(EVP_PKEY *key, const unsigned char *msg,
 
 /* ---- the operations --------------------------------------------------- */
 
+/* An extractable AES session key with the value B->aes_key. */
+static CK_OBJECT_HANDLE session_aes_key(struct bench *b, CK_SESSION_HANDLE s)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &no, sizeof(no)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_VALUE, b->aes_key, sizeof(b->aes_key)},
+    };
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv;
+
+    rv = b->p11->C_CreateObject(s, tmpl, CMK_ARRAY_SIZE(tmpl), &h);
+    if (rv != CKR_OK)
+        die("C_CreateObject (AES-256 session key): 0x%lx", (unsigned long)rv);
+    return h;
+}
+
 static void fail(struct worker *w, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void fail(struct worker *w, const char *fmt, ...)
@@ -398,6 +447,57 @@ static int check_aes_key(struct worker *w, CK_OBJECT_HANDLE key)
     return 0;
 }
 
+/*
+ * C_UnwrapKey of BLOB (OAEP with SHA-256 or SHA-1) into a session key that
+ * is destroyed again; CHECK compares it with the key that was wrapped.
+ */
+static int unwrap_blob(struct worker *w, int sha256, const unsigned char *blob,
+                       size_t blob_len, int check)
+{
+    struct bench *b = w->b;
+    CK_FUNCTION_LIST_PTR p11 = b->p11;
+    CK_SESSION_HANDLE s = w->session;
+    CK_RSA_PKCS_OAEP_PARAMS oaep = {
+        sha256 ? CKM_SHA256 : CKM_SHA_1,
+        sha256 ? CKG_MGF1_SHA256 : CKG_MGF1_SHA1,
+        CKZ_DATA_SPECIFIED,
+        NULL,
+        0,
+    };
+    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},     {CKA_ENCRYPT, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+    };
+    CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+    CK_RV rv;
+
+    rv = p11->C_UnwrapKey(s, &mech, b->priv, (CK_BYTE_PTR)blob,
+                          (CK_ULONG)blob_len, tmpl, CMK_ARRAY_SIZE(tmpl), &key);
+    if (rv != CKR_OK) {
+        fail(w, "C_UnwrapKey: 0x%lx", (unsigned long)rv);
+        return -1;
+    }
+    if (key == CK_INVALID_HANDLE) {
+        fail(w, "C_UnwrapKey gave no handle");
+        return -1;
+    }
+    if (check && check_aes_key(w, key) != 0) {
+        p11->C_DestroyObject(s, key);
+        return -1;
+    }
+    rv = p11->C_DestroyObject(s, key);
+    if (rv != CKR_OK) {
+        fail(w, "C_DestroyObject: 0x%lx", (unsigned long)rv);
+        return -1;
+    }
+    return 0;
+}
+
 /* One operation; FIRST asks for the extra check. Returns 0 or -1. */
 static int run_op(struct worker *w, int first)
 {
@@ -408,45 +508,45 @@ static int run_op(struct worker *w, int first)
 
     switch (b->op) {
     case OP_UNWRAP:
-    case OP_UNWRAP_SHA256: {
-        int sha256 = b->op == OP_UNWRAP_SHA256;
-        CK_RSA_PKCS_OAEP_PARAMS oaep = {
-            sha256 ? CKM_SHA256 : CKM_SHA_1,
-            sha256 ? CKG_MGF1_SHA256 : CKG_MGF1_SHA1,
-            CKZ_DATA_SPECIFIED,
-            NULL,
-            0,
-        };
+        return unwrap_blob(w, 0, b->wrapped_sha1, b->wrapped_sha1_len, first);
+    case OP_UNWRAP_SHA256:
+        return unwrap_blob(w, 1, b->wrapped_sha256, b->wrapped_sha256_len,
+                           first);
+    case OP_WRAP_SHA256: {
+        CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256,
+                                        CKZ_DATA_SPECIFIED, NULL, 0};
         CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
-        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-        CK_KEY_TYPE kt = CKK_AES;
-        CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
-        CK_ATTRIBUTE tmpl[] = {
-            {CKA_CLASS, &cls, sizeof(cls)},   {CKA_KEY_TYPE, &kt, sizeof(kt)},
-            {CKA_TOKEN, &no, sizeof(no)},     {CKA_ENCRYPT, &yes, sizeof(yes)},
-            {CKA_DECRYPT, &yes, sizeof(yes)},
-        };
-        CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+        unsigned char out[1024];
+        CK_ULONG len = sizeof(out);
 
-        rv = p11->C_UnwrapKey(
-            s, &mech, b->priv, sha256 ? b->wrapped_sha256 : b->wrapped_sha1,
-            (CK_ULONG)(sha256 ? b->wrapped_sha256_len : b->wrapped_sha1_len),
-            tmpl, CMK_ARRAY_SIZE(tmpl), &key);
+        rv = p11->C_WrapKey(s, &mech, b->pub_obj, w->aes, out, &len);
         if (rv != CKR_OK) {
-            fail(w, "C_UnwrapKey: 0x%lx", (unsigned long)rv);
+            fail(w, "C_WrapKey: 0x%lx", (unsigned long)rv);
             return -1;
         }
-        if (key == CK_INVALID_HANDLE) {
-            fail(w, "C_UnwrapKey gave no handle");
+        if (len != b->mod_len) {
+            fail(w, "C_WrapKey: %lu bytes, not %zu", (unsigned long)len,
+                 b->mod_len);
             return -1;
         }
-        if (first && check_aes_key(w, key) != 0) {
-            p11->C_DestroyObject(s, key);
-            return -1;
-        }
-        rv = p11->C_DestroyObject(s, key);
-        if (rv != CKR_OK) {
-            fail(w, "C_DestroyObject: 0x%lx", (unsigned long)rv);
+        return first ? unwrap_blob(w, 1, out, len, 1) : 0;
+    }
+    case OP_OSSL_WRAP_SHA256: {
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, b->pub, NULL);
+        unsigned char out[1024];
+        size_t len = sizeof(out);
+        int ok;
+
+        ok = ctx && EVP_PKEY_encrypt_init(ctx) > 0 &&
+             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) > 0 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) > 0 &&
+             EVP_PKEY_encrypt(ctx, out, &len, b->aes_key, sizeof(b->aes_key)) >
+                 0;
+        EVP_PKEY_CTX_free(ctx);
+        if (!ok || len != b->mod_len) {
+            ERR_clear_error();
+            fail(w, "EVP_PKEY_encrypt failed");
             return -1;
         }
         return 0;
@@ -560,6 +660,8 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
         rv = b->p11->C_OpenSession(b->slot, flags, NULL, NULL, &w[i].session);
         if (rv != CKR_OK)
             die("C_OpenSession: 0x%lx", (unsigned long)rv);
+        if (b->op == OP_WRAP_SHA256)
+            w[i].aes = session_aes_key(b, w[i].session);
     }
     for (i = 0; i < nthreads; i++) {
         if (pthread_create(&w[i].tid, NULL, worker_main, &w[i]) != 0)
@@ -708,11 +810,14 @@ int main(int argc, char **argv)
                               NULL, &s);
     if (rv != CKR_OK)
         die("C_OpenSession: 0x%lx", (unsigned long)rv);
-    rv = b.p11->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin));
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
-        die("C_Login: 0x%lx", (unsigned long)rv);
+    if (strcmp(pin, "-") != 0) {
+        rv = b.p11->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)pin, strlen(pin));
+        if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
+            die("C_Login: 0x%lx", (unsigned long)rv);
+    }
     b.priv = find_key(b.p11, s, CKO_PRIVATE_KEY, key_label);
     pub = find_key(b.p11, s, CKO_PUBLIC_KEY, key_label);
+    b.pub_obj = pub;
     b.pub = read_public(b.p11, s, pub, &b.mod_len);
     if (b.mod_len != SIG_LEN)
         die("key \"%s\" is %zu bits, not 2048", key_label, b.mod_len * 8);
@@ -746,7 +851,8 @@ int main(int argc, char **argv)
         }
     }
 
-    b.p11->C_Logout(s);
+    if (strcmp(pin, "-") != 0)
+        b.p11->C_Logout(s);
     b.p11->C_CloseSession(s);
     rv = b.p11->C_Finalize(NULL);
     if (rv != CKR_OK) {
