@@ -200,3 +200,16 @@ CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
     memcpy(&v, at->pValue, sizeof(v));
     return v;
 }
+
+void attrs_compact(struct attrs *a)
+{
+    CK_ATTRIBUTE *nv;
+
+    if (a->n == 0 || a->n == a->alloc)
+        return;
+    nv = realloc(a->v, a->n * sizeof(*nv));
+    if (nv != NULL) {
+        a->v = nv;
+        a->alloc = a->n;
+    }
+}

@@ -27,6 +27,8 @@ int attrs_merge(struct attrs *a, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 /* Borrows the attribute, or NULL. */
 CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type);
+/* Gives back the unused part of the vector (for long-lived objects). */
+void attrs_compact(struct attrs *a);
 
 /* Lookups in a caller's template. find_* return 1 if found and valid,
  * 0 if absent, -1 if present with a bad length. */

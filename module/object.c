@@ -130,6 +130,7 @@ CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
     o->token = t;
     o->session = sess;
     o->uid = p->uid;
+    attrs_compact(&p->attrs);
     o->attrs = p->attrs;
     o->ref = p->ref;
     o->secret = secret;
@@ -182,6 +183,7 @@ void object_merge(struct token *t, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         if (o != NULL && common_defaults(&p->attrs, true) == 0) {
             /* Same object: new attributes, the old reference stays. */
             attrs_clear(&o->attrs);
+            attrs_compact(&p->attrs);
             o->attrs = p->attrs;
             attrs_init(&p->attrs);
             if (refs != NULL)

@@ -119,8 +119,9 @@ admin() { # admin METHOD PATH [JSON]
         -H "Content-Type: application/json" \
         ${3:+--data "$3"} "$KVEMU_ADMIN_URL/$2"
 }
-latency() { # latency MS: every vault and token request
-    admin PUT latency "{\"vault_ms\": $1, \"identity_ms\": $1}" >/dev/null
+latency() { # latency MS: every vault and token request, and 2 x MS for
+    # a new connection's TCP and TLS handshakes (a round trip each)
+    admin PUT latency "{\"vault_ms\": $1, \"identity_ms\": $1, \"connect_ms\": $(($1 * 2))}" >/dev/null
 }
 admin POST vaults/kvemu/keys '{"name": "kek"}' >/dev/null
 for n in $sizes; do

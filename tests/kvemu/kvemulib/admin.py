@@ -89,7 +89,7 @@ def admin_dispatch(emu, req):
         if m in ("PUT", "POST"):
             if "ms" in body:
                 emu.latency["vault_ms"] = int(body["ms"])
-            for k in ("vault_ms", "identity_ms"):
+            for k in ("vault_ms", "identity_ms", "connect_ms"):
                 if k in body:
                     emu.latency[k] = int(body[k])
             return 200, dict(emu.latency)

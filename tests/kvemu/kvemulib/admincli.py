@@ -67,6 +67,8 @@ def build_parser():
     p = sub.add_parser("latency", help="delay every vault request by MS milliseconds")
     p.add_argument("ms", type=int)
     p.add_argument("--identity-ms", type=int, help="also delay token endpoints")
+    p.add_argument("--connect-ms", type=int,
+                   help="delay each new TLS connection (its handshake round trips)")
     p = sub.add_parser("expire-tokens", help="make issued tokens count as expired")
     p.add_argument("--identity")
     p = sub.add_parser("token-lifetime", help="lifetime of newly issued tokens")
@@ -157,6 +159,8 @@ def main(argv=None):
         m, path, body = "PUT", "latency", {"vault_ms": args.ms}
         if args.identity_ms is not None:
             body["identity_ms"] = args.identity_ms
+        if args.connect_ms is not None:
+            body["connect_ms"] = args.connect_ms
     elif c == "expire-tokens":
         m, path, body = "POST", "tokens/expire", {"identity": args.identity}
     elif c == "token-lifetime":

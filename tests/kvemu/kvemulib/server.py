@@ -174,7 +174,7 @@ class Emulator:
         self.token_cache = {}
         self.faults = []
         self.fault_seq = 0
-        self.latency = {"vault_ms": 0, "identity_ms": 0}
+        self.latency = {"vault_ms": 0, "identity_ms": 0, "connect_ms": 0}
         self.reset_counters()
         self.resources = {"https://vault.localhost:%d" % self.port,
                           "https://managedhsm.localhost:%d" % self.port,
@@ -993,6 +993,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         if self.server.listener == "tls":
+            # A new connection's TCP and TLS handshakes cost round trips
+            # of their own on a real network (connect_ms, e.g. 2 x RTT).
+            connect_ms = self.server.emu.latency.get("connect_ms", 0)
+            if connect_ms:
+                self.server.emu.shutdown_event.wait(connect_ms / 1000.0)
             self.request.settimeout(30)
             self.request = self.server.emu.ssl_ctx.wrap_socket(self.request, server_side=True)
         super().setup()
