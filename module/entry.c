@@ -61,149 +61,87 @@ static CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
     return rv;
 }
 
-static CK_FUNCTION_LIST function_list = {
-    .version = {2, 40},
-    .C_Initialize = C_Initialize,
-    .C_Finalize = C_Finalize,
-    .C_GetInfo = C_GetInfo,
-    .C_GetFunctionList = get_function_list,
-    .C_GetSlotList = C_GetSlotList,
-    .C_GetSlotInfo = C_GetSlotInfo,
-    .C_GetTokenInfo = C_GetTokenInfo,
-    .C_GetMechanismList = C_GetMechanismList,
-    .C_GetMechanismInfo = C_GetMechanismInfo,
-    .C_InitToken = C_InitToken,
-    .C_InitPIN = C_InitPIN,
-    .C_SetPIN = C_SetPIN,
-    .C_OpenSession = C_OpenSession,
-    .C_CloseSession = C_CloseSession,
-    .C_CloseAllSessions = C_CloseAllSessions,
-    .C_GetSessionInfo = C_GetSessionInfo,
-    .C_GetOperationState = C_GetOperationState,
-    .C_SetOperationState = C_SetOperationState,
-    .C_Login = C_Login,
-    .C_Logout = C_Logout,
-    .C_CreateObject = C_CreateObject,
-    .C_CopyObject = C_CopyObject,
-    .C_DestroyObject = C_DestroyObject,
-    .C_GetObjectSize = C_GetObjectSize,
-    .C_GetAttributeValue = C_GetAttributeValue,
-    .C_SetAttributeValue = C_SetAttributeValue,
-    .C_FindObjectsInit = C_FindObjectsInit,
-    .C_FindObjects = C_FindObjects,
-    .C_FindObjectsFinal = C_FindObjectsFinal,
-    .C_EncryptInit = C_EncryptInit,
-    .C_Encrypt = C_Encrypt,
-    .C_EncryptUpdate = C_EncryptUpdate,
-    .C_EncryptFinal = C_EncryptFinal,
-    .C_DecryptInit = C_DecryptInit,
-    .C_Decrypt = C_Decrypt,
-    .C_DecryptUpdate = C_DecryptUpdate,
-    .C_DecryptFinal = C_DecryptFinal,
-    .C_DigestInit = C_DigestInit,
-    .C_Digest = C_Digest,
-    .C_DigestUpdate = C_DigestUpdate,
-    .C_DigestKey = C_DigestKey,
-    .C_DigestFinal = C_DigestFinal,
-    .C_SignInit = C_SignInit,
-    .C_Sign = C_Sign,
-    .C_SignUpdate = C_SignUpdate,
-    .C_SignFinal = C_SignFinal,
-    .C_SignRecoverInit = C_SignRecoverInit,
-    .C_SignRecover = C_SignRecover,
-    .C_VerifyInit = C_VerifyInit,
-    .C_Verify = C_Verify,
-    .C_VerifyUpdate = C_VerifyUpdate,
-    .C_VerifyFinal = C_VerifyFinal,
-    .C_VerifyRecoverInit = C_VerifyRecoverInit,
-    .C_VerifyRecover = C_VerifyRecover,
-    .C_DigestEncryptUpdate = C_DigestEncryptUpdate,
-    .C_DecryptDigestUpdate = C_DecryptDigestUpdate,
-    .C_SignEncryptUpdate = C_SignEncryptUpdate,
-    .C_DecryptVerifyUpdate = C_DecryptVerifyUpdate,
-    .C_GenerateKey = C_GenerateKey,
-    .C_GenerateKeyPair = C_GenerateKeyPair,
-    .C_WrapKey = C_WrapKey,
-    .C_UnwrapKey = C_UnwrapKey,
-    .C_DeriveKey = C_DeriveKey,
-    .C_SeedRandom = C_SeedRandom,
-    .C_GenerateRandom = C_GenerateRandom,
-    .C_GetFunctionStatus = C_GetFunctionStatus,
-    .C_CancelFunction = C_CancelFunction,
-    .C_WaitForSlotEvent = C_WaitForSlotEvent,
-};
+/* The PKCS#11 2.40 functions, shared by both function lists. F: the
+ * function of that name; G: another implementation. */
+#define CMK_FUNCTIONS_2_40(F, G)                                               \
+    F(Initialize)                                                              \
+    F(Finalize)                                                                \
+    F(GetInfo)                                                                 \
+    G(GetFunctionList, get_function_list)                                      \
+    F(GetSlotList)                                                             \
+    F(GetSlotInfo)                                                             \
+    F(GetTokenInfo)                                                            \
+    F(GetMechanismList)                                                        \
+    F(GetMechanismInfo)                                                        \
+    F(InitToken)                                                               \
+    F(InitPIN)                                                                 \
+    F(SetPIN)                                                                  \
+    F(OpenSession)                                                             \
+    F(CloseSession)                                                            \
+    F(CloseAllSessions)                                                        \
+    F(GetSessionInfo)                                                          \
+    F(GetOperationState)                                                       \
+    F(SetOperationState)                                                       \
+    F(Login)                                                                   \
+    F(Logout)                                                                  \
+    F(CreateObject)                                                            \
+    F(CopyObject)                                                              \
+    F(DestroyObject)                                                           \
+    F(GetObjectSize)                                                           \
+    F(GetAttributeValue)                                                       \
+    F(SetAttributeValue)                                                       \
+    F(FindObjectsInit)                                                         \
+    F(FindObjects)                                                             \
+    F(FindObjectsFinal)                                                        \
+    F(EncryptInit)                                                             \
+    F(Encrypt)                                                                 \
+    F(EncryptUpdate)                                                           \
+    F(EncryptFinal)                                                            \
+    F(DecryptInit)                                                             \
+    F(Decrypt)                                                                 \
+    F(DecryptUpdate)                                                           \
+    F(DecryptFinal)                                                            \
+    F(DigestInit)                                                              \
+    F(Digest)                                                                  \
+    F(DigestUpdate)                                                            \
+    F(DigestKey)                                                               \
+    F(DigestFinal)                                                             \
+    F(SignInit)                                                                \
+    F(Sign)                                                                    \
+    F(SignUpdate)                                                              \
+    F(SignFinal)                                                               \
+    F(SignRecoverInit)                                                         \
+    F(SignRecover)                                                             \
+    F(VerifyInit)                                                              \
+    F(Verify)                                                                  \
+    F(VerifyUpdate)                                                            \
+    F(VerifyFinal)                                                             \
+    F(VerifyRecoverInit)                                                       \
+    F(VerifyRecover)                                                           \
+    F(DigestEncryptUpdate)                                                     \
+    F(DecryptDigestUpdate)                                                     \
+    F(SignEncryptUpdate)                                                       \
+    F(DecryptVerifyUpdate)                                                     \
+    F(GenerateKey)                                                             \
+    F(GenerateKeyPair)                                                         \
+    F(WrapKey)                                                                 \
+    F(UnwrapKey)                                                               \
+    F(DeriveKey)                                                               \
+    F(SeedRandom)                                                              \
+    F(GenerateRandom)                                                          \
+    F(GetFunctionStatus)                                                       \
+    F(CancelFunction)                                                          \
+    F(WaitForSlotEvent)
+
+#define LIST_F(n)       .C_##n = C_##n,
+#define LIST_G(n, impl) .C_##n = impl,
+
+static CK_FUNCTION_LIST function_list = {.version = {2, 40},
+                                         CMK_FUNCTIONS_2_40(LIST_F, LIST_G)};
 
 static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .version = {3, 0},
-    .C_Initialize = C_Initialize,
-    .C_Finalize = C_Finalize,
-    .C_GetInfo = C_GetInfo,
-    .C_GetFunctionList = get_function_list,
-    .C_GetSlotList = C_GetSlotList,
-    .C_GetSlotInfo = C_GetSlotInfo,
-    .C_GetTokenInfo = C_GetTokenInfo,
-    .C_GetMechanismList = C_GetMechanismList,
-    .C_GetMechanismInfo = C_GetMechanismInfo,
-    .C_InitToken = C_InitToken,
-    .C_InitPIN = C_InitPIN,
-    .C_SetPIN = C_SetPIN,
-    .C_OpenSession = C_OpenSession,
-    .C_CloseSession = C_CloseSession,
-    .C_CloseAllSessions = C_CloseAllSessions,
-    .C_GetSessionInfo = C_GetSessionInfo,
-    .C_GetOperationState = C_GetOperationState,
-    .C_SetOperationState = C_SetOperationState,
-    .C_Login = C_Login,
-    .C_Logout = C_Logout,
-    .C_CreateObject = C_CreateObject,
-    .C_CopyObject = C_CopyObject,
-    .C_DestroyObject = C_DestroyObject,
-    .C_GetObjectSize = C_GetObjectSize,
-    .C_GetAttributeValue = C_GetAttributeValue,
-    .C_SetAttributeValue = C_SetAttributeValue,
-    .C_FindObjectsInit = C_FindObjectsInit,
-    .C_FindObjects = C_FindObjects,
-    .C_FindObjectsFinal = C_FindObjectsFinal,
-    .C_EncryptInit = C_EncryptInit,
-    .C_Encrypt = C_Encrypt,
-    .C_EncryptUpdate = C_EncryptUpdate,
-    .C_EncryptFinal = C_EncryptFinal,
-    .C_DecryptInit = C_DecryptInit,
-    .C_Decrypt = C_Decrypt,
-    .C_DecryptUpdate = C_DecryptUpdate,
-    .C_DecryptFinal = C_DecryptFinal,
-    .C_DigestInit = C_DigestInit,
-    .C_Digest = C_Digest,
-    .C_DigestUpdate = C_DigestUpdate,
-    .C_DigestKey = C_DigestKey,
-    .C_DigestFinal = C_DigestFinal,
-    .C_SignInit = C_SignInit,
-    .C_Sign = C_Sign,
-    .C_SignUpdate = C_SignUpdate,
-    .C_SignFinal = C_SignFinal,
-    .C_SignRecoverInit = C_SignRecoverInit,
-    .C_SignRecover = C_SignRecover,
-    .C_VerifyInit = C_VerifyInit,
-    .C_Verify = C_Verify,
-    .C_VerifyUpdate = C_VerifyUpdate,
-    .C_VerifyFinal = C_VerifyFinal,
-    .C_VerifyRecoverInit = C_VerifyRecoverInit,
-    .C_VerifyRecover = C_VerifyRecover,
-    .C_DigestEncryptUpdate = C_DigestEncryptUpdate,
-    .C_DecryptDigestUpdate = C_DecryptDigestUpdate,
-    .C_SignEncryptUpdate = C_SignEncryptUpdate,
-    .C_DecryptVerifyUpdate = C_DecryptVerifyUpdate,
-    .C_GenerateKey = C_GenerateKey,
-    .C_GenerateKeyPair = C_GenerateKeyPair,
-    .C_WrapKey = C_WrapKey,
-    .C_UnwrapKey = C_UnwrapKey,
-    .C_DeriveKey = C_DeriveKey,
-    .C_SeedRandom = C_SeedRandom,
-    .C_GenerateRandom = C_GenerateRandom,
-    .C_GetFunctionStatus = C_GetFunctionStatus,
-    .C_CancelFunction = C_CancelFunction,
-    .C_WaitForSlotEvent = C_WaitForSlotEvent,
-    .C_GetInterfaceList = get_interface_list,
+    CMK_FUNCTIONS_2_40(LIST_F, LIST_G).C_GetInterfaceList = get_interface_list,
     .C_GetInterface = get_interface,
     .C_LoginUser = C_LoginUser,
     .C_SessionCancel = C_SessionCancel,
