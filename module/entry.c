@@ -141,7 +141,10 @@ static CK_FUNCTION_LIST function_list = {.version = {2, 40},
 
 static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .version = {3, 0},
-    CMK_FUNCTIONS_2_40(LIST_F, LIST_G).C_GetInterfaceList = get_interface_list,
+    /* clang-format off */
+    CMK_FUNCTIONS_2_40(LIST_F, LIST_G)
+        /* clang-format on */
+        .C_GetInterfaceList = get_interface_list,
     .C_GetInterface = get_interface,
     .C_LoginUser = C_LoginUser,
     .C_SessionCancel = C_SessionCancel,
