@@ -136,15 +136,16 @@ static CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
 #define LIST_F(n)       .C_##n = C_##n,
 #define LIST_G(n, impl) .C_##n = impl,
 
-static CK_FUNCTION_LIST function_list = {.version = {2, 40},
-                                         CMK_FUNCTIONS_2_40(LIST_F, LIST_G)};
+/* clang-format off */
+static CK_FUNCTION_LIST function_list = {
+    .version = {2, 40},
+    CMK_FUNCTIONS_2_40(LIST_F, LIST_G)
+};
 
 static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .version = {3, 0},
-    /* clang-format off */
     CMK_FUNCTIONS_2_40(LIST_F, LIST_G)
-        /* clang-format on */
-        .C_GetInterfaceList = get_interface_list,
+    .C_GetInterfaceList = get_interface_list,
     .C_GetInterface = get_interface,
     .C_LoginUser = C_LoginUser,
     .C_SessionCancel = C_SessionCancel,
@@ -169,6 +170,7 @@ static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .C_VerifyMessageNext = (void *)not_supported,
     .C_MessageVerifyFinal = (void *)not_supported,
 };
+/* clang-format on */
 
 static CK_UTF8CHAR interface_name[] = "PKCS 11";
 
