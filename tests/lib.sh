@@ -12,5 +12,6 @@ ok() { # ok CONDITION-EXIT-STATUS DESCRIPTION
         tap_failed=$((tap_failed + 1))
     fi
 }
-skip_all() { echo "1..0 # SKIP $*"; exit 77; }
+# The TAP driver reads the skip from the plan; a non-zero exit would be an error.
+skip_all() { echo "1..0 # SKIP $*"; exit 0; }
 done_testing() { echo "1..$tap_n"; [ "$tap_failed" -eq 0 ]; }

@@ -75,7 +75,7 @@ void test_skip_all(const char *fmt, ...)
     va_end(ap);
     printf("\n");
     fflush(stdout);
-    exit(77);
+    exit(0); /* the TAP driver reads the skip from the plan */
 }
 
 void test_bail(const char *fmt, ...)

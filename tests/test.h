@@ -17,7 +17,7 @@ void test_ok(int cond, const char *file, int line, const char *fmt, ...)
 void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void test_diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int test_done(void);
-/* Skip the whole program (exit 77 and a TAP skip plan). */
+/* Skip the whole program (a TAP skip plan, then exit). */
 void test_skip_all(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
 /* Bail out: an error that makes the rest meaningless. */
