@@ -29,13 +29,15 @@ set -eu
 seconds=2
 rounds=5
 raw=
-while getopts d:r:o:h opt; do
+instructions=no
+while getopts d:r:o:ih opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
     o) raw=$OPTARG ;;
+    i) instructions=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-i]" >&2
         exit 2
         ;;
     esac
@@ -192,6 +194,55 @@ run() { # run NAME OP THREADS MODULE TOKEN, with $pre before p11bench
 }
 
 ops="unwrap decrypt sign"
+
+# -i: instructions per operation instead of time (valgrind's callgrind),
+# which other load on the machine does not change. Each module runs 20
+# and 60 operations after the same warm-up; the difference over 40 is the
+# cost of one operation, set-up and loading cancelled out.
+instr() { # instr PROG MODULE TOKEN OP N: instructions of the whole run
+    # shellcheck disable=SC2086
+    $pre valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        "$1" -n "$5" -t 1 -w 5 -o "$4" "$2" "$3" "$pin" "$key" 2>&1 >/dev/null |
+        sed -n 's/.*Collected : \([0-9]*\).*/\1/p' | tail -n 1
+}
+per_op() { # per_op NAME PROG MODULE TOKEN OP
+    a=$(instr "$2" "$3" "$4" "$5" 20)
+    b=$(instr "$2" "$3" "$4" "$5" 60)
+    [ -n "$a" ] && [ -n "$b" ] || { echo "bench: callgrind failed for $1 $5" >&2; exit 1; }
+    echo $(((b - a) / 40))
+}
+if [ "$instructions" = yes ]; then
+    command -v valgrind >/dev/null || { echo "bench: valgrind is missing" >&2; exit 1; }
+    echo "instructions per operation (callgrind; 1 thread):"
+    printf '%-14s %12s %12s %12s  %7s %7s  %s\n' op direct cmkp11 proxy \
+        cmk/dir prx/dir bar
+    verdict=PASS
+    for op in $ops unwrap-sha256; do
+        pre=env
+        d=-
+        [ "$op" = unwrap-sha256 ] || d=$(per_op direct "$bench" "$softhsm" cmk "$op")
+        pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+        c=$(per_op cmkp11 "$bench" "$cmkp11_so" local "$op")
+        pre=$proxy_run
+        x=-
+        [ "$op" = unwrap-sha256 ] || x=$(per_op proxy "$bench_proxy" "$proxy_so" cmk "$op")
+        if [ "$d" = - ]; then
+            printf '%-14s %12s %12d %12s\n' "$op" - "$c" -
+            continue
+        fi
+        # As speed ratios: fewer instructions is faster.
+        line=$(awk -v d="$d" -v c="$c" -v x="$x" 'BEGIN {
+            rc = d / c; rx = d / x
+            ok = (rc >= 0.97 && rc >= rx - 0.02) ? "PASS" : "FAIL"
+            printf "%.4f %.4f %s", rc, rx, ok }')
+        set -- $line
+        [ "$3" = PASS ] || verdict=FAIL
+        printf '%-14s %12d %12d %12d  %7s %7s  %s\n' "$op" "$d" "$c" "$x" "$1" "$2" "$3"
+    done
+    echo "bar (direct/cmkp11 >= 0.97 and >= direct/proxy - 0.02): $verdict"
+    exit 0
+fi
+
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "bench: $rounds rounds of ${seconds}s measurements; load average $load0" >&2
 case $load0 in
