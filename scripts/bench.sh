@@ -208,7 +208,10 @@ instr() { # instr PROG MODULE TOKEN OP N: instructions of the whole run
 per_op() { # per_op NAME PROG MODULE TOKEN OP
     a=$(instr "$2" "$3" "$4" "$5" 20)
     b=$(instr "$2" "$3" "$4" "$5" 60)
-    [ -n "$a" ] && [ -n "$b" ] || { echo "bench: callgrind failed for $1 $5" >&2; exit 1; }
+    if [ -z "$a" ] || [ -z "$b" ]; then
+        echo "bench: callgrind failed for $1 $5" >&2
+        exit 1
+    fi
     echo $(((b - a) / 40))
 }
 if [ "$instructions" = yes ]; then
@@ -218,7 +221,7 @@ if [ "$instructions" = yes ]; then
         cmk/dir prx/dir bar
     verdict=PASS
     for op in $ops unwrap-sha256; do
-        pre=env
+        pre="env"
         d=-
         [ "$op" = unwrap-sha256 ] || d=$(per_op direct "$bench" "$softhsm" cmk "$op")
         pre="env CMKP11_CONF=$tmp/cmkp11.conf"
