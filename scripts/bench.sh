@@ -238,6 +238,7 @@ if [ "$instructions" = yes ]; then
             rc = d / c; rx = d / x
             ok = (rc >= 0.97 && rc >= rx - 0.02) ? "PASS" : "FAIL"
             printf "%.4f %.4f %s", rc, rx, ok }')
+        # shellcheck disable=SC2086 # three words, split on purpose
         set -- $line
         [ "$3" = PASS ] || verdict=FAIL
         printf '%-14s %12d %12d %12d  %7s %7s  %s\n' "$op" "$d" "$c" "$x" "$1" "$2" "$3"
