@@ -101,6 +101,16 @@ static int open_log_file(const char *path)
     return fd;
 }
 
+void cmk_log_atfork_prepare(void)
+{
+    pthread_mutex_lock(&sink_lock);
+}
+
+void cmk_log_atfork_release(void)
+{
+    pthread_mutex_unlock(&sink_lock);
+}
+
 /* Replaces the sink. Caller holds sink_lock. */
 static void set_sink_unlocked(enum sink_kind kind, int fd)
 {

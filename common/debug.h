@@ -40,6 +40,9 @@ int cmk_log_level_parse(const char *text, int *level);
 /* Sets the threshold from the configuration unless CMKP11_DEBUG is set. */
 void cmk_log_set_level(int level);
 void cmk_log_close(void);
+/* fork(): the sink's lock is held across it (see general.c). */
+void cmk_log_atfork_prepare(void);
+void cmk_log_atfork_release(void);
 
 void cmk_log(int level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

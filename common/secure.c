@@ -81,6 +81,16 @@ static bool in_pool(const void *p)
            (const unsigned char *)p < pool + POOL_SIZE;
 }
 
+void secure_atfork_prepare(void)
+{
+    pthread_mutex_lock(&pool_lock);
+}
+
+void secure_atfork_release(void)
+{
+    pthread_mutex_unlock(&pool_lock);
+}
+
 /* Each pooled chunk starts with a header naming its class, so a free
  * with a different length cannot put it on the wrong list. */
 #define POOL_HEADER 16

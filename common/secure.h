@@ -15,6 +15,10 @@ void secure_free(void *p, size_t len);
 /* Allocates zeroed memory that is locked in RAM where possible. Free with
  * secure_free(). */
 void *secure_alloc(size_t len);
+/* fork(): the pool's lock is taken before and released after, in the
+ * parent and in the child, so the child finds the pool consistent. */
+void secure_atfork_prepare(void);
+void secure_atfork_release(void);
 /* Copies len bytes into a new secure allocation. */
 void *secure_dup(const void *p, size_t len);
 

@@ -26,13 +26,19 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
  * parent may have held the rwlock) and, through the pid check in
  * module_enter(), CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize.
  */
+/* The locks a fork must not split, outermost first: the module's tables,
+ * then the secure memory pool and the log sink (taken inside it). */
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&g.mutex);
+    secure_atfork_prepare();
+    cmk_log_atfork_prepare();
 }
 
 static void atfork_parent(void)
 {
+    cmk_log_atfork_release();
+    secure_atfork_release();
     pthread_mutex_unlock(&g.mutex);
 }
 
@@ -42,10 +48,12 @@ static unsigned long fork_generation;
 
 static void atfork_child(void)
 {
-    fork_generation++;
     pthread_rwlock_t fresh = PTHREAD_RWLOCK_INITIALIZER;
 
+    fork_generation++;
     memcpy(&g.rwlock, &fresh, sizeof(fresh));
+    cmk_log_atfork_release();
+    secure_atfork_release();
     pthread_mutex_unlock(&g.mutex);
 }
 
