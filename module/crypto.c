@@ -296,7 +296,6 @@ CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
 {
     struct token *t = s->token;
     struct pcall c = {.tok = t->ptok, .sess = s->psess};
-    CK_ULONG cap = *outlen;
     CK_RV rv;
 
     if (t->ops->crypt == NULL || key->ref == NULL)
@@ -308,7 +307,6 @@ CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
         /* PKCS#1 v1.5: no branch on whether the padding was valid. */
         unsigned ok = ct_eq(rv, CKR_OK);
         *outlen = ct_select(ok, *outlen, 0);
-        (void)cap;
         return ct_select(ok, CKR_OK, rv);
     }
     if (rv != CKR_OK)

@@ -249,7 +249,7 @@ CK_ULONG rsa_object_bytes(struct object *o)
     return (bits + 7) / 8;
 }
 
-static CK_RV set_oaep(EVP_PKEY_CTX *ctx, const CK_MECHANISM *m)
+CK_RV rsa_set_oaep(EVP_PKEY_CTX *ctx, const CK_MECHANISM *m)
 {
     const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
     unsigned char *label = NULL;
@@ -283,7 +283,7 @@ CK_RV rsa_encrypt(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *in,
         goto out;
     }
     if (m->mechanism == CKM_RSA_PKCS_OAEP) {
-        rv = set_oaep(ctx, m);
+        rv = rsa_set_oaep(ctx, m);
     } else if (m->mechanism == CKM_RSA_PKCS) {
         if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
             rv = CKR_GENERAL_ERROR;

@@ -33,6 +33,9 @@ CK_ULONG rsa_object_bytes(struct object *o);
 EVP_PKEY *rsa_pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen, const CK_BYTE *e,
                               CK_ULONG elen);
 
+/* Sets CKM_RSA_PKCS_OAEP's parameters (hash, MGF1, label) on a context. */
+CK_RV rsa_set_oaep(EVP_PKEY_CTX *ctx, const CK_MECHANISM *m);
+
 /* Local public-key encryption (CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP). */
 CK_RV rsa_encrypt(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *in,
                   CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);

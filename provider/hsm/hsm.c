@@ -1353,9 +1353,10 @@ out:
     return rv;
 }
 
-static CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
-                              const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                              struct pobj *out)
+/* A secret key made in the caller's lower session: generated (m set) or
+ * created from the template's value (m NULL). */
+static CK_RV new_secret(struct pcall *c, const CK_MECHANISM *m,
+                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
 {
     struct hsm_token *ht = c->tok;
     CK_SESSION_HANDLE s = lower_session(c);
@@ -1367,7 +1368,9 @@ static CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
     rv = session_template(tmpl, n, &t, &nt);
     if (rv != CKR_OK)
         return rv;
-    rv = mapped(c, LOWER(ht, C_GenerateKey, s, (CK_MECHANISM *)m, t, nt, &h));
+    rv = m != NULL ? LOWER(ht, C_GenerateKey, s, (CK_MECHANISM *)m, t, nt, &h)
+                   : LOWER(ht, C_CreateObject, s, t, nt, &h);
+    rv = mapped(c, rv);
     free(t);
     if (rv == CKR_OK) {
         rv = secret_pobj(ht, s, h, out);
@@ -1377,27 +1380,17 @@ static CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
     return rv;
 }
 
+static CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
+                              const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                              struct pobj *out)
+{
+    return new_secret(c, m, tmpl, n, out);
+}
+
 static CK_RV hsm_create_object(struct pcall *c, const CK_ATTRIBUTE *tmpl,
                                CK_ULONG n, struct pobj *out)
 {
-    struct hsm_token *ht = c->tok;
-    CK_SESSION_HANDLE s = lower_session(c);
-    CK_ATTRIBUTE *t = NULL;
-    CK_ULONG nt = 0;
-    CK_OBJECT_HANDLE h = 0;
-    CK_RV rv;
-
-    rv = session_template(tmpl, n, &t, &nt);
-    if (rv != CKR_OK)
-        return rv;
-    rv = mapped(c, LOWER(ht, C_CreateObject, s, t, nt, &h));
-    free(t);
-    if (rv == CKR_OK) {
-        rv = secret_pobj(ht, s, h, out);
-        if (rv != CKR_OK)
-            LOWER(ht, C_DestroyObject, s, h);
-    }
-    return rv;
+    return new_secret(c, NULL, tmpl, n, out);
 }
 
 static CK_RV hsm_destroy_object(struct pcall *c, void *ref)

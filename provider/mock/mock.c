@@ -342,25 +342,6 @@ static void mock_ref_free(void *tok, void *ref)
     /* Keys live as long as the token. */
 }
 
-static CK_RV set_oaep(EVP_PKEY_CTX *ctx, const CK_MECHANISM *m)
-{
-    const CK_RSA_PKCS_OAEP_PARAMS *p = m->pParameter;
-
-    if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_oaep_md(ctx, rsa_md_for_mech(p->hashAlg)) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, rsa_md_for_mgf(p->mgf)) <= 0)
-        return CKR_MECHANISM_PARAM_INVALID;
-    if (p->ulSourceDataLen > 0) {
-        void *label = OPENSSL_memdup(p->pSourceData, p->ulSourceDataLen);
-        if (label == NULL || EVP_PKEY_CTX_set0_rsa_oaep_label(
-                                 ctx, label, (int)p->ulSourceDataLen) <= 0) {
-            OPENSSL_free(label);
-            return CKR_MECHANISM_PARAM_INVALID;
-        }
-    }
-    return CKR_OK;
-}
-
 static CK_RV mock_crypt(struct pcall *c, enum pop op, void *key,
                         const CK_MECHANISM *m, const CK_BYTE *in,
                         CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
@@ -405,7 +386,7 @@ static CK_RV mock_crypt(struct pcall *c, enum pop op, void *key,
         if (EVP_PKEY_decrypt_init(ctx) <= 0)
             rv = CKR_GENERAL_ERROR;
         else if (m->mechanism == CKM_RSA_PKCS_OAEP)
-            rv = set_oaep(ctx, m);
+            rv = rsa_set_oaep(ctx, m);
         else if (m->mechanism != CKM_RSA_PKCS ||
                  EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
             rv = CKR_MECHANISM_INVALID;

@@ -38,10 +38,11 @@ conf += "\n[token hsm]\n" + s.token_body("kvhsm", "client-secret")
 s.conf = write_private(os.path.join(s.dir, "cmkp11.conf"), conf)
 os.environ["CMKP11_CONF"] = s.conf
 
-for name in ("kek", "disabled", "expired", "gone", "ops"):
-    s.create_key(name)
-s.create_key("hsmkek", vault="kvhsm", key_size=3072)
-t.ok(True, "emulator started with keys kek, disabled, expired, gone, ops")
+created = [s.create_key(name)["created"]
+           for name in ("kek", "disabled", "expired", "gone", "ops")]
+created.append(s.create_key("hsmkek", vault="kvhsm", key_size=3072)["created"])
+t.eq(created, [1] * 6, "the emulator made the keys kek, disabled, expired, "
+     "gone, ops and hsmkek")
 
 s.lib = None
 s.load()
@@ -299,4 +300,3 @@ t.ok(any(k.endswith(":401") or "401" in k for k in st) or
      "the vaults answered a 401 challenge first")
 
 s.lib = None
-t.ok(True, "done")

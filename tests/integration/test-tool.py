@@ -331,12 +331,13 @@ kconf = write_private(
     "\n[token reader]\n" + token_body("kvemu", READER_ID, reader_secret) +
     "\n[token nopurge]\n" + token_body("nopurge", APP_ID, app_secret) +
     "\n[token badcred]\n" + token_body("kvemu", APP_ID, bad_secret))
-emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
-emu.admin("POST", "vaults/kvemu/keys", {"name": "off", "enabled": False})
-emu.admin("POST", "vaults/kvemu/keys", {"name": "nowrap",
-                                         "key_ops": ["decrypt", "sign"]})
-emu.admin("POST", "vaults/nopurge/keys", {"name": "kek"})
-t.ok(True, "emulator: vaults kvemu (purge protection) and nopurge, keys "
+made = [emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"}),
+        emu.admin("POST", "vaults/kvemu/keys", {"name": "off", "enabled": False}),
+        emu.admin("POST", "vaults/kvemu/keys", {"name": "nowrap",
+                                                 "key_ops": ["decrypt", "sign"]}),
+        emu.admin("POST", "vaults/nopurge/keys", {"name": "kek"})]
+t.eq([m["created"] for m in made], [1] * 4,
+     "emulator: vaults kvemu (purge protection) and nopurge, keys "
      "kek, off (disabled), nowrap")
 
 rc, doc, err = run_json("list", "kv", conf=kconf)
