@@ -138,6 +138,28 @@ const CK_ATTRIBUTE *tmpl_find(const CK_ATTRIBUTE *t, CK_ULONG n,
     return NULL;
 }
 
+bool tmpl_conflicting(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_ULONG i, j;
+
+    if (t == NULL)
+        return false;
+    for (i = 0; i < n; i++) {
+        for (j = i + 1; j < n; j++) {
+            if (t[j].type != t[i].type)
+                continue;
+            if (t[j].ulValueLen != t[i].ulValueLen ||
+                (t[i].pValue == NULL) != (t[j].pValue == NULL))
+                return true;
+            if (t[i].pValue != NULL && t[i].ulValueLen > 0 &&
+                t[i].ulValueLen != CK_UNAVAILABLE_INFORMATION &&
+                memcmp(t[i].pValue, t[j].pValue, t[i].ulValueLen) != 0)
+                return true;
+        }
+    }
+    return false;
+}
+
 int tmpl_find_bool(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
                    CK_BBOOL *v)
 {

@@ -38,6 +38,10 @@ int tmpl_find_bool(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
                    CK_BBOOL *v);
 int tmpl_find_ulong(const CK_ATTRIBUTE *t, CK_ULONG n, CK_ATTRIBUTE_TYPE type,
                     CK_ULONG *v);
+/* True if the template gives one attribute twice with different values:
+ * PKCS#11 2.40 4.1.1 makes conflicting values CKR_TEMPLATE_INCONSISTENT
+ * and lets the same value given twice count once. */
+bool tmpl_conflicting(const CK_ATTRIBUTE *t, CK_ULONG n);
 
 /* True if every attribute of the template is present in a with an equal
  * value (the FindObjects rule). */

@@ -17,6 +17,81 @@
 #include "secure.h"
 #include "softkey.h"
 
+/*
+ * What every object-creating call (C_CreateObject, C_GenerateKey,
+ * C_GenerateKeyPair, C_UnwrapKey) checks in a template, whatever the back
+ * end:
+ * - one attribute given twice with different values is
+ *   CKR_TEMPLATE_INCONSISTENT (PKCS#11 2.40 4.1.1: conflicting values);
+ *   the same value twice counts once, as 4.1.1 encourages;
+ * - CKA_TRUSTED "can only be set to CK_TRUE by the SO user" (2.40 4.1.2,
+ *   table 10 footnote 11), else CKR_ATTRIBUTE_READ_ONLY, as SoftHSM says.
+ *   Keyvault and mock tokens have no SO, so nothing made there is trusted.
+ */
+static CK_RV template_policy(struct session *s, const CK_ATTRIBUTE *tmpl,
+                             CK_ULONG n)
+{
+    CK_BBOOL trusted = CK_FALSE;
+    bool so;
+
+    if (tmpl_conflicting(tmpl, n))
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (tmpl_find_bool(tmpl, n, CKA_TRUSTED, &trusted) == 1 && trusted) {
+        pthread_mutex_lock(&g.mutex);
+        so = s->token->logged_in && s->token->user == CKU_SO;
+        pthread_mutex_unlock(&g.mutex);
+        if (!so)
+            return CKR_ATTRIBUTE_READ_ONLY;
+    }
+    return CKR_OK;
+}
+
+/*
+ * The defaults of a new secret key, the same on every back end
+ * (docs/attributes.md): not sensitive (the spec's default, 2.40 4.7
+ * table 27), not extractable (token-specific in the spec; SoftHSM's
+ * choice, and the safe one). A back end that keeps its own keys gets them
+ * in the template, so its own defaults never apply. *out is tmpl or a
+ * malloc'd copy to free().
+ */
+static const CK_BBOOL default_false = CK_FALSE;
+static const CK_ATTRIBUTE_TYPE secret_defaults[] = {CKA_SENSITIVE,
+                                                    CKA_EXTRACTABLE};
+
+static CK_RV with_secret_defaults(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                                  CK_ATTRIBUTE **out, CK_ULONG *nout)
+{
+    CK_ULONG i, m = n;
+
+    *out = (CK_ATTRIBUTE *)tmpl;
+    *nout = n;
+    for (i = 0; i < CMK_ARRAY_SIZE(secret_defaults); i++)
+        if (tmpl_find(tmpl, n, secret_defaults[i]) == NULL)
+            m++;
+    if (m == n)
+        return CKR_OK;
+    *out = calloc(m, sizeof(**out));
+    if (*out == NULL)
+        return CKR_HOST_MEMORY;
+    if (n > 0)
+        memcpy(*out, tmpl, n * sizeof(*tmpl));
+    for (i = 0; i < CMK_ARRAY_SIZE(secret_defaults); i++) {
+        if (tmpl_find(tmpl, n, secret_defaults[i]) != NULL)
+            continue;
+        (*out)[*nout].type = secret_defaults[i];
+        (*out)[*nout].pValue = (void *)&default_false;
+        (*out)[*nout].ulValueLen = sizeof(default_false);
+        (*nout)++;
+    }
+    return CKR_OK;
+}
+
+static void free_defaults(const CK_ATTRIBUTE *tmpl, CK_ATTRIBUTE *t)
+{
+    if (t != tmpl)
+        free(t);
+}
+
 /* Attributes a secret key template may carry, and their kinds. */
 enum tkind { T_BOOL, T_ULONG, T_BYTES, T_DATE };
 
@@ -156,7 +231,7 @@ CK_RV secret_object_build(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     r |= attrs_set(a, CKA_START_DATE, NULL, 0);
     r |= attrs_set(a, CKA_END_DATE, NULL, 0);
     r |= attrs_set_bool(a, CKA_SENSITIVE, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_EXTRACTABLE, CK_TRUE);
+    r |= attrs_set_bool(a, CKA_EXTRACTABLE, CK_FALSE);
     r |= attrs_set_bool(a, CKA_ENCRYPT, CK_TRUE);
     r |= attrs_set_bool(a, CKA_DECRYPT, CK_TRUE);
     r |= attrs_set_bool(a, CKA_WRAP, CK_TRUE);
@@ -179,7 +254,7 @@ CK_RV secret_object_build(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
         local ? (kt == CKK_AES ? CKM_AES_KEY_GEN : CKM_GENERIC_SECRET_KEY_GEN)
               : CK_UNAVAILABLE_INFORMATION);
     sensitive = attrs_get_bool(a, CKA_SENSITIVE, false);
-    extractable = attrs_get_bool(a, CKA_EXTRACTABLE, true);
+    extractable = attrs_get_bool(a, CKA_EXTRACTABLE, false);
     /* Unwrapped or imported keys were once outside: 4.9 footnotes 11, 12. */
     r |= attrs_set_bool(a, CKA_ALWAYS_SENSITIVE, local && sensitive);
     r |= attrs_set_bool(a, CKA_NEVER_EXTRACTABLE, local && !extractable);
@@ -261,14 +336,22 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = CKR_MECHANISM_INVALID;
         goto put;
     }
+    rv = template_policy(s, pTemplate, ulCount);
+    if (rv != CKR_OK)
+        goto put;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
+        CK_ATTRIBUTE *t;
+        CK_ULONG nt;
         memset(&p, 0, sizeof(p));
+        rv = with_secret_defaults(pTemplate, ulCount, &t, &nt);
+        if (rv != CKR_OK)
+            goto put;
         rv = s->token->ops->generate_key
-                 ? s->token->ops->generate_key(&c, pMechanism, pTemplate,
-                                               ulCount, &p)
+                 ? s->token->ops->generate_key(&c, pMechanism, t, nt, &p)
                  : CKR_FUNCTION_NOT_SUPPORTED;
+        free_defaults(pTemplate, t);
         s->device_error = c.device_error;
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, phKey);
@@ -319,6 +402,9 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
     rv = session_get(hSession, &s);
     if (rv != CKR_OK)
         goto out;
+    rv = template_policy(s, pTemplate, ulCount);
+    if (rv != CKR_OK)
+        goto put;
     if (tmpl_find_ulong(pTemplate, ulCount, CKA_CLASS, &cls) != 1) {
         rv = CKR_TEMPLATE_INCOMPLETE;
         goto put;
@@ -331,10 +417,16 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
+        CK_ATTRIBUTE *t;
+        CK_ULONG nt;
         memset(&p, 0, sizeof(p));
+        rv = with_secret_defaults(pTemplate, ulCount, &t, &nt);
+        if (rv != CKR_OK)
+            goto put;
         rv = s->token->ops->create_object
-                 ? s->token->ops->create_object(&c, pTemplate, ulCount, &p)
+                 ? s->token->ops->create_object(&c, t, nt, &p)
                  : CKR_FUNCTION_NOT_SUPPORTED;
+        free_defaults(pTemplate, t);
         s->device_error = c.device_error;
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, phObject);
@@ -403,11 +495,17 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
+        CK_ATTRIBUTE *t;
+        CK_ULONG nt;
         memset(&p, 0, sizeof(p));
+        rv = with_secret_defaults(tmpl, n, &t, &nt);
+        if (rv != CKR_OK)
+            return rv;
         rv = s->token->ops->unwrap
-                 ? s->token->ops->unwrap(&c, key->ref, m, wrapped, wlen, tmpl,
-                                         n, &p)
+                 ? s->token->ops->unwrap(&c, key->ref, m, wrapped, wlen, t, nt,
+                                         &p)
                  : CKR_FUNCTION_NOT_SUPPORTED;
+        free_defaults(tmpl, t);
         s->device_error = c.device_error;
         audit_record(s, key, "unwrap", m->mechanism, rv, c.device_error);
         if (rv == CKR_OK)
@@ -537,6 +635,8 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = mech_check_params(key, pMechanism);
     if (rv == CKR_OK && key->secret == NULL)
         rv = provider_check_mechanism(s, POP_UNWRAP, pMechanism);
+    if (rv == CKR_OK)
+        rv = template_policy(s, pTemplate, ulAttributeCount);
     if (rv != CKR_OK)
         goto put;
 
@@ -619,6 +719,16 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     }
     if (!object_get_bool(key, CKA_EXTRACTABLE, false)) {
         rv = CKR_KEY_UNEXTRACTABLE;
+        goto put;
+    }
+    /* CKA_WRAP_WITH_TRUSTED: "the key can only be wrapped with a wrapping
+     * key that has CKA_TRUSTED set to CK_TRUE" (PKCS#11 2.40 4.9 table 27);
+     * a key that cannot be wrapped for that reason is CKR_KEY_NOT_WRAPPABLE
+     * (5.13 C_WrapKey; SoftHSM answers the same). Checked here so that no
+     * back end's wrap, local or remote, is reached. */
+    if (object_get_bool(key, CKA_WRAP_WITH_TRUSTED, false) &&
+        !object_get_bool(wkey, CKA_TRUSTED, false)) {
+        rv = CKR_KEY_NOT_WRAPPABLE;
         goto put;
     }
 
@@ -730,6 +840,12 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = CKR_SESSION_READ_ONLY;
         goto put;
     }
+    rv = template_policy(s, pPublicKeyTemplate, ulPublicKeyAttributeCount);
+    if (rv == CKR_OK)
+        rv =
+            template_policy(s, pPrivateKeyTemplate, ulPrivateKeyAttributeCount);
+    if (rv != CKR_OK)
+        goto put;
     objs = calloc(2, sizeof(*objs));
     if (objs == NULL) {
         rv = CKR_HOST_MEMORY;

@@ -544,6 +544,15 @@ static CK_RV set_check(const struct attrs *a, const CK_ATTRIBUTE *at)
             !attrs_get_bool(a, CKA_EXTRACTABLE, false))
             return CKR_ATTRIBUTE_READ_ONLY;
         return CKR_OK;
+    case CKA_WRAP_WITH_TRUSTED:
+        /* "Attribute cannot be changed once set to CK_TRUE" (2.40 4.1.2
+         * table 10 footnote 11 on this attribute in 4.9 table 27). */
+        if (at->pValue == NULL || at->ulValueLen != sizeof(CK_BBOOL))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if (!*(CK_BBOOL *)at->pValue &&
+            attrs_get_bool(a, CKA_WRAP_WITH_TRUSTED, false))
+            return CKR_ATTRIBUTE_READ_ONLY;
+        return CKR_OK;
     case CKA_VALUE:
         /* A key's value is kept apart from its attributes and never
          * changes after creation (4.7, footnote 4). */
@@ -584,8 +593,11 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     if (rv != CKR_OK)
         goto put;
     pthread_mutex_lock(&g.mutex);
-    if (o->session == 0 || o->ref != NULL ||
-        !attrs_get_bool(&o->attrs, CKA_MODIFIABLE, true)) {
+    if (tmpl_conflicting(pTemplate, ulCount)) {
+        /* One attribute given two values (5.7 lists this code). */
+        rv = CKR_TEMPLATE_INCONSISTENT;
+    } else if (o->session == 0 || o->ref != NULL ||
+               !attrs_get_bool(&o->attrs, CKA_MODIFIABLE, true)) {
         /* Key objects of the back end are read-only here. */
         rv = CKR_ACTION_PROHIBITED;
     }
@@ -795,8 +807,11 @@ CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         goto out;
     rv = object_get(s, hObject, &o);
     if (rv == CKR_OK) {
-        /* CKA_COPYABLE is false on every object of this module. */
-        rv = CKR_ACTION_PROHIBITED;
+        /* CKA_COPYABLE is false on every object of this module; a
+         * template with conflicting values is refused first, as for every
+         * object-creating call (2.40 4.1.1). */
+        rv = tmpl_conflicting(pTemplate, ulCount) ? CKR_TEMPLATE_INCONSISTENT
+                                                  : CKR_ACTION_PROHIBITED;
         object_unref(o);
     }
     session_put(s);

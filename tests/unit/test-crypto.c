@@ -603,15 +603,16 @@ static void test_digest(void)
         static const CK_BYTE kv[16] = "0123456789ABCDEF";
         CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
         CK_KEY_TYPE aes = CKK_AES;
-        CK_BBOOL f = CK_FALSE;
+        CK_BBOOL f = CK_FALSE, tr = CK_TRUE;
         CK_ATTRIBUTE t[] = {{CKA_CLASS, &sk, sizeof(sk)},
                             {CKA_KEY_TYPE, &aes, sizeof(aes)},
                             {CKA_VALUE, (void *)kv, 16},
-                            {CKA_SENSITIVE, &f, sizeof(f)}};
+                            {CKA_SENSITIVE, &f, sizeof(f)},
+                            {CKA_EXTRACTABLE, &tr, sizeof(tr)}};
         CK_OBJECT_HANDLE k = 0, sens = p11_aes_key(sess, 16, false, true);
         CK_BYTE kh[32];
         unsigned kl = 32;
-        p11->C_CreateObject(sess, t, 4, &k);
+        p11->C_CreateObject(sess, t, 5, &k);
         EVP_Digest(kv, 16, kh, &kl, EVP_sha256(), NULL);
         p11->C_DigestInit(sess, &m);
         is_rv(p11->C_DigestKey(sess, k), CKR_OK, "DigestKey");

@@ -124,9 +124,11 @@ static void prepare(struct ctx *c, CK_SLOT_ID slot)
     CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
     CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
     CK_KEY_TYPE aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {{CKA_CLASS, &sk, sizeof(sk)},
                         {CKA_KEY_TYPE, &aes, sizeof(aes)},
-                        {CKA_VALUE, c->key, sizeof(c->key)}};
+                        {CKA_VALUE, c->key, sizeof(c->key)},
+                        {CKA_EXTRACTABLE, &yes, sizeof(yes)}};
     CK_OBJECT_HANDLE dek = 0;
 
     c->slot = slot;
@@ -136,7 +138,7 @@ static void prepare(struct ctx *c, CK_SLOT_ID slot)
     RAND_bytes(c->key, sizeof(c->key));
     c->wlen = sizeof(c->wrapped);
     if (c->s == 0 || c->priv == 0 || c->pub == 0 ||
-        p11->C_CreateObject(c->s, t, 3, &dek) != CKR_OK ||
+        p11->C_CreateObject(c->s, t, 4, &dek) != CKR_OK ||
         p11->C_WrapKey(c->s, &m, c->pub, dek, c->wrapped, &c->wlen) != CKR_OK)
         test_bail("cannot prepare a wrapped key on slot %lu", slot);
     p11->C_DestroyObject(c->s, dek);

@@ -564,6 +564,46 @@ static void test_session_objects(void)
     p11->C_CloseSession(b);
 }
 
+/* C_CopyObject and C_SetAttributeValue with one attribute given twice,
+ * and the one-way CKA_WRAP_WITH_TRUSTED (docs/attributes.md). */
+static void test_policy(void)
+{
+    CK_OBJECT_HANDLE k = p11_aes_key(sess, 16, true, false), copy = 0;
+    char a[] = "a", b[] = "b";
+    CK_ATTRIBUTE two[] = {{CKA_LABEL, a, 1}, {CKA_LABEL, b, 1}};
+    CK_ATTRIBUTE same[] = {{CKA_LABEL, a, 1}, {CKA_LABEL, a, 1}};
+    CK_ATTRIBUTE wwt_on = {CKA_WRAP_WITH_TRUSTED, &yes, sizeof(yes)};
+    CK_ATTRIBUTE wwt_off = {CKA_WRAP_WITH_TRUSTED, &no, sizeof(no)};
+    CK_ATTRIBUTE trusted = {CKA_TRUSTED, &yes, sizeof(yes)};
+    CK_ATTRIBUTE lbl = {CKA_LABEL, NULL, 0};
+
+    ok(k != 0, "an extractable AES key");
+    is_rv(p11->C_CopyObject(sess, k, two, 2, &copy), CKR_TEMPLATE_INCONSISTENT,
+          "C_CopyObject with two labels");
+    is_rv(p11->C_CopyObject(sess, k, same, 2, &copy), CKR_ACTION_PROHIBITED,
+          "C_CopyObject with one label twice: not copyable");
+    is_rv(p11->C_SetAttributeValue(sess, k, two, 2), CKR_TEMPLATE_INCONSISTENT,
+          "C_SetAttributeValue with two labels");
+    p11->C_GetAttributeValue(sess, k, &lbl, 1);
+    is_num(lbl.ulValueLen, 0, "  the label is unchanged");
+    is_rv(p11->C_SetAttributeValue(sess, k, same, 2), CKR_OK,
+          "C_SetAttributeValue with one label twice");
+    is_rv(p11->C_SetAttributeValue(sess, k, &trusted, 1),
+          CKR_ATTRIBUTE_READ_ONLY, "CKA_TRUSTED cannot be set");
+    is_rv(p11->C_SetAttributeValue(sess, k, &wwt_on, 1), CKR_OK,
+          "CKA_WRAP_WITH_TRUSTED false to true");
+    ok(boolean(k, CKA_WRAP_WITH_TRUSTED) == 1, "  now true");
+    is_rv(p11->C_SetAttributeValue(sess, k, &wwt_off, 1),
+          CKR_ATTRIBUTE_READ_ONLY, "and not back to false");
+    is_rv(p11->C_WrapKey(sess,
+                         &(CK_MECHANISM){CKM_RSA_PKCS_OAEP, &oaep_sha256,
+                                         sizeof(oaep_sha256)},
+                         pub, k, NULL, &(CK_ULONG){0}),
+          CKR_KEY_NOT_WRAPPABLE,
+          "its length query under the untrusted public key");
+    p11->C_DestroyObject(sess, k);
+}
+
 int main(void)
 {
     char *conf;
@@ -590,6 +630,7 @@ int main(void)
     test_aes_wrap();
     test_session_objects();
     test_key_pair();
+    test_policy();
     EVP_PKEY_free(pk);
     p11->C_CloseSession(sess);
     p11->C_Finalize(NULL);

@@ -119,11 +119,13 @@ static void *worker_main(void *arg)
         } else {
             /* Wrap through the module, with a fresh extractable key. */
             CK_OBJECT_HANDLE dek = 0;
+            CK_BBOOL yes = CK_TRUE;
             CK_ATTRIBUTE ct[] = {{CKA_CLASS, &sk, sizeof(sk)},
                                  {CKA_KEY_TYPE, &aes, sizeof(aes)},
-                                 {CKA_VALUE, key, sizeof(key)}};
+                                 {CKA_VALUE, key, sizeof(key)},
+                                 {CKA_EXTRACTABLE, &yes, sizeof(yes)}};
             CK_ULONG l = sizeof(wrapped);
-            rv = p11->C_CreateObject(s, ct, 3, &dek);
+            rv = p11->C_CreateObject(s, ct, 4, &dek);
             if (rv == CKR_OK)
                 rv = p11->C_WrapKey(s, &m, pub, dek, wrapped, &l);
             note(w, rv);
