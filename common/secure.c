@@ -162,7 +162,8 @@ int ct_memcmp(const void *a, const void *b, size_t len)
     return CRYPTO_memcmp(a, b, len) == 0 ? 0 : 1;
 }
 
-int secure_check_fd(int fd, const char *path, char *err, size_t errlen)
+static int check_fd(int fd, const char *path, bool secret, char *err,
+                    size_t errlen)
 {
     struct stat st;
 
@@ -182,6 +183,13 @@ int secure_check_fd(int fd, const char *path, char *err, size_t errlen)
                  path, (unsigned)(st.st_mode & 07777));
         return -1;
     }
+    if (secret && (st.st_mode & 004) != 0) {
+        snprintf(err, errlen,
+                 "%s: readable by others (mode 0%03o); refusing a secret "
+                 "others can read (chmod o-r; group read is allowed)",
+                 path, (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
     if (st.st_uid != 0 && st.st_uid != geteuid()) {
         snprintf(err, errlen,
                  "%s: owned by uid %lu, neither root nor the current user "
@@ -197,8 +205,13 @@ int secure_check_fd(int fd, const char *path, char *err, size_t errlen)
     return 0;
 }
 
-int secure_read_file(const char *path, int strip, char **buf, size_t *len,
-                     char *err, size_t errlen)
+int secure_check_fd(int fd, const char *path, char *err, size_t errlen)
+{
+    return check_fd(fd, path, false, err, errlen);
+}
+
+static int read_file(const char *path, int strip, bool secret, char **buf,
+                     size_t *len, char *err, size_t errlen)
 {
     struct stat st;
     char *data = NULL;
@@ -223,7 +236,7 @@ int secure_read_file(const char *path, int strip, char **buf, size_t *len,
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         goto out;
     }
-    if (secure_check_fd(fd, path, err, errlen) < 0)
+    if (check_fd(fd, path, secret, err, errlen) < 0)
         goto out;
     if (fstat(fd, &st) < 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -282,4 +295,16 @@ out:
     if (fd >= 0)
         close(fd);
     return ret;
+}
+
+int secure_read_file(const char *path, int strip, char **buf, size_t *len,
+                     char *err, size_t errlen)
+{
+    return read_file(path, strip, false, buf, len, err, errlen);
+}
+
+int secure_read_secret_file(const char *path, int strip, char **buf,
+                            size_t *len, char *err, size_t errlen)
+{
+    return read_file(path, strip, true, buf, len, err, errlen);
 }

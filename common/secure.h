@@ -49,7 +49,15 @@ int ct_memcmp(const void *a, const void *b, size_t len);
  */
 int secure_read_file(const char *path, int strip, char **buf, size_t *len,
                      char *err, size_t errlen);
-/* The permission checks alone, on an open descriptor. */
+/*
+ * The same for a file holding a secret (a PIN, a client secret, a client
+ * certificate with its key, a password, a bearer token): also refused when
+ * others can read it (mode & 004), naming the file and its mode. Group
+ * read is allowed, for a worker user (www-data) in the file's group.
+ */
+int secure_read_secret_file(const char *path, int strip, char **buf,
+                            size_t *len, char *err, size_t errlen);
+/* The permission checks of secure_read_file alone, on an open descriptor. */
 int secure_check_fd(int fd, const char *path, char *err, size_t errlen);
 
 #endif

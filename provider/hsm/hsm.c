@@ -433,8 +433,8 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
         rv = CKR_HOST_MEMORY;
         goto fail;
     }
-    if (pin_file != NULL &&
-        secure_read_file(pin_file, 1, &pin, &pin_len, err, errlen) != 0) {
+    if (pin_file != NULL && secure_read_secret_file(pin_file, 1, &pin, &pin_len,
+                                                    err, errlen) != 0) {
         char msg[512];
         snprintf(msg, sizeof(msg), "%s:%d: pin-file: %s", cfg->path,
                  config_token_line(cfg, "pin-file"), err);

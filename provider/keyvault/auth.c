@@ -286,12 +286,18 @@ static void describe_failure(struct kv_auth *a, const char *where,
 
 /* ---- credentials for the token endpoint ---- */
 
+/* Secrets others can read are refused (secure_read_secret_file), except
+ * the federated token: Kubernetes writes that short-lived, audience-bound
+ * token itself, 0644 by default in a projected volume. */
 static char *read_file_secret(const char *what, const char *file, size_t *len)
 {
     char err[300];
     char *buf = NULL;
+    int r = strcmp(what, "federated-token-file") == 0
+                ? secure_read_file(file, 1, &buf, len, err, sizeof(err))
+                : secure_read_secret_file(file, 1, &buf, len, err, sizeof(err));
 
-    if (secure_read_file(file, 1, &buf, len, err, sizeof(err)) != 0) {
+    if (r != 0) {
         cmk_error("%s: %s", what, err);
         return NULL;
     }

@@ -226,7 +226,8 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
     v = config_token_get(cfg, "pin-file");
     if (v != NULL) {
         char msg[300];
-        if (secure_read_file(v, 1, &kt->pin, &kt->pin_len, msg, sizeof(msg))) {
+        if (secure_read_secret_file(v, 1, &kt->pin, &kt->pin_len, msg,
+                                    sizeof(msg))) {
             rv = bad(err, errlen, cfg, "pin-file", msg);
             goto fail;
         }

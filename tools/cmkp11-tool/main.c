@@ -78,8 +78,10 @@ static void usage(FILE *f)
             "  --module PATH       the PKCS#11 module (default %s)\n"
             "  --pin PIN           the token's user PIN, when it requires a "
             "login\n"
-            "  --pin-file FILE     read the PIN from FILE (not writable by "
-            "group or others)\n"
+            "  --pin-file FILE     read the PIN from FILE (not readable by "
+            "others, not\n"
+            "                      writable by group or others); or set "
+            "CMKP11_PIN\n"
             "  --json              print JSON instead of text\n"
             "  --key KEY           seal: the key to seal under (a name or "
             "pkcs11: URI)\n"
@@ -168,6 +170,10 @@ int main(int argc, char **argv)
         case OPT_PIN:
             if (tpin_from_arg(&o.pin, optarg) < 0)
                 goto out;
+            /* Wiped from argv at once, but /proc/PID/cmdline shows it to
+             * every user until then (and ps may have caught it). */
+            tool_error("warning: --pin shows the PIN in the process list "
+                       "to other users; prefer --pin-file or CMKP11_PIN");
             break;
         case OPT_PIN_FILE:
             pin_file = optarg;
@@ -253,6 +259,8 @@ int main(int argc, char **argv)
         status = TOOL_FAILED;
         goto out;
     }
+    if (pin_file == NULL && o.pin.value == NULL && tpin_from_env(&o.pin) < 0)
+        goto out;
     if (tmod_load(&m, o.module) < 0) {
         status = TOOL_FAILED;
         goto out;

@@ -308,12 +308,36 @@ int tpin_from_arg(struct tpin *p, char *arg)
     return 0;
 }
 
+/* CMKP11_PIN, when set: only the user and root can read a process's
+ * environment (/proc/PID/environ is mode 0400). Wiped and removed once
+ * read. */
+int tpin_from_env(struct tpin *p)
+{
+    char *v = getenv("CMKP11_PIN");
+    size_t len;
+
+    if (v == NULL || v[0] == '\0')
+        return 0;
+    len = strlen(v);
+    tpin_free(p);
+    p->value = secure_dup(v, len + 1);
+    if (p->value == NULL) {
+        tool_error("out of memory");
+        return -1;
+    }
+    p->len = len;
+    secure_zero(v, len);
+    unsetenv("CMKP11_PIN");
+    return 0;
+}
+
 int tpin_from_file(struct tpin *p, const char *path)
 {
     char err[256];
 
     tpin_free(p);
-    if (secure_read_file(path, 1, &p->value, &p->len, err, sizeof(err)) < 0) {
+    if (secure_read_secret_file(path, 1, &p->value, &p->len, err, sizeof(err)) <
+        0) {
         tool_error("PIN file: %s", err);
         p->value = NULL;
         p->len = 0;

@@ -89,6 +89,8 @@ CK_ULONG tattr_ulong(struct tmod *m, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h,
  * printing why. */
 int tpin_from_arg(struct tpin *p, char *arg);
 int tpin_from_file(struct tpin *p, const char *path);
+/* The PIN from CMKP11_PIN, if set (0 when it is not). */
+int tpin_from_env(struct tpin *p);
 void tpin_free(struct tpin *p);
 
 /* A CKR's name ("CKR_DEVICE_ERROR"). */
