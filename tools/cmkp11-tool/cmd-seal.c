@@ -215,6 +215,154 @@ static void tmp_clean_stale(const char *path)
     close(fd);
 }
 
+/* ---- -o output --------------------------------------------------------------
+ * What -o FILE does, as cp, gpg -o and openssl enc -out do:
+ * - a regular file (or a symbolic link to one) is replaced atomically: a
+ *   temporary file beside the link's target, synced and renamed over it;
+ *   the link stays;
+ * - anything else (a device such as /dev/null, a FIFO, a socket) and every
+ *   path under /dev or /proc (/dev/stdout, /dev/fd/N: what the shell opened)
+ *   is written through: opened and written, never replaced;
+ * - a directory is refused;
+ * - plaintext never gets a wider mode than 0600: a new file is 0600, an
+ *   existing one keeps its mode with the group and other bits removed
+ *   (0644 becomes 0600, 0400 stays 0400). Sealed data keeps the existing
+ *   file's mode, or gets 0666 less the umask.
+ */
+
+struct outfile {
+    FILE *f;
+    bool through; /* written through, not replaced */
+    char *target; /* the regular file replaced */
+    mode_t mode;  /* its mode after the rename */
+    bool existed; /* keep the owner of the file replaced */
+    uid_t uid;
+    gid_t gid;
+};
+
+static mode_t file_mode(void)
+{
+    mode_t um = umask(077);
+
+    umask(um);
+    return 0666 & ~um;
+}
+
+/* "-", or a path to what standard output already is (/dev/stdout,
+ * /dev/fd/1): no summary may be printed there. */
+static bool is_stdout(const char *path)
+{
+    struct stat a, b;
+
+    if (path == NULL || strcmp(path, "-") == 0)
+        return true;
+    return (strncmp(path, "/dev/", 5) == 0 ||
+            strncmp(path, "/proc/", 6) == 0) &&
+           stat(path, &a) == 0 && fstat(STDOUT_FILENO, &b) == 0 &&
+           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+static bool is_through_path(const char *path)
+{
+    return strncmp(path, "/dev/", 5) == 0 || strncmp(path, "/proc/", 6) == 0;
+}
+
+/* Opens -o path for plaintext (unseal) or sealed data (seal). */
+static int out_open(struct outfile *o, const char *path, bool plaintext,
+                    char *err)
+{
+    struct stat st, lst;
+    int fd;
+
+    memset(o, 0, sizeof(*o));
+    if (stat(path, &st) < 0) {
+        if (errno != ENOENT) {
+            efmt(err, "%s: %s", path, strerror(errno));
+            return -1;
+        }
+        if (lstat(path, &lst) == 0) {
+            efmt(err,
+                 "%s: a symbolic link to a file that does not exist; "
+                 "refusing to write through it",
+                 path);
+            return -1;
+        }
+        o->target = strdup(path);
+        o->mode = plaintext ? 0600 : file_mode();
+    } else if (S_ISDIR(st.st_mode)) {
+        efmt(err, "%s: is a directory; give a file name", path);
+        return -1;
+    } else if (!S_ISREG(st.st_mode) || is_through_path(path)) {
+        /* O_TRUNC only matters when /dev/stdout is a regular file. */
+        fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC |
+                            (S_ISREG(st.st_mode) ? O_TRUNC : 0));
+        if (fd < 0 || (o->f = fdopen(fd, "wb")) == NULL) {
+            efmt(err, "%s: %s", path, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        o->through = true;
+        return 0;
+    } else {
+        if (access(path, W_OK) < 0) {
+            efmt(err, "%s: %s", path, strerror(errno));
+            return -1;
+        }
+        /* A symbolic link: its target is replaced, the link stays. */
+        o->target = realpath(path, NULL);
+        o->mode = plaintext ? (st.st_mode & 0600) : (st.st_mode & 07777);
+        o->existed = true;
+        o->uid = st.st_uid;
+        o->gid = st.st_gid;
+    }
+    if (o->target == NULL) {
+        efmt(err, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    o->f = tmp_open(o->target, err);
+    if (o->f == NULL) {
+        free(o->target);
+        o->target = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void out_discard(struct outfile *o)
+{
+    if (o->through)
+        fclose(o->f);
+    else
+        tmp_discard(o->f);
+    free(o->target);
+    memset(o, 0, sizeof(*o));
+}
+
+static int out_commit(struct outfile *o, const char *path, char *err)
+{
+    int r = 0;
+
+    if (o->through) {
+        if (fflush(o->f) != 0 || ferror(o->f)) {
+            efmt(err, "writing %s: %s", path, strerror(errno));
+            r = -1;
+        }
+        if (fclose(o->f) != 0 && r == 0) {
+            efmt(err, "writing %s: %s", path, strerror(errno));
+            r = -1;
+        }
+    } else {
+        if (o->existed && fchown(fileno(o->f), o->uid, o->gid) < 0) {
+            /* Not the owner: the file becomes ours, as any rewrite would. */
+        }
+        r = tmp_commit(o->f, o->target, o->mode, err);
+    }
+    free(o->target);
+    memset(o, 0, sizeof(*o));
+    return r;
+}
+
 /* ---- I/O ------------------------------------------------------------------
  */
 
@@ -848,19 +996,12 @@ static void json_key_fields(struct jw *w, const char *token, const char *key,
     jw_kv_string(w, "key_id", idhex);
 }
 
-static mode_t file_mode(void)
-{
-    mode_t um = umask(077);
-
-    umask(um);
-    return 0666 & ~um;
-}
-
 int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
     const char *inpath = argc > 1 ? argv[1] : NULL;
     const char *outpath = o->output;
     FILE *in = NULL, *out = NULL;
+    struct outfile of;
     struct seal_result res;
     struct target tg;
     char err[ERRLEN];
@@ -869,12 +1010,12 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     int status = TOOL_FAILED;
 
     memset(&c, 0, sizeof(c));
-    if (o->json && is_stdio(outpath)) {
+    if (o->json && is_stdout(outpath)) {
         tool_error("seal --json prints a summary on standard output: give "
                    "-o FILE for the sealed data");
         return TOOL_USAGE;
     }
-    if (is_stdio(outpath) && isatty(STDOUT_FILENO)) {
+    if (is_stdout(outpath) && isatty(STDOUT_FILENO)) {
         tool_error("the sealed data is binary: give -o FILE, or redirect "
                    "standard output");
         return TOOL_USAGE;
@@ -891,15 +1032,17 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         goto fail;
     if (is_stdio(outpath)) {
         out = stdout;
-    } else if ((out = tmp_open(outpath, err)) == NULL) {
+    } else if (out_open(&of, outpath, false, err) < 0) {
         goto fail;
+    } else {
+        out = of.f;
     }
     if (seal_stream(&c, &tg, in, out, &res, err) < 0) {
         if (out != stdout)
-            tmp_discard(out);
+            out_discard(&of);
         goto fail;
     }
-    if (out != stdout && tmp_commit(out, outpath, file_mode(), err) < 0)
+    if (out != stdout && out_commit(&of, outpath, err) < 0)
         goto fail;
     if (o->json) {
         jw_init(&w, stdout);
@@ -912,7 +1055,7 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         jw_kv_int(&w, "segments", (long long)res.segments);
         jw_end_object(&w);
         jw_finish(&w);
-    } else if (!is_stdio(outpath)) {
+    } else if (!is_stdout(outpath)) {
         printf("sealed %llu bytes from %s into %s under key %s version %s on "
                "token %s\n",
                res.bytes, in_name(inpath), outpath, tg.key->name, tg.v->version,
@@ -1058,6 +1201,7 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     struct tstate *s = NULL;
     CK_OBJECT_HANDLE priv = 0, dek = 0;
     FILE *in = NULL, *out = NULL;
+    struct outfile of;
     char err[ERRLEN];
     struct sctx c;
     struct jw w;
@@ -1066,7 +1210,7 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     memset(&c, 0, sizeof(c));
     memset(&h, 0, sizeof(h));
     memset(&res, 0, sizeof(res));
-    if (o->json && is_stdio(outpath)) {
+    if (o->json && is_stdout(outpath)) {
         tool_error("unseal --json prints a summary on standard output: give "
                    "-o FILE for the data");
         return TOOL_USAGE;
@@ -1096,14 +1240,16 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         goto fail;
     if (is_stdio(outpath))
         out = stdout;
-    else if ((out = tmp_open(outpath, err)) == NULL)
+    else if (out_open(&of, outpath, true, err) < 0)
         goto fail;
+    else
+        out = of.f;
     if (unseal_segments(&c, s, dek, &h, in, out, &res, err) < 0) {
         if (out != stdout)
-            tmp_discard(out);
+            out_discard(&of);
         goto fail;
     }
-    if (out != stdout && tmp_commit(out, outpath, 0600, err) < 0)
+    if (out != stdout && out_commit(&of, outpath, err) < 0)
         goto fail;
     if (o->json) {
         jw_init(&w, stdout);
@@ -1117,7 +1263,7 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         jw_kv_int(&w, "segments", (long long)res.segments);
         jw_end_object(&w);
         jw_finish(&w);
-    } else if (!is_stdio(outpath)) {
+    } else if (!is_stdout(outpath)) {
         printf("unsealed %llu bytes from %s into %s (key %s version %s on "
                "token %s)\n",
                res.bytes, in_name(inpath), outpath, h.key, h.version,
