@@ -6,11 +6,13 @@
  * offers them itself:
  *
  *   generate  a self-signed X.509 certificate per key version, subject and
- *             issuer CN=<label>, signed through the key itself (the
+ *             issuer CN=<key name>, signed through the key itself (the
  *             provider's crypt(POP_SIGN): the module never holds a private
  *             key). Made when a listing first shows the version and the
  *             key can sign (logged in where the token needs it), then kept
- *             in memory for the version's life.
+ *             in memory for the version's life. The same bytes in every
+ *             process: nothing in it depends on when or where it is made
+ *             (see generate()).
  *   DIR       <DIR>/<label>.pem, else <DIR>/<hex CKA_ID>.pem, used only if
  *             its public key is the key's.
  *   none      nothing (the default).
@@ -214,10 +216,24 @@ static int add_ext(X509 *x, int nid, const char *value)
     return r;
 }
 
-/* A self-signed certificate for the private key p, signed through the
- * provider. NULL if the key cannot sign or anything fails. */
+/*
+ * A self-signed certificate for the private key p, signed through the
+ * provider. NULL if the key cannot sign or anything fails.
+ *
+ * Deterministic for a key version, so that a certificate exported to a
+ * trust store or pinned in one process is the one every other process
+ * serves: the subject is the key's name (not its label, which gains
+ * "@version" when the version stops being current); the serial number
+ * comes from the public key; notBefore is the version's creation time
+ * (CKA_CMK_CREATED: Key Vault's "created"; hsm tokens have no creation
+ * time, PKCS#11 has no attribute for it, so 1970-01-01T00:00:00Z there);
+ * notAfter is 99991231235959Z, RFC 5280 4.1.2.5's "no well-defined
+ * expiration date", the same for every version; the extensions are
+ * fixed; and an RSA PKCS#1 v1.5 signature (RFC 8017 8.2) is a function of
+ * the key and the signed bytes alone.
+ */
 static unsigned char *generate(struct session *s, const struct pobj *p,
-                               const char *cn, CK_ULONG *len)
+                               const char *cn, time_t created, CK_ULONG *len)
 {
     struct token *t = s->token;
     struct pcall c = {.tok = t->ptok, .sess = s->psess};
@@ -252,7 +268,7 @@ static unsigned char *generate(struct session *s, const struct pobj *p,
         !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
                                     (const unsigned char *)cn, -1, -1, 0) ||
         !X509_set_subject_name(x, name) || !X509_set_issuer_name(x, name) ||
-        X509_gmtime_adj(X509_getm_notBefore(x), -24L * 3600) == NULL ||
+        ASN1_TIME_set(X509_getm_notBefore(x), created) == NULL ||
         !ASN1_TIME_set_string(X509_getm_notAfter(x), "99991231235959Z") ||
         !X509_set_pubkey(x, pk) ||
         !add_ext(x, NID_basic_constraints, "critical,CA:FALSE") ||
@@ -466,9 +482,18 @@ static unsigned char *cert_for(struct session *s, const struct pobj *p,
     label = attr_string(&p->attrs, CKA_LABEL);
     if (label == NULL)
         return NULL;
-    if (t->cert_mode == CERTS_GENERATE)
-        der = generate(s, p, label[0] ? label : p->uid, len);
-    else
+    if (t->cert_mode == CERTS_GENERATE) {
+        char *name = attr_string(&p->attrs, CKA_CMK_KEY_NAME);
+        char *when = attr_string(&p->attrs, CKA_CMK_CREATED);
+        long long created = when != NULL ? strtoll(when, NULL, 10) : 0;
+        const char *cn = name != NULL && name[0] ? name
+                         : label[0]              ? label
+                                                 : p->uid;
+
+        der = generate(s, p, cn, created > 0 ? (time_t)created : 0, len);
+        free(name);
+        free(when);
+    } else
         der = from_dir(t, p, label, len);
     free(label);
 
