@@ -101,6 +101,27 @@ static void test_secure_file(void)
     ok(rc == 0, "mode 0644 is accepted (only writing is checked)");
     secure_free(buf, len + 1);
 
+    /* A secret: others may not read it; the group may. */
+    chmod(path, 0604);
+    buf = NULL;
+    rc = secure_read_secret_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == -1 && buf == NULL && strncmp(err, path, strlen(path)) == 0 &&
+           strstr(err, ": readable by others (mode 0604); refusing") != NULL &&
+           strstr(err, "s3cr3t") == NULL,
+       "secure_read_secret_file: 0604 refused, naming the file and mode");
+    chmod(path, 0644);
+    rc = secure_read_secret_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == -1 && strstr(err, "(mode 0644)") != NULL, "  and 0644");
+    chmod(path, 0640);
+    rc = secure_read_secret_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == 0 && strcmp(buf, "s3cr3t-value") == 0, "  0640 is accepted");
+    secure_free(buf, len + 1);
+    chmod(path, 0660);
+    buf = NULL;
+    rc = secure_read_secret_file(path, 1, &buf, &len, err, sizeof(err));
+    ok(rc == -1 && strstr(err, "writable by group or others (mode 0660)"),
+       "  0660 is refused");
+
     chmod(path, 0620);
     buf = NULL;
     rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
