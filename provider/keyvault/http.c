@@ -17,13 +17,12 @@
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
+#include "kv-parse.h"
 #include "kv.h"
 #include "secure.h"
 
 #define KV_POOL_MAX 64
 #define KV_MAX_BODY (4L * 1024 * 1024)
-/* A server's wait is honoured up to this (then the deadline decides). */
-#define KV_RETRY_AFTER_MAX_MS (3600L * 1000)
 
 struct kv_http {
     pthread_mutex_t lock;
@@ -183,26 +182,6 @@ static size_t on_body(char *data, size_t size, size_t n, void *user)
     return len;
 }
 
-/* A header's number of milliseconds (scale 1) or seconds (1000), clamped
- * into 0 .. KV_RETRY_AFTER_MAX_MS; -1 if it is not a number. */
-static long retry_ms(const char *v, size_t vlen, long scale)
-{
-    long long x = 0;
-    size_t i;
-
-    if (vlen == 0)
-        return -1;
-    for (i = 0; i < vlen; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return i > 0 && v[i] == '.' ? (long)(x * scale) : -1;
-        if (x < KV_RETRY_AFTER_MAX_MS)
-            x = x * 10 + (v[i] - '0');
-        if (x * scale > KV_RETRY_AFTER_MAX_MS)
-            return KV_RETRY_AFTER_MAX_MS;
-    }
-    return (long)(x * scale);
-}
-
 static bool header_is(const char *line, size_t len, const char *name,
                       const char **value, size_t *vlen)
 {
@@ -233,11 +212,11 @@ static size_t on_header(char *data, size_t size, size_t n, void *user)
         r->www_authenticate = strndup(v, vlen);
     } else if (header_is(data, len, "retry-after-ms", &v, &vlen) ||
                header_is(data, len, "x-ms-retry-after-ms", &v, &vlen)) {
-        r->retry_after_ms = retry_ms(v, vlen, 1);
+        r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1);
     } else if (header_is(data, len, "Retry-After", &v, &vlen) &&
                r->retry_after_ms < 0) {
         /* Seconds; an HTTP date is not used by Key Vault. */
-        r->retry_after_ms = retry_ms(v, vlen, 1000);
+        r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1000);
     }
     return len;
 }

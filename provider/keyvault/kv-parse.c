@@ -389,3 +389,21 @@ out:
     json_object_put(doc);
     return rv;
 }
+
+long kv_parse_retry_ms(const char *v, size_t vlen, long scale)
+{
+    long long x = 0;
+    size_t i;
+
+    if (vlen == 0)
+        return -1;
+    for (i = 0; i < vlen; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return i > 0 && v[i] == '.' ? (long)(x * scale) : -1;
+        if (x < KV_RETRY_AFTER_MAX_MS)
+            x = x * 10 + (v[i] - '0');
+        if (x * scale > KV_RETRY_AFTER_MAX_MS)
+            return KV_RETRY_AFTER_MAX_MS;
+    }
+    return (long)(x * scale);
+}

@@ -88,4 +88,12 @@ CK_RV kv_parse_result(json_object *doc, unsigned char **out, size_t *len,
 CK_RV kv_parse_token(const char *body, size_t len, long long now, char **token,
                      long long *lifetime, char *why, size_t whylen);
 
+/* A server's wait is honoured up to this (then the deadline decides). */
+#define KV_RETRY_AFTER_MAX_MS (3600L * 1000)
+/* Retry-After (scale 1000: seconds) or retry-after-ms (scale 1): vlen
+ * bytes of header value, in milliseconds clamped into 0 ..
+ * KV_RETRY_AFTER_MAX_MS; a fraction is dropped; -1 if it is not a
+ * number (an HTTP date included: Key Vault sends none). */
+long kv_parse_retry_ms(const char *v, size_t vlen, long scale);
+
 #endif
