@@ -20,7 +20,7 @@ out=${FUZZ_OUT:-$build/fuzz-out}
 runs=${FUZZ_RUNS:-20000}
 CC=${FUZZ_CC:-clang}
 
-mode=time
+mode=timed
 seconds=60
 case ${1:-} in
 --ci) mode=ci; shift ;;
