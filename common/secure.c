@@ -81,6 +81,11 @@ static bool in_pool(const void *p)
            (const unsigned char *)p < pool + POOL_SIZE;
 }
 
+int secure_in_pool(const void *p)
+{
+    return in_pool(p);
+}
+
 void secure_atfork_prepare(void)
 {
     pthread_mutex_lock(&pool_lock);

@@ -19,6 +19,8 @@ void *secure_alloc(size_t len);
  * parent and in the child, so the child finds the pool consistent. */
 void secure_atfork_prepare(void);
 void secure_atfork_release(void);
+/* Whether p points into the locked pool (not the heap fallback). */
+int secure_in_pool(const void *p);
 /* Copies len bytes into a new secure allocation. */
 void *secure_dup(const void *p, size_t len);
 

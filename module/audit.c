@@ -6,6 +6,8 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,44 +55,117 @@ bool audit_enabled(void)
     return audit_fd >= 0;
 }
 
-/* Appends s as a JSON string (quoted, escaped) to buf. */
-static void put_string(char *buf, size_t cap, size_t *len, const char *s,
-                       size_t n)
-{
-    size_t i;
+/*
+ * A line is built in a fixed buffer by a builder that never writes past
+ * it: every string field is cut to AUDIT_FIELD_MAX bytes of its value
+ * (at a character boundary, then "..." marks the cut), so even a field of
+ * control characters (6 bytes each when escaped) fits.
+ */
+#define AUDIT_FIELD_MAX 256
+#define AUDIT_LINE_MAX  8192
 
-    if (*len + 2 >= cap)
+struct line {
+    char buf[AUDIT_LINE_MAX];
+    size_t len;
+    bool full; /* something did not fit (not expected: see above) */
+};
+
+static void put_raw(struct line *l, const char *s, size_t n)
+{
+    /* Two bytes stay free for the closing "}\n". */
+    if (l->full || n > sizeof(l->buf) - 2 - l->len) {
+        l->full = true;
         return;
-    buf[(*len)++] = '"';
-    for (i = 0; i < n && *len + 8 < cap; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            buf[(*len)++] = '\\';
-            buf[(*len)++] = (char)c;
-        } else if (c < 0x20 || c == 0x7f) {
-            *len += (size_t)snprintf(buf + *len, cap - *len, "\\u%04x", c);
-        } else {
-            buf[(*len)++] = (char)c;
-        }
     }
-    buf[(*len)++] = '"';
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
 }
 
-static void put_attr(char *buf, size_t cap, size_t *len, struct object *o,
-                     CK_ATTRIBUTE_TYPE type)
+static void put_fmt(struct line *l, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void put_fmt(struct line *l, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(tmp))
+        l->full = true;
+    else
+        put_raw(l, tmp, (size_t)n);
+}
+
+/* The length of the UTF-8 character at s (at most n bytes), or 0 if the
+ * bytes are not one. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+    size_t len, i;
+
+    if (s[0] < 0x80)
+        return 1;
+    len = s[0] >= 0xf0 && s[0] <= 0xf4   ? 4
+          : s[0] >= 0xe0                 ? 3
+          : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
+                                         : 0;
+    if (len == 0 || len > n)
+        return 0;
+    for (i = 1; i < len; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return len;
+}
+
+/* s as a JSON string: quoted, escaped, invalid UTF-8 as U+FFFD, cut at
+ * AUDIT_FIELD_MAX bytes of s. */
+static void put_string(struct line *l, const char *str, size_t n)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, cl;
+    char esc[8];
+
+    put_raw(l, "\"", 1);
+    while (i < n) {
+        if (i >= AUDIT_FIELD_MAX) {
+            put_raw(l, "...", 3);
+            break;
+        }
+        if (s[i] == '"' || s[i] == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)s[i];
+            put_raw(l, esc, 2);
+            i++;
+        } else if (s[i] < 0x20 || s[i] == 0x7f) {
+            snprintf(esc, sizeof(esc), "\\u%04x", s[i]);
+            put_raw(l, esc, 6);
+            i++;
+        } else if ((cl = utf8_char(s + i, n - i)) == 0) {
+            put_raw(l, "\\ufffd", 6);
+            i++;
+        } else {
+            put_raw(l, (const char *)s + i, cl);
+            i += cl;
+        }
+    }
+    put_raw(l, "\"", 1);
+}
+
+static void put_attr(struct line *l, struct object *o, CK_ATTRIBUTE_TYPE type)
 {
     CK_ULONG n = 0;
     char *v = object_get_value(o, type, &n);
 
-    put_string(buf, cap, len, v ? v : "", v ? n : 0);
+    put_string(l, v ? v : "", v ? n : 0);
     free(v);
 }
 
 void audit_record(struct session *s, struct object *key, const char *op,
                   CK_MECHANISM_TYPE mech, CK_RV rv, CK_ULONG http_status)
 {
-    char buf[1024];
-    size_t len = 0;
+    struct line *l;
     struct timespec ts;
     struct tm tm;
     CK_ULONG n = 0;
@@ -103,29 +178,37 @@ void audit_record(struct session *s, struct object *key, const char *op,
     if (name == NULL)
         return;
     free(name);
+    l = calloc(1, sizeof(*l));
+    if (l == NULL)
+        return;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    len += (size_t)snprintf(
-        buf, sizeof(buf),
-        "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\","
-        "\"pid\":%ld,\"token\":",
-        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-        tm.tm_sec, ts.tv_nsec / 1000000, (long)getpid());
-    put_string(buf, sizeof(buf), &len, s->token->name, strlen(s->token->name));
-    len += (size_t)snprintf(buf + len, sizeof(buf) - len, ",\"key\":");
-    put_attr(buf, sizeof(buf), &len, key, CKA_CMK_KEY_NAME);
-    len += (size_t)snprintf(buf + len, sizeof(buf) - len, ",\"version\":");
-    put_attr(buf, sizeof(buf), &len, key, CKA_CMK_VERSION);
-    len += (size_t)snprintf(buf + len, sizeof(buf) - len,
-                            ",\"operation\":\"%s\",\"mechanism\":\"%s\","
-                            "\"result\":\"%s\",\"http_status\":%lu}\n",
-                            op, cmk_mech_name(mech), cmk_rv_name(rv),
-                            (unsigned long)http_status);
-    if (len >= sizeof(buf)) {
-        len = sizeof(buf) - 1;
-        buf[len - 1] = '\n';
+    put_fmt(l,
+            "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\","
+            "\"pid\":%ld,\"token\":",
+            tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+            tm.tm_sec, ts.tv_nsec / 1000000, (long)getpid());
+    put_string(l, s->token->name, strlen(s->token->name));
+    put_raw(l, ",\"key\":", 7);
+    put_attr(l, key, CKA_CMK_KEY_NAME);
+    put_raw(l, ",\"version\":", 11);
+    put_attr(l, key, CKA_CMK_VERSION);
+    put_fmt(l,
+            ",\"operation\":\"%s\",\"mechanism\":\"%s\","
+            "\"result\":\"%s\",\"http_status\":%lu",
+            op, cmk_mech_name(mech), cmk_rv_name(rv),
+            (unsigned long)http_status);
+    if (l->full) {
+        cmk_debug("audit-log: a record did not fit in %d bytes",
+                  AUDIT_LINE_MAX);
+    } else {
+        /* put_raw kept two bytes free for these. */
+        memcpy(l->buf + l->len, "}\n", 2);
+        l->len += 2;
+        /* One write: an O_APPEND write lands whole at the end of the
+         * file. */
+        if (write(audit_fd, l->buf, l->len) < 0)
+            cmk_debug("audit-log: write failed: %s", strerror(errno));
     }
-    /* One write: an O_APPEND write lands whole at the end of the file. */
-    if (write(audit_fd, buf, len) < 0)
-        cmk_debug("audit-log: write failed: %s", strerror(errno));
+    free(l);
 }

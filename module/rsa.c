@@ -442,7 +442,7 @@ int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
     snprintf(uid, sizeof(uid), "%s/public", d->uid_prefix);
     pub->uid = strdup(uid);
     if (priv->uid == NULL || pub->uid == NULL)
-        return -1;
+        goto fail;
 
     r |= attrs_set_ulong(&priv->attrs, CKA_CLASS, CKO_PRIVATE_KEY);
     r |= common_key_attrs(&priv->attrs, d);
@@ -470,5 +470,11 @@ int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
     r |= attrs_set_bool(&pub->attrs, CKA_TRUSTED, CK_FALSE);
     r |= attrs_set(&pub->attrs, CKA_SUBJECT, NULL, 0);
     r |= public_key_info(&pub->attrs, d);
-    return r ? -1 : 0;
+    if (r == 0)
+        return 0;
+fail:
+    /* A modulus OpenSSL refuses (or no memory): nothing is kept. */
+    pobj_clear(NULL, NULL, priv);
+    pobj_clear(NULL, NULL, pub);
+    return -1;
 }

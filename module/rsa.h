@@ -70,7 +70,8 @@ struct rsa_key_desc {
     const char *key_type;
 };
 
-/* Builds the private and public key objects' attributes. 0 or -1. */
+/* Builds the private and public key objects' attributes. 0, or -1 with
+ * nothing left to free in priv and pub. */
 int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
                     struct pobj *pub);
 

@@ -81,7 +81,7 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP
 
 # ---- the emulator -----------------------------------------------------------
 tenant=72f9e1c1-1e6b-4b0f-9d3a-6b7e0c2a5e10
@@ -97,7 +97,7 @@ cat >"$tmp/emu.json" <<EOT
   "vaults": [$(vault_json kvemu), $(vault_json kv10), $(vault_json kv100), $(vault_json kv1000)]
 }
 EOT
-"$top/tests/kvemu/kvemu" --port 0 --state-dir "$tmp/emu" --config "$tmp/emu.json" \
+"$top/tests/kvemu/kvemu" --port 0 --state-dir "$tmp/emu" --config "$tmp/emu.json" --exit-with-parent \
     --no-imds >"$tmp/emu.out" 2>"$tmp/emu.err" &
 emu_pid=$!
 i=0

@@ -27,9 +27,13 @@ mkdir -p "$demo"
 tests/softhsm-init.sh "$demo/softhsm" >/dev/null
 . "$demo/softhsm/env"
 say "starting the local Key Vault emulator in $demo/kvemu"
-tests/kvemu/kvemu --port 0 --state-dir "$demo/kvemu" >"$demo/kvemu.out" 2>"$demo/kvemu.log" &
+tests/kvemu/kvemu --port 0 --state-dir "$demo/kvemu" --exit-with-parent \
+    >"$demo/kvemu.out" 2>"$demo/kvemu.log" &
 emu_pid=$!
-trap 'kill $emu_pid 2>/dev/null; wait $emu_pid 2>/dev/null' EXIT INT TERM
+# However the demo ends (SIGKILL included: --exit-with-parent), the
+# emulator ends with it.
+trap 'kill $emu_pid 2>/dev/null; wait $emu_pid 2>/dev/null' EXIT
+trap 'exit 130' INT TERM HUP
 for _ in $(seq 1 100); do
     grep -q KVEMU_READY "$demo/kvemu.out" 2>/dev/null && break
     sleep 0.2

@@ -29,6 +29,7 @@
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
+#include "kv-parse.h"
 #include "kv.h"
 #include "secure.h"
 
@@ -218,6 +219,8 @@ static void store(struct kv_auth *a, const char *resource, const char *token,
 
     if (lifetime_s <= 0)
         lifetime_s = 300;
+    if (lifetime_s > KV_LIFETIME_MAX)
+        lifetime_s = KV_LIFETIME_MAX; /* no overflow in * 1000 below */
     /* Renew at half-life for long tokens, else 5 minutes before expiry,
      * and never later than at 80 % of a short one's life. */
     if (lifetime_s >= 7200)
@@ -241,28 +244,16 @@ static void store(struct kv_auth *a, const char *resource, const char *token,
 }
 
 /* Parses an identity endpoint's answer: the token and its lifetime. */
-static CK_RV parse_token(const char *body, char **token, long long *lifetime)
+static CK_RV parse_token(const struct kv_response *r, const char *where,
+                         char **token, long long *lifetime)
 {
-    json_object *doc = json_tokener_parse(body);
-    const char *t = kv_json_str(doc, "access_token");
-    long long in = kv_json_int(doc, "expires_in", -1);
-    long long on = kv_json_int(doc, "expires_on", -1);
-    CK_RV rv = CKR_DEVICE_ERROR;
+    char why[128];
+    CK_RV rv = kv_parse_token(r->body, r->len, (long long)time(NULL), token,
+                              lifetime, why, sizeof(why));
 
-    if (t != NULL && t[0] != '\0') {
-        *token = secure_dup(t, strlen(t) + 1);
-        if (in > 0)
-            *lifetime = in;
-        else if (on > 0)
-            *lifetime = on - (long long)time(NULL);
-        else
-            *lifetime = 300;
-        rv = *token ? CKR_OK : CKR_HOST_MEMORY;
-    }
-    /* The document holds the token too; json-c frees without wiping. */
-    if (doc != NULL && t != NULL)
-        secure_zero((void *)t, strlen(t));
-    json_object_put(doc);
+    if (rv == CKR_DEVICE_ERROR)
+        cmk_error("malformed answer from the identity endpoint %s: %s", where,
+                  why);
     return rv;
 }
 
@@ -524,7 +515,7 @@ static CK_RV fetch_from_authority(struct kv_auth *a, const char *resource,
         secure_free(body, blen);
         *status = r.status;
         if (r.curl == CURLE_OK && r.status == 200) {
-            rv = parse_token(r.body, token, lifetime);
+            rv = parse_token(&r, url, token, lifetime);
             kv_response_clear(&r);
             if (rv == CKR_OK && i == 1)
                 cmk_warning("the client secret was refused and the secondary "
@@ -781,7 +772,7 @@ static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
     kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
     *status = r.status;
     if (r.curl == CURLE_OK && r.status == 200)
-        rv = parse_token(r.body, token, lifetime);
+        rv = parse_token(&r, url, token, lifetime);
     else
         describe_failure(a, url, &r);
     kv_response_clear(&r);

@@ -17,6 +17,7 @@
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
+#include "kv-parse.h"
 #include "kv.h"
 #include "secure.h"
 
@@ -149,32 +150,35 @@ static void give_handle(struct kv_http *h, CURL *c, bool keep)
         curl_easy_cleanup(c);
 }
 
-struct sink {
-    struct kv_response *r;
-    size_t cap;
-};
-
+/*
+ * Bodies may hold key material (unwrap, decrypt) or access tokens: they
+ * are received into secure memory, and every buffer given up while the
+ * body grows is wiped (docs/keyvault.md, "Answers in memory").
+ */
 static size_t on_body(char *data, size_t size, size_t n, void *user)
 {
-    struct sink *s = user;
+    struct kv_response *r = user;
     size_t len = size * n;
     char *nb;
 
-    if (s->r->len + len + 1 > (size_t)KV_MAX_BODY)
+    if (len > (size_t)KV_MAX_BODY || r->len + len + 1 > (size_t)KV_MAX_BODY)
         return 0;
-    if (s->r->len + len + 1 > s->cap) {
-        size_t ncap = s->cap ? s->cap : 1024;
-        while (ncap < s->r->len + len + 1)
+    if (r->len + len + 1 > r->cap) {
+        size_t ncap = r->cap ? r->cap : 1024;
+        while (ncap < r->len + len + 1)
             ncap *= 2;
-        nb = realloc(s->r->body, ncap);
+        nb = secure_alloc(ncap);
         if (nb == NULL)
             return 0;
-        s->r->body = nb;
-        s->cap = ncap;
+        if (r->body != NULL)
+            memcpy(nb, r->body, r->len);
+        secure_free(r->body, r->cap);
+        r->body = nb;
+        r->cap = ncap;
     }
-    memcpy(s->r->body + s->r->len, data, len);
-    s->r->len += len;
-    s->r->body[s->r->len] = '\0';
+    memcpy(r->body + r->len, data, len);
+    r->len += len;
+    r->body[r->len] = '\0';
     return len;
 }
 
@@ -202,21 +206,17 @@ static size_t on_header(char *data, size_t size, size_t n, void *user)
     struct kv_response *r = user;
     size_t len = size * n, vlen;
     const char *v;
-    char num[32];
 
     if (header_is(data, len, "WWW-Authenticate", &v, &vlen)) {
         free(r->www_authenticate);
         r->www_authenticate = strndup(v, vlen);
     } else if (header_is(data, len, "retry-after-ms", &v, &vlen) ||
                header_is(data, len, "x-ms-retry-after-ms", &v, &vlen)) {
-        snprintf(num, sizeof(num), "%.*s", (int)(vlen < 20 ? vlen : 20), v);
-        r->retry_after_ms = atol(num);
+        r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1);
     } else if (header_is(data, len, "Retry-After", &v, &vlen) &&
                r->retry_after_ms < 0) {
         /* Seconds; an HTTP date is not used by Key Vault. */
-        snprintf(num, sizeof(num), "%.*s", (int)(vlen < 20 ? vlen : 20), v);
-        if (num[0] >= '0' && num[0] <= '9')
-            r->retry_after_ms = atol(num) * 1000;
+        r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1000);
     }
     return len;
 }
@@ -235,7 +235,7 @@ static CURLcode on_ssl_ctx(CURL *c, void *ssl_ctx, void *user)
 
 void kv_response_clear(struct kv_response *r)
 {
-    free(r->body);
+    secure_free(r->body, r->cap);
     free(r->www_authenticate);
     memset(r, 0, sizeof(*r));
     r->retry_after_ms = -1;
@@ -245,7 +245,6 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
                struct kv_response *r)
 {
     struct curl_slist *headers = NULL;
-    struct sink sink = {r, 0};
     char *auth = NULL;
     size_t auth_len = 0;
     CURL *c;
@@ -275,7 +274,7 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "cmkp11/" PACKAGE_VERSION);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
@@ -312,7 +311,8 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
         cmk_debug("%s %s: %s", req->method, req->url,
                   curl_easy_strerror(r->curl));
     if (r->body == NULL) {
-        r->body = strdup("");
+        r->body = secure_alloc(1);
+        r->cap = 1;
         r->len = 0;
     }
     /* Drop every reference to this request's data before pooling. */

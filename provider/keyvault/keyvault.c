@@ -23,6 +23,7 @@
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
 #include "kv-cache.h"
+#include "kv-parse.h"
 #include "kv.h"
 #include "rsa.h"
 #include "secure.h"
@@ -546,6 +547,14 @@ static void circuit_record(struct kv_token *kt, bool unavailable)
     pthread_mutex_unlock(&kt->lock);
 }
 
+/* An answer that is not what the REST API describes (docs/errors.md). */
+static void malformed(struct kv_token *kt, const char *method, const char *path,
+                      const char *why)
+{
+    cmk_error("token %s: %s %s: malformed answer from %s: %s", kt->name, method,
+              path, kt->host, why);
+}
+
 /*
  * One Key Vault call with the whole retry policy: the 401 challenge (once),
  * a refused token (refreshed once), retries of 408/429/5xx and transport
@@ -648,10 +657,12 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
             break;
         }
         if (r.curl == CURLE_OK && r.status >= 200 && r.status < 300) {
-            res->doc = r.len > 0 ? json_tokener_parse(r.body) : NULL;
+            char why[128];
+            res->doc = r.len > 0
+                           ? kv_parse_body(r.body, r.len, why, sizeof(why))
+                           : NULL;
             if (r.len > 0 && res->doc == NULL) {
-                cmk_error("token %s: %s %s: the answer is not JSON", kt->name,
-                          method, path);
+                malformed(kt, method, path, why);
                 rv = CKR_DEVICE_ERROR;
             } else {
                 rv = CKR_OK;
@@ -783,115 +794,56 @@ static struct kv_version *version_get_unlocked(struct kv_key *k,
     return v;
 }
 
-/* Splits https://vault/keys/NAME/VERSION. */
-static bool split_kid(const char *kid, char *name, size_t nlen, char *version,
-                      size_t vlen)
+static void set_attributes(struct kv_version *v, const struct kv_attrs *a)
 {
-    const char *p = strstr(kid, "/keys/"), *s;
-
-    if (p == NULL)
-        return false;
-    p += 6;
-    s = strchr(p, '/');
-    if (s == NULL || (size_t)(s - p) >= nlen || strlen(s + 1) >= vlen ||
-        s[1] == '\0')
-        return false;
-    memcpy(name, p, (size_t)(s - p));
-    name[s - p] = '\0';
-    strcpy(version, s + 1);
-    return true;
-}
-
-static void set_ops(struct kv_version *v, json_object *ops)
-{
-    char buf[256] = "";
-    size_t i, n;
-
-    if (ops == NULL || !json_object_is_type(ops, json_type_array))
-        return;
-    n = json_object_array_length(ops);
-    for (i = 0; i < n; i++) {
-        const char *op =
-            json_object_get_string(json_object_array_get_idx(ops, i));
-        if (op == NULL || strlen(buf) + strlen(op) + 2 >= sizeof(buf))
-            continue;
-        if (buf[0])
-            strcat(buf, ",");
-        strcat(buf, op);
-    }
-    free(v->key_ops);
-    v->key_ops = strdup(buf);
-}
-
-static void set_attributes(struct kv_version *v, json_object *attrs)
-{
-    const char *rl = kv_json_str(attrs, "recoveryLevel");
-
-    v->enabled = kv_json_bool(attrs, "enabled", true);
-    v->nbf = kv_json_int(attrs, "nbf", 0);
-    v->exp = kv_json_int(attrs, "exp", 0);
-    v->created = kv_json_int(attrs, "created", 0);
-    v->updated = kv_json_int(attrs, "updated", 0);
-    if (rl != NULL) {
+    v->enabled = a->enabled;
+    v->nbf = a->nbf;
+    v->exp = a->exp;
+    v->created = a->created;
+    v->updated = a->updated;
+    if (a->recovery != NULL) {
         free(v->recovery);
-        v->recovery = strdup(rl);
+        v->recovery = strdup(a->recovery);
     }
 }
 
 /* Stores a key bundle (GET /keys/NAME/VERSION) in its version. */
-static void take_bundle(struct kv_token *kt, struct kv_key *k, json_object *doc)
+static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
+                         json_object *doc, const char *method, const char *path)
 {
-    json_object *key = NULL, *attrs = NULL, *ops = NULL;
-    const char *kid, *kty, *n, *e;
-    char name[256], version[128];
+    struct kv_bundle b;
     struct kv_version *v;
-    unsigned char *nb = NULL, *eb = NULL;
-    size_t nl = 0, el = 0;
+    char why[128];
+    CK_RV rv = kv_parse_bundle(doc, &b, why, sizeof(why));
 
-    if (!json_object_object_get_ex(doc, "key", &key))
-        return;
-    json_object_object_get_ex(doc, "attributes", &attrs);
-    json_object_object_get_ex(key, "key_ops", &ops);
-    kid = kv_json_str(key, "kid");
-    kty = kv_json_str(key, "kty");
-    n = kv_json_str(key, "n");
-    e = kv_json_str(key, "e");
-    if (kid == NULL ||
-        !split_kid(kid, name, sizeof(name), version, sizeof(version)))
-        return;
-    if (n != NULL)
-        nb = kv_b64url_decode(n, &nl);
-    if (e != NULL)
-        eb = kv_b64url_decode(e, &el);
+    if (rv != CKR_OK) {
+        malformed(kt, method, path, why);
+        return rv;
+    }
     pthread_mutex_lock(&kt->lock);
-    v = version_get_unlocked(k, version);
+    v = version_get_unlocked(k, b.version);
     if (v != NULL) {
         free(v->kty);
-        v->kty = kty ? strdup(kty) : NULL;
-        if (nb != NULL && eb != NULL) {
-            /* The modulus without leading zeros. */
-            size_t skip = 0;
-            while (skip + 1 < nl && nb[skip] == 0)
-                skip++;
+        v->kty = strdup(b.kty);
+        if (b.n != NULL && b.e != NULL) {
             free(v->n);
             free(v->e);
-            v->n = malloc(nl - skip);
-            if (v->n != NULL)
-                memcpy(v->n, nb + skip, nl - skip);
-            v->nlen = nl - skip;
-            v->e = eb;
-            v->elen = el;
-            eb = NULL;
+            v->n = b.n;
+            v->nlen = b.nlen;
+            v->e = b.e;
+            v->elen = b.elen;
+            b.n = b.e = NULL;
         }
-        set_ops(v, ops);
-        if (attrs != NULL)
-            set_attributes(v, attrs);
+        free(v->key_ops);
+        v->key_ops = strdup(b.ops);
+        if (b.has_attrs)
+            set_attributes(v, &b.attrs);
         v->loaded = v->n != NULL && v->e != NULL && v->kty != NULL;
         v->present = true;
     }
     pthread_mutex_unlock(&kt->lock);
-    free(nb);
-    free(eb);
+    kv_bundle_clear(&b);
+    return CKR_OK;
 }
 
 /* Loads (or refreshes) one key: its versions, and each new version's
@@ -920,9 +872,8 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
     }
     path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
     while (path != NULL) {
-        json_object *value = NULL;
-        const char *next;
-        size_t n;
+        struct kv_listing l;
+        char why[128];
 
         rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
         free(path);
@@ -944,27 +895,30 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
             free(esc);
             return rv;
         }
-        json_object_object_get_ex(res.doc, "value", &value);
-        n = value ? json_object_array_length(value) : 0;
+        rv = kv_parse_listing(res.doc, &l, why, sizeof(why));
+        if (rv != CKR_OK) {
+            malformed(kt, "GET", "(versions)", why);
+            result_clear(&res);
+            free(esc);
+            return rv;
+        }
         pthread_mutex_lock(&kt->lock);
-        for (i = 0; i < n; i++) {
-            json_object *item = json_object_array_get_idx(value, i), *attrs;
-            const char *kid = kv_json_str(item, "kid");
+        for (i = 0; i < l.n; i++) {
             char kname[256], version[128];
-            if (kid == NULL ||
-                !split_kid(kid, kname, sizeof(kname), version, sizeof(version)))
+            if (!kv_split_kid(l.items[i].kid, kname, sizeof(kname), version,
+                              sizeof(version)))
                 continue;
             v = version_get_unlocked(k, version);
             if (v == NULL)
                 continue;
             v->present = true;
-            if (json_object_object_get_ex(item, "attributes", &attrs))
-                set_attributes(v, attrs);
+            if (l.items[i].has_attrs)
+                set_attributes(v, &l.items[i].attrs);
         }
         pthread_mutex_unlock(&kt->lock);
-        next = kv_json_str(res.doc, "nextLink");
-        if (next != NULL && next[0] != '\0')
-            path = strdup(next);
+        if (l.next != NULL)
+            path = strdup(l.next);
+        kv_listing_clear(&l);
         result_clear(&res);
     }
     free(esc);
@@ -996,7 +950,7 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
                   : CKR_HOST_MEMORY;
         if (rv == CKR_OK)
-            take_bundle(kt, k, res.doc);
+            rv = take_bundle(kt, k, res.doc, "GET", path);
         else if (res.status == 404)
             rv = CKR_OK; /* deleted since the listing */
         else
@@ -1025,9 +979,9 @@ static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
     CK_RV rv = CKR_OK;
 
     while (path != NULL) {
-        json_object *value = NULL;
-        const char *next;
-        size_t n, i;
+        struct kv_listing l;
+        char why[128];
+        size_t i;
 
         rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
         free(path);
@@ -1037,21 +991,23 @@ static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
             result_clear(&res);
             return rv;
         }
-        json_object_object_get_ex(res.doc, "value", &value);
-        n = value ? json_object_array_length(value) : 0;
+        rv = kv_parse_listing(res.doc, &l, why, sizeof(why));
+        if (rv != CKR_OK) {
+            malformed(kt, "GET", "/keys", why);
+            result_clear(&res);
+            return rv;
+        }
         pthread_mutex_lock(&kt->lock);
-        for (i = 0; i < n; i++) {
-            const char *kid =
-                kv_json_str(json_object_array_get_idx(value, i), "kid");
-            const char *p = kid ? strstr(kid, "/keys/") : NULL;
+        for (i = 0; i < l.n; i++) {
+            const char *p = strstr(l.items[i].kid, "/keys/");
             if (p != NULL && strchr(p + 6, '/') == NULL &&
                 config_list_allows(kt->allow, p + 6))
                 key_get_unlocked(kt, p + 6, true);
         }
         pthread_mutex_unlock(&kt->lock);
-        next = kv_json_str(res.doc, "nextLink");
-        if (next != NULL && next[0] != '\0')
-            path = strdup(next);
+        if (l.next != NULL)
+            path = strdup(l.next);
+        kv_listing_clear(&l);
         result_clear(&res);
     }
     pthread_mutex_lock(&kt->lock);
@@ -1358,12 +1314,13 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     struct kv_token *kt = c->tok;
     struct kv_version *v = key;
     int64_t deadline = kv_now_ms() + kt->deadline_ms;
-    const char *alg = NULL, *value;
+    const char *alg = NULL;
     CK_ULONG skip = 0;
     struct kv_result res;
     char *b64 = NULL, *body = NULL, *path = NULL, *name, *ver, *esc;
+    char why[128];
     unsigned char *dec = NULL;
-    size_t declen = 0;
+    size_t declen = 0, deccap = 0;
     CK_RV rv;
 
     if (op == POP_SIGN)
@@ -1397,24 +1354,19 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
         result_clear(&res);
         goto out;
     }
-    value = kv_json_str(res.doc, "value");
-    dec = value ? kv_b64url_decode(value, &declen) : NULL;
-    if (dec == NULL) {
-        cmk_error("token %s: %s of key %s: the answer has no value", kt->name,
-                  verbs[op], name);
-        rv = CKR_DEVICE_ERROR;
+    rv = kv_parse_result(res.doc, &dec, &declen, &deccap, why, sizeof(why));
+    if (rv != CKR_OK) {
+        malformed(kt, "POST", path, why);
     } else if (declen > *outlen) {
         rv = CKR_BUFFER_TOO_SMALL;
     } else {
         memcpy(out, dec, declen);
         *outlen = (CK_ULONG)declen;
     }
-    if (value != NULL)
-        secure_zero((void *)value, strlen(value));
     result_clear(&res);
 out:
     if (dec != NULL)
-        secure_free(dec, declen);
+        secure_free(dec, deccap);
     if (b64 != NULL)
         secure_free(b64, strlen(b64) + 1);
     if (body != NULL)
@@ -1439,13 +1391,11 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     const CK_ATTRIBUTE *la = tmpl_find(privt, npriv, CKA_LABEL);
     int64_t deadline = kv_now_ms() + kt->deadline_ms;
     CK_ULONG bits = 0;
-    char name[128], kname[256], version[128], *esc = NULL, *path = NULL,
-                                              *body = NULL;
+    char name[128], version[128], *esc = NULL, *path = NULL, *body = NULL;
     struct kv_result res;
     struct kv_key *k;
     struct kv_version *v;
     bool exists;
-    const char *kid;
     CK_RV rv;
     int r = -1;
 
@@ -1495,24 +1445,26 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
         result_clear(&res);
         goto out;
     }
-    kid = NULL;
     {
-        json_object *key = NULL;
-        if (json_object_object_get_ex(res.doc, "key", &key))
-            kid = kv_json_str(key, "kid");
-    }
-    if (kid == NULL ||
-        !split_kid(kid, kname, sizeof(kname), version, sizeof(version))) {
-        result_clear(&res);
-        rv = CKR_DEVICE_ERROR;
-        goto out;
+        struct kv_bundle b;
+        char why[128];
+        rv = kv_parse_bundle(res.doc, &b, why, sizeof(why));
+        if (rv != CKR_OK) {
+            malformed(kt, "POST", path, why);
+            result_clear(&res);
+            goto out;
+        }
+        snprintf(version, sizeof(version), "%s", b.version);
+        kv_bundle_clear(&b);
     }
     pthread_mutex_lock(&kt->lock);
     k = key_get_unlocked(kt, name, true);
     pthread_mutex_unlock(&kt->lock);
     if (k != NULL)
-        take_bundle(kt, k, res.doc);
+        rv = take_bundle(kt, k, res.doc, "POST", path);
     result_clear(&res);
+    if (rv != CKR_OK)
+        goto out;
     cmk_info("token %s: key %s has a new version %s", kt->name, name, version);
     /* Reload so that the new version is current and the old relabelled. */
     rv = load_key(kt, c, name, deadline);

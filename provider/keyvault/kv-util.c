@@ -1,5 +1,8 @@
 #include "config.h"
 
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "kv.h"
+#include "secure.h"
 
 char *kv_b64url_encode(const unsigned char *in, size_t len)
 {
@@ -30,14 +34,18 @@ char *kv_b64url_encode(const unsigned char *in, size_t len)
     return out;
 }
 
-unsigned char *kv_b64url_decode(const char *in, size_t *len)
+/* The working copy is wiped: it may be key material in base64. */
+static unsigned char *b64url_decode(const char *in, size_t *len, bool secret)
 {
-    size_t n = strlen(in), i, pad;
-    char *tmp = malloc(n + 4);
-    unsigned char *out = malloc(n + 4);
+    size_t n = strlen(in), cap = n + 4, i, pad;
+    char *tmp = n < INT_MAX - 4 ? secure_alloc(cap) : NULL;
+    unsigned char *out = NULL;
     int w;
 
-    if (tmp == NULL || out == NULL)
+    if (tmp == NULL)
+        goto fail;
+    out = secret ? secure_alloc(cap) : malloc(cap);
+    if (out == NULL)
         goto fail;
     while (n > 0 && in[n - 1] == '=')
         n--;
@@ -61,12 +69,25 @@ unsigned char *kv_b64url_decode(const char *in, size_t *len)
     if (w < 0)
         goto fail;
     *len = (size_t)w - pad;
-    free(tmp);
+    secure_free(tmp, cap);
     return out;
 fail:
-    free(tmp);
-    free(out);
+    secure_free(tmp, cap);
+    if (secret)
+        secure_free(out, cap);
+    else
+        free(out);
     return NULL;
+}
+
+unsigned char *kv_b64url_decode(const char *in, size_t *len)
+{
+    return b64url_decode(in, len, false);
+}
+
+unsigned char *kv_b64url_decode_secret(const char *in, size_t *len)
+{
+    return b64url_decode(in, len, true);
 }
 
 char *kv_strdup_printf(const char *fmt, ...)
@@ -124,6 +145,18 @@ bool kv_json_bool(json_object *o, const char *key, bool dflt)
     return json_object_get_boolean(v);
 }
 
+long long kv_clamp_double(double d, long long lo, long long hi)
+{
+    /* A cast of a value outside long long (or NaN) is undefined. */
+    if (isnan(d))
+        return lo;
+    if (d <= (double)lo)
+        return lo;
+    if (d >= (double)hi)
+        return hi;
+    return (long long)d;
+}
+
 long long kv_json_int(json_object *o, const char *key, long long dflt)
 {
     json_object *v;
@@ -133,12 +166,15 @@ long long kv_json_int(json_object *o, const char *key, long long dflt)
     if (json_object_is_type(v, json_type_int))
         return (long long)json_object_get_int64(v);
     if (json_object_is_type(v, json_type_double))
-        return (long long)json_object_get_double(v);
+        return kv_clamp_double(json_object_get_double(v), LLONG_MIN / 2,
+                               LLONG_MAX / 2);
     if (json_object_is_type(v, json_type_string)) {
         const char *s = json_object_get_string(v);
         char *end;
-        long long n = strtoll(s, &end, 10);
-        return end != s && *end == '\0' ? n : dflt;
+        long long n;
+        errno = 0;
+        n = strtoll(s, &end, 10);
+        return end != s && *end == '\0' && errno == 0 ? n : dflt;
     }
     return dflt;
 }

@@ -22,8 +22,9 @@ struct kv_http;
 struct kv_response {
     long status;   /* HTTP status, 0 on a transport error */
     CURLcode curl; /* the transport's result */
-    char *body;    /* NUL-terminated */
+    char *body;    /* NUL-terminated, in secure memory */
     size_t len;
+    size_t cap; /* the body's allocation */
     char *www_authenticate;
     long retry_after_ms; /* -1 if the response gave none */
 };
@@ -114,11 +115,17 @@ CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
 char *kv_b64url_encode(const unsigned char *in, size_t len);
 /* Decodes base64url (padded or not); returns a malloc'd buffer. */
 unsigned char *kv_b64url_decode(const char *in, size_t *len);
+/* The same into secure memory: free with secure_free(p, strlen(in) + 4). */
+unsigned char *kv_b64url_decode_secret(const char *in, size_t *len);
 char *kv_strdup_printf(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 char *kv_url_escape(const char *s);
 const char *kv_json_str(json_object *o, const char *key);
 bool kv_json_bool(json_object *o, const char *key, bool dflt);
+/* A number (integer, float or decimal string); a float is clamped into
+ * [LLONG_MIN / 2, LLONG_MAX / 2], NaN is the lower bound. */
 long long kv_json_int(json_object *o, const char *key, long long dflt);
+/* d as an integer within [lo, hi] (NaN: lo), without undefined casts. */
+long long kv_clamp_double(double d, long long lo, long long hi);
 
 #endif

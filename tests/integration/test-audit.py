@@ -24,6 +24,15 @@ hsmdir = os.path.join(work, "softhsm")
 subprocess.run(["sh", os.path.join(srcdir, "tests", "softhsm-init.sh"), hsmdir],
                check=True, stdout=subprocess.DEVNULL)
 os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+# Labels that overflowed the audit line's buffer (issue 17): 960 bytes, and
+# 160 control characters (6 bytes each once escaped).
+LONG, CTRL = "a" * 960, "\x01" * 160
+for i, label in enumerate((LONG, CTRL)):
+    subprocess.run(["pkcs11-tool", "--module", "/usr/lib/softhsm/libsofthsm2.so",
+                    "--token-label", "cmk", "--login", "--pin", "1234",
+                    "--keypairgen", "--key-type", "rsa:2048", "--label", label,
+                    "--id", "7%d" % i], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
 PIN = "1234"
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 audit = os.path.join(work, "audit.jsonl")
@@ -92,6 +101,26 @@ for tok in ("local", "kv"):
     # the SoftHSM token (unwrap-fallback): one more unwrap line there.
     expected[tok] = {"wrap": 1, "unwrap": 3 if tok == "local" else 2,
                      "sign": 1, "verify": 1, "encrypt": 1, "decrypt": 1}
+expected["local"]["encrypt"] += 2  # the long labels below
+
+# The long labels: each line is JSON, a long field is cut at 256 bytes and
+# ends with "...", a short one of control characters is whole.
+ses = session("local")  # logged in above
+before = len(open(audit).read().splitlines())
+for label in (LONG, CTRL):
+    pubs = [o for o in ses.findObjects([(P.CKA_CLASS, P.CKO_PUBLIC_KEY)])
+            if ses.getAttributeValue(o, [P.CKA_LABEL])[0].startswith(label[:8])]
+    t.eq(len(pubs), 1, "the key labelled %r... is found" % label[:8])
+    if pubs:
+        ses.encrypt(pubs[0], b"x", OAEP256)
+new = open(audit).read().splitlines()[before:]
+try:
+    keys = [json.loads(line)["key"] for line in new]
+except ValueError as e:
+    keys = ["not JSON: %s" % e]
+t.eq(keys, ["a" * 256 + "...", CTRL],
+     "960-byte and control-character key names: valid JSON, the long one cut")
+t.ok(all(len(line) < 2048 for line in new), "the lines stay short")
 
 lines = open(audit).read().splitlines()
 records = []
@@ -116,7 +145,8 @@ t.eq(sorted(r["result"] for r in kv_unwraps), ["CKR_OK", "CKR_WRAPPED_KEY_INVALI
      "results are recorded, failures too")
 t.eq(sorted(r["http_status"] for r in kv_unwraps), [200, 400],
      "with the vault's HTTP status")
-t.ok(all(r["key"] == "kek" and len(r["version"]) > 0 for r in records),
+t.ok(all(r["key"] == "kek" and len(r["version"]) > 0 for r in records
+        if r["key"] not in keys),
      "key and version are named")
 t.ok(all(r["mechanism"].startswith("CKM_") for r in records), "mechanisms by name")
 

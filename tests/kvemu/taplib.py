@@ -83,6 +83,18 @@ class Tap:
             print("1..%d" % self.n, flush=True)
 
 
+def _exit_on_signal(signum, frame):
+    """SIGTERM or SIGHUP (a test harness's timeout, a closed terminal):
+    exit through SystemExit so atexit stops every emulator started."""
+    signal.signal(signum, signal.SIG_DFL)
+    sys.exit(128 + signum)
+
+
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_sig) in (signal.SIG_DFL, None):
+        signal.signal(_sig, _exit_on_signal)
+
+
 def skip_all(reason):
     print("1..0 # SKIP %s" % reason, flush=True)
     sys.exit(0)
@@ -104,12 +116,19 @@ def workdir():
 
 
 class Emu:
-    """Starts kvemu in a private state directory; stop() (or exit) sends SIGTERM."""
+    """Starts kvemu in a private state directory; stop() (or exit) sends SIGTERM.
+
+    However the test ends, the emulator ends with it: an exception or
+    sys.exit runs atexit, SIGTERM and SIGHUP become sys.exit (above), and
+    for SIGKILL or a crash kvemu watches its parent (--exit-with-parent).
+    Only the process that started it stops it (not a forked child)."""
 
     def __init__(self, config=None, extra_args=(), timeout=90):
+        self.owner = os.getpid()
         self.dir = workdir()
         self.state = os.path.join(self.dir, "state")
-        cmd = [PYTHON, KVEMU, "--port", "0", "--state-dir", self.state]
+        cmd = [PYTHON, KVEMU, "--port", "0", "--state-dir", self.state,
+               "--exit-with-parent"]
         if config is not None:
             path = os.path.join(self.dir, "config.json")
             with open(path, "w") as f:
@@ -163,6 +182,8 @@ class Emu:
         return self.info["KVEMU_URL_" + name.upper().replace("-", "_")]
 
     def stop(self):
+        if os.getpid() != self.owner:
+            return  # a forked child: the emulator is its parent's
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -64,6 +64,25 @@ def env_vars(emu):
     return e
 
 
+def watch_parent(stop):
+    """Sets stop when the parent ends, even by SIGKILL: the kernel sends
+    SIGTERM then (PR_SET_PDEATHSIG, Linux), and a thread checks the parent
+    id in case it ended before that was set or the kernel cannot."""
+    parent = os.getppid()
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def poll():
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+    threading.Thread(target=poll, name="kvemu-parent", daemon=True).start()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="kvemu",
                                  description="Local Azure Key Vault / Managed HSM emulator")
@@ -75,6 +94,9 @@ def main(argv=None):
                     help="plain-http IMDS port (0: any free port)")
     ap.add_argument("--no-imds", action="store_true", help="no plain-http IMDS listener")
     ap.add_argument("--log", help="append one line per request to this file")
+    ap.add_argument("--exit-with-parent", action="store_true",
+                    help="stop when the process that started kvemu ends, however it "
+                         "ends (for tests)")
     ap.add_argument("--print-default-config", action="store_true")
     if argv is None:
         argv = sys.argv[1:]
@@ -105,6 +127,8 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.exit_with_parent:
+        watch_parent(stop)
     emu.serve()
     write_file(os.path.join(sd, "kvemu.pid"), "%d\n" % os.getpid())
     lines = ["KVEMU_PORT=%d" % emu.port]

@@ -88,7 +88,7 @@ def json_response(status, obj, headers=None):
 
 
 class Fault:
-    KINDS = ("429", "500", "503", "status", "reset", "delay", "hang")
+    KINDS = ("429", "500", "503", "status", "reset", "delay", "hang", "body")
 
     def __init__(self, spec, fid):
         self.id = fid
@@ -101,7 +101,14 @@ class Fault:
         self.match = spec.get("match", spec.get("route", "*"))
         self.method = (spec.get("method") or "*").upper()
         self.identity = spec.get("identity", "*")
-        self.status = int(spec.get("status", {"429": 429, "500": 500, "503": 503}.get(kind, 500)))
+        self.status = int(spec.get("status", {"429": 429, "500": 500, "503": 503,
+                                              "body": 200}.get(kind, 500)))
+        # kind "body": this answer as it is (a string is sent as its UTF-8
+        # bytes, anything else as JSON), with these extra headers.
+        self.body = spec.get("body", "")
+        self.headers = spec.get("headers") or {}
+        if kind == "body" and not isinstance(self.headers, dict):
+            raise HttpError(400, "BadParameter", "fault headers must be an object")
         self.code = spec.get("code")
         self.retry_after = spec.get("retry_after")
         self.delay_ms = int(spec.get("delay_ms", 0))
@@ -256,6 +263,11 @@ class Emulator:
         headers = []
         if f.retry_after is not None:
             headers.append(("Retry-After", str(f.retry_after)))
+        if f.kind == "body":
+            raw = f.body.encode() if isinstance(f.body, str) else jdump(f.body)
+            headers.append(("Content-Type", JSON_CT))
+            headers.extend((str(k), str(v)) for k, v in f.headers.items())
+            return Response(f.status, raw, headers)
         if f.status == 429:
             body = {"error": {"code": f.code or "Throttled",
                               "message": "Request was not processed because too many requests "

@@ -1,0 +1,113 @@
+/*
+ * libFuzzer harness: every answer the keyvault back end reads, through
+ * the same functions (provider/keyvault/kv-parse.c, kv-errors.c) with the
+ * transport left out. The first byte chooses the reader, the rest is the
+ * body (or the header value).
+ */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv-parse.h"
+#include "kv.h"
+#include "secure.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void listing(json_object *doc)
+{
+    struct kv_listing l;
+    char why[128], name[256], version[128];
+    size_t i;
+
+    if (kv_parse_listing(doc, &l, why, sizeof(why)) != CKR_OK)
+        return;
+    for (i = 0; i < l.n; i++)
+        (void)kv_split_kid(l.items[i].kid, name, sizeof(name), version,
+                           sizeof(version));
+    kv_listing_clear(&l);
+}
+
+static void bundle(json_object *doc)
+{
+    struct kv_bundle b;
+    char why[128];
+
+    if (kv_parse_bundle(doc, &b, why, sizeof(why)) != CKR_OK)
+        return;
+    if (b.n != NULL &&
+        (b.nlen < KV_RSA_MIN_BYTES || (b.n[0] == 0 && b.nlen > 1)))
+        abort(); /* the checks promise a modulus without leading zeros */
+    kv_bundle_clear(&b);
+}
+
+static void result(json_object *doc)
+{
+    unsigned char *out;
+    size_t len, cap;
+    char why[128];
+
+    if (kv_parse_result(doc, &out, &len, &cap, why, sizeof(why)) != CKR_OK)
+        return;
+    if (len > cap)
+        abort();
+    secure_free(out, cap);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char why[128], code[64], msg[256], *body, *token;
+    long long life;
+    json_object *doc;
+    unsigned sel;
+    long ms;
+
+    if (size < 1)
+        return 0;
+    sel = data[0];
+    data++;
+    size--;
+    /* Bodies arrive NUL-terminated from the transport. */
+    body = malloc(size + 1);
+    if (body == NULL)
+        return 0;
+    memcpy(body, data, size);
+    body[size] = '\0';
+    switch (sel % 6) {
+    case 0: /* GET /keys, GET /keys/NAME/versions */
+    case 1: /* a key bundle */
+    case 2: /* an operation result */
+        doc = kv_parse_body(body, size, why, sizeof(why));
+        if (doc != NULL) {
+            if (sel % 6 == 0)
+                listing(doc);
+            else if (sel % 6 == 1)
+                bundle(doc);
+            else
+                result(doc);
+            json_object_put(doc);
+        }
+        break;
+    case 3: /* an identity endpoint's token */
+        if (kv_parse_token(body, size, (long long)(sel >> 3) * 86400 * 365,
+                           &token, &life, why, sizeof(why)) == CKR_OK) {
+            if (life > KV_LIFETIME_MAX)
+                abort();
+            secure_free(token, strlen(token) + 1);
+        }
+        break;
+    case 4: /* an error answer */
+        (void)kv_map_http(400 + (long)(sel >> 3), body, code, sizeof(code), msg,
+                          sizeof(msg));
+        break;
+    default: /* Retry-After, retry-after-ms */
+        ms = kv_parse_retry_ms(body, size, sel & 8 ? 1000 : 1);
+        if (ms < -1 || ms > KV_RETRY_AFTER_MAX_MS)
+            abort();
+        break;
+    }
+    free(body);
+    return 0;
+}
