@@ -646,7 +646,7 @@ static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
     CK_BYTE *id = get_attr(ht, s, o, CKA_ID, &id_len);
     char *label = get_attr(ht, s, o, CKA_LABEL, &label_len);
     struct hsm_ver *v;
-    char *name;
+    char *name, *old_name = NULL, *old_label = NULL;
 
     if (id == NULL || label == NULL || id_len == 0 || id_len > 64)
         goto out;
@@ -669,11 +669,13 @@ static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
     }
     if (v != NULL) {
         if (!v->seen || is_private) {
-            free(v->name);
-            free(v->label);
+            /* Swapped under the lock, freed outside it: other listings
+             * copy them under the same lock (version_copy). */
+            old_name = v->name;
+            old_label = v->label;
             v->name = name;
-            v->label = strdup(label);
-            name = NULL;
+            v->label = label;
+            name = label = NULL;
         }
         v->seen = true;
         if (is_private)
@@ -682,6 +684,8 @@ static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
             v->next_pub = o;
     }
     pthread_mutex_unlock(&ht->lock);
+    free(old_name);
+    free(old_label);
     free(name);
 out:
     free(id);
@@ -715,8 +719,39 @@ static CK_RV scan_class(struct hsm_token *ht, CK_SESSION_HANDLE s,
     return rv;
 }
 
+/* What a listing reads of a version, copied under the token's lock: another
+ * listing may replace the label and name (see_object) and the handles
+ * meanwhile. */
+struct ver_copy {
+    struct hsm_ver *ref;
+    char *name, *label;
+    CK_BYTE id[64];
+    CK_ULONG id_len;
+    CK_OBJECT_HANDLE priv, pub;
+};
+
+static int version_copy_unlocked(const struct hsm_ver *v, struct ver_copy *c)
+{
+    memset(c, 0, sizeof(*c));
+    if (v->name == NULL || v->label == NULL)
+        return -1;
+    c->name = strdup(v->name);
+    c->label = strdup(v->label);
+    if (c->name == NULL || c->label == NULL) {
+        free(c->name);
+        free(c->label);
+        return -1;
+    }
+    c->ref = (struct hsm_ver *)v;
+    memcpy(c->id, v->id, v->id_len);
+    c->id_len = v->id_len;
+    c->priv = v->priv;
+    c->pub = v->pub;
+    return 0;
+}
+
 static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
-                           struct hsm_ver *v, struct pobj *priv,
+                           const struct ver_copy *v, struct pobj *priv,
                            struct pobj *pub)
 {
     CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
@@ -775,8 +810,8 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.key_type = "RSA";
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
-        priv->ref = v;
-        pub->ref = v;
+        priv->ref = v->ref;
+        pub->ref = v->ref;
     }
 out:
     free(n);
@@ -789,7 +824,8 @@ static CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
 {
     struct hsm_token *ht = c->tok;
     CK_SESSION_HANDLE s = lower_session(c);
-    struct hsm_ver *v, **list = NULL;
+    struct hsm_ver *v;
+    struct ver_copy *list = NULL;
     struct pobj *out = NULL;
     size_t n = 0, i, k = 0;
     CK_RV rv;
@@ -811,30 +847,40 @@ static CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         }
         v->seen = false;
         v->next_priv = v->next_pub = 0;
-        n++;
     }
     pthread_mutex_unlock(&ht->lock);
     pthread_mutex_unlock(&ht->list_lock);
     if (rv != CKR_OK)
         return mapped(c, rv);
 
+    /* Built from copies: another listing may change the versions while
+     * this one reads the lower token for their attributes. */
     pthread_mutex_lock(&ht->lock);
+    for (n = 0, v = ht->versions; v != NULL; v = v->next)
+        n++;
     list = calloc(n + 1, sizeof(*list));
+    if (list == NULL)
+        rv = CKR_HOST_MEMORY;
     n = 0;
-    for (v = ht->versions; list != NULL && v != NULL; v = v->next)
-        if (v->present)
-            list[n++] = v;
+    for (v = ht->versions; v != NULL && rv == CKR_OK; v = v->next)
+        if (v->present) {
+            if (version_copy_unlocked(v, &list[n]) != 0)
+                rv = CKR_HOST_MEMORY;
+            else
+                n++;
+        }
     pthread_mutex_unlock(&ht->lock);
-    out = calloc(2 * n + 1, sizeof(*out));
-    if (list == NULL || out == NULL) {
-        free(list);
-        free(out);
-        return CKR_HOST_MEMORY;
-    }
-    for (i = 0; i < n; i++)
-        if (version_objects(ht, s, list[i], &out[k], &out[k + 1]) == 0)
+    out = rv == CKR_OK ? calloc(2 * n + 1, sizeof(*out)) : NULL;
+    for (i = 0; out != NULL && i < n; i++)
+        if (version_objects(ht, s, &list[i], &out[k], &out[k + 1]) == 0)
             k += 2;
+    for (i = 0; i < n; i++) {
+        free(list[i].name);
+        free(list[i].label);
+    }
     free(list);
+    if (out == NULL)
+        return CKR_HOST_MEMORY;
     *objs = out;
     *count = k;
     *complete = true;

@@ -1,7 +1,10 @@
 /*
  * Concurrency on the hsm back end: 8 threads, each on its own session,
  * unwrap 500 data keys each through cmkp11 (OAEP, SoftHSM underneath);
- * every unwrapped value is compared with the key that was wrapped.
+ * every unwrapped value is compared with the key that was wrapped. Then 8
+ * threads search at once (each search lists the lower token again while
+ * the others build objects from the versions it updates): every search
+ * finds the token's five private keys with their labels.
  */
 #include "config.h"
 
@@ -59,6 +62,100 @@ static void *worker(void *arg)
     return NULL;
 }
 
+#define SEARCHES 100
+
+/* The private keys of the test token (tests/softhsm-init.sh). */
+static const char *const labels[] = {"kek@01", "kek", "dec-only", "disabled",
+                                     "unwrap-only"};
+#define N_LABELS (sizeof(labels) / sizeof(labels[0]))
+
+struct search_job {
+    int good, bad;
+    CK_RV first_error;
+};
+
+/* One search for every private key: 0 when it finds each label once. */
+static CK_RV search_once(CK_SESSION_HANDLE s)
+{
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
+    CK_OBJECT_HANDLE h[16];
+    CK_ULONG n = 0, i, k;
+    unsigned seen = 0;
+    CK_RV rv;
+
+    rv = p11->C_FindObjectsInit(s, &t, 1);
+    if (rv != CKR_OK)
+        return rv;
+    rv = p11->C_FindObjects(s, h, 16, &n);
+    if (p11->C_FindObjectsFinal(s) != CKR_OK && rv == CKR_OK)
+        rv = CKR_FUNCTION_FAILED;
+    for (i = 0; rv == CKR_OK && i < n; i++) {
+        char label[64];
+        CK_ATTRIBUTE a = {CKA_LABEL, label, sizeof(label) - 1};
+        rv = p11->C_GetAttributeValue(s, h[i], &a, 1);
+        if (rv != CKR_OK)
+            break;
+        label[a.ulValueLen] = '\0';
+        for (k = 0; k < N_LABELS; k++)
+            if (strcmp(label, labels[k]) == 0 && !(seen & (1u << k)))
+                break;
+        if (k == N_LABELS)
+            return CKR_GENERAL_ERROR; /* unknown or twice */
+        seen |= 1u << k;
+    }
+    if (rv == CKR_OK && n != N_LABELS)
+        rv = CKR_GENERAL_ERROR;
+    return rv;
+}
+
+static void *searcher(void *arg)
+{
+    struct search_job *j = arg;
+    CK_SESSION_HANDLE s = 0;
+    CK_RV rv;
+    int i;
+
+    rv = p11->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK) {
+        j->first_error = rv;
+        j->bad = SEARCHES;
+        return NULL;
+    }
+    for (i = 0; i < SEARCHES; i++) {
+        rv = search_once(s);
+        if (rv == CKR_OK)
+            j->good++;
+        else if (j->bad++ == 0)
+            j->first_error = rv;
+    }
+    p11->C_CloseSession(s);
+    return NULL;
+}
+
+static void search_storm(void)
+{
+    pthread_t th[THREADS];
+    static struct search_job jobs[THREADS];
+    int i, good = 0, bad = 0;
+
+    for (i = 0; i < THREADS; i++)
+        pthread_create(&th[i], NULL, searcher, &jobs[i]);
+    for (i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        good += jobs[i].good;
+        bad += jobs[i].bad;
+        if (jobs[i].bad)
+            test_diag("searcher %d: %d failures, first 0x%lx", i, jobs[i].bad,
+                      jobs[i].first_error);
+    }
+    is_num(good, THREADS * SEARCHES,
+           "%d threads x %d searches at once, each finds the five private "
+           "keys by their labels",
+           THREADS, SEARCHES);
+    is_num(bad, 0, "no search failed");
+}
+
 int main(void)
 {
     char *conf = hsm_setup(NULL);
@@ -102,8 +199,10 @@ int main(void)
         p11->C_GetTokenInfo(slot, &ti);
         is_num(ti.ulSessionCount, 1, "the threads' sessions are closed");
     }
+    search_storm();
     EVP_PKEY_free(pk);
     is_rv(p11->C_CloseSession(s), CKR_OK, "close");
     is_rv(p11->C_Finalize(NULL), CKR_OK, "finalize");
+    free(conf);
     return test_done();
 }
