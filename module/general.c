@@ -26,10 +26,23 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
  * parent may have held the rwlock) and, through the pid check in
  * module_enter(), CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize.
  */
-/* The locks a fork must not split, outermost first: the module's tables,
- * then the secure memory pool and the log sink (taken inside it). */
+/* The back ends' fork handlers (the hsm back end's gate on lower calls). */
+static void providers_atfork(enum provider_fork phase)
+{
+    size_t i;
+
+    for (i = 0; cmk_providers[i] != NULL; i++)
+        if (cmk_providers[i]->atfork != NULL)
+            cmk_providers[i]->atfork(phase);
+}
+
+/* The locks a fork must not split, outermost first: the back ends' (the
+ * hsm back end waits there for the calls into lower modules in progress,
+ * which must not need a lock held meanwhile), the module's tables, then
+ * the secure memory pool and the log sink (taken inside it). */
 static void atfork_prepare(void)
 {
+    providers_atfork(PROVIDER_FORK_PREPARE);
     pthread_mutex_lock(&g.mutex);
     secure_atfork_prepare();
     cmk_log_atfork_prepare();
@@ -40,6 +53,7 @@ static void atfork_parent(void)
     cmk_log_atfork_release();
     secure_atfork_release();
     pthread_mutex_unlock(&g.mutex);
+    providers_atfork(PROVIDER_FORK_PARENT);
 }
 
 /* Forks since the library was loaded; a module initialised in another
@@ -55,6 +69,7 @@ static void atfork_child(void)
     cmk_log_atfork_release();
     secure_atfork_release();
     pthread_mutex_unlock(&g.mutex);
+    providers_atfork(PROVIDER_FORK_CHILD);
 }
 
 static void register_atfork(void)

@@ -57,6 +57,13 @@ enum pop {
     POP_SIGN,
 };
 
+/* The pthread_atfork phases, for ops->atfork. */
+enum provider_fork {
+    PROVIDER_FORK_PREPARE,
+    PROVIDER_FORK_PARENT,
+    PROVIDER_FORK_CHILD,
+};
+
 /* Provider flags, returned by open(). */
 #define PROVIDER_OWNS_SECRET_KEYS 0x1 /* secret keys live in the back end */
 #define PROVIDER_LOCAL_PUBLIC     0x2 /* RSA encrypt/wrap/verify run here */
@@ -145,6 +152,10 @@ struct provider_ops {
      struct pobj *pub_out, struct pobj *priv_out);
     /* Optional; the module uses OpenSSL's generator when absent. */
     CK_RV (*generate_random)(struct pcall *c, CK_BYTE *out, CK_ULONG len);
+
+    /* Optional: called by the module's pthread_atfork handlers, outside
+     * (before, in PROVIDER_FORK_PREPARE) every lock of the front end. */
+    void (*atfork)(enum provider_fork phase);
 };
 
 /* The providers built into this module, NULL-terminated. */

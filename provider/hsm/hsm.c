@@ -34,15 +34,111 @@
 #include "secure.h"
 #include "softkey.h"
 
-/* Calls into the lower module go through this: a missing function is
- * CKR_FUNCTION_NOT_SUPPORTED, and failures are traced. */
-#define LOWER(ht, fn, ...)                                                     \
-    lower_trace(#fn, (ht)->lib->fl->fn != NULL                                 \
-                         ? (ht)->lib->fl->fn(__VA_ARGS__)                      \
-                         : CKR_FUNCTION_NOT_SUPPORTED)
+/*
+ * The fork gate. Every call into a lower module counts itself in
+ * (gate.readers); the pthread_atfork prepare handler closes the gate
+ * (gate.closed) and waits until no call is in progress, so a fork happens
+ * only between lower calls and the child finds the lower module's own
+ * locks and state as no thread was changing them: its C_Finalize and
+ * C_Initialize in the child, and its destructors at exit(), then run
+ * safely. A closed gate lets no new call in, so a steady stream of lower
+ * calls does not hold a fork off. The depth count lets a thread that is
+ * inside a lower call call again (and fork: the gate is then not closed,
+ * a thread cannot wait for itself). The forking thread holds only the
+ * gate's mutex across the fork, and the child unlocks it: unlike a
+ * read-write lock (which records its writer's thread id, which the child
+ * no longer has), a plain mutex can be released there. See
+ * docs/locking.md.
+ */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    unsigned readers; /* lower calls in progress */
+    bool closed;      /* a fork is waiting or under way */
+} gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, false};
+static __thread unsigned lower_depth;
+static bool gate_held; /* by the forking thread, from prepare to release */
+/* The loaded lower modules. */
+static pthread_mutex_t libs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct hsm_lib *libs;
 
-static CK_RV lower_trace(const char *fn, CK_RV rv)
+static void lower_enter(void)
 {
+    if (lower_depth++ > 0)
+        return;
+    pthread_mutex_lock(&gate.lock);
+    while (gate.closed)
+        pthread_cond_wait(&gate.cond, &gate.lock);
+    gate.readers++;
+    pthread_mutex_unlock(&gate.lock);
+}
+
+static void lower_leave(void)
+{
+    if (--lower_depth > 0)
+        return;
+    pthread_mutex_lock(&gate.lock);
+    if (--gate.readers == 0 && gate.closed)
+        pthread_cond_broadcast(&gate.cond);
+    pthread_mutex_unlock(&gate.lock);
+}
+
+static void hsm_atfork(enum provider_fork phase)
+{
+    pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
+    pthread_mutex_t fresh_mutex = PTHREAD_MUTEX_INITIALIZER;
+
+    switch (phase) {
+    case PROVIDER_FORK_PREPARE:
+        if (lower_depth > 0)
+            break;
+        pthread_mutex_lock(&gate.lock);
+        gate.closed = true;
+        while (gate.readers > 0)
+            pthread_cond_wait(&gate.cond, &gate.lock);
+        gate_held = true; /* with gate.lock, until the fork is done */
+        break;
+    case PROVIDER_FORK_PARENT:
+        if (gate_held) {
+            gate_held = false;
+            gate.closed = false;
+            pthread_cond_broadcast(&gate.cond);
+            pthread_mutex_unlock(&gate.lock);
+        }
+        break;
+    case PROVIDER_FORK_CHILD:
+        /* The parent's other threads are gone: no call is in progress but
+         * this thread's own, and none waits on the condition variable
+         * (whose waiters the child must not wait for: a fresh one). */
+        memcpy(&gate.cond, &fresh_cond, sizeof(fresh_cond));
+        gate.closed = false;
+        gate.readers = lower_depth > 0 ? 1 : 0;
+        if (gate_held) {
+            gate_held = false;
+            pthread_mutex_unlock(&gate.lock);
+        } else {
+            /* Not closed (a fork from inside a lower call): another
+             * thread may have held the mutex. */
+            memcpy(&gate.lock, &fresh_mutex, sizeof(fresh_mutex));
+        }
+        /* A thread of the parent may have been loading a module (the
+         * list itself is consistent at every step). */
+        memcpy(&libs_lock, &fresh_mutex, sizeof(fresh_mutex));
+        break;
+    }
+}
+
+/* Calls into the lower module go through this: inside the fork gate; a
+ * missing function is CKR_FUNCTION_NOT_SUPPORTED, and failures are
+ * traced. */
+#define LOWER(ht, fn, ...)                                                     \
+    lower_done(#fn, (lower_enter(), (ht)->lib->fl->fn != NULL                  \
+                                        ? (ht)->lib->fl->fn(__VA_ARGS__)       \
+                                        : CKR_FUNCTION_NOT_SUPPORTED))
+
+static CK_RV lower_done(const char *fn, CK_RV rv)
+{
+    lower_leave();
     if (rv != CKR_OK)
         cmk_debug("lower %s = %s", fn, cmk_rv_name(rv));
     return rv;
@@ -152,9 +248,6 @@ static CK_RV mapped(struct pcall *c, CK_RV lower)
 
 /* ---- Loading lower modules ---- */
 
-static pthread_mutex_t libs_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct hsm_lib *libs;
-
 static CK_RV lib_open(const char *path, struct hsm_lib **out, char *err,
                       size_t errlen)
 {
@@ -185,14 +278,21 @@ static CK_RV lib_open(const char *path, struct hsm_lib **out, char *err,
         goto fail;
     }
     gfl = (CK_C_GetFunctionList)dlsym(l->dl, "C_GetFunctionList");
-    if (gfl == NULL || gfl(&l->fl) != CKR_OK || l->fl == NULL) {
+    if (gfl != NULL) {
+        lower_enter();
+        rv = gfl(&l->fl);
+        lower_leave();
+    }
+    if (gfl == NULL || rv != CKR_OK || l->fl == NULL) {
         snprintf(err, errlen, "module: %s is not a PKCS#11 module", path);
         rv = CKR_GENERAL_ERROR;
         goto fail;
     }
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
+    lower_enter();
     rv = l->fl->C_Initialize(&args);
+    lower_leave();
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         /* The application uses the same library directly. */
         rv = CKR_OK;
@@ -237,8 +337,11 @@ static void lib_close(struct hsm_lib *lib, bool in_child)
     pthread_mutex_unlock(&libs_lock);
     /* In a forked child the lower module needs C_Finalize before it can be
      * initialised again (SoftHSM 2.6.1). */
-    if (lib->we_initialized || in_child)
+    if (lib->we_initialized || in_child) {
+        lower_enter();
         lib->fl->C_Finalize(NULL);
+        lower_leave();
+    }
     /* Not unloaded: a lower module may have registered handlers (atfork,
      * atexit) that must not point into unmapped code. */
     free(lib->path);
@@ -269,8 +372,8 @@ static void hsm_close(void *tok, bool in_child)
     if (ht->lib != NULL) {
         if (!in_child && ht->anchor != CK_INVALID_HANDLE) {
             if (ht->self_login)
-                ht->lib->fl->C_Logout(ht->anchor);
-            ht->lib->fl->C_CloseSession(ht->anchor);
+                LOWER(ht, C_Logout, ht->anchor);
+            LOWER(ht, C_CloseSession, ht->anchor);
         }
         lib_close(ht->lib, in_child);
     }
@@ -1669,4 +1772,5 @@ const struct provider_ops hsm_provider = {
     .get_value = hsm_get_value,
     .generate_key_pair = hsm_generate_key_pair,
     .generate_random = hsm_generate_random,
+    .atfork = hsm_atfork,
 };

@@ -103,5 +103,6 @@ int main(void)
     }
     EVP_PKEY_free(pk);
     is_rv(p11->C_Finalize(NULL), CKR_OK, "finalize");
+    free(conf);
     return test_done();
 }
