@@ -263,13 +263,44 @@ fail:
     return rv;
 }
 
+/*
+ * A token whose module is cmkp11 again (module = this library, or
+ * p11-kit's proxy with cmkp11 registered) makes C_Initialize call the
+ * lower module's C_Initialize, which calls this one, in the same thread,
+ * with the write lock held. That nested call returns at once, and the back
+ * end that loaded the lower module learns it (module_reentered) and fails
+ * with an error naming its configuration line.
+ */
+static __thread bool in_initialize;
+static __thread bool initialize_reentered;
+
+bool module_is_self(const CK_FUNCTION_LIST *fl)
+{
+    return fl != NULL && fl->C_Initialize == C_Initialize;
+}
+
+bool module_reentered(void)
+{
+    bool r = initialize_reentered;
+
+    initialize_reentered = false;
+    return r;
+}
+
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 {
     CK_RV rv;
 
+    if (in_initialize) {
+        initialize_reentered = true;
+        return CKR_GENERAL_ERROR;
+    }
     pthread_once(&atfork_once, register_atfork);
     pthread_rwlock_wrlock(&g.rwlock);
+    in_initialize = true;
+    initialize_reentered = false;
     rv = is_exiting() ? CKR_CRYPTOKI_NOT_INITIALIZED : do_initialize(pInitArgs);
+    in_initialize = false;
     pthread_rwlock_unlock(&g.rwlock);
     if (rv == CKR_OK)
         pthread_once(&atexit_once, register_atexit);

@@ -158,6 +158,13 @@ struct provider_ops {
     void (*atfork)(enum provider_fork phase);
 };
 
+/* For a back end that loads another PKCS#11 module: whether fl is this
+ * module's own function list, and whether this thread's C_Initialize was
+ * called again since the last look (the other module loads this one: a
+ * nested call returns CKR_GENERAL_ERROR at once). */
+bool module_is_self(const CK_FUNCTION_LIST *fl);
+bool module_reentered(void);
+
 /* The providers built into this module, NULL-terminated. */
 extern const struct provider_ops *const cmk_providers[];
 

@@ -288,11 +288,35 @@ static CK_RV lib_open(const char *path, struct hsm_lib **out, char *err,
         rv = CKR_GENERAL_ERROR;
         goto fail;
     }
+    if (module_is_self(l->fl)) {
+        snprintf(err, errlen,
+                 "module: %s is cmkp11 itself; give the PKCS#11 library of "
+                 "the HSM",
+                 path);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
+    (void)module_reentered();
     lower_enter();
     rv = l->fl->C_Initialize(&args);
     lower_leave();
+    if (module_reentered()) {
+        /* It loaded cmkp11 in turn (p11-kit's proxy, where cmkp11 is
+         * registered), whose C_Initialize refused to run inside itself. */
+        if (rv == CKR_OK) {
+            lower_enter();
+            l->fl->C_Finalize(NULL);
+            lower_leave();
+        }
+        snprintf(err, errlen,
+                 "module: %s loads cmkp11 itself (p11-kit's proxy, with "
+                 "cmkp11 registered?); give the PKCS#11 library of the HSM",
+                 path);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
     if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         /* The application uses the same library directly. */
         rv = CKR_OK;
@@ -546,8 +570,13 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
         goto fail;
     }
     rv = lib_open(module, &ht->lib, err, errlen);
-    if (rv != CKR_OK)
+    if (rv != CKR_OK) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s:%d: %s", cfg->path,
+                 config_token_line(cfg, "module"), err);
+        snprintf(err, errlen, "%s", msg);
         goto fail;
+    }
     rv = find_slot(ht, cfg, err, errlen);
     if (rv != CKR_OK)
         goto fail;
