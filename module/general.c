@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 
 #include "audit.h"
 #include "module.h"
@@ -105,6 +106,75 @@ static bool is_exiting(void)
     return __atomic_load_n(&exiting, __ATOMIC_ACQUIRE);
 }
 
+/*
+ * The application's OpenSSL error queue (one per thread) is left as it
+ * was: whatever the module, a lower module (SoftHSM's C_Initialize in a
+ * forked child, say), libcurl or OpenSSL push on it during a call is
+ * dropped when the call returns, and errors the application had before
+ * are put back (libcurl clears the queue before its TLS calls, so marks
+ * would not keep them). An application that checks the queue after its
+ * own OpenSSL call (nginx after a TLS handshake, whose signature came
+ * through libp11 and this module) would otherwise fail on errors that are
+ * not its own. Only the outermost entry of a thread saves and restores.
+ */
+struct saved_error {
+    unsigned long code;
+    char *file, *func, *data; /* copies: OpenSSL frees its own */
+    int line;
+};
+
+#define SAVED_ERRORS 16 /* OpenSSL keeps no more (ERR_NUM_ERRORS) */
+
+static __thread struct {
+    unsigned depth;
+    int n;
+    struct saved_error e[SAVED_ERRORS];
+} errq;
+
+static void err_save(void)
+{
+    const char *file, *func, *data;
+    unsigned long code;
+    int line, flags;
+
+    if (errq.depth++ > 0 || ERR_peek_error() == 0)
+        return;
+    while (errq.n < SAVED_ERRORS &&
+           (code = ERR_get_error_all(&file, &line, &func, &data, &flags)) !=
+               0) {
+        struct saved_error *e = &errq.e[errq.n++];
+        e->code = code;
+        e->file = file != NULL ? strdup(file) : NULL;
+        e->line = line;
+        e->func = func != NULL ? strdup(func) : NULL;
+        e->data = (flags & ERR_TXT_STRING) && data[0] ? strdup(data) : NULL;
+    }
+}
+
+static void err_restore(void)
+{
+    int i;
+
+    if (--errq.depth > 0)
+        return;
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+    for (i = 0; i < errq.n; i++) {
+        struct saved_error *e = &errq.e[i];
+        ERR_new();
+        ERR_set_debug(e->file, e->line, e->func);
+        if (e->data != NULL)
+            ERR_set_error(ERR_GET_LIB(e->code), ERR_GET_REASON(e->code), "%s",
+                          e->data);
+        else
+            ERR_set_error(ERR_GET_LIB(e->code), ERR_GET_REASON(e->code), NULL);
+        free(e->file);
+        free(e->func);
+        free(e->data);
+    }
+    errq.n = 0;
+}
+
 CK_RV module_enter(void)
 {
     pthread_rwlock_rdlock(&g.rwlock);
@@ -112,11 +182,13 @@ CK_RV module_enter(void)
         pthread_rwlock_unlock(&g.rwlock);
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     }
+    err_save();
     return CKR_OK;
 }
 
 void module_leave(void)
 {
+    err_restore();
     pthread_rwlock_unlock(&g.rwlock);
 }
 
@@ -299,7 +371,9 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     pthread_rwlock_wrlock(&g.rwlock);
     in_initialize = true;
     initialize_reentered = false;
+    err_save();
     rv = is_exiting() ? CKR_CRYPTOKI_NOT_INITIALIZED : do_initialize(pInitArgs);
+    err_restore();
     in_initialize = false;
     pthread_rwlock_unlock(&g.rwlock);
     if (rv == CKR_OK)
@@ -315,12 +389,14 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     if (pReserved != NULL)
         return CKR_ARGUMENTS_BAD;
     pthread_rwlock_wrlock(&g.rwlock);
+    err_save();
     if (!g.initialized || g.generation != fork_generation)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (is_exiting())
         g.initialized = false; /* no back end may be called any more */
     else
         teardown_unlocked(false);
+    err_restore();
     pthread_rwlock_unlock(&g.rwlock);
     return rv;
 }
