@@ -21,6 +21,7 @@
 
 #include "audit.h"
 #include "crypto.h"
+#include "pkcs1.h"
 #include "rsa.h"
 #include "secure.h"
 #include "softkey.h"
@@ -225,6 +226,8 @@ static CK_RV op_prepare(struct session *s, struct op *op, enum op_kind kind,
         rv = provider_check_mechanism(
             s, kind == OP_SIGN ? POP_SIGN : POP_DECRYPT, &inner);
     }
+    if (rv == CKR_OK && kind == OP_DECRYPT && pkcs1_implicit(s->token, m, key))
+        rv = pkcs1_prepare(s, key);
     return rv;
 }
 
@@ -358,6 +361,8 @@ static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
         if (key->secret != NULL)
             return softkey_crypt(&op->mech, false, key->secret, key->secret_len,
                                  in, inlen, out, outlen);
+        if (pkcs1_implicit(s->token, &op->mech, key))
+            return pkcs1_decrypt(s, key, in, inlen, 0, out, outlen);
         return provider_crypt(s, POP_DECRYPT, key, &op->mech, in, inlen, out,
                               outlen);
     case OP_SIGN:

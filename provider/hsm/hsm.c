@@ -474,7 +474,8 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     if (rv != CKR_OK)
         goto fail;
     secure_free(pin, pin_len + 1);
-    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC;
+    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC |
+             (ht->has_raw ? PROVIDER_RAW_RSA : 0);
     *tok = ht;
     return CKR_OK;
 fail:
