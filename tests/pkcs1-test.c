@@ -2,7 +2,8 @@
  * rsa-pkcs1-decrypt: CKM_RSA_PKCS decryption and unwrapping with implicit
  * rejection (the default), refuse and allow, through PKCS#11. Built twice:
  * tests/unit/test-pkcs1 on the mock back end and, with PKCS1_HSM,
- * tests/integration/test-hsm-pkcs1 on SoftHSM. Ciphertexts are made with
+ * tests/integration/test-hsm-pkcs1 on SoftHSM (the mock run sets refuse
+ * globally, which its second token inherits). Ciphertexts are made with
  * OpenSSL from the public key; raw RSA (no padding) makes blocks with
  * exactly the padding faults wanted.
  */
@@ -275,9 +276,12 @@ int main(void)
              tok, pin, tok, pin, tok, pin);
     free(pin);
 #else
+    /* The global setting, which the second token inherits. */
     snprintf(text, sizeof(text),
-             "[cmkp11]\nlog-level = error\n\n[token dflt]\nbackend = mock\n\n"
-             "[token refuse]\nbackend = mock\nrsa-pkcs1-decrypt = refuse\n\n"
+             "[cmkp11]\nlog-level = error\nrsa-pkcs1-decrypt = refuse\n\n"
+             "[token dflt]\nbackend = mock\n"
+             "rsa-pkcs1-decrypt = implicit-rejection\n\n"
+             "[token refuse]\nbackend = mock\n\n"
              "[token allow]\nbackend = mock\nrsa-pkcs1-decrypt = allow\n");
 #endif
     conf = p11_write_file("pkcs1.conf", text);
