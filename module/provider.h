@@ -55,6 +55,7 @@ enum pop {
     POP_DECRYPT,
     POP_UNWRAP, /* an RSA decryption on behalf of C_UnwrapKey */
     POP_SIGN,
+    POP_VERIFY, /* check_mechanism only: verification runs in the module */
 };
 
 /* Provider flags, returned by open(). */

@@ -372,11 +372,16 @@ static CK_RV load_mechanisms(struct hsm_token *ht)
     ht->mechs = calloc(CMK_ARRAY_SIZE(wanted), sizeof(*ht->mechs));
     if (ht->mechs == NULL)
         return CKR_HOST_MEMORY;
+    memset(&info, 0, sizeof(info));
     if (LOWER(ht, C_GetMechanismInfo, ht->slot, CKM_RSA_X_509, &info) ==
             CKR_OK &&
         (info.flags & CKF_DECRYPT))
         ht->has_raw = true;
     for (i = 0; i < CMK_ARRAY_SIZE(wanted); i++) {
+        /* Zeroed each time: SoftHSM ORs flags into what it is given, so a
+         * reused structure would carry CKF_GENERATE from CKM_AES_KEY_GEN
+         * to the AES modes after it. */
+        memset(&info, 0, sizeof(info));
         if (LOWER(ht, C_GetMechanismInfo, ht->slot, wanted[i], &info) != CKR_OK)
             continue;
         /* Public-key operations run here, with the cached public key. */
@@ -995,6 +1000,39 @@ out:
 
 /* ---- Operations ---- */
 
+/*
+ * Parameters refused at C_*Init rather than at the operation: PSS whose
+ * MGF1 hash is not the signature hash. SoftHSM (AsymSignInit and
+ * AsymVerifyInit, SoftHSM 2.6.1) accepts only MGF1 of the same hash, and
+ * would refuse it only at C_Sign here, where the lower C_SignInit runs.
+ * Lengths, unknown hashes and salts too long for the key are checked by
+ * the front end for every back end.
+ */
+static CK_RV hsm_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
+{
+    static const struct {
+        CK_MECHANISM_TYPE hash;
+        CK_RSA_PKCS_MGF_TYPE mgf;
+    } same[] = {
+        {CKM_SHA_1, CKG_MGF1_SHA1},    {CKM_SHA224, CKG_MGF1_SHA224},
+        {CKM_SHA256, CKG_MGF1_SHA256}, {CKM_SHA384, CKG_MGF1_SHA384},
+        {CKM_SHA512, CKG_MGF1_SHA512},
+    };
+    const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+    size_t i;
+
+    (void)tok;
+    if (m->mechanism != CKM_RSA_PKCS_PSS ||
+        (op != POP_SIGN && op != POP_VERIFY))
+        return CKR_OK;
+    if (p == NULL || m->ulParameterLen != sizeof(*p))
+        return CKR_MECHANISM_PARAM_INVALID;
+    for (i = 0; i < CMK_ARRAY_SIZE(same); i++)
+        if (same[i].hash == p->hashAlg)
+            return same[i].mgf == p->mgf ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
+    return CKR_MECHANISM_PARAM_INVALID;
+}
+
 static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
                        const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
                        CK_BYTE *out, CK_ULONG *outlen)
@@ -1036,6 +1074,8 @@ static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
         if (rv == CKR_OK)
             rv = LOWER(ht, C_Encrypt, s, (CK_BYTE *)in, inlen, out, outlen);
         return mapped(c, rv);
+    case POP_VERIFY: /* done in the module */
+        break;
     }
     return CKR_GENERAL_ERROR;
 }
@@ -1615,6 +1655,7 @@ const struct provider_ops hsm_provider = {
     .list = hsm_list,
     .ref_free = hsm_ref_free,
     .check_public = hsm_check_public,
+    .check_mechanism = hsm_check_mechanism,
     .crypt = hsm_crypt,
     .unwrap = hsm_unwrap,
     .wrap = hsm_wrap,

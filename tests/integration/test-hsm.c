@@ -308,6 +308,79 @@ static void test_external_blobs(void)
     EVP_PKEY_free(pk);
 }
 
+/* What the token advertises, and parameters refused at Init (issue 18). */
+static void test_truthful(CK_SLOT_ID slot)
+{
+    static const struct {
+        CK_MECHANISM_TYPE m;
+        CK_FLAGS flags;
+        const char *name;
+    } mi[] = {
+        /* SoftHSM's own answers for these, with a zeroed structure. */
+        {CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, "CKM_AES_GCM"},
+        {CKM_AES_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT, "CKM_AES_CBC_PAD"},
+        {CKM_AES_KEY_WRAP, CKF_WRAP | CKF_UNWRAP, "CKM_AES_KEY_WRAP"},
+        {CKM_AES_KEY_GEN, CKF_GENERATE, "CKM_AES_KEY_GEN"},
+        {CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE,
+         "CKM_GENERIC_SECRET_KEY_GEN"},
+    };
+    CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "kek");
+    CK_OBJECT_HANDLE priv = p11_find(sess, CKO_PRIVATE_KEY, "kek");
+    CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA1, 32};
+    CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256,
+                                    CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM mp = {CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss)};
+    CK_MECHANISM raw = {CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
+    CK_MECHANISM mo = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+    CK_MECHANISM_INFO info;
+    unsigned char sig[512], d[32] = {1};
+    CK_ULONG siglen = sizeof(sig);
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(mi); i++) {
+        memset(&info, 0xff, sizeof(info));
+        is_rv(p11->C_GetMechanismInfo(slot, mi[i].m, &info), CKR_OK,
+              mi[i].name);
+        is_num(info.flags, mi[i].flags, "  %s: flags 0x%lx, no CKF_GENERATE",
+               mi[i].name, (unsigned long)mi[i].flags);
+    }
+
+    is_rv(p11->C_SignInit(sess, &mp, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit SHA256-RSA-PKCS-PSS with MGF1-SHA1");
+    is_rv(p11->C_SignInit(sess, &raw, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit RSA-PKCS-PSS with MGF1-SHA1");
+    is_rv(p11->C_VerifyInit(sess, &mp, pub), CKR_MECHANISM_PARAM_INVALID,
+          "C_VerifyInit SHA256-RSA-PKCS-PSS with MGF1-SHA1");
+    pss.mgf = CKG_MGF1_SHA256;
+    pss.sLen = 256 - 32 - 1; /* one more than a 2048-bit key holds */
+    is_rv(p11->C_SignInit(sess, &mp, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit PSS with a salt of 223 bytes (2048-bit key)");
+    is_rv(p11->C_VerifyInit(sess, &mp, pub), CKR_MECHANISM_PARAM_INVALID,
+          "C_VerifyInit PSS with a salt of 223 bytes");
+    pss.sLen = 256 - 32 - 2;
+    is_rv(p11->C_SignInit(sess, &raw, priv), CKR_OK,
+          "C_SignInit PSS with the longest salt, 222 bytes");
+    is_rv(p11->C_Sign(sess, d, sizeof(d), sig, &siglen), CKR_OK,
+          "  and the signature is made");
+    is_rv(p11->C_VerifyInit(sess, &raw, pub), CKR_OK, "  C_VerifyInit");
+    is_rv(p11->C_Verify(sess, d, sizeof(d), sig, siglen), CKR_OK,
+          "  it verifies");
+    pss.sLen = 32;
+    mp.ulParameterLen = sizeof(pss) - 1;
+    is_rv(p11->C_SignInit(sess, &mp, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit PSS with a short ulParameterLen");
+    mp.ulParameterLen = sizeof(pss) + 8;
+    is_rv(p11->C_VerifyInit(sess, &mp, pub), CKR_MECHANISM_PARAM_INVALID,
+          "C_VerifyInit PSS with a long ulParameterLen");
+    mo.ulParameterLen = sizeof(oaep) - 1;
+    is_rv(p11->C_DecryptInit(sess, &mo, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_DecryptInit OAEP with a short ulParameterLen");
+    mo.ulParameterLen = sizeof(oaep);
+    oaep.hashAlg = CKM_MD5;
+    is_rv(p11->C_DecryptInit(sess, &mo, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_DecryptInit OAEP with MD5");
+}
+
 static void test_decrypt_sign(void)
 {
     CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "kek");
@@ -551,6 +624,7 @@ int main(void)
     test_round_trips();
     test_external_blobs();
     test_decrypt_sign();
+    test_truthful(slots[0]);
     test_errors();
     test_openssl_cli();
     test_rotation();
