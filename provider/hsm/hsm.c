@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <p11-kit/uri.h>
@@ -268,12 +269,14 @@ static void hsm_close(void *tok, bool in_child)
         return;
     if (ht->lib != NULL) {
         if (!in_child && ht->anchor != CK_INVALID_HANDLE) {
-            if (ht->self_login)
+            if (ht->self_login || ht->pin_mac != NULL)
                 ht->lib->fl->C_Logout(ht->anchor);
             ht->lib->fl->C_CloseSession(ht->anchor);
         }
         lib_close(ht->lib, in_child);
     }
+    secure_free(ht->pin_key, 32);
+    secure_free(ht->pin_mac, 32);
     free_versions(ht);
     config_free_list(ht->keys);
     free(ht->mechs);
@@ -519,26 +522,89 @@ static const struct pmech *hsm_mechanisms(void *tok, CK_ULONG *count)
     return ht->mechs;
 }
 
+/* The PIN's HMAC under the token's key (secure memory). */
+static bool pin_mac(const unsigned char *key, const CK_UTF8CHAR *pin,
+                    CK_ULONG len, unsigned char mac[32])
+{
+    unsigned int n = 0;
+
+    return HMAC(EVP_sha256(), key, 32, pin, len, mac, &n) != NULL && n == 32;
+}
+
+/*
+ * The lower token is logged in once per process: SoftHSM's file store
+ * rewrites the token's own file at each C_Login, and a process killed
+ * then loses the token (docs/hsm.md). After the first successful user
+ * login the lower login is kept across C_Logout, and a later C_Login is
+ * checked here against the PIN's HMAC, in constant time; the front end
+ * hides private objects while its token is logged out.
+ */
 static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
                        const CK_UTF8CHAR *pin, CK_ULONG len)
 {
     struct hsm_token *ht = c->tok;
+    unsigned char mac[32], *key = NULL, *kept = NULL;
+    bool have;
     CK_RV rv;
 
     if (ht->self_login)
         return CKR_OK; /* logged in from pin-file; any PIN will do */
+    pthread_mutex_lock(&ht->lock);
+    have = ht->pin_mac != NULL;
+    if (have && user == CKU_USER)
+        rv = pin_mac(ht->pin_key, pin, len, mac) &&
+                     ct_memcmp(mac, ht->pin_mac, sizeof(mac)) == 0
+                 ? CKR_OK
+                 : CKR_PIN_INCORRECT;
+    pthread_mutex_unlock(&ht->lock);
+    if (have && user == CKU_USER) {
+        secure_zero(mac, sizeof(mac));
+        return rv;
+    }
+    if (have) {
+        /* Another user type: the kept user login must end first. */
+        pthread_mutex_lock(&ht->lock);
+        key = ht->pin_key, kept = ht->pin_mac;
+        ht->pin_key = ht->pin_mac = NULL;
+        pthread_mutex_unlock(&ht->lock);
+        secure_free(key, 32);
+        secure_free(kept, 32);
+        key = kept = NULL;
+        LOWER(ht, C_Logout, ht->anchor);
+    }
     rv = LOWER(ht, C_Login, ht->anchor, user, (CK_UTF8CHAR *)pin, len);
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
+    if (rv == CKR_OK && user == CKU_USER) {
+        key = secure_alloc(32);
+        kept = secure_alloc(32);
+        if (key != NULL && kept != NULL && RAND_priv_bytes(key, 32) == 1 &&
+            pin_mac(key, pin, len, kept)) {
+            pthread_mutex_lock(&ht->lock);
+            if (ht->pin_mac == NULL) {
+                ht->pin_key = key, ht->pin_mac = kept;
+                key = kept = NULL;
+            }
+            pthread_mutex_unlock(&ht->lock);
+        }
+        secure_free(key, 32);
+        secure_free(kept, 32);
+    }
     return mapped(c, rv);
 }
 
 static CK_RV hsm_logout(struct pcall *c)
 {
     struct hsm_token *ht = c->tok;
+    bool kept;
 
     if (ht->self_login)
         return CKR_OK;
+    pthread_mutex_lock(&ht->lock);
+    kept = ht->pin_mac != NULL;
+    pthread_mutex_unlock(&ht->lock);
+    if (kept)
+        return CKR_OK; /* the lower login stays for the process */
     return mapped(c, LOWER(ht, C_Logout, ht->anchor));
 }
 

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <glob.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <openssl/evp.h>
@@ -381,6 +383,58 @@ static void test_truthful(CK_SLOT_ID slot)
           "C_DecryptInit OAEP with MD5");
 }
 
+/* SoftHSM's token file: rewritten in place at every lower C_Login. */
+static long long token_file_stamp(const char *softhsm_dir)
+{
+    char pattern[600];
+    struct stat st;
+    glob_t gl;
+    long long r = -1;
+
+    snprintf(pattern, sizeof(pattern), "%s/tokens/*/token.object", softhsm_dir);
+    if (glob(pattern, 0, NULL, &gl) == 0 && gl.gl_pathc == 1 &&
+        stat(gl.gl_pathv[0], &st) == 0)
+        r = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    globfree(&gl);
+    return r;
+}
+
+/* One lower login per process (docs/hsm.md, "Login"): later C_Login and
+ * C_Logout calls do not reach SoftHSM, whose file store rewrites the
+ * token's file at each login. */
+static void test_login_once(const char *softhsm_dir)
+{
+    long long before = token_file_stamp(softhsm_dir);
+    int i;
+
+    ok(before > 0, "SoftHSM's token.object is there");
+    for (i = 0; i < 5; i++) {
+        is_rv(p11->C_Logout(sess), CKR_OK, "C_Logout");
+        ok(p11_find(sess, CKO_PRIVATE_KEY, "kek") == 0,
+           "  private keys are hidden again");
+        is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"12345", 5),
+              CKR_PIN_INCORRECT, "  a wrong PIN");
+        is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"123", 3),
+              CKR_PIN_INCORRECT, "  a prefix of the PIN");
+        ok(p11_find(sess, CKO_PRIVATE_KEY, "kek") == 0, "  still hidden");
+        is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"1234", 4), CKR_OK,
+              "  the right PIN");
+        ok(p11_find(sess, CKO_PRIVATE_KEY, "kek") != 0,
+           "  private keys are visible");
+    }
+    {
+        CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
+        CK_BYTE sig[512];
+        CK_ULONG len = sizeof(sig);
+        is_rv(p11->C_SignInit(sess, &m, p11_find(sess, CKO_PRIVATE_KEY, "kek")),
+              CKR_OK, "sign after the logins");
+        is_rv(p11->C_Sign(sess, (CK_BYTE *)"x", 1, sig, &len), CKR_OK,
+              "  signs");
+    }
+    is_num(token_file_stamp(softhsm_dir), before,
+           "SoftHSM's token.object was not rewritten: no lower C_Login");
+}
+
 static void test_decrypt_sign(void)
 {
     CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "kek");
@@ -620,6 +674,7 @@ int main(void)
     is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"1234", 4), CKR_OK,
           "the right PIN, after a wrong one, on the same session");
 
+    test_login_once(dir);
     test_versions();
     test_round_trips();
     test_external_blobs();
