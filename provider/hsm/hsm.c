@@ -544,7 +544,7 @@ static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
 {
     struct hsm_token *ht = c->tok;
     unsigned char mac[32], *key = NULL, *kept = NULL;
-    bool have;
+    bool have, verified;
     CK_RV rv;
 
     if (ht->self_login)
@@ -573,9 +573,13 @@ static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
         LOWER(ht, C_Logout, ht->anchor);
     }
     rv = LOWER(ht, C_Login, ht->anchor, user, (CK_UTF8CHAR *)pin, len);
+    /* Only a PIN the lower token checked is kept: "already logged in"
+     * (by the application itself, or another [token] over the same lower
+     * token) says nothing about this one. */
+    verified = rv == CKR_OK;
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
-    if (rv == CKR_OK && user == CKU_USER) {
+    if (verified && user == CKU_USER) {
         key = secure_alloc(32);
         kept = secure_alloc(32);
         if (key != NULL && kept != NULL && RAND_priv_bytes(key, 32) == 1 &&
