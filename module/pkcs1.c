@@ -240,7 +240,7 @@ CK_RV pkcs1_decode(const unsigned char *secret, const CK_BYTE *c,
     unsigned char kdk[32], lens[LEN_TRIES * 2];
     unsigned char *synth = secure_alloc(k);
     unsigned int kdklen = 0;
-    unsigned long max_len = k - 11, mask, synth_len = 0, zero_at = 0;
+    unsigned long max_sep = k - 10, mask, synth_len = 0, zero_at = 0;
     unsigned long msg_at, synth_at, len, i, j;
     unsigned good, found = 0;
     CK_RV rv = CKR_GENERAL_ERROR;
@@ -259,8 +259,8 @@ CK_RV pkcs1_decode(const unsigned char *secret, const CK_BYTE *c,
         synth_len = want;
     } else {
         /* The draft: the last of 128 candidates, masked to the next power
-         * of two, that is below the longest possible message. */
-        mask = max_len;
+         * of two, that is below k - 10 (a message has at most k - 11). */
+        mask = max_sep;
         mask |= mask >> 1;
         mask |= mask >> 2;
         mask |= mask >> 4;
@@ -268,7 +268,7 @@ CK_RV pkcs1_decode(const unsigned char *secret, const CK_BYTE *c,
         for (i = 0; i < LEN_TRIES; i++) {
             unsigned long cand =
                 (((unsigned long)lens[2 * i] << 8) | lens[2 * i + 1]) & mask;
-            synth_len = ct_select(ct_lt(cand, max_len), cand, synth_len);
+            synth_len = ct_select(ct_lt(cand, max_sep), cand, synth_len);
         }
     }
     /* 00 02, then at least 8 non-zero bytes, then 00, then the message. */
