@@ -494,9 +494,9 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
                           CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
                           CK_OBJECT_HANDLE_PTR ph)
 {
-    CK_ULONG want = 0, len = 0, cap = rsa_object_bytes(key), nt = 0, i;
+    CK_ULONG want = 0, len = 0, cap = rsa_object_bytes(key), nt = 0, nd, i;
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_ATTRIBUTE *t = NULL;
+    CK_ATTRIBUTE *t = NULL, *d = NULL;
     unsigned char *value;
     CK_KEY_TYPE kt = 0;
     CK_RV rv;
@@ -508,11 +508,16 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
         if (rv != CKR_OK)
             return rv;
     }
+    /* For a back end that keeps the key: the defaults all back ends share. */
+    rv = with_secret_defaults(tmpl, n, &d, &nd);
+    if (rv != CKR_OK)
+        return rv;
     value = secure_alloc(cap ? cap : 1);
-    t = calloc(n + 2, sizeof(*t));
+    t = calloc(nd + 2, sizeof(*t));
     if (value == NULL || t == NULL) {
         secure_free(value, cap ? cap : 1);
         free(t);
+        free_defaults(tmpl, d);
         return CKR_HOST_MEMORY;
     }
     len = cap;
@@ -527,9 +532,9 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
          * value (CKA_VALUE_LEN may not accompany CKA_VALUE there). */
         struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
-        for (i = 0; i < n; i++)
-            if (tmpl[i].type != CKA_VALUE_LEN)
-                t[nt++] = tmpl[i];
+        for (i = 0; i < nd; i++)
+            if (d[i].type != CKA_VALUE_LEN)
+                t[nt++] = d[i];
         if (tmpl_find(tmpl, n, CKA_CLASS) == NULL)
             t[nt++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
         t[nt++] = (CK_ATTRIBUTE){CKA_VALUE, value, len};
@@ -542,6 +547,7 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
     }
     secure_free(value, cap ? cap : 1);
     free(t);
+    free_defaults(tmpl, d);
     return rv;
 }
 

@@ -200,6 +200,31 @@ static void test_implicit(CK_SESSION_HANDLE s)
     is_num(vlen, 32, "  a key of the requested 32 bytes");
     is_rv(unwrap(s, priv, c2, c2len, 32, v2, &vlen2), CKR_OK, "  again");
     ok(vlen2 == 32 && memcmp(v, v2, 32) == 0, "  the same value");
+    {
+        /* Without CKA_SENSITIVE and CKA_EXTRACTABLE: the defaults every
+         * unwrap has (false, false). */
+        CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+        CK_KEY_TYPE aes = CKK_AES;
+        CK_ULONG vl = 32;
+        CK_BBOOL sens = 0x55, ext = 0x55;
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_KEY_TYPE, &aes, sizeof(aes)},
+            {CKA_VALUE_LEN, &vl, sizeof(vl)},
+        };
+        CK_ATTRIBUTE a[] = {
+            {CKA_SENSITIVE, &sens, sizeof(sens)},
+            {CKA_EXTRACTABLE, &ext, sizeof(ext)},
+        };
+        CK_MECHANISM m1 = {CKM_RSA_PKCS, NULL, 0};
+        CK_OBJECT_HANDLE h = 0;
+        is_rv(p11->C_UnwrapKey(s, &m1, priv, c, (CK_ULONG)clen, t, 3, &h),
+              CKR_OK, "unwrap with a minimal template");
+        is_rv(p11->C_GetAttributeValue(s, h, a, 2), CKR_OK, "  its flags");
+        ok(sens == CK_FALSE && ext == CK_FALSE,
+           "  not sensitive, not extractable (the shared defaults)");
+        p11->C_DestroyObject(s, h);
+    }
     c[7] ^= 1;
     is_rv(unwrap(s, priv, c, clen, 32, v2, &vlen2), CKR_OK,
           "unwrap a corrupted blob: CKR_OK");
