@@ -33,10 +33,22 @@ struct config {
     char *log_file; /* "stderr", "syslog" or a path; NULL = stderr */
     long refresh_interval;
     long min_key_bits;
-    char *audit_log; /* NULL = off */
+    char *audit_log;       /* NULL = off */
+    int rsa_pkcs1_decrypt; /* enum config_pkcs1; CONFIG_PKCS1_UNSET = default */
     struct config_token *tokens;
     size_t n_tokens;
 };
+
+/* rsa-pkcs1-decrypt: what C_Decrypt and C_UnwrapKey do with CKM_RSA_PKCS
+ * (docs/cmkp11.conf.5). */
+enum config_pkcs1 {
+    CONFIG_PKCS1_UNSET,
+    CONFIG_PKCS1_IMPLICIT, /* implicit-rejection */
+    CONFIG_PKCS1_REFUSE,   /* refuse */
+    CONFIG_PKCS1_ALLOW,    /* allow */
+};
+/* The value for a setting's text, or CONFIG_PKCS1_UNSET if it is none. */
+int config_pkcs1_parse(const char *text);
 
 /*
  * Chooses the file: conf=PATH from pReserved (may be NULL) wins over

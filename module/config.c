@@ -103,8 +103,20 @@ char *config_choose_path(const char *reserved, char *err, size_t errlen)
 
 /* ---- parsing ---- */
 
+int config_pkcs1_parse(const char *text)
+{
+    if (strcmp(text, "implicit-rejection") == 0)
+        return CONFIG_PKCS1_IMPLICIT;
+    if (strcmp(text, "refuse") == 0)
+        return CONFIG_PKCS1_REFUSE;
+    if (strcmp(text, "allow") == 0)
+        return CONFIG_PKCS1_ALLOW;
+    return CONFIG_PKCS1_UNSET;
+}
+
 static const char *const global_keys[] = {
-    "log-level", "log-file", "refresh-interval", "audit-log", "min-key-bits",
+    "log-level", "log-file",     "refresh-interval",
+    "audit-log", "min-key-bits", "rsa-pkcs1-decrypt",
 };
 #define N_GLOBAL_KEYS (sizeof(global_keys) / sizeof(global_keys[0]))
 
@@ -327,6 +339,16 @@ static int set_global(struct parser *ps, const char *key, const char *value)
             set_err(ps->err, ps->errlen,
                     "%s:%d: %s: must be a number from 512 to 16384", ps->path,
                     ps->line, key);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(key, "rsa-pkcs1-decrypt") == 0) {
+        cfg->rsa_pkcs1_decrypt = config_pkcs1_parse(value);
+        if (cfg->rsa_pkcs1_decrypt == CONFIG_PKCS1_UNSET) {
+            set_err(ps->err, ps->errlen,
+                    "%s:%d: %s: must be implicit-rejection, refuse or allow",
+                    ps->path, ps->line, key);
             return -1;
         }
         return 0;

@@ -21,6 +21,7 @@
 
 #include "audit.h"
 #include "crypto.h"
+#include "pkcs1.h"
 #include "rsa.h"
 #include "secure.h"
 #include "softkey.h"
@@ -158,6 +159,27 @@ CK_RV key_check(struct session *s, struct object *key, const CK_MECHANISM *m,
     return CKR_OK;
 }
 
+/* PSS: the salt must fit the key (RFC 8017, 9.1.1: emLen >= hLen + sLen
+ * + 2, emLen = ceil((modBits - 1) / 8)); every back end would refuse it,
+ * but only when signing. */
+static CK_RV pss_check_size(struct object *key, CK_RV rv, const CK_MECHANISM *m)
+{
+    const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+    CK_ULONG bits, em;
+    int hlen;
+
+    if (rv != CKR_OK)
+        return rv;
+    bits = object_get_ulong(key, CKA_MODULUS_BITS, 0);
+    if (bits == 0)
+        bits = rsa_object_bytes(key) * 8;
+    em = (bits - 1 + 7) / 8;
+    hlen = EVP_MD_get_size(rsa_md_for_mech(p->hashAlg));
+    if (bits < 16 || hlen <= 0 || (CK_ULONG)hlen + p->sLen + 2 > em)
+        return CKR_MECHANISM_PARAM_INVALID;
+    return CKR_OK;
+}
+
 /* Mechanism parameters, after the key checks. */
 CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m)
 {
@@ -168,7 +190,7 @@ CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m)
     case CKM_RSA_PKCS_OAEP:
         return rsa_check_oaep(m);
     case CKM_RSA_PKCS_PSS:
-        return rsa_check_pss(m, 0);
+        return pss_check_size(key, rsa_check_pss(m, 0), m);
     case CKM_RSA_PKCS:
     case CKM_RSA_X_509:
         return CKR_OK;
@@ -176,7 +198,7 @@ CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m)
         break;
     }
     if (rsa_hash_sign_mech(m->mechanism, &digest, &pss))
-        return pss ? rsa_check_pss(m, digest) : CKR_OK;
+        return pss ? pss_check_size(key, rsa_check_pss(m, digest), m) : CKR_OK;
     if (mech_is_aes(m->mechanism)) {
         CK_ULONG len = key->secret != NULL
                            ? key->secret_len
@@ -215,16 +237,23 @@ static CK_RV op_prepare(struct session *s, struct op *op, enum op_kind kind,
             EVP_DigestInit_ex(op->md, rsa_md_for_mech(digest), NULL) != 1)
             return CKR_HOST_MEMORY;
     }
-    if ((kind == OP_DECRYPT || kind == OP_SIGN) && key->secret == NULL) {
+    if ((kind == OP_DECRYPT || kind == OP_SIGN ||
+         (kind == OP_VERIFY && op->inner == CKM_RSA_PKCS_PSS)) &&
+        key->secret == NULL) {
         CK_MECHANISM inner = op->mech;
         inner.mechanism = op->inner;
         if (op->inner == CKM_RSA_PKCS) {
             inner.pParameter = NULL;
             inner.ulParameterLen = 0;
         }
-        rv = provider_check_mechanism(
-            s, kind == OP_SIGN ? POP_SIGN : POP_DECRYPT, &inner);
+        rv = provider_check_mechanism(s,
+                                      kind == OP_SIGN     ? POP_SIGN
+                                      : kind == OP_VERIFY ? POP_VERIFY
+                                                          : POP_DECRYPT,
+                                      &inner);
     }
+    if (rv == CKR_OK && kind == OP_DECRYPT && pkcs1_implicit(s->token, m, key))
+        rv = pkcs1_prepare(s, key);
     return rv;
 }
 
@@ -358,6 +387,8 @@ static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
         if (key->secret != NULL)
             return softkey_crypt(&op->mech, false, key->secret, key->secret_len,
                                  in, inlen, out, outlen);
+        if (pkcs1_implicit(s->token, &op->mech, key))
+            return pkcs1_decrypt(s, key, in, inlen, 0, out, outlen);
         return provider_crypt(s, POP_DECRYPT, key, &op->mech, in, inlen, out,
                               outlen);
     case OP_SIGN:

@@ -13,6 +13,7 @@
 
 #include "audit.h"
 #include "crypto.h"
+#include "pkcs1.h"
 #include "rsa.h"
 #include "secure.h"
 #include "softkey.h"
@@ -481,6 +482,75 @@ static CK_RV map_key_check_rv(CK_RV rv, CK_RV handle_rv, CK_RV type_rv)
 }
 
 /* One unwrap attempt with a key that passed the checks. */
+/*
+ * CKM_RSA_PKCS with implicit rejection (pkcs1.c): the new key has the
+ * template's CKA_VALUE_LEN, which must be given, and a blob with invalid
+ * padding gives a key with a pseudo-random value instead of an error, as
+ * TLS servers treat an RSA premaster secret (RFC 5246, 7.4.7.1). Nothing
+ * here depends on whether the padding was valid.
+ */
+static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
+                          CK_BYTE_PTR wrapped, CK_ULONG wlen,
+                          CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
+                          CK_OBJECT_HANDLE_PTR ph)
+{
+    CK_ULONG want = 0, len = 0, cap = rsa_object_bytes(key), nt = 0, nd, i;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE *t = NULL, *d = NULL;
+    unsigned char *value;
+    CK_KEY_TYPE kt = 0;
+    CK_RV rv;
+
+    if (tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &want) != 1 || want == 0)
+        return CKR_TEMPLATE_INCOMPLETE;
+    if (!(s->token->pflags & PROVIDER_OWNS_SECRET_KEYS)) {
+        rv = secret_template_check(s->token, tmpl, n, &kt, &len, false);
+        if (rv != CKR_OK)
+            return rv;
+    }
+    /* For a back end that keeps the key: the defaults all back ends share. */
+    rv = with_secret_defaults(tmpl, n, &d, &nd);
+    if (rv != CKR_OK)
+        return rv;
+    value = secure_alloc(cap ? cap : 1);
+    t = calloc(nd + 2, sizeof(*t));
+    if (value == NULL || t == NULL) {
+        secure_free(value, cap ? cap : 1);
+        free(t);
+        free_defaults(tmpl, d);
+        return CKR_HOST_MEMORY;
+    }
+    len = cap;
+    rv = map_unwrap_rv(pkcs1_decrypt(s, key, wrapped, wlen, want, value, &len));
+    audit_record(s, key, "unwrap", CKM_RSA_PKCS, rv, s->device_error);
+    if (rv == CKR_OK && !(s->token->pflags & PROVIDER_OWNS_SECRET_KEYS)) {
+        unsigned char *exact = secure_dup(value, len);
+        rv = exact ? publish_secret(s, tmpl, n, kt, exact, len, CK_FALSE, ph)
+                   : CKR_HOST_MEMORY;
+    } else if (rv == CKR_OK) {
+        /* The back end keeps the key: it enters as an object with this
+         * value (CKA_VALUE_LEN may not accompany CKA_VALUE there). */
+        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
+        struct pobj p;
+        for (i = 0; i < nd; i++)
+            if (d[i].type != CKA_VALUE_LEN)
+                t[nt++] = d[i];
+        if (tmpl_find(tmpl, n, CKA_CLASS) == NULL)
+            t[nt++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
+        t[nt++] = (CK_ATTRIBUTE){CKA_VALUE, value, len};
+        memset(&p, 0, sizeof(p));
+        rv = s->token->ops->create_object
+                 ? s->token->ops->create_object(&c, t, nt, &p)
+                 : CKR_FUNCTION_NOT_SUPPORTED;
+        if (rv == CKR_OK)
+            rv = publish_provider_object(s, &p, ph);
+    }
+    secure_free(value, cap ? cap : 1);
+    free(t);
+    free_defaults(tmpl, d);
+    return rv;
+}
+
 static CK_RV unwrap_one(struct session *s, struct object *key,
                         CK_MECHANISM_PTR m, CK_BYTE_PTR wrapped, CK_ULONG wlen,
                         CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
@@ -492,6 +562,8 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
     CK_RV rv;
 
     s->device_error = 0;
+    if (pkcs1_implicit(s->token, m, key))
+        return unwrap_pkcs1(s, key, wrapped, wlen, tmpl, n, ph);
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
@@ -637,6 +709,8 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = provider_check_mechanism(s, POP_UNWRAP, pMechanism);
     if (rv == CKR_OK)
         rv = template_policy(s, pTemplate, ulAttributeCount);
+    if (rv == CKR_OK && pkcs1_implicit(s->token, pMechanism, key))
+        rv = pkcs1_prepare(s, key);
     if (rv != CKR_OK)
         goto put;
 

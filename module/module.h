@@ -48,6 +48,7 @@ struct token {
     unsigned pflags;
     struct provider_token_info info;
     bool unwrap_fallback; /* unwrap-fallback: try older versions (OAEP) */
+    int pkcs1;            /* rsa-pkcs1-decrypt: enum config_pkcs1 */
     struct pmech *mechs;  /* the provider's and the module's own */
     CK_ULONG n_mechs;
     /* under g.mutex: */
@@ -73,6 +74,8 @@ struct object {
     CK_ULONG secret_len;
     bool gone;      /* no longer in the back end */
     EVP_PKEY *pkey; /* public key, built on first use */
+    /* Implicit rejection's per-key secret (pkcs1.c), secure memory. */
+    unsigned char *pkcs1_secret;
 };
 
 enum op_kind {

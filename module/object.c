@@ -36,6 +36,7 @@ void object_unref(struct object *o)
     attrs_clear(&o->attrs);
     secure_free(o->secret, o->secret_len);
     EVP_PKEY_free(o->pkey);
+    secure_free(o->pkcs1_secret, 32);
     free(o->uid);
     free(o);
 }

@@ -55,6 +55,7 @@ enum pop {
     POP_DECRYPT,
     POP_UNWRAP, /* an RSA decryption on behalf of C_UnwrapKey */
     POP_SIGN,
+    POP_VERIFY, /* check_mechanism only: verification runs in the module */
 };
 
 /* The pthread_atfork phases, for ops->atfork. */
@@ -67,6 +68,9 @@ enum provider_fork {
 /* Provider flags, returned by open(). */
 #define PROVIDER_OWNS_SECRET_KEYS 0x1 /* secret keys live in the back end */
 #define PROVIDER_LOCAL_PUBLIC     0x2 /* RSA encrypt/wrap/verify run here */
+/* crypt() does raw RSA (CKM_RSA_X_509) for POP_DECRYPT, so that PKCS#1
+ * v1.5 padding can be removed in the module (implicit rejection). */
+#define PROVIDER_RAW_RSA 0x4
 
 struct provider_ops {
     const char *name; /* the "backend =" value */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "module.h"
+#include "pkcs1.h"
 
 static void pad(CK_UTF8CHAR *dst, size_t len, const char *src)
 {
@@ -100,6 +101,10 @@ static CK_RV build_mechanisms(struct token *t)
                 t->mechs[i].info.flags |= CKF_VERIFY;
         }
     }
+    /* rsa-pkcs1-decrypt = refuse: no PKCS#1 v1.5 decryption at all. */
+    for (i = 0; i < t->n_mechs; i++)
+        if (t->mechs[i].type == CKM_RSA_PKCS && t->pkcs1 == CONFIG_PKCS1_REFUSE)
+            t->mechs[i].info.flags &= ~(CKF_DECRYPT | CKF_UNWRAP);
     for (i = 0; i < CMK_ARRAY_SIZE(digests); i++)
         add_mech(t, digests[i], 0, 0, CKF_DIGEST);
     if (!(t->pflags & PROVIDER_OWNS_SECRET_KEYS)) {
@@ -163,10 +168,14 @@ CK_RV token_setup(struct token *t, const struct config_token *ct)
         cmk_error("%s", err[0] ? err : "cannot open the token");
         return rv;
     }
+    rv = pkcs1_setup(t, ct);
     unused = config_token_unused(ct);
-    if (unused != NULL) {
+    if (rv == CKR_OK && unused != NULL) {
         cmk_error("%s:%d: %s: unknown key for a %s token", ct->path,
                   unused->line, unused->key, backend);
+        rv = CKR_GENERAL_ERROR;
+    }
+    if (rv != CKR_OK) {
         t->ops->close(t->ptok, false);
         t->ptok = NULL;
         return CKR_GENERAL_ERROR;

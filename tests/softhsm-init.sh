@@ -8,7 +8,8 @@
 #   dec-only (10)       may decrypt but not unwrap
 #   disabled (20)       a disabled version: no decrypt, no unwrap
 #   unwrap-only (30)    may unwrap but not decrypt
-# and DIR/env to source (SOFTHSM2_CONF, SOFTHSM_MODULE).
+# and DIR/env to source (SOFTHSM2_CONF, SOFTHSM_MODULE). SOFTHSM_OBJECTSTORE
+# chooses SoftHSM's object store (file, the default, or db).
 set -e
 dir=$1
 [ -n "$dir" ] || { echo "usage: $0 DIR" >&2; exit 2; }
@@ -20,7 +21,7 @@ mkdir -p "$dir/tokens"
 dir=$(cd "$dir" && pwd)
 cat >"$dir/softhsm2.conf" <<EOT
 directories.tokendir = $dir/tokens
-objectstore.backend = file
+objectstore.backend = ${SOFTHSM_OBJECTSTORE:-file}
 log.level = ERROR
 slots.removable = false
 EOT

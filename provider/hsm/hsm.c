@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 #include <p11-kit/uri.h>
@@ -395,12 +396,14 @@ static void hsm_close(void *tok, bool in_child)
         return;
     if (ht->lib != NULL) {
         if (!in_child && ht->anchor != CK_INVALID_HANDLE) {
-            if (ht->self_login)
+            if (ht->self_login || ht->pin_mac != NULL)
                 LOWER(ht, C_Logout, ht->anchor);
             LOWER(ht, C_CloseSession, ht->anchor);
         }
         lib_close(ht->lib, in_child);
     }
+    secure_free(ht->pin_key, 32);
+    secure_free(ht->pin_mac, 32);
     free_versions(ht);
     config_free_list(ht->keys);
     free(ht->mechs);
@@ -499,11 +502,16 @@ static CK_RV load_mechanisms(struct hsm_token *ht)
     ht->mechs = calloc(CMK_ARRAY_SIZE(wanted), sizeof(*ht->mechs));
     if (ht->mechs == NULL)
         return CKR_HOST_MEMORY;
+    memset(&info, 0, sizeof(info));
     if (LOWER(ht, C_GetMechanismInfo, ht->slot, CKM_RSA_X_509, &info) ==
             CKR_OK &&
         (info.flags & CKF_DECRYPT))
         ht->has_raw = true;
     for (i = 0; i < CMK_ARRAY_SIZE(wanted); i++) {
+        /* Zeroed each time: SoftHSM ORs flags into what it is given, so a
+         * reused structure would carry CKF_GENERATE from CKM_AES_KEY_GEN
+         * to the AES modes after it. */
+        memset(&info, 0, sizeof(info));
         if (LOWER(ht, C_GetMechanismInfo, ht->slot, wanted[i], &info) != CKR_OK)
             continue;
         /* Public-key operations run here, with the cached public key. */
@@ -606,7 +614,8 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     if (rv != CKR_OK)
         goto fail;
     secure_free(pin, pin_len + 1);
-    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC;
+    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC |
+             (ht->has_raw ? PROVIDER_RAW_RSA : 0);
     *tok = ht;
     return CKR_OK;
 fail:
@@ -645,26 +654,93 @@ static const struct pmech *hsm_mechanisms(void *tok, CK_ULONG *count)
     return ht->mechs;
 }
 
+/* The PIN's HMAC under the token's key (secure memory). */
+static bool pin_mac(const unsigned char *key, const CK_UTF8CHAR *pin,
+                    CK_ULONG len, unsigned char mac[32])
+{
+    unsigned int n = 0;
+
+    return HMAC(EVP_sha256(), key, 32, pin, len, mac, &n) != NULL && n == 32;
+}
+
+/*
+ * The lower token is logged in once per process: SoftHSM's file store
+ * rewrites the token's own file at each C_Login, and a process killed
+ * then loses the token (docs/hsm.md). After the first successful user
+ * login the lower login is kept across C_Logout, and a later C_Login is
+ * checked here against the PIN's HMAC, in constant time; the front end
+ * hides private objects while its token is logged out.
+ */
 static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
                        const CK_UTF8CHAR *pin, CK_ULONG len)
 {
     struct hsm_token *ht = c->tok;
+    unsigned char mac[32], *key = NULL, *kept = NULL;
+    bool have, verified;
     CK_RV rv;
 
     if (ht->self_login)
         return CKR_OK; /* logged in from pin-file; any PIN will do */
+    pthread_mutex_lock(&ht->lock);
+    have = ht->pin_mac != NULL;
+    if (have && user == CKU_USER)
+        rv = pin_mac(ht->pin_key, pin, len, mac) &&
+                     ct_memcmp(mac, ht->pin_mac, sizeof(mac)) == 0
+                 ? CKR_OK
+                 : CKR_PIN_INCORRECT;
+    pthread_mutex_unlock(&ht->lock);
+    if (have && user == CKU_USER) {
+        secure_zero(mac, sizeof(mac));
+        return rv;
+    }
+    if (have) {
+        /* Another user type: the kept user login must end first. */
+        pthread_mutex_lock(&ht->lock);
+        key = ht->pin_key, kept = ht->pin_mac;
+        ht->pin_key = ht->pin_mac = NULL;
+        pthread_mutex_unlock(&ht->lock);
+        secure_free(key, 32);
+        secure_free(kept, 32);
+        key = kept = NULL;
+        LOWER(ht, C_Logout, ht->anchor);
+    }
     rv = LOWER(ht, C_Login, ht->anchor, user, (CK_UTF8CHAR *)pin, len);
+    /* Only a PIN the lower token checked is kept: "already logged in"
+     * (by the application itself, or another [token] over the same lower
+     * token) says nothing about this one. */
+    verified = rv == CKR_OK;
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
+    if (verified && user == CKU_USER) {
+        key = secure_alloc(32);
+        kept = secure_alloc(32);
+        if (key != NULL && kept != NULL && RAND_priv_bytes(key, 32) == 1 &&
+            pin_mac(key, pin, len, kept)) {
+            pthread_mutex_lock(&ht->lock);
+            if (ht->pin_mac == NULL) {
+                ht->pin_key = key, ht->pin_mac = kept;
+                key = kept = NULL;
+            }
+            pthread_mutex_unlock(&ht->lock);
+        }
+        secure_free(key, 32);
+        secure_free(kept, 32);
+    }
     return mapped(c, rv);
 }
 
 static CK_RV hsm_logout(struct pcall *c)
 {
     struct hsm_token *ht = c->tok;
+    bool kept;
 
     if (ht->self_login)
         return CKR_OK;
+    pthread_mutex_lock(&ht->lock);
+    kept = ht->pin_mac != NULL;
+    pthread_mutex_unlock(&ht->lock);
+    if (kept)
+        return CKR_OK; /* the lower login stays for the process */
     return mapped(c, LOWER(ht, C_Logout, ht->anchor));
 }
 
@@ -1172,6 +1248,39 @@ out:
 
 /* ---- Operations ---- */
 
+/*
+ * Parameters refused at C_*Init rather than at the operation: PSS whose
+ * MGF1 hash is not the signature hash. SoftHSM (AsymSignInit and
+ * AsymVerifyInit, SoftHSM 2.6.1) accepts only MGF1 of the same hash, and
+ * would refuse it only at C_Sign here, where the lower C_SignInit runs.
+ * Lengths, unknown hashes and salts too long for the key are checked by
+ * the front end for every back end.
+ */
+static CK_RV hsm_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
+{
+    static const struct {
+        CK_MECHANISM_TYPE hash;
+        CK_RSA_PKCS_MGF_TYPE mgf;
+    } same[] = {
+        {CKM_SHA_1, CKG_MGF1_SHA1},    {CKM_SHA224, CKG_MGF1_SHA224},
+        {CKM_SHA256, CKG_MGF1_SHA256}, {CKM_SHA384, CKG_MGF1_SHA384},
+        {CKM_SHA512, CKG_MGF1_SHA512},
+    };
+    const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+    size_t i;
+
+    (void)tok;
+    if (m->mechanism != CKM_RSA_PKCS_PSS ||
+        (op != POP_SIGN && op != POP_VERIFY))
+        return CKR_OK;
+    if (p == NULL || m->ulParameterLen != sizeof(*p))
+        return CKR_MECHANISM_PARAM_INVALID;
+    for (i = 0; i < CMK_ARRAY_SIZE(same); i++)
+        if (same[i].hash == p->hashAlg)
+            return same[i].mgf == p->mgf ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
+    return CKR_MECHANISM_PARAM_INVALID;
+}
+
 static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
                        const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
                        CK_BYTE *out, CK_ULONG *outlen)
@@ -1213,6 +1322,8 @@ static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
         if (rv == CKR_OK)
             rv = LOWER(ht, C_Encrypt, s, (CK_BYTE *)in, inlen, out, outlen);
         return mapped(c, rv);
+    case POP_VERIFY: /* done in the module */
+        break;
     }
     return CKR_GENERAL_ERROR;
 }
@@ -1792,6 +1903,7 @@ const struct provider_ops hsm_provider = {
     .list = hsm_list,
     .ref_free = hsm_ref_free,
     .check_public = hsm_check_public,
+    .check_mechanism = hsm_check_mechanism,
     .crypt = hsm_crypt,
     .unwrap = hsm_unwrap,
     .wrap = hsm_wrap,

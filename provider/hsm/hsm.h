@@ -66,6 +66,11 @@ struct hsm_token {
     CK_ULONG n_mechs;
     bool has_raw; /* the lower token decrypts with CKM_RSA_X_509 */
     bool oaep_local[HSM_OAEP_SLOTS];
+    /* The user's lower login, kept for the process once made (docs/hsm.md,
+     * "Login"): HMAC-SHA256 of the PIN under pin_key, both in secure
+     * memory, to check later C_Login calls without a lower C_Login.
+     * Under lock. */
+    unsigned char *pin_key, *pin_mac;
 };
 
 CK_RV hsm_map_rv(CK_RV lower);

@@ -160,7 +160,7 @@ static CK_RV mock_open(const struct config_token *cfg, void **tok,
         mock_close(mt, false);
         return CKR_GENERAL_ERROR;
     }
-    *flags = PROVIDER_LOCAL_PUBLIC;
+    *flags = PROVIDER_LOCAL_PUBLIC | PROVIDER_RAW_RSA;
     *tok = mt;
     return CKR_OK;
 }
@@ -387,8 +387,12 @@ static CK_RV mock_crypt(struct pcall *c, enum pop op, void *key,
             rv = CKR_GENERAL_ERROR;
         else if (m->mechanism == CKM_RSA_PKCS_OAEP)
             rv = rsa_set_oaep(ctx, m);
-        else if (m->mechanism != CKM_RSA_PKCS ||
-                 EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
+        else if (m->mechanism == CKM_RSA_X_509) {
+            /* Raw RSA, for implicit rejection in the module. */
+            if (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) <= 0)
+                rv = CKR_GENERAL_ERROR;
+        } else if (m->mechanism != CKM_RSA_PKCS ||
+                   EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
             rv = CKR_MECHANISM_INVALID;
         if (rv == CKR_OK && inlen != (CK_ULONG)EVP_PKEY_get_size(k->pkey))
             rv = CKR_ENCRYPTED_DATA_LEN_RANGE;

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <glob.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <openssl/evp.h>
@@ -105,6 +107,10 @@ static size_t ossl_encrypt(EVP_PKEY *pk, CK_MECHANISM_TYPE hash, bool oaep,
     return olen;
 }
 
+/* CKA_VALUE_LEN for unwrap() when not 0: CKM_RSA_PKCS needs it (implicit
+ * rejection gives a key of that length whatever the padding). */
+static CK_ULONG unwrap_len;
+
 static CK_OBJECT_HANDLE unwrap(CK_OBJECT_HANDLE priv, CK_MECHANISM *m,
                                unsigned char *blob, CK_ULONG len,
                                bool extractable, CK_RV *rv)
@@ -120,11 +126,12 @@ static CK_OBJECT_HANDLE unwrap(CK_OBJECT_HANDLE priv, CK_MECHANISM *m,
         {CKA_DECRYPT, &t, sizeof(t)},
         {CKA_EXTRACTABLE, &ext, sizeof(ext)},
         {CKA_SENSITIVE, &sens, sizeof(sens)},
+        {CKA_VALUE_LEN, &unwrap_len, sizeof(unwrap_len)},
     };
     CK_OBJECT_HANDLE h = 0;
 
-    *rv = p11->C_UnwrapKey(sess, m, priv, blob, len, tmpl, CMK_ARRAY_SIZE(tmpl),
-                           &h);
+    *rv = p11->C_UnwrapKey(sess, m, priv, blob, len, tmpl,
+                           CMK_ARRAY_SIZE(tmpl) - (unwrap_len == 0), &h);
     return *rv == CKR_OK ? h : 0;
 }
 
@@ -246,7 +253,9 @@ static void test_round_trips(void)
             len = sizeof(blob);
             rv = p11->C_WrapKey(sess, &m, pub, dk, blob, &len);
             is_rv(rv, CKR_OK, "wrap of a sensitive AES key");
+            unwrap_len = m.mechanism == CKM_RSA_PKCS ? sizes[j] : 0;
             back = unwrap(priv, &m, blob, len, false, &rv);
+            unwrap_len = 0;
             is_rv(rv, CKR_OK, "unwrap into the token");
             ok(same_key(dk, back),
                "%s AES-%lu: the unwrapped key decrypts what the original "
@@ -287,7 +296,9 @@ static void test_external_blobs(void)
                             variants[i].mech == CKM_RSA_PKCS_OAEP,
                             variants[i].label, key, sizeof(key), blob);
         mech_of(&variants[i], &m, &p);
+        unwrap_len = m.mechanism == CKM_RSA_PKCS ? sizeof(key) : 0;
         h = unwrap(priv, &m, blob, (CK_ULONG)blen, true, &rv);
+        unwrap_len = 0;
         is_rv(rv, CKR_OK, variants[i].name);
         value = p11_attr(sess, h, CKA_VALUE, &vlen);
         ok(value && vlen == 32 && memcmp(value, key, 32) == 0,
@@ -297,6 +308,131 @@ static void test_external_blobs(void)
         p11->C_DestroyObject(sess, h);
     }
     EVP_PKEY_free(pk);
+}
+
+/* What the token advertises, and parameters refused at Init (issue 18). */
+static void test_truthful(CK_SLOT_ID slot)
+{
+    static const struct {
+        CK_MECHANISM_TYPE m;
+        CK_FLAGS flags;
+        const char *name;
+    } mi[] = {
+        /* SoftHSM's own answers for these, with a zeroed structure. */
+        {CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, "CKM_AES_GCM"},
+        {CKM_AES_CBC_PAD, CKF_ENCRYPT | CKF_DECRYPT, "CKM_AES_CBC_PAD"},
+        {CKM_AES_KEY_WRAP, CKF_WRAP | CKF_UNWRAP, "CKM_AES_KEY_WRAP"},
+        {CKM_AES_KEY_GEN, CKF_GENERATE, "CKM_AES_KEY_GEN"},
+        {CKM_GENERIC_SECRET_KEY_GEN, CKF_GENERATE,
+         "CKM_GENERIC_SECRET_KEY_GEN"},
+    };
+    CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "kek");
+    CK_OBJECT_HANDLE priv = p11_find(sess, CKO_PRIVATE_KEY, "kek");
+    CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA1, 32};
+    CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA256, CKG_MGF1_SHA256,
+                                    CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM mp = {CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss)};
+    CK_MECHANISM raw = {CKM_RSA_PKCS_PSS, &pss, sizeof(pss)};
+    CK_MECHANISM mo = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+    CK_MECHANISM_INFO info;
+    unsigned char sig[512], d[32] = {1};
+    CK_ULONG siglen = sizeof(sig);
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(mi); i++) {
+        memset(&info, 0xff, sizeof(info));
+        is_rv(p11->C_GetMechanismInfo(slot, mi[i].m, &info), CKR_OK,
+              mi[i].name);
+        is_num(info.flags, mi[i].flags, "  %s: flags 0x%lx, no CKF_GENERATE",
+               mi[i].name, (unsigned long)mi[i].flags);
+    }
+
+    is_rv(p11->C_SignInit(sess, &mp, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit SHA256-RSA-PKCS-PSS with MGF1-SHA1");
+    is_rv(p11->C_SignInit(sess, &raw, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit RSA-PKCS-PSS with MGF1-SHA1");
+    is_rv(p11->C_VerifyInit(sess, &mp, pub), CKR_MECHANISM_PARAM_INVALID,
+          "C_VerifyInit SHA256-RSA-PKCS-PSS with MGF1-SHA1");
+    pss.mgf = CKG_MGF1_SHA256;
+    pss.sLen = 256 - 32 - 1; /* one more than a 2048-bit key holds */
+    is_rv(p11->C_SignInit(sess, &mp, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit PSS with a salt of 223 bytes (2048-bit key)");
+    is_rv(p11->C_VerifyInit(sess, &mp, pub), CKR_MECHANISM_PARAM_INVALID,
+          "C_VerifyInit PSS with a salt of 223 bytes");
+    pss.sLen = 256 - 32 - 2;
+    is_rv(p11->C_SignInit(sess, &raw, priv), CKR_OK,
+          "C_SignInit PSS with the longest salt, 222 bytes");
+    is_rv(p11->C_Sign(sess, d, sizeof(d), sig, &siglen), CKR_OK,
+          "  and the signature is made");
+    is_rv(p11->C_VerifyInit(sess, &raw, pub), CKR_OK, "  C_VerifyInit");
+    is_rv(p11->C_Verify(sess, d, sizeof(d), sig, siglen), CKR_OK,
+          "  it verifies");
+    pss.sLen = 32;
+    mp.ulParameterLen = sizeof(pss) - 1;
+    is_rv(p11->C_SignInit(sess, &mp, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_SignInit PSS with a short ulParameterLen");
+    mp.ulParameterLen = sizeof(pss) + 8;
+    is_rv(p11->C_VerifyInit(sess, &mp, pub), CKR_MECHANISM_PARAM_INVALID,
+          "C_VerifyInit PSS with a long ulParameterLen");
+    mo.ulParameterLen = sizeof(oaep) - 1;
+    is_rv(p11->C_DecryptInit(sess, &mo, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_DecryptInit OAEP with a short ulParameterLen");
+    mo.ulParameterLen = sizeof(oaep);
+    oaep.hashAlg = CKM_MD5;
+    is_rv(p11->C_DecryptInit(sess, &mo, priv), CKR_MECHANISM_PARAM_INVALID,
+          "C_DecryptInit OAEP with MD5");
+}
+
+/* SoftHSM's token file: rewritten in place at every lower C_Login. */
+static long long token_file_stamp(const char *softhsm_dir)
+{
+    char pattern[600];
+    struct stat st;
+    glob_t gl;
+    long long r = -1;
+
+    snprintf(pattern, sizeof(pattern), "%s/tokens/*/token.object", softhsm_dir);
+    if (glob(pattern, 0, NULL, &gl) == 0 && gl.gl_pathc == 1 &&
+        stat(gl.gl_pathv[0], &st) == 0)
+        r = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    globfree(&gl);
+    return r;
+}
+
+/* One lower login per process (docs/hsm.md, "Login"): later C_Login and
+ * C_Logout calls do not reach SoftHSM, whose file store rewrites the
+ * token's file at each login. */
+static void test_login_once(const char *softhsm_dir)
+{
+    long long before = token_file_stamp(softhsm_dir);
+    int i;
+
+    ok(before > 0, "SoftHSM's token.object is there");
+    for (i = 0; i < 5; i++) {
+        is_rv(p11->C_Logout(sess), CKR_OK, "C_Logout");
+        ok(p11_find(sess, CKO_PRIVATE_KEY, "kek") == 0,
+           "  private keys are hidden again");
+        is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"12345", 5),
+              CKR_PIN_INCORRECT, "  a wrong PIN");
+        is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"123", 3),
+              CKR_PIN_INCORRECT, "  a prefix of the PIN");
+        ok(p11_find(sess, CKO_PRIVATE_KEY, "kek") == 0, "  still hidden");
+        is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"1234", 4), CKR_OK,
+              "  the right PIN");
+        ok(p11_find(sess, CKO_PRIVATE_KEY, "kek") != 0,
+           "  private keys are visible");
+    }
+    {
+        CK_MECHANISM m = {CKM_SHA256_RSA_PKCS, NULL, 0};
+        CK_BYTE sig[512];
+        CK_ULONG len = sizeof(sig);
+        is_rv(p11->C_SignInit(sess, &m, p11_find(sess, CKO_PRIVATE_KEY, "kek")),
+              CKR_OK, "sign after the logins");
+        is_rv(p11->C_Sign(sess, (CK_BYTE *)"x", 1, sig, &len), CKR_OK,
+              "  signs");
+    }
+    is_num(token_file_stamp(softhsm_dir), before,
+           "SoftHSM's token.object was not rewritten: no lower C_Login");
 }
 
 static void test_decrypt_sign(void)
@@ -538,10 +674,12 @@ int main(void)
     is_rv(p11->C_Login(sess, CKU_USER, (CK_UTF8CHAR *)"1234", 4), CKR_OK,
           "the right PIN, after a wrong one, on the same session");
 
+    test_login_once(dir);
     test_versions();
     test_round_trips();
     test_external_blobs();
     test_decrypt_sign();
+    test_truthful(slots[0]);
     test_errors();
     test_openssl_cli();
     test_rotation();

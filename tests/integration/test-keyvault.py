@@ -31,7 +31,10 @@ s.reader_secret = write_private(os.path.join(s.dir, "reader.secret"),
                                 READER_SECRET + "\n")
 log = os.path.join(s.dir, "cmkp11.log")
 conf = "[cmkp11]\nlog-level = info\nlog-file = %s\nrefresh-interval = 1\n" % log
-conf += "\n[token kv]\n" + s.token_body("kvemu", "client-secret")
+# RSA1_5 (CKM_RSA_PKCS) is refused by default; this token allows it to
+# check its mapping (test-keyvault-pkcs1.py has the default).
+conf += "\n[token kv]\n" + s.token_body("kvemu", "client-secret",
+                                       "rsa-pkcs1-decrypt = allow\n")
 conf += "\n[token reader]\n" + s.token_body("kvemu", "reader")
 conf += "\n[token mi]\n" + s.token_body("kvemu", "imds")
 conf += "\n[token hsm]\n" + s.token_body("kvhsm", "client-secret")

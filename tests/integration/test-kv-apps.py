@@ -27,7 +27,10 @@ P = PyKCS11
 t = Tap()
 s = KvSetup.started()
 emu = s.emu
-s.write_conf([("kv", s.token_body(extra="certificates = generate\n"))],
+# Java's SunPKCS11 unwraps with RSA/ECB/PKCS1Padding only, which a keyvault
+# token refuses unless rsa-pkcs1-decrypt = allow (docs/consumers.md).
+s.write_conf([("kv", s.token_body(extra="certificates = generate\n"
+                                        "rsa-pkcs1-decrypt = allow\n"))],
              log_level="error")
 s.create_key("kek", key_size=2048)
 old_version = s.emu.vault("GET", "/keys/kek")[2]["key"]["kid"].rsplit("/",

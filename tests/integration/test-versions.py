@@ -44,6 +44,8 @@ tenant-id = {tenant}
 client-id = {cid}
 client-secret-file = {secret}
 authority-host = {auth}
+# PKCS#1 v1.5 unwrapping is refused on keyvault tokens unless allowed.
+rsa-pkcs1-decrypt = allow
 """.format(work=work, url=emu.vault_url, ca=emu.ca, tenant=emu.env["AZURE_TENANT_ID"],
            cid=emu.env["AZURE_CLIENT_ID"], secret=secret,
            auth=emu.env["AZURE_AUTHORITY_HOST"])
@@ -70,9 +72,12 @@ def wrap(ses, pub, mech):
 
 
 def unwraps_to(ses, priv, blob, mech, value):
+    tmpl = aes_template(sensitive=False, extractable=True)
+    if mech is PKCS1:
+        # Implicit rejection (hsm) needs the length of the key.
+        tmpl.append((P.CKA_VALUE_LEN, len(value)))
     try:
-        h = ses.unwrapKey(priv, blob, aes_template(sensitive=False, extractable=True),
-                          mech)
+        h = ses.unwrapKey(priv, blob, tmpl, mech)
     except P.PyKCS11Error as e:
         return e.value
     got = bytes(ses.getAttributeValue(h, [P.CKA_VALUE])[0])

@@ -176,6 +176,23 @@ static void test_globals(void)
        "every global key");
     config_free(cfg);
 
+    cfg = parse("[cmkp11]\nrsa-pkcs1-decrypt = allow\n");
+    ok(cfg != NULL && cfg->rsa_pkcs1_decrypt == CONFIG_PKCS1_ALLOW,
+       "rsa-pkcs1-decrypt = allow");
+    config_free(cfg);
+    cfg = parse("[cmkp11]\nrsa-pkcs1-decrypt = refuse\n");
+    ok(cfg != NULL && cfg->rsa_pkcs1_decrypt == CONFIG_PKCS1_REFUSE,
+       "rsa-pkcs1-decrypt = refuse");
+    config_free(cfg);
+    cfg = parse("[cmkp11]\nrsa-pkcs1-decrypt = implicit-rejection\n");
+    ok(cfg != NULL && cfg->rsa_pkcs1_decrypt == CONFIG_PKCS1_IMPLICIT,
+       "rsa-pkcs1-decrypt = implicit-rejection");
+    config_free(cfg);
+    cfg = parse("");
+    ok(cfg != NULL && cfg->rsa_pkcs1_decrypt == CONFIG_PKCS1_UNSET,
+       "rsa-pkcs1-decrypt unset: the token's default");
+    config_free(cfg);
+
     cfg = parse("");
     ok(cfg != NULL && cfg->n_tokens == 0 && cfg->log_level == CMK_LOG_WARNING &&
            cfg->refresh_interval == 60 && cfg->log_file == NULL,
@@ -228,6 +245,10 @@ static void test_errors(void)
                 "refresh-interval with a unit");
     check_error("[cmkp11]\nmin-key-bits = 256\n", 2, "min-key-bits",
                 "min-key-bits too small");
+    check_error(
+        "[cmkp11]\nrsa-pkcs1-decrypt = yes\n", 2,
+        "rsa-pkcs1-decrypt: must be implicit-rejection, refuse or allow",
+        "rsa-pkcs1-decrypt = yes");
     check_error("[cmkp11]\naudit-log = audit.json\n", 2, "audit-log",
                 "relative audit-log");
     check_error("[cmkp11]\nlog-levle = info\n", 2, "log-levle",

@@ -234,9 +234,20 @@ static void test_rsa_wrap(void)
         is_rv(p11->C_WrapKey(sess, &ms[i], pub, dek, wrapped, &wlen), CKR_OK,
               names[i]);
         is_num(wlen, 256, "  wrapped key is modulus-sized");
-        is_rv(p11->C_UnwrapKey(sess, &ms[i], priv, wrapped, wlen, unwrap_tmpl,
-                               CMK_ARRAY_SIZE(unwrap_tmpl), &un),
-              CKR_OK, "  C_UnwrapKey");
+        {
+            /* CKM_RSA_PKCS (implicit rejection) needs CKA_VALUE_LEN. */
+            CK_ULONG n = CMK_ARRAY_SIZE(unwrap_tmpl), vl = 32;
+            CK_ATTRIBUTE t[CMK_ARRAY_SIZE(unwrap_tmpl) + 1];
+            memcpy(t, unwrap_tmpl, sizeof(unwrap_tmpl));
+            t[n].type = CKA_VALUE_LEN;
+            t[n].pValue = &vl;
+            t[n].ulValueLen = sizeof(vl);
+            if (ms[i].mechanism == CKM_RSA_PKCS)
+                n++;
+            is_rv(
+                p11->C_UnwrapKey(sess, &ms[i], priv, wrapped, wlen, t, n, &un),
+                CKR_OK, "  C_UnwrapKey");
+        }
         ok(un != 0 && un != dek, "  a new handle");
         ok(same_aes_key(dek, un), "  GCM under the original decrypts under it");
         ok(same_aes_key(un, dek), "  and the other way round");
