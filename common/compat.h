@@ -1,8 +1,11 @@
 /*
  * cmkp11 - common definitions shared by the module, the providers and tests.
  *
- * p11-kit 0.24 ships a PKCS#11 2.40 header; the few PKCS#11 3.0 types the
- * module needs (interfaces, the 3.0 function list) are defined here.
+ * p11-kit 0.23 and 0.24 ship a PKCS#11 2.40 header, p11-kit 0.25 and later a
+ * 3.0 one. The few PKCS#11 3.0 types the module needs (interfaces, the 3.0
+ * function list, the 3.0 entry points) are defined here only when configure
+ * found that the installed header lacks them (HAVE_CK_INTERFACE,
+ * HAVE_CK_FUNCTION_LIST_3_0, HAVE_DECL_C_GETINTERFACELIST, ...).
  */
 #ifndef CMKP11_COMPAT_H
 #define CMKP11_COMPAT_H
@@ -13,9 +16,13 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "config.h"
+
 #ifndef CKF_INTERFACE_FORK_SAFE
 #define CKF_INTERFACE_FORK_SAFE 0x00000001UL
+#endif
 
+#if !HAVE_CK_INTERFACE
 typedef struct CK_INTERFACE {
     CK_UTF8CHAR *pInterfaceName;
     CK_VOID_PTR pFunctionList;
@@ -33,6 +40,7 @@ typedef CK_RV (*CK_C_GetInterfaceList_t)(CK_INTERFACE_PTR, CK_ULONG_PTR);
 typedef CK_RV (*CK_C_GetInterface_t)(CK_UTF8CHAR_PTR, CK_VERSION_PTR,
                                      CK_INTERFACE_PTR_PTR, CK_FLAGS);
 
+#if !HAVE_CK_FUNCTION_LIST_3_0
 /* The PKCS#11 3.0 function list: the 2.40 list followed by the 3.0 calls. */
 typedef struct CK_FUNCTION_LIST_3_0 {
     CK_VERSION version;
@@ -156,12 +164,17 @@ typedef struct CK_FUNCTION_LIST_3_0 {
      CK_BYTE_PTR, CK_ULONG);
     CK_RV (*C_MessageVerifyFinal)(CK_SESSION_HANDLE);
 } CK_FUNCTION_LIST_3_0;
+#endif
 
 /* The 3.0 entry points (p11-kit's 2.40 header does not declare them). */
+#if !HAVE_DECL_C_GETINTERFACELIST
 CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList,
                          CK_ULONG_PTR pulCount);
+#endif
+#if !HAVE_DECL_C_GETINTERFACE
 CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
                      CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
+#endif
 
 /* Vendor attributes: CKA_VENDOR_DEFINED | "CM" << 16 | n (docs/vendor.md). */
 #define CKA_CMK_BASE       (CKA_VENDOR_DEFINED | 0x434D0000UL)

@@ -24,9 +24,9 @@ static CK_RV not_supported(void)
     return CKR_FUNCTION_NOT_SUPPORTED;
 }
 
-static CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
-                         CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
-                         CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen)
+static CK_RV login_user(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
+                        CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
+                        CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen)
 {
     /* No token here has named users; a plain login is the same. */
     if (pUsername != NULL && ulUsernameLen > 0)
@@ -34,7 +34,7 @@ static CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
     return C_Login(hSession, userType, pPin, ulPinLen);
 }
 
-static CK_RV C_SessionCancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
+static CK_RV session_cancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
 {
     struct session *s;
     CK_RV rv = module_enter();
@@ -147,8 +147,8 @@ static CK_FUNCTION_LIST_3_0 function_list_3 = {
     CMK_FUNCTIONS_2_40(LIST_F, LIST_G)
     .C_GetInterfaceList = get_interface_list,
     .C_GetInterface = get_interface,
-    .C_LoginUser = C_LoginUser,
-    .C_SessionCancel = C_SessionCancel,
+    .C_LoginUser = login_user,
+    .C_SessionCancel = session_cancel,
     .C_MessageEncryptInit = (void *)not_supported,
     .C_EncryptMessage = (void *)not_supported,
     .C_EncryptMessageBegin = (void *)not_supported,
@@ -174,9 +174,11 @@ static CK_FUNCTION_LIST_3_0 function_list_3 = {
 
 static CK_UTF8CHAR interface_name[] = "PKCS 11";
 
+/* pInterfaceName is CK_UTF8CHAR * in the OASIS header and p11-kit 0.24's
+ * compat.h, char * in p11-kit 0.25's pkcs11.h. */
 static CK_INTERFACE interfaces[] = {
-    {interface_name, &function_list_3, 0},
-    {interface_name, &function_list, 0},
+    {(void *)interface_name, &function_list_3, 0},
+    {(void *)interface_name, &function_list, 0},
 };
 
 static CK_RV get_function_list(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)

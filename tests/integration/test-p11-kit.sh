@@ -17,8 +17,9 @@ out=$tmp/out
 
 as_user p11-kit list-modules >"$out" 2>"$tmp/err"
 ok $? "p11-kit list-modules exits 0"
-# The module's entry, up to the next module.
-sed -n '/^cmkp11: /,/^[^ ]/p' "$out" >"$tmp/entry"
+# The module's entry, up to the next module ("cmkp11: PATH" before p11-kit
+# 0.25, "module: cmkp11" from 0.25 on).
+sed -n -e '/^cmkp11: /,/^[^ ]/p' -e '/^module: cmkp11$/,/^[^ ]/p' "$out" >"$tmp/entry"
 grep -q "library-manufacturer: cmkp11" "$tmp/entry"
 ok $? "it lists cmkp11 from the user's module file"
 grep -q "token: local$" "$tmp/entry"
