@@ -56,6 +56,8 @@ int config_pkcs1_parse(const char *text);
  * newly allocated path, or NULL with err set if pReserved is malformed.
  */
 char *config_choose_path(const char *reserved, char *err, size_t errlen);
+/* The default path (SYSCONFDIR/cmkp11/cmkp11.conf). */
+const char *config_default_path(void);
 
 /* Parses the file. Returns NULL and writes "FILE:LINE: key: reason" to err
  * on any error; never crashes on bad input. */

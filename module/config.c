@@ -101,6 +101,11 @@ char *config_choose_path(const char *reserved, char *err, size_t errlen)
     return path;
 }
 
+const char *config_default_path(void)
+{
+    return CONFIG_DEFAULT_PATH;
+}
+
 /* ---- parsing ---- */
 
 int config_pkcs1_parse(const char *text)

@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -284,7 +285,16 @@ static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
         cmk_error("C_Initialize: %s", err);
         return CKR_ARGUMENTS_BAD;
     }
-    cfg = config_load(path, err, sizeof(err));
+    if (strcmp(path, config_default_path()) == 0 && access(path, F_OK) != 0 &&
+        errno == ENOENT) {
+        /* Installed but not configured yet: every tool that loads all
+         * p11-kit modules would print an error. No file at the default
+         * path means no tokens; a file named explicitly must exist. */
+        cmk_debug("%s does not exist: no tokens", path);
+        cfg = config_parse(path, "", 0, err, sizeof(err));
+    } else {
+        cfg = config_load(path, err, sizeof(err));
+    }
     free(path);
     if (cfg == NULL) {
         cmk_error("%s", err);

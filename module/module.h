@@ -49,7 +49,12 @@ struct token {
     struct provider_token_info info;
     bool unwrap_fallback; /* unwrap-fallback: try older versions (OAEP) */
     int pkcs1;            /* rsa-pkcs1-decrypt: enum config_pkcs1 */
-    struct pmech *mechs;  /* the provider's and the module's own */
+    /* The back end failed to start (the lower library's C_Initialize, the
+     * vault's credentials): the slot stays, without a token, so the other
+     * tokens keep working. absent_reason says why, for the log. */
+    bool absent;
+    char *absent_reason;
+    struct pmech *mechs; /* the provider's and the module's own */
     CK_ULONG n_mechs;
     /* under g.mutex: */
     bool logged_in;

@@ -19,12 +19,24 @@ static void pad(CK_UTF8CHAR *dst, size_t len, const char *src)
     memcpy(dst, src, n < len ? n : len);
 }
 
-CK_RV token_get(CK_SLOT_ID id, struct token **t)
+static CK_RV slot_get(CK_SLOT_ID id, struct token **t)
 {
     if (id >= g.n_tokens)
         return CKR_SLOT_ID_INVALID;
     *t = &g.tokens[id];
     return CKR_OK;
+}
+
+CK_RV token_get(CK_SLOT_ID id, struct token **t)
+{
+    CK_RV rv = slot_get(id, t);
+
+    if (rv == CKR_OK && (*t)->absent) {
+        cmk_warning("token %s is not present: %s", (*t)->name,
+                    (*t)->absent_reason ? (*t)->absent_reason : "");
+        rv = CKR_TOKEN_NOT_PRESENT;
+    }
+    return rv;
 }
 
 const struct pmech *token_mech(const struct token *t, CK_MECHANISM_TYPE type)
@@ -164,6 +176,17 @@ CK_RV token_setup(struct token *t, const struct config_token *ct)
     if (rv != CKR_OK)
         return rv;
     rv = t->ops->open(ct, &t->ptok, &t->pflags, err, sizeof(err));
+    if (rv == CKR_DEVICE_ERROR) {
+        /* The back end, not the file, is at fault: like p11-kit with a
+         * module that fails, keep the other tokens and show this slot
+         * without a token. */
+        t->ptok = NULL;
+        t->absent = true;
+        t->absent_reason = strdup(err[0] ? err : "the back end did not start");
+        cmk_error("token %s is not available, the other tokens work: %s",
+                  t->name, err[0] ? err : "the back end did not start");
+        return t->absent_reason ? CKR_OK : CKR_HOST_MEMORY;
+    }
     if (rv != CKR_OK) {
         cmk_error("%s", err[0] ? err : "cannot open the token");
         return rv;
@@ -192,6 +215,7 @@ void token_teardown(struct token *t, bool in_child)
     hmap_free(t->by_uid);
     free(t->mechs);
     free(t->name);
+    free(t->absent_reason);
     memset(t, 0, sizeof(*t));
 }
 
@@ -199,22 +223,27 @@ CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList,
                     CK_ULONG_PTR pulCount)
 {
     CK_RV rv = module_enter();
-    CK_ULONG i;
+    CK_ULONG i, n = 0;
 
-    (void)tokenPresent; /* every slot has its token */
     if (rv != CKR_OK)
         return rv;
+    /* With tokenPresent, slots whose back end did not start are left out. */
+    for (i = 0; i < g.n_tokens; i++)
+        if (!tokenPresent || !g.tokens[i].absent)
+            n++;
     if (pulCount == NULL) {
         rv = CKR_ARGUMENTS_BAD;
     } else if (pSlotList == NULL) {
-        *pulCount = g.n_tokens;
-    } else if (*pulCount < g.n_tokens) {
-        *pulCount = g.n_tokens;
+        *pulCount = n;
+    } else if (*pulCount < n) {
+        *pulCount = n;
         rv = CKR_BUFFER_TOO_SMALL;
     } else {
+        n = 0;
         for (i = 0; i < g.n_tokens; i++)
-            pSlotList[i] = g.tokens[i].slot_id;
-        *pulCount = g.n_tokens;
+            if (!tokenPresent || !g.tokens[i].absent)
+                pSlotList[n++] = g.tokens[i].slot_id;
+        *pulCount = n;
     }
     module_leave();
     return rv;
@@ -232,14 +261,15 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
         rv = CKR_ARGUMENTS_BAD;
         goto out;
     }
-    rv = token_get(slotID, &t);
+    rv = slot_get(slotID, &t);
     if (rv != CKR_OK)
         goto out;
     memset(pInfo, 0, sizeof(*pInfo));
     snprintf(desc, sizeof(desc), "cmkp11 %s token %s", t->ops->name, t->name);
     pad(pInfo->slotDescription, sizeof(pInfo->slotDescription), desc);
     pad(pInfo->manufacturerID, sizeof(pInfo->manufacturerID), CMK_MANUFACTURER);
-    pInfo->flags = CKF_TOKEN_PRESENT | (t->info.hardware ? CKF_HW_SLOT : 0);
+    pInfo->flags = (t->absent ? 0 : CKF_TOKEN_PRESENT) |
+                   (t->info.hardware ? CKF_HW_SLOT : 0);
     pInfo->hardwareVersion.major = CMK_VERSION_MAJOR;
     pInfo->hardwareVersion.minor = CMK_VERSION_MINOR;
     pInfo->firmwareVersion = pInfo->hardwareVersion;
