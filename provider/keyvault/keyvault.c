@@ -224,6 +224,13 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
         rv = CKR_HOST_MEMORY;
         goto fail;
     }
+    for (i = 0; kt->allow != NULL && kt->allow[i] != NULL; i++) {
+        char why[400];
+        if (kv_check_key_name(kt->allow[i], why, sizeof(why)) != 0) {
+            rv = bad(err, errlen, cfg, "keys", why);
+            goto fail;
+        }
+    }
     v = config_token_get(cfg, "pin-file");
     if (v != NULL) {
         char msg[300];
@@ -1394,6 +1401,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     int64_t deadline = kv_now_ms() + kt->deadline_ms;
     CK_ULONG bits = 0;
     char name[128], version[128], *esc = NULL, *path = NULL, *body = NULL;
+    char bad_name[400];
     struct kv_result res;
     struct kv_key *k;
     struct kv_version *v;
@@ -1404,15 +1412,23 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     if (la == NULL)
         la = tmpl_find(pubt, npub, CKA_LABEL);
     if (la == NULL || la->pValue == NULL || la->ulValueLen == 0 ||
-        la->ulValueLen >= sizeof(name))
-        return CKR_TEMPLATE_INCOMPLETE; /* Key Vault keys need a name */
+        la->ulValueLen >= sizeof(name)) {
+        cmk_warning("key pair generation: a Key Vault key needs a name: give "
+                    "CKA_LABEL (1 to 127 letters, digits and hyphens)");
+        return CKR_TEMPLATE_INCOMPLETE;
+    }
     memcpy(name, la->pValue, la->ulValueLen);
     name[la->ulValueLen] = '\0';
-    if (strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                     "0123456789-") != strlen(name))
+    if (kv_check_key_name(name, bad_name, sizeof(bad_name)) != 0) {
+        cmk_warning("key pair generation: CKA_LABEL %s", bad_name);
         return CKR_ATTRIBUTE_VALUE_INVALID;
-    if (!config_list_allows(kt->allow, name))
+    }
+    if (!config_list_allows(kt->allow, name)) {
+        cmk_warning("key pair generation: '%s' is not in this token's keys = "
+                    "list; add it there to create it, or name a key that is",
+                    name);
         return CKR_TEMPLATE_INCONSISTENT;
+    }
     if (tmpl_find_ulong(pubt, npub, CKA_MODULUS_BITS, &bits) < 0 ||
         (bits != 0 && bits != 2048 && bits != 3072 && bits != 4096))
         return CKR_KEY_SIZE_RANGE;

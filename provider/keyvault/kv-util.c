@@ -178,3 +178,36 @@ long long kv_json_int(json_object *o, const char *key, long long dflt)
     }
     return dflt;
 }
+
+/*
+ * Object names in Key Vault: 1 to 127 characters, 0-9, a-z, A-Z and "-"
+ * ("Vault-name and Object-name" in "About keys, secrets and certificates",
+ * Azure Key Vault documentation). A URL is the usual mistake: the key
+ * identifier pasted where its name belongs.
+ */
+int kv_check_key_name(const char *name, char *why, size_t len)
+{
+    size_t i, n = strlen(name);
+
+    if (strstr(name, "://") != NULL || strncmp(name, "https:", 6) == 0) {
+        snprintf(why, len,
+                 "'%s' is a URL; keys = takes key names (the part after "
+                 "/keys/ in a key identifier), the vault is vault-url",
+                 name);
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        char c = name[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+              (c >= 'A' && c <= 'Z') || c == '-'))
+            break;
+    }
+    if (n == 0 || n > 127 || i < n) {
+        snprintf(why, len,
+                 "'%s' is not a Key Vault key name (1 to 127 letters, "
+                 "digits and hyphens)",
+                 name);
+        return -1;
+    }
+    return 0;
+}

@@ -111,6 +111,9 @@ CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
                   char *message, size_t msglen);
 
 /* ---- helpers (kv-util.c) ---- */
+/* 0 if name is a Key Vault key name (1 to 127 ASCII letters, digits and
+ * hyphens); otherwise -1 with why written. */
+int kv_check_key_name(const char *name, char *why, size_t len);
 
 char *kv_b64url_encode(const unsigned char *in, size_t len);
 /* Decodes base64url (padded or not); returns a malloc'd buffer. */
