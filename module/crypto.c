@@ -441,6 +441,62 @@ static void input_hash(const CK_BYTE *in, CK_ULONG len, unsigned char *h)
 /*
  * The output convention. in is the whole prepared input of the call.
  */
+/*
+ * Data encrypted under an older version, decrypted through the key's label
+ * object (the current version): with unwrap-fallback, OAEP tries the other
+ * enabled versions as C_UnwrapKey does; otherwise the log says they exist
+ * and how to name one. Never PKCS#1 v1.5 (see key_fallback_versions).
+ */
+static CK_RV decrypt_older(struct session *s, struct op *op, const CK_BYTE *in,
+                           CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen,
+                           CK_ULONG cap)
+{
+    struct object *others[CMK_FALLBACK_MAX], *current = op->key;
+    CK_ULONG n, i, len = *outlen;
+    CK_RV rv = CKR_ENCRYPTED_DATA_INVALID, r;
+    char *name, *ver;
+    CK_ULONG vlen = 0;
+
+    if (op->mech.mechanism != CKM_RSA_PKCS_OAEP || current->secret != NULL ||
+        !object_get_bool(current, CKA_CMK_CURRENT, false))
+        return rv;
+    n = key_fallback_versions(s, current, CKA_DECRYPT, others);
+    if (n == 0)
+        return rv;
+    name = object_get_value(current, CKA_CMK_KEY_NAME, &vlen);
+    if (!s->token->unwrap_fallback) {
+        ver = object_get_value(others[0], CKA_CMK_VERSION, &vlen);
+        cmk_warning("token %s: key %s: the data does not decrypt with the "
+                    "current version and %lu older version(s) exist: set "
+                    "unwrap-fallback = yes, or name one as object=%s@%s",
+                    s->token->name, name ? name : "?", (unsigned long)n,
+                    name ? name : "NAME", ver ? ver : "VERSION");
+        free(ver);
+    }
+    for (i = 0; s->token->unwrap_fallback && i < n; i++) {
+        op->key = others[i];
+        len = cap;
+        r = op_run(s, op, OP_DECRYPT, in, inlen, out, &len);
+        if (r == CKR_OK) {
+            ver = object_get_value(others[i], CKA_CMK_VERSION, &vlen);
+            cmk_info("token %s: key %s: the data was encrypted under an older "
+                     "version (%s); decrypted with it",
+                     s->token->name, name ? name : "?", ver ? ver : "?");
+            free(ver);
+            *outlen = len;
+            rv = CKR_OK;
+            break;
+        }
+        if (r != CKR_ENCRYPTED_DATA_INVALID)
+            break; /* not a wrong-version answer: stop here */
+    }
+    op->key = current;
+    free(name);
+    for (i = 0; i < n; i++)
+        object_unref(others[i]);
+    return rv;
+}
+
 static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
                      const CK_BYTE *in, CK_ULONG inlen, CK_BYTE_PTR out,
                      CK_ULONG_PTR outlen)
@@ -477,6 +533,8 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
         len = cap;
         s->device_error = 0;
         rv = op_run(s, op, kind, in, inlen, res, &len);
+        if (rv == CKR_ENCRYPTED_DATA_INVALID && kind == OP_DECRYPT)
+            rv = decrypt_older(s, op, in, inlen, res, &len, cap);
         audit_record(s, op->key, op_spec[kind].name, op->mech.mechanism, rv,
                      s->device_error);
         if (rv != CKR_OK) {

@@ -621,10 +621,8 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
  * enabled versions are tried, newest first, at most CMK_FALLBACK_MAX.
  * Never for PKCS#1 v1.5, whose padding can look valid under a wrong key.
  */
-#define CMK_FALLBACK_MAX 8
-
-static CK_ULONG fallback_versions(struct session *s, struct object *key,
-                                  struct object **out)
+CK_ULONG key_fallback_versions(struct session *s, struct object *key,
+                               CK_ATTRIBUTE_TYPE usage, struct object **out)
 {
     struct hmap_iter it;
     unsigned long h;
@@ -642,7 +640,7 @@ static CK_ULONG fallback_versions(struct session *s, struct object *key,
         long long when;
         if (o == key || o->session != 0 || !object_visible_unlocked(s, o) ||
             attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL) != CKO_PRIVATE_KEY ||
-            !attrs_get_bool(&o->attrs, CKA_UNWRAP, false) ||
+            !attrs_get_bool(&o->attrs, usage, false) ||
             !attrs_get_bool(&o->attrs, CKA_CMK_ENABLED, false))
             continue;
         on = attrs_find(&o->attrs, CKA_CMK_KEY_NAME);
@@ -722,7 +720,7 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         !object_get_bool(key, CKA_CMK_CURRENT, false))
         goto put;
     first = rv;
-    n_others = fallback_versions(s, key, others);
+    n_others = key_fallback_versions(s, key, CKA_UNWRAP, others);
     for (i = 0; i < n_others; i++) {
         rv = unwrap_one(s, others[i], pMechanism, pWrappedKey, ulWrappedKeyLen,
                         pTemplate, ulAttributeCount, phKey);

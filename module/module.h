@@ -202,6 +202,11 @@ const CK_ATTRIBUTE *certs_hint(const struct token *t, const CK_ATTRIBUTE *hint,
 void certs_add(struct session *s, struct pobj **objs, CK_ULONG *n);
 
 /* keys.c: secret keys and templates */
+/* Version-aware RSA decryption (OAEP): the key's other enabled versions
+ * with usage true (CKA_UNWRAP, CKA_DECRYPT), newest first, referenced. */
+#define CMK_FALLBACK_MAX 8
+CK_ULONG key_fallback_versions(struct session *s, struct object *key,
+                               CK_ATTRIBUTE_TYPE usage, struct object **out);
 CK_RV secret_template_check(struct token *t, const CK_ATTRIBUTE *tmpl,
                             CK_ULONG n, CK_KEY_TYPE *kt, CK_ULONG *value_len,
                             bool creating_value);

@@ -5,6 +5,7 @@ through its own version's object, and a PKCS#1 v1.5 blob of version 1
 does not unwrap through the label object (no fallback for v1.5)."""
 import os
 import subprocess
+import sys
 
 from kvtest import (Tap, PyKCS11, find, ckr, aes_template, OAEP256, OAEP1,
                     PKCS1, emulator_config, write_private, APP_SECRET)
@@ -84,6 +85,7 @@ def unwraps_to(ses, priv, blob, mech, value):
     return 0 if got == value else "different key"
 
 
+cts = {}
 for tok in ("local", "kv"):
     ses = session(tok)
     pub1 = find(ses, P.CKO_PUBLIC_KEY, "kek")[0]
@@ -92,6 +94,9 @@ for tok in ("local", "kv"):
     blob1, v1 = wrap(ses, pub1, OAEP256)
     blob1s, v1s = wrap(ses, pub1, OAEP1)
     blob1p, v1p = wrap(ses, pub1, PKCS1)
+    secret1 = b"encrypted under version 1"
+    ct1 = bytes(ses.encrypt(pub1, secret1, OAEP256))
+    cts[tok] = ct1
 
     pub2, priv2 = ses.generateKeyPair(
         [(P.CKA_LABEL, "kek"), (P.CKA_TOKEN, True)],
@@ -113,6 +118,12 @@ for tok in ("local", "kv"):
          "(fallback)" % tok)
     t.eq(unwraps_to(ses, label_priv, blob1s, OAEP1, v1s), 0,
          "%s: a version-1 OAEP-SHA1 blob too" % tok)
+    try:
+        got = bytes(ses.decrypt(label_priv, ct1, OAEP256))
+    except P.PyKCS11Error as e:
+        got = e.value
+    t.eq(got, secret1, "%s: C_Decrypt (OAEP) through the label object "
+         "decrypts data of version 1 (fallback)" % tok)
     old = find(ses, P.CKO_PRIVATE_KEY, id=id1)
     t.eq(len(old), 1, "%s: version 1 is found by its CKA_ID" % tok)
     t.eq(unwraps_to(ses, old[0], blob1, OAEP256, v1), 0,
@@ -134,3 +145,39 @@ for tok in ("local", "kv"):
 
 with open(os.path.join(work, "cmkp11.log")) as f:
     t.ok("older version" in f.read(), "the log says an older version unwrapped")
+
+with open(os.path.join(work, "cmkp11.log")) as f:
+    t.ok("key kek: the data was encrypted under an older version (" in
+         f.read(), "the log says an older version decrypted")
+
+# unwrap-fallback = no: C_Decrypt does not try; the log says what to do.
+os.environ["CMKP11_CONF"] = write_private(
+    os.path.join(work, "nofallback.conf"), conf + "unwrap-fallback = no\n")
+CHILD = """
+import sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+for slot in lib.getSlotList(tokenPresent=True):
+    if lib.getTokenInfo(slot).label.strip() == "kv":
+        ses = lib.openSession(slot)
+o = ses.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_LABEL, "kek")])[0]
+m = P.RSAOAEPMechanism(P.CKM_SHA256, P.CKG_MGF1_SHA256)
+try:
+    ses.decrypt(o, bytes.fromhex(sys.argv[2]), m); print("CKR_OK")
+except P.PyKCS11Error as e:
+    print(P.CKR[e.value])
+"""
+open(os.path.join(work, "cmkp11.log"), "w").close()
+r = subprocess.run([sys.executable, "-c", CHILD, os.environ.get("CMKP11_MODULE") or
+                    os.path.join(os.environ.get("top_builddir", "."), ".libs",
+                                 "cmkp11.so"), cts["kv"].hex()],
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   universal_newlines=True)
+t.ok(r.stdout.strip() == "CKR_ENCRYPTED_DATA_INVALID",
+     "kv, unwrap-fallback = no: C_Decrypt of version-1 data through the label "
+     "object fails", (r.stdout, r.stderr[-1500:]))
+with open(os.path.join(work, "cmkp11.log")) as f:
+    text = f.read()
+t.ok("token kv: key kek: the data does not decrypt with the current version "
+     "and 1 older version(s) exist: set unwrap-fallback = yes, or name one as "
+     "object=kek@" in text, "... and the log says older versions exist and "
+     "how to name one", text)
