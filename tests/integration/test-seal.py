@@ -485,6 +485,18 @@ ok = all(run("unseal", s, "-o", s + ".u", conf=hconf)[0] == 0 and
 t.ok(ok, "hsm: files under the old and the new version both unseal")
 for s in (sa, sb):
     os.unlink(s + ".u")
+# A URI that names the old version seals under that version, and says so.
+so = os.path.join(work, "old.sealed")
+rc, out, err = run("seal", "--key", "pkcs11:token=local;object=kek@02", pb,
+                   "-o", so, conf=hconf)
+t.ok(rc == 0 and Sealed(rfile(so)).key_version == "02" and
+     out.decode().strip() == "sealed %d bytes from %s into %s under key kek "
+     "version 02 (not the current version) on token local" % (SEG // 2, pb, so),
+     "hsm: seal with a URI naming the old version uses that version", (out, err))
+rc, out, err = run("unseal", so, "-o", so + ".u", conf=hconf)
+t.ok(rc == 0 and rfile(so + ".u") == rfile(pb), "hsm: ... and it unseals")
+os.unlink(so)
+os.unlink(so + ".u")
 rc, out, err = run("rewrap", rd, conf=hconf)
 after = Sealed(rfile(sa))
 t.ok(rc == 0 and out.decode().strip() == "rewrapped 1 file, skipped 1 "

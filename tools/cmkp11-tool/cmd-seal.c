@@ -573,7 +573,19 @@ static int target_resolve(struct sctx *c, const char *key_arg,
         }
     }
     if (nmatch == 1) {
-        out->v = tkey_current(out->key);
+        /* A URI may name a version (id=, object=NAME@VERSION): that one,
+         * else the current one. */
+        out->v = tkey_selected(out->key);
+        if (out->v != NULL && !out->v->current &&
+            (out->v->pub == 0 || !out->v->enabled)) {
+            efmt(err,
+                 "'%s' names version %s of key %s on token %s, which %s; "
+                 "name the key alone for its current version",
+                 key_arg, out->v->version ? out->v->version : "?",
+                 out->key->name, out->ts->t->label,
+                 out->v->pub == 0 ? "has no public key object" : "is disabled");
+            goto out;
+        }
         if (out->v == NULL || out->v->pub == 0 || out->v->version == NULL) {
             efmt(err, "key %s on token %s has no usable current version",
                  out->key->name, out->ts->t->label);
@@ -1056,9 +1068,10 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         jw_end_object(&w);
         jw_finish(&w);
     } else if (!is_stdout(outpath)) {
-        printf("sealed %llu bytes from %s into %s under key %s version %s on "
-               "token %s\n",
+        printf("sealed %llu bytes from %s into %s under key %s version %s%s "
+               "on token %s\n",
                res.bytes, in_name(inpath), outpath, tg.key->name, tg.v->version,
+               tg.v->current ? "" : " (not the current version)",
                tg.ts->t->label);
     }
     status = TOOL_OK;
