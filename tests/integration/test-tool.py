@@ -55,7 +55,23 @@ def run_json(*args, **kw):
     except ValueError as e:
         doc = None
         t.diag("not JSON (%s): %r\nstderr: %s" % (e, out[:2000], err))
+    if "check" in args and doc is not None:
+        doc = check_keys(doc)
     return rc, doc, err
+
+
+def check_keys(doc):
+    """check --json has one shape, {"result", "keys": [...]}, whatever the
+    number of keys; the outer result is PASS when every key passed. Returns
+    the key's object for one key, the list for several, None (after a
+    diagnostic) for any other shape."""
+    if not isinstance(doc, dict) or sorted(doc) != ["keys", "result"] or \
+            not isinstance(doc["keys"], list) or not doc["keys"] or \
+            doc["result"] != ("PASS" if all(k.get("result") == "PASS"
+                                            for k in doc["keys"]) else "FAIL"):
+        t.diag("check --json: not {result, keys: [...]}: %r" % (doc,))
+        return None
+    return doc["keys"][0] if len(doc["keys"]) == 1 else doc["keys"]
 
 
 def rows(doc):

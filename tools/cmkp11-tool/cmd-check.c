@@ -591,9 +591,14 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     for (i = 0; i < nres; i++)
         if (!result_pass(&res[i]))
             status = TOOL_FAILED;
+    /* One shape for scripts, whatever the number of keys. */
     jw_init(&w, stdout);
-    if (o->json && nres > 1)
+    if (o->json) {
+        jw_begin_object(&w);
+        jw_kv_string(&w, "result", status == TOOL_OK ? "PASS" : "FAIL");
+        jw_key(&w, "keys");
         jw_begin_array(&w);
+    }
     for (i = 0; i < nres; i++) {
         if (o->json)
             result_json(&w, &res[i]);
@@ -601,8 +606,8 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
             result_text(&res[i], i == 0);
     }
     if (o->json) {
-        if (nres > 1)
-            jw_end_array(&w);
+        jw_end_array(&w);
+        jw_end_object(&w);
         jw_finish(&w);
     }
 out:
