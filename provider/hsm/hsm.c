@@ -970,7 +970,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     struct rsa_key_desc d;
     char uid[160], version[130], source[600], ops[128];
     CK_BYTE *nn;
-    bool dec, unw, sig;
+    bool dec, unw, sig, wrp, enc;
     int r = -1;
 
     free(start); /* validity dates are not enforced on hsm keys */
@@ -984,13 +984,17 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     dec = v->priv && get_bool(ht, s, v->priv, CKA_DECRYPT);
     unw = v->priv && get_bool(ht, s, v->priv, CKA_UNWRAP);
     sig = v->priv && get_bool(ht, s, v->priv, CKA_SIGN);
+    /* The lower public key's own flags, where it has one: what check
+     * tells the user to set is what is used. */
+    wrp = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_WRAP));
+    enc = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_ENCRYPT));
     hex(v->id, v->id_len, version, sizeof(version));
     snprintf(uid, sizeof(uid), "hsm/%s", version);
     snprintf(source, sizeof(source), "%s;token=%s", ht->module_path,
              ht->token_label ? ht->token_label : ht->token_uri);
-    snprintf(ops, sizeof(ops), "%s%s%s%s", dec ? "decrypt," : "",
-             unw ? "unwrapKey," : "", sig ? "sign," : "",
-             "encrypt,wrapKey,verify");
+    snprintf(ops, sizeof(ops), "%s%s%s%s%s%s", dec ? "decrypt," : "",
+             unw ? "unwrapKey," : "", sig ? "sign," : "", enc ? "encrypt," : "",
+             wrp ? "wrapKey," : "", "verify");
     memset(&d, 0, sizeof(d));
     d.uid_prefix = uid;
     d.label = v->label;
@@ -1003,7 +1007,8 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.decrypt = dec;
     d.unwrap = unw;
     d.sign = sig && (dec || unw); /* a disabled version signs nothing */
-    d.encrypt = d.wrap = dec || unw;
+    d.encrypt = enc;
+    d.wrap = wrp;
     d.verify = true;
     d.private_obj = !ht->self_login;
     d.enabled = dec || unw;

@@ -183,3 +183,72 @@ t.eq(out.get("keygen"), "CKR_ATTRIBUTE_VALUE_INVALID",
      "a label that is no Key Vault name: CKR_ATTRIBUTE_VALUE_INVALID")
 t.ok("key pair generation: CKA_LABEL 'bad_name' is not a Key Vault key name"
      in s.log_text(), "... and the log says why", s.log_text())
+
+# ---- the lower token's CKA_WRAP: the back end and check agree ----
+TOOL = os.path.join(os.environ.get("top_builddir", "."), "cmkp11-tool")
+hsm_dir = os.path.join(d, "softhsm")
+r = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests/softhsm-init.sh"),
+                    hsm_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+t.eq(r.returncode, 0, "softhsm-init.sh made a token")
+hsm_env = {"SOFTHSM2_CONF": os.path.join(hsm_dir, "softhsm2.conf")}
+GEN = r'''
+import sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+ses = lib.openSession(lib.getSlotList(tokenPresent=True)[0],
+                      P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+ses.login("1234")
+ses.generateKeyPair(
+    [(P.CKA_TOKEN, True), (P.CKA_LABEL, "nowrap"), (P.CKA_ID, b"\x60"),
+     (P.CKA_MODULUS_BITS, 2048), (P.CKA_PUBLIC_EXPONENT, (1, 0, 1)),
+     (P.CKA_ENCRYPT, True), (P.CKA_WRAP, False), (P.CKA_VERIFY, True)],
+    [(P.CKA_TOKEN, True), (P.CKA_LABEL, "nowrap"), (P.CKA_ID, b"\x60"),
+     (P.CKA_PRIVATE, True), (P.CKA_SENSITIVE, True), (P.CKA_DECRYPT, True),
+     (P.CKA_UNWRAP, True), (P.CKA_SIGN, True)],
+    P.MechanismRSAGENERATEKEYPAIR)
+'''
+r = subprocess.run([sys.executable, "-c", GEN, SOFTHSM],
+                   env=dict(os.environ, **hsm_env), stderr=subprocess.PIPE,
+                   universal_newlines=True)
+t.eq(r.returncode, 0, "a key pair whose public half has CKA_WRAP false")
+pin = write_private(os.path.join(d, "pin"), "1234\n")
+conf = s.write_conf([("local", "backend = hsm\nmodule = %s\n"
+                      "token-label = cmk\npin-file = %s\n" % (SOFTHSM, pin))])
+env = dict(os.environ, CMKP11_CONF=conf, **hsm_env)
+r = subprocess.run([TOOL, "--module", MODULE, "--json", "check", "local",
+                    "nowrap"], env=env, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, universal_newlines=True)
+try:
+    doc = json.loads(r.stdout)
+    rows = {w["name"]: w for w in doc["keys"][0]["checks"]}
+except (ValueError, KeyError, IndexError):
+    rows = {}
+ops = rows.get("key-ops", {})
+t.ok(r.returncode == 1 and ops.get("result") == "FAIL" and
+     ops.get("detail", "").startswith("wrapKey not permitted") and
+     "CKA_WRAP on the public key" in ops.get("remedy", ""),
+     "check: the lower public key's CKA_WRAP false is a FAIL with the remedy",
+     (r.stdout, r.stderr))
+WRAP = r'''
+import sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+ses = lib.openSession(lib.getSlotList(tokenPresent=True)[0],
+                      P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+pub = ses.findObjects([(P.CKA_CLASS, P.CKO_PUBLIC_KEY),
+                       (P.CKA_LABEL, sys.argv[2])])[0]
+wrap = ses.getAttributeValue(pub, [P.CKA_WRAP])[0]
+dek = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                       (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_VALUE_LEN, 32),
+                       (P.CKA_EXTRACTABLE, True), (P.CKA_TOKEN, False)])
+try:
+    ses.wrapKey(pub, dek, P.RSAOAEPMechanism(P.CKM_SHA256, P.CKG_MGF1_SHA256))
+    print(wrap, "CKR_OK")
+except P.PyKCS11Error as e:
+    print(wrap, P.CKR[e.value])
+'''
+for label, want in (("nowrap", "False CKR_KEY_FUNCTION_NOT_PERMITTED"),
+                    ("kek", "True CKR_OK")):
+    r = subprocess.run([sys.executable, "-c", WRAP, MODULE, label], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    t.eq(r.stdout.strip(), want, "the module: %s's public key has CKA_WRAP "
+         "%s and C_WrapKey gives %s" % ((label,) + tuple(want.split())))
