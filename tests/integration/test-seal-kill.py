@@ -215,4 +215,45 @@ t.ok(p.returncode == 0 and b"\r[" in tty and b"100%" in tty and
      "on a terminal: a progress bar on standard error, then the summary",
      (tty[-300:], out))
 
+
+
+def on_tty(args):
+    """Runs the tool with standard error on a terminal: (status, what the
+    terminal showed)."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen(CMD + args, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    p.wait()
+    os.close(master)
+    return p.returncode, shown
+
+
+big = os.path.join(work, "big")
+with open(big, "wb") as f:
+    f.write(os.urandom(3 * 1024 * 1024))
+sealed = big + ".sealed"
+rc, shown = on_tty(["seal", "--key", "kek", big, "-o", sealed])
+t.ok(rc == 0 and b"\r[" in shown and b"100%  3.0/3.0 MiB" in shown and
+     shown.endswith(b"\r\033[K"), "seal of 3 MiB on a terminal: a progress "
+     "bar on standard error, cleared at the end", shown[-300:])
+rc, shown = on_tty(["unseal", sealed, "-o", big + ".out"])
+t.ok(rc == 0 and b"\r[" in shown and b"100%" in shown and
+     shown.endswith(b"\r\033[K") and rfile(big + ".out") == rfile(big),
+     "unseal on a terminal: the same", shown[-300:])
+os.unlink(big + ".out")
+for args in (["seal", "--key", "kek", big, "-o", sealed],
+             ["unseal", sealed, "-o", big + ".out"]):
+    p = subprocess.run(CMD + args, capture_output=True)
+    t.ok(p.returncode == 0 and p.stderr == b"", "%s, standard error not a "
+         "terminal: nothing on it" % args[0], p.stderr[-300:])
+
 shutil.rmtree(work, ignore_errors=True)

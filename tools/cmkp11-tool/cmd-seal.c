@@ -850,9 +850,87 @@ static void hex(const unsigned char *p, size_t n, char *out, size_t outlen)
 /* ---- seal -----------------------------------------------------------------
  */
 
+/* The progress bar on a terminal. */
+struct progress {
+    bool on;
+    unsigned long long total, done;
+    size_t files, nfiles;
+    struct timespec last;
+};
+
+static void progress_draw(struct progress *p, bool force)
+{
+    struct timespec now;
+    int width = 30, fill, pct;
+
+    if (!p->on)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!force && (now.tv_sec - p->last.tv_sec) * 1000 +
+                          (now.tv_nsec - p->last.tv_nsec) / 1000000 <
+                      100)
+        return;
+    p->last = now;
+    pct = p->total ? (int)(p->done * 100 / p->total) : 100;
+    fill = pct * width / 100;
+    if (p->nfiles == 0 && p->total == 0) /* a pipe: its size is unknown */
+        fprintf(stderr, "\r%.1f MiB", p->done / 1048576.0);
+    else if (p->nfiles == 0)
+        fprintf(stderr, "\r[%.*s%*s] %3d%%  %.1f/%.1f MiB", fill,
+                "##############################", width - fill, "", pct,
+                p->done / 1048576.0, p->total / 1048576.0);
+    else
+        fprintf(stderr, "\r[%.*s%*s] %3d%%  %zu/%zu files  %.1f/%.1f MiB", fill,
+                "##############################", width - fill, "", pct,
+                p->files, p->nfiles, p->done / 1048576.0, p->total / 1048576.0);
+    fflush(stderr);
+}
+
+static void progress_clear(struct progress *p)
+{
+    if (p->on)
+        fputs("\r\033[K", stderr);
+}
+
+/* seal and unseal: a bar on stderr when it is a terminal and the input
+ * is large (or of unknown size), as rewrap shows; nothing otherwise. */
+#define PROGRESS_MIN (1024UL * 1024)
+
+static void progress_start(struct progress *p, FILE *in)
+{
+    struct stat st;
+
+    memset(p, 0, sizeof(*p));
+    if (!isatty(STDERR_FILENO))
+        return;
+    if (fstat(fileno(in), &st) == 0 && S_ISREG(st.st_mode)) {
+        p->total = (unsigned long long)st.st_size;
+        p->on = p->total >= PROGRESS_MIN;
+    } else {
+        p->on = true;
+    }
+}
+
+/* All read (unseal counts segments, not the header): the full bar. */
+static void progress_finish(struct progress *p)
+{
+    if (p->total > p->done)
+        p->done = p->total;
+    progress_draw(p, true);
+}
+
+static void progress_add(struct progress *p, unsigned long long n)
+{
+    p->done += n;
+    if (p->total != 0 && p->done > p->total)
+        p->total = p->done;
+    progress_draw(p, false);
+}
+
 struct seal_result {
     unsigned long long bytes;
     unsigned long segments;
+    struct progress pg;
 };
 
 static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
@@ -889,6 +967,7 @@ static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
 
     memset(&h, 0, sizeof(h));
     memset(res, 0, sizeof(*res));
+    progress_start(&res->pg, in);
     rv = c->m->f->C_GenerateKey(s, &kgen, gen, CMK_ARRAY_SIZE(gen), &dek);
     if (rv != CKR_OK) {
         efmt(err, "C_GenerateKey (the AES-256 data key) on token %s: %s",
@@ -959,6 +1038,7 @@ static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
             goto write_error;
         res->bytes += (unsigned long long)cur_len;
         res->segments++;
+        progress_add(&res->pg, (unsigned long long)cur_len);
         if (last)
             break;
         if (i == UINT32_MAX) {
@@ -1019,7 +1099,7 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     char err[ERRLEN];
     struct sctx c;
     struct jw w;
-    int status = TOOL_FAILED;
+    int status = TOOL_FAILED, r;
 
     memset(&c, 0, sizeof(c));
     if (o->json && is_stdout(outpath)) {
@@ -1049,7 +1129,11 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     } else {
         out = of.f;
     }
-    if (seal_stream(&c, &tg, in, out, &res, err) < 0) {
+    r = seal_stream(&c, &tg, in, out, &res, err);
+    if (r == 0)
+        progress_finish(&res.pg);
+    progress_clear(&res.pg);
+    if (r < 0) {
         if (out != stdout)
             out_discard(&of);
         goto fail;
@@ -1093,6 +1177,7 @@ struct unseal_result {
     unsigned long segments;
     bool fallback;
     const char *token;
+    struct progress pg;
 };
 
 /* Reads segments from in (after the header), writes verified plaintext to
@@ -1160,6 +1245,7 @@ static int unseal_segments(struct sctx *c, struct tstate *s,
         }
         res->bytes += n;
         res->segments++;
+        progress_add(&res->pg, (unsigned long long)cur_len);
         if (last)
             break;
         if (i == UINT32_MAX) {
@@ -1218,7 +1304,7 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     char err[ERRLEN];
     struct sctx c;
     struct jw w;
-    int status = TOOL_FAILED;
+    int status = TOOL_FAILED, r;
 
     memset(&c, 0, sizeof(c));
     memset(&h, 0, sizeof(h));
@@ -1257,7 +1343,12 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         goto fail;
     else
         out = of.f;
-    if (unseal_segments(&c, s, dek, &h, in, out, &res, err) < 0) {
+    progress_start(&res.pg, in);
+    r = unseal_segments(&c, s, dek, &h, in, out, &res, err);
+    if (r == 0)
+        progress_finish(&res.pg);
+    progress_clear(&res.pg);
+    if (r < 0) {
         if (out != stdout)
             out_discard(&of);
         goto fail;
@@ -1414,41 +1505,6 @@ static int walk(struct items *l, const char *dir, int depth)
         free(names[i]);
     free(names);
     return bad;
-}
-
-/* The progress bar on a terminal. */
-struct progress {
-    bool on;
-    unsigned long long total, done;
-    size_t files, nfiles;
-    struct timespec last;
-};
-
-static void progress_draw(struct progress *p, bool force)
-{
-    struct timespec now;
-    int width = 30, fill, pct;
-
-    if (!p->on)
-        return;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (!force && (now.tv_sec - p->last.tv_sec) * 1000 +
-                          (now.tv_nsec - p->last.tv_nsec) / 1000000 <
-                      100)
-        return;
-    p->last = now;
-    pct = p->total ? (int)(p->done * 100 / p->total) : 100;
-    fill = pct * width / 100;
-    fprintf(stderr, "\r[%.*s%*s] %3d%%  %zu/%zu files  %.1f/%.1f MiB", fill,
-            "##############################", width - fill, "", pct, p->files,
-            p->nfiles, p->done / 1048576.0, p->total / 1048576.0);
-    fflush(stderr);
-}
-
-static void progress_clear(struct progress *p)
-{
-    if (p->on)
-        fputs("\r\033[K", stderr);
 }
 
 enum outcome { RW_DONE, RW_SKIPPED, RW_FAILED };
