@@ -17,4 +17,21 @@ echo "$out" | grep -q 'unseal refused, as it must be'
 ok $? "revocation stopped unsealing"
 echo "$out" | grep -q '^unsealed again'
 ok $? "restoring access restored service"
+# Every command is echoed before it runs, so the demo can be followed by
+# hand: one "$ " line for each command of each kind.
+for cmd in './cmkp11-tool --module [^ ]*/cmkp11.so check payments payments-kek' \
+    './cmkp11-tool --module [^ ]*/cmkp11.so rotate payments payments-kek' \
+    './cmkp11-tool --module [^ ]*/cmkp11.so rewrap [^ ]*/sample.cmk' \
+    '/usr/bin/python3 scripts/envelope.py seal [^ ]*/cmkp11.so local kek 1234 ' \
+    'tests/kvemu/kvemu-admin --state-dir [^ ]*/kvemu revoke app' \
+    'pkcs11-tool --module [^ ]*/cmkp11.so -L' \
+    'cat >[^ ]*/cmkp11.conf <<EOT' \
+    'printf .%s\\n. "\$AZURE_CLIENT_SECRET" >[^ ]*/payments.secret'; do
+    echo "$out" | grep -q "^\$ $cmd"
+    ok $? "the demo echoes \$ $cmd"
+done
+n=$(echo "$out" | grep -c '^\$ ./cmkp11-tool ')
+ok "$([ "$n" -eq 10 ]; echo $?)" "each of the 10 cmkp11-tool commands is echoed ($n)"
+echo "$out" | grep -q "$(cat "$dir/payments.secret" 2>/dev/null || echo no-such-secret)"
+ok "$([ $? -ne 0 ]; echo $?)" "the client secret itself is not shown"
 done_testing
