@@ -14,7 +14,10 @@ fi
 if [ ! -x configure ] || [ configure.ac -nt configure ]; then
     autoreconf -fi >/dev/null 2>&1 || { autoreconf -fi; exit 2; }
 fi
-if [ ! -f Makefile ] || [ configure -nt Makefile ]; then
+# A tree configured without --enable-strict is configured again: the
+# suite always builds with -Werror.
+if [ ! -f Makefile ] || [ configure -nt Makefile ] ||
+    ! grep -q -e "--enable-strict" config.status 2>/dev/null; then
     ./configure --enable-strict ${CHECK_CONFIGURE_FLAGS:-} -q || exit 2
 fi
 jobs=$(nproc 2>/dev/null || echo 2)
