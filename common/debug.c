@@ -52,7 +52,8 @@ static const struct {
 } categories[] = {
     {"module", CMK_DEBUG_MODULE},     {"hsm", CMK_DEBUG_HSM},
     {"keyvault", CMK_DEBUG_KEYVAULT}, {"config", CMK_DEBUG_CONFIG},
-    {"mock", CMK_DEBUG_MOCK},         {"all", CMK_DEBUG_ALL},
+    {"mock", CMK_DEBUG_MOCK},         {"http", CMK_DEBUG_HTTP},
+    {"all", CMK_DEBUG_ALL},
 };
 
 int cmk_log_level_parse(const char *text, int *level)

@@ -25,6 +25,7 @@ enum cmk_debug_category {
     CMK_DEBUG_KEYVAULT = 1 << 2,
     CMK_DEBUG_CONFIG = 1 << 3,
     CMK_DEBUG_MOCK = 1 << 4,
+    CMK_DEBUG_HTTP = 1 << 5, /* one line per Key Vault or Entra request */
     CMK_DEBUG_ALL = 0xff,
 };
 

@@ -213,6 +213,12 @@ static size_t on_header(char *data, size_t size, size_t n, void *user)
     } else if (header_is(data, len, "retry-after-ms", &v, &vlen) ||
                header_is(data, len, "x-ms-retry-after-ms", &v, &vlen)) {
         r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1);
+    } else if (header_is(data, len, "x-ms-request-id", &v, &vlen)) {
+        snprintf(r->request_id, sizeof(r->request_id), "%.*s",
+                 (int)(vlen < sizeof(r->request_id)
+                           ? vlen
+                           : sizeof(r->request_id) - 1),
+                 v);
     } else if (header_is(data, len, "Retry-After", &v, &vlen) &&
                r->retry_after_ms < 0) {
         /* Seconds; an HTTP date is not used by Key Vault. */
@@ -241,12 +247,58 @@ void kv_response_clear(struct kv_response *r)
     r->retry_after_ms = -1;
 }
 
+bool kv_http_tls_failure(CURLcode rc)
+{
+    return rc == CURLE_PEER_FAILED_VERIFICATION;
+}
+
+/* The origin ("https://host[:port]") and the path of url, the query left
+ * out (it may carry what is not for a log). */
+static void url_parts(const char *url, char *origin, size_t olen, char *path,
+                      size_t plen)
+{
+    const char *h = strstr(url, "://"), *p;
+    size_t n;
+
+    h = h ? h + 3 : url;
+    p = h + strcspn(h, "/?#");
+    snprintf(origin, olen, "%.*s", (int)(p - url), url);
+    n = strcspn(p, "?#");
+    snprintf(path, plen, "%.*s", (int)n, n ? p : "/");
+}
+
+/*
+ * The certificate did not verify: which host, what OpenSSL said (the
+ * verify result: untrusted issuer, expired...; or libcurl's host name
+ * check), and the remedy. Not retried: the answer would be the same.
+ */
+static void tls_failure(CURL *c, const char *origin, const char *errbuf)
+{
+    const char *host = strstr(origin, "://");
+    long vr = 0;
+    const char *why;
+
+    curl_easy_getinfo(c, CURLINFO_SSL_VERIFYRESULT, &vr);
+    /* A name that does not match is libcurl's own check, which leaves no
+     * particular verify result: its message says it. */
+    if (vr != X509_V_OK && vr != X509_V_ERR_UNSPECIFIED)
+        why = X509_verify_cert_error_string(vr);
+    else
+        why = errbuf[0] ? errbuf : "verification failed";
+    cmk_error("TLS: the certificate of %s was not accepted: %s; if a CA of "
+              "your own issued it, name its certificate (PEM) in ca-file, "
+              "which adds trust anchors to the system's",
+              host ? host + 3 : origin, why);
+}
+
 int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
                struct kv_response *r)
 {
     struct curl_slist *headers = NULL;
-    char *auth = NULL;
+    char *auth = NULL, errbuf[CURL_ERROR_SIZE] = "";
+    char host[256], path[512];
     size_t auth_len = 0;
+    int64_t start = kv_now_ms();
     CURL *c;
     int i;
 
@@ -277,6 +329,7 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
     curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
     if (strcmp(req->method, "GET") != 0) {
@@ -305,11 +358,22 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
 
     r->curl = curl_easy_perform(c);
+    url_parts(req->url, host, sizeof(host), path, sizeof(path));
     if (r->curl == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    else
-        cmk_debug("%s %s: %s", req->method, req->url,
-                  curl_easy_strerror(r->curl));
+    else if (kv_http_tls_failure(r->curl))
+        tls_failure(c, host, errbuf);
+    /* The request trace (log-level = debug, CMKP11_DEBUG=http): never the
+     * query, a header or a body. */
+    if (cmk_debug_mask & CMK_DEBUG_HTTP)
+        cmk_debug_msg(CMK_DEBUG_HTTP, __FILE__, __LINE__, __func__,
+                      "%s %s%s: %ld%s%s, x-ms-request-id %s, %lld ms, "
+                      "retry %d",
+                      req->method, host, path, r->status,
+                      r->curl != CURLE_OK ? " " : "",
+                      r->curl != CURLE_OK ? curl_easy_strerror(r->curl) : "",
+                      r->request_id[0] ? r->request_id : "-",
+                      (long long)(kv_now_ms() - start), req->attempt);
     if (r->body == NULL) {
         r->body = secure_alloc(1);
         r->cap = 1;
@@ -318,6 +382,7 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     /* Drop every reference to this request's data before pooling. */
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
     if (headers != NULL) {
         /* The header list holds a copy of the bearer token. */
         struct curl_slist *l;

@@ -457,8 +457,8 @@ static bool resource_matches(const char *vault_host, const char *resource)
 
 static bool retriable(const struct kv_response *r)
 {
-    if (r->curl != CURLE_OK)
-        return true;
+    if (r->curl != CURLE_OK) /* a certificate that failed stays so */
+        return !kv_http_tls_failure(r->curl);
     return r->status == 408 || r->status == 429 || r->status == 500 ||
            r->status == 502 || r->status == 503 || r->status == 504;
 }
@@ -618,6 +618,7 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         req.url = url;
         req.body = body;
         req.bearer = token;
+        req.attempt = attempt;
         if (kv_http_do(kt->http, &req, (long)left, &r) != 0) {
             kv_response_clear(&r);
             rv = CKR_HOST_MEMORY;
@@ -680,9 +681,10 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         if (retriable(&r) && attempt < kt->retries) {
             int64_t wait = backoff_ms(&r, attempt);
             if (kv_now_ms() + wait < deadline) {
-                cmk_debug("%s %s: %ld %s; retry %d in %lld ms", method, path,
-                          r.status, r.curl ? curl_easy_strerror(r.curl) : "",
-                          attempt + 1, (long long)wait);
+                cmk_info("token %s: %s %s: %ld %s; retry %d in %lld ms",
+                         kt->name, method, path, r.status,
+                         r.curl ? curl_easy_strerror(r.curl) : "", attempt + 1,
+                         (long long)wait);
                 kv_response_clear(&r);
                 attempt++;
                 sleep_ms(wait);
@@ -691,8 +693,13 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         }
         unavailable = retriable(&r);
         if (r.curl != CURLE_OK) {
-            cmk_error("token %s: %s is unreachable: %s", kt->name, kt->host,
-                      curl_easy_strerror(r.curl));
+            if (kv_http_tls_failure(r.curl)) /* the reason is logged */
+                cmk_error("token %s: %s %s: not sent, %s's certificate was "
+                          "not accepted",
+                          kt->name, method, path, kt->host);
+            else
+                cmk_error("token %s: %s is unreachable: %s", kt->name, kt->host,
+                          curl_easy_strerror(r.curl));
             rv = CKR_DEVICE_ERROR;
         } else {
             if (unavailable)
@@ -700,6 +707,13 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
                           kt->name, kt->host, r.status, attempt);
             rv = kv_map_http(r.status, r.body, res->code, sizeof(res->code),
                              res->message, sizeof(res->message));
+            if (r.status == 404 && strcmp(res->code, "VaultNotFound") == 0) {
+                /* A typo in vault-url, not an empty vault. */
+                cmk_warning("token %s: the vault %s does not exist (404 "
+                            "VaultNotFound: %s); check vault-url",
+                            kt->name, kt->host, res->message);
+                rv = CKR_DEVICE_ERROR;
+            }
         }
         kv_response_clear(&r);
         break;
@@ -719,6 +733,8 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
 {
     const char *code = res->code[0] ? res->code : "";
 
+    if (strcmp(code, "VaultNotFound") == 0)
+        return; /* kv_call said so */
     if (res->status == 403 && (strcmp(code, "KeyDisabled") == 0))
         cmk_error("key %s in %s is disabled: %s refused (403 %s); enable "
                   "the key or use another version",
@@ -886,7 +902,12 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         free(path);
         path = NULL;
         if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
-            /* Deleted: its versions disappear. */
+            /* Deleted: its versions disappear. A name of keys = that is
+             * not there is a mistake to report, not an empty list. */
+            if (kt->allow != NULL && config_list_allows(kt->allow, name))
+                cmk_warning("token %s: key %s of keys = is not in %s (404 "
+                            "%s: %s); create it, or correct keys =",
+                            kt->name, name, kt->host, res.code, res.message);
             pthread_mutex_lock(&kt->lock);
             k->exists = false;
             k->loaded_at_ms = kv_now_ms();

@@ -27,6 +27,7 @@ struct kv_response {
     size_t cap; /* the body's allocation */
     char *www_authenticate;
     long retry_after_ms; /* -1 if the response gave none */
+    char request_id[80]; /* x-ms-request-id, for the trace and support */
 };
 
 struct kv_request {
@@ -37,6 +38,7 @@ struct kv_request {
     const char *bearer;   /* the access token, or NULL */
     const char **headers; /* extra "Name: value" lines, NULL-terminated */
     bool allow_http;      /* plain http: the IMDS endpoint only */
+    int attempt;          /* retries before this one, for the trace */
 };
 
 /* Options for every request of one token. */
@@ -54,6 +56,8 @@ void kv_http_free(struct kv_http *h, bool in_child);
 int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
                struct kv_response *r);
 void kv_response_clear(struct kv_response *r);
+/* A certificate that did not verify: no retry will change that. */
+bool kv_http_tls_failure(CURLcode rc);
 
 /* ---- time ---- */
 int64_t kv_now_ms(void); /* monotonic */

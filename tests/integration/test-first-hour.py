@@ -6,10 +6,12 @@ bad name in keys =, key generation outside keys =. Each case loads the
 real module in a fresh process through PyKCS11."""
 import json
 import os
+import re
 import subprocess
 import sys
 
-from kvtest import Tap, KvSetup, MODULE, TOP_SRCDIR, write_private, skip_all
+from kvtest import (Tap, KvSetup, MODULE, TOP_SRCDIR, write_private, skip_all,
+                    TENANT, APP_SECRET)
 
 SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 if not os.path.exists(SOFTHSM):
@@ -252,3 +254,163 @@ for label, want in (("nowrap", "False CKR_KEY_FUNCTION_NOT_PERMITTED"),
                        universal_newlines=True)
     t.eq(r.stdout.strip(), want, "the module: %s's public key has CKA_WRAP "
          "%s and C_WrapKey gives %s" % ((label,) + tuple(want.split())))
+
+# ---- Key Vault: a vault or a key that does not exist ----
+def tool(conf, *args):
+    open(os.path.join(d, "cmkp11.log"), "w").close()
+    r = subprocess.run([TOOL, "--module", MODULE] + list(args),
+                       env=dict(os.environ, CMKP11_CONF=conf),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+typo = s.vault_url().replace("kvemu.vault.", "kvemo.vault.")
+typo_host = typo[len("https://"):]
+conf = s.write_conf([("vault", kv_body.replace(s.vault_url(), typo))])
+rc, out, err = tool(conf, "list")
+text = s.log_text()
+t.ok(rc == 1 and "CKR_DEVICE_ERROR (HTTP 404)" in out + err,
+     "list with a vault-url typo: the token's error, exit 1", (rc, out, err))
+t.ok("warning: token vault: the vault %s does not exist (404 VaultNotFound: "
+     "No vault is configured for host %s.); check vault-url"
+     % (typo_host, typo_host.split(":")[0]) in text,
+     "... and the log says the vault does not exist, with its message", text)
+rc, out, err = tool(conf, "--json", "list")
+try:
+    e = json.loads(out)["tokens"][0]["error"]
+except (ValueError, KeyError, IndexError, TypeError):
+    e = None
+t.ok(rc == 1 and e and e["ckr"] == "CKR_DEVICE_ERROR" and
+     e["device_error"] == 404, "list --json carries the error", out)
+
+conf = s.write_conf([("vault", kv_body + "keys = app-key, no-such-key\n")])
+rc, out, err = tool(conf, "list")
+text = s.log_text()
+t.ok(rc == 0 and "app-key" in out, "keys = with a missing name: the others "
+     "are listed", (out, err))
+t.ok(re.search(r"warning: token vault: key no-such-key of keys = is not in "
+               r"\S+ \(404 KeyNotFound: A key with .+\); create it, or correct "
+               r"keys =", text), "... and the log names the missing key with "
+     "the vault's message", text)
+
+# ---- Key Vault: the request trace at log-level = debug ----
+conf = s.write_conf([("vault", kv_body + "keys = app-key\n")],
+                    log_level="debug")
+rc, out, err = tool(conf, "list")
+text = s.log_text()
+lines = re.findall(r"debug: http\.c:\d+ kv_http_do\(\): (.*)", text)
+vault_get = [x for x in lines if re.match(
+    r"GET https://kvemu\.vault\.localhost:\d+/keys/app-key/versions: 200, "
+    r"x-ms-request-id [0-9a-f-]{36}, \d+ ms, retry 0$", x)]
+token_post = [x for x in lines if re.match(
+    r"POST https://login\.localhost:\d+/%s/oauth2/v2\.0/token: 200, "
+    r"x-ms-request-id \S+, \d+ ms, retry 0$" % TENANT, x)]
+t.ok(rc == 0 and vault_get and token_post, "log-level = debug: one line per "
+     "request with method, path, status, x-ms-request-id, time and retries",
+     "\n".join(lines))
+t.ok("api-version" not in "\n".join(lines) and "Bearer" not in text and
+     "eyJ" not in text and APP_SECRET not in text,
+     "... without the query, a token or the secret", text)
+conf = s.write_conf([("vault", kv_body + "keys = app-key\n")])
+env_http = dict(os.environ, CMKP11_CONF=conf, CMKP11_DEBUG="http")
+r = subprocess.run([TOOL, "--module", MODULE, "list"], env=env_http,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   universal_newlines=True)
+t.ok(re.search(r"debug: http\.c:\d+ kv_http_do\(\): GET https://kvemu", r.stderr)
+     and "keyvault.c" not in r.stderr, "CMKP11_DEBUG=http: the trace alone",
+     r.stderr[-2000:])
+
+# ---- Key Vault: TLS verification failures, at once and explained ----
+conf = s.write_conf([("vault", kv_body.replace("ca-file = %s\n" % s.emu.ca,
+                                               ""))])
+rc, out, err = tool(conf, "list")
+text = s.log_text()
+tls = re.findall(r"error: TLS: the certificate of (\S+) was not accepted: "
+                 r"([^;]+); if a CA of your own issued it, name its "
+                 r"certificate \(PEM\) in ca-file, which adds trust anchors "
+                 r"to the system's", text)
+t.ok(rc == 1 and len(tls) == 1 and tls[0][0] == s.vault_url()[8:] and
+     tls[0][1] in ("self-signed certificate in certificate chain",
+                   "unable to get local issuer certificate") and
+     "unreachable" not in text and "retry" not in text,
+     "without ca-file: one attempt, the host, OpenSSL's reason and the "
+     "remedy", text)
+
+# A server whose certificate names another host, and one that expired.
+import datetime  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import threading  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+
+def name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+now = datetime.datetime.now(datetime.timezone.utc)
+ca_key = ec.generate_private_key(ec.SECP256R1())
+ca = (x509.CertificateBuilder().subject_name(name("first-hour CA"))
+      .issuer_name(name("first-hour CA")).public_key(ca_key.public_key())
+      .serial_number(1).not_valid_before(now - datetime.timedelta(days=9))
+      .not_valid_after(now + datetime.timedelta(days=9))
+      .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+      .sign(ca_key, hashes.SHA256()))
+ca_pem = os.path.join(d, "first-hour-ca.pem")
+with open(ca_pem, "wb") as f:
+    f.write(ca.public_bytes(serialization.Encoding.PEM))
+
+
+def server(dns, days):
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name(dns))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=9))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]),
+                           False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = os.path.join(d, "server-%s-%d.pem" % (dns.replace("*", "x"), days))
+    with open(pem, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+
+    def serve():
+        while True:
+            conn, _ = sock.accept()
+            try:
+                ctx.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+for what, dns, days, reason in (
+        ("a certificate for another host", "elsewhere.example", 9,
+         "SSL: no alternative certificate subject name matches target host "
+         "name 'kvemu.vault.localhost'"),
+        ("an expired certificate", "*.vault.localhost", -1,
+         "certificate has expired")):
+    port = server(dns, days)
+    url = "https://kvemu.vault.localhost:%d" % port
+    body = kv_body.replace(s.vault_url(), url).replace(s.emu.ca, ca_pem)
+    conf = s.write_conf([("vault", body)])
+    rc, out, err = tool(conf, "list")
+    text = s.log_text()
+    tls = re.findall(r"error: TLS: the certificate of (\S+) was not accepted: "
+                     r"([^;]+); if a CA", text)
+    t.ok(rc == 1 and tls == [(url[8:], reason)] and "retry" not in text,
+         "%s: one attempt, the host and OpenSSL's reason" % what, text)
