@@ -255,6 +255,37 @@ for label, want in (("nowrap", "False CKR_KEY_FUNCTION_NOT_PERMITTED"),
     t.eq(r.stdout.strip(), want, "the module: %s's public key has CKA_WRAP "
          "%s and C_WrapKey gives %s" % ((label,) + tuple(want.split())))
 
+# ---- seal with a URI naming an older version: that one, or a refusal ----
+GEN_OLD = GEN.replace('"nowrap"', '"kek@05"').replace(
+    'b"\\x60"', 'b"\\x05"').replace(
+        "(P.CKA_DECRYPT, True),\n     (P.CKA_UNWRAP, True)",
+        "(P.CKA_DECRYPT, False),\n     (P.CKA_UNWRAP, False)")
+r = subprocess.run([sys.executable, "-c", GEN_OLD, SOFTHSM],
+                   env=dict(os.environ, **hsm_env), stderr=subprocess.PIPE,
+                   universal_newlines=True)
+t.eq(r.returncode, 0, "an older version kek@05, disabled (no decrypt, no "
+     "unwrap)")
+plain = os.path.join(d, "plain")
+with open(plain, "wb") as f:
+    f.write(b"first hour\n")
+sealed = plain + ".sealed"
+r = subprocess.run([TOOL, "--module", MODULE, "seal", "--key",
+                    "pkcs11:token=local;object=kek@05", plain, "-o", sealed],
+                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   universal_newlines=True)
+t.ok(r.returncode == 1 and "seal: 'pkcs11:token=local;object=kek@05' names "
+     "version 05 of key kek on token local, which is disabled; name the key "
+     "alone for its current version" in r.stderr and
+     not os.path.exists(sealed), "seal naming a disabled older version: "
+     "refused, saying so", r.stderr)
+r = subprocess.run([TOOL, "--module", MODULE, "seal", "--key",
+                    "pkcs11:token=local;object=kek@01", plain, "-o", sealed],
+                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   universal_newlines=True)
+t.ok(r.returncode == 0 and r.stdout.strip().endswith(
+     "under key kek version 01 (not the current version) on token local"),
+     "seal naming the enabled older version 01: sealed under it", r.stdout)
+
 # ---- Key Vault: a vault or a key that does not exist ----
 def tool(conf, *args):
     open(os.path.join(d, "cmkp11.log"), "w").close()
