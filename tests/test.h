@@ -26,7 +26,8 @@ void test_bail(const char *fmt, ...)
 
 /* A loop count for load tests: N, or N / 10 (at least 1) when
  * CMKP11_TEST_LIGHT is set, as the valgrind and thread-sanitizer gates do
- * (scripts/check-sanitizers.sh), where each operation costs 20 to 50 times more. */
+ * (scripts/check-sanitizers.sh), where each operation costs 20 to 50 times
+ * more. */
 long test_scale(long n);
 
 #define ok(cond, ...) test_ok(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
