@@ -532,7 +532,7 @@ static EVP_PKEY *jwk_public(json_object *jwk)
     long el = se ? b64url_decode(se, e, sizeof(e)) : -1;
     BIGNUM *bn_n, *bn_e;
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    OSSL_PARAM *params;
+    OSSL_PARAM *params = NULL;
     EVP_PKEY_CTX *ctx;
     EVP_PKEY *key = NULL;
 

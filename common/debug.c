@@ -307,6 +307,9 @@ static void write_all(int fd, const char *buf, size_t len)
 
 static void emit(int level, const char *file, int line, const char *func,
                  const char *fmt, va_list ap)
+    __attribute__((format(printf, 5, 0)));
+static void emit(int level, const char *file, int line, const char *func,
+                 const char *fmt, va_list ap)
 {
     char buf[LOG_LINE_MAX];
     size_t cap = sizeof(buf) - 1; /* room for the final newline */

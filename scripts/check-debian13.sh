@@ -40,13 +40,11 @@ softhsm2 opensc openssl pkcs11-provider python3 python3-cryptography python3-pyk
 ca-certificates debhelper dh-autoreconf lintian"
 # The tests run there: the unit tests, the hsm back end and its consumers,
 # keyvault tests on the emulator, and the OpenSSL 3 provider.
-# tests/unit/test-crypto is left out until the mock back end keeps PKCS#1
-# v1.5 decryption failures explicit under OpenSSL >= 3.2, whose default is
-# implicit rejection (a corrupted ciphertext decrypts to random bytes).
 tests="tests/unit/test-common tests/unit/test-config tests/unit/test-init
 tests/unit/test-slots tests/unit/test-sessions tests/unit/test-objects
-tests/unit/test-keys tests/unit/test-threads
-tests/unit/test-fork tests/integration/test-hsm
+tests/unit/test-keys tests/unit/test-crypto tests/unit/test-pkcs1
+tests/unit/test-threads
+tests/unit/test-fork tests/integration/test-hsm tests/integration/test-hsm-pkcs1
 tests/integration/test-hsm-threads tests/integration/test-hsm-fork
 tests/integration/test-hsm-exit tests/integration/test-hsm-certs
 tests/test-exports.sh tests/integration/test-pkcs11-tool.sh

@@ -13,13 +13,17 @@
 # another status (failed), and one line in the case below.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-all="debian13 deb distcheck"
+all="debian13 deb distcheck asan tsan memcheck fuzz"
 
 gate_command() { # the command of gate $1
     case $1 in
     debian13) echo "scripts/check-debian13.sh test" ;; # Debian 13 build, tests, pkcs11-provider
     deb) echo "scripts/check-debian13.sh deb" ;;       # the .deb: build, lintian, install, purge
     distcheck) echo "scripts/check-distcheck.sh" ;;    # make distcheck
+    asan) echo "scripts/check-sanitizers.sh asan" ;;   # the suite under ASan+UBSan
+    tsan) echo "scripts/check-sanitizers.sh tsan" ;;   # thread tests under TSan
+    memcheck) echo "scripts/check-sanitizers.sh memcheck" ;; # C tests, valgrind
+    fuzz) echo "scripts/check-sanitizers.sh fuzz" ;;   # fuzz harnesses, fixed runs
     *) return 1 ;;
     esac
 }

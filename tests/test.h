@@ -24,6 +24,12 @@ void test_skip_all(const char *fmt, ...)
 void test_bail(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
 
+/* A loop count for load tests: N, or N / 10 (at least 1) when
+ * CMKP11_TEST_LIGHT is set, as the valgrind and thread-sanitizer gates do
+ * (scripts/check-sanitizers.sh), where each operation costs 20 to 50 times
+ * more. */
+long test_scale(long n);
+
 #define ok(cond, ...) test_ok(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
 
 /* Compares two CK_RVs and names both on failure. */

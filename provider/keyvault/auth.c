@@ -820,6 +820,31 @@ static void sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
+/* The fetch lock is taken with a deadline on the monotonic clock.
+ * ThreadSanitizer's runtime (clang 14) does not intercept
+ * pthread_mutex_clocklock, so it would see the lock released but never
+ * taken; in that build only, the wall clock's pthread_mutex_timedlock. */
+#if defined(__SANITIZE_THREAD__)
+#define CMK_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CMK_TSAN 1
+#endif
+#endif
+#ifdef CMK_TSAN
+#define LOCK_CLOCK CLOCK_REALTIME
+static int timed_lock(pthread_mutex_t *m, const struct timespec *until)
+{
+    return pthread_mutex_timedlock(m, until);
+}
+#else
+#define LOCK_CLOCK CLOCK_MONOTONIC
+static int timed_lock(pthread_mutex_t *m, const struct timespec *until)
+{
+    return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, until);
+}
+#endif
+
 CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
                     bool force, int64_t deadline_ms, char **token,
                     long *http_status)
@@ -850,7 +875,7 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
         int64_t left = deadline_ms - kv_now_ms();
         struct timespec until;
 
-        clock_gettime(CLOCK_MONOTONIC, &until);
+        clock_gettime(LOCK_CLOCK, &until);
         if (left < 0)
             left = 0;
         until.tv_sec += left / 1000;
@@ -859,8 +884,7 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
             until.tv_sec++;
             until.tv_nsec -= 1000000000L;
         }
-        if (pthread_mutex_clocklock(&a->fetch_lock, CLOCK_MONOTONIC, &until) !=
-            0) {
+        if (timed_lock(&a->fetch_lock, &until) != 0) {
             cmk_error("cannot obtain a token (%s) for %s within the "
                       "deadline: another request for it is still waiting",
                       kv_auth_method_name(a->cfg.method), resource);

@@ -394,6 +394,20 @@ static CK_RV mock_crypt(struct pcall *c, enum pop op, void *key,
         } else if (m->mechanism != CKM_RSA_PKCS ||
                    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) <= 0)
             rv = CKR_MECHANISM_INVALID;
+#ifdef OSSL_ASYM_CIPHER_PARAM_IMPLICIT_REJECTION
+        /* A token's classic PKCS#1 v1.5 decryption, what "allow" offers:
+         * OpenSSL >= 3.2 would otherwise reject implicitly itself. */
+        if (rv == CKR_OK && m->mechanism == CKM_RSA_PKCS) {
+            unsigned int off = 0;
+            OSSL_PARAM params[] = {
+                OSSL_PARAM_construct_uint(
+                    OSSL_ASYM_CIPHER_PARAM_IMPLICIT_REJECTION, &off),
+                OSSL_PARAM_construct_end()};
+
+            if (EVP_PKEY_CTX_set_params(ctx, params) <= 0)
+                rv = CKR_GENERAL_ERROR;
+        }
+#endif
         if (rv == CKR_OK && inlen != (CK_ULONG)EVP_PKEY_get_size(k->pkey))
             rv = CKR_ENCRYPTED_DATA_LEN_RANGE;
         if (rv == CKR_OK && EVP_PKEY_decrypt(ctx, out, &olen, in, inlen) <= 0)

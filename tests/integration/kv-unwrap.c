@@ -2,15 +2,20 @@
  * A load client for tests: THREADS threads, each with its own session,
  * unwrap COUNT data keys through cmkp11 and check every result.
  *
- *   kv-unwrap MODULE TOKEN KEY THREADS COUNT [same]
+ *   kv-unwrap MODULE TOKEN KEY THREADS COUNT [same|storm]
  *
  * Each thread wraps a fresh AES-256 key with the public key (RSA-OAEP-
  * SHA256, locally in the module), unwraps it with the private key (in the
  * back end), and checks that the unwrapped key decrypts AES-GCM data made
  * with the original. With "same", one blob is wrapped first and every
  * thread unwraps that same blob, all starting at once (for the unwrap
- * cache's coalescing). Prints "unwraps=N failures=N seconds=S" and exits 0
- * only if every unwrap succeeded and checked.
+ * cache's coalescing). With "storm", every iteration also searches the
+ * key pair by label again (C_FindObjectsInit, C_FindObjects,
+ * C_FindObjectsFinal), so searches, wraps and unwraps of all threads
+ * interleave: the thread-sanitizer gate runs this on each back end. When
+ * CMKP11_TEST_PIN is set, the application logs in with it first. Prints
+ * "unwraps=N failures=N seconds=S" and exits 0 only if every unwrap succeeded
+ * and checked.
  */
 #include "config.h"
 
@@ -25,7 +30,7 @@
 static const char *token, *keyname;
 static long count;
 /* "same": the one blob, the key it wraps and data encrypted under it. */
-static bool same;
+static bool same, storm;
 static CK_BYTE same_blob[512], same_ct[64];
 static CK_ULONG same_blob_len, same_ct_len;
 static pthread_barrier_t start;
@@ -126,6 +131,23 @@ static bool one_same(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv)
     return ok;
 }
 
+/* Logs the application in (a session kept open for the run's length). */
+static bool login(CK_SLOT_ID slot)
+{
+    const char *pin = getenv("CMKP11_TEST_PIN");
+    CK_SESSION_HANDLE s = p11_open(slot, true);
+    CK_RV rv;
+
+    if (s == 0)
+        return false;
+    rv = p11->C_Login(s, CKU_USER, (CK_UTF8CHAR *)pin, strlen(pin));
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        fprintf(stderr, "C_Login: 0x%lx\n", rv);
+        return false;
+    }
+    return true;
+}
+
 /* Wraps the one blob of "same" mode. */
 static bool make_same(CK_SLOT_ID slot)
 {
@@ -165,9 +187,19 @@ static void *worker(void *arg)
     }
     if (same)
         pthread_barrier_wait(&start); /* all threads unwrap at once */
-    for (i = 0; bad == 0 && i < count; i++)
+    for (i = 0; bad == 0 && i < count; i++) {
+        if (storm) {
+            pub = p11_find(s, CKO_PUBLIC_KEY, keyname);
+            priv = p11_find(s, CKO_PRIVATE_KEY, keyname);
+            if (pub == 0 || priv == 0) {
+                fprintf(stderr, "search %ld: key %s not found\n", i, keyname);
+                bad++;
+                break;
+            }
+        }
         if (!(same ? one_same(s, priv) : one(s, pub, priv)))
             bad++;
+    }
     p11->C_CloseSession(s);
     pthread_mutex_lock(&lock);
     failures += bad;
@@ -183,12 +215,15 @@ int main(int argc, char **argv)
     long nthreads, i;
     CK_RV rv;
 
-    if (argc != 6 && !(argc == 7 && strcmp(argv[6], "same") == 0)) {
-        fprintf(stderr, "usage: %s MODULE TOKEN KEY THREADS COUNT [same]\n",
+    if (argc != 6 && !(argc == 7 && (strcmp(argv[6], "same") == 0 ||
+                                     strcmp(argv[6], "storm") == 0))) {
+        fprintf(stderr,
+                "usage: %s MODULE TOKEN KEY THREADS COUNT [same|storm]\n",
                 argv[0]);
         return 2;
     }
-    same = argc == 7;
+    same = argc == 7 && strcmp(argv[6], "same") == 0;
+    storm = argc == 7 && strcmp(argv[6], "storm") == 0;
     token = argv[2];
     keyname = argv[3];
     nthreads = atol(argv[4]);
@@ -203,6 +238,12 @@ int main(int argc, char **argv)
         return 1;
     }
     slot = find_slot();
+    if (slot == (CK_SLOT_ID)-1) {
+        fprintf(stderr, "no token %s\n", token);
+        return 1;
+    }
+    if (getenv("CMKP11_TEST_PIN") != NULL && !login(slot))
+        return 1;
     if (same && !make_same(slot)) {
         fprintf(stderr, "cannot wrap the blob\n");
         return 1;
