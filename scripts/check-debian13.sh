@@ -39,12 +39,15 @@ libp11-kit-dev p11-kit p11-kit-modules libcurl4-openssl-dev libjson-c-dev
 softhsm2 opensc openssl pkcs11-provider python3 python3-cryptography python3-pykcs11
 ca-certificates debhelper dh-autoreconf lintian"
 # The tests run there: the unit tests, the hsm back end and its consumers,
-# keyvault tests on the emulator, and the OpenSSL 3 provider.
+# keyvault tests on the emulator, and the OpenSSL 3 provider. Not
+# test-hsm-pkcs1: Debian 13's SoftHSM removes PKCS#1 v1.5 padding through
+# OpenSSL 3.5, which rejects implicitly itself, so the oracle that
+# "rsa-pkcs1-decrypt = allow" passes through is not there to check.
 tests="tests/unit/test-common tests/unit/test-config tests/unit/test-init
 tests/unit/test-slots tests/unit/test-sessions tests/unit/test-objects
 tests/unit/test-keys tests/unit/test-crypto tests/unit/test-pkcs1
 tests/unit/test-threads
-tests/unit/test-fork tests/integration/test-hsm tests/integration/test-hsm-pkcs1
+tests/unit/test-fork tests/integration/test-hsm
 tests/integration/test-hsm-threads tests/integration/test-hsm-fork
 tests/integration/test-hsm-exit tests/integration/test-hsm-certs
 tests/test-exports.sh tests/integration/test-pkcs11-tool.sh
