@@ -95,7 +95,7 @@ run_check() {
     dir=$gates_dir/$gate
     (cd "$dir" && find . -name '*.trs' -delete &&
         make -j"$jobs" check LOG_COMPILER="timeout $limit $checker" \
-            SH_LOG_COMPILER="timeout $limit /bin/sh" \
+            SH_LOG_COMPILER="timeout $limit \$(SHELL)" \
             PY_LOG_COMPILER="timeout $limit /usr/bin/python3" \
             "$@" >check.log 2>&1)
     status=$?

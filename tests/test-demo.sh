@@ -10,12 +10,12 @@ trap 'rm -rf "$dir"' EXIT
 out=$(DEMO_DIR=$dir "$src/scripts/demo.sh" 2>&1)
 status=$?
 ok $status "scripts/demo.sh exits 0"
-[ $status -eq 0 ] || echo "$out" | tail -20 | sed 's/^/# /'
-n=$(echo "$out" | grep -c '^OK: the decrypted file equals the original')
+[ $status -eq 0 ] || printf "%s\n" "$out" | tail -20 | sed 's/^/# /'
+n=$(printf "%s\n" "$out" | grep -c '^OK: the decrypted file equals the original')
 ok "$([ "$n" -eq 2 ]; echo $?)" "the main job checked out on both tokens ($n)"
-echo "$out" | grep -q 'unseal refused, as it must be'
+printf "%s\n" "$out" | grep -q 'unseal refused, as it must be'
 ok $? "revocation stopped unsealing"
-echo "$out" | grep -q '^unsealed again'
+printf "%s\n" "$out" | grep -q '^unsealed again'
 ok $? "restoring access restored service"
 # Every command is echoed before it runs, so the demo can be followed by
 # hand: one "$ " line for each command of each kind.
@@ -27,11 +27,11 @@ for cmd in './cmkp11-tool --module [^ ]*/cmkp11.so check payments payments-kek' 
     'pkcs11-tool --module [^ ]*/cmkp11.so -L' \
     'cat >[^ ]*/cmkp11.conf <<EOT' \
     'printf .%s\\n. "\$AZURE_CLIENT_SECRET" >[^ ]*/payments.secret'; do
-    echo "$out" | grep -q "^\$ $cmd"
+    printf "%s\n" "$out" | grep -q "^\$ $cmd"
     ok $? "the demo echoes \$ $cmd"
 done
-n=$(echo "$out" | grep -c '^\$ ./cmkp11-tool ')
+n=$(printf "%s\n" "$out" | grep -c '^\$ ./cmkp11-tool ')
 ok "$([ "$n" -eq 10 ]; echo $?)" "each of the 10 cmkp11-tool commands is echoed ($n)"
-echo "$out" | grep -q "$(cat "$dir/payments.secret" 2>/dev/null || echo no-such-secret)"
+printf "%s\n" "$out" | grep -q "$(cat "$dir/payments.secret" 2>/dev/null || echo no-such-secret)"
 ok "$([ $? -ne 0 ]; echo $?)" "the client secret itself is not shown"
 done_testing
