@@ -44,7 +44,8 @@ struct kv_version {
     char *key_ops; /* "wrapKey,unwrapKey,..." */
     char *recovery;
     bool loaded;  /* n, e, kty and key_ops are known */
-    bool present; /* in the last listing of the key's versions */
+    bool present; /* exists, by the last listing or GET of the version */
+    bool named;   /* asked for by name (NAME@VERSION): kept without a list */
     bool enabled;
     long long nbf, exp, created, updated;
     struct kv_version *next;
@@ -52,6 +53,7 @@ struct kv_version {
 
 struct kv_key {
     char *name;
+    char *latest; /* the version GET /keys/NAME answered: the current one */
     struct kv_version *versions;
     int64_t loaded_at_ms; /* 0: never */
     bool exists;
@@ -85,6 +87,9 @@ struct kv_token {
     int64_t open_until_ms;
     bool probing;
     struct kv_cache *cache; /* unwrap-cache, or NULL */
+    /* The identity may not list a key's versions (403 once): versions are
+     * then read one by one, only those something names. */
+    bool list_refused;
 };
 
 #define KV_CIRCUIT_FAILURES 5
@@ -114,6 +119,7 @@ static void kv_close(void *tok, bool in_child)
             free(v);
         }
         free(k->name);
+        free(k->latest);
         free(k);
     }
     kv_cache_free(kt->cache);
@@ -492,7 +498,7 @@ struct kv_result {
     long status;
     json_object *doc; /* parsed body of a 2xx answer */
     char code[64];    /* Key Vault's error code */
-    char message[256];
+    char message[512];
 };
 
 static void result_clear(struct kv_result *res)
@@ -727,14 +733,56 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
     return rv;
 }
 
-/* A message a person can act on, for a failed key operation. */
+/* The vault's own message, on one line (RBAC messages hold CR LF). */
+static void one_line(const char *in, char *out, size_t len)
+{
+    size_t i = 0;
+    bool space = false;
+
+    for (; *in != '\0' && i + 1 < len; in++) {
+        if (*in == '\r' || *in == '\n' || *in == '\t' || *in == ' ') {
+            space = i > 0;
+            continue;
+        }
+        if ((unsigned char)*in < 0x20)
+            continue;
+        if (space && i + 2 < len)
+            out[i++] = ' ';
+        space = false;
+        out[i++] = *in;
+    }
+    out[i] = '\0';
+}
+
+/*
+ * The RBAC data action that covers an access-policy key permission
+ * (learn.microsoft.com, "Azure built-in roles for Key Vault data plane
+ * operations"; keys/read covers both get and list).
+ */
+static const char *rbac_action(const char *perm)
+{
+    if (strcmp(perm, "get") == 0 || strcmp(perm, "list") == 0)
+        return "read";
+    if (strcmp(perm, "update") == 0)
+        return "write";
+    return NULL; /* the others are "<perm>/action" */
+}
+
+/*
+ * A message a person can act on, for a failed key operation. perm is the
+ * key permission the refused request needed (access-policy name): a 403
+ * names it, and the RBAC action that covers it; a 403 from the firewall
+ * says it is the network rule, not the identity.
+ */
 static void explain(struct kv_token *kt, const char *key, const char *op,
-                    const struct kv_result *res, CK_RV rv)
+                    const char *perm, const struct kv_result *res, CK_RV rv)
 {
     const char *code = res->code[0] ? res->code : "";
+    char said[sizeof(res->message)], action[64];
 
     if (strcmp(code, "VaultNotFound") == 0)
         return; /* kv_call said so */
+    one_line(res->message, said, sizeof(said));
     if (res->status == 403 && (strcmp(code, "KeyDisabled") == 0))
         cmk_error("key %s in %s is disabled: %s refused (403 %s); enable "
                   "the key or use another version",
@@ -744,12 +792,28 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
         cmk_error("key %s in %s is outside its validity dates: %s refused "
                   "(403 %s)",
                   key, kt->host, op, code);
-    else if (res->status == 403)
-        cmk_error("access to key %s in %s was denied (403 %s): grant the "
-                  "identity Get, Wrap Key and Unwrap Key%s",
-                  key, kt->host, code,
-                  strcmp(op, "sign") == 0 ? " (and Sign)" : "");
-    else if (res->status == 404)
+    else if (res->status == 403 && strcmp(code, "KeyOperationForbidden") == 0)
+        cmk_error("key %s in %s does not permit %s (403 %s): add the "
+                  "operation to the key's key_ops (az keyvault key "
+                  "set-attributes --ops); the vault said: %s",
+                  key, kt->host, op, code, said);
+    else if (res->status == 403 && strcmp(code, "ForbiddenByFirewall") == 0)
+        cmk_error("the network rules of %s refused this host: %s of key %s "
+                  "(403 %s); this is the vault's firewall, not the "
+                  "identity's permissions: allow this host's address in the "
+                  "vault's networking settings or use a private endpoint; "
+                  "the vault said: %s",
+                  kt->host, op, key, code, said);
+    else if (res->status == 403) {
+        const char *a = rbac_action(perm);
+        snprintf(action, sizeof(action), "Microsoft.KeyVault/%s/keys/%s%s",
+                 kt->mhsm ? "managedHsm" : "vaults", a ? a : perm,
+                 a ? "" : "/action");
+        cmk_error("access to key %s in %s was denied (403 %s): %s needs the "
+                  "keys %s permission; grant the identity %s (access policy) "
+                  "or a role with %s (RBAC); the vault said: %s",
+                  key, kt->host, code, op, perm, perm, action, said);
+    } else if (res->status == 404)
         cmk_error("key %s was not found in %s (404 %s): it was deleted or "
                   "the version does not exist; recover it or use another",
                   key, kt->host, code);
@@ -830,9 +894,11 @@ static void set_attributes(struct kv_version *v, const struct kv_attrs *a)
     }
 }
 
-/* Stores a key bundle (GET /keys/NAME/VERSION) in its version. */
+/* Stores a key bundle (GET /keys/NAME[/VERSION]) in its version; *out (if
+ * not NULL) gets the version, which lives as long as the token. */
 static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
-                         json_object *doc, const char *method, const char *path)
+                         json_object *doc, const char *method, const char *path,
+                         struct kv_version **out)
 {
     struct kv_bundle b;
     struct kv_version *v;
@@ -865,69 +931,76 @@ static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
         v->present = true;
     }
     pthread_mutex_unlock(&kt->lock);
+    if (out != NULL)
+        *out = v;
     kv_bundle_clear(&b);
     return CKR_OK;
 }
 
-/* Loads (or refreshes) one key: its versions, and each new version's
- * public key. */
-static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
-                      int64_t deadline)
+/* A 404 on the key: it was deleted, and its versions disappear. */
+static void key_gone(struct kv_token *kt, struct kv_key *k)
 {
-    struct kv_key *k;
-    struct kv_version *v;
-    struct kv_result res;
-    char *path, *esc = kv_url_escape(name), **missing = NULL;
-    size_t n_missing = 0, i;
-    CK_RV rv;
-
-    if (esc == NULL)
-        return CKR_HOST_MEMORY;
     pthread_mutex_lock(&kt->lock);
-    k = key_get_unlocked(kt, name, true);
-    if (k != NULL)
-        for (v = k->versions; v != NULL; v = v->next)
-            v->present = false;
+    k->exists = false;
+    k->loaded_at_ms = kv_now_ms();
     pthread_mutex_unlock(&kt->lock);
-    if (k == NULL) {
-        free(esc);
-        return CKR_HOST_MEMORY;
-    }
-    path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
+    cache_prune(kt, k, true);
+}
+
+/*
+ * GET /keys/NAME/versions, every page: marks the listed versions present.
+ * Returns CKR_OK; *refused when the identity may not list (403), which is
+ * logged once for the token and not asked again.
+ */
+static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
+                           struct kv_key *k, const char *esc, int64_t deadline,
+                           bool *refused, bool *gone)
+{
+    struct kv_result res;
+    char *path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
+    struct kv_version *v;
+    CK_RV rv = CKR_OK;
+
+    *refused = *gone = false;
     while (path != NULL) {
         struct kv_listing l;
         char why[128];
+        size_t i;
 
         rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
         free(path);
         path = NULL;
         if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
-            /* Deleted: its versions disappear. A name of keys = that is
-             * not there is a mistake to report, not an empty list. */
-            if (kt->allow != NULL && config_list_allows(kt->allow, name))
-                cmk_warning("token %s: key %s of keys = is not in %s (404 "
-                            "%s: %s); create it, or correct keys =",
-                            kt->name, name, kt->host, res.code, res.message);
-            pthread_mutex_lock(&kt->lock);
-            k->exists = false;
-            k->loaded_at_ms = kv_now_ms();
-            pthread_mutex_unlock(&kt->lock);
-            cache_prune(kt, k, true);
+            *gone = true;
             result_clear(&res);
-            free(esc);
+            return CKR_OK;
+        }
+        if (res.status == 403 && strcmp(res.code, "ForbiddenByFirewall") != 0) {
+            char said[sizeof(res.message)];
+            one_line(res.message, said, sizeof(said));
+            pthread_mutex_lock(&kt->lock);
+            kt->list_refused = true;
+            pthread_mutex_unlock(&kt->lock);
+            cmk_warning("token %s: listing the versions of key %s was "
+                        "refused (403 %s): the identity lacks the keys list "
+                        "permission; the current version comes from GET "
+                        "/keys/%s and an older one only when something names "
+                        "it (a sealed file, NAME@VERSION); unwrap-fallback "
+                        "cannot try the others; the vault said: %s",
+                        kt->name, k->name, res.code, k->name, said);
+            *refused = true;
+            result_clear(&res);
             return CKR_OK;
         }
         if (rv != CKR_OK) {
-            explain(kt, name, "list versions", &res, rv);
+            explain(kt, k->name, "list versions", "list", &res, rv);
             result_clear(&res);
-            free(esc);
             return rv;
         }
         rv = kv_parse_listing(res.doc, &l, why, sizeof(why));
         if (rv != CKR_OK) {
             malformed(kt, "GET", "(versions)", why);
             result_clear(&res);
-            free(esc);
             return rv;
         }
         pthread_mutex_lock(&kt->lock);
@@ -949,46 +1022,132 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         kv_listing_clear(&l);
         result_clear(&res);
     }
-    free(esc);
+    return rv;
+}
 
-    /* Public keys of new versions; the newest enabled version again, for
-     * its permitted operations. */
+/*
+ * Loads (or refreshes) one key, with only the get permission if need be:
+ * GET /keys/NAME gives the current version (the service's latest, not the
+ * newest by created: versions can share a second, and the service lists
+ * them by id); the versions listing, where the identity may list, finds the
+ * others; without it, the versions already known and the one asked for
+ * (want, or NULL) are read one by one with GET /keys/NAME/VERSION.
+ */
+static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
+                      const char *want, int64_t deadline)
+{
+    struct kv_key *k;
+    struct kv_version *v, *latest = NULL;
+    struct kv_result res;
+    char *path, *esc = kv_url_escape(name), **fetch = NULL;
+    size_t n_fetch = 0, i;
+    bool list, refused = false, gone = false;
+    CK_RV rv;
+
+    if (esc == NULL)
+        return CKR_HOST_MEMORY;
     pthread_mutex_lock(&kt->lock);
-    {
-        struct kv_version *cur = NULL;
+    k = key_get_unlocked(kt, name, true);
+    if (k != NULL && want != NULL &&
+        (v = version_get_unlocked(k, want)) != NULL)
+        v->named = true;
+    pthread_mutex_unlock(&kt->lock);
+    if (k == NULL) {
+        free(esc);
+        return CKR_HOST_MEMORY;
+    }
+
+    /* The current version. */
+    path = kv_strdup_printf("/keys/%s", esc);
+    rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
+              : CKR_HOST_MEMORY;
+    free(path);
+    if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
+        /* Deleted: its versions disappear. A name of keys = that is not
+         * there is a mistake to report, not an empty list. */
+        if (kt->allow != NULL && config_list_allows(kt->allow, name))
+            cmk_warning("token %s: key %s of keys = is not in %s (404 %s: "
+                        "%s); create it, or correct keys =",
+                        kt->name, name, kt->host, res.code, res.message);
+        result_clear(&res);
+        free(esc);
+        key_gone(kt, k);
+        return CKR_OK;
+    }
+    if (rv != CKR_OK) {
+        explain(kt, name, "get", "get", &res, rv);
+        result_clear(&res);
+        free(esc);
+        return rv;
+    }
+    path = kv_strdup_printf("/keys/%s", esc);
+    rv = take_bundle(kt, k, res.doc, "GET", path ? path : name, &latest);
+    free(path);
+    result_clear(&res);
+    if (rv != CKR_OK || latest == NULL) {
+        free(esc);
+        return rv != CKR_OK ? rv : CKR_HOST_MEMORY;
+    }
+
+    /* The other versions. */
+    pthread_mutex_lock(&kt->lock);
+    list = !kt->list_refused;
+    if (list)
         for (v = k->versions; v != NULL; v = v->next)
-            if (v->present && v->enabled &&
-                (cur == NULL || v->created > cur->created))
-                cur = v;
-        for (v = k->versions; v != NULL; v = v->next)
-            if (v->present && (!v->loaded || v == cur))
-                n_missing++;
-        missing = calloc(n_missing + 1, sizeof(*missing));
-        n_missing = 0;
-        for (v = k->versions; missing != NULL && v != NULL; v = v->next)
-            if (v->present && (!v->loaded || v == cur))
-                missing[n_missing++] = strdup(v->version);
+            v->present = v == latest;
+    pthread_mutex_unlock(&kt->lock);
+    if (list) {
+        rv = list_versions(kt, c, k, esc, deadline, &refused, &gone);
+        if (rv != CKR_OK || gone) {
+            free(esc);
+            if (gone)
+                key_gone(kt, k);
+            return rv;
+        }
+    }
+    pthread_mutex_lock(&kt->lock);
+    free(k->latest);
+    k->latest = strdup(latest->version);
+    for (v = k->versions; v != NULL; v = v->next)
+        n_fetch++;
+    fetch = calloc(n_fetch + 1, sizeof(*fetch));
+    n_fetch = 0;
+    for (v = k->versions; fetch != NULL && v != NULL; v = v->next) {
+        bool need;
+        if (v == latest)
+            continue;
+        if (list && !refused)
+            need = v->present && !v->loaded; /* listed, key not yet read */
+        else
+            need = v->loaded || v->named || v->present; /* known: again */
+        if (need)
+            fetch[n_fetch++] = strdup(v->version);
     }
     k->exists = true;
     pthread_mutex_unlock(&kt->lock);
-    rv = missing != NULL ? CKR_OK : CKR_HOST_MEMORY;
-    esc = kv_url_escape(name);
-    for (i = 0; rv == CKR_OK && i < n_missing; i++) {
-        path = kv_strdup_printf("/keys/%s/%s", esc, missing[i]);
+    rv = fetch != NULL && k->latest != NULL ? CKR_OK : CKR_HOST_MEMORY;
+    for (i = 0; rv == CKR_OK && i < n_fetch; i++) {
+        path = fetch[i] ? kv_strdup_printf("/keys/%s/%s", esc, fetch[i]) : NULL;
         rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
                   : CKR_HOST_MEMORY;
-        if (rv == CKR_OK)
-            rv = take_bundle(kt, k, res.doc, "GET", path);
-        else if (res.status == 404)
-            rv = CKR_OK; /* deleted since the listing */
-        else
-            explain(kt, name, "get", &res, rv);
+        if (rv == CKR_OK) {
+            rv = take_bundle(kt, k, res.doc, "GET", path, NULL);
+        } else if (res.status == 404) {
+            rv = CKR_OK; /* deleted since, or never was */
+            pthread_mutex_lock(&kt->lock);
+            v = version_get_unlocked(k, fetch[i]);
+            if (v != NULL)
+                v->present = false;
+            pthread_mutex_unlock(&kt->lock);
+        } else {
+            explain(kt, name, "get", "get", &res, rv);
+        }
         result_clear(&res);
         free(path);
     }
-    for (i = 0; missing != NULL && i < n_missing; i++)
-        free(missing[i]);
-    free(missing);
+    for (i = 0; fetch != NULL && i < n_fetch; i++)
+        free(fetch[i]);
+    free(fetch);
     free(esc);
     if (rv == CKR_OK) {
         pthread_mutex_lock(&kt->lock);
@@ -1014,8 +1173,21 @@ static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
         rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
         free(path);
         path = NULL;
+        if (rv != CKR_OK && res.status == 403 &&
+            strcmp(res.code, "ForbiddenByFirewall") != 0) {
+            char said[sizeof(res.message)];
+            one_line(res.message, said, sizeof(said));
+            cmk_error("token %s: listing the keys of %s was denied (403 %s): "
+                      "a search without a label lists the vault, which needs "
+                      "the keys list permission; grant list, or name the keys "
+                      "in keys = (then get, wrapKey and unwrapKey are "
+                      "enough); the vault said: %s",
+                      kt->name, kt->host, res.code, said);
+            result_clear(&res);
+            return rv;
+        }
         if (rv != CKR_OK) {
-            explain(kt, "(all)", "list keys", &res, rv);
+            explain(kt, "(all)", "list keys", "list", &res, rv);
             result_clear(&res);
             return rv;
         }
@@ -1059,17 +1231,18 @@ static bool has_op(const char *ops, const char *op)
     return false;
 }
 
-/* The current version: the newest enabled one. */
+/* The current version: the one GET /keys/NAME answered (the service's
+ * latest), when it is enabled; a disabled latest leaves no current one. */
 static struct kv_version *current_unlocked(struct kv_key *k)
 {
-    struct kv_version *v, *cur = NULL;
+    struct kv_version *v;
 
+    if (k->latest == NULL)
+        return NULL;
     for (v = k->versions; v != NULL; v = v->next)
-        if (v->present && v->loaded && v->enabled &&
-            (cur == NULL || v->created > cur->created ||
-             (v->created == cur->created && v->updated > cur->updated)))
-            cur = v;
-    return cur;
+        if (strcasecmp(v->version, k->latest) == 0)
+            return v->present && v->loaded && v->enabled ? v : NULL;
+    return NULL;
 }
 
 static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
@@ -1120,6 +1293,7 @@ static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     d.recovery_level = v->recovery ? v->recovery : "";
     d.key_ops = v->key_ops ? v->key_ops : "";
     d.key_type = v->kty;
+    d.refused = kt->list_refused ? "list" : "";
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
         priv->ref = v;
@@ -1143,7 +1317,7 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     struct kv_token *kt = c->tok;
     const CK_ATTRIBUTE *la = tmpl_find(hint, nhint, CKA_LABEL);
     int64_t deadline = kv_now_ms() + kt->deadline_ms;
-    char name[256] = "", **names = NULL;
+    char name[256] = "", want[128] = "", **names = NULL;
     size_t n_names = 0, i, k = 0, cap = 0;
     struct pobj *out = NULL;
     struct kv_key *key;
@@ -1155,8 +1329,13 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         memcpy(name, la->pValue, la->ulValueLen);
         name[la->ulValueLen] = '\0';
         at = strchr(name, '@');
-        if (at != NULL)
+        if (at != NULL) {
+            /* NAME@VERSION: that version, read alone if it is not known. */
+            if (strlen(at + 1) < sizeof(want) && at[1] != '\0' &&
+                strchr(at + 1, '/') == NULL)
+                snprintf(want, sizeof(want), "%s", at + 1);
             *at = '\0';
+        }
     }
     /* Which keys this search needs. */
     if (name[0] != '\0') {
@@ -1193,9 +1372,16 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         pthread_mutex_lock(&kt->lock);
         key = key_get_unlocked(kt, names[i], true);
         need = key != NULL && stale(key->loaded_at_ms, kt->refresh_ms);
+        if (key != NULL && !need && want[0] != '\0' && key->exists) {
+            struct kv_version *wv;
+            for (wv = key->versions; wv != NULL; wv = wv->next)
+                if (strcasecmp(wv->version, want) == 0)
+                    break;
+            need = wv == NULL || !wv->present || !wv->loaded;
+        }
         pthread_mutex_unlock(&kt->lock);
         if (need) {
-            rv = load_key(kt, c, names[i], deadline);
+            rv = load_key(kt, c, names[i], want[0] ? want : NULL, deadline);
             if (rv != CKR_OK && first_error == CKR_OK)
                 first_error = rv;
         }
@@ -1380,7 +1566,8 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     if (rv != CKR_OK) {
         if (res.status == 400 && op == POP_SIGN)
             rv = CKR_DATA_INVALID;
-        explain(kt, name, verbs[op], &res, rv);
+        explain(kt, name, verbs[op], op == POP_UNWRAP ? "unwrapKey" : verbs[op],
+                &res, rv);
         result_clear(&res);
         goto out;
     }
@@ -1454,7 +1641,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
         (bits != 0 && bits != 2048 && bits != 3072 && bits != 4096))
         return CKR_KEY_SIZE_RANGE;
 
-    rv = load_key(kt, c, name, deadline);
+    rv = load_key(kt, c, name, NULL, deadline);
     if (rv != CKR_OK)
         return rv;
     pthread_mutex_lock(&kt->lock);
@@ -1478,7 +1665,8 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     }
     rv = kv_call(kt, c, "POST", path, body, deadline, &res);
     if (rv != CKR_OK) {
-        explain(kt, name, exists && bits == 0 ? "rotate" : "create", &res, rv);
+        explain(kt, name, exists && bits == 0 ? "rotate" : "create",
+                exists && bits == 0 ? "rotate" : "create", &res, rv);
         if (res.status == 403)
             rv = CKR_FUNCTION_FAILED;
         result_clear(&res);
@@ -1500,13 +1688,13 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     k = key_get_unlocked(kt, name, true);
     pthread_mutex_unlock(&kt->lock);
     if (k != NULL)
-        rv = take_bundle(kt, k, res.doc, "POST", path);
+        rv = take_bundle(kt, k, res.doc, "POST", path, NULL);
     result_clear(&res);
     if (rv != CKR_OK)
         goto out;
     cmk_info("token %s: key %s has a new version %s", kt->name, name, version);
     /* Reload so that the new version is current and the old relabelled. */
-    rv = load_key(kt, c, name, deadline);
+    rv = load_key(kt, c, name, NULL, deadline);
     if (rv != CKR_OK)
         goto out;
     pthread_mutex_lock(&kt->lock);
@@ -1591,7 +1779,7 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
     if (need) {
         if (name == NULL)
             return CKR_HOST_MEMORY;
-        rv = load_key(kt, c, name, kv_now_ms() + kt->deadline_ms);
+        rv = load_key(kt, c, name, NULL, kv_now_ms() + kt->deadline_ms);
         free(name);
         if (rv != CKR_OK) {
             cache_prune(kt, v->key, true);

@@ -327,6 +327,27 @@ out:
         m->f->C_DestroyObject(s, k2);
 }
 
+/*
+ * What an identity with only get, wrapKey and unwrapKey (the three every
+ * CMK document grants) goes without: a row that passes and says so, shown
+ * only when the vault refused a permission.
+ */
+static void check_optional(struct result *r, const struct tversion *v)
+{
+    struct row *w;
+
+    if (v->refused == NULL || !tops_has(v->refused, "list"))
+        return;
+    w = add_row(r, "optional", "optional features");
+    snprintf(w->detail, sizeof(w->detail),
+             "off without the keys list permission: listing the vault's "
+             "keys (name them in keys =), listing a key's versions (an "
+             "older version is read when a sealed file or NAME@VERSION "
+             "names it) and unwrap-fallback over all versions; rotate needs "
+             "the keys rotate permission (not tried); grant keys list (or "
+             "Microsoft.KeyVault/vaults/keys/read) to turn them on");
+}
+
 /* Credentials, from the login and the listing (before any key). */
 static void credentials_row(struct result *r, const struct ttoken *t,
                             CK_RV list_rv, CK_ULONG list_dev)
@@ -386,6 +407,8 @@ static void check_version(struct tmod *m, const struct tool_opts *o,
     check_enabled(r, v, t->keyvault);
     if (t->keyvault)
         check_recovery(r, v);
+    if (t->keyvault)
+        check_optional(r, v);
     before = r->n;
     credentials_row(r, t, CKR_OK, 0);
     cred = &r->rows[before];

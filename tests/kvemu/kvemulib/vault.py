@@ -205,6 +205,8 @@ class Vault:
         self.host = "%s.%s.localhost" % (self.name, "managedhsm" if self.hsm else "vault")
         self.resource = "https://%s.localhost:%d" % ("managedhsm" if self.hsm else "vault", port)
         self.base_url = "https://%s:%d" % (self.host, port)
+        self.same_created = bool(spec.get("same_created", False))
+        self.descending_ids = bool(spec.get("descending_ids", False))
         self.keys = {}
         self.deleted = {}
         self.access = {}
@@ -222,7 +224,7 @@ class Vault:
     def update_properties(self, props):
         with self.lock:
             for k in ("soft_delete", "purge_protection", "recoverable_days", "delete_delay_ms",
-                      "sku", "authorization", "region"):
+                      "sku", "authorization", "region", "same_created", "descending_ids"):
                 if k in props:
                     setattr(self, k, props[k])
             if not self.soft_delete:
@@ -242,6 +244,7 @@ class Vault:
                 "soft_delete": self.soft_delete, "purge_protection": self.purge_protection,
                 "recoverable_days": self.recoverable_days, "recoveryLevel": self.recovery_level(),
                 "delete_delay_ms": self.delete_delay_ms, "authorization": self.authorization,
+                "same_created": self.same_created, "descending_ids": self.descending_ids,
                 "keys": len(self.keys), "deleted_keys": len(self.deleted),
                 "access": {k: sorted(v) for k, v in self.access.items()},
                 "revoked": sorted(self.revoked)}
@@ -355,7 +358,19 @@ class Vault:
             if key is None:
                 key = Key(self, name)
                 self.keys[name.lower()] = key
-            kv = KeyVersion(key, new_version(), kty, priv, key_ops, attrs, tags, release_policy)
+            version = new_version()
+            prev = key.latest() if key.versions else None
+            if self.descending_ids and prev is not None:
+                # Each new id sorts before every earlier one (admin knob):
+                # listing order, which is by id, then runs against creation.
+                low = min(key.versions)
+                head = int(low[:8], 16)
+                version = "%08x" % max(head - 1, 0) + version[8:]
+            kv = KeyVersion(key, version, kty, priv, key_ops, attrs, tags, release_policy)
+            if self.same_created and prev is not None:
+                # A create and a rotate in the same second, as the SDKs'
+                # recordings show (admin knob).
+                kv.created = kv.updated = prev.created
             key.versions[kv.version] = kv
             return kv
 
@@ -590,7 +605,9 @@ class Vault:
     def list_versions(self, name, lvl, query, api_version):
         with self.lock:
             key = self.get_key(name)
-            items = [self.item(kv, lvl, True) for kv in key.versions.values()]
+            # The service lists versions ordered by version id, not by
+            # creation (GetKeyVersions-example.json; the SDKs' recordings).
+            items = [self.item(key.versions[ver], lvl, True) for ver in sorted(key.versions)]
         page, nxt = self._page(items, query, "%s/keys/%s/versions" % (self.base_url, key.name),
                                api_version)
         return {"value": page, "nextLink": nxt}
