@@ -523,6 +523,38 @@ static char *with_api_version(const struct kv_token *kt, const char *path)
                             KV_API_VERSION);
 }
 
+/* host[:port] without a default :443. */
+static size_t authority_len(const char *a, size_t len)
+{
+    if (len > 4 && memcmp(a + len - 4, ":443", 4) == 0)
+        return len - 4;
+    return len;
+}
+
+/*
+ * Whether an absolute URL (a nextLink) is on the vault's own origin:
+ * https, the vault's host and port (:443 or none). The vault's token goes
+ * nowhere else; Microsoft's SDKs likewise keep the challenge per host and
+ * give another host nothing until it passes its own challenge
+ * (azure-keyvault-keys, _shared/challenge_auth_policy.py and
+ * _shared/http_challenge_cache.py, keyed by the URL's netloc).
+ */
+static bool same_origin(const struct kv_token *kt, const char *url)
+{
+    const char *a, *e;
+    size_t al, hl;
+
+    if (strncasecmp(url, "https://", 8) != 0)
+        return false;
+    a = url + 8;
+    e = a + strcspn(a, "/?#");
+    if (memchr(a, '@', (size_t)(e - a)) != NULL)
+        return false; /* user information: not the vault */
+    al = authority_len(a, (size_t)(e - a));
+    hl = authority_len(kt->host, strlen(kt->host));
+    return al == hl && strncasecmp(a, kt->host, al) == 0;
+}
+
 static bool circuit_allows(struct kv_token *kt)
 {
     int64_t now = kv_now_ms();
@@ -588,6 +620,17 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
     memset(res, 0, sizeof(*res));
     if (url == NULL)
         return CKR_HOST_MEMORY;
+    if (!same_origin(kt, url)) {
+        char shown[128];
+        snprintf(shown, sizeof(shown), "%.*s", (int)strcspn(url, "?#"), url);
+        cmk_error("token %s: the vault sent a link to %s, which is not on "
+                  "%s: not following it (the vault's token goes only to the "
+                  "vault)",
+                  kt->name, shown, kt->host);
+        free(url);
+        c->device_error = 0;
+        return CKR_DEVICE_ERROR;
+    }
     if (!circuit_allows(kt)) {
         free(url);
         c->device_error = 0;

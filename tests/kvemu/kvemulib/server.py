@@ -155,6 +155,7 @@ class Emulator:
         self.tenants = [t["id"] if isinstance(t, dict) else t for t in tenants]
         self.backup_key = os.urandom(32)
         self.vaults = {}
+        self.foreign_requests = []
         for vspec in cfg.get("vaults", []):
             v = Vault(vspec, self.tenants, self.port, self.backup_key)
             self.vaults[v.host] = v
@@ -374,6 +375,10 @@ class Emulator:
     # ---- top-level dispatch -------------------------------------------------
     def handle(self, req):
         vault = self.vaults.get(req.host)
+        if vault is None and req.listener == "tls":
+            for v in self.vaults.values():
+                if v.foreign_next_link and req.host == v.foreign_next_link.lower():
+                    return self.handle_foreign(req, v)
         if req.path.startswith("/_admin") and vault is None and req.listener == "tls":
             return self.handle_admin(req)
         if vault is not None:
@@ -815,6 +820,23 @@ class Emulator:
             return json_response(e.status, e.payload(), e.headers + self.vault_headers(vault))
         finally:
             self.count(route, ident_name, status)
+
+    def handle_foreign(self, req, vault):
+        """A host a vault's nextLink points at (admin knob foreign_next_link):
+        records whether each request carried an Authorization header; without
+        one it answers the vault's challenge, with one it serves the vault's
+        answer (so a client that leaks its token gets on)."""
+        authz = req.headers.get("Authorization")
+        with self.lock:
+            self.foreign_requests.append({"host": req.host, "method": req.method,
+                                          "path": req.path, "authorization": bool(authz)})
+        if not authz:
+            self.count("foreign:" + req.host, "-", 401)
+            e = self.unauthorized(vault, "Request is missing a Bearer or PoP token.")
+            return Response(e.status, e.body, ([("Content-Type", JSON_CT)] if e.body else [])
+                            + e.headers)
+        self.count("foreign:" + req.host, "-", 200)
+        return self.handle_vault(req, vault)
 
     def vault_headers(self, vault):
         if vault.hsm:

@@ -205,8 +205,10 @@ class Vault:
         self.host = "%s.%s.localhost" % (self.name, "managedhsm" if self.hsm else "vault")
         self.resource = "https://%s.localhost:%d" % ("managedhsm" if self.hsm else "vault", port)
         self.base_url = "https://%s:%d" % (self.host, port)
+        self.port = port
         self.same_created = bool(spec.get("same_created", False))
         self.descending_ids = bool(spec.get("descending_ids", False))
+        self.foreign_next_link = spec.get("foreign_next_link")
         self.keys = {}
         self.deleted = {}
         self.access = {}
@@ -224,7 +226,8 @@ class Vault:
     def update_properties(self, props):
         with self.lock:
             for k in ("soft_delete", "purge_protection", "recoverable_days", "delete_delay_ms",
-                      "sku", "authorization", "region", "same_created", "descending_ids"):
+                      "sku", "authorization", "region", "same_created", "descending_ids",
+                      "foreign_next_link"):
                 if k in props:
                     setattr(self, k, props[k])
             if not self.soft_delete:
@@ -245,6 +248,7 @@ class Vault:
                 "recoverable_days": self.recoverable_days, "recoveryLevel": self.recovery_level(),
                 "delete_delay_ms": self.delete_delay_ms, "authorization": self.authorization,
                 "same_created": self.same_created, "descending_ids": self.descending_ids,
+                "foreign_next_link": self.foreign_next_link,
                 "keys": len(self.keys), "deleted_keys": len(self.deleted),
                 "access": {k: sorted(v) for k, v in self.access.items()},
                 "revoked": sorted(self.revoked)}
@@ -595,11 +599,19 @@ class Vault:
                                                                     size)
         return page, nxt
 
+    def next_base(self):
+        """Where nextLink points: the vault, or (admin knob
+        foreign_next_link) another host, to test that a client gives that
+        host no token."""
+        if self.foreign_next_link:
+            return "https://%s:%d" % (self.foreign_next_link, self.port)
+        return self.base_url
+
     def list_keys(self, lvl, query, api_version):
         with self.lock:
             keys = sorted(self.keys.values(), key=lambda k: k.name.lower())
             items = [self.item(k.latest(), lvl, False) for k in keys]
-        page, nxt = self._page(items, query, self.base_url + "/keys", api_version)
+        page, nxt = self._page(items, query, self.next_base() + "/keys", api_version)
         return {"value": page, "nextLink": nxt}
 
     def list_versions(self, name, lvl, query, api_version):
@@ -608,7 +620,7 @@ class Vault:
             # The service lists versions ordered by version id, not by
             # creation (GetKeyVersions-example.json; the SDKs' recordings).
             items = [self.item(key.versions[ver], lvl, True) for ver in sorted(key.versions)]
-        page, nxt = self._page(items, query, "%s/keys/%s/versions" % (self.base_url, key.name),
+        page, nxt = self._page(items, query, "%s/keys/%s/versions" % (self.next_base(), key.name),
                                api_version)
         return {"value": page, "nextLink": nxt}
 
