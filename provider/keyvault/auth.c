@@ -300,14 +300,15 @@ static char *b64url_json(const char *json)
     return kv_b64url_encode((const unsigned char *)json, strlen(json));
 }
 
-/* Loads the certificate and its key: PEM (both in one file), or PKCS#12
- * with the password from client-certificate-password-file. */
+/* Loads the certificate and its key: PEM (both in one file; an encrypted
+ * key opens with client-certificate-password-file), or PKCS#12 with that
+ * password. */
 static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
 {
     size_t len = 0, plen = 0;
     char *data =
         read_file_secret("client-certificate-file", a->cfg.cert_file, &len);
-    char *pass = NULL;
+    char *pass = NULL, none[1] = "";
     BIO *bio;
     int r = -1;
 
@@ -316,15 +317,19 @@ static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
     if (data == NULL)
         return -1;
     bio = BIO_new_mem_buf(data, (int)len);
+    if (a->cfg.cert_password_file != NULL)
+        pass = read_file_secret("client-certificate-password-file",
+                                a->cfg.cert_password_file, &plen);
     if (bio != NULL && strstr(data, "-----BEGIN") != NULL) {
         *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
         BIO_reset(bio);
-        *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+        /* OpenSSL's default callback takes the last argument as the
+         * passphrase (PEM_read_bio_PrivateKey(3)); "" for none, so that an
+         * encrypted key without a password file fails instead of asking
+         * the terminal. */
+        *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, pass ? pass : none);
     } else if (bio != NULL) {
         PKCS12 *p12 = d2i_PKCS12_bio(bio, NULL);
-        if (a->cfg.cert_password_file != NULL)
-            pass = read_file_secret("client-certificate-password-file",
-                                    a->cfg.cert_password_file, &plen);
         if (p12 == NULL ||
             !PKCS12_parse(p12, pass ? pass : "", key, cert, NULL))
             cmk_error("client-certificate-file: %s is neither PEM nor a "

@@ -338,8 +338,10 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
         if (strcmp(req->method, "POST") != 0)
             curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req->method);
+        /* An empty body (rotate) goes without a content type. */
         headers = curl_slist_append(
-            headers, req->form
+            headers, body[0] == '\0' ? "Content-Type:"
+                     : req->form
                          ? "Content-Type: application/x-www-form-urlencoded"
                          : "Content-Type: application/json");
     }

@@ -46,6 +46,7 @@ struct kv_version {
     bool loaded;  /* n, e, kty and key_ops are known */
     bool present; /* exists, by the last listing or GET of the version */
     bool named;   /* asked for by name (NAME@VERSION): kept without a list */
+    bool read;    /* its key bundle was read (RSA or not: not read again) */
     bool enabled;
     long long nbf, exp, created, updated;
     struct kv_version *next;
@@ -57,6 +58,7 @@ struct kv_key {
     struct kv_version *versions;
     int64_t loaded_at_ms; /* 0: never */
     bool exists;
+    bool not_rsa; /* its current version is EC or oct: skipped, not reloaded */
     struct kv_key *next;
 };
 
@@ -382,10 +384,13 @@ static CK_RV kv_login(struct pcall *c, CK_USER_TYPE user,
 
 /* ---- requests: challenge, token, retries ---- */
 
-/* Parses a Bearer challenge: resource (or scope) and the tenant. */
+/* Parses a Bearer challenge: resource (or scope) and the tenant. A
+ * challenge may give scope= alone (https://vault.azure.net/.default): the
+ * SDKs take the resource from it then (azure-keyvault-keys,
+ * _shared/http_challenge.py, get_resource and get_scope). */
 static bool parse_challenge(const char *h, char **resource, char **tenant)
 {
-    char *res = NULL, *auth = NULL;
+    char *res = NULL, *auth = NULL, *scope = NULL;
     const char *p;
 
     if (h == NULL || strncasecmp(h, "Bearer", 6) != 0)
@@ -418,6 +423,9 @@ static bool parse_challenge(const char *h, char **resource, char **tenant)
         if (nlen == 8 && strncasecmp(name, "resource", 8) == 0) {
             free(res);
             res = strndup(val, vlen);
+        } else if (nlen == 5 && strncasecmp(name, "scope", 5) == 0) {
+            free(scope);
+            scope = strndup(val, vlen);
         } else if ((nlen == 13 &&
                     strncasecmp(name, "authorization", 13) == 0) ||
                    (nlen == 17 &&
@@ -426,6 +434,14 @@ static bool parse_challenge(const char *h, char **resource, char **tenant)
             auth = strndup(val, vlen);
         }
     }
+    if (res == NULL && scope != NULL) {
+        size_t sl = strlen(scope);
+        if (sl > 9 && strcmp(scope + sl - 9, "/.default") == 0)
+            scope[sl - 9] = '\0';
+        res = scope;
+        scope = NULL;
+    }
+    free(scope);
     if (res == NULL) {
         free(auth);
         return false;
@@ -856,7 +872,12 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
                   "keys %s permission; grant the identity %s (access policy) "
                   "or a role with %s (RBAC); the vault said: %s",
                   key, kt->host, code, op, perm, perm, action, said);
-    } else if (res->status == 404)
+    } else if (res->status == 409)
+        cmk_error("key %s in %s: %s refused (409 %s): the name is held by a "
+                  "key being deleted or deleted but recoverable; recover or "
+                  "purge it, or choose another name; the vault said: %s",
+                  key, kt->host, op, code, said);
+    else if (res->status == 404)
         cmk_error("key %s was not found in %s (404 %s): it was deleted or "
                   "the version does not exist; recover it or use another",
                   key, kt->host, code);
@@ -971,6 +992,7 @@ static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
         if (b.has_attrs)
             set_attributes(v, &b.attrs);
         v->loaded = v->n != NULL && v->e != NULL && v->kty != NULL;
+        v->read = true;
         v->present = true;
     }
     pthread_mutex_unlock(&kt->lock);
@@ -1151,6 +1173,13 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
     pthread_mutex_lock(&kt->lock);
     free(k->latest);
     k->latest = strdup(latest->version);
+    if (latest->kty != NULL && strncmp(latest->kty, "RSA", 3) != 0 &&
+        !k->not_rsa) {
+        k->not_rsa = true;
+        cmk_info("token %s: key %s is %s, not RSA: skipped (not loaded "
+                 "again unless searched by its label)",
+                 kt->name, name, latest->kty);
+    }
     for (v = k->versions; v != NULL; v = v->next)
         n_fetch++;
     fetch = calloc(n_fetch + 1, sizeof(*fetch));
@@ -1160,7 +1189,7 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         if (v == latest)
             continue;
         if (list && !refused)
-            need = v->present && !v->loaded; /* listed, key not yet read */
+            need = v->present && !v->read; /* listed, bundle not yet read */
         else
             need = v->loaded || v->named || v->present; /* known: again */
         if (need)
@@ -1414,7 +1443,8 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         bool need;
         pthread_mutex_lock(&kt->lock);
         key = key_get_unlocked(kt, names[i], true);
-        need = key != NULL && stale(key->loaded_at_ms, kt->refresh_ms);
+        need = key != NULL && stale(key->loaded_at_ms, kt->refresh_ms) &&
+               !(key->not_rsa && name[0] == '\0');
         if (key != NULL && !need && want[0] != '\0' && key->exists) {
             struct kv_version *wv;
             for (wv = key->versions; wv != NULL; wv = wv->next)
@@ -1693,6 +1723,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     pthread_mutex_unlock(&kt->lock);
     esc = kv_url_escape(name);
     if (exists && bits == 0) {
+        /* No body, so no Content-Type (keys.json: rotate takes none). */
         path = kv_strdup_printf("/keys/%s/rotate", esc);
         body = strdup("");
     } else {
@@ -1710,7 +1741,11 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     if (rv != CKR_OK) {
         explain(kt, name, exists && bits == 0 ? "rotate" : "create",
                 exists && bits == 0 ? "rotate" : "create", &res, rv);
-        if (res.status == 403)
+        /* Codes C_GenerateKeyPair may return: a 409 (the name held by a
+         * deleted key) is the label's value; a 403 or 404 the function. */
+        if (res.status == 409)
+            rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        else if (res.status == 403 || rv == CKR_KEY_HANDLE_INVALID)
             rv = CKR_FUNCTION_FAILED;
         result_clear(&res);
         goto out;

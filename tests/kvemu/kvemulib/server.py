@@ -363,6 +363,11 @@ class Emulator:
         return ident
 
     def challenge(self, vault):
+        if vault.challenge_form == "scope":
+            # scope= and no resource=, a form the SDKs read
+            # (azure-keyvault-keys, _shared/http_challenge.py).
+            return ('Bearer authorization="%s/%s", scope="%s/.default"'
+                    % (self.login, vault.tenant, vault.resource))
         return ('Bearer authorization="%s/%s", resource="%s"'
                 % (self.login, vault.tenant, vault.resource))
 
@@ -791,6 +796,15 @@ class Emulator:
                 raise HttpError(404, "NotFound", "The requested URI %s %s does not exist."
                                 % (req.method, req.path))
             route = "%s:%s" % (vault.name, op)
+            with self.lock:
+                # The Content-Type each operation arrived with ("" for none).
+                cts = self.counters.setdefault("content_types", {}).setdefault(route, {})
+                ct = req.headers.get("Content-Type") or ""
+                cts[ct] = cts.get(ct, 0) + 1
+                # Requests by method and path (no query), per vault.
+                bp = self.counters.setdefault("by_path", {})
+                k = "%s %s %s" % (vault.name, req.method, req.path.rstrip("/"))
+                bp[k] = bp.get(k, 0) + 1
             authz = req.headers.get("Authorization") or ""
             if not authz[:7].lower() == "bearer ":
                 raise self.unauthorized(vault, "Request is missing a Bearer or PoP token.")
@@ -956,7 +970,7 @@ class Emulator:
         name = spec["name"]
         count = int(spec.get("count", 1))
         body = {"kty": spec.get("kty", "RSA-HSM" if vault.hsm else "RSA"),
-                "key_size": spec.get("key_size", 2048),
+                "key_size": spec.get("key_size", 2048), "crv": spec.get("crv"),
                 "key_ops": spec.get("key_ops"), "tags": spec.get("tags"),
                 "attributes": {k: spec[k] for k in ("enabled", "nbf", "exp") if k in spec}}
         if count == 1 and "count" not in spec:
