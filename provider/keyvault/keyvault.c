@@ -157,6 +157,70 @@ static CK_RV bad(char *err, size_t errlen, const struct config_token *cfg,
     return CKR_GENERAL_ERROR;
 }
 
+/*
+ * The managed identity host, from the environment, in the order of
+ * azure-identity's ManagedIdentityCredential
+ * (azure/identity/_credentials/managed_identity.py): IDENTITY_ENDPOINT
+ * with IDENTITY_HEADER is Service Fabric when IDENTITY_SERVER_THUMBPRINT
+ * is set, else App Service; with IMDS_ENDPOINT it is Azure Arc;
+ * MSI_ENDPOINT is Azure ML with MSI_SECRET, else Cloud Shell; otherwise
+ * IMDS. imds-endpoint in the file means IMDS.
+ */
+static void mi_detect(struct kv_auth_config *ac)
+{
+    const char *ie = env_or(NULL, "IDENTITY_ENDPOINT");
+    const char *ih = env_or(NULL, "IDENTITY_HEADER");
+    const char *me = env_or(NULL, "MSI_ENDPOINT");
+
+    ac->mi_host = KV_MI_IMDS;
+    if (ac->imds_endpoint != NULL)
+        return;
+    if (ie != NULL && ih != NULL) {
+        ac->identity_endpoint = (char *)ie;
+        ac->identity_header = (char *)ih;
+        ac->identity_thumbprint =
+            (char *)env_or(NULL, "IDENTITY_SERVER_THUMBPRINT");
+        ac->mi_host =
+            ac->identity_thumbprint ? KV_MI_SERVICE_FABRIC : KV_MI_APP_SERVICE;
+    } else if (ie != NULL && env_or(NULL, "IMDS_ENDPOINT") != NULL) {
+        ac->identity_endpoint = (char *)ie;
+        ac->mi_host = KV_MI_ARC;
+    } else if (ie == NULL && me != NULL) {
+        ac->msi_endpoint = (char *)me;
+        ac->msi_secret = (char *)env_or(NULL, "MSI_SECRET");
+        ac->mi_host = ac->msi_secret ? KV_MI_AZURE_ML : KV_MI_CLOUD_SHELL;
+    }
+}
+
+/*
+ * Without auth =, the choice DefaultAzureCredential makes
+ * (azure/identity/_credentials/default.py, environment.py): the
+ * environment's service principal (a secret, else a certificate), then
+ * workload identity when AZURE_FEDERATED_TOKEN_FILE is set, then managed
+ * identity. A file that names a credential (client-secret-file,
+ * client-certificate-file, federated-token-file) chooses it.
+ */
+static const char *default_auth(const struct config_token *cfg)
+{
+    bool sp = env_or(config_token_get(cfg, "tenant-id"), "AZURE_TENANT_ID") &&
+              env_or(config_token_get(cfg, "client-id"), "AZURE_CLIENT_ID");
+
+    if (config_token_get(cfg, "client-secret-file") != NULL)
+        return "client-secret";
+    if (config_token_get(cfg, "client-certificate-file") != NULL)
+        return "client-certificate";
+    if (config_token_get(cfg, "federated-token-file") != NULL)
+        return "workload-identity";
+    if (env_or(NULL, "AZURE_CLIENT_SECRET") != NULL &&
+        (sp || env_or(config_token_get(cfg, "client-id"), "AZURE_CLIENT_ID")))
+        return "client-secret";
+    if (sp && env_or(NULL, "AZURE_CLIENT_CERTIFICATE_PATH") != NULL)
+        return "client-certificate";
+    if (sp && env_or(NULL, "AZURE_FEDERATED_TOKEN_FILE") != NULL)
+        return "workload-identity";
+    return "managed-identity";
+}
+
 static CK_RV kv_open(const struct config_token *cfg, void **tok,
                      unsigned *flags, char *err, size_t errlen)
 {
@@ -253,8 +317,7 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
 
     auth = config_token_get(cfg, "auth");
     if (auth == NULL)
-        auth = env_or(NULL, "AZURE_CLIENT_SECRET") ? "client-secret"
-                                                   : "managed-identity";
+        auth = default_auth(cfg);
     if (strcmp(auth, "client-secret") == 0) {
         ac.method = KV_AUTH_CLIENT_SECRET;
     } else if (strcmp(auth, "managed-identity") == 0) {
@@ -294,11 +357,12 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
     ac.secondary_secret_file =
         (char *)config_token_get(cfg, "secondary-client-secret-file");
     ac.imds_endpoint = (char *)config_token_get(cfg, "imds-endpoint");
+    ac.object_id = (char *)config_token_get(cfg, "object-id");
+    ac.resource_id = (char *)config_token_get(cfg, "resource-id");
+    ac.arc_token_dir = (char *)config_token_get(cfg, "arc-token-directory");
     ac.retries = retries;
-    if (ac.method == KV_AUTH_MANAGED_IDENTITY && ac.imds_endpoint == NULL) {
-        ac.identity_endpoint = (char *)env_or(NULL, "IDENTITY_ENDPOINT");
-        ac.identity_header = (char *)env_or(NULL, "IDENTITY_HEADER");
-    }
+    if (ac.method == KV_AUTH_MANAGED_IDENTITY)
+        mi_detect(&ac);
     if (ac.method == KV_AUTH_CLIENT_SECRET && ac.secret_file == NULL)
         ac.secret_env = (char *)env_or(NULL, "AZURE_CLIENT_SECRET");
 
