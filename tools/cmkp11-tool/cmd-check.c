@@ -215,7 +215,9 @@ static void vault_remedy(char *buf, size_t len, CK_ULONG status)
         snprintf(buf, len,
                  "grant the identity Get, Wrap Key and Unwrap Key on the key "
                  "(role Key Vault Crypto Service Encryption User, or an "
-                 "access policy with get, list, wrapKey and unwrapKey)");
+                 "access policy with get, wrapKey and unwrapKey; list is "
+                 "optional); the module's log names the permission the "
+                 "vault refused");
     else
         snprintf(buf, len,
                  "make the vault and the identity endpoint reachable (check "
