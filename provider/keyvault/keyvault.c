@@ -1273,7 +1273,7 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
             pthread_mutex_lock(&kt->lock);
             v = version_get_unlocked(k, fetch[i]);
             if (v != NULL)
-                v->present = false;
+                v->present = v->named = false;
             pthread_mutex_unlock(&kt->lock);
         } else {
             explain(kt, name, "get", "get", &res, rv);
@@ -1471,6 +1471,17 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
                 strchr(at + 1, '/') == NULL)
                 snprintf(want, sizeof(want), "%s", at + 1);
             *at = '\0';
+        }
+    }
+    if ((name[0] != '\0' || kt->allow != NULL) && want[0] == '\0') {
+        /* A CKA_ID (pkcs11:id=...) is a version's 16 bytes: that version
+         * of the key searched for (or of each key in keys =) is read
+         * alone if it is not known. */
+        const CK_ATTRIBUTE *ia = tmpl_find(hint, nhint, CKA_ID);
+        if (ia != NULL && ia->pValue != NULL && ia->ulValueLen == 16) {
+            const CK_BYTE *b = ia->pValue;
+            for (i = 0; i < 16; i++)
+                snprintf(want + 2 * i, 3, "%02x", b[i]);
         }
     }
     /* Which keys this search needs. */

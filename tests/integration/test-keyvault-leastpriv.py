@@ -200,12 +200,25 @@ t.ok(opt.get("result") == "PASS" and "without the keys list permission" in
      "rotate" in opt.get("detail", ""),
      "and says which optional features are off", opt)
 
+# ---- an older version named by a label or by CKA_ID, without list -------
+lib = P.PyKCS11Lib()
+lib.load(MODULE)
+ses = session("lp")
+oldpub = find(ses, P.CKO_PUBLIC_KEY, id=bytes.fromhex(v1))
+t.eq(len(oldpub), 1, "the version before the rotation is found by its "
+     "CKA_ID alone (pkcs11:id=...)")
+old = find(ses, P.CKO_PRIVATE_KEY, "kek@" + v1)
+t.eq(len(old), 1, "and by NAME@VERSION")
+t.ok(len(old) == 1 and len(oldpub) == 1 and round_trip(ses, oldpub[0], old[0]),
+     "and it unwraps what its public key wrapped")
+t.eq(len(find(ses, P.CKO_PRIVATE_KEY, id=bytes(16))), 0,
+     "a CKA_ID that is no version finds nothing")
+
 # ---- ten rotations in one created second, ids against creation ------------
 emu.admin("PATCH", "vaults/kvemu", {"same_created": True,
                                     "descending_ids": True})
-lib = P.PyKCS11Lib()
-lib.load(MODULE)
 app = session("app")
+ses = None
 MECH = P.Mechanism(P.CKM_RSA_PKCS_KEY_PAIR_GEN, None)
 pubt = [(P.CKA_CLASS, P.CKO_PUBLIC_KEY), (P.CKA_KEY_TYPE, P.CKK_RSA),
         (P.CKA_LABEL, "spin"), (P.CKA_TOKEN, True)]
