@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
@@ -453,6 +454,9 @@ static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
     secure_free(data, len + 1);
     if (pass != NULL)
         secure_free(pass, plen + 1);
+    /* A key that did not open leaves OpenSSL's errors on this thread's
+     * queue, where the application's next TLS call would find them. */
+    ERR_clear_error();
     if (*cert != NULL && *key != NULL)
         r = 0;
     else

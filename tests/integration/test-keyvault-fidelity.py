@@ -6,6 +6,8 @@ return, with the vault's message in the log; EC and oct keys in the vault
 are skipped once, not read again at every refresh; a PEM client
 certificate with an encrypted key opens with
 client-certificate-password-file."""
+import ctypes
+import ctypes.util
 import os
 import time
 
@@ -158,7 +160,47 @@ c = emu.admin("GET", "counters")
 t.ok(count(c, "kvemu:getKey", identity="certapp") >= 1,
      "and the vault saw the certificate's identity")
 ns = session("certnopw")
+libcrypto = ctypes.CDLL(ctypes.util.find_library("crypto"))
+libcrypto.ERR_peek_error.restype = ctypes.c_ulong
+libcrypto.ERR_clear_error()
 t.eq(ckr(ns.findObjects, [(P.CKA_CLASS, P.CKO_PRIVATE_KEY)]),
      P.CKR_DEVICE_ERROR, "without the password file the key does not open")
 t.ok("must hold the certificate and its private key" in log_text(),
      "and the log says the key could not be read")
+# The application's own TLS (Python's ssl here) shares this thread's
+# OpenSSL error queue: a stale error surfaces in its next failing call.
+t.eq(libcrypto.ERR_peek_error(), 0, "the failed key leaves no OpenSSL error "
+     "on the application's thread")
+
+# A 403 names the permission the refused request needed.
+emu.admin("PUT", "vaults/kvemu/access/certapp",
+          {"permissions": ["get", "wrapKey"]})
+priv = cs.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_LABEL, "kek")])[0]
+pub = cs.findObjects([(P.CKA_CLASS, P.CKO_PUBLIC_KEY), (P.CKA_LABEL, "kek")])[0]
+tmpl = [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+        (P.CKA_TOKEN, False), (P.CKA_SENSITIVE, False),
+        (P.CKA_EXTRACTABLE, True), (P.CKA_ENCRYPT, True)]
+dek = cs.generateKey(tmpl + [(P.CKA_VALUE_LEN, 32)])
+OAEP = P.RSAOAEPMechanism(P.CKM_SHA256, P.CKG_MGF1_SHA256)
+blob = bytes(cs.wrapKey(pub, dek, OAEP))
+t.eq(ckr(cs.unwrapKey, priv, blob, tmpl, OAEP),
+     P.CKR_KEY_FUNCTION_NOT_PERMITTED, "unwrap without unwrapKey: refused")
+text = log_text()
+t.ok("unwrapkey needs the keys unwrapKey permission; grant the identity "
+     "unwrapKey (access policy) or a role with "
+     "Microsoft.KeyVault/vaults/keys/unwrapKey/action (RBAC); the vault said: "
+     "The user, group or application" in text,
+     "the log names unwrapKey, its RBAC action and the vault's message",
+     text[-800:])
+
+# A 403 from the firewall says it is the network rule.
+emu.admin("POST", "faults", {"kind": "status", "status": 403,
+                             "code": "ForbiddenByFirewall",
+                             "match": "kvemu:getKey", "count": 1})
+time.sleep(1.1)  # refresh-interval = 1: the key is read again
+labels(ses)
+text = log_text()
+t.ok("refused this host" in text and "(403 ForbiddenByFirewall)" in text and
+     "this is the vault's firewall, not the identity's permissions" in text,
+     "a ForbiddenByFirewall 403 is explained as the network rule",
+     text[-800:])
