@@ -189,6 +189,12 @@ for n in ("1", "2"):
          open(plain, "rb").read(), "unseal the file of version %s" %
          ("1 (read by the header's version, no listing)" if n == "1" else "2"),
          err)
+rc, out, err = tool("list", "pkcs11:token=lp;object=kek@" + v1)
+t.ok(rc == 0 and v1 in out,
+     "cmkp11-tool list of a URI naming the older version finds it", out + err)
+rc, out, err = tool("list", "pkcs11:token=lp;id=" + "".join(
+    "%%%s" % v1[i:i + 2] for i in range(0, 32, 2)))
+t.ok(rc == 0 and v1 in out, "and of a URI naming it by id", out + err)
 rc, out, err = tool("--json", "check", "lp", "kek")
 doc = json.loads(out) if out.startswith("{") else {}
 rows = {r["name"]: r for r in doc.get("checks", [])}

@@ -575,6 +575,8 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         rv = t->login_rv == CKR_OK || t->pin_missing
                  ? tkeys_load(m, t, &keys[i])
                  : CKR_OK;
+        if (rv == CKR_OK && (t->login_rv == CKR_OK || t->pin_missing))
+            rv = tkeys_load_named(m, t, &keys[i], &ksel);
         if (rv != CKR_OK)
             dev = tmod_device_error(m, t->sess);
         tkeys_select(&keys[i], &ksel);

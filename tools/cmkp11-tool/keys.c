@@ -232,6 +232,46 @@ CK_RV tkeys_load_version(struct tmod *m, struct ttoken *t, struct tkeys *k,
     return rv;
 }
 
+/*
+ * Searches the token with the label and id a pkcs11: URI names (an older
+ * version, object=NAME@VERSION or id=...) and adds what it finds: a module
+ * without the list permission reads such a version only when asked.
+ */
+CK_RV tkeys_load_named(struct tmod *m, struct ttoken *t, struct tkeys *k,
+                       const struct tsel *s)
+{
+    CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+    CK_ATTRIBUTE *label, *id;
+    size_t i;
+    CK_RV rv = CKR_OK;
+
+    if (s == NULL || s->uri == NULL || !tsel_has_object(s))
+        return CKR_OK;
+    label = p11_kit_uri_get_attribute(s->uri, CKA_LABEL);
+    id = p11_kit_uri_get_attribute(s->uri, CKA_ID);
+    if (label == NULL && id == NULL)
+        return CKR_OK;
+    for (i = 0; rv == CKR_OK && i < CMK_ARRAY_SIZE(classes); i++) {
+        CK_ATTRIBUTE tmpl[3] = {{CKA_CLASS, &classes[i], sizeof(classes[i])}};
+        CK_ULONG n = 1, got = 0, j;
+        CK_OBJECT_HANDLE found[16];
+
+        if (label != NULL)
+            tmpl[n++] = *label;
+        if (id != NULL)
+            tmpl[n++] = *id;
+        rv = m->f->C_FindObjectsInit(t->sess, tmpl, n);
+        if (rv != CKR_OK)
+            break;
+        rv = m->f->C_FindObjects(t->sess, found, CMK_ARRAY_SIZE(found), &got);
+        m->f->C_FindObjectsFinal(t->sess);
+        for (j = 0; rv == CKR_OK && j < got; j++)
+            if (add_object(m, t->sess, k, found[j], classes[i]) < 0)
+                rv = CKR_HOST_MEMORY;
+    }
+    return rv;
+}
+
 /* Whether the URI matches one of the version's objects. */
 static bool uri_matches(const struct tsel *s, const struct tversion *v)
 {

@@ -40,6 +40,10 @@ CK_RV tkeys_load(struct tmod *m, struct ttoken *t, struct tkeys *out);
  * which a module may read only when asked. */
 CK_RV tkeys_load_version(struct tmod *m, struct ttoken *t, struct tkeys *k,
                          const char *name, const char *version);
+/* Adds the objects a pkcs11: URI's object= and id= name (none for a name
+ * or a URI without them). */
+CK_RV tkeys_load_named(struct tmod *m, struct ttoken *t, struct tkeys *k,
+                       const struct tsel *s);
 void tkeys_free(struct tkeys *k);
 
 /* Marks the versions that s selects: by key name for a plain name, by
