@@ -33,7 +33,12 @@ builddir = os.environ.get("top_builddir", ".")
 TOOL = os.path.join(builddir, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(builddir, ".libs",
                                                          "cmkp11.so")
-emu = Emu(emulator_config())
+WI_ID = "0b5d9a3e-6a1f-4c36-8f0e-2c9b1a7d4e05"
+cfg = emulator_config()
+cfg["identities"].append({"name": "wi", "client_id": WI_ID, "federated": [
+    {"issuer": "@emulator", "subject": "system:serviceaccount:default:wi"}]})
+cfg["vaults"][0]["access"]["wi"] = ["all"]
+emu = Emu(cfg)
 work = emu.dir
 emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
 RESOURCE = "https://vault.localhost:%d" % emu.port
@@ -318,3 +323,16 @@ rc, out, _ = run("default-env", "imds-endpoint = %s\n" % c.url(), auth="",
 t.ok(listed(rc, out) and c.requests == [],
      "no auth =, a service principal in the environment: client secret, "
      "not managed identity", out)
+c.requests.clear()
+fed = write_private(os.path.join(work, "federated-token"), emu.admin(
+    "POST", "federated-token", {"identity": "wi"})["token"])
+emu.admin("DELETE", "counters")
+rc, out, _ = run("default-wi", "imds-endpoint = %s\n" % c.url(), auth="",
+                 env={"AZURE_TENANT_ID": emu.env["AZURE_TENANT_ID"],
+                      "AZURE_CLIENT_ID": WI_ID,
+                      "AZURE_FEDERATED_TOKEN_FILE": fed,
+                      "AZURE_AUTHORITY_HOST": emu.env["AZURE_AUTHORITY_HOST"]})
+cn = emu.admin("GET", "counters")
+t.ok(listed(rc, out) and c.requests == [] and
+     cn.get("by_identity_route", {}).get("wi", {}).get("login:token", 0) >= 1,
+     "no auth =, AZURE_FEDERATED_TOKEN_FILE set: workload identity", out)
