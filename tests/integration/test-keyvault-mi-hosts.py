@@ -231,6 +231,14 @@ t.eq([(x["method"], x["query"].get("api-version"),
       ("GET", "2019-11-01", "true", "Basic arc-secret-123")],
      "Azure Arc: a first GET, the 401 Basic challenge, then the file's "
      "contents as Authorization: Basic")
+big = os.path.join(tokdir, "big.key")
+with open(big, "w") as fh:
+    fh.write("x" * 4097)
+ar.requests.clear()
+realm["path"] = big
+rc, out, text = run("arc-big", "arc-token-directory = %s\n" % tokdir, env=env)
+t.ok(rc != 0 and len(ar.requests) == 1 and "at most 4096 bytes" in text,
+     "Azure Arc: a key file over 4096 bytes is refused", text[-300:])
 ar.requests.clear()
 realm["path"] = outside
 rc, out, text = run("arc-outside", "arc-token-directory = %s\n" % tokdir,
@@ -336,3 +344,12 @@ cn = emu.admin("GET", "counters")
 t.ok(listed(rc, out) and c.requests == [] and
      cn.get("by_identity_route", {}).get("wi", {}).get("login:token", 0) >= 1,
      "no auth =, AZURE_FEDERATED_TOKEN_FILE set: workload identity", out)
+
+logs = ""
+for fn in os.listdir(work):
+    if fn.endswith(".log"):
+        with open(os.path.join(work, fn)) as fh:
+            logs += fh.read()
+t.ok(logs != "" and not any(x in logs for x in (
+    "arc-secret-123", "ml-secret", "sf-secret", "hdr-1", TOKEN)),
+    "no identity secret and no token in any log")
