@@ -1454,6 +1454,7 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     const CK_ATTRIBUTE *la = tmpl_find(hint, nhint, CKA_LABEL);
     int64_t deadline = kv_now_ms() + kt->deadline_ms;
     char name[256] = "", want[128] = "", **names = NULL;
+    bool label_at = false; /* the label was NAME@VERSION */
     size_t n_names = 0, i, k = 0, cap = 0;
     struct pobj *out = NULL;
     struct kv_key *key;
@@ -1470,6 +1471,7 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
             if (strlen(at + 1) < sizeof(want) && at[1] != '\0' &&
                 strchr(at + 1, '/') == NULL)
                 snprintf(want, sizeof(want), "%s", at + 1);
+            label_at = true;
             *at = '\0';
         }
     }
@@ -1525,7 +1527,12 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
             for (wv = key->versions; wv != NULL; wv = wv->next)
                 if (strcasecmp(wv->version, want) == 0)
                     break;
-            need = wv == NULL || !wv->present || !wv->loaded;
+            /* Also when the version asked for is the current one here: a
+             * search for NAME@VERSION expects an older version, so the
+             * key may have been rotated since it was loaded. */
+            need = wv == NULL || !wv->present || !wv->loaded ||
+                   (label_at && key->latest != NULL &&
+                    strcasecmp(key->latest, want) == 0);
         }
         pthread_mutex_unlock(&kt->lock);
         if (need) {
