@@ -136,6 +136,7 @@ static const struct name_entry attr_names[] = {
     {0xc34d000cUL, "CKA_CMK_NOT_BEFORE"},
     {0xc34d000dUL, "CKA_CMK_EXPIRES"},
     {0xc34d000eUL, "CKA_CMK_MIN_BITS"},
+    {0xc34d000fUL, "CKA_CMK_REFUSED"},
 };
 
 static const struct name_entry mech_names[] = {

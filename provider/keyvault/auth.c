@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,11 +17,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
@@ -69,6 +72,19 @@ const char *kv_auth_method_name(enum kv_auth_method m)
     return names[m];
 }
 
+const char *kv_mi_host_name(enum kv_mi_host h)
+{
+    static const char *names[] = {
+        [KV_MI_IMDS] = "IMDS",
+        [KV_MI_APP_SERVICE] = "App Service",
+        [KV_MI_SERVICE_FABRIC] = "Service Fabric",
+        [KV_MI_ARC] = "Azure Arc",
+        [KV_MI_AZURE_ML] = "Azure ML",
+        [KV_MI_CLOUD_SHELL] = "Cloud Shell",
+    };
+    return names[h];
+}
+
 static char *dup_or_null(const char *s)
 {
     return s != NULL ? strdup(s) : NULL;
@@ -88,9 +104,45 @@ static void config_clear(struct kv_auth_config *c)
     free(c->cert_password_file);
     free(c->federated_token_file);
     free(c->token_file);
+    free(c->object_id);
+    free(c->resource_id);
+    free(c->identity_thumbprint);
+    free(c->msi_endpoint);
+    free(c->arc_token_dir);
+    if (c->msi_secret != NULL)
+        secure_free(c->msi_secret, strlen(c->msi_secret) + 1);
     if (c->secret_env != NULL)
         secure_free(c->secret_env, strlen(c->secret_env) + 1);
     memset(c, 0, sizeof(*c));
+}
+
+/*
+ * Which user-assigned selectors a host takes, as each names them
+ * (azure-identity _credentials/imds.py, app_service.py, azure_ml.py,
+ * cloud_shell.py, service_fabric.py, azure_arc.py): NULL, or what is wrong.
+ */
+static const char *mi_selector_problem(const struct kv_auth_config *c)
+{
+    int n = (c->client_id != NULL) + (c->object_id != NULL) +
+            (c->resource_id != NULL);
+
+    if (n > 1)
+        return "give one of client-id, object-id and resource-id";
+    if (n == 0)
+        return NULL;
+    switch (c->mi_host) {
+    case KV_MI_IMDS:
+    case KV_MI_APP_SERVICE:
+        return NULL;
+    case KV_MI_ARC:
+        return "Azure Arc has no user-assigned identities: leave out "
+               "client-id, object-id and resource-id (and AZURE_CLIENT_ID)";
+    default:
+        return c->client_id != NULL
+                   ? NULL
+                   : "this host takes a user-assigned identity by client-id "
+                     "only";
+    }
 }
 
 CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
@@ -114,6 +166,16 @@ CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
     a->cfg.federated_token_file = dup_or_null(cfg->federated_token_file);
     a->cfg.token_file = dup_or_null(cfg->token_file);
     a->cfg.retries = cfg->retries;
+    a->cfg.mi_host = cfg->mi_host;
+    a->cfg.object_id = dup_or_null(cfg->object_id);
+    a->cfg.resource_id = dup_or_null(cfg->resource_id);
+    a->cfg.identity_thumbprint = dup_or_null(cfg->identity_thumbprint);
+    a->cfg.msi_endpoint = dup_or_null(cfg->msi_endpoint);
+    a->cfg.arc_token_dir = dup_or_null(
+        cfg->arc_token_dir ? cfg->arc_token_dir : "/var/opt/azcmagent/tokens");
+    if (cfg->msi_secret != NULL)
+        a->cfg.msi_secret =
+            secure_dup(cfg->msi_secret, strlen(cfg->msi_secret) + 1);
     if (cfg->secret_env != NULL)
         a->cfg.secret_env =
             secure_dup(cfg->secret_env, strlen(cfg->secret_env) + 1);
@@ -146,6 +208,15 @@ CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
         case KV_AUTH_ACCESS_TOKEN_FILE:
             if (a->cfg.token_file == NULL)
                 missing = "access-token-file";
+            break;
+        case KV_AUTH_MANAGED_IDENTITY:
+            missing = mi_selector_problem(&a->cfg);
+            if (missing != NULL) {
+                snprintf(err, errlen, "managed identity on %s: %s",
+                         kv_mi_host_name(a->cfg.mi_host), missing);
+                kv_auth_free(a);
+                return CKR_GENERAL_ERROR;
+            }
             break;
         default:
             break;
@@ -243,6 +314,46 @@ static void store(struct kv_auth *a, const char *resource, const char *token,
     pthread_mutex_unlock(&a->lock);
 }
 
+/*
+ * An expires_on in the text form of App Service's 2017-09-01 API, which
+ * Azure ML may answer too: "06/20/2019 02:57:58 +00:00" (Linux) or
+ * "1/16/2020 5:24:12 AM +00:00" (Windows), as azure-identity's
+ * _credentials/azure_ml.py (_parse_expires_on) reads it. Returns the
+ * seconds left, or 300 when the text is not of that form.
+ */
+static long long expires_on_text(const char *body)
+{
+    struct tm tm;
+    const char *end, *p = body ? strstr(body, "\"expires_on\"") : NULL;
+    char s[64];
+    size_t n;
+    long long left;
+
+    /* The text of "expires_on": "...", read from the body without parsing
+     * it again (the body holds the token too). */
+    if (p == NULL)
+        return 300;
+    p += strlen("\"expires_on\"");
+    p += strspn(p, " \t\r\n");
+    if (*p++ != ':')
+        return 300;
+    p += strspn(p, " \t\r\n");
+    if (*p++ != '"' || (n = strcspn(p, "\"")) >= sizeof(s) || p[n] != '"')
+        return 300;
+    memcpy(s, p, n);
+    s[n] = '\0';
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(s, "%m/%d/%Y %I:%M:%S %p +00:00", &tm);
+    if (end == NULL || *end != '\0') {
+        memset(&tm, 0, sizeof(tm));
+        end = strptime(s, "%m/%d/%Y %H:%M:%S +00:00", &tm);
+    }
+    if (end == NULL || *end != '\0')
+        return 300;
+    left = (long long)timegm(&tm) - (long long)time(NULL);
+    return left > 0 ? left : 300;
+}
+
 /* Parses an identity endpoint's answer: the token and its lifetime. */
 static CK_RV parse_token(const struct kv_response *r, const char *where,
                          char **token, long long *lifetime)
@@ -254,6 +365,8 @@ static CK_RV parse_token(const struct kv_response *r, const char *where,
     if (rv == CKR_DEVICE_ERROR)
         cmk_error("malformed answer from the identity endpoint %s: %s", where,
                   why);
+    else if (rv == CKR_OK && *lifetime == 300)
+        *lifetime = expires_on_text(r->body);
     return rv;
 }
 
@@ -300,14 +413,15 @@ static char *b64url_json(const char *json)
     return kv_b64url_encode((const unsigned char *)json, strlen(json));
 }
 
-/* Loads the certificate and its key: PEM (both in one file), or PKCS#12
- * with the password from client-certificate-password-file. */
+/* Loads the certificate and its key: PEM (both in one file; an encrypted
+ * key opens with client-certificate-password-file), or PKCS#12 with that
+ * password. */
 static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
 {
     size_t len = 0, plen = 0;
     char *data =
         read_file_secret("client-certificate-file", a->cfg.cert_file, &len);
-    char *pass = NULL;
+    char *pass = NULL, none[1] = "";
     BIO *bio;
     int r = -1;
 
@@ -316,15 +430,19 @@ static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
     if (data == NULL)
         return -1;
     bio = BIO_new_mem_buf(data, (int)len);
+    if (a->cfg.cert_password_file != NULL)
+        pass = read_file_secret("client-certificate-password-file",
+                                a->cfg.cert_password_file, &plen);
     if (bio != NULL && strstr(data, "-----BEGIN") != NULL) {
         *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
         BIO_reset(bio);
-        *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+        /* OpenSSL's default callback takes the last argument as the
+         * passphrase (PEM_read_bio_PrivateKey(3)); "" for none, so that an
+         * encrypted key without a password file fails instead of asking
+         * the terminal. */
+        *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, pass ? pass : none);
     } else if (bio != NULL) {
         PKCS12 *p12 = d2i_PKCS12_bio(bio, NULL);
-        if (a->cfg.cert_password_file != NULL)
-            pass = read_file_secret("client-certificate-password-file",
-                                    a->cfg.cert_password_file, &plen);
         if (p12 == NULL ||
             !PKCS12_parse(p12, pass ? pass : "", key, cert, NULL))
             cmk_error("client-certificate-file: %s is neither PEM nor a "
@@ -336,6 +454,9 @@ static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
     secure_free(data, len + 1);
     if (pass != NULL)
         secure_free(pass, plen + 1);
+    /* A key that did not open leaves OpenSSL's errors on this thread's
+     * queue, where the application's next TLS call would find them. */
+    ERR_clear_error();
     if (*cert != NULL && *key != NULL)
         r = 0;
     else
@@ -731,45 +852,207 @@ static bool token_file_changed(struct kv_auth *a)
     return changed;
 }
 
+/* "&NAME=VALUE" for the user-assigned identity, in the host's spelling,
+ * or "" (a malloc'd string either way). */
+static char *mi_selector(const struct kv_auth *a, const char *lead)
+{
+    const char *name = NULL, *value = NULL;
+    char *esc, *out;
+
+    if (a->cfg.client_id != NULL) {
+        value = a->cfg.client_id;
+        /* Azure ML's 2017-09-01 API spells it clientid (azure_ml.py). */
+        name = a->cfg.mi_host == KV_MI_AZURE_ML ? "clientid" : "client_id";
+    } else if (a->cfg.object_id != NULL) {
+        value = a->cfg.object_id;
+        /* App Service's 2019-08-01 API: principal_id (app_service.py
+         * documentation); IMDS: object_id (imds.py). */
+        name =
+            a->cfg.mi_host == KV_MI_APP_SERVICE ? "principal_id" : "object_id";
+    } else if (a->cfg.resource_id != NULL) {
+        value = a->cfg.resource_id;
+        name = a->cfg.mi_host == KV_MI_APP_SERVICE ? "mi_res_id" : "msi_res_id";
+    }
+    if (name == NULL)
+        return strdup("");
+    esc = kv_url_escape(value);
+    out = esc ? kv_strdup_printf("%s%s=%s", lead, name, esc) : NULL;
+    free(esc);
+    return out;
+}
+
+/*
+ * Azure Arc's challenge: the 401's "WWW-Authenticate: Basic realm=FILE"
+ * names a file the caller must read to prove it runs on the machine. As
+ * azure-identity's _credentials/azure_arc.py (_validate_key_file) checks:
+ * FILE must lie directly in the Arc tokens directory, end in .key and hold
+ * at most 4096 bytes. Returns "Authorization: Basic CONTENTS" in secure
+ * memory, or NULL after logging why.
+ */
+static char *arc_answer(const struct kv_auth *a, const char *challenge,
+                        size_t *len)
+{
+    const char *p, *dir = a->cfg.arc_token_dir;
+    char path[4096], *data = NULL, *out = NULL, real[PATH_MAX],
+                     realdir[PATH_MAX];
+    size_t n, dl = 0;
+    struct stat st;
+
+    if (challenge == NULL || strncasecmp(challenge, "Basic", 5) != 0 ||
+        (p = strchr(challenge, '=')) == NULL) {
+        cmk_error("Azure Arc: the identity endpoint's 401 names no key file "
+                  "(WWW-Authenticate: %s)",
+                  challenge ? challenge : "(none)");
+        return NULL;
+    }
+    p++;
+    n = strlen(p);
+    if (n >= 2 && p[0] == '"' && p[n - 1] == '"') {
+        p++;
+        n -= 2;
+    }
+    if (n == 0 || n >= sizeof(path)) {
+        cmk_error("Azure Arc: the key file path is empty or too long");
+        return NULL;
+    }
+    memcpy(path, p, n);
+    path[n] = '\0';
+    if (realpath(path, real) == NULL || realpath(dir, realdir) == NULL ||
+        strncmp(real, realdir, strlen(realdir)) != 0 ||
+        real[strlen(realdir)] != '/' ||
+        strchr(real + strlen(realdir) + 1, '/') != NULL) {
+        cmk_error("Azure Arc: the key file %s is not in %s: refused", path,
+                  dir);
+        return NULL;
+    }
+    if (n < 5 || strcmp(path + n - 4, ".key") != 0 || stat(real, &st) != 0 ||
+        !S_ISREG(st.st_mode) || st.st_size > 4096) {
+        cmk_error("Azure Arc: the key file %s must be a .key file of at most "
+                  "4096 bytes",
+                  path);
+        return NULL;
+    }
+    {
+        /* The Arc agent owns the file (group himds): only its place, name
+         * and size are checked, not the owner and mode of a secret file. */
+        int fd = open(real, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        ssize_t got = 0;
+        data = secure_alloc(4097);
+        if (fd < 0 || data == NULL) {
+            cmk_error("Azure Arc: cannot read the key file %s: %s", real,
+                      fd < 0 ? strerror(errno) : "out of memory");
+            if (fd >= 0)
+                close(fd);
+            secure_free(data, 4097);
+            return NULL;
+        }
+        while (dl < 4096 && (got = read(fd, data + dl, 4096 - dl)) > 0)
+            dl += (size_t)got;
+        close(fd);
+        data[dl] = '\0';
+    }
+    while (dl > 0 && (data[dl - 1] == '\n' || data[dl - 1] == '\r'))
+        data[--dl] = '\0';
+    *len = dl + 32;
+    out = secure_alloc(*len);
+    if (out != NULL)
+        snprintf(out, *len, "Authorization: Basic %s", data);
+    secure_free(data, 4097);
+    return out;
+}
+
+/*
+ * A token from the managed identity endpoint of the host (wire formats of
+ * azure-identity's _credentials/imds.py, app_service.py,
+ * service_fabric.py, azure_arc.py, azure_ml.py and cloud_shell.py). These
+ * endpoints are local to the host: never through a proxy.
+ */
 static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
                                     int64_t deadline, char **token,
                                     long long *lifetime, long *status)
 {
-    char *res = kv_url_escape(resource), *url = NULL, *hdr = NULL;
-    char *cid = a->cfg.client_id ? kv_url_escape(a->cfg.client_id) : NULL;
-    const char *headers[2] = {NULL, NULL};
+    char *res = kv_url_escape(resource), *url = NULL, *hdr = NULL, *sel = NULL,
+         *body = NULL, *basic = NULL;
+    const char *headers[4] = {NULL, NULL, NULL, NULL};
+    size_t basic_len = 0;
     struct kv_request req;
     struct kv_response r;
     CK_RV rv = CKR_DEVICE_ERROR;
 
     if (res == NULL)
         return CKR_HOST_MEMORY;
-    if (a->cfg.identity_endpoint != NULL && a->cfg.identity_header != NULL) {
-        /* App Service and Functions. */
-        url = kv_strdup_printf("%s?api-version=2019-08-01&resource=%s%s%s",
-                               a->cfg.identity_endpoint, res,
-                               cid ? "&client_id=" : "", cid ? cid : "");
+    memset(&req, 0, sizeof(req));
+    req.method = "GET";
+    req.allow_http = true; /* the endpoints are plain http on the host */
+    req.no_proxy = true;
+    switch (a->cfg.mi_host) {
+    case KV_MI_APP_SERVICE:
+        sel = mi_selector(a, "&");
+        url = kv_strdup_printf("%s?api-version=2019-08-01&resource=%s%s",
+                               a->cfg.identity_endpoint, res, sel);
         hdr = kv_strdup_printf("X-IDENTITY-HEADER: %s", a->cfg.identity_header);
-    } else {
+        break;
+    case KV_MI_SERVICE_FABRIC:
+        sel = mi_selector(a, "&");
+        url =
+            kv_strdup_printf("%s?api-version=2019-07-01-preview&resource=%s%s",
+                             a->cfg.identity_endpoint, res, sel);
+        hdr = kv_strdup_printf("Secret: %s", a->cfg.identity_header);
+        req.pin_sha1 = a->cfg.identity_thumbprint;
+        break;
+    case KV_MI_ARC:
+        sel = strdup("");
+        url = kv_strdup_printf("%s?api-version=2019-11-01&resource=%s",
+                               a->cfg.identity_endpoint, res);
+        hdr = strdup("Metadata: true");
+        break;
+    case KV_MI_AZURE_ML:
+        sel = mi_selector(a, "&");
+        url = kv_strdup_printf("%s?api-version=2017-09-01&resource=%s%s",
+                               a->cfg.msi_endpoint, res, sel);
+        hdr = kv_strdup_printf("secret: %s", a->cfg.msi_secret);
+        break;
+    case KV_MI_CLOUD_SHELL:
+        sel = mi_selector(a, "&");
+        url = strdup(a->cfg.msi_endpoint);
+        body = sel ? kv_strdup_printf("resource=%s%s", res, sel) : NULL;
+        hdr = strdup("Metadata: true");
+        req.method = "POST";
+        req.form = true;
+        req.body = body;
+        break;
+    case KV_MI_IMDS:
+    default: {
         const char *base = a->cfg.imds_endpoint ? a->cfg.imds_endpoint
                                                 : "http://169.254.169.254";
+        sel = mi_selector(a, "&");
         url = kv_strdup_printf("%s/metadata/identity/oauth2/token?api-version="
-                               "2018-02-01&resource=%s%s%s",
-                               base, res, cid ? "&client_id=" : "",
-                               cid ? cid : "");
+                               "2018-02-01&resource=%s%s",
+                               base, res, sel);
         hdr = strdup("Metadata: true");
+        break;
     }
-    if (url == NULL || hdr == NULL) {
+    }
+    if (url == NULL || hdr == NULL || sel == NULL ||
+        (req.form && body == NULL)) {
         rv = CKR_HOST_MEMORY;
         goto out;
     }
     headers[0] = hdr;
-    memset(&req, 0, sizeof(req));
-    req.method = "GET";
     req.url = url;
     req.headers = headers;
-    req.allow_http = true; /* IMDS is plain http by design */
     kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
+    if (a->cfg.mi_host == KV_MI_ARC && r.curl == CURLE_OK && r.status == 401) {
+        /* Arc's challenge, then the same request with the file's secret. */
+        basic = arc_answer(a, r.www_authenticate, &basic_len);
+        kv_response_clear(&r);
+        if (basic == NULL) {
+            *status = 401;
+            goto out;
+        }
+        headers[1] = basic;
+        kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
+    }
     *status = r.status;
     if (r.curl == CURLE_OK && r.status == 200)
         rv = parse_token(&r, url, token, lifetime);
@@ -778,26 +1061,43 @@ static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
     kv_response_clear(&r);
 out:
     free(res);
-    free(cid);
+    free(sel);
     free(url);
+    free(body);
     if (hdr != NULL)
         secure_free(hdr, strlen(hdr) + 1);
+    if (basic != NULL)
+        secure_free(basic, basic_len);
     return rv;
 }
 
 /* Identity endpoint answers worth another try: throttling, server errors,
- * transport errors, and IMDS's 410 while it updates. */
+ * transport errors; from IMDS also 404 and every 5xx (azure-identity
+ * _credentials/imds.py: retry_on_status_codes 404, 429, 500-599) and 410
+ * while it updates (see kv_auth_token). */
 static bool fetch_retriable(const struct kv_auth *a, long status)
 {
+    bool imds = a->cfg.method == KV_AUTH_MANAGED_IDENTITY &&
+                a->cfg.mi_host == KV_MI_IMDS;
+
     if (a->cfg.method != KV_AUTH_CLIENT_SECRET &&
         a->cfg.method != KV_AUTH_CLIENT_CERTIFICATE &&
         a->cfg.method != KV_AUTH_WORKLOAD_IDENTITY &&
         a->cfg.method != KV_AUTH_MANAGED_IDENTITY)
         return false;
+    if (imds &&
+        (status == 404 || status == 410 || (status >= 500 && status <= 599)))
+        return true;
     return status == 0 || status == 408 || status == 429 || status == 500 ||
            status == 502 || status == 503 || status == 504 ||
            (status == 410 && a->cfg.method == KV_AUTH_MANAGED_IDENTITY);
 }
+
+/* IMDS answers 410 while it updates, for up to 70 s; the first token
+ * request keeps trying that long, within the call's deadline
+ * (learn.microsoft.com, "How to use managed identities for Azure
+ * resources on an Azure VM to acquire an access token": retry guidance). */
+#define KV_IMDS_410_MS 70000
 
 /* Exponential from 800 ms with jitter of -20..+30 %, as for the vault. */
 static int64_t fetch_backoff_ms(int n)
@@ -934,12 +1234,16 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
             rv = CKR_DEVICE_ERROR;
             break;
         }
-        if (rv == CKR_OK || attempt >= a->cfg.retries ||
-            !fetch_retriable(a, *http_status))
+        if (rv == CKR_OK || !fetch_retriable(a, *http_status))
+            break;
+        if (attempt >= a->cfg.retries &&
+            !(*http_status == 410 &&
+              a->cfg.method == KV_AUTH_MANAGED_IDENTITY &&
+              kv_now_ms() - since < KV_IMDS_410_MS))
             break;
         /* A busy or restarting identity endpoint: as the SDKs do, try
          * again after a backoff, within the call's deadline. */
-        wait = fetch_backoff_ms(attempt);
+        wait = fetch_backoff_ms(attempt < 4 ? attempt : 4);
         if (kv_now_ms() + wait >= deadline_ms)
             break;
         cmk_debug("token request: %ld; retry %d in %lld ms", *http_status,

@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -239,6 +240,57 @@ static CURLcode on_ssl_ctx(CURL *c, void *ssl_ctx, void *user)
     return CURLE_OK;
 }
 
+/* ---- a server certificate pinned by its SHA-1 thumbprint ---- */
+
+static pthread_once_t pin_once = PTHREAD_ONCE_INIT;
+static int pin_index = -1;
+
+static void pin_init(void)
+{
+    pin_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+/* Accepts the chain only for a leaf with the pinned thumbprint; the
+ * issuers, names and dates are not checked (the pin is the trust). */
+static int pin_verify(int ok, X509_STORE_CTX *st)
+{
+    SSL *ssl =
+        X509_STORE_CTX_get_ex_data(st, SSL_get_ex_data_X509_STORE_CTX_idx());
+    const char *pin =
+        ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), pin_index) : NULL;
+    X509 *cert = X509_STORE_CTX_get_current_cert(st);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0, i;
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+
+    (void)ok;
+    if (X509_STORE_CTX_get_error_depth(st) > 0)
+        return 1;
+    if (pin == NULL || cert == NULL ||
+        X509_digest(cert, EVP_sha1(), md, &n) != 1)
+        return 0;
+    for (i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    if (strlen(pin) != 2 * n || strncasecmp(hex, pin, 2 * n) != 0) {
+        cmk_error("the identity endpoint's certificate has thumbprint %s, "
+                  "not the pinned %s: refused",
+                  hex, pin);
+        return 0;
+    }
+    X509_STORE_CTX_set_error(st, X509_V_OK);
+    return 1;
+}
+
+static CURLcode on_ssl_ctx_pin(CURL *c, void *ssl_ctx, void *user)
+{
+    (void)c;
+    pthread_once(&pin_once, pin_init);
+    if (pin_index < 0 || SSL_CTX_set_ex_data(ssl_ctx, pin_index, user) != 1)
+        return CURLE_SSL_CERTPROBLEM;
+    SSL_CTX_set_verify(ssl_ctx, SSL_VERIFY_PEER, pin_verify);
+    return CURLE_OK;
+}
+
 void kv_response_clear(struct kv_response *r)
 {
     secure_free(r->body, r->cap);
@@ -313,10 +365,23 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     curl_easy_setopt(c, CURLOPT_URL, req->url);
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR,
                      req->allow_http ? "http,https" : "https");
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
-    curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
+    if (req->pin_sha1 != NULL) {
+        /* The pin replaces the chain and name checks; no TLS session is
+         * resumed, so every handshake sees the certificate. */
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+        curl_easy_setopt(c, CURLOPT_SSL_SESSIONID_CACHE, 0L);
+        curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx_pin);
+        curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, (void *)req->pin_sha1);
+    } else {
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt(c, CURLOPT_SSL_SESSIONID_CACHE, 1L);
+        curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+        curl_easy_setopt(c, CURLOPT_SSL_CTX_DATA, h);
+    }
+    /* Identity endpoints are local to the host: never through a proxy. */
+    curl_easy_setopt(c, CURLOPT_NOPROXY, req->no_proxy ? "*" : NULL);
     curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -338,8 +403,10 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
         if (strcmp(req->method, "POST") != 0)
             curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req->method);
+        /* An empty body (rotate) goes without a content type. */
         headers = curl_slist_append(
-            headers, req->form
+            headers, body[0] == '\0' ? "Content-Type:"
+                     : req->form
                          ? "Content-Type: application/x-www-form-urlencoded"
                          : "Content-Type: application/json");
     }

@@ -44,7 +44,9 @@ struct kv_version {
     char *key_ops; /* "wrapKey,unwrapKey,..." */
     char *recovery;
     bool loaded;  /* n, e, kty and key_ops are known */
-    bool present; /* in the last listing of the key's versions */
+    bool present; /* exists, by the last listing or GET of the version */
+    bool named;   /* asked for by name (NAME@VERSION): kept without a list */
+    bool read;    /* its key bundle was read (RSA or not: not read again) */
     bool enabled;
     long long nbf, exp, created, updated;
     struct kv_version *next;
@@ -52,9 +54,11 @@ struct kv_version {
 
 struct kv_key {
     char *name;
+    char *latest; /* the version GET /keys/NAME answered: the current one */
     struct kv_version *versions;
     int64_t loaded_at_ms; /* 0: never */
     bool exists;
+    bool not_rsa; /* its current version is EC or oct: skipped, not reloaded */
     struct kv_key *next;
 };
 
@@ -85,6 +89,9 @@ struct kv_token {
     int64_t open_until_ms;
     bool probing;
     struct kv_cache *cache; /* unwrap-cache, or NULL */
+    /* The identity may not list a key's versions (403 once): versions are
+     * then read one by one, only those something names. */
+    bool list_refused;
 };
 
 #define KV_CIRCUIT_FAILURES 5
@@ -114,6 +121,7 @@ static void kv_close(void *tok, bool in_child)
             free(v);
         }
         free(k->name);
+        free(k->latest);
         free(k);
     }
     kv_cache_free(kt->cache);
@@ -147,6 +155,70 @@ static CK_RV bad(char *err, size_t errlen, const struct config_token *cfg,
     snprintf(err, errlen, "%s:%d: %s: %s", cfg->path,
              config_token_line(cfg, key), key, why);
     return CKR_GENERAL_ERROR;
+}
+
+/*
+ * The managed identity host, from the environment, in the order of
+ * azure-identity's ManagedIdentityCredential
+ * (azure/identity/_credentials/managed_identity.py): IDENTITY_ENDPOINT
+ * with IDENTITY_HEADER is Service Fabric when IDENTITY_SERVER_THUMBPRINT
+ * is set, else App Service; with IMDS_ENDPOINT it is Azure Arc;
+ * MSI_ENDPOINT is Azure ML with MSI_SECRET, else Cloud Shell; otherwise
+ * IMDS. imds-endpoint in the file means IMDS.
+ */
+static void mi_detect(struct kv_auth_config *ac)
+{
+    const char *ie = env_or(NULL, "IDENTITY_ENDPOINT");
+    const char *ih = env_or(NULL, "IDENTITY_HEADER");
+    const char *me = env_or(NULL, "MSI_ENDPOINT");
+
+    ac->mi_host = KV_MI_IMDS;
+    if (ac->imds_endpoint != NULL)
+        return;
+    if (ie != NULL && ih != NULL) {
+        ac->identity_endpoint = (char *)ie;
+        ac->identity_header = (char *)ih;
+        ac->identity_thumbprint =
+            (char *)env_or(NULL, "IDENTITY_SERVER_THUMBPRINT");
+        ac->mi_host =
+            ac->identity_thumbprint ? KV_MI_SERVICE_FABRIC : KV_MI_APP_SERVICE;
+    } else if (ie != NULL && env_or(NULL, "IMDS_ENDPOINT") != NULL) {
+        ac->identity_endpoint = (char *)ie;
+        ac->mi_host = KV_MI_ARC;
+    } else if (ie == NULL && me != NULL) {
+        ac->msi_endpoint = (char *)me;
+        ac->msi_secret = (char *)env_or(NULL, "MSI_SECRET");
+        ac->mi_host = ac->msi_secret ? KV_MI_AZURE_ML : KV_MI_CLOUD_SHELL;
+    }
+}
+
+/*
+ * Without auth =, the choice DefaultAzureCredential makes
+ * (azure/identity/_credentials/default.py, environment.py): the
+ * environment's service principal (a secret, else a certificate), then
+ * workload identity when AZURE_FEDERATED_TOKEN_FILE is set, then managed
+ * identity. A file that names a credential (client-secret-file,
+ * client-certificate-file, federated-token-file) chooses it.
+ */
+static const char *default_auth(const struct config_token *cfg)
+{
+    bool sp = env_or(config_token_get(cfg, "tenant-id"), "AZURE_TENANT_ID") &&
+              env_or(config_token_get(cfg, "client-id"), "AZURE_CLIENT_ID");
+
+    if (config_token_get(cfg, "client-secret-file") != NULL)
+        return "client-secret";
+    if (config_token_get(cfg, "client-certificate-file") != NULL)
+        return "client-certificate";
+    if (config_token_get(cfg, "federated-token-file") != NULL)
+        return "workload-identity";
+    if (env_or(NULL, "AZURE_CLIENT_SECRET") != NULL &&
+        (sp || env_or(config_token_get(cfg, "client-id"), "AZURE_CLIENT_ID")))
+        return "client-secret";
+    if (sp && env_or(NULL, "AZURE_CLIENT_CERTIFICATE_PATH") != NULL)
+        return "client-certificate";
+    if (sp && env_or(NULL, "AZURE_FEDERATED_TOKEN_FILE") != NULL)
+        return "workload-identity";
+    return "managed-identity";
 }
 
 static CK_RV kv_open(const struct config_token *cfg, void **tok,
@@ -245,8 +317,7 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
 
     auth = config_token_get(cfg, "auth");
     if (auth == NULL)
-        auth = env_or(NULL, "AZURE_CLIENT_SECRET") ? "client-secret"
-                                                   : "managed-identity";
+        auth = default_auth(cfg);
     if (strcmp(auth, "client-secret") == 0) {
         ac.method = KV_AUTH_CLIENT_SECRET;
     } else if (strcmp(auth, "managed-identity") == 0) {
@@ -286,11 +357,12 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
     ac.secondary_secret_file =
         (char *)config_token_get(cfg, "secondary-client-secret-file");
     ac.imds_endpoint = (char *)config_token_get(cfg, "imds-endpoint");
+    ac.object_id = (char *)config_token_get(cfg, "object-id");
+    ac.resource_id = (char *)config_token_get(cfg, "resource-id");
+    ac.arc_token_dir = (char *)config_token_get(cfg, "arc-token-directory");
     ac.retries = retries;
-    if (ac.method == KV_AUTH_MANAGED_IDENTITY && ac.imds_endpoint == NULL) {
-        ac.identity_endpoint = (char *)env_or(NULL, "IDENTITY_ENDPOINT");
-        ac.identity_header = (char *)env_or(NULL, "IDENTITY_HEADER");
-    }
+    if (ac.method == KV_AUTH_MANAGED_IDENTITY)
+        mi_detect(&ac);
     if (ac.method == KV_AUTH_CLIENT_SECRET && ac.secret_file == NULL)
         ac.secret_env = (char *)env_or(NULL, "AZURE_CLIENT_SECRET");
 
@@ -376,10 +448,13 @@ static CK_RV kv_login(struct pcall *c, CK_USER_TYPE user,
 
 /* ---- requests: challenge, token, retries ---- */
 
-/* Parses a Bearer challenge: resource (or scope) and the tenant. */
+/* Parses a Bearer challenge: resource (or scope) and the tenant. A
+ * challenge may give scope= alone (https://vault.azure.net/.default): the
+ * SDKs take the resource from it then (azure-keyvault-keys,
+ * _shared/http_challenge.py, get_resource and get_scope). */
 static bool parse_challenge(const char *h, char **resource, char **tenant)
 {
-    char *res = NULL, *auth = NULL;
+    char *res = NULL, *auth = NULL, *scope = NULL;
     const char *p;
 
     if (h == NULL || strncasecmp(h, "Bearer", 6) != 0)
@@ -412,6 +487,9 @@ static bool parse_challenge(const char *h, char **resource, char **tenant)
         if (nlen == 8 && strncasecmp(name, "resource", 8) == 0) {
             free(res);
             res = strndup(val, vlen);
+        } else if (nlen == 5 && strncasecmp(name, "scope", 5) == 0) {
+            free(scope);
+            scope = strndup(val, vlen);
         } else if ((nlen == 13 &&
                     strncasecmp(name, "authorization", 13) == 0) ||
                    (nlen == 17 &&
@@ -420,6 +498,14 @@ static bool parse_challenge(const char *h, char **resource, char **tenant)
             auth = strndup(val, vlen);
         }
     }
+    if (res == NULL && scope != NULL) {
+        size_t sl = strlen(scope);
+        if (sl > 9 && strcmp(scope + sl - 9, "/.default") == 0)
+            scope[sl - 9] = '\0';
+        res = scope;
+        scope = NULL;
+    }
+    free(scope);
     if (res == NULL) {
         free(auth);
         return false;
@@ -492,7 +578,7 @@ struct kv_result {
     long status;
     json_object *doc; /* parsed body of a 2xx answer */
     char code[64];    /* Key Vault's error code */
-    char message[256];
+    char message[512];
 };
 
 static void result_clear(struct kv_result *res)
@@ -515,6 +601,38 @@ static char *with_api_version(const struct kv_token *kt, const char *path)
     sep = strchr(path, '?') ? "&" : "?";
     return kv_strdup_printf("%s%s%sapi-version=%s", kt->vault_url, path, sep,
                             KV_API_VERSION);
+}
+
+/* host[:port] without a default :443. */
+static size_t authority_len(const char *a, size_t len)
+{
+    if (len > 4 && memcmp(a + len - 4, ":443", 4) == 0)
+        return len - 4;
+    return len;
+}
+
+/*
+ * Whether an absolute URL (a nextLink) is on the vault's own origin:
+ * https, the vault's host and port (:443 or none). The vault's token goes
+ * nowhere else; Microsoft's SDKs likewise keep the challenge per host and
+ * give another host nothing until it passes its own challenge
+ * (azure-keyvault-keys, _shared/challenge_auth_policy.py and
+ * _shared/http_challenge_cache.py, keyed by the URL's netloc).
+ */
+static bool same_origin(const struct kv_token *kt, const char *url)
+{
+    const char *a, *e;
+    size_t al, hl;
+
+    if (strncasecmp(url, "https://", 8) != 0)
+        return false;
+    a = url + 8;
+    e = a + strcspn(a, "/?#");
+    if (memchr(a, '@', (size_t)(e - a)) != NULL)
+        return false; /* user information: not the vault */
+    al = authority_len(a, (size_t)(e - a));
+    hl = authority_len(kt->host, strlen(kt->host));
+    return al == hl && strncasecmp(a, kt->host, al) == 0;
 }
 
 static bool circuit_allows(struct kv_token *kt)
@@ -582,6 +700,17 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
     memset(res, 0, sizeof(*res));
     if (url == NULL)
         return CKR_HOST_MEMORY;
+    if (!same_origin(kt, url)) {
+        char shown[128];
+        snprintf(shown, sizeof(shown), "%.*s", (int)strcspn(url, "?#"), url);
+        cmk_error("token %s: the vault sent a link to %s, which is not on "
+                  "%s: not following it (the vault's token goes only to the "
+                  "vault)",
+                  kt->name, shown, kt->host);
+        free(url);
+        c->device_error = 0;
+        return CKR_DEVICE_ERROR;
+    }
     if (!circuit_allows(kt)) {
         free(url);
         c->device_error = 0;
@@ -727,14 +856,56 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
     return rv;
 }
 
-/* A message a person can act on, for a failed key operation. */
+/* The vault's own message, on one line (RBAC messages hold CR LF). */
+static void one_line(const char *in, char *out, size_t len)
+{
+    size_t i = 0;
+    bool space = false;
+
+    for (; *in != '\0' && i + 1 < len; in++) {
+        if (*in == '\r' || *in == '\n' || *in == '\t' || *in == ' ') {
+            space = i > 0;
+            continue;
+        }
+        if ((unsigned char)*in < 0x20)
+            continue;
+        if (space && i + 2 < len)
+            out[i++] = ' ';
+        space = false;
+        out[i++] = *in;
+    }
+    out[i] = '\0';
+}
+
+/*
+ * The RBAC data action that covers an access-policy key permission
+ * (learn.microsoft.com, "Azure built-in roles for Key Vault data plane
+ * operations"; keys/read covers both get and list).
+ */
+static const char *rbac_action(const char *perm)
+{
+    if (strcmp(perm, "get") == 0 || strcmp(perm, "list") == 0)
+        return "read";
+    if (strcmp(perm, "update") == 0)
+        return "write";
+    return NULL; /* the others are "<perm>/action" */
+}
+
+/*
+ * A message a person can act on, for a failed key operation. perm is the
+ * key permission the refused request needed (access-policy name): a 403
+ * names it, and the RBAC action that covers it; a 403 from the firewall
+ * says it is the network rule, not the identity.
+ */
 static void explain(struct kv_token *kt, const char *key, const char *op,
-                    const struct kv_result *res, CK_RV rv)
+                    const char *perm, const struct kv_result *res, CK_RV rv)
 {
     const char *code = res->code[0] ? res->code : "";
+    char said[sizeof(res->message)], action[64];
 
     if (strcmp(code, "VaultNotFound") == 0)
         return; /* kv_call said so */
+    one_line(res->message, said, sizeof(said));
     if (res->status == 403 && (strcmp(code, "KeyDisabled") == 0))
         cmk_error("key %s in %s is disabled: %s refused (403 %s); enable "
                   "the key or use another version",
@@ -744,11 +915,32 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
         cmk_error("key %s in %s is outside its validity dates: %s refused "
                   "(403 %s)",
                   key, kt->host, op, code);
-    else if (res->status == 403)
-        cmk_error("access to key %s in %s was denied (403 %s): grant the "
-                  "identity Get, Wrap Key and Unwrap Key%s",
-                  key, kt->host, code,
-                  strcmp(op, "sign") == 0 ? " (and Sign)" : "");
+    else if (res->status == 403 && strcmp(code, "KeyOperationForbidden") == 0)
+        cmk_error("key %s in %s does not permit %s (403 %s): add the "
+                  "operation to the key's key_ops (az keyvault key "
+                  "set-attributes --ops); the vault said: %s",
+                  key, kt->host, op, code, said);
+    else if (res->status == 403 && strcmp(code, "ForbiddenByFirewall") == 0)
+        cmk_error("the network rules of %s refused this host: %s of key %s "
+                  "(403 %s); this is the vault's firewall, not the "
+                  "identity's permissions: allow this host's address in the "
+                  "vault's networking settings or use a private endpoint; "
+                  "the vault said: %s",
+                  kt->host, op, key, code, said);
+    else if (res->status == 403) {
+        const char *a = rbac_action(perm);
+        snprintf(action, sizeof(action), "Microsoft.KeyVault/%s/keys/%s%s",
+                 kt->mhsm ? "managedHsm" : "vaults", a ? a : perm,
+                 a ? "" : "/action");
+        cmk_error("access to key %s in %s was denied (403 %s): %s needs the "
+                  "keys %s permission; grant the identity %s (access policy) "
+                  "or a role with %s (RBAC); the vault said: %s",
+                  key, kt->host, code, op, perm, perm, action, said);
+    } else if (res->status == 409)
+        cmk_error("key %s in %s: %s refused (409 %s): the name is held by a "
+                  "key being deleted or deleted but recoverable; recover or "
+                  "purge it, or choose another name; the vault said: %s",
+                  key, kt->host, op, code, said);
     else if (res->status == 404)
         cmk_error("key %s was not found in %s (404 %s): it was deleted or "
                   "the version does not exist; recover it or use another",
@@ -830,9 +1022,11 @@ static void set_attributes(struct kv_version *v, const struct kv_attrs *a)
     }
 }
 
-/* Stores a key bundle (GET /keys/NAME/VERSION) in its version. */
+/* Stores a key bundle (GET /keys/NAME[/VERSION]) in its version; *out (if
+ * not NULL) gets the version, which lives as long as the token. */
 static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
-                         json_object *doc, const char *method, const char *path)
+                         json_object *doc, const char *method, const char *path,
+                         struct kv_version **out)
 {
     struct kv_bundle b;
     struct kv_version *v;
@@ -862,72 +1056,80 @@ static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
         if (b.has_attrs)
             set_attributes(v, &b.attrs);
         v->loaded = v->n != NULL && v->e != NULL && v->kty != NULL;
+        v->read = true;
         v->present = true;
     }
     pthread_mutex_unlock(&kt->lock);
+    if (out != NULL)
+        *out = v;
     kv_bundle_clear(&b);
     return CKR_OK;
 }
 
-/* Loads (or refreshes) one key: its versions, and each new version's
- * public key. */
-static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
-                      int64_t deadline)
+/* A 404 on the key: it was deleted, and its versions disappear. */
+static void key_gone(struct kv_token *kt, struct kv_key *k)
 {
-    struct kv_key *k;
-    struct kv_version *v;
-    struct kv_result res;
-    char *path, *esc = kv_url_escape(name), **missing = NULL;
-    size_t n_missing = 0, i;
-    CK_RV rv;
-
-    if (esc == NULL)
-        return CKR_HOST_MEMORY;
     pthread_mutex_lock(&kt->lock);
-    k = key_get_unlocked(kt, name, true);
-    if (k != NULL)
-        for (v = k->versions; v != NULL; v = v->next)
-            v->present = false;
+    k->exists = false;
+    k->loaded_at_ms = kv_now_ms();
     pthread_mutex_unlock(&kt->lock);
-    if (k == NULL) {
-        free(esc);
-        return CKR_HOST_MEMORY;
-    }
-    path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
+    cache_prune(kt, k, true);
+}
+
+/*
+ * GET /keys/NAME/versions, every page: marks the listed versions present.
+ * Returns CKR_OK; *refused when the identity may not list (403), which is
+ * logged once for the token and not asked again.
+ */
+static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
+                           struct kv_key *k, const char *esc, int64_t deadline,
+                           bool *refused, bool *gone)
+{
+    struct kv_result res;
+    char *path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
+    struct kv_version *v;
+    CK_RV rv = CKR_OK;
+
+    *refused = *gone = false;
     while (path != NULL) {
         struct kv_listing l;
         char why[128];
+        size_t i;
 
         rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
         free(path);
         path = NULL;
         if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
-            /* Deleted: its versions disappear. A name of keys = that is
-             * not there is a mistake to report, not an empty list. */
-            if (kt->allow != NULL && config_list_allows(kt->allow, name))
-                cmk_warning("token %s: key %s of keys = is not in %s (404 "
-                            "%s: %s); create it, or correct keys =",
-                            kt->name, name, kt->host, res.code, res.message);
-            pthread_mutex_lock(&kt->lock);
-            k->exists = false;
-            k->loaded_at_ms = kv_now_ms();
-            pthread_mutex_unlock(&kt->lock);
-            cache_prune(kt, k, true);
+            *gone = true;
             result_clear(&res);
-            free(esc);
+            return CKR_OK;
+        }
+        if (res.status == 403 && strcmp(res.code, "ForbiddenByFirewall") != 0) {
+            char said[sizeof(res.message)];
+            one_line(res.message, said, sizeof(said));
+            pthread_mutex_lock(&kt->lock);
+            kt->list_refused = true;
+            pthread_mutex_unlock(&kt->lock);
+            cmk_warning("token %s: listing the versions of key %s was "
+                        "refused (403 %s): the identity lacks the keys list "
+                        "permission; the current version comes from GET "
+                        "/keys/%s and an older one only when something names "
+                        "it (a sealed file, NAME@VERSION); unwrap-fallback "
+                        "cannot try the others; the vault said: %s",
+                        kt->name, k->name, res.code, k->name, said);
+            *refused = true;
+            result_clear(&res);
             return CKR_OK;
         }
         if (rv != CKR_OK) {
-            explain(kt, name, "list versions", &res, rv);
+            explain(kt, k->name, "list versions", "list", &res, rv);
             result_clear(&res);
-            free(esc);
             return rv;
         }
         rv = kv_parse_listing(res.doc, &l, why, sizeof(why));
         if (rv != CKR_OK) {
             malformed(kt, "GET", "(versions)", why);
             result_clear(&res);
-            free(esc);
             return rv;
         }
         pthread_mutex_lock(&kt->lock);
@@ -949,46 +1151,139 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         kv_listing_clear(&l);
         result_clear(&res);
     }
-    free(esc);
+    return rv;
+}
 
-    /* Public keys of new versions; the newest enabled version again, for
-     * its permitted operations. */
+/*
+ * Loads (or refreshes) one key, with only the get permission if need be:
+ * GET /keys/NAME gives the current version (the service's latest, not the
+ * newest by created: versions can share a second, and the service lists
+ * them by id); the versions listing, where the identity may list, finds the
+ * others; without it, the versions already known and the one asked for
+ * (want, or NULL) are read one by one with GET /keys/NAME/VERSION.
+ */
+static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
+                      const char *want, int64_t deadline)
+{
+    struct kv_key *k;
+    struct kv_version *v, *latest = NULL;
+    struct kv_result res;
+    char *path, *esc = kv_url_escape(name), **fetch = NULL;
+    size_t n_fetch = 0, i;
+    bool list, refused = false, gone = false;
+    CK_RV rv;
+
+    if (esc == NULL)
+        return CKR_HOST_MEMORY;
     pthread_mutex_lock(&kt->lock);
-    {
-        struct kv_version *cur = NULL;
+    k = key_get_unlocked(kt, name, true);
+    if (k != NULL && want != NULL &&
+        (v = version_get_unlocked(k, want)) != NULL)
+        v->named = true;
+    pthread_mutex_unlock(&kt->lock);
+    if (k == NULL) {
+        free(esc);
+        return CKR_HOST_MEMORY;
+    }
+
+    /* The current version. */
+    path = kv_strdup_printf("/keys/%s", esc);
+    rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
+              : CKR_HOST_MEMORY;
+    free(path);
+    if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
+        /* Deleted: its versions disappear. A name of keys = that is not
+         * there is a mistake to report, not an empty list. */
+        if (kt->allow != NULL && config_list_allows(kt->allow, name))
+            cmk_warning("token %s: key %s of keys = is not in %s (404 %s: "
+                        "%s); create it, or correct keys =",
+                        kt->name, name, kt->host, res.code, res.message);
+        result_clear(&res);
+        free(esc);
+        key_gone(kt, k);
+        return CKR_OK;
+    }
+    if (rv != CKR_OK) {
+        explain(kt, name, "get", "get", &res, rv);
+        result_clear(&res);
+        free(esc);
+        return rv;
+    }
+    path = kv_strdup_printf("/keys/%s", esc);
+    rv = take_bundle(kt, k, res.doc, "GET", path ? path : name, &latest);
+    free(path);
+    result_clear(&res);
+    if (rv != CKR_OK || latest == NULL) {
+        free(esc);
+        return rv != CKR_OK ? rv : CKR_HOST_MEMORY;
+    }
+
+    /* The other versions. */
+    pthread_mutex_lock(&kt->lock);
+    list = !kt->list_refused;
+    if (list)
         for (v = k->versions; v != NULL; v = v->next)
-            if (v->present && v->enabled &&
-                (cur == NULL || v->created > cur->created))
-                cur = v;
-        for (v = k->versions; v != NULL; v = v->next)
-            if (v->present && (!v->loaded || v == cur))
-                n_missing++;
-        missing = calloc(n_missing + 1, sizeof(*missing));
-        n_missing = 0;
-        for (v = k->versions; missing != NULL && v != NULL; v = v->next)
-            if (v->present && (!v->loaded || v == cur))
-                missing[n_missing++] = strdup(v->version);
+            v->present = v == latest;
+    pthread_mutex_unlock(&kt->lock);
+    if (list) {
+        rv = list_versions(kt, c, k, esc, deadline, &refused, &gone);
+        if (rv != CKR_OK || gone) {
+            free(esc);
+            if (gone)
+                key_gone(kt, k);
+            return rv;
+        }
+    }
+    pthread_mutex_lock(&kt->lock);
+    free(k->latest);
+    k->latest = strdup(latest->version);
+    if (latest->kty != NULL && strncmp(latest->kty, "RSA", 3) != 0 &&
+        !k->not_rsa) {
+        k->not_rsa = true;
+        cmk_info("token %s: key %s is %s, not RSA: skipped (not loaded "
+                 "again unless searched by its label)",
+                 kt->name, name, latest->kty);
+    }
+    for (v = k->versions; v != NULL; v = v->next)
+        n_fetch++;
+    fetch = calloc(n_fetch + 1, sizeof(*fetch));
+    n_fetch = 0;
+    for (v = k->versions; fetch != NULL && v != NULL; v = v->next) {
+        bool need;
+        if (v == latest)
+            continue;
+        if (list && !refused)
+            need = v->present && !v->read; /* listed, bundle not yet read */
+        else
+            need = v->loaded || v->named || v->present; /* known: again */
+        if (need)
+            fetch[n_fetch++] = strdup(v->version);
     }
     k->exists = true;
     pthread_mutex_unlock(&kt->lock);
-    rv = missing != NULL ? CKR_OK : CKR_HOST_MEMORY;
-    esc = kv_url_escape(name);
-    for (i = 0; rv == CKR_OK && i < n_missing; i++) {
-        path = kv_strdup_printf("/keys/%s/%s", esc, missing[i]);
+    rv = fetch != NULL && k->latest != NULL ? CKR_OK : CKR_HOST_MEMORY;
+    for (i = 0; rv == CKR_OK && i < n_fetch; i++) {
+        path = fetch[i] ? kv_strdup_printf("/keys/%s/%s", esc, fetch[i]) : NULL;
         rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
                   : CKR_HOST_MEMORY;
-        if (rv == CKR_OK)
-            rv = take_bundle(kt, k, res.doc, "GET", path);
-        else if (res.status == 404)
-            rv = CKR_OK; /* deleted since the listing */
-        else
-            explain(kt, name, "get", &res, rv);
+        if (rv == CKR_OK) {
+            rv = take_bundle(kt, k, res.doc, "GET", path, NULL);
+        } else if (res.status == 404) {
+            rv = CKR_OK; /* deleted since, or never was */
+            pthread_mutex_lock(&kt->lock);
+            v = version_get_unlocked(k, fetch[i]);
+            if (v != NULL)
+                v->present = v->named = false;
+            pthread_mutex_unlock(&kt->lock);
+        } else {
+            explain(kt, name, "get", "get", &res, rv);
+        }
         result_clear(&res);
         free(path);
     }
-    for (i = 0; missing != NULL && i < n_missing; i++)
-        free(missing[i]);
-    free(missing);
+    for (i = 0; fetch != NULL && i < n_fetch; i++)
+        free(fetch[i]);
+    free(fetch);
     free(esc);
     if (rv == CKR_OK) {
         pthread_mutex_lock(&kt->lock);
@@ -1014,8 +1309,21 @@ static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
         rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
         free(path);
         path = NULL;
+        if (rv != CKR_OK && res.status == 403 &&
+            strcmp(res.code, "ForbiddenByFirewall") != 0) {
+            char said[sizeof(res.message)];
+            one_line(res.message, said, sizeof(said));
+            cmk_error("token %s: listing the keys of %s was denied (403 %s): "
+                      "a search without a label lists the vault, which needs "
+                      "the keys list permission; grant list, or name the keys "
+                      "in keys = (then get, wrapKey and unwrapKey are "
+                      "enough); the vault said: %s",
+                      kt->name, kt->host, res.code, said);
+            result_clear(&res);
+            return rv;
+        }
         if (rv != CKR_OK) {
-            explain(kt, "(all)", "list keys", &res, rv);
+            explain(kt, "(all)", "list keys", "list", &res, rv);
             result_clear(&res);
             return rv;
         }
@@ -1059,17 +1367,18 @@ static bool has_op(const char *ops, const char *op)
     return false;
 }
 
-/* The current version: the newest enabled one. */
+/* The current version: the one GET /keys/NAME answered (the service's
+ * latest), when it is enabled; a disabled latest leaves no current one. */
 static struct kv_version *current_unlocked(struct kv_key *k)
 {
-    struct kv_version *v, *cur = NULL;
+    struct kv_version *v;
 
+    if (k->latest == NULL)
+        return NULL;
     for (v = k->versions; v != NULL; v = v->next)
-        if (v->present && v->loaded && v->enabled &&
-            (cur == NULL || v->created > cur->created ||
-             (v->created == cur->created && v->updated > cur->updated)))
-            cur = v;
-    return cur;
+        if (strcasecmp(v->version, k->latest) == 0)
+            return v->present && v->loaded && v->enabled ? v : NULL;
+    return NULL;
 }
 
 static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
@@ -1120,6 +1429,7 @@ static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     d.recovery_level = v->recovery ? v->recovery : "";
     d.key_ops = v->key_ops ? v->key_ops : "";
     d.key_type = v->kty;
+    d.refused = kt->list_refused ? "list" : "";
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
         priv->ref = v;
@@ -1143,7 +1453,8 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     struct kv_token *kt = c->tok;
     const CK_ATTRIBUTE *la = tmpl_find(hint, nhint, CKA_LABEL);
     int64_t deadline = kv_now_ms() + kt->deadline_ms;
-    char name[256] = "", **names = NULL;
+    char name[256] = "", want[128] = "", **names = NULL;
+    bool label_at = false; /* the label was NAME@VERSION */
     size_t n_names = 0, i, k = 0, cap = 0;
     struct pobj *out = NULL;
     struct kv_key *key;
@@ -1155,8 +1466,25 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         memcpy(name, la->pValue, la->ulValueLen);
         name[la->ulValueLen] = '\0';
         at = strchr(name, '@');
-        if (at != NULL)
+        if (at != NULL) {
+            /* NAME@VERSION: that version, read alone if it is not known. */
+            if (strlen(at + 1) < sizeof(want) && at[1] != '\0' &&
+                strchr(at + 1, '/') == NULL)
+                snprintf(want, sizeof(want), "%s", at + 1);
+            label_at = true;
             *at = '\0';
+        }
+    }
+    if ((name[0] != '\0' || kt->allow != NULL) && want[0] == '\0') {
+        /* A CKA_ID (pkcs11:id=...) is a version's 16 bytes: that version
+         * of the key searched for (or of each key in keys =) is read
+         * alone if it is not known. */
+        const CK_ATTRIBUTE *ia = tmpl_find(hint, nhint, CKA_ID);
+        if (ia != NULL && ia->pValue != NULL && ia->ulValueLen == 16) {
+            const CK_BYTE *b = ia->pValue;
+            for (i = 0; i < 16; i++)
+                snprintf(want + 2 * i, 3, "%02x", b[i]);
+        }
     }
     /* Which keys this search needs. */
     if (name[0] != '\0') {
@@ -1192,10 +1520,23 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         bool need;
         pthread_mutex_lock(&kt->lock);
         key = key_get_unlocked(kt, names[i], true);
-        need = key != NULL && stale(key->loaded_at_ms, kt->refresh_ms);
+        need = key != NULL && stale(key->loaded_at_ms, kt->refresh_ms) &&
+               !(key->not_rsa && name[0] == '\0');
+        if (key != NULL && !need && want[0] != '\0' && key->exists) {
+            struct kv_version *wv;
+            for (wv = key->versions; wv != NULL; wv = wv->next)
+                if (strcasecmp(wv->version, want) == 0)
+                    break;
+            /* Also when the version asked for is the current one here: a
+             * search for NAME@VERSION expects an older version, so the
+             * key may have been rotated since it was loaded. */
+            need = wv == NULL || !wv->present || !wv->loaded ||
+                   (label_at && key->latest != NULL &&
+                    strcasecmp(key->latest, want) == 0);
+        }
         pthread_mutex_unlock(&kt->lock);
         if (need) {
-            rv = load_key(kt, c, names[i], deadline);
+            rv = load_key(kt, c, names[i], want[0] ? want : NULL, deadline);
             if (rv != CKR_OK && first_error == CKR_OK)
                 first_error = rv;
         }
@@ -1380,7 +1721,8 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     if (rv != CKR_OK) {
         if (res.status == 400 && op == POP_SIGN)
             rv = CKR_DATA_INVALID;
-        explain(kt, name, verbs[op], &res, rv);
+        explain(kt, name, verbs[op], op == POP_UNWRAP ? "unwrapKey" : verbs[op],
+                &res, rv);
         result_clear(&res);
         goto out;
     }
@@ -1454,7 +1796,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
         (bits != 0 && bits != 2048 && bits != 3072 && bits != 4096))
         return CKR_KEY_SIZE_RANGE;
 
-    rv = load_key(kt, c, name, deadline);
+    rv = load_key(kt, c, name, NULL, deadline);
     if (rv != CKR_OK)
         return rv;
     pthread_mutex_lock(&kt->lock);
@@ -1463,6 +1805,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     pthread_mutex_unlock(&kt->lock);
     esc = kv_url_escape(name);
     if (exists && bits == 0) {
+        /* No body, so no Content-Type (keys.json: rotate takes none). */
         path = kv_strdup_printf("/keys/%s/rotate", esc);
         body = strdup("");
     } else {
@@ -1478,8 +1821,13 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     }
     rv = kv_call(kt, c, "POST", path, body, deadline, &res);
     if (rv != CKR_OK) {
-        explain(kt, name, exists && bits == 0 ? "rotate" : "create", &res, rv);
-        if (res.status == 403)
+        explain(kt, name, exists && bits == 0 ? "rotate" : "create",
+                exists && bits == 0 ? "rotate" : "create", &res, rv);
+        /* Codes C_GenerateKeyPair may return: a 409 (the name held by a
+         * deleted key) is the label's value; a 403 or 404 the function. */
+        if (res.status == 409)
+            rv = CKR_ATTRIBUTE_VALUE_INVALID;
+        else if (res.status == 403 || rv == CKR_KEY_HANDLE_INVALID)
             rv = CKR_FUNCTION_FAILED;
         result_clear(&res);
         goto out;
@@ -1500,13 +1848,13 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     k = key_get_unlocked(kt, name, true);
     pthread_mutex_unlock(&kt->lock);
     if (k != NULL)
-        rv = take_bundle(kt, k, res.doc, "POST", path);
+        rv = take_bundle(kt, k, res.doc, "POST", path, NULL);
     result_clear(&res);
     if (rv != CKR_OK)
         goto out;
     cmk_info("token %s: key %s has a new version %s", kt->name, name, version);
     /* Reload so that the new version is current and the old relabelled. */
-    rv = load_key(kt, c, name, deadline);
+    rv = load_key(kt, c, name, NULL, deadline);
     if (rv != CKR_OK)
         goto out;
     pthread_mutex_lock(&kt->lock);
@@ -1591,7 +1939,7 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
     if (need) {
         if (name == NULL)
             return CKR_HOST_MEMORY;
-        rv = load_key(kt, c, name, kv_now_ms() + kt->deadline_ms);
+        rv = load_key(kt, c, name, NULL, kv_now_ms() + kt->deadline_ms);
         free(name);
         if (rv != CKR_OK) {
             cache_prune(kt, v->key, true);

@@ -39,6 +39,10 @@ struct kv_request {
     const char **headers; /* extra "Name: value" lines, NULL-terminated */
     bool allow_http;      /* plain http: the IMDS endpoint only */
     int attempt;          /* retries before this one, for the trace */
+    bool no_proxy;        /* never through a proxy (identity endpoints) */
+    /* The server's certificate must have this SHA-1 thumbprint (hex); no
+     * other check (Service Fabric's IDENTITY_SERVER_THUMBPRINT). */
+    const char *pin_sha1;
 };
 
 /* Options for every request of one token. */
@@ -75,6 +79,18 @@ enum kv_auth_method {
 
 struct kv_auth;
 
+/* Where a managed identity's token comes from, detected from the
+ * environment as azure-identity's ManagedIdentityCredential does
+ * (azure/identity/_credentials/managed_identity.py). */
+enum kv_mi_host {
+    KV_MI_IMDS,           /* Azure VMs, AKS: 169.254.169.254 */
+    KV_MI_APP_SERVICE,    /* IDENTITY_ENDPOINT + IDENTITY_HEADER */
+    KV_MI_SERVICE_FABRIC, /* ... + IDENTITY_SERVER_THUMBPRINT */
+    KV_MI_ARC,            /* IDENTITY_ENDPOINT + IMDS_ENDPOINT */
+    KV_MI_AZURE_ML,       /* MSI_ENDPOINT + MSI_SECRET */
+    KV_MI_CLOUD_SHELL,    /* MSI_ENDPOINT */
+};
+
 struct kv_auth_config {
     enum kv_auth_method method;
     char *tenant_id;
@@ -91,7 +107,18 @@ struct kv_auth_config {
     char *federated_token_file;
     char *token_file; /* access-token-file */
     long retries;     /* of a token request the identity endpoint failed */
+    /* Managed identity: the host, and a user-assigned identity by object
+     * id or resource id (client_id above is the third selector). */
+    enum kv_mi_host mi_host;
+    char *object_id;
+    char *resource_id;
+    char *identity_thumbprint; /* IDENTITY_SERVER_THUMBPRINT */
+    char *msi_endpoint;        /* MSI_ENDPOINT */
+    char *msi_secret;          /* MSI_SECRET */
+    char *arc_token_dir;       /* where Arc's challenge files must be */
 };
+
+const char *kv_mi_host_name(enum kv_mi_host h);
 
 CK_RV kv_auth_new(const struct kv_auth_config *cfg, struct kv_http *http,
                   struct kv_auth **out, char *err, size_t errlen);

@@ -62,7 +62,7 @@ e = t.raises("RSA-HSM refused by a standard vault", HttpResponseError,
 t.eq((e and e.status_code, code(e)), (400, "BadParameter"), "... with 400 BadParameter")
 e = t.raises("odd key size refused", HttpResponseError, kc.create_rsa_key, "odd", size=1024)
 t.eq(code(e), "BadParameter", "... with BadParameter")
-e = t.raises("EC keys are refused (RSA-only emulator)", HttpResponseError, kc.create_ec_key, "ec")
+e = t.raises("OKP keys are refused", HttpResponseError, kc.create_key, "okp", "OKP")
 t.eq(code(e), "BadParameter", "... with BadParameter")
 e = t.raises("invalid key name refused", HttpResponseError, kc.create_rsa_key, "bad_name")
 t.eq(code(e), "BadParameter", "... with BadParameter")

@@ -215,7 +215,9 @@ static void vault_remedy(char *buf, size_t len, CK_ULONG status)
         snprintf(buf, len,
                  "grant the identity Get, Wrap Key and Unwrap Key on the key "
                  "(role Key Vault Crypto Service Encryption User, or an "
-                 "access policy with get, list, wrapKey and unwrapKey)");
+                 "access policy with get, wrapKey and unwrapKey; list is "
+                 "optional); the module's log names the permission the "
+                 "vault refused");
     else
         snprintf(buf, len,
                  "make the vault and the identity endpoint reachable (check "
@@ -327,6 +329,27 @@ out:
         m->f->C_DestroyObject(s, k2);
 }
 
+/*
+ * What an identity with only get, wrapKey and unwrapKey (the three every
+ * CMK document grants) goes without: a row that passes and says so, shown
+ * only when the vault refused a permission.
+ */
+static void check_optional(struct result *r, const struct tversion *v)
+{
+    struct row *w;
+
+    if (v->refused == NULL || !tops_has(v->refused, "list"))
+        return;
+    w = add_row(r, "optional", "optional features");
+    snprintf(w->detail, sizeof(w->detail),
+             "off without the keys list permission: listing the vault's "
+             "keys (name them in keys =), listing a key's versions (an "
+             "older version is read when a sealed file or NAME@VERSION "
+             "names it) and unwrap-fallback over all versions; rotate needs "
+             "the keys rotate permission (not tried); grant keys list (or "
+             "Microsoft.KeyVault/vaults/keys/read) to turn them on");
+}
+
 /* Credentials, from the login and the listing (before any key). */
 static void credentials_row(struct result *r, const struct ttoken *t,
                             CK_RV list_rv, CK_ULONG list_dev)
@@ -386,6 +409,8 @@ static void check_version(struct tmod *m, const struct tool_opts *o,
     check_enabled(r, v, t->keyvault);
     if (t->keyvault)
         check_recovery(r, v);
+    if (t->keyvault)
+        check_optional(r, v);
     before = r->n;
     credentials_row(r, t, CKR_OK, 0);
     cred = &r->rows[before];
@@ -550,6 +575,8 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         rv = t->login_rv == CKR_OK || t->pin_missing
                  ? tkeys_load(m, t, &keys[i])
                  : CKR_OK;
+        if (rv == CKR_OK && (t->login_rv == CKR_OK || t->pin_missing))
+            rv = tkeys_load_named(m, t, &keys[i], &ksel);
         if (rv != CKR_OK)
             dev = tmod_device_error(m, t->sess);
         tkeys_select(&keys[i], &ksel);

@@ -229,6 +229,8 @@ int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 
         if (rv == CKR_OK) {
             rv = tkeys_load(m, &toks[i], &keys);
+            if (rv == CKR_OK)
+                rv = tkeys_load_named(m, &toks[i], &keys, &sel);
             if (rv != CKR_OK)
                 dev = tmod_device_error(m, toks[i].sess);
         }

@@ -643,6 +643,11 @@ static int source_priv(struct sctx *c, struct tstate *s,
         return -1;
     }
     v = tkey_find_id(key, h->key_id, h->key_id_len);
+    if (v == NULL && tkeys_load_version(c->m, s->t, &s->keys, h->key,
+                                        h->version) == CKR_OK) {
+        key = key_by_name(&s->keys, h->key); /* the array may have moved */
+        v = key != NULL ? tkey_find_id(key, h->key_id, h->key_id_len) : NULL;
+    }
     if (v != NULL) {
         if (v->version != NULL && strcmp(v->version, h->version) != 0) {
             efmt(err,

@@ -16,6 +16,7 @@ void tversion_clear(struct tversion *v)
     free(v->recovery);
     free(v->key_ops);
     free(v->key_type);
+    free(v->refused);
     free(v->created);
     free(v->updated);
     free(v->not_before);
@@ -96,6 +97,7 @@ static int add_object(struct tmod *m, CK_SESSION_HANDLE s, struct tkeys *k,
         v->recovery = tattr_string(m, s, h, CKA_CMK_RECOVERY);
         v->key_ops = tattr_string(m, s, h, CKA_CMK_KEY_OPS);
         v->key_type = tattr_string(m, s, h, CKA_CMK_KEY_TYPE);
+        v->refused = tattr_string(m, s, h, CKA_CMK_REFUSED);
         v->created = tattr_string(m, s, h, CKA_CMK_CREATED);
         v->updated = tattr_string(m, s, h, CKA_CMK_UPDATED);
         v->not_before = tattr_string(m, s, h, CKA_CMK_NOT_BEFORE);
@@ -194,6 +196,80 @@ CK_RV tkeys_load(struct tmod *m, struct ttoken *t, struct tkeys *out)
         qsort(key->v, key->n, sizeof(*key->v), cmp_version);
     }
     return CKR_OK;
+}
+
+/*
+ * Searches the token for the objects labelled NAME@VERSION and adds them:
+ * a module that did not list a key's versions (a Key Vault identity
+ * without the list permission) reads a named version on such a search.
+ */
+CK_RV tkeys_load_version(struct tmod *m, struct ttoken *t, struct tkeys *k,
+                         const char *name, const char *version)
+{
+    CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+    char label[512];
+    size_t i;
+    CK_RV rv = CKR_OK;
+
+    snprintf(label, sizeof(label), "%s@%s", name, version);
+    for (i = 0; rv == CKR_OK && i < CMK_ARRAY_SIZE(classes); i++) {
+        CK_ATTRIBUTE tmpl[] = {
+            {CKA_CLASS, &classes[i], sizeof(classes[i])},
+            {CKA_LABEL, label, strlen(label)},
+        };
+        CK_OBJECT_HANDLE found[4];
+        CK_ULONG got = 0, j;
+
+        rv = m->f->C_FindObjectsInit(t->sess, tmpl, CMK_ARRAY_SIZE(tmpl));
+        if (rv != CKR_OK)
+            break;
+        rv = m->f->C_FindObjects(t->sess, found, CMK_ARRAY_SIZE(found), &got);
+        m->f->C_FindObjectsFinal(t->sess);
+        for (j = 0; rv == CKR_OK && j < got; j++)
+            if (add_object(m, t->sess, k, found[j], classes[i]) < 0)
+                rv = CKR_HOST_MEMORY;
+    }
+    return rv;
+}
+
+/*
+ * Searches the token with the label and id a pkcs11: URI names (an older
+ * version, object=NAME@VERSION or id=...) and adds what it finds: a module
+ * without the list permission reads such a version only when asked.
+ */
+CK_RV tkeys_load_named(struct tmod *m, struct ttoken *t, struct tkeys *k,
+                       const struct tsel *s)
+{
+    CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+    CK_ATTRIBUTE *label, *id;
+    size_t i;
+    CK_RV rv = CKR_OK;
+
+    if (s == NULL || s->uri == NULL || !tsel_has_object(s))
+        return CKR_OK;
+    label = p11_kit_uri_get_attribute(s->uri, CKA_LABEL);
+    id = p11_kit_uri_get_attribute(s->uri, CKA_ID);
+    if (label == NULL && id == NULL)
+        return CKR_OK;
+    for (i = 0; rv == CKR_OK && i < CMK_ARRAY_SIZE(classes); i++) {
+        CK_ATTRIBUTE tmpl[3] = {{CKA_CLASS, &classes[i], sizeof(classes[i])}};
+        CK_ULONG n = 1, got = 0, j;
+        CK_OBJECT_HANDLE found[16];
+
+        if (label != NULL)
+            tmpl[n++] = *label;
+        if (id != NULL)
+            tmpl[n++] = *id;
+        rv = m->f->C_FindObjectsInit(t->sess, tmpl, n);
+        if (rv != CKR_OK)
+            break;
+        rv = m->f->C_FindObjects(t->sess, found, CMK_ARRAY_SIZE(found), &got);
+        m->f->C_FindObjectsFinal(t->sess);
+        for (j = 0; rv == CKR_OK && j < got; j++)
+            if (add_object(m, t->sess, k, found[j], classes[i]) < 0)
+                rv = CKR_HOST_MEMORY;
+    }
+    return rv;
 }
 
 /* Whether the URI matches one of the version's objects. */
@@ -318,6 +394,7 @@ int tversion_dup(struct tversion *dst, const struct tversion *src)
     r |= dupstr(&dst->recovery, src->recovery);
     r |= dupstr(&dst->key_ops, src->key_ops);
     r |= dupstr(&dst->key_type, src->key_type);
+    r |= dupstr(&dst->refused, src->refused);
     r |= dupstr(&dst->created, src->created);
     r |= dupstr(&dst->updated, src->updated);
     r |= dupstr(&dst->not_before, src->not_before);

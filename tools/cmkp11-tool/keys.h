@@ -11,6 +11,7 @@ struct tversion {
     CK_OBJECT_HANDLE priv, pub; /* 0 when not visible */
     char *label, *version, *backend, *source, *recovery, *key_ops;
     char *key_type, *created, *updated, *not_before, *expires;
+    char *refused; /* CKA_CMK_REFUSED: permissions the vault refused */
     unsigned char *id;
     size_t id_len;
     bool enabled, current;
@@ -35,6 +36,14 @@ struct tkeys {
 /* Reads the key objects of t's session. Returns the result of the search
  * (CKR_OK, or the failure of C_FindObjectsInit / C_FindObjects). */
 CK_RV tkeys_load(struct tmod *m, struct ttoken *t, struct tkeys *out);
+/* Adds the objects of version VERSION of key NAME (label NAME@VERSION),
+ * which a module may read only when asked. */
+CK_RV tkeys_load_version(struct tmod *m, struct ttoken *t, struct tkeys *k,
+                         const char *name, const char *version);
+/* Adds the objects a pkcs11: URI's object= and id= name (none for a name
+ * or a URI without them). */
+CK_RV tkeys_load_named(struct tmod *m, struct ttoken *t, struct tkeys *k,
+                       const struct tsel *s);
 void tkeys_free(struct tkeys *k);
 
 /* Marks the versions that s selects: by key name for a plain name, by

@@ -83,6 +83,11 @@ def admin_dispatch(emu, req):
             if not k:
                 raise _nf("fault %s" % segs[1])
             return 200, {"removed": k}
+    if head == "foreign" and m == "GET":
+        # Requests to the hosts of foreign_next_link, and whether each
+        # carried an Authorization header.
+        with emu.lock:
+            return 200, {"requests": list(emu.foreign_requests)}
     if head == "latency":
         if m == "GET":
             return 200, dict(emu.latency)

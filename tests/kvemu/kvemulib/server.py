@@ -155,6 +155,7 @@ class Emulator:
         self.tenants = [t["id"] if isinstance(t, dict) else t for t in tenants]
         self.backup_key = os.urandom(32)
         self.vaults = {}
+        self.foreign_requests = []
         for vspec in cfg.get("vaults", []):
             v = Vault(vspec, self.tenants, self.port, self.backup_key)
             self.vaults[v.host] = v
@@ -362,6 +363,11 @@ class Emulator:
         return ident
 
     def challenge(self, vault):
+        if vault.challenge_form == "scope":
+            # scope= and no resource=, a form the SDKs read
+            # (azure-keyvault-keys, _shared/http_challenge.py).
+            return ('Bearer authorization="%s/%s", scope="%s/.default"'
+                    % (self.login, vault.tenant, vault.resource))
         return ('Bearer authorization="%s/%s", resource="%s"'
                 % (self.login, vault.tenant, vault.resource))
 
@@ -374,6 +380,10 @@ class Emulator:
     # ---- top-level dispatch -------------------------------------------------
     def handle(self, req):
         vault = self.vaults.get(req.host)
+        if vault is None and req.listener == "tls":
+            for v in self.vaults.values():
+                if v.foreign_next_link and req.host == v.foreign_next_link.lower():
+                    return self.handle_foreign(req, v)
         if req.path.startswith("/_admin") and vault is None and req.listener == "tls":
             return self.handle_admin(req)
         if vault is not None:
@@ -786,6 +796,15 @@ class Emulator:
                 raise HttpError(404, "NotFound", "The requested URI %s %s does not exist."
                                 % (req.method, req.path))
             route = "%s:%s" % (vault.name, op)
+            with self.lock:
+                # The Content-Type each operation arrived with ("" for none).
+                cts = self.counters.setdefault("content_types", {}).setdefault(route, {})
+                ct = req.headers.get("Content-Type") or ""
+                cts[ct] = cts.get(ct, 0) + 1
+                # Requests by method and path (no query), per vault.
+                bp = self.counters.setdefault("by_path", {})
+                k = "%s %s %s" % (vault.name, req.method, req.path.rstrip("/"))
+                bp[k] = bp.get(k, 0) + 1
             authz = req.headers.get("Authorization") or ""
             if not authz[:7].lower() == "bearer ":
                 raise self.unauthorized(vault, "Request is missing a Bearer or PoP token.")
@@ -799,8 +818,7 @@ class Emulator:
                     return r
             lvl = api_level(req.query.get("api-version"))
             perm = PERMISSIONS.get(op)
-            if perm and (ident.name in vault.revoked or
-                         perm not in vault.access.get(ident.name, ())):
+            if perm and not self.permitted(vault, ident, perm):
                 raise self.forbidden(vault, ident, perm)
             status, obj = self.vault_op(vault, op, prm, req, lvl)
             if obj is None:
@@ -817,6 +835,23 @@ class Emulator:
         finally:
             self.count(route, ident_name, status)
 
+    def handle_foreign(self, req, vault):
+        """A host a vault's nextLink points at (admin knob foreign_next_link):
+        records whether each request carried an Authorization header; without
+        one it answers the vault's challenge, with one it serves the vault's
+        answer (so a client that leaks its token gets on)."""
+        authz = req.headers.get("Authorization")
+        with self.lock:
+            self.foreign_requests.append({"host": req.host, "method": req.method,
+                                          "path": req.path, "authorization": bool(authz)})
+        if not authz:
+            self.count("foreign:" + req.host, "-", 401)
+            e = self.unauthorized(vault, "Request is missing a Bearer or PoP token.")
+            return Response(e.status, e.body, ([("Content-Type", JSON_CT)] if e.body else [])
+                            + e.headers)
+        self.count("foreign:" + req.host, "-", 200)
+        return self.handle_vault(req, vault)
+
     def vault_headers(self, vault):
         if vault.hsm:
             return [("x-ms-request-id", str(uuid.uuid4())), ("x-ms-server-latency", "1")]
@@ -825,6 +860,18 @@ class Emulator:
                 ("x-ms-keyvault-service-version", "1.9.0.0"),
                 ("x-ms-keyvault-network-info",
                  "conn_type=Ipv4;addr=127.0.0.1;act_addr_fam=InterNetwork;")]
+
+    @staticmethod
+    def permitted(vault, ident, perm):
+        """Access policies grant get and list separately; under RBAC one data
+        action, keys/read, covers both (learn.microsoft.com: Key Vault
+        data-plane RBAC actions)."""
+        if ident.name in vault.revoked:
+            return False
+        granted = vault.access.get(ident.name, ())
+        if vault.authorization == "rbac" and perm in ("get", "list"):
+            return "get" in granted or "list" in granted
+        return perm in granted
 
     def forbidden(self, vault, ident, perm):
         caller = "appid=%s;oid=%s;iss=https://sts.windows.net/%s/" % (
@@ -923,7 +970,7 @@ class Emulator:
         name = spec["name"]
         count = int(spec.get("count", 1))
         body = {"kty": spec.get("kty", "RSA-HSM" if vault.hsm else "RSA"),
-                "key_size": spec.get("key_size", 2048),
+                "key_size": spec.get("key_size", 2048), "crv": spec.get("crv"),
                 "key_ops": spec.get("key_ops"), "tags": spec.get("tags"),
                 "attributes": {k: spec[k] for k in ("enabled", "nbf", "exp") if k in spec}}
         if count == 1 and "count" not in spec:

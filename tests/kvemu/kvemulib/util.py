@@ -21,6 +21,14 @@ def b64url_decode(text):
     return base64.b64decode(s, altchars=b"-_", validate=True)
 
 
+def b64url_decode_strict(text):
+    """Decode base64url as the service does for request values: the
+    standard alphabet's + and / are refused, trailing padding is not."""
+    if not isinstance(text, str) or "+" in text or "/" in text:
+        raise ValueError("not base64url")
+    return b64url_decode(text)
+
+
 def int_to_b64url(n, length=None):
     if length is None:
         length = max(1, (n.bit_length() + 7) // 8)

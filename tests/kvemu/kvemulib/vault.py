@@ -8,11 +8,11 @@ import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .util import (HttpError, b64url_decode, b64url_encode, b64url_to_int, int_to_b64url,
-                   new_version, now)
+from .util import (HttpError, b64url_decode, b64url_decode_strict, b64url_encode,
+                   b64url_to_int, int_to_b64url, new_version, now)
 
 API_LEVELS = {
     "2016-10-01": 60, "7.0": 70, "7.1": 71, "7.2": 72, "7.3-preview": 73, "7.3": 73,
@@ -23,6 +23,13 @@ API_LEVELS = {
 LATEST_API = "2025-07-01"
 
 ALL_KEY_OPS = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"]
+# EC and oct keys (keys.json JsonWebKeyType, JsonWebKeyCurveName): their
+# default operations, curves and sizes.
+EC_KEY_OPS = ["sign", "verify"]
+OCT_KEY_OPS = ["encrypt", "decrypt", "wrapKey", "unwrapKey"]
+EC_CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1,
+             "P-256K": ec.SECP256K1}
+OCT_SIZES = (128, 192, 256)
 VALID_KEY_OPS = {o.lower(): o for o in ALL_KEY_OPS + ["import", "export"]}
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 VERSION_RE = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -135,17 +142,36 @@ def _raw_pkcs1_verify(pub, data, sig):
     return m == int.from_bytes(em, "big")
 
 
+def kty_family(kty):
+    """RSA, EC or OCT, whatever the -HSM suffix."""
+    return kty.upper().split("-")[0]
+
+
 class KeyVersion:
     def __init__(self, key, version, kty, priv, key_ops, attrs, tags, release_policy=None):
         self.key = key
         self.version = version
         self.kty = kty
         self.priv = priv
-        self.pub = priv.public_key()
-        pn = self.pub.public_numbers()
-        self.size = pn.n.bit_length()
-        self.n = int_to_b64url(pn.n, (self.size + 7) // 8)
-        self.e = int_to_b64url(pn.e)
+        self.family = kty_family(kty)
+        self.crv = None
+        if self.family == "RSA":
+            self.pub = priv.public_key()
+            pn = self.pub.public_numbers()
+            self.size = pn.n.bit_length()
+            self.n = int_to_b64url(pn.n, (self.size + 7) // 8)
+            self.e = int_to_b64url(pn.e)
+        elif self.family == "EC":
+            self.pub = priv.public_key()
+            pn = self.pub.public_numbers()
+            self.crv = next(c for c, cls in EC_CURVES.items() if isinstance(pn.curve, cls))
+            self.size = pn.curve.key_size
+            width = (self.size + 7) // 8
+            self.x = int_to_b64url(pn.x, width)
+            self.y = int_to_b64url(pn.y, width)
+        else:  # oct: priv is the key's bytes, never returned
+            self.pub = None
+            self.size = len(priv) * 8
         self.key_ops = key_ops
         t = now()
         self.enabled = attrs.get("enabled", True)
@@ -205,6 +231,11 @@ class Vault:
         self.host = "%s.%s.localhost" % (self.name, "managedhsm" if self.hsm else "vault")
         self.resource = "https://%s.localhost:%d" % ("managedhsm" if self.hsm else "vault", port)
         self.base_url = "https://%s:%d" % (self.host, port)
+        self.port = port
+        self.same_created = bool(spec.get("same_created", False))
+        self.descending_ids = bool(spec.get("descending_ids", False))
+        self.foreign_next_link = spec.get("foreign_next_link")
+        self.challenge_form = spec.get("challenge_form", "resource")
         self.keys = {}
         self.deleted = {}
         self.access = {}
@@ -222,7 +253,8 @@ class Vault:
     def update_properties(self, props):
         with self.lock:
             for k in ("soft_delete", "purge_protection", "recoverable_days", "delete_delay_ms",
-                      "sku", "authorization", "region"):
+                      "sku", "authorization", "region", "same_created", "descending_ids",
+                      "foreign_next_link", "challenge_form"):
                 if k in props:
                     setattr(self, k, props[k])
             if not self.soft_delete:
@@ -242,6 +274,9 @@ class Vault:
                 "soft_delete": self.soft_delete, "purge_protection": self.purge_protection,
                 "recoverable_days": self.recoverable_days, "recoveryLevel": self.recovery_level(),
                 "delete_delay_ms": self.delete_delay_ms, "authorization": self.authorization,
+                "same_created": self.same_created, "descending_ids": self.descending_ids,
+                "foreign_next_link": self.foreign_next_link,
+                "challenge_form": self.challenge_form,
                 "keys": len(self.keys), "deleted_keys": len(self.deleted),
                 "access": {k: sorted(v) for k, v in self.access.items()},
                 "revoked": sorted(self.revoked)}
@@ -300,9 +335,14 @@ class Vault:
         return a
 
     def bundle(self, kv, lvl):
-        b = {"key": {"kid": kv.kid(), "kty": kv.kty, "key_ops": list(kv.key_ops),
-                     "n": kv.n, "e": kv.e},
-             "attributes": self.attributes(kv, lvl)}
+        # The JWK the service returns: n and e for RSA, crv, x and y for EC,
+        # no key material for oct (GetKey-example.json; keys.json JsonWebKey).
+        jwk = {"kid": kv.kid(), "kty": kv.kty, "key_ops": list(kv.key_ops)}
+        if kv.family == "RSA":
+            jwk.update({"n": kv.n, "e": kv.e})
+        elif kv.family == "EC":
+            jwk.update({"crv": kv.crv, "x": kv.x, "y": kv.y})
+        b = {"key": jwk, "attributes": self.attributes(kv, lvl)}
         if kv.tags:
             b["tags"] = dict(kv.tags)
         if kv.key.managed:
@@ -331,15 +371,17 @@ class Vault:
         up = kty.upper()
         if up == "RSA" and hsm_flag:
             up = "RSA-HSM"
-        if up in ("EC", "EC-HSM", "OCT", "OCT-HSM", "OKP", "OKP-HSM"):
-            raise bad("Key type %s is not supported by this emulator (RSA only)." % kty)
-        if up not in ("RSA", "RSA-HSM"):
+        if up in ("OKP", "OKP-HSM"):
+            raise bad("Key type %s is not supported by this emulator." % kty)
+        if up not in ("RSA", "RSA-HSM", "EC", "EC-HSM", "OCT", "OCT-HSM"):
             raise bad("Invalid key type: %s" % kty)
-        if self.hsm and up == "RSA":
-            raise bad("Key type RSA is not supported by Managed HSM; use RSA-HSM.")
-        if up == "RSA-HSM" and not self.hsm and self.sku.lower() == "standard":
+        if self.hsm and not up.endswith("-HSM"):
+            raise bad("Key type %s is not supported by Managed HSM; use %s-HSM."
+                      % (kty, kty.upper()))
+        if up.endswith("-HSM") and not self.hsm and self.sku.lower() == "standard":
             raise bad("HSM key types are not supported on a Standard SKU vault.")
-        return up
+        # keys.json spells the symmetric types oct and oct-HSM.
+        return {"OCT": "oct", "OCT-HSM": "oct-HSM"}.get(up, up)
 
     def _new_version(self, name, kty, priv, key_ops, attrs, tags, release_policy=None,
                      check_deleted=True):
@@ -355,7 +397,19 @@ class Vault:
             if key is None:
                 key = Key(self, name)
                 self.keys[name.lower()] = key
-            kv = KeyVersion(key, new_version(), kty, priv, key_ops, attrs, tags, release_policy)
+            version = new_version()
+            prev = key.latest() if key.versions else None
+            if self.descending_ids and prev is not None:
+                # Each new id sorts before every earlier one (admin knob):
+                # listing order, which is by id, then runs against creation.
+                low = min(key.versions)
+                head = int(low[:8], 16)
+                version = "%08x" % max(head - 1, 0) + version[8:]
+            kv = KeyVersion(key, version, kty, priv, key_ops, attrs, tags, release_policy)
+            if self.same_created and prev is not None:
+                # A create and a rotate in the same second, as the SDKs'
+                # recordings show (admin knob).
+                kv.created = kv.updated = prev.created
             key.versions[kv.version] = kv
             return kv
 
@@ -381,6 +435,9 @@ class Vault:
             raise bad("The request body is not valid JSON.")
         _check_name(name)
         kty = self._kty(body.get("kty"))
+        family = kty_family(kty)
+        if family != "RSA":
+            return self._create_other(name, kty, family, body)
         size = body.get("key_size", 2048)
         if size is None:
             size = 2048
@@ -401,6 +458,30 @@ class Vault:
         if priv is None:
             priv = rsa.generate_private_key(public_exponent=exp, key_size=size)
         return self._new_version(name, kty, priv, key_ops, attrs, tags, body.get("release_policy"))
+
+    def _create_other(self, name, kty, family, body):
+        """EC (crv, default P-256) and oct (key_size 128/192/256, default 256)
+        keys, as keys.json's KeyCreateParameters describes them."""
+        if family == "EC":
+            crv = body.get("crv") or "P-256"
+            if crv not in EC_CURVES:
+                raise bad("Invalid curve name %r." % (crv,))
+            priv = ec.generate_private_key(EC_CURVES[crv]())
+            default_ops = EC_KEY_OPS
+        else:
+            size = body.get("key_size") or 256
+            if size not in OCT_SIZES:
+                raise bad("Invalid key size %r for key type %s." % (size, kty))
+            priv = os.urandom(size // 8)
+            default_ops = OCT_KEY_OPS
+        key_ops = _key_ops(body.get("key_ops"))
+        if key_ops is None:
+            key_ops = list(default_ops)
+        attrs = self._attrs_in(body.get("attributes"))
+        tags = _tags(body.get("tags"))
+        if name.lower() in self.deleted:
+            self._new_version(name, kty, None, None, None, None)  # raises 409
+        return self._new_version(name, kty, priv, key_ops, attrs, tags)
 
     def import_key(self, name, body):
         if not isinstance(body, dict) or not isinstance(body.get("key"), dict):
@@ -496,8 +577,13 @@ class Vault:
             pol = key.rotation_policy
             if pol and (pol.get("attributes") or {}).get("expiryTime"):
                 attrs["exp"] = now() + duration_seconds(pol["attributes"]["expiryTime"])
-        priv = rsa.generate_private_key(public_exponent=cur.pub.public_numbers().e,
-                                        key_size=cur.size)
+        if cur.family == "EC":
+            priv = ec.generate_private_key(EC_CURVES[cur.crv]())
+        elif cur.family == "OCT":
+            priv = os.urandom(len(cur.priv))
+        else:
+            priv = rsa.generate_private_key(public_exponent=cur.pub.public_numbers().e,
+                                            key_size=cur.size)
         return self._new_version(key.name, cur.kty, priv, list(cur.key_ops), attrs,
                                  dict(cur.tags), cur.release_policy, check_deleted=False)
 
@@ -580,18 +666,28 @@ class Vault:
                                                                     size)
         return page, nxt
 
+    def next_base(self):
+        """Where nextLink points: the vault, or (admin knob
+        foreign_next_link) another host, to test that a client gives that
+        host no token."""
+        if self.foreign_next_link:
+            return "https://%s:%d" % (self.foreign_next_link, self.port)
+        return self.base_url
+
     def list_keys(self, lvl, query, api_version):
         with self.lock:
             keys = sorted(self.keys.values(), key=lambda k: k.name.lower())
             items = [self.item(k.latest(), lvl, False) for k in keys]
-        page, nxt = self._page(items, query, self.base_url + "/keys", api_version)
+        page, nxt = self._page(items, query, self.next_base() + "/keys", api_version)
         return {"value": page, "nextLink": nxt}
 
     def list_versions(self, name, lvl, query, api_version):
         with self.lock:
             key = self.get_key(name)
-            items = [self.item(kv, lvl, True) for kv in key.versions.values()]
-        page, nxt = self._page(items, query, "%s/keys/%s/versions" % (self.base_url, key.name),
+            # The service lists versions ordered by version id, not by
+            # creation (GetKeyVersions-example.json; the SDKs' recordings).
+            items = [self.item(key.versions[ver], lvl, True) for ver in sorted(key.versions)]
+        page, nxt = self._page(items, query, "%s/keys/%s/versions" % (self.next_base(), key.name),
                                api_version)
         return {"value": page, "nextLink": nxt}
 
@@ -615,7 +711,9 @@ class Vault:
             for kv in key.versions.values():
                 data["versions"].append({
                     "version": kv.version, "kty": kv.kty,
-                    "pem": pki_pem(kv.priv), "key_ops": kv.key_ops, "enabled": kv.enabled,
+                    "pem": pki_pem(kv.priv) if kv.family != "OCT" else None,
+                    "k": b64url_encode(kv.priv) if kv.family == "OCT" else None,
+                    "key_ops": kv.key_ops, "enabled": kv.enabled,
                     "nbf": kv.nbf, "exp": kv.exp, "exportable": kv.exportable,
                     "created": kv.created, "updated": kv.updated, "tags": kv.tags})
         nonce = os.urandom(12)
@@ -643,7 +741,10 @@ class Vault:
             key = Key(self, name)
             key.rotation_policy = data.get("policy")
             for v in data["versions"]:
-                priv = serialization.load_pem_private_key(v["pem"].encode(), None)
+                if v.get("k") is not None:
+                    priv = b64url_decode(v["k"])
+                else:
+                    priv = serialization.load_pem_private_key(v["pem"].encode(), None)
                 kv = KeyVersion(key, v["version"], v["kty"], priv, v["key_ops"],
                                 {"enabled": v["enabled"], "nbf": v["nbf"], "exp": v["exp"],
                                  "exportable": v["exportable"]}, v["tags"])
@@ -679,9 +780,15 @@ class Vault:
                                 "KeyExpired")
         alg = body.get("alg")
         try:
-            value = b64url_decode(body.get("value"))
+            # base64url only: the service refuses the standard alphabet with
+            # 400 BadParameter "Content of 'value' is not base64url." (recorded
+            # in bruj0/vault-recovery-key#20); trailing padding it accepts
+            # (Azure/azure-rest-api-specs#23829).
+            value = b64url_decode_strict(body.get("value"))
         except (ValueError, TypeError):
-            raise bad("Property value has invalid base64url content.")
+            raise bad("Content of 'value' is not base64url.")
+        if kv.family != "RSA":
+            raise bad("Algorithm %s is not supported for key type %s." % (alg, kv.kty))
         k = (kv.size + 7) // 8
         if op in ("encrypt", "wrapkey", "decrypt", "unwrapkey"):
             if alg not in ENC_ALGS:
@@ -719,9 +826,9 @@ class Vault:
             return {"kid": kv.kid(), "value": b64url_encode(sig)}
         # verify: digest is the hash, value the signature
         try:
-            digest = b64url_decode(body.get("digest"))
+            digest = b64url_decode_strict(body.get("digest"))
         except (ValueError, TypeError):
-            raise bad("Property digest has invalid base64url content.")
+            raise bad("Content of 'digest' is not base64url.")
         if h is not None and len(digest) != h.digest_size:
             raise bad("Invalid digest length %d for algorithm %s; expected %d."
                       % (len(digest), alg, h.digest_size))
