@@ -22,6 +22,14 @@
  *                  the baseline of wrap-sha256 without the module: OpenSSL's
  *                  EVP_PKEY_encrypt (a new EVP_PKEY_CTX each time, OAEP
  *                  SHA-256) of the same 32 bytes with the same public key
+ *   encrypt        C_Encrypt with CKM_RSA_PKCS_OAEP (SHA-1) and the public
+ *                  key object of 32 bytes (the first one of each thread is
+ *                  decrypted by the module and compared)
+ *   openssl-encrypt
+ *                  its baseline: EVP_PKEY_encrypt, OAEP SHA-1, as above
+ *   verify         C_Verify with CKM_SHA256_RSA_PKCS and the public key
+ *                  object of a signature the token made before measuring
+ *   openssl-verify its baseline: EVP_DigestVerify with the same key
  * Each measured call is preceded by its *Init call. The wrapped keys and
  * the ciphertext are made beforehand with OpenSSL and the public key read
  * from the token.
@@ -79,6 +87,10 @@ enum op {
     OP_SIGN,
     OP_WRAP_SHA256,
     OP_OSSL_WRAP_SHA256,
+    OP_ENCRYPT,
+    OP_OSSL_ENCRYPT,
+    OP_VERIFY,
+    OP_OSSL_VERIFY,
     OP_COUNT
 };
 
@@ -89,6 +101,10 @@ static const char *const op_names[OP_COUNT] = {
     [OP_SIGN] = "sign",
     [OP_WRAP_SHA256] = "wrap-sha256",
     [OP_OSSL_WRAP_SHA256] = "openssl-wrap-sha256",
+    [OP_ENCRYPT] = "encrypt",
+    [OP_OSSL_ENCRYPT] = "openssl-encrypt",
+    [OP_VERIFY] = "verify",
+    [OP_OSSL_VERIFY] = "openssl-verify",
 };
 
 struct bench {
@@ -108,6 +124,8 @@ struct bench {
     unsigned char cipher[512];
     size_t cipher_len;
     unsigned char msg[64];
+    unsigned char sig[512]; /* of msg, made by the token before measuring */
+    CK_ULONG sig_len;
 
     /* the measurement under way */
     enum op op;
@@ -147,20 +165,22 @@ static void die(const char *fmt, ...)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: %s [-d SECONDS | -n OPS] [-t N[,N...]] [-o OP[,OP...]]\n"
-            "          [-w WARMUP] [-v] MODULE TOKEN-LABEL PIN KEY-LABEL\n"
-            "  -d SECONDS  length of each measurement (default 3)\n"
-            "  -n OPS      operations per thread instead of a duration\n"
-            "  -t LIST     thread counts (default 1,2)\n"
-            "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
-            "              openssl-wrap-sha256 (default unwrap,decrypt,sign)\n"
-            "  -w WARMUP   untimed operations per thread first (default 20)\n"
-            "  -v          details on stderr\n"
-            "PIN \"-\": no C_Login\n"
-            "output, one line per measurement:\n"
-            "  OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND\n",
-            prog);
+    fprintf(
+        stderr,
+        "usage: %s [-d SECONDS | -n OPS] [-t N[,N...]] [-o OP[,OP...]]\n"
+        "          [-w WARMUP] [-v] MODULE TOKEN-LABEL PIN KEY-LABEL\n"
+        "  -d SECONDS  length of each measurement (default 3)\n"
+        "  -n OPS      operations per thread instead of a duration\n"
+        "  -t LIST     thread counts (default 1,2)\n"
+        "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
+        "              openssl-wrap-sha256, encrypt, openssl-encrypt, verify,\n"
+        "              openssl-verify (default unwrap,decrypt,sign)\n"
+        "  -w WARMUP   untimed operations per thread first (default 20)\n"
+        "  -v          details on stderr\n"
+        "PIN \"-\": no C_Login\n"
+        "output, one line per measurement:\n"
+        "  OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND\n",
+        prog);
     exit(2);
 }
 
@@ -599,6 +619,77 @@ static int run_op(struct worker *w, int first)
         }
         return 0;
     }
+    case OP_ENCRYPT: {
+        CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA_1, CKG_MGF1_SHA1,
+                                        CKZ_DATA_SPECIFIED, NULL, 0};
+        CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+        unsigned char out[512], back[512];
+        CK_ULONG len = sizeof(out), blen = sizeof(back);
+
+        rv = p11->C_EncryptInit(s, &mech, b->pub_obj);
+        if (rv == CKR_OK)
+            rv = p11->C_Encrypt(s, b->plain, sizeof(b->plain), out, &len);
+        if (rv != CKR_OK) {
+            fail(w, "C_Encrypt: 0x%lx", (unsigned long)rv);
+            return -1;
+        }
+        if (len != b->mod_len) {
+            fail(w, "C_Encrypt: %lu bytes, not %zu", (unsigned long)len,
+                 b->mod_len);
+            return -1;
+        }
+        if (!first)
+            return 0;
+        rv = p11->C_DecryptInit(s, &mech, b->priv);
+        if (rv == CKR_OK)
+            rv = p11->C_Decrypt(s, out, len, back, &blen);
+        if (rv != CKR_OK || blen != sizeof(b->plain) ||
+            memcmp(back, b->plain, blen) != 0) {
+            fail(w, "C_Encrypt: the ciphertext does not decrypt (0x%lx)",
+                 (unsigned long)rv);
+            return -1;
+        }
+        return 0;
+    }
+    case OP_OSSL_ENCRYPT: {
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, b->pub, NULL);
+        unsigned char out[1024];
+        size_t len = sizeof(out);
+        int ok;
+
+        ok = ctx && EVP_PKEY_encrypt_init(ctx) > 0 &&
+             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1()) > 0 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha1()) > 0 &&
+             EVP_PKEY_encrypt(ctx, out, &len, b->plain, sizeof(b->plain)) > 0;
+        EVP_PKEY_CTX_free(ctx);
+        if (!ok || len != b->mod_len) {
+            ERR_clear_error();
+            fail(w, "EVP_PKEY_encrypt failed");
+            return -1;
+        }
+        return 0;
+    }
+    case OP_VERIFY: {
+        CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
+
+        rv = p11->C_VerifyInit(s, &mech, b->pub_obj);
+        if (rv == CKR_OK)
+            rv = p11->C_Verify(s, b->msg, sizeof(b->msg), b->sig, b->sig_len);
+        if (rv != CKR_OK) {
+            fail(w, "C_Verify: 0x%lx", (unsigned long)rv);
+            return -1;
+        }
+        return 0;
+    }
+    case OP_OSSL_VERIFY:
+        if (!verify_signature(b->pub, b->msg, sizeof(b->msg), b->sig,
+                              b->sig_len)) {
+            ERR_clear_error();
+            fail(w, "EVP_DigestVerify failed");
+            return -1;
+        }
+        return 0;
     case OP_COUNT:
         break;
     }
@@ -834,6 +925,21 @@ int main(int argc, char **argv)
                        b.wrapped_sha256, sizeof(b.wrapped_sha256));
     b.cipher_len = public_encrypt(b.pub, NULL, b.plain, sizeof(b.plain),
                                   b.cipher, sizeof(b.cipher));
+    for (i = 0; i < nops; i++) {
+        /* Only for verify: on a Key Vault token a signature is a request. */
+        CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
+
+        if (ops[i] != OP_VERIFY && ops[i] != OP_OSSL_VERIFY)
+            continue;
+        b.sig_len = sizeof(b.sig);
+        rv = b.p11->C_SignInit(s, &mech, b.priv);
+        if (rv == CKR_OK)
+            rv = b.p11->C_Sign(s, b.msg, sizeof(b.msg), b.sig, &b.sig_len);
+        if (rv != CKR_OK ||
+            !verify_signature(b.pub, b.msg, sizeof(b.msg), b.sig, b.sig_len))
+            die("the signature for verify: 0x%lx", (unsigned long)rv);
+        break;
+    }
 
     for (i = 0; i < nops; i++) {
         for (j = 0; j < nthreads; j++) {
