@@ -22,6 +22,21 @@
  *                  the baseline of wrap-sha256 without the module: OpenSSL's
  *                  EVP_PKEY_encrypt (a new EVP_PKEY_CTX each time, OAEP
  *                  SHA-256) of the same 32 bytes with the same public key
+ *   encrypt        C_Encrypt with CKM_RSA_PKCS_OAEP (SHA-1) and the public
+ *                  key object of 32 bytes (the first one of each thread is
+ *                  decrypted by the module and compared)
+ *   openssl-encrypt
+ *                  its baseline: EVP_PKEY_encrypt, OAEP SHA-1, as above
+ *   verify         C_Verify with CKM_SHA256_RSA_PKCS and the public key
+ *                  object of a signature the token made before measuring
+ *   openssl-verify its baseline: EVP_DigestVerify with the same key
+ *   gcm-64k        C_EncryptInit + C_Encrypt with CKM_AES_GCM (96-bit IV,
+ *                  40 bytes of AAD, 128-bit tag) of 64 KiB under an AES-256
+ *                  session key (C_CreateObject in each thread's session):
+ *                  one segment of cmkp11-tool seal (the first one of each
+ *                  thread is compared with OpenSSL's)
+ *   openssl-gcm-64k
+ *                  its baseline: EVP AES-256-GCM of the same 64 KiB
  * Each measured call is preceded by its *Init call. The wrapped keys and
  * the ciphertext are made beforehand with OpenSSL and the public key read
  * from the token.
@@ -79,6 +94,12 @@ enum op {
     OP_SIGN,
     OP_WRAP_SHA256,
     OP_OSSL_WRAP_SHA256,
+    OP_ENCRYPT,
+    OP_OSSL_ENCRYPT,
+    OP_VERIFY,
+    OP_OSSL_VERIFY,
+    OP_GCM,
+    OP_OSSL_GCM,
     OP_COUNT
 };
 
@@ -89,7 +110,15 @@ static const char *const op_names[OP_COUNT] = {
     [OP_SIGN] = "sign",
     [OP_WRAP_SHA256] = "wrap-sha256",
     [OP_OSSL_WRAP_SHA256] = "openssl-wrap-sha256",
+    [OP_ENCRYPT] = "encrypt",
+    [OP_OSSL_ENCRYPT] = "openssl-encrypt",
+    [OP_VERIFY] = "verify",
+    [OP_OSSL_VERIFY] = "openssl-verify",
+    [OP_GCM] = "gcm-64k",
+    [OP_OSSL_GCM] = "openssl-gcm-64k",
 };
+
+#define GCM_SEG 65536
 
 struct bench {
     CK_FUNCTION_LIST_PTR p11;
@@ -108,6 +137,9 @@ struct bench {
     unsigned char cipher[512];
     size_t cipher_len;
     unsigned char msg[64];
+    unsigned char sig[512];     /* of msg, made by the token before measuring */
+    unsigned char seg[GCM_SEG]; /* gcm-64k: the plaintext */
+    CK_ULONG sig_len;
 
     /* the measurement under way */
     enum op op;
@@ -131,6 +163,8 @@ struct worker {
 };
 
 static const char *prog = "p11bench";
+static const unsigned char gcm_aad[40] =
+    "cmkp11 bench: a header of forty bytes.";
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void die(const char *fmt, ...)
@@ -147,20 +181,22 @@ static void die(const char *fmt, ...)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: %s [-d SECONDS | -n OPS] [-t N[,N...]] [-o OP[,OP...]]\n"
-            "          [-w WARMUP] [-v] MODULE TOKEN-LABEL PIN KEY-LABEL\n"
-            "  -d SECONDS  length of each measurement (default 3)\n"
-            "  -n OPS      operations per thread instead of a duration\n"
-            "  -t LIST     thread counts (default 1,2)\n"
-            "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
-            "              openssl-wrap-sha256 (default unwrap,decrypt,sign)\n"
-            "  -w WARMUP   untimed operations per thread first (default 20)\n"
-            "  -v          details on stderr\n"
-            "PIN \"-\": no C_Login\n"
-            "output, one line per measurement:\n"
-            "  OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND\n",
-            prog);
+    fprintf(
+        stderr,
+        "usage: %s [-d SECONDS | -n OPS] [-t N[,N...]] [-o OP[,OP...]]\n"
+        "          [-w WARMUP] [-v] MODULE TOKEN-LABEL PIN KEY-LABEL\n"
+        "  -d SECONDS  length of each measurement (default 3)\n"
+        "  -n OPS      operations per thread instead of a duration\n"
+        "  -t LIST     thread counts (default 1,2)\n"
+        "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
+        "              openssl-wrap-sha256, encrypt, openssl-encrypt, verify,\n"
+        "              openssl-verify (default unwrap,decrypt,sign)\n"
+        "  -w WARMUP   untimed operations per thread first (default 20)\n"
+        "  -v          details on stderr\n"
+        "PIN \"-\": no C_Login\n"
+        "output, one line per measurement:\n"
+        "  OP THREADS OPS_PER_SECOND OPS_PER_CPU_SECOND\n",
+        prog);
     exit(2);
 }
 
@@ -498,6 +534,26 @@ static int unwrap_blob(struct worker *w, int sha256, const unsigned char *blob,
     return 0;
 }
 
+/* AES-256-GCM of the 64 KiB segment with OpenSSL: ciphertext and tag. */
+static int gcm_encrypt(struct bench *b, const unsigned char iv[12],
+                       unsigned char *out)
+{
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0, ok;
+
+    ok =
+        ctx &&
+        EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, b->aes_key, iv) == 1 &&
+        EVP_EncryptUpdate(ctx, NULL, &n, gcm_aad, sizeof(gcm_aad)) == 1 &&
+        EVP_EncryptUpdate(ctx, out, &n, b->seg, sizeof(b->seg)) == 1 &&
+        EVP_EncryptFinal_ex(ctx, out + n, &m) == 1 &&
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out + GCM_SEG) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok)
+        ERR_clear_error();
+    return ok ? 0 : -1;
+}
+
 /* One operation; FIRST asks for the extra check. Returns 0 or -1. */
 static int run_op(struct worker *w, int first)
 {
@@ -599,6 +655,119 @@ static int run_op(struct worker *w, int first)
         }
         return 0;
     }
+    case OP_ENCRYPT: {
+        CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA_1, CKG_MGF1_SHA1,
+                                        CKZ_DATA_SPECIFIED, NULL, 0};
+        CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+        unsigned char out[512], back[512];
+        CK_ULONG len = sizeof(out), blen = sizeof(back);
+
+        rv = p11->C_EncryptInit(s, &mech, b->pub_obj);
+        if (rv == CKR_OK)
+            rv = p11->C_Encrypt(s, b->plain, sizeof(b->plain), out, &len);
+        if (rv != CKR_OK) {
+            fail(w, "C_Encrypt: 0x%lx", (unsigned long)rv);
+            return -1;
+        }
+        if (len != b->mod_len) {
+            fail(w, "C_Encrypt: %lu bytes, not %zu", (unsigned long)len,
+                 b->mod_len);
+            return -1;
+        }
+        if (!first)
+            return 0;
+        rv = p11->C_DecryptInit(s, &mech, b->priv);
+        if (rv == CKR_OK)
+            rv = p11->C_Decrypt(s, out, len, back, &blen);
+        if (rv != CKR_OK || blen != sizeof(b->plain) ||
+            memcmp(back, b->plain, blen) != 0) {
+            fail(w, "C_Encrypt: the ciphertext does not decrypt (0x%lx)",
+                 (unsigned long)rv);
+            return -1;
+        }
+        return 0;
+    }
+    case OP_OSSL_ENCRYPT: {
+        EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, b->pub, NULL);
+        unsigned char out[1024];
+        size_t len = sizeof(out);
+        int ok;
+
+        ok = ctx && EVP_PKEY_encrypt_init(ctx) > 0 &&
+             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) > 0 &&
+             EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha1()) > 0 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha1()) > 0 &&
+             EVP_PKEY_encrypt(ctx, out, &len, b->plain, sizeof(b->plain)) > 0;
+        EVP_PKEY_CTX_free(ctx);
+        if (!ok || len != b->mod_len) {
+            ERR_clear_error();
+            fail(w, "EVP_PKEY_encrypt failed");
+            return -1;
+        }
+        return 0;
+    }
+    case OP_VERIFY: {
+        CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
+
+        rv = p11->C_VerifyInit(s, &mech, b->pub_obj);
+        if (rv == CKR_OK)
+            rv = p11->C_Verify(s, b->msg, sizeof(b->msg), b->sig, b->sig_len);
+        if (rv != CKR_OK) {
+            fail(w, "C_Verify: 0x%lx", (unsigned long)rv);
+            return -1;
+        }
+        return 0;
+    }
+    case OP_OSSL_VERIFY:
+        if (!verify_signature(b->pub, b->msg, sizeof(b->msg), b->sig,
+                              b->sig_len)) {
+            ERR_clear_error();
+            fail(w, "EVP_DigestVerify failed");
+            return -1;
+        }
+        return 0;
+    case OP_GCM: {
+        unsigned char iv[12] = {0}, ref[GCM_SEG + 16];
+        CK_GCM_PARAMS gp = {iv,
+                            sizeof(iv),
+                            sizeof(iv) * 8,
+                            (CK_BYTE_PTR)gcm_aad,
+                            sizeof(gcm_aad),
+                            128};
+        CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
+        static __thread unsigned char out[GCM_SEG + 16];
+        CK_ULONG len = sizeof(out);
+
+        memcpy(iv, &w->ops, sizeof(w->ops) < 12 ? sizeof(w->ops) : 12);
+        rv = p11->C_EncryptInit(s, &mech, w->aes);
+        if (rv == CKR_OK)
+            rv = p11->C_Encrypt(s, b->seg, sizeof(b->seg), out, &len);
+        if (rv != CKR_OK) {
+            fail(w, "C_Encrypt (AES-GCM): 0x%lx", (unsigned long)rv);
+            return -1;
+        }
+        if (len != sizeof(out)) {
+            fail(w, "C_Encrypt (AES-GCM): %lu bytes", (unsigned long)len);
+            return -1;
+        }
+        if (first && (gcm_encrypt(b, iv, ref) != 0 ||
+                      memcmp(ref, out, sizeof(ref)) != 0)) {
+            fail(w, "C_Encrypt (AES-GCM): not what OpenSSL gives");
+            return -1;
+        }
+        return 0;
+    }
+    case OP_OSSL_GCM: {
+        static __thread unsigned char out[GCM_SEG + 16];
+        unsigned char iv[12] = {0};
+
+        memcpy(iv, &w->ops, sizeof(w->ops) < 12 ? sizeof(w->ops) : 12);
+        if (gcm_encrypt(b, iv, out) != 0) {
+            fail(w, "EVP AES-256-GCM failed");
+            return -1;
+        }
+        return 0;
+    }
     case OP_COUNT:
         break;
     }
@@ -660,7 +829,7 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
         rv = b->p11->C_OpenSession(b->slot, flags, NULL, NULL, &w[i].session);
         if (rv != CKR_OK)
             die("C_OpenSession: 0x%lx", (unsigned long)rv);
-        if (b->op == OP_WRAP_SHA256)
+        if (b->op == OP_WRAP_SHA256 || b->op == OP_GCM)
             w[i].aes = session_aes_key(b, w[i].session);
     }
     for (i = 0; i < nthreads; i++) {
@@ -822,7 +991,8 @@ int main(int argc, char **argv)
     if (b.mod_len != SIG_LEN)
         die("key \"%s\" is %zu bits, not 2048", key_label, b.mod_len * 8);
 
-    if (RAND_bytes(b.aes_key, sizeof(b.aes_key)) != 1 ||
+    if (RAND_bytes(b.seg, sizeof(b.seg)) != 1 ||
+        RAND_bytes(b.aes_key, sizeof(b.aes_key)) != 1 ||
         RAND_bytes(b.plain, sizeof(b.plain)) != 1 ||
         RAND_bytes(b.msg, sizeof(b.msg)) != 1)
         ossl_die("RAND_bytes");
@@ -834,6 +1004,21 @@ int main(int argc, char **argv)
                        b.wrapped_sha256, sizeof(b.wrapped_sha256));
     b.cipher_len = public_encrypt(b.pub, NULL, b.plain, sizeof(b.plain),
                                   b.cipher, sizeof(b.cipher));
+    for (i = 0; i < nops; i++) {
+        /* Only for verify: on a Key Vault token a signature is a request. */
+        CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
+
+        if (ops[i] != OP_VERIFY && ops[i] != OP_OSSL_VERIFY)
+            continue;
+        b.sig_len = sizeof(b.sig);
+        rv = b.p11->C_SignInit(s, &mech, b.priv);
+        if (rv == CKR_OK)
+            rv = b.p11->C_Sign(s, b.msg, sizeof(b.msg), b.sig, &b.sig_len);
+        if (rv != CKR_OK ||
+            !verify_signature(b.pub, b.msg, sizeof(b.msg), b.sig, b.sig_len))
+            die("the signature for verify: 0x%lx", (unsigned long)rv);
+        break;
+    }
 
     for (i = 0; i < nops; i++) {
         for (j = 0; j < nthreads; j++) {

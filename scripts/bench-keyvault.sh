@@ -2,7 +2,7 @@
 # The Key Vault benchmarks of issue 9 (docs/performance.md, "Key Vault"),
 # against the local emulator (tests/kvemu) on loopback.
 #
-#   scripts/bench-keyvault.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE]
+#   scripts/bench-keyvault.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u]
 #
 # Builds cmkp11, bench/p11bench, bench/kv-curl and bench/kv-start if
 # needed, starts one emulator in a temporary directory (vault "kvemu" with
@@ -24,9 +24,17 @@
 #     time and vault/identity requests (emulator counters), 3 times a round.
 #     Bar: flat (the same requests, and the minimum time at 1,000 keys
 #     within 1.5 x that at 10; other load only adds time).
+#  6. cached unwrap: C_UnwrapKey (OAEP-SHA256) of the same wrapped DEK
+#     again and again on a token with unwrap-cache = 600 (p11bench
+#     unwrap-sha256), 1, 2 and 8 threads, each in a process of its own,
+#     with the emulator's request counters over the run: only the first
+#     unwrap (in p11bench's warm-up) may reach the vault. Bar: >= 100,000
+#     unwraps/s at 2 threads, and 1 unwrapkey request per run.
 # Once, after the rounds:
 #  5. memory: VmRSS before C_Initialize and after using each of 1,000 keys
 #     once (kv-start -m 1000). Bar: <= 20 MiB growth.
+#
+# -u measures only 6, the cached unwraps.
 #
 # The injected latency ("kvemu-admin latency MS --identity-ms MS") delays
 # every vault and every token request, as a remote service would. At 0 ms,
@@ -42,13 +50,15 @@ set -eu
 seconds=2
 rounds=5
 raw=
-while getopts d:r:o:h opt; do
+only_cache=no
+while getopts d:r:o:uh opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
     o) raw=$OPTARG ;;
+    u) only_cache=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u]" >&2
         exit 2
         ;;
     esac
@@ -152,6 +162,8 @@ conf() { # conf FILE LABEL VAULT-URL
     chmod 600 "$1"
 }
 conf "$tmp/kv.conf" kv "$KVEMU_VAULT_URL"
+conf "$tmp/kvc.conf" kv "$KVEMU_VAULT_URL"
+printf 'unwrap-cache = 600\n' >>"$tmp/kvc.conf"
 for n in $sizes; do
     url=$(sed -n "s/^KVEMU_URL_KV$n=//p" "$tmp/emu.out")
     [ -n "$url" ] || { echo "bench: no URL for vault kv$n" >&2; exit 1; }
@@ -194,7 +206,27 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "bench: $rounds rounds of ${seconds}s measurements; load average $load0" >&2
 loads=$(cut -d' ' -f1 /proc/loadavg)
 r=1
+cache_threads="1 2 8"
+: >"$tmp/cache"
+cached_unwraps() { # 6. cached unwrap, one process per thread count
+    latency 0
+    for t in $cache_threads; do
+        admin POST counters/reset >/dev/null
+        out=$(CMKP11_CONF=$tmp/kvc.conf "$p11bench" -d "$seconds" -t "$t" \
+            -w 5 -o unwrap-sha256 "$cmkp11_so" kv - kek) ||
+            failed "cached unwrap $t threads"
+        c=$(counters)
+        n=$(echo "$c" | tr ' ' '\n' | sed -n 's/^vault:unwrapKey=//p')
+        echo "$r $out ${n:-0}" >>"$tmp/cache"
+        echo "bench: round $r: cached $out; requests: $c" >&2
+    done
+}
 while [ "$r" -le "$rounds" ]; do
+    cached_unwraps
+    if [ "$only_cache" = yes ]; then
+        r=$((r + 1))
+        continue
+    fi
     # 1. local wrap (no request: the public key is cached at the search)
     # (in one process, each thread count in turn, the order alternating
     # from round to round)
@@ -246,6 +278,28 @@ while [ "$r" -le "$rounds" ]; do
     loads="$loads $(cut -d' ' -f1 /proc/loadavg)"
     r=$((r + 1))
 done
+
+cache_table() { # the medians of 6
+    echo
+    echo "6. Cached unwrap of a repeated DEK, OAEP-SHA256, unwrap-cache = 600 (median of $rounds rounds of ${seconds}s):"
+    printf '%-8s %12s %14s %18s  %s\n' threads unwraps/s "per CPU s" \
+        "vault unwraps" "bar (>= 100000/s at 2 threads, 1 request)"
+    for t in $cache_threads; do
+        awk -v t="$t" '$3 == t' "$tmp/cache" | sort -g -k4 | awk -v t="$t" '
+            { v[NR] = $4; c[NR] = $5; q = q " " $6; if ($6 != 1) bad = 1 }
+            END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                  mc = (NR % 2) ? c[(NR + 1) / 2] : (c[NR / 2] + c[NR / 2 + 1]) / 2
+                  ok = bad ? "FAIL" : "PASS"
+                  if (t == 2 && m < 100000) ok = "FAIL"
+                  printf "%-8d %12.0f %14.0f %18s  %s\n", t, m, mc, q, ok }'
+    done
+}
+if [ "$only_cache" = yes ]; then
+    echo
+    echo "Key Vault emulator on loopback, $(nproc) CPUs; load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    cache_table
+    exit 0
+fi
 
 # 5. memory
 latency 0
@@ -354,6 +408,8 @@ echo
 echo "5. Memory after using 1,000 keys (kv-start -m 1000):"
 echo "$mem" | awk '{ printf "VmRSS before C_Initialize %d KiB, after %d KiB: +%.1f MiB (%.1f s)\n", $3, $4, $5 / 1024, $6 }'
 bar5=$(echo "$mem" | awk '{ print ($5 <= 20 * 1024) ? "PASS" : "FAIL" }')
+
+cache_table
 
 echo
 echo "bars:"

@@ -11,6 +11,20 @@
 # three modules in turn (direct, cmkp11, proxy); then the medians, the
 # ratios to direct speed and OAEP-SHA256 unwrap through cmkp11 are printed.
 #
+# Public-key operations (C_Encrypt OAEP-SHA1 and C_Verify SHA256-RSA-PKCS
+# with the public key object; cmkp11 does them with OpenSSL, checking the
+# version's usage flags kept for refresh-interval, see docs/hsm.md) are
+# measured on SoftHSM directly, through cmkp11, and as OpenSSL's own
+# EVP_PKEY_encrypt / EVP_DigestVerify in the same p11bench process that has
+# cmkp11 loaded; their bar is cmkp11/direct >= 2.0 and cmkp11/openssl >= 0.9.
+#
+# Sealing (issue 24, item 2): one 64 KiB AES-256-GCM segment as cmkp11-tool
+# seal encrypts it (p11bench gcm-64k: C_EncryptInit + C_Encrypt under a
+# session key) on SoftHSM directly and through cmkp11, OpenSSL's EVP on the
+# same data in the same process, and cmkp11-tool seal of $BENCH_SEAL_MIB
+# MiB (default 128) of random data to /dev/null against openssl enc
+# -aes-256-ctr of the same file, in MB/s of wall clock and of CPU time.
+#
 # The bar: cmkp11/direct >= 0.97 on every row, and not more than 0.02 below
 # proxy/direct. It is printed as PASS or FAIL, on wall-clock ops/s and on
 # ops per CPU second (which other load on the machine disturbs much less);
@@ -194,6 +208,8 @@ run() { # run NAME OP THREADS MODULE TOKEN, with $pre before p11bench
 }
 
 ops="unwrap decrypt sign"
+pub_ops="encrypt verify"
+seal_mib=${BENCH_SEAL_MIB:-128}
 
 # -i: instructions per operation instead of time (valgrind's callgrind),
 # which other load on the machine does not change. Each module runs 20
@@ -244,6 +260,40 @@ if [ "$instructions" = yes ]; then
         printf '%-14s %12d %12d %12d  %7s %7s  %s\n' "$op" "$d" "$c" "$x" "$1" "$2" "$3"
     done
     echo "bar (direct/cmkp11 >= 0.97 and >= direct/proxy - 0.02): $verdict"
+    echo
+    echo "public-key operations, instructions per operation (callgrind; 1 thread):"
+    printf '%-14s %12s %12s %12s  %7s %7s  %s\n' op direct cmkp11 openssl \
+        cmk/dir cmk/ssl bar
+    verdict=PASS
+    for op in $pub_ops; do
+        pre="env"
+        d=$(per_op direct "$bench" "$softhsm" cmk "$op")
+        pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+        c=$(per_op cmkp11 "$bench" "$cmkp11_so" local "$op")
+        o=$(per_op openssl "$bench" "$cmkp11_so" local "openssl-$op")
+        # Only the OpenSSL bar: most of what SoftHSM spends on a public
+        # operation is in system calls (its object store), which callgrind
+        # does not count; cmkp11/direct is judged on CPU time below.
+        line=$(awk -v d="$d" -v c="$c" -v o="$o" 'BEGIN {
+            rd = d / c; ro = o / c
+            ok = (ro >= 0.9) ? "PASS" : "FAIL"
+            printf "%.3f %.3f %s", rd, ro, ok }')
+        # shellcheck disable=SC2086 # three words, split on purpose
+        set -- $line
+        [ "$3" = PASS ] || verdict=FAIL
+        printf '%-14s %12d %12d %12d  %7s %7s  %s\n' "$op" "$d" "$c" "$o" "$1" "$2" "$3"
+    done
+    echo "bar (cmkp11 >= 0.9 x openssl, as speed; direct: see the CPU-time run): $verdict"
+    echo
+    echo "sealing: one 64 KiB AES-256-GCM segment, instructions (callgrind; 1 thread):"
+    pre="env"
+    d=$(per_op direct "$bench" "$softhsm" cmk gcm-64k)
+    pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+    c=$(per_op cmkp11 "$bench" "$cmkp11_so" local gcm-64k)
+    o=$(per_op openssl "$bench" "$cmkp11_so" local openssl-gcm-64k)
+    printf '%-14s %12s %12s %12s  %7s %7s\n' op direct cmkp11 openssl dir/cmk ssl/cmk
+    awk -v d="$d" -v c="$c" -v o="$o" 'BEGIN {
+        printf "%-14s %12d %12d %12d  %7.3f %7.3f\n", "gcm-64k", d, c, o, d / c, o / c }'
     exit 0
 fi
 
@@ -253,6 +303,26 @@ case $load0 in
 0.[0-4]*) ;;
 *) echo "bench: the machine is busy: wall-clock figures will be noisy" >&2 ;;
 esac
+head -c $((seal_mib * 1048576)) /dev/urandom >"$tmp/seal.in"
+aeskey=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+timed() { # timed NAME COMMAND...: "r seal NAME MB/s MB-per-CPU-s" into results
+    name=$1
+    shift
+    /usr/bin/time -f '%e %U %S' -o "$tmp/time" "$@" >/dev/null 2>"$tmp/time.err" ||
+        { cat "$tmp/time.err" >&2; echo "bench: $name failed" >&2; exit 1; }
+    awk -v r="$r" -v n="$name" -v mb="$((seal_mib * 1048576))" '{
+        w = $1 > 0 ? $1 : 0.01; c = $2 + $3 > 0 ? $2 + $3 : 0.01
+        printf "%s %s seal 1 %.1f %.1f\n", r, n, mb / w / 1e6, mb / c / 1e6 }' \
+        "$tmp/time" >>"$results"
+    echo "bench: round $r: $name seal $(tail -n 1 "$results" | cut -d' ' -f5-)" >&2
+}
+seal_round() {
+    timed sealtool env CMKP11_CONF="$tmp/cmkp11.conf" CMKP11_PIN=$pin \
+        "$top/cmkp11-tool" --module "$cmkp11_so" \
+        --key "pkcs11:token=local;object=$key" seal "$tmp/seal.in"
+    timed opensslenc openssl enc -aes-256-ctr -K "$aeskey" \
+        -iv 00000000000000000000000000000000 -in "$tmp/seal.in" -out /dev/null
+}
 r=1
 while [ "$r" -le "$rounds" ]; do
     for op in $ops; do
@@ -269,6 +339,21 @@ while [ "$r" -le "$rounds" ]; do
     for t in 1 2; do
         run cmkp11 unwrap-sha256 "$t" "$cmkp11_so" local
     done
+    for pop in $pub_ops; do # (run sets op)
+        for t in 1 2; do
+            pre="env"
+            run direct "$pop" "$t" "$softhsm" cmk
+            pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+            run cmkp11 "$pop" "$t" "$cmkp11_so" local
+            run openssl "openssl-$pop" "$t" "$cmkp11_so" local
+        done
+    done
+    pre="env"
+    run direct gcm-64k 1 "$softhsm" cmk
+    pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+    run cmkp11 gcm-64k 1 "$cmkp11_so" local
+    run openssl openssl-gcm-64k 1 "$cmkp11_so" local
+    seal_round
     r=$((r + 1))
 done
 [ -z "$raw" ] || cp "$results" "$raw"
@@ -326,8 +411,53 @@ for t in 1 2; do
     printf '%-14s %7d %9s %9.0f %9s\n' unwrap-sha256 "$t" - \
         "$(median cmkp11 unwrap-sha256 "$t" 6)" -
 done
+pub_table() { # pub_table COLUMN
+    verdict=PASS
+    for op in $pub_ops; do
+        for t in 1 2; do
+            d=$(median direct "$op" "$t" "$1")
+            c=$(median cmkp11 "$op" "$t" "$1")
+            o=$(median openssl "openssl-$op" "$t" "$1")
+            line=$(awk -v op="$op" -v t="$t" -v d="$d" -v c="$c" -v o="$o" 'BEGIN {
+                rd = c / d; ro = c / o
+                ok = (rd >= 2.0 && ro >= 0.9) ? "PASS" : "FAIL"
+                printf "%-14s %7d %9.0f %9.0f %9.0f %8.3f %8.3f  %s", op, t, d, c, o, rd, ro, ok
+            }')
+            echo "$line"
+            case $line in *FAIL) verdict=FAIL ;; esac
+        done
+    done
+    echo "BAR=$verdict"
+}
+echo
+echo "public-key operations (bar: cmkp11/direct >= 2.0, cmkp11/openssl >= 0.9):"
+for col in 5 6; do
+    [ "$col" = 5 ] && echo "ops/s (wall clock):" || echo "ops per CPU second:"
+    printf '%-14s %7s %9s %9s %9s %8s %8s  %s\n' op threads direct cmkp11 \
+        openssl cmk/dir cmk/ssl bar
+    pub_table "$col" >"$tmp/pub$col"
+    grep -v '^BAR=' "$tmp/pub$col"
+done
+echo
+echo "sealing: 64 KiB AES-256-GCM segments (segments/s; per CPU second), and $seal_mib MiB sealed (MB/s; per CPU second):"
+printf '%-28s %12s %12s\n' "" wall cpu
+for row in "direct gcm-64k" "cmkp11 gcm-64k" "openssl openssl-gcm-64k" \
+    "sealtool seal" "opensslenc seal"; do
+    # shellcheck disable=SC2086 # two words
+    set -- $row
+    printf '%-28s %12.0f %12.0f\n' "$1 $2" "$(median "$1" "$2" 1 5)" \
+        "$(median "$1" "$2" 1 6)"
+done
+awk -v d="$(median direct gcm-64k 1 6)" -v c="$(median cmkp11 gcm-64k 1 6)" \
+    -v s="$(median sealtool seal 1 6)" -v o="$(median opensslenc seal 1 6)" 'BEGIN {
+    printf "per CPU second: gcm-64k cmkp11/direct %.3f; seal/openssl enc %.3f; seal/(direct GCM x 64 KiB) %.3f\n",
+        c / d, s / o, s / (d * 65536 / 1e6) }'
+
 echo
 echo "bar (cmkp11/direct >= 0.97 and >= proxy/direct - 0.02 on every row):"
 echo "  ops/s:               $(sed -n 's/^BAR=//p' "$tmp/wall")"
 echo "  ops per CPU second:  $(sed -n 's/^BAR=//p' "$tmp/cpu")"
+echo "public-key bar:"
+echo "  ops/s:               $(sed -n 's/^BAR=//p' "$tmp/pub5")"
+echo "  ops per CPU second:  $(sed -n 's/^BAR=//p' "$tmp/pub6")"
 exit 0

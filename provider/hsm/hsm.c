@@ -541,6 +541,7 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     pthread_mutex_init(&ht->lock, NULL);
     pthread_mutex_init(&ht->list_lock, NULL);
     ht->anchor = CK_INVALID_HANDLE;
+    ht->refresh_ms = (cfg->global ? cfg->global->refresh_interval : 60) * 1000L;
     module = config_token_get(cfg, "module");
     label = config_token_get(cfg, "token-label");
     uri = config_token_get(cfg, "token-uri");
@@ -1286,9 +1287,9 @@ static CK_RV hsm_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
     return CKR_MECHANISM_PARAM_INVALID;
 }
 
-static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
-                       const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
-                       CK_BYTE *out, CK_ULONG *outlen)
+static CK_RV crypt_lower(struct pcall *c, enum pop op, void *key,
+                         const CK_MECHANISM *m, const CK_BYTE *in,
+                         CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
 {
     struct hsm_token *ht = c->tok;
     CK_SESSION_HANDLE s = lower_session(c);
@@ -1449,9 +1450,10 @@ static CK_RV session_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     return CKR_OK;
 }
 
-static CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
-                        const CK_BYTE *wrapped, CK_ULONG len,
-                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
+static CK_RV unwrap_lower(struct pcall *c, void *key, const CK_MECHANISM *m,
+                          const CK_BYTE *wrapped, CK_ULONG len,
+                          const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                          struct pobj *out)
 {
     struct hsm_token *ht = c->tok;
     CK_SESSION_HANDLE s = lower_session(c);
@@ -1582,6 +1584,10 @@ static CK_RV extract_value(struct pcall *c, CK_OBJECT_HANDLE h, CK_BYTE *out,
     return rv == CKR_OK ? CKR_OK : mapped(c, rv);
 }
 
+/* What a public operation needs of the private key's usage flags. */
+enum usage { USE_WRAP, USE_ENCRYPT, USE_ANY };
+static CK_RV usage_check(struct pcall *c, void *key, enum usage use);
+
 static CK_RV hsm_wrap(struct pcall *c, void *wrapping_key,
                       const CK_MECHANISM *m, void *key, CK_BYTE *out,
                       CK_ULONG *outlen)
@@ -1600,6 +1606,12 @@ static CK_RV hsm_wrap(struct pcall *c, void *wrapping_key,
         return CKR_WRAPPING_KEY_HANDLE_INVALID;
     if (kh == 0)
         return CKR_KEY_HANDLE_INVALID;
+    /* The lower token would wrap with a disabled or deleted version's
+     * public key. Disabled, not CKA_UNWRAP alone: a version that may only
+     * decrypt still wraps keys the lower token holds (docs/hsm.md). */
+    rv = usage_check(c, wrapping_key, USE_ANY);
+    if (rv != CKR_OK)
+        return rv;
     if (!oaep_is_local(ht, m)) {
         rv = LOWER(ht, C_WrapKey, s, (CK_MECHANISM *)m, wh, kh, out, outlen);
         if (!((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID) &&
@@ -1863,29 +1875,140 @@ static CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
     return rv;
 }
 
-/* A version disabled (usage flags cleared) or deleted in the lower token
- * stops local wraps and encryptions at once. */
-static CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The lower token failed an operation with this version: the next public
+ * operation reads its usage flags again, whatever their age. */
+static void usage_forget(struct hsm_token *ht, void *ref)
+{
+    struct hsm_ver *v = ref;
+
+    if (v == NULL || v->kind != HSM_REF_VERSION)
+        return;
+    pthread_mutex_lock(&ht->lock);
+    v->usage_at = 0;
+    v->usage_gen++;
+    pthread_mutex_unlock(&ht->lock);
+}
+
+/*
+ * A version disabled (usage flags cleared) or deleted in the lower token
+ * stops local wraps and encryptions within refresh-interval, as on a
+ * keyvault token: the flags are read from the lower token (a file-store
+ * round in SoftHSM, which would cost more than the RSA operation itself)
+ * when the copy here is older than refresh-interval, at once after the
+ * lower token failed an operation with the version, and at every use with
+ * refresh-interval = 0. See docs/hsm.md, "Revocation".
+ */
+static CK_RV usage_check(struct pcall *c, void *key, enum usage use)
 {
     struct hsm_token *ht = c->tok;
-    CK_OBJECT_HANDLE priv = ref_handle(ht, key, true);
+    struct hsm_ver *v = key;
+    CK_OBJECT_HANDLE priv;
     CK_BBOOL unw = CK_FALSE, dec = CK_FALSE;
     CK_ATTRIBUTE a[] = {
         {CKA_UNWRAP, &unw, sizeof(unw)},
         {CKA_DECRYPT, &dec, sizeof(dec)},
     };
+    int64_t now = now_ms();
+    unsigned gen;
+    bool fresh;
     CK_RV rv;
 
+    if (v == NULL || v->kind != HSM_REF_VERSION)
+        return CKR_OK; /* only versions have a private half */
+    pthread_mutex_lock(&ht->lock);
+    priv = v->priv;
+    gen = v->usage_gen;
+    fresh = ht->refresh_ms > 0 && v->usage_at != 0 && v->usage_priv == priv &&
+            now - v->usage_at < ht->refresh_ms;
+    if (fresh) {
+        unw = v->may_unwrap;
+        dec = v->may_decrypt;
+    }
+    pthread_mutex_unlock(&ht->lock);
     if (priv == 0)
         return CKR_OK; /* the private half is not visible (no login) */
-    rv = LOWER(ht, C_GetAttributeValue, lower_session(c), priv, a, 2);
-    if (rv == CKR_OBJECT_HANDLE_INVALID)
-        return CKR_KEY_HANDLE_INVALID;
-    if (rv != CKR_OK)
-        return mapped(c, rv);
-    if (!(wrap ? unw : dec))
+    if (!fresh) {
+        rv = LOWER(ht, C_GetAttributeValue, lower_session(c), priv, a, 2);
+        pthread_mutex_lock(&ht->lock);
+        if (rv != CKR_OK) {
+            v->usage_at = 0;
+        } else if (v->usage_gen == gen) {
+            /* Not if a failure came in meanwhile: what was read may be
+             * older than it. The time is that of before the read. */
+            v->usage_at = now > 0 ? now : 1;
+            v->usage_priv = priv;
+            v->may_unwrap = unw;
+            v->may_decrypt = dec;
+        }
+        pthread_mutex_unlock(&ht->lock);
+        if (rv == CKR_OBJECT_HANDLE_INVALID)
+            return CKR_KEY_HANDLE_INVALID;
+        if (rv != CKR_OK)
+            return mapped(c, rv);
+    }
+    if (!(use == USE_WRAP ? unw : use == USE_ENCRYPT ? dec : (unw || dec)))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
     return CKR_OK;
+}
+
+static CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
+{
+    return usage_check(c, key, wrap ? USE_WRAP : USE_ENCRYPT);
+}
+
+/* A failure that says nothing about the key: the input, the output
+ * buffer, the mechanism or the template was wrong. */
+static bool caller_error(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+    case CKR_DATA_INVALID:
+    case CKR_DATA_LEN_RANGE:
+    case CKR_WRAPPED_KEY_INVALID:
+    case CKR_WRAPPED_KEY_LEN_RANGE:
+    case CKR_BUFFER_TOO_SMALL:
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_TEMPLATE_INCOMPLETE:
+    case CKR_TEMPLATE_INCONSISTENT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
+                       const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                       CK_BYTE *out, CK_ULONG *outlen)
+{
+    CK_RV rv = crypt_lower(c, op, key, m, in, inlen, out, outlen);
+
+    if (!caller_error(rv))
+        usage_forget(c->tok, key);
+    return rv;
+}
+
+static CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
+                        const CK_BYTE *wrapped, CK_ULONG len,
+                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
+{
+    CK_RV rv = unwrap_lower(c, key, m, wrapped, len, tmpl, n, out);
+
+    if (!caller_error(rv))
+        usage_forget(c->tok, key);
+    return rv;
 }
 
 static CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)

@@ -6,6 +6,7 @@
 #define CMKP11_HSM_H
 
 #include <pthread.h>
+#include <stdint.h>
 
 #include "provider.h"
 
@@ -33,6 +34,14 @@ struct hsm_ver {
     /* filled by a listing in progress */
     bool seen;
     CK_OBJECT_HANDLE next_priv, next_pub;
+    /* The private key's CKA_UNWRAP and CKA_DECRYPT as last read for a
+     * public operation (hsm_check_public): read again when older than
+     * refresh-interval, when the handle changed, and after the lower token
+     * failed an operation with this version (usage_gen counts those). */
+    int64_t usage_at; /* monotonic ms; 0 = to be read */
+    CK_OBJECT_HANDLE usage_priv;
+    unsigned usage_gen;
+    bool may_unwrap, may_decrypt;
     struct hsm_ver *next;
 };
 
@@ -62,6 +71,7 @@ struct hsm_token {
     bool self_login;          /* logged in from pin-file */
     char **keys;              /* allow-list, NULL-terminated, or NULL */
     struct hsm_ver *versions;
+    long refresh_ms; /* refresh-interval; 0: usage read at every use */
     struct pmech *mechs;
     CK_ULONG n_mechs;
     bool has_raw; /* the lower token decrypts with CKM_RSA_X_509 */
