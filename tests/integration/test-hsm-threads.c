@@ -19,8 +19,13 @@
 #include "test.h"
 
 #define THREADS 8
-#define ROUNDS  500
 #define BLOBS   4
+
+/* Loop counts: 500 unwraps and 100 searches per thread, a tenth under
+ * valgrind or TSan (test_scale). */
+static int rounds, searches;
+#define ROUNDS   rounds
+#define SEARCHES searches
 
 static CK_SLOT_ID slot;
 static CK_OBJECT_HANDLE priv;
@@ -61,8 +66,6 @@ static void *worker(void *arg)
     p11->C_CloseSession(s);
     return NULL;
 }
-
-#define SEARCHES 100
 
 /* The private keys of the test token (tests/softhsm-init.sh). */
 static const char *const labels[] = {"kek@01", "kek", "dec-only", "disabled",
@@ -167,6 +170,8 @@ int main(void)
     int i, k, good = 0, bad = 0;
     size_t len;
 
+    rounds = (int)test_scale(500);
+    searches = (int)test_scale(100);
     p11->C_GetSlotList(CK_TRUE, &slot, &n);
     priv = p11_find(s, CKO_PRIVATE_KEY, "kek");
     pk = hsm_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
