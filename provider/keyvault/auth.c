@@ -577,6 +577,16 @@ static char *credential_fields(struct kv_auth *a, const char *token_url,
     return out;
 }
 
+/* A token request's status for the retry loop: the HTTP status, 0 for a
+ * transport error (retried), or KV_FETCH_TLS for a certificate that failed
+ * verification, which no retry mends (the reason is already logged). */
+#define KV_FETCH_TLS (-2L)
+
+static long fetch_status(const struct kv_response *r)
+{
+    return kv_http_tls_failure(r->curl) ? KV_FETCH_TLS : r->status;
+}
+
 /* The Entra token endpoint, with the primary credential and then, if it
  * was refused, the secondary one (credential rotation). */
 static CK_RV fetch_from_authority(struct kv_auth *a, const char *resource,
@@ -634,7 +644,7 @@ static CK_RV fetch_from_authority(struct kv_auth *a, const char *resource,
         req.form = true;
         kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
         secure_free(body, blen);
-        *status = r.status;
+        *status = fetch_status(&r);
         if (r.curl == CURLE_OK && r.status == 200) {
             rv = parse_token(&r, url, token, lifetime);
             kv_response_clear(&r);
@@ -1053,7 +1063,7 @@ static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
         headers[1] = basic;
         kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
     }
-    *status = r.status;
+    *status = fetch_status(&r);
     if (r.curl == CURLE_OK && r.status == 200)
         rv = parse_token(&r, url, token, lifetime);
     else

@@ -445,3 +445,19 @@ for what, dns, days, reason in (
                      r"([^;]+); if a CA", text)
     t.ok(rc == 1 and tls == [(url[8:], reason)] and "retry" not in text,
          "%s: one attempt, the host and OpenSSL's reason" % what, text)
+
+# The token endpoint's certificate fails verification (signed by a CA that
+# ca-file does not name), the vault's is fine: one token request, not the
+# retries, and the log names the identity endpoint's host and the reason.
+port = server("login.localhost", 9)
+authority = "https://login.localhost:%d" % port
+body = kv_body.replace(s.emu.env["AZURE_AUTHORITY_HOST"], authority)
+conf = s.write_conf([("vault", body + "keys = app-key\n")])
+rc, out, err = tool(conf, "list")
+text = s.log_text()
+tls = re.findall(r"error: TLS: the certificate of (\S+) was not accepted: "
+                 r"([^;]+); if a CA", text)
+t.ok(authority in body and rc == 1 and
+     tls == [(authority[8:], "unable to get local issuer certificate")],
+     "the token endpoint's certificate: one attempt, its host and OpenSSL's "
+     "reason", text)
