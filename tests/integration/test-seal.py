@@ -348,12 +348,15 @@ def big(conf, token, key, label, d):
     t.diag("%s: max RSS (KiB): seal 1 MiB %d, seal 100 MiB %d, unseal 100 MiB "
            "%d, unseal 100 MiB to stdout %d" % (label, rss["m1"], rss["m100"],
                                                 rss["unseal"], rss["stdout"]))
-    slack = 2048  # KiB
+    # KiB. The ASan gate allows more (CMKP11_TEST_RSS_SLACK_KIB): its
+    # allocator's quarantine and shadow memory move with the allocations,
+    # not with the file; a buffered file would still add 100 MiB.
+    slack = int(os.environ.get("CMKP11_TEST_RSS_SLACK_KIB", "2048"))
     t.ok(rss["m100"] <= rss["m1"] + slack and
          rss["unseal"] <= rss["m1"] + slack and
          rss["stdout"] <= rss["m1"] + slack,
          "%s: the tool's memory does not grow with the file (100 MiB within "
-         "2 MiB of a 1 MiB seal)" % label, rss)
+         "%d KiB of a 1 MiB seal)" % (label, slack), rss)
     t.ok(independent(conf, token, os.path.join(d, "m1.s"), rfile(p1)),
          "%s: the independent reader reads a 1 MiB file" % label)
     for n in ("m100", "m100.s", "m100.o"):
