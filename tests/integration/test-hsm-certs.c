@@ -214,6 +214,7 @@ int main(void)
     p11->C_Finalize(NULL);
     X509_free(kek);
     X509_free(old);
+    free(conf);
 
     conf = p11_write_file("cmkp11-bad.conf",
                           "[token local]\nbackend = hsm\n"
@@ -221,5 +222,6 @@ int main(void)
                           "token-label = cmk\ncertificates = sometimes\n");
     is_rv(p11_init(conf), CKR_GENERAL_ERROR,
           "certificates = sometimes: C_Initialize fails");
+    free(conf);
     return test_done();
 }
