@@ -162,15 +162,25 @@ static void put_attr(struct line *l, struct object *o, CK_ATTRIBUTE_TYPE type)
     free(v);
 }
 
+static __thread bool served_offline;
+
+void audit_note_offline(bool offline)
+{
+    served_offline = offline;
+}
+
 void audit_record(struct session *s, struct object *key, const char *op,
                   CK_MECHANISM_TYPE mech, CK_RV rv, CK_ULONG http_status)
 {
+    bool offline = served_offline;
+
     struct line *l;
     struct timespec ts;
     struct tm tm;
     CK_ULONG n = 0;
     void *name;
 
+    served_offline = false;
     if (audit_fd < 0 || key == NULL)
         return;
     /* Only customer-managed keys: objects with a key name. */
@@ -198,6 +208,8 @@ void audit_record(struct session *s, struct object *key, const char *op,
             "\"result\":\"%s\",\"http_status\":%lu",
             op, cmk_mech_name(mech), cmk_rv_name(rv),
             (unsigned long)http_status);
+    if (offline)
+        put_raw(l, ",\"offline\":true", 15);
     if (l->full) {
         cmk_debug("audit-log: a record did not fit in %d bytes",
                   AUDIT_LINE_MAX);

@@ -16,5 +16,8 @@ bool audit_enabled(void);
  * audited). http_status: the back end's status, 0 for a local one. */
 void audit_record(struct session *s, struct object *key, const char *op,
                   CK_MECHANISM_TYPE mech, CK_RV rv, CK_ULONG http_status);
+/* Called by a back end during an operation: the next record of this thread
+ * says it was served offline (offline-grace: "offline":true). */
+void audit_note_offline(bool offline);
 
 #endif

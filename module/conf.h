@@ -32,6 +32,7 @@ struct config {
     int log_level;  /* enum cmk_log_level */
     char *log_file; /* "stderr", "syslog" or a path; NULL = stderr */
     long refresh_interval;
+    long offline_grace; /* seconds; the default of each token's */
     long min_key_bits;
     char *audit_log;       /* NULL = off */
     int rsa_pkcs1_decrypt; /* enum config_pkcs1; CONFIG_PKCS1_UNSET = default */

@@ -31,6 +31,8 @@
 #define KEY_NAME_MAX        64
 
 #define DEFAULT_REFRESH_INTERVAL 60L
+#define DEFAULT_OFFLINE_GRACE    900L
+#define MAX_OFFLINE_GRACE        (86400L * 7)
 #define DEFAULT_MIN_KEY_BITS     2048L
 #define MAX_REFRESH_INTERVAL     (86400L * 365)
 
@@ -120,8 +122,8 @@ int config_pkcs1_parse(const char *text)
 }
 
 static const char *const global_keys[] = {
-    "log-level", "log-file",     "refresh-interval",
-    "audit-log", "min-key-bits", "rsa-pkcs1-decrypt",
+    "log-level",    "log-file",          "refresh-interval", "audit-log",
+    "min-key-bits", "rsa-pkcs1-decrypt", "offline-grace",
 };
 #define N_GLOBAL_KEYS (sizeof(global_keys) / sizeof(global_keys[0]))
 
@@ -339,6 +341,15 @@ static int set_global(struct parser *ps, const char *key, const char *value)
         }
         return 0;
     }
+    if (strcmp(key, "offline-grace") == 0) {
+        if (!parse_long(value, 0, MAX_OFFLINE_GRACE, &cfg->offline_grace)) {
+            set_err(ps->err, ps->errlen,
+                    "%s:%d: %s: must be a number of seconds from 0 to %ld",
+                    ps->path, ps->line, key, MAX_OFFLINE_GRACE);
+            return -1;
+        }
+        return 0;
+    }
     if (strcmp(key, "min-key-bits") == 0) {
         if (!parse_long(value, 512, 16384, &cfg->min_key_bits)) {
             set_err(ps->err, ps->errlen,
@@ -517,6 +528,7 @@ struct config *config_parse(const char *path, const char *text, size_t len,
     }
     cfg->log_level = CMK_LOG_WARNING;
     cfg->refresh_interval = DEFAULT_REFRESH_INTERVAL;
+    cfg->offline_grace = DEFAULT_OFFLINE_GRACE;
     cfg->min_key_bits = DEFAULT_MIN_KEY_BITS;
 
     memset(&ps, 0, sizeof(ps));

@@ -136,8 +136,8 @@ static struct entry *slot_unlocked(struct kv_cache *c)
 }
 
 int kv_cache_get(struct kv_cache *c, const unsigned char id[32],
-                 const void *version, int64_t deadline_ms, unsigned char *out,
-                 size_t *outlen)
+                 const void *version, int64_t deadline_ms, bool past_ttl,
+                 unsigned char *out, size_t *outlen)
 {
     struct entry *e;
     int r = KV_CACHE_BYPASS;
@@ -146,9 +146,12 @@ int kv_cache_get(struct kv_cache *c, const unsigned char id[32],
     for (;;) {
         int64_t now = now_ms();
         e = find_unlocked(c, id);
-        if (e != NULL && !e->pending && e->expires_ms <= now) {
-            clear_unlocked(e);
-            e = NULL;
+        if (e != NULL && !e->pending && e->expires_ms <= now && !past_ttl) {
+            /* Expired: this caller asks the vault again; the old value
+             * stays for kv_cache_stale if the vault is unreachable. */
+            e->pending = true;
+            r = KV_CACHE_MISS;
+            break;
         }
         if (e != NULL && !e->pending) {
             if (e->len <= *outlen) {
@@ -190,6 +193,8 @@ void kv_cache_put(struct kv_cache *c, const unsigned char id[32],
     pthread_mutex_lock(&c->lock);
     e = find_unlocked(c, id);
     if (e != NULL && e->pending) {
+        if (e->value != NULL)
+            secure_free(e->value, e->len);
         e->value = secure_dup(value, len ? len : 1);
         e->len = len;
         e->pending = false;
@@ -211,6 +216,27 @@ void kv_cache_abandon(struct kv_cache *c, const unsigned char id[32])
         clear_unlocked(e);
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(&c->lock);
+}
+
+int kv_cache_stale(struct kv_cache *c, const unsigned char id[32],
+                   unsigned char *out, size_t *outlen)
+{
+    struct entry *e;
+    int r = KV_CACHE_MISS;
+
+    pthread_mutex_lock(&c->lock);
+    e = find_unlocked(c, id);
+    if (e != NULL && e->pending && e->value != NULL && e->len <= *outlen) {
+        memcpy(out, e->value, e->len);
+        *outlen = e->len;
+        e->pending = false; /* still expired: asked again next time */
+        r = KV_CACHE_HIT;
+    } else if (e != NULL && e->pending) {
+        clear_unlocked(e);
+    }
+    pthread_cond_broadcast(&c->cond);
+    pthread_mutex_unlock(&c->lock);
+    return r;
 }
 
 size_t kv_cache_drop(struct kv_cache *c, bool (*match)(const void *, void *),

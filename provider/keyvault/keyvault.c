@@ -21,6 +21,7 @@
 #include <openssl/rand.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
+#include "audit.h"
 #include "debug.h"
 #include "kv-cache.h"
 #include "kv-parse.h"
@@ -89,6 +90,11 @@ struct kv_token {
     int64_t open_until_ms;
     bool probing;
     struct kv_cache *cache; /* unwrap-cache, or NULL */
+    /* offline-grace, under lock: since when no call reached the vault (0:
+     * it answers), and when that was last logged. */
+    long grace_ms;
+    int64_t offline_since_ms;
+    int64_t offline_logged_ms;
     /* The identity may not list a key's versions (403 once): versions are
      * then read one by one, only those something names. */
     bool list_refused;
@@ -97,6 +103,12 @@ struct kv_token {
 #define KV_CIRCUIT_FAILURES 5
 #define KV_CACHE_SIZE       4096 /* unwrap results kept at most */
 #define KV_CIRCUIT_OPEN_MS  5000
+#define KV_OFFLINE_LOG_MS   60000 /* the outage is logged once a minute */
+
+/* Whether this thread's last kv_call failed for unreachability (transport,
+ * 5xx, 429 after retries, the breaker open, the identity endpoint down),
+ * not for revocation evidence (docs/keyvault.md, "Outages"). */
+static __thread bool call_unreachable;
 
 /* ---- configuration ---- */
 
@@ -281,6 +293,14 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
         (kt->cache = kv_cache_new(cache_s * 1000L, KV_CACHE_SIZE)) == NULL) {
         rv = CKR_HOST_MEMORY;
         goto fail;
+    }
+    kt->grace_ms = (cfg->global ? cfg->global->offline_grace : 900) * 1000L;
+    {
+        long grace = kt->grace_ms / 1000;
+        if (config_token_get_long(cfg, "offline-grace", 0, 86400L * 7, &grace,
+                                  err, errlen) < 0)
+            goto fail;
+        kt->grace_ms = grace * 1000L;
     }
     kt->deadline_ms = deadline * 1000;
     kt->retries = retries;
@@ -655,8 +675,28 @@ static bool circuit_allows(struct kv_token *kt)
 
 static void circuit_record(struct kv_token *kt, bool unavailable)
 {
+    int64_t now = kv_now_ms();
+
     pthread_mutex_lock(&kt->lock);
     kt->probing = false;
+    if (!unavailable && kt->offline_since_ms != 0) {
+        cmk_warning("token %s: %s is reachable again after %lld s; "
+                    "offline-grace ends",
+                    kt->name, kt->host,
+                    (long long)(now - kt->offline_since_ms) / 1000);
+        kt->offline_since_ms = 0;
+    } else if (unavailable && kt->offline_since_ms == 0) {
+        kt->offline_since_ms = kt->offline_logged_ms = now;
+        cmk_warning("token %s: %s is unreachable; keys loaded within "
+                    "refresh-interval + offline-grace (%ld s) keep serving "
+                    "local operations and cached unwraps",
+                    kt->name, kt->host, kt->grace_ms / 1000);
+    } else if (unavailable &&
+               now - kt->offline_logged_ms >= KV_OFFLINE_LOG_MS) {
+        kt->offline_logged_ms = now;
+        cmk_warning("token %s: %s still unreachable, for %lld s", kt->name,
+                    kt->host, (long long)(now - kt->offline_since_ms) / 1000);
+    }
     if (!unavailable) {
         if (kt->failures >= KV_CIRCUIT_FAILURES)
             cmk_info("token %s: %s answers again", kt->name, kt->host);
@@ -711,9 +751,11 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         c->device_error = 0;
         return CKR_DEVICE_ERROR;
     }
+    call_unreachable = false;
     if (!circuit_allows(kt)) {
         free(url);
         c->device_error = 0;
+        call_unreachable = true;
         return CKR_DEVICE_ERROR;
     }
     for (;;) {
@@ -738,6 +780,11 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
                                &token, &identity_status);
             if (rv != CKR_OK) {
                 c->device_error = (CK_ULONG)identity_status;
+                /* Unreachable or 5xx/429: an outage; any other answer
+                 * (the identity does not exist, a refused secret) is
+                 * revocation evidence. */
+                unavailable = identity_status <= 0 || identity_status == 410 ||
+                              identity_status == 429 || identity_status >= 500;
                 rv = CKR_DEVICE_ERROR;
                 break;
             }
@@ -848,6 +895,7 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         break;
     }
     circuit_record(kt, unavailable);
+    call_unreachable = unavailable;
     if (token != NULL)
         secure_free(token, strlen(token) + 1);
     free(url);
@@ -1718,6 +1766,14 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
         goto out;
     }
     rv = kv_call(kt, c, "POST", path, body, deadline, &res);
+    if (rv != CKR_OK && res.status == 404) {
+        /* The version is gone (the key deleted, or deleted and created
+         * again): the next search loads the key again instead of serving
+         * the dead version until refresh-interval. */
+        pthread_mutex_lock(&kt->lock);
+        v->key->loaded_at_ms = 0;
+        pthread_mutex_unlock(&kt->lock);
+    }
     if (rv != CKR_OK) {
         if (res.status == 400 && op == POP_SIGN)
             rv = CKR_DATA_INVALID;
@@ -1931,6 +1987,7 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
     bool need;
     CK_RV rv = CKR_OK;
 
+    audit_note_offline(false);
     pthread_mutex_lock(&kt->lock);
     need = stale(v->key->loaded_at_ms, kt->refresh_ms);
     if (need)
@@ -1940,6 +1997,27 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
         if (name == NULL)
             return CKR_HOST_MEMORY;
         rv = load_key(kt, c, name, NULL, kv_now_ms() + kt->deadline_ms);
+        if (rv != CKR_OK && call_unreachable && kt->grace_ms > 0) {
+            /* An outage, not revocation evidence: what was loaded serves
+             * until refresh-interval + offline-grace after the last
+             * contact, then the key stops as on revocation. */
+            int64_t loaded, until;
+            pthread_mutex_lock(&kt->lock);
+            loaded = v->key->loaded_at_ms;
+            pthread_mutex_unlock(&kt->lock);
+            until = loaded + kt->refresh_ms + kt->grace_ms;
+            if (loaded != 0 && kv_now_ms() < until) {
+                rv = CKR_OK;
+                audit_note_offline(true);
+            } else {
+                cmk_error("token %s: key %s stopped: %s has been unreachable "
+                          "past offline-grace (%ld s after the last refresh "
+                          "of the key, %lld s ago)",
+                          kt->name, name, kt->host, kt->grace_ms / 1000,
+                          loaded ? (long long)(kv_now_ms() - loaded) / 1000
+                                 : -1LL);
+            }
+        }
         free(name);
         if (rv != CKR_OK) {
             cache_prune(kt, v->key, true);
@@ -1978,9 +2056,11 @@ static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
     unsigned char id[32];
     size_t len = *outlen;
     const char *alg;
+    bool offline;
     CK_RV rv;
     int r;
 
+    audit_note_offline(false);
     if (op != POP_UNWRAP || kt->cache == NULL)
         return kv_crypt_remote(c, op, key, m, in, inlen, out, outlen);
     alg = m->mechanism == CKM_RSA_PKCS_OAEP ? oaep_alg(m)
@@ -1991,19 +2071,46 @@ static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
     rv = version_usable(kt, c, v, USE_UNWRAP);
     if (rv != CKR_OK)
         return rv;
+    pthread_mutex_lock(&kt->lock);
+    offline =
+        kt->grace_ms > 0 && kt->offline_since_ms != 0 &&
+        kv_now_ms() < v->key->loaded_at_ms + kt->refresh_ms + kt->grace_ms;
+    pthread_mutex_unlock(&kt->lock);
     kv_cache_id(v, alg, in, inlen, id);
-    r = kv_cache_get(kt->cache, id, v, kv_now_ms() + kt->deadline_ms, out,
-                     &len);
+    r = kv_cache_get(kt->cache, id, v, kv_now_ms() + kt->deadline_ms, offline,
+                     out, &len);
+    if (r == KV_CACHE_HIT && offline)
+        audit_note_offline(true);
     if (r == KV_CACHE_HIT) {
         *outlen = (CK_ULONG)len;
         c->device_error = 0;
         return CKR_OK;
     }
+    audit_note_offline(false);
     rv = kv_crypt_remote(c, op, key, m, in, inlen, out, outlen);
-    if (r == KV_CACHE_MISS && rv == CKR_OK)
+    if (r == KV_CACHE_MISS && rv == CKR_OK) {
         kv_cache_put(kt->cache, id, out, *outlen);
-    else if (r == KV_CACHE_MISS)
+    } else if (r == KV_CACHE_MISS && rv == CKR_DEVICE_ERROR &&
+               call_unreachable) {
+        /* The vault is unreachable: an expired entry serves within
+         * offline-grace. */
+        pthread_mutex_lock(&kt->lock);
+        offline =
+            kt->grace_ms > 0 && v->key->loaded_at_ms != 0 &&
+            kv_now_ms() < v->key->loaded_at_ms + kt->refresh_ms + kt->grace_ms;
+        pthread_mutex_unlock(&kt->lock);
+        len = *outlen;
+        if (!offline)
+            kv_cache_abandon(kt->cache, id);
+        else if (kv_cache_stale(kt->cache, id, out, &len) == KV_CACHE_HIT) {
+            *outlen = (CK_ULONG)len;
+            c->device_error = 0;
+            audit_note_offline(true);
+            rv = CKR_OK;
+        }
+    } else if (r == KV_CACHE_MISS) {
         kv_cache_abandon(kt->cache, id);
+    }
     if (rv == CKR_KEY_FUNCTION_NOT_PERMITTED || rv == CKR_KEY_HANDLE_INVALID)
         cache_prune(kt, v->key, true);
     return rv;

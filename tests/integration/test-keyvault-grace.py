@@ -1,0 +1,140 @@
+#!/usr/bin/python3
+"""offline-grace: a vault that does not answer (black-holed, or resetting
+every connection) is an outage, not a revocation. For 3 x refresh-interval
+local wraps, encryptions and cached unwraps (past the unwrap-cache TTL)
+keep working, marked offline in the audit log; uncached unwraps fail fast
+with CKR_DEVICE_ERROR once the breaker is open; offline-grace = 0 keeps
+the old fail-closed behaviour; the grace ends with CKR_DEVICE_ERROR and a
+log line; and revocation (403) still stops the key within refresh-interval
+while the identity endpoint is failing."""
+import os
+import time
+
+from kvtest import Tap, KvSetup, PyKCS11, find, ckr, aes_template, OAEP256
+
+P = PyKCS11
+REFRESH, GRACE, SHORT = 2, 30, 3
+t = Tap()
+s = KvSetup.started()
+emu = s.emu
+audit = os.path.join(s.dir, "audit.log")
+limits = "timeout = 1\ndeadline = 1\nretries = 0\nunwrap-cache = 1\n"
+s.write_conf([
+    ("kv", s.token_body(extra=limits + "offline-grace = %d\n" % GRACE)),
+    ("kv0", s.token_body(extra=limits + "offline-grace = 0\n")),
+    ("short", s.token_body(extra=limits + "offline-grace = %d\n" % SHORT)),
+], refresh=REFRESH)
+text = open(s.conf).read().replace(
+    "[cmkp11]\n", "[cmkp11]\naudit-log = %s\n" % audit, 1)
+with open(s.conf, "w") as f:
+    f.write(text)
+s.create_key("kek")
+s.load()
+
+
+class Tok:
+    def __init__(self, label):
+        self.ses = s.session(label)
+        self.priv = find(self.ses, P.CKO_PRIVATE_KEY, "kek")[0]
+        self.pub = find(self.ses, P.CKO_PUBLIC_KEY, "kek")[0]
+        self.dek = self.ses.generateKey(
+            aes_template(sensitive=False, extractable=True) +
+            [(P.CKA_VALUE_LEN, 32)])
+        self.blob = bytes(self.ses.wrapKey(self.pub, self.dek, OAEP256))
+        self.ses.unwrapKey(self.priv, self.blob, aes_template(), OAEP256)
+
+    def wrap(self):
+        return ckr(self.ses.wrapKey, self.pub, self.dek, OAEP256)
+
+    def encrypt(self):
+        return ckr(self.ses.encrypt, self.pub, b"sixteen bytes!!!", OAEP256)
+
+    def cached_unwrap(self):
+        return ckr(self.ses.unwrapKey, self.priv, self.blob, aes_template(),
+                   OAEP256)
+
+
+kv, kv0, short = Tok("kv"), Tok("kv0"), Tok("short")
+
+
+def outage(kind):
+    emu.admin("POST", "faults", {"kind": kind, "match": "kvemu:*",
+                                 "count": 1000000, "hang_ms": 3000})
+    start = time.monotonic()
+    failed = []
+    ops = 0
+    while time.monotonic() - start < 3 * REFRESH + 0.5:
+        for f in (kv.wrap, kv.encrypt, kv.cached_unwrap):
+            rv = f()
+            ops += 1
+            if rv != 0:
+                failed.append((f.__name__, round(time.monotonic() - start, 1),
+                               rv))
+        time.sleep(0.1)
+    t.eq(failed, [], "%s vault for 3 x refresh-interval: 0 of %d local wraps, "
+         "encryptions and cached unwraps failed" % (kind, ops))
+    slow = []
+    for i in range(3):
+        blob = bytes(kv.ses.wrapKey(kv.pub, kv.dek, OAEP256))  # new bytes
+        t0 = time.monotonic()
+        rv = ckr(kv.ses.unwrapKey, kv.priv, blob, aes_template(), OAEP256)
+        el = time.monotonic() - t0
+        if rv != P.CKR_DEVICE_ERROR or el >= 2.0:
+            slow.append((rv, round(el, 2)))
+    t.eq(slow, [], "%s vault: uncached unwraps fail fast with "
+         "CKR_DEVICE_ERROR" % kind)
+    t.eq(kv0.wrap(), P.CKR_DEVICE_ERROR,
+         "%s vault: offline-grace = 0 refuses a local wrap as before" % kind)
+    t.eq(short.wrap(), P.CKR_DEVICE_ERROR,
+         "%s vault: past offline-grace = %d the key stops" % (kind, SHORT))
+    emu.admin("DELETE", "faults")
+    time.sleep(5.2)  # the breaker's open time
+    t.eq([kv.wrap(), kv0.wrap(), short.wrap(), kv.cached_unwrap()],
+         [0, 0, 0, 0], "%s vault back: every token works again" % kind)
+
+
+outage("hang")
+outage("reset")
+log = s.log_text()
+t.ok("is unreachable; keys loaded within" in log,
+     "the log says the vault is unreachable", log[-2000:])
+t.ok("is reachable again after" in log, "and when it comes back")
+t.ok("stopped: " in log and "unreachable past offline-grace (3 s" in log,
+     "the log says why the key stopped at the end of the grace")
+with open(audit) as f:
+    lines = f.read().splitlines()
+off = [l for l in lines if '"offline":true' in l]
+t.ok(any('"operation":"wrap"' in l for l in off) and
+     any('"operation":"unwrap"' in l for l in off) and
+     any('"operation":"encrypt"' in l for l in off),
+     "audit records of wraps, encryptions and cached unwraps say offline",
+     "\n".join(off[:5]))
+t.ok(all('"result":"CKR_OK"' in l for l in off),
+     "only served operations are marked offline")
+
+# Revocation evidence during a fault on the identity endpoint: the key
+# stops within refresh-interval, grace or not.
+for what, do, undo in (
+        ("access revoked (403)",
+         lambda: emu.admin("POST", "identities/app/revoke", {}),
+         lambda: emu.admin("POST", "identities/app/restore", {})),
+        ("key disabled",
+         lambda: emu.admin("PATCH", "vaults/kvemu/keys/kek", {"enabled": False}),
+         lambda: emu.admin("PATCH", "vaults/kvemu/keys/kek", {"enabled": True}))):
+    emu.admin("POST", "faults", {"kind": "503", "match": "login:*",
+                                 "count": 1000000})
+    do()
+    time.sleep(REFRESH + 0.2)
+    rvs = [kv.wrap(), kv.cached_unwrap()]
+    t.ok(all(r == P.CKR_KEY_FUNCTION_NOT_PERMITTED for r in rvs),
+         "%s with the identity endpoint failing: refused within "
+         "refresh-interval" % what, repr(rvs))
+    emu.admin("DELETE", "faults")
+    undo()
+    time.sleep(REFRESH + 0.2)
+    t.eq(kv.wrap(), 0, "%s undone: works again" % what)
+
+emu.admin("DELETE", "vaults/kvemu/keys/kek")
+time.sleep(REFRESH + 0.2)
+t.eq(kv.wrap(), P.CKR_KEY_HANDLE_INVALID,
+     "key deleted: refused within refresh-interval")
