@@ -111,21 +111,18 @@ static struct entry *find_unlocked(struct kv_cache *c, const unsigned char *id)
     return NULL;
 }
 
-/* A free slot, or the ready entry closest to expiry. */
+/* A free slot, or else the ready entry closest to expiry. Expired entries
+ * stay while there is room: offline-grace serves them when the vault is
+ * unreachable. */
 static struct entry *slot_unlocked(struct kv_cache *c)
 {
     struct entry *victim = NULL;
-    int64_t now = now_ms();
     size_t i;
 
     for (i = 0; i < c->max; i++) {
         struct entry *e = &c->e[i];
         if (!e->used)
             return e;
-        if (!e->pending && e->expires_ms <= now) {
-            clear_unlocked(e);
-            return e;
-        }
         if (!e->pending &&
             (victim == NULL || e->expires_ms < victim->expires_ms))
             victim = e;
