@@ -20,6 +20,9 @@
  * unwraps once as above and destroys the unwrapped key; reads VmRSS again
  * and prints
  *   memory COUNT RSS_BEFORE_KIB RSS_AFTER_KIB GROWTH_KIB SECONDS
+ *          ANON_BEFORE_KIB ANON_AFTER_KIB
+ * (VmRSS, then RssAnon: VmRSS without the library pages the process has
+ * touched, which other processes share).
  *
  * The token must not need C_Login (a Key Vault token without pin =).
  * Exit status 1 when an operation fails.
@@ -71,16 +74,21 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static long rss_kib(void)
+/* A field of /proc/self/status in KiB: "VmRSS" (all resident pages) or
+ * "RssAnon" (the process's own memory, without the shared libraries'
+ * pages it has touched). */
+static long status_kib(const char *field)
 {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
+    size_t n = strlen(field);
     long v = -1;
 
     if (!f)
         die("cannot read /proc/self/status");
     while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmRSS: %ld kB", &v) == 1)
+        if (strncmp(line, field, n) == 0 && line[n] == ':' &&
+            sscanf(line + n + 1, "%ld kB", &v) == 1)
             break;
     fclose(f);
     return v;
@@ -275,13 +283,14 @@ int main(int argc, char **argv)
         printf("start %.2f %.2f %.2f\n", t1 - t0, t2 - t1, t2 - t0);
     } else {
         unsigned long i, width = 1, m;
-        long before, after;
+        long before, after, anon_before, anon_after;
         char label[256];
         double t0;
 
         for (m = count - 1; m >= 10; m /= 10)
             width++;
-        before = rss_kib();
+        before = status_kib("VmRSS");
+        anon_before = status_kib("RssAnon");
         t0 = now_ms();
         initialize();
         s = open_session(argv[optind + 1]);
@@ -291,9 +300,10 @@ int main(int argc, char **argv)
                      (int)width, i);
             use_key(s, aes, label);
         }
-        after = rss_kib();
-        printf("memory %lu %ld %ld %ld %.2f\n", count, before, after,
-               after - before, (now_ms() - t0) / 1e3);
+        after = status_kib("VmRSS");
+        anon_after = status_kib("RssAnon");
+        printf("memory %lu %ld %ld %ld %.2f %ld %ld\n", count, before, after,
+               after - before, (now_ms() - t0) / 1e3, anon_before, anon_after);
     }
     p11->C_CloseSession(s);
     p11->C_Finalize(NULL);

@@ -6,13 +6,56 @@
 #include "attrs.h"
 #include "secure.h"
 
-/* Attribute values live on the heap; they are wiped when they go. */
+/* Attribute values live on the heap, each its own allocation until the
+ * array is packed; they are wiped when they go. */
 static void value_free(void *p, CK_ULONG len)
 {
     if (p != NULL) {
         secure_zero(p, len);
         free(p);
     }
+}
+
+/* Values in a packed block are aligned to this. */
+#define PACK_ALIGN sizeof(CK_ULONG)
+
+static size_t pack_round(CK_ULONG len)
+{
+    return ((size_t)len + PACK_ALIGN - 1) / PACK_ALIGN * PACK_ALIGN;
+}
+
+/* Back to one allocation per value and a vector with room, before a
+ * change to a packed array. */
+static int attrs_unpack(struct attrs *a)
+{
+    CK_ATTRIBUTE *nv;
+    CK_ULONG i, na = a->n < 8 ? 8 : a->n + a->n / 2;
+
+    if (a->packed == 0)
+        return 0;
+    nv = calloc(na, sizeof(*nv));
+    if (nv == NULL)
+        return -1;
+    for (i = 0; i < a->n; i++) {
+        nv[i] = a->v[i];
+        nv[i].pValue = NULL;
+        if (a->v[i].ulValueLen == 0 || a->v[i].pValue == NULL)
+            continue;
+        nv[i].pValue = malloc(a->v[i].ulValueLen);
+        if (nv[i].pValue == NULL) {
+            while (i-- > 0)
+                value_free(nv[i].pValue, nv[i].ulValueLen);
+            free(nv);
+            return -1;
+        }
+        memcpy(nv[i].pValue, a->v[i].pValue, a->v[i].ulValueLen);
+    }
+    secure_zero(a->v, a->packed);
+    free(a->v);
+    a->v = nv;
+    a->alloc = na;
+    a->packed = 0;
+    return 0;
 }
 
 void attrs_init(struct attrs *a)
@@ -26,6 +69,12 @@ void attrs_clear(struct attrs *a)
 
     if (a == NULL)
         return;
+    if (a->packed > 0) {
+        secure_zero(a->v, a->packed);
+        free(a->v);
+        attrs_init(a);
+        return;
+    }
     for (i = 0; i < a->n; i++)
         value_free(a->v[i].pValue, a->v[i].ulValueLen);
     free(a->v);
@@ -48,6 +97,8 @@ int attrs_set(struct attrs *a, CK_ATTRIBUTE_TYPE type, const void *value,
     CK_ATTRIBUTE *at;
     void *copy = NULL;
 
+    if (attrs_unpack(a) != 0)
+        return -1;
     if (len > 0) {
         copy = malloc(len);
         if (copy == NULL)
@@ -119,6 +170,9 @@ int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type)
 
     if (at == NULL)
         return 0;
+    if (attrs_unpack(a) != 0)
+        return -1;
+    at = attrs_find(a, type);
     value_free(at->pValue, at->ulValueLen);
     *at = a->v[a->n - 1];
     a->n--;
@@ -223,15 +277,36 @@ CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
     return v;
 }
 
-void attrs_compact(struct attrs *a)
+int attrs_compact(struct attrs *a)
 {
+    size_t size = 0, at;
+    unsigned char *block;
     CK_ATTRIBUTE *nv;
+    CK_ULONG i;
 
-    if (a->n == 0 || a->n == a->alloc)
-        return;
-    nv = realloc(a->v, a->n * sizeof(*nv));
-    if (nv != NULL) {
-        a->v = nv;
-        a->alloc = a->n;
+    if (a->n == 0 || a->packed > 0)
+        return 0;
+    size = (size_t)a->n * sizeof(*nv);
+    for (i = 0; i < a->n; i++)
+        if (a->v[i].pValue != NULL)
+            size += pack_round(a->v[i].ulValueLen);
+    block = malloc(size);
+    if (block == NULL)
+        return -1;
+    nv = (CK_ATTRIBUTE *)(void *)block;
+    at = (size_t)a->n * sizeof(*nv);
+    for (i = 0; i < a->n; i++) {
+        nv[i] = a->v[i];
+        if (a->v[i].pValue == NULL)
+            continue;
+        nv[i].pValue = block + at;
+        memcpy(nv[i].pValue, a->v[i].pValue, a->v[i].ulValueLen);
+        at += pack_round(a->v[i].ulValueLen);
+        value_free(a->v[i].pValue, a->v[i].ulValueLen);
     }
+    free(a->v);
+    a->v = nv;
+    a->alloc = a->n;
+    a->packed = size;
+    return 0;
 }

@@ -10,6 +10,10 @@ struct attrs {
     CK_ATTRIBUTE *v;
     CK_ULONG n;
     CK_ULONG alloc;
+    /* Bytes of the block v heads once packed (attrs_compact): the vector
+     * and every value in one allocation; 0 while values are each their
+     * own allocation. */
+    size_t packed;
 };
 
 void attrs_init(struct attrs *a);
@@ -27,8 +31,10 @@ int attrs_merge(struct attrs *a, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 /* Borrows the attribute, or NULL. */
 CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type);
-/* Gives back the unused part of the vector (for long-lived objects). */
-void attrs_compact(struct attrs *a);
+/* Packs the vector and every value into one allocation (for long-lived
+ * objects): no unused slots, no allocation per value. A later change
+ * unpacks it first. -1 on ENOMEM (the array is left as it was). */
+int attrs_compact(struct attrs *a);
 
 /* Lookups in a caller's template. find_* return 1 if found and valid,
  * 0 if absent, -1 if present with a bad length. */

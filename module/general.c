@@ -13,6 +13,7 @@
 
 #include "audit.h"
 #include "module.h"
+#include "rsa.h"
 #include "secure.h"
 
 struct module_state g = {
@@ -46,6 +47,7 @@ static void atfork_prepare(void)
 {
     providers_atfork(PROVIDER_FORK_PREPARE);
     pthread_mutex_lock(&g.mutex);
+    rsa_atfork_prepare();
     secure_atfork_prepare();
     cmk_log_atfork_prepare();
 }
@@ -54,6 +56,7 @@ static void atfork_parent(void)
 {
     cmk_log_atfork_release();
     secure_atfork_release();
+    rsa_atfork_release();
     pthread_mutex_unlock(&g.mutex);
     providers_atfork(PROVIDER_FORK_PARENT);
 }
@@ -70,6 +73,7 @@ static void atfork_child(void)
     memcpy(&g.rwlock, &fresh, sizeof(fresh));
     cmk_log_atfork_release();
     secure_atfork_release();
+    rsa_atfork_release();
     pthread_mutex_unlock(&g.mutex);
     providers_atfork(PROVIDER_FORK_CHILD);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "module.h"
+#include "rsa.h"
 #include "secure.h"
 
 void pobj_clear(const struct provider_ops *ops, void *tok, struct pobj *o)
@@ -35,7 +36,7 @@ void object_unref(struct object *o)
         o->token->ops->ref_free(o->token->ptok, o->ref);
     attrs_clear(&o->attrs);
     secure_free(o->secret, o->secret_len);
-    EVP_PKEY_free(o->pkey);
+    rsa_pkey_release(o->pkey);
     secure_free(o->pkcs1_secret, 32);
     free(o->uid);
     free(o);

@@ -3,6 +3,7 @@
 /* RSA_set0_key: the fallback in rsa_pkey_from_parts(). */
 #define OPENSSL_SUPPRESS_DEPRECATED
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -211,29 +212,151 @@ out:
     return pk;
 }
 
+/*
+ * One EVP_PKEY per distinct public key. The objects of a key version (its
+ * private and public objects), a version seen again under a new handle
+ * and the same key in several vaults share one, with the Montgomery
+ * context OpenSSL caches in it on first use (about 2.5 KiB a key). The
+ * table is a leaf lock: nothing else is taken under it, and no OpenSSL
+ * call is made under it but the free of an unused duplicate.
+ */
+struct rsa_pkey {
+    struct rsa_pkey *next; /* in its bucket */
+    EVP_PKEY *pk;
+    unsigned long refs; /* under pkeys.lock */
+    CK_ULONG nlen, elen;
+    unsigned char ne[]; /* the modulus, then the exponent */
+};
+
+#define PKEY_BUCKETS 1024
+
+static struct {
+    pthread_mutex_t lock;
+    struct rsa_pkey *bucket[PKEY_BUCKETS];
+} pkeys = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void rsa_atfork_prepare(void)
+{
+    pthread_mutex_lock(&pkeys.lock);
+}
+
+void rsa_atfork_release(void)
+{
+    pthread_mutex_unlock(&pkeys.lock);
+}
+
+/* A modulus is uniformly random: its last bytes are a good hash. */
+static size_t pkey_bucket(const CK_BYTE *n, CK_ULONG nlen)
+{
+    size_t h = 0;
+    CK_ULONG i;
+
+    for (i = nlen > 8 ? nlen - 8 : 0; i < nlen; i++)
+        h = h * 131 + n[i];
+    return h % PKEY_BUCKETS;
+}
+
+static struct rsa_pkey *pkey_find_locked(size_t b, const CK_BYTE *n,
+                                         CK_ULONG nlen, const CK_BYTE *e,
+                                         CK_ULONG elen)
+{
+    struct rsa_pkey *k;
+
+    for (k = pkeys.bucket[b]; k != NULL; k = k->next)
+        if (k->nlen == nlen && k->elen == elen && memcmp(k->ne, n, nlen) == 0 &&
+            memcmp(k->ne + nlen, e, elen) == 0)
+            return k;
+    return NULL;
+}
+
+/* A reference to the shared key for (n, e), built on first use. */
+static struct rsa_pkey *pkey_share(const CK_BYTE *n, CK_ULONG nlen,
+                                   const CK_BYTE *e, CK_ULONG elen)
+{
+    size_t b = pkey_bucket(n, nlen);
+    struct rsa_pkey *k, *made;
+
+    pthread_mutex_lock(&pkeys.lock);
+    k = pkey_find_locked(b, n, nlen, e, elen);
+    if (k != NULL)
+        k->refs++;
+    pthread_mutex_unlock(&pkeys.lock);
+    if (k != NULL)
+        return k;
+    made = malloc(sizeof(*made) + nlen + elen);
+    if (made == NULL)
+        return NULL;
+    made->pk = rsa_pkey_from_parts(n, nlen, e, elen);
+    if (made->pk == NULL) {
+        free(made);
+        return NULL;
+    }
+    made->refs = 1;
+    made->nlen = nlen;
+    made->elen = elen;
+    memcpy(made->ne, n, nlen);
+    memcpy(made->ne + nlen, e, elen);
+    pthread_mutex_lock(&pkeys.lock);
+    k = pkey_find_locked(b, n, nlen, e, elen); /* built meanwhile? */
+    if (k != NULL) {
+        k->refs++;
+    } else {
+        made->next = pkeys.bucket[b];
+        pkeys.bucket[b] = made;
+    }
+    pthread_mutex_unlock(&pkeys.lock);
+    if (k == NULL)
+        return made;
+    EVP_PKEY_free(made->pk);
+    free(made);
+    return k;
+}
+
+void rsa_pkey_release(struct rsa_pkey *k)
+{
+    struct rsa_pkey **at;
+    bool last;
+
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&pkeys.lock);
+    last = --k->refs == 0;
+    if (last) {
+        for (at = &pkeys.bucket[pkey_bucket(k->ne, k->nlen)]; *at != k;
+             at = &(*at)->next)
+            ;
+        *at = k->next;
+    }
+    pthread_mutex_unlock(&pkeys.lock);
+    if (last) {
+        EVP_PKEY_free(k->pk);
+        free(k);
+    }
+}
+
 EVP_PKEY *rsa_object_pkey(struct object *o)
 {
-    EVP_PKEY *pk, *expected = NULL;
+    struct rsa_pkey *k, *expected = NULL;
     CK_ULONG nlen = 0, elen = 0;
     CK_BYTE *n, *e;
 
-    pk = __atomic_load_n(&o->pkey, __ATOMIC_ACQUIRE);
-    if (pk != NULL)
-        return pk;
+    k = __atomic_load_n(&o->pkey, __ATOMIC_ACQUIRE);
+    if (k != NULL)
+        return k->pk;
     n = object_get_value(o, CKA_MODULUS, &nlen);
     e = object_get_value(o, CKA_PUBLIC_EXPONENT, &elen);
     if (n != NULL && e != NULL && nlen > 0 && elen > 0)
-        pk = rsa_pkey_from_parts(n, nlen, e, elen);
+        k = pkey_share(n, nlen, e, elen);
     free(n);
     free(e);
-    if (pk == NULL)
+    if (k == NULL)
         return NULL;
-    if (!__atomic_compare_exchange_n(&o->pkey, &expected, pk, false,
+    if (!__atomic_compare_exchange_n(&o->pkey, &expected, k, false,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        EVP_PKEY_free(pk);
-        pk = expected;
+        rsa_pkey_release(k);
+        k = expected;
     }
-    return pk;
+    return k->pk;
 }
 
 CK_ULONG rsa_object_bytes(struct object *o)

@@ -26,8 +26,14 @@ CK_RV rsa_digest_info(CK_MECHANISM_TYPE digest, const CK_BYTE *hash,
                       CK_ULONG hlen, CK_BYTE *out, CK_ULONG *outlen);
 
 /* The object's public key, built once from CKA_MODULUS and
- * CKA_PUBLIC_EXPONENT. Borrowed; valid while the object is referenced. */
+ * CKA_PUBLIC_EXPONENT and shared by every object with the same key.
+ * Borrowed; valid while the object is referenced. */
 EVP_PKEY *rsa_object_pkey(struct object *o);
+/* Drops an object's reference (object_unref). */
+void rsa_pkey_release(struct rsa_pkey *k);
+/* Fork: the shared key table's lock (general.c's handlers). */
+void rsa_atfork_prepare(void);
+void rsa_atfork_release(void);
 CK_ULONG rsa_object_bytes(struct object *o);
 /* A public key from its modulus and exponent (big-endian bytes). */
 EVP_PKEY *rsa_pkey_from_parts(const CK_BYTE *n, CK_ULONG nlen, const CK_BYTE *e,

@@ -15,6 +15,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "attrs.h"
 #include "debug.h"
 #include "hmap.h"
 #include "secure.h"
@@ -235,6 +236,69 @@ static void test_hmap(void)
     hmap_free(NULL);
 }
 
+/* attrs_compact packs the vector and the values into one block; every
+ * change after it still works and leaves the values intact. */
+static void test_attrs_packed(void)
+{
+    static const unsigned char modulus[256] = {0xc3, 1, 2, 3, [255] = 0x9d};
+    struct attrs a, b;
+    CK_ATTRIBUTE *at;
+    CK_ULONG i;
+
+    attrs_init(&a);
+    ok(attrs_compact(&a) == 0 && a.packed == 0, "an empty array is not packed");
+    ok(attrs_set_ulong(&a, CKA_CLASS, CKO_PUBLIC_KEY) == 0 &&
+           attrs_set_bool(&a, CKA_ENCRYPT, CK_TRUE) == 0 &&
+           attrs_set(&a, CKA_MODULUS, modulus, sizeof(modulus)) == 0 &&
+           attrs_set(&a, CKA_SUBJECT, NULL, 0) == 0 &&
+           attrs_set_string(&a, CKA_LABEL, "kek") == 0,
+       "five attributes");
+    ok(attrs_compact(&a) == 0 && a.packed > 0 && a.alloc == 5 &&
+           a.packed == 5 * sizeof(CK_ATTRIBUTE) + 8 + 8 + 256 + 8,
+       "packed: the vector and the values, each rounded to 8 bytes");
+    for (i = 0; i < a.n; i++)
+        if (a.v[i].pValue != NULL &&
+            ((unsigned char *)a.v[i].pValue < (unsigned char *)a.v ||
+             (unsigned char *)a.v[i].pValue + a.v[i].ulValueLen >
+                 (unsigned char *)a.v + a.packed))
+            break;
+    ok(i == a.n, "every value lies inside the block");
+    at = attrs_find(&a, CKA_MODULUS);
+    ok(at != NULL && at->ulValueLen == 256 &&
+           memcmp(at->pValue, modulus, 256) == 0,
+       "the modulus survives packing");
+    ok(attrs_get_ulong(&a, CKA_CLASS, 0) == CKO_PUBLIC_KEY &&
+           attrs_get_bool(&a, CKA_ENCRYPT, false) &&
+           attrs_find(&a, CKA_SUBJECT)->ulValueLen == 0,
+       "small values and an empty one survive");
+    ok(attrs_compact(&a) == 0, "packing twice is harmless");
+
+    ok(attrs_copy(&b, &a) == 0 && b.packed == 0 && b.n == 5 &&
+           attrs_match(&b, a.v, a.n),
+       "a copy of a packed array is an ordinary one with the same values");
+    attrs_clear(&b);
+
+    ok(attrs_set_string(&a, CKA_LABEL, "kek@2") == 0 && a.packed == 0 &&
+           attrs_find(&a, CKA_LABEL)->ulValueLen == 5 &&
+           memcmp(attrs_find(&a, CKA_LABEL)->pValue, "kek@2", 5) == 0 &&
+           memcmp(attrs_find(&a, CKA_MODULUS)->pValue, modulus, 256) == 0,
+       "replacing a value unpacks, the others intact");
+    ok(attrs_compact(&a) == 0 && a.packed > 0 &&
+           attrs_set_bool(&a, CKA_VERIFY, CK_TRUE) == 0 && a.n == 6 &&
+           attrs_get_bool(&a, CKA_VERIFY, false) &&
+           attrs_get_ulong(&a, CKA_CLASS, 0) == CKO_PUBLIC_KEY,
+       "adding to a packed array");
+    ok(attrs_compact(&a) == 0 && attrs_remove(&a, CKA_ENCRYPT) == 1 &&
+           a.n == 5 && attrs_find(&a, CKA_ENCRYPT) == NULL &&
+           memcmp(attrs_find(&a, CKA_MODULUS)->pValue, modulus, 256) == 0,
+       "removing from a packed array");
+    ok(attrs_compact(&a) == 0 && attrs_remove(&a, CKA_TRUSTED) == 0 &&
+           a.packed > 0,
+       "removing an absent attribute leaves it packed");
+    attrs_clear(&a);
+    ok(a.v == NULL && a.n == 0 && a.packed == 0, "cleared");
+}
+
 static void test_names(void)
 {
     ok(strcmp(cmk_rv_name(CKR_OK), "CKR_OK") == 0, "CKR_OK");
@@ -382,6 +446,7 @@ int main(void)
     test_constant_time();
     test_secure_file();
     test_hmap();
+    test_attrs_packed();
     test_names();
     test_logging();
     test_debug_env();

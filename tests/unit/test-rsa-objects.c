@@ -4,7 +4,8 @@
  * gmtime() cannot represent, which a vault's "exp": 1e300 became before
  * dates were clamped) it leaves nothing allocated behind; the keyvault
  * back end leaked about 3 KB per listing. A leak checker run (make
- * memcheck, a sanitizer build) sees any that remains.
+ * memcheck, a sanitizer build) sees any that remains. And objects with one
+ * public key share one EVP_PKEY.
  */
 #include "config.h"
 
@@ -19,6 +20,54 @@ static bool cleared(const struct pobj *o)
     static const struct pobj zero;
 
     return memcmp(o, &zero, sizeof(zero)) == 0;
+}
+
+/* An object holding just a public key's modulus and exponent. */
+static void key_object(struct object *o, const CK_BYTE *n, CK_ULONG nlen)
+{
+    static const CK_BYTE e[] = {1, 0, 1};
+
+    memset(o, 0, sizeof(*o));
+    attrs_set(&o->attrs, CKA_MODULUS, n, nlen);
+    attrs_set(&o->attrs, CKA_PUBLIC_EXPONENT, e, sizeof(e));
+    attrs_compact(&o->attrs);
+}
+
+/* rsa_object_pkey(): objects with the same public key (a version's private
+ * and public objects, the same key in two vaults) share one EVP_PKEY; the
+ * last release frees it (a leak checker sees it otherwise). */
+static void test_shared_pkey(void)
+{
+    static CK_BYTE n1[256], n2[256];
+    struct object a, b, c;
+    EVP_PKEY *pa, *pb, *pc;
+
+    memset(n1, 0xc5, sizeof(n1));
+    memset(n2, 0xc5, sizeof(n2));
+    n2[255] = 0xc7;
+    key_object(&a, n1, sizeof(n1));
+    key_object(&b, n1, sizeof(n1));
+    key_object(&c, n2, sizeof(n2));
+    pa = rsa_object_pkey(&a);
+    pb = rsa_object_pkey(&b);
+    pc = rsa_object_pkey(&c);
+    ok(pa != NULL && pa == pb, "two objects of one key share its EVP_PKEY");
+    ok(pc != NULL && pc != pa && EVP_PKEY_get_bits(pc) == 2048,
+       "another modulus has its own");
+    ok(rsa_object_pkey(&a) == pa, "the object keeps it");
+    rsa_pkey_release(a.pkey);
+    ok(rsa_object_pkey(&b) == pb && EVP_PKEY_get_bits(pb) == 2048,
+       "released by one object, still there for the other");
+    rsa_pkey_release(b.pkey);
+    b.pkey = NULL;
+    pb = rsa_object_pkey(&b);
+    ok(pb != NULL && EVP_PKEY_get_bits(pb) == 2048,
+       "built again after the last release");
+    rsa_pkey_release(b.pkey);
+    rsa_pkey_release(c.pkey);
+    attrs_clear(&a.attrs);
+    attrs_clear(&b.attrs);
+    attrs_clear(&c.attrs);
 }
 
 int main(void)
@@ -55,5 +104,6 @@ int main(void)
         ok(cleared(&priv) && cleared(&pub),
            "and both objects are left empty, nothing to free");
     }
+    test_shared_pkey();
     return test_done();
 }
