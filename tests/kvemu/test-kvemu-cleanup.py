@@ -16,6 +16,9 @@ from taplib import Tap, HERE
 t = Tap()
 CHILD = r'''
 import os, signal, sys, time
+# As in a terminal: a shell starts background jobs with SIGINT ignored,
+# and Python then keeps it so (the "SIGINT" case would sleep out its 600 s).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, %r)
 from taplib import Emu
 emu = Emu()
