@@ -37,6 +37,7 @@
 #include <openssl/x509v3.h>
 
 #include "module.h"
+#include "pcall.h"
 #include "rsa.h"
 
 /* One key version's certificate, or the failure to make one. */
@@ -236,7 +237,6 @@ static unsigned char *generate(struct session *s, const struct pobj *p,
                                const char *cn, time_t created, CK_ULONG *len)
 {
     struct token *t = s->token;
-    struct pcall c = {.tok = t->ptok, .sess = s->psess};
     CK_MECHANISM mech = {CKM_RSA_PKCS, NULL, 0};
     EVP_PKEY *pk = key_public(p);
     const CK_ATTRIBUTE *spki = attrs_find(&p->attrs, CKA_PUBLIC_KEY_INFO);
@@ -287,7 +287,7 @@ static unsigned char *generate(struct session *s, const struct pobj *p,
     SHA256(tbs, (size_t)tbs_len, md);
     if (rsa_digest_info(CKM_SHA256, md, sizeof(md), di, &di_len) != CKR_OK)
         goto out;
-    rv = t->ops->crypt(&c, POP_SIGN, p->ref, &mech, di, di_len, sig, &sig_len);
+    rv = provider_sign_listed(s, p, &mech, di, di_len, sig, &sig_len);
     if (rv != CKR_OK) {
         cmk_info("token %s: no certificate for %s: signing failed (%s)",
                  t->name, cn, cmk_rv_name(rv));

@@ -18,10 +18,11 @@
 #include <time.h>
 
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 
 #include "audit.h"
+#include "call.h"
 #include "crypto.h"
+#include "pcall.h"
 #include "pkcs1.h"
 #include "rsa.h"
 #include "secure.h"
@@ -296,54 +297,6 @@ static CK_ULONG op_bound(struct op *op, enum op_kind kind, CK_ULONG inlen)
     return inlen + 32;
 }
 
-CK_RV provider_check_public(struct session *s, struct object *key, bool wrap)
-{
-    const struct provider_ops *ops = s->token->ops;
-    struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-    CK_RV rv;
-
-    if (ops->check_public == NULL || key->ref == NULL)
-        return CKR_OK;
-    rv = ops->check_public(&c, key->ref, wrap);
-    s->device_error = c.device_error;
-    return rv;
-}
-
-CK_RV provider_check_mechanism(struct session *s, enum pop op,
-                               const CK_MECHANISM *m)
-{
-    const struct provider_ops *ops = s->token->ops;
-
-    if (ops->check_mechanism == NULL)
-        return CKR_OK;
-    return ops->check_mechanism(s->token->ptok, op, m);
-}
-
-/* Forwards one operation to the provider, with the call's context. */
-CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
-                     const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
-                     CK_BYTE *out, CK_ULONG *outlen)
-{
-    struct token *t = s->token;
-    struct pcall c = {.tok = t->ptok, .sess = s->psess};
-    CK_RV rv;
-
-    if (t->ops->crypt == NULL || key->ref == NULL)
-        return CKR_KEY_FUNCTION_NOT_PERMITTED;
-    rv = t->ops->crypt(&c, pop, key->ref, m, in, inlen, out, outlen);
-    s->device_error = c.device_error;
-    if (m->mechanism == CKM_RSA_PKCS &&
-        (pop == POP_DECRYPT || pop == POP_UNWRAP)) {
-        /* PKCS#1 v1.5: no branch on whether the padding was valid. */
-        unsigned ok = ct_eq(rv, CKR_OK);
-        *outlen = ct_select(ok, *outlen, 0);
-        return ct_select(ok, CKR_OK, rv);
-    }
-    if (rv != CKR_OK)
-        *outlen = 0;
-    return rv;
-}
-
 /* Signs prepared input: a DigestInfo or data (CKM_RSA_PKCS), a digest
  * (PSS), or whatever the provider's own mechanism takes. */
 static CK_RV sign_prepared(struct session *s, struct op *op, const CK_BYTE *in,
@@ -598,17 +551,15 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, enum op_kind kind,
     struct session *s;
     struct object *key = NULL;
     struct op *op;
-    CK_RV rv = module_enter();
+    CK_RV rv;
 
-    if (rv != CKR_OK)
-        return rv;
-    if (pMechanism == NULL) {
-        rv = CKR_ARGUMENTS_BAD;
-        goto out;
-    }
+    if (pMechanism == NULL)
+        return CKR_ARGUMENTS_BAD;
+    cmk_debug("%s with %s", op_spec[kind].name,
+              cmk_mech_name(pMechanism->mechanism));
     rv = session_get(hSession, &s);
     if (rv != CKR_OK)
-        goto out;
+        return rv;
     op = &s->ops[kind];
     if (op->active) {
         rv = CKR_OPERATION_ACTIVE;
@@ -626,172 +577,139 @@ static CK_RV op_init(CK_SESSION_HANDLE hSession, enum op_kind kind,
         op->active = true;
 put:
     session_put(s);
-out:
-    module_leave();
-    cmk_debug("C_%sInit(%s) = %s", op_spec[kind].name,
-              pMechanism ? cmk_mech_name(pMechanism->mechanism) : "NULL",
-              cmk_rv_name(rv));
     return rv;
 }
 
-/* Looks up the session and its active operation of this kind. */
-static CK_RV op_begin(CK_SESSION_HANDLE hSession, enum op_kind kind,
-                      struct session **s, struct op **op)
+/* Looks up the session (locked) and its active operation of this kind. */
+static CK_RV op_get(CK_SESSION_HANDLE hSession, enum op_kind kind,
+                    struct session **s, struct op **op)
 {
-    CK_RV rv = module_enter();
+    CK_RV rv;
 
+    return_val_if_fail(kind < OP_COUNT, CKR_GENERAL_ERROR);
+    rv = session_get(hSession, s);
     if (rv != CKR_OK)
         return rv;
-    rv = session_get(hSession, s);
-    if (rv != CKR_OK) {
-        module_leave();
-        return rv;
-    }
     *op = &(*s)->ops[kind];
     if (!(*op)->active) {
         session_put(*s);
-        module_leave();
         return CKR_OPERATION_NOT_INITIALIZED;
     }
     return CKR_OK;
 }
 
-static void op_done(struct session *s)
-{
-    session_put(s);
-    module_leave();
-}
+/*
+ * The frame of a call on an active operation: BEGIN_CALL, then the
+ * session and its operation of this kind (or the call ends), and at the
+ * end the session released. Sets s and op.
+ */
+#define BEGIN_OP_CALL(name, h, kind)                                           \
+    BEGIN_CALL(name);                                                          \
+    rv = op_get((h), (kind), &s, &op);                                         \
+    if (rv != CKR_OK)                                                          \
+    goto out
+
+#define END_OP_CALL                                                            \
+    session_put(s);                                                            \
+    END_CALL
 
 /* Single-part encrypt or decrypt. */
-static CK_RV crypt_once(CK_SESSION_HANDLE hSession, enum op_kind kind,
+static CK_RV crypt_once(struct session *s, struct op *op, enum op_kind kind,
                         CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
                         CK_ULONG_PTR outlen)
 {
-    struct session *s;
-    struct op *op;
-    CK_RV rv = op_begin(hSession, kind, &s, &op);
-
-    if (rv != CKR_OK)
-        return rv;
     if ((in == NULL && inlen > 0) || outlen == NULL) {
         op_end(op);
-        rv = CKR_ARGUMENTS_BAD;
-    } else if (op->updated) {
-        rv = CKR_OPERATION_ACTIVE;
-    } else {
-        rv = deliver(s, op, kind, in, inlen, out, outlen);
+        return CKR_ARGUMENTS_BAD;
     }
-    op_done(s);
-    return rv;
+    if (op->updated)
+        return CKR_OPERATION_ACTIVE;
+    return deliver(s, op, kind, in, inlen, out, outlen);
 }
 
-static CK_RV crypt_update(CK_SESSION_HANDLE hSession, enum op_kind kind,
-                          CK_BYTE_PTR in, CK_ULONG inlen, CK_BYTE_PTR out,
+/* Whole-message mechanisms: the input is kept, the output comes at Final. */
+static CK_RV crypt_update(struct op *op, CK_BYTE_PTR in, CK_ULONG inlen,
                           CK_ULONG_PTR outlen)
 {
-    struct session *s;
-    struct op *op;
-    CK_RV rv = op_begin(hSession, kind, &s, &op);
+    CK_RV rv = CKR_ARGUMENTS_BAD;
 
-    if (rv != CKR_OK)
-        return rv;
-    if ((in == NULL && inlen > 0) || outlen == NULL) {
-        rv = CKR_ARGUMENTS_BAD;
-        op_end(op);
-    } else {
-        /* Whole-message mechanisms: output comes at Final. */
+    if ((in != NULL || inlen == 0) && outlen != NULL)
         rv = op_append(op, in, inlen);
-        if (rv == CKR_OK) {
-            op->updated = true;
-            *outlen = 0;
-        } else {
-            op_end(op);
-        }
+    if (rv != CKR_OK) {
+        op_end(op);
+        return rv;
     }
-    op_done(s);
-    return rv;
+    op->updated = true;
+    *outlen = 0;
+    return CKR_OK;
 }
 
-static CK_RV crypt_final(CK_SESSION_HANDLE hSession, enum op_kind kind,
+static CK_RV crypt_final(struct session *s, struct op *op, enum op_kind kind,
                          CK_BYTE_PTR out, CK_ULONG_PTR outlen)
 {
-    struct session *s;
-    struct op *op;
-    CK_RV rv = op_begin(hSession, kind, &s, &op);
-
-    if (rv != CKR_OK)
-        return rv;
     if (outlen == NULL) {
-        rv = CKR_ARGUMENTS_BAD;
         op_end(op);
-    } else {
-        rv = deliver(s, op, kind, op->buf, op->len, out, outlen);
+        return CKR_ARGUMENTS_BAD;
     }
-    op_done(s);
-    return rv;
+    return deliver(s, op, kind, op->buf, op->len, out, outlen);
 }
 
-CK_RV C_EncryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                    CK_OBJECT_HANDLE hKey)
-{
-    return op_init(hSession, OP_ENCRYPT, pMechanism, hKey);
-}
+/*
+ * C_EncryptInit, C_Encrypt, C_EncryptUpdate and C_EncryptFinal, and the
+ * four C_Decrypt functions: the same frames around the same helpers.
+ */
+#define CRYPT_CALLS(Op, kind)                                                  \
+    CK_RV C_##Op##Init(CK_SESSION_HANDLE hSession,                             \
+                       CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)     \
+    {                                                                          \
+        BEGIN_CALL(Op##Init);                                                  \
+        rv = op_init(hSession, (kind), pMechanism, hKey);                      \
+        END_CALL;                                                              \
+    }                                                                          \
+                                                                               \
+    CK_RV C_##Op(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn,                  \
+                 CK_ULONG ulInLen, CK_BYTE_PTR pOut, CK_ULONG_PTR pulOutLen)   \
+    {                                                                          \
+        struct session *s;                                                     \
+        struct op *op;                                                         \
+                                                                               \
+        BEGIN_OP_CALL(Op, hSession, (kind));                                   \
+        rv = crypt_once(s, op, (kind), pIn, ulInLen, pOut, pulOutLen);         \
+        END_OP_CALL;                                                           \
+    }                                                                          \
+                                                                               \
+    CK_RV C_##Op##Update(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,        \
+                         CK_ULONG ulPartLen, CK_BYTE_PTR pOutPart,             \
+                         CK_ULONG_PTR pulOutPartLen)                           \
+    {                                                                          \
+        struct session *s;                                                     \
+        struct op *op;                                                         \
+                                                                               \
+        BEGIN_OP_CALL(Op##Update, hSession, (kind));                           \
+        rv = crypt_update(op, pPart, ulPartLen, pulOutPartLen);                \
+        END_OP_CALL;                                                           \
+    }                                                                          \
+                                                                               \
+    CK_RV C_##Op##Final(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart,     \
+                        CK_ULONG_PTR pulLastPartLen)                           \
+    {                                                                          \
+        struct session *s;                                                     \
+        struct op *op;                                                         \
+                                                                               \
+        BEGIN_OP_CALL(Op##Final, hSession, (kind));                            \
+        rv = crypt_final(s, op, (kind), pLastPart, pulLastPartLen);            \
+        END_OP_CALL;                                                           \
+    }
 
-CK_RV C_Encrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
-                CK_ULONG ulDataLen, CK_BYTE_PTR pEncryptedData,
-                CK_ULONG_PTR pulEncryptedDataLen)
-{
-    return crypt_once(hSession, OP_ENCRYPT, pData, ulDataLen, pEncryptedData,
-                      pulEncryptedDataLen);
-}
-
-CK_RV C_EncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
-                      CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
-                      CK_ULONG_PTR pulEncryptedPartLen)
-{
-    return crypt_update(hSession, OP_ENCRYPT, pPart, ulPartLen, pEncryptedPart,
-                        pulEncryptedPartLen);
-}
-
-CK_RV C_EncryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastEncryptedPart,
-                     CK_ULONG_PTR pulLastEncryptedPartLen)
-{
-    return crypt_final(hSession, OP_ENCRYPT, pLastEncryptedPart,
-                       pulLastEncryptedPartLen);
-}
-
-CK_RV C_DecryptInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
-                    CK_OBJECT_HANDLE hKey)
-{
-    return op_init(hSession, OP_DECRYPT, pMechanism, hKey);
-}
-
-CK_RV C_Decrypt(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedData,
-                CK_ULONG ulEncryptedDataLen, CK_BYTE_PTR pData,
-                CK_ULONG_PTR pulDataLen)
-{
-    return crypt_once(hSession, OP_DECRYPT, pEncryptedData, ulEncryptedDataLen,
-                      pData, pulDataLen);
-}
-
-CK_RV C_DecryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pEncryptedPart,
-                      CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
-                      CK_ULONG_PTR pulPartLen)
-{
-    return crypt_update(hSession, OP_DECRYPT, pEncryptedPart,
-                        ulEncryptedPartLen, pPart, pulPartLen);
-}
-
-CK_RV C_DecryptFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pLastPart,
-                     CK_ULONG_PTR pulLastPartLen)
-{
-    return crypt_final(hSession, OP_DECRYPT, pLastPart, pulLastPartLen);
-}
+CRYPT_CALLS(Encrypt, OP_ENCRYPT)
+CRYPT_CALLS(Decrypt, OP_DECRYPT)
 
 CK_RV C_SignInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                  CK_OBJECT_HANDLE hKey)
 {
-    return op_init(hSession, OP_SIGN, pMechanism, hKey);
+    BEGIN_CALL(SignInit);
+    rv = op_init(hSession, OP_SIGN, pMechanism, hKey);
+    END_CALL;
 }
 
 /* Prepares the provider's input for a signature once, keeping it in
@@ -826,10 +744,8 @@ CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_SIGN, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(Sign, hSession, OP_SIGN);
     if ((pData == NULL && ulDataLen > 0) || pulSignatureLen == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         op_end(op);
@@ -846,8 +762,7 @@ CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen,
         else
             op_end(op);
     }
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
@@ -855,10 +770,8 @@ CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_SIGN, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(SignUpdate, hSession, OP_SIGN);
     if (pPart == NULL && ulPartLen > 0) {
         rv = CKR_ARGUMENTS_BAD;
     } else if (op->md != NULL) {
@@ -873,8 +786,7 @@ CK_RV C_SignUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
         op->updated = true;
     else
         op_end(op);
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
@@ -882,10 +794,8 @@ CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_SIGN, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(SignFinal, hSession, OP_SIGN);
     if (pulSignatureLen == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         op_end(op);
@@ -897,14 +807,15 @@ CK_RV C_SignFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
         else
             op_end(op);
     }
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                    CK_OBJECT_HANDLE hKey)
 {
-    return op_init(hSession, OP_VERIFY, pMechanism, hKey);
+    BEGIN_CALL(VerifyInit);
+    rv = op_init(hSession, OP_VERIFY, pMechanism, hKey);
+    END_CALL;
 }
 
 static CK_RV verify_run(struct op *op, const CK_BYTE *data, CK_ULONG len,
@@ -936,10 +847,8 @@ CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_VERIFY, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(Verify, hSession, OP_VERIFY);
     if ((pData == NULL && ulDataLen > 0) || pSignature == NULL)
         rv = CKR_ARGUMENTS_BAD;
     else if (op->updated)
@@ -951,8 +860,7 @@ CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
         audit_record(s, op->key, "verify", op->mech.mechanism, rv, 0);
     if (rv != CKR_OPERATION_ACTIVE)
         op_end(op);
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
@@ -960,10 +868,8 @@ CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_VERIFY, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(VerifyUpdate, hSession, OP_VERIFY);
     if (pPart == NULL && ulPartLen > 0)
         rv = CKR_ARGUMENTS_BAD;
     else if (op->md != NULL)
@@ -976,8 +882,7 @@ CK_RV C_VerifyUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
         op->updated = true;
     else
         op_end(op);
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
@@ -985,10 +890,8 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_VERIFY, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(VerifyFinal, hSession, OP_VERIFY);
     if (pSignature == NULL)
         rv = CKR_ARGUMENTS_BAD;
     else
@@ -996,8 +899,7 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
     if (rv != CKR_ARGUMENTS_BAD)
         audit_record(s, op->key, "verify", op->mech.mechanism, rv, 0);
     op_end(op);
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
@@ -1005,10 +907,8 @@ CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
     struct session *s;
     struct op *op;
     const struct pmech *pm;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(DigestInit);
     if (pMechanism == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -1036,9 +936,7 @@ CK_RV C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism)
         }
     }
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 /* Digest output: the digest is computed once and kept for a repeat. */
@@ -1071,10 +969,8 @@ CK_RV C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(Digest, hSession, OP_DIGEST);
     if ((pData == NULL && ulDataLen > 0) || pulDigestLen == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         op_end(op);
@@ -1090,8 +986,7 @@ CK_RV C_Digest(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
     } else {
         rv = digest_deliver(op, pDigest, pulDigestLen);
     }
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
@@ -1099,10 +994,8 @@ CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(DigestUpdate, hSession, OP_DIGEST);
     if (pPart == NULL && ulPartLen > 0)
         rv = CKR_ARGUMENTS_BAD;
     else if (EVP_DigestUpdate(op->md, pPart, ulPartLen) != 1)
@@ -1111,8 +1004,7 @@ CK_RV C_DigestUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
         op->updated = true;
     else
         op_end(op);
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
@@ -1120,10 +1012,8 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
     struct session *s;
     struct op *op;
     struct object *key;
-    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(DigestKey, hSession, OP_DIGEST);
     if (object_get(s, hKey, &key) != CKR_OK) {
         rv = CKR_KEY_HANDLE_INVALID;
     } else {
@@ -1138,8 +1028,7 @@ CK_RV C_DigestKey(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hKey)
         op->updated = true;
     else
         op_end(op);
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest,
@@ -1147,28 +1036,23 @@ CK_RV C_DigestFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pDigest,
 {
     struct session *s;
     struct op *op;
-    CK_RV rv = op_begin(hSession, OP_DIGEST, &s, &op);
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_OP_CALL(DigestFinal, hSession, OP_DIGEST);
     if (pulDigestLen == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         op_end(op);
     } else {
         rv = digest_deliver(op, pDigest, pulDigestLen);
     }
-    op_done(s);
-    return rv;
+    END_OP_CALL;
 }
 
 CK_RV C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData,
                        CK_ULONG ulRandomLen)
 {
     struct session *s;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GenerateRandom);
     if (pRandomData == NULL && ulRandomLen > 0) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -1176,29 +1060,17 @@ CK_RV C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pRandomData,
     rv = session_get(hSession, &s);
     if (rv != CKR_OK)
         goto out;
-    if (ulRandomLen > 0 && s->token->ops->generate_random != NULL) {
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-        rv = s->token->ops->generate_random(&c, pRandomData, ulRandomLen);
-        s->device_error = c.device_error;
-    } else if (ulRandomLen > 0 &&
-               (ulRandomLen > 0x7fffffffUL ||
-                RAND_bytes(pRandomData, (int)ulRandomLen) != 1)) {
-        rv = CKR_FUNCTION_FAILED;
-    }
+    rv = provider_generate_random(s, pRandomData, ulRandomLen);
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed,
                    CK_ULONG ulSeedLen)
 {
     struct session *s;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(SeedRandom);
     if (pSeed == NULL && ulSeedLen > 0) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -1208,43 +1080,42 @@ CK_RV C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSeed,
         rv = CKR_RANDOM_SEED_NOT_SUPPORTED;
         session_put(s);
     }
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 /* Functions this module does not offer; they still check their state. */
 CK_RV C_SignRecoverInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                         CK_OBJECT_HANDLE hKey)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(SignRecoverInit, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SignRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
                     CK_ULONG ulDataLen, CK_BYTE_PTR pSignature,
                     CK_ULONG_PTR pulSignatureLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(SignRecover, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_VerifyRecoverInit(CK_SESSION_HANDLE hSession,
                           CK_MECHANISM_PTR pMechanism, CK_OBJECT_HANDLE hKey)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(VerifyRecoverInit, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_VerifyRecover(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
                       CK_ULONG ulSignatureLen, CK_BYTE_PTR pData,
                       CK_ULONG_PTR pulDataLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(VerifyRecover, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DigestEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
                             CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
                             CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(DigestEncryptUpdate, hSession,
+                      CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession,
@@ -1252,14 +1123,15 @@ CK_RV C_DecryptDigestUpdate(CK_SESSION_HANDLE hSession,
                             CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
                             CK_ULONG_PTR pulPartLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(DecryptDigestUpdate, hSession,
+                      CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SignEncryptUpdate(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pPart,
                           CK_ULONG ulPartLen, CK_BYTE_PTR pEncryptedPart,
                           CK_ULONG_PTR pulEncryptedPartLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(SignEncryptUpdate, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession,
@@ -1267,12 +1139,13 @@ CK_RV C_DecryptVerifyUpdate(CK_SESSION_HANDLE hSession,
                             CK_ULONG ulEncryptedPartLen, CK_BYTE_PTR pPart,
                             CK_ULONG_PTR pulPartLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(DecryptVerifyUpdate, hSession,
+                      CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_DeriveKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                   CK_OBJECT_HANDLE hBaseKey, CK_ATTRIBUTE_PTR pTemplate,
                   CK_ULONG ulAttributeCount, CK_OBJECT_HANDLE_PTR phKey)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(DeriveKey, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }

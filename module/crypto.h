@@ -13,11 +13,5 @@ CK_RV key_check(struct session *s, struct object *key, const CK_MECHANISM *m,
                 CK_OBJECT_CLASS rsa_class);
 CK_RV key_check_dates(struct object *key);
 CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m);
-CK_RV provider_check_public(struct session *s, struct object *key, bool wrap);
-CK_RV provider_check_mechanism(struct session *s, enum pop op,
-                               const CK_MECHANISM *m);
-CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
-                     const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
-                     CK_BYTE *out, CK_ULONG *outlen);
 
 #endif

@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "module.h"
+#include "call.h"
 
 /* Prototypes of the C_ functions come from pkcs11.h through compat.h.
  * The three exported functions are interposable: another library in the
@@ -19,29 +19,25 @@ static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName,
                            CK_VERSION_PTR pVersion,
                            CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags);
 
-static CK_RV not_supported(void)
-{
-    return CKR_FUNCTION_NOT_SUPPORTED;
-}
-
 static CK_RV login_user(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
                         CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
                         CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen)
 {
+    BEGIN_CALL(LoginUser);
     /* No token here has named users; a plain login is the same. */
     if (pUsername != NULL && ulUsernameLen > 0)
-        return CKR_OPERATION_NOT_INITIALIZED;
-    return C_Login(hSession, userType, pPin, ulPinLen);
+        rv = CKR_OPERATION_NOT_INITIALIZED;
+    else
+        rv = session_login(hSession, userType, pPin, ulPinLen);
+    END_CALL;
 }
 
 static CK_RV session_cancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
 {
     struct session *s;
-    CK_RV rv = module_enter();
     int i;
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(SessionCancel);
     rv = session_get(hSession, &s);
     if (rv == CKR_OK) {
         if (flags & CKF_FIND_OBJECTS)
@@ -57,9 +53,40 @@ static CK_RV session_cancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
         }
         session_put(s);
     }
-    module_leave();
-    return rv;
+    END_CALL;
 }
+
+/* PKCS#11 3.0's message-based functions, which no token here offers: each
+ * answers CKR_FUNCTION_NOT_SUPPORTED under its own name in the trace. They
+ * take no parameters and ignore the caller's. */
+#define CMK_MESSAGE_FUNCTIONS(X)                                               \
+    X(MessageEncryptInit)                                                      \
+    X(EncryptMessage)                                                          \
+    X(EncryptMessageBegin)                                                     \
+    X(EncryptMessageNext)                                                      \
+    X(MessageEncryptFinal)                                                     \
+    X(MessageDecryptInit)                                                      \
+    X(DecryptMessage)                                                          \
+    X(DecryptMessageBegin)                                                     \
+    X(DecryptMessageNext)                                                      \
+    X(MessageDecryptFinal)                                                     \
+    X(MessageSignInit)                                                         \
+    X(SignMessage)                                                             \
+    X(SignMessageBegin)                                                        \
+    X(SignMessageNext)                                                         \
+    X(MessageSignFinal)                                                        \
+    X(MessageVerifyInit)                                                       \
+    X(VerifyMessage)                                                           \
+    X(VerifyMessageBegin)                                                      \
+    X(VerifyMessageNext)                                                       \
+    X(MessageVerifyFinal)
+
+#define DEFINE_STUB(n)                                                         \
+    static CK_RV stub_##n(void)                                                \
+    {                                                                          \
+        RETURN_CALL(n, CKR_FUNCTION_NOT_SUPPORTED);                            \
+    }
+CMK_MESSAGE_FUNCTIONS(DEFINE_STUB)
 
 /* The PKCS#11 2.40 functions, shared by both function lists. F: the
  * function of that name; G: another implementation. */
@@ -135,6 +162,7 @@ static CK_RV session_cancel(CK_SESSION_HANDLE hSession, CK_FLAGS flags)
 
 #define LIST_F(n)       .C_##n = C_##n,
 #define LIST_G(n, impl) .C_##n = impl,
+#define LIST_STUB(n)    .C_##n = (void *)stub_##n,
 
 /* clang-format off */
 static CK_FUNCTION_LIST function_list = {
@@ -149,26 +177,7 @@ static CK_FUNCTION_LIST_3_0 function_list_3 = {
     .C_GetInterface = get_interface,
     .C_LoginUser = login_user,
     .C_SessionCancel = session_cancel,
-    .C_MessageEncryptInit = (void *)not_supported,
-    .C_EncryptMessage = (void *)not_supported,
-    .C_EncryptMessageBegin = (void *)not_supported,
-    .C_EncryptMessageNext = (void *)not_supported,
-    .C_MessageEncryptFinal = (void *)not_supported,
-    .C_MessageDecryptInit = (void *)not_supported,
-    .C_DecryptMessage = (void *)not_supported,
-    .C_DecryptMessageBegin = (void *)not_supported,
-    .C_DecryptMessageNext = (void *)not_supported,
-    .C_MessageDecryptFinal = (void *)not_supported,
-    .C_MessageSignInit = (void *)not_supported,
-    .C_SignMessage = (void *)not_supported,
-    .C_SignMessageBegin = (void *)not_supported,
-    .C_SignMessageNext = (void *)not_supported,
-    .C_MessageSignFinal = (void *)not_supported,
-    .C_MessageVerifyInit = (void *)not_supported,
-    .C_VerifyMessage = (void *)not_supported,
-    .C_VerifyMessageBegin = (void *)not_supported,
-    .C_VerifyMessageNext = (void *)not_supported,
-    .C_MessageVerifyFinal = (void *)not_supported,
+    CMK_MESSAGE_FUNCTIONS(LIST_STUB)
 };
 /* clang-format on */
 
@@ -184,13 +193,13 @@ static CK_INTERFACE interfaces[] = {
 static CK_RV get_function_list(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)
 {
     if (ppFunctionList == NULL)
-        return CKR_ARGUMENTS_BAD;
+        RETURN_CALL(GetFunctionList, CKR_ARGUMENTS_BAD);
     *ppFunctionList = &function_list;
-    return CKR_OK;
+    RETURN_CALL(GetFunctionList, CKR_OK);
 }
 
-static CK_RV get_interface_list(CK_INTERFACE_PTR pInterfacesList,
-                                CK_ULONG_PTR pulCount)
+static CK_RV list_interfaces(CK_INTERFACE_PTR pInterfacesList,
+                             CK_ULONG_PTR pulCount)
 {
     CK_ULONG n = CMK_ARRAY_SIZE(interfaces);
 
@@ -209,9 +218,15 @@ static CK_RV get_interface_list(CK_INTERFACE_PTR pInterfacesList,
     return CKR_OK;
 }
 
-static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName,
-                           CK_VERSION_PTR pVersion,
-                           CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+static CK_RV get_interface_list(CK_INTERFACE_PTR pInterfacesList,
+                                CK_ULONG_PTR pulCount)
+{
+    RETURN_CALL(GetInterfaceList, list_interfaces(pInterfacesList, pulCount));
+}
+
+static CK_RV find_interface(CK_UTF8CHAR_PTR pInterfaceName,
+                            CK_VERSION_PTR pVersion,
+                            CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
 {
     size_t i;
 
@@ -231,6 +246,14 @@ static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName,
         return CKR_OK;
     }
     return CKR_ARGUMENTS_BAD;
+}
+
+static CK_RV get_interface(CK_UTF8CHAR_PTR pInterfaceName,
+                           CK_VERSION_PTR pVersion,
+                           CK_INTERFACE_PTR_PTR ppInterface, CK_FLAGS flags)
+{
+    RETURN_CALL(GetInterface,
+                find_interface(pInterfaceName, pVersion, ppInterface, flags));
 }
 
 CMK_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ppFunctionList)

@@ -12,7 +12,8 @@
 #include <openssl/err.h>
 
 #include "audit.h"
-#include "module.h"
+#include "call.h"
+#include "pcall.h"
 #include "rsa.h"
 #include "secure.h"
 
@@ -29,16 +30,6 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
  * parent may have held the rwlock) and, through the pid check in
  * module_enter(), CKR_CRYPTOKI_NOT_INITIALIZED until it calls C_Initialize.
  */
-/* The back ends' fork handlers (the hsm back end's gate on lower calls). */
-static void providers_atfork(enum provider_fork phase)
-{
-    size_t i;
-
-    for (i = 0; cmk_providers[i] != NULL; i++)
-        if (cmk_providers[i]->atfork != NULL)
-            cmk_providers[i]->atfork(phase);
-}
-
 /* The locks a fork must not split, outermost first: the back ends' (the
  * hsm back end waits there for the calls into lower modules in progress,
  * which must not need a lock held meanwhile), the module's tables, then
@@ -379,7 +370,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 
     if (in_initialize) {
         initialize_reentered = true;
-        return CKR_GENERAL_ERROR;
+        RETURN_CALL(Initialize, CKR_GENERAL_ERROR);
     }
     pthread_once(&atfork_once, register_atfork);
     pthread_rwlock_wrlock(&g.rwlock);
@@ -392,8 +383,7 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
     pthread_rwlock_unlock(&g.rwlock);
     if (rv == CKR_OK)
         pthread_once(&atexit_once, register_atexit);
-    cmk_debug("C_Initialize = %s", cmk_rv_name(rv));
-    return rv;
+    RETURN_CALL(Initialize, rv);
 }
 
 CK_RV C_Finalize(CK_VOID_PTR pReserved)
@@ -401,7 +391,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     CK_RV rv = CKR_OK;
 
     if (pReserved != NULL)
-        return CKR_ARGUMENTS_BAD;
+        RETURN_CALL(Finalize, CKR_ARGUMENTS_BAD);
     pthread_rwlock_wrlock(&g.rwlock);
     err_save();
     if (!g.initialized || g.generation != fork_generation)
@@ -412,7 +402,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
         teardown_unlocked(false);
     err_restore();
     pthread_rwlock_unlock(&g.rwlock);
-    return rv;
+    RETURN_CALL(Finalize, rv);
 }
 
 static void pad(CK_UTF8CHAR *dst, size_t len, const char *src)
@@ -425,10 +415,7 @@ static void pad(CK_UTF8CHAR *dst, size_t len, const char *src)
 
 CK_RV C_GetInfo(CK_INFO_PTR pInfo)
 {
-    CK_RV rv = module_enter();
-
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetInfo);
     if (pInfo == NULL) {
         rv = CKR_ARGUMENTS_BAD;
     } else {
@@ -442,6 +429,5 @@ CK_RV C_GetInfo(CK_INFO_PTR pInfo)
         pInfo->libraryVersion.major = CMK_VERSION_MAJOR;
         pInfo->libraryVersion.minor = CMK_VERSION_MINOR;
     }
-    module_leave();
-    return rv;
+    END_CALL;
 }

@@ -12,7 +12,9 @@
 #include <openssl/rand.h>
 
 #include "audit.h"
+#include "call.h"
 #include "crypto.h"
+#include "pcall.h"
 #include "pkcs1.h"
 #include "rsa.h"
 #include "secure.h"
@@ -302,10 +304,7 @@ static CK_RV publish_provider_object(struct session *s, struct pobj *p,
         p->uid = new_uid(s->handle);
     rv = object_publish(s->token, s->handle, p, NULL, 0, ph);
     if (rv != CKR_OK) {
-        if (s->token->ops->destroy_object != NULL && p->ref != NULL) {
-            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-            s->token->ops->destroy_object(&c, p->ref);
-        }
+        provider_discard_object(s, p->ref);
         pobj_clear(s->token->ops, s->token->ptok, p);
     }
     return rv;
@@ -320,10 +319,8 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     CK_KEY_TYPE kt;
     CK_ULONG len = 0;
     unsigned char *value;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GenerateKey);
     if (pMechanism == NULL || phKey == NULL ||
         (pTemplate == NULL && ulCount > 0)) {
         rv = CKR_ARGUMENTS_BAD;
@@ -341,7 +338,6 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     if (rv != CKR_OK)
         goto put;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
         CK_ATTRIBUTE *t;
         CK_ULONG nt;
@@ -349,11 +345,8 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = with_secret_defaults(pTemplate, ulCount, &t, &nt);
         if (rv != CKR_OK)
             goto put;
-        rv = s->token->ops->generate_key
-                 ? s->token->ops->generate_key(&c, pMechanism, t, nt, &p)
-                 : CKR_FUNCTION_NOT_SUPPORTED;
+        rv = provider_generate_key(s, pMechanism, t, nt, &p);
         free_defaults(pTemplate, t);
-        s->device_error = c.device_error;
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, phKey);
         goto put;
@@ -378,9 +371,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     rv = publish_secret(s, pTemplate, ulCount, kt, value, len, CK_TRUE, phKey);
 put:
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
@@ -392,10 +383,8 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
     CK_KEY_TYPE kt = 0;
     CK_ULONG len = 0;
     unsigned char *value;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(CreateObject);
     if (phObject == NULL || (pTemplate == NULL && ulCount > 0)) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -416,7 +405,6 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
         goto put;
     }
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
         CK_ATTRIBUTE *t;
         CK_ULONG nt;
@@ -424,11 +412,8 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
         rv = with_secret_defaults(pTemplate, ulCount, &t, &nt);
         if (rv != CKR_OK)
             goto put;
-        rv = s->token->ops->create_object
-                 ? s->token->ops->create_object(&c, t, nt, &p)
-                 : CKR_FUNCTION_NOT_SUPPORTED;
+        rv = provider_create_object(s, t, nt, &p);
         free_defaults(pTemplate, t);
-        s->device_error = c.device_error;
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, phObject);
         goto put;
@@ -455,9 +440,7 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
                         phObject);
 put:
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 static CK_RV map_unwrap_rv(CK_RV rv)
@@ -530,7 +513,6 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
     } else if (rv == CKR_OK) {
         /* The back end keeps the key: it enters as an object with this
          * value (CKA_VALUE_LEN may not accompany CKA_VALUE there). */
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
         for (i = 0; i < nd; i++)
             if (d[i].type != CKA_VALUE_LEN)
@@ -539,9 +521,7 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
             t[nt++] = (CK_ATTRIBUTE){CKA_CLASS, &cls, sizeof(cls)};
         t[nt++] = (CK_ATTRIBUTE){CKA_VALUE, value, len};
         memset(&p, 0, sizeof(p));
-        rv = s->token->ops->create_object
-                 ? s->token->ops->create_object(&c, t, nt, &p)
-                 : CKR_FUNCTION_NOT_SUPPORTED;
+        rv = provider_create_object(s, t, nt, &p);
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, ph);
     }
@@ -565,7 +545,6 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
     if (pkcs1_implicit(s->token, m, key))
         return unwrap_pkcs1(s, key, wrapped, wlen, tmpl, n, ph);
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
         struct pobj p;
         CK_ATTRIBUTE *t;
         CK_ULONG nt;
@@ -573,13 +552,8 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
         rv = with_secret_defaults(tmpl, n, &t, &nt);
         if (rv != CKR_OK)
             return rv;
-        rv = s->token->ops->unwrap
-                 ? s->token->ops->unwrap(&c, key->ref, m, wrapped, wlen, t, nt,
-                                         &p)
-                 : CKR_FUNCTION_NOT_SUPPORTED;
+        rv = provider_unwrap(s, key, m, wrapped, wlen, t, nt, &p);
         free_defaults(tmpl, t);
-        s->device_error = c.device_error;
-        audit_record(s, key, "unwrap", m->mechanism, rv, c.device_error);
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, ph);
         return rv;
@@ -682,10 +656,9 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     struct session *s;
     struct object *key = NULL, *others[CMK_FALLBACK_MAX];
     CK_ULONG n_others = 0, i;
-    CK_RV rv = module_enter(), first;
+    CK_RV first;
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(UnwrapKey);
     if (pMechanism == NULL || pWrappedKey == NULL || phKey == NULL ||
         (pTemplate == NULL && ulAttributeCount > 0)) {
         rv = CKR_ARGUMENTS_BAD;
@@ -743,10 +716,7 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 put:
     object_unref(key);
     session_put(s);
-out:
-    module_leave();
-    cmk_debug("C_UnwrapKey = %s", cmk_rv_name(rv));
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
@@ -757,10 +727,8 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     struct object *wkey = NULL, *key = NULL;
     CK_ULONG cap, len;
     unsigned char *buf = NULL;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(WrapKey);
     if (pMechanism == NULL || pulWrappedKeyLen == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -806,15 +774,8 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 
     if (key->secret == NULL) {
         /* The key lives in the back end: it wraps it there. */
-        struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-        rv = s->token->ops->wrap
-                 ? s->token->ops->wrap(&c, wkey->ref, pMechanism, key->ref,
-                                       pWrappedKey, pulWrappedKeyLen)
-                 : CKR_KEY_NOT_WRAPPABLE;
-        s->device_error = c.device_error;
-        if (pWrappedKey != NULL)
-            audit_record(s, wkey, "wrap", pMechanism->mechanism, rv,
-                         c.device_error);
+        rv = provider_wrap(s, wkey, pMechanism, key, pWrappedKey,
+                           pulWrappedKeyLen);
         goto put;
     }
     cap = mech_is_rsa(pMechanism->mechanism)
@@ -870,10 +831,7 @@ put:
     object_unref(wkey);
     object_unref(key);
     session_put(s);
-out:
-    module_leave();
-    cmk_debug("C_WrapKey = %s", cmk_rv_name(rv));
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
@@ -886,13 +844,10 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 {
     struct session *s;
     const struct pmech *pm;
-    struct pcall c;
     struct pobj *objs = NULL;
     char *uid_pub = NULL, *uid_priv = NULL;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GenerateKeyPair);
     if (pMechanism == NULL || phPublicKey == NULL || phPrivateKey == NULL ||
         (pPublicKeyTemplate == NULL && ulPublicKeyAttributeCount > 0) ||
         (pPrivateKeyTemplate == NULL && ulPrivateKeyAttributeCount > 0)) {
@@ -903,8 +858,7 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     if (rv != CKR_OK)
         goto out;
     pm = token_mech(s->token, pMechanism->mechanism);
-    if (pm == NULL || !(pm->info.flags & CKF_GENERATE_KEY_PAIR) ||
-        s->token->ops->generate_key_pair == NULL) {
+    if (pm == NULL || !(pm->info.flags & CKF_GENERATE_KEY_PAIR)) {
         rv = CKR_MECHANISM_INVALID;
         goto put;
     }
@@ -923,13 +877,9 @@ CK_RV C_GenerateKeyPair(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = CKR_HOST_MEMORY;
         goto put;
     }
-    memset(&c, 0, sizeof(c));
-    c.tok = s->token->ptok;
-    c.sess = s->psess;
-    rv = s->token->ops->generate_key_pair(
-        &c, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount,
+    rv = provider_generate_key_pair(
+        s, pMechanism, pPublicKeyTemplate, ulPublicKeyAttributeCount,
         pPrivateKeyTemplate, ulPrivateKeyAttributeCount, &objs[0], &objs[1]);
-    s->device_error = c.device_error;
     if (rv != CKR_OK) {
         free(objs);
         goto put;
@@ -973,7 +923,5 @@ put:
     free(uid_pub);
     free(uid_priv);
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }

@@ -165,6 +165,8 @@ CK_STATE session_state_unlocked(const struct session *s);
 void op_reset(struct op *op);
 void sessions_destroy_all(bool in_child);
 CK_RV session_only(CK_SESSION_HANDLE h, CK_RV result);
+CK_RV session_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+                    CK_ULONG len);
 
 /* object.c */
 void object_unref(struct object *o);

@@ -6,20 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "module.h"
+#include "call.h"
+#include "pcall.h"
 #include "rsa.h"
 #include "secure.h"
-
-void pobj_clear(const struct provider_ops *ops, void *tok, struct pobj *o)
-{
-    if (o == NULL)
-        return;
-    free(o->uid);
-    attrs_clear(&o->attrs);
-    if (o->ref != NULL && ops != NULL && ops->ref_free != NULL)
-        ops->ref_free(tok, o->ref);
-    memset(o, 0, sizeof(*o));
-}
 
 struct object *object_ref(struct object *o)
 {
@@ -31,9 +21,7 @@ void object_unref(struct object *o)
 {
     if (o == NULL || __atomic_sub_fetch(&o->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
-    if (o->ref != NULL && o->token != NULL && o->token->ops != NULL &&
-        o->token->ops->ref_free != NULL && o->token->ptok != NULL)
-        o->token->ops->ref_free(o->token->ptok, o->ref);
+    provider_ref_free(o->token, o->ref);
     attrs_clear(&o->attrs);
     secure_free(o->secret, o->secret_len);
     rsa_pkey_release(o->pkey);
@@ -228,8 +216,7 @@ void object_merge(struct token *t, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     }
     free(drop);
     for (i = 0; i < n_refs; i++)
-        if (refs[i] != NULL && t->ops->ref_free != NULL)
-            t->ops->ref_free(t->ptok, refs[i]);
+        provider_ref_free(t, refs[i]);
     free(refs);
     for (i = 0; i < n; i++)
         pobj_clear(t->ops, t->ptok, &objs[i]);
@@ -241,7 +228,6 @@ CK_RV object_refresh(struct session *s, const CK_ATTRIBUTE *hint,
                      CK_ULONG nhint)
 {
     struct token *t = s->token;
-    struct pcall c = {.tok = t->ptok, .sess = s->psess};
     struct pobj *objs = NULL;
     CK_ATTRIBUTE *wide = calloc(nhint + 1, sizeof(*wide));
     const CK_ATTRIBUTE *phint;
@@ -252,13 +238,10 @@ CK_RV object_refresh(struct session *s, const CK_ATTRIBUTE *hint,
     if (wide == NULL)
         return CKR_HOST_MEMORY;
     phint = certs_hint(t, hint, nhint, wide, &nphint);
-    rv = t->ops->list(&c, phint, nphint, &objs, &n, &complete);
+    rv = provider_list(s, phint, nphint, &objs, &n, &complete);
     free(wide);
-    s->device_error = c.device_error;
-    if (rv != CKR_OK) {
-        cmk_debug("listing token %s: %s", t->name, cmk_rv_name(rv));
+    if (rv != CKR_OK)
         return rv;
-    }
     certs_add(s, &objs, &n);
     object_merge(t, hint, nhint, objs, n, complete);
     return CKR_OK;
@@ -352,12 +335,8 @@ void object_destroy_session_objects(struct session *s)
         object_forget_unlocked(list[i]);
     pthread_mutex_unlock(&g.mutex);
     for (i = 0; i < n; i++) {
-        struct object *o = list[i];
-        if (o->ref != NULL && s->token->ops->destroy_object != NULL) {
-            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-            s->token->ops->destroy_object(&c, o->ref);
-        }
-        object_unref(o);
+        provider_discard_object(s, list[i]->ref);
+        object_unref(list[i]);
     }
     free(list);
 }
@@ -467,10 +446,9 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     struct object *o;
     CK_BYTE *fetched = NULL;
     CK_ULONG i, fetched_len = 0;
-    CK_RV rv = module_enter(), r;
+    CK_RV r;
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetAttributeValue);
     if (pTemplate == NULL && ulCount > 0) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -480,28 +458,16 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         goto out;
     rv = object_get(s, hObject, &o);
     if (rv == CKR_OK && o->secret == NULL && o->ref != NULL &&
-        s->token->ops->get_value != NULL &&
         tmpl_find(pTemplate, ulCount, CKA_VALUE) != NULL) {
         bool readable;
         pthread_mutex_lock(&g.mutex);
         readable = secret_readable_unlocked(o);
         pthread_mutex_unlock(&g.mutex);
-        if (readable) {
-            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-            fetched_len = 0;
-            rv = s->token->ops->get_value(&c, o->ref, NULL, &fetched_len);
-            if (rv == CKR_OK)
-                fetched = secure_alloc(fetched_len + 1);
-            if (rv == CKR_OK && fetched == NULL)
-                rv = CKR_HOST_MEMORY;
-            if (rv == CKR_OK)
-                rv =
-                    s->token->ops->get_value(&c, o->ref, fetched, &fetched_len);
-            s->device_error = c.device_error;
-            if (rv != CKR_OK) {
-                object_unref(o);
-                goto put;
-            }
+        if (readable)
+            rv = provider_read_value(s, o->ref, &fetched, &fetched_len);
+        if (rv != CKR_OK) {
+            object_unref(o);
+            goto put;
         }
     }
     if (rv == CKR_OK) {
@@ -517,9 +483,7 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 put:
     secure_free(fetched, fetched_len + 1);
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 /* What C_SetAttributeValue may change on a module-held session object
@@ -580,10 +544,8 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     struct session *s;
     struct object *o;
     CK_ULONG i;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(SetAttributeValue);
     if (pTemplate == NULL && ulCount > 0) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -611,9 +573,7 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     object_unref(o);
 put:
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
@@ -621,10 +581,8 @@ CK_RV C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 {
     struct session *s;
     struct object *o;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetObjectSize);
     if (pulSize == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -638,9 +596,7 @@ CK_RV C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         object_unref(o);
     }
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
@@ -650,10 +606,8 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
     struct hmap_iter it;
     unsigned long key;
     void *value;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(FindObjectsInit);
     if (pTemplate == NULL && ulCount > 0) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -687,9 +641,7 @@ CK_RV C_FindObjectsInit(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
     s->find_active = true;
 put:
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
@@ -697,10 +649,8 @@ CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
 {
     struct session *s;
     CK_ULONG n = 0;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(FindObjects);
     if (phObject == NULL || pulObjectCount == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -716,18 +666,14 @@ CK_RV C_FindObjects(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE_PTR phObject,
         *pulObjectCount = n;
     }
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE hSession)
 {
     struct session *s;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(FindObjectsFinal);
     rv = session_get(hSession, &s);
     if (rv != CKR_OK)
         goto out;
@@ -740,19 +686,15 @@ CK_RV C_FindObjectsFinal(CK_SESSION_HANDLE hSession)
         s->n_found = s->found_pos = 0;
     }
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
 {
     struct session *s;
     struct object *o;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(DestroyObject);
     rv = session_get(hSession, &s);
     if (rv != CKR_OK)
         goto out;
@@ -768,11 +710,7 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
         rv = CKR_OBJECT_HANDLE_INVALID;
     if (rv == CKR_OK && o->ref != NULL) {
         pthread_mutex_unlock(&g.mutex);
-        if (s->token->ops->destroy_object != NULL) {
-            struct pcall c = {.tok = s->token->ptok, .sess = s->psess};
-            rv = s->token->ops->destroy_object(&c, o->ref);
-            s->device_error = c.device_error;
-        }
+        rv = provider_destroy_object(s, o->ref);
         pthread_mutex_lock(&g.mutex);
     }
     if (rv == CKR_OK && !o->gone) {
@@ -785,9 +723,7 @@ CK_RV C_DestroyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject)
     object_unref(o);
 put:
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
@@ -796,10 +732,8 @@ CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
 {
     struct session *s;
     struct object *o;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(CopyObject);
     if ((pTemplate == NULL && ulCount > 0) || phNewObject == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -817,7 +751,5 @@ CK_RV C_CopyObject(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         object_unref(o);
     }
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }

@@ -42,6 +42,7 @@
 #include <openssl/hmac.h>
 
 #include "crypto.h"
+#include "pcall.h"
 #include "pkcs1.h"
 #include "rsa.h"
 #include "secure.h"

@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "module.h"
+#include "call.h"
+#include "pcall.h"
 #include "secure.h"
 
 static void session_unref(struct session *s)
@@ -90,8 +91,7 @@ static void session_finish(struct session *s, bool in_child)
     s->find_active = false;
     if (!in_child) {
         object_destroy_session_objects(s);
-        if (s->token->ops->session_close != NULL && s->psess != NULL)
-            s->token->ops->session_close(s->token->ptok, s->psess);
+        provider_session_close(s->token, s->psess);
     }
     s->psess = NULL;
 }
@@ -111,48 +111,36 @@ static bool account_close_unlocked(struct session *s)
     return false;
 }
 
-static void provider_logout(struct token *t)
-{
-    struct pcall c = {.tok = t->ptok};
-
-    if (t->ops->logout != NULL)
-        t->ops->logout(&c);
-}
-
 CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
                     CK_NOTIFY Notify, CK_SESSION_HANDLE_PTR phSession)
 {
     struct session *s = NULL;
     struct token *t;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(OpenSession);
     if (phSession == NULL) {
         rv = CKR_ARGUMENTS_BAD;
-        goto out;
+        goto done;
     }
     rv = token_get(slotID, &t);
     if (rv != CKR_OK)
-        goto out;
+        goto done;
     if (!(flags & CKF_SERIAL_SESSION)) {
         rv = CKR_SESSION_PARALLEL_NOT_SUPPORTED;
-        goto out;
+        goto done;
     }
     s = calloc(1, sizeof(*s));
     if (s == NULL) {
         rv = CKR_HOST_MEMORY;
-        goto out;
+        goto done;
     }
     s->refs = 1;
     s->token = t;
     s->flags = flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
     pthread_mutex_init(&s->lock, NULL);
-    if (t->ops->session_open != NULL) {
-        rv = t->ops->session_open(t->ptok, &s->psess);
-        if (rv != CKR_OK)
-            goto out;
-    }
+    rv = provider_session_open(t, &s->psess);
+    if (rv != CKR_OK)
+        goto done;
     pthread_mutex_lock(&g.mutex);
     if (t->logged_in && t->user == CKU_SO && !(flags & CKF_RW_SESSION)) {
         rv = CKR_SESSION_READ_WRITE_SO_EXISTS;
@@ -169,15 +157,13 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
         }
     }
     pthread_mutex_unlock(&g.mutex);
-out:
+done:
     if (s != NULL) {
-        if (s->psess != NULL)
-            t->ops->session_close(t->ptok, s->psess);
+        provider_session_close(t, s->psess);
         pthread_mutex_destroy(&s->lock);
         free(s);
     }
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 static CK_RV close_one(CK_SESSION_HANDLE h)
@@ -203,13 +189,9 @@ static CK_RV close_one(CK_SESSION_HANDLE h)
 
 CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
 {
-    CK_RV rv = module_enter();
-
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(CloseSession);
     rv = close_one(hSession);
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
@@ -220,10 +202,8 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
     void *value;
     CK_SESSION_HANDLE *handles = NULL;
     CK_ULONG n = 0, i;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(CloseAllSessions);
     rv = token_get(slotID, &t);
     if (rv != CKR_OK)
         goto out;
@@ -243,9 +223,7 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
     for (i = 0; i < n; i++)
         close_one(handles[i]);
     free(handles);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 void sessions_destroy_all(bool in_child)
@@ -278,10 +256,8 @@ void sessions_destroy_all(bool in_child)
 CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
 {
     struct session *s;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetSessionInfo);
     if (pInfo == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -297,24 +273,19 @@ CK_RV C_GetSessionInfo(CK_SESSION_HANDLE hSession, CK_SESSION_INFO_PTR pInfo)
     pInfo->state = session_state_unlocked(s);
     pthread_mutex_unlock(&g.mutex);
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
-CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
-              CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+/* C_Login and C_LoginUser, inside their frame. */
+CK_RV session_login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
+                    CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
 {
     struct session *s;
     struct token *t;
-    struct pcall c;
-    CK_RV rv = module_enter();
+    CK_RV rv = session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    rv = session_get(hSession, &s);
-    if (rv != CKR_OK)
-        goto out;
     t = s->token;
     if (userType != CKU_USER && userType != CKU_SO &&
         userType != CKU_CONTEXT_SPECIFIC) {
@@ -345,12 +316,7 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
     if (rv != CKR_OK)
         goto put;
 
-    memset(&c, 0, sizeof(c));
-    c.tok = t->ptok;
-    c.sess = s->psess;
-    rv = t->ops->login != NULL ? t->ops->login(&c, userType, pPin, ulPinLen)
-                               : CKR_OK;
-    s->device_error = c.device_error;
+    rv = provider_login(s, userType, pPin, ulPinLen);
     if (rv == CKR_OK) {
         pthread_mutex_lock(&g.mutex);
         if (t->logged_in) {
@@ -363,20 +329,23 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
     }
 put:
     session_put(s);
-out:
-    module_leave();
-    cmk_debug("C_Login = %s", cmk_rv_name(rv));
     return rv;
+}
+
+CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType,
+              CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen)
+{
+    BEGIN_CALL(Login);
+    rv = session_login(hSession, userType, pPin, ulPinLen);
+    END_CALL;
 }
 
 CK_RV C_Logout(CK_SESSION_HANDLE hSession)
 {
     struct session *s;
     bool was;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(Logout);
     rv = session_get(hSession, &s);
     if (rv != CKR_OK)
         goto out;
@@ -389,9 +358,7 @@ CK_RV C_Logout(CK_SESSION_HANDLE hSession)
     else
         provider_logout(s->token);
     session_put(s);
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin,
@@ -399,7 +366,7 @@ CK_RV C_InitPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pPin,
 {
     /* PINs come from the configuration (pin-file) or the lower token's own
      * tools; they cannot be set through this module. */
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(InitPIN, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin,
@@ -407,31 +374,27 @@ CK_RV C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR pOldPin,
 {
     /* PINs come from the configuration (pin-file) or the lower token's own
      * tools; they cannot be set through this module. */
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(SetPIN, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
-/* For calls that need only a valid session: their result once it is. */
+/* For calls that need only a valid session (inside their frame): their
+ * result once it is. */
 CK_RV session_only(CK_SESSION_HANDLE hSession, CK_RV result)
 {
     struct session *s;
-    CK_RV rv = module_enter();
+    CK_RV rv = session_get(hSession, &s);
 
     if (rv != CKR_OK)
         return rv;
-    rv = session_get(hSession, &s);
-    if (rv == CKR_OK) {
-        rv = result;
-        session_put(s);
-    }
-    module_leave();
-    return rv;
+    session_put(s);
+    return result;
 }
 
 CK_RV C_GetOperationState(CK_SESSION_HANDLE hSession,
                           CK_BYTE_PTR pOperationState,
                           CK_ULONG_PTR pulOperationStateLen)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(GetOperationState, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession,
@@ -440,15 +403,15 @@ CK_RV C_SetOperationState(CK_SESSION_HANDLE hSession,
                           CK_OBJECT_HANDLE hEncryptionKey,
                           CK_OBJECT_HANDLE hAuthenticationKey)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_SUPPORTED);
+    SESSION_ONLY_CALL(SetOperationState, hSession, CKR_FUNCTION_NOT_SUPPORTED);
 }
 
 CK_RV C_GetFunctionStatus(CK_SESSION_HANDLE hSession)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_PARALLEL);
+    SESSION_ONLY_CALL(GetFunctionStatus, hSession, CKR_FUNCTION_NOT_PARALLEL);
 }
 
 CK_RV C_CancelFunction(CK_SESSION_HANDLE hSession)
 {
-    return session_only(hSession, CKR_FUNCTION_NOT_PARALLEL);
+    SESSION_ONLY_CALL(CancelFunction, hSession, CKR_FUNCTION_NOT_PARALLEL);
 }

@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "module.h"
+#include "call.h"
+#include "pcall.h"
 #include "pkcs1.h"
 
 static void pad(CK_UTF8CHAR *dst, size_t len, const char *src)
@@ -80,7 +81,7 @@ static CK_RV build_mechanisms(struct token *t)
     const struct pmech *pm, *rsa_pkcs, *rsa_pss;
     CK_ULONG n = 0, i;
 
-    pm = t->ops->mechanisms(t->ptok, &n);
+    pm = provider_mechanisms(t, &n);
     t->mechs = calloc(n + 32, sizeof(*t->mechs));
     if (t->mechs == NULL)
         return CKR_HOST_MEMORY;
@@ -175,7 +176,7 @@ CK_RV token_setup(struct token *t, const struct config_token *ct)
     rv = certs_setup(t, ct);
     if (rv != CKR_OK)
         return rv;
-    rv = t->ops->open(ct, &t->ptok, &t->pflags, err, sizeof(err));
+    rv = provider_open(t, ct, err, sizeof(err));
     if (rv == CKR_DEVICE_ERROR) {
         /* The back end, not the file, is at fault: like p11-kit with a
          * module that fails, keep the other tokens and show this slot
@@ -199,18 +200,16 @@ CK_RV token_setup(struct token *t, const struct config_token *ct)
         rv = CKR_GENERAL_ERROR;
     }
     if (rv != CKR_OK) {
-        t->ops->close(t->ptok, false);
-        t->ptok = NULL;
+        provider_close(t, false);
         return CKR_GENERAL_ERROR;
     }
-    t->ops->token_info(t->ptok, &t->info);
+    provider_token_info(t);
     return build_mechanisms(t);
 }
 
 void token_teardown(struct token *t, bool in_child)
 {
-    if (t->ptok != NULL)
-        t->ops->close(t->ptok, in_child);
+    provider_close(t, in_child);
     certs_teardown(t);
     hmap_free(t->by_uid);
     free(t->mechs);
@@ -222,11 +221,9 @@ void token_teardown(struct token *t, bool in_child)
 CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList,
                     CK_ULONG_PTR pulCount)
 {
-    CK_RV rv = module_enter();
     CK_ULONG i, n = 0;
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetSlotList);
     /* With tokenPresent, slots whose back end did not start are left out. */
     for (i = 0; i < g.n_tokens; i++)
         if (!tokenPresent || !g.tokens[i].absent)
@@ -245,18 +242,15 @@ CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList,
                 pSlotList[n++] = g.tokens[i].slot_id;
         *pulCount = n;
     }
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
 {
     struct token *t;
     char desc[128];
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetSlotInfo);
     if (pInfo == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -273,18 +267,14 @@ CK_RV C_GetSlotInfo(CK_SLOT_ID slotID, CK_SLOT_INFO_PTR pInfo)
     pInfo->hardwareVersion.major = CMK_VERSION_MAJOR;
     pInfo->hardwareVersion.minor = CMK_VERSION_MINOR;
     pInfo->firmwareVersion = pInfo->hardwareVersion;
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
 {
     struct token *t;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetTokenInfo);
     if (pInfo == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -316,9 +306,7 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
     pInfo->hardwareVersion.minor = CMK_VERSION_MINOR;
     pInfo->firmwareVersion = pInfo->hardwareVersion;
     memset(pInfo->utcTime, ' ', sizeof(pInfo->utcTime));
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList,
@@ -326,10 +314,8 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList,
 {
     struct token *t;
     CK_ULONG i;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetMechanismList);
     if (pulCount == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -347,9 +333,7 @@ CK_RV C_GetMechanismList(CK_SLOT_ID slotID, CK_MECHANISM_TYPE_PTR pList,
             pList[i] = t->mechs[i].type;
         *pulCount = t->n_mechs;
     }
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type,
@@ -357,10 +341,8 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type,
 {
     const struct pmech *m;
     struct token *t;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(GetMechanismInfo);
     if (pInfo == NULL) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -373,19 +355,15 @@ CK_RV C_GetMechanismInfo(CK_SLOT_ID slotID, CK_MECHANISM_TYPE type,
         rv = CKR_MECHANISM_INVALID;
     else
         *pInfo = m->info;
-out:
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
                   CK_UTF8CHAR_PTR pLabel)
 {
     struct token *t;
-    CK_RV rv = module_enter();
 
-    if (rv != CKR_OK)
-        return rv;
+    BEGIN_CALL(InitToken);
     if (pLabel == NULL)
         rv = CKR_ARGUMENTS_BAD;
     else
@@ -393,17 +371,13 @@ CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
     /* Tokens are defined by the configuration and the back end. */
     if (rv == CKR_OK)
         rv = CKR_FUNCTION_NOT_SUPPORTED;
-    module_leave();
-    return rv;
+    END_CALL;
 }
 
 CK_RV C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR pSlot,
                          CK_VOID_PTR pReserved)
 {
-    CK_RV rv = module_enter();
-
-    if (rv != CKR_OK)
-        return rv;
-    module_leave();
-    return CKR_FUNCTION_NOT_SUPPORTED;
+    BEGIN_CALL(WaitForSlotEvent);
+    rv = CKR_FUNCTION_NOT_SUPPORTED;
+    END_CALL;
 }
