@@ -12,18 +12,11 @@
  */
 #include "config.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
-#include <limits.h>
 #include <malloc.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -31,361 +24,9 @@
 
 #include "keys.h"
 #include "out.h"
-#include "seal.h"
+#include "seal-int.h"
 #include "secure.h"
 #include "tool.h"
-
-#define ERRLEN  768
-#define SEG_CT  (SEAL_SEGMENT + SEAL_TAG_LEN)
-#define TMP_TAG ".cmkp11-tmp-"
-
-/* ---- errors ---------------------------------------------------------------
- */
-
-static void efmt(char *err, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void efmt(char *err, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err, ERRLEN, fmt, ap);
-    va_end(ap);
-}
-
-/* ---- temporary files ------------------------------------------------------
- * A temporary file beside its target, ".NAME.cmkp11-tmp-XXXXXX", mode 0600.
- * A signal that ends the tool removes it; SIGKILL leaves it, and rewrap
- * removes such leftovers (those nobody holds locked) in the directories it
- * walks.
- */
-
-static char tmp_path[PATH_MAX];
-static volatile sig_atomic_t tmp_active;
-
-static void on_signal(int sig)
-{
-    if (tmp_active)
-        unlink(tmp_path);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static void signals_install(void)
-{
-    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGPIPE};
-    struct sigaction sa;
-    size_t i;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    for (i = 0; i < CMK_ARRAY_SIZE(sigs); i++)
-        sigaction(sigs[i], &sa, NULL);
-}
-
-static bool is_tmp_name(const char *name)
-{
-    const char *p = strstr(name, TMP_TAG);
-
-    return name[0] == '.' && p != NULL && strlen(p) == strlen(TMP_TAG) + 6;
-}
-
-/* Opens a new temporary file beside target. Returns the stream, or NULL
- * with err set. */
-static FILE *tmp_open(const char *target, char *err)
-{
-    char *dcopy = strdup(target), *bcopy = strdup(target);
-    const char *dir, *base;
-    sigset_t all, old;
-    FILE *f = NULL;
-    int fd;
-
-    if (dcopy == NULL || bcopy == NULL) {
-        efmt(err, "out of memory");
-        goto out;
-    }
-    dir = dirname(dcopy);
-    base = basename(bcopy);
-    sigfillset(&all);
-    sigprocmask(SIG_BLOCK, &all, &old);
-    if (snprintf(tmp_path, sizeof(tmp_path), "%s/.%.180s" TMP_TAG "XXXXXX", dir,
-                 base) >= (int)sizeof(tmp_path)) {
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        efmt(err, "%s: the path is too long", target);
-        goto out;
-    }
-    fd = mkstemp(tmp_path);
-    if (fd >= 0) {
-        tmp_active = 1;
-        /* Held while the file is written: rewrap's clean-up leaves locked
-         * files alone. */
-        flock(fd, LOCK_EX);
-    }
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    if (fd < 0) {
-        efmt(err, "cannot create a temporary file in %s: %s", dir,
-             strerror(errno));
-        goto out;
-    }
-    f = fdopen(fd, "wb");
-    if (f == NULL) {
-        efmt(err, "%s: %s", tmp_path, strerror(errno));
-        close(fd);
-        unlink(tmp_path);
-        tmp_active = 0;
-    }
-out:
-    free(dcopy);
-    free(bcopy);
-    return f;
-}
-
-/* Removes the temporary file (after a failure). */
-static void tmp_discard(FILE *f)
-{
-    if (f != NULL)
-        fclose(f);
-    if (tmp_active)
-        unlink(tmp_path);
-    tmp_active = 0;
-}
-
-static int sync_dir_of(const char *path)
-{
-    char *copy = strdup(path);
-    int fd, r = -1;
-
-    if (copy == NULL)
-        return -1;
-    fd = open(dirname(copy), O_RDONLY | O_DIRECTORY);
-    if (fd >= 0) {
-        r = fsync(fd);
-        /* Some file systems cannot sync a directory: not a failure. */
-        if (r < 0 && (errno == EINVAL || errno == EROFS))
-            r = 0;
-        close(fd);
-    }
-    free(copy);
-    return r;
-}
-
-/* Flushes, syncs and closes the temporary file, sets its mode and renames
- * it to target, then syncs the directory. On failure the temporary file is
- * removed. */
-static int tmp_commit(FILE *f, const char *target, mode_t mode, char *err)
-{
-    int fd = fileno(f);
-
-    if (fflush(f) != 0 || fchmod(fd, mode) < 0 || fsync(fd) < 0) {
-        efmt(err, "writing %s: %s", tmp_path, strerror(errno));
-        tmp_discard(f);
-        return -1;
-    }
-    if (fclose(f) != 0) {
-        efmt(err, "writing %s: %s", tmp_path, strerror(errno));
-        tmp_discard(NULL);
-        return -1;
-    }
-    if (rename(tmp_path, target) < 0) {
-        efmt(err, "cannot rename %s to %s: %s", tmp_path, target,
-             strerror(errno));
-        tmp_discard(NULL);
-        return -1;
-    }
-    tmp_active = 0;
-    if (sync_dir_of(target) < 0) {
-        efmt(err, "syncing the directory of %s: %s", target, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-/* Removes a leftover temporary file if no process holds it. */
-static void tmp_clean_stale(const char *path)
-{
-    struct stat a, b;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-
-    if (fd < 0)
-        return;
-    if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, &a) == 0 &&
-        lstat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
-        unlink(path);
-    close(fd);
-}
-
-/* ---- -o output --------------------------------------------------------------
- * What -o FILE does, as cp, gpg -o and openssl enc -out do:
- * - a regular file (or a symbolic link to one) is replaced atomically: a
- *   temporary file beside the link's target, synced and renamed over it;
- *   the link stays;
- * - anything else (a device such as /dev/null, a FIFO, a socket) and every
- *   path under /dev or /proc (/dev/stdout, /dev/fd/N: what the shell opened)
- *   is written through: opened and written, never replaced;
- * - a directory is refused;
- * - plaintext never gets a wider mode than 0600: a new file is 0600, an
- *   existing one keeps its mode with the group and other bits removed
- *   (0644 becomes 0600, 0400 stays 0400). Sealed data keeps the existing
- *   file's mode, or gets 0666 less the umask.
- */
-
-struct outfile {
-    FILE *f;
-    bool through; /* written through, not replaced */
-    char *target; /* the regular file replaced */
-    mode_t mode;  /* its mode after the rename */
-    bool existed; /* keep the owner of the file replaced */
-    uid_t uid;
-    gid_t gid;
-};
-
-static mode_t file_mode(void)
-{
-    mode_t um = umask(077);
-
-    umask(um);
-    return 0666 & ~um;
-}
-
-/* "-", or a path to what standard output already is (/dev/stdout,
- * /dev/fd/1): no summary may be printed there. */
-static bool is_stdout(const char *path)
-{
-    struct stat a, b;
-
-    if (path == NULL || strcmp(path, "-") == 0)
-        return true;
-    return (strncmp(path, "/dev/", 5) == 0 ||
-            strncmp(path, "/proc/", 6) == 0) &&
-           stat(path, &a) == 0 && fstat(STDOUT_FILENO, &b) == 0 &&
-           a.st_dev == b.st_dev && a.st_ino == b.st_ino;
-}
-
-static bool is_through_path(const char *path)
-{
-    return strncmp(path, "/dev/", 5) == 0 || strncmp(path, "/proc/", 6) == 0;
-}
-
-/* Opens -o path for plaintext (unseal) or sealed data (seal). */
-static int out_open(struct outfile *o, const char *path, bool plaintext,
-                    char *err)
-{
-    struct stat st, lst;
-    int fd;
-
-    memset(o, 0, sizeof(*o));
-    if (stat(path, &st) < 0) {
-        if (errno != ENOENT) {
-            efmt(err, "%s: %s", path, strerror(errno));
-            return -1;
-        }
-        if (lstat(path, &lst) == 0) {
-            efmt(err,
-                 "%s: a symbolic link to a file that does not exist; "
-                 "refusing to write through it",
-                 path);
-            return -1;
-        }
-        o->target = strdup(path);
-        o->mode = plaintext ? 0600 : file_mode();
-    } else if (S_ISDIR(st.st_mode)) {
-        efmt(err, "%s: is a directory; give a file name", path);
-        return -1;
-    } else if (!S_ISREG(st.st_mode) || is_through_path(path)) {
-        /* O_TRUNC only matters when /dev/stdout is a regular file. */
-        fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC |
-                            (S_ISREG(st.st_mode) ? O_TRUNC : 0));
-        if (fd < 0 || (o->f = fdopen(fd, "wb")) == NULL) {
-            efmt(err, "%s: %s", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return -1;
-        }
-        o->through = true;
-        return 0;
-    } else {
-        if (access(path, W_OK) < 0) {
-            efmt(err, "%s: %s", path, strerror(errno));
-            return -1;
-        }
-        /* A symbolic link: its target is replaced, the link stays. */
-        o->target = realpath(path, NULL);
-        o->mode = plaintext ? (st.st_mode & 0600) : (st.st_mode & 07777);
-        o->existed = true;
-        o->uid = st.st_uid;
-        o->gid = st.st_gid;
-    }
-    if (o->target == NULL) {
-        efmt(err, "%s: %s", path, strerror(errno));
-        return -1;
-    }
-    o->f = tmp_open(o->target, err);
-    if (o->f == NULL) {
-        free(o->target);
-        o->target = NULL;
-        return -1;
-    }
-    return 0;
-}
-
-static void out_discard(struct outfile *o)
-{
-    if (o->through)
-        fclose(o->f);
-    else
-        tmp_discard(o->f);
-    free(o->target);
-    memset(o, 0, sizeof(*o));
-}
-
-static int out_commit(struct outfile *o, const char *path, char *err)
-{
-    int r = 0;
-
-    if (o->through) {
-        if (fflush(o->f) != 0 || ferror(o->f)) {
-            efmt(err, "writing %s: %s", path, strerror(errno));
-            r = -1;
-        }
-        if (fclose(o->f) != 0 && r == 0) {
-            efmt(err, "writing %s: %s", path, strerror(errno));
-            r = -1;
-        }
-    } else {
-        if (o->existed && fchown(fileno(o->f), o->uid, o->gid) < 0) {
-            /* Not the owner: the file becomes ours, as any rewrite would. */
-        }
-        r = tmp_commit(o->f, o->target, o->mode, err);
-    }
-    free(o->target);
-    memset(o, 0, sizeof(*o));
-    return r;
-}
-
-/* ---- I/O ------------------------------------------------------------------
- */
-
-/* Reads up to n bytes (fewer only at the end). Returns the count, or -1. */
-static ssize_t read_full(FILE *f, unsigned char *buf, size_t n)
-{
-    size_t got = fread(buf, 1, n, f);
-
-    if (got < n && ferror(f))
-        return -1;
-    return (ssize_t)got;
-}
-
-static const char *in_name(const char *path)
-{
-    return path == NULL || strcmp(path, "-") == 0 ? "standard input" : path;
-}
-
-static bool is_stdio(const char *path)
-{
-    return path == NULL || strcmp(path, "-") == 0;
-}
 
 /* ---- tokens and keys ------------------------------------------------------
  */
@@ -1015,14 +656,14 @@ static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
     }
     if (fwrite(hdr, 1, hlen, out) != hlen)
         goto write_error;
-    cur_len = read_full(in, cur, SEAL_SEGMENT);
+    cur_len = fread_full(in, cur, SEAL_SEGMENT);
     for (;;) {
         if (cur_len < 0)
             goto read_error;
         last = (size_t)cur_len < SEAL_SEGMENT;
         if (!last) {
             /* One segment ahead: the last flag needs to know. */
-            next_len = read_full(in, next, SEAL_SEGMENT);
+            next_len = fread_full(in, next, SEAL_SEGMENT);
             if (next_len < 0)
                 goto read_error;
             last = next_len == 0;
@@ -1126,18 +767,18 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 
     steady_heap();
     memset(&c, 0, sizeof(c));
-    if (o->json && is_stdout(outpath)) {
+    if (o->json && path_is_stdout(outpath)) {
         tool_error("seal --json prints a summary on standard output: give "
                    "-o FILE for the sealed data");
         return TOOL_USAGE;
     }
-    if (is_stdout(outpath) && isatty(STDOUT_FILENO)) {
+    if (path_is_stdout(outpath) && isatty(STDOUT_FILENO)) {
         tool_error("the sealed data is binary: give -o FILE, or redirect "
                    "standard output");
         return TOOL_USAGE;
     }
-    signals_install();
-    if (is_stdio(inpath)) {
+    tmp_signals_install();
+    if (path_is_stdio(inpath)) {
         in = stdin;
     } else if ((in = fopen(inpath, "rb")) == NULL) {
         tool_error("%s: %s", inpath, strerror(errno));
@@ -1146,9 +787,9 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     if (ctx_init(&c, m, o, err) < 0 ||
         target_resolve(&c, o->key, o->token, "--key", &tg, err) < 0)
         goto fail;
-    if (is_stdio(outpath)) {
+    if (path_is_stdio(outpath)) {
         out = stdout;
-    } else if (out_open(&of, outpath, false, err) < 0) {
+    } else if (outfile_open(&of, outpath, false, err) < 0) {
         goto fail;
     } else {
         out = of.f;
@@ -1159,15 +800,15 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     progress_clear(&res.pg);
     if (r < 0) {
         if (out != stdout)
-            out_discard(&of);
+            outfile_discard(&of);
         goto fail;
     }
-    if (out != stdout && out_commit(&of, outpath, err) < 0)
+    if (out != stdout && outfile_commit(&of, outpath, err) < 0)
         goto fail;
     if (o->json) {
         jw_init(&w, stdout);
         jw_begin_object(&w);
-        jw_kv_string(&w, "input", is_stdio(inpath) ? "-" : inpath);
+        jw_kv_string(&w, "input", path_is_stdio(inpath) ? "-" : inpath);
         jw_kv_string(&w, "output", outpath);
         json_key_fields(&w, tg.ts->t->label, tg.key->name, tg.v->version,
                         tg.v->id, tg.v->id_len);
@@ -1175,11 +816,11 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         jw_kv_int(&w, "segments", (long long)res.segments);
         jw_end_object(&w);
         jw_finish(&w);
-    } else if (!is_stdout(outpath)) {
+    } else if (!path_is_stdout(outpath)) {
         printf("sealed %llu bytes from %s into %s under key %s version %s%s "
                "on token %s\n",
-               res.bytes, in_name(inpath), outpath, tg.key->name, tg.v->version,
-               tg.v->current ? "" : " (not the current version)",
+               res.bytes, path_in_name(inpath), outpath, tg.key->name,
+               tg.v->version, tg.v->current ? "" : " (not the current version)",
                tg.ts->t->label);
     }
     status = TOOL_OK;
@@ -1226,13 +867,13 @@ static int unseal_segments(struct sctx *c, struct tstate *s,
         efmt(err, "out of memory");
         goto out;
     }
-    cur_len = read_full(in, cur, SEG_CT);
+    cur_len = fread_full(in, cur, SEG_CT);
     for (;;) {
         if (cur_len < 0)
             goto read_error;
         last = (size_t)cur_len < SEG_CT;
         if (!last) {
-            next_len = read_full(in, next, SEG_CT);
+            next_len = fread_full(in, next, SEG_CT);
             if (next_len < 0)
                 goto read_error;
             last = next_len == 0;
@@ -1299,21 +940,6 @@ out:
 }
 
 /* Reads the header of in; a message in err on failure. */
-static int header_read(FILE *in, struct seal_header *h, char *err)
-{
-    char why[256];
-    enum seal_err e = seal_header_read(in, h, why, sizeof(why));
-
-    if (e == SEAL_OK)
-        return 0;
-    if (e == SEAL_IO)
-        efmt(err, "%s", strerror(errno));
-    else if (e == SEAL_NOMEM)
-        efmt(err, "out of memory");
-    else
-        efmt(err, "%s", why);
-    return -1;
-}
 
 int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
@@ -1334,13 +960,13 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     memset(&c, 0, sizeof(c));
     memset(&h, 0, sizeof(h));
     memset(&res, 0, sizeof(res));
-    if (o->json && is_stdout(outpath)) {
+    if (o->json && path_is_stdout(outpath)) {
         tool_error("unseal --json prints a summary on standard output: give "
                    "-o FILE for the data");
         return TOOL_USAGE;
     }
-    signals_install();
-    if (is_stdio(inpath)) {
+    tmp_signals_install();
+    if (path_is_stdio(inpath)) {
         in = stdin;
     } else if ((in = fopen(inpath, "rb")) == NULL) {
         tool_error("%s: %s", inpath, strerror(errno));
@@ -1362,9 +988,9 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                    h.key, h.version, s->t->label);
     if (dek_unwrap(&c, s, priv, &h, DEK_SEALED, &dek, err) < 0)
         goto fail;
-    if (is_stdio(outpath))
+    if (path_is_stdio(outpath))
         out = stdout;
-    else if (out_open(&of, outpath, true, err) < 0)
+    else if (outfile_open(&of, outpath, true, err) < 0)
         goto fail;
     else
         out = of.f;
@@ -1375,15 +1001,15 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     progress_clear(&res.pg);
     if (r < 0) {
         if (out != stdout)
-            out_discard(&of);
+            outfile_discard(&of);
         goto fail;
     }
-    if (out != stdout && out_commit(&of, outpath, err) < 0)
+    if (out != stdout && outfile_commit(&of, outpath, err) < 0)
         goto fail;
     if (o->json) {
         jw_init(&w, stdout);
         jw_begin_object(&w);
-        jw_kv_string(&w, "input", is_stdio(inpath) ? "-" : inpath);
+        jw_kv_string(&w, "input", path_is_stdio(inpath) ? "-" : inpath);
         jw_kv_string(&w, "output", outpath);
         json_key_fields(&w, s->t->label, h.key, h.version, h.key_id,
                         h.key_id_len);
@@ -1392,16 +1018,16 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         jw_kv_int(&w, "segments", (long long)res.segments);
         jw_end_object(&w);
         jw_finish(&w);
-    } else if (!is_stdout(outpath)) {
+    } else if (!path_is_stdout(outpath)) {
         printf("unsealed %llu bytes from %s into %s (key %s version %s on "
                "token %s)\n",
-               res.bytes, in_name(inpath), outpath, h.key, h.version,
+               res.bytes, path_in_name(inpath), outpath, h.key, h.version,
                s->t->label);
     }
     status = TOOL_OK;
     goto out;
 fail:
-    tool_error("unseal: %s: %s", in_name(inpath), err);
+    tool_error("unseal: %s: %s", path_in_name(inpath), err);
 out:
     if (dek != 0)
         m->f->C_DestroyObject(s->t->sess, dek);
@@ -1414,123 +1040,6 @@ out:
 
 /* ---- rewrap ---------------------------------------------------------------
  */
-
-struct item {
-    char *path;
-    off_t size;
-    bool named; /* given on the command line (else found in a directory) */
-};
-
-struct items {
-    struct item *v;
-    size_t n, cap;
-    unsigned long long total;
-};
-
-static int items_add(struct items *l, const char *path, off_t size, bool named)
-{
-    struct item *nv;
-
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 64;
-        nv = realloc(l->v, l->cap * sizeof(*nv));
-        if (nv == NULL)
-            return -1;
-        l->v = nv;
-    }
-    l->v[l->n].path = strdup(path);
-    if (l->v[l->n].path == NULL)
-        return -1;
-    l->v[l->n].size = size;
-    l->v[l->n].named = named;
-    l->total += (unsigned long long)size;
-    l->n++;
-    return 0;
-}
-
-static void items_free(struct items *l)
-{
-    size_t i;
-
-    for (i = 0; i < l->n; i++)
-        free(l->v[i].path);
-    free(l->v);
-    memset(l, 0, sizeof(*l));
-}
-
-static bool starts_with_magic(const char *path)
-{
-    unsigned char buf[SEAL_MAGIC_LEN];
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    ssize_t n;
-
-    if (fd < 0)
-        return false;
-    n = read(fd, buf, sizeof(buf));
-    close(fd);
-    return n == (ssize_t)sizeof(buf) && seal_has_magic(buf, sizeof(buf));
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Adds the sealed regular files under dir, in name order; removes stale
- * temporary files. Returns the number of directories that could not be
- * read. */
-static int walk(struct items *l, const char *dir, int depth)
-{
-    DIR *d;
-    struct dirent *e;
-    char **names = NULL, **nn, path[PATH_MAX];
-    size_t n = 0, cap = 0, i;
-    struct stat st;
-    int bad = 0;
-
-    if (depth > 64)
-        return 0;
-    d = opendir(dir);
-    if (d == NULL) {
-        tool_error("rewrap: %s: %s", dir, strerror(errno));
-        return 1;
-    }
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 64;
-            nn = realloc(names, cap * sizeof(*nn));
-            if (nn == NULL)
-                break;
-            names = nn;
-        }
-        if ((names[n] = strdup(e->d_name)) != NULL)
-            n++;
-    }
-    closedir(d);
-    if (n > 0)
-        qsort(names, n, sizeof(*names), cmp_str);
-    for (i = 0; i < n; i++) {
-        if (snprintf(path, sizeof(path), "%s/%s", dir, names[i]) >=
-                (int)sizeof(path) ||
-            lstat(path, &st) < 0)
-            continue;
-        if (S_ISDIR(st.st_mode)) {
-            bad += walk(l, path, depth + 1);
-        } else if (S_ISREG(st.st_mode)) {
-            if (is_tmp_name(names[i]))
-                tmp_clean_stale(path);
-            else if (starts_with_magic(path) &&
-                     items_add(l, path, st.st_size, false) < 0)
-                bad++;
-        }
-    }
-    for (i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
-    return bad;
-}
 
 enum outcome { RW_DONE, RW_SKIPPED, RW_FAILED };
 
@@ -1610,7 +1119,7 @@ static int rewrap_dek(struct sctx *c, struct tstate *src,
         efmt(err, "out of memory");
         goto out;
     }
-    got = read_full(f, seg, SEG_CT);
+    got = fread_full(f, seg, SEG_CT);
     if (got < 0) {
         efmt(err, "reading the file: %s", strerror(errno));
         goto out;
@@ -1659,7 +1168,7 @@ out:
 }
 
 static int rewrap_one(struct sctx *c, const struct target *to,
-                      const struct item *it, struct progress *pg,
+                      const struct sealed_file *it, struct progress *pg,
                       struct rewrap_file *rf, char *err)
 {
     struct seal_header h, nh;
@@ -1745,7 +1254,7 @@ static int rewrap_one(struct sctx *c, const struct target *to,
     if (fwrite(hdr, 1, hlen, out) != hlen)
         goto write_error;
     for (;;) {
-        got = read_full(f, buf, SEG_CT);
+        got = fread_full(f, buf, SEG_CT);
         if (got < 0) {
             efmt(err, "reading: %s", strerror(errno));
             tmp_discard(out);
@@ -1778,7 +1287,7 @@ static int rewrap_one(struct sctx *c, const struct target *to,
     r = 0;
     goto out;
 write_error:
-    efmt(err, "writing %s: %s", tmp_path, strerror(errno));
+    efmt(err, "writing %s: %s", tmp_path_now(), strerror(errno));
     tmp_discard(out);
 out:
     if (f != NULL)
@@ -1795,45 +1304,28 @@ static const char *const outcome_names[] = {"rewrapped", "skipped", "failed"};
 
 int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
-    struct items l;
+    struct sealed_files l;
     struct target to;
     struct progress pg;
     struct rewrap_file rf;
     struct sctx c;
-    struct stat st;
-    char err[ERRLEN], *real;
+    char err[ERRLEN];
     unsigned long counts[3] = {0, 0, 0};
     char under[600] = "";
     bool mixed = false;
     struct jw w;
     size_t i;
-    int a;
 
     memset(&l, 0, sizeof(l));
     memset(&c, 0, sizeof(c));
     memset(&pg, 0, sizeof(pg));
-    signals_install();
-    for (a = 1; a < argc; a++) {
-        if (stat(argv[a], &st) < 0) {
-            tool_error("rewrap: %s: %s", argv[a], strerror(errno));
-            counts[RW_FAILED]++;
-        } else if (S_ISDIR(st.st_mode)) {
-            counts[RW_FAILED] += (unsigned long)walk(&l, argv[a], 0);
-        } else if ((real = realpath(argv[a], NULL)) != NULL) {
-            /* A symbolic link: the file it names is rewritten. */
-            if (items_add(&l, real, st.st_size, true) < 0)
-                counts[RW_FAILED]++;
-            free(real);
-        } else {
-            tool_error("rewrap: %s: %s", argv[a], strerror(errno));
-            counts[RW_FAILED]++;
-        }
-    }
+    tmp_signals_install();
+    counts[RW_FAILED] = sealed_files_collect(&l, argc - 1, argv + 1, "rewrap");
     if (ctx_init(&c, m, o, err) < 0 ||
         (o->to != NULL &&
          target_resolve(&c, o->to, o->token, "--to", &to, err) < 0)) {
         tool_error("rewrap: %s", err);
-        items_free(&l);
+        sealed_files_free(&l);
         ctx_free(&c);
         return TOOL_FAILED;
     }
@@ -1851,7 +1343,7 @@ int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         memset(&rf, 0, sizeof(rf));
         err[0] = '\0';
         progress_draw(&pg, true);
-        if (!l.v[i].named && !starts_with_magic(l.v[i].path)) {
+        if (!l.v[i].named && !file_is_sealed(l.v[i].path)) {
             pg.done = before + (unsigned long long)l.v[i].size;
             pg.files++;
             continue; /* changed since the walk */
@@ -1919,7 +1411,7 @@ int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                                          : under,
                counts[RW_FAILED]);
     }
-    items_free(&l);
+    sealed_files_free(&l);
     ctx_free(&c);
     return counts[RW_FAILED] > 0 ? TOOL_FAILED : TOOL_OK;
 }
