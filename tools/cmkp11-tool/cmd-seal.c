@@ -28,374 +28,6 @@
 #include "secure.h"
 #include "tool.h"
 
-/* ---- tokens and keys ------------------------------------------------------
- */
-
-struct tstate {
-    struct ttoken *t;
-    bool loaded;
-    CK_RV rv; /* of opening, logging in and listing */
-    struct tkeys keys;
-};
-
-struct sctx {
-    struct tmod *m;
-    const struct tool_opts *o;
-    struct ttoken *toks;
-    size_t ntok;
-    struct tstate *st;
-};
-
-static int ctx_init(struct sctx *c, struct tmod *m, const struct tool_opts *o,
-                    char *err)
-{
-    struct tsel all;
-    size_t i;
-
-    memset(c, 0, sizeof(*c));
-    c->m = m;
-    c->o = o;
-    memset(&all, 0, sizeof(all));
-    if (ttokens_find(m, &all, &c->toks, &c->ntok) < 0) {
-        efmt(err, "cannot list the tokens");
-        return -1;
-    }
-    c->st = calloc(c->ntok + 1, sizeof(*c->st));
-    if (c->st == NULL) {
-        efmt(err, "out of memory");
-        return -1;
-    }
-    for (i = 0; i < c->ntok; i++)
-        c->st[i].t = &c->toks[i];
-    return 0;
-}
-
-static void ctx_free(struct sctx *c)
-{
-    size_t i;
-
-    for (i = 0; c->st != NULL && i < c->ntok; i++)
-        tkeys_free(&c->st[i].keys);
-    free(c->st);
-    ttokens_free(c->m, c->toks, c->ntok);
-    memset(c, 0, sizeof(*c));
-}
-
-/* Opens the token, logs in and lists its keys, once. */
-static CK_RV ts_load(struct sctx *c, struct tstate *s)
-{
-    if (s->loaded)
-        return s->rv;
-    s->loaded = true;
-    s->rv = ttoken_open(c->m, s->t, &c->o->pin);
-    if (s->rv == CKR_OK && s->t->login_rv != CKR_OK)
-        s->rv = s->t->login_rv;
-    if (s->rv == CKR_OK)
-        s->rv = tkeys_load(c->m, s->t, &s->keys);
-    return s->rv;
-}
-
-static void ts_error(struct sctx *c, struct tstate *s, CK_RV rv,
-                     const char *what, char *err)
-{
-    char text[128];
-
-    efmt(err, "%s%stoken %s: %s%s", what ? what : "", what ? " on " : "",
-         s->t->label,
-         tool_rv_text(s->t, rv,
-                      s->t->open ? tmod_device_error(c->m, s->t->sess) : 0,
-                      text, sizeof(text)),
-         s->t->pin_missing ? ": give --pin or --pin-file" : "");
-}
-
-static struct tstate *ts_by_label(struct sctx *c, const char *label)
-{
-    size_t i;
-
-    for (i = 0; i < c->ntok; i++)
-        if (strcmp(c->toks[i].label, label) == 0)
-            return &c->st[i];
-    return NULL;
-}
-
-static struct tkey *key_by_name(struct tkeys *k, const char *name)
-{
-    size_t i;
-
-    for (i = 0; i < k->n; i++)
-        if (strcmp(k->k[i].name, name) == 0)
-            return &k->k[i];
-    return NULL;
-}
-
-/* A key to wrap with: its token and current version. */
-struct target {
-    struct tstate *ts;
-    struct tkey *key;
-    struct tversion *v;
-};
-
-/* The token a --token argument (name or URI) selects; exactly one. */
-static struct tstate *token_select(struct sctx *c, const char *arg, char *err)
-{
-    struct tstate *found = NULL;
-    struct tsel sel;
-    size_t i;
-
-    if (tsel_parse(&sel, arg) < 0) {
-        efmt(err, "--token: not a token name or pkcs11: URI");
-        return NULL;
-    }
-    for (i = 0; i < c->ntok; i++) {
-        if (!tsel_match_token(&sel, &c->toks[i].info, c->toks[i].label))
-            continue;
-        if (found != NULL) {
-            efmt(err, "'%s' matches more than one token: name one", arg);
-            tsel_clear(&sel);
-            return NULL;
-        }
-        found = &c->st[i];
-    }
-    tsel_clear(&sel);
-    if (found == NULL)
-        efmt(err, "no token matches '%s'", arg);
-    return found;
-}
-
-/* Finds the key that key_arg (a name or a pkcs11: URI; NULL = the only key)
- * names, on the token token_arg names (NULL = any token), and its current
- * version. */
-static int target_resolve(struct sctx *c, const char *key_arg,
-                          const char *token_arg, const char *opt,
-                          struct target *out, char *err)
-{
-    struct tsel ksel, tsel;
-    struct tstate *fail = NULL;
-    CK_RV fail_rv = CKR_OK;
-    size_t i, j, cand = 0, nmatch = 0;
-    char names[256] = "";
-    int r = -1;
-
-    memset(out, 0, sizeof(*out));
-    memset(&tsel, 0, sizeof(tsel));
-    if (tsel_parse(&ksel, key_arg) < 0) {
-        efmt(err, "%s: not a key name or pkcs11: URI", opt);
-        return -1;
-    }
-    if (token_arg != NULL && tsel_parse(&tsel, token_arg) < 0) {
-        efmt(err, "--token: not a token name or pkcs11: URI");
-        goto out;
-    }
-    for (i = 0; i < c->ntok; i++) {
-        struct tstate *s = &c->st[i];
-        CK_RV rv;
-        if (!tsel_match_token(&tsel, &s->t->info, s->t->label) ||
-            (ksel.uri != NULL &&
-             !tsel_match_token(&ksel, &s->t->info, s->t->label)))
-            continue;
-        cand++;
-        rv = ts_load(c, s);
-        if (rv != CKR_OK) {
-            fail = s;
-            fail_rv = rv;
-            continue;
-        }
-        tkeys_select(&s->keys, &ksel);
-        for (j = 0; j < s->keys.n; j++) {
-            if (tkey_selected(&s->keys.k[j]) == NULL)
-                continue;
-            if (nmatch++ == 0) {
-                out->ts = s;
-                out->key = &s->keys.k[j];
-            }
-            if (strlen(names) < 200)
-                snprintf(names + strlen(names), sizeof(names) - strlen(names),
-                         "%s%s/%s", nmatch > 1 ? ", " : "", s->t->label,
-                         s->keys.k[j].name);
-        }
-    }
-    if (nmatch == 1) {
-        /* A URI may name a version (id=, object=NAME@VERSION): that one,
-         * else the current one. */
-        out->v = tkey_selected(out->key);
-        if (out->v != NULL && !out->v->current &&
-            (out->v->pub == 0 || !out->v->enabled)) {
-            efmt(err,
-                 "'%s' names version %s of key %s on token %s, which %s; "
-                 "name the key alone for its current version",
-                 key_arg, out->v->version ? out->v->version : "?",
-                 out->key->name, out->ts->t->label,
-                 out->v->pub == 0 ? "has no public key object" : "is disabled");
-            goto out;
-        }
-        if (out->v == NULL || out->v->pub == 0 || out->v->version == NULL) {
-            efmt(err, "key %s on token %s has no usable current version",
-                 out->key->name, out->ts->t->label);
-            goto out;
-        }
-        r = 0;
-    } else if (nmatch > 1) {
-        if (key_arg == NULL)
-            efmt(err, "several keys (%s): give %s", names, opt);
-        else
-            efmt(err,
-                 "'%s' matches several keys (%s): give --token or a "
-                 "pkcs11: URI that names one",
-                 key_arg, names);
-    } else if (cand == 0) {
-        efmt(err, "no token matches '%s'", token_arg ? token_arg : "");
-    } else if (fail != NULL && cand == 1) {
-        ts_error(c, fail, fail_rv, NULL, err);
-    } else if (key_arg == NULL) {
-        efmt(err, "no key found: give %s", opt);
-    } else {
-        efmt(err, "no key matches '%s'%s%s", key_arg,
-             fail != NULL ? " (token " : "",
-             fail != NULL ? fail->t->label : "");
-        if (fail != NULL)
-            snprintf(err + strlen(err), ERRLEN - strlen(err),
-                     " could not be read: %s)", trv_name(fail_rv));
-    }
-out:
-    tsel_clear(&ksel);
-    tsel_clear(&tsel);
-    return r;
-}
-
-/* The private-key object that unwraps the header's DEK on token s: the
- * version with the header's key id, else the key's label object (whose
- * unwrap-fallback tries the other versions). */
-static int source_priv(struct sctx *c, struct tstate *s,
-                       const struct seal_header *h, CK_OBJECT_HANDLE *priv,
-                       bool *fallback, char *err)
-{
-    struct tkey *key;
-    struct tversion *v, *cur;
-    CK_RV rv = ts_load(c, s);
-
-    *fallback = false;
-    if (rv != CKR_OK) {
-        ts_error(c, s, rv, NULL, err);
-        return -1;
-    }
-    key = key_by_name(&s->keys, h->key);
-    if (key == NULL) {
-        efmt(err, "token %s has no key %s (the key the file names)",
-             s->t->label, h->key);
-        return -1;
-    }
-    v = tkey_find_id(key, h->key_id, h->key_id_len);
-    if (v == NULL && tkeys_load_version(c->m, s->t, &s->keys, h->key,
-                                        h->version) == CKR_OK) {
-        key = key_by_name(&s->keys, h->key); /* the array may have moved */
-        v = key != NULL ? tkey_find_id(key, h->key_id, h->key_id_len) : NULL;
-    }
-    if (v != NULL) {
-        if (v->version != NULL && strcmp(v->version, h->version) != 0) {
-            efmt(err,
-                 "the header is altered: its key id is version %s of key %s, "
-                 "not version %s",
-                 v->version, key->name, h->version);
-            return -1;
-        }
-        if (v->priv == 0) {
-            efmt(err, "the private half of key %s version %s is not visible%s",
-                 key->name, h->version,
-                 s->t->pin_missing ? ": give --pin or --pin-file" : "");
-            return -1;
-        }
-        *priv = v->priv;
-        return 0;
-    }
-    cur = tkey_current(key);
-    if (cur == NULL || cur->priv == 0) {
-        efmt(err,
-             "token %s has no version %s of key %s, and no label object "
-             "to fall back to",
-             s->t->label, h->version, h->key);
-        return -1;
-    }
-    *fallback = true;
-    *priv = cur->priv;
-    return 0;
-}
-
-/* What an unwrapped DEK may do. */
-enum dek_use {
-    DEK_SEALED,    /* sensitive, not extractable: decrypt only */
-    DEK_WRAPPABLE, /* sensitive, extractable: wrap on the same token */
-    DEK_READABLE,  /* not sensitive: CKA_VALUE is read (another token) */
-};
-
-static const CK_RSA_PKCS_OAEP_PARAMS oaep256 = {CKM_SHA256, CKG_MGF1_SHA256,
-                                                CKZ_DATA_SPECIFIED, NULL, 0};
-
-static int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
-                      const struct seal_header *h, enum dek_use use,
-                      CK_OBJECT_HANDLE *dek, char *err)
-{
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_BBOOL sens = use == DEK_READABLE ? CK_FALSE : CK_TRUE;
-    CK_BBOOL extr = use == DEK_SEALED ? CK_FALSE : CK_TRUE;
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &sk, sizeof(sk)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},
-        {CKA_ENCRYPT, &no, sizeof(no)},
-        {CKA_SENSITIVE, &sens, sizeof(sens)},
-        {CKA_EXTRACTABLE, &extr, sizeof(extr)},
-    };
-    CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
-    char text[128];
-    CK_ULONG vlen;
-    CK_RV rv;
-
-    *dek = 0;
-    rv = c->m->f->C_UnwrapKey(s->t->sess, &mech, priv, h->wrapped,
-                              h->wrapped_len, tmpl, CMK_ARRAY_SIZE(tmpl), dek);
-    if (rv == CKR_OK) {
-        vlen = tattr_ulong(c->m, s->t->sess, *dek, CKA_VALUE_LEN, NULL);
-        if (vlen != SEAL_DEK_LEN) {
-            c->m->f->C_DestroyObject(s->t->sess, *dek);
-            *dek = 0;
-            efmt(err,
-                 "the data key is %lu bytes, not %d: not a file this "
-                 "tool sealed",
-                 vlen, SEAL_DEK_LEN);
-            return -1;
-        }
-        return 0;
-    }
-    tool_rv_text(s->t, rv, tmod_device_error(c->m, s->t->sess), text,
-                 sizeof(text));
-    switch (rv) {
-    case CKR_WRAPPED_KEY_INVALID:
-    case CKR_WRAPPED_KEY_LEN_RANGE:
-    case CKR_ENCRYPTED_DATA_INVALID:
-    case CKR_ENCRYPTED_DATA_LEN_RANGE:
-        efmt(err,
-             "the data key does not unwrap with key %s on token %s (%s): the "
-             "wrapped key is altered, or the file was sealed under another "
-             "key",
-             h->key, s->t->label, text);
-        break;
-    case CKR_KEY_FUNCTION_NOT_PERMITTED:
-        efmt(err,
-             "key %s version %s on token %s may not unwrap (%s): it is "
-             "disabled, outside its dates, or lacks the unwrap permission",
-             h->key, h->version, s->t->label, text);
-        break;
-    default:
-        efmt(err, "C_UnwrapKey with key %s on token %s: %s", h->key,
-             s->t->label, text);
-        break;
-    }
-    return -1;
-}
-
 /* Encrypts or decrypts one segment through the module. */
 static CK_RV seg_crypt(struct sctx *c, CK_SESSION_HANDLE s,
                        CK_OBJECT_HANDLE dek, const struct seal_header *h,
@@ -584,22 +216,7 @@ static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
                        FILE *out, struct seal_result *res, char *err)
 {
     CK_SESSION_HANDLE s = tg->ts->t->sess;
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_ULONG vlen = SEAL_DEK_LEN, wlen = 0, n;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ATTRIBUTE gen[] = {
-        {CKA_CLASS, &sk, sizeof(sk)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
-        {CKA_ENCRYPT, &yes, sizeof(yes)},
-        {CKA_DECRYPT, &no, sizeof(no)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-    };
-    CK_MECHANISM kgen = {CKM_AES_KEY_GEN, NULL, 0};
-    CK_MECHANISM wrap = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
+    CK_ULONG wlen = 0, n;
     unsigned char prefix[SEAL_PREFIX_LEN], *wrapped = NULL, *hdr = NULL;
     unsigned char *cur = NULL, *next = NULL, *ct = NULL, *tmp;
     struct seal_header h;
@@ -615,26 +232,9 @@ static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
     memset(&h, 0, sizeof(h));
     memset(res, 0, sizeof(*res));
     progress_start(&res->pg, in);
-    rv = c->m->f->C_GenerateKey(s, &kgen, gen, CMK_ARRAY_SIZE(gen), &dek);
-    if (rv != CKR_OK) {
-        efmt(err, "C_GenerateKey (the AES-256 data key) on token %s: %s",
-             tg->ts->t->label,
-             tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, s), text,
-                          sizeof(text)));
+    if (dek_generate(c, tg, &dek, err) < 0 ||
+        dek_wrap(c, tg, dek, &wrapped, &wlen, err) < 0)
         goto out;
-    }
-    rv = c->m->f->C_WrapKey(s, &wrap, tg->v->pub, dek, NULL, &wlen);
-    if (rv == CKR_OK && (wrapped = malloc(wlen ? wlen : 1)) == NULL)
-        rv = CKR_HOST_MEMORY;
-    if (rv == CKR_OK)
-        rv = c->m->f->C_WrapKey(s, &wrap, tg->v->pub, dek, wrapped, &wlen);
-    if (rv != CKR_OK) {
-        efmt(err, "C_WrapKey with key %s version %s on token %s: %s",
-             tg->key->name, tg->v->version, tg->ts->t->label,
-             tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, s), text,
-                          sizeof(text)));
-        goto out;
-    }
     if (getrandom(prefix, sizeof(prefix), 0) != (ssize_t)sizeof(prefix)) {
         efmt(err, "getrandom: %s", strerror(errno));
         goto out;
@@ -709,8 +309,7 @@ read_error:
 write_error:
     efmt(err, "writing the sealed data: %s", strerror(errno));
 out:
-    if (dek != 0)
-        c->m->f->C_DestroyObject(s, dek);
+    dek_destroy(c, tg->ts, &dek);
     if (cur != NULL)
         secure_free(cur, SEAL_SEGMENT);
     if (next != NULL)
@@ -784,7 +383,7 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         tool_error("%s: %s", inpath, strerror(errno));
         return TOOL_FAILED;
     }
-    if (ctx_init(&c, m, o, err) < 0 ||
+    if (sctx_init(&c, m, o, err) < 0 ||
         target_resolve(&c, o->key, o->token, "--key", &tg, err) < 0)
         goto fail;
     if (path_is_stdio(outpath)) {
@@ -830,7 +429,7 @@ fail:
 out:
     if (in != NULL && in != stdin)
         fclose(in);
-    ctx_free(&c);
+    sctx_free(&c);
     return status;
 }
 
@@ -972,10 +571,10 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         tool_error("%s: %s", inpath, strerror(errno));
         return TOOL_FAILED;
     }
-    if (header_read(in, &h, err) < 0 || ctx_init(&c, m, o, err) < 0)
+    if (header_read(in, &h, err) < 0 || sctx_init(&c, m, o, err) < 0)
         goto fail;
     if (o->token != NULL) {
-        s = token_select(&c, o->token, err);
+        s = ts_select(&c, o->token, err);
     } else if ((s = ts_by_label(&c, h.token)) == NULL) {
         efmt(err, "no token %s (the token that sealed the file): give --token",
              h.token);
@@ -1034,7 +633,7 @@ out:
     if (in != NULL && in != stdin)
         fclose(in);
     seal_header_clear(&h);
-    ctx_free(&c);
+    sctx_free(&c);
     return status;
 }
 
@@ -1056,16 +655,10 @@ static int rewrap_dek(struct sctx *c, struct tstate *src,
                       CK_ULONG *wlen, char *err)
 {
     CK_SESSION_HANDLE ts = tg->ts->t->sess;
-    CK_MECHANISM wrap = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
     CK_OBJECT_HANDLE priv = 0, dek = 0, tdek = 0;
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    unsigned char *value = NULL, *seg = NULL, *pt = NULL;
-    CK_ATTRIBUTE va = {CKA_VALUE, NULL, SEAL_DEK_LEN};
+    unsigned char *seg = NULL, *pt = NULL;
     bool same = src == tg->ts, fallback;
     ssize_t got;
-    char text[128];
     CK_ULONG n;
     int r = -1;
     CK_RV rv;
@@ -1075,43 +668,10 @@ static int rewrap_dek(struct sctx *c, struct tstate *src,
         dek_unwrap(c, src, priv, h, same ? DEK_WRAPPABLE : DEK_READABLE, &dek,
                    err) < 0)
         goto out;
-    if (same) {
+    if (same)
         tdek = dek;
-    } else {
-        /* Another token: the key's value moves through this process's
-         * memory only, and is wiped. */
-        CK_ATTRIBUTE tmpl[] = {
-            {CKA_CLASS, &sk, sizeof(sk)},
-            {CKA_KEY_TYPE, &aes, sizeof(aes)},
-            {CKA_TOKEN, &no, sizeof(no)},
-            {CKA_VALUE, NULL, SEAL_DEK_LEN},
-            {CKA_DECRYPT, &yes, sizeof(yes)},
-            {CKA_SENSITIVE, &yes, sizeof(yes)},
-            {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-        };
-        value = secure_alloc(SEAL_DEK_LEN);
-        if (value == NULL) {
-            efmt(err, "out of memory");
-            goto out;
-        }
-        va.pValue = value;
-        rv = c->m->f->C_GetAttributeValue(src->t->sess, dek, &va, 1);
-        if (rv != CKR_OK || va.ulValueLen != SEAL_DEK_LEN) {
-            efmt(err, "reading the data key on token %s: %s", src->t->label,
-                 trv_name(rv));
-            goto out;
-        }
-        tmpl[3].pValue = value;
-        rv = c->m->f->C_CreateObject(ts, tmpl, CMK_ARRAY_SIZE(tmpl), &tdek);
-        secure_zero(value, SEAL_DEK_LEN);
-        if (rv != CKR_OK) {
-            efmt(err, "C_CreateObject (the data key) on token %s: %s",
-                 tg->ts->t->label,
-                 tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, ts), text,
-                              sizeof(text)));
-            goto out;
-        }
-    }
+    else if (dek_move(c, src, dek, tg->ts, &tdek, err) < 0)
+        goto out;
     /* The first segment must authenticate before anything is written. */
     seg = malloc(SEG_CT);
     pt = secure_alloc(SEG_CT);
@@ -1139,28 +699,13 @@ static int rewrap_dek(struct sctx *c, struct tstate *src,
                  trv_name(rv));
         goto out;
     }
-    rv = c->m->f->C_WrapKey(ts, &wrap, tg->v->pub, tdek, NULL, wlen);
-    if (rv == CKR_OK && (*wrapped = malloc(*wlen ? *wlen : 1)) == NULL)
-        rv = CKR_HOST_MEMORY;
-    if (rv == CKR_OK)
-        rv = c->m->f->C_WrapKey(ts, &wrap, tg->v->pub, tdek, *wrapped, wlen);
-    if (rv != CKR_OK) {
-        efmt(err, "C_WrapKey with key %s version %s on token %s: %s",
-             tg->key->name, tg->v->version, tg->ts->t->label,
-             tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, ts), text,
-                          sizeof(text)));
-        free(*wrapped);
-        *wrapped = NULL;
+    if (dek_wrap(c, tg, tdek, wrapped, wlen, err) < 0)
         goto out;
-    }
     r = 0;
 out:
-    if (dek != 0)
-        c->m->f->C_DestroyObject(src->t->sess, dek);
-    if (tdek != 0 && tdek != dek)
-        c->m->f->C_DestroyObject(ts, tdek);
-    if (value != NULL)
-        secure_free(value, SEAL_DEK_LEN);
+    if (tdek != dek)
+        dek_destroy(c, tg->ts, &tdek);
+    dek_destroy(c, src, &dek);
     if (pt != NULL)
         secure_free(pt, SEG_CT);
     free(seg);
@@ -1206,21 +751,8 @@ static int rewrap_one(struct sctx *c, const struct target *to,
     }
     if (to != NULL) {
         tg = *to;
-    } else {
-        CK_RV rv = ts_load(c, src);
-        if (rv != CKR_OK) {
-            ts_error(c, src, rv, NULL, err);
-            goto out;
-        }
-        memset(&tg, 0, sizeof(tg));
-        tg.ts = src;
-        tg.key = key_by_name(&src->keys, h.key);
-        tg.v = tg.key ? tkey_current(tg.key) : NULL;
-        if (tg.v == NULL || tg.v->pub == 0 || tg.v->version == NULL) {
-            efmt(err, "token %s has no current version of key %s",
-                 src->t->label, h.key);
-            goto out;
-        }
+    } else if (target_current(c, src, h.key, &tg, err) < 0) {
+        goto out;
     }
     snprintf(rf->to_token, sizeof(rf->to_token), "%s", tg.ts->t->label);
     snprintf(rf->to_key, sizeof(rf->to_key), "%s", tg.key->name);
@@ -1321,12 +853,12 @@ int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     memset(&pg, 0, sizeof(pg));
     tmp_signals_install();
     counts[RW_FAILED] = sealed_files_collect(&l, argc - 1, argv + 1, "rewrap");
-    if (ctx_init(&c, m, o, err) < 0 ||
+    if (sctx_init(&c, m, o, err) < 0 ||
         (o->to != NULL &&
          target_resolve(&c, o->to, o->token, "--to", &to, err) < 0)) {
         tool_error("rewrap: %s", err);
         sealed_files_free(&l);
-        ctx_free(&c);
+        sctx_free(&c);
         return TOOL_FAILED;
     }
     pg.on = isatty(STDERR_FILENO) && l.n > 0;
@@ -1412,6 +944,6 @@ int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                counts[RW_FAILED]);
     }
     sealed_files_free(&l);
-    ctx_free(&c);
+    sctx_free(&c);
     return counts[RW_FAILED] > 0 ? TOOL_FAILED : TOOL_OK;
 }

@@ -3,6 +3,7 @@
  *
  *   seal.c, seal.h  the header's encoding (docs/seal-format.md)
  *   seal-file.c     temporary files, -o output, inputs, finding sealed files
+ *   seal-key.c      tokens, the keys to wrap and unwrap with, the data key
  *   cmd-seal.c      the commands
  */
 #ifndef CMKP11_TOOL_SEAL_INT_H
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "keys.h"
 #include "seal.h"
 
 /* The size of every err buffer below. */
@@ -99,5 +101,94 @@ unsigned long sealed_files_collect(struct sealed_files *l, int argc,
 void sealed_files_free(struct sealed_files *l);
 /* Whether the file at path starts with the magic. */
 bool file_is_sealed(const char *path);
+
+/* ---- tokens (seal-key.c) --------------------------------------------------
+ */
+
+struct tool_opts;
+
+/* A token: opened, logged in and its keys listed once, when first used. */
+struct tstate {
+    struct ttoken *t;
+    bool loaded;
+    CK_RV rv; /* of opening, logging in and listing */
+    struct tkeys keys;
+};
+
+/* Every token of the module. */
+struct sctx {
+    struct tmod *m;
+    const struct tool_opts *o;
+    struct ttoken *toks;
+    size_t ntok;
+    struct tstate *st;
+};
+
+int sctx_init(struct sctx *c, struct tmod *m, const struct tool_opts *o,
+              char *err);
+void sctx_free(struct sctx *c);
+/* Opens the token, logs in and lists its keys, once. */
+CK_RV ts_load(struct sctx *c, struct tstate *s);
+/* "token NAME: CKR_X" for a token that could not be loaded. */
+void ts_error(struct sctx *c, struct tstate *s, CK_RV rv, char *err);
+/* tool_rv_text() for the last call on s's session. */
+const char *ts_rv_text(struct sctx *c, struct tstate *s, CK_RV rv, char *text,
+                       size_t len);
+struct tstate *ts_by_label(struct sctx *c, const char *label);
+/* The token a --token argument (name or URI) selects; exactly one. */
+struct tstate *ts_select(struct sctx *c, const char *arg, char *err);
+
+/* ---- keys (seal-key.c) ----------------------------------------------------
+ */
+
+/* A key to wrap with: its token and version. */
+struct target {
+    struct tstate *ts;
+    struct tkey *key;
+    struct tversion *v;
+};
+
+/* Finds the key that key_arg (a name or a pkcs11: URI; NULL = the only key)
+ * names, on the token token_arg names (NULL = any token), and its current
+ * version (or the version the URI names). opt names the option in
+ * messages. */
+int target_resolve(struct sctx *c, const char *key_arg, const char *token_arg,
+                   const char *opt, struct target *out, char *err);
+/* The current version of key name on token s. */
+int target_current(struct sctx *c, struct tstate *s, const char *name,
+                   struct target *out, char *err);
+/* The private-key object that unwraps the header's DEK on token s: the
+ * version with the header's key id, else the key's label object (whose
+ * unwrap-fallback tries the other versions; *fallback is then set). */
+int source_priv(struct sctx *c, struct tstate *s, const struct seal_header *h,
+                CK_OBJECT_HANDLE *priv, bool *fallback, char *err);
+
+/* ---- the data key (seal-key.c) --------------------------------------------
+ * A session object. Each function returns 0, or -1 with err set.
+ */
+
+/* What an unwrapped DEK may do. */
+enum dek_use {
+    DEK_SEALED,    /* sensitive, not extractable: decrypt only */
+    DEK_WRAPPABLE, /* sensitive, extractable: wrap on the same token */
+    DEK_READABLE,  /* not sensitive: CKA_VALUE is read (another token) */
+};
+
+/* A new DEK on tg's token that encrypts and may be wrapped. */
+int dek_generate(struct sctx *c, const struct target *tg, CK_OBJECT_HANDLE *dek,
+                 char *err);
+/* The DEK wrapped with tg's version, in a new buffer (free()). */
+int dek_wrap(struct sctx *c, const struct target *tg, CK_OBJECT_HANDLE dek,
+             unsigned char **wrapped, CK_ULONG *wlen, char *err);
+/* The header's DEK unwrapped on token s with priv. */
+int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
+               const struct seal_header *h, enum dek_use use,
+               CK_OBJECT_HANDLE *dek, char *err);
+/* A copy on token to of a DEK_READABLE dek on token from: decrypts, may be
+ * wrapped. The value passes through this process's memory only, wiped. */
+int dek_move(struct sctx *c, struct tstate *from, CK_OBJECT_HANDLE dek,
+             struct tstate *to, CK_OBJECT_HANDLE *out, char *err);
+/* Destroys *dek (when not 0) and sets it to 0. */
+void dek_destroy(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE *dek);
 
 #endif
