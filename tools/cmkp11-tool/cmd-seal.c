@@ -19,102 +19,71 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "keys.h"
 #include "out.h"
 #include "seal-int.h"
-#include "secure.h"
 #include "tool.h"
 
-/* Encrypts or decrypts one segment through the module. */
-static CK_RV seg_crypt(struct sctx *c, CK_SESSION_HANDLE s,
-                       CK_OBJECT_HANDLE dek, const struct seal_header *h,
-                       uint32_t i, bool last, bool encrypt,
-                       const unsigned char *in, size_t inlen,
-                       unsigned char *out, CK_ULONG *outlen)
-{
-    unsigned char nonce[SEAL_NONCE_LEN];
-    CK_GCM_PARAMS gp;
-    CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
-    CK_RV rv;
+/* ---- seal -----------------------------------------------------------------
+ */
 
-    seal_nonce(h, i, last, nonce);
-    memset(&gp, 0, sizeof(gp));
-    gp.pIv = nonce;
-    gp.ulIvLen = sizeof(nonce);
-    gp.ulIvBits = sizeof(nonce) * 8;
-    gp.pAAD = (CK_BYTE *)h->fixed;
-    gp.ulAADLen = SEAL_FIXED_LEN;
-    gp.ulTagBits = SEAL_TAG_LEN * 8;
-    *outlen = SEG_CT;
-    if (encrypt) {
-        rv = c->m->f->C_EncryptInit(s, &mech, dek);
-        if (rv == CKR_OK)
-            rv = c->m->f->C_Encrypt(s, (CK_BYTE *)in, inlen, out, outlen);
-    } else {
-        rv = c->m->f->C_DecryptInit(s, &mech, dek);
-        if (rv == CKR_OK)
-            rv = c->m->f->C_Decrypt(s, (CK_BYTE *)in, inlen, out, outlen);
+/* The new header of a file sealed with dek under tg, encoded (free()). */
+static unsigned char *header_new(struct sctx *c, const struct target *tg,
+                                 CK_OBJECT_HANDLE dek, struct seal_header *h,
+                                 size_t *hlen, char *err)
+{
+    unsigned char prefix[SEAL_PREFIX_LEN], *wrapped, *hdr = NULL;
+    CK_ULONG wlen;
+
+    if (dek_wrap(c, tg, dek, &wrapped, &wlen, err) < 0)
+        return NULL;
+    if (getrandom(prefix, sizeof(prefix), 0) != (ssize_t)sizeof(prefix)) {
+        efmt(err, "getrandom: %s", strerror(errno));
+        goto out;
     }
-    return rv;
+    seal_fixed_init(h, prefix);
+    if (seal_header_set(h, tg->ts->t->label, tg->key->name, tg->v->version,
+                        tg->v->id, tg->v->id_len, wrapped, wlen) < 0 ||
+        (hdr = seal_header_encode(h, hlen)) == NULL)
+        efmt(err, "the header does not encode (a name longer than 65535 "
+                  "bytes, or out of memory)");
+out:
+    free(wrapped);
+    return hdr;
 }
 
-static bool is_auth_failure(CK_RV rv)
+/* Seals in into out under tg: a new DEK, the header, the segments. */
+static int seal_data(struct sctx *c, const struct target *tg, FILE *in,
+                     FILE *out, struct seg_stream *ss, char *err)
 {
-    return rv == CKR_ENCRYPTED_DATA_INVALID ||
-           rv == CKR_ENCRYPTED_DATA_LEN_RANGE;
-}
+    struct seal_header h;
+    unsigned char *hdr = NULL;
+    CK_OBJECT_HANDLE dek = 0;
+    size_t hlen;
+    int r = -1;
 
-/* Why segment i (len bytes, last when the file ends after it) does not
- * authenticate: tries the other flag and nearby indices. */
-static void seg_diagnose(struct sctx *c, CK_SESSION_HANDLE s,
-                         CK_OBJECT_HANDLE dek, const struct seal_header *h,
-                         uint32_t i, bool last, const unsigned char *in,
-                         size_t len, unsigned char *scratch, char *err)
-{
-    CK_ULONG n;
-    uint32_t j, lo = i > 16 ? i - 16 : 0;
-
-    if (seg_crypt(c, s, dek, h, i, !last, false, in, len, scratch, &n) ==
-        CKR_OK) {
-        if (last)
-            efmt(err,
-                 "the file is truncated: it ends after segment %lu, which is "
-                 "not the last one",
-                 (unsigned long)i);
-        else
-            efmt(err,
-                 "trailing data: bytes follow segment %lu, the last one "
-                 "(appended or left over)",
-                 (unsigned long)i);
-        return;
+    memset(&h, 0, sizeof(h));
+    if (dek_generate(c, tg, &dek, err) < 0 ||
+        (hdr = header_new(c, tg, dek, &h, &hlen, err)) == NULL)
+        goto out;
+    if (fwrite(hdr, 1, hlen, out) != hlen) {
+        efmt(err, "writing the sealed data: %s", strerror(errno));
+        goto out;
     }
-    for (j = lo; j < i + 16 && j >= lo; j++) {
-        if (j == i)
-            continue;
-        if (seg_crypt(c, s, dek, h, j, false, false, in, len, scratch, &n) ==
-                CKR_OK ||
-            seg_crypt(c, s, dek, h, j, true, false, in, len, scratch, &n) ==
-                CKR_OK) {
-            efmt(err,
-                 "the segments are reordered: segment %lu holds segment %lu",
-                 (unsigned long)i, (unsigned long)j);
-            return;
-        }
-    }
-    if (last && len < SEG_CT)
-        efmt(err,
-             "segment %lu (the last, %zu bytes) does not authenticate: the "
-             "file is altered, truncated inside a segment, or has bytes "
-             "appended",
-             (unsigned long)i, len);
-    else
-        efmt(err,
-             "segment %lu does not authenticate: the data is altered (or "
-             "was not sealed with this data key)",
-             (unsigned long)i);
+    ss->op = SEG_ENCRYPT;
+    ss->key = (struct seg_key){c, tg->ts, dek, &h};
+    ss->in = in;
+    ss->out = out;
+    ss->in_what = "the input";
+    ss->out_what = "the sealed data";
+    r = seg_run(ss, err);
+out:
+    dek_destroy(c, tg->ts, &dek);
+    free(hdr);
+    seal_header_clear(&h);
+    return r;
 }
 
 static void hex(const unsigned char *p, size_t n, char *out, size_t outlen)
@@ -124,201 +93,6 @@ static void hex(const unsigned char *p, size_t n, char *out, size_t outlen)
     out[0] = '\0';
     for (i = 0; i < n && 2 * i + 2 < outlen; i++)
         snprintf(out + 2 * i, 3, "%02x", p[i]);
-}
-
-/* ---- seal -----------------------------------------------------------------
- */
-
-/* The progress bar on a terminal. */
-struct progress {
-    bool on;
-    unsigned long long total, done;
-    size_t files, nfiles;
-    struct timespec last;
-};
-
-static void progress_draw(struct progress *p, bool force)
-{
-    struct timespec now;
-    int width = 30, fill, pct;
-
-    if (!p->on)
-        return;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (!force && (now.tv_sec - p->last.tv_sec) * 1000 +
-                          (now.tv_nsec - p->last.tv_nsec) / 1000000 <
-                      100)
-        return;
-    p->last = now;
-    pct = p->total ? (int)(p->done * 100 / p->total) : 100;
-    fill = pct * width / 100;
-    if (p->nfiles == 0 && p->total == 0) /* a pipe: its size is unknown */
-        fprintf(stderr, "\r%.1f MiB", p->done / 1048576.0);
-    else if (p->nfiles == 0)
-        fprintf(stderr, "\r[%.*s%*s] %3d%%  %.1f/%.1f MiB", fill,
-                "##############################", width - fill, "", pct,
-                p->done / 1048576.0, p->total / 1048576.0);
-    else
-        fprintf(stderr, "\r[%.*s%*s] %3d%%  %zu/%zu files  %.1f/%.1f MiB", fill,
-                "##############################", width - fill, "", pct,
-                p->files, p->nfiles, p->done / 1048576.0, p->total / 1048576.0);
-    fflush(stderr);
-}
-
-static void progress_clear(struct progress *p)
-{
-    if (p->on)
-        fputs("\r\033[K", stderr);
-}
-
-/* seal and unseal: a bar on stderr when it is a terminal and the input
- * is large (or of unknown size), as rewrap shows; nothing otherwise. */
-#define PROGRESS_MIN (1024UL * 1024)
-
-static void progress_start(struct progress *p, FILE *in)
-{
-    struct stat st;
-
-    memset(p, 0, sizeof(*p));
-    if (!isatty(STDERR_FILENO))
-        return;
-    if (fstat(fileno(in), &st) == 0 && S_ISREG(st.st_mode)) {
-        p->total = (unsigned long long)st.st_size;
-        p->on = p->total >= PROGRESS_MIN;
-    } else {
-        p->on = true;
-    }
-}
-
-/* All read (unseal counts segments, not the header): the full bar. */
-static void progress_finish(struct progress *p)
-{
-    if (p->total > p->done)
-        p->done = p->total;
-    progress_draw(p, true);
-}
-
-static void progress_add(struct progress *p, unsigned long long n)
-{
-    p->done += n;
-    if (p->total != 0 && p->done > p->total)
-        p->total = p->done;
-    progress_draw(p, false);
-}
-
-struct seal_result {
-    unsigned long long bytes;
-    unsigned long segments;
-    struct progress pg;
-};
-
-static int seal_stream(struct sctx *c, const struct target *tg, FILE *in,
-                       FILE *out, struct seal_result *res, char *err)
-{
-    CK_SESSION_HANDLE s = tg->ts->t->sess;
-    CK_ULONG wlen = 0, n;
-    unsigned char prefix[SEAL_PREFIX_LEN], *wrapped = NULL, *hdr = NULL;
-    unsigned char *cur = NULL, *next = NULL, *ct = NULL, *tmp;
-    struct seal_header h;
-    CK_OBJECT_HANDLE dek = 0;
-    ssize_t cur_len, next_len = 0;
-    size_t hlen;
-    uint32_t i = 0;
-    char text[128];
-    int r = -1;
-    CK_RV rv;
-    bool last;
-
-    memset(&h, 0, sizeof(h));
-    memset(res, 0, sizeof(*res));
-    progress_start(&res->pg, in);
-    if (dek_generate(c, tg, &dek, err) < 0 ||
-        dek_wrap(c, tg, dek, &wrapped, &wlen, err) < 0)
-        goto out;
-    if (getrandom(prefix, sizeof(prefix), 0) != (ssize_t)sizeof(prefix)) {
-        efmt(err, "getrandom: %s", strerror(errno));
-        goto out;
-    }
-    seal_fixed_init(&h, prefix);
-    if (seal_header_set(&h, tg->ts->t->label, tg->key->name, tg->v->version,
-                        tg->v->id, tg->v->id_len, wrapped, wlen) < 0 ||
-        (hdr = seal_header_encode(&h, &hlen)) == NULL) {
-        efmt(err, "the header does not encode (a name longer than 65535 "
-                  "bytes, or out of memory)");
-        goto out;
-    }
-    cur = malloc(SEAL_SEGMENT);
-    next = malloc(SEAL_SEGMENT);
-    ct = malloc(SEG_CT);
-    if (cur == NULL || next == NULL || ct == NULL) {
-        efmt(err, "out of memory");
-        goto out;
-    }
-    if (fwrite(hdr, 1, hlen, out) != hlen)
-        goto write_error;
-    cur_len = fread_full(in, cur, SEAL_SEGMENT);
-    for (;;) {
-        if (cur_len < 0)
-            goto read_error;
-        last = (size_t)cur_len < SEAL_SEGMENT;
-        if (!last) {
-            /* One segment ahead: the last flag needs to know. */
-            next_len = fread_full(in, next, SEAL_SEGMENT);
-            if (next_len < 0)
-                goto read_error;
-            last = next_len == 0;
-        }
-        rv = seg_crypt(c, s, dek, &h, i, last, true, cur, (size_t)cur_len, ct,
-                       &n);
-        if (rv != CKR_OK) {
-            efmt(err, "C_Encrypt (AES-GCM, segment %lu) on token %s: %s",
-                 (unsigned long)i, tg->ts->t->label,
-                 tool_rv_text(tg->ts->t, rv, tmod_device_error(c->m, s), text,
-                              sizeof(text)));
-            goto out;
-        }
-        if (n != (CK_ULONG)cur_len + SEAL_TAG_LEN) {
-            efmt(err, "C_Encrypt returned %lu bytes for %zd", n, cur_len);
-            goto out;
-        }
-        if (fwrite(ct, 1, n, out) != n)
-            goto write_error;
-        res->bytes += (unsigned long long)cur_len;
-        res->segments++;
-        progress_add(&res->pg, (unsigned long long)cur_len);
-        if (last)
-            break;
-        if (i == UINT32_MAX) {
-            efmt(err, "the input is too large for the format (2^32 "
-                      "segments)");
-            goto out;
-        }
-        i++;
-        tmp = cur;
-        cur = next;
-        next = tmp;
-        cur_len = next_len;
-    }
-    if (fflush(out) != 0)
-        goto write_error;
-    r = 0;
-    goto out;
-read_error:
-    efmt(err, "reading the input: %s", strerror(errno));
-    goto out;
-write_error:
-    efmt(err, "writing the sealed data: %s", strerror(errno));
-out:
-    dek_destroy(c, tg->ts, &dek);
-    if (cur != NULL)
-        secure_free(cur, SEAL_SEGMENT);
-    if (next != NULL)
-        secure_free(next, SEAL_SEGMENT);
-    free(ct);
-    free(hdr);
-    free(wrapped);
-    seal_header_clear(&h);
-    return r;
 }
 
 static void json_key_fields(struct jw *w, const char *token, const char *key,
@@ -332,6 +106,33 @@ static void json_key_fields(struct jw *w, const char *token, const char *key,
     jw_kv_string(w, "key", key);
     jw_kv_string(w, "version", version);
     jw_kv_string(w, "key_id", idhex);
+}
+
+/* What seal and unseal print on success: a JSON summary with --json, else
+ * a line unless the data went to standard output. */
+struct report {
+    const char *inpath, *outpath;
+    const char *token, *key, *version;
+    const unsigned char *id;
+    size_t id_len;
+    const struct seg_stream *ss;
+};
+
+static void report_json(const struct report *r, int fallback)
+{
+    struct jw w;
+
+    jw_init(&w, stdout);
+    jw_begin_object(&w);
+    jw_kv_string(&w, "input", path_is_stdio(r->inpath) ? "-" : r->inpath);
+    jw_kv_string(&w, "output", r->outpath);
+    json_key_fields(&w, r->token, r->key, r->version, r->id, r->id_len);
+    if (fallback >= 0)
+        jw_kv_bool(&w, "fallback", fallback);
+    jw_kv_int(&w, "bytes", (long long)r->ss->bytes);
+    jw_kv_int(&w, "segments", (long long)r->ss->segments);
+    jw_end_object(&w);
+    jw_finish(&w);
 }
 
 /*
@@ -351,290 +152,182 @@ static void steady_heap(void)
 #endif
 }
 
+/* Ends the output after the work returned r: the bar filled and cleared,
+ * the output committed, or discarded on a failure. */
+static int output_end(struct outfile *of, struct progress *pg, int r,
+                      const char *outpath, char *err)
+{
+    if (r == 0)
+        progress_finish(pg);
+    progress_clear(pg);
+    if (r < 0) {
+        outfile_discard(of);
+        return -1;
+    }
+    return outfile_commit(of, outpath, err);
+}
+
+/* seal's refusals before anything is read. */
+static int seal_usage(const struct tool_opts *o)
+{
+    if (o->json && path_is_stdout(o->output)) {
+        tool_error("seal --json prints a summary on standard output: give "
+                   "-o FILE for the sealed data");
+        return -1;
+    }
+    if (path_is_stdout(o->output) && isatty(STDOUT_FILENO)) {
+        tool_error("the sealed data is binary: give -o FILE, or redirect "
+                   "standard output");
+        return -1;
+    }
+    return 0;
+}
+
 int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
     const char *inpath = argc > 1 ? argv[1] : NULL;
-    const char *outpath = o->output;
-    FILE *in = NULL, *out = NULL;
+    struct seg_stream ss;
+    struct progress pg;
     struct outfile of;
-    struct seal_result res;
     struct target tg;
     char err[ERRLEN];
     struct sctx c;
-    struct jw w;
-    int status = TOOL_FAILED, r;
+    FILE *in;
+    int r;
 
     steady_heap();
     memset(&c, 0, sizeof(c));
-    if (o->json && path_is_stdout(outpath)) {
-        tool_error("seal --json prints a summary on standard output: give "
-                   "-o FILE for the sealed data");
+    memset(&ss, 0, sizeof(ss));
+    if (seal_usage(o) < 0)
         return TOOL_USAGE;
-    }
-    if (path_is_stdout(outpath) && isatty(STDOUT_FILENO)) {
-        tool_error("the sealed data is binary: give -o FILE, or redirect "
-                   "standard output");
-        return TOOL_USAGE;
-    }
     tmp_signals_install();
-    if (path_is_stdio(inpath)) {
-        in = stdin;
-    } else if ((in = fopen(inpath, "rb")) == NULL) {
-        tool_error("%s: %s", inpath, strerror(errno));
+    if ((in = input_open(inpath)) == NULL)
         return TOOL_FAILED;
-    }
     if (sctx_init(&c, m, o, err) < 0 ||
-        target_resolve(&c, o->key, o->token, "--key", &tg, err) < 0)
-        goto fail;
-    if (path_is_stdio(outpath)) {
-        out = stdout;
-    } else if (outfile_open(&of, outpath, false, err) < 0) {
-        goto fail;
+        target_resolve(&c, o->key, o->token, "--key", &tg, err) < 0 ||
+        outfile_open(&of, o->output, false, err) < 0) {
+        r = -1;
     } else {
-        out = of.f;
+        progress_start(&pg, in);
+        ss.pg = &pg;
+        r = output_end(&of, &pg, seal_data(&c, &tg, in, of.f, &ss, err),
+                       o->output, err);
     }
-    r = seal_stream(&c, &tg, in, out, &res, err);
-    if (r == 0)
-        progress_finish(&res.pg);
-    progress_clear(&res.pg);
     if (r < 0) {
-        if (out != stdout)
-            outfile_discard(&of);
-        goto fail;
-    }
-    if (out != stdout && outfile_commit(&of, outpath, err) < 0)
-        goto fail;
-    if (o->json) {
-        jw_init(&w, stdout);
-        jw_begin_object(&w);
-        jw_kv_string(&w, "input", path_is_stdio(inpath) ? "-" : inpath);
-        jw_kv_string(&w, "output", outpath);
-        json_key_fields(&w, tg.ts->t->label, tg.key->name, tg.v->version,
-                        tg.v->id, tg.v->id_len);
-        jw_kv_int(&w, "bytes", (long long)res.bytes);
-        jw_kv_int(&w, "segments", (long long)res.segments);
-        jw_end_object(&w);
-        jw_finish(&w);
-    } else if (!path_is_stdout(outpath)) {
+        tool_error("seal: %s", err);
+    } else if (o->json) {
+        struct report rp = {.inpath = inpath,
+                            .outpath = o->output,
+                            .token = tg.ts->t->label,
+                            .key = tg.key->name,
+                            .version = tg.v->version,
+                            .id = tg.v->id,
+                            .id_len = tg.v->id_len,
+                            .ss = &ss};
+        report_json(&rp, -1);
+    } else if (!path_is_stdout(o->output)) {
         printf("sealed %llu bytes from %s into %s under key %s version %s%s "
                "on token %s\n",
-               res.bytes, path_in_name(inpath), outpath, tg.key->name,
+               ss.bytes, path_in_name(inpath), o->output, tg.key->name,
                tg.v->version, tg.v->current ? "" : " (not the current version)",
                tg.ts->t->label);
     }
-    status = TOOL_OK;
-    goto out;
-fail:
-    tool_error("seal: %s", err);
-out:
-    if (in != NULL && in != stdin)
-        fclose(in);
+    input_close(in);
     sctx_free(&c);
-    return status;
+    return r < 0 ? TOOL_FAILED : TOOL_OK;
 }
 
 /* ---- unseal ---------------------------------------------------------------
  */
 
-struct unseal_result {
-    unsigned long long bytes;
-    unsigned long segments;
-    bool fallback;
-    const char *token;
-    struct progress pg;
-};
-
-/* Reads segments from in (after the header), writes verified plaintext to
- * out. */
-static int unseal_segments(struct sctx *c, struct tstate *s,
-                           CK_OBJECT_HANDLE dek, const struct seal_header *h,
-                           FILE *in, FILE *out, struct unseal_result *res,
-                           char *err)
+/* The header's DEK on the token --token names, else the one that sealed
+ * the file: a sensitive session key that only decrypts. */
+static int unseal_key(struct sctx *c, const struct seal_header *h,
+                      struct tstate **s, CK_OBJECT_HANDLE *dek, bool *fallback,
+                      char *err)
 {
-    unsigned char *cur = malloc(SEG_CT), *next = malloc(SEG_CT);
-    unsigned char *pt = secure_alloc(SEG_CT), *tmp;
-    ssize_t cur_len, next_len = 0;
-    CK_SESSION_HANDLE sess = s->t->sess;
-    uint32_t i = 0;
-    char text[128];
-    int r = -1;
-    CK_ULONG n;
-    CK_RV rv;
-    bool last;
+    CK_OBJECT_HANDLE priv = 0;
 
-    if (cur == NULL || next == NULL || pt == NULL) {
-        efmt(err, "out of memory");
-        goto out;
+    if (c->o->token != NULL) {
+        *s = ts_select(c, c->o->token, err);
+    } else if ((*s = ts_by_label(c, h->token)) == NULL) {
+        efmt(err, "no token %s (the token that sealed the file): give --token",
+             h->token);
     }
-    cur_len = fread_full(in, cur, SEG_CT);
-    for (;;) {
-        if (cur_len < 0)
-            goto read_error;
-        last = (size_t)cur_len < SEG_CT;
-        if (!last) {
-            next_len = fread_full(in, next, SEG_CT);
-            if (next_len < 0)
-                goto read_error;
-            last = next_len == 0;
-        }
-        if (cur_len == 0) {
-            efmt(err, "the file is truncated: it ends after the header, "
-                      "without a segment");
-            goto out;
-        }
-        if (cur_len < SEAL_TAG_LEN) {
-            efmt(err,
-                 "the file is truncated inside segment %lu (%zd bytes, "
-                 "shorter than a tag)",
-                 (unsigned long)i, cur_len);
-            goto out;
-        }
-        rv = seg_crypt(c, sess, dek, h, i, last, false, cur, (size_t)cur_len,
-                       pt, &n);
-        if (is_auth_failure(rv)) {
-            seg_diagnose(c, sess, dek, h, i, last, cur, (size_t)cur_len, pt,
-                         err);
-            goto out;
-        }
-        if (rv != CKR_OK) {
-            efmt(err, "C_Decrypt (AES-GCM, segment %lu) on token %s: %s",
-                 (unsigned long)i, s->t->label,
-                 tool_rv_text(s->t, rv, tmod_device_error(c->m, sess), text,
-                              sizeof(text)));
-            goto out;
-        }
-        if (n > 0 && fwrite(pt, 1, n, out) != n) {
-            efmt(err, "writing the data: %s", strerror(errno));
-            goto out;
-        }
-        res->bytes += n;
-        res->segments++;
-        progress_add(&res->pg, (unsigned long long)cur_len);
-        if (last)
-            break;
-        if (i == UINT32_MAX) {
-            efmt(err, "more segments than the format allows");
-            goto out;
-        }
-        i++;
-        tmp = cur;
-        cur = next;
-        next = tmp;
-        cur_len = next_len;
-    }
-    if (fflush(out) != 0) {
-        efmt(err, "writing the data: %s", strerror(errno));
-        goto out;
-    }
-    r = 0;
-    goto out;
-read_error:
-    efmt(err, "reading the sealed data: %s", strerror(errno));
-out:
-    free(cur);
-    free(next);
-    if (pt != NULL)
-        secure_free(pt, SEG_CT);
-    return r;
+    if (*s == NULL || source_priv(c, *s, h, &priv, fallback, err) < 0)
+        return -1;
+    if (*fallback && !c->o->json)
+        tool_error("key %s has no version %s on token %s: unwrapping through "
+                   "the key's label object (unwrap-fallback)",
+                   h->key, h->version, (*s)->t->label);
+    return dek_unwrap(c, *s, priv, h, DEK_SEALED, dek, err);
 }
-
-/* Reads the header of in; a message in err on failure. */
 
 int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
     const char *inpath = argc > 1 ? argv[1] : NULL;
-    const char *outpath = o->output;
-    struct unseal_result res;
+    struct seg_stream ss;
     struct seal_header h;
     struct tstate *s = NULL;
-    CK_OBJECT_HANDLE priv = 0, dek = 0;
-    FILE *in = NULL, *out = NULL;
+    CK_OBJECT_HANDLE dek = 0;
+    struct progress pg;
     struct outfile of;
+    bool fallback = false;
     char err[ERRLEN];
     struct sctx c;
-    struct jw w;
-    int status = TOOL_FAILED, r;
+    FILE *in;
+    int r;
 
     steady_heap();
     memset(&c, 0, sizeof(c));
     memset(&h, 0, sizeof(h));
-    memset(&res, 0, sizeof(res));
-    if (o->json && path_is_stdout(outpath)) {
+    if (o->json && path_is_stdout(o->output)) {
         tool_error("unseal --json prints a summary on standard output: give "
                    "-o FILE for the data");
         return TOOL_USAGE;
     }
     tmp_signals_install();
-    if (path_is_stdio(inpath)) {
-        in = stdin;
-    } else if ((in = fopen(inpath, "rb")) == NULL) {
-        tool_error("%s: %s", inpath, strerror(errno));
+    if ((in = input_open(inpath)) == NULL)
         return TOOL_FAILED;
+    if (header_read(in, &h, err) < 0 || sctx_init(&c, m, o, err) < 0 ||
+        unseal_key(&c, &h, &s, &dek, &fallback, err) < 0 ||
+        outfile_open(&of, o->output, true, err) < 0) {
+        r = -1;
+    } else {
+        ss = (struct seg_stream){.op = SEG_DECRYPT,
+                                 .key = {&c, s, dek, &h},
+                                 .in = in,
+                                 .out = of.f,
+                                 .in_what = "the sealed data",
+                                 .out_what = "the data",
+                                 .pg = &pg};
+        progress_start(&pg, in);
+        r = output_end(&of, &pg, seg_run(&ss, err), o->output, err);
     }
-    if (header_read(in, &h, err) < 0 || sctx_init(&c, m, o, err) < 0)
-        goto fail;
-    if (o->token != NULL) {
-        s = ts_select(&c, o->token, err);
-    } else if ((s = ts_by_label(&c, h.token)) == NULL) {
-        efmt(err, "no token %s (the token that sealed the file): give --token",
-             h.token);
-    }
-    if (s == NULL || source_priv(&c, s, &h, &priv, &res.fallback, err) < 0)
-        goto fail;
-    if (res.fallback && !o->json)
-        tool_error("key %s has no version %s on token %s: unwrapping through "
-                   "the key's label object (unwrap-fallback)",
-                   h.key, h.version, s->t->label);
-    if (dek_unwrap(&c, s, priv, &h, DEK_SEALED, &dek, err) < 0)
-        goto fail;
-    if (path_is_stdio(outpath))
-        out = stdout;
-    else if (outfile_open(&of, outpath, true, err) < 0)
-        goto fail;
-    else
-        out = of.f;
-    progress_start(&res.pg, in);
-    r = unseal_segments(&c, s, dek, &h, in, out, &res, err);
-    if (r == 0)
-        progress_finish(&res.pg);
-    progress_clear(&res.pg);
     if (r < 0) {
-        if (out != stdout)
-            outfile_discard(&of);
-        goto fail;
-    }
-    if (out != stdout && outfile_commit(&of, outpath, err) < 0)
-        goto fail;
-    if (o->json) {
-        jw_init(&w, stdout);
-        jw_begin_object(&w);
-        jw_kv_string(&w, "input", path_is_stdio(inpath) ? "-" : inpath);
-        jw_kv_string(&w, "output", outpath);
-        json_key_fields(&w, s->t->label, h.key, h.version, h.key_id,
-                        h.key_id_len);
-        jw_kv_bool(&w, "fallback", res.fallback);
-        jw_kv_int(&w, "bytes", (long long)res.bytes);
-        jw_kv_int(&w, "segments", (long long)res.segments);
-        jw_end_object(&w);
-        jw_finish(&w);
-    } else if (!path_is_stdout(outpath)) {
+        tool_error("unseal: %s: %s", path_in_name(inpath), err);
+    } else if (o->json) {
+        struct report rp = {.inpath = inpath,
+                            .outpath = o->output,
+                            .token = s->t->label,
+                            .key = h.key,
+                            .version = h.version,
+                            .id = h.key_id,
+                            .id_len = h.key_id_len,
+                            .ss = &ss};
+        report_json(&rp, fallback);
+    } else if (!path_is_stdout(o->output)) {
         printf("unsealed %llu bytes from %s into %s (key %s version %s on "
                "token %s)\n",
-               res.bytes, path_in_name(inpath), outpath, h.key, h.version,
+               ss.bytes, path_in_name(inpath), o->output, h.key, h.version,
                s->t->label);
     }
-    status = TOOL_OK;
-    goto out;
-fail:
-    tool_error("unseal: %s: %s", path_in_name(inpath), err);
-out:
-    if (dek != 0)
-        m->f->C_DestroyObject(s->t->sess, dek);
-    if (in != NULL && in != stdin)
-        fclose(in);
+    if (s != NULL)
+        dek_destroy(&c, s, &dek);
+    input_close(in);
     seal_header_clear(&h);
     sctx_free(&c);
-    return status;
+    return r < 0 ? TOOL_FAILED : TOOL_OK;
 }
 
 /* ---- rewrap ---------------------------------------------------------------
@@ -642,26 +335,27 @@ out:
 
 enum outcome { RW_DONE, RW_SKIPPED, RW_FAILED };
 
+static const char *const outcome_names[] = {"rewrapped", "skipped", "failed"};
+
+/* What became of one file. */
 struct rewrap_file {
     enum outcome result;
     char from_token[64], from_version[160], to_token[64], to_version[160];
     char key[256], to_key[256];
 };
 
-/* The DEK wrapped for tg, from the header h read on token src. */
+/* The DEK of the header h (read from f, on token src) wrapped for tg, once
+ * the first segment authenticates with it: a file that does not is left
+ * as it is. */
 static int rewrap_dek(struct sctx *c, struct tstate *src,
                       const struct seal_header *h, const struct target *tg,
-                      FILE *f, off_t rest, unsigned char **wrapped,
-                      CK_ULONG *wlen, char *err)
+                      FILE *f, unsigned char **wrapped, CK_ULONG *wlen,
+                      char *err)
 {
-    CK_SESSION_HANDLE ts = tg->ts->t->sess;
     CK_OBJECT_HANDLE priv = 0, dek = 0, tdek = 0;
-    unsigned char *seg = NULL, *pt = NULL;
     bool same = src == tg->ts, fallback;
-    ssize_t got;
-    CK_ULONG n;
+    struct seg_stream first;
     int r = -1;
-    CK_RV rv;
 
     *wrapped = NULL;
     if (source_priv(c, src, h, &priv, &fallback, err) < 0 ||
@@ -672,278 +366,314 @@ static int rewrap_dek(struct sctx *c, struct tstate *src,
         tdek = dek;
     else if (dek_move(c, src, dek, tg->ts, &tdek, err) < 0)
         goto out;
-    /* The first segment must authenticate before anything is written. */
-    seg = malloc(SEG_CT);
-    pt = secure_alloc(SEG_CT);
-    if (seg == NULL || pt == NULL) {
-        efmt(err, "out of memory");
-        goto out;
-    }
-    got = fread_full(f, seg, SEG_CT);
-    if (got < 0) {
-        efmt(err, "reading the file: %s", strerror(errno));
-        goto out;
-    }
-    if (got < SEAL_TAG_LEN) {
-        efmt(err, "the file is truncated: no complete first segment");
-        goto out;
-    }
-    rv = seg_crypt(c, ts, tdek, h, 0, rest <= (off_t)SEG_CT, false, seg,
-                   (size_t)got, pt, &n);
-    if (rv != CKR_OK) {
-        if (is_auth_failure(rv))
-            efmt(err, "segment 0 does not authenticate with the data key: "
-                      "the file is altered");
-        else
-            efmt(err, "C_Decrypt on token %s: %s", tg->ts->t->label,
-                 trv_name(rv));
-        goto out;
-    }
-    if (dek_wrap(c, tg, tdek, wrapped, wlen, err) < 0)
-        goto out;
-    r = 0;
+    first = (struct seg_stream){.op = SEG_DECRYPT,
+                                .key = {c, tg->ts, tdek, h},
+                                .in = f,
+                                .in_what = "the file",
+                                .max = 1};
+    if (seg_run(&first, err) == 0 &&
+        dek_wrap(c, tg, tdek, wrapped, wlen, err) == 0)
+        r = 0;
 out:
     if (tdek != dek)
         dek_destroy(c, tg->ts, &tdek);
     dek_destroy(c, src, &dek);
-    if (pt != NULL)
-        secure_free(pt, SEG_CT);
-    free(seg);
     return r;
 }
 
-static int rewrap_one(struct sctx *c, const struct target *to,
-                      const struct sealed_file *it, struct progress *pg,
-                      struct rewrap_file *rf, char *err)
+/* The header h with tg's key and wrapped DEK, encoded (free()). */
+static unsigned char *rewrap_header(struct sctx *c, struct tstate *src,
+                                    const struct seal_header *h,
+                                    const struct target *tg, FILE *f,
+                                    size_t *hlen, char *err)
 {
-    struct seal_header h, nh;
-    struct target tg;
-    struct tstate *src;
-    struct stat st, st2;
-    unsigned char *wrapped = NULL, *hdr = NULL, *buf = NULL;
-    CK_ULONG wlen = 0;
-    FILE *f = NULL, *out = NULL;
-    size_t hlen, k;
-    ssize_t got;
-    int r = -1;
+    struct seal_header nh;
+    unsigned char *wrapped, *hdr = NULL;
+    CK_ULONG wlen;
 
-    memset(&h, 0, sizeof(h));
+    if (rewrap_dek(c, src, h, tg, f, &wrapped, &wlen, err) < 0)
+        return NULL;
+    /* The same fixed part, the new key and wrapped DEK. */
     memset(&nh, 0, sizeof(nh));
-    rf->result = RW_FAILED;
-    f = fopen(it->path, "rb");
-    if (f == NULL || fstat(fileno(f), &st) < 0) {
-        efmt(err, "%s", strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        efmt(err, "not a regular file");
-        goto out;
-    }
-    if (header_read(f, &h, err) < 0)
-        goto out;
-    snprintf(rf->from_token, sizeof(rf->from_token), "%s", h.token);
-    snprintf(rf->key, sizeof(rf->key), "%s", h.key);
-    snprintf(rf->from_version, sizeof(rf->from_version), "%s", h.version);
-    src = ts_by_label(c, h.token);
-    if (src == NULL) {
-        efmt(err, "no token %s (the token that sealed the file)", h.token);
-        goto out;
-    }
-    if (to != NULL) {
-        tg = *to;
-    } else if (target_current(c, src, h.key, &tg, err) < 0) {
-        goto out;
-    }
-    snprintf(rf->to_token, sizeof(rf->to_token), "%s", tg.ts->t->label);
-    snprintf(rf->to_key, sizeof(rf->to_key), "%s", tg.key->name);
-    snprintf(rf->to_version, sizeof(rf->to_version), "%s", tg.v->version);
-    if (strcmp(h.token, tg.ts->t->label) == 0 &&
-        strcmp(h.key, tg.key->name) == 0 && h.key_id_len == tg.v->id_len &&
-        memcmp(h.key_id, tg.v->id, h.key_id_len) == 0) {
-        rf->result = RW_SKIPPED;
-        r = 0;
-        goto out;
-    }
-    if (rewrap_dek(c, src, &h, &tg, f, st.st_size - (off_t)h.length, &wrapped,
-                   &wlen, err) < 0)
-        goto out;
-    /* The new header: the same fixed part, the new key and wrapped DEK. */
-    memcpy(nh.fixed, h.fixed, SEAL_FIXED_LEN);
-    if (seal_header_set(&nh, tg.ts->t->label, tg.key->name, tg.v->version,
-                        tg.v->id, tg.v->id_len, wrapped, wlen) < 0 ||
-        (hdr = seal_header_encode(&nh, &hlen)) == NULL ||
-        (buf = malloc(SEG_CT)) == NULL) {
+    memcpy(nh.fixed, h->fixed, SEAL_FIXED_LEN);
+    if (seal_header_set(&nh, tg->ts->t->label, tg->key->name, tg->v->version,
+                        tg->v->id, tg->v->id_len, wrapped, wlen) < 0 ||
+        (hdr = seal_header_encode(&nh, hlen)) == NULL)
         efmt(err, "out of memory");
-        goto out;
-    }
-    if (fseeko(f, (off_t)h.length, SEEK_SET) < 0) {
+    free(wrapped);
+    seal_header_clear(&nh);
+    return hdr;
+}
+
+/* Whether the file at path is still the one st describes. */
+static bool file_unchanged(const char *path, const struct stat *st)
+{
+    struct stat now;
+
+    return stat(path, &now) == 0 && now.st_ino == st->st_ino &&
+           now.st_dev == st->st_dev && now.st_size == st->st_size &&
+           now.st_mtim.tv_sec == st->st_mtim.tv_sec &&
+           now.st_mtim.tv_nsec == st->st_mtim.tv_nsec;
+}
+
+/* Writes the file at path (open as f, st, header h) again with the header
+ * hdr and the same segments, and renames it over path. */
+static int rewrap_write(const char *path, FILE *f, const struct stat *st,
+                        const struct seal_header *h, const unsigned char *hdr,
+                        size_t hlen, struct progress *pg, char *err)
+{
+    struct seg_stream copy;
+    FILE *out;
+
+    if (fseeko(f, (off_t)h->length, SEEK_SET) < 0) {
         efmt(err, "%s", strerror(errno));
-        goto out;
+        return -1;
     }
-    out = tmp_open(it->path, err);
-    if (out == NULL)
-        goto out;
-    if (fwrite(hdr, 1, hlen, out) != hlen)
-        goto write_error;
-    for (;;) {
-        got = fread_full(f, buf, SEG_CT);
-        if (got < 0) {
-            efmt(err, "reading: %s", strerror(errno));
-            tmp_discard(out);
-            goto out;
-        }
-        if (got == 0)
-            break;
-        k = (size_t)got;
-        if (fwrite(buf, 1, k, out) != k)
-            goto write_error;
-        pg->done += k;
-        progress_draw(pg, false);
+    if ((out = tmp_open(path, err)) == NULL)
+        return -1;
+    copy = (struct seg_stream){.op = SEG_COPY,
+                               .in = f,
+                               .out = out,
+                               .in_what = "the file",
+                               .out_what = tmp_path_now(),
+                               .pg = pg};
+    if (fwrite(hdr, 1, hlen, out) != hlen) {
+        efmt(err, "writing %s: %s", tmp_path_now(), strerror(errno));
+        goto fail;
     }
+    if (seg_run(&copy, err) < 0)
+        goto fail;
     /* Another process replaced or changed the file meanwhile: keep its
      * version. */
-    if (stat(it->path, &st2) < 0 || st2.st_ino != st.st_ino ||
-        st2.st_dev != st.st_dev || st2.st_size != st.st_size ||
-        st2.st_mtim.tv_sec != st.st_mtim.tv_sec ||
-        st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec) {
+    if (!file_unchanged(path, st)) {
         efmt(err, "the file changed while it was rewrapped: left as it is");
-        tmp_discard(out);
-        goto out;
+        goto fail;
     }
-    if (fchown(fileno(out), st.st_uid, st.st_gid) < 0) {
+    if (fchown(fileno(out), st->st_uid, st->st_gid) < 0) {
         /* Not the owner: the file becomes ours, as any rewrite would. */
     }
-    if (tmp_commit(out, it->path, st.st_mode & 07777, err) < 0)
-        goto out;
-    rf->result = RW_DONE;
-    r = 0;
-    goto out;
-write_error:
-    efmt(err, "writing %s: %s", tmp_path_now(), strerror(errno));
+    return tmp_commit(out, path, st->st_mode & 07777, err);
+fail:
     tmp_discard(out);
+    return -1;
+}
+
+/* Opens a file to rewrap and reads its header. */
+static FILE *rewrap_open(const char *path, struct stat *st,
+                         struct seal_header *h, struct rewrap_file *rf,
+                         char *err)
+{
+    FILE *f = fopen(path, "rb");
+
+    if (f == NULL || fstat(fileno(f), st) < 0) {
+        efmt(err, "%s", strerror(errno));
+    } else if (!S_ISREG(st->st_mode)) {
+        efmt(err, "not a regular file");
+    } else if (header_read(f, h, err) == 0) {
+        snprintf(rf->from_token, sizeof(rf->from_token), "%s", h->token);
+        snprintf(rf->key, sizeof(rf->key), "%s", h->key);
+        snprintf(rf->from_version, sizeof(rf->from_version), "%s", h->version);
+        return f;
+    }
+    if (f != NULL)
+        fclose(f);
+    return NULL;
+}
+
+/* The token that sealed the file, and the key to wrap with: to, else the
+ * current version of the file's key. */
+static struct tstate *rewrap_target(struct sctx *c, const struct target *to,
+                                    const struct seal_header *h,
+                                    struct target *tg, struct rewrap_file *rf,
+                                    char *err)
+{
+    struct tstate *src = ts_by_label(c, h->token);
+
+    if (src == NULL) {
+        efmt(err, "no token %s (the token that sealed the file)", h->token);
+        return NULL;
+    }
+    if (to != NULL)
+        *tg = *to;
+    else if (target_current(c, src, h->key, tg, err) < 0)
+        return NULL;
+    snprintf(rf->to_token, sizeof(rf->to_token), "%s", tg->ts->t->label);
+    snprintf(rf->to_key, sizeof(rf->to_key), "%s", tg->key->name);
+    snprintf(rf->to_version, sizeof(rf->to_version), "%s", tg->v->version);
+    return src;
+}
+
+static void rewrap_one(struct sctx *c, const struct target *to,
+                       const struct sealed_file *it, struct progress *pg,
+                       struct rewrap_file *rf, char *err)
+{
+    struct seal_header h;
+    struct target tg;
+    struct tstate *src;
+    struct stat st;
+    unsigned char *hdr = NULL;
+    size_t hlen;
+    FILE *f;
+
+    memset(&h, 0, sizeof(h));
+    rf->result = RW_FAILED;
+    f = rewrap_open(it->path, &st, &h, rf, err);
+    if (f == NULL || (src = rewrap_target(c, to, &h, &tg, rf, err)) == NULL)
+        goto out;
+    if (strcmp(h.token, tg.ts->t->label) == 0 &&
+        strcmp(h.key, tg.key->name) == 0 && h.key_id_len == tg.v->id_len &&
+        memcmp(h.key_id, tg.v->id, h.key_id_len) == 0)
+        rf->result = RW_SKIPPED;
+    else if ((hdr = rewrap_header(c, src, &h, &tg, f, &hlen, err)) != NULL &&
+             rewrap_write(it->path, f, &st, &h, hdr, hlen, pg, err) == 0)
+        rf->result = RW_DONE;
 out:
     if (f != NULL)
         fclose(f);
-    free(wrapped);
     free(hdr);
-    free(buf);
     seal_header_clear(&h);
-    seal_header_clear(&nh);
-    return r;
 }
 
-static const char *const outcome_names[] = {"rewrapped", "skipped", "failed"};
+/* A rewrap over many files: what it counts and prints. */
+struct rewrap_run {
+    struct sctx c;
+    struct target to; /* --to */
+    bool has_to;
+    struct progress pg;
+    unsigned long counts[3];
+    char under[600]; /* KEY@VERSION the files are under now */
+    bool mixed;      /* more than one */
+    bool json;
+    struct jw w;
+};
+
+static void json_from_to(struct jw *w, const char *name, bool present,
+                         const char *token, const char *key,
+                         const char *version)
+{
+    jw_key(w, name);
+    if (!present) {
+        jw_null(w);
+        return;
+    }
+    jw_begin_object(w);
+    jw_kv_string(w, "token", token);
+    jw_kv_string(w, "key", key);
+    jw_kv_string(w, "version", version);
+    jw_end_object(w);
+}
+
+/* Counts, reports and (--json) prints what became of the file at path. */
+static void rewrap_note(struct rewrap_run *run, const char *path,
+                        const struct rewrap_file *rf, const char *err)
+{
+    char u[600];
+
+    run->counts[rf->result]++;
+    if (rf->result == RW_FAILED) {
+        progress_clear(&run->pg);
+        tool_error("rewrap: %s: %s", path, err);
+    } else if (rf->to_key[0] != '\0') {
+        snprintf(u, sizeof(u), "%s@%s", rf->to_key, rf->to_version);
+        if (run->under[0] == '\0')
+            snprintf(run->under, sizeof(run->under), "%s", u);
+        else if (strcmp(run->under, u) != 0)
+            run->mixed = true;
+    }
+    if (!run->json)
+        return;
+    jw_begin_object(&run->w);
+    jw_kv_string(&run->w, "path", path);
+    jw_kv_string(&run->w, "result", outcome_names[rf->result]);
+    json_from_to(&run->w, "from", rf->from_token[0] != '\0', rf->from_token,
+                 rf->key, rf->from_version);
+    json_from_to(&run->w, "to",
+                 rf->to_token[0] != '\0' && rf->result != RW_FAILED,
+                 rf->to_token, rf->to_key, rf->to_version);
+    jw_kv_string(&run->w, "error", rf->result == RW_FAILED ? err : NULL);
+    jw_end_object(&run->w);
+}
+
+static void rewrap_summary(struct rewrap_run *run)
+{
+    const unsigned long *n = run->counts;
+
+    if (run->has_to)
+        snprintf(run->under, sizeof(run->under), "%s@%s", run->to.key->name,
+                 run->to.v->version);
+    if (run->json) {
+        jw_end_array(&run->w);
+        jw_kv_int(&run->w, "rewrapped", (long long)n[RW_DONE]);
+        jw_kv_int(&run->w, "skipped", (long long)n[RW_SKIPPED]);
+        jw_kv_int(&run->w, "failed", (long long)n[RW_FAILED]);
+        jw_end_object(&run->w);
+        jw_finish(&run->w);
+        return;
+    }
+    printf("rewrapped %lu file%s, skipped %lu already under %s, failed %lu\n",
+           n[RW_DONE], n[RW_DONE] == 1 ? "" : "s", n[RW_SKIPPED],
+           run->mixed || run->under[0] == '\0' ? "their key's current version"
+                                               : run->under,
+           n[RW_FAILED]);
+}
+
+/* Rewraps the file it; the bar advances by its size. */
+static void rewrap_item(struct rewrap_run *run, const struct sealed_file *it)
+{
+    unsigned long long before = run->pg.done;
+    struct rewrap_file rf;
+    char err[ERRLEN];
+
+    memset(&rf, 0, sizeof(rf));
+    err[0] = '\0';
+    progress_draw(&run->pg, true);
+    /* A file found by the walk may have changed since. */
+    if (it->named || file_is_sealed(it->path)) {
+        rewrap_one(&run->c, run->has_to ? &run->to : NULL, it, &run->pg, &rf,
+                   err);
+        rewrap_note(run, it->path, &rf, err);
+    }
+    run->pg.done = before + (unsigned long long)it->size;
+    run->pg.files++;
+}
 
 int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
     struct sealed_files l;
-    struct target to;
-    struct progress pg;
-    struct rewrap_file rf;
-    struct sctx c;
+    struct rewrap_run run;
     char err[ERRLEN];
-    unsigned long counts[3] = {0, 0, 0};
-    char under[600] = "";
-    bool mixed = false;
-    struct jw w;
     size_t i;
 
     memset(&l, 0, sizeof(l));
-    memset(&c, 0, sizeof(c));
-    memset(&pg, 0, sizeof(pg));
+    memset(&run, 0, sizeof(run));
     tmp_signals_install();
-    counts[RW_FAILED] = sealed_files_collect(&l, argc - 1, argv + 1, "rewrap");
-    if (sctx_init(&c, m, o, err) < 0 ||
-        (o->to != NULL &&
-         target_resolve(&c, o->to, o->token, "--to", &to, err) < 0)) {
+    run.counts[RW_FAILED] =
+        sealed_files_collect(&l, argc - 1, argv + 1, "rewrap");
+    run.has_to = o->to != NULL;
+    if (sctx_init(&run.c, m, o, err) < 0 ||
+        (run.has_to &&
+         target_resolve(&run.c, o->to, o->token, "--to", &run.to, err) < 0)) {
         tool_error("rewrap: %s", err);
         sealed_files_free(&l);
-        sctx_free(&c);
+        sctx_free(&run.c);
         return TOOL_FAILED;
     }
-    pg.on = isatty(STDERR_FILENO) && l.n > 0;
-    pg.total = l.total;
-    pg.nfiles = l.n;
-    if (o->json) {
-        jw_init(&w, stdout);
-        jw_begin_object(&w);
-        jw_key(&w, "files");
-        jw_begin_array(&w);
+    run.pg.on = isatty(STDERR_FILENO) && l.n > 0;
+    run.pg.total = l.total;
+    run.pg.nfiles = l.n;
+    run.json = o->json;
+    if (run.json) {
+        jw_init(&run.w, stdout);
+        jw_begin_object(&run.w);
+        jw_key(&run.w, "files");
+        jw_begin_array(&run.w);
     }
-    for (i = 0; i < l.n; i++) {
-        unsigned long long before = pg.done;
-        memset(&rf, 0, sizeof(rf));
-        err[0] = '\0';
-        progress_draw(&pg, true);
-        if (!l.v[i].named && !file_is_sealed(l.v[i].path)) {
-            pg.done = before + (unsigned long long)l.v[i].size;
-            pg.files++;
-            continue; /* changed since the walk */
-        }
-        rewrap_one(&c, o->to ? &to : NULL, &l.v[i], &pg, &rf, err);
-        pg.done = before + (unsigned long long)l.v[i].size;
-        pg.files++;
-        counts[rf.result]++;
-        if (rf.result == RW_FAILED) {
-            progress_clear(&pg);
-            tool_error("rewrap: %s: %s", l.v[i].path, err);
-        } else if (rf.to_key[0] != '\0') {
-            char u[600];
-            snprintf(u, sizeof(u), "%s@%s", rf.to_key, rf.to_version);
-            if (under[0] == '\0')
-                snprintf(under, sizeof(under), "%s", u);
-            else if (strcmp(under, u) != 0)
-                mixed = true;
-        }
-        if (o->json) {
-            jw_begin_object(&w);
-            jw_kv_string(&w, "path", l.v[i].path);
-            jw_kv_string(&w, "result", outcome_names[rf.result]);
-            jw_key(&w, "from");
-            if (rf.from_token[0] != '\0') {
-                jw_begin_object(&w);
-                jw_kv_string(&w, "token", rf.from_token);
-                jw_kv_string(&w, "key", rf.key);
-                jw_kv_string(&w, "version", rf.from_version);
-                jw_end_object(&w);
-            } else {
-                jw_null(&w);
-            }
-            jw_key(&w, "to");
-            if (rf.to_token[0] != '\0' && rf.result != RW_FAILED) {
-                jw_begin_object(&w);
-                jw_kv_string(&w, "token", rf.to_token);
-                jw_kv_string(&w, "key", rf.to_key);
-                jw_kv_string(&w, "version", rf.to_version);
-                jw_end_object(&w);
-            } else {
-                jw_null(&w);
-            }
-            jw_kv_string(&w, "error", rf.result == RW_FAILED ? err : NULL);
-            jw_end_object(&w);
-        }
-    }
-    progress_draw(&pg, true);
-    progress_clear(&pg);
-    if (o->to != NULL)
-        snprintf(under, sizeof(under), "%s@%s", to.key->name, to.v->version);
-    if (o->json) {
-        jw_end_array(&w);
-        jw_kv_int(&w, "rewrapped", (long long)counts[RW_DONE]);
-        jw_kv_int(&w, "skipped", (long long)counts[RW_SKIPPED]);
-        jw_kv_int(&w, "failed", (long long)counts[RW_FAILED]);
-        jw_end_object(&w);
-        jw_finish(&w);
-    } else {
-        printf("rewrapped %lu file%s, skipped %lu already under %s, failed "
-               "%lu\n",
-               counts[RW_DONE], counts[RW_DONE] == 1 ? "" : "s",
-               counts[RW_SKIPPED],
-               mixed || under[0] == '\0' ? "their key's current version"
-                                         : under,
-               counts[RW_FAILED]);
-    }
+    for (i = 0; i < l.n; i++)
+        rewrap_item(&run, &l.v[i]);
+    progress_draw(&run.pg, true);
+    progress_clear(&run.pg);
+    rewrap_summary(&run);
     sealed_files_free(&l);
-    sctx_free(&c);
-    return counts[RW_FAILED] > 0 ? TOOL_FAILED : TOOL_OK;
+    sctx_free(&run.c);
+    return run.counts[RW_FAILED] > 0 ? TOOL_FAILED : TOOL_OK;
 }

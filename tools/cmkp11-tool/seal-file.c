@@ -247,53 +247,10 @@ static bool is_through_path(const char *path)
 }
 
 /* Opens -o path for plaintext (unseal) or sealed data (seal). */
-int outfile_open(struct outfile *o, const char *path, bool plaintext, char *err)
+/* Replaces the file at target (o->target, NULL when out of memory) by a
+ * temporary file beside it. */
+static int outfile_tmp(struct outfile *o, const char *path, char *err)
 {
-    struct stat st, lst;
-    int fd;
-
-    memset(o, 0, sizeof(*o));
-    if (stat(path, &st) < 0) {
-        if (errno != ENOENT) {
-            efmt(err, "%s: %s", path, strerror(errno));
-            return -1;
-        }
-        if (lstat(path, &lst) == 0) {
-            efmt(err,
-                 "%s: a symbolic link to a file that does not exist; "
-                 "refusing to write through it",
-                 path);
-            return -1;
-        }
-        o->target = strdup(path);
-        o->mode = plaintext ? 0600 : file_mode();
-    } else if (S_ISDIR(st.st_mode)) {
-        efmt(err, "%s: is a directory; give a file name", path);
-        return -1;
-    } else if (!S_ISREG(st.st_mode) || is_through_path(path)) {
-        /* O_TRUNC only matters when /dev/stdout is a regular file. */
-        fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC |
-                            (S_ISREG(st.st_mode) ? O_TRUNC : 0));
-        if (fd < 0 || (o->f = fdopen(fd, "wb")) == NULL) {
-            efmt(err, "%s: %s", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
-            return -1;
-        }
-        o->through = true;
-        return 0;
-    } else {
-        if (access(path, W_OK) < 0) {
-            efmt(err, "%s: %s", path, strerror(errno));
-            return -1;
-        }
-        /* A symbolic link: its target is replaced, the link stays. */
-        o->target = realpath(path, NULL);
-        o->mode = plaintext ? (st.st_mode & 0600) : (st.st_mode & 07777);
-        o->existed = true;
-        o->uid = st.st_uid;
-        o->gid = st.st_gid;
-    }
     if (o->target == NULL) {
         efmt(err, "%s: %s", path, strerror(errno));
         return -1;
@@ -307,11 +264,89 @@ int outfile_open(struct outfile *o, const char *path, bool plaintext, char *err)
     return 0;
 }
 
+/* A path that stat() did not find. */
+static int outfile_new(struct outfile *o, const char *path, bool plaintext,
+                       char *err)
+{
+    struct stat lst;
+
+    if (errno != ENOENT) {
+        efmt(err, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (lstat(path, &lst) == 0) {
+        efmt(err,
+             "%s: a symbolic link to a file that does not exist; "
+             "refusing to write through it",
+             path);
+        return -1;
+    }
+    o->target = strdup(path);
+    o->mode = plaintext ? 0600 : file_mode();
+    return outfile_tmp(o, path, err);
+}
+
+/* A device, FIFO, socket, or a path under /dev or /proc. */
+static int outfile_through(struct outfile *o, const char *path,
+                           const struct stat *st, char *err)
+{
+    /* O_TRUNC only matters when /dev/stdout is a regular file. */
+    int fd = open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC |
+                            (S_ISREG(st->st_mode) ? O_TRUNC : 0));
+
+    if (fd < 0 || (o->f = fdopen(fd, "wb")) == NULL) {
+        efmt(err, "%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    o->through = true;
+    return 0;
+}
+
+/* An existing regular file, or a symbolic link to one. */
+static int outfile_replace(struct outfile *o, const char *path,
+                           const struct stat *st, bool plaintext, char *err)
+{
+    if (access(path, W_OK) < 0) {
+        efmt(err, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* A symbolic link: its target is replaced, the link stays. */
+    o->target = realpath(path, NULL);
+    o->mode = plaintext ? (st->st_mode & 0600) : (st->st_mode & 07777);
+    o->existed = true;
+    o->uid = st->st_uid;
+    o->gid = st->st_gid;
+    return outfile_tmp(o, path, err);
+}
+
+int outfile_open(struct outfile *o, const char *path, bool plaintext, char *err)
+{
+    struct stat st;
+
+    memset(o, 0, sizeof(*o));
+    if (path_is_stdio(path)) {
+        o->f = stdout;
+        o->std = true;
+        return 0;
+    }
+    if (stat(path, &st) < 0)
+        return outfile_new(o, path, plaintext, err);
+    if (S_ISDIR(st.st_mode)) {
+        efmt(err, "%s: is a directory; give a file name", path);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) || is_through_path(path))
+        return outfile_through(o, path, &st, err);
+    return outfile_replace(o, path, &st, plaintext, err);
+}
+
 void outfile_discard(struct outfile *o)
 {
     if (o->through)
         fclose(o->f);
-    else
+    else if (!o->std)
         tmp_discard(o->f);
     free(o->target);
     memset(o, 0, sizeof(*o));
@@ -321,7 +356,9 @@ int outfile_commit(struct outfile *o, const char *path, char *err)
 {
     int r = 0;
 
-    if (o->through) {
+    if (o->std) {
+        /* Standard output: flushed by the writer, closed at exit. */
+    } else if (o->through) {
         if (fflush(o->f) != 0 || ferror(o->f)) {
             efmt(err, "writing %s: %s", path, strerror(errno));
             r = -1;
@@ -362,6 +399,24 @@ const char *path_in_name(const char *path)
 bool path_is_stdio(const char *path)
 {
     return path == NULL || strcmp(path, "-") == 0;
+}
+
+FILE *input_open(const char *path)
+{
+    FILE *f;
+
+    if (path_is_stdio(path))
+        return stdin;
+    f = fopen(path, "rb");
+    if (f == NULL)
+        tool_error("%s: %s", path, strerror(errno));
+    return f;
+}
+
+void input_close(FILE *f)
+{
+    if (f != NULL && f != stdin)
+        fclose(f);
 }
 
 int header_read(FILE *in, struct seal_header *h, char *err)

@@ -4,13 +4,16 @@
  *   seal.c, seal.h  the header's encoding (docs/seal-format.md)
  *   seal-file.c     temporary files, -o output, inputs, finding sealed files
  *   seal-key.c      tokens, the keys to wrap and unwrap with, the data key
+ *   seal-stream.c   the segments: one loop to seal, unseal, verify, copy
  *   cmd-seal.c      the commands
  */
 #ifndef CMKP11_TOOL_SEAL_INT_H
 #define CMKP11_TOOL_SEAL_INT_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 #include <sys/types.h>
 
 #include "keys.h"
@@ -48,6 +51,7 @@ int tmp_commit(FILE *f, const char *target, mode_t mode, char *err);
 
 struct outfile {
     FILE *f;
+    bool std;     /* standard output */
     bool through; /* written through, not replaced */
     char *target; /* the regular file replaced */
     mode_t mode;  /* its mode after the rename */
@@ -56,7 +60,8 @@ struct outfile {
     gid_t gid;
 };
 
-/* Opens -o path for plaintext (unseal) or sealed data (seal). */
+/* Opens -o path (NULL or "-": standard output) for plaintext (unseal) or
+ * sealed data (seal). */
 int outfile_open(struct outfile *o, const char *path, bool plaintext,
                  char *err);
 void outfile_discard(struct outfile *o);
@@ -72,6 +77,10 @@ bool path_is_stdio(const char *path);
 bool path_is_stdout(const char *path);
 /* The input's name in messages. */
 const char *path_in_name(const char *path);
+/* Opens the input (NULL or "-": standard input); NULL after printing
+ * why. */
+FILE *input_open(const char *path);
+void input_close(FILE *f);
 /* Reads up to n bytes (fewer only at the end). Returns the count, or -1. */
 ssize_t fread_full(FILE *f, unsigned char *buf, size_t n);
 /* Reads the header of in; a message in err on failure. */
@@ -190,5 +199,62 @@ int dek_move(struct sctx *c, struct tstate *from, CK_OBJECT_HANDLE dek,
              struct tstate *to, CK_OBJECT_HANDLE *out, char *err);
 /* Destroys *dek (when not 0) and sets it to 0. */
 void dek_destroy(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE *dek);
+
+/* ---- the progress bar (seal-stream.c) -------------------------------------
+ */
+
+/* A bar on standard error when it is a terminal (on). */
+struct progress {
+    bool on;
+    unsigned long long total, done;
+    size_t files, nfiles; /* rewrap: files done, files in all */
+    struct timespec last;
+};
+
+/* seal and unseal: on for a large input (or one of unknown size). */
+void progress_start(struct progress *p, FILE *in);
+/* Draws at most every 100 ms, unless forced. */
+void progress_draw(struct progress *p, bool force);
+/* All read: the full bar. */
+void progress_finish(struct progress *p);
+void progress_clear(struct progress *p);
+
+/* ---- segments (seal-stream.c) ---------------------------------------------
+ */
+
+/* The data key of one sealed stream and where it is. */
+struct seg_key {
+    struct sctx *c;
+    struct tstate *ts;           /* its token */
+    CK_OBJECT_HANDLE dek;        /* a session object on ts */
+    const struct seal_header *h; /* the fixed part: AAD and nonce prefix */
+};
+
+enum seg_op {
+    SEG_ENCRYPT, /* data in, sealed segments out */
+    SEG_DECRYPT, /* sealed segments in, verified data out (or no output) */
+    SEG_COPY,    /* sealed segments in and out unchanged: no key */
+};
+
+/* One pass over the segments after a header. */
+struct seg_stream {
+    enum seg_op op;
+    struct seg_key key; /* not for SEG_COPY */
+    FILE *in;
+    FILE *out;            /* NULL: nothing written (verify only) */
+    const char *in_what;  /* in messages: "reading IN_WHAT: why" */
+    const char *out_what; /* "writing OUT_WHAT: why" */
+    unsigned long max;    /* stop after this many segments; 0: all */
+    struct progress *pg;  /* advanced by the bytes read; or NULL */
+    /* results */
+    unsigned long long bytes; /* of data (not sealed) */
+    unsigned long segments;
+};
+
+/* Reads s->in from its position to the end (or max segments), does s->op
+ * to each segment, writes the result to s->out and flushes it. Nothing of
+ * a segment is written before it is verified. Returns 0, or -1 with err
+ * set (which segment, and why). */
+int seg_run(struct seg_stream *s, char *err);
 
 #endif
