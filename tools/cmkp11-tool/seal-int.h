@@ -5,7 +5,8 @@
  *   seal-file.c     temporary files, -o output, inputs, finding sealed files
  *   seal-key.c      tokens, the keys to wrap and unwrap with, the data key
  *   seal-stream.c   the segments: one loop to seal, unseal, verify, copy
- *   cmd-seal.c      the commands
+ *   cmd-seal.c      seal and unseal
+ *   cmd-rewrap.c    rewrap
  */
 #ifndef CMKP11_TOOL_SEAL_INT_H
 #define CMKP11_TOOL_SEAL_INT_H

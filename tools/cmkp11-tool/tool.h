@@ -34,7 +34,8 @@ int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
 int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
 int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc,
                char **argv);
-/* seal, unseal and rewrap (cmd-seal.c); their operands are files. */
+/* seal and unseal (cmd-seal.c), rewrap (cmd-rewrap.c); their operands are
+ * files. */
 int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
 int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc,
                char **argv);
