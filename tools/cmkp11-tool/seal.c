@@ -136,28 +136,10 @@ static int read_exact(FILE *f, void *buf, size_t n, size_t *got)
 static const char *const field_names[5] = {"token", "key", "version", "key id",
                                            "wrapped key"};
 
-enum seal_err seal_header_read(FILE *f, struct seal_header *h, char *err,
-                               size_t errlen)
+/* Checks the fixed part (read in full). */
+static enum seal_err fixed_check(const unsigned char *fixed, char *err,
+                                 size_t errlen)
 {
-    unsigned char *fixed = h->fixed, lenbuf[2];
-    unsigned char *vals[5] = {NULL, NULL, NULL, NULL, NULL};
-    size_t lens[5] = {0, 0, 0, 0, 0}, got = 0, i;
-    enum seal_err e = SEAL_OK;
-    int r;
-
-    memset(h, 0, sizeof(*h));
-    err[0] = '\0';
-    r = read_exact(f, fixed, SEAL_FIXED_LEN, &got);
-    if (r < 0)
-        return SEAL_IO;
-    if (got < SEAL_MAGIC_LEN || !seal_has_magic(fixed, got)) {
-        snprintf(err, errlen, "not a sealed file (no %s magic)", SEAL_MAGIC);
-        return SEAL_NOT_SEALED;
-    }
-    if (r > 0) {
-        snprintf(err, errlen, "the header is truncated (%zu bytes)", got);
-        return SEAL_TRUNCATED;
-    }
     if (fixed[8] != SEAL_VERSION) {
         snprintf(err, errlen,
                  "format version %u is not supported (this tool reads %u)",
@@ -182,38 +164,75 @@ enum seal_err seal_header_read(FILE *f, struct seal_header *h, char *err,
         snprintf(err, errlen, "the reserved byte of the header is not 0");
         return SEAL_BAD_FIELD;
     }
+    return SEAL_OK;
+}
+
+/* Reads field i (u16 length, then the bytes, NUL-terminated in a new
+ * buffer) into *val and *len; adds its size to h->length. */
+static enum seal_err field_read(FILE *f, size_t i, struct seal_header *h,
+                                unsigned char **val, size_t *len, char *err,
+                                size_t errlen)
+{
+    unsigned char lenbuf[2];
+    int r = read_exact(f, lenbuf, 2, NULL);
+
+    if (r == 0) {
+        *len = get_u16(lenbuf);
+        *val = malloc(*len + 1);
+        if (*val == NULL)
+            return SEAL_NOMEM;
+        (*val)[*len] = '\0';
+        r = read_exact(f, *val, *len, NULL);
+    }
+    if (r < 0)
+        return SEAL_IO;
+    if (r > 0) {
+        snprintf(err, errlen,
+                 "the header is truncated (in the %s field): a cut-off file",
+                 field_names[i]);
+        return SEAL_TRUNCATED;
+    }
+    h->length += 2 + *len;
+    if (*len == 0 || (i < 3 && memchr(*val, '\0', *len) != NULL)) {
+        snprintf(err, errlen, "the header's %s field is %s", field_names[i],
+                 *len == 0 ? "empty" : "not text");
+        return SEAL_BAD_STRING;
+    }
+    return SEAL_OK;
+}
+
+enum seal_err seal_header_read(FILE *f, struct seal_header *h, char *err,
+                               size_t errlen)
+{
+    unsigned char *vals[5] = {NULL, NULL, NULL, NULL, NULL};
+    size_t lens[5] = {0, 0, 0, 0, 0}, got = 0, i;
+    enum seal_err e = SEAL_OK;
+    int r;
+
+    memset(h, 0, sizeof(*h));
+    err[0] = '\0';
+    r = read_exact(f, h->fixed, SEAL_FIXED_LEN, &got);
+    if (r < 0)
+        return SEAL_IO;
+    if (got < SEAL_MAGIC_LEN || !seal_has_magic(h->fixed, got)) {
+        snprintf(err, errlen, "not a sealed file (no %s magic)", SEAL_MAGIC);
+        return SEAL_NOT_SEALED;
+    }
+    if (r > 0) {
+        snprintf(err, errlen, "the header is truncated (%zu bytes)", got);
+        return SEAL_TRUNCATED;
+    }
+    e = fixed_check(h->fixed, err, errlen);
+    if (e != SEAL_OK)
+        return e;
     h->length = SEAL_FIXED_LEN;
-    for (i = 0; i < 5; i++) {
-        r = read_exact(f, lenbuf, 2, NULL);
-        if (r == 0) {
-            lens[i] = get_u16(lenbuf);
-            vals[i] = malloc(lens[i] + 1);
-            if (vals[i] == NULL) {
-                e = SEAL_NOMEM;
-                goto out;
-            }
-            vals[i][lens[i]] = '\0';
-            r = read_exact(f, vals[i], lens[i], NULL);
-        }
-        if (r < 0) {
-            e = SEAL_IO;
-            goto out;
-        }
-        if (r > 0) {
-            snprintf(err, errlen,
-                     "the header is truncated (in the %s field): a cut-off "
-                     "file",
-                     field_names[i]);
-            e = SEAL_TRUNCATED;
-            goto out;
-        }
-        h->length += 2 + lens[i];
-        if (lens[i] == 0 || (i < 3 && memchr(vals[i], '\0', lens[i]) != NULL)) {
-            snprintf(err, errlen, "the header's %s field is %s", field_names[i],
-                     lens[i] == 0 ? "empty" : "not text");
-            e = SEAL_BAD_STRING;
-            goto out;
-        }
+    for (i = 0; i < 5 && e == SEAL_OK; i++)
+        e = field_read(f, i, h, &vals[i], &lens[i], err, errlen);
+    if (e != SEAL_OK) {
+        for (i = 0; i < 5; i++)
+            free(vals[i]);
+        memset(h, 0, sizeof(*h));
+        return e;
     }
     h->token = (char *)vals[0];
     h->key = (char *)vals[1];
@@ -223,11 +242,6 @@ enum seal_err seal_header_read(FILE *f, struct seal_header *h, char *err,
     h->wrapped = vals[4];
     h->wrapped_len = lens[4];
     return SEAL_OK;
-out:
-    for (i = 0; i < 5; i++)
-        free(vals[i]);
-    memset(h, 0, sizeof(*h));
-    return e;
 }
 
 void seal_header_clear(struct seal_header *h)
