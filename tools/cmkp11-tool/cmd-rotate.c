@@ -14,16 +14,6 @@
 #include "out.h"
 #include "tool.h"
 
-static struct tkey *find_key(struct tkeys *k, const char *name)
-{
-    size_t i;
-
-    for (i = 0; i < k->n; i++)
-        if (strcmp(k->k[i].name, name) == 0)
-            return &k->k[i];
-    return NULL;
-}
-
 static CK_RV generate(struct tmod *m, CK_SESSION_HANDLE s, const char *name)
 {
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
@@ -161,7 +151,7 @@ int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     }
     tkeys_free(&keys);
     rv = tkeys_load(m, t, &keys);
-    key = rv == CKR_OK ? find_key(&keys, name) : NULL;
+    key = rv == CKR_OK ? tkeys_find(&keys, name) : NULL;
     cur = key ? tkey_current(key) : NULL;
     if (cur == NULL) {
         tool_error("key %s on token %s: the new version is not visible (%s)",

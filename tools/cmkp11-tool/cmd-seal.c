@@ -53,26 +53,26 @@ out:
     return hdr;
 }
 
-/* Seals in into out under tg: a new DEK, the header, the segments. */
+/* Seals in into out under tg: a new DEK, the header (in h), the
+ * segments. */
 static int seal_data(struct sctx *c, const struct target *tg, FILE *in,
-                     FILE *out, struct seg_stream *ss, char *err)
+                     FILE *out, struct seal_header *h, struct seg_stream *ss,
+                     char *err)
 {
-    struct seal_header h;
     unsigned char *hdr = NULL;
     CK_OBJECT_HANDLE dek = 0;
     size_t hlen;
     int r = -1;
 
-    memset(&h, 0, sizeof(h));
     if (dek_generate(c, tg, &dek, err) < 0 ||
-        (hdr = header_new(c, tg, dek, &h, &hlen, err)) == NULL)
+        (hdr = header_new(c, tg, dek, h, &hlen, err)) == NULL)
         goto out;
     if (fwrite(hdr, 1, hlen, out) != hlen) {
         efmt(err, "writing the sealed data: %s", strerror(errno));
         goto out;
     }
     ss->op = SEG_ENCRYPT;
-    ss->key = (struct seg_key){c, tg->ts, dek, &h};
+    ss->key = (struct seg_key){c, tg->ts, dek, h};
     ss->in = in;
     ss->out = out;
     ss->in_what = "the input";
@@ -81,7 +81,6 @@ static int seal_data(struct sctx *c, const struct target *tg, FILE *in,
 out:
     dek_destroy(c, tg->ts, &dek);
     free(hdr);
-    seal_header_clear(&h);
     return r;
 }
 
@@ -94,42 +93,30 @@ static void hex(const unsigned char *p, size_t n, char *out, size_t outlen)
         snprintf(out + 2 * i, 3, "%02x", p[i]);
 }
 
-static void json_key_fields(struct jw *w, const char *token, const char *key,
-                            const char *version, const unsigned char *id,
-                            size_t id_len)
+/* What seal and unseal print with --json: the file's key as its header
+ * names it, the token used, and what the segments held. fallback < 0:
+ * not printed. */
+static void report_json(const char *inpath, const char *outpath,
+                        const char *token, const struct seal_header *h,
+                        const struct seg_stream *ss, int fallback)
 {
     char idhex[2 * 64 + 1];
-
-    hex(id, id_len < 64 ? id_len : 64, idhex, sizeof(idhex));
-    jw_kv_string(w, "token", token);
-    jw_kv_string(w, "key", key);
-    jw_kv_string(w, "version", version);
-    jw_kv_string(w, "key_id", idhex);
-}
-
-/* What seal and unseal print on success: a JSON summary with --json, else
- * a line unless the data went to standard output. */
-struct report {
-    const char *inpath, *outpath;
-    const char *token, *key, *version;
-    const unsigned char *id;
-    size_t id_len;
-    const struct seg_stream *ss;
-};
-
-static void report_json(const struct report *r, int fallback)
-{
     struct jw w;
 
+    hex(h->key_id, h->key_id_len < 64 ? h->key_id_len : 64, idhex,
+        sizeof(idhex));
     jw_init(&w, stdout);
     jw_begin_object(&w);
-    jw_kv_string(&w, "input", path_is_stdio(r->inpath) ? "-" : r->inpath);
-    jw_kv_string(&w, "output", r->outpath);
-    json_key_fields(&w, r->token, r->key, r->version, r->id, r->id_len);
+    jw_kv_string(&w, "input", path_is_stdio(inpath) ? "-" : inpath);
+    jw_kv_string(&w, "output", outpath);
+    jw_kv_string(&w, "token", token);
+    jw_kv_string(&w, "key", h->key);
+    jw_kv_string(&w, "version", h->version);
+    jw_kv_string(&w, "key_id", idhex);
     if (fallback >= 0)
         jw_kv_bool(&w, "fallback", fallback);
-    jw_kv_int(&w, "bytes", (long long)r->ss->bytes);
-    jw_kv_int(&w, "segments", (long long)r->ss->segments);
+    jw_kv_int(&w, "bytes", (long long)ss->bytes);
+    jw_kv_int(&w, "segments", (long long)ss->segments);
     jw_end_object(&w);
     jw_finish(&w);
 }
@@ -186,6 +173,7 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 {
     const char *inpath = argc > 1 ? argv[1] : NULL;
     struct seg_stream ss;
+    struct seal_header h;
     struct progress pg;
     struct outfile of;
     struct target tg;
@@ -197,6 +185,7 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     steady_heap();
     memset(&c, 0, sizeof(c));
     memset(&ss, 0, sizeof(ss));
+    memset(&h, 0, sizeof(h));
     if (seal_usage(o) < 0)
         return TOOL_USAGE;
     tmp_signals_install();
@@ -209,21 +198,13 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     } else {
         progress_start(&pg, in);
         ss.pg = &pg;
-        r = output_end(&of, &pg, seal_data(&c, &tg, in, of.f, &ss, err),
+        r = output_end(&of, &pg, seal_data(&c, &tg, in, of.f, &h, &ss, err),
                        o->output, err);
     }
     if (r < 0) {
         tool_error("seal: %s", err);
     } else if (o->json) {
-        struct report rp = {.inpath = inpath,
-                            .outpath = o->output,
-                            .token = tg.ts->t->label,
-                            .key = tg.key->name,
-                            .version = tg.v->version,
-                            .id = tg.v->id,
-                            .id_len = tg.v->id_len,
-                            .ss = &ss};
-        report_json(&rp, -1);
+        report_json(inpath, o->output, tg.ts->t->label, &h, &ss, -1);
     } else if (!path_is_stdout(o->output)) {
         printf("sealed %llu bytes from %s into %s under key %s version %s%s "
                "on token %s\n",
@@ -232,6 +213,7 @@ int cmd_seal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                tg.ts->t->label);
     }
     input_close(in);
+    seal_header_clear(&h);
     sctx_free(&c);
     return r < 0 ? TOOL_FAILED : TOOL_OK;
 }
@@ -306,15 +288,7 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     if (r < 0) {
         tool_error("unseal: %s: %s", path_in_name(inpath), err);
     } else if (o->json) {
-        struct report rp = {.inpath = inpath,
-                            .outpath = o->output,
-                            .token = s->t->label,
-                            .key = h.key,
-                            .version = h.version,
-                            .id = h.key_id,
-                            .id_len = h.key_id_len,
-                            .ss = &ss};
-        report_json(&rp, fallback);
+        report_json(inpath, o->output, s->t->label, &h, &ss, fallback);
     } else if (!path_is_stdout(o->output)) {
         printf("unsealed %llu bytes from %s into %s (key %s version %s on "
                "token %s)\n",

@@ -39,14 +39,22 @@ void tkeys_free(struct tkeys *k)
     memset(k, 0, sizeof(*k));
 }
 
-static struct tkey *key_get(struct tkeys *k, const char *name)
+struct tkey *tkeys_find(struct tkeys *k, const char *name)
 {
-    struct tkey *nk;
     size_t i;
 
     for (i = 0; i < k->n; i++)
         if (strcmp(k->k[i].name, name) == 0)
             return &k->k[i];
+    return NULL;
+}
+
+static struct tkey *key_get(struct tkeys *k, const char *name)
+{
+    struct tkey *nk = tkeys_find(k, name);
+
+    if (nk != NULL)
+        return nk;
     nk = realloc(k->k, (k->n + 1) * sizeof(*nk));
     if (nk == NULL)
         return NULL;

@@ -55,6 +55,8 @@ size_t tkeys_select(struct tkeys *k, const struct tsel *s);
  * marked one; NULL when none is marked. */
 struct tversion *tkey_selected(struct tkey *key);
 struct tversion *tkey_current(struct tkey *key);
+/* The key named name, or NULL. */
+struct tkey *tkeys_find(struct tkeys *k, const char *name);
 
 /* The version of key whose CKA_ID is id, or NULL. */
 struct tversion *tkey_find_id(struct tkey *key, const unsigned char *id,

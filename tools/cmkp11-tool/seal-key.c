@@ -124,16 +124,6 @@ struct tstate *ts_select(struct sctx *c, const char *arg, char *err)
 /* ---- keys to wrap with ----------------------------------------------------
  */
 
-static struct tkey *key_by_name(struct tkeys *k, const char *name)
-{
-    size_t i;
-
-    for (i = 0; i < k->n; i++)
-        if (strcmp(k->k[i].name, name) == 0)
-            return &k->k[i];
-    return NULL;
-}
-
 /* What a search for --key / --to found over the tokens. */
 struct search {
     size_t cand, nmatch; /* tokens searched, keys matched */
@@ -269,7 +259,7 @@ int target_current(struct sctx *c, struct tstate *s, const char *name,
         return -1;
     }
     out->ts = s;
-    out->key = key_by_name(&s->keys, name);
+    out->key = tkeys_find(&s->keys, name);
     out->v = out->key ? tkey_current(out->key) : NULL;
     if (out->v == NULL || out->v->pub == 0 || out->v->version == NULL) {
         efmt(err, "token %s has no current version of key %s", s->t->label,
@@ -291,13 +281,13 @@ static struct tversion *header_version(struct sctx *c, struct tstate *s,
 {
     struct tversion *v;
 
-    *key = key_by_name(&s->keys, h->key);
+    *key = tkeys_find(&s->keys, h->key);
     if (*key == NULL)
         return NULL;
     v = tkey_find_id(*key, h->key_id, h->key_id_len);
     if (v == NULL && tkeys_load_version(c->m, s->t, &s->keys, h->key,
                                         h->version) == CKR_OK) {
-        *key = key_by_name(&s->keys, h->key); /* the array may have moved */
+        *key = tkeys_find(&s->keys, h->key); /* the array may have moved */
         v = *key != NULL ? tkey_find_id(*key, h->key_id, h->key_id_len) : NULL;
     }
     return v;

@@ -256,16 +256,25 @@ static void seg_diagnose(const struct seg_key *k, uint32_t i, bool last,
              (unsigned long)i);
 }
 
+/* A call on the segment in r failed with rv (not an authentication
+ * failure). */
+static void seg_error(const struct seg_key *k, const struct seg_reader *r,
+                      const char *call, CK_RV rv, char *err)
+{
+    char text[128];
+
+    efmt(err, "%s (AES-GCM, segment %lu) on token %s: %s", call,
+         (unsigned long)r->i, k->ts->t->label,
+         ts_rv_text(k->c, k->ts, rv, text, sizeof(text)));
+}
+
 static int seg_encrypt(const struct seg_key *k, const struct seg_reader *r,
                        unsigned char *ct, CK_ULONG *n, char *err)
 {
-    char text[128];
     CK_RV rv = seg_crypt(k, r->i, r->last, true, r->cur, r->len, ct, n);
 
     if (rv != CKR_OK) {
-        efmt(err, "C_Encrypt (AES-GCM, segment %lu) on token %s: %s",
-             (unsigned long)r->i, k->ts->t->label,
-             ts_rv_text(k->c, k->ts, rv, text, sizeof(text)));
+        seg_error(k, r, "C_Encrypt", rv, err);
         return -1;
     }
     if (*n != (CK_ULONG)r->len + SEAL_TAG_LEN) {
@@ -278,7 +287,6 @@ static int seg_encrypt(const struct seg_key *k, const struct seg_reader *r,
 static int seg_decrypt(const struct seg_key *k, const struct seg_reader *r,
                        unsigned char *pt, CK_ULONG *n, char *err)
 {
-    char text[128];
     CK_RV rv;
 
     if (r->len == 0) {
@@ -299,9 +307,7 @@ static int seg_decrypt(const struct seg_key *k, const struct seg_reader *r,
         return -1;
     }
     if (rv != CKR_OK) {
-        efmt(err, "C_Decrypt (AES-GCM, segment %lu) on token %s: %s",
-             (unsigned long)r->i, k->ts->t->label,
-             ts_rv_text(k->c, k->ts, rv, text, sizeof(text)));
+        seg_error(k, r, "C_Decrypt", rv, err);
         return -1;
     }
     return 0;
