@@ -246,7 +246,6 @@ static bool is_through_path(const char *path)
     return strncmp(path, "/dev/", 5) == 0 || strncmp(path, "/proc/", 6) == 0;
 }
 
-/* Opens -o path for plaintext (unseal) or sealed data (seal). */
 /* Replaces the file at target (o->target, NULL when out of memory) by a
  * temporary file beside it. */
 static int outfile_tmp(struct outfile *o, const char *path, char *err)
