@@ -208,7 +208,7 @@ void audit_record(struct session *s, struct object *key, const char *op,
             "\"result\":\"%s\",\"http_status\":%lu",
             op, cmk_mech_name(mech), cmk_rv_name(rv),
             (unsigned long)http_status);
-    if (offline)
+    if (offline && rv == CKR_OK) /* served, not merely attempted */
         put_raw(l, ",\"offline\":true", 15);
     if (l->full) {
         cmk_debug("audit-log: a record did not fit in %d bytes",

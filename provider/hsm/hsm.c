@@ -29,6 +29,7 @@
 #include <p11-kit/uri.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
+#include "audit.h"
 #include "debug.h"
 #include "hsm.h"
 #include "rsa.h"
@@ -130,15 +131,86 @@ static void hsm_atfork(enum provider_fork phase)
 }
 
 /* Calls into the lower module go through this: inside the fork gate; a
- * missing function is CKR_FUNCTION_NOT_SUPPORTED, and failures are
- * traced. */
+ * missing function is CKR_FUNCTION_NOT_SUPPORTED, failures are traced, and
+ * the lower token's health is followed (lower_health). */
 #define LOWER(ht, fn, ...)                                                     \
-    lower_done(#fn, (lower_enter(), (ht)->lib->fl->fn != NULL                  \
-                                        ? (ht)->lib->fl->fn(__VA_ARGS__)       \
-                                        : CKR_FUNCTION_NOT_SUPPORTED))
+    lower_done((ht), #fn,                                                      \
+               (lower_enter(), (ht)->lib->fl->fn != NULL                       \
+                                   ? (ht)->lib->fl->fn(__VA_ARGS__)            \
+                                   : CKR_FUNCTION_NOT_SUPPORTED))
 
-static CK_RV lower_done(const char *fn, CK_RV rv)
+#define HSM_OFFLINE_LOG_MS 60000 /* an outage is logged once a minute */
+
+static int64_t now_ms(void)
 {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* What a lower token answers when it cannot be reached for a while (a
+ * network HSM's link, a device reset, a card pulled): an outage, not
+ * evidence about a key (docs/hsm.md, "Outages"). */
+static bool lower_transient(CK_RV rv)
+{
+    return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED ||
+           rv == CKR_TOKEN_NOT_PRESENT;
+}
+
+/* Follows the lower token's health from every lower call's result: the
+ * first transient failure starts an outage, which is logged then and once
+ * a minute while calls keep failing; the first other answer ends it. Lock
+ * free (atomics): it runs inside the fork gate, on every call. */
+static void lower_health(struct hsm_token *ht, const char *fn, CK_RV rv)
+{
+    int64_t since = __atomic_load_n(&ht->offline_since_ms, __ATOMIC_ACQUIRE);
+    int64_t now, logged;
+    const char *name = ht->name ? ht->name : "";
+
+    if (!lower_transient(rv)) {
+        if (since != 0 &&
+            __atomic_compare_exchange_n(&ht->offline_since_ms, &since, 0, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            cmk_warning("token %s: the lower token answers again after "
+                        "%lld s; offline-grace ends",
+                        name, (long long)(now_ms() - since) / 1000);
+        return;
+    }
+    now = now_ms();
+    if (now == 0)
+        now = 1;
+    if (since == 0) {
+        if (__atomic_compare_exchange_n(&ht->offline_since_ms, &since, now,
+                                        false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            __atomic_store_n(&ht->offline_logged_ms, now, __ATOMIC_RELAXED);
+            if (ht->grace_ms > 0)
+                cmk_warning("token %s: the lower token fails (%s from %s); "
+                            "versions whose usage flags were read within "
+                            "refresh-interval + offline-grace (%ld s) keep "
+                            "serving local encryption, operations in the "
+                            "lower token fail",
+                            name, cmk_rv_name(rv), fn, ht->grace_ms / 1000);
+            else
+                cmk_warning("token %s: the lower token fails (%s from %s); "
+                            "offline-grace = 0: its keys stop",
+                            name, cmk_rv_name(rv), fn);
+        }
+        return;
+    }
+    logged = __atomic_load_n(&ht->offline_logged_ms, __ATOMIC_RELAXED);
+    if (now - logged >= HSM_OFFLINE_LOG_MS &&
+        __atomic_compare_exchange_n(&ht->offline_logged_ms, &logged, now, false,
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        cmk_warning("token %s: the lower token still fails (%s), for %lld s",
+                    name, cmk_rv_name(rv), (long long)(now - since) / 1000);
+}
+
+static CK_RV lower_done(struct hsm_token *ht, const char *fn, CK_RV rv)
+{
+    /* Inside the gate still: no fork while the health is updated. */
+    lower_health(ht, fn, rv);
     lower_leave();
     if (rv != CKR_OK)
         cmk_debug("lower %s = %s", fn, cmk_rv_name(rv));
@@ -410,6 +482,7 @@ static void hsm_close(void *tok, bool in_child)
     free(ht->module_path);
     free(ht->token_label);
     free(ht->token_uri);
+    free(ht->name);
     pthread_mutex_destroy(&ht->lock);
     pthread_mutex_destroy(&ht->list_lock);
     free(ht);
@@ -542,6 +615,20 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     pthread_mutex_init(&ht->list_lock, NULL);
     ht->anchor = CK_INVALID_HANDLE;
     ht->refresh_ms = (cfg->global ? cfg->global->refresh_interval : 60) * 1000L;
+    ht->name = strdup(cfg->name);
+    if (ht->name == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    {
+        long grace = cfg->global ? cfg->global->offline_grace : 900;
+        if (config_token_get_long(cfg, "offline-grace", 0, 86400L * 7, &grace,
+                                  err, errlen) < 0) {
+            rv = CKR_GENERAL_ERROR;
+            goto fail;
+        }
+        ht->grace_ms = grace * 1000L;
+    }
     module = config_token_get(cfg, "module");
     label = config_token_get(cfg, "token-label");
     uri = config_token_get(cfg, "token-uri");
@@ -1064,8 +1151,24 @@ static CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     }
     pthread_mutex_unlock(&ht->lock);
     pthread_mutex_unlock(&ht->list_lock);
-    if (rv != CKR_OK)
+    if (rv != CKR_OK) {
+        int64_t since =
+            __atomic_load_n(&ht->offline_since_ms, __ATOMIC_ACQUIRE);
+        if (lower_transient(rv) && ht->grace_ms > 0 &&
+            __atomic_load_n(&ht->listed, __ATOMIC_RELAXED) && since != 0 &&
+            now_ms() < since + ht->refresh_ms + ht->grace_ms) {
+            /* An outage, for refresh-interval + offline-grace from its
+             * start: the objects of the last listing stay (each version's
+             * use is checked by usage_check, with its own grace). */
+            c->device_error = rv;
+            *objs = NULL;
+            *count = 0;
+            *complete = false;
+            return CKR_OK;
+        }
         return mapped(c, rv);
+    }
+    __atomic_store_n(&ht->listed, true, __ATOMIC_RELAXED);
 
     /* Built from copies: another listing may change the versions while
      * this one reads the lower token for their attributes. */
@@ -1875,17 +1978,11 @@ static CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
     return rv;
 }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The lower token failed an operation with this version: the next public
- * operation reads its usage flags again, whatever their age. */
-static void usage_forget(struct hsm_token *ht, void *ref)
+ * operation reads its usage flags again, whatever their age. A failure
+ * other than an outage (the token refused the version) also ends the
+ * version's offline-grace: it is evidence, not unreachability. */
+static void usage_forget(struct hsm_token *ht, void *ref, CK_RV rv)
 {
     struct hsm_ver *v = ref;
 
@@ -1894,6 +1991,8 @@ static void usage_forget(struct hsm_token *ht, void *ref)
     pthread_mutex_lock(&ht->lock);
     v->usage_at = 0;
     v->usage_gen++;
+    if (rv != CKR_DEVICE_ERROR && rv != CKR_DEVICE_REMOVED)
+        v->usage_ok_at = 0;
     pthread_mutex_unlock(&ht->lock);
 }
 
@@ -1905,6 +2004,12 @@ static void usage_forget(struct hsm_token *ht, void *ref)
  * when the copy here is older than refresh-interval, at once after the
  * lower token failed an operation with the version, and at every use with
  * refresh-interval = 0. See docs/hsm.md, "Revocation".
+ *
+ * When that read fails transiently (lower_transient: an outage, not
+ * evidence about the version), the flags last read serve until
+ * refresh-interval + offline-grace after that read, and the operation is
+ * audited as served offline; then the version stops with the lower
+ * token's error, logged once. See docs/hsm.md, "Outages".
  */
 static CK_RV usage_check(struct pcall *c, void *key, enum usage use)
 {
@@ -1916,11 +2021,13 @@ static CK_RV usage_check(struct pcall *c, void *key, enum usage use)
         {CKA_UNWRAP, &unw, sizeof(unw)},
         {CKA_DECRYPT, &dec, sizeof(dec)},
     };
-    int64_t now = now_ms();
+    int64_t now = now_ms(), read_at = 0;
     unsigned gen;
-    bool fresh;
+    bool fresh, offline = false, stop_log = false;
+    char label[160];
     CK_RV rv;
 
+    audit_note_offline(false);
     if (v == NULL || v->kind != HSM_REF_VERSION)
         return CKR_OK; /* only versions have a private half */
     pthread_mutex_lock(&ht->lock);
@@ -1938,24 +2045,52 @@ static CK_RV usage_check(struct pcall *c, void *key, enum usage use)
     if (!fresh) {
         rv = LOWER(ht, C_GetAttributeValue, lower_session(c), priv, a, 2);
         pthread_mutex_lock(&ht->lock);
-        if (rv != CKR_OK) {
+        if (rv != CKR_OK && !lower_transient(rv)) {
+            /* The token answered, refusing (the object gone): evidence,
+             * no grace for the version until it reads again. */
+            v->usage_at = v->usage_ok_at = 0;
+        } else if (rv != CKR_OK) {
             v->usage_at = 0;
+            read_at = v->usage_ok_at;
+            if (lower_transient(rv) && ht->grace_ms > 0 && read_at != 0 &&
+                v->usage_priv == priv) {
+                if (now < read_at + ht->refresh_ms + ht->grace_ms) {
+                    offline = true;
+                    unw = v->may_unwrap;
+                    dec = v->may_decrypt;
+                } else if (!v->grace_over_logged) {
+                    v->grace_over_logged = stop_log = true;
+                    /* Labels are replaced under the lock by listings. */
+                    snprintf(label, sizeof(label), "%s",
+                             v->label ? v->label : "?");
+                }
+            }
         } else if (v->usage_gen == gen) {
             /* Not if a failure came in meanwhile: what was read may be
              * older than it. The time is that of before the read. */
-            v->usage_at = now > 0 ? now : 1;
+            v->usage_at = v->usage_ok_at = now > 0 ? now : 1;
             v->usage_priv = priv;
             v->may_unwrap = unw;
             v->may_decrypt = dec;
+            v->grace_over_logged = false;
         }
         pthread_mutex_unlock(&ht->lock);
+        if (stop_log)
+            cmk_error("token %s: key %s stopped: the lower token has "
+                      "failed (%s) past offline-grace (%ld s after "
+                      "refresh-interval; its usage flags were last read "
+                      "%lld s ago)",
+                      ht->name, label, cmk_rv_name(rv), ht->grace_ms / 1000,
+                      (long long)(now - read_at) / 1000);
         if (rv == CKR_OBJECT_HANDLE_INVALID)
             return CKR_KEY_HANDLE_INVALID;
-        if (rv != CKR_OK)
+        if (rv != CKR_OK && !offline)
             return mapped(c, rv);
     }
     if (!(use == USE_WRAP ? unw : use == USE_ENCRYPT ? dec : (unw || dec)))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (offline)
+        audit_note_offline(true);
     return CKR_OK;
 }
 
@@ -1993,10 +2128,12 @@ static CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key,
                        const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
                        CK_BYTE *out, CK_ULONG *outlen)
 {
-    CK_RV rv = crypt_lower(c, op, key, m, in, inlen, out, outlen);
+    CK_RV rv;
 
+    audit_note_offline(false);
+    rv = crypt_lower(c, op, key, m, in, inlen, out, outlen);
     if (!caller_error(rv))
-        usage_forget(c->tok, key);
+        usage_forget(c->tok, key, rv);
     return rv;
 }
 
@@ -2004,10 +2141,12 @@ static CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
                         const CK_BYTE *wrapped, CK_ULONG len,
                         const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
 {
-    CK_RV rv = unwrap_lower(c, key, m, wrapped, len, tmpl, n, out);
+    CK_RV rv;
 
+    audit_note_offline(false);
+    rv = unwrap_lower(c, key, m, wrapped, len, tmpl, n, out);
     if (!caller_error(rv))
-        usage_forget(c->tok, key);
+        usage_forget(c->tok, key, rv);
     return rv;
 }
 

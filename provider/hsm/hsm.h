@@ -42,6 +42,11 @@ struct hsm_ver {
     CK_OBJECT_HANDLE usage_priv;
     unsigned usage_gen;
     bool may_unwrap, may_decrypt;
+    /* offline-grace: when the flags were last read (0: never, or the lower
+     * token refused an operation with the version since: no grace), and
+     * whether the end of the grace was logged. */
+    int64_t usage_ok_at;
+    bool grace_over_logged;
     struct hsm_ver *next;
 };
 
@@ -72,6 +77,17 @@ struct hsm_token {
     char **keys;              /* allow-list, NULL-terminated, or NULL */
     struct hsm_ver *versions;
     long refresh_ms; /* refresh-interval; 0: usage read at every use */
+    /* offline-grace (docs/hsm.md, "Outages"): how long past refresh-interval
+     * the usage flags last read serve local public-key operations while the
+     * lower token fails transiently; 0: not at all. */
+    long grace_ms;
+    char *name; /* the [token] section's */
+    /* Since when the lower token fails transiently (0: it answers) and
+     * when that was last logged (monotonic ms), and whether a listing
+     * succeeded; atomic, read and written outside any lock. */
+    int64_t offline_since_ms;
+    int64_t offline_logged_ms;
+    bool listed;
     struct pmech *mechs;
     CK_ULONG n_mechs;
     bool has_raw; /* the lower token decrypts with CKM_RSA_X_509 */

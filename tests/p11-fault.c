@@ -1,0 +1,194 @@
+/*
+ * A PKCS#11 library for tests that forwards every call to a real one
+ * (SoftHSMv2 by default) and makes the token fail on command, as a
+ * network HSM whose link drops or a device that resets would: configured
+ * as an hsm token's `module =`, it lets tests drive the hsm back end's
+ * offline-grace (docs/hsm.md, "Outages") against a real lower token.
+ *
+ *   CMKP11_FAULT_MODULE  the library to forward to
+ *                        (default /usr/lib/softhsm/libsofthsm2.so)
+ *   CMKP11_FAULT_FILE    a file read at every call: absent or empty, calls
+ *                        pass; otherwise its first word is the code every
+ *                        token, session, object and crypto call returns
+ *                        without reaching the real library: a name
+ *                        (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+ *                        CKR_TOKEN_NOT_PRESENT) or a number (0x30)
+ *
+ * C_Initialize, C_Finalize, C_GetInfo, the slot list, C_CloseSession and
+ * C_FindObjectsFinal always pass, so the real library is never left with
+ * an operation or session its caller believes ended. Built only for
+ * `make check`.
+ */
+#include "config.h"
+
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <p11-kit/pkcs11.h>
+
+__attribute__((visibility("default"))) CK_RV
+C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
+
+static void *real_dl;
+static CK_FUNCTION_LIST *real;
+static CK_FUNCTION_LIST shim;
+
+/* The code the control file asks for, CKR_OK if none. */
+static CK_RV fault(void)
+{
+    const char *path = getenv("CMKP11_FAULT_FILE");
+    char word[64] = "";
+    FILE *f;
+
+    if (path == NULL || (f = fopen(path, "r")) == NULL)
+        return CKR_OK;
+    if (fscanf(f, "%63s", word) != 1)
+        word[0] = '\0';
+    fclose(f);
+    if (word[0] == '\0')
+        return CKR_OK;
+    if (strcmp(word, "CKR_DEVICE_ERROR") == 0)
+        return CKR_DEVICE_ERROR;
+    if (strcmp(word, "CKR_DEVICE_REMOVED") == 0)
+        return CKR_DEVICE_REMOVED;
+    if (strcmp(word, "CKR_TOKEN_NOT_PRESENT") == 0)
+        return CKR_TOKEN_NOT_PRESENT;
+    return (CK_RV)strtoul(word, NULL, 0);
+}
+
+#define FORWARD(fn, params, args)                                              \
+    static CK_RV shim_##fn params                                              \
+    {                                                                          \
+        CK_RV rv = fault();                                                    \
+        return rv != CKR_OK ? rv : real->fn args;                              \
+    }
+
+FORWARD(C_GetTokenInfo, (CK_SLOT_ID a, CK_TOKEN_INFO_PTR b), (a, b))
+FORWARD(C_GetMechanismList,
+        (CK_SLOT_ID a, CK_MECHANISM_TYPE_PTR b, CK_ULONG_PTR c), (a, b, c))
+FORWARD(C_GetMechanismInfo,
+        (CK_SLOT_ID a, CK_MECHANISM_TYPE b, CK_MECHANISM_INFO_PTR c), (a, b, c))
+FORWARD(C_OpenSession,
+        (CK_SLOT_ID a, CK_FLAGS b, CK_VOID_PTR c, CK_NOTIFY d,
+         CK_SESSION_HANDLE_PTR e),
+        (a, b, c, d, e))
+FORWARD(C_GetSessionInfo, (CK_SESSION_HANDLE a, CK_SESSION_INFO_PTR b), (a, b))
+FORWARD(C_Login,
+        (CK_SESSION_HANDLE a, CK_USER_TYPE b, CK_UTF8CHAR_PTR c, CK_ULONG d),
+        (a, b, c, d))
+FORWARD(C_Logout, (CK_SESSION_HANDLE a), (a))
+FORWARD(C_CreateObject,
+        (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c,
+         CK_OBJECT_HANDLE_PTR d),
+        (a, b, c, d))
+FORWARD(C_DestroyObject, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (a, b))
+FORWARD(C_GetAttributeValue,
+        (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
+         CK_ULONG d),
+        (a, b, c, d))
+FORWARD(C_SetAttributeValue,
+        (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
+         CK_ULONG d),
+        (a, b, c, d))
+FORWARD(C_FindObjectsInit,
+        (CK_SESSION_HANDLE a, CK_ATTRIBUTE_PTR b, CK_ULONG c), (a, b, c))
+FORWARD(C_FindObjects,
+        (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE_PTR b, CK_ULONG c,
+         CK_ULONG_PTR d),
+        (a, b, c, d))
+FORWARD(C_EncryptInit,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+        (a, b, c))
+FORWARD(C_Encrypt,
+        (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+         CK_ULONG_PTR e),
+        (a, b, c, d, e))
+FORWARD(C_DecryptInit,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+        (a, b, c))
+FORWARD(C_Decrypt,
+        (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+         CK_ULONG_PTR e),
+        (a, b, c, d, e))
+FORWARD(C_SignInit,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+        (a, b, c))
+FORWARD(C_Sign,
+        (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+         CK_ULONG_PTR e),
+        (a, b, c, d, e))
+FORWARD(C_GenerateKey,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_ATTRIBUTE_PTR c,
+         CK_ULONG d, CK_OBJECT_HANDLE_PTR e),
+        (a, b, c, d, e))
+FORWARD(C_GenerateKeyPair,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_ATTRIBUTE_PTR c,
+         CK_ULONG d, CK_ATTRIBUTE_PTR e, CK_ULONG f, CK_OBJECT_HANDLE_PTR g,
+         CK_OBJECT_HANDLE_PTR h),
+        (a, b, c, d, e, f, g, h))
+FORWARD(C_WrapKey,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c,
+         CK_OBJECT_HANDLE d, CK_BYTE_PTR e, CK_ULONG_PTR f),
+        (a, b, c, d, e, f))
+FORWARD(C_UnwrapKey,
+        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c,
+         CK_BYTE_PTR d, CK_ULONG e, CK_ATTRIBUTE_PTR f, CK_ULONG g,
+         CK_OBJECT_HANDLE_PTR h),
+        (a, b, c, d, e, f, g, h))
+FORWARD(C_GenerateRandom, (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c),
+        (a, b, c))
+
+__attribute__((visibility("default"))) CK_RV
+C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
+{
+    const char *path = getenv("CMKP11_FAULT_MODULE");
+    CK_C_GetFunctionList gfl;
+    CK_RV rv;
+
+    if (list == NULL)
+        return CKR_ARGUMENTS_BAD;
+    if (real == NULL) {
+        real_dl =
+            dlopen(path != NULL ? path : "/usr/lib/softhsm/libsofthsm2.so",
+                   RTLD_NOW | RTLD_LOCAL);
+        if (real_dl == NULL)
+            return CKR_GENERAL_ERROR;
+        gfl = (CK_C_GetFunctionList)dlsym(real_dl, "C_GetFunctionList");
+        if (gfl == NULL || (rv = gfl(&real)) != CKR_OK || real == NULL)
+            return CKR_GENERAL_ERROR;
+        /* Everything passes through, then the calls that fail on
+         * command are replaced. */
+        memcpy(&shim, real, sizeof(shim));
+#define SHIM(fn) shim.fn = shim_##fn
+        SHIM(C_GetTokenInfo);
+        SHIM(C_GetMechanismList);
+        SHIM(C_GetMechanismInfo);
+        SHIM(C_OpenSession);
+        SHIM(C_GetSessionInfo);
+        SHIM(C_Login);
+        SHIM(C_Logout);
+        SHIM(C_CreateObject);
+        SHIM(C_DestroyObject);
+        SHIM(C_GetAttributeValue);
+        SHIM(C_SetAttributeValue);
+        SHIM(C_FindObjectsInit);
+        SHIM(C_FindObjects);
+        SHIM(C_EncryptInit);
+        SHIM(C_Encrypt);
+        SHIM(C_DecryptInit);
+        SHIM(C_Decrypt);
+        SHIM(C_SignInit);
+        SHIM(C_Sign);
+        SHIM(C_GenerateKey);
+        SHIM(C_GenerateKeyPair);
+        SHIM(C_WrapKey);
+        SHIM(C_UnwrapKey);
+        SHIM(C_GenerateRandom);
+#undef SHIM
+        shim.C_GetFunctionList = C_GetFunctionList;
+    }
+    *list = &shim;
+    return CKR_OK;
+}
