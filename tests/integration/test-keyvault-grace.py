@@ -6,8 +6,18 @@ keep working, marked offline in the audit log; uncached unwraps fail fast
 with CKR_DEVICE_ERROR once the breaker is open; offline-grace = 0 keeps
 the old fail-closed behaviour; the grace ends with CKR_DEVICE_ERROR and a
 log line; and revocation (403) still stops the key within refresh-interval
-while the identity endpoint is failing."""
+while the identity endpoint is failing.
+
+Outage kinds: "hang" is a black-holed vault (connections accepted, never
+answered: the emulator holds them for 10 minutes or until it stops),
+"reset" closes every connection with RST, and "down" is a vault whose
+address refuses connections: the module reaches the vault through an
+HTTPS CONNECT proxy of this test (https_proxy), whose listening socket is
+closed for the outage and opened again on the same port after it, so
+every connect() gets ECONNREFUSED as from a host that is down."""
 import os
+import subprocess
+import sys
 import time
 
 from kvtest import Tap, KvSetup, PyKCS11, find, ckr, aes_template, OAEP256
@@ -57,9 +67,95 @@ class Tok:
 kv, kv0, short = Tok("kv"), Tok("kv0"), Tok("short")
 
 
+# A minimal HTTPS CONNECT proxy: python3 -c PROXY PORT (0: any free port)
+# prints its port and tunnels until killed. A process of its own: the test's
+# thread holds Python's lock while it is inside the module.
+PROXY = r'''
+import socket, sys, threading
+ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", int(sys.argv[1])))
+ls.listen(64)
+print(ls.getsockname()[1], flush=True)
+
+def pump(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    for x in (a, b):
+        try:
+            x.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+def tunnel(c):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(4096)
+        if not d:
+            return c.close()
+        head += d
+    port = int(head.split(b" ")[1].rsplit(b":", 1)[1])
+    try:
+        u = socket.create_connection(("127.0.0.1", port))
+    except OSError:
+        return c.close()
+    c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    rest = head.split(b"\r\n\r\n", 1)[1]
+    if rest:
+        u.sendall(rest)
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+    pump(c, u)
+
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=tunnel, args=(c,), daemon=True).start()
+'''
+
+
+class Proxy:
+    """The vault's path: up() starts the proxy (on the same port again
+    after down()), down() kills it, so connections are refused."""
+
+    def __init__(self):
+        self.port, self.proc = 0, None
+        self.up()
+
+    def up(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", PROXY,
+                                      str(self.port)], stdout=subprocess.PIPE)
+        self.port = int(self.proc.stdout.readline())
+
+    def down(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
 def outage(kind):
-    emu.admin("POST", "faults", {"kind": kind, "match": "kvemu:*",
-                                 "count": 1000000, "hang_ms": 3000})
+    if kind == "down":
+        # From now on the vault is reached through the proxy (not the
+        # identity endpoint); a refresh makes the pool's connections go
+        # through it, then the proxy's port refuses connections.
+        proxy = Proxy()
+        os.environ["https_proxy"] = "http://127.0.0.1:%d" % proxy.port
+        os.environ["no_proxy"] = "login.localhost"
+        time.sleep(REFRESH + 0.2)
+        before = emu.admin("GET", "counters")
+        rvs = [kv.wrap(), kv0.wrap(), short.wrap()]
+        t.ok(rvs == [0, 0, 0], "through the proxy: every token refreshes "
+             "and wraps", "%r\n%s" % (rvs, s.log_text()[-1500:]))
+        t.ok(emu.admin("GET", "counters") != before,
+             "and the refreshes reached the vault")
+        proxy.down()
+    else:
+        # hang: no answer until the emulator stops (10 minutes)
+        emu.admin("POST", "faults", {"kind": kind, "match": "kvemu:*",
+                                     "count": 1000000, "hang_ms": 600000})
     start = time.monotonic()
     failed = []
     ops = 0
@@ -92,12 +188,20 @@ def outage(kind):
          "%s vault: offline-grace = 0 refuses a local wrap as before" % kind)
     t.eq(short.wrap(), P.CKR_DEVICE_ERROR,
          "%s vault: past offline-grace = %d the key stops" % (kind, SHORT))
-    emu.admin("DELETE", "faults")
+    if kind == "down":
+        proxy.up()
+    else:
+        emu.admin("DELETE", "faults")
     time.sleep(5.2)  # the breaker's open time
     t.eq([kv.wrap(), kv0.wrap(), short.wrap(), kv.cached_unwrap()],
          [0, 0, 0, 0], "%s vault back: every token works again" % kind)
+    if kind == "down":
+        del os.environ["https_proxy"]
+        del os.environ["no_proxy"]
+        proxy.down()
 
 
+outage("down")
 outage("hang")
 outage("reset")
 log = s.log_text()
