@@ -43,16 +43,30 @@ s.create_key("kek")
 s.load()
 
 
+def patient(fn, *args):
+    """Set-up calls, tried again on CKR_DEVICE_ERROR: with timeout and
+    deadline of 1 s a loaded machine (the sanitizer gates) can make a
+    first load or unwrap miss its deadline."""
+    for attempt in range(10):
+        try:
+            return fn(*args)
+        except P.PyKCS11Error as e:
+            if e.value != P.CKR_DEVICE_ERROR or attempt == 9:
+                raise
+            time.sleep(1)
+
+
 class Tok:
     def __init__(self, label):
         self.ses = s.session(label)
-        self.priv = find(self.ses, P.CKO_PRIVATE_KEY, "kek")[0]
-        self.pub = find(self.ses, P.CKO_PUBLIC_KEY, "kek")[0]
+        self.priv = patient(find, self.ses, P.CKO_PRIVATE_KEY, "kek")[0]
+        self.pub = patient(find, self.ses, P.CKO_PUBLIC_KEY, "kek")[0]
         self.dek = self.ses.generateKey(
             aes_template(sensitive=False, extractable=True) +
             [(P.CKA_VALUE_LEN, 32)])
         self.blob = bytes(self.ses.wrapKey(self.pub, self.dek, OAEP256))
-        self.ses.unwrapKey(self.priv, self.blob, aes_template(), OAEP256)
+        patient(self.ses.unwrapKey, self.priv, self.blob, aes_template(),
+                OAEP256)
 
     def wrap(self):
         return ckr(self.ses.wrapKey, self.pub, self.dek, OAEP256)
