@@ -17,6 +17,10 @@ void test_ok(int cond, const char *file, int line, const char *fmt, ...)
 void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void test_diag(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int test_done(void);
+/* Makes the next check a TAP TODO item: a known bug, written down with
+ * the reason. Its failure is expected (XFAIL); its passing is XPASS, which
+ * fails the run until the TODO goes. */
+void test_todo(const char *reason);
 /* Skip the whole program (a TAP skip plan, then exit). */
 void test_skip_all(const char *fmt, ...)
     __attribute__((format(printf, 1, 2), noreturn));
