@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/x509.h>
+
 #include "p11.h"
 #include "test.h"
 
@@ -154,4 +156,52 @@ void *p11_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
     if (len != NULL)
         *len = a.ulValueLen;
     return v;
+}
+
+int p11_bool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t)
+{
+    CK_BBOOL v = 0x55;
+    CK_ATTRIBUTE a = {t, &v, sizeof(v)};
+
+    if (p11->C_GetAttributeValue(s, o, &a, 1) != CKR_OK)
+        return -1;
+    return v ? 1 : 0;
+}
+
+CK_ULONG p11_ulong(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t)
+{
+    CK_ULONG v = 0;
+    CK_ATTRIBUTE a = {t, &v, sizeof(v)};
+
+    if (p11->C_GetAttributeValue(s, o, &a, 1) != CKR_OK)
+        return (CK_ULONG)-1;
+    return v;
+}
+
+EVP_PKEY *p11_public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+    CK_ULONG len = 0;
+    unsigned char *der = p11_attr(s, o, CKA_PUBLIC_KEY_INFO, &len);
+    const unsigned char *p = der;
+    EVP_PKEY *pk = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
+
+    free(der);
+    return pk;
+}
+
+bool p11_same_aes_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a,
+                      CK_OBJECT_HANDLE b)
+{
+    static const CK_BYTE data[] = "envelope payload";
+    CK_BYTE iv[12] = "0123456789ab", ct[64], pt[64];
+    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ULONG clen = sizeof(ct), plen = sizeof(pt);
+
+    if (p11->C_EncryptInit(s, &m, a) != CKR_OK ||
+        p11->C_Encrypt(s, (CK_BYTE *)data, sizeof(data), ct, &clen) != CKR_OK ||
+        p11->C_DecryptInit(s, &m, b) != CKR_OK ||
+        p11->C_Decrypt(s, ct, clen, pt, &plen) != CKR_OK)
+        return false;
+    return plen == sizeof(data) && memcmp(pt, data, plen) == 0;
 }

@@ -2,6 +2,8 @@
 #ifndef CMKP11_TEST_P11_H
 #define CMKP11_TEST_P11_H
 
+#include <openssl/types.h>
+
 #include "compat.h"
 
 extern CK_FUNCTION_LIST *p11;
@@ -25,6 +27,18 @@ CK_OBJECT_HANDLE p11_aes_key(CK_SESSION_HANDLE s, CK_ULONG len,
 /* A whole attribute into a malloc'd buffer. */
 void *p11_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
                CK_ULONG *len);
+
+/* A CK_BBOOL attribute: 1, 0, or -1 when C_GetAttributeValue fails. */
+int p11_bool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t);
+/* A CK_ULONG attribute, or (CK_ULONG)-1 when C_GetAttributeValue fails. */
+CK_ULONG p11_ulong(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                   CK_ATTRIBUTE_TYPE t);
+/* The public key of an object (CKA_PUBLIC_KEY_INFO), or NULL. */
+EVP_PKEY *p11_public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o);
+/* Whether two AES keys are the same key: AES-GCM encryption with a and
+ * decryption with b give back the plaintext. */
+bool p11_same_aes_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a,
+                      CK_OBJECT_HANDLE b);
 
 #define MOCK_CONF                                                              \
     "[cmkp11]\nlog-level = error\n\n[token mock]\nbackend = mock\n"
