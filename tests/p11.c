@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 
 #include "p11.h"
@@ -204,4 +207,143 @@ bool p11_same_aes_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a,
         p11->C_Decrypt(s, ct, clen, pt, &plen) != CKR_OK)
         return false;
     return plen == sizeof(data) && memcmp(pt, data, plen) == 0;
+}
+
+CK_ULONG p11_count(CK_SESSION_HANDLE s, CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    CK_OBJECT_HANDLE objs[64];
+    CK_ULONG found = 0;
+
+    if (p11->C_FindObjectsInit(s, t, n) != CKR_OK)
+        return 999;
+    if (p11->C_FindObjects(s, objs, 64, &found) != CKR_OK)
+        found = 999;
+    p11->C_FindObjectsFinal(s);
+    return found;
+}
+
+void p11_write_path(const char *path, const char *text, unsigned mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        test_bail("cannot write %s", path);
+    close(fd);
+    if (chmod(path, (mode_t)mode) < 0)
+        test_bail("cannot chmod %s", path);
+}
+
+int p11_session_calls(CK_SESSION_HANDLE h, CK_RV want, int *wrong)
+{
+    CK_SESSION_INFO si;
+    CK_BYTE buf[300] = {0};
+    CK_ULONG len, n;
+    CK_OBJECT_HANDLE o = 1, objs[2];
+    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
+    CK_MECHANISM rsa = {CKM_RSA_PKCS, NULL, 0};
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ULONG vlen = 16;
+    CK_ATTRIBUTE a = {CKA_VALUE_LEN, &vlen, sizeof(vlen)};
+    CK_RV rv[64];
+    int i, k = 0;
+
+    rv[k++] = p11->C_GetSessionInfo(h, &si);
+    rv[k++] = p11->C_CloseSession(h);
+    rv[k++] = p11->C_Login(h, CKU_USER, (CK_UTF8CHAR *)"1234", 4);
+    rv[k++] = p11->C_Logout(h);
+    rv[k++] = p11->C_InitPIN(h, (CK_UTF8CHAR *)"1234", 4);
+    rv[k++] = p11->C_SetPIN(h, (CK_UTF8CHAR *)"1", 1, (CK_UTF8CHAR *)"2", 1);
+    len = sizeof(buf);
+    rv[k++] = p11->C_GetOperationState(h, buf, &len);
+    rv[k++] = p11->C_SetOperationState(h, buf, 4, 0, 0);
+    rv[k++] = p11->C_CreateObject(h, &a, 1, &o);
+    rv[k++] = p11->C_CopyObject(h, o, &a, 1, &o);
+    rv[k++] = p11->C_DestroyObject(h, o);
+    rv[k++] = p11->C_GetObjectSize(h, o, &len);
+    rv[k++] = p11->C_GetAttributeValue(h, o, &a, 1);
+    rv[k++] = p11->C_SetAttributeValue(h, o, &a, 1);
+    rv[k++] = p11->C_FindObjectsInit(h, &a, 1);
+    rv[k++] = p11->C_FindObjects(h, objs, 2, &n);
+    rv[k++] = p11->C_FindObjectsFinal(h);
+    rv[k++] = p11->C_EncryptInit(h, &rsa, o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_Encrypt(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_EncryptUpdate(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_EncryptFinal(h, buf, &len);
+    rv[k++] = p11->C_DecryptInit(h, &rsa, o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_Decrypt(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_DecryptUpdate(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_DecryptFinal(h, buf, &len);
+    rv[k++] = p11->C_DigestInit(h, &sha);
+    len = sizeof(buf);
+    rv[k++] = p11->C_Digest(h, buf, 4, buf, &len);
+    rv[k++] = p11->C_DigestUpdate(h, buf, 4);
+    rv[k++] = p11->C_DigestKey(h, o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_DigestFinal(h, buf, &len);
+    rv[k++] = p11->C_SignInit(h, &rsa, o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_Sign(h, buf, 4, buf, &len);
+    rv[k++] = p11->C_SignUpdate(h, buf, 4);
+    len = sizeof(buf);
+    rv[k++] = p11->C_SignFinal(h, buf, &len);
+    rv[k++] = p11->C_SignRecoverInit(h, &rsa, o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_SignRecover(h, buf, 4, buf, &len);
+    rv[k++] = p11->C_VerifyInit(h, &rsa, o);
+    rv[k++] = p11->C_Verify(h, buf, 4, buf, 256);
+    rv[k++] = p11->C_VerifyUpdate(h, buf, 4);
+    rv[k++] = p11->C_VerifyFinal(h, buf, 256);
+    rv[k++] = p11->C_VerifyRecoverInit(h, &rsa, o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_VerifyRecover(h, buf, 256, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_DigestEncryptUpdate(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_DecryptDigestUpdate(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_SignEncryptUpdate(h, buf, 4, buf, &len);
+    len = sizeof(buf);
+    rv[k++] = p11->C_DecryptVerifyUpdate(h, buf, 4, buf, &len);
+    rv[k++] = p11->C_GenerateKey(h, &gen, &a, 1, &o);
+    rv[k++] = p11->C_GenerateKeyPair(h, &rsa, &a, 1, &a, 1, &o, &o);
+    len = sizeof(buf);
+    rv[k++] = p11->C_WrapKey(h, &rsa, o, o, buf, &len);
+    rv[k++] = p11->C_UnwrapKey(h, &rsa, o, buf, 256, &a, 1, &o);
+    rv[k++] = p11->C_DeriveKey(h, &rsa, o, &a, 1, &o);
+    rv[k++] = p11->C_SeedRandom(h, buf, 4);
+    rv[k++] = p11->C_GenerateRandom(h, buf, 4);
+    rv[k++] = p11->C_GetFunctionStatus(h);
+    rv[k++] = p11->C_CancelFunction(h);
+    *wrong = 0;
+    for (i = 0; i < k; i++) {
+        if (rv[i] != want) {
+            test_diag("  session call #%d returned 0x%lx", i, rv[i]);
+            (*wrong)++;
+        }
+    }
+    return k;
+}
+
+size_t p11_oaep_wrap(EVP_PKEY *pk, const EVP_MD *md, const unsigned char *in,
+                     size_t inlen, unsigned char *out)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
+    size_t olen = 512;
+
+    if (md == NULL)
+        md = EVP_sha1();
+    if (ctx == NULL || EVP_PKEY_encrypt_init(ctx) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_oaep_md(ctx, md) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, md) <= 0 ||
+        EVP_PKEY_encrypt(ctx, out, &olen, in, inlen) <= 0)
+        olen = 0;
+    EVP_PKEY_CTX_free(ctx);
+    return olen;
 }

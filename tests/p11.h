@@ -28,6 +28,15 @@ CK_OBJECT_HANDLE p11_aes_key(CK_SESSION_HANDLE s, CK_ULONG len,
 void *p11_attr(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t,
                CK_ULONG *len);
 
+/* The number of objects matching a template (at most 64), or 999 when
+ * the search fails. */
+CK_ULONG p11_count(CK_SESSION_HANDLE s, CK_ATTRIBUTE *t, CK_ULONG n);
+/* Calls every function that takes a session handle with h; returns how
+ * many calls there were and sets *wrong to how many did not return want
+ * (each named in a diagnostic). */
+int p11_session_calls(CK_SESSION_HANDLE h, CK_RV want, int *wrong);
+/* Writes text to path (any directory) with the given mode. */
+void p11_write_path(const char *path, const char *text, unsigned mode);
 /* A CK_BBOOL attribute: 1, 0, or -1 when C_GetAttributeValue fails. */
 int p11_bool(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE t);
 /* A CK_ULONG attribute, or (CK_ULONG)-1 when C_GetAttributeValue fails. */
@@ -35,6 +44,10 @@ CK_ULONG p11_ulong(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
                    CK_ATTRIBUTE_TYPE t);
 /* The public key of an object (CKA_PUBLIC_KEY_INFO), or NULL. */
 EVP_PKEY *p11_public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o);
+/* RSA-OAEP encryption with OpenSSL alone (md for OAEP and MGF1; NULL:
+ * SHA-1); returns the length, 0 on failure. */
+size_t p11_oaep_wrap(EVP_PKEY *pk, const EVP_MD *md, const unsigned char *in,
+                     size_t inlen, unsigned char *out);
 /* Whether two AES keys are the same key: AES-GCM encryption with a and
  * decryption with b give back the plaintext. */
 bool p11_same_aes_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a,

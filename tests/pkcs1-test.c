@@ -30,17 +30,6 @@
 static EVP_PKEY *pk;
 static size_t k;
 
-static EVP_PKEY *public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
-{
-    CK_ULONG len = 0;
-    unsigned char *der = p11_attr(s, o, CKA_PUBLIC_KEY_INFO, &len);
-    const unsigned char *p = der;
-    EVP_PKEY *r = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
-
-    free(der);
-    return r;
-}
-
 /* in (k bytes for raw, or a message) encrypted with padding pad. */
 static size_t enc(int pad, const unsigned char *in, size_t inlen,
                   unsigned char *out)
@@ -319,7 +308,7 @@ int main(void)
     if (n != 3)
         test_bail("want three slots, got %lu", (unsigned long)n);
     s = p11_open(slots[0], true);
-    pk = public_key(s, p11_find(s, CKO_PUBLIC_KEY, KEY));
+    pk = p11_public_key(s, p11_find(s, CKO_PUBLIC_KEY, KEY));
     if (pk == NULL)
         test_bail("no public key " KEY);
     k = (size_t)EVP_PKEY_get_size(pk);

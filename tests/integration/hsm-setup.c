@@ -57,31 +57,6 @@ CK_SESSION_HANDLE hsm_open(const char *conf)
     return s;
 }
 
-EVP_PKEY *hsm_public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
-{
-    CK_ULONG len = 0;
-    unsigned char *der = p11_attr(s, o, CKA_PUBLIC_KEY_INFO, &len);
-    const unsigned char *p = der;
-    EVP_PKEY *pk = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
-
-    free(der);
-    return pk;
-}
-
-size_t hsm_oaep_wrap(EVP_PKEY *pk, const unsigned char *in, size_t inlen,
-                     unsigned char *out)
-{
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
-    size_t olen = 512;
-
-    if (ctx == NULL || EVP_PKEY_encrypt_init(ctx) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-        EVP_PKEY_encrypt(ctx, out, &olen, in, inlen) <= 0)
-        olen = 0;
-    EVP_PKEY_CTX_free(ctx);
-    return olen;
-}
-
 CK_RV hsm_unwrap_check(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
                        const unsigned char *blob, CK_ULONG len,
                        const unsigned char *key, CK_ULONG keylen)

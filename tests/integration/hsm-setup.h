@@ -16,11 +16,6 @@ char *hsm_setup(const char *extra);
 /* Loads $CMKP11_MODULE, initialises it with conf, opens a R/W session on
  * the first slot and logs in. */
 CK_SESSION_HANDLE hsm_open(const char *conf);
-/* The public key of an object (CKA_PUBLIC_KEY_INFO), or NULL. */
-EVP_PKEY *hsm_public_key(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o);
-/* RSA-OAEP (SHA-1) encryption with OpenSSL alone; returns the length. */
-size_t hsm_oaep_wrap(EVP_PKEY *pk, const unsigned char *in, size_t inlen,
-                     unsigned char *out);
 /* Unwraps an OAEP-SHA1 blob into an extractable AES session key and
  * compares its value with key; returns the C_UnwrapKey result, or
  * CKR_GENERAL_ERROR when the value differs. The key is destroyed. */

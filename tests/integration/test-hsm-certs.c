@@ -54,13 +54,8 @@ static CK_ULONG count_certs(void)
 {
     CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
     CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
-    CK_OBJECT_HANDLE h[32];
-    CK_ULONG n = 0;
 
-    p11->C_FindObjectsInit(sess, &t, 1);
-    p11->C_FindObjects(sess, h, 32, &n);
-    p11->C_FindObjectsFinal(sess);
-    return n;
+    return p11_count(sess, &t, 1);
 }
 
 static void test_generate(void)
@@ -68,7 +63,7 @@ static void test_generate(void)
     CK_OBJECT_HANDLE cert = find_cert("kek");
     CK_OBJECT_HANDLE priv = p11_find(sess, CKO_PRIVATE_KEY, "kek");
     CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "kek");
-    EVP_PKEY *pk = hsm_public_key(sess, pub);
+    EVP_PKEY *pk = p11_public_key(sess, pub);
     X509 *x = cert ? cert_x509(cert) : NULL;
     char cn[64] = "";
     CK_ULONG len = 0;

@@ -50,14 +50,14 @@ static void work(bool leave_operation)
 {
     CK_SESSION_HANDLE s = hsm_open(conf), s2;
     CK_OBJECT_HANDLE priv = p11_find(s, CKO_PRIVATE_KEY, "kek");
-    EVP_PKEY *pk = hsm_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
+    EVP_PKEY *pk = p11_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
     unsigned char key[32], blob[512];
     CK_ULONG len;
     CK_SLOT_ID slot = 0;
     CK_ULONG n = 1;
 
     RAND_bytes(key, sizeof(key));
-    len = pk ? (CK_ULONG)hsm_oaep_wrap(pk, key, sizeof(key), blob) : 0;
+    len = pk ? (CK_ULONG)p11_oaep_wrap(pk, NULL, key, sizeof(key), blob) : 0;
     if (priv == 0 || hsm_unwrap_check(s, priv, blob, len, key, 32) != CKR_OK)
         _exit(2);
     p11->C_GetSlotList(CK_TRUE, &slot, &n);

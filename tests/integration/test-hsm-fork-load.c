@@ -186,9 +186,10 @@ int main(void)
     s = hsm_open(conf);
     p11->C_GetSlotList(CK_TRUE, &slot, &n);
     priv = p11_find(s, CKO_PRIVATE_KEY, "kek");
-    pk = hsm_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
+    pk = p11_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
     RAND_bytes(key, sizeof(key));
-    blob_len = pk ? (CK_ULONG)hsm_oaep_wrap(pk, key, sizeof(key), blob) : 0;
+    blob_len =
+        pk ? (CK_ULONG)p11_oaep_wrap(pk, NULL, key, sizeof(key), blob) : 0;
     EVP_PKEY_free(pk);
     ok(priv != 0 && blob_len == 256, "a data key wrapped under kek");
     is_rv(hsm_unwrap_check(s, priv, blob, blob_len, key, sizeof(key)), CKR_OK,

@@ -62,7 +62,7 @@ int main(void)
     char *conf = hsm_setup(NULL);
     CK_SESSION_HANDLE s = hsm_open(conf);
     CK_OBJECT_HANDLE priv = p11_find(s, CKO_PRIVATE_KEY, "kek");
-    EVP_PKEY *pk = hsm_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
+    EVP_PKEY *pk = p11_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
     unsigned char key[32], blob[512];
     CK_ULONG len = 0;
     pid_t pid;
@@ -70,7 +70,7 @@ int main(void)
 
     RAND_bytes(key, sizeof(key));
     if (pk != NULL)
-        len = (CK_ULONG)hsm_oaep_wrap(pk, key, sizeof(key), blob);
+        len = (CK_ULONG)p11_oaep_wrap(pk, NULL, key, sizeof(key), blob);
     ok(priv != 0 && len == 256, "a data key wrapped under kek");
     is_rv(hsm_unwrap_check(s, priv, blob, len, key, 32), CKR_OK,
           "the parent unwraps before the fork");

@@ -174,14 +174,15 @@ int main(void)
     searches = (int)test_scale(100);
     p11->C_GetSlotList(CK_TRUE, &slot, &n);
     priv = p11_find(s, CKO_PRIVATE_KEY, "kek");
-    pk = hsm_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
+    pk = p11_public_key(s, p11_find(s, CKO_PUBLIC_KEY, "kek"));
     ok(priv != 0 && pk != NULL, "the key kek and its public key");
     for (i = 0; i < THREADS; i++) {
         jobs[i].n = i;
         for (k = 0; k < BLOBS; k++) {
             RAND_bytes(jobs[i].key[k], 32);
-            len =
-                pk ? hsm_oaep_wrap(pk, jobs[i].key[k], 32, jobs[i].blob[k]) : 0;
+            len = pk ? p11_oaep_wrap(pk, NULL, jobs[i].key[k], 32,
+                                     jobs[i].blob[k])
+                     : 0;
             jobs[i].len[k] = (CK_ULONG)len;
         }
     }

@@ -18,6 +18,7 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include "hsm-setup.h"
 #include "p11.h"
 #include "test.h"
 
@@ -37,17 +38,6 @@ static CK_OBJECT_HANDLE find_by_id(CK_OBJECT_CLASS cls, CK_BYTE id)
     p11->C_FindObjects(sess, h, 4, &n);
     p11->C_FindObjectsFinal(sess);
     return n == 1 ? h[0] : 0;
-}
-
-static EVP_PKEY *public_key(CK_OBJECT_HANDLE o)
-{
-    CK_ULONG len = 0;
-    unsigned char *der = p11_attr(sess, o, CKA_PUBLIC_KEY_INFO, &len);
-    const unsigned char *p = der;
-    EVP_PKEY *pk = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
-
-    free(der);
-    return pk;
 }
 
 static const EVP_MD *md_of(CK_MECHANISM_TYPE h)
@@ -277,7 +267,7 @@ static void test_external_blobs(void)
 {
     CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "kek");
     CK_OBJECT_HANDLE priv = p11_find(sess, CKO_PRIVATE_KEY, "kek");
-    EVP_PKEY *pk = public_key(pub);
+    EVP_PKEY *pk = p11_public_key(sess, pub);
     size_t i;
 
     ok(pk != NULL, "CKA_PUBLIC_KEY_INFO gives OpenSSL the public key");
@@ -445,7 +435,7 @@ static void test_decrypt_sign(void)
     CK_RSA_PKCS_PSS_PARAMS pss = {CKM_SHA256, CKG_MGF1_SHA256, 32};
     CK_MECHANISM ms = {CKM_SHA256_RSA_PKCS, NULL, 0};
     CK_MECHANISM mp = {CKM_SHA256_RSA_PKCS_PSS, &pss, sizeof(pss)};
-    EVP_PKEY *pk = public_key(pub);
+    EVP_PKEY *pk = p11_public_key(sess, pub);
     unsigned char msg[] = "customer-managed key", ct[512], pt[512], sig[512];
     CK_ULONG ptlen = sizeof(pt), siglen = sizeof(sig);
     size_t clen;
@@ -636,28 +626,13 @@ static void test_rotation(void)
 
 int main(void)
 {
-    char cmd[1024], dir[512], *conf;
-    const char *srcdir = getenv("top_srcdir");
+    char dir[512], *conf;
     CK_SLOT_ID slots[4];
     CK_ULONG n = 4;
     CK_TOKEN_INFO ti;
-    int st;
 
+    conf = hsm_setup(NULL);
     snprintf(dir, sizeof(dir), "%s/softhsm", p11_tmpdir());
-    snprintf(cmd, sizeof(cmd), "sh %s/tests/softhsm-init.sh %s",
-             srcdir ? srcdir : ".", dir);
-    st = system(cmd);
-    if (WIFEXITED(st) && WEXITSTATUS(st) == 77)
-        test_skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing");
-    if (st != 0)
-        test_bail("softhsm-init.sh failed");
-    snprintf(cmd, sizeof(cmd), "%s/softhsm2.conf", dir);
-    setenv("SOFTHSM2_CONF", cmd, 1);
-    conf = p11_write_file("cmkp11.conf",
-                          "[cmkp11]\nlog-level = error\n\n"
-                          "[token local]\nbackend = hsm\n"
-                          "module = /usr/lib/softhsm/libsofthsm2.so\n"
-                          "token-label = cmk\n");
     p11_load(getenv("CMKP11_MODULE"));
     is_rv(p11_init(conf), CKR_OK, "C_Initialize with an hsm token");
     is_rv(p11->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK, "slot list");

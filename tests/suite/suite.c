@@ -131,22 +131,6 @@ static void todo_if(unsigned bug, const char *reason)
         test_todo(reason);
 }
 
-/* RSA-OAEP (SHA-256) with OpenSSL alone, under the CMK's public key. */
-static size_t ossl_wrap(const CK_BYTE *in, size_t inlen, CK_BYTE *out)
-{
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
-    size_t olen = 512;
-
-    if (ctx == NULL || EVP_PKEY_encrypt_init(ctx) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) <= 0 ||
-        EVP_PKEY_encrypt(ctx, out, &olen, in, inlen) <= 0)
-        olen = 0;
-    EVP_PKEY_CTX_free(ctx);
-    return olen;
-}
-
 static bool ossl_verify(const CK_BYTE *data, size_t len, const CK_BYTE *sig,
                         size_t siglen)
 {
@@ -425,7 +409,7 @@ static void test_wrap_unwrap(void)
 
         memset(key, (int)(0x11 * (i + 1)), sizeof(key));
         key[0] = (CK_BYTE)i;
-        len = ossl_wrap(key, sizeof(key), blob);
+        len = p11_oaep_wrap(pk, EVP_sha256(), key, sizeof(key), blob);
         back = 0;
         if (len == 256 &&
             p11->C_UnwrapKey(sess, &oaep, priv, blob, len, readable_aes,
@@ -467,7 +451,7 @@ static void test_wrap_unwrap(void)
           "C_WrapKey: a NULL mechanism");
     is_rv(p11->C_WrapKey(sess, &oaep, pub, dek, blob, NULL), CKR_ARGUMENTS_BAD,
           "C_WrapKey: a NULL length");
-    len = ossl_wrap(val, 32, blob);
+    len = p11_oaep_wrap(pk, EVP_sha256(), val, 32, blob);
     is_rv(p11->C_UnwrapKey(sess, &oaep, BAD_HANDLE, blob, len, readable_aes,
                            CMK_ARRAY_SIZE(readable_aes), &back),
           CKR_UNWRAPPING_KEY_HANDLE_INVALID,
@@ -498,7 +482,8 @@ static void test_decrypt(void)
 {
     static const CK_BYTE secret[32] = "thirty-two bytes of a data key!";
     CK_BYTE ct[512], pt[512], junk[256];
-    CK_ULONG clen = ossl_wrap(secret, sizeof(secret), ct), plen;
+    CK_ULONG clen = p11_oaep_wrap(pk, EVP_sha256(), secret, sizeof(secret), ct),
+             plen;
     CK_MECHANISM gcm = {CKM_AES_GCM, NULL, 0};
     CK_MECHANISM bare = {CKM_RSA_PKCS_OAEP, NULL, 0};
 

@@ -19,20 +19,10 @@
 #include "debug.h"
 #include "hmap.h"
 #include "secure.h"
+#include "p11.h"
 #include "test.h"
 
 static char tmpdir[] = "/tmp/cmkp11-test-common-XXXXXX";
-
-static void write_file(const char *path, const char *text, mode_t mode)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-
-    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-        test_bail("cannot write %s", path);
-    close(fd);
-    if (chmod(path, mode) < 0)
-        test_bail("cannot chmod %s", path);
-}
 
 static void test_secure_memory(void)
 {
@@ -86,7 +76,7 @@ static void test_secure_file(void)
     int rc;
 
     snprintf(path, sizeof(path), "%s/secret", tmpdir);
-    write_file(path, "s3cr3t-value\r\n\n", 0600);
+    p11_write_path(path, "s3cr3t-value\r\n\n", 0600);
     rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
     ok(rc == 0 && len == 12 && strcmp(buf, "s3cr3t-value") == 0,
        "secure_read_file strips the line end");
@@ -153,7 +143,7 @@ static void test_secure_file(void)
        "a missing file names the path");
 
     snprintf(path, sizeof(path), "%s/empty", tmpdir);
-    write_file(path, "", 0600);
+    p11_write_path(path, "", 0600);
     rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
     ok(rc == 0 && len == 0 && buf != NULL && buf[0] == '\0',
        "an empty file is an empty string");
@@ -348,7 +338,7 @@ static void test_logging(void)
        "configure refuses a relative sink");
 
     snprintf(path, sizeof(path), "%s/bad.log", tmpdir);
-    write_file(path, "", 0666);
+    p11_write_path(path, "", 0666);
     ok(cmk_log_configure(NULL, path) == -1,
        "configure refuses a world-writable log file");
     unlink(path);

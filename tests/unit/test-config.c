@@ -13,6 +13,7 @@
 
 #include "debug.h"
 #include "module/conf.h"
+#include "p11.h"
 #include "test.h"
 
 static char err[512];
@@ -389,17 +390,6 @@ static void test_choose_path(void)
     unsetenv("CMKP11_CONF");
 }
 
-static void write_file(const char *path, const char *text, mode_t mode)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-
-    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
-        test_bail("cannot write %s", path);
-    close(fd);
-    if (chmod(path, mode) < 0)
-        test_bail("cannot chmod %s", path);
-}
-
 static void test_load(void)
 {
     char dir[] = "/tmp/cmkp11-test-config-XXXXXX";
@@ -410,7 +400,7 @@ static void test_load(void)
         test_bail("mkdtemp failed");
     snprintf(path, sizeof(path), "%s/cmkp11.conf", dir);
 
-    write_file(path, "[token a]\nbackend = hsm\n", 0600);
+    p11_write_path(path, "[token a]\nbackend = hsm\n", 0600);
     cfg = config_load(path, err, sizeof(err));
     ok(cfg != NULL && cfg->n_tokens == 1 && strcmp(cfg->path, path) == 0,
        "mode 0600 is accepted");
@@ -423,7 +413,7 @@ static void test_load(void)
        "mode 0664 is refused");
     config_free(cfg);
 
-    write_file(path, "[token a]\nbackend = hsm\nbogus\n", 0640);
+    p11_write_path(path, "[token a]\nbackend = hsm\nbogus\n", 0640);
     cfg = config_load(path, err, sizeof(err));
     ok(cfg == NULL && strncmp(err, path, strlen(path)) == 0 &&
            strstr(err, ":3: ") != NULL,

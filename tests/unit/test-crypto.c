@@ -35,17 +35,6 @@ static CK_RSA_PKCS_OAEP_PARAMS oaep_sha256 = {CKM_SHA256, CKG_MGF1_SHA256,
 static CK_RSA_PKCS_OAEP_PARAMS oaep_label = {
     CKM_SHA256, CKG_MGF1_SHA256, CKZ_DATA_SPECIFIED, (void *)"my label", 8};
 
-static EVP_PKEY *public_key(CK_OBJECT_HANDLE o)
-{
-    CK_ULONG len = 0;
-    unsigned char *der = p11_attr(sess, o, CKA_PUBLIC_KEY_INFO, &len);
-    const unsigned char *p = der;
-    EVP_PKEY *k = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
-
-    free(der);
-    return k;
-}
-
 /* OpenSSL RSA encryption with the module's public key. */
 static size_t ossl_encrypt(const CK_RSA_PKCS_OAEP_PARAMS *oaep,
                            const CK_BYTE *in, size_t inlen, CK_BYTE *out)
@@ -878,7 +867,7 @@ int main(void)
     dis_priv = p11_find(sess, CKO_PRIVATE_KEY, "disabled-key");
     if (!sess || !priv || !pub || !so_priv || !so_pub || !dis_priv)
         test_bail("mock keys not found");
-    pk = public_key(pub);
+    pk = p11_public_key(sess, pub);
     if (pk == NULL)
         test_bail("CKA_PUBLIC_KEY_INFO does not parse");
     test_init_errors();

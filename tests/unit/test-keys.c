@@ -40,49 +40,11 @@ static CK_ATTRIBUTE unwrap_tmpl[] = {
     {CKA_DECRYPT, &yes, sizeof(yes)},
 };
 
-static int boolean(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type)
-{
-    CK_BBOOL v = 0x55;
-    CK_ATTRIBUTE a = {type, &v, sizeof(v)};
-
-    if (p11->C_GetAttributeValue(sess, o, &a, 1) != CKR_OK)
-        return -1;
-    return v ? 1 : 0;
-}
-
-static CK_ULONG ulong_attr(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type)
-{
-    CK_ULONG v = 0;
-    CK_ATTRIBUTE a = {type, &v, sizeof(v)};
-
-    if (p11->C_GetAttributeValue(sess, o, &a, 1) != CKR_OK)
-        return (CK_ULONG)-1;
-    return v;
-}
-
 static CK_RV gen_aes(CK_ATTRIBUTE *t, CK_ULONG n, CK_OBJECT_HANDLE *h)
 {
     CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
 
     return p11->C_GenerateKey(sess, &m, t, n, h);
-}
-
-/* Encrypts with one AES key and decrypts with the other (AES-GCM). */
-static bool same_aes_key(CK_OBJECT_HANDLE a, CK_OBJECT_HANDLE b)
-{
-    static const CK_BYTE data[] = "envelope payload";
-    CK_BYTE iv[12] = "0123456789ab", ct[64], pt[64];
-    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
-    CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
-    CK_ULONG clen = sizeof(ct), plen = sizeof(pt);
-
-    if (p11->C_EncryptInit(sess, &m, a) != CKR_OK ||
-        p11->C_Encrypt(sess, (CK_BYTE *)data, sizeof(data), ct, &clen) !=
-            CKR_OK ||
-        p11->C_DecryptInit(sess, &m, b) != CKR_OK ||
-        p11->C_Decrypt(sess, ct, clen, pt, &plen) != CKR_OK)
-        return false;
-    return plen == sizeof(data) && memcmp(pt, data, plen) == 0;
 }
 
 static void test_generate_key(void)
@@ -97,12 +59,12 @@ static void test_generate_key(void)
         len = sizes[i];
         h = 0;
         is_rv(gen_aes(t, 1, &h), CKR_OK, "C_GenerateKey AES");
-        is_num(ulong_attr(h, CKA_VALUE_LEN), sizes[i], "  CKA_VALUE_LEN %lu",
-               sizes[i]);
-        is_num(ulong_attr(h, CKA_KEY_TYPE), CKK_AES, "  CKK_AES");
-        is_num(ulong_attr(h, CKA_KEY_GEN_MECHANISM), CKM_AES_KEY_GEN,
+        is_num(p11_ulong(sess, h, CKA_VALUE_LEN), sizes[i],
+               "  CKA_VALUE_LEN %lu", sizes[i]);
+        is_num(p11_ulong(sess, h, CKA_KEY_TYPE), CKK_AES, "  CKK_AES");
+        is_num(p11_ulong(sess, h, CKA_KEY_GEN_MECHANISM), CKM_AES_KEY_GEN,
                "  CKA_KEY_GEN_MECHANISM");
-        ok(same_aes_key(h, h), "  usable for AES-GCM");
+        ok(p11_same_aes_key(sess, h, h), "  usable for AES-GCM");
         p11->C_DestroyObject(sess, h);
     }
     is_rv(gen_aes(&t[2], 1, &h), CKR_TEMPLATE_INCOMPLETE,
@@ -147,9 +109,9 @@ static void test_generate_key(void)
               sess, &(CK_MECHANISM){CKM_GENERIC_SECRET_KEY_GEN, NULL, 0}, t, 1,
               &h2),
           CKR_OK, "CKM_GENERIC_SECRET_KEY_GEN 40 bytes");
-    is_num(ulong_attr(h2, CKA_KEY_TYPE), CKK_GENERIC_SECRET,
+    is_num(p11_ulong(sess, h2, CKA_KEY_TYPE), CKK_GENERIC_SECRET,
            "  CKK_GENERIC_SECRET");
-    is_num(ulong_attr(h2, CKA_VALUE_LEN), 40, "  40 bytes");
+    is_num(p11_ulong(sess, h2, CKA_VALUE_LEN), 40, "  40 bytes");
     p11->C_DestroyObject(sess, h2);
 }
 
@@ -166,8 +128,8 @@ static void test_create_object(void)
 
     is_rv(p11->C_CreateObject(sess, t, 4, &h), CKR_OK,
           "C_CreateObject AES key");
-    is_num(ulong_attr(h, CKA_VALUE_LEN), 16, "  CKA_VALUE_LEN");
-    ok(boolean(h, CKA_SENSITIVE) == 0, "  not sensitive by default");
+    is_num(p11_ulong(sess, h, CKA_VALUE_LEN), 16, "  CKA_VALUE_LEN");
+    ok(p11_bool(sess, h, CKA_SENSITIVE) == 0, "  not sensitive by default");
     is_rv(p11->C_GetAttributeValue(sess, h, &val, 1), CKR_OK, "  CKA_VALUE");
     ok(val.ulValueLen == 16 && memcmp(out, v, 16) == 0, "  the value given");
     p11->C_DestroyObject(sess, h);
@@ -249,15 +211,17 @@ static void test_rsa_wrap(void)
                 CKR_OK, "  C_UnwrapKey");
         }
         ok(un != 0 && un != dek, "  a new handle");
-        ok(same_aes_key(dek, un), "  GCM under the original decrypts under it");
-        ok(same_aes_key(un, dek), "  and the other way round");
-        ok(boolean(un, CKA_SENSITIVE) == 1 && boolean(un, CKA_EXTRACTABLE) == 0,
+        ok(p11_same_aes_key(sess, dek, un),
+           "  GCM under the original decrypts under it");
+        ok(p11_same_aes_key(sess, un, dek), "  and the other way round");
+        ok(p11_bool(sess, un, CKA_SENSITIVE) == 1 &&
+               p11_bool(sess, un, CKA_EXTRACTABLE) == 0,
            "  sensitive and not extractable");
-        ok(boolean(un, CKA_ALWAYS_SENSITIVE) == 0 &&
-               boolean(un, CKA_NEVER_EXTRACTABLE) == 0 &&
-               boolean(un, CKA_LOCAL) == 0,
+        ok(p11_bool(sess, un, CKA_ALWAYS_SENSITIVE) == 0 &&
+               p11_bool(sess, un, CKA_NEVER_EXTRACTABLE) == 0 &&
+               p11_bool(sess, un, CKA_LOCAL) == 0,
            "  not ALWAYS_SENSITIVE, NEVER_EXTRACTABLE or LOCAL");
-        is_num(ulong_attr(un, CKA_VALUE_LEN), 32, "  CKA_VALUE_LEN 32");
+        is_num(p11_ulong(sess, un, CKA_VALUE_LEN), 32, "  CKA_VALUE_LEN 32");
         p11->C_DestroyObject(sess, un);
     }
 
@@ -425,7 +389,7 @@ static void test_aes_wrap(void)
         is_rv(p11->C_UnwrapKey(sess, &mechs[i], kek, wrapped, wlen, unwrap_tmpl,
                                CMK_ARRAY_SIZE(unwrap_tmpl), &un),
               CKR_OK, "  unwrap");
-        ok(same_aes_key(dek, un), "  the same key");
+        ok(p11_same_aes_key(sess, dek, un), "  the same key");
         p11->C_DestroyObject(sess, un);
         wrapped[9] ^= 4;
         is_rv(p11->C_UnwrapKey(sess, &mechs[i], kek, wrapped, wlen, unwrap_tmpl,
@@ -439,13 +403,8 @@ static void test_aes_wrap(void)
 static CK_ULONG count_label(const char *label)
 {
     CK_ATTRIBUTE t = {CKA_LABEL, (void *)label, strlen(label)};
-    CK_OBJECT_HANDLE objs[16];
-    CK_ULONG n = 0;
 
-    p11->C_FindObjectsInit(sess, &t, 1);
-    p11->C_FindObjects(sess, objs, 16, &n);
-    p11->C_FindObjectsFinal(sess);
-    return n;
+    return p11_count(sess, &t, 1);
 }
 
 static void test_key_pair(void)
@@ -489,10 +448,10 @@ static void test_key_pair(void)
     is_rv(p11->C_GenerateKeyPair(sess, &m, pubt, 2, privt, 1, &npub, &npriv),
           CKR_OK, "C_GenerateKeyPair with label mock-key");
     ok(npub && npriv && npub != pub && npriv != priv, "new handles");
-    is_num(ulong_attr(npriv, CKA_CLASS), CKO_PRIVATE_KEY, "  private key");
-    is_num(ulong_attr(npub, CKA_CLASS), CKO_PUBLIC_KEY, "  public key");
-    ok(boolean(npriv, CKA_LOCAL) == 1, "  CKA_LOCAL");
-    ok(boolean(npriv, CKA_CMK_CURRENT) == 1, "  current");
+    is_num(p11_ulong(sess, npriv, CKA_CLASS), CKO_PRIVATE_KEY, "  private key");
+    is_num(p11_ulong(sess, npub, CKA_CLASS), CKO_PUBLIC_KEY, "  public key");
+    ok(p11_bool(sess, npriv, CKA_LOCAL) == 1, "  CKA_LOCAL");
+    ok(p11_bool(sess, npriv, CKA_CMK_CURRENT) == 1, "  current");
     is_num(count_label("mock-key"), 2, "label mock-key: still one pair");
     is_num(count_label("mock-key@02"), 2, "the old current is mock-key@02");
     again = p11_find(sess, CKO_PRIVATE_KEY, "mock-key");
@@ -509,7 +468,7 @@ static void test_key_pair(void)
     ok(label && len == 11 && memcmp(label, "mock-key@02", 11) == 0,
        "an old handle now reads label mock-key@02");
     free(label);
-    ok(boolean(priv, CKA_CMK_CURRENT) == 0, "  and is not current");
+    ok(p11_bool(sess, priv, CKA_CMK_CURRENT) == 0, "  and is not current");
     m1 = p11_attr(sess, pub, CKA_MODULUS, &len);
     m2 = p11_attr(sess, npub, CKA_MODULUS, &n);
     ok(m1 && m2 && len == n && memcmp(m1, m2, len) != 0, "a different modulus");
@@ -529,7 +488,7 @@ static void test_key_pair(void)
         is_rv(p11->C_UnwrapKey(sess, &oaep, npriv, w, wl, unwrap_tmpl,
                                CMK_ARRAY_SIZE(unwrap_tmpl), &un),
               CKR_OK, "  unwrap under the new version");
-        ok(same_aes_key(dek, un), "  the same key");
+        ok(p11_same_aes_key(sess, dek, un), "  the same key");
     }
     {
         CK_ATTRIBUTE nt[] = {{CKA_LABEL, (void *)"brand-new", 9}};
@@ -603,7 +562,7 @@ static void test_policy(void)
           CKR_ATTRIBUTE_READ_ONLY, "CKA_TRUSTED cannot be set");
     is_rv(p11->C_SetAttributeValue(sess, k, &wwt_on, 1), CKR_OK,
           "CKA_WRAP_WITH_TRUSTED false to true");
-    ok(boolean(k, CKA_WRAP_WITH_TRUSTED) == 1, "  now true");
+    ok(p11_bool(sess, k, CKA_WRAP_WITH_TRUSTED) == 1, "  now true");
     is_rv(p11->C_SetAttributeValue(sess, k, &wwt_off, 1),
           CKR_ATTRIBUTE_READ_ONLY, "and not back to false");
     is_rv(p11->C_WrapKey(sess,
@@ -618,9 +577,6 @@ static void test_policy(void)
 int main(void)
 {
     char *conf;
-    CK_ULONG len = 0;
-    unsigned char *der;
-    const unsigned char *p;
 
     p11_load(NULL);
     conf = p11_write_file("keys.conf", MOCK_CONF);
@@ -629,10 +585,7 @@ int main(void)
     sess = p11_open(0, true);
     priv = p11_find(sess, CKO_PRIVATE_KEY, "mock-key");
     pub = p11_find(sess, CKO_PUBLIC_KEY, "mock-key");
-    der = p11_attr(sess, pub, CKA_PUBLIC_KEY_INFO, &len);
-    p = der;
-    pk = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
-    free(der);
+    pk = p11_public_key(sess, pub);
     if (!sess || !priv || !pub || !pk)
         test_bail("mock keys not found");
     test_generate_key();

@@ -31,24 +31,6 @@ static CK_ULONG find_all(CK_ATTRIBUTE *t, CK_ULONG nt, CK_OBJECT_HANDLE *out,
     return n;
 }
 
-static bool get_bool(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_BBOOL *v)
-{
-    CK_ATTRIBUTE a = {type, v, sizeof(*v)};
-
-    return p11->C_GetAttributeValue(sess, o, &a, 1) == CKR_OK &&
-           a.ulValueLen == sizeof(*v);
-}
-
-/* 1 true, 0 false, -1 absent or error */
-static int boolean(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type)
-{
-    CK_BBOOL v = 0x55;
-
-    if (!get_bool(o, type, &v))
-        return -1;
-    return v ? 1 : 0;
-}
-
 static bool attr_is(CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
                     const void *want, CK_ULONG len)
 {
@@ -104,7 +86,7 @@ static void test_find(void)
     two_classes = n == 2;
     for (i = 0; i < n && i < 2; i++) {
         ok(attr_is(objs[i], CKA_ID, &id2, 1), "  object %lu has CKA_ID 02", i);
-        ok(boolean(objs[i], CKA_CMK_CURRENT) == 1, "  and is current");
+        ok(p11_bool(sess, objs[i], CKA_CMK_CURRENT) == 1, "  and is current");
     }
     if (two_classes) {
         CK_ULONG la = 0, lb = 0;
@@ -119,7 +101,7 @@ static void test_find(void)
     for (i = 0; i < n && i < 2; i++) {
         ok(attr_is(objs[i], CKA_LABEL, "mock-key@01", 11),
            "  labelled mock-key@01");
-        ok(boolean(objs[i], CKA_CMK_CURRENT) == 0, "  and not current");
+        ok(p11_bool(sess, objs[i], CKA_CMK_CURRENT) == 0, "  and not current");
     }
     {
         CK_ATTRIBUTE both[2] = {{CKA_LABEL, (void *)"mock-key", 8},
@@ -169,31 +151,39 @@ static void test_rsa_attributes(void)
                          {CKA_MODULUS_BITS, &bits, sizeof(bits)}};
 
     ok(priv && pub && dis && so && sop, "mock keys found");
-    ok(boolean(priv, CKA_SENSITIVE) == 1, "private: CKA_SENSITIVE");
-    ok(boolean(priv, CKA_ALWAYS_SENSITIVE) == 1,
+    ok(p11_bool(sess, priv, CKA_SENSITIVE) == 1, "private: CKA_SENSITIVE");
+    ok(p11_bool(sess, priv, CKA_ALWAYS_SENSITIVE) == 1,
        "private: CKA_ALWAYS_SENSITIVE");
-    ok(boolean(priv, CKA_NEVER_EXTRACTABLE) == 1,
+    ok(p11_bool(sess, priv, CKA_NEVER_EXTRACTABLE) == 1,
        "private: CKA_NEVER_EXTRACTABLE");
-    ok(boolean(priv, CKA_EXTRACTABLE) == 0, "private: not CKA_EXTRACTABLE");
-    ok(boolean(priv, CKA_TOKEN) == 1, "private: CKA_TOKEN");
-    ok(boolean(priv, CKA_DECRYPT) == 1 && boolean(priv, CKA_UNWRAP) == 1 &&
-           boolean(priv, CKA_SIGN) == 1,
+    ok(p11_bool(sess, priv, CKA_EXTRACTABLE) == 0,
+       "private: not CKA_EXTRACTABLE");
+    ok(p11_bool(sess, priv, CKA_TOKEN) == 1, "private: CKA_TOKEN");
+    ok(p11_bool(sess, priv, CKA_DECRYPT) == 1 &&
+           p11_bool(sess, priv, CKA_UNWRAP) == 1 &&
+           p11_bool(sess, priv, CKA_SIGN) == 1,
        "private: decrypt, unwrap, sign");
-    ok(boolean(pub, CKA_ENCRYPT) == 1 && boolean(pub, CKA_WRAP) == 1 &&
-           boolean(pub, CKA_VERIFY) == 1,
+    ok(p11_bool(sess, pub, CKA_ENCRYPT) == 1 &&
+           p11_bool(sess, pub, CKA_WRAP) == 1 &&
+           p11_bool(sess, pub, CKA_VERIFY) == 1,
        "public: encrypt, wrap, verify");
-    ok(boolean(priv, CKA_MODIFIABLE) == 0 && boolean(priv, CKA_COPYABLE) == 0,
+    ok(p11_bool(sess, priv, CKA_MODIFIABLE) == 0 &&
+           p11_bool(sess, priv, CKA_COPYABLE) == 0,
        "token keys are neither modifiable nor copyable");
-    ok(boolean(dis, CKA_DECRYPT) == 0 && boolean(dis, CKA_UNWRAP) == 0 &&
-           boolean(dis, CKA_SIGN) == 0,
+    ok(p11_bool(sess, dis, CKA_DECRYPT) == 0 &&
+           p11_bool(sess, dis, CKA_UNWRAP) == 0 &&
+           p11_bool(sess, dis, CKA_SIGN) == 0,
        "disabled-key: no decrypt, unwrap or sign");
-    ok(boolean(dis, CKA_CMK_ENABLED) == 0, "disabled-key: CKA_CMK_ENABLED");
-    ok(boolean(priv, CKA_CMK_ENABLED) == 1, "mock-key: CKA_CMK_ENABLED");
-    ok(boolean(so, CKA_UNWRAP) == 0 && boolean(so, CKA_DECRYPT) == 0,
+    ok(p11_bool(sess, dis, CKA_CMK_ENABLED) == 0,
+       "disabled-key: CKA_CMK_ENABLED");
+    ok(p11_bool(sess, priv, CKA_CMK_ENABLED) == 1, "mock-key: CKA_CMK_ENABLED");
+    ok(p11_bool(sess, so, CKA_UNWRAP) == 0 &&
+           p11_bool(sess, so, CKA_DECRYPT) == 0,
        "sign-only: no unwrap, no decrypt");
-    ok(boolean(so, CKA_SIGN) == 1, "sign-only: sign");
-    ok(boolean(sop, CKA_WRAP) == 0 && boolean(sop, CKA_ENCRYPT) == 0 &&
-           boolean(sop, CKA_VERIFY) == 1,
+    ok(p11_bool(sess, so, CKA_SIGN) == 1, "sign-only: sign");
+    ok(p11_bool(sess, sop, CKA_WRAP) == 0 &&
+           p11_bool(sess, sop, CKA_ENCRYPT) == 0 &&
+           p11_bool(sess, sop, CKA_VERIFY) == 1,
        "sign-only public: verify only");
 
     is_rv(p11->C_GetAttributeValue(sess, priv, a, 2), CKR_OK,
@@ -237,7 +227,7 @@ static void test_rsa_attributes(void)
     ok(attr_is(pub, CKA_CMK_VERSION, "02", 2), "CKA_CMK_VERSION");
     ok(attr_is(so, CKA_CMK_KEY_OPS, "sign,verify", 11), "CKA_CMK_KEY_OPS");
     ok(attr_is(priv, CKA_CMK_KEY_TYPE, "RSA", 3), "CKA_CMK_KEY_TYPE");
-    ok(boolean(priv, CKA_CMK_CURRENT) == 1, "CKA_CMK_CURRENT");
+    ok(p11_bool(sess, priv, CKA_CMK_CURRENT) == 1, "CKA_CMK_CURRENT");
 }
 
 static void test_get_attribute_rules(void)
@@ -320,14 +310,15 @@ static void test_secret_keys(void)
     is_rv(p11->C_GetAttributeValue(sess, secret, &v, 1),
           CKR_ATTRIBUTE_SENSITIVE, "CKA_VALUE of a sensitive key");
     is_num(v.ulValueLen, CK_UNAVAILABLE_INFORMATION, "  unavailable");
-    ok(boolean(secret, CKA_ALWAYS_SENSITIVE) == 1 &&
-           boolean(secret, CKA_NEVER_EXTRACTABLE) == 1 &&
-           boolean(secret, CKA_LOCAL) == 1,
+    ok(p11_bool(sess, secret, CKA_ALWAYS_SENSITIVE) == 1 &&
+           p11_bool(sess, secret, CKA_NEVER_EXTRACTABLE) == 1 &&
+           p11_bool(sess, secret, CKA_LOCAL) == 1,
        "generated: ALWAYS_SENSITIVE, NEVER_EXTRACTABLE, LOCAL");
-    ok(boolean(plain, CKA_ALWAYS_SENSITIVE) == 0 &&
-           boolean(plain, CKA_LOCAL) == 0,
+    ok(p11_bool(sess, plain, CKA_ALWAYS_SENSITIVE) == 0 &&
+           p11_bool(sess, plain, CKA_LOCAL) == 0,
        "imported: not ALWAYS_SENSITIVE, not LOCAL");
-    ok(boolean(plain, CKA_TOKEN) == 0, "session object: CKA_TOKEN false");
+    ok(p11_bool(sess, plain, CKA_TOKEN) == 0,
+       "session object: CKA_TOKEN false");
     {
         CK_ULONG vl = 0;
         CK_ATTRIBUTE a = {CKA_VALUE_LEN, &vl, sizeof(vl)};
@@ -359,7 +350,7 @@ static void test_secret_keys(void)
     set.ulValueLen = sizeof(f);
     is_rv(p11->C_SetAttributeValue(sess, secret, &set, 1),
           CKR_ATTRIBUTE_READ_ONLY, "CKA_SENSITIVE true to false");
-    ok(boolean(secret, CKA_SENSITIVE) == 1, "  still sensitive");
+    ok(p11_bool(sess, secret, CKA_SENSITIVE) == 1, "  still sensitive");
     set.pValue = &t;
     is_rv(p11->C_SetAttributeValue(sess, plain, &set, 1), CKR_OK,
           "CKA_SENSITIVE false to true");
@@ -389,7 +380,7 @@ static void test_secret_keys(void)
           CKR_OBJECT_HANDLE_INVALID, "C_GetObjectSize invalid handle");
     is_rv(p11->C_CopyObject(sess, plain, NULL, 0, &copy), CKR_ACTION_PROHIBITED,
           "C_CopyObject (CKA_COPYABLE false)");
-    ok(boolean(plain, CKA_COPYABLE) == 0, "CKA_COPYABLE false");
+    ok(p11_bool(sess, plain, CKA_COPYABLE) == 0, "CKA_COPYABLE false");
     is_rv(p11->C_CopyObject(sess, plain, NULL, 0, NULL), CKR_ARGUMENTS_BAD,
           "C_CopyObject(NULL handle pointer)");
     is_rv(p11->C_CopyObject(sess, 0x7ffffff0UL, NULL, 0, &copy),
@@ -398,7 +389,7 @@ static void test_secret_keys(void)
           "C_DestroyObject on a token key (RW session)");
     is_rv(p11->C_DestroyObject(other, priv), CKR_SESSION_READ_ONLY,
           "C_DestroyObject on a token key (RO session)");
-    ok(boolean(priv, CKA_SIGN) == 1, "token key still there");
+    ok(p11_bool(sess, priv, CKA_SIGN) == 1, "token key still there");
     is_rv(p11->C_DestroyObject(sess, plain), CKR_OK,
           "C_DestroyObject session key");
     is_rv(p11->C_GetAttributeValue(sess, plain, &v, 1),

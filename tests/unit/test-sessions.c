@@ -29,15 +29,8 @@ static CK_STATE state_of(CK_SESSION_HANDLE h)
 static CK_ULONG count_class(CK_SESSION_HANDLE h, CK_OBJECT_CLASS cls)
 {
     CK_ATTRIBUTE t = {CKA_CLASS, &cls, sizeof(cls)};
-    CK_OBJECT_HANDLE objs[64];
-    CK_ULONG n = 0;
 
-    if (p11->C_FindObjectsInit(h, &t, 1) != CKR_OK)
-        return 999;
-    if (p11->C_FindObjects(h, objs, 64, &n) != CKR_OK)
-        n = 999;
-    p11->C_FindObjectsFinal(h);
-    return n;
+    return p11_count(h, &t, 1);
 }
 
 static void test_open_close(void)
@@ -207,97 +200,8 @@ static void test_unsupported(void)
 /* Every function that takes a session handle, with a bad one. */
 static void test_bad_handles(CK_SESSION_HANDLE h, const char *what)
 {
-    CK_SESSION_INFO si;
-    CK_BYTE buf[300] = {0};
-    CK_ULONG len, n, i, bad = 0;
-    CK_OBJECT_HANDLE o = 1, objs[2];
-    CK_MECHANISM sha = {CKM_SHA256, NULL, 0};
-    CK_MECHANISM rsa = {CKM_RSA_PKCS, NULL, 0};
-    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
-    CK_ULONG vlen = 16;
-    CK_ATTRIBUTE a = {CKA_VALUE_LEN, &vlen, sizeof(vlen)};
-    CK_RV rv[64];
-    int k = 0;
+    int bad, k = p11_session_calls(h, CKR_SESSION_HANDLE_INVALID, &bad);
 
-    rv[k++] = p11->C_GetSessionInfo(h, &si);
-    rv[k++] = p11->C_CloseSession(h);
-    rv[k++] = p11->C_Login(h, CKU_USER, (CK_UTF8CHAR *)"1234", 4);
-    rv[k++] = p11->C_Logout(h);
-    rv[k++] = p11->C_InitPIN(h, (CK_UTF8CHAR *)"1234", 4);
-    rv[k++] = p11->C_SetPIN(h, (CK_UTF8CHAR *)"1", 1, (CK_UTF8CHAR *)"2", 1);
-    len = sizeof(buf);
-    rv[k++] = p11->C_GetOperationState(h, buf, &len);
-    rv[k++] = p11->C_SetOperationState(h, buf, 4, 0, 0);
-    rv[k++] = p11->C_CreateObject(h, &a, 1, &o);
-    rv[k++] = p11->C_CopyObject(h, o, &a, 1, &o);
-    rv[k++] = p11->C_DestroyObject(h, o);
-    rv[k++] = p11->C_GetObjectSize(h, o, &len);
-    rv[k++] = p11->C_GetAttributeValue(h, o, &a, 1);
-    rv[k++] = p11->C_SetAttributeValue(h, o, &a, 1);
-    rv[k++] = p11->C_FindObjectsInit(h, &a, 1);
-    rv[k++] = p11->C_FindObjects(h, objs, 2, &n);
-    rv[k++] = p11->C_FindObjectsFinal(h);
-    rv[k++] = p11->C_EncryptInit(h, &rsa, o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_Encrypt(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_EncryptUpdate(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_EncryptFinal(h, buf, &len);
-    rv[k++] = p11->C_DecryptInit(h, &rsa, o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_Decrypt(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_DecryptUpdate(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_DecryptFinal(h, buf, &len);
-    rv[k++] = p11->C_DigestInit(h, &sha);
-    len = sizeof(buf);
-    rv[k++] = p11->C_Digest(h, buf, 4, buf, &len);
-    rv[k++] = p11->C_DigestUpdate(h, buf, 4);
-    rv[k++] = p11->C_DigestKey(h, o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_DigestFinal(h, buf, &len);
-    rv[k++] = p11->C_SignInit(h, &rsa, o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_Sign(h, buf, 4, buf, &len);
-    rv[k++] = p11->C_SignUpdate(h, buf, 4);
-    len = sizeof(buf);
-    rv[k++] = p11->C_SignFinal(h, buf, &len);
-    rv[k++] = p11->C_SignRecoverInit(h, &rsa, o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_SignRecover(h, buf, 4, buf, &len);
-    rv[k++] = p11->C_VerifyInit(h, &rsa, o);
-    rv[k++] = p11->C_Verify(h, buf, 4, buf, 256);
-    rv[k++] = p11->C_VerifyUpdate(h, buf, 4);
-    rv[k++] = p11->C_VerifyFinal(h, buf, 256);
-    rv[k++] = p11->C_VerifyRecoverInit(h, &rsa, o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_VerifyRecover(h, buf, 256, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_DigestEncryptUpdate(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_DecryptDigestUpdate(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_SignEncryptUpdate(h, buf, 4, buf, &len);
-    len = sizeof(buf);
-    rv[k++] = p11->C_DecryptVerifyUpdate(h, buf, 4, buf, &len);
-    rv[k++] = p11->C_GenerateKey(h, &gen, &a, 1, &o);
-    rv[k++] = p11->C_GenerateKeyPair(h, &rsa, &a, 1, &a, 1, &o, &o);
-    len = sizeof(buf);
-    rv[k++] = p11->C_WrapKey(h, &rsa, o, o, buf, &len);
-    rv[k++] = p11->C_UnwrapKey(h, &rsa, o, buf, 256, &a, 1, &o);
-    rv[k++] = p11->C_DeriveKey(h, &rsa, o, &a, 1, &o);
-    rv[k++] = p11->C_SeedRandom(h, buf, 4);
-    rv[k++] = p11->C_GenerateRandom(h, buf, 4);
-    rv[k++] = p11->C_GetFunctionStatus(h);
-    rv[k++] = p11->C_CancelFunction(h);
-    for (i = 0; i < (CK_ULONG)k; i++) {
-        if (rv[i] != CKR_SESSION_HANDLE_INVALID) {
-            test_diag("  call #%lu returned 0x%lx", i, rv[i]);
-            bad++;
-        }
-    }
     is_num(bad, 0, "%d session calls with %s: SESSION_HANDLE_INVALID", k, what);
 }
 

@@ -55,39 +55,6 @@ static void note(struct worker *w, CK_RV rv)
     }
 }
 
-static size_t wrap_with_openssl(const unsigned char *key, size_t len,
-                                unsigned char *out)
-{
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
-    size_t olen = 512;
-
-    if (ctx == NULL || EVP_PKEY_encrypt_init(ctx) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_oaep_md(ctx, EVP_sha256()) <= 0 ||
-        EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, EVP_sha256()) <= 0 ||
-        EVP_PKEY_encrypt(ctx, out, &olen, key, len) <= 0)
-        olen = 0;
-    EVP_PKEY_CTX_free(ctx);
-    return olen;
-}
-
-static bool gcm_round_trip(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a,
-                           CK_OBJECT_HANDLE b)
-{
-    CK_BYTE iv[12] = "thread nonce", data[48], ct[96], pt[96];
-    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
-    CK_MECHANISM m = {CKM_AES_GCM, &gp, sizeof(gp)};
-    CK_ULONG clen = sizeof(ct), plen = sizeof(pt);
-
-    RAND_bytes(data, sizeof(data));
-    if (p11->C_EncryptInit(s, &m, a) != CKR_OK ||
-        p11->C_Encrypt(s, data, sizeof(data), ct, &clen) != CKR_OK ||
-        p11->C_DecryptInit(s, &m, b) != CKR_OK ||
-        p11->C_Decrypt(s, ct, clen, pt, &plen) != CKR_OK)
-        return false;
-    return plen == sizeof(data) && memcmp(pt, data, plen) == 0;
-}
-
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -118,7 +85,7 @@ static void *worker_main(void *arg)
 
         RAND_bytes(key, sizeof(key));
         if (i % 2 == 0) {
-            wl = wrap_with_openssl(key, sizeof(key), wrapped);
+            wl = p11_oaep_wrap(pk, EVP_sha256(), key, sizeof(key), wrapped);
         } else {
             /* Wrap through the module, with a fresh extractable key. */
             CK_OBJECT_HANDLE dek = 0;
@@ -148,8 +115,8 @@ static void *worker_main(void *arg)
             note(w, CKR_GENERAL_ERROR);
         if (i % 10 == 0) {
             CK_OBJECT_HANDLE gen = p11_aes_key(s, 32, false, true);
-            if (gen != 0 && gcm_round_trip(s, un, un) &&
-                gcm_round_trip(s, gen, gen))
+            if (gen != 0 && p11_same_aes_key(s, un, un) &&
+                p11_same_aes_key(s, gen, gen))
                 w->gcm_ok++;
             else
                 note(w, CKR_GENERAL_ERROR);
@@ -299,7 +266,9 @@ static void test_close_during_call(void)
         const unsigned char *p = der;
         EVP_PKEY *keep = pk;
         pk = der ? d2i_PUBKEY(NULL, &p, (long)len) : NULL;
-        c.wlen = pk ? wrap_with_openssl(secret, sizeof(secret), c.wrapped) : 0;
+        c.wlen = pk ? p11_oaep_wrap(pk, EVP_sha256(), secret, sizeof(secret),
+                                    c.wrapped)
+                    : 0;
         EVP_PKEY_free(pk);
         pk = keep;
         free(der);
