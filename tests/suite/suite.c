@@ -592,9 +592,82 @@ static void test_sign(void)
           "C_SignInit: a bad session");
 }
 
+/* A new key: the same on every back end (docs/hsm.md, docs/keyvault.md:
+ * a new label makes a new key, in the lower token or the vault). */
+static void test_key_pair(void)
+{
+    static const char label[] = "suite-new";
+    CK_MECHANISM m = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_ULONG bits = 2048;
+    CK_ATTRIBUTE pubt[] = {{CKA_LABEL, (void *)label, strlen(label)},
+                           {CKA_MODULUS_BITS, &bits, sizeof(bits)}};
+    CK_ATTRIBUTE privt[] = {{CKA_LABEL, (void *)label, strlen(label)}};
+    CK_OBJECT_HANDLE npub = 0, npriv = 0, back = 0;
+    CK_BYTE key[32], blob[512], val[64];
+    CK_ATTRIBUTE va = {CKA_VALUE, val, sizeof(val)};
+    EVP_PKEY *npk;
+    CK_ULONG len;
+
+    is_rv(p11->C_GenerateKeyPair(sess, &m, pubt, 2, privt, 1, NULL, &npriv),
+          CKR_ARGUMENTS_BAD, "C_GenerateKeyPair: a NULL handle pointer");
+    is_rv(p11->C_GenerateKeyPair(sess, &m, pubt, 2, privt, 1, &npub, &npriv),
+          CKR_OK, "C_GenerateKeyPair: a new key");
+    ok(npub != 0 && npriv != 0, "  two handles");
+    ok(p11_find(sess, CKO_PRIVATE_KEY, label) == npriv &&
+           p11_find(sess, CKO_PUBLIC_KEY, label) == npub,
+       "  found by its label");
+    is_num(p11_bool(sess, npriv, CKA_SENSITIVE), 1, "  sensitive");
+    is_num(p11_bool(sess, npriv, CKA_EXTRACTABLE), 0, "  not extractable");
+    npk = p11_public_key(sess, npub);
+    is_num(npk ? EVP_PKEY_get_bits(npk) : 0, 2048, "  RSA-2048");
+    ok(npk != NULL && EVP_PKEY_eq(npk, pk) != 1, "  not the CMK's key");
+    memset(key, 0x5a, sizeof(key));
+    len = npk ? p11_oaep_wrap(npk, EVP_sha256(), key, sizeof(key), blob) : 0;
+    is_rv(p11->C_UnwrapKey(sess, &oaep, npriv, blob, len, readable_aes,
+                           CMK_ARRAY_SIZE(readable_aes), &back),
+          CKR_OK, "  unwraps what OpenSSL wrapped under it");
+    ok(p11->C_GetAttributeValue(sess, back, &va, 1) == CKR_OK &&
+           va.ulValueLen == 32 && memcmp(val, key, 32) == 0,
+       "  to the value wrapped");
+    p11->C_DestroyObject(sess, back);
+    EVP_PKEY_free(npk);
+}
+
+static void test_mechanisms(void)
+{
+    CK_MECHANISM_INFO mi;
+    CK_MECHANISM_TYPE one;
+    CK_ULONG n = 0, n2 = 1;
+    CK_BYTE rnd[32], zero[32] = {0};
+
+    is_rv(p11->C_GetMechanismList(slot, NULL, &n), CKR_OK,
+          "C_GetMechanismList length query");
+    ok(n > 1, "  more than one (%lu)", n);
+    is_rv(p11->C_GetMechanismList(slot, &one, &n2), CKR_BUFFER_TOO_SMALL,
+          "C_GetMechanismList into one");
+    is_num(n2, n, "  asks for all");
+    is_rv(p11->C_GetMechanismList(BAD_HANDLE, NULL, &n), CKR_SLOT_ID_INVALID,
+          "C_GetMechanismList: a bad slot");
+    is_rv(p11->C_GetMechanismInfo(slot, CKM_RSA_PKCS_OAEP, &mi), CKR_OK,
+          "C_GetMechanismInfo RSA-OAEP");
+    is_num(mi.flags & (CKF_DECRYPT | CKF_UNWRAP | CKF_ENCRYPT | CKF_WRAP),
+           CKF_DECRYPT | CKF_UNWRAP | CKF_ENCRYPT | CKF_WRAP,
+           "  decrypt, unwrap, encrypt, wrap");
+    ok(mi.ulMinKeySize <= 2048 && mi.ulMaxKeySize >= 2048,
+       "  2048 bits within %lu..%lu", mi.ulMinKeySize, mi.ulMaxKeySize);
+    is_rv(p11->C_GetMechanismInfo(slot, CKM_DES_ECB, &mi),
+          CKR_MECHANISM_INVALID, "C_GetMechanismInfo: DES-ECB");
+    is_rv(p11->C_GenerateRandom(sess, rnd, sizeof(rnd)), CKR_OK,
+          "C_GenerateRandom");
+    ok(memcmp(rnd, zero, sizeof(rnd)) != 0, "  not all zero");
+    is_rv(p11->C_GenerateRandom(sess, NULL, 4), CKR_ARGUMENTS_BAD,
+          "C_GenerateRandom into NULL");
+}
+
 static void test_end(void)
 {
     CK_SESSION_INFO si;
+    int calls, wrong;
 
     is_rv(p11->C_Logout(sess), CKR_OK, "C_Logout");
     if (has(CAP_LOGIN))
@@ -603,6 +676,9 @@ static void test_end(void)
     is_rv(p11->C_CloseAllSessions(slot), CKR_OK, "C_CloseAllSessions");
     is_rv(p11->C_GetSessionInfo(sess, &si), CKR_SESSION_HANDLE_INVALID,
           "  the session is closed");
+    calls = p11_session_calls(sess, CKR_SESSION_HANDLE_INVALID, &wrong);
+    is_num(wrong, 0, "%d session calls with it: CKR_SESSION_HANDLE_INVALID",
+           calls);
     is_rv(p11->C_Finalize(NULL), CKR_OK, "C_Finalize");
     is_rv(p11->C_Finalize(NULL), CKR_CRYPTOKI_NOT_INITIALIZED,
           "C_Finalize again");
@@ -638,6 +714,8 @@ int main(int argc, char **argv)
     test_wrap_unwrap();
     test_decrypt();
     test_sign();
+    test_key_pair();
+    test_mechanisms();
     test_end();
 
     EVP_PKEY_free(pk);
