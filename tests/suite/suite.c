@@ -154,7 +154,8 @@ static CK_RV gen_aes(CK_ATTRIBUTE *extra, CK_ULONG n, CK_OBJECT_HANDLE *h)
 
     if (n > 6)
         test_bail("gen_aes: too many attributes");
-    memcpy(&t[2], extra, n * sizeof(*extra));
+    if (n > 0)
+        memcpy(&t[2], extra, n * sizeof(*extra));
     return p11->C_GenerateKey(sess, &m, t, n + 2, h);
 }
 
