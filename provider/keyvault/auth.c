@@ -45,6 +45,7 @@ struct kv_token_entry {
     int64_t refresh_at_ms; /* monotonic: fetch a new one after this */
     int64_t expires_at_ms; /* monotonic: unusable after this */
     int64_t fetched_at_ms;
+    int64_t renew_tried_ms; /* monotonic: the last renewal that failed */
 };
 
 struct kv_auth {
@@ -282,6 +283,51 @@ static char *cached(struct kv_auth *a, const char *resource, bool force,
     return t;
 }
 
+/*
+ * A renewal that fails keeps the token in use until it expires, and is
+ * not tried again for 30 s meanwhile: a token endpoint that is down or
+ * hangs then costs one call in 30 s its wait, not every call, and the
+ * vault (where revocation shows) stays reachable. As azure-identity does
+ * (_internal/get_token_mixin.py: a failed refresh of a token that has
+ * not expired returns the cached token; DEFAULT_TOKEN_REFRESH_RETRY_DELAY
+ * = 30 s between refresh attempts).
+ */
+#define KV_RENEW_RETRY_MS 30000
+
+/* A copy of the cached token while it has not expired, past its renewal
+ * time too; with only_held_off, only while the last failed renewal is
+ * recent. */
+static char *cached_valid(struct kv_auth *a, const char *resource,
+                          bool only_held_off, int64_t *expires_in_ms)
+{
+    struct kv_token_entry *e;
+    int64_t now = kv_now_ms();
+    char *t = NULL;
+
+    pthread_mutex_lock(&a->lock);
+    e = entry_unlocked(a, resource);
+    if (e != NULL && e->token != NULL && now < e->expires_at_ms &&
+        (!only_held_off || (e->renew_tried_ms != 0 &&
+                            now - e->renew_tried_ms < KV_RENEW_RETRY_MS))) {
+        t = secure_dup(e->token, e->token_len + 1);
+        if (expires_in_ms != NULL)
+            *expires_in_ms = e->expires_at_ms - now;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return t;
+}
+
+static void renew_failed(struct kv_auth *a, const char *resource)
+{
+    struct kv_token_entry *e;
+
+    pthread_mutex_lock(&a->lock);
+    e = entry_unlocked(a, resource);
+    if (e != NULL)
+        e->renew_tried_ms = kv_now_ms();
+    pthread_mutex_unlock(&a->lock);
+}
+
 static void store(struct kv_auth *a, const char *resource, const char *token,
                   long long lifetime_s)
 {
@@ -310,6 +356,7 @@ static void store(struct kv_auth *a, const char *resource, const char *token,
         e->fetched_at_ms = now;
         e->expires_at_ms = now + lifetime_s * 1000 - 10000;
         e->refresh_at_ms = now + lifetime_s * 1000 - margin;
+        e->renew_tried_ms = 0;
     }
     pthread_mutex_unlock(&a->lock);
 }
@@ -1173,6 +1220,8 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
     }
     if (!force) {
         t = cached(a, resource, false, 0);
+        if (t == NULL)
+            t = cached_valid(a, resource, true, NULL);
         if (t != NULL) {
             *token = t;
             return CKR_OK;
@@ -1218,6 +1267,16 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
     }
     if (a->cfg.tenant_id != NULL)
         tenant = a->cfg.tenant_id;
+    if (!force) {
+        /* A renewal, while the current token is good: it may take half
+         * of what is left of the call, which the vault request needs. */
+        char *held = cached_valid(a, resource, false, NULL);
+
+        if (held != NULL) {
+            secure_free(held, strlen(held) + 1);
+            deadline_ms = kv_now_ms() + (deadline_ms - kv_now_ms()) / 2;
+        }
+    }
     for (attempt = 0;; attempt++) {
         int64_t wait;
 
@@ -1266,6 +1325,20 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
         store(a, resource, t, lifetime);
         *token = t;
         cmk_debug("new token for %s (%lld s)", resource, lifetime);
+    } else if (!force) {
+        int64_t left = 0;
+
+        t = cached_valid(a, resource, false, &left);
+        if (t != NULL) {
+            renew_failed(a, resource);
+            cmk_warning("renewing the token (%s) for %s failed; the current "
+                        "one is used until it expires in %lld s, and "
+                        "renewal is tried again in %d s",
+                        kv_auth_method_name(a->cfg.method), resource,
+                        (long long)(left / 1000), KV_RENEW_RETRY_MS / 1000);
+            *token = t;
+            rv = CKR_OK;
+        }
     }
     pthread_mutex_unlock(&a->fetch_lock);
     return rv;
