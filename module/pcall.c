@@ -17,6 +17,7 @@
 
 #include "audit.h"
 #include "pcall.h"
+#include "rsa.h"
 #include "secure.h"
 
 static const char *const pop_names[] = {
@@ -227,6 +228,27 @@ static CK_RV crypt_ref(const struct token *t, struct pcall *c, enum pop pop,
     return rv;
 }
 
+/*
+ * An RSA ciphertext or wrapped key is exactly as long as the modulus
+ * (PKCS#11 Current Mechanisms, the tables of CKM_RSA_PKCS,
+ * CKM_RSA_PKCS_OAEP and CKM_RSA_X_509: decryption and unwrapping take k
+ * bytes, k the modulus length); any other length is the caller's
+ * *_LEN_RANGE, checked here for every back end: a lower token says so
+ * itself, a vault would answer 400 and it would become an invalid
+ * ciphertext. The length is public: no secret depends on this branch.
+ */
+static CK_RV rsa_input_length(struct object *key, const CK_MECHANISM *m,
+                              CK_ULONG inlen, CK_RV range)
+{
+    CK_ULONG k;
+
+    if (m->mechanism != CKM_RSA_PKCS && m->mechanism != CKM_RSA_PKCS_OAEP &&
+        m->mechanism != CKM_RSA_X_509)
+        return CKR_OK;
+    k = rsa_object_bytes(key);
+    return k == 0 || inlen == k ? CKR_OK : range;
+}
+
 CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
                      const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
                      CK_BYTE *out, CK_ULONG *outlen)
@@ -237,6 +259,15 @@ CK_RV provider_crypt(struct session *s, enum pop pop, struct object *key,
     return_val_if_fail(pop <= POP_VERIFY, CKR_GENERAL_ERROR);
     if (key->ref == NULL)
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    rv = pop == POP_DECRYPT
+             ? rsa_input_length(key, m, inlen, CKR_ENCRYPTED_DATA_LEN_RANGE)
+         : pop == POP_UNWRAP
+             ? rsa_input_length(key, m, inlen, CKR_WRAPPED_KEY_LEN_RANGE)
+             : CKR_OK;
+    if (rv != CKR_OK) {
+        *outlen = 0;
+        return pcall_end(s, &c, pop_names[pop], m, rv);
+    }
     rv = crypt_ref(s->token, &c, pop, key->ref, m, in, inlen, out, outlen);
     return pcall_end(s, &c, pop_names[pop], m, rv);
 }

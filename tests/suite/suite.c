@@ -52,14 +52,7 @@
 /* Known bugs: the checks they break are TAP TODO items on that back end
  * (an expected failure; passing is XPASS, a failure, once it is fixed).
  *
- * BUG_LEN_RANGE: keyvault tokens send a ciphertext that is not the
- * modulus's length to the vault and answer CKR_WRAPPED_KEY_INVALID /
- * CKR_ENCRYPTED_DATA_INVALID; the specification's code for input that is
- * wrong by its length alone is CKR_WRAPPED_KEY_LEN_RANGE /
- * CKR_ENCRYPTED_DATA_LEN_RANGE (5.2; RSA-OAEP's input is k bytes), which
- * the mock and hsm tokens answer. */
-#define BUG_LEN_RANGE 0x100
-/* BUG_UNWRAP_KEY_TYPE: on tokens whose secret keys the module holds (mock,
+ * BUG_UNWRAP_KEY_TYPE: on tokens whose secret keys the module holds (mock,
  * keyvault), C_UnwrapKey without CKA_KEY_TYPE makes a CKK_GENERIC_SECRET
  * key (module/keys.c, secret_template_check); 2.40 4.7 table 25 footnote 5
  * says CKA_KEY_TYPE must be specified when a key is unwrapped, so the
@@ -101,7 +94,7 @@ static const struct backend backends[] = {
      hsm_suite_setup},
     /* No pin-file: any PIN logs in (docs/keyvault.md). */
     {"keyvault", "CMKP11_MODULE", "kek", "",
-     CAP_SECRET_SET | BUG_LEN_RANGE | BUG_UNWRAP_KEY_TYPE, kv_suite_setup},
+     CAP_SECRET_SET | BUG_UNWRAP_KEY_TYPE, kv_suite_setup},
 };
 
 static const struct backend *be;
@@ -460,7 +453,6 @@ static void test_wrap_unwrap(void)
     is_rv(p11->C_UnwrapKey(sess, &oaep, priv, blob, len, readable_aes,
                            CMK_ARRAY_SIZE(readable_aes), NULL),
           CKR_ARGUMENTS_BAD, "C_UnwrapKey: a NULL handle pointer");
-    todo_if(BUG_LEN_RANGE, "keyvault: length checked by the vault");
     is_rv(p11->C_UnwrapKey(sess, &oaep, priv, blob, 255, readable_aes,
                            CMK_ARRAY_SIZE(readable_aes), &back),
           CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey: 255 bytes");
@@ -514,7 +506,6 @@ static void test_decrypt(void)
 
     p11->C_DecryptInit(sess, &oaep, priv);
     plen = sizeof(pt);
-    todo_if(BUG_LEN_RANGE, "keyvault: length checked by the vault");
     is_rv(p11->C_Decrypt(sess, ct, 255, pt, &plen),
           CKR_ENCRYPTED_DATA_LEN_RANGE, "C_Decrypt: 255 bytes");
     is_rv(p11->C_Decrypt(sess, ct, clen, pt, &plen),
