@@ -202,6 +202,15 @@ def admin_dispatch(emu, req):
             kids = emu.admin_create_keys(v, body)
             return 200, {"created": len(kids), "kids": kids if len(kids) <= 100 else
                          kids[:100], "seconds": round(time.time() - t0, 3)}
+        if n == 5 and segs[2] == "keys" and segs[4] == "copy" and m == "POST":
+            # What backup and restore do: the key with all its versions
+            # (same ids, material, attributes) into another vault.
+            dst = _vault(emu, body.get("to") or "")
+            if dst is v:
+                raise HttpError(400, "BadParameter", "copy: the same vault")
+            key = dst.restore({"value": v.backup(segs[3])})
+            return 200, {"copied": key.name, "from": v.name, "to": dst.name,
+                         "versions": list(key.versions)}
         if n == 4 and segs[2] == "keys":
             name = segs[3]
             if m == "PATCH":

@@ -124,6 +124,11 @@ def build_parser():
     p.add_argument("vault")
     p.add_argument("name")
     p.add_argument("--purge", action="store_true", help="also remove it from deleted keys")
+    p = sub.add_parser("copy-key", help="copy a key with all its versions to another "
+                       "vault (what backup and restore do)")
+    p.add_argument("vault")
+    p.add_argument("name")
+    p.add_argument("to")
     p = sub.add_parser("vault", help="show or change vault properties")
     p.add_argument("vault")
     p.add_argument("--set", metavar="JSON", help='e.g. {"purge_protection": false}')
@@ -217,6 +222,9 @@ def main(argv=None):
     elif c == "delete-key":
         m, path = "DELETE", "vaults/%s/keys/%s%s" % (args.vault, args.name,
                                                       "?purge=1" if args.purge else "")
+    elif c == "copy-key":
+        m, path = "POST", "vaults/%s/keys/%s/copy" % (args.vault, args.name)
+        body = {"to": args.to}
     elif c == "vault":
         path = "vaults/" + args.vault
         if args.set:
