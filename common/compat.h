@@ -193,6 +193,7 @@ CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
 #define CKA_CMK_EXPIRES    (CKA_CMK_BASE + 13) /* seconds, decimal text */
 #define CKA_CMK_MIN_BITS   (CKA_CMK_BASE + 14) /* CK_ULONG, min-key-bits */
 #define CKA_CMK_REFUSED    (CKA_CMK_BASE + 15) /* "list": permissions refused */
+#define CKA_CMK_REPLICAS   (CKA_CMK_BASE + 16) /* per-replica state lines */
 
 #define CMK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

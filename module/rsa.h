@@ -74,7 +74,8 @@ struct rsa_key_desc {
     const char *recovery_level;
     const char *key_ops;
     const char *key_type;
-    const char *refused; /* key permissions the back end was refused */
+    const char *refused;  /* key permissions the back end was refused */
+    const char *replicas; /* CKA_CMK_REPLICAS, or NULL */
 };
 
 /* Builds the private and public key objects' attributes. 0, or -1 with

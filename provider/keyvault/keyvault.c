@@ -19,6 +19,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/x509.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "audit.h"
@@ -30,6 +31,40 @@
 #include "secure.h"
 
 struct kv_key;
+
+/* A vault of vault-url: the first, or a replica holding the same key
+ * material (docs/keyvault.md, "Replicas"). Its breaker and health are
+ * under the token's lock. */
+struct kv_replica {
+    char *url;  /* https://host[:port], no trailing slash */
+    char *host; /* host[:port] */
+    int index;
+    /* Circuit breaker: after KV_CIRCUIT_FAILURES calls in a row that found
+     * the vault unavailable, calls fail fast for KV_CIRCUIT_OPEN_MS; then
+     * one call probes. */
+    int failures;
+    int64_t open_until_ms;
+    bool probing;
+    bool asked;      /* a call was made */
+    bool answered;   /* the last call reached it */
+    int64_t ewma_ms; /* latency of answered calls (0: none yet) */
+    char error[160]; /* why the last call failed, or "" */
+    bool list_refused;
+};
+
+/* A version as one replica holds it: matched to the token's versions by
+ * the SHA-256 of the public key (DER SubjectPublicKeyInfo). */
+struct kv_rver {
+    char *version;
+    unsigned char spki[32];
+    bool read;    /* spki is known */
+    bool present; /* listed or read by the last refresh that reached it */
+    bool enabled;
+    char *recovery;
+    struct kv_rver *next;
+};
+
+#define KV_MAX_REPLICAS 8
 
 /* A key version. Versions are freed only when the token closes, so the
  * references the front end holds stay valid; fields change under the
@@ -50,6 +85,8 @@ struct kv_version {
     bool read;    /* its key bundle was read (RSA or not: not read again) */
     bool enabled;
     long long nbf, exp, created, updated;
+    unsigned char spki[32];  /* SHA-256 of the public key's DER */
+    unsigned differs_logged; /* replicas logged as not holding it */
     struct kv_version *next;
 };
 
@@ -60,14 +97,20 @@ struct kv_key {
     int64_t loaded_at_ms; /* 0: never */
     bool exists;
     bool not_rsa; /* its current version is EC or oct: skipped, not reloaded */
+    int ref;      /* the replica its versions were last listed from */
+    unsigned gone_on; /* replicas whose last answer was a 404 on the key */
+    struct kv_rver *rv[KV_MAX_REPLICAS]; /* as each replica holds them */
     struct kv_key *next;
 };
 
 struct kv_token {
     pthread_mutex_t lock; /* keys, versions, the challenge */
     char *name;           /* the [token] section */
-    char *vault_url;      /* https://host[:port], no trailing slash */
-    char *host;           /* host[:port] */
+    char *vault_url;      /* the first vault: https://host[:port] */
+    char *host;           /* host[:port] of the first vault */
+    struct kv_replica rep[KV_MAX_REPLICAS];
+    int nrep;
+    char *hosts; /* every vault's host, for messages */
     bool mhsm;
     struct kv_http *http;
     struct kv_auth *auth;
@@ -83,12 +126,6 @@ struct kv_token {
     char *key_type; /* RSA | RSA-HSM */
     char *pin;
     size_t pin_len;
-    /* Circuit breaker, under lock: after KV_CIRCUIT_FAILURES calls in a row
-     * that found the vault unavailable, calls fail fast for
-     * KV_CIRCUIT_OPEN_MS; then one call probes. */
-    int failures;
-    int64_t open_until_ms;
-    bool probing;
     struct kv_cache *cache; /* unwrap-cache, or NULL */
     /* offline-grace, under lock: since when no call reached the vault (0:
      * it answers), and when that was last logged. */
@@ -109,6 +146,8 @@ struct kv_token {
  * 5xx, 429 after retries, the breaker open, the identity endpoint down),
  * not for revocation evidence (docs/keyvault.md, "Outages"). */
 static __thread bool call_unreachable;
+/* The vault this thread's last kv_call went to, for messages. */
+static __thread const char *call_host;
 
 /* ---- configuration ---- */
 
@@ -117,11 +156,20 @@ static void kv_close(void *tok, bool in_child)
     struct kv_token *kt = tok;
     struct kv_key *k, *kn;
     struct kv_version *v, *vn;
+    struct kv_rver *r, *rn;
+    int i;
 
     if (kt == NULL)
         return;
     for (k = kt->keys; k != NULL; k = kn) {
         kn = k->next;
+        for (i = 0; i < KV_MAX_REPLICAS; i++)
+            for (r = k->rv[i]; r != NULL; r = rn) {
+                rn = r->next;
+                free(r->version);
+                free(r->recovery);
+                free(r);
+            }
         for (v = k->versions; v != NULL; v = vn) {
             vn = v->next;
             free(v->version);
@@ -141,8 +189,11 @@ static void kv_close(void *tok, bool in_child)
     kv_http_free(kt->http, in_child);
     config_free_list(kt->allow);
     free(kt->name);
-    free(kt->vault_url);
-    free(kt->host);
+    for (i = 0; i < kt->nrep; i++) {
+        free(kt->rep[i].url);
+        free(kt->rep[i].host);
+    }
+    free(kt->hosts);
     free(kt->resource);
     free(kt->tenant);
     free(kt->key_type);
@@ -233,6 +284,98 @@ static const char *default_auth(const struct config_token *cfg)
     return "managed-identity";
 }
 
+/* The domain a host's token scope covers: the host without its first
+ * label (NAME.vault.azure.net: vault.azure.net), port included. */
+static const char *host_domain(const char *host)
+{
+    const char *d = strchr(host, '.');
+
+    return d != NULL ? d + 1 : host;
+}
+
+/*
+ * vault-url: one URL, or a comma-separated list of replicas holding the
+ * same keys. One credential serves them all, so they must share a token
+ * scope: the same kind (vault or Managed HSM) in the same cloud.
+ */
+static CK_RV parse_vaults(struct kv_token *kt, const struct config_token *cfg,
+                          const char *text, char *err, size_t errlen)
+{
+    char **list = config_split_list(text), why[400];
+    size_t len = 1;
+    int i, j;
+
+    if (list == NULL)
+        return CKR_HOST_MEMORY;
+    for (i = 0; list[i] != NULL; i++) {
+        struct kv_replica *r;
+        char *u = list[i];
+        if (i >= KV_MAX_REPLICAS) {
+            snprintf(why, sizeof(why), "at most %d vaults", KV_MAX_REPLICAS);
+            goto bad_url;
+        }
+        if (strncmp(u, "https://", 8) != 0 || strlen(u) < 10) {
+            snprintf(why, sizeof(why), "%s%smust be an https:// URL",
+                     list[1] ? u : "", list[1] ? " " : "");
+            goto bad_url;
+        }
+        while (u[strlen(u) - 1] == '/')
+            u[strlen(u) - 1] = '\0';
+        if (strchr(u + 8, '/') != NULL) {
+            snprintf(why, sizeof(why),
+                     "%s%smust name the vault only, without a path",
+                     list[1] ? u : "", list[1] ? " " : "");
+            goto bad_url;
+        }
+        for (j = 0; j < i; j++)
+            if (strcasecmp(kt->rep[j].url, u) == 0) {
+                snprintf(why, sizeof(why), "%s is listed twice", u);
+                goto bad_url;
+            }
+        r = &kt->rep[i];
+        r->index = i;
+        r->url = strdup(u);
+        r->host = strdup(u + 8);
+        kt->nrep = i + 1;
+        if (r->url == NULL || r->host == NULL) {
+            config_free_list(list);
+            return CKR_HOST_MEMORY;
+        }
+        if (i > 0 && ((strstr(r->host, ".managedhsm.") != NULL) != kt->mhsm ||
+                      strcasecmp(host_domain(r->host),
+                                 host_domain(kt->rep[0].host)) != 0)) {
+            snprintf(why, sizeof(why),
+                     "%s is not a %s in %s as %s is: replicas share one "
+                     "credential and token scope",
+                     u, kt->mhsm ? "Managed HSM" : "vault",
+                     host_domain(kt->rep[0].host), kt->rep[0].url);
+            goto bad_url;
+        }
+        if (i == 0)
+            kt->mhsm = strstr(r->host, ".managedhsm.") != NULL;
+        len += strlen(r->host) + 2;
+    }
+    config_free_list(list);
+    if (kt->nrep == 0) {
+        snprintf(why, sizeof(why), "must be an https:// URL");
+        return bad(err, errlen, cfg, "vault-url", why);
+    }
+    kt->vault_url = kt->rep[0].url;
+    kt->host = kt->rep[0].host;
+    kt->hosts = calloc(1, len);
+    if (kt->hosts == NULL)
+        return CKR_HOST_MEMORY;
+    for (i = 0; i < kt->nrep; i++) {
+        if (i > 0)
+            strcat(kt->hosts, ", ");
+        strcat(kt->hosts, kt->rep[i].host);
+    }
+    return CKR_OK;
+bad_url:
+    config_free_list(list);
+    return bad(err, errlen, cfg, "vault-url", why);
+}
+
 static CK_RV kv_open(const struct config_token *cfg, void **tok,
                      unsigned *flags, char *err, size_t errlen)
 {
@@ -263,20 +406,10 @@ static CK_RV kv_open(const struct config_token *cfg, void **tok,
                  cfg->path, cfg->line, cfg->name);
         goto fail;
     }
-    if (strncmp(url, "https://", 8) != 0 || strlen(url) < 10) {
-        rv = bad(err, errlen, cfg, "vault-url", "must be an https:// URL");
+    rv = parse_vaults(kt, cfg, url, err, errlen);
+    if (rv != CKR_OK)
         goto fail;
-    }
-    kt->vault_url = strdup(url);
-    while (kt->vault_url[strlen(kt->vault_url) - 1] == '/')
-        kt->vault_url[strlen(kt->vault_url) - 1] = '\0';
-    kt->host = strdup(kt->vault_url + 8);
-    if (strchr(kt->host, '/') != NULL) {
-        rv = bad(err, errlen, cfg, "vault-url",
-                 "must name the vault only, without a path");
-        goto fail;
-    }
-    kt->mhsm = strstr(kt->host, ".managedhsm.") != NULL;
+    rv = CKR_GENERAL_ERROR;
 
     if (config_token_get_long(cfg, "timeout", 1, 3600, &timeout, err, errlen) <
             0 ||
@@ -607,7 +740,7 @@ static void result_clear(struct kv_result *res)
     memset(res, 0, sizeof(*res));
 }
 
-static char *with_api_version(const struct kv_token *kt, const char *path)
+static char *with_api_version(const struct kv_replica *rep, const char *path)
 {
     const char *sep;
 
@@ -619,7 +752,7 @@ static char *with_api_version(const struct kv_token *kt, const char *path)
                                 KV_API_VERSION);
     }
     sep = strchr(path, '?') ? "&" : "?";
-    return kv_strdup_printf("%s%s%sapi-version=%s", kt->vault_url, path, sep,
+    return kv_strdup_printf("%s%s%sapi-version=%s", rep->url, path, sep,
                             KV_API_VERSION);
 }
 
@@ -639,7 +772,7 @@ static size_t authority_len(const char *a, size_t len)
  * (azure-keyvault-keys, _shared/challenge_auth_policy.py and
  * _shared/http_challenge_cache.py, keyed by the URL's netloc).
  */
-static bool same_origin(const struct kv_token *kt, const char *url)
+static bool same_origin(const struct kv_replica *rep, const char *url)
 {
     const char *a, *e;
     size_t al, hl;
@@ -651,63 +784,100 @@ static bool same_origin(const struct kv_token *kt, const char *url)
     if (memchr(a, '@', (size_t)(e - a)) != NULL)
         return false; /* user information: not the vault */
     al = authority_len(a, (size_t)(e - a));
-    hl = authority_len(kt->host, strlen(kt->host));
-    return al == hl && strncasecmp(a, kt->host, al) == 0;
+    hl = authority_len(rep->host, strlen(rep->host));
+    return al == hl && strncasecmp(a, rep->host, al) == 0;
 }
 
-static bool circuit_allows(struct kv_token *kt)
+static bool circuit_allows(struct kv_token *kt, struct kv_replica *rep)
 {
     int64_t now = kv_now_ms();
     bool ok = true;
 
     pthread_mutex_lock(&kt->lock);
-    if (kt->failures >= KV_CIRCUIT_FAILURES) {
-        if (now < kt->open_until_ms || kt->probing)
+    rep->asked = true;
+    if (rep->failures >= KV_CIRCUIT_FAILURES) {
+        if (now < rep->open_until_ms || rep->probing)
             ok = false; /* open: fail fast instead of piling up */
         else
-            kt->probing = true; /* half-open: this call probes */
+            rep->probing = true; /* half-open: this call probes */
     }
     pthread_mutex_unlock(&kt->lock);
     if (!ok)
-        cmk_debug("token %s: circuit open, failing fast", kt->name);
+        cmk_debug("token %s: circuit of %s open, failing fast", kt->name,
+                  rep->host);
     return ok;
 }
 
-static void circuit_record(struct kv_token *kt, bool unavailable)
+/* Whether a call to rep would be made now (its breaker closed, or its
+ * cool-down over and no probe under way). Under the lock. */
+static bool rep_available_unlocked(const struct kv_replica *rep, int64_t now)
+{
+    return rep->failures < KV_CIRCUIT_FAILURES ||
+           (now >= rep->open_until_ms && !rep->probing);
+}
+
+/*
+ * The token's reachability, for offline-grace: unreachable when a call
+ * found no vault of vault-url answering (the last replica tried), reached
+ * again as soon as any vault answers.
+ */
+static void token_reach(struct kv_token *kt, bool unavailable)
 {
     int64_t now = kv_now_ms();
+    const char *what = kt->nrep > 1 ? "every vault of vault-url" : kt->host;
 
     pthread_mutex_lock(&kt->lock);
-    kt->probing = false;
     if (!unavailable && kt->offline_since_ms != 0) {
         cmk_warning("token %s: %s is reachable again after %lld s; "
                     "offline-grace ends",
-                    kt->name, kt->host,
+                    kt->name, kt->nrep > 1 ? call_host : kt->host,
                     (long long)(now - kt->offline_since_ms) / 1000);
         kt->offline_since_ms = 0;
     } else if (unavailable && kt->offline_since_ms == 0) {
         kt->offline_since_ms = kt->offline_logged_ms = now;
         cmk_warning("token %s: %s is unreachable; keys loaded within "
                     "refresh-interval + offline-grace (%ld s) keep serving "
-                    "local operations and cached unwraps",
-                    kt->name, kt->host, kt->grace_ms / 1000);
+                    "local operations and cached unwraps%s%s",
+                    kt->name, what, kt->grace_ms / 1000,
+                    kt->nrep > 1 ? ": " : "", kt->nrep > 1 ? kt->hosts : "");
     } else if (unavailable &&
                now - kt->offline_logged_ms >= KV_OFFLINE_LOG_MS) {
         kt->offline_logged_ms = now;
         cmk_warning("token %s: %s still unreachable, for %lld s", kt->name,
-                    kt->host, (long long)(now - kt->offline_since_ms) / 1000);
+                    what, (long long)(now - kt->offline_since_ms) / 1000);
+    }
+    pthread_mutex_unlock(&kt->lock);
+}
+
+/* A replica's breaker and health after a call: latency_ms >= 0 when it
+ * answered (any status), why when it did not or refused. */
+static void circuit_record(struct kv_token *kt, struct kv_replica *rep,
+                           bool unavailable, int64_t latency_ms,
+                           const char *why)
+{
+    pthread_mutex_lock(&kt->lock);
+    rep->probing = false;
+    snprintf(rep->error, sizeof(rep->error), "%s", why ? why : "");
+    if (latency_ms >= 0) {
+        int64_t l = latency_ms > 0 ? latency_ms : 1; /* 0: none yet */
+        rep->answered = true;
+        rep->ewma_ms = rep->ewma_ms == 0 ? l : (rep->ewma_ms * 3 + l) / 4;
     }
     if (!unavailable) {
-        if (kt->failures >= KV_CIRCUIT_FAILURES)
-            cmk_info("token %s: %s answers again", kt->name, kt->host);
-        kt->failures = 0;
-    } else if (++kt->failures >= KV_CIRCUIT_FAILURES) {
-        kt->open_until_ms = kv_now_ms() + KV_CIRCUIT_OPEN_MS;
-        if (kt->failures == KV_CIRCUIT_FAILURES)
-            cmk_error("token %s: %s failed %d calls in a row; failing fast "
-                      "for %d s before trying again",
-                      kt->name, kt->host, kt->failures,
-                      KV_CIRCUIT_OPEN_MS / 1000);
+        if (rep->failures >= KV_CIRCUIT_FAILURES)
+            cmk_info("token %s: %s answers again%s", kt->name, rep->host,
+                     kt->nrep > 1 ? "; traffic returns to it" : "");
+        rep->failures = 0;
+    } else {
+        rep->answered = false;
+        if (++rep->failures >= KV_CIRCUIT_FAILURES) {
+            rep->open_until_ms = kv_now_ms() + KV_CIRCUIT_OPEN_MS;
+            if (rep->failures == KV_CIRCUIT_FAILURES)
+                cmk_error("token %s: %s failed %d calls in a row; failing "
+                          "fast for %d s before trying again",
+                          kt->name, rep->host, rep->failures,
+                          KV_CIRCUIT_OPEN_MS / 1000);
+        }
     }
     pthread_mutex_unlock(&kt->lock);
 }
@@ -717,45 +887,53 @@ static void malformed(struct kv_token *kt, const char *method, const char *path,
                       const char *why)
 {
     cmk_error("token %s: %s %s: malformed answer from %s: %s", kt->name, method,
-              path, kt->host, why);
+              path, call_host ? call_host : kt->host, why);
 }
 
 /*
- * One Key Vault call with the whole retry policy: the 401 challenge (once),
- * a refused token (refreshed once), retries of 408/429/5xx and transport
- * errors with backoff, all within the call's deadline.
+ * One Key Vault call to one vault of vault-url with the whole retry
+ * policy: the 401 challenge (once), a refused token (refreshed once),
+ * retries of 408/429/5xx and transport errors with backoff, all within
+ * the call's deadline. last: no other vault will be tried after this one
+ * (its unreachability is the token's, for offline-grace).
  */
-static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
-                     const char *path, const char *body, int64_t deadline,
+static CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep,
+                     struct pcall *c, const char *method, const char *path,
+                     const char *body, int64_t deadline, bool last,
                      struct kv_result *res)
 {
-    char *url = with_api_version(kt, path), *token = NULL, *resource = NULL,
+    char *url = with_api_version(rep, path), *token = NULL, *resource = NULL,
          *tenant = NULL;
     bool challenged = false, refreshed = false, unavailable = false;
     struct kv_request req;
     struct kv_response r;
     int attempt = 0;
+    int64_t latency = -1;
+    char why[160] = "";
     CK_RV rv = CKR_DEVICE_ERROR;
 
     memset(res, 0, sizeof(*res));
+    call_host = rep->host;
     if (url == NULL)
         return CKR_HOST_MEMORY;
-    if (!same_origin(kt, url)) {
+    if (!same_origin(rep, url)) {
         char shown[128];
         snprintf(shown, sizeof(shown), "%.*s", (int)strcspn(url, "?#"), url);
         cmk_error("token %s: the vault sent a link to %s, which is not on "
                   "%s: not following it (the vault's token goes only to the "
                   "vault)",
-                  kt->name, shown, kt->host);
+                  kt->name, shown, rep->host);
         free(url);
         c->device_error = 0;
         return CKR_DEVICE_ERROR;
     }
     call_unreachable = false;
-    if (!circuit_allows(kt)) {
+    if (!circuit_allows(kt, rep)) {
         free(url);
         c->device_error = 0;
         call_unreachable = true;
+        if (last)
+            token_reach(kt, true);
         return CKR_DEVICE_ERROR;
     }
     for (;;) {
@@ -763,8 +941,10 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         int64_t left = deadline - kv_now_ms();
 
         if (left <= 0) {
-            cmk_error("token %s: %s %s: no answer within the deadline",
-                      kt->name, method, path);
+            cmk_error("token %s: %s %s: no answer from %s within the "
+                      "deadline",
+                      kt->name, method, path, rep->host);
+            snprintf(why, sizeof(why), "no answer within the deadline");
             rv = CKR_DEVICE_ERROR;
             unavailable = true;
             break;
@@ -785,6 +965,8 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
                  * revocation evidence. */
                 unavailable = identity_status <= 0 || identity_status == 410 ||
                               identity_status == 429 || identity_status >= 500;
+                snprintf(why, sizeof(why), "no token (identity endpoint: %ld)",
+                         identity_status);
                 rv = CKR_DEVICE_ERROR;
                 break;
             }
@@ -795,20 +977,25 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
         req.body = body;
         req.bearer = token;
         req.attempt = attempt;
-        if (kv_http_do(kt->http, &req, (long)left, &r) != 0) {
-            kv_response_clear(&r);
-            rv = CKR_HOST_MEMORY;
-            break;
+        {
+            int64_t t0 = kv_now_ms();
+            if (kv_http_do(kt->http, &req, (long)left, &r) != 0) {
+                kv_response_clear(&r);
+                rv = CKR_HOST_MEMORY;
+                break;
+            }
+            if (r.curl == CURLE_OK)
+                latency = kv_now_ms() - t0;
         }
         res->status = r.status;
         c->device_error = (CK_ULONG)r.status;
         if (r.curl == CURLE_OK && r.status == 401) {
             char *nres = NULL, *nten = NULL;
             bool parsed = parse_challenge(r.www_authenticate, &nres, &nten);
-            if (parsed && !resource_matches(kt->host, nres)) {
+            if (parsed && !resource_matches(rep->host, nres)) {
                 cmk_error("token %s: the vault's challenge names resource %s, "
                           "which %s is not part of; refusing it",
-                          kt->name, nres, kt->host);
+                          kt->name, nres, rep->host);
                 free(nres);
                 free(nten);
                 kv_response_clear(&r);
@@ -835,18 +1022,19 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
                 refreshed = true;
                 continue;
             }
-            cmk_error("token %s: the vault refused the credentials (401)",
-                      kt->name);
+            cmk_error("token %s: %s refused the credentials (401)", kt->name,
+                      rep->host);
+            snprintf(why, sizeof(why), "401: the credentials were refused");
             rv = CKR_DEVICE_ERROR;
             break;
         }
         if (r.curl == CURLE_OK && r.status >= 200 && r.status < 300) {
-            char why[128];
-            res->doc = r.len > 0
-                           ? kv_parse_body(r.body, r.len, why, sizeof(why))
-                           : NULL;
+            char bad_body[128];
+            res->doc = r.len > 0 ? kv_parse_body(r.body, r.len, bad_body,
+                                                 sizeof(bad_body))
+                                 : NULL;
             if (r.len > 0 && res->doc == NULL) {
-                malformed(kt, method, path, why);
+                malformed(kt, method, path, bad_body);
                 rv = CKR_DEVICE_ERROR;
             } else {
                 rv = CKR_OK;
@@ -872,29 +1060,34 @@ static CK_RV kv_call(struct kv_token *kt, struct pcall *c, const char *method,
             if (kv_http_tls_failure(r.curl)) /* the reason is logged */
                 cmk_error("token %s: %s %s: not sent, %s's certificate was "
                           "not accepted",
-                          kt->name, method, path, kt->host);
+                          kt->name, method, path, rep->host);
             else
-                cmk_error("token %s: %s is unreachable: %s", kt->name, kt->host,
-                          curl_easy_strerror(r.curl));
+                cmk_error("token %s: %s is unreachable: %s", kt->name,
+                          rep->host, curl_easy_strerror(r.curl));
+            snprintf(why, sizeof(why), "%s", curl_easy_strerror(r.curl));
             rv = CKR_DEVICE_ERROR;
         } else {
             if (unavailable)
                 cmk_error("token %s: %s answered %ld after %d retries",
-                          kt->name, kt->host, r.status, attempt);
+                          kt->name, rep->host, r.status, attempt);
             rv = kv_map_http(r.status, r.body, res->code, sizeof(res->code),
                              res->message, sizeof(res->message));
+            snprintf(why, sizeof(why), "HTTP %ld%s%s", r.status,
+                     res->code[0] ? " " : "", res->code);
             if (r.status == 404 && strcmp(res->code, "VaultNotFound") == 0) {
                 /* A typo in vault-url, not an empty vault. */
                 cmk_warning("token %s: the vault %s does not exist (404 "
                             "VaultNotFound: %s); check vault-url",
-                            kt->name, kt->host, res->message);
+                            kt->name, rep->host, res->message);
                 rv = CKR_DEVICE_ERROR;
             }
         }
         kv_response_clear(&r);
         break;
     }
-    circuit_record(kt, unavailable);
+    circuit_record(kt, rep, unavailable, latency, why);
+    if (!unavailable || last)
+        token_reach(kt, unavailable);
     call_unreachable = unavailable;
     if (token != NULL)
         secure_free(token, strlen(token) + 1);
@@ -949,6 +1142,7 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
                     const char *perm, const struct kv_result *res, CK_RV rv)
 {
     const char *code = res->code[0] ? res->code : "";
+    const char *host = call_host ? call_host : kt->host;
     char said[sizeof(res->message)], action[64];
 
     if (strcmp(code, "VaultNotFound") == 0)
@@ -957,24 +1151,24 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
     if (res->status == 403 && (strcmp(code, "KeyDisabled") == 0))
         cmk_error("key %s in %s is disabled: %s refused (403 %s); enable "
                   "the key or use another version",
-                  key, kt->host, op, code);
+                  key, host, op, code);
     else if (res->status == 403 && (strncmp(code, "KeyNotYetValid", 14) == 0 ||
                                     strncmp(code, "KeyExpired", 10) == 0))
         cmk_error("key %s in %s is outside its validity dates: %s refused "
                   "(403 %s)",
-                  key, kt->host, op, code);
+                  key, host, op, code);
     else if (res->status == 403 && strcmp(code, "KeyOperationForbidden") == 0)
         cmk_error("key %s in %s does not permit %s (403 %s): add the "
                   "operation to the key's key_ops (az keyvault key "
                   "set-attributes --ops); the vault said: %s",
-                  key, kt->host, op, code, said);
+                  key, host, op, code, said);
     else if (res->status == 403 && strcmp(code, "ForbiddenByFirewall") == 0)
         cmk_error("the network rules of %s refused this host: %s of key %s "
                   "(403 %s); this is the vault's firewall, not the "
                   "identity's permissions: allow this host's address in the "
                   "vault's networking settings or use a private endpoint; "
                   "the vault said: %s",
-                  kt->host, op, key, code, said);
+                  host, op, key, code, said);
     else if (res->status == 403) {
         const char *a = rbac_action(perm);
         snprintf(action, sizeof(action), "Microsoft.KeyVault/%s/keys/%s%s",
@@ -983,22 +1177,22 @@ static void explain(struct kv_token *kt, const char *key, const char *op,
         cmk_error("access to key %s in %s was denied (403 %s): %s needs the "
                   "keys %s permission; grant the identity %s (access policy) "
                   "or a role with %s (RBAC); the vault said: %s",
-                  key, kt->host, code, op, perm, perm, action, said);
+                  key, host, code, op, perm, perm, action, said);
     } else if (res->status == 409)
         cmk_error("key %s in %s: %s refused (409 %s): the name is held by a "
                   "key being deleted or deleted but recoverable; recover or "
                   "purge it, or choose another name; the vault said: %s",
-                  key, kt->host, op, code, said);
+                  key, host, op, code, said);
     else if (res->status == 404)
         cmk_error("key %s was not found in %s (404 %s): it was deleted or "
                   "the version does not exist; recover it or use another",
-                  key, kt->host, code);
+                  key, host, code);
     else if (res->status == 400)
         cmk_error("key %s in %s: %s refused (400 %s): the data does not "
                   "fit this key",
-                  key, kt->host, op, code);
+                  key, host, op, code);
     else if (res->status != 0)
-        cmk_error("key %s in %s: %s failed (%ld %s): %s", key, kt->host, op,
+        cmk_error("key %s in %s: %s failed (%ld %s): %s", key, host, op,
                   res->status, code, cmk_rv_name(rv));
 }
 
@@ -1070,14 +1264,115 @@ static void set_attributes(struct kv_version *v, const struct kv_attrs *a)
     }
 }
 
-/* Stores a key bundle (GET /keys/NAME[/VERSION]) in its version; *out (if
- * not NULL) gets the version, which lives as long as the token. */
-static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
-                         json_object *doc, const char *method, const char *path,
-                         struct kv_version **out)
+/* The SHA-256 of an RSA public key's DER SubjectPublicKeyInfo (what
+ * `openssl pkey -pubin -outform DER | sha256sum` prints): how versions
+ * are matched across replicas. */
+static void spki_hash(const unsigned char *n, size_t nlen,
+                      const unsigned char *e, size_t elen,
+                      unsigned char out[32])
+{
+    EVP_PKEY *pk = rsa_pkey_from_parts(n, nlen, e, elen);
+    unsigned char *der = NULL;
+    unsigned int mdlen = 32;
+    int len = pk != NULL ? i2d_PUBKEY(pk, &der) : -1;
+
+    memset(out, 0, 32);
+    if (len > 0)
+        EVP_Digest(der, (size_t)len, out, &mdlen, EVP_sha256(), NULL);
+    OPENSSL_free(der);
+    EVP_PKEY_free(pk);
+}
+
+/* Replica r's record of version (created when create is set). */
+static struct kv_rver *rver_get_unlocked(struct kv_key *k, int r,
+                                         const char *version, bool create)
+{
+    struct kv_rver *x;
+
+    for (x = k->rv[r]; x != NULL; x = x->next)
+        if (strcasecmp(x->version, version) == 0)
+            return x;
+    if (!create)
+        return NULL;
+    x = calloc(1, sizeof(*x));
+    if (x == NULL || (x->version = strdup(version)) == NULL) {
+        free(x);
+        return NULL;
+    }
+    x->next = k->rv[r];
+    k->rv[r] = x;
+    return x;
+}
+
+static void rver_attrs(struct kv_rver *x, const struct kv_attrs *a)
+{
+    x->enabled = a->enabled;
+    if (a->recovery != NULL) {
+        free(x->recovery);
+        x->recovery = strdup(a->recovery);
+    }
+}
+
+/* The version of replica r with v's public key, or NULL: versions whose
+ * public keys differ are not merged. Under the lock. */
+static struct kv_rver *rver_match_unlocked(struct kv_key *k, int r,
+                                           const struct kv_version *v)
+{
+    struct kv_rver *x;
+
+    if (!v->loaded)
+        return NULL;
+    for (x = k->rv[r]; x != NULL; x = x->next)
+        if (x->read && x->present && memcmp(x->spki, v->spki, 32) == 0)
+            return x;
+    return NULL;
+}
+
+/* Whether replica r holds any version of k (its last refresh found it). */
+static bool rep_has_key_unlocked(struct kv_key *k, int r)
+{
+    struct kv_rver *x;
+
+    for (x = k->rv[r]; x != NULL; x = x->next)
+        if (x->present)
+            return true;
+    return false;
+}
+
+/*
+ * A version is enabled when the vault its objects came from says so and
+ * no replica that holds it says otherwise: a replica can revoke, never
+ * undo a revocation (docs/keyvault.md, "Replicas").
+ */
+static bool version_enabled_unlocked(struct kv_token *kt,
+                                     const struct kv_version *v)
+{
+    int r;
+
+    if (!v->enabled)
+        return false;
+    for (r = 0; r < kt->nrep; r++) {
+        struct kv_rver *x = rver_match_unlocked(v->key, r, v);
+        if (x != NULL && !x->enabled)
+            return false;
+    }
+    return true;
+}
+
+/*
+ * Stores a key bundle (GET /keys/NAME[/VERSION]) read from replica rep.
+ * From the replica the key's versions are listed from (ref), the bundle
+ * is the version's; *out (if not NULL) gets the version, which lives as
+ * long as the token. From any replica it is that replica's record.
+ */
+static CK_RV take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
+                         struct kv_key *k, json_object *doc, const char *method,
+                         const char *path, struct kv_version **out)
 {
     struct kv_bundle b;
-    struct kv_version *v;
+    struct kv_version *v = NULL;
+    struct kv_rver *x;
+    unsigned char spki[32];
     char why[128];
     CK_RV rv = kv_parse_bundle(doc, &b, why, sizeof(why));
 
@@ -1085,8 +1380,20 @@ static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
         malformed(kt, method, path, why);
         return rv;
     }
+    if (b.n != NULL && b.e != NULL)
+        spki_hash(b.n, b.nlen, b.e, b.elen, spki);
     pthread_mutex_lock(&kt->lock);
-    v = version_get_unlocked(k, b.version);
+    x = rver_get_unlocked(k, rep->index, b.version, true);
+    if (x != NULL) {
+        x->read = b.n != NULL && b.e != NULL;
+        if (x->read)
+            memcpy(x->spki, spki, 32);
+        x->present = true;
+        if (b.has_attrs)
+            rver_attrs(x, &b.attrs);
+    }
+    if (ref)
+        v = version_get_unlocked(k, b.version);
     if (v != NULL) {
         free(v->kty);
         v->kty = strdup(b.kty);
@@ -1097,6 +1404,7 @@ static CK_RV take_bundle(struct kv_token *kt, struct kv_key *k,
             v->nlen = b.nlen;
             v->e = b.e;
             v->elen = b.elen;
+            memcpy(v->spki, spki, 32);
             b.n = b.e = NULL;
         }
         free(v->key_ops);
@@ -1125,17 +1433,20 @@ static void key_gone(struct kv_token *kt, struct kv_key *k)
 }
 
 /*
- * GET /keys/NAME/versions, every page: marks the listed versions present.
- * Returns CKR_OK; *refused when the identity may not list (403), which is
- * logged once for the token and not asked again.
+ * GET /keys/NAME/versions on rep, every page: marks the listed versions
+ * present (the token's versions too when rep is the one they are listed
+ * from). Returns CKR_OK; *refused when the identity may not list (403),
+ * which is logged once for the replica and not asked again.
  */
-static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
-                           struct kv_key *k, const char *esc, int64_t deadline,
-                           bool *refused, bool *gone)
+static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
+                           bool ref, struct pcall *c, struct kv_key *k,
+                           const char *esc, int64_t deadline, bool *refused,
+                           bool *gone)
 {
     struct kv_result res;
     char *path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
     struct kv_version *v;
+    struct kv_rver *x;
     CK_RV rv = CKR_OK;
 
     *refused = *gone = false;
@@ -1144,7 +1455,10 @@ static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
         char why[128];
         size_t i;
 
-        rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
+        /* With replicas, only the search for one that answers finds them
+         * all unreachable (offline-grace). */
+        rv = kv_call(kt, rep, c, "GET", path, NULL, deadline,
+                     ref && kt->nrep == 1, &res);
         free(path);
         path = NULL;
         if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
@@ -1156,15 +1470,18 @@ static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
             char said[sizeof(res.message)];
             one_line(res.message, said, sizeof(said));
             pthread_mutex_lock(&kt->lock);
-            kt->list_refused = true;
+            rep->list_refused = true;
+            if (ref)
+                kt->list_refused = true;
             pthread_mutex_unlock(&kt->lock);
-            cmk_warning("token %s: listing the versions of key %s was "
+            cmk_warning("token %s: listing the versions of key %s%s%s was "
                         "refused (403 %s): the identity lacks the keys list "
                         "permission; the current version comes from GET "
                         "/keys/%s and an older one only when something names "
                         "it (a sealed file, NAME@VERSION); unwrap-fallback "
                         "cannot try the others; the vault said: %s",
-                        kt->name, k->name, res.code, k->name, said);
+                        kt->name, k->name, kt->nrep > 1 ? " in " : "",
+                        kt->nrep > 1 ? rep->host : "", res.code, k->name, said);
             *refused = true;
             result_clear(&res);
             return CKR_OK;
@@ -1186,7 +1503,13 @@ static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
             if (!kv_split_kid(l.items[i].kid, kname, sizeof(kname), version,
                               sizeof(version)))
                 continue;
-            v = version_get_unlocked(k, version);
+            x = rver_get_unlocked(k, rep->index, version, true);
+            if (x != NULL) {
+                x->present = true;
+                if (l.items[i].has_attrs)
+                    rver_attrs(x, &l.items[i].attrs);
+            }
+            v = ref ? version_get_unlocked(k, version) : NULL;
             if (v == NULL)
                 continue;
             v->present = true;
@@ -1202,6 +1525,191 @@ static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
     return rv;
 }
 
+/* Marks replica r's versions of k absent until a listing finds them. */
+static void rver_unmark(struct kv_token *kt, struct kv_key *k, int r,
+                        const char *keep)
+{
+    struct kv_rver *x;
+
+    pthread_mutex_lock(&kt->lock);
+    for (x = k->rv[r]; x != NULL; x = x->next)
+        x->present = keep != NULL && strcasecmp(x->version, keep) == 0;
+    pthread_mutex_unlock(&kt->lock);
+}
+
+#define REP_OK      0 /* read, or unreachable (what it said last stands) */
+#define REP_GONE    1 /* the key is not in it: revocation evidence */
+#define REP_REFUSED 2 /* it refused: revocation evidence, rv says which */
+
+/*
+ * Refreshes what replica rep (not the one the versions are listed from)
+ * holds of key k: its current version, its versions listing (or, without
+ * the list permission, the token's versions by id), and the public key of
+ * each version not read yet. An unreachable replica keeps what it said
+ * last; a replica that says the key is gone or refuses is revocation
+ * evidence (REP_GONE, REP_REFUSED with *rvp).
+ */
+static int load_replica(struct kv_token *kt, struct kv_replica *rep,
+                        struct pcall *c, struct kv_key *k, const char *esc,
+                        int64_t deadline, CK_RV *rvp)
+{
+    struct kv_result res;
+    struct kv_version *v;
+    struct kv_rver *x, *cur = NULL;
+    char *path = kv_strdup_printf("/keys/%s", esc), **fetch = NULL;
+    bool refused = false, gone = false;
+    size_t n = 0, i;
+    int out = REP_OK;
+    CK_RV rv;
+
+    *rvp = CKR_OK;
+    rv = path ? kv_call(kt, rep, c, "GET", path, NULL, deadline, false, &res)
+              : CKR_HOST_MEMORY;
+    if (rv != CKR_OK && call_unreachable) {
+        result_clear(&res);
+        free(path);
+        return REP_OK;
+    }
+    if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
+        pthread_mutex_lock(&kt->lock);
+        k->gone_on |= 1u << rep->index;
+        pthread_mutex_unlock(&kt->lock);
+        cmk_error("token %s: key %s is not in %s, a replica of %s (404 %s): "
+                  "the key is treated as deleted (a replica never undoes a "
+                  "revocation); copy it there with backup and restore, or "
+                  "remove the replica from vault-url",
+                  kt->name, k->name, rep->url, kt->vault_url, res.code);
+        result_clear(&res);
+        free(path);
+        rver_unmark(kt, k, rep->index, NULL);
+        return REP_GONE;
+    }
+    if (rv != CKR_OK) {
+        explain(kt, k->name, "get", "get", &res, rv);
+        *rvp = rv == CKR_HOST_MEMORY || res.status == 0 ? CKR_DEVICE_ERROR : rv;
+        result_clear(&res);
+        free(path);
+        return REP_REFUSED;
+    }
+    rv = take_bundle(kt, rep, false, k, res.doc, "GET", path, NULL);
+    result_clear(&res);
+    free(path);
+    if (rv != CKR_OK)
+        return REP_OK;
+    pthread_mutex_lock(&kt->lock);
+    k->gone_on &= ~(1u << rep->index);
+    for (x = k->rv[rep->index]; x != NULL; x = x->next)
+        if (x->present)
+            cur = x;
+    refused = rep->list_refused;
+    pthread_mutex_unlock(&kt->lock);
+    if (!refused) {
+        rver_unmark(kt, k, rep->index, cur ? cur->version : NULL);
+        rv =
+            list_versions(kt, rep, false, c, k, esc, deadline, &refused, &gone);
+        if (gone) {
+            pthread_mutex_lock(&kt->lock);
+            k->gone_on |= 1u << rep->index;
+            pthread_mutex_unlock(&kt->lock);
+            rver_unmark(kt, k, rep->index, NULL);
+            return REP_GONE;
+        }
+        if (rv != CKR_OK)
+            return REP_OK;
+    }
+    pthread_mutex_lock(&kt->lock);
+    for (v = k->versions; v != NULL; v = v->next)
+        n++;
+    for (x = k->rv[rep->index]; x != NULL; x = x->next)
+        n++;
+    fetch = calloc(n + 1, sizeof(*fetch));
+    n = 0;
+    if (fetch != NULL && refused) {
+        /* The token's versions by id (backup and restore keep them). */
+        for (v = k->versions; v != NULL; v = v->next)
+            if (v->present && v->loaded &&
+                (cur == NULL || strcasecmp(v->version, cur->version) != 0))
+                fetch[n++] = strdup(v->version);
+    } else if (fetch != NULL) {
+        for (x = k->rv[rep->index]; x != NULL; x = x->next)
+            if (x->present && !x->read)
+                fetch[n++] = strdup(x->version);
+    }
+    pthread_mutex_unlock(&kt->lock);
+    for (i = 0; i < n; i++) {
+        path = fetch[i] ? kv_strdup_printf("/keys/%s/%s", esc, fetch[i]) : NULL;
+        rv = path
+                 ? kv_call(kt, rep, c, "GET", path, NULL, deadline, false, &res)
+                 : CKR_HOST_MEMORY;
+        if (rv == CKR_OK) {
+            take_bundle(kt, rep, false, k, res.doc, "GET", path, NULL);
+        } else if (res.status == 404) {
+            pthread_mutex_lock(&kt->lock);
+            x = rver_get_unlocked(k, rep->index, fetch[i], false);
+            if (x != NULL)
+                x->present = false;
+            pthread_mutex_unlock(&kt->lock);
+        }
+        result_clear(&res);
+        free(path);
+        if (rv != CKR_OK && call_unreachable)
+            break;
+    }
+    for (i = 0; fetch != NULL && i < n; i++)
+        free(fetch[i]);
+    free(fetch);
+    return out;
+}
+
+/* Whether replica r holds key k but none of the versions its objects
+ * show (read from another replica): other key material. */
+static bool replica_differs_unlocked(struct kv_key *k, int r)
+{
+    struct kv_version *v;
+
+    if (!rep_has_key_unlocked(k, r))
+        return false;
+    for (v = k->versions; v != NULL; v = v->next)
+        if (v->present && v->loaded && rver_match_unlocked(k, r, v) == NULL)
+            return true;
+    return false;
+}
+
+/* Logs, once each, the versions a replica holds the key without: their
+ * public keys differ, so they are not merged. */
+static void log_differences(struct kv_token *kt, struct kv_key *k)
+{
+    struct kv_version *v;
+    int r;
+
+    pthread_mutex_lock(&kt->lock);
+    for (v = k->versions; v != NULL; v = v->next) {
+        if (!v->present || !v->loaded)
+            continue;
+        for (r = 0; r < kt->nrep; r++) {
+            unsigned bit = 1u << r;
+            bool differs = r != k->ref && rep_has_key_unlocked(k, r) &&
+                           rver_match_unlocked(k, r, v) == NULL;
+            if (differs && !(v->differs_logged & bit)) {
+                char hex[17];
+                int i;
+                for (i = 0; i < 8; i++)
+                    snprintf(hex + 2 * i, 3, "%02x", v->spki[i]);
+                cmk_error("token %s: replica %s holds key %s without version "
+                          "%s's public key (SHA-256 %s...): its versions "
+                          "differ and are not merged; %s does not serve "
+                          "that version",
+                          kt->name, kt->rep[r].url, k->name, v->version, hex,
+                          kt->rep[r].url);
+                v->differs_logged |= bit;
+            } else if (!differs) {
+                v->differs_logged &= ~bit;
+            }
+        }
+    }
+    pthread_mutex_unlock(&kt->lock);
+}
+
 /*
  * Loads (or refreshes) one key, with only the get permission if need be:
  * GET /keys/NAME gives the current version (the service's latest, not the
@@ -1209,17 +1717,21 @@ static CK_RV list_versions(struct kv_token *kt, struct pcall *c,
  * them by id); the versions listing, where the identity may list, finds the
  * others; without it, the versions already known and the one asked for
  * (want, or NULL) are read one by one with GET /keys/NAME/VERSION.
+ * With replicas the versions come from the first vault of vault-url that
+ * answers; then every other replica is read (load_replica).
  */
 static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
                       const char *want, int64_t deadline)
 {
     struct kv_key *k;
     struct kv_version *v, *latest = NULL;
+    struct kv_replica *rep = NULL;
     struct kv_result res;
     char *path, *esc = kv_url_escape(name), **fetch = NULL;
-    size_t n_fetch = 0, i;
+    size_t n_fetch = 0, i, ncand = 0;
     bool list, refused = false, gone = false;
-    CK_RV rv;
+    int r, cand[KV_MAX_REPLICAS];
+    CK_RV rv = CKR_DEVICE_ERROR;
 
     if (esc == NULL)
         return CKR_HOST_MEMORY;
@@ -1234,31 +1746,57 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         return CKR_HOST_MEMORY;
     }
 
-    /* The current version. */
+    /* The current version, from the first vault that answers; never from
+     * one known to hold other key material (its versions are not
+     * merged, so they never stand in for the others'). */
+    pthread_mutex_lock(&kt->lock);
+    for (r = 0; r < kt->nrep; r++)
+        if (r == 0 || !replica_differs_unlocked(k, r))
+            cand[ncand++] = r;
+    pthread_mutex_unlock(&kt->lock);
     path = kv_strdup_printf("/keys/%s", esc);
-    rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
-              : CKR_HOST_MEMORY;
+    for (i = 0; path != NULL && i < ncand; i++) {
+        /* An unreachable vault leaves the others time to answer. */
+        int64_t left = deadline - kv_now_ms();
+        int64_t until = kv_now_ms() + left / (int64_t)(ncand - i);
+        rep = &kt->rep[cand[i]];
+        rv =
+            kv_call(kt, rep, c, "GET", path, NULL, until, i == ncand - 1, &res);
+        if (rv == CKR_OK || !call_unreachable)
+            break;
+        result_clear(&res);
+    }
     free(path);
+    if (rep == NULL) {
+        free(esc);
+        return CKR_HOST_MEMORY;
+    }
     if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
         /* Deleted: its versions disappear. A name of keys = that is not
          * there is a mistake to report, not an empty list. */
         if (kt->allow != NULL && config_list_allows(kt->allow, name))
             cmk_warning("token %s: key %s of keys = is not in %s (404 %s: "
                         "%s); create it, or correct keys =",
-                        kt->name, name, kt->host, res.code, res.message);
+                        kt->name, name, rep->host, res.code, res.message);
         result_clear(&res);
         free(esc);
         key_gone(kt, k);
         return CKR_OK;
     }
     if (rv != CKR_OK) {
-        explain(kt, name, "get", "get", &res, rv);
+        if (i < ncand)
+            explain(kt, name, "get", "get", &res, rv);
         result_clear(&res);
         free(esc);
         return rv;
     }
+    pthread_mutex_lock(&kt->lock);
+    k->ref = rep->index;
+    k->gone_on &= ~(1u << rep->index);
+    pthread_mutex_unlock(&kt->lock);
     path = kv_strdup_printf("/keys/%s", esc);
-    rv = take_bundle(kt, k, res.doc, "GET", path ? path : name, &latest);
+    rv = take_bundle(kt, rep, true, k, res.doc, "GET", path ? path : name,
+                     &latest);
     free(path);
     result_clear(&res);
     if (rv != CKR_OK || latest == NULL) {
@@ -1268,13 +1806,14 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
 
     /* The other versions. */
     pthread_mutex_lock(&kt->lock);
-    list = !kt->list_refused;
+    list = !rep->list_refused;
     if (list)
         for (v = k->versions; v != NULL; v = v->next)
             v->present = v == latest;
     pthread_mutex_unlock(&kt->lock);
     if (list) {
-        rv = list_versions(kt, c, k, esc, deadline, &refused, &gone);
+        rver_unmark(kt, k, rep->index, latest->version);
+        rv = list_versions(kt, rep, true, c, k, esc, deadline, &refused, &gone);
         if (rv != CKR_OK || gone) {
             free(esc);
             if (gone)
@@ -1307,15 +1846,18 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
         if (need)
             fetch[n_fetch++] = strdup(v->version);
     }
-    k->exists = true;
+    /* A replica that said the key is gone keeps it gone until it holds
+     * the key again (read below). */
+    k->exists = k->gone_on == 0;
     pthread_mutex_unlock(&kt->lock);
     rv = fetch != NULL && k->latest != NULL ? CKR_OK : CKR_HOST_MEMORY;
     for (i = 0; rv == CKR_OK && i < n_fetch; i++) {
         path = fetch[i] ? kv_strdup_printf("/keys/%s/%s", esc, fetch[i]) : NULL;
-        rv = path ? kv_call(kt, c, "GET", path, NULL, deadline, &res)
+        rv = path ? kv_call(kt, rep, c, "GET", path, NULL, deadline,
+                            kt->nrep == 1, &res)
                   : CKR_HOST_MEMORY;
         if (rv == CKR_OK) {
-            rv = take_bundle(kt, k, res.doc, "GET", path, NULL);
+            rv = take_bundle(kt, rep, true, k, res.doc, "GET", path, NULL);
         } else if (res.status == 404) {
             rv = CKR_OK; /* deleted since, or never was */
             pthread_mutex_lock(&kt->lock);
@@ -1332,9 +1874,29 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
     for (i = 0; fetch != NULL && i < n_fetch; i++)
         free(fetch[i]);
     free(fetch);
+    /* The replicas: revocation evidence from any of them stops the key. */
+    for (r = 0; rv == CKR_OK && r < kt->nrep; r++) {
+        CK_RV rrv = CKR_OK;
+        int got;
+        if (r <= rep->index)
+            continue; /* the one read above, or found unreachable */
+        got = load_replica(kt, &kt->rep[r], c, k, esc, deadline, &rrv);
+        if (got == REP_GONE) {
+            free(esc);
+            key_gone(kt, k);
+            return CKR_OK;
+        }
+        if (got == REP_REFUSED) {
+            call_unreachable = false;
+            rv = rrv;
+        }
+    }
     free(esc);
     if (rv == CKR_OK) {
+        if (kt->nrep > 1)
+            log_differences(kt, k);
         pthread_mutex_lock(&kt->lock);
+        k->exists = k->gone_on == 0;
         k->loaded_at_ms = kv_now_ms();
         pthread_mutex_unlock(&kt->lock);
         cache_prune(kt, k, false); /* versions revoked since */
@@ -1342,19 +1904,30 @@ static CK_RV load_key(struct kv_token *kt, struct pcall *c, const char *name,
     return rv;
 }
 
-/* The names of the vault's keys (GET /keys, paged). */
+/* The names of the vault's keys (GET /keys, paged), from the first vault
+ * of vault-url that answers. */
 static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
 {
     char *path = strdup("/keys?maxresults=25");
+    struct kv_replica *rep = &kt->rep[0];
     struct kv_result res;
+    bool first = true;
     CK_RV rv = CKR_OK;
+    int r = 0;
 
     while (path != NULL) {
         struct kv_listing l;
         char why[128];
         size_t i;
 
-        rv = kv_call(kt, c, "GET", path, NULL, deadline, &res);
+        rv = kv_call(kt, rep, c, "GET", path, NULL, deadline,
+                     !first || r == kt->nrep - 1, &res);
+        if (rv != CKR_OK && call_unreachable && first && r + 1 < kt->nrep) {
+            result_clear(&res);
+            rep = &kt->rep[++r];
+            continue; /* the first page from the next vault */
+        }
+        first = false;
         free(path);
         path = NULL;
         if (rv != CKR_OK && res.status == 403 &&
@@ -1366,7 +1939,7 @@ static CK_RV load_names(struct kv_token *kt, struct pcall *c, int64_t deadline)
                       "the keys list permission; grant list, or name the keys "
                       "in keys = (then get, wrapKey and unwrapKey are "
                       "enough); the vault said: %s",
-                      kt->name, kt->host, res.code, said);
+                      kt->name, rep->host, res.code, said);
             result_clear(&res);
             return rv;
         }
@@ -1417,7 +1990,8 @@ static bool has_op(const char *ops, const char *op)
 
 /* The current version: the one GET /keys/NAME answered (the service's
  * latest), when it is enabled; a disabled latest leaves no current one. */
-static struct kv_version *current_unlocked(struct kv_key *k)
+static struct kv_version *current_unlocked(struct kv_token *kt,
+                                           struct kv_key *k)
 {
     struct kv_version *v;
 
@@ -1425,8 +1999,60 @@ static struct kv_version *current_unlocked(struct kv_key *k)
         return NULL;
     for (v = k->versions; v != NULL; v = v->next)
         if (strcasecmp(v->version, k->latest) == 0)
-            return v->present && v->loaded && v->enabled ? v : NULL;
+            return v->present && v->loaded && version_enabled_unlocked(kt, v)
+                       ? v
+                       : NULL;
     return NULL;
+}
+
+/* A replica's state for CKA_CMK_REPLICAS (docs/vendor.md). */
+static const char *rep_state_unlocked(const struct kv_replica *rep, int64_t now)
+{
+    if (rep->failures >= KV_CIRCUIT_FAILURES && now < rep->open_until_ms)
+        return "open";
+    if (!rep->asked)
+        return "unknown";
+    return rep->answered ? "healthy" : "unreachable";
+}
+
+/*
+ * CKA_CMK_REPLICAS of version v: one line per vault of vault-url, fields
+ * separated by tabs: URL, state, latency (ms, empty when unknown), whether
+ * it holds v's public key (same, differs, unknown), its version id,
+ * recoveryLevel, its last error. NULL with a single vault.
+ */
+static char *replicas_text_unlocked(struct kv_token *kt, struct kv_version *v)
+{
+    size_t cap = 1, len = 0;
+    int64_t now = kv_now_ms();
+    char *out;
+    int r;
+
+    if (kt->nrep < 2)
+        return NULL;
+    for (r = 0; r < kt->nrep; r++)
+        cap += strlen(kt->rep[r].url) + sizeof(kt->rep[r].error) + 400;
+    out = malloc(cap);
+    if (out == NULL)
+        return NULL;
+    out[0] = '\0';
+    for (r = 0; r < kt->nrep; r++) {
+        const struct kv_replica *rep = &kt->rep[r];
+        struct kv_rver *x = rver_match_unlocked(v->key, r, v);
+        const char *match = x != NULL                         ? "same"
+                            : rep_has_key_unlocked(v->key, r) ? "differs"
+                                                              : "unknown";
+        char lat[32] = "";
+        if (rep->ewma_ms > 0)
+            snprintf(lat, sizeof(lat), "%lld", (long long)rep->ewma_ms);
+        len += (size_t)snprintf(
+            out + len, cap - len, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rep->url,
+            rep_state_unlocked(rep, now), lat, match, x ? x->version : "",
+            x && x->recovery ? x->recovery : "", rep->error);
+        if (len >= cap)
+            break;
+    }
+    return out;
 }
 
 static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
@@ -1438,6 +2064,8 @@ static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     long long now = (long long)time(NULL);
     bool in_dates =
         (v->nbf == 0 || now >= v->nbf) && (v->exp == 0 || now < v->exp);
+    bool enabled = version_enabled_unlocked(kt, v);
+    char *replicas = replicas_text_unlocked(kt, v);
     int r;
 
     (void)in_dates;
@@ -1455,11 +2083,11 @@ static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     d.modulus_len = v->nlen;
     d.exponent = v->e;
     d.exponent_len = v->elen;
-    d.decrypt = v->enabled && has_op(v->key_ops, "decrypt");
-    d.unwrap = v->enabled && has_op(v->key_ops, "unwrapKey");
-    d.sign = v->enabled && has_op(v->key_ops, "sign");
+    d.decrypt = enabled && has_op(v->key_ops, "decrypt");
+    d.unwrap = enabled && has_op(v->key_ops, "unwrapKey");
+    d.sign = enabled && has_op(v->key_ops, "sign");
     /* A wrap under a key that can no longer unwrap is refused here. */
-    d.encrypt = v->enabled && has_op(v->key_ops, "encrypt");
+    d.encrypt = enabled && has_op(v->key_ops, "encrypt");
     d.wrap = d.unwrap && has_op(v->key_ops, "wrapKey");
     d.verify = has_op(v->key_ops, "verify");
     d.private_obj = kt->pin != NULL;
@@ -1467,7 +2095,7 @@ static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     d.expires = v->exp;
     d.created = v->created;
     d.updated = v->updated;
-    d.enabled = v->enabled;
+    d.enabled = enabled;
     d.current = current;
     d.local = true;
     d.backend = "keyvault";
@@ -1478,7 +2106,9 @@ static int version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     d.key_ops = v->key_ops ? v->key_ops : "";
     d.key_type = v->kty;
     d.refused = kt->list_refused ? "list" : "";
+    d.replicas = replicas;
     r = rsa_key_objects(&d, priv, pub);
+    free(replicas);
     if (r == 0) {
         priv->ref = v;
         pub->ref = v;
@@ -1596,7 +2226,7 @@ static CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         key = key_get_unlocked(kt, names[i], false);
         if (key == NULL || !key->exists)
             continue;
-        cur = current_unlocked(key);
+        cur = current_unlocked(kt, key);
         for (v = key->versions; v != NULL; v = v->next) {
             if (!v->present || !v->loaded || v->kty == NULL ||
                 strncmp(v->kty, "RSA", 3) != 0)
@@ -1722,6 +2352,74 @@ static CK_RV kv_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
     }
 }
 
+/* A replica answering this much faster goes first (EWMA, ms). */
+#define KV_FASTER_FACTOR 4
+#define KV_FASTER_MS     200
+
+/*
+ * The vaults a private-key operation on v goes to, in order, with v's
+ * version id in each: those holding v's public key, in vault-url order,
+ * the ones whose breaker is open last; one answering KV_FASTER_FACTOR
+ * times faster (and KV_FASTER_MS sooner) than the first goes first.
+ * Under the lock; vers[i] are copies.
+ */
+static int replica_order_unlocked(struct kv_token *kt, struct kv_version *v,
+                                  int *order, char **vers)
+{
+    int64_t now = kv_now_ms();
+    int n = 0, pass, r, best = -1, i;
+
+    if (kt->nrep == 1) {
+        order[0] = 0;
+        vers[0] = strdup(v->version);
+        return 1;
+    }
+    for (pass = 0; pass < 2; pass++)
+        for (r = 0; r < kt->nrep; r++) {
+            struct kv_rver *x = rver_match_unlocked(v->key, r, v);
+            if (x == NULL || rep_available_unlocked(&kt->rep[r], now) != !pass)
+                continue;
+            order[n] = r;
+            vers[n++] = strdup(x->version);
+        }
+    if (n == 0) {
+        order[0] = v->key->ref;
+        vers[0] = strdup(v->version);
+        return 1;
+    }
+    for (i = 0; i < n; i++) {
+        const struct kv_replica *rp = &kt->rep[order[i]];
+        if (!rep_available_unlocked(rp, now) || rp->ewma_ms == 0)
+            continue;
+        if (best < 0 || rp->ewma_ms < kt->rep[order[best]].ewma_ms)
+            best = i;
+    }
+    if (best > 0 && kt->rep[order[0]].ewma_ms > 0 &&
+        kt->rep[order[best]].ewma_ms * KV_FASTER_FACTOR <
+            kt->rep[order[0]].ewma_ms &&
+        kt->rep[order[0]].ewma_ms - kt->rep[order[best]].ewma_ms >
+            KV_FASTER_MS) {
+        int o = order[best];
+        char *s = vers[best];
+        memmove(order + 1, order, (size_t)best * sizeof(*order));
+        memmove(vers + 1, vers, (size_t)best * sizeof(*vers));
+        order[0] = o;
+        vers[0] = s;
+    }
+    return n;
+}
+
+enum kv_use { USE_WRAP, USE_ENCRYPT, USE_UNWRAP, USE_REMOTE };
+
+static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
+                            struct kv_version *v, enum kv_use use);
+
+/*
+ * A private-key operation: on the first vault of replica_order; when it
+ * is unreachable, on the next, within the same deadline. An answer that
+ * refuses (revocation evidence, a bad input) is never a reason to try
+ * another vault.
+ */
 static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
                              const CK_MECHANISM *m, const CK_BYTE *in,
                              CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
@@ -1736,8 +2434,9 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     const char *alg = NULL;
     CK_ULONG skip = 0;
     struct kv_result res;
-    char *b64 = NULL, *body = NULL, *path = NULL, *name, *ver, *esc;
-    char why[128];
+    char *b64 = NULL, *body = NULL, *path = NULL, *name, *esc;
+    char why[128], *vers[KV_MAX_REPLICAS] = {NULL};
+    int order[KV_MAX_REPLICAS], n = 0, i;
     unsigned char *dec = NULL;
     size_t declen = 0, deccap = 0;
     CK_RV rv;
@@ -1751,21 +2450,45 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     if (alg == NULL)
         return CKR_MECHANISM_PARAM_INVALID;
 
+    if (kt->nrep > 1) {
+        /* What any replica said stands (a refresh within
+         * refresh-interval): a replica never undoes a revocation. */
+        rv = version_usable(kt, c, v, USE_REMOTE);
+        if (rv != CKR_OK)
+            return rv;
+    }
     pthread_mutex_lock(&kt->lock);
     name = strdup(v->key->name);
-    ver = strdup(v->version);
+    n = replica_order_unlocked(kt, v, order, vers);
     pthread_mutex_unlock(&kt->lock);
     esc = name ? kv_url_escape(name) : NULL;
     b64 = kv_b64url_encode(in + skip, inlen - skip);
-    if (esc != NULL && ver != NULL)
-        path = kv_strdup_printf("/keys/%s/%s/%s", esc, ver, verbs[op]);
     if (b64 != NULL)
         body = kv_strdup_printf("{\"alg\":\"%s\",\"value\":\"%s\"}", alg, b64);
-    if (path == NULL || body == NULL) {
+    if (esc == NULL || body == NULL) {
         rv = CKR_HOST_MEMORY;
         goto out;
     }
-    rv = kv_call(kt, c, "POST", path, body, deadline, &res);
+    for (i = 0; i < n; i++) {
+        struct kv_replica *rep = &kt->rep[order[i]];
+        int64_t left = deadline - kv_now_ms();
+        free(path);
+        path = vers[i]
+                   ? kv_strdup_printf("/keys/%s/%s/%s", esc, vers[i], verbs[op])
+                   : NULL;
+        if (path == NULL) {
+            rv = CKR_HOST_MEMORY;
+            goto out;
+        }
+        /* An unreachable vault leaves the next one time to answer. */
+        rv = kv_call(kt, rep, c, "POST", path, body,
+                     kv_now_ms() + left / (n - i), i == n - 1, &res);
+        if (rv == CKR_OK || !call_unreachable || i == n - 1)
+            break;
+        result_clear(&res);
+        cmk_info("token %s: %s of key %s: %s unreachable, trying %s", kt->name,
+                 verbs[op], name, rep->host, kt->rep[order[i + 1]].host);
+    }
     if (rv != CKR_OK && res.status == 404) {
         /* The version is gone (the key deleted, or deleted and created
          * again): the next search loads the key again instead of serving
@@ -1801,7 +2524,8 @@ out:
         secure_free(body, strlen(body) + 1);
     free(path);
     free(name);
-    free(ver);
+    for (i = 0; i < n; i++)
+        free(vers[i]);
     free(esc);
     return rv;
 }
@@ -1848,6 +2572,15 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
                     name);
         return CKR_TEMPLATE_INCONSISTENT;
     }
+    if (kt->nrep > 1) {
+        /* A key or version made in one vault would be missing from the
+         * others, which is revocation evidence (docs/keyvault.md). */
+        cmk_warning("key pair generation: token %s has replicas (%s): "
+                    "create or rotate the key in one vault, then copy it to "
+                    "the others with backup and restore",
+                    kt->name, kt->hosts);
+        return CKR_FUNCTION_FAILED;
+    }
     if (tmpl_find_ulong(pubt, npub, CKA_MODULUS_BITS, &bits) < 0 ||
         (bits != 0 && bits != 2048 && bits != 3072 && bits != 4096))
         return CKR_KEY_SIZE_RANGE;
@@ -1875,7 +2608,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
         rv = CKR_HOST_MEMORY;
         goto out;
     }
-    rv = kv_call(kt, c, "POST", path, body, deadline, &res);
+    rv = kv_call(kt, &kt->rep[0], c, "POST", path, body, deadline, true, &res);
     if (rv != CKR_OK) {
         explain(kt, name, exists && bits == 0 ? "rotate" : "create",
                 exists && bits == 0 ? "rotate" : "create", &res, rv);
@@ -1904,7 +2637,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     k = key_get_unlocked(kt, name, true);
     pthread_mutex_unlock(&kt->lock);
     if (k != NULL)
-        rv = take_bundle(kt, k, res.doc, "POST", path, NULL);
+        rv = take_bundle(kt, &kt->rep[0], true, k, res.doc, "POST", path, NULL);
     result_clear(&res);
     if (rv != CKR_OK)
         goto out;
@@ -1917,8 +2650,8 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     k = key_get_unlocked(kt, name, false);
     v = k ? version_get_unlocked(k, version) : NULL;
     if (v != NULL && v->loaded)
-        r = version_objects_unlocked(kt, v, current_unlocked(k) == v, priv_out,
-                                     pub_out);
+        r = version_objects_unlocked(kt, v, current_unlocked(kt, k) == v,
+                                     priv_out, pub_out);
     pthread_mutex_unlock(&kt->lock);
     rv = r == 0 ? CKR_OK : CKR_DEVICE_ERROR;
 out:
@@ -1953,7 +2686,8 @@ static void cache_prune(struct kv_token *kt, struct kv_key *k, bool all)
     bad = calloc(n + 1, sizeof(*bad));
     n = 0;
     for (v = k->versions; bad != NULL && v != NULL; v = v->next)
-        if (all || !k->exists || !v->present || !v->enabled ||
+        if (all || !k->exists || !v->present ||
+            !version_enabled_unlocked(kt, v) ||
             !has_op(v->key_ops, "unwrapKey"))
             bad[n++] = v;
     pthread_mutex_unlock(&kt->lock);
@@ -1968,8 +2702,6 @@ static void cache_prune(struct kv_token *kt, struct kv_key *k, bool all)
     free(bad);
 }
 
-enum kv_use { USE_WRAP, USE_ENCRYPT, USE_UNWRAP };
-
 /*
  * Revocation reaches what the module does without the vault (local wraps
  * and encryptions, cached unwraps) within refresh-interval: a stale key is
@@ -1981,7 +2713,8 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
 {
     static const char *ops[][2] = {[USE_WRAP] = {"wrapKey", "unwrapKey"},
                                    [USE_ENCRYPT] = {"encrypt", "decrypt"},
-                                   [USE_UNWRAP] = {"unwrapKey", "unwrapKey"}};
+                                   [USE_UNWRAP] = {"unwrapKey", "unwrapKey"},
+                                   [USE_REMOTE] = {NULL, NULL}};
     long long now = (long long)time(NULL);
     char *name = NULL;
     bool need;
@@ -2013,7 +2746,7 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
                 cmk_error("token %s: key %s stopped: %s has been unreachable "
                           "past offline-grace (%ld s after the last refresh "
                           "of the key, %lld s ago)",
-                          kt->name, name, kt->host, kt->grace_ms / 1000,
+                          kt->name, name, kt->hosts, kt->grace_ms / 1000,
                           loaded ? (long long)(kv_now_ms() - loaded) / 1000
                                  : -1LL);
             }
@@ -2027,10 +2760,13 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
     pthread_mutex_lock(&kt->lock);
     if (!v->key->exists || !v->present)
         rv = CKR_KEY_HANDLE_INVALID;
-    else if (!v->enabled || !has_op(v->key_ops, ops[use][0]) ||
-             !has_op(v->key_ops, ops[use][1]) ||
-             (use != USE_UNWRAP && ((v->nbf != 0 && now < v->nbf) ||
-                                    (v->exp != 0 && now >= v->exp))))
+    else if (!version_enabled_unlocked(kt, v))
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    else if (use != USE_REMOTE &&
+             (!has_op(v->key_ops, ops[use][0]) ||
+              !has_op(v->key_ops, ops[use][1]) ||
+              (use != USE_UNWRAP && ((v->nbf != 0 && now < v->nbf) ||
+                                     (v->exp != 0 && now >= v->exp)))))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
     pthread_mutex_unlock(&kt->lock);
     if (rv != CKR_OK) {
