@@ -16,7 +16,7 @@
 #include "tool.h"
 
 #define DEFAULT_MIN_BITS 2048
-#define MAX_ROWS         8
+#define MAX_ROWS         9
 
 struct row {
     const char *name;  /* stable name, in the JSON */
@@ -171,7 +171,8 @@ static void check_enabled(struct result *r, const struct tversion *v,
     }
 }
 
-static void check_recovery(struct result *r, const struct tversion *v)
+/* A recoveryLevel with soft delete and purge protection. */
+static bool recovery_good(const char *level)
 {
     static const char *const good[] = {
         "Recoverable",
@@ -179,14 +180,20 @@ static void check_recovery(struct result *r, const struct tversion *v)
         "CustomizedRecoverable",
         "CustomizedRecoverable+ProtectedSubscription",
     };
-    struct row *w = add_row(r, "recovery", "soft delete and purge protection");
-    const char *level = v->recovery && *v->recovery ? v->recovery : NULL;
     size_t i;
 
-    w->pass = false;
     for (i = 0; level != NULL && i < CMK_ARRAY_SIZE(good); i++)
         if (strcmp(level, good[i]) == 0)
-            w->pass = true;
+            return true;
+    return false;
+}
+
+static void check_recovery(struct result *r, const struct tversion *v)
+{
+    struct row *w = add_row(r, "recovery", "soft delete and purge protection");
+    const char *level = v->recovery && *v->recovery ? v->recovery : NULL;
+
+    w->pass = recovery_good(level);
     snprintf(w->detail, sizeof(w->detail), "recoveryLevel %s",
              level ? level : "unknown");
     if (w->pass)
@@ -201,6 +208,63 @@ static void check_recovery(struct result *r, const struct tversion *v)
                  "enable soft delete and purge protection on the vault (az "
                  "keyvault update --enable-soft-delete true "
                  "--enable-purge-protection true)");
+}
+
+/*
+ * With replicas (vault-url lists several vaults): each one reachable,
+ * answering this identity, holding this version's public key, and with
+ * soft delete and purge protection. The detail names every replica that
+ * fails and why.
+ */
+static void check_replicas(struct result *r, const struct tversion *v)
+{
+    struct row *w;
+    struct treplica rp;
+    size_t i, len = 0, n = 0, bad = 0;
+
+    if (v->replicas == NULL || v->replicas[0] == '\0')
+        return;
+    w = add_row(r, "replicas", "every replica holds the key");
+    for (i = 0; tversion_replica(v, i, &rp); i++) {
+        char why[256] = "";
+        n++;
+        if (strcmp(rp.state, "healthy") != 0)
+            snprintf(why, sizeof(why), "%s (%s)", rp.state,
+                     rp.error[0] ? rp.error : "not asked yet");
+        else if (strncmp(rp.error, "HTTP 401", 8) == 0 ||
+                 strncmp(rp.error, "HTTP 403", 8) == 0)
+            snprintf(why, sizeof(why), "refused the identity (%s)", rp.error);
+        else if (strcmp(rp.match, "same") != 0)
+            snprintf(why, sizeof(why),
+                     "%s: no version with this public key (not merged)",
+                     strcmp(rp.match, "differs") == 0 ? "public key differs"
+                                                      : "key not read");
+        else if (!recovery_good(rp.recovery))
+            snprintf(why, sizeof(why),
+                     "recoveryLevel %s: soft delete and purge protection "
+                     "needed",
+                     rp.recovery[0] ? rp.recovery : "unknown");
+        if (why[0] == '\0')
+            continue;
+        bad++;
+        if (len < sizeof(w->detail))
+            len +=
+                (size_t)snprintf(w->detail + len, sizeof(w->detail) - len,
+                                 "%s%s: %s", bad > 1 ? "; " : "", rp.url, why);
+    }
+    w->pass = bad == 0;
+    if (w->pass) {
+        snprintf(w->detail, sizeof(w->detail),
+                 "%zu vaults reachable, the same public key, soft delete and "
+                 "purge protection in each",
+                 n);
+        return;
+    }
+    snprintf(w->remedy, sizeof(w->remedy),
+             "make each replica a copy of the key (az keyvault key backup, "
+             "then az keyvault key restore into the replica), grant the "
+             "identity the same permissions there, enable soft delete and "
+             "purge protection, or remove the replica from vault-url");
 }
 
 /* The remedy for a vault that refused, by HTTP status. */
@@ -409,6 +473,8 @@ static void check_version(struct tmod *m, const struct tool_opts *o,
     check_enabled(r, v, t->keyvault);
     if (t->keyvault)
         check_recovery(r, v);
+    if (t->keyvault)
+        check_replicas(r, v);
     if (t->keyvault)
         check_optional(r, v);
     before = r->n;

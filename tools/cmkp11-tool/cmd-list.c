@@ -83,6 +83,30 @@ void tool_version_json(struct jw *w, const struct tversion *v)
     jw_kv_string(w, "recovery_level",
                  v->recovery && *v->recovery ? v->recovery : NULL);
     jw_kv_bool(w, "private_key_visible", v->priv != 0);
+    if (v->replicas != NULL && v->replicas[0] != '\0') {
+        struct treplica r;
+        size_t i;
+        jw_key(w, "replicas");
+        jw_begin_array(w);
+        for (i = 0; tversion_replica(v, i, &r); i++) {
+            jw_begin_object(w);
+            jw_kv_string(w, "url", r.url);
+            jw_kv_string(w, "state", r.state);
+            jw_kv_bool(w, "reachable", strcmp(r.state, "healthy") == 0);
+            jw_key(w, "latency_ms");
+            if (r.latency[0] != '\0')
+                jw_int(w, atoll(r.latency));
+            else
+                jw_null(w);
+            jw_kv_string(w, "public_key", r.match);
+            jw_kv_string(w, "version", r.version[0] ? r.version : NULL);
+            jw_kv_string(w, "recovery_level",
+                         r.recovery[0] ? r.recovery : NULL);
+            jw_kv_string(w, "error", r.error[0] ? r.error : NULL);
+            jw_end_object(w);
+        }
+        jw_end_array(w);
+    }
     jw_end_object(w);
 }
 

@@ -17,6 +17,7 @@ void tversion_clear(struct tversion *v)
     free(v->key_ops);
     free(v->key_type);
     free(v->refused);
+    free(v->replicas);
     free(v->created);
     free(v->updated);
     free(v->not_before);
@@ -106,6 +107,7 @@ static int add_object(struct tmod *m, CK_SESSION_HANDLE s, struct tkeys *k,
         v->key_ops = tattr_string(m, s, h, CKA_CMK_KEY_OPS);
         v->key_type = tattr_string(m, s, h, CKA_CMK_KEY_TYPE);
         v->refused = tattr_string(m, s, h, CKA_CMK_REFUSED);
+        v->replicas = tattr_string(m, s, h, CKA_CMK_REPLICAS);
         v->created = tattr_string(m, s, h, CKA_CMK_CREATED);
         v->updated = tattr_string(m, s, h, CKA_CMK_UPDATED);
         v->not_before = tattr_string(m, s, h, CKA_CMK_NOT_BEFORE);
@@ -403,6 +405,7 @@ int tversion_dup(struct tversion *dst, const struct tversion *src)
     r |= dupstr(&dst->key_ops, src->key_ops);
     r |= dupstr(&dst->key_type, src->key_type);
     r |= dupstr(&dst->refused, src->refused);
+    r |= dupstr(&dst->replicas, src->replicas);
     r |= dupstr(&dst->created, src->created);
     r |= dupstr(&dst->updated, src->updated);
     r |= dupstr(&dst->not_before, src->not_before);
@@ -429,4 +432,37 @@ struct tversion *tkey_find_id(struct tkey *key, const unsigned char *id,
             (id_len == 0 || memcmp(key->v[i].id, id, id_len) == 0))
             return &key->v[i];
     return NULL;
+}
+
+/* The next tab-separated field of line p into out; p moves past it. */
+static void replica_field(const char **p, char *out, size_t len)
+{
+    size_t n = strcspn(*p, "\t\n");
+
+    snprintf(out, len, "%.*s", (int)n, *p);
+    *p += n;
+    if (**p == '\t')
+        (*p)++;
+}
+
+bool tversion_replica(const struct tversion *v, size_t n, struct treplica *r)
+{
+    const char *p = v->replicas;
+
+    memset(r, 0, sizeof(*r));
+    for (; p != NULL && *p != '\0' && n > 0; n--) {
+        p = strchr(p, '\n');
+        if (p != NULL)
+            p++;
+    }
+    if (p == NULL || *p == '\0')
+        return false;
+    replica_field(&p, r->url, sizeof(r->url));
+    replica_field(&p, r->state, sizeof(r->state));
+    replica_field(&p, r->latency, sizeof(r->latency));
+    replica_field(&p, r->match, sizeof(r->match));
+    replica_field(&p, r->version, sizeof(r->version));
+    replica_field(&p, r->recovery, sizeof(r->recovery));
+    replica_field(&p, r->error, sizeof(r->error));
+    return true;
 }

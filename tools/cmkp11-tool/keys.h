@@ -11,7 +11,8 @@ struct tversion {
     CK_OBJECT_HANDLE priv, pub; /* 0 when not visible */
     char *label, *version, *backend, *source, *recovery, *key_ops;
     char *key_type, *created, *updated, *not_before, *expires;
-    char *refused; /* CKA_CMK_REFUSED: permissions the vault refused */
+    char *refused;  /* CKA_CMK_REFUSED: permissions the vault refused */
+    char *replicas; /* CKA_CMK_REPLICAS: one line per vault, or empty */
     unsigned char *id;
     size_t id_len;
     bool enabled, current;
@@ -68,6 +69,15 @@ void tversion_clear(struct tversion *v);
 
 /* The version's CKA_ID in lower-case hex (out: 2 * id_len + 1 bytes). */
 void tversion_id_hex(const struct tversion *v, char *out, size_t len);
+/* One vault of a token with replicas, from CKA_CMK_REPLICAS. */
+struct treplica {
+    char url[256], state[16], latency[24], match[16], version[128];
+    char recovery[64], error[160];
+};
+
+/* Line n (0-based) of v's CKA_CMK_REPLICAS; false past the last. */
+bool tversion_replica(const struct tversion *v, size_t n, struct treplica *r);
+
 /* Whether the comma-separated list ops contains op. */
 bool tops_has(const char *ops, const char *op);
 
