@@ -44,7 +44,11 @@ struct kv_token_entry {
     size_t token_len;
     int64_t refresh_at_ms; /* monotonic: fetch a new one after this */
     int64_t expires_at_ms; /* monotonic: unusable after this */
-    int64_t fetched_at_ms;
+    /* monotonic: when the request for it was sent. A token a vault
+     * refused is replaced only by one asked for after the refusal: one
+     * received after it may have been issued before, and be refused too
+     * (tokens revoked at once, as the emulator's tokens/expire does). */
+    int64_t requested_at_ms;
     int64_t renew_tried_ms; /* monotonic: the last renewal that failed */
 };
 
@@ -277,7 +281,7 @@ static char *cached(struct kv_auth *a, const char *resource, bool force,
     e = entry_unlocked(a, resource);
     if (e != NULL && e->token != NULL && now < e->expires_at_ms &&
         ((!force && now < e->refresh_at_ms) ||
-         (force && e->fetched_at_ms > since_ms)))
+         (force && e->requested_at_ms > since_ms)))
         t = secure_dup(e->token, e->token_len + 1);
     pthread_mutex_unlock(&a->lock);
     return t;
@@ -329,7 +333,7 @@ static void renew_failed(struct kv_auth *a, const char *resource)
 }
 
 static void store(struct kv_auth *a, const char *resource, const char *token,
-                  long long lifetime_s)
+                  long long lifetime_s, int64_t requested_at_ms)
 {
     struct kv_token_entry *e;
     int64_t now = kv_now_ms(), margin;
@@ -353,7 +357,7 @@ static void store(struct kv_auth *a, const char *resource, const char *token,
             secure_free(e->token, e->token_len + 1);
         e->token_len = strlen(token);
         e->token = secure_dup(token, e->token_len + 1);
-        e->fetched_at_ms = now;
+        e->requested_at_ms = requested_at_ms;
         e->expires_at_ms = now + lifetime_s * 1000 - 10000;
         e->refresh_at_ms = now + lifetime_s * 1000 - margin;
         e->renew_tried_ms = 0;
@@ -1210,6 +1214,7 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
     int64_t since = kv_now_ms();
     long long lifetime = 0;
     char *t = NULL;
+    int64_t requested;
     int attempt;
     CK_RV rv;
 
@@ -1277,6 +1282,7 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
             deadline_ms = kv_now_ms() + (deadline_ms - kv_now_ms()) / 2;
         }
     }
+    requested = kv_now_ms();
     for (attempt = 0;; attempt++) {
         int64_t wait;
 
@@ -1322,7 +1328,7 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
     if (*http_status < 0)
         *http_status = 0;
     if (rv == CKR_OK) {
-        store(a, resource, t, lifetime);
+        store(a, resource, t, lifetime, requested);
         *token = t;
         cmk_debug("new token for %s (%lld s)", resource, lifetime);
     } else if (!force) {
