@@ -25,9 +25,15 @@
 #define KV_POOL_MAX 64
 #define KV_MAX_BODY (4L * 1024 * 1024)
 
+/* An idle handle, and the thread that used it last. */
+struct kv_idle {
+    CURL *c;
+    pthread_t owner;
+};
+
 struct kv_http {
     pthread_mutex_t lock;
-    CURL *idle[KV_POOL_MAX];
+    struct kv_idle idle[KV_POOL_MAX];
     int n_idle;
     CURLSH *share;
     pthread_mutex_t share_lock[CURL_LOCK_DATA_LAST];
@@ -112,7 +118,7 @@ void kv_http_free(struct kv_http *h, bool in_child)
      * them would send TLS alerts on its sockets. They are left alone. */
     if (!in_child) {
         for (i = 0; i < h->n_idle; i++)
-            curl_easy_cleanup(h->idle[i]);
+            curl_easy_cleanup(h->idle[i].c);
         if (h->share != NULL)
             curl_share_cleanup(h->share);
     }
@@ -123,13 +129,33 @@ void kv_http_free(struct kv_http *h, bool in_child)
     free(h);
 }
 
+/*
+ * A thread takes back the handle it used last when it is idle, else the
+ * one given back last. Handles that move between threads make each call
+ * allocate in one thread's malloc arena what another thread frees (the
+ * connection's TLS buffers, libcurl's per-transfer state): with many
+ * threads the arenas' locks are then contended on every call and their
+ * heaps grow and shrink (futex and mprotect calls; docs/performance.md,
+ * "Many threads"). A thread that keeps its handle allocates and frees in
+ * its own arena, as a client with a handle per thread does.
+ */
 static CURL *take_handle(struct kv_http *h)
 {
+    pthread_t self = pthread_self();
     CURL *c = NULL;
+    int i;
 
     pthread_mutex_lock(&h->lock);
-    if (h->n_idle > 0)
-        c = h->idle[--h->n_idle];
+    for (i = h->n_idle - 1; i >= 0; i--) {
+        if (pthread_equal(h->idle[i].owner, self))
+            break;
+    }
+    if (i < 0 && h->n_idle > 0)
+        i = h->n_idle - 1;
+    if (i >= 0) {
+        c = h->idle[i].c;
+        h->idle[i] = h->idle[--h->n_idle];
+    }
     pthread_mutex_unlock(&h->lock);
     if (c == NULL) {
         c = curl_easy_init();
@@ -143,7 +169,8 @@ static void give_handle(struct kv_http *h, CURL *c, bool keep)
 {
     pthread_mutex_lock(&h->lock);
     if (keep && h->n_idle < KV_POOL_MAX) {
-        h->idle[h->n_idle++] = c;
+        h->idle[h->n_idle].c = c;
+        h->idle[h->n_idle++].owner = pthread_self();
         c = NULL;
     }
     pthread_mutex_unlock(&h->lock);
