@@ -2,7 +2,7 @@
 # The Key Vault benchmarks of issue 9 (docs/performance.md, "Key Vault"),
 # against the local emulator (tests/kvemu) on loopback.
 #
-#   scripts/bench-keyvault.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u]
+#   scripts/bench-keyvault.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T]
 #
 # Builds cmkp11, bench/p11bench, bench/kv-curl and bench/kv-start if
 # needed, starts one emulator in a temporary directory (vault "kvemu" with
@@ -34,7 +34,14 @@
 #  5. memory: VmRSS before C_Initialize and after using each of 1,000 keys
 #     once (kv-start -m 1000). Bar: <= 10 MiB growth.
 #
-# -u measures only 6, the cached unwraps.
+#  7. CPU per remote unwrap at 32 threads: cmkp11 (p11bench unwrap-sha256)
+#     against bench/kv-curl, the order alternating from round to round, no
+#     injected latency; unwraps per CPU second of each client process
+#     (getrusage), and the ratio kv-curl / cmkp11 (CPU per unwrap relative to
+#     the bare client). Bar: <= 1.2. The emulator shares the CPUs: compare
+#     the ratio, not the absolute figures.
+#
+# -u measures only 6, the cached unwraps; -T only 7.
 #
 # The injected latency ("kvemu-admin latency MS --identity-ms MS") delays
 # every vault and every token request, as a remote service would. At 0 ms,
@@ -51,14 +58,16 @@ seconds=2
 rounds=5
 raw=
 only_cache=no
-while getopts d:r:o:uh opt; do
+only_threads=no
+while getopts d:r:o:uTh opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
     o) raw=$OPTARG ;;
     u) only_cache=yes ;;
+    T) only_threads=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T]" >&2
         exit 2
         ;;
     esac
@@ -221,7 +230,52 @@ cached_unwraps() { # 6. cached unwrap, one process per thread count
         echo "bench: round $r: cached $out; requests: $c" >&2
     done
 }
+: >"$tmp/many"
+many_threads() { # 7. CPU per unwrap at 32 threads, the order alternating
+    latency 0
+    if [ $((r % 2)) = 1 ]; then
+        many_order="cmkp11 curl"
+    else
+        many_order="curl cmkp11"
+    fi
+    for who in $many_order; do
+        if [ "$who" = cmkp11 ]; then
+            out=$(CMKP11_CONF=$tmp/kv.conf "$p11bench" -d "$seconds" -t 32 \
+                -w 5 -o unwrap-sha256 "$cmkp11_so" kv - kek) ||
+                failed "cmkp11 unwrap 32 threads"
+        else
+            # shellcheck disable=SC2046 # a list of arguments
+            out=$("$kvcurl" -d "$seconds" -t 32 $(curl_args)) ||
+                failed "kv-curl 32 threads"
+        fi
+        echo "$r $who $out" >>"$tmp/many"
+        echo "bench: round $r: 32 threads $who $out" >&2
+    done
+}
+many_table() { # the medians of 7, and the ratio per round
+    echo
+    echo "7. CPU per remote unwrap at 32 threads, 0 ms (median of $rounds rounds of ${seconds}s):"
+    printf '%-12s %12s %14s  %s\n' client unwraps/s "per CPU s" "ratio of CPU per unwrap, each round"
+    for who in cmkp11 curl; do
+        awk -v w="$who" '$2 == w' "$tmp/many" | sort -g -k6 | awk -v w="$who" '
+            { v[NR] = $5; c[NR] = $6 }
+            END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                  mc = (NR % 2) ? c[(NR + 1) / 2] : (c[NR / 2] + c[NR / 2 + 1]) / 2
+                  printf "%-12s %12.0f %14.0f\n", w, m, mc }'
+    done
+    awk '$2 == "cmkp11" { c[$1] = $6 } $2 == "curl" { k[$1] = $6 }
+        END { n = 0
+              for (r in c) if (r in k) { q[++n] = k[r] / c[r]; s = s sprintf(" %.2f", q[n]) }
+              for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (q[j] < q[i]) { x = q[i]; q[i] = q[j]; q[j] = x }
+              m = (n % 2) ? q[(n + 1) / 2] : (q[n / 2] + q[n / 2 + 1]) / 2
+              printf "CPU per unwrap, cmkp11 / kv-curl: median %.2f (rounds:%s)  %s\n", m, s, (m <= 1.2 ? "PASS" : "FAIL") }' "$tmp/many"
+}
 while [ "$r" -le "$rounds" ]; do
+    if [ "$only_threads" = yes ]; then
+        many_threads
+        r=$((r + 1))
+        continue
+    fi
     cached_unwraps
     if [ "$only_cache" = yes ]; then
         r=$((r + 1))
@@ -260,6 +314,7 @@ while [ "$r" -le "$rounds" ]; do
             record "$lat" fresh "$out"
         done
     done
+    many_threads
     # 4. start-up
     for lat in $latencies; do
         latency "$lat"
@@ -298,6 +353,12 @@ if [ "$only_cache" = yes ]; then
     echo
     echo "Key Vault emulator on loopback, $(nproc) CPUs; load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
     cache_table
+    exit 0
+fi
+if [ "$only_threads" = yes ]; then
+    echo
+    echo "Key Vault emulator on loopback, $(nproc) CPUs; load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    many_table
     exit 0
 fi
 
@@ -410,6 +471,7 @@ echo "$mem" | awk '{ printf "VmRSS before C_Initialize %d KiB, after %d KiB: +%.
 bar5=$(echo "$mem" | awk '{ print ($5 <= 10 * 1024) ? "PASS" : "FAIL" }')
 
 cache_table
+many_table
 
 echo
 echo "bars:"
