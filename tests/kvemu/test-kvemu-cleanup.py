@@ -19,6 +19,8 @@ import os, signal, sys, time
 # As in a terminal: a shell starts background jobs with SIGINT ignored,
 # and Python then keeps it so (the "SIGINT" case would sleep out its 600 s).
 signal.signal(signal.SIGINT, signal.default_int_handler)
+# and nohup ignores SIGHUP: taplib handles only signals left at default.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 sys.path.insert(0, %r)
 from taplib import Emu
 emu = Emu()
