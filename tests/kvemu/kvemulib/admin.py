@@ -1,10 +1,14 @@
 """The admin API under https://localhost:PORT/_admin/."""
 import copy
+import os
 import time
 import uuid
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from . import config as cfgmod
-from .server import Fault
+from .faults import Fault
+from .messages import json_response
 from .util import HttpError
 
 
@@ -234,3 +238,43 @@ def admin_dispatch(emu, req):
                 kv = v.get_version(name, q.get("version"))
                 return 200, v.bundle(kv, 76)
     raise HttpError(404, "NotFound", "unknown admin route %s %s" % (m, req.path))
+
+
+class AdminMixin:
+    """Emulator methods behind /_admin and the keys a configuration asks for."""
+
+    def handle_admin(self, req):
+        authz = req.headers.get("Authorization") or ""
+        tok = authz[7:].strip() if authz[:7].lower() == "bearer " else \
+            (req.headers.get("X-Kvemu-Admin-Token") or "")
+        if tok != self.admin_token:
+            return json_response(401, {"error": "admin token required (see %s)"
+                                       % os.path.join(self.state_dir, "admin-token")})
+        try:
+            status, obj = admin_dispatch(self, req)
+            return json_response(status, obj)
+        except HttpError as e:
+            return json_response(e.status, e.payload())
+        except (ValueError, KeyError, TypeError) as e:
+            return json_response(400, {"error": {"code": "BadRequest", "message": str(e)}})
+
+    def admin_create_keys(self, vault, spec):
+        name = spec["name"]
+        count = int(spec.get("count", 1))
+        body = {"kty": spec.get("kty", "RSA-HSM" if vault.hsm else "RSA"),
+                "key_size": spec.get("key_size", 2048), "crv": spec.get("crv"),
+                "key_ops": spec.get("key_ops"), "tags": spec.get("tags"),
+                "attributes": {k: spec[k] for k in ("enabled", "nbf", "exp") if k in spec}}
+        if count == 1 and "count" not in spec:
+            kv = vault.create_key(name, body)
+            return [kv.kid()]
+        distinct = max(1, min(int(spec.get("distinct", 1)), count))
+        pool = [rsa.generate_private_key(public_exponent=65537, key_size=body["key_size"])
+                for _ in range(distinct)]
+        width = len(str(count - 1))
+        kids = []
+        for i in range(count):
+            kv = vault.create_key("%s-%0*d" % (name, width, i), body, priv=pool[i % distinct])
+            kids.append(kv.kid())
+        return kids
+
