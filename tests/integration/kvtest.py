@@ -58,69 +58,90 @@ def write_private(path, text):
     return path
 
 
-class KvSetup:
-    """The emulator, files for cmkp11 and a loaded module."""
+def token_section(name, **options):
+    """The text of one [token NAME] section of cmkp11.conf, one line
+    "option = value" per named option in the order given; an option's
+    underscores become dashes (vault_url -> vault-url); None leaves it out."""
+    return "[token %s]\n" % name + section_lines(options)
 
-    def __init__(self, tokens, config=None, refresh=60, emu_args=()):
+
+def section_lines(options):
+    return "".join("%s = %s\n" % (k.replace("_", "-"), v)
+                   for k, v in options.items() if v is not None)
+
+
+def conf_text(tokens, **options):
+    """A cmkp11.conf: [cmkp11] with the named options (as token_section()),
+    then the token sections (from token_section() or KvSetup.token(), or
+    (name, body) pairs)."""
+    text = "[cmkp11]\n" + section_lines(options)
+    for tok in tokens:
+        if isinstance(tok, tuple):
+            tok = "[token %s]\n%s" % tok
+        text += "\n" + tok
+    return text
+
+
+class KvSetup:
+    """The emulator (config: its configuration, emulator_config() by
+    default), files for cmkp11 and a loaded module. The cmkp11
+    configuration is written by write_conf() once the emulator's URLs are
+    known."""
+
+    def __init__(self, config=None, emu_args=()):
         self.emu = Emu(config or emulator_config(), extra_args=emu_args)
         self.dir = self.emu.dir
         self.app_secret = write_private(os.path.join(self.dir, "app.secret"),
                                         APP_SECRET + "\n")
         self.reader_secret = write_private(
             os.path.join(self.dir, "reader.secret"), READER_SECRET + "\n")
-        text = "[cmkp11]\nlog-level = error\nlog-file = %s\n" \
-               "refresh-interval = %d\n" % (os.path.join(self.dir, "cmkp11.log"),
-                                            refresh)
-        for name, body in tokens:
-            text += "\n[token %s]\n%s" % (name, body.format(s=self))
-        self.conf = write_private(os.path.join(self.dir, "cmkp11.conf"), text)
-        os.environ["CMKP11_CONF"] = self.conf
+        self.conf = None
         self.lib = None
 
     def vault_url(self, name="kvemu"):
         return self.emu.url(name)
 
-    def token_body(self, vault="kvemu", auth="client-secret", extra=""):
-        s = "backend = keyvault\nvault-url = %s\nca-file = %s\n" % (
-            self.vault_url(vault), self.emu.ca)
-        if auth == "client-secret":
-            s += "auth = client-secret\ntenant-id = %s\nclient-id = %s\n" \
-                 "client-secret-file = %s\nauthority-host = %s\n" % (
-                     TENANT, APP_ID, self.app_secret,
-                     self.emu.env["AZURE_AUTHORITY_HOST"])
-        elif auth == "reader":
-            s += "auth = client-secret\ntenant-id = %s\nclient-id = %s\n" \
-                 "client-secret-file = %s\nauthority-host = %s\n" % (
-                     TENANT, READER_ID, self.reader_secret,
-                     self.emu.env["AZURE_AUTHORITY_HOST"])
+    def token_options(self, vault="kvemu", auth="client-secret"):
+        """The options of a keyvault token on one of the emulator's vaults,
+        as an identity of emulator_config() signs in: auth "client-secret"
+        (app), "reader" or "imds" (the system-assigned identity)."""
+        o = {"backend": "keyvault", "vault_url": self.vault_url(vault),
+             "ca_file": self.emu.ca}
+        if auth in ("client-secret", "reader"):
+            app = auth == "client-secret"
+            o.update(auth="client-secret", tenant_id=TENANT,
+                     client_id=APP_ID if app else READER_ID,
+                     client_secret_file=self.app_secret if app else self.reader_secret,
+                     authority_host=self.emu.env["AZURE_AUTHORITY_HOST"])
         elif auth == "imds":
-            s += "auth = managed-identity\nimds-endpoint = %s\n" % \
-                 self.emu.info["KVEMU_IMDS"]
-        return s + extra
+            o.update(auth="managed-identity",
+                     imds_endpoint=self.emu.info["KVEMU_IMDS"])
+        return o
 
-    @classmethod
-    def started(cls, config=None, emu_args=()):
-        """The emulator only; write_conf() once its URLs are known."""
-        self = cls.__new__(cls)
-        self.emu = Emu(config or emulator_config(), extra_args=emu_args)
-        self.dir = self.emu.dir
-        self.app_secret = write_private(os.path.join(self.dir, "app.secret"),
-                                        APP_SECRET + "\n")
-        self.reader_secret = write_private(
-            os.path.join(self.dir, "reader.secret"), READER_SECRET + "\n")
-        self.lib = None
-        return self
+    def token(self, name, vault="kvemu", auth="client-secret", **options):
+        """A [token NAME] section for a vault of the emulator; options add to
+        or replace token_options()."""
+        o = self.token_options(vault, auth)
+        o.update(options)
+        return token_section(name, **o)
 
-    def write_conf(self, tokens, refresh=60, log_level="info"):
-        """tokens: [(name, body)]; sets CMKP11_CONF; returns the path."""
-        text = "[cmkp11]\nlog-level = %s\nlog-file = %s\n" \
-               "refresh-interval = %d\n" % (
-                   log_level, os.path.join(self.dir, "cmkp11.log"), refresh)
-        for name, body in tokens:
-            text += "\n[token %s]\n%s" % (name, body)
-        self.conf = write_private(os.path.join(self.dir, "cmkp11.conf"), text)
-        os.environ["CMKP11_CONF"] = self.conf
-        return self.conf
+    def token_body(self, vault="kvemu", auth="client-secret", extra=""):
+        return section_lines(self.token_options(vault, auth)) + extra
+
+    def write_conf(self, tokens, refresh=60, log_level="info", name="cmkp11.conf",
+                   export=True, **options):
+        """Writes DIR/NAME from conf_text(): log-level, log-file
+        (DIR/cmkp11.log; None: none), refresh-interval (None: left out) and
+        any other [cmkp11] options. export: it becomes CMKP11_CONF (and
+        self.conf). Returns the path."""
+        o = {"log_level": log_level, "log_file": os.path.join(self.dir, "cmkp11.log"),
+             "refresh_interval": refresh}
+        o.update(options)
+        path = write_private(os.path.join(self.dir, name), conf_text(tokens, **o))
+        if export:
+            self.conf = path
+            os.environ["CMKP11_CONF"] = path
+        return path
 
     def counters(self):
         return self.emu.admin("GET", "counters")

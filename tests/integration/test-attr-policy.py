@@ -40,7 +40,7 @@ OAEP256 = P.RSAOAEPMechanism(P.CKM_SHA256, P.CKG_MGF1_SHA256)
 KWP = P.Mechanism(P.CKM_AES_KEY_WRAP_PAD, None)
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 hsm_dir = os.path.join(s.dir, "softhsm")
 r = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests/softhsm-init.sh"),
                     hsm_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

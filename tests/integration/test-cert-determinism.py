@@ -27,7 +27,7 @@ import datetime  # noqa: E402
 
 SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 hsm_dir = os.path.join(s.dir, "softhsm")
 r = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests/softhsm-init.sh"),
                     hsm_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -8,26 +8,21 @@ import os
 import subprocess
 import time
 
-from kvtest import Tap, emulator_config, write_private, APP_SECRET, KvSetup
-from taplib import Emu
+from kvtest import Tap, write_private, APP_SECRET, KvSetup
 
 t = Tap()
 builddir = os.environ.get("top_builddir", ".")
 client = os.path.join(builddir, "tests", "integration", "kv-unwrap")
 module = os.environ.get("CMKP11_MODULE") or os.path.join(builddir, ".libs",
                                                          "cmkp11.so")
-s = KvSetup.__new__(KvSetup)
-s.emu = Emu(emulator_config())
-s.dir = s.emu.dir
+s = KvSetup()
 primary = write_private(os.path.join(s.dir, "primary.secret"), APP_SECRET + "\n")
 secondary = write_private(os.path.join(s.dir, "secondary.secret"),
                           APP_SECRET + "\n")
 log = os.path.join(s.dir, "cmkp11.log")
-s.app_secret = primary
-conf = "[cmkp11]\nlog-level = info\nlog-file = %s\n\n[token kv]\n%s" \
-       "secondary-client-secret-file = %s\n" % (
-           log, s.token_body("kvemu", "client-secret"), secondary)
-env = dict(os.environ, CMKP11_CONF=write_private(os.path.join(s.dir, "c.conf"), conf))
+env = dict(os.environ, CMKP11_CONF=s.write_conf(
+    [s.token("kv", client_secret_file=primary, secondary_client_secret_file=secondary)],
+    refresh=None, name="c.conf", export=False))
 s.emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
 
 

@@ -30,7 +30,7 @@ INSTALLED = "/usr/lib/x86_64-linux-gnu/pkcs11/cmkp11.so"
 TOOL = os.path.join(os.environ.get("top_builddir", "."), "cmkp11-tool")
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 s.create_key("kek")
 s.create_key("payments-kek")
 work = s.dir

@@ -92,7 +92,7 @@ def run(env_over, *args):
 
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 d = s.dir
 s.create_key("app-key")
 

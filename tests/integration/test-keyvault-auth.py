@@ -40,7 +40,7 @@ for v in cfg["vaults"]:
     v["access"].update({"certapp": ["all"], "wi": ["all"]})
 
 t = Tap()
-s = KvSetup.started(cfg)
+s = KvSetup(cfg)
 emu = s.emu
 d = s.dir
 login = emu.env["AZURE_AUTHORITY_HOST"]

@@ -9,21 +9,13 @@ import subprocess
 import time
 
 from kvtest import (Tap, PyKCS11, find, ckr, aes_template, OAEP256,
-                    emulator_config, write_private, APP_SECRET, KvSetup)
-from taplib import Emu
+                    APP_SECRET, KvSetup)
 
 P = PyKCS11
 t = Tap()
-s = KvSetup.__new__(KvSetup)
-s.emu = Emu(emulator_config())
-s.dir = s.emu.dir
-s.app_secret = write_private(os.path.join(s.dir, "app.secret"), APP_SECRET + "\n")
+s = KvSetup()
 REFRESH = 2
-conf = ("[cmkp11]\nlog-level = info\nlog-file = %s\nrefresh-interval = %d\n\n"
-        "[token kv]\n%sunwrap-cache = 300\n" % (
-            os.path.join(s.dir, "cmkp11.log"), REFRESH,
-            s.token_body("kvemu", "client-secret")))
-os.environ["CMKP11_CONF"] = write_private(os.path.join(s.dir, "cmkp11.conf"), conf)
+s.write_conf([s.token("kv", unwrap_cache=300)], refresh=REFRESH)
 s.create_key("kek")
 s.load()
 ses = s.session("kv")

@@ -15,7 +15,7 @@ TIMEOUT, DEADLINE, RETRIES = 2, 6, 2
 UNWRAP = "kvemu:unwrapKey"
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
 limits = "timeout = %d\ndeadline = %d\nretries = %d\n" % (TIMEOUT, DEADLINE,
                                                          RETRIES)

@@ -26,19 +26,14 @@ from kvtest import Tap, KvSetup, PyKCS11, find, ckr, aes_template, OAEP256
 P = PyKCS11
 REFRESH, GRACE, SHORT = 2, 30, 3
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
 audit = os.path.join(s.dir, "audit.log")
-limits = "timeout = 1\ndeadline = 1\nretries = 0\nunwrap-cache = 1\n"
-s.write_conf([
-    ("kv", s.token_body(extra=limits + "offline-grace = %d\n" % GRACE)),
-    ("kv0", s.token_body(extra=limits + "offline-grace = 0\n")),
-    ("short", s.token_body(extra=limits + "offline-grace = %d\n" % SHORT)),
-], refresh=REFRESH)
-text = open(s.conf).read().replace(
-    "[cmkp11]\n", "[cmkp11]\naudit-log = %s\n" % audit, 1)
-with open(s.conf, "w") as f:
-    f.write(text)
+limits = dict(timeout=1, deadline=1, retries=0, unwrap_cache=1)
+s.write_conf([s.token("kv", offline_grace=GRACE, **limits),
+              s.token("kv0", offline_grace=0, **limits),
+              s.token("short", offline_grace=SHORT, **limits)],
+             refresh=REFRESH, audit_log=audit)
 s.create_key("kek")
 s.load()
 

@@ -13,7 +13,7 @@ from kvtest import (Tap, KvSetup, PyKCS11, find, ckr, unwrap, public_key)
 
 P = PyKCS11
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
 KID = s.vault_url() + "/keys/hk/0123456789abcdef0123456789abcdef"
 

@@ -11,7 +11,7 @@ from kvtest import (Tap, KvSetup, PyKCS11, find, ckr, delta, unwrap,
 
 P = PyKCS11
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
 s.write_conf([
     ("kv", s.token_body()),

@@ -5,7 +5,7 @@ C_Initialize and the first unwrap cost no more requests than with 10."""
 import os
 import subprocess
 
-from kvtest import Tap, KvSetup, emulator_config
+from kvtest import Tap, KvSetup
 
 t = Tap()
 builddir = os.environ.get("top_builddir", ".")
@@ -13,16 +13,8 @@ client = os.path.join(builddir, "tests", "integration", "kv-unwrap")
 module = os.environ.get("CMKP11_MODULE") or os.path.join(builddir, ".libs",
                                                          "cmkp11.so")
 
-s = KvSetup.__new__(KvSetup)
-from taplib import Emu  # noqa: E402
-from kvtest import write_private, APP_SECRET  # noqa: E402
-
-s.emu = Emu(emulator_config())
-s.dir = s.emu.dir
-s.app_secret = write_private(os.path.join(s.dir, "app.secret"), APP_SECRET + "\n")
-conf = "[cmkp11]\nlog-level = warning\nlog-file = %s\n\n[token kv]\n%s" % (
-    os.path.join(s.dir, "cmkp11.log"), s.token_body("kvemu", "client-secret"))
-conf_path = write_private(os.path.join(s.dir, "cmkp11.conf"), conf)
+s = KvSetup()
+conf_path = s.write_conf([s.token("kv")], refresh=None, log_level="warning")
 env = dict(os.environ, CMKP11_CONF=conf_path)
 s.create_key("kek")
 

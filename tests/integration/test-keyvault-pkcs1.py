@@ -9,12 +9,12 @@ import os
 import subprocess
 
 from kvtest import (Tap, KvSetup, PyKCS11, find, ckr, delta, aes_template,
-                    public_key, PKCS1, write_private, MODULE)
+                    public_key, PKCS1, MODULE)
 from cryptography.hazmat.primitives.asymmetric import padding
 
 P = PyKCS11
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 s.write_conf([
     ("kv", s.token_body()),
     ("kvallow", s.token_body(extra="rsa-pkcs1-decrypt = allow\n")),
@@ -63,9 +63,8 @@ t.eq(ckr(ses2.decrypt, priv2, bad, PKCS1), P.CKR_ENCRYPTED_DATA_INVALID,
 
 # implicit-rejection cannot be honoured on a keyvault token.
 s.lib = None
-conf = write_private(os.path.join(s.dir, "bad.conf"),
-                     "[cmkp11]\nlog-level = error\n\n[token kv]\n" +
-                     s.token_body() + "rsa-pkcs1-decrypt = implicit-rejection\n")
+conf = s.write_conf([s.token("kv", rsa_pkcs1_decrypt="implicit-rejection")],
+                    refresh=None, log_level="error", log_file=None, name="bad.conf", export=False)
 res = subprocess.run(
     ["/usr/bin/python3", "-c",
      "import PyKCS11, sys\nl = PyKCS11.PyKCS11Lib()\n"

@@ -7,7 +7,7 @@ from kvtest import (Tap, KvSetup, PyKCS11, find, ckr, aes_template, OAEP256,
 
 P = PyKCS11
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 s.write_conf([("kv", s.token_body())], refresh=60)
 s.create_key("kek")
 s.load()

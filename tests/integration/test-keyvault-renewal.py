@@ -19,10 +19,9 @@ from kvtest import Tap, KvSetup, PyKCS11, find, ckr, aes_template, OAEP256, \
 P = PyKCS11
 LIFETIME = 75
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
-s.write_conf([("kv", s.token_body(
-    extra="timeout = 2\ndeadline = 4\nretries = 0\nunwrap-cache = 0\n"))])
+s.write_conf([s.token("kv", timeout=2, deadline=4, retries=0, unwrap_cache=0)])
 s.create_key("kek")
 emu.admin("PUT", "tokens/lifetime", {"seconds": LIFETIME})
 s.load()

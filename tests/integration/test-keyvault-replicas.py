@@ -38,7 +38,7 @@ def vault(name):
             "purge_protection": True, "access": {"app": ["all"]}}
 
 
-s = KvSetup.started(config=emulator_config(
+s = KvSetup(config=emulator_config(
     extra_vaults=[vault("kva"), vault("kvb"), vault("kvc")]))
 emu = s.emu
 A, B, C = s.vault_url("kva"), s.vault_url("kvb"), s.vault_url("kvc")
@@ -53,18 +53,15 @@ t.eq(emu.admin("GET", "vaults/kvb/keys/kek")["key"]["n"],
 s.create_key("other", vault="kva")
 s.create_key("other", vault="kvc")  # same name, other key material
 
-limits = "timeout = 2\ndeadline = %d\nretries = 1\n" % DEADLINE
-
-
-def body(urls, keys):
-    b = s.token_body("kva", extra=limits + "keys = %s\n" % keys)
-    return b.replace("vault-url = %s\n" % A, "vault-url = %s\n" % urls)
+def token(name, urls, keys):
+    return s.token(name, vault_url=urls, timeout=2, deadline=DEADLINE,
+                   retries=1, keys=keys)
 
 
 s.write_conf([
-    ("rep", body("%s, %s/" % (A, B), "kek")),
-    ("diff", body("%s,%s" % (A, C), "other")),
-    ("single", body(A, "kek")),
+    token("rep", "%s, %s/" % (A, B), "kek"),
+    token("diff", "%s,%s" % (A, C), "other"),
+    token("single", A, "kek"),
 ], refresh=REFRESH)
 s.load()
 
@@ -268,11 +265,9 @@ for urls, why in (
         ("%s, %s/" % (A, A), "vault-url: %s is listed twice" % A),
         ("%s, http://kvb.vault.localhost" % A,
          "vault-url: http://kvb.vault.localhost must be an https:// URL")):
-    conf = os.path.join(s.dir, "bad.conf")
-    with open(conf, "w") as f:
-        f.write("[cmkp11]\nlog-level = error\n\n[token bad]\n" +
-                body(urls, "kek"))
-    os.chmod(conf, 0o600)
+    conf = s.write_conf([token("bad", urls, "kek")], refresh=None,
+                        log_level="error", log_file=None, name="bad.conf",
+                        export=False)
     res = subprocess.run(
         ["/usr/bin/python3", "-c",
          "import PyKCS11, sys\nl = PyKCS11.PyKCS11Lib()\n"

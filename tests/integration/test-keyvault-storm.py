@@ -17,10 +17,10 @@ module = os.environ.get("CMKP11_MODULE") or os.path.join(builddir, ".libs",
                                                          "cmkp11.so")
 count = int(os.environ.get("CMKP11_STORM_COUNT", "40"))
 
-s = KvSetup.started(config=emulator_config(extra_vaults=[
+s = KvSetup(config=emulator_config(extra_vaults=[
     {"name": n, "kind": "vault", "access": {"app": ["all"]}}
     for n in ("kva", "kvb")]))
-s.write_conf([("kv", s.token_body())], log_level="warning")
+s.write_conf([s.token("kv")], log_level="warning")
 s.create_key("kek")
 
 p = subprocess.run([client, module, "kv", "kek", "8", str(count), "storm"],
@@ -43,10 +43,8 @@ t.ok(unwraps == 8 * count,
 # breaker changes and refreshes of both vaults interleave.
 s.create_key("kek", vault="kva")
 s.emu.admin("POST", "vaults/kva/keys/kek/copy", {"to": "kvb"})
-body = s.token_body("kva", extra="retries = 0\n").replace(
-    "vault-url = %s\n" % s.vault_url("kva"),
-    "vault-url = %s, %s\n" % (s.vault_url("kva"), s.vault_url("kvb")))
-s.write_conf([("rep", body)], refresh=1, log_level="warning")
+s.write_conf([s.token("rep", vault_url="%s, %s" % (s.vault_url("kva"), s.vault_url("kvb")),
+                      retries=0)], refresh=1, log_level="warning")
 s.emu.admin("POST", "faults", {"kind": "503", "match": "kva:*",
                                "rate": 0.25})
 n = max(count // 4, 5)

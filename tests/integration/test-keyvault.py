@@ -19,27 +19,14 @@ except ImportError:
 
 t = Tap()
 P = PyKCS11
-# Token sections need the emulator's URLs, so write them after it starts.
-s = KvSetup.__new__(KvSetup)
-from taplib import Emu  # noqa: E402
-from kvtest import emulator_config, write_private, APP_SECRET, READER_SECRET  # noqa: E402
-
-s.emu = Emu(emulator_config())
-s.dir = s.emu.dir
-s.app_secret = write_private(os.path.join(s.dir, "app.secret"), APP_SECRET + "\n")
-s.reader_secret = write_private(os.path.join(s.dir, "reader.secret"),
-                                READER_SECRET + "\n")
+s = KvSetup()
 log = os.path.join(s.dir, "cmkp11.log")
-conf = "[cmkp11]\nlog-level = info\nlog-file = %s\nrefresh-interval = 1\n" % log
 # RSA1_5 (CKM_RSA_PKCS) is refused by default; this token allows it to
 # check its mapping (test-keyvault-pkcs1.py has the default).
-conf += "\n[token kv]\n" + s.token_body("kvemu", "client-secret",
-                                       "rsa-pkcs1-decrypt = allow\n")
-conf += "\n[token reader]\n" + s.token_body("kvemu", "reader")
-conf += "\n[token mi]\n" + s.token_body("kvemu", "imds")
-conf += "\n[token hsm]\n" + s.token_body("kvhsm", "client-secret")
-s.conf = write_private(os.path.join(s.dir, "cmkp11.conf"), conf)
-os.environ["CMKP11_CONF"] = s.conf
+s.write_conf([s.token("kv", rsa_pkcs1_decrypt="allow"),
+              s.token("reader", auth="reader"),
+              s.token("mi", auth="imds"),
+              s.token("hsm", vault="kvhsm")], refresh=1)
 
 created = [s.create_key(name)["created"]
            for name in ("kek", "disabled", "expired", "gone", "ops")]

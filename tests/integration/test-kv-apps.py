@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 P = PyKCS11
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
 # Java's SunPKCS11 unwraps with RSA/ECB/PKCS1Padding only, which a keyvault
 # token refuses unless rsa-pkcs1-decrypt = allow (docs/consumers.md).

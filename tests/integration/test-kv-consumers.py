@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 
-from kvtest import Tap, KvSetup, MODULE, skip_all, delta
+from kvtest import Tap, KvSetup, MODULE, skip_all, delta, conf_text
 
 for tool in ("pkcs11-tool", "openssl"):
     if shutil.which(tool) is None:
@@ -23,7 +23,7 @@ ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 PROXY = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so"
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 emu = s.emu
 d = s.dir
 # PKCS#1 v1.5 decryption is refused on keyvault tokens by default (Key
@@ -281,10 +281,11 @@ else:
         shutil.copy(MODULE, os.path.join(home, "cmkp11.so"))
         shutil.copy(emu.ca, os.path.join(home, "ca.pem"))
         shutil.copy(s.app_secret, os.path.join(home, "app.secret"))
-        body = s.token_body().replace(emu.ca, os.path.join(home, "ca.pem"))
-        body = body.replace(s.app_secret, os.path.join(home, "app.secret"))
         with open(os.path.join(home, "cmkp11.conf"), "w") as f:
-            f.write("[cmkp11]\nlog-level = error\n\n[token kv]\n" + body)
+            f.write(conf_text([s.token(
+                "kv", ca_file=os.path.join(home, "ca.pem"),
+                client_secret_file=os.path.join(home, "app.secret"))],
+                log_level="error"))
         mods = os.path.join(home, ".config", "pkcs11", "modules")
         os.makedirs(mods)
         with open(os.path.join(mods, "cmkp11.module"), "w") as f:

@@ -14,7 +14,7 @@ t = Tap()
 builddir = os.environ.get("top_builddir", ".")
 prog = os.path.join(builddir, "tests", "integration", "test-err-queue")
 
-s = KvSetup.started()
+s = KvSetup()
 s.write_conf([("kv", s.token_body("kvemu", "client-secret"))],
              log_level="error")
 s.create_key("kek")

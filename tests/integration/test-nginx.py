@@ -37,7 +37,7 @@ for tool in ("curl", "openssl", "pkcs11-tool"):
         skip_all("%s is not installed" % tool)
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 d = s.dir
 
 

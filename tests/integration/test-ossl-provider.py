@@ -33,7 +33,7 @@ TOP = os.environ.get("top_srcdir", ".")
 PIN = "1234"
 
 t = Tap()
-s = KvSetup.started()
+s = KvSetup()
 d = s.dir
 
 

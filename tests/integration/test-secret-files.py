@@ -32,7 +32,7 @@ for v in cfg["vaults"]:
     v["access"]["certapp"] = ["all"]
 
 t = Tap()
-s = KvSetup.started(cfg)
+s = KvSetup(cfg)
 emu, d = s.emu, s.dir
 hsm_dir = os.path.join(d, "softhsm")
 r = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests/softhsm-init.sh"),
