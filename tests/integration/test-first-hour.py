@@ -117,11 +117,10 @@ t.ok(out.get("init") != "CKR_OK" and missing in err,
      "an explicitly named file that is missing stays an error", (out, err))
 
 # ---- one back end that does not start: the others work ----
-kv_body = s.token_body()
 log = os.path.join(d, "cmkp11.log")
 conf = s.write_conf([("broken", "backend = hsm\nmodule = %s\n"
                       "token-label = nowhere\n" % SOFTHSM),
-                     ("vault", kv_body)])
+                     s.token("vault")])
 bad_softhsm = {"CMKP11_CONF": conf,
                "SOFTHSM2_CONF": os.path.join(d, "no-softhsm2.conf")}
 out, err = run(bad_softhsm)
@@ -147,7 +146,7 @@ t.ok("token broken is not present: " + why in text,
 # A syntax error in the file stays fatal.
 conf = s.write_conf([("broken", "backend = hsm\nmodule = %s\n"
                       "token-label = nowhere\n" % SOFTHSM),
-                     ("vault", kv_body + "frobnicate = 1\n")])
+                     s.token("vault", frobnicate=1)])
 bad_softhsm["CMKP11_CONF"] = conf
 out, err = run(bad_softhsm)
 t.eq(out.get("init"), "CKR_GENERAL_ERROR",
@@ -165,7 +164,7 @@ for value, want in [
          "keys: 'app_key' is not a Key Vault key name (1 to 127 letters, "
          "digits and hyphens)"),
         ("k" * 128, "keys: '%s' is not a Key Vault key name" % ("k" * 128))]:
-    conf = s.write_conf([("vault", kv_body + "keys = %s\n" % value)])
+    conf = s.write_conf([s.token("vault", keys=value)])
     out, err = run({"CMKP11_CONF": conf})
     line = "%s:%d: %s" % (conf, line_of(conf, "keys ="), want)
     t.ok(out.get("init") == "CKR_GENERAL_ERROR" and line in s.log_text(),
@@ -173,7 +172,7 @@ for value, want in [
          (out, s.log_text()))
 
 # ---- key generation outside keys = says why ----
-conf = s.write_conf([("vault", kv_body + "keys = app-key, other-key\n")])
+conf = s.write_conf([s.token("vault", keys="app-key, other-key")])
 out, err = run({"CMKP11_CONF": conf}, "not-listed")
 t.eq(out.get("keygen"), "CKR_TEMPLATE_INCONSISTENT",
      "generating a key outside keys =: CKR_TEMPLATE_INCONSISTENT")
@@ -298,7 +297,7 @@ def tool(conf, *args):
 
 typo = s.vault_url().replace("kvemu.vault.", "kvemo.vault.")
 typo_host = typo[len("https://"):]
-conf = s.write_conf([("vault", kv_body.replace(s.vault_url(), typo))])
+conf = s.write_conf([s.token("vault", vault_url=typo)])
 rc, out, err = tool(conf, "list")
 text = s.log_text()
 t.ok(rc == 1 and "CKR_DEVICE_ERROR (HTTP 404)" in out + err,
@@ -315,7 +314,7 @@ except (ValueError, KeyError, IndexError, TypeError):
 t.ok(rc == 1 and e and e["ckr"] == "CKR_DEVICE_ERROR" and
      e["device_error"] == 404, "list --json carries the error", out)
 
-conf = s.write_conf([("vault", kv_body + "keys = app-key, no-such-key\n")])
+conf = s.write_conf([s.token("vault", keys="app-key, no-such-key")])
 rc, out, err = tool(conf, "list")
 text = s.log_text()
 t.ok(rc == 0 and "app-key" in out, "keys = with a missing name: the others "
@@ -326,7 +325,7 @@ t.ok(re.search(r"warning: token vault: key no-such-key of keys = is not in "
      "the vault's message", text)
 
 # ---- Key Vault: the request trace at log-level = debug ----
-conf = s.write_conf([("vault", kv_body + "keys = app-key\n")],
+conf = s.write_conf([s.token("vault", keys="app-key")],
                     log_level="debug")
 rc, out, err = tool(conf, "list")
 text = s.log_text()
@@ -343,7 +342,7 @@ t.ok(rc == 0 and vault_get and token_post, "log-level = debug: one line per "
 t.ok("api-version" not in "\n".join(lines) and "Bearer" not in text and
      "eyJ" not in text and APP_SECRET not in text,
      "... without the query, a token or the secret", text)
-conf = s.write_conf([("vault", kv_body + "keys = app-key\n")])
+conf = s.write_conf([s.token("vault", keys="app-key")])
 env_http = dict(os.environ, CMKP11_CONF=conf, CMKP11_DEBUG="http")
 r = subprocess.run([TOOL, "--module", MODULE, "list"], env=env_http,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -353,8 +352,7 @@ t.ok(re.search(r"debug: http\.c:\d+ kv_http_do\(\): GET https://kvemu", r.stderr
      r.stderr[-2000:])
 
 # ---- Key Vault: TLS verification failures, at once and explained ----
-conf = s.write_conf([("vault", kv_body.replace("ca-file = %s\n" % s.emu.ca,
-                                               ""))])
+conf = s.write_conf([s.token("vault", ca_file=None)])
 rc, out, err = tool(conf, "list")
 text = s.log_text()
 tls = re.findall(r"error: TLS: the certificate of (\S+) was not accepted: "
@@ -437,8 +435,7 @@ for what, dns, days, reason in (
          "certificate has expired")):
     port = server(dns, days)
     url = "https://kvemu.vault.localhost:%d" % port
-    body = kv_body.replace(s.vault_url(), url).replace(s.emu.ca, ca_pem)
-    conf = s.write_conf([("vault", body)])
+    conf = s.write_conf([s.token("vault", vault_url=url, ca_file=ca_pem)])
     rc, out, err = tool(conf, "list")
     text = s.log_text()
     tls = re.findall(r"error: TLS: the certificate of (\S+) was not accepted: "
@@ -451,8 +448,8 @@ for what, dns, days, reason in (
 # retries, and the log names the identity endpoint's host and the reason.
 port = server("login.localhost", 9)
 authority = "https://login.localhost:%d" % port
-body = kv_body.replace(s.emu.env["AZURE_AUTHORITY_HOST"], authority)
-conf = s.write_conf([("vault", body + "keys = app-key\n")])
+conf = s.write_conf([s.token("vault", authority_host=authority, keys="app-key")])
+body = open(conf).read()
 rc, out, err = tool(conf, "list")
 text = s.log_text()
 tls = re.findall(r"error: TLS: the certificate of (\S+) was not accepted: "

@@ -21,7 +21,7 @@ import subprocess
 import threading
 import urllib.parse
 
-from kvtest import Tap, emulator_config, write_private
+from kvtest import Tap, conf_text, emulator_config, token_section, write_private
 from taplib import Emu
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -114,10 +114,10 @@ def run(name, token_extra="", env=None, auth="auth = managed-identity\n"):
     """cmkp11-tool list on a token of this configuration and environment;
     returns (exit status, output, log)."""
     log = os.path.join(work, name + ".log")
-    conf = write_private(os.path.join(work, name + ".conf"), (
-        "[cmkp11]\nlog-level = info\nlog-file = %s\n\n[token kv]\n"
-        "backend = keyvault\nvault-url = %s\nca-file = %s\nretries = 2\n"
-        "keys = kek\n%s%s") % (log, emu.vault_url, emu.ca, auth, token_extra))
+    conf = write_private(os.path.join(work, name + ".conf"), conf_text(
+        [token_section("kv", backend="keyvault", vault_url=emu.vault_url,
+                       ca_file=emu.ca, retries=2, keys="kek") + auth + token_extra],
+        log_level="info", log_file=log))
     e = {k: v for k, v in os.environ.items() if k not in CLEAN}
     e.update(env or {})
     e["CMKP11_CONF"] = conf
