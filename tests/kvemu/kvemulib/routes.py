@@ -120,6 +120,10 @@ def _release(v, prm, req, lvl):
 _CRYPTO = [("encrypt", "encrypt"), ("decrypt", "decrypt"), ("wrapkey", "wrapKey"),
            ("unwrapkey", "unwrapKey"), ("sign", "sign"), ("verify", "verify")]
 
+# POST actions on a key or on one version of it.
+_ACTIONS = [(seg, op, op, partial(_crypto, seg)) for seg, op in _CRYPTO] + [
+    ("release", "release", "release", _release)]
+
 ROUTES = [
     Route("GET", "keys", "getKeys", "list", _get_keys),
     Route("POST", "keys/restore", "restoreKey", "restore", _restore_key),
@@ -135,14 +139,11 @@ ROUTES = [
     Route("PUT", "keys/{name}/rotationpolicy", "updateKeyRotationPolicy", "update",
           _update_rotation_policy),
     Route("POST", "keys/{name}/backup", "backupKey", "backup", _backup_key),
-] + [Route("POST", "keys/{name}/" + seg, op, op, partial(_crypto, seg))
-     for seg, op in _CRYPTO] + [
-    Route("POST", "keys/{name}/release", "release", "release", _release),
+] + [Route("POST", prefix + seg, op, perm, serve)
+     for prefix in ("keys/{name}/", "keys/{name}/{version}/")
+     for seg, op, perm, serve in _ACTIONS] + [
     Route("GET", "keys/{name}/{version}", "getKey", "get", _get_key),
     Route("PATCH", "keys/{name}/{version}", "updateKey", "update", _update_key),
-] + [Route("POST", "keys/{name}/{version}/" + seg, op, op, partial(_crypto, seg))
-     for seg, op in _CRYPTO] + [
-    Route("POST", "keys/{name}/{version}/release", "release", "release", _release),
     Route("GET", "deletedkeys", "getDeletedKeys", "list", _get_deleted_keys),
     Route("GET", "deletedkeys/{name}", "getDeletedKey", "get", _get_deleted_key),
     Route("DELETE", "deletedkeys/{name}", "purgeDeletedKey", "purge", _purge_deleted_key),
