@@ -11,9 +11,8 @@ import ctypes.util
 import os
 import time
 
-from kvtest import (Tap, PyKCS11, ckr, count, emulator_config, write_private,
-                    TENANT, APP_ID, APP_SECRET)
-from taplib import Emu
+from kvtest import (Tap, PyKCS11, KvSetup, ckr, count, emulator_config, write_private,
+                    TENANT)
 from cryptography.hazmat.primitives import serialization
 
 P = PyKCS11
@@ -29,15 +28,15 @@ cfg["identities"].append({"name": "certapp", "client_id": CERT_ID,
 cfg["vaults"][0]["access"]["certapp"] = ["all"]
 cfg["vaults"][0]["challenge_form"] = "scope"
 cfg["vaults"][1]["access"]["certapp"] = ["all"]
-emu = Emu(cfg)
-work = emu.dir
+s = KvSetup(cfg)
+emu = s.emu
+work = s.dir
 emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
 emu.admin("POST", "vaults/kvemu/keys", {"name": "eckey", "kty": "EC",
                                         "crv": "P-256"})
 emu.admin("POST", "vaults/kvhsm/keys", {"name": "aeskey", "kty": "oct-HSM",
                                         "key_size": 256})
 emu.admin("POST", "vaults/kvhsm/keys", {"name": "hsmkek", "kty": "RSA-HSM"})
-secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 
 # The emulator's generated certificate and key, with the key encrypted.
 with open(os.path.join(emu.state, "client-cert.pem"), "rb") as f:
@@ -53,24 +52,12 @@ enc_pem = write_private(os.path.join(work, "enc.pem"),
 pw = write_private(os.path.join(work, "enc.pass"), "pem-pass\n")
 
 log = os.path.join(work, "cmkp11.log")
-common = "backend = keyvault\nca-file = %s\nauthority-host = %s\n" \
-         "tenant-id = %s\n" % (emu.ca, emu.env["AZURE_AUTHORITY_HOST"], TENANT)
-conf = "[cmkp11]\nlog-level = info\nlog-file = %s\nrefresh-interval = 1\n" % log
-conf += "\n[token kv]\nvault-url = %s\n%sauth = client-secret\n" \
-        "client-id = %s\nclient-secret-file = %s\n" % (
-            emu.url("kvemu"), common, APP_ID, secret)
-conf += "\n[token hsm]\nvault-url = %s\n%sauth = client-secret\n" \
-        "client-id = %s\nclient-secret-file = %s\n" % (
-            emu.url("kvhsm"), common, APP_ID, secret)
-conf += "\n[token cert]\nvault-url = %s\n%sauth = client-certificate\n" \
-        "client-id = %s\nclient-certificate-file = %s\n" \
-        "client-certificate-password-file = %s\nkeys = kek\n" % (
-            emu.url("kvemu"), common, CERT_ID, enc_pem, pw)
-conf += "\n[token certnopw]\nvault-url = %s\n%sauth = client-certificate\n" \
-        "client-id = %s\nclient-certificate-file = %s\nkeys = kek\n" % (
-            emu.url("kvemu"), common, CERT_ID, enc_pem)
-os.environ["CMKP11_CONF"] = write_private(os.path.join(work, "cmkp11.conf"),
-                                          conf)
+cert = dict(auth="client-certificate", tenant_id=TENANT, client_id=CERT_ID,
+            client_certificate_file=enc_pem,
+            authority_host=emu.env["AZURE_AUTHORITY_HOST"], keys="kek")
+s.write_conf([s.token("kv"), s.token("hsm", "kvhsm"),
+              s.token("cert", client_certificate_password_file=pw, **cert),
+              s.token("certnopw", **cert)], refresh=1)
 
 lib = P.PyKCS11Lib()
 lib.load(MODULE)

@@ -16,10 +16,8 @@ import os
 import subprocess
 import time
 
-from kvtest import (Tap, PyKCS11, find, ckr, aes_template, OAEP256,
-                    emulator_config, write_private, count, CKA_CMK_VERSION,
-                    TENANT, APP_SECRET)
-from taplib import Emu
+from kvtest import (Tap, PyKCS11, KvSetup, find, ckr, aes_template, OAEP256,
+                    emulator_config, write_private, count, CKA_CMK_VERSION)
 
 P = PyKCS11
 t = Tap()
@@ -37,32 +35,20 @@ cfg = emulator_config(extra_vaults=[
 cfg["identities"].append({"name": "lp", "client_id": LP_ID,
                           "client_secrets": [LP_SECRET]})
 cfg["vaults"][0]["access"]["lp"] = THREE
-emu = Emu(cfg)
-work = emu.dir
+s = KvSetup(cfg)
+emu = s.emu
+work = s.dir
 for vault in ("kvemu", "kvrbac"):
     emu.admin("POST", "vaults/%s/keys" % vault, {"name": "kek"})
 emu.admin("POST", "vaults/kvemu/keys", {"name": "spin"})
 lp_secret = write_private(os.path.join(work, "lp.secret"), LP_SECRET + "\n")
-app_secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
-
-
-def token(vault, secret, cid, extra=""):
-    return ("backend = keyvault\nvault-url = %s\nca-file = %s\n"
-            "auth = client-secret\ntenant-id = %s\nclient-id = %s\n"
-            "client-secret-file = %s\nauthority-host = %s\n%s" % (
-                emu.url(vault), emu.ca, TENANT, cid, secret,
-                emu.env["AZURE_AUTHORITY_HOST"], extra))
-
-
 log = os.path.join(work, "cmkp11.log")
-conf = "[cmkp11]\nlog-level = info\nlog-file = %s\nrefresh-interval = 1\n" % log
-conf += "\n[token lp]\n" + token("kvemu", lp_secret, LP_ID, "keys = kek\n")
-conf += "\n[token lpall]\n" + token("kvemu", lp_secret, LP_ID)
-conf += "\n[token lprbac]\n" + token("kvrbac", lp_secret, LP_ID, "keys = kek\n")
-conf += "\n[token app]\n" + token("kvemu", app_secret,
-                                  emu.env["AZURE_CLIENT_ID"], "keys = spin\n")
-conf = write_private(os.path.join(work, "cmkp11.conf"), conf)
-os.environ["CMKP11_CONF"] = conf
+conf = s.write_conf([
+    s.token("lp", client_id=LP_ID, client_secret_file=lp_secret, keys="kek"),
+    s.token("lpall", client_id=LP_ID, client_secret_file=lp_secret),
+    s.token("lprbac", "kvrbac", client_id=LP_ID, client_secret_file=lp_secret, keys="kek"),
+    s.token("app", client_id=emu.env["AZURE_CLIENT_ID"], keys="spin"),
+], refresh=1)
 
 
 def log_text():

@@ -17,6 +17,7 @@ TOP_BUILDDIR = os.environ.get("top_builddir") or TOP_SRCDIR
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
+                    conf_text, token_section, TENANT, APP_ID, READER_ID,
                     APP_SECRET, READER_SECRET, skip_all)
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
@@ -329,24 +330,19 @@ reader_secret = write_private(os.path.join(d, "reader.secret"),
 bad_secret = write_private(os.path.join(d, "bad.secret"), "not-the-secret\n")
 
 
-def token_body(vault, client_id, secret):
-    from kvtest import TENANT
-    return ("backend = keyvault\nvault-url = %s\nca-file = %s\n"
-            "auth = client-secret\ntenant-id = %s\nclient-id = %s\n"
-            "client-secret-file = %s\nauthority-host = %s\nretries = 0\n" %
-            (emu.url(vault), emu.ca, TENANT, client_id, secret,
-             emu.env["AZURE_AUTHORITY_HOST"]))
+def token(name, vault, client_id, secret):
+    return token_section(name, backend="keyvault", vault_url=emu.url(vault),
+                         ca_file=emu.ca, auth="client-secret", tenant_id=TENANT,
+                         client_id=client_id, client_secret_file=secret,
+                         authority_host=emu.env["AZURE_AUTHORITY_HOST"], retries=0)
 
 
-from kvtest import APP_ID, READER_ID  # noqa: E402
-
-kconf = write_private(
-    os.path.join(d, "cmkp11.conf"),
-    "[cmkp11]\nlog-level = error\nlog-file = %s\n" % os.path.join(d, "kv.log") +
-    "\n[token kv]\n" + token_body("kvemu", APP_ID, app_secret) +
-    "\n[token reader]\n" + token_body("kvemu", READER_ID, reader_secret) +
-    "\n[token nopurge]\n" + token_body("nopurge", APP_ID, app_secret) +
-    "\n[token badcred]\n" + token_body("kvemu", APP_ID, bad_secret))
+kconf = write_private(os.path.join(d, "cmkp11.conf"), conf_text(
+    [token("kv", "kvemu", APP_ID, app_secret),
+     token("reader", "kvemu", READER_ID, reader_secret),
+     token("nopurge", "nopurge", APP_ID, app_secret),
+     token("badcred", "kvemu", APP_ID, bad_secret)],
+    log_level="error", log_file=os.path.join(d, "kv.log")))
 made = [emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"}),
         emu.admin("POST", "vaults/kvemu/keys", {"name": "off", "enabled": False}),
         emu.admin("POST", "vaults/kvemu/keys", {"name": "nowrap",
