@@ -67,26 +67,33 @@ class EntraMixin:
 
     def handle_entra(self, req):
         segs = [s for s in req.path.split("/") if s]
-        route, ident_name, status = "login:unknown", "-", 500
+        route = "login:unknown"
+        if len(segs) >= 3 and segs[-2:] == ["oauth2", "token"] or segs[-3:] == [
+                "oauth2", "v2.0", "token"]:
+            route = "login:token"
+        elif req.path.endswith("/.well-known/openid-configuration"):
+            route = "login:openid"
+        elif segs[:3] == ["common", "discovery", "instance"]:
+            route = "login:instance"
+        elif "keys" in segs[-1:]:
+            route = "login:keys"
+        return self.serve_identity(req, route, lambda: self._entra(req, segs, route))
+
+    def serve_identity(self, req, route, serve):
+        """An identity endpoint's request (Entra ID, IMDS, App Service): the
+        identity latency, a fault on ROUTE or serve() -> (response, identity
+        name); counted under ROUTE."""
+        ident_name, status = "-", 500
         try:
             if self.latency["identity_ms"]:
                 self.shutdown_event.wait(self.latency["identity_ms"] / 1000.0)
-            if len(segs) >= 3 and segs[-2:] == ["oauth2", "token"] or segs[-3:] == [
-                    "oauth2", "v2.0", "token"]:
-                route = "login:token"
-            elif req.path.endswith("/.well-known/openid-configuration"):
-                route = "login:openid"
-            elif segs[:3] == ["common", "discovery", "instance"]:
-                route = "login:instance"
-            elif "keys" in segs[-1:]:
-                route = "login:keys"
             f = self.pick_fault(route, None, req.method)
             if f:
                 r = self.fault_response(f, vault_style=False)
                 if r is not None:
                     status = r.status if r.action is None else 0
                     return r
-            r, ident_name = self._entra(req, segs, route)
+            r, ident_name = serve()
             status = r.status
             return r
         except HttpError as e:

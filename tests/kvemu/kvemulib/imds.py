@@ -5,28 +5,12 @@ from .util import HttpError
 
 
 class ImdsMixin:
-    """Emulator methods that serve managed-identity tokens."""
+    """Emulator methods that serve managed-identity tokens (through
+    EntraMixin.serve_identity)."""
 
     def handle_imds(self, req, app_service):
         route = "appservice:token" if app_service else "imds:token"
-        ident_name, status = "-", 500
-        try:
-            if self.latency["identity_ms"]:
-                self.shutdown_event.wait(self.latency["identity_ms"] / 1000.0)
-            f = self.pick_fault(route, None, req.method)
-            if f:
-                r = self.fault_response(f, vault_style=False)
-                if r is not None:
-                    status = r.status if r.action is None else 0
-                    return r
-            r, ident_name = self._imds(req, app_service)
-            status = r.status
-            return r
-        except HttpError as e:
-            status = e.status
-            return json_response(e.status, e.payload(), e.headers)
-        finally:
-            self.count(route, ident_name, status)
+        return self.serve_identity(req, route, lambda: self._imds(req, app_service))
 
     def _imds(self, req, app_service):
         q = req.query
