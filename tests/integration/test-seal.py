@@ -392,8 +392,8 @@ def tamper(conf, label, sealed):
         ("a byte flipped in the nonce prefix", flip(sealed, 18),
          "does not authenticate"),
         ("bad magic", b"CMKSEAL2" + sealed[8:], "not a sealed file"),
-        ("format version 2", sealed[:8] + b"\x02" + sealed[9:],
-         "format version 2"),
+        ("format version 3", sealed[:8] + b"\x03" + sealed[9:],
+         "format version 3"),
         ("unknown flags", sealed[:9] + b"\x01" + sealed[10:], "flags"),
         ("another segment size", sealed[:12] + struct.pack(">I", 4096) +
          sealed[16:], "segment size"),

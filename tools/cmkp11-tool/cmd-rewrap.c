@@ -17,6 +17,7 @@
 
 #include "keys.h"
 #include "out.h"
+#include "secure.h"
 #include "seal-int.h"
 #include "tool.h"
 
@@ -45,9 +46,9 @@ static int rewrap_dek(struct sctx *c, struct tstate *src,
     int r = -1;
 
     *wrapped = NULL;
-    if (source_priv(c, src, h, &priv, &fallback, err) < 0 ||
-        dek_unwrap(c, src, priv, h, same ? DEK_WRAPPABLE : DEK_READABLE, &dek,
-                   err) < 0)
+    if (source_priv(c, src, &h->r[0], &priv, &fallback, err) < 0 ||
+        dek_unwrap(c, src, priv, &h->r[0], same ? DEK_WRAPPABLE : DEK_READABLE,
+                   &dek, err) < 0)
         goto out;
     if (same)
         tdek = dek;
@@ -83,7 +84,7 @@ static unsigned char *rewrap_header(struct sctx *c, struct tstate *src,
     /* The same fixed part, the new key and wrapped DEK. */
     memset(&nh, 0, sizeof(nh));
     memcpy(nh.fixed, h->fixed, SEAL_FIXED_LEN);
-    if (seal_header_set(&nh, tg->ts->t->label, tg->key->name, tg->v->version,
+    if (seal_header_set(&nh, 0, tg->ts->t->label, tg->key->name, tg->v->version,
                         tg->v->id, tg->v->id_len, wrapped, wlen) < 0 ||
         (hdr = seal_header_encode(&nh, hlen)) == NULL)
         efmt(err, "out of memory");
@@ -157,9 +158,10 @@ static FILE *rewrap_open(const char *path, struct stat *st,
     } else if (!S_ISREG(st->st_mode)) {
         efmt(err, "not a regular file");
     } else if (header_read(f, h, err) == 0) {
-        snprintf(rf->from_token, sizeof(rf->from_token), "%s", h->token);
-        snprintf(rf->key, sizeof(rf->key), "%s", h->key);
-        snprintf(rf->from_version, sizeof(rf->from_version), "%s", h->version);
+        snprintf(rf->from_token, sizeof(rf->from_token), "%s", h->r[0].token);
+        snprintf(rf->key, sizeof(rf->key), "%s", h->r[0].key);
+        snprintf(rf->from_version, sizeof(rf->from_version), "%s",
+                 h->r[0].version);
         return f;
     }
     if (f != NULL)
@@ -174,20 +176,228 @@ static struct tstate *rewrap_target(struct sctx *c, const struct target *to,
                                     struct target *tg, struct rewrap_file *rf,
                                     char *err)
 {
-    struct tstate *src = ts_by_label(c, h->token);
+    struct tstate *src = ts_by_label(c, h->r[0].token);
 
     if (src == NULL) {
-        efmt(err, "no token %s (the token that sealed the file)", h->token);
+        efmt(err, "no token %s (the token that sealed the file)",
+             h->r[0].token);
         return NULL;
     }
     if (to != NULL)
         *tg = *to;
-    else if (target_current(c, src, h->key, tg, err) < 0)
+    else if (target_current(c, src, h->r[0].key, tg, err) < 0)
         return NULL;
     snprintf(rf->to_token, sizeof(rf->to_token), "%s", tg->ts->t->label);
     snprintf(rf->to_key, sizeof(rf->to_key), "%s", tg->key->name);
     snprintf(rf->to_version, sizeof(rf->to_version), "%s", tg->v->version);
     return src;
+}
+
+/* The first segment of f (after h) authenticates with the DEK value,
+ * through the module on token s. */
+static int first_segment(struct sctx *c, struct tstate *s,
+                         const struct seal_header *h, FILE *f,
+                         const unsigned char *value, char *err)
+{
+    CK_OBJECT_HANDLE dek = 0;
+    struct seg_stream first;
+    int r = -1;
+
+    if (fseeko(f, (off_t)h->length, SEEK_SET) < 0) {
+        efmt(err, "%s", strerror(errno));
+        return -1;
+    }
+    if (dek_create(c, s, value, false, &dek, err) == 0) {
+        first = (struct seg_stream){.op = SEG_DECRYPT,
+                                    .key = {c, s, dek, h},
+                                    .in = f,
+                                    .in_what = "the file",
+                                    .max = 1};
+        r = seg_run(&first, err);
+    }
+    dek_destroy(c, s, &dek);
+    return r;
+}
+
+/* A deep copy of h's fixed part and recipients. */
+static int header_copy(struct seal_header *nh, const struct seal_header *h)
+{
+    size_t i;
+
+    memset(nh, 0, sizeof(*nh));
+    memcpy(nh->fixed, h->fixed, SEAL_FIXED_LEN);
+    for (i = 0; i < h->n; i++) {
+        const struct seal_recip *r = &h->r[i];
+        if (seal_header_set(nh, i, r->token, r->key, r->version, r->key_id,
+                            r->key_id_len, r->wrapped, r->wrapped_len) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The recipients' keys for an all-of file: the current version of each. */
+static int current_all(struct sctx *c, const struct seal_header *h,
+                       struct target *tg, char *err)
+{
+    size_t i;
+
+    for (i = 0; i < h->n; i++) {
+        struct tstate *s = recip_token(c, h, i, err);
+        if (s == NULL || target_current(c, s, h->r[i].key, &tg[i], err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The new recipients of nh (a copy of h, minus a removed one) with the DEK
+ * value: any-of, --add-key's key added, and each key at its current
+ * version when its token has one; all-of, new shares for every key. */
+static int multi_wrap(struct sctx *c, struct seal_header *nh,
+                      const unsigned char *value, char *err)
+{
+    struct target tg[SEAL_RECIP_MAX];
+    size_t i;
+
+    memset(tg, 0, sizeof(tg));
+    if (c->o->add_key != NULL) {
+        if (nh->n == SEAL_RECIP_MAX) {
+            efmt(err, "the file has %d keys already", SEAL_RECIP_MAX);
+            return -1;
+        }
+        if (target_resolve(c, c->o->add_key, c->o->token, "--add-key",
+                           &tg[nh->n], err) < 0 ||
+            recip_wrap(c, nh, nh->n, &tg[nh->n], value, err) < 0)
+            return -1;
+    }
+    if (seal_header_all(nh))
+        return current_all(c, nh, tg, err) < 0
+                   ? -1
+                   : recip_wrap_all(c, nh, tg, nh->n, true, value, err);
+    for (i = 0; i < nh->n; i++) {
+        struct tstate *s = ts_by_label(c, nh->r[i].token);
+        char ignored[ERRLEN];
+        if (s == NULL || ts_load(c, s) != CKR_OK ||
+            target_current(c, s, nh->r[i].key, &tg[i], ignored) < 0)
+            continue; /* kept as it is */
+        if (tg[i].v->id_len == nh->r[i].key_id_len &&
+            memcmp(tg[i].v->id, nh->r[i].key_id, tg[i].v->id_len) == 0)
+            continue;
+        if (recip_wrap(c, nh, i, &tg[i], value, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Lists why each recipient failed, after "CMD: PATH: ". */
+static void multi_errors(const struct seal_header *h, const char *path,
+                         char errs[][ERRLEN])
+{
+    char name[600];
+    size_t i;
+
+    for (i = 0; i < h->n; i++) {
+        if (errs[i][0] == '\0')
+            continue;
+        recip_name(&h->r[i], name, sizeof(name));
+        tool_error("rewrap: %s: recipient %zu of %zu, %s: %s", path, i + 1,
+                   h->n, name, errs[i]);
+    }
+}
+
+/* rewrap of a version 2 file, or --add-key / --remove-key on any: the DEK
+ * from the recipients (with --remove-key on an any-of file, from those
+ * that stay: the last way to unseal is never removed), checked against
+ * the first segment, wrapped as multi_wrap says; the file rewritten with
+ * the new header. */
+static void rewrap_multi(struct sctx *c, const char *path, FILE *f,
+                         const struct stat *st, struct seal_header *h,
+                         struct progress *pg, struct rewrap_file *rf, char *err)
+{
+    static char errs[SEAL_RECIP_MAX][ERRLEN];
+    unsigned char *value = secure_alloc(SEAL_DEK_LEN), *hdr = NULL;
+    bool skip[SEAL_RECIP_MAX];
+    struct seal_header nh;
+    ssize_t rm = -1;
+    size_t used = 0, hlen;
+
+    memset(skip, 0, sizeof(skip));
+    memset(&nh, 0, sizeof(nh));
+    if (value == NULL) {
+        efmt(err, "out of memory");
+        return;
+    }
+    if (c->o->to != NULL) {
+        efmt(err, "--to replaces the one key of a file; for a file of "
+                  "several keys give --add-key and --remove-key");
+        goto out;
+    }
+    if (c->o->remove_key != NULL) {
+        rm = recip_find(c, h, c->o->remove_key);
+        if (rm < 0 && c->o->add_key == NULL) {
+            rf->result = RW_SKIPPED;
+            goto out;
+        }
+        if (rm >= 0 && h->n == 1) {
+            efmt(err,
+                 "%s is the only key of the file: removing it would "
+                 "leave no way to unseal it (refused)",
+                 c->o->remove_key);
+            goto out;
+        }
+        if (rm >= 0 && !seal_header_all(h))
+            skip[rm] = true;
+    }
+    if (c->o->add_key != NULL && rm < 0 &&
+        recip_find(c, h, c->o->add_key) >= 0) {
+        rf->result = RW_SKIPPED;
+        goto out;
+    }
+    if (header_dek_value(c, h, skip, value, &used, errs, err) < 0) {
+        multi_errors(h, path, errs);
+        if (rm >= 0 && !seal_header_all(h))
+            efmt(err,
+                 "no key but %s can unseal the file now: removing it "
+                 "would leave no way to unseal it (refused)",
+                 c->o->remove_key);
+        goto out;
+    }
+    {
+        struct tstate *s = recip_token(c, h, used, err);
+        if (s == NULL || first_segment(c, s, h, f, value, err) < 0)
+            goto out;
+    }
+    if (header_copy(&nh, h) < 0) {
+        efmt(err, "out of memory");
+        goto out;
+    }
+    seal_header_mode(&nh, SEAL_VERSION2, seal_header_all(h));
+    if (rm >= 0)
+        seal_header_remove(&nh, (size_t)rm);
+    if (multi_wrap(c, &nh, value, err) < 0)
+        goto out;
+    if ((hdr = seal_header_encode(&nh, &hlen)) == NULL) {
+        efmt(err, "the header does not encode (out of memory)");
+        goto out;
+    }
+    if (hlen == h->length && c->o->add_key == NULL && rm < 0) {
+        unsigned char *old = malloc(hlen);
+        bool same = old != NULL && fseeko(f, 0, SEEK_SET) == 0 &&
+                    fread(old, 1, hlen, f) == hlen &&
+                    memcmp(old, hdr, hlen) == 0;
+        free(old);
+        if (same) {
+            rf->result = RW_SKIPPED;
+            goto out;
+        }
+    }
+    if (rewrap_write(path, f, st, h, hdr, hlen, pg, err) == 0)
+        rf->result = RW_DONE;
+out:
+    if (rf->result != RW_FAILED)
+        err[0] = '\0';
+    free(hdr);
+    seal_header_clear(&nh);
+    secure_free(value, SEAL_DEK_LEN);
 }
 
 static void rewrap_one(struct sctx *c, const struct target *to,
@@ -205,11 +415,19 @@ static void rewrap_one(struct sctx *c, const struct target *to,
     memset(&h, 0, sizeof(h));
     rf->result = RW_FAILED;
     f = rewrap_open(it->path, &st, &h, rf, err);
-    if (f == NULL || (src = rewrap_target(c, to, &h, &tg, rf, err)) == NULL)
+    if (f == NULL)
         goto out;
-    if (strcmp(h.token, tg.ts->t->label) == 0 &&
-        strcmp(h.key, tg.key->name) == 0 && h.key_id_len == tg.v->id_len &&
-        memcmp(h.key_id, tg.v->id, h.key_id_len) == 0)
+    if (seal_header_version(&h) != SEAL_VERSION || c->o->add_key != NULL ||
+        c->o->remove_key != NULL) {
+        rewrap_multi(c, it->path, f, &st, &h, pg, rf, err);
+        goto out;
+    }
+    if ((src = rewrap_target(c, to, &h, &tg, rf, err)) == NULL)
+        goto out;
+    if (strcmp(h.r[0].token, tg.ts->t->label) == 0 &&
+        strcmp(h.r[0].key, tg.key->name) == 0 &&
+        h.r[0].key_id_len == tg.v->id_len &&
+        memcmp(h.r[0].key_id, tg.v->id, h.r[0].key_id_len) == 0)
         rf->result = RW_SKIPPED;
     else if ((hdr = rewrap_header(c, src, &h, &tg, f, &hlen, err)) != NULL &&
              rewrap_write(it->path, f, &st, &h, hdr, hlen, pg, err) == 0)

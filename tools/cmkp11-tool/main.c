@@ -37,7 +37,7 @@ struct command {
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
      "tokens, keys and versions: back end, state, dates, type and size", 0},
-    {"check", cmd_check, 0, 2, "check [TOKEN [KEY]]",
+    {"check", cmd_check, 0, 2, "check [TOKEN [KEY]|FILE|DIR]",
      "check the customer-managed key prerequisites (PASS or FAIL)", 0},
     {"rotate", cmd_rotate, 1, 2, "rotate TOKEN KEY",
      "make a new version of KEY and show the old and the new one", 0},
@@ -84,13 +84,19 @@ static void usage(FILE *f)
             "CMKP11_PIN\n"
             "  --json              print JSON instead of text\n"
             "  --key KEY           seal: the key to seal under (a name or "
-            "pkcs11: URI)\n"
+            "pkcs11: URI);\n"
+            "                      repeat it for several keys, any of which "
+            "unseals\n"
+            "  --require-all       seal: every --key is needed to unseal\n"
             "  --token TOKEN       seal, rewrap: the token of --key or --to; "
             "unseal: the\n"
             "                      token to unseal on instead of the file's\n"
             "  --to KEY            rewrap: wrap under KEY's current version "
             "(else the\n"
             "                      current version of each file's key)\n"
+            "  --add-key KEY       rewrap: add KEY as another key of each "
+            "file\n"
+            "  --remove-key KEY    rewrap: remove KEY from each file's keys\n"
             "  -o, --output FILE   seal, unseal: write to FILE (default: "
             "standard output)\n"
             "  --min-key-bits N    the smallest RSA size check accepts "
@@ -123,6 +129,9 @@ enum {
     OPT_KEY,
     OPT_TOKEN,
     OPT_TO,
+    OPT_REQUIRE_ALL,
+    OPT_ADD_KEY,
+    OPT_REMOVE_KEY,
 };
 
 static int parse_long_arg(const char *s, long lo, long hi, long *out)
@@ -149,6 +158,9 @@ int main(int argc, char **argv)
         {"key", required_argument, NULL, OPT_KEY},
         {"token", required_argument, NULL, OPT_TOKEN},
         {"to", required_argument, NULL, OPT_TO},
+        {"require-all", no_argument, NULL, OPT_REQUIRE_ALL},
+        {"add-key", required_argument, NULL, OPT_ADD_KEY},
+        {"remove-key", required_argument, NULL, OPT_REMOVE_KEY},
         {"output", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -190,7 +202,22 @@ int main(int argc, char **argv)
             }
             break;
         case OPT_KEY:
-            o.key = optarg;
+            if (o.nkeys == CMK_ARRAY_SIZE(o.keys)) {
+                tool_error("--key: at most %zu keys", CMK_ARRAY_SIZE(o.keys));
+                goto out;
+            }
+            o.keys[o.nkeys++] = optarg;
+            if (o.key == NULL)
+                o.key = optarg;
+            break;
+        case OPT_REQUIRE_ALL:
+            o.require_all = true;
+            break;
+        case OPT_ADD_KEY:
+            o.add_key = optarg;
+            break;
+        case OPT_REMOVE_KEY:
+            o.remove_key = optarg;
             break;
         case OPT_TOKEN:
             o.token = optarg;
@@ -232,6 +259,14 @@ int main(int argc, char **argv)
     nargs = argc - optind - 1;
     if (nargs < cmd->min_args || nargs > cmd->max_args) {
         tool_error("usage: cmkp11-tool [OPTION...] %s", cmd->usage);
+        goto out;
+    }
+    if ((o.require_all && !(cmd->opts & KEY_OK)) ||
+        ((o.add_key != NULL || o.remove_key != NULL) && !(cmd->opts & TO_OK))) {
+        tool_error("%s does not take --%s", cmd->name,
+                   o.require_all       ? "require-all"
+                   : o.add_key != NULL ? "add-key"
+                                       : "remove-key");
         goto out;
     }
     if ((o.key != NULL && !(cmd->opts & KEY_OK)) ||

@@ -170,7 +170,7 @@ int target_current(struct sctx *c, struct tstate *s, const char *name,
 /* The private-key object that unwraps the header's DEK on token s: the
  * version with the header's key id, else the key's label object (whose
  * unwrap-fallback tries the other versions; *fallback is then set). */
-int source_priv(struct sctx *c, struct tstate *s, const struct seal_header *h,
+int source_priv(struct sctx *c, struct tstate *s, const struct seal_recip *h,
                 CK_OBJECT_HANDLE *priv, bool *fallback, char *err);
 
 /* ---- the data key (seal-key.c) --------------------------------------------
@@ -190,9 +190,17 @@ int dek_generate(struct sctx *c, const struct target *tg, CK_OBJECT_HANDLE *dek,
 /* The DEK wrapped with tg's version, in a new buffer (free()). */
 int dek_wrap(struct sctx *c, const struct target *tg, CK_OBJECT_HANDLE dek,
              unsigned char **wrapped, CK_ULONG *wlen, char *err);
-/* The header's DEK unwrapped on token s with priv. */
+/* The recipient's DEK (or share) unwrapped on token s with priv. */
 int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
-               const struct seal_header *h, enum dek_use use,
+               const struct seal_recip *h, enum dek_use use,
+               CK_OBJECT_HANDLE *dek, char *err);
+/* The value of a DEK_READABLE key. */
+int dek_read(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE dek,
+             unsigned char value[SEAL_DEK_LEN], char *err);
+/* A session key on s with this value, sensitive: decrypts only, or (when
+ * encrypt) also encrypts and may be wrapped. */
+int dek_create(struct sctx *c, struct tstate *s,
+               const unsigned char value[SEAL_DEK_LEN], bool encrypt,
                CK_OBJECT_HANDLE *dek, char *err);
 /* A copy on token to of a DEK_READABLE dek on token from: decrypts, may be
  * wrapped. The value passes through this process's memory only, wiped. */
@@ -200,6 +208,47 @@ int dek_move(struct sctx *c, struct tstate *from, CK_OBJECT_HANDLE dek,
              struct tstate *to, CK_OBJECT_HANDLE *out, char *err);
 /* Destroys *dek (when not 0) and sets it to 0. */
 void dek_destroy(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE *dek);
+
+/* ---- recipients (seal-recip.c) --------------------------------------------
+ */
+
+/* "key K version V on token T". */
+void recip_name(const struct seal_recip *r, char *out, size_t len);
+/* The token of recipient i (--token for a version 1 file). NULL with err
+ * set when there is none. */
+struct tstate *recip_token(struct sctx *c, const struct seal_header *h,
+                           size_t i, char *err);
+/* The recipients in the order to try them: on tokens that open first,
+ * then the others, each in the header's order. Returns h->n. */
+size_t recip_order(struct sctx *c, const struct seal_header *h,
+                   size_t order[SEAL_RECIP_MAX]);
+/* Recipient i's wrapped key unwrapped on its token (*s) for use. */
+int recip_unwrap(struct sctx *c, const struct seal_header *h, size_t i,
+                 enum dek_use use, struct tstate **s, CK_OBJECT_HANDLE *dek,
+                 bool *fallback, char *err);
+/* The value recipient i's wrapped key holds (the DEK, or a share). */
+int recip_value(struct sctx *c, const struct seal_header *h, size_t i,
+                unsigned char value[SEAL_DEK_LEN], char *err);
+/* The DEK's value: any-of, from the first recipient (recip_order, those
+ * not skip[]ped) that unwraps it (*used); all-of, the XOR of every
+ * share. errs[i]: why recipient i failed, or empty. */
+int header_dek_value(struct sctx *c, const struct seal_header *h,
+                     const bool *skip, unsigned char value[SEAL_DEK_LEN],
+                     size_t *used, char errs[][ERRLEN], char *err);
+/* value wrapped under tg as recipient i of h (replaced, or added when i is
+ * h->n). */
+int recip_wrap(struct sctx *c, struct seal_header *h, size_t i,
+               const struct target *tg, const unsigned char value[SEAL_DEK_LEN],
+               char *err);
+/* Recipients 0..n-1 of h from tg[]: the DEK under each (any-of), or one
+ * random share each whose XOR is the DEK (all). */
+int recip_wrap_all(struct sctx *c, struct seal_header *h,
+                   const struct target *tg, size_t n, bool all,
+                   const unsigned char value[SEAL_DEK_LEN], char *err);
+/* The recipient arg names: its URI, or its key name (on --token's token
+ * when given); -1 when none. */
+ssize_t recip_find(struct sctx *c, const struct seal_header *h,
+                   const char *arg);
 
 /* ---- the progress bar (seal-stream.c) -------------------------------------
  */

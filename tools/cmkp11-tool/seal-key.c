@@ -276,7 +276,7 @@ int target_current(struct sctx *c, struct tstate *s, const char *name,
  * NAME@VERSION when the token did not list it. NULL when there is none;
  * *key is the key (NULL when the token has none of that name). */
 static struct tversion *header_version(struct sctx *c, struct tstate *s,
-                                       const struct seal_header *h,
+                                       const struct seal_recip *h,
                                        struct tkey **key)
 {
     struct tversion *v;
@@ -293,7 +293,7 @@ static struct tversion *header_version(struct sctx *c, struct tstate *s,
     return v;
 }
 
-int source_priv(struct sctx *c, struct tstate *s, const struct seal_header *h,
+int source_priv(struct sctx *c, struct tstate *s, const struct seal_recip *h,
                 CK_OBJECT_HANDLE *priv, bool *fallback, char *err)
 {
     struct tkey *key;
@@ -407,7 +407,7 @@ int dek_wrap(struct sctx *c, const struct target *tg, CK_OBJECT_HANDLE dek,
 
 /* Why C_UnwrapKey of the header's DEK failed with rv. */
 static void unwrap_error(struct sctx *c, struct tstate *s,
-                         const struct seal_header *h, CK_RV rv, char *err)
+                         const struct seal_recip *h, CK_RV rv, char *err)
 {
     char text[128];
 
@@ -437,7 +437,7 @@ static void unwrap_error(struct sctx *c, struct tstate *s,
 }
 
 int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
-               const struct seal_header *h, enum dek_use use,
+               const struct seal_recip *h, enum dek_use use,
                CK_OBJECT_HANDLE *dek, char *err)
 {
     CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
@@ -526,4 +526,48 @@ void dek_destroy(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE *dek)
     if (*dek != 0)
         c->m->f->C_DestroyObject(s->t->sess, *dek);
     *dek = 0;
+}
+
+int dek_read(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE dek,
+             unsigned char value[SEAL_DEK_LEN], char *err)
+{
+    CK_ATTRIBUTE va = {CKA_VALUE, value, SEAL_DEK_LEN};
+    CK_RV rv = c->m->f->C_GetAttributeValue(s->t->sess, dek, &va, 1);
+
+    if (rv != CKR_OK || va.ulValueLen != SEAL_DEK_LEN) {
+        efmt(err, "reading the data key on token %s: %s", s->t->label,
+             trv_name(rv));
+        return -1;
+    }
+    return 0;
+}
+
+int dek_create(struct sctx *c, struct tstate *s,
+               const unsigned char value[SEAL_DEK_LEN], bool encrypt,
+               CK_OBJECT_HANDLE *dek, char *err)
+{
+    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &sk, sizeof(sk)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_VALUE, (void *)value, SEAL_DEK_LEN},
+        {CKA_ENCRYPT, encrypt ? &yes : &no, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, encrypt ? &yes : &no, sizeof(yes)},
+    };
+    char text[128];
+    CK_RV rv;
+
+    *dek = 0;
+    rv = c->m->f->C_CreateObject(s->t->sess, tmpl, CMK_ARRAY_SIZE(tmpl), dek);
+    if (rv != CKR_OK) {
+        efmt(err, "C_CreateObject (the data key) on token %s: %s", s->t->label,
+             ts_rv_text(c, s, rv, text, sizeof(text)));
+        return -1;
+    }
+    return 0;
 }

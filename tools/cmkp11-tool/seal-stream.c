@@ -172,7 +172,7 @@ static CK_RV seg_crypt(const struct seg_key *k, uint32_t i, bool last,
 {
     CK_FUNCTION_LIST *f = k->c->m->f;
     CK_SESSION_HANDLE s = k->ts->t->sess;
-    unsigned char nonce[SEAL_NONCE_LEN];
+    unsigned char nonce[SEAL_NONCE_LEN], aad[SEAL_FIXED_LEN];
     CK_GCM_PARAMS gp;
     CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
     CK_RV rv;
@@ -182,7 +182,8 @@ static CK_RV seg_crypt(const struct seg_key *k, uint32_t i, bool last,
     gp.pIv = nonce;
     gp.ulIvLen = sizeof(nonce);
     gp.ulIvBits = sizeof(nonce) * 8;
-    gp.pAAD = (CK_BYTE *)k->h->fixed;
+    seal_aad(k->h, aad);
+    gp.pAAD = aad;
     gp.ulAADLen = SEAL_FIXED_LEN;
     gp.ulTagBits = SEAL_TAG_LEN * 8;
     *outlen = SEG_CT;

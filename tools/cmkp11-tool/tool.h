@@ -16,14 +16,19 @@
 
 /* Options common to every command. */
 struct tool_opts {
-    const char *module; /* --module */
-    struct tpin pin;    /* --pin / --pin-file */
-    bool json;          /* --json */
-    long min_key_bits;  /* --min-key-bits, 0 when not given */
-    const char *key;    /* --key (seal) */
-    const char *token;  /* --token (seal, unseal, rewrap) */
-    const char *to;     /* --to (rewrap) */
-    const char *output; /* -o (seal, unseal) */
+    const char *module;   /* --module */
+    struct tpin pin;      /* --pin / --pin-file */
+    bool json;            /* --json */
+    long min_key_bits;    /* --min-key-bits, 0 when not given */
+    const char *key;      /* --key (seal): the first one */
+    const char *keys[16]; /* every --key, in order */
+    size_t nkeys;
+    bool require_all;       /* --require-all (seal) */
+    const char *add_key;    /* --add-key (rewrap) */
+    const char *remove_key; /* --remove-key (rewrap) */
+    const char *token;      /* --token (seal, unseal, rewrap) */
+    const char *to;         /* --to (rewrap) */
+    const char *output;     /* -o (seal, unseal) */
 };
 
 /* A command: argv[0] is the command's name; returns an exit status. */
