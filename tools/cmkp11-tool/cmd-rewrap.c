@@ -249,6 +249,22 @@ static int current_all(struct sctx *c, const struct seal_header *h,
     return 0;
 }
 
+/* Whether every recipient of h is at its key's current version. */
+static bool all_current(struct sctx *c, const struct seal_header *h)
+{
+    struct target tg[SEAL_RECIP_MAX];
+    char ignored[ERRLEN];
+    size_t i;
+
+    if (current_all(c, h, tg, ignored) < 0)
+        return false;
+    for (i = 0; i < h->n; i++)
+        if (tg[i].v->id_len != h->r[i].key_id_len ||
+            memcmp(tg[i].v->id, h->r[i].key_id, h->r[i].key_id_len) != 0)
+            return false;
+    return true;
+}
+
 /* The new recipients of nh (a copy of h, minus a removed one) with the DEK
  * value: any-of, --add-key's key added, and each key at its current
  * version when its token has one; all-of, new shares for every key. */
@@ -349,6 +365,11 @@ static void rewrap_multi(struct sctx *c, const char *path, FILE *f,
     }
     if (c->o->add_key != NULL && rm < 0 &&
         recip_find(c, h, c->o->add_key) >= 0) {
+        rf->result = RW_SKIPPED;
+        goto out;
+    }
+    if (seal_header_all(h) && c->o->add_key == NULL && rm < 0 &&
+        all_current(c, h)) {
         rf->result = RW_SKIPPED;
         goto out;
     }
@@ -515,6 +536,15 @@ static void rewrap_summary(struct rewrap_run *run)
         jw_finish(&run->w);
         return;
     }
+    if (run->c.o->add_key != NULL || run->c.o->remove_key != NULL) {
+        printf("rewrapped %lu file%s, skipped %lu %s %s, failed %lu\n",
+               n[RW_DONE], n[RW_DONE] == 1 ? "" : "s", n[RW_SKIPPED],
+               run->c.o->add_key != NULL ? "that have" : "without",
+               run->c.o->add_key != NULL ? run->c.o->add_key
+                                         : run->c.o->remove_key,
+               n[RW_FAILED]);
+        return;
+    }
     printf("rewrapped %lu file%s, skipped %lu already under %s, failed %lu\n",
            n[RW_DONE], n[RW_DONE] == 1 ? "" : "s", n[RW_SKIPPED],
            run->mixed || run->under[0] == '\0' ? "their key's current version"
@@ -555,9 +585,17 @@ int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     run.counts[RW_FAILED] =
         sealed_files_collect(&l, argc - 1, argv + 1, "rewrap");
     run.has_to = o->to != NULL;
+    if (o->to != NULL && (o->add_key != NULL || o->remove_key != NULL)) {
+        tool_error("rewrap --to replaces a file's one key: give --to, or "
+                   "--add-key and --remove-key");
+        sealed_files_free(&l);
+        return TOOL_USAGE;
+    }
     if (sctx_init(&run.c, m, o, err) < 0 ||
         (run.has_to &&
-         target_resolve(&run.c, o->to, o->token, "--to", &run.to, err) < 0)) {
+         target_resolve(&run.c, o->to, o->token, "--to", &run.to, err) < 0) ||
+        (o->add_key != NULL && target_resolve(&run.c, o->add_key, o->token,
+                                              "--add-key", &run.to, err) < 0)) {
         tool_error("rewrap: %s", err);
         sealed_files_free(&l);
         sctx_free(&run.c);
