@@ -43,6 +43,9 @@ os.makedirs(etc)
 write_private(os.path.join(etc, "local.pin"), "1234\n")
 env = dict(os.environ, SOFTHSM2_CONF=os.path.join(hsm_dir, "softhsm2.conf"))
 env.pop("OPENSSL_CONF", None)
+# cmkp11-tool as installed: the one just built, first in PATH.
+env["PATH"] = os.path.abspath(os.path.dirname(TOOL)) + os.pathsep + \
+    env.get("PATH", "")
 
 
 def substitute(text):

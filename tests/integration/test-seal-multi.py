@@ -7,10 +7,12 @@ of version 2 (Python, cryptography) that unwraps through PyKCS11."""
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from urllib.parse import unquote
 
 TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
@@ -335,6 +337,136 @@ t.ok(rc == 1 and "recipient 2 of 2, key kek" in err and
 hsm_unwrap(True)
 rc, out, err = run("unseal", a, conf=conf)
 t.ok(rc == 0 and out == plain, "all-of: the hsm key restored: unseals", err)
+
+
+# ---- check FILE|DIR ----------------------------------------------------------
+rc, out, err = run("check", many, conf=conf)
+lines = out.decode().splitlines()
+t.ok(rc == 0 and lines[-1] == "%d sealed files, 0 that cannot be unsealed now"
+     % NFILES and "%s: PASS: 1 of 2 keys can unwrap the data key (any one "
+     "key unseals)" % sealed_many[0] in lines and
+     "  key kek version 02 on token local: can unwrap" in lines and
+     any(x.startswith("  key cmk version ") and ": cannot: " in x
+         for x in lines), "check DIR: per file, which keys can unseal it now "
+     "(the deleted vault key cannot)", (out, err))
+kv_enabled("cmk2", False)
+rc, out, err = run("--json", "check", a, conf=conf)
+doc = json.loads(out) if out else {}
+fd = doc.get("files", [{}])[0]
+t.ok(rc == 1 and doc.get("result") == "FAIL" and fd.get("mode") == "all-of" and
+     fd.get("unsealable") is False and
+     [r["can_unwrap"] for r in fd.get("recipients", [])] == [False, True] and
+     "disabled" in (fd["recipients"][0]["error"] or ""),
+     "check --json FILE: an all-of file with one key disabled cannot be "
+     "unsealed; which key, and why", (doc, err))
+kv_enabled("cmk2", True)
+
+# ---- rewrap --add-key / --remove-key on many files ---------------------------
+emu.admin("POST", "vaults/kvemu/keys", {"name": "cmk3"})
+KV3 = "pkcs11:token=kv;object=cmk3"
+R = os.path.join(work, "rw")
+os.makedirs(R)
+one = os.path.join(R, "f0000")
+pr = os.urandom(SEG + 5)
+rc, out, err = run("seal", "--key", HSM, wfile(os.path.join(work, "pr"), pr),
+                   "-o", one, conf=conf)
+t.eq(rc, 0, "a file sealed under the hsm key alone (version 1)")
+v1 = rfile(one)
+NRW = 1000
+for i in range(1, NRW):
+    wfile(os.path.join(R, "f%04d" % i), v1)
+rc, out, err = run("rewrap", "--remove-key", "kek", one, conf=conf)
+t.ok(rc == 1 and "kek is the only key of the file: removing it would leave "
+     "no way to unseal it (refused)" in err and rfile(one) == v1,
+     "rewrap --remove-key of a file's only key: refused, file unchanged", err)
+rc, out, err = run("rewrap", "--add-key", KV3, "--to", KV2, R, conf=conf)
+t.ok(rc == 2 and "give --to, or --add-key" in err, "--to with --add-key: "
+     "exit 2", err)
+rc, out, err = run("rewrap", "--add-key", KV3, R, conf=conf)
+hs = [Sealed2(rfile(os.path.join(R, "f%04d" % i))) for i in range(NRW)]
+t.ok(rc == 0 and out.decode().strip() == "rewrapped %d files, skipped 0 that "
+     "have %s, failed 0" % (NRW, KV3) and
+     all([r["uri"] for r in h.recipients] == [HSM, KV3] and
+         h.body == hs[0].body and not h.all_of for h in hs) and
+     v1.endswith(hs[0].body), "rewrap --add-key on %d version 1 files: "
+     "version 2, the hsm key and the vault key, the segments unchanged" % NRW,
+     (out, err))
+t.ok(independent(conf, one, 1, pr), "the independent reader unseals a "
+     "rewrapped file through the added key")
+rc, out, err = run("rewrap", "--add-key", KV3, one, conf=conf)
+t.ok(rc == 0 and out.decode().startswith("rewrapped 0 files, skipped 1"),
+     "a second --add-key skips the file", out)
+
+# SIGKILL in the middle of --remove-key over the batch.
+env = dict(os.environ, CMKP11_CONF=conf)
+pk = subprocess.Popen([TOOL, "--module", MODULE, "rewrap", "--remove-key",
+                       HSM, R], env=env, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+deadline = time.time() + 120
+while time.time() < deadline and pk.poll() is None:
+    if Sealed2(rfile(os.path.join(R, "f0050"))).recipients[0]["uri"] == KV3:
+        break
+    time.sleep(0.005)
+# Killed as soon as the 51st file (in name order) is done.
+pk.send_signal(signal.SIGKILL)
+pk.wait()
+states = []
+for i in range(NRW):
+    h = Sealed2(rfile(os.path.join(R, "f%04d" % i)))
+    states.append(tuple(r["uri"] for r in h.recipients))
+done = states.count((KV3,))
+t.ok(0 < done < NRW and done + states.count((HSM, KV3)) == NRW,
+     "SIGKILL during rewrap --remove-key: %d files done, the others as they "
+     "were, none in between" % done, set(states))
+rc, out, err = run("check", R, conf=conf)
+t.ok(rc == 0 and out.decode().splitlines()[-1] == "%d sealed files, 0 that "
+     "cannot be unsealed now" % NRW and not [
+         n for n in os.listdir(R) if ".cmkp11-tmp-" in n],
+     "after the SIGKILL every file can still be unsealed (check), no "
+     "temporary file left", out[-300:])
+rc, out, err = run("rewrap", "--remove-key", HSM, R, conf=conf)
+t.ok(rc == 0 and out.decode().strip() == "rewrapped %d files, skipped %d "
+     "without %s, failed 0" % (NRW - done, done, HSM),
+     "rewrap --remove-key again: finishes the rest, skips the done", out)
+rc, out, err = run("unseal", one, conf=conf)
+t.ok(rc == 0 and out == pr, "the file unseals through the vault key", err)
+
+# The last usable key is never removed.
+rc, out, err = run("rewrap", "--add-key", HSM, one, conf=conf)
+t.ok(rc == 0, "the hsm key added back", err)
+before = rfile(one)
+kv_enabled("cmk3", False)
+rc, out, err = run("rewrap", "--remove-key", HSM, one, conf=conf)
+t.ok(rc == 1 and "no key but %s can unseal the file now: removing it would "
+     "leave no way to unseal it (refused)" % HSM in err and
+     "recipient 1 of 2, key cmk3" in err and rfile(one) == before,
+     "removing the hsm key while the vault key is disabled: refused (the "
+     "last usable key), the file unchanged", err)
+rc, out, err = run("rewrap", "--remove-key", "cmk3", one, conf=conf)
+t.ok(rc == 0 and [r["uri"] for r in Sealed2(rfile(one)).recipients] == [HSM],
+     "removing the disabled vault key instead (by name): done", err)
+kv_enabled("cmk3", True)
+
+# All-of: a key added gets a new share; every key is needed.
+rc, out, err = run("rewrap", "--add-key", KV3, a, conf=conf)
+fa2 = Sealed2(rfile(a))
+t.ok(rc == 0 and fa2.all_of and len(fa2.recipients) == 3 and
+     fa2.body == fa.body and independent(conf, a, 0, plain),
+     "all-of + --add-key: three shares, the segments unchanged; the "
+     "independent reader XORs them", err)
+kv_enabled("cmk3", False)
+rc, out, err = run("unseal", a, "-o", a + ".u", conf=conf)
+t.ok(rc == 1 and "recipient 3 of 3, key cmk3" in err, "all-of: the added "
+     "key disabled stops unsealing", err)
+kv_enabled("cmk3", True)
+rc, out, err = run("rewrap", "--remove-key", KV2, a, conf=conf)
+rc2, out2, err2 = run("unseal", a, conf=conf)
+t.ok(rc == 0 and len(Sealed2(rfile(a)).recipients) == 2 and rc2 == 0 and
+     out2 == plain, "all-of --remove-key: new shares for the two left; it "
+     "unseals", (err, err2))
+rc, out, err = run("rewrap", a, conf=conf)
+t.ok(rc == 0 and out.decode().startswith("rewrapped 0 files, skipped 1"),
+     "rewrap of an all-of file whose keys are current: skipped", out)
 
 emu.stop()
 shutil.rmtree(work, ignore_errors=True)

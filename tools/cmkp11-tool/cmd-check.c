@@ -603,6 +603,8 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     int status = TOOL_FAILED;
     struct jw w;
 
+    if (argc == 2 && check_is_sealed_path(argv[1]))
+        return cmd_check_sealed(m, o, argc, argv);
     memset(&ksel, 0, sizeof(ksel));
     if (tsel_parse(&tsel, argc > 1 ? argv[1] : NULL) < 0)
         return TOOL_USAGE;

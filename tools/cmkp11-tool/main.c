@@ -37,8 +37,10 @@ struct command {
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
      "tokens, keys and versions: back end, state, dates, type and size", 0},
-    {"check", cmd_check, 0, 2, "check [TOKEN [KEY]|FILE|DIR]",
-     "check the customer-managed key prerequisites (PASS or FAIL)", 0},
+    {"check", cmd_check, 0, 2, "check [TOKEN [KEY]]",
+     "check the customer-managed key prerequisites (PASS or FAIL); with\n"
+     "                         FILE|DIR: which keys can unseal sealed files",
+     0},
     {"rotate", cmd_rotate, 1, 2, "rotate TOKEN KEY",
      "make a new version of KEY and show the old and the new one", 0},
     {"seal", cmd_seal, 0, 1, "seal [IN] [-o OUT]",

@@ -37,6 +37,11 @@ typedef int (*tool_cmd_fn)(struct tmod *m, const struct tool_opts *o, int argc,
 
 int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
 int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv);
+/* check FILE|DIR (cmd-check-sealed.c): whether the operand is a sealed
+ * file or a directory, and the check of the sealed files there. */
+bool check_is_sealed_path(const char *arg);
+int cmd_check_sealed(struct tmod *m, const struct tool_opts *o, int argc,
+                     char **argv);
 int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc,
                char **argv);
 /* seal and unseal (cmd-seal.c), rewrap (cmd-rewrap.c); their operands are
