@@ -468,5 +468,39 @@ rc, out, err = run("rewrap", a, conf=conf)
 t.ok(rc == 0 and out.decode().startswith("rewrapped 0 files, skipped 1"),
      "rewrap of an all-of file whose keys are current: skipped", out)
 
+# ---- rotation: rewrap moves each key of a file to its current version -------
+rc, out, err = run("--json", "rotate", "local", "kek", conf=conf)
+newv = json.loads(out)["new"]["version"] if rc == 0 else None
+rc, out, err = run("rewrap", one, a, conf=conf)
+h1, h2 = Sealed2(rfile(one)), Sealed2(rfile(a))
+t.ok(rc == 0 and newv and newv != "02" and
+     out.decode().startswith("rewrapped 2 files, skipped 0") and
+     h1.recipients[0]["version"] == newv and
+     h2.recipients[0]["version"] == newv and h2.all_of and
+     h2.recipients[1]["version"] == fa2.recipients[2]["version"],
+     "after rotate: rewrap moves the hsm key of an any-of and of an all-of "
+     "file to the new version", (out, err))
+rc, out, err = run("unseal", a, conf=conf)
+rc2, out2, err2 = run("unseal", one, conf=conf)
+t.ok(rc == 0 and out == plain and rc2 == 0 and out2 == pr,
+     "both unseal under the new version", (err, err2))
+rc, out, err = run("rewrap", one, a, conf=conf)
+t.ok(rc == 0 and out.decode().startswith("rewrapped 0 files, skipped 2"),
+     "a second rewrap skips both", out)
+
+# A key name that two keys of a file share.
+emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
+rc, out, err = run("rewrap", "--add-key", "pkcs11:token=kv;object=kek", one,
+                   conf=conf)
+before = rfile(one)
+rc2, out2, err2 = run("rewrap", "--remove-key", "kek", one, conf=conf)
+t.ok(rc == 0 and rc2 == 1 and "'kek' names several keys of the file: give "
+     "the URI of one" in err2 and rfile(one) == before,
+     "--remove-key by a name two keys share: refused, give the URI", err2)
+rc, out, err = run("rewrap", "--remove-key", "pkcs11:token=kv;object=kek",
+                   one, conf=conf)
+t.ok(rc == 0 and [r["uri"] for r in Sealed2(rfile(one)).recipients] == [HSM],
+     "--remove-key by URI: that one removed", err)
+
 emu.stop()
 shutil.rmtree(work, ignore_errors=True)

@@ -269,27 +269,30 @@ static bool all_current(struct sctx *c, const struct seal_header *h)
  * value: any-of, --add-key's key added, and each key at its current
  * version when its token has one; all-of, new shares for every key. */
 static int multi_wrap(struct sctx *c, struct seal_header *nh,
-                      const unsigned char *value, char *err)
+                      const struct target *add, const unsigned char *value,
+                      char *err)
 {
     struct target tg[SEAL_RECIP_MAX];
-    size_t i;
+    size_t i, old = nh->n;
 
     memset(tg, 0, sizeof(tg));
-    if (c->o->add_key != NULL) {
+    if (add != NULL) {
         if (nh->n == SEAL_RECIP_MAX) {
             efmt(err, "the file has %d keys already", SEAL_RECIP_MAX);
             return -1;
         }
-        if (target_resolve(c, c->o->add_key, c->o->token, "--add-key",
-                           &tg[nh->n], err) < 0 ||
-            recip_wrap(c, nh, nh->n, &tg[nh->n], value, err) < 0)
+        if (recip_wrap(c, nh, nh->n, add, value, err) < 0)
             return -1;
     }
-    if (seal_header_all(nh))
-        return current_all(c, nh, tg, err) < 0
-                   ? -1
-                   : recip_wrap_all(c, nh, tg, nh->n, true, value, err);
-    for (i = 0; i < nh->n; i++) {
+    if (seal_header_all(nh)) {
+        /* The added key as --add-key names it, the others current. */
+        if (current_all(c, nh, tg, err) < 0)
+            return -1;
+        if (add != NULL)
+            tg[old] = *add;
+        return recip_wrap_all(c, nh, tg, nh->n, true, value, err);
+    }
+    for (i = 0; i < old; i++) {
         struct tstate *s = ts_by_label(c, nh->r[i].token);
         char ignored[ERRLEN];
         if (s == NULL || ts_load(c, s) != CKR_OK ||
@@ -333,6 +336,7 @@ static void rewrap_multi(struct sctx *c, const char *path, FILE *f,
     unsigned char *value = secure_alloc(SEAL_DEK_LEN), *hdr = NULL;
     bool skip[SEAL_RECIP_MAX];
     struct seal_header nh;
+    struct target add;
     ssize_t rm = -1;
     size_t used = 0, hlen;
 
@@ -349,6 +353,13 @@ static void rewrap_multi(struct sctx *c, const char *path, FILE *f,
     }
     if (c->o->remove_key != NULL) {
         rm = recip_find(c, h, c->o->remove_key);
+        if (rm == -2) {
+            efmt(err,
+                 "'%s' names several keys of the file: give the URI of "
+                 "one (check FILE shows them)",
+                 c->o->remove_key);
+            goto out;
+        }
         if (rm < 0 && c->o->add_key == NULL) {
             rf->result = RW_SKIPPED;
             goto out;
@@ -363,10 +374,18 @@ static void rewrap_multi(struct sctx *c, const char *path, FILE *f,
         if (rm >= 0 && !seal_header_all(h))
             skip[rm] = true;
     }
-    if (c->o->add_key != NULL && rm < 0 &&
-        recip_find(c, h, c->o->add_key) >= 0) {
-        rf->result = RW_SKIPPED;
-        goto out;
+    if (c->o->add_key != NULL) {
+        size_t i;
+        if (target_resolve(c, c->o->add_key, c->o->token, "--add-key", &add,
+                           err) < 0)
+            goto out;
+        for (i = 0; i < h->n; i++)
+            if ((ssize_t)i != rm &&
+                strcmp(h->r[i].token, add.ts->t->label) == 0 &&
+                strcmp(h->r[i].key, add.key->name) == 0) {
+                rf->result = RW_SKIPPED;
+                goto out;
+            }
     }
     if (seal_header_all(h) && c->o->add_key == NULL && rm < 0 &&
         all_current(c, h)) {
@@ -394,7 +413,7 @@ static void rewrap_multi(struct sctx *c, const char *path, FILE *f,
     seal_header_mode(&nh, SEAL_VERSION2, seal_header_all(h));
     if (rm >= 0)
         seal_header_remove(&nh, (size_t)rm);
-    if (multi_wrap(c, &nh, value, err) < 0)
+    if (multi_wrap(c, &nh, c->o->add_key != NULL ? &add : NULL, value, err) < 0)
         goto out;
     if ((hdr = seal_header_encode(&nh, &hlen)) == NULL) {
         efmt(err, "the header does not encode (out of memory)");

@@ -246,7 +246,7 @@ int recip_wrap_all(struct sctx *c, struct seal_header *h,
                    const struct target *tg, size_t n, bool all,
                    const unsigned char value[SEAL_DEK_LEN], char *err);
 /* The recipient arg names: its URI, or its key name (on --token's token
- * when given); -1 when none. */
+ * when given); -1 when none, -2 when the name is that of several. */
 ssize_t recip_find(struct sctx *c, const struct seal_header *h,
                    const char *arg);
 

@@ -207,17 +207,21 @@ out:
 
 ssize_t recip_find(struct sctx *c, const struct seal_header *h, const char *arg)
 {
+    ssize_t found = -1;
     size_t i;
 
     for (i = 0; i < h->n; i++) {
         char *uri = seal_recip_uri(&h->r[i]);
         bool match = uri != NULL && strcmp(uri, arg) == 0;
         free(uri);
-        if (!match && strcmp(h->r[i].key, arg) == 0)
-            match =
-                c->o->token == NULL || strcmp(c->o->token, h->r[i].token) == 0;
         if (match)
             return (ssize_t)i;
+        if (strcmp(h->r[i].key, arg) == 0 &&
+            (c->o->token == NULL || strcmp(c->o->token, h->r[i].token) == 0)) {
+            if (found >= 0)
+                return -2;
+            found = (ssize_t)i;
+        }
     }
-    return -1;
+    return found;
 }
