@@ -5,8 +5,10 @@
  *   seal-file.c     temporary files, -o output, inputs, finding sealed files
  *   seal-key.c      tokens, the keys to wrap and unwrap with, the data key
  *   seal-stream.c   the segments: one loop to seal, unseal, verify, copy
+ *   seal-recip.c    the recipients of a version 2 header (any-of, all-of)
  *   cmd-seal.c      seal and unseal
  *   cmd-rewrap.c    rewrap
+ *   cmd-check-sealed.c  check FILE|DIR
  */
 #ifndef CMKP11_TOOL_SEAL_INT_H
 #define CMKP11_TOOL_SEAL_INT_H
