@@ -222,8 +222,10 @@ static char *uri_take(const char *s, size_t len)
             goto bad;
         hi = hexval(s[i + 1]);
         lo = hexval(s[i + 2]);
+        if (hi < 0 || lo < 0)
+            goto bad;
         c = (unsigned char)(hi << 4 | lo);
-        if (hi < 0 || lo < 0 || c == 0 || uri_plain(c))
+        if (c == 0 || uri_plain(c))
             goto bad;
         out[n++] = (char)c;
         i += 2;
