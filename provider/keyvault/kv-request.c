@@ -24,55 +24,113 @@
 __thread bool kv_call_unreachable;
 __thread const char *kv_call_host;
 
-/* Parses a Bearer challenge: resource (or scope) and the tenant. A
- * challenge may give scope= alone (https://vault.azure.net/.default): the
- * SDKs take the resource from it then (azure-keyvault-keys,
- * _shared/http_challenge.py, get_resource and get_scope). */
+/* The length of the token (RFC 9110, section 5.6.2) at p. */
+static size_t token_len(const char *p)
+{
+    size_t n = 0;
+
+    while (p[n] != '\0' && strchr(" \t,=\"", p[n]) == NULL)
+        n++;
+    return n;
+}
+
+/* The parameter value at *pp, a token or a quoted-string whose quoted-pairs
+ * are undone (RFC 9110, section 5.6.4): a new string, *pp moved past it;
+ * NULL for a quote left open (or no memory). */
+static char *param_value(const char **pp)
+{
+    const char *p = *pp;
+    char *out, *o;
+
+    if (*p != '"') {
+        size_t n = 0;
+        while (p[n] != '\0' && strchr(" \t,", p[n]) == NULL)
+            n++;
+        *pp = p + n;
+        return strndup(p, n);
+    }
+    out = o = malloc(strlen(p)); /* the value and its NUL, at most */
+    if (out == NULL)
+        return NULL;
+    for (p++; *p != '"'; p++) {
+        if (*p == '\\' && p[1] != '\0')
+            p++;
+        if (*p == '\0') {
+            free(out);
+            return NULL;
+        }
+        *o++ = *p;
+    }
+    *o = '\0';
+    *pp = p + 1;
+    return out;
+}
+
+/* Parses the Bearer challenge of a WWW-Authenticate value (RFC 9110,
+ * section 11.6.1: challenges separated by commas, each a scheme and its
+ * parameters): resource (or scope) and the tenant. Only the first Bearer
+ * challenge's parameters count. A challenge may give scope= alone
+ * (https://vault.azure.net/.default): the SDKs take the resource from it
+ * then (azure-keyvault-keys, _shared/http_challenge.py, get_resource and
+ * get_scope). */
 bool kv_parse_challenge(const char *h, char **resource, char **tenant)
 {
     char *res = NULL, *auth = NULL, *scope = NULL;
-    const char *p;
+    bool bearer = false, malformed = false;
+    const char *p = h;
 
-    if (h == NULL || strncasecmp(h, "Bearer", 6) != 0)
+    if (h == NULL)
         return false;
-    for (p = h + 6; *p;) {
-        const char *name, *val;
-        size_t nlen, vlen;
-        while (*p == ' ' || *p == ',')
+    while (*p != '\0') {
+        const char *name;
+        char *val, **slot = NULL;
+        size_t n;
+
+        while (*p == ' ' || *p == '\t' || *p == ',')
             p++;
-        name = p;
-        while (*p && *p != '=')
-            p++;
-        nlen = (size_t)(p - name);
-        if (*p != '=')
+        if (*p == '\0')
             break;
-        p++;
-        if (*p == '"') {
-            val = ++p;
-            while (*p && *p != '"')
-                p++;
-            vlen = (size_t)(p - val);
-            if (*p == '"')
-                p++;
-        } else {
-            val = p;
-            while (*p && *p != ',')
-                p++;
-            vlen = (size_t)(p - val);
+        name = p;
+        n = token_len(p);
+        p += n;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (n == 0) {
+            malformed = true; /* a quote or '=' where a name belongs */
+            break;
         }
-        if (nlen == 8 && strncasecmp(name, "resource", 8) == 0) {
-            free(res);
-            res = strndup(val, vlen);
-        } else if (nlen == 5 && strncasecmp(name, "scope", 5) == 0) {
-            free(scope);
-            scope = strndup(val, vlen);
-        } else if ((nlen == 13 &&
-                    strncasecmp(name, "authorization", 13) == 0) ||
-                   (nlen == 17 &&
-                    strncasecmp(name, "authorization_uri", 17) == 0)) {
-            free(auth);
-            auth = strndup(val, vlen);
+        if (*p != '=') { /* a scheme: the next challenge */
+            if (bearer)
+                break;
+            bearer = n == 6 && strncasecmp(name, "Bearer", 6) == 0;
+            continue;
         }
+        for (p++; *p == ' ' || *p == '\t'; p++)
+            ;
+        val = param_value(&p);
+        if (val == NULL) {
+            malformed = true;
+            break;
+        }
+        if (bearer && n == 8 && strncasecmp(name, "resource", 8) == 0)
+            slot = &res;
+        else if (bearer && n == 5 && strncasecmp(name, "scope", 5) == 0)
+            slot = &scope;
+        else if (bearer &&
+                 ((n == 13 && strncasecmp(name, "authorization", 13) == 0) ||
+                  (n == 17 && strncasecmp(name, "authorization_uri", 17) == 0)))
+            slot = &auth;
+        if (slot != NULL) {
+            free(*slot);
+            *slot = val;
+        } else
+            free(val);
+    }
+    if (malformed) {
+        free(res);
+        free(scope);
+        free(auth);
+        return false;
     }
     if (res == NULL && scope != NULL) {
         size_t sl = strlen(scope);

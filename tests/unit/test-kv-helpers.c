@@ -2,7 +2,8 @@
  * The keyvault back end's helpers in memory, without a vault: the table
  * from Key Vault's answers to CKR codes (kv-errors.c, docs/errors.md),
  * base64url (kv-util.c; RFC 4648 section 5, its section 10 test vectors),
- * key names and key identifiers, and the unwrap cache (cache.c: hits,
+ * key names and key identifiers, the WWW-Authenticate challenge
+ * (kv-request.c; RFC 9110 section 11.6.1), and the unwrap cache (cache.c: hits,
  * misses, coalesced waits, eviction, expiry and offline-grace, drops).
  * No test waits for a clock: expiry is a TTL of 0 (expired at once) or of
  * an hour (never within the test).
@@ -16,6 +17,7 @@
 
 #include "kv-cache.h"
 #include "kv-parse.h"
+#include "kv-token.h"
 #include "kv.h"
 #include "secure.h"
 #include "test.h"
@@ -211,6 +213,97 @@ static void test_names(void)
        "a name longer than its buffer: refused");
 }
 
+/* ---- the 401 challenge ---- */
+
+/* want_res NULL: the challenge is refused. */
+static void challenge_is(const char *h, const char *want_res,
+                         const char *want_tenant, const char *what)
+{
+    char *res = NULL, *tenant = NULL;
+    bool parsed = kv_parse_challenge(h, &res, &tenant);
+
+    if (want_res == NULL) {
+        ok(!parsed, "%s: refused", what);
+        return;
+    }
+    ok(parsed, "%s: read", what);
+    ok(res != NULL && strcmp(res, want_res) == 0, "  resource %s", want_res);
+    if (res != NULL && strcmp(res, want_res) != 0)
+        test_diag("  got '%s'", res);
+    if (want_tenant == NULL)
+        ok(tenant == NULL, "  no tenant");
+    else
+        ok(tenant != NULL && strcmp(tenant, want_tenant) == 0, "  tenant %s",
+           want_tenant);
+    if (tenant != NULL && (want_tenant == NULL || strcmp(tenant, want_tenant)))
+        test_diag("  got tenant '%s'", tenant);
+    free(res);
+    free(tenant);
+}
+
+static void test_challenge(void)
+{
+    /* Key Vault's own, as the SDKs' recordings show it. */
+    challenge_is("Bearer authorization=\"https://login.microsoftonline.com/"
+                 "72f988bf-86f1-41af-91ab-2d7cd011db47\", "
+                 "resource=\"https://vault.azure.net\"",
+                 "https://vault.azure.net",
+                 "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                 "authorization and resource");
+    challenge_is("Bearer authorization_uri=\"https://login.example/tenant-1/"
+                 "oauth2/authorize\", scope=\"https://vault.azure.net/"
+                 ".default\"",
+                 "https://vault.azure.net", "tenant-1",
+                 "authorization_uri and scope alone");
+    challenge_is("bearer resource=https://managedhsm.azure.net/,"
+                 "Authorization=https://login.example/t2",
+                 "https://managedhsm.azure.net", "t2",
+                 "tokens unquoted, names in any case, the slash dropped");
+    challenge_is("Bearer resource=\"https://vault.azure.net\", "
+                 "authorization=\"https://login.example\"",
+                 "https://vault.azure.net", NULL,
+                 "an authority with no tenant in its path");
+    challenge_is("Bearer error=\"invalid_token\", error_description=\"expired"
+                 ", renew it\", resource=\"https://vault.azure.net\", "
+                 "authorization=\"https://login.example/t3\"",
+                 "https://vault.azure.net", "t3",
+                 "a quoted value with a comma");
+    challenge_is("Bearer error_description=\"say \\\"resource=x\\\", "
+                 "twice\", resource=\"https://vault.azure.net\"",
+                 "https://vault.azure.net", NULL,
+                 "a quoted value with escaped quotes, a comma and an '='");
+    challenge_is("Bearer resource=\"https://vault.azure.net/a\\\\b\"",
+                 "https://vault.azure.net/a\\b", NULL,
+                 "a quoted-pair undone in the value");
+    challenge_is("Basic realm=\"vault\", Bearer authorization=\"https://"
+                 "login.example/t4\", resource=\"https://vault.azure.net\", "
+                 "PoP authorization=\"https://login.example/t5\", "
+                 "resource=\"https://other.example\"",
+                 "https://vault.azure.net", "t4",
+                 "several challenges: the Bearer one's parameters only");
+    challenge_is("Bearer resource=\"https://vault.azure.net\", Bearer "
+                 "resource=\"https://other.example\"",
+                 "https://vault.azure.net", NULL,
+                 "two Bearer challenges: the first");
+    challenge_is(NULL, NULL, NULL, "no header");
+    challenge_is("", NULL, NULL, "an empty header");
+    challenge_is("Bearer", NULL, NULL, "Bearer with no parameter");
+    challenge_is("Basic realm=\"https://vault.azure.net\"", NULL, NULL,
+                 "no Bearer challenge");
+    challenge_is("Basic resource=\"https://vault.azure.net\"", NULL, NULL,
+                 "a resource in another scheme's challenge");
+    challenge_is("BearerX resource=\"https://vault.azure.net\"", NULL, NULL,
+                 "a scheme that only begins with Bearer");
+    challenge_is("Bearer authorization=\"https://login.example/t6\"", NULL,
+                 NULL, "no resource or scope");
+    challenge_is("Bearer resource=\"https://vault.azure.net", NULL, NULL,
+                 "a quote left open");
+    challenge_is("Bearer =\"https://vault.azure.net\"", NULL, NULL,
+                 "a parameter with no name");
+    challenge_is("Bearer \"https://vault.azure.net\"", NULL, NULL,
+                 "a quoted string where a name belongs");
+}
+
 /* ---- the unwrap cache ---- */
 
 static const int version_a = 1, version_b = 2;
@@ -377,6 +470,7 @@ int main(void)
     test_error_map();
     test_base64url();
     test_names();
+    test_challenge();
     test_cache_ids();
     test_cache();
     test_cache_expiry();
