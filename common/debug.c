@@ -396,3 +396,17 @@ void cmk_precond_failed(const char *expr, const char *func)
     if (strict != NULL && strcmp(strict, "1") == 0)
         abort();
 }
+
+char *cmk_hex(const void *in, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *b = in;
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+    out[2 * len] = '\0';
+    return out;
+}

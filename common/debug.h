@@ -83,4 +83,7 @@ const char *cmk_rv_name(unsigned long rv);
 const char *cmk_mech_name(unsigned long mech);
 const char *cmk_attr_name(unsigned long type);
 
+/* in as lowercase hexadecimal into out (2 * len + 1 bytes); returns out. */
+char *cmk_hex(const void *in, size_t len, char *out);
+
 #endif

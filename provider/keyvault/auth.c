@@ -459,9 +459,51 @@ static char *read_file_secret(const char *what, const char *file, size_t *len)
     return buf;
 }
 
-static char *b64url_json(const char *json)
+/* A JWT part: o's compact JSON (json-c escapes the strings) in base64url;
+ * o is released. */
+static char *b64url_json(json_object *o)
 {
-    return kv_b64url_encode((const unsigned char *)json, strlen(json));
+    const char *json =
+        o != NULL
+            ? json_object_to_json_string_ext(
+                  o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+            : NULL;
+    char *out = json != NULL ? kv_b64url_encode((const unsigned char *)json,
+                                                strlen(json))
+                             : NULL;
+
+    json_object_put(o);
+    return out;
+}
+
+/* The JWT header and claims (RFC 7519; Entra ID's "certificate
+ * credentials": aud the token endpoint, iss and sub the client id). */
+static json_object *jwt_header(const char *x5t)
+{
+    json_object *o = json_object_new_object();
+
+    if (o != NULL) {
+        json_object_object_add(o, "alg", json_object_new_string("RS256"));
+        json_object_object_add(o, "typ", json_object_new_string("JWT"));
+        json_object_object_add(o, "x5t", json_object_new_string(x5t));
+    }
+    return o;
+}
+
+static json_object *jwt_claims(const char *aud, const char *client_id,
+                               const char *jti, long long now)
+{
+    json_object *o = json_object_new_object();
+
+    if (o != NULL) {
+        json_object_object_add(o, "aud", json_object_new_string(aud));
+        json_object_object_add(o, "iss", json_object_new_string(client_id));
+        json_object_object_add(o, "sub", json_object_new_string(client_id));
+        json_object_object_add(o, "jti", json_object_new_string(jti));
+        json_object_object_add(o, "nbf", json_object_new_int64(now));
+        json_object_object_add(o, "exp", json_object_new_int64(now + 600));
+    }
+    return o;
 }
 
 /* Loads the certificate and its key: PEM (both in one file; an encrypted
@@ -526,27 +568,19 @@ static char *client_assertion(struct kv_auth *a, const char *token_url)
     unsigned char sha1[20], jti[16], sig[1024];
     unsigned int n = sizeof(sha1);
     size_t siglen = sizeof(sig);
-    char *x5t = NULL, *h = NULL, *c = NULL, *hj = NULL, *cj = NULL,
-         *input = NULL, *s64 = NULL, *jwt = NULL, jtihex[33];
+    char *x5t = NULL, *h = NULL, *c = NULL, *input = NULL, *s64 = NULL,
+         *jwt = NULL, jtihex[33];
     long long now = (long long)time(NULL);
     EVP_MD_CTX *md = NULL;
-    int i;
 
     if (load_certificate(a, &cert, &key) != 0)
         goto out;
     X509_digest(cert, EVP_sha1(), sha1, &n);
     RAND_bytes(jti, sizeof(jti));
-    for (i = 0; i < 16; i++)
-        snprintf(jtihex + 2 * i, 3, "%02x", jti[i]);
+    cmk_hex(jti, sizeof(jti), jtihex);
     x5t = kv_b64url_encode(sha1, n);
-    hj = kv_strdup_printf("{\"alg\":\"RS256\",\"typ\":\"JWT\",\"x5t\":\"%s\"}",
-                          x5t ? x5t : "");
-    cj = kv_strdup_printf("{\"aud\":\"%s\",\"iss\":\"%s\",\"sub\":\"%s\","
-                          "\"jti\":\"%s\",\"nbf\":%lld,\"exp\":%lld}",
-                          token_url, a->cfg.client_id, a->cfg.client_id, jtihex,
-                          now, now + 600);
-    h = hj ? b64url_json(hj) : NULL;
-    c = cj ? b64url_json(cj) : NULL;
+    h = b64url_json(jwt_header(x5t ? x5t : ""));
+    c = b64url_json(jwt_claims(token_url, a->cfg.client_id, jtihex, now));
     input = h && c ? kv_strdup_printf("%s.%s", h, c) : NULL;
     md = EVP_MD_CTX_new();
     if (input == NULL || md == NULL ||
@@ -562,8 +596,6 @@ out:
     X509_free(cert);
     EVP_PKEY_free(key);
     free(x5t);
-    free(hj);
-    free(cj);
     free(h);
     free(c);
     free(input);
@@ -1160,27 +1192,6 @@ static bool fetch_retriable(const struct kv_auth *a, long status)
  * resources on an Azure VM to acquire an access token": retry guidance). */
 #define KV_IMDS_410_MS 70000
 
-/* Exponential from 800 ms with jitter of -20..+30 %, as for the vault. */
-static int64_t fetch_backoff_ms(int n)
-{
-    unsigned char rnd = 0;
-    int64_t base = 800 * ((int64_t)1 << (n < 6 ? n : 6));
-
-    RAND_bytes(&rnd, 1);
-    return base * (80 + rnd % 51) / 100;
-}
-
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts;
-
-    if (ms <= 0)
-        return;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
-
 /* The fetch lock is taken with a deadline on the monotonic clock.
  * ThreadSanitizer's runtime (clang 14) does not intercept
  * pthread_mutex_clocklock, so it would see the lock released but never
@@ -1318,12 +1329,12 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
             break;
         /* A busy or restarting identity endpoint: as the SDKs do, try
          * again after a backoff, within the call's deadline. */
-        wait = fetch_backoff_ms(attempt < 4 ? attempt : 4);
+        wait = kv_backoff_ms(800, attempt < 4 ? attempt : 4);
         if (kv_now_ms() + wait >= deadline_ms)
             break;
         cmk_debug("token request: %ld; retry %d in %lld ms", *http_status,
                   attempt + 1, (long long)wait);
-        sleep_ms(wait);
+        kv_sleep_ms(wait);
     }
     if (*http_status < 0)
         *http_status = 0;

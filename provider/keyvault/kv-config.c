@@ -248,7 +248,6 @@ bad_url:
 CK_RV kv_open(const struct config_token *cfg, void **tok, unsigned *flags,
               char *err, size_t errlen)
 {
-    static const char *other_keys[] = {"unwrap-fallback"};
     struct kv_token *kt = calloc(1, sizeof(*kt));
     struct kv_auth_config ac;
     struct kv_http_opts ho;
@@ -334,9 +333,6 @@ CK_RV kv_open(const struct config_token *cfg, void **tok, unsigned *flags,
             goto fail;
         }
     }
-    for (i = 0; i < CMK_ARRAY_SIZE(other_keys); i++)
-        (void)config_token_get(cfg, other_keys[i]);
-
     auth = config_token_get(cfg, "auth");
     if (auth == NULL)
         auth = default_auth(cfg);
@@ -427,14 +423,12 @@ void kv_token_info(void *tok, struct provider_token_info *info)
     struct kv_token *kt = tok;
     unsigned char md[32];
     unsigned int mdlen = sizeof(md);
-    int i;
 
     memset(info, 0, sizeof(*info));
     snprintf(info->model, sizeof(info->model), "%s",
              kt->mhsm ? "Managed HSM" : "Key Vault");
     EVP_Digest(kt->host, strlen(kt->host), md, &mdlen, EVP_sha256(), NULL);
-    for (i = 0; i < 8; i++)
-        snprintf(info->serial + 2 * i, 3, "%02x", md[i]);
+    cmk_hex(md, 8, info->serial);
     info->login_required = kt->pin != NULL;
     info->hardware = kt->mhsm;
     info->min_pin = 1;

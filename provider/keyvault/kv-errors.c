@@ -25,6 +25,8 @@ static const struct {
     {"KeyNotFound", 0, CKR_KEY_HANDLE_INVALID},
     {"ObjectIsDeletedButRecoverable", 0, CKR_KEY_HANDLE_INVALID},
     {"ObjectIsBeingDeleted", 0, CKR_KEY_HANDLE_INVALID},
+    /* A typo in vault-url, not an empty vault. */
+    {"VaultNotFound", 404, CKR_DEVICE_ERROR},
     {NULL, 400, CKR_ENCRYPTED_DATA_INVALID},
     {NULL, 401, CKR_DEVICE_ERROR},
     {NULL, 403, CKR_KEY_FUNCTION_NOT_PERMITTED},
@@ -74,8 +76,10 @@ CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
             snprintf(outer, sizeof(outer), "%s", m);
     }
     for (i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
-        if (map[i].code != NULL && (strcmp(map[i].code, code) == 0 ||
-                                    strcmp(map[i].code, outer) == 0)) {
+        if (map[i].code != NULL &&
+            (map[i].status == 0 || map[i].status == status) &&
+            (strcmp(map[i].code, code) == 0 ||
+             strcmp(map[i].code, outer) == 0)) {
             rv = map[i].rv;
             goto out;
         }
@@ -88,5 +92,34 @@ CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
     }
 out:
     json_object_put(doc);
+    return rv;
+}
+
+/* Context rows: where an operation's codes differ from the table's. The
+ * first row that fits decides. */
+static const struct {
+    enum kv_context ctx;
+    long status; /* 0: any */
+    CK_RV from;  /* what the table gave; CKR_OK: any */
+    CK_RV rv;
+} context[] = {
+    /* C_Sign: the data, not the encrypted data (a 400 on sign). */
+    {KV_CTX_SIGN, 400, CKR_OK, CKR_DATA_INVALID},
+    /* C_GenerateKeyPair's codes: a 409 (the name held by a deleted key) is
+     * the label's value; a 403 or a missing key the function. */
+    {KV_CTX_CREATE, 409, CKR_OK, CKR_ATTRIBUTE_VALUE_INVALID},
+    {KV_CTX_CREATE, 403, CKR_OK, CKR_FUNCTION_FAILED},
+    {KV_CTX_CREATE, 0, CKR_KEY_HANDLE_INVALID, CKR_FUNCTION_FAILED},
+};
+
+CK_RV kv_map_context(enum kv_context ctx, long status, CK_RV rv)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(context) / sizeof(context[0]); i++)
+        if (context[i].ctx == ctx &&
+            (context[i].status == 0 || context[i].status == status) &&
+            (context[i].from == CKR_OK || context[i].from == rv))
+            return context[i].rv;
     return rv;
 }

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -513,9 +512,7 @@ static void log_differences(struct kv_token *kt, struct kv_key *k)
                            kv_rver_match_unlocked(k, r, v) == NULL;
             if (differs && !(v->differs_logged & bit)) {
                 char hex[17];
-                int i;
-                for (i = 0; i < 8; i++)
-                    snprintf(hex + 2 * i, 3, "%02x", v->spki[i]);
+                cmk_hex(v->spki, 8, hex);
                 cmk_error("token %s: replica %s holds key %s without version "
                           "%s's public key (SHA-256 %s...): its versions "
                           "differ and are not merged; %s does not serve "
@@ -881,14 +878,10 @@ int kv_version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
 {
     struct rsa_key_desc d;
     char uid[512], label[512];
-    long long now = (long long)time(NULL);
-    bool in_dates =
-        (v->nbf == 0 || now >= v->nbf) && (v->exp == 0 || now < v->exp);
     bool enabled = kv_version_enabled_unlocked(kt, v);
     char *replicas = replicas_text_unlocked(kt, v);
     int r;
 
-    (void)in_dates;
     snprintf(uid, sizeof(uid), "kv/%s/%s", v->key->name, v->version);
     if (current)
         snprintf(label, sizeof(label), "%s", v->key->name);
@@ -978,11 +971,8 @@ CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
          * of the key searched for (or of each key in keys =) is read
          * alone if it is not known. */
         const CK_ATTRIBUTE *ia = tmpl_find(hint, nhint, CKA_ID);
-        if (ia != NULL && ia->pValue != NULL && ia->ulValueLen == 16) {
-            const CK_BYTE *b = ia->pValue;
-            for (i = 0; i < 16; i++)
-                snprintf(want + 2 * i, 3, "%02x", b[i]);
-        }
+        if (ia != NULL && ia->pValue != NULL && ia->ulValueLen == 16)
+            cmk_hex(ia->pValue, 16, want);
     }
     /* Which keys this search needs. */
     if (name[0] != '\0') {

@@ -255,8 +255,8 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
         pthread_mutex_unlock(&kt->lock);
     }
     if (rv != CKR_OK) {
-        if (res.status == 400 && op == POP_SIGN)
-            rv = CKR_DATA_INVALID;
+        if (op == POP_SIGN)
+            rv = kv_map_context(KV_CTX_SIGN, res.status, rv);
         kv_explain(kt, name, verbs[op],
                    op == POP_UNWRAP ? "unwrapKey" : verbs[op], &res, rv);
         kv_result_clear(&res);
@@ -369,12 +369,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     if (rv != CKR_OK) {
         kv_explain(kt, name, exists && bits == 0 ? "rotate" : "create",
                    exists && bits == 0 ? "rotate" : "create", &res, rv);
-        /* Codes C_GenerateKeyPair may return: a 409 (the name held by a
-         * deleted key) is the label's value; a 403 or 404 the function. */
-        if (res.status == 409)
-            rv = CKR_ATTRIBUTE_VALUE_INVALID;
-        else if (res.status == 403 || rv == CKR_KEY_HANDLE_INVALID)
-            rv = CKR_FUNCTION_FAILED;
+        rv = kv_map_context(KV_CTX_CREATE, res.status, rv);
         kv_result_clear(&res);
         goto out;
     }

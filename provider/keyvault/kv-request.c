@@ -9,9 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-
-#include <openssl/rand.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "debug.h"
@@ -183,29 +180,11 @@ static bool retriable(const struct kv_response *r)
            r->status == 502 || r->status == 503 || r->status == 504;
 }
 
-static void sleep_ms(int64_t ms)
-{
-    struct timespec ts;
-
-    if (ms <= 0)
-        return;
-    ts.tv_sec = ms / 1000;
-    ts.tv_nsec = (ms % 1000) * 1000000L;
-    nanosleep(&ts, NULL);
-}
-
-/* Backoff before retry n (0-based): Retry-After when given; otherwise
- * exponential from 800 ms (1 s for 429) with jitter of -20..+30 %. */
 static int64_t backoff_ms(const struct kv_response *r, int n)
 {
-    unsigned char rnd;
-    int64_t base;
-
     if (r->retry_after_ms >= 0)
         return r->retry_after_ms;
-    base = (r->status == 429 ? 1000 : 800) * ((int64_t)1 << (n < 6 ? n : 6));
-    RAND_bytes(&rnd, 1);
-    return base * (80 + rnd % 51) / 100;
+    return kv_backoff_ms(r->status == 429 ? 1000 : 800, n);
 }
 
 void kv_result_clear(struct kv_result *res)
@@ -230,36 +209,41 @@ static char *with_api_version(const struct kv_replica *rep, const char *path)
                             KV_API_VERSION);
 }
 
-/* host[:port] without a default :443. */
-static size_t authority_len(const char *a, size_t len)
+/* Whether a link the vault sent (nextLink) points at the vault itself. */
+bool kv_same_origin(const char *vault_url, const char *url)
 {
-    if (len > 4 && memcmp(a + len - 4, ":443", 4) == 0)
-        return len - 4;
-    return len;
-}
+    CURLU *u = curl_url(), *v = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *vhost = NULL,
+         *vport = NULL, *user = NULL, *pass = NULL;
+    bool same = false;
 
-/*
- * Whether an absolute URL (a nextLink) is on the vault's own origin:
- * https, the vault's host and port (:443 or none). The vault's token goes
- * nowhere else; Microsoft's SDKs likewise keep the challenge per host and
- * give another host nothing until it passes its own challenge
- * (azure-keyvault-keys, _shared/challenge_auth_policy.py and
- * _shared/http_challenge_cache.py, keyed by the URL's netloc).
- */
-static bool same_origin(const struct kv_replica *rep, const char *url)
-{
-    const char *a, *e;
-    size_t al, hl;
-
-    if (strncasecmp(url, "https://", 8) != 0)
-        return false;
-    a = url + 8;
-    e = a + strcspn(a, "/?#");
-    if (memchr(a, '@', (size_t)(e - a)) != NULL)
-        return false; /* user information: not the vault */
-    al = authority_len(a, (size_t)(e - a));
-    hl = authority_len(rep->host, strlen(rep->host));
-    return al == hl && strncasecmp(a, rep->host, al) == 0;
+    /* libcurl's own parser, the one that would follow the link: an
+     * https URL without user information whose host and port (443 when
+     * left out) are the vault's. */
+    if (u != NULL && v != NULL &&
+        curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_set(v, CURLUPART_URL, vault_url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        strcasecmp(scheme, "https") == 0 &&
+        curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_NO_USER &&
+        curl_url_get(u, CURLUPART_PASSWORD, &pass, 0) == CURLUE_NO_PASSWORD &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(v, CURLUPART_HOST, &vhost, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) ==
+            CURLUE_OK &&
+        curl_url_get(v, CURLUPART_PORT, &vport, CURLU_DEFAULT_PORT) ==
+            CURLUE_OK)
+        same = strcasecmp(host, vhost) == 0 && strcmp(port, vport) == 0;
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(vhost);
+    curl_free(vport);
+    curl_free(user);
+    curl_free(pass);
+    curl_url_cleanup(u);
+    curl_url_cleanup(v);
+    return same;
 }
 
 static bool circuit_allows(struct kv_token *kt, struct kv_replica *rep)
@@ -389,7 +373,7 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
     kv_call_host = rep->host;
     if (url == NULL)
         return CKR_HOST_MEMORY;
-    if (!same_origin(rep, url)) {
+    if (!kv_same_origin(rep->url, url)) {
         char shown[128];
         snprintf(shown, sizeof(shown), "%.*s", (int)strcspn(url, "?#"), url);
         cmk_error("token %s: the vault sent a link to %s, which is not on "
@@ -524,7 +508,7 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
                          (long long)wait);
                 kv_response_clear(&r);
                 attempt++;
-                sleep_ms(wait);
+                kv_sleep_ms(wait);
                 continue;
             }
         }
@@ -547,13 +531,10 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
                              res->message, sizeof(res->message));
             snprintf(why, sizeof(why), "HTTP %ld%s%s", r.status,
                      res->code[0] ? " " : "", res->code);
-            if (r.status == 404 && strcmp(res->code, "VaultNotFound") == 0) {
-                /* A typo in vault-url, not an empty vault. */
+            if (r.status == 404 && strcmp(res->code, "VaultNotFound") == 0)
                 cmk_warning("token %s: the vault %s does not exist (404 "
                             "VaultNotFound: %s); check vault-url",
                             kt->name, rep->host, res->message);
-                rv = CKR_DEVICE_ERROR;
-            }
         }
         kv_response_clear(&r);
         break;

@@ -162,6 +162,9 @@ void kv_one_line(const char *in, char *out, size_t len);
 void kv_result_clear(struct kv_result *res);
 bool kv_rep_available_unlocked(const struct kv_replica *rep, int64_t now);
 bool kv_parse_challenge(const char *h, char **resource, char **tenant);
+/* Whether url (a link the vault sent) is on the vault at vault_url: https,
+ * no user information, the same host and port. */
+bool kv_same_origin(const char *vault_url, const char *url);
 CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
               const char *method, const char *path, const char *body,
               int64_t deadline, bool last, struct kv_result *res);

@@ -7,8 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "kv.h"
 #include "secure.h"
@@ -102,6 +104,10 @@ char *kv_strdup_printf(const char *fmt, ...)
     return s;
 }
 
+/* Percent-encodes all but RFC 3986's unreserved characters, as
+ * curl_easy_escape does; kept because it escapes client secrets too, into
+ * one buffer the caller wipes, where libcurl's growing buffer would leave
+ * copies in freed memory. */
 char *kv_url_escape(const char *s)
 {
     static const char hex[] = "0123456789ABCDEF";
@@ -210,4 +216,24 @@ int kv_check_key_name(const char *name, char *why, size_t len)
         return -1;
     }
     return 0;
+}
+
+int64_t kv_backoff_ms(int64_t first_ms, int n)
+{
+    unsigned char rnd = 0;
+    int64_t base = first_ms * ((int64_t)1 << (n < 6 ? n : 6));
+
+    RAND_bytes(&rnd, 1);
+    return base * (80 + rnd % 51) / 100;
+}
+
+void kv_sleep_ms(int64_t ms)
+{
+    struct timespec ts;
+
+    if (ms <= 0)
+        return;
+    ts.tv_sec = ms / 1000;
+    ts.tv_nsec = (ms % 1000) * 1000000L;
+    nanosleep(&ts, NULL);
 }

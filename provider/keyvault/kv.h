@@ -65,6 +65,11 @@ bool kv_http_tls_failure(CURLcode rc);
 
 /* ---- time ---- */
 int64_t kv_now_ms(void); /* monotonic */
+/* The wait before retry n (0 first) of a failed call: exponential from
+ * first_ms, doubling up to 64 times it, with jitter of -20..+30 % (the
+ * SDKs' exponential policy; docs/keyvault.md, "Transport"). kv-util.c. */
+int64_t kv_backoff_ms(int64_t first_ms, int n);
+void kv_sleep_ms(int64_t ms); /* nothing for ms <= 0 */
 
 /* ---- authentication (auth.c) ---- */
 
@@ -140,6 +145,11 @@ const char *kv_auth_method_name(enum kv_auth_method m);
 /* The CKR for a failed response; fills code with Key Vault's error code. */
 CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
                   char *message, size_t msglen);
+
+/* What an operation's own codes make of a refusal kv_map_http mapped to rv
+ * (the context rows of kv-errors.c). */
+enum kv_context { KV_CTX_SIGN, KV_CTX_CREATE };
+CK_RV kv_map_context(enum kv_context ctx, long status, CK_RV rv);
 
 /* ---- helpers (kv-util.c) ---- */
 /* 0 if name is a Key Vault key name (1 to 127 ASCII letters, digits and

@@ -315,6 +315,17 @@ static void test_names(void)
        "unknown CKA");
 }
 
+static void test_hex(void)
+{
+    static const unsigned char in[] = {0x00, 0x0f, 0xa5, 0xff, 0x10};
+    char out[2 * sizeof(in) + 1];
+
+    memset(out, 'x', sizeof(out));
+    ok(cmk_hex(in, sizeof(in), out) == out, "cmk_hex returns its buffer");
+    ok(strcmp(out, "000fa5ff10") == 0, "cmk_hex: lowercase, two digits a byte");
+    ok(strcmp(cmk_hex(in, 0, out), "") == 0, "cmk_hex of nothing: empty");
+}
+
 static void test_logging(void)
 {
     char path[256], buf[4096];
@@ -438,6 +449,7 @@ int main(void)
     test_hmap();
     test_attrs_packed();
     test_names();
+    test_hex();
     test_logging();
     test_debug_env();
     rmdir(tmpdir);

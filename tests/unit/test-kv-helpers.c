@@ -91,6 +91,29 @@ static void test_error_map(void)
     map_is(400, "{\"error\":{\"code\":\"NoSuchCode\"}}",
            CKR_ENCRYPTED_DATA_INVALID, "NoSuchCode",
            "an unknown code: the status decides");
+    map_is(404, "{\"error\":{\"code\":\"VaultNotFound\"}}", CKR_DEVICE_ERROR,
+           "VaultNotFound", "404 VaultNotFound: the vault-url, not the key");
+    map_is(400, "{\"error\":{\"code\":\"VaultNotFound\"}}",
+           CKR_ENCRYPTED_DATA_INVALID, "VaultNotFound",
+           "VaultNotFound's row is for a 404 only");
+
+    /* Context rows: an operation's own codes. */
+    is_rv(kv_map_context(KV_CTX_SIGN, 400, CKR_ENCRYPTED_DATA_INVALID),
+          CKR_DATA_INVALID, "sign: a 400 is the data");
+    is_rv(kv_map_context(KV_CTX_SIGN, 400, CKR_KEY_FUNCTION_NOT_PERMITTED),
+          CKR_DATA_INVALID, "sign: a 400 whatever its code");
+    is_rv(kv_map_context(KV_CTX_SIGN, 403, CKR_KEY_FUNCTION_NOT_PERMITTED),
+          CKR_KEY_FUNCTION_NOT_PERMITTED, "sign: a 403 as the table says");
+    is_rv(kv_map_context(KV_CTX_CREATE, 400, CKR_ENCRYPTED_DATA_INVALID),
+          CKR_ENCRYPTED_DATA_INVALID, "create: a 400 as the table says");
+    is_rv(kv_map_context(KV_CTX_CREATE, 409, CKR_KEY_HANDLE_INVALID),
+          CKR_ATTRIBUTE_VALUE_INVALID, "create: a 409 is the label's value");
+    is_rv(kv_map_context(KV_CTX_CREATE, 403, CKR_KEY_FUNCTION_NOT_PERMITTED),
+          CKR_FUNCTION_FAILED, "create: a 403 is the function");
+    is_rv(kv_map_context(KV_CTX_CREATE, 404, CKR_KEY_HANDLE_INVALID),
+          CKR_FUNCTION_FAILED, "create: no such key is the function");
+    is_rv(kv_map_context(KV_CTX_CREATE, 0, CKR_DEVICE_ERROR), CKR_DEVICE_ERROR,
+          "create: unreachable stays so");
 
     rv = kv_map_http(403,
                      "{\"error\":{\"code\":\"AccessDenied\",\"message\":"
@@ -304,6 +327,44 @@ static void test_challenge(void)
                  "a quoted string where a name belongs");
 }
 
+/* ---- links the vault sends ---- */
+
+static void test_same_origin(void)
+{
+    static const char *vault = "https://kv1.vault.azure.net";
+    static const struct {
+        const char *url;
+        bool same;
+        const char *what;
+    } cases[] = {
+        {"https://kv1.vault.azure.net/keys?api-version=7.4&$skiptoken=x", true,
+         "a nextLink on the vault"},
+        {"https://KV1.Vault.Azure.NET/keys", true, "the host in another case"},
+        {"https://kv1.vault.azure.net:443/keys", true,
+         "the default port named"},
+        {"http://kv1.vault.azure.net/keys", false, "http"},
+        {"https://kv1.vault.azure.net:8443/keys", false, "another port"},
+        {"https://kv2.vault.azure.net/keys", false, "another vault"},
+        {"https://kv1.vault.azure.net.example/keys", false,
+         "a host that only begins with the vault's"},
+        {"https://user@kv1.vault.azure.net/keys", false, "user information"},
+        {"https://:pw@kv1.vault.azure.net/keys", false, "a password"},
+        {"https://kv1.vault.azure.net@evil.example/keys", false,
+         "the vault as user information of another host"},
+        {"/keys?$skiptoken=x", false, "a relative link"},
+        {"", false, "empty"},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ok(kv_same_origin(vault, cases[i].url) == cases[i].same, "%s: %s",
+           cases[i].what, cases[i].same ? "followed" : "not followed");
+    ok(kv_same_origin("https://127.0.0.1:8443", "https://127.0.0.1:8443/k"),
+       "a vault on a port: the same port");
+    ok(!kv_same_origin("https://127.0.0.1:8443", "https://127.0.0.1/k"),
+       "a vault on a port: not 443");
+}
+
 /* ---- the unwrap cache ---- */
 
 static const int version_a = 1, version_b = 2;
@@ -471,6 +532,7 @@ int main(void)
     test_base64url();
     test_names();
     test_challenge();
+    test_same_origin();
     test_cache_ids();
     test_cache();
     test_cache_expiry();
