@@ -546,7 +546,7 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
     struct kv_replica *rep = NULL;
     struct kv_result res;
     char *path, *esc = kv_url_escape(name), **fetch = NULL;
-    size_t n_fetch = 0, i, ncand = 0;
+    size_t n_fetch = 0, i, ncand = 0, first = 0, chosen = 0;
     bool list, refused = false, gone = false;
     int r, cand[KV_MAX_REPLICAS];
     CK_RV rv = CKR_DEVICE_ERROR;
@@ -572,8 +572,13 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
         if (r == 0 || !replica_differs_unlocked(k, r))
             cand[ncand++] = r;
     pthread_mutex_unlock(&kt->lock);
+    /* A vault that stops answering between the key and its versions
+     * hands the whole read to the next one (first: where to start). */
+again:
+    rep = NULL;
+    latest = NULL;
     path = kv_strdup_printf("/keys/%s", esc);
-    for (i = 0; path != NULL && i < ncand; i++) {
+    for (i = first; path != NULL && i < ncand; i++) {
         /* An unreachable vault leaves the others time to answer. */
         int64_t left = deadline - kv_now_ms();
         int64_t until = kv_now_ms() + left / (int64_t)(ncand - i);
@@ -585,6 +590,7 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
         kv_result_clear(&res);
     }
     free(path);
+    chosen = i;
     if (rep == NULL) {
         free(esc);
         return CKR_HOST_MEMORY;
@@ -632,6 +638,11 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
     if (list) {
         rver_unmark(kt, k, rep->index, latest->version);
         rv = list_versions(kt, rep, true, c, k, esc, deadline, &refused, &gone);
+        if (rv != CKR_OK && !gone && kv_call_unreachable &&
+            chosen + 1 < ncand) {
+            first = chosen + 1;
+            goto again;
+        }
         if (rv != CKR_OK || gone) {
             free(esc);
             if (gone)
@@ -692,6 +703,12 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
     for (i = 0; fetch != NULL && i < n_fetch; i++)
         free(fetch[i]);
     free(fetch);
+    fetch = NULL;
+    if (rv != CKR_OK && kv_call_unreachable && chosen + 1 < ncand) {
+        first = chosen + 1;
+        n_fetch = 0;
+        goto again;
+    }
     /* The replicas: revocation evidence from any of them stops the key. */
     for (r = 0; rv == CKR_OK && r < kt->nrep; r++) {
         CK_RV rrv = CKR_OK;
