@@ -1,6 +1,16 @@
 /*
  * The hsm back end: a local PKCS#11 token (SoftHSMv2, or any vendor HSM
- * library) loaded with dlopen. See docs/hsm.md.
+ * library) loaded with dlopen. See docs/hsm.md. Internal to provider/hsm:
+ * the front end sees only hsm_provider (provider.h).
+ *
+ *   hsm.c          opening a token, login, sessions; the provider table
+ *   hsm-load.c     loading lower modules; the fork gate (LOWER)
+ *   hsm-errors.c   lower CKR -> ours
+ *   hsm-list.c     listing versions; the handles behind references
+ *   hsm-oaep.c     OAEP over raw RSA where the lower token refuses it
+ *   hsm-ops.c      operations forwarded to the lower token
+ *   hsm-keypair.c  a new key pair as the current version of its key
+ *   hsm-grace.c    the lower token's health, usage flags, offline-grace
  */
 #ifndef CMKP11_HSM_H
 #define CMKP11_HSM_H
@@ -99,6 +109,88 @@ struct hsm_token {
     unsigned char *pin_key, *pin_mac;
 };
 
+/* hsm-load.c: lower modules and the fork gate. */
+CK_RV hsm_lib_open(const char *path, struct hsm_lib **out, char *err,
+                   size_t errlen);
+void hsm_lib_close(struct hsm_lib *lib, bool in_child);
+void hsm_lower_enter(void);
+void hsm_lower_leave(void);
+CK_RV hsm_lower_done(struct hsm_token *ht, const char *fn, CK_RV rv);
+void hsm_atfork(enum provider_fork phase);
+
+/* Calls into the lower module go through this: inside the fork gate; a
+ * missing function is CKR_FUNCTION_NOT_SUPPORTED, failures are traced, and
+ * the lower token's health is followed (hsm_lower_health). */
+#define LOWER(ht, fn, ...)                                                     \
+    hsm_lower_done((ht), #fn,                                                  \
+                   (hsm_lower_enter(), (ht)->lib->fl->fn != NULL               \
+                                           ? (ht)->lib->fl->fn(__VA_ARGS__)    \
+                                           : CKR_FUNCTION_NOT_SUPPORTED))
+
+/* The lower session for a call: the caller's, or the anchor. */
+static inline CK_SESSION_HANDLE hsm_lower_session(struct pcall *c)
+{
+    struct hsm_token *ht = c->tok;
+
+    return c->sess != NULL ? *(CK_SESSION_HANDLE *)c->sess : ht->anchor;
+}
+
+/* hsm-errors.c */
 CK_RV hsm_map_rv(CK_RV lower);
+bool hsm_is_data_error(CK_RV rv);
+CK_RV hsm_mapped(struct pcall *c, CK_RV lower);
+
+/* hsm-list.c */
+void *hsm_get_attr(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                   CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len);
+void hsm_hex(const CK_BYTE *b, CK_ULONG n, char *out, size_t outlen);
+CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+               struct pobj **objs, CK_ULONG *count, bool *complete);
+void hsm_ref_free(void *tok, void *ref);
+CK_OBJECT_HANDLE hsm_ref_handle(struct hsm_token *ht, void *ref,
+                                bool private_half);
+
+/* hsm-oaep.c */
+bool hsm_oaep_is_local(struct hsm_token *ht, const CK_MECHANISM *m);
+void hsm_oaep_mark_local(struct hsm_token *ht, const CK_MECHANISM *m);
+CK_RV hsm_oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
+                           const CK_MECHANISM *m, const CK_BYTE *in,
+                           CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);
+
+/* hsm-ops.c */
+CK_RV hsm_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m);
+CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key, const CK_MECHANISM *m,
+                const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                CK_ULONG *outlen);
+CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
+                 const CK_BYTE *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl,
+                 CK_ULONG n, struct pobj *out);
+CK_RV hsm_wrap(struct pcall *c, void *wrapping_key, const CK_MECHANISM *m,
+               void *key, CK_BYTE *out, CK_ULONG *outlen);
+CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
+                       const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out);
+CK_RV hsm_create_object(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                        struct pobj *out);
+CK_RV hsm_destroy_object(struct pcall *c, void *ref);
+CK_RV hsm_get_value(struct pcall *c, void *ref, CK_BYTE *out, CK_ULONG *len);
+CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len);
+
+/* hsm-keypair.c */
+CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
+                            const CK_ATTRIBUTE *pubt, CK_ULONG npub,
+                            const CK_ATTRIBUTE *privt, CK_ULONG npriv,
+                            struct pobj *pub_out, struct pobj *priv_out);
+
+/* hsm-grace.c: health, usage flags, offline-grace. */
+int64_t hsm_now_ms(void);
+bool hsm_lower_transient(CK_RV rv);
+void hsm_lower_health(struct hsm_token *ht, const char *fn, CK_RV rv);
+
+/* What a public operation needs of the private key's usage flags. */
+enum usage { USE_WRAP, USE_ENCRYPT, USE_ANY };
+CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use);
+void hsm_usage_forget(struct hsm_token *ht, void *ref, CK_RV rv);
+CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap);
+bool hsm_caller_error(CK_RV rv);
 
 #endif

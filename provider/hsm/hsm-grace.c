@@ -1,0 +1,229 @@
+/*
+ * The hsm back end: the lower token's health (an outage is not evidence
+ * about a key), the usage flags a public operation is checked against, and
+ * the offline-grace that lets them serve through an outage. See
+ * docs/hsm.md, "Revocation" and "Outages".
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <time.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_HSM
+#include "audit.h"
+#include "debug.h"
+#include "hsm.h"
+
+#define HSM_OFFLINE_LOG_MS 60000 /* an outage is logged once a minute */
+
+int64_t hsm_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* What a lower token answers when it cannot be reached for a while (a
+ * network HSM's link, a device reset, a card pulled): an outage, not
+ * evidence about a key (docs/hsm.md, "Outages"). */
+bool hsm_lower_transient(CK_RV rv)
+{
+    return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED ||
+           rv == CKR_TOKEN_NOT_PRESENT;
+}
+
+/* Follows the lower token's health from every lower call's result: the
+ * first transient failure starts an outage, which is logged then and once
+ * a minute while calls keep failing; the first other answer ends it. Lock
+ * free (atomics): it runs inside the fork gate, on every call. */
+void hsm_lower_health(struct hsm_token *ht, const char *fn, CK_RV rv)
+{
+    int64_t since = __atomic_load_n(&ht->offline_since_ms, __ATOMIC_ACQUIRE);
+    int64_t now, logged;
+    const char *name = ht->name ? ht->name : "";
+
+    if (!hsm_lower_transient(rv)) {
+        if (since != 0 &&
+            __atomic_compare_exchange_n(&ht->offline_since_ms, &since, 0, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            cmk_warning("token %s: the lower token answers again after "
+                        "%lld s; offline-grace ends",
+                        name, (long long)(hsm_now_ms() - since) / 1000);
+        return;
+    }
+    now = hsm_now_ms();
+    if (now == 0)
+        now = 1;
+    if (since == 0) {
+        if (__atomic_compare_exchange_n(&ht->offline_since_ms, &since, now,
+                                        false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            __atomic_store_n(&ht->offline_logged_ms, now, __ATOMIC_RELAXED);
+            if (ht->grace_ms > 0)
+                cmk_warning("token %s: the lower token fails (%s from %s); "
+                            "versions whose usage flags were read within "
+                            "refresh-interval + offline-grace (%ld s) keep "
+                            "serving local encryption, operations in the "
+                            "lower token fail",
+                            name, cmk_rv_name(rv), fn, ht->grace_ms / 1000);
+            else
+                cmk_warning("token %s: the lower token fails (%s from %s); "
+                            "offline-grace = 0: its keys stop",
+                            name, cmk_rv_name(rv), fn);
+        }
+        return;
+    }
+    logged = __atomic_load_n(&ht->offline_logged_ms, __ATOMIC_RELAXED);
+    if (now - logged >= HSM_OFFLINE_LOG_MS &&
+        __atomic_compare_exchange_n(&ht->offline_logged_ms, &logged, now, false,
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        cmk_warning("token %s: the lower token still fails (%s), for %lld s",
+                    name, cmk_rv_name(rv), (long long)(now - since) / 1000);
+}
+
+/* The lower token failed an operation with this version: the next public
+ * operation reads its usage flags again, whatever their age. A failure
+ * other than an outage (the token refused the version) also ends the
+ * version's offline-grace: it is evidence, not unreachability. */
+void hsm_usage_forget(struct hsm_token *ht, void *ref, CK_RV rv)
+{
+    struct hsm_ver *v = ref;
+
+    if (v == NULL || v->kind != HSM_REF_VERSION)
+        return;
+    pthread_mutex_lock(&ht->lock);
+    v->usage_at = 0;
+    v->usage_gen++;
+    if (rv != CKR_DEVICE_ERROR && rv != CKR_DEVICE_REMOVED)
+        v->usage_ok_at = 0;
+    pthread_mutex_unlock(&ht->lock);
+}
+
+/*
+ * A version disabled (usage flags cleared) or deleted in the lower token
+ * stops local wraps and encryptions within refresh-interval, as on a
+ * keyvault token: the flags are read from the lower token (a file-store
+ * round in SoftHSM, which would cost more than the RSA operation itself)
+ * when the copy here is older than refresh-interval, at once after the
+ * lower token failed an operation with the version, and at every use with
+ * refresh-interval = 0. See docs/hsm.md, "Revocation".
+ *
+ * When that read fails transiently (lower_transient: an outage, not
+ * evidence about the version), the flags last read serve until
+ * refresh-interval + offline-grace after that read, and the operation is
+ * audited as served offline; then the version stops with the lower
+ * token's error, logged once. See docs/hsm.md, "Outages".
+ */
+CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use)
+{
+    struct hsm_token *ht = c->tok;
+    struct hsm_ver *v = key;
+    CK_OBJECT_HANDLE priv;
+    CK_BBOOL unw = CK_FALSE, dec = CK_FALSE;
+    CK_ATTRIBUTE a[] = {
+        {CKA_UNWRAP, &unw, sizeof(unw)},
+        {CKA_DECRYPT, &dec, sizeof(dec)},
+    };
+    int64_t now = hsm_now_ms(), read_at = 0;
+    unsigned gen;
+    bool fresh, offline = false, stop_log = false;
+    char label[160];
+    CK_RV rv;
+
+    audit_note_offline(false);
+    if (v == NULL || v->kind != HSM_REF_VERSION)
+        return CKR_OK; /* only versions have a private half */
+    pthread_mutex_lock(&ht->lock);
+    priv = v->priv;
+    gen = v->usage_gen;
+    fresh = ht->refresh_ms > 0 && v->usage_at != 0 && v->usage_priv == priv &&
+            now - v->usage_at < ht->refresh_ms;
+    if (fresh) {
+        unw = v->may_unwrap;
+        dec = v->may_decrypt;
+    }
+    pthread_mutex_unlock(&ht->lock);
+    if (priv == 0)
+        return CKR_OK; /* the private half is not visible (no login) */
+    if (!fresh) {
+        rv = LOWER(ht, C_GetAttributeValue, hsm_lower_session(c), priv, a, 2);
+        pthread_mutex_lock(&ht->lock);
+        if (rv != CKR_OK && !hsm_lower_transient(rv)) {
+            /* The token answered, refusing (the object gone): evidence,
+             * no grace for the version until it reads again. */
+            v->usage_at = v->usage_ok_at = 0;
+        } else if (rv != CKR_OK) {
+            v->usage_at = 0;
+            read_at = v->usage_ok_at;
+            if (hsm_lower_transient(rv) && ht->grace_ms > 0 && read_at != 0 &&
+                v->usage_priv == priv) {
+                if (now < read_at + ht->refresh_ms + ht->grace_ms) {
+                    offline = true;
+                    unw = v->may_unwrap;
+                    dec = v->may_decrypt;
+                } else if (!v->grace_over_logged) {
+                    v->grace_over_logged = stop_log = true;
+                    /* Labels are replaced under the lock by listings. */
+                    snprintf(label, sizeof(label), "%s",
+                             v->label ? v->label : "?");
+                }
+            }
+        } else if (v->usage_gen == gen) {
+            /* Not if a failure came in meanwhile: what was read may be
+             * older than it. The time is that of before the read. */
+            v->usage_at = v->usage_ok_at = now > 0 ? now : 1;
+            v->usage_priv = priv;
+            v->may_unwrap = unw;
+            v->may_decrypt = dec;
+            v->grace_over_logged = false;
+        }
+        pthread_mutex_unlock(&ht->lock);
+        if (stop_log)
+            cmk_error("token %s: key %s stopped: the lower token has "
+                      "failed (%s) past offline-grace (%ld s after "
+                      "refresh-interval; its usage flags were last read "
+                      "%lld s ago)",
+                      ht->name, label, cmk_rv_name(rv), ht->grace_ms / 1000,
+                      (long long)(now - read_at) / 1000);
+        if (rv == CKR_OBJECT_HANDLE_INVALID)
+            return CKR_KEY_HANDLE_INVALID;
+        if (rv != CKR_OK && !offline)
+            return hsm_mapped(c, rv);
+    }
+    if (!(use == USE_WRAP ? unw : use == USE_ENCRYPT ? dec : (unw || dec)))
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (offline)
+        audit_note_offline(true);
+    return CKR_OK;
+}
+
+CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
+{
+    return hsm_usage_check(c, key, wrap ? USE_WRAP : USE_ENCRYPT);
+}
+
+/* A failure that says nothing about the key: the input, the output
+ * buffer, the mechanism or the template was wrong. */
+bool hsm_caller_error(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+    case CKR_DATA_INVALID:
+    case CKR_DATA_LEN_RANGE:
+    case CKR_WRAPPED_KEY_INVALID:
+    case CKR_WRAPPED_KEY_LEN_RANGE:
+    case CKR_BUFFER_TOO_SMALL:
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_TEMPLATE_INCOMPLETE:
+    case CKR_TEMPLATE_INCONSISTENT:
+        return true;
+    default:
+        return false;
+    }
+}

@@ -1,0 +1,376 @@
+/*
+ * The hsm back end: listing the lower token's RSA key pairs as versioned
+ * keys, and the lower handles behind the front end's references.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_HSM
+#include "debug.h"
+#include "hsm.h"
+#include "rsa.h"
+
+void *hsm_get_attr(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                   CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)
+{
+    CK_ATTRIBUTE a = {type, NULL, 0};
+    void *v;
+
+    if (LOWER(ht, C_GetAttributeValue, s, o, &a, 1) != CKR_OK ||
+        a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        return NULL;
+    v = malloc(a.ulValueLen + 1);
+    if (v == NULL)
+        return NULL;
+    a.pValue = v;
+    if (LOWER(ht, C_GetAttributeValue, s, o, &a, 1) != CKR_OK) {
+        free(v);
+        return NULL;
+    }
+    ((char *)v)[a.ulValueLen] = '\0';
+    *len = a.ulValueLen;
+    return v;
+}
+
+static bool get_bool(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                     CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type)
+{
+    CK_BBOOL v = CK_FALSE;
+    CK_ATTRIBUTE a = {type, &v, sizeof(v)};
+
+    return LOWER(ht, C_GetAttributeValue, s, o, &a, 1) == CKR_OK && v;
+}
+
+void hsm_hex(const CK_BYTE *b, CK_ULONG n, char *out, size_t outlen)
+{
+    CK_ULONG i;
+
+    out[0] = '\0';
+    for (i = 0; i < n && 2 * i + 2 < outlen; i++)
+        snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* NAME@HEXID names a version of NAME when HEXID is its own CKA_ID. */
+static char *key_name(const char *label, const CK_BYTE *id, CK_ULONG id_len)
+{
+    const char *at = strrchr(label, '@');
+    char h[130];
+
+    hsm_hex(id, id_len, h, sizeof(h));
+    if (at != NULL && at != label && id_len > 0 && strcasecmp(at + 1, h) == 0)
+        return strndup(label, (size_t)(at - label));
+    return strdup(label);
+}
+
+static struct hsm_ver *version_find_unlocked(struct hsm_token *ht,
+                                             const CK_BYTE *id, CK_ULONG id_len)
+{
+    struct hsm_ver *v;
+
+    for (v = ht->versions; v != NULL; v = v->next)
+        if (v->id_len == id_len && memcmp(v->id, id, id_len) == 0)
+            return v;
+    return NULL;
+}
+
+/* One lower key object: record it in its version. */
+static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                       CK_OBJECT_HANDLE o, bool is_private)
+{
+    CK_ULONG id_len = 0, label_len = 0;
+    CK_BYTE *id = hsm_get_attr(ht, s, o, CKA_ID, &id_len);
+    char *label = hsm_get_attr(ht, s, o, CKA_LABEL, &label_len);
+    struct hsm_ver *v;
+    char *name, *old_name = NULL, *old_label = NULL;
+
+    if (id == NULL || label == NULL || id_len == 0 || id_len > 64)
+        goto out;
+    name = key_name(label, id, id_len);
+    if (name == NULL || !config_list_allows(ht->keys, name)) {
+        free(name);
+        goto out;
+    }
+    pthread_mutex_lock(&ht->lock);
+    v = version_find_unlocked(ht, id, id_len);
+    if (v == NULL) {
+        v = calloc(1, sizeof(*v));
+        if (v != NULL) {
+            v->kind = HSM_REF_VERSION;
+            memcpy(v->id, id, id_len);
+            v->id_len = id_len;
+            v->next = ht->versions;
+            ht->versions = v;
+        }
+    }
+    if (v != NULL) {
+        if (!v->seen || is_private) {
+            /* Swapped under the lock, freed outside it: other listings
+             * copy them under the same lock (version_copy). */
+            old_name = v->name;
+            old_label = v->label;
+            v->name = name;
+            v->label = label;
+            name = label = NULL;
+        }
+        v->seen = true;
+        if (is_private)
+            v->next_priv = o;
+        else
+            v->next_pub = o;
+    }
+    pthread_mutex_unlock(&ht->lock);
+    free(old_name);
+    free(old_label);
+    free(name);
+out:
+    free(id);
+    free(label);
+}
+
+static CK_RV scan_class(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                        CK_OBJECT_CLASS cls)
+{
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_BBOOL t = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &t, sizeof(t)},
+    };
+    CK_OBJECT_HANDLE found[64];
+    CK_ULONG n, i;
+    CK_RV rv;
+
+    rv = LOWER(ht, C_FindObjectsInit, s, tmpl, 3);
+    if (rv != CKR_OK)
+        return rv;
+    do {
+        n = 0;
+        rv = LOWER(ht, C_FindObjects, s, found, CMK_ARRAY_SIZE(found), &n);
+        for (i = 0; rv == CKR_OK && i < n; i++)
+            see_object(ht, s, found[i], cls == CKO_PRIVATE_KEY);
+    } while (rv == CKR_OK && n > 0);
+    LOWER(ht, C_FindObjectsFinal, s);
+    return rv;
+}
+
+/* What a listing reads of a version, copied under the token's lock: another
+ * listing may replace the label and name (see_object) and the handles
+ * meanwhile. */
+struct ver_copy {
+    struct hsm_ver *ref;
+    char *name, *label;
+    CK_BYTE id[64];
+    CK_ULONG id_len;
+    CK_OBJECT_HANDLE priv, pub;
+};
+
+static int version_copy_unlocked(const struct hsm_ver *v, struct ver_copy *c)
+{
+    memset(c, 0, sizeof(*c));
+    if (v->name == NULL || v->label == NULL)
+        return -1;
+    c->name = strdup(v->name);
+    c->label = strdup(v->label);
+    if (c->name == NULL || c->label == NULL) {
+        free(c->name);
+        free(c->label);
+        return -1;
+    }
+    c->ref = (struct hsm_ver *)v;
+    memcpy(c->id, v->id, v->id_len);
+    c->id_len = v->id_len;
+    c->priv = v->priv;
+    c->pub = v->pub;
+    return 0;
+}
+
+static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                           const struct ver_copy *v, struct pobj *priv,
+                           struct pobj *pub)
+{
+    CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
+    CK_ULONG nlen = 0, elen = 0, dlen = 0;
+    CK_BYTE *n = hsm_get_attr(ht, s, src, CKA_MODULUS, &nlen);
+    CK_BYTE *e = hsm_get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &elen);
+    CK_DATE *start = hsm_get_attr(ht, s, src, CKA_START_DATE, &dlen);
+    struct rsa_key_desc d;
+    char uid[160], version[130], source[600], ops[128];
+    CK_BYTE *nn;
+    bool dec, unw, sig, wrp, enc;
+    int r = -1;
+
+    free(start); /* validity dates are not enforced on hsm keys */
+    if (n == NULL || e == NULL || nlen == 0)
+        goto out;
+    nn = n;
+    while (nlen > 1 && *nn == 0) {
+        nn++;
+        nlen--;
+    }
+    dec = v->priv && get_bool(ht, s, v->priv, CKA_DECRYPT);
+    unw = v->priv && get_bool(ht, s, v->priv, CKA_UNWRAP);
+    sig = v->priv && get_bool(ht, s, v->priv, CKA_SIGN);
+    /* The lower public key's own flags, where it has one: what check
+     * tells the user to set is what is used. */
+    wrp = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_WRAP));
+    enc = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_ENCRYPT));
+    hsm_hex(v->id, v->id_len, version, sizeof(version));
+    snprintf(uid, sizeof(uid), "hsm/%s", version);
+    snprintf(source, sizeof(source), "%s;token=%s", ht->module_path,
+             ht->token_label ? ht->token_label : ht->token_uri);
+    snprintf(ops, sizeof(ops), "%s%s%s%s%s%s", dec ? "decrypt," : "",
+             unw ? "unwrapKey," : "", sig ? "sign," : "", enc ? "encrypt," : "",
+             wrp ? "wrapKey," : "", "verify");
+    memset(&d, 0, sizeof(d));
+    d.uid_prefix = uid;
+    d.label = v->label;
+    d.id = v->id;
+    d.id_len = v->id_len;
+    d.modulus = nn;
+    d.modulus_len = nlen;
+    d.exponent = e;
+    d.exponent_len = elen;
+    d.decrypt = dec;
+    d.unwrap = unw;
+    d.sign = sig && (dec || unw); /* a disabled version signs nothing */
+    d.encrypt = enc;
+    d.wrap = wrp;
+    d.verify = true;
+    d.private_obj = !ht->self_login;
+    d.enabled = dec || unw;
+    d.current = strcmp(v->label, v->name) == 0;
+    d.local = v->priv && get_bool(ht, s, v->priv, CKA_LOCAL);
+    d.backend = "hsm";
+    d.source = source;
+    d.key_name = v->name;
+    d.version = version;
+    d.recovery_level = "";
+    d.key_ops = ops;
+    d.key_type = "RSA";
+    r = rsa_key_objects(&d, priv, pub);
+    if (r == 0) {
+        priv->ref = v->ref;
+        pub->ref = v->ref;
+    }
+out:
+    free(n);
+    free(e);
+    return r;
+}
+
+CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+               struct pobj **objs, CK_ULONG *count, bool *complete)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    struct hsm_ver *v;
+    struct ver_copy *list = NULL;
+    struct pobj *out = NULL;
+    size_t n = 0, i, k = 0;
+    CK_RV rv;
+
+    (void)hint;
+    (void)nhint;
+    /* One listing at a time; operations keep the handles of the last
+     * complete listing until this one is done. */
+    pthread_mutex_lock(&ht->list_lock);
+    rv = scan_class(ht, s, CKO_PUBLIC_KEY);
+    if (rv == CKR_OK)
+        rv = scan_class(ht, s, CKO_PRIVATE_KEY);
+    pthread_mutex_lock(&ht->lock);
+    for (v = ht->versions; v != NULL; v = v->next) {
+        if (rv == CKR_OK) {
+            v->present = v->seen;
+            v->priv = v->next_priv;
+            v->pub = v->next_pub;
+        }
+        v->seen = false;
+        v->next_priv = v->next_pub = 0;
+    }
+    pthread_mutex_unlock(&ht->lock);
+    pthread_mutex_unlock(&ht->list_lock);
+    if (rv != CKR_OK) {
+        int64_t since =
+            __atomic_load_n(&ht->offline_since_ms, __ATOMIC_ACQUIRE);
+        if (hsm_lower_transient(rv) && ht->grace_ms > 0 &&
+            __atomic_load_n(&ht->listed, __ATOMIC_RELAXED) && since != 0 &&
+            hsm_now_ms() < since + ht->refresh_ms + ht->grace_ms) {
+            /* An outage, for refresh-interval + offline-grace from its
+             * start: the objects of the last listing stay (each version's
+             * use is checked by usage_check, with its own grace). */
+            c->device_error = rv;
+            *objs = NULL;
+            *count = 0;
+            *complete = false;
+            return CKR_OK;
+        }
+        return hsm_mapped(c, rv);
+    }
+    __atomic_store_n(&ht->listed, true, __ATOMIC_RELAXED);
+
+    /* Built from copies: another listing may change the versions while
+     * this one reads the lower token for their attributes. */
+    pthread_mutex_lock(&ht->lock);
+    for (n = 0, v = ht->versions; v != NULL; v = v->next)
+        n++;
+    list = calloc(n + 1, sizeof(*list));
+    if (list == NULL)
+        rv = CKR_HOST_MEMORY;
+    n = 0;
+    for (v = ht->versions; v != NULL && rv == CKR_OK; v = v->next)
+        if (v->present) {
+            if (version_copy_unlocked(v, &list[n]) != 0)
+                rv = CKR_HOST_MEMORY;
+            else
+                n++;
+        }
+    pthread_mutex_unlock(&ht->lock);
+    out = rv == CKR_OK ? calloc(2 * n + 1, sizeof(*out)) : NULL;
+    for (i = 0; out != NULL && i < n; i++)
+        if (version_objects(ht, s, &list[i], &out[k], &out[k + 1]) == 0)
+            k += 2;
+    for (i = 0; i < n; i++) {
+        free(list[i].name);
+        free(list[i].label);
+    }
+    free(list);
+    if (out == NULL)
+        return CKR_HOST_MEMORY;
+    *objs = out;
+    *count = k;
+    *complete = true;
+    return CKR_OK;
+}
+
+void hsm_ref_free(void *tok, void *ref)
+{
+    int *kind = ref;
+
+    /* Versions live as long as the token; secret key references are the
+     * front end's to free. */
+    if (kind != NULL && *kind == HSM_REF_SECRET)
+        free(ref);
+}
+
+/* The lower handle behind a reference; 0 if it is not there now. */
+CK_OBJECT_HANDLE hsm_ref_handle(struct hsm_token *ht, void *ref,
+                                bool private_half)
+{
+    int *kind = ref;
+    CK_OBJECT_HANDLE h = 0;
+
+    if (kind == NULL)
+        return 0;
+    if (*kind == HSM_REF_SECRET)
+        return ((struct hsm_secret *)ref)->h;
+    pthread_mutex_lock(&ht->lock);
+    h = private_half ? ((struct hsm_ver *)ref)->priv
+                     : ((struct hsm_ver *)ref)->pub;
+    pthread_mutex_unlock(&ht->lock);
+    return h;
+}

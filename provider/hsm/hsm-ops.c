@@ -1,0 +1,518 @@
+/*
+ * The hsm back end: operations forwarded to the lower token (decrypt,
+ * sign, unwrap, wrap, secret keys, random), with OAEP done here over raw
+ * RSA where the lower token refuses the parameters (hsm-oaep.c).
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_HSM
+#include "audit.h"
+#include "debug.h"
+#include "hsm.h"
+#include "rsa.h"
+#include "secure.h"
+#include "softkey.h"
+
+/*
+ * Parameters refused at C_*Init rather than at the operation: PSS whose
+ * MGF1 hash is not the signature hash. SoftHSM (AsymSignInit and
+ * AsymVerifyInit, SoftHSM 2.6.1) accepts only MGF1 of the same hash, and
+ * would refuse it only at C_Sign here, where the lower C_SignInit runs.
+ * Lengths, unknown hashes and salts too long for the key are checked by
+ * the front end for every back end.
+ */
+CK_RV hsm_check_mechanism(void *tok, enum pop op, const CK_MECHANISM *m)
+{
+    static const struct {
+        CK_MECHANISM_TYPE hash;
+        CK_RSA_PKCS_MGF_TYPE mgf;
+    } same[] = {
+        {CKM_SHA_1, CKG_MGF1_SHA1},    {CKM_SHA224, CKG_MGF1_SHA224},
+        {CKM_SHA256, CKG_MGF1_SHA256}, {CKM_SHA384, CKG_MGF1_SHA384},
+        {CKM_SHA512, CKG_MGF1_SHA512},
+    };
+    const CK_RSA_PKCS_PSS_PARAMS *p = m->pParameter;
+    size_t i;
+
+    (void)tok;
+    if (m->mechanism != CKM_RSA_PKCS_PSS ||
+        (op != POP_SIGN && op != POP_VERIFY))
+        return CKR_OK;
+    if (p == NULL || m->ulParameterLen != sizeof(*p))
+        return CKR_MECHANISM_PARAM_INVALID;
+    for (i = 0; i < CMK_ARRAY_SIZE(same); i++)
+        if (same[i].hash == p->hashAlg)
+            return same[i].mgf == p->mgf ? CKR_OK : CKR_MECHANISM_PARAM_INVALID;
+    return CKR_MECHANISM_PARAM_INVALID;
+}
+
+static CK_RV crypt_lower(struct pcall *c, enum pop op, void *key,
+                         const CK_MECHANISM *m, const CK_BYTE *in,
+                         CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    CK_OBJECT_HANDLE h = hsm_ref_handle(ht, key, op != POP_ENCRYPT);
+    CK_RV rv;
+
+    if (h == 0)
+        return CKR_KEY_HANDLE_INVALID;
+    switch (op) {
+    case POP_DECRYPT:
+    case POP_UNWRAP:
+        if (hsm_oaep_is_local(ht, m))
+            return hsm_oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
+        rv = LOWER(ht, C_DecryptInit, s, (CK_MECHANISM *)m, h);
+        if ((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
+             rv == CKR_MECHANISM_INVALID) &&
+            m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw) {
+            hsm_oaep_mark_local(ht, m);
+            return hsm_oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
+        }
+        if (rv == CKR_OK) {
+            rv = LOWER(ht, C_Decrypt, s, (CK_BYTE *)in, inlen, out, outlen);
+            if (rv != CKR_OK && hsm_is_data_error(rv)) {
+                c->device_error = rv;
+                return CKR_ENCRYPTED_DATA_INVALID;
+            }
+        }
+        return hsm_mapped(c, rv);
+    case POP_SIGN:
+        rv = LOWER(ht, C_SignInit, s, (CK_MECHANISM *)m, h);
+        if (rv == CKR_OK)
+            rv = LOWER(ht, C_Sign, s, (CK_BYTE *)in, inlen, out, outlen);
+        return hsm_mapped(c, rv);
+    case POP_ENCRYPT:
+        rv = LOWER(ht, C_EncryptInit, s, (CK_MECHANISM *)m, h);
+        if (rv == CKR_OK)
+            rv = LOWER(ht, C_Encrypt, s, (CK_BYTE *)in, inlen, out, outlen);
+        return hsm_mapped(c, rv);
+    case POP_VERIFY: /* done in the module */
+        break;
+    }
+    return CKR_GENERAL_ERROR;
+}
+
+/* The attributes of a lower secret key, for the front end's object. */
+static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                         CK_OBJECT_HANDLE h, struct pobj *out)
+{
+    static const CK_ATTRIBUTE_TYPE copy[] = {
+        CKA_CLASS,
+        CKA_KEY_TYPE,
+        CKA_TOKEN,
+        CKA_PRIVATE,
+        CKA_LABEL,
+        CKA_ID,
+        CKA_VALUE_LEN,
+        CKA_SENSITIVE,
+        CKA_EXTRACTABLE,
+        CKA_ENCRYPT,
+        CKA_DECRYPT,
+        CKA_WRAP,
+        CKA_UNWRAP,
+        CKA_SIGN,
+        CKA_VERIFY,
+        CKA_DERIVE,
+        CKA_LOCAL,
+        CKA_ALWAYS_SENSITIVE,
+        CKA_NEVER_EXTRACTABLE,
+        CKA_MODIFIABLE,
+        CKA_START_DATE,
+        CKA_END_DATE,
+        CKA_KEY_GEN_MECHANISM,
+        CKA_WRAP_WITH_TRUSTED,
+        CKA_TRUSTED,
+    };
+    CK_ATTRIBUTE t[CMK_ARRAY_SIZE(copy)];
+    CK_BYTE buf[1024], *p = buf;
+    struct hsm_secret *ref;
+    size_t i;
+    CK_RV rv;
+
+    /* One call for the lengths, one for the values: this is on the
+     * unwrap path. Attributes the lower token lacks are left out. */
+    memset(out, 0, sizeof(*out));
+    for (i = 0; i < CMK_ARRAY_SIZE(copy); i++) {
+        t[i].type = copy[i];
+        t[i].pValue = NULL;
+        t[i].ulValueLen = 0;
+    }
+    rv = LOWER(ht, C_GetAttributeValue, s, h, t, CMK_ARRAY_SIZE(t));
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+        rv != CKR_ATTRIBUTE_SENSITIVE)
+        return hsm_map_rv(rv);
+    for (i = 0; i < CMK_ARRAY_SIZE(t); i++) {
+        if (t[i].ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+            t[i].ulValueLen > (CK_ULONG)(buf + sizeof(buf) - p)) {
+            t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            continue;
+        }
+        t[i].pValue = p;
+        p += t[i].ulValueLen;
+    }
+    {
+        /* Ask again for those that have a value. */
+        CK_ATTRIBUTE q[CMK_ARRAY_SIZE(copy)];
+        CK_ULONG nq = 0;
+        for (i = 0; i < CMK_ARRAY_SIZE(t); i++)
+            if (t[i].ulValueLen != CK_UNAVAILABLE_INFORMATION)
+                q[nq++] = t[i];
+        rv = LOWER(ht, C_GetAttributeValue, s, h, q, nq);
+        if (rv != CKR_OK)
+            return hsm_map_rv(rv);
+        for (i = 0; i < nq; i++)
+            if (attrs_set(&out->attrs, q[i].type, q[i].pValue,
+                          q[i].ulValueLen) != 0) {
+                attrs_clear(&out->attrs);
+                return CKR_HOST_MEMORY;
+            }
+    }
+    attrs_set_bool(&out->attrs, CKA_COPYABLE, CK_FALSE);
+    attrs_set_bool(&out->attrs, CKA_DESTROYABLE, CK_TRUE);
+    ref = calloc(1, sizeof(*ref));
+    if (ref == NULL) {
+        attrs_clear(&out->attrs);
+        return CKR_HOST_MEMORY;
+    }
+    ref->kind = HSM_REF_SECRET;
+    ref->h = h;
+    out->ref = ref;
+    return CKR_OK;
+}
+
+/* A copy of the template with CKA_TOKEN false: the keys this back end
+ * makes are session objects of the caller's lower session. */
+static CK_RV session_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                              CK_ATTRIBUTE **out, CK_ULONG *nout)
+{
+    static CK_BBOOL no = CK_FALSE;
+    CK_BBOOL token = CK_FALSE;
+    CK_ATTRIBUTE *t;
+    CK_ULONG i, k = 0;
+
+    if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) < 0)
+        return CKR_ATTRIBUTE_VALUE_INVALID;
+    if (token)
+        return CKR_TEMPLATE_INCONSISTENT;
+    t = calloc(n + 1, sizeof(*t));
+    if (t == NULL)
+        return CKR_HOST_MEMORY;
+    for (i = 0; i < n; i++)
+        if (tmpl[i].type != CKA_TOKEN)
+            t[k++] = tmpl[i];
+    t[k].type = CKA_TOKEN;
+    t[k].pValue = &no;
+    t[k].ulValueLen = sizeof(no);
+    *out = t;
+    *nout = k + 1;
+    return CKR_OK;
+}
+
+static CK_RV unwrap_lower(struct pcall *c, void *key, const CK_MECHANISM *m,
+                          const CK_BYTE *wrapped, CK_ULONG len,
+                          const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                          struct pobj *out)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    CK_OBJECT_HANDLE priv = hsm_ref_handle(ht, key, true), h = 0;
+    CK_ATTRIBUTE *t = NULL, *t2 = NULL;
+    CK_ULONG nt = 0, keylen;
+    CK_BYTE *value = NULL;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_RV rv;
+
+    if (priv == 0)
+        return CKR_UNWRAPPING_KEY_HANDLE_INVALID;
+    rv = session_template(tmpl, n, &t, &nt);
+    if (rv != CKR_OK)
+        return rv;
+    if (!hsm_oaep_is_local(ht, m)) {
+        rv = LOWER(ht, C_UnwrapKey, s, (CK_MECHANISM *)m, priv,
+                   (CK_BYTE *)wrapped, len, t, nt, &h);
+        if (rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
+            rv == CKR_MECHANISM_INVALID) {
+            if (m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw)
+                hsm_oaep_mark_local(ht, m);
+        }
+        if (!hsm_oaep_is_local(ht, m)) {
+            /* SoftHSM reports a blob it cannot decrypt as a general
+             * error; the blob is the only input the caller controls. */
+            if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_GENERAL_ERROR)
+                rv = CKR_WRAPPED_KEY_INVALID;
+            if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+                rv = CKR_WRAPPED_KEY_LEN_RANGE;
+            rv = hsm_mapped(c, rv);
+            goto done;
+        }
+    }
+    /* Decrypt here, then the key enters the token as a session object. */
+    keylen = len;
+    value = secure_alloc(len + 1);
+    if (value == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto done;
+    }
+    rv = hsm_oaep_decrypt_raw(c, priv, m, wrapped, len, value, &keylen);
+    if (rv == CKR_ENCRYPTED_DATA_INVALID)
+        rv = CKR_WRAPPED_KEY_INVALID;
+    if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+        rv = CKR_WRAPPED_KEY_LEN_RANGE;
+    if (rv != CKR_OK)
+        goto done;
+    t2 = calloc(nt + 2, sizeof(*t2));
+    if (t2 == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto done;
+    }
+    memcpy(t2, t, nt * sizeof(*t));
+    if (tmpl_find(t, nt, CKA_CLASS) == NULL) {
+        t2[nt].type = CKA_CLASS;
+        t2[nt].pValue = &cls;
+        t2[nt].ulValueLen = sizeof(cls);
+        nt++;
+    }
+    {
+        CK_ULONG i, k = 0;
+        /* CKA_VALUE_LEN may not accompany CKA_VALUE in C_CreateObject. */
+        CK_ULONG want;
+        if (tmpl_find_ulong(t2, nt, CKA_VALUE_LEN, &want) == 1 &&
+            want != keylen) {
+            rv = CKR_WRAPPED_KEY_INVALID;
+            goto done;
+        }
+        for (i = 0; i < nt; i++)
+            if (t2[i].type != CKA_VALUE_LEN)
+                t2[k++] = t2[i];
+        nt = k;
+    }
+    t2[nt].type = CKA_VALUE;
+    t2[nt].pValue = value;
+    t2[nt].ulValueLen = keylen;
+    nt++;
+    rv = hsm_mapped(c, LOWER(ht, C_CreateObject, s, t2, nt, &h));
+done:
+    if (rv == CKR_OK) {
+        rv = secret_pobj(ht, s, h, out);
+        if (rv != CKR_OK)
+            LOWER(ht, C_DestroyObject, s, h);
+    }
+    secure_free(value, len + 1);
+    free(t);
+    free(t2);
+    return rv;
+}
+
+/* The value of a lower secret key, by wrapping it under a temporary AES
+ * key: the lower token still enforces CKA_EXTRACTABLE. */
+static CK_RV extract_value(struct pcall *c, CK_OBJECT_HANDLE h, CK_BYTE *out,
+                           CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_MECHANISM kwp = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ULONG klen = 32;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_VALUE_LEN, &klen, sizeof(klen)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_SENSITIVE, &no, sizeof(no)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_WRAP, &yes, sizeof(yes)},
+    };
+    CK_BYTE kek[32], blob[600];
+    CK_ATTRIBUTE kv = {CKA_VALUE, kek, sizeof(kek)};
+    CK_ULONG blen = sizeof(blob);
+    CK_OBJECT_HANDLE tmp = 0;
+    CK_RV rv;
+
+    rv = LOWER(ht, C_GenerateKey, s, &gen, t, CMK_ARRAY_SIZE(t), &tmp);
+    if (rv == CKR_OK)
+        rv = LOWER(ht, C_WrapKey, s, &kwp, tmp, h, blob, &blen);
+    if (rv == CKR_OK)
+        rv = LOWER(ht, C_GetAttributeValue, s, tmp, &kv, 1);
+    if (tmp != 0)
+        LOWER(ht, C_DestroyObject, s, tmp);
+    if (rv == CKR_OK)
+        rv = softkey_crypt(&kwp, false, kek, sizeof(kek), blob, blen, out,
+                           outlen);
+    secure_zero(kek, sizeof(kek));
+    secure_zero(blob, sizeof(blob));
+    return rv == CKR_OK ? CKR_OK : hsm_mapped(c, rv);
+}
+
+CK_RV hsm_wrap(struct pcall *c, void *wrapping_key, const CK_MECHANISM *m,
+               void *key, CK_BYTE *out, CK_ULONG *outlen)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    CK_OBJECT_HANDLE wh = hsm_ref_handle(ht, wrapping_key, false);
+    CK_OBJECT_HANDLE kh = hsm_ref_handle(ht, key, false);
+    CK_BYTE value[600];
+    CK_ULONG vlen = sizeof(value), nlen = 0, elen = 0;
+    CK_BYTE *n = NULL, *e = NULL;
+    EVP_PKEY *pk = NULL;
+    CK_RV rv;
+
+    if (wh == 0)
+        return CKR_WRAPPING_KEY_HANDLE_INVALID;
+    if (kh == 0)
+        return CKR_KEY_HANDLE_INVALID;
+    /* The lower token would wrap with a disabled or deleted version's
+     * public key. Disabled, not CKA_UNWRAP alone: a version that may only
+     * decrypt still wraps keys the lower token holds (docs/hsm.md). */
+    rv = hsm_usage_check(c, wrapping_key, USE_ANY);
+    if (rv != CKR_OK)
+        return rv;
+    if (!hsm_oaep_is_local(ht, m)) {
+        rv = LOWER(ht, C_WrapKey, s, (CK_MECHANISM *)m, wh, kh, out, outlen);
+        if (!((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID) &&
+              m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw))
+            return hsm_mapped(c, rv);
+        hsm_oaep_mark_local(ht, m);
+    }
+    /* OAEP the lower token cannot do: encrypt here with the public key. */
+    n = hsm_get_attr(ht, s, wh, CKA_MODULUS, &nlen);
+    e = hsm_get_attr(ht, s, wh, CKA_PUBLIC_EXPONENT, &elen);
+    if (n == NULL || e == NULL) {
+        rv = CKR_WRAPPING_KEY_HANDLE_INVALID;
+        goto out;
+    }
+    if (out == NULL) {
+        *outlen = nlen;
+        rv = CKR_OK;
+        goto out;
+    }
+    rv = extract_value(c, kh, value, &vlen);
+    if (rv != CKR_OK)
+        goto out;
+    pk = rsa_pkey_from_parts(n, nlen, e, elen);
+    if (pk == NULL) {
+        rv = CKR_GENERAL_ERROR;
+        goto out;
+    }
+    {
+        CK_BYTE tmp[1024];
+        CK_ULONG tlen = sizeof(tmp);
+        rv = rsa_encrypt(pk, m, value, vlen, tmp, &tlen);
+        if (rv == CKR_OK && *outlen < tlen) {
+            *outlen = tlen;
+            rv = CKR_BUFFER_TOO_SMALL;
+        } else if (rv == CKR_OK) {
+            memcpy(out, tmp, tlen);
+            *outlen = tlen;
+        }
+    }
+out:
+    secure_zero(value, sizeof(value));
+    EVP_PKEY_free(pk);
+    free(n);
+    free(e);
+    return rv;
+}
+
+/* A secret key made in the caller's lower session: generated (m set) or
+ * created from the template's value (m NULL). */
+static CK_RV new_secret(struct pcall *c, const CK_MECHANISM *m,
+                        const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    CK_ATTRIBUTE *t = NULL;
+    CK_ULONG nt = 0;
+    CK_OBJECT_HANDLE h = 0;
+    CK_RV rv;
+
+    rv = session_template(tmpl, n, &t, &nt);
+    if (rv != CKR_OK)
+        return rv;
+    rv = m != NULL ? LOWER(ht, C_GenerateKey, s, (CK_MECHANISM *)m, t, nt, &h)
+                   : LOWER(ht, C_CreateObject, s, t, nt, &h);
+    rv = hsm_mapped(c, rv);
+    free(t);
+    if (rv == CKR_OK) {
+        rv = secret_pobj(ht, s, h, out);
+        if (rv != CKR_OK)
+            LOWER(ht, C_DestroyObject, s, h);
+    }
+    return rv;
+}
+
+CK_RV hsm_generate_key(struct pcall *c, const CK_MECHANISM *m,
+                       const CK_ATTRIBUTE *tmpl, CK_ULONG n, struct pobj *out)
+{
+    return new_secret(c, m, tmpl, n, out);
+}
+
+CK_RV hsm_create_object(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                        struct pobj *out)
+{
+    return new_secret(c, NULL, tmpl, n, out);
+}
+
+CK_RV hsm_destroy_object(struct pcall *c, void *ref)
+{
+    struct hsm_token *ht = c->tok;
+    int *kind = ref;
+
+    if (kind == NULL || *kind != HSM_REF_SECRET)
+        return CKR_ACTION_PROHIBITED;
+    return hsm_mapped(c, LOWER(ht, C_DestroyObject, hsm_lower_session(c),
+                               ((struct hsm_secret *)ref)->h));
+}
+
+CK_RV hsm_get_value(struct pcall *c, void *ref, CK_BYTE *out, CK_ULONG *len)
+{
+    struct hsm_token *ht = c->tok;
+    CK_OBJECT_HANDLE h = hsm_ref_handle(ht, ref, false);
+    CK_ATTRIBUTE a = {CKA_VALUE, out, *len};
+    CK_RV rv;
+
+    if (h == 0)
+        return CKR_OBJECT_HANDLE_INVALID;
+    rv = LOWER(ht, C_GetAttributeValue, hsm_lower_session(c), h, &a, 1);
+    if (rv == CKR_OK)
+        *len = a.ulValueLen;
+    return hsm_mapped(c, rv);
+}
+
+CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key, const CK_MECHANISM *m,
+                const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                CK_ULONG *outlen)
+{
+    CK_RV rv;
+
+    audit_note_offline(false);
+    rv = crypt_lower(c, op, key, m, in, inlen, out, outlen);
+    if (!hsm_caller_error(rv))
+        hsm_usage_forget(c->tok, key, rv);
+    return rv;
+}
+
+CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
+                 const CK_BYTE *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl,
+                 CK_ULONG n, struct pobj *out)
+{
+    CK_RV rv;
+
+    audit_note_offline(false);
+    rv = unwrap_lower(c, key, m, wrapped, len, tmpl, n, out);
+    if (!hsm_caller_error(rv))
+        hsm_usage_forget(c->tok, key, rv);
+    return rv;
+}
+
+CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
+{
+    struct hsm_token *ht = c->tok;
+
+    return hsm_mapped(
+        c, LOWER(ht, C_GenerateRandom, hsm_lower_session(c), out, len));
+}
