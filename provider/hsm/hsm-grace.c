@@ -82,6 +82,18 @@ void hsm_lower_health(struct hsm_token *ht, const char *fn, CK_RV rv)
                     name, cmk_rv_name(rv), (long long)(now - since) / 1000);
 }
 
+/* A listing failed with rv: an outage, for refresh-interval + offline-grace
+ * from its start, keeps the objects of the last listing (if there was
+ * one). */
+bool hsm_outage_keeps_listing(struct hsm_token *ht, CK_RV rv)
+{
+    int64_t since = __atomic_load_n(&ht->offline_since_ms, __ATOMIC_ACQUIRE);
+
+    return hsm_lower_transient(rv) && ht->grace_ms > 0 &&
+           __atomic_load_n(&ht->listed, __ATOMIC_RELAXED) && since != 0 &&
+           hsm_now_ms() < since + ht->refresh_ms + ht->grace_ms;
+}
+
 /* The lower token failed an operation with this version: the next public
  * operation reads its usage flags again, whatever their age. A failure
  * other than an outage (the token refused the version) also ends the

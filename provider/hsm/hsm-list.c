@@ -194,17 +194,15 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
                            struct pobj *pub)
 {
     CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
-    CK_ULONG nlen = 0, elen = 0, dlen = 0;
+    CK_ULONG nlen = 0, elen = 0;
     CK_BYTE *n = hsm_get_attr(ht, s, src, CKA_MODULUS, &nlen);
     CK_BYTE *e = hsm_get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &elen);
-    CK_DATE *start = hsm_get_attr(ht, s, src, CKA_START_DATE, &dlen);
     struct rsa_key_desc d;
     char uid[160], version[130], source[600], ops[128];
     CK_BYTE *nn;
     bool dec, unw, sig, wrp, enc;
     int r = -1;
 
-    free(start); /* validity dates are not enforced on hsm keys */
     if (n == NULL || e == NULL || nlen == 0)
         goto out;
     nn = n;
@@ -263,21 +261,14 @@ out:
     return r;
 }
 
-CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
-               struct pobj **objs, CK_ULONG *count, bool *complete)
+/* Reads the lower token's key pairs into the versions; on success they
+ * take the handles found. One scan at a time; operations keep the handles
+ * of the last complete scan until this one is done. */
+static CK_RV scan(struct hsm_token *ht, CK_SESSION_HANDLE s)
 {
-    struct hsm_token *ht = c->tok;
-    CK_SESSION_HANDLE s = hsm_lower_session(c);
     struct hsm_ver *v;
-    struct ver_copy *list = NULL;
-    struct pobj *out = NULL;
-    size_t n = 0, i, k = 0;
     CK_RV rv;
 
-    (void)hint;
-    (void)nhint;
-    /* One listing at a time; operations keep the handles of the last
-     * complete listing until this one is done. */
     pthread_mutex_lock(&ht->list_lock);
     rv = scan_class(ht, s, CKO_PUBLIC_KEY);
     if (rv == CKR_OK)
@@ -294,15 +285,54 @@ CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     }
     pthread_mutex_unlock(&ht->lock);
     pthread_mutex_unlock(&ht->list_lock);
+    return rv;
+}
+
+/* The present versions, copied under the lock: another listing may change
+ * them while this one reads the lower token for their attributes. */
+static CK_RV copy_present(struct hsm_token *ht, struct ver_copy **list,
+                          size_t *count)
+{
+    struct hsm_ver *v;
+    size_t n = 0;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&ht->lock);
+    for (v = ht->versions; v != NULL; v = v->next)
+        n++;
+    *list = calloc(n + 1, sizeof(**list));
+    if (*list == NULL)
+        rv = CKR_HOST_MEMORY;
+    n = 0;
+    for (v = ht->versions; v != NULL && rv == CKR_OK; v = v->next)
+        if (v->present) {
+            if (version_copy_unlocked(v, &(*list)[n]) != 0)
+                rv = CKR_HOST_MEMORY;
+            else
+                n++;
+        }
+    pthread_mutex_unlock(&ht->lock);
+    *count = n;
+    return rv;
+}
+
+CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+               struct pobj **objs, CK_ULONG *count, bool *complete)
+{
+    struct hsm_token *ht = c->tok;
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    struct ver_copy *list = NULL;
+    struct pobj *out = NULL;
+    size_t n = 0, i, k = 0;
+    CK_RV rv;
+
+    (void)hint;
+    (void)nhint;
+    rv = scan(ht, s);
     if (rv != CKR_OK) {
-        int64_t since =
-            __atomic_load_n(&ht->offline_since_ms, __ATOMIC_ACQUIRE);
-        if (hsm_lower_transient(rv) && ht->grace_ms > 0 &&
-            __atomic_load_n(&ht->listed, __ATOMIC_RELAXED) && since != 0 &&
-            hsm_now_ms() < since + ht->refresh_ms + ht->grace_ms) {
-            /* An outage, for refresh-interval + offline-grace from its
-             * start: the objects of the last listing stay (each version's
-             * use is checked by usage_check, with its own grace). */
+        if (hsm_outage_keeps_listing(ht, rv)) {
+            /* The objects of the last listing stay (each version's use
+             * is checked by hsm_usage_check, with its own grace). */
             c->device_error = rv;
             *objs = NULL;
             *count = 0;
@@ -313,23 +343,7 @@ CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     }
     __atomic_store_n(&ht->listed, true, __ATOMIC_RELAXED);
 
-    /* Built from copies: another listing may change the versions while
-     * this one reads the lower token for their attributes. */
-    pthread_mutex_lock(&ht->lock);
-    for (n = 0, v = ht->versions; v != NULL; v = v->next)
-        n++;
-    list = calloc(n + 1, sizeof(*list));
-    if (list == NULL)
-        rv = CKR_HOST_MEMORY;
-    n = 0;
-    for (v = ht->versions; v != NULL && rv == CKR_OK; v = v->next)
-        if (v->present) {
-            if (version_copy_unlocked(v, &list[n]) != 0)
-                rv = CKR_HOST_MEMORY;
-            else
-                n++;
-        }
-    pthread_mutex_unlock(&ht->lock);
+    rv = copy_present(ht, &list, &n);
     out = rv == CKR_OK ? calloc(2 * n + 1, sizeof(*out)) : NULL;
     for (i = 0; out != NULL && i < n; i++)
         if (version_objects(ht, s, &list[i], &out[k], &out[k + 1]) == 0)

@@ -120,34 +120,17 @@ CK_RV hsm_lower_done(struct hsm_token *ht, const char *fn, CK_RV rv)
 
 /* ---- Loading lower modules ---- */
 
-CK_RV hsm_lib_open(const char *path, struct hsm_lib **out, char *err,
-                   size_t errlen)
+/* dlopen and C_GetFunctionList, refusing cmkp11 itself. */
+static CK_RV lib_load(struct hsm_lib *l, const char *path, char *err,
+                      size_t errlen)
 {
-    CK_C_INITIALIZE_ARGS args;
     CK_C_GetFunctionList gfl;
-    struct hsm_lib *l;
     CK_RV rv = CKR_OK;
 
-    pthread_mutex_lock(&libs_lock);
-    for (l = libs; l != NULL; l = l->next)
-        if (strcmp(l->path, path) == 0)
-            break;
-    if (l != NULL) {
-        l->users++;
-        *out = l;
-        goto out;
-    }
-    l = calloc(1, sizeof(*l));
-    if (l == NULL || (l->path = strdup(path)) == NULL) {
-        free(l);
-        rv = CKR_HOST_MEMORY;
-        goto out;
-    }
     l->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (l->dl == NULL) {
         snprintf(err, errlen, "module: cannot load %s: %s", path, dlerror());
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
+        return CKR_GENERAL_ERROR;
     }
     gfl = (CK_C_GetFunctionList)dlsym(l->dl, "C_GetFunctionList");
     if (gfl != NULL) {
@@ -157,17 +140,25 @@ CK_RV hsm_lib_open(const char *path, struct hsm_lib **out, char *err,
     }
     if (gfl == NULL || rv != CKR_OK || l->fl == NULL) {
         snprintf(err, errlen, "module: %s is not a PKCS#11 module", path);
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
+        return CKR_GENERAL_ERROR;
     }
     if (module_is_self(l->fl)) {
         snprintf(err, errlen,
                  "module: %s is cmkp11 itself; give the PKCS#11 library of "
                  "the HSM",
                  path);
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
+        return CKR_GENERAL_ERROR;
     }
+    return CKR_OK;
+}
+
+/* The lower module's C_Initialize, unless the application already did. */
+static CK_RV lib_init(struct hsm_lib *l, const char *path, char *err,
+                      size_t errlen)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_RV rv;
+
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
     (void)module_reentered();
@@ -186,30 +177,55 @@ CK_RV hsm_lib_open(const char *path, struct hsm_lib **out, char *err,
                  "module: %s loads cmkp11 itself (p11-kit's proxy, with "
                  "cmkp11 registered?); give the PKCS#11 library of the HSM",
                  path);
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
+        return CKR_GENERAL_ERROR;
     }
-    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-        /* The application uses the same library directly. */
-        rv = CKR_OK;
-    } else if (rv == CKR_OK) {
+    if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        return CKR_OK; /* the application uses the same library directly */
+    if (rv == CKR_OK) {
         l->we_initialized = true;
-    } else {
-        snprintf(err, errlen, "module: %s: C_Initialize failed: %s", path,
-                 cmk_rv_name(rv));
-        rv = CKR_DEVICE_ERROR;
-        goto fail;
+        return CKR_OK;
+    }
+    snprintf(err, errlen, "module: %s: C_Initialize failed: %s", path,
+             cmk_rv_name(rv));
+    return CKR_DEVICE_ERROR;
+}
+
+/* The lower module at path, loaded once for every token that names it. */
+CK_RV hsm_lib_open(const char *path, struct hsm_lib **out, char *err,
+                   size_t errlen)
+{
+    struct hsm_lib *l;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&libs_lock);
+    for (l = libs; l != NULL; l = l->next)
+        if (strcmp(l->path, path) == 0)
+            break;
+    if (l != NULL) {
+        l->users++;
+        *out = l;
+        goto out;
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL || (l->path = strdup(path)) == NULL) {
+        free(l);
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    rv = lib_load(l, path, err, errlen);
+    if (rv == CKR_OK)
+        rv = lib_init(l, path, err, errlen);
+    if (rv != CKR_OK) {
+        if (l->dl != NULL)
+            dlclose(l->dl);
+        free(l->path);
+        free(l);
+        goto out;
     }
     l->users = 1;
     l->next = libs;
     libs = l;
     *out = l;
-    goto out;
-fail:
-    if (l->dl != NULL)
-        dlclose(l->dl);
-    free(l->path);
-    free(l);
 out:
     pthread_mutex_unlock(&libs_lock);
     return rv;

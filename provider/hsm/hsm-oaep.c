@@ -53,7 +53,7 @@ bool hsm_oaep_is_local(struct hsm_token *ht, const CK_MECHANISM *m)
     return local;
 }
 
-void hsm_oaep_mark_local(struct hsm_token *ht, const CK_MECHANISM *m)
+static void oaep_mark_local(struct hsm_token *ht, const CK_MECHANISM *m)
 {
     int slot = oaep_slot(m->pParameter);
 
@@ -63,6 +63,18 @@ void hsm_oaep_mark_local(struct hsm_token *ht, const CK_MECHANISM *m)
     ht->oaep_local[slot] = true;
     pthread_mutex_unlock(&ht->lock);
     cmk_debug("OAEP parameter set %d is done in the module over raw RSA", slot);
+}
+
+/* Whether the lower token refused (rv) an OAEP parameter set that raw RSA
+ * can do here; it then goes through raw RSA from now on. */
+bool hsm_oaep_refused(struct hsm_token *ht, const CK_MECHANISM *m, CK_RV rv)
+{
+    if ((rv != CKR_ARGUMENTS_BAD && rv != CKR_MECHANISM_PARAM_INVALID &&
+         rv != CKR_MECHANISM_INVALID) ||
+        m->mechanism != CKM_RSA_PKCS_OAEP || !ht->has_raw)
+        return false;
+    oaep_mark_local(ht, m);
+    return true;
 }
 
 /* Raw RSA through the lower key, then OAEP decoding in constant time. */

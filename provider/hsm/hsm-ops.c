@@ -68,12 +68,8 @@ static CK_RV crypt_lower(struct pcall *c, enum pop op, void *key,
         if (hsm_oaep_is_local(ht, m))
             return hsm_oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
         rv = LOWER(ht, C_DecryptInit, s, (CK_MECHANISM *)m, h);
-        if ((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
-             rv == CKR_MECHANISM_INVALID) &&
-            m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw) {
-            hsm_oaep_mark_local(ht, m);
+        if (hsm_oaep_refused(ht, m, rv))
             return hsm_oaep_decrypt_raw(c, h, m, in, inlen, out, outlen);
-        }
         if (rv == CKR_OK) {
             rv = LOWER(ht, C_Decrypt, s, (CK_BYTE *)in, inlen, out, outlen);
             if (rv != CKR_OK && hsm_is_data_error(rv)) {
@@ -98,9 +94,11 @@ static CK_RV crypt_lower(struct pcall *c, enum pop op, void *key,
     return CKR_GENERAL_ERROR;
 }
 
-/* The attributes of a lower secret key, for the front end's object. */
-static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
-                         CK_OBJECT_HANDLE h, struct pobj *out)
+/* The attributes of a lower secret key into out. One call for the
+ * lengths, one for the values: this is on the unwrap path. Attributes the
+ * lower token lacks are left out. */
+static CK_RV secret_attrs(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                          CK_OBJECT_HANDLE h, struct pobj *out)
 {
     static const CK_ATTRIBUTE_TYPE copy[] = {
         CKA_CLASS,
@@ -131,13 +129,9 @@ static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
     };
     CK_ATTRIBUTE t[CMK_ARRAY_SIZE(copy)];
     CK_BYTE buf[1024], *p = buf;
-    struct hsm_secret *ref;
     size_t i;
     CK_RV rv;
 
-    /* One call for the lengths, one for the values: this is on the
-     * unwrap path. Attributes the lower token lacks are left out. */
-    memset(out, 0, sizeof(*out));
     for (i = 0; i < CMK_ARRAY_SIZE(copy); i++) {
         t[i].type = copy[i];
         t[i].pValue = NULL;
@@ -173,6 +167,20 @@ static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
                 return CKR_HOST_MEMORY;
             }
     }
+    return CKR_OK;
+}
+
+/* A lower secret key as the front end's object. */
+static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                         CK_OBJECT_HANDLE h, struct pobj *out)
+{
+    struct hsm_secret *ref;
+    CK_RV rv;
+
+    memset(out, 0, sizeof(*out));
+    rv = secret_attrs(ht, s, h, out);
+    if (rv != CKR_OK)
+        return rv;
     attrs_set_bool(&out->attrs, CKA_COPYABLE, CK_FALSE);
     attrs_set_bool(&out->attrs, CKA_DESTROYABLE, CK_TRUE);
     ref = calloc(1, sizeof(*ref));
@@ -214,6 +222,75 @@ static CK_RV session_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     return CKR_OK;
 }
 
+/* A decrypt code as unwrap's: the ciphertext is the wrapped key. */
+static CK_RV as_unwrap_rv(CK_RV rv)
+{
+    if (rv == CKR_ENCRYPTED_DATA_INVALID)
+        return CKR_WRAPPED_KEY_INVALID;
+    if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+        return CKR_WRAPPED_KEY_LEN_RANGE;
+    return rv;
+}
+
+/* An unwrapped value enters the lower token as a session object made from
+ * the session template t. */
+static CK_RV create_unwrapped(struct pcall *c, const CK_ATTRIBUTE *t,
+                              CK_ULONG nt, CK_BYTE *value, CK_ULONG keylen,
+                              CK_OBJECT_HANDLE *h)
+{
+    struct hsm_token *ht = c->tok;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE *t2;
+    CK_ULONG want, i, k = 0;
+    CK_RV rv;
+
+    t2 = calloc(nt + 2, sizeof(*t2));
+    if (t2 == NULL)
+        return CKR_HOST_MEMORY;
+    /* CKA_VALUE_LEN may not accompany CKA_VALUE in C_CreateObject. */
+    if (tmpl_find_ulong(t, nt, CKA_VALUE_LEN, &want) == 1 && want != keylen) {
+        free(t2);
+        return CKR_WRAPPED_KEY_INVALID;
+    }
+    for (i = 0; i < nt; i++)
+        if (t[i].type != CKA_VALUE_LEN)
+            t2[k++] = t[i];
+    if (tmpl_find(t, nt, CKA_CLASS) == NULL) {
+        t2[k].type = CKA_CLASS;
+        t2[k].pValue = &cls;
+        t2[k].ulValueLen = sizeof(cls);
+        k++;
+    }
+    t2[k].type = CKA_VALUE;
+    t2[k].pValue = value;
+    t2[k].ulValueLen = keylen;
+    k++;
+    rv = hsm_mapped(c,
+                    LOWER(ht, C_CreateObject, hsm_lower_session(c), t2, k, h));
+    free(t2);
+    return rv;
+}
+
+/* Unwrap with OAEP over raw RSA here, then into the lower token. */
+static CK_RV unwrap_local(struct pcall *c, CK_OBJECT_HANDLE priv,
+                          const CK_MECHANISM *m, const CK_BYTE *wrapped,
+                          CK_ULONG len, const CK_ATTRIBUTE *t, CK_ULONG nt,
+                          CK_OBJECT_HANDLE *h)
+{
+    CK_ULONG keylen = len;
+    CK_BYTE *value = secure_alloc(len + 1);
+    CK_RV rv;
+
+    if (value == NULL)
+        return CKR_HOST_MEMORY;
+    rv = as_unwrap_rv(
+        hsm_oaep_decrypt_raw(c, priv, m, wrapped, len, value, &keylen));
+    if (rv == CKR_OK)
+        rv = create_unwrapped(c, t, nt, value, keylen, h);
+    secure_free(value, len + 1);
+    return rv;
+}
+
 static CK_RV unwrap_lower(struct pcall *c, void *key, const CK_MECHANISM *m,
                           const CK_BYTE *wrapped, CK_ULONG len,
                           const CK_ATTRIBUTE *tmpl, CK_ULONG n,
@@ -222,10 +299,8 @@ static CK_RV unwrap_lower(struct pcall *c, void *key, const CK_MECHANISM *m,
     struct hsm_token *ht = c->tok;
     CK_SESSION_HANDLE s = hsm_lower_session(c);
     CK_OBJECT_HANDLE priv = hsm_ref_handle(ht, key, true), h = 0;
-    CK_ATTRIBUTE *t = NULL, *t2 = NULL;
-    CK_ULONG nt = 0, keylen;
-    CK_BYTE *value = NULL;
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_ATTRIBUTE *t = NULL;
+    CK_ULONG nt = 0;
     CK_RV rv;
 
     if (priv == 0)
@@ -236,76 +311,24 @@ static CK_RV unwrap_lower(struct pcall *c, void *key, const CK_MECHANISM *m,
     if (!hsm_oaep_is_local(ht, m)) {
         rv = LOWER(ht, C_UnwrapKey, s, (CK_MECHANISM *)m, priv,
                    (CK_BYTE *)wrapped, len, t, nt, &h);
-        if (rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID ||
-            rv == CKR_MECHANISM_INVALID) {
-            if (m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw)
-                hsm_oaep_mark_local(ht, m);
-        }
+        (void)hsm_oaep_refused(ht, m, rv);
         if (!hsm_oaep_is_local(ht, m)) {
             /* SoftHSM reports a blob it cannot decrypt as a general
              * error; the blob is the only input the caller controls. */
-            if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_GENERAL_ERROR)
+            if (rv == CKR_GENERAL_ERROR)
                 rv = CKR_WRAPPED_KEY_INVALID;
-            if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
-                rv = CKR_WRAPPED_KEY_LEN_RANGE;
-            rv = hsm_mapped(c, rv);
+            rv = hsm_mapped(c, as_unwrap_rv(rv));
             goto done;
         }
     }
-    /* Decrypt here, then the key enters the token as a session object. */
-    keylen = len;
-    value = secure_alloc(len + 1);
-    if (value == NULL) {
-        rv = CKR_HOST_MEMORY;
-        goto done;
-    }
-    rv = hsm_oaep_decrypt_raw(c, priv, m, wrapped, len, value, &keylen);
-    if (rv == CKR_ENCRYPTED_DATA_INVALID)
-        rv = CKR_WRAPPED_KEY_INVALID;
-    if (rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
-        rv = CKR_WRAPPED_KEY_LEN_RANGE;
-    if (rv != CKR_OK)
-        goto done;
-    t2 = calloc(nt + 2, sizeof(*t2));
-    if (t2 == NULL) {
-        rv = CKR_HOST_MEMORY;
-        goto done;
-    }
-    memcpy(t2, t, nt * sizeof(*t));
-    if (tmpl_find(t, nt, CKA_CLASS) == NULL) {
-        t2[nt].type = CKA_CLASS;
-        t2[nt].pValue = &cls;
-        t2[nt].ulValueLen = sizeof(cls);
-        nt++;
-    }
-    {
-        CK_ULONG i, k = 0;
-        /* CKA_VALUE_LEN may not accompany CKA_VALUE in C_CreateObject. */
-        CK_ULONG want;
-        if (tmpl_find_ulong(t2, nt, CKA_VALUE_LEN, &want) == 1 &&
-            want != keylen) {
-            rv = CKR_WRAPPED_KEY_INVALID;
-            goto done;
-        }
-        for (i = 0; i < nt; i++)
-            if (t2[i].type != CKA_VALUE_LEN)
-                t2[k++] = t2[i];
-        nt = k;
-    }
-    t2[nt].type = CKA_VALUE;
-    t2[nt].pValue = value;
-    t2[nt].ulValueLen = keylen;
-    nt++;
-    rv = hsm_mapped(c, LOWER(ht, C_CreateObject, s, t2, nt, &h));
+    rv = unwrap_local(c, priv, m, wrapped, len, t, nt, &h);
 done:
     if (rv == CKR_OK) {
         rv = secret_pobj(ht, s, h, out);
         if (rv != CKR_OK)
             LOWER(ht, C_DestroyObject, s, h);
     }
-    secure_free(value, len + 1);
     free(t);
-    free(t2);
     return rv;
 }
 
@@ -373,10 +396,10 @@ CK_RV hsm_wrap(struct pcall *c, void *wrapping_key, const CK_MECHANISM *m,
         return rv;
     if (!hsm_oaep_is_local(ht, m)) {
         rv = LOWER(ht, C_WrapKey, s, (CK_MECHANISM *)m, wh, kh, out, outlen);
-        if (!((rv == CKR_ARGUMENTS_BAD || rv == CKR_MECHANISM_PARAM_INVALID) &&
-              m->mechanism == CKM_RSA_PKCS_OAEP && ht->has_raw))
+        /* A mechanism the lower token lacks for wrapping stays
+         * CKR_MECHANISM_INVALID. */
+        if (rv == CKR_MECHANISM_INVALID || !hsm_oaep_refused(ht, m, rv))
             return hsm_mapped(c, rv);
-        hsm_oaep_mark_local(ht, m);
     }
     /* OAEP the lower token cannot do: encrypt here with the public key. */
     n = hsm_get_attr(ht, s, wh, CKA_MODULUS, &nlen);

@@ -187,89 +187,73 @@ static CK_RV load_mechanisms(struct hsm_token *ht)
     return CKR_OK;
 }
 
-static CK_RV hsm_open(const struct config_token *cfg, void **tok,
-                      unsigned *flags, char *err, size_t errlen)
+/* The [token] section's settings. */
+static CK_RV open_config(struct hsm_token *ht, const struct config_token *cfg,
+                         char *err, size_t errlen)
 {
-    struct hsm_token *ht = calloc(1, sizeof(*ht));
-    const char *module, *label, *uri, *pin_file, *keys;
-    char *pin = NULL;
-    size_t pin_len = 0;
-    CK_RV rv;
+    const char *module, *label, *uri, *keys;
+    long grace = cfg->global ? cfg->global->offline_grace : 900;
 
-    if (ht == NULL)
-        return CKR_HOST_MEMORY;
-    pthread_mutex_init(&ht->lock, NULL);
-    pthread_mutex_init(&ht->list_lock, NULL);
-    ht->anchor = CK_INVALID_HANDLE;
     ht->refresh_ms = (cfg->global ? cfg->global->refresh_interval : 60) * 1000L;
     ht->name = strdup(cfg->name);
-    if (ht->name == NULL) {
-        rv = CKR_HOST_MEMORY;
-        goto fail;
-    }
-    {
-        long grace = cfg->global ? cfg->global->offline_grace : 900;
-        if (config_token_get_long(cfg, "offline-grace", 0, 86400L * 7, &grace,
-                                  err, errlen) < 0) {
-            rv = CKR_GENERAL_ERROR;
-            goto fail;
-        }
-        ht->grace_ms = grace * 1000L;
-    }
+    if (ht->name == NULL)
+        return CKR_HOST_MEMORY;
+    if (config_token_get_long(cfg, "offline-grace", 0, 86400L * 7, &grace, err,
+                              errlen) < 0)
+        return CKR_GENERAL_ERROR;
+    ht->grace_ms = grace * 1000L;
     module = config_token_get(cfg, "module");
     label = config_token_get(cfg, "token-label");
     uri = config_token_get(cfg, "token-uri");
-    pin_file = config_token_get(cfg, "pin-file");
     keys = config_token_get(cfg, "keys");
     if (module == NULL) {
         snprintf(err, errlen,
                  "%s:%d: [token %s]: module is missing (the PKCS#11 library "
                  "of the HSM, e.g. /usr/lib/softhsm/libsofthsm2.so)",
                  cfg->path, cfg->line, cfg->name);
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
+        return CKR_GENERAL_ERROR;
     }
     if ((label == NULL) == (uri == NULL)) {
         snprintf(err, errlen,
                  "%s:%d: [token %s]: give one of token-label or token-uri",
                  cfg->path, cfg->line, cfg->name);
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
+        return CKR_GENERAL_ERROR;
     }
     ht->module_path = strdup(module);
     ht->token_label = label ? strdup(label) : NULL;
     ht->token_uri = uri ? strdup(uri) : NULL;
-    if (keys != NULL && (ht->keys = config_split_list(keys)) == NULL) {
-        rv = CKR_HOST_MEMORY;
-        goto fail;
-    }
-    if (pin_file != NULL && secure_read_secret_file(pin_file, 1, &pin, &pin_len,
-                                                    err, errlen) != 0) {
-        char msg[512];
-        snprintf(msg, sizeof(msg), "%s:%d: pin-file: %s", cfg->path,
-                 config_token_line(cfg, "pin-file"), err);
-        snprintf(err, errlen, "%s", msg);
-        rv = CKR_GENERAL_ERROR;
-        goto fail;
-    }
-    rv = hsm_lib_open(module, &ht->lib, err, errlen);
+    if (ht->module_path == NULL)
+        return CKR_HOST_MEMORY;
+    if (keys != NULL && (ht->keys = config_split_list(keys)) == NULL)
+        return CKR_HOST_MEMORY;
+    return CKR_OK;
+}
+
+/* The lower module, its token, the anchor session (logged in when the
+ * section gives a pin-file) and the mechanisms. */
+static CK_RV open_lower(struct hsm_token *ht, const struct config_token *cfg,
+                        const char *pin, size_t pin_len, char *err,
+                        size_t errlen)
+{
+    CK_RV rv;
+
+    rv = hsm_lib_open(ht->module_path, &ht->lib, err, errlen);
     if (rv != CKR_OK) {
         char msg[512];
         snprintf(msg, sizeof(msg), "%s:%d: %s", cfg->path,
                  config_token_line(cfg, "module"), err);
         snprintf(err, errlen, "%s", msg);
-        goto fail;
+        return rv;
     }
     rv = find_slot(ht, cfg, err, errlen);
     if (rv != CKR_OK)
-        goto fail;
+        return rv;
     rv = LOWER(ht, C_OpenSession, ht->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION,
                NULL, NULL, &ht->anchor);
     if (rv != CKR_OK) {
         snprintf(err, errlen, "%s: cannot open a session on the token: %s",
-                 module, cmk_rv_name(rv));
-        rv = CKR_DEVICE_ERROR;
-        goto fail;
+                 ht->module_path, cmk_rv_name(rv));
+        return CKR_DEVICE_ERROR;
     }
     if (pin != NULL) {
         rv = LOWER(ht, C_Login, ht->anchor, CKU_USER, (CK_UTF8CHAR *)pin,
@@ -280,12 +264,41 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
                      "(%s)",
                      cfg->path, config_token_line(cfg, "pin-file"),
                      cmk_rv_name(rv));
-            rv = CKR_GENERAL_ERROR;
-            goto fail;
+            return CKR_GENERAL_ERROR;
         }
         ht->self_login = true;
     }
-    rv = load_mechanisms(ht);
+    return load_mechanisms(ht);
+}
+
+static CK_RV hsm_open(const struct config_token *cfg, void **tok,
+                      unsigned *flags, char *err, size_t errlen)
+{
+    struct hsm_token *ht = calloc(1, sizeof(*ht));
+    const char *pin_file;
+    char *pin = NULL;
+    size_t pin_len = 0;
+    CK_RV rv;
+
+    if (ht == NULL)
+        return CKR_HOST_MEMORY;
+    pthread_mutex_init(&ht->lock, NULL);
+    pthread_mutex_init(&ht->list_lock, NULL);
+    ht->anchor = CK_INVALID_HANDLE;
+    rv = open_config(ht, cfg, err, errlen);
+    if (rv != CKR_OK)
+        goto fail;
+    pin_file = config_token_get(cfg, "pin-file");
+    if (pin_file != NULL && secure_read_secret_file(pin_file, 1, &pin, &pin_len,
+                                                    err, errlen) != 0) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s:%d: pin-file: %s", cfg->path,
+                 config_token_line(cfg, "pin-file"), err);
+        snprintf(err, errlen, "%s", msg);
+        rv = CKR_GENERAL_ERROR;
+        goto fail;
+    }
+    rv = open_lower(ht, cfg, pin, pin_len, err, errlen);
     if (rv != CKR_OK)
         goto fail;
     secure_free(pin, pin_len + 1);

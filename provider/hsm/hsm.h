@@ -152,7 +152,7 @@ CK_OBJECT_HANDLE hsm_ref_handle(struct hsm_token *ht, void *ref,
 
 /* hsm-oaep.c */
 bool hsm_oaep_is_local(struct hsm_token *ht, const CK_MECHANISM *m);
-void hsm_oaep_mark_local(struct hsm_token *ht, const CK_MECHANISM *m);
+bool hsm_oaep_refused(struct hsm_token *ht, const CK_MECHANISM *m, CK_RV rv);
 CK_RV hsm_oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
                            const CK_MECHANISM *m, const CK_BYTE *in,
                            CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);
@@ -185,6 +185,7 @@ CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
 int64_t hsm_now_ms(void);
 bool hsm_lower_transient(CK_RV rv);
 void hsm_lower_health(struct hsm_token *ht, const char *fn, CK_RV rv);
+bool hsm_outage_keeps_listing(struct hsm_token *ht, CK_RV rv);
 
 /* What a public operation needs of the private key's usage flags. */
 enum usage { USE_WRAP, USE_ENCRYPT, USE_ANY };
