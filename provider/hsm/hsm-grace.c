@@ -127,20 +127,77 @@ void hsm_usage_forget(struct hsm_token *ht, void *ref, CK_RV rv)
  * audited as served offline; then the version stops with the lower
  * token's error, logged once. See docs/hsm.md, "Outages".
  */
+/* Reads the usage flags of version v (private half priv) from the lower
+ * token into *unw and *dec; through an outage, within the version's grace,
+ * the flags last read serve and *offline is set. CKR_OK: the flags are
+ * there to check. */
+static CK_RV usage_read(struct pcall *c, struct hsm_ver *v,
+                        CK_OBJECT_HANDLE priv, unsigned gen, int64_t now,
+                        CK_BBOOL *unw, CK_BBOOL *dec, bool *offline)
+{
+    struct hsm_token *ht = c->tok;
+    CK_ATTRIBUTE a[] = {
+        {CKA_UNWRAP, unw, sizeof(*unw)},
+        {CKA_DECRYPT, dec, sizeof(*dec)},
+    };
+    int64_t read_at = 0;
+    bool stop_log = false;
+    char label[160];
+    CK_RV rv;
+
+    rv = LOWER(ht, C_GetAttributeValue, hsm_lower_session(c), priv, a, 2);
+    pthread_mutex_lock(&ht->lock);
+    if (rv != CKR_OK && !hsm_lower_transient(rv)) {
+        /* The token answered, refusing (the object gone): evidence,
+         * no grace for the version until it reads again. */
+        v->usage_at = v->usage_ok_at = 0;
+    } else if (rv != CKR_OK) {
+        v->usage_at = 0;
+        read_at = v->usage_ok_at;
+        if (ht->grace_ms > 0 && read_at != 0 && v->usage_priv == priv) {
+            if (now < read_at + ht->refresh_ms + ht->grace_ms) {
+                *offline = true;
+                *unw = v->may_unwrap;
+                *dec = v->may_decrypt;
+            } else if (!v->grace_over_logged) {
+                v->grace_over_logged = stop_log = true;
+                /* Labels are replaced under the lock by listings. */
+                snprintf(label, sizeof(label), "%s", v->label ? v->label : "?");
+            }
+        }
+    } else if (v->usage_gen == gen) {
+        /* Not if a failure came in meanwhile: what was read may be
+         * older than it. The time is that of before the read. */
+        v->usage_at = v->usage_ok_at = now > 0 ? now : 1;
+        v->usage_priv = priv;
+        v->may_unwrap = *unw;
+        v->may_decrypt = *dec;
+        v->grace_over_logged = false;
+    }
+    pthread_mutex_unlock(&ht->lock);
+    if (stop_log)
+        cmk_error("token %s: key %s stopped: the lower token has "
+                  "failed (%s) past offline-grace (%ld s after "
+                  "refresh-interval; its usage flags were last read "
+                  "%lld s ago)",
+                  ht->name, label, cmk_rv_name(rv), ht->grace_ms / 1000,
+                  (long long)(now - read_at) / 1000);
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
+        return CKR_KEY_HANDLE_INVALID;
+    if (rv != CKR_OK && !*offline)
+        return hsm_mapped(c, rv);
+    return CKR_OK;
+}
+
 CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use)
 {
     struct hsm_token *ht = c->tok;
     struct hsm_ver *v = key;
     CK_OBJECT_HANDLE priv;
     CK_BBOOL unw = CK_FALSE, dec = CK_FALSE;
-    CK_ATTRIBUTE a[] = {
-        {CKA_UNWRAP, &unw, sizeof(unw)},
-        {CKA_DECRYPT, &dec, sizeof(dec)},
-    };
-    int64_t now = hsm_now_ms(), read_at = 0;
+    int64_t now = hsm_now_ms();
     unsigned gen;
-    bool fresh, offline = false, stop_log = false;
-    char label[160];
+    bool fresh, offline = false;
     CK_RV rv;
 
     audit_note_offline(false);
@@ -159,49 +216,9 @@ CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use)
     if (priv == 0)
         return CKR_OK; /* the private half is not visible (no login) */
     if (!fresh) {
-        rv = LOWER(ht, C_GetAttributeValue, hsm_lower_session(c), priv, a, 2);
-        pthread_mutex_lock(&ht->lock);
-        if (rv != CKR_OK && !hsm_lower_transient(rv)) {
-            /* The token answered, refusing (the object gone): evidence,
-             * no grace for the version until it reads again. */
-            v->usage_at = v->usage_ok_at = 0;
-        } else if (rv != CKR_OK) {
-            v->usage_at = 0;
-            read_at = v->usage_ok_at;
-            if (hsm_lower_transient(rv) && ht->grace_ms > 0 && read_at != 0 &&
-                v->usage_priv == priv) {
-                if (now < read_at + ht->refresh_ms + ht->grace_ms) {
-                    offline = true;
-                    unw = v->may_unwrap;
-                    dec = v->may_decrypt;
-                } else if (!v->grace_over_logged) {
-                    v->grace_over_logged = stop_log = true;
-                    /* Labels are replaced under the lock by listings. */
-                    snprintf(label, sizeof(label), "%s",
-                             v->label ? v->label : "?");
-                }
-            }
-        } else if (v->usage_gen == gen) {
-            /* Not if a failure came in meanwhile: what was read may be
-             * older than it. The time is that of before the read. */
-            v->usage_at = v->usage_ok_at = now > 0 ? now : 1;
-            v->usage_priv = priv;
-            v->may_unwrap = unw;
-            v->may_decrypt = dec;
-            v->grace_over_logged = false;
-        }
-        pthread_mutex_unlock(&ht->lock);
-        if (stop_log)
-            cmk_error("token %s: key %s stopped: the lower token has "
-                      "failed (%s) past offline-grace (%ld s after "
-                      "refresh-interval; its usage flags were last read "
-                      "%lld s ago)",
-                      ht->name, label, cmk_rv_name(rv), ht->grace_ms / 1000,
-                      (long long)(now - read_at) / 1000);
-        if (rv == CKR_OBJECT_HANDLE_INVALID)
-            return CKR_KEY_HANDLE_INVALID;
-        if (rv != CKR_OK && !offline)
-            return hsm_mapped(c, rv);
+        rv = usage_read(c, v, priv, gen, now, &unw, &dec, &offline);
+        if (rv != CKR_OK)
+            return rv;
     }
     if (!(use == USE_WRAP ? unw : use == USE_ENCRYPT ? dec : (unw || dec)))
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
