@@ -94,22 +94,49 @@ bool hsm_outage_keeps_listing(struct hsm_token *ht, CK_RV rv)
            hsm_now_ms() < since + ht->refresh_ms + ht->grace_ms;
 }
 
-/* The lower token failed an operation with this version: the next public
- * operation reads its usage flags again, whatever their age. A failure
- * other than an outage (the token refused the version) also ends the
- * version's offline-grace: it is evidence, not unreachability. */
-void hsm_usage_forget(struct hsm_token *ht, void *ref, CK_RV rv)
+/* A failure that says nothing about the key: the input, the output
+ * buffer, the mechanism or the template was wrong. */
+static bool caller_error(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_OK:
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+    case CKR_DATA_INVALID:
+    case CKR_DATA_LEN_RANGE:
+    case CKR_WRAPPED_KEY_INVALID:
+    case CKR_WRAPPED_KEY_LEN_RANGE:
+    case CKR_BUFFER_TOO_SMALL:
+    case CKR_MECHANISM_INVALID:
+    case CKR_MECHANISM_PARAM_INVALID:
+    case CKR_ATTRIBUTE_TYPE_INVALID:
+    case CKR_ATTRIBUTE_VALUE_INVALID:
+    case CKR_TEMPLATE_INCOMPLETE:
+    case CKR_TEMPLATE_INCONSISTENT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The lower token answered an operation with this version (rv). A failure
+ * that is not the caller's (caller_error) makes the next public operation
+ * read the usage flags again, whatever their age; one other than an outage
+ * (the token refused the version) also ends the version's offline-grace:
+ * it is evidence, not unreachability. Returns rv. */
+CK_RV hsm_usage_after(struct hsm_token *ht, void *ref, CK_RV rv)
 {
     struct hsm_ver *v = ref;
 
-    if (v == NULL || v->kind != HSM_REF_VERSION)
-        return;
+    if (caller_error(rv) || v == NULL || v->kind != HSM_REF_VERSION)
+        return rv;
     pthread_mutex_lock(&ht->lock);
     v->usage_at = 0;
     v->usage_gen++;
     if (rv != CKR_DEVICE_ERROR && rv != CKR_DEVICE_REMOVED)
         v->usage_ok_at = 0;
     pthread_mutex_unlock(&ht->lock);
+    return rv;
 }
 
 /*
@@ -230,29 +257,4 @@ CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use)
 CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
 {
     return hsm_usage_check(c, key, wrap ? USE_WRAP : USE_ENCRYPT);
-}
-
-/* A failure that says nothing about the key: the input, the output
- * buffer, the mechanism or the template was wrong. */
-bool hsm_caller_error(CK_RV rv)
-{
-    switch (rv) {
-    case CKR_OK:
-    case CKR_ENCRYPTED_DATA_INVALID:
-    case CKR_ENCRYPTED_DATA_LEN_RANGE:
-    case CKR_DATA_INVALID:
-    case CKR_DATA_LEN_RANGE:
-    case CKR_WRAPPED_KEY_INVALID:
-    case CKR_WRAPPED_KEY_LEN_RANGE:
-    case CKR_BUFFER_TOO_SMALL:
-    case CKR_MECHANISM_INVALID:
-    case CKR_MECHANISM_PARAM_INVALID:
-    case CKR_ATTRIBUTE_TYPE_INVALID:
-    case CKR_ATTRIBUTE_VALUE_INVALID:
-    case CKR_TEMPLATE_INCOMPLETE:
-    case CKR_TEMPLATE_INCONSISTENT:
-        return true;
-    default:
-        return false;
-    }
 }

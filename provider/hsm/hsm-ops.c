@@ -510,26 +510,18 @@ CK_RV hsm_crypt(struct pcall *c, enum pop op, void *key, const CK_MECHANISM *m,
                 const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
                 CK_ULONG *outlen)
 {
-    CK_RV rv;
-
     audit_note_offline(false);
-    rv = crypt_lower(c, op, key, m, in, inlen, out, outlen);
-    if (!hsm_caller_error(rv))
-        hsm_usage_forget(c->tok, key, rv);
-    return rv;
+    return hsm_usage_after(c->tok, key,
+                           crypt_lower(c, op, key, m, in, inlen, out, outlen));
 }
 
 CK_RV hsm_unwrap(struct pcall *c, void *key, const CK_MECHANISM *m,
                  const CK_BYTE *wrapped, CK_ULONG len, const CK_ATTRIBUTE *tmpl,
                  CK_ULONG n, struct pobj *out)
 {
-    CK_RV rv;
-
     audit_note_offline(false);
-    rv = unwrap_lower(c, key, m, wrapped, len, tmpl, n, out);
-    if (!hsm_caller_error(rv))
-        hsm_usage_forget(c->tok, key, rv);
-    return rv;
+    return hsm_usage_after(c->tok, key,
+                           unwrap_lower(c, key, m, wrapped, len, tmpl, n, out));
 }
 
 CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)

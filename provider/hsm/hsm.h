@@ -190,8 +190,7 @@ bool hsm_outage_keeps_listing(struct hsm_token *ht, CK_RV rv);
 /* What a public operation needs of the private key's usage flags. */
 enum usage { USE_WRAP, USE_ENCRYPT, USE_ANY };
 CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use);
-void hsm_usage_forget(struct hsm_token *ht, void *ref, CK_RV rv);
+CK_RV hsm_usage_after(struct hsm_token *ht, void *ref, CK_RV rv);
 CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap);
-bool hsm_caller_error(CK_RV rv);
 
 #endif
