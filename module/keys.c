@@ -11,6 +11,7 @@
 
 #include <openssl/rand.h>
 
+#include "attrpolicy.h"
 #include "audit.h"
 #include "call.h"
 #include "crypto.h"
@@ -20,233 +21,35 @@
 #include "secure.h"
 #include "softkey.h"
 
-/*
- * What every object-creating call (C_CreateObject, C_GenerateKey,
- * C_GenerateKeyPair, C_UnwrapKey) checks in a template, whatever the back
- * end:
- * - one attribute given twice with different values is
- *   CKR_TEMPLATE_INCONSISTENT (PKCS#11 2.40 4.1.1: conflicting values);
- *   the same value twice counts once, as 4.1.1 encourages;
- * - CKA_TRUSTED "can only be set to CK_TRUE by the SO user" (2.40 4.1.2,
- *   table 10 footnote 11), else CKR_ATTRIBUTE_READ_ONLY, as SoftHSM says.
- *   Keyvault and mock tokens have no SO, so nothing made there is trusted.
- */
+/* The session's part of the template policy (attrpolicy.c): whether
+ * CKA_TRUSTED may be set, which only the SO may do. Keyvault and mock
+ * tokens have no SO, so nothing made there is trusted. */
 static CK_RV template_policy(struct session *s, const CK_ATTRIBUTE *tmpl,
                              CK_ULONG n)
 {
-    CK_BBOOL trusted = CK_FALSE;
     bool so;
 
-    if (tmpl_conflicting(tmpl, n))
-        return CKR_TEMPLATE_INCONSISTENT;
-    if (tmpl_find_bool(tmpl, n, CKA_TRUSTED, &trusted) == 1 && trusted) {
-        pthread_mutex_lock(&g.mutex);
-        so = s->token->logged_in && s->token->user == CKU_SO;
-        pthread_mutex_unlock(&g.mutex);
-        if (!so)
-            return CKR_ATTRIBUTE_READ_ONLY;
-    }
-    return CKR_OK;
+    pthread_mutex_lock(&g.mutex);
+    so = s->token->logged_in && s->token->user == CKU_SO;
+    pthread_mutex_unlock(&g.mutex);
+    return attrpolicy_template(tmpl, n, so);
 }
 
-/*
- * The defaults of a new secret key, the same on every back end
- * (docs/attributes.md): not sensitive (the spec's default, 2.40 4.7
- * table 27), not extractable (token-specific in the spec; SoftHSM's
- * choice, and the safe one). A back end that keeps its own keys gets them
- * in the template, so its own defaults never apply. *out is tmpl or a
- * malloc'd copy to free().
- */
-static const CK_BBOOL default_false = CK_FALSE;
-static const CK_ATTRIBUTE_TYPE secret_defaults[] = {CKA_SENSITIVE,
-                                                    CKA_EXTRACTABLE};
-
-static CK_RV with_secret_defaults(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                                  CK_ATTRIBUTE **out, CK_ULONG *nout)
-{
-    CK_ULONG i, m = n;
-
-    *out = (CK_ATTRIBUTE *)tmpl;
-    *nout = n;
-    for (i = 0; i < CMK_ARRAY_SIZE(secret_defaults); i++)
-        if (tmpl_find(tmpl, n, secret_defaults[i]) == NULL)
-            m++;
-    if (m == n)
-        return CKR_OK;
-    *out = calloc(m, sizeof(**out));
-    if (*out == NULL)
-        return CKR_HOST_MEMORY;
-    if (n > 0)
-        memcpy(*out, tmpl, n * sizeof(*tmpl));
-    for (i = 0; i < CMK_ARRAY_SIZE(secret_defaults); i++) {
-        if (tmpl_find(tmpl, n, secret_defaults[i]) != NULL)
-            continue;
-        (*out)[*nout].type = secret_defaults[i];
-        (*out)[*nout].pValue = (void *)&default_false;
-        (*out)[*nout].ulValueLen = sizeof(default_false);
-        (*nout)++;
-    }
-    return CKR_OK;
-}
-
-static void free_defaults(const CK_ATTRIBUTE *tmpl, CK_ATTRIBUTE *t)
-{
-    if (t != tmpl)
-        free(t);
-}
-
-/* Attributes a secret key template may carry, and their kinds. */
-enum tkind { T_BOOL, T_ULONG, T_BYTES, T_DATE };
-
-static const struct {
-    CK_ATTRIBUTE_TYPE type;
-    enum tkind kind;
-} secret_attrs[] = {
-    {CKA_CLASS, T_ULONG},
-    {CKA_KEY_TYPE, T_ULONG},
-    {CKA_TOKEN, T_BOOL},
-    {CKA_PRIVATE, T_BOOL},
-    {CKA_LABEL, T_BYTES},
-    {CKA_ID, T_BYTES},
-    {CKA_VALUE_LEN, T_ULONG},
-    {CKA_VALUE, T_BYTES},
-    {CKA_SENSITIVE, T_BOOL},
-    {CKA_EXTRACTABLE, T_BOOL},
-    {CKA_ENCRYPT, T_BOOL},
-    {CKA_DECRYPT, T_BOOL},
-    {CKA_WRAP, T_BOOL},
-    {CKA_UNWRAP, T_BOOL},
-    {CKA_SIGN, T_BOOL},
-    {CKA_VERIFY, T_BOOL},
-    {CKA_DERIVE, T_BOOL},
-    {CKA_MODIFIABLE, T_BOOL},
-    {CKA_COPYABLE, T_BOOL},
-    {CKA_DESTROYABLE, T_BOOL},
-    {CKA_START_DATE, T_DATE},
-    {CKA_END_DATE, T_DATE},
-    {CKA_WRAP_WITH_TRUSTED, T_BOOL},
-    {CKA_TRUSTED, T_BOOL},
-    {CKA_ALLOWED_MECHANISMS, T_BYTES},
-};
-
-static CK_RV check_template_types(const CK_ATTRIBUTE *tmpl, CK_ULONG n)
-{
-    CK_ULONG i, j;
-
-    for (i = 0; i < n; i++) {
-        bool known = false;
-        for (j = 0; j < CMK_ARRAY_SIZE(secret_attrs); j++) {
-            if (secret_attrs[j].type != tmpl[i].type)
-                continue;
-            known = true;
-            if (tmpl[i].pValue == NULL && tmpl[i].ulValueLen != 0)
-                return CKR_ATTRIBUTE_VALUE_INVALID;
-            switch (secret_attrs[j].kind) {
-            case T_BOOL:
-                if (tmpl[i].ulValueLen != sizeof(CK_BBOOL))
-                    return CKR_ATTRIBUTE_VALUE_INVALID;
-                break;
-            case T_ULONG:
-                if (tmpl[i].ulValueLen != sizeof(CK_ULONG))
-                    return CKR_ATTRIBUTE_VALUE_INVALID;
-                break;
-            case T_DATE:
-                if (tmpl[i].ulValueLen != 0 &&
-                    tmpl[i].ulValueLen != sizeof(CK_DATE))
-                    return CKR_ATTRIBUTE_VALUE_INVALID;
-                break;
-            default:
-                break;
-            }
-        }
-        if (!known)
-            return CKR_ATTRIBUTE_TYPE_INVALID;
-    }
-    return CKR_OK;
-}
-
-/*
- * Checks a template for a secret key the module will hold. kt and
- * value_len are in/out: what the mechanism implies (0 = unknown) and what
- * the template asks for.
- */
-CK_RV secret_template_check(struct token *t, const CK_ATTRIBUTE *tmpl,
-                            CK_ULONG n, CK_KEY_TYPE *kt, CK_ULONG *value_len,
-                            bool creating_value)
-{
-    CK_OBJECT_CLASS cls;
-    CK_KEY_TYPE tkt;
-    CK_ULONG vlen;
-    CK_BBOOL token;
-    CK_RV rv;
-
-    (void)t;
-    rv = check_template_types(tmpl, n);
-    if (rv != CKR_OK)
-        return rv;
-    if (tmpl_find_ulong(tmpl, n, CKA_CLASS, &cls) == 1 && cls != CKO_SECRET_KEY)
-        return CKR_TEMPLATE_INCONSISTENT;
-    if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 && token)
-        return CKR_TEMPLATE_INCONSISTENT; /* nowhere to keep it */
-    if (tmpl_find_ulong(tmpl, n, CKA_KEY_TYPE, &tkt) == 1) {
-        if (*kt != 0 && *kt != tkt)
-            return CKR_TEMPLATE_INCONSISTENT;
-        *kt = tkt;
-    }
-    if (*kt == 0)
-        *kt = CKK_GENERIC_SECRET;
-    if (*kt != CKK_AES && *kt != CKK_GENERIC_SECRET)
-        return CKR_TEMPLATE_INCONSISTENT;
-    if (!creating_value && tmpl_find(tmpl, n, CKA_VALUE) != NULL)
-        return CKR_TEMPLATE_INCONSISTENT;
-    if (tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &vlen) == 1) {
-        if (creating_value)
-            return CKR_TEMPLATE_INCONSISTENT;
-        if (*value_len != 0 && *value_len != vlen)
-            return CKR_TEMPLATE_INCONSISTENT;
-        *value_len = vlen;
-    }
-    if (*kt == CKK_AES && *value_len != 0 && *value_len != 16 &&
-        *value_len != 24 && *value_len != 32)
-        return CKR_ATTRIBUTE_VALUE_INVALID;
-    if (*kt == CKK_GENERIC_SECRET && *value_len > 512)
-        return CKR_ATTRIBUTE_VALUE_INVALID;
-    return CKR_OK;
-}
-
-/* The attributes of a module-held secret key (PKCS#11 2.40 4.7, 4.9). */
-CK_RV secret_object_build(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                          CK_KEY_TYPE kt, CK_ULONG value_len, CK_BBOOL local,
-                          struct pobj *out)
+/* The attributes of a module-held secret key whose template passed
+ * attrpolicy_secret(): the table's defaults, the template, then what
+ * follows from how the key was made (PKCS#11 2.40 4.7, 4.9). */
+static CK_RV secret_object_build(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                                 CK_KEY_TYPE kt, CK_ULONG value_len,
+                                 CK_BBOOL local, struct pobj *out)
 {
     struct attrs *a = &out->attrs;
     CK_BBOOL sensitive, extractable;
     int r = 0;
 
-    (void)t;
     memset(out, 0, sizeof(*out));
     r |= attrs_set_ulong(a, CKA_CLASS, CKO_SECRET_KEY);
     r |= attrs_set_ulong(a, CKA_KEY_TYPE, kt);
-    r |= attrs_set_bool(a, CKA_TOKEN, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_PRIVATE, CK_FALSE);
-    r |= attrs_set(a, CKA_LABEL, "", 0);
-    r |= attrs_set(a, CKA_ID, "", 0);
-    r |= attrs_set(a, CKA_START_DATE, NULL, 0);
-    r |= attrs_set(a, CKA_END_DATE, NULL, 0);
-    r |= attrs_set_bool(a, CKA_SENSITIVE, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_EXTRACTABLE, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_ENCRYPT, CK_TRUE);
-    r |= attrs_set_bool(a, CKA_DECRYPT, CK_TRUE);
-    r |= attrs_set_bool(a, CKA_WRAP, CK_TRUE);
-    r |= attrs_set_bool(a, CKA_UNWRAP, CK_TRUE);
-    r |= attrs_set_bool(a, CKA_SIGN, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_VERIFY, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_DERIVE, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_MODIFIABLE, CK_TRUE);
-    r |= attrs_set_bool(a, CKA_COPYABLE, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_DESTROYABLE, CK_TRUE);
-    r |= attrs_set_bool(a, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
-    r |= attrs_set_bool(a, CKA_TRUSTED, CK_FALSE);
+    r |= attrpolicy_secret_defaults(a);
     if (r != 0 || attrs_merge(a, tmpl, n) != 0)
         return CKR_HOST_MEMORY;
     attrs_remove(a, CKA_VALUE);
@@ -283,7 +86,7 @@ static CK_RV publish_secret(struct session *s, const CK_ATTRIBUTE *tmpl,
     struct pobj p;
     CK_RV rv;
 
-    rv = secret_object_build(s->token, tmpl, n, kt, len, local, &p);
+    rv = secret_object_build(tmpl, n, kt, len, local, &p);
     if (rv == CKR_OK) {
         p.uid = new_uid(s->handle);
         rv = p.uid ? object_publish(s->token, s->handle, &p, value, len, ph)
@@ -334,7 +137,11 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = CKR_MECHANISM_INVALID;
         goto put;
     }
+    kt =
+        pMechanism->mechanism == CKM_AES_KEY_GEN ? CKK_AES : CKK_GENERIC_SECRET;
     rv = template_policy(s, pTemplate, ulCount);
+    if (rv == CKR_OK)
+        rv = attrpolicy_secret(AP_GENERATE, pTemplate, ulCount, &kt, &len);
     if (rv != CKR_OK)
         goto put;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
@@ -342,22 +149,15 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         CK_ATTRIBUTE *t;
         CK_ULONG nt;
         memset(&p, 0, sizeof(p));
-        rv = with_secret_defaults(pTemplate, ulCount, &t, &nt);
+        rv = attrpolicy_with_defaults(pTemplate, ulCount, &t, &nt);
         if (rv != CKR_OK)
             goto put;
         rv = provider_generate_key(s, pMechanism, t, nt, &p);
-        free_defaults(pTemplate, t);
+        attrpolicy_free_defaults(pTemplate, t);
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, phKey);
         goto put;
     }
-    kt =
-        pMechanism->mechanism == CKM_AES_KEY_GEN ? CKK_AES : CKK_GENERIC_SECRET;
-    rv = secret_template_check(s->token, pTemplate, ulCount, &kt, &len, false);
-    if (rv == CKR_OK && len == 0)
-        rv = CKR_TEMPLATE_INCOMPLETE;
-    if (rv != CKR_OK)
-        goto put;
     value = secure_alloc(len);
     if (value == NULL) {
         rv = CKR_HOST_MEMORY;
@@ -404,33 +204,24 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
         rv = CKR_TEMPLATE_INCONSISTENT;
         goto put;
     }
+    rv = attrpolicy_secret(AP_CREATE, pTemplate, ulCount, &kt, &len);
+    if (rv != CKR_OK)
+        goto put;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pobj p;
         CK_ATTRIBUTE *t;
         CK_ULONG nt;
         memset(&p, 0, sizeof(p));
-        rv = with_secret_defaults(pTemplate, ulCount, &t, &nt);
+        rv = attrpolicy_with_defaults(pTemplate, ulCount, &t, &nt);
         if (rv != CKR_OK)
             goto put;
         rv = provider_create_object(s, t, nt, &p);
-        free_defaults(pTemplate, t);
+        attrpolicy_free_defaults(pTemplate, t);
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, phObject);
         goto put;
     }
-    if (tmpl_find_ulong(pTemplate, ulCount, CKA_KEY_TYPE, &kt) != 1) {
-        rv = CKR_TEMPLATE_INCOMPLETE;
-        goto put;
-    }
-    val = tmpl_find(pTemplate, ulCount, CKA_VALUE);
-    if (val == NULL || val->pValue == NULL || val->ulValueLen == 0) {
-        rv = CKR_TEMPLATE_INCOMPLETE;
-        goto put;
-    }
-    len = val->ulValueLen;
-    rv = secret_template_check(s->token, pTemplate, ulCount, &kt, &len, true);
-    if (rv != CKR_OK)
-        goto put;
+    val = tmpl_find(pTemplate, ulCount, CKA_VALUE); /* required: checked */
     value = secure_dup(val->pValue, len);
     if (value == NULL) {
         rv = CKR_HOST_MEMORY;
@@ -464,7 +255,6 @@ static CK_RV map_key_check_rv(CK_RV rv, CK_RV handle_rv, CK_RV type_rv)
     return rv;
 }
 
-/* One unwrap attempt with a key that passed the checks. */
 /*
  * CKM_RSA_PKCS with implicit rejection (pkcs1.c): the new key has the
  * template's CKA_VALUE_LEN, which must be given, and a blob with invalid
@@ -474,25 +264,19 @@ static CK_RV map_key_check_rv(CK_RV rv, CK_RV handle_rv, CK_RV type_rv)
  */
 static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
                           CK_BYTE_PTR wrapped, CK_ULONG wlen,
-                          CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
+                          CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_KEY_TYPE kt,
                           CK_OBJECT_HANDLE_PTR ph)
 {
     CK_ULONG want = 0, len = 0, cap = rsa_object_bytes(key), nt = 0, nd, i;
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_ATTRIBUTE *t = NULL, *d = NULL;
     unsigned char *value;
-    CK_KEY_TYPE kt = 0;
     CK_RV rv;
 
     if (tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &want) != 1 || want == 0)
         return CKR_TEMPLATE_INCOMPLETE;
-    if (!(s->token->pflags & PROVIDER_OWNS_SECRET_KEYS)) {
-        rv = secret_template_check(s->token, tmpl, n, &kt, &len, false);
-        if (rv != CKR_OK)
-            return rv;
-    }
     /* For a back end that keeps the key: the defaults all back ends share. */
-    rv = with_secret_defaults(tmpl, n, &d, &nd);
+    rv = attrpolicy_with_defaults(tmpl, n, &d, &nd);
     if (rv != CKR_OK)
         return rv;
     value = secure_alloc(cap ? cap : 1);
@@ -500,7 +284,7 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
     if (value == NULL || t == NULL) {
         secure_free(value, cap ? cap : 1);
         free(t);
-        free_defaults(tmpl, d);
+        attrpolicy_free_defaults(tmpl, d);
         return CKR_HOST_MEMORY;
     }
     len = cap;
@@ -527,40 +311,38 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
     }
     secure_free(value, cap ? cap : 1);
     free(t);
-    free_defaults(tmpl, d);
+    attrpolicy_free_defaults(tmpl, d);
     return rv;
 }
 
+/* One unwrap attempt with a key that passed the checks, into a key of
+ * type kt whose template passed attrpolicy_secret(). */
 static CK_RV unwrap_one(struct session *s, struct object *key,
                         CK_MECHANISM_PTR m, CK_BYTE_PTR wrapped, CK_ULONG wlen,
-                        CK_ATTRIBUTE_PTR tmpl, CK_ULONG n,
+                        CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_KEY_TYPE kt,
                         CK_OBJECT_HANDLE_PTR ph)
 {
-    CK_KEY_TYPE kt = 0;
     CK_ULONG len = 0, cap, want = 0;
     unsigned char *value = NULL, *exact;
     CK_RV rv;
 
     s->device_error = 0;
     if (pkcs1_implicit(s->token, m, key))
-        return unwrap_pkcs1(s, key, wrapped, wlen, tmpl, n, ph);
+        return unwrap_pkcs1(s, key, wrapped, wlen, tmpl, n, kt, ph);
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
         struct pobj p;
         CK_ATTRIBUTE *t;
         CK_ULONG nt;
         memset(&p, 0, sizeof(p));
-        rv = with_secret_defaults(tmpl, n, &t, &nt);
+        rv = attrpolicy_with_defaults(tmpl, n, &t, &nt);
         if (rv != CKR_OK)
             return rv;
         rv = provider_unwrap(s, key, m, wrapped, wlen, t, nt, &p);
-        free_defaults(tmpl, t);
+        attrpolicy_free_defaults(tmpl, t);
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, ph);
         return rv;
     }
-    rv = secret_template_check(s->token, tmpl, n, &kt, &len, false);
-    if (rv != CKR_OK)
-        return rv;
     cap = mech_is_rsa(m->mechanism) ? rsa_object_bytes(key)
                                     : softkey_out_bound(m, false, wlen);
     value = secure_alloc(cap ? cap : 1);
@@ -578,7 +360,7 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
     /* The template may name a length; the key must have it. */
     if (rv == CKR_OK &&
         ((tmpl_find_ulong(tmpl, n, CKA_VALUE_LEN, &want) == 1 && want != len) ||
-         (kt == CKK_AES && len != 16 && len != 24 && len != 32) || len == 0))
+         len == 0 || attrpolicy_length(kt, len) != CKR_OK))
         rv = CKR_WRAPPED_KEY_INVALID;
     if (rv == CKR_OK) {
         exact = secure_dup(value, len);
@@ -655,7 +437,8 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 {
     struct session *s;
     struct object *key = NULL, *others[CMK_FALLBACK_MAX];
-    CK_ULONG n_others = 0, i;
+    CK_ULONG n_others = 0, i, len = 0;
+    CK_KEY_TYPE kt = 0;
     CK_RV first;
 
     BEGIN_CALL(UnwrapKey);
@@ -680,13 +463,16 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = provider_check_mechanism(s, POP_UNWRAP, pMechanism);
     if (rv == CKR_OK)
         rv = template_policy(s, pTemplate, ulAttributeCount);
+    if (rv == CKR_OK)
+        rv = attrpolicy_secret(AP_UNWRAP, pTemplate, ulAttributeCount, &kt,
+                               &len);
     if (rv == CKR_OK && pkcs1_implicit(s->token, pMechanism, key))
         rv = pkcs1_prepare(s, key);
     if (rv != CKR_OK)
         goto put;
 
     rv = unwrap_one(s, key, pMechanism, pWrappedKey, ulWrappedKeyLen, pTemplate,
-                    ulAttributeCount, phKey);
+                    ulAttributeCount, kt, phKey);
     if (rv != CKR_WRAPPED_KEY_INVALID ||
         pMechanism->mechanism != CKM_RSA_PKCS_OAEP ||
         !s->token->unwrap_fallback ||
@@ -696,7 +482,7 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     n_others = key_fallback_versions(s, key, CKA_UNWRAP, others);
     for (i = 0; i < n_others; i++) {
         rv = unwrap_one(s, others[i], pMechanism, pWrappedKey, ulWrappedKeyLen,
-                        pTemplate, ulAttributeCount, phKey);
+                        pTemplate, ulAttributeCount, kt, phKey);
         if (rv == CKR_OK) {
             CK_ULONG vlen = 0;
             char *ver = object_get_value(others[i], CKA_CMK_VERSION, &vlen);

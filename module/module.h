@@ -209,11 +209,5 @@ void certs_add(struct session *s, struct pobj **objs, CK_ULONG *n);
 #define CMK_FALLBACK_MAX 8
 CK_ULONG key_fallback_versions(struct session *s, struct object *key,
                                CK_ATTRIBUTE_TYPE usage, struct object **out);
-CK_RV secret_template_check(struct token *t, const CK_ATTRIBUTE *tmpl,
-                            CK_ULONG n, CK_KEY_TYPE *kt, CK_ULONG *value_len,
-                            bool creating_value);
-CK_RV secret_object_build(struct token *t, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                          CK_KEY_TYPE kt, CK_ULONG value_len, CK_BBOOL local,
-                          struct pobj *out);
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attrpolicy.h"
 #include "call.h"
 #include "pcall.h"
 #include "rsa.h"
@@ -79,32 +80,6 @@ static void uid_remove_unlocked(struct token *t, struct object *o)
     }
 }
 
-/* Fills in the attributes every object has, where the provider left them
- * out. */
-static int common_defaults(struct attrs *a, bool token_object)
-{
-    static const CK_ATTRIBUTE_TYPE false_by_default[] = {CKA_MODIFIABLE,
-                                                         CKA_COPYABLE};
-    CK_ULONG i;
-
-    if (attrs_find(a, CKA_TOKEN) == NULL &&
-        attrs_set_bool(a, CKA_TOKEN, token_object))
-        return -1;
-    if (attrs_find(a, CKA_PRIVATE) == NULL &&
-        attrs_set_bool(a, CKA_PRIVATE, CK_FALSE))
-        return -1;
-    if (attrs_find(a, CKA_LABEL) == NULL && attrs_set(a, CKA_LABEL, "", 0))
-        return -1;
-    for (i = 0; i < CMK_ARRAY_SIZE(false_by_default); i++)
-        if (attrs_find(a, false_by_default[i]) == NULL &&
-            attrs_set_bool(a, false_by_default[i], CK_FALSE))
-            return -1;
-    if (attrs_find(a, CKA_DESTROYABLE) == NULL &&
-        attrs_set_bool(a, CKA_DESTROYABLE, !token_object))
-        return -1;
-    return 0;
-}
-
 CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
                      unsigned char *secret, CK_ULONG secret_len,
                      CK_OBJECT_HANDLE *h)
@@ -112,7 +87,7 @@ CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
     struct object *o = calloc(1, sizeof(*o));
     CK_RV rv = CKR_OK;
 
-    if (o == NULL || common_defaults(&p->attrs, sess == 0) != 0) {
+    if (o == NULL || attrpolicy_listed_defaults(&p->attrs, sess == 0) != 0) {
         free(o);
         return CKR_HOST_MEMORY;
     }
@@ -170,7 +145,7 @@ void object_merge(struct token *t, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         if (p->uid == NULL)
             continue;
         o = uid_find_unlocked(t, p->uid);
-        if (o != NULL && common_defaults(&p->attrs, true) == 0) {
+        if (o != NULL && attrpolicy_listed_defaults(&p->attrs, true) == 0) {
             /* Same object: new attributes, the old reference stays. */
             attrs_clear(&o->attrs);
             attrs_compact(&p->attrs);
@@ -371,24 +346,6 @@ void objects_destroy_token(struct token *t, bool in_child)
     free(list);
 }
 
-/* Attributes whose values never leave a sensitive or unextractable key. */
-static bool attr_is_secret(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type)
-{
-    switch (type) {
-    case CKA_VALUE:
-        return cls == CKO_SECRET_KEY || cls == CKO_PRIVATE_KEY;
-    case CKA_PRIVATE_EXPONENT:
-    case CKA_PRIME_1:
-    case CKA_PRIME_2:
-    case CKA_EXPONENT_1:
-    case CKA_EXPONENT_2:
-    case CKA_COEFFICIENT:
-        return cls == CKO_PRIVATE_KEY;
-    default:
-        return false;
-    }
-}
-
 static bool secret_readable_unlocked(struct object *o)
 {
     CK_OBJECT_CLASS cls = attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL);
@@ -407,7 +364,7 @@ static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at,
     CK_ULONG len;
     const CK_ATTRIBUTE *have;
 
-    if (attr_is_secret(cls, at->type)) {
+    if (attrpolicy_sensitive(cls, at->type)) {
         /* PKCS#11 2.40 4.1.5: sensitive or unextractable. Private key
          * material never reaches this module at all. */
         if (!secret_readable_unlocked(o)) {
@@ -486,58 +443,6 @@ put:
     END_CALL;
 }
 
-/* What C_SetAttributeValue may change on a module-held session object
- * (PKCS#11 2.40 4.1.2 table 10, and the change-to rules of 4.9). */
-static CK_RV set_check(const struct attrs *a, const CK_ATTRIBUTE *at)
-{
-    CK_BBOOL v;
-
-    switch (at->type) {
-    case CKA_LABEL:
-    case CKA_ID:
-    case CKA_START_DATE:
-    case CKA_END_DATE:
-        return CKR_OK;
-    case CKA_SENSITIVE:
-    case CKA_EXTRACTABLE:
-        if (at->pValue == NULL || at->ulValueLen != sizeof(CK_BBOOL))
-            return CKR_ATTRIBUTE_VALUE_INVALID;
-        v = *(CK_BBOOL *)at->pValue;
-        if (at->type == CKA_SENSITIVE && !v &&
-            attrs_get_bool(a, CKA_SENSITIVE, false))
-            return CKR_ATTRIBUTE_READ_ONLY;
-        if (at->type == CKA_EXTRACTABLE && v &&
-            !attrs_get_bool(a, CKA_EXTRACTABLE, false))
-            return CKR_ATTRIBUTE_READ_ONLY;
-        return CKR_OK;
-    case CKA_WRAP_WITH_TRUSTED:
-        /* "Attribute cannot be changed once set to CK_TRUE" (2.40 4.1.2
-         * table 10 footnote 11 on this attribute in 4.9 table 27). */
-        if (at->pValue == NULL || at->ulValueLen != sizeof(CK_BBOOL))
-            return CKR_ATTRIBUTE_VALUE_INVALID;
-        if (!*(CK_BBOOL *)at->pValue &&
-            attrs_get_bool(a, CKA_WRAP_WITH_TRUSTED, false))
-            return CKR_ATTRIBUTE_READ_ONLY;
-        return CKR_OK;
-    case CKA_VALUE:
-        /* A key's value is kept apart from its attributes and never
-         * changes after creation (4.7, footnote 4). */
-        return CKR_ATTRIBUTE_READ_ONLY;
-    case CKA_ENCRYPT:
-    case CKA_DECRYPT:
-    case CKA_WRAP:
-    case CKA_UNWRAP:
-    case CKA_SIGN:
-    case CKA_VERIFY:
-        if (at->pValue == NULL || at->ulValueLen != sizeof(CK_BBOOL))
-            return CKR_ATTRIBUTE_VALUE_INVALID;
-        return CKR_OK;
-    default:
-        return attrs_find(a, at->type) ? CKR_ATTRIBUTE_READ_ONLY
-                                       : CKR_ATTRIBUTE_TYPE_INVALID;
-    }
-}
-
 CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
                           CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
@@ -565,8 +470,10 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         /* Key objects of the back end are read-only here. */
         rv = CKR_ACTION_PROHIBITED;
     }
+    /* What may change, and how (attrpolicy.c). */
     for (i = 0; rv == CKR_OK && i < ulCount; i++)
-        rv = set_check(&o->attrs, &pTemplate[i]);
+        rv = attrpolicy_set(attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL),
+                            &o->attrs, &pTemplate[i]);
     if (rv == CKR_OK && attrs_merge(&o->attrs, pTemplate, ulCount) != 0)
         rv = CKR_HOST_MEMORY;
     pthread_mutex_unlock(&g.mutex);
