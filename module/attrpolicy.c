@@ -7,7 +7,7 @@
  * it.
  *
  * Each row cites the footnotes of PKCS#11 2.40 (base specification,
- * 4.1.2, table 10, "Common footnotes for object attribute tables") that
+ * section 4.1, table 10, "Common footnotes for object attribute tables") that
  * the specification's attribute tables give it: table 15 (4.2, common
  * object), 17 (4.4, storage), 25 (4.7, common key), 27 (4.9, secret key)
  * and, for CKA_VALUE and CKA_VALUE_LEN, the AES and generic secret key

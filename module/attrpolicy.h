@@ -10,7 +10,7 @@
 
 #include "attrs.h"
 
-/* The object-creating calls, as the footnotes of PKCS#11 2.40 4.1.2
+/* The object-creating calls, as the footnotes of PKCS#11 2.40 4.1
  * table 10 name them. */
 enum ap_op { AP_CREATE, AP_GENERATE, AP_UNWRAP };
 

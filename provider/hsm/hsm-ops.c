@@ -181,8 +181,7 @@ static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
     rv = secret_attrs(ht, s, h, out);
     if (rv != CKR_OK)
         return rv;
-    attrs_set_bool(&out->attrs, CKA_COPYABLE, CK_FALSE);
-    attrs_set_bool(&out->attrs, CKA_DESTROYABLE, CK_TRUE);
+    /* CKA_COPYABLE, CKA_DESTROYABLE: the front end's defaults. */
     ref = calloc(1, sizeof(*ref));
     if (ref == NULL) {
         attrs_clear(&out->attrs);
@@ -195,19 +194,15 @@ static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
 }
 
 /* A copy of the template with CKA_TOKEN false: the keys this back end
- * makes are session objects of the caller's lower session. */
+ * makes are session objects of the caller's lower session. The front end
+ * has checked the template (module/attrpolicy.c). */
 static CK_RV session_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
                               CK_ATTRIBUTE **out, CK_ULONG *nout)
 {
     static CK_BBOOL no = CK_FALSE;
-    CK_BBOOL token = CK_FALSE;
     CK_ATTRIBUTE *t;
     CK_ULONG i, k = 0;
 
-    if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) < 0)
-        return CKR_ATTRIBUTE_VALUE_INVALID;
-    if (token)
-        return CKR_TEMPLATE_INCONSISTENT;
     t = calloc(n + 1, sizeof(*t));
     if (t == NULL)
         return CKR_HOST_MEMORY;

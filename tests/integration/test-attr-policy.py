@@ -213,6 +213,78 @@ for name, label, pin in TOKENS:
                  [(P.CKA_WRAP_WITH_TRUSTED, False)]),
              P.CKR_ATTRIBUTE_READ_ONLY,
              "%s: CKA_WRAP_WITH_TRUSTED cannot go back to false" % name)
+
+    # ---- the table: footnotes 1-6 of PKCS#11 2.40 table 10 --------------
+    # The same codes on every back end: the front end checks the template
+    # before any back end (SoftHSM included) sees it.
+    aes_value = [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+                 (P.CKA_TOKEN, False), (P.CKA_VALUE, os.urandom(16))]
+    for attr, an in ((P.CKA_LOCAL, "CKA_LOCAL"),
+                     (P.CKA_ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE"),
+                     (P.CKA_NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE")):
+        t.eq([ckr(ses.generateKey, aes([(attr, True)])),
+              ckr(ses.createObject, aes_value + [(attr, True)]),
+              ckr(ses.unwrapKey, priv, blob, unwrap_tmpl([(attr, True)]),
+                  OAEP256)],
+             [P.CKR_ATTRIBUTE_READ_ONLY] * 3,
+             "%s: %s in a template (footnotes 2, 4, 6): "
+             "CKR_ATTRIBUTE_READ_ONLY in C_GenerateKey, C_CreateObject, "
+             "C_UnwrapKey" % (name, an))
+    t.eq(ckr(ses.generateKey,
+             aes([(P.CKA_KEY_GEN_MECHANISM, P.CKM_AES_KEY_GEN)])),
+         P.CKR_ATTRIBUTE_READ_ONLY,
+         "%s: CKA_KEY_GEN_MECHANISM in C_GenerateKey: CKR_ATTRIBUTE_READ_ONLY"
+         % name)
+    t.eq(ckr(ses.generateKey, aes([(P.CKA_VALUE, os.urandom(32))])),
+         P.CKR_TEMPLATE_INCONSISTENT,
+         "%s: CKA_VALUE in C_GenerateKey (footnote 4): "
+         "CKR_TEMPLATE_INCONSISTENT" % name)
+    t.eq(ckr(ses.unwrapKey, priv, blob,
+             unwrap_tmpl([(P.CKA_VALUE, os.urandom(32))]), OAEP256),
+         P.CKR_TEMPLATE_INCONSISTENT,
+         "%s: CKA_VALUE in C_UnwrapKey (footnote 6): "
+         "CKR_TEMPLATE_INCONSISTENT" % name)
+    t.eq(ckr(ses.createObject, aes_value + [(P.CKA_VALUE_LEN, 16)]),
+         P.CKR_TEMPLATE_INCONSISTENT,
+         "%s: CKA_VALUE_LEN in C_CreateObject (footnote 2): "
+         "CKR_TEMPLATE_INCONSISTENT" % name)
+    t.eq([ckr(ses.createObject, [a for a in aes_value if a[0] != left])
+          for left in (P.CKA_KEY_TYPE, P.CKA_VALUE)],
+         [P.CKR_TEMPLATE_INCOMPLETE] * 2,
+         "%s: C_CreateObject without CKA_KEY_TYPE, without CKA_VALUE "
+         "(footnote 1): CKR_TEMPLATE_INCOMPLETE" % name)
+    t.eq(ckr(ses.generateKey, [a for a in aes() if a[0] != P.CKA_VALUE_LEN]),
+         P.CKR_TEMPLATE_INCOMPLETE,
+         "%s: C_GenerateKey without CKA_VALUE_LEN (footnote 3): "
+         "CKR_TEMPLATE_INCOMPLETE" % name)
+    t.eq(ckr(ses.generateKey, aes([(P.CKA_CHECK_VALUE, b"\x01\x02\x03")])),
+         P.CKR_ATTRIBUTE_TYPE_INVALID,
+         "%s: an attribute outside the table (CKA_CHECK_VALUE): "
+         "CKR_ATTRIBUTE_TYPE_INVALID" % name)
+    t.eq([ckr(ses.generateKey, aes(length=20)),
+          ckr(ses.unwrapKey, priv, blob,
+              unwrap_tmpl([(P.CKA_VALUE_LEN, 20)]), OAEP256)],
+         [P.CKR_ATTRIBUTE_VALUE_INVALID] * 2,
+         "%s: a 20-byte AES key in C_GenerateKey and C_UnwrapKey: "
+         "CKR_ATTRIBUTE_VALUE_INVALID" % name)
+    t.eq(ckr(ses.generateKey,
+             [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_TOKEN, False),
+              (P.CKA_KEY_TYPE, P.CKK_GENERIC_SECRET), (P.CKA_VALUE_LEN, 513)],
+             P.Mechanism(P.CKM_GENERIC_SECRET_KEY_GEN, None)),
+         P.CKR_ATTRIBUTE_VALUE_INVALID,
+         "%s: a 513-byte generic secret: CKR_ATTRIBUTE_VALUE_INVALID" % name)
+    t.eq(ckr(ses.createObject, [
+        (P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_DES3),
+        (P.CKA_TOKEN, False), (P.CKA_VALUE, os.urandom(24))]),
+         P.CKR_TEMPLATE_INCONSISTENT,
+         "%s: C_CreateObject of a DES3 key (a type cmkp11 does not make): "
+         "CKR_TEMPLATE_INCONSISTENT" % name)
+    t.eq([ckr(ses.generateKey, aes([(P.CKA_TOKEN, True)])),
+          ckr(ses.unwrapKey, priv, blob, unwrap_tmpl()[:2] +
+              [(P.CKA_TOKEN, True)], OAEP256)],
+         [P.CKR_TEMPLATE_INCONSISTENT] * 2,
+         "%s: CKA_TOKEN true (session keys only): CKR_TEMPLATE_INCONSISTENT"
+         % name)
     ses.closeSession()
 
 lib = None
