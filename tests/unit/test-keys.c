@@ -574,6 +574,54 @@ static void test_policy(void)
     p11->C_DestroyObject(sess, k);
 }
 
+/* C_SetAttributeValue as the table in module/attrpolicy.c says: the
+ * footnote-8 attributes change, with values of their kind; CKA_SENSITIVE
+ * and CKA_EXTRACTABLE one way only (footnotes 11, 12); the rest, and
+ * CKA_DERIVE (no key derives here), are read-only. */
+static void test_set_table(void)
+{
+    CK_OBJECT_HANDLE k = p11_aes_key(sess, 16, true, false);
+    CK_DATE date = {{'2', '0', '3', '0'}, {'0', '1'}, {'3', '1'}};
+    CK_BYTE three[3] = {'2', '0', '3'};
+    CK_ULONG four = 4;
+    CK_ATTRIBUTE start = {CKA_START_DATE, &date, sizeof(date)};
+    CK_ATTRIBUTE short_date = {CKA_START_DATE, three, sizeof(three)};
+    CK_ATTRIBUTE wide_bool = {CKA_ENCRYPT, &four, sizeof(four)};
+    CK_ATTRIBUTE no_label = {CKA_LABEL, NULL, 5};
+    CK_ATTRIBUTE derive = {CKA_DERIVE, &yes, sizeof(yes)};
+    CK_ATTRIBUTE local = {CKA_LOCAL, &no, sizeof(no)};
+    CK_ATTRIBUTE sens_on = {CKA_SENSITIVE, &yes, sizeof(yes)};
+    CK_ATTRIBUTE sens_off = {CKA_SENSITIVE, &no, sizeof(no)};
+    CK_ATTRIBUTE ext_off = {CKA_EXTRACTABLE, &no, sizeof(no)};
+    CK_ATTRIBUTE ext_on = {CKA_EXTRACTABLE, &yes, sizeof(yes)};
+    CK_ATTRIBUTE check = {CKA_CHECK_VALUE, three, sizeof(three)};
+
+    ok(k != 0, "an extractable AES key");
+    is_rv(p11->C_SetAttributeValue(sess, k, &start, 1), CKR_OK,
+          "CKA_START_DATE, a CK_DATE");
+    is_rv(p11->C_SetAttributeValue(sess, k, &short_date, 1),
+          CKR_ATTRIBUTE_VALUE_INVALID, "CKA_START_DATE of three bytes");
+    is_rv(p11->C_SetAttributeValue(sess, k, &wide_bool, 1),
+          CKR_ATTRIBUTE_VALUE_INVALID, "CKA_ENCRYPT of a CK_ULONG");
+    is_rv(p11->C_SetAttributeValue(sess, k, &no_label, 1),
+          CKR_ATTRIBUTE_VALUE_INVALID, "CKA_LABEL of 5 bytes at NULL");
+    is_rv(p11->C_SetAttributeValue(sess, k, &derive, 1),
+          CKR_ATTRIBUTE_READ_ONLY, "CKA_DERIVE");
+    is_rv(p11->C_SetAttributeValue(sess, k, &local, 1), CKR_ATTRIBUTE_READ_ONLY,
+          "CKA_LOCAL");
+    is_rv(p11->C_SetAttributeValue(sess, k, &check, 1),
+          CKR_ATTRIBUTE_TYPE_INVALID, "CKA_CHECK_VALUE, which it lacks");
+    is_rv(p11->C_SetAttributeValue(sess, k, &ext_off, 1), CKR_OK,
+          "CKA_EXTRACTABLE true to false");
+    is_rv(p11->C_SetAttributeValue(sess, k, &ext_on, 1),
+          CKR_ATTRIBUTE_READ_ONLY, "  and not back to true");
+    is_rv(p11->C_SetAttributeValue(sess, k, &sens_on, 1), CKR_OK,
+          "CKA_SENSITIVE false to true");
+    is_rv(p11->C_SetAttributeValue(sess, k, &sens_off, 1),
+          CKR_ATTRIBUTE_READ_ONLY, "  and not back to false");
+    p11->C_DestroyObject(sess, k);
+}
+
 int main(void)
 {
     char *conf;
@@ -595,6 +643,7 @@ int main(void)
     test_session_objects();
     test_key_pair();
     test_policy();
+    test_set_table();
     EVP_PKEY_free(pk);
     p11->C_CloseSession(sess);
     p11->C_Finalize(NULL);
