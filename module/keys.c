@@ -23,15 +23,20 @@
 
 /* The session's part of the template policy (attrpolicy.c): whether
  * CKA_TRUSTED may be set, which only the SO may do. Keyvault and mock
- * tokens have no SO, so nothing made there is trusted. */
+ * tokens have no SO, so nothing made there is trusted. The login state
+ * is read (under the module's lock) only when a template asks for it,
+ * not on every unwrap. */
 static CK_RV template_policy(struct session *s, const CK_ATTRIBUTE *tmpl,
                              CK_ULONG n)
 {
-    bool so;
+    CK_BBOOL trusted = CK_FALSE;
+    bool so = false;
 
-    pthread_mutex_lock(&g.mutex);
-    so = s->token->logged_in && s->token->user == CKU_SO;
-    pthread_mutex_unlock(&g.mutex);
+    if (tmpl_find_bool(tmpl, n, CKA_TRUSTED, &trusted) == 1 && trusted) {
+        pthread_mutex_lock(&g.mutex);
+        so = s->token->logged_in && s->token->user == CKU_SO;
+        pthread_mutex_unlock(&g.mutex);
+    }
     return attrpolicy_template(tmpl, n, so);
 }
 
