@@ -177,23 +177,24 @@ CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
 #endif
 
 /* Vendor attributes: CKA_VENDOR_DEFINED | "CM" << 16 | n (docs/vendor.md). */
-#define CKA_CMK_BASE       (CKA_VENDOR_DEFINED | 0x434D0000UL)
-#define CKA_CMK_BACKEND    (CKA_CMK_BASE + 1)  /* "hsm" | "keyvault" */
-#define CKA_CMK_SOURCE     (CKA_CMK_BASE + 2)  /* vault or module URL */
-#define CKA_CMK_KEY_NAME   (CKA_CMK_BASE + 3)  /* key name, no version */
-#define CKA_CMK_VERSION    (CKA_CMK_BASE + 4)  /* version string */
-#define CKA_CMK_ENABLED    (CKA_CMK_BASE + 5)  /* CK_BBOOL */
-#define CKA_CMK_CREATED    (CKA_CMK_BASE + 6)  /* seconds, decimal text */
-#define CKA_CMK_UPDATED    (CKA_CMK_BASE + 7)  /* seconds, decimal text */
-#define CKA_CMK_RECOVERY   (CKA_CMK_BASE + 8)  /* recoveryLevel */
-#define CKA_CMK_KEY_OPS    (CKA_CMK_BASE + 9)  /* "wrapKey,unwrapKey,..." */
-#define CKA_CMK_CURRENT    (CKA_CMK_BASE + 10) /* CK_BBOOL */
-#define CKA_CMK_KEY_TYPE   (CKA_CMK_BASE + 11) /* "RSA" | "RSA-HSM" */
-#define CKA_CMK_NOT_BEFORE (CKA_CMK_BASE + 12) /* seconds, decimal text */
-#define CKA_CMK_EXPIRES    (CKA_CMK_BASE + 13) /* seconds, decimal text */
-#define CKA_CMK_MIN_BITS   (CKA_CMK_BASE + 14) /* CK_ULONG, min-key-bits */
-#define CKA_CMK_REFUSED    (CKA_CMK_BASE + 15) /* "list": permissions refused */
-#define CKA_CMK_REPLICAS   (CKA_CMK_BASE + 16) /* per-replica state lines */
+#define CKA_CMK_BASE            (CKA_VENDOR_DEFINED | 0x434D0000UL)
+#define CKA_CMK_BACKEND         (CKA_CMK_BASE + 1) /* "hsm" | "keyvault" */
+#define CKA_CMK_SOURCE          (CKA_CMK_BASE + 2) /* vault or module URL */
+#define CKA_CMK_KEY_NAME        (CKA_CMK_BASE + 3) /* key name, no version */
+#define CKA_CMK_VERSION         (CKA_CMK_BASE + 4) /* version string */
+#define CKA_CMK_ENABLED         (CKA_CMK_BASE + 5) /* CK_BBOOL */
+#define CKA_CMK_CREATED         (CKA_CMK_BASE + 6) /* seconds, decimal text */
+#define CKA_CMK_UPDATED         (CKA_CMK_BASE + 7) /* seconds, decimal text */
+#define CKA_CMK_RECOVERY        (CKA_CMK_BASE + 8) /* recoveryLevel */
+#define CKA_CMK_KEY_OPS         (CKA_CMK_BASE + 9) /* "wrapKey,unwrapKey,..." */
+#define CKA_CMK_CURRENT         (CKA_CMK_BASE + 10) /* CK_BBOOL */
+#define CKA_CMK_KEY_TYPE        (CKA_CMK_BASE + 11) /* "RSA" | "RSA-HSM" */
+#define CKA_CMK_NOT_BEFORE      (CKA_CMK_BASE + 12) /* seconds, decimal text */
+#define CKA_CMK_EXPIRES         (CKA_CMK_BASE + 13) /* seconds, decimal text */
+#define CKA_CMK_MIN_BITS        (CKA_CMK_BASE + 14) /* CK_ULONG, min-key-bits */
+#define CKA_CMK_REFUSED         (CKA_CMK_BASE + 15) /* "list": permissions refused */
+#define CKA_CMK_REPLICAS        (CKA_CMK_BASE + 16) /* per-replica state lines */
+#define CKA_CMK_ROTATION_POLICY (CKA_CMK_BASE + 17) /* the key's policy */
 
 #define CMK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -393,3 +393,37 @@ CK_RV attrpolicy_set(CK_OBJECT_CLASS cls, const struct attrs *a,
         return CKR_ATTRIBUTE_READ_ONLY;
     return CKR_OK;
 }
+
+/*
+ * The attributes of objects the back end holds that C_SetAttributeValue
+ * hands to it, and the kind of value each takes (docs/vendor.md).
+ */
+static const struct {
+    CK_OBJECT_CLASS cls; /* ~0UL: any class */
+    CK_ATTRIBUTE_TYPE type;
+    enum ap_kind kind;
+} provider_settable[] = {
+    /* A key version enabled or disabled (retire, and its undoing). */
+    {CKO_PRIVATE_KEY, CKA_CMK_ENABLED, K_BOOL},
+    /* The key's rotation policy, as text (docs/vendor.md). */
+    {CKO_PRIVATE_KEY, CKA_CMK_ROTATION_POLICY, K_BYTES},
+};
+
+CK_RV attrpolicy_provider_set(CK_OBJECT_CLASS cls, const CK_ATTRIBUTE *at)
+{
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(provider_settable); i++) {
+        if (provider_settable[i].type != at->type ||
+            (provider_settable[i].cls != ~0UL &&
+             provider_settable[i].cls != cls))
+            continue;
+        if (at->pValue == NULL && at->ulValueLen > 0)
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if (provider_settable[i].kind == K_BOOL &&
+            at->ulValueLen != sizeof(CK_BBOOL))
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        return CKR_OK;
+    }
+    return CKR_ACTION_PROHIBITED;
+}

@@ -55,4 +55,10 @@ bool attrpolicy_sensitive(CK_OBJECT_CLASS cls, CK_ATTRIBUTE_TYPE type);
 CK_RV attrpolicy_set(CK_OBJECT_CLASS cls, const struct attrs *a,
                      const CK_ATTRIBUTE *at);
 
+/* Whether C_SetAttributeValue may hand type, on an object of class cls
+ * that the back end holds, to the back end (provider set_attributes):
+ * CKR_OK, CKR_ATTRIBUTE_VALUE_INVALID for a value of the wrong kind, or
+ * CKR_ACTION_PROHIBITED (the back end's objects are read-only otherwise). */
+CK_RV attrpolicy_provider_set(CK_OBJECT_CLASS cls, const CK_ATTRIBUTE *at);
+
 #endif

@@ -443,6 +443,31 @@ put:
     END_CALL;
 }
 
+/* C_SetAttributeValue on an object the back end holds: only the vendor
+ * attributes attrpolicy_provider_set() lets through, handed to the back
+ * end; then the token is listed again, so the caller sees the new state.
+ * Called and returns with g.mutex held; releases it around the call. */
+static CK_RV set_in_provider(struct session *s, struct object *o,
+                             const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_OBJECT_CLASS cls = attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL);
+    CK_ULONG i;
+    CK_RV rv = CKR_OK;
+
+    for (i = 0; rv == CKR_OK && i < n; i++)
+        rv = attrpolicy_provider_set(cls, &tmpl[i]);
+    if (rv == CKR_OK && o->session == 0 && !session_is_rw(s))
+        rv = CKR_SESSION_READ_ONLY;
+    if (rv != CKR_OK || n == 0)
+        return rv;
+    pthread_mutex_unlock(&g.mutex);
+    rv = provider_set_attributes(s, o->ref, tmpl, n);
+    if (rv == CKR_OK)
+        (void)object_refresh(s, NULL, 0);
+    pthread_mutex_lock(&g.mutex);
+    return rv;
+}
+
 CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
                           CK_ATTRIBUTE_PTR pTemplate, CK_ULONG ulCount)
 {
@@ -465,9 +490,14 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     if (tmpl_conflicting(pTemplate, ulCount)) {
         /* One attribute given two values (5.7 lists this code). */
         rv = CKR_TEMPLATE_INCONSISTENT;
+    } else if (o->ref != NULL && (o->session == 0 || o->gone)) {
+        /* Key objects of the back end: vendor attributes only. */
+        rv = o->gone ? CKR_OBJECT_HANDLE_INVALID
+                     : set_in_provider(s, o, pTemplate, ulCount);
+        goto unlock;
     } else if (o->session == 0 || o->ref != NULL ||
                !attrs_get_bool(&o->attrs, CKA_MODIFIABLE, true)) {
-        /* Key objects of the back end are read-only here. */
+        /* Other objects of the back end are read-only here. */
         rv = CKR_ACTION_PROHIBITED;
     }
     /* What may change, and how (attrpolicy.c). */
@@ -476,6 +506,7 @@ CK_RV C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
                             &o->attrs, &pTemplate[i]);
     if (rv == CKR_OK && attrs_merge(&o->attrs, pTemplate, ulCount) != 0)
         rv = CKR_HOST_MEMORY;
+unlock:
     pthread_mutex_unlock(&g.mutex);
     object_unref(o);
 put:

@@ -348,6 +348,17 @@ CK_RV provider_destroy_object(struct session *s, void *ref)
                      s->token->ops->destroy_object(&c, ref));
 }
 
+CK_RV provider_set_attributes(struct session *s, void *ref,
+                              const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    struct pcall c = pcall_of(s);
+
+    if (s->token->ops->set_attributes == NULL || ref == NULL)
+        return CKR_ACTION_PROHIBITED;
+    return pcall_end(s, &c, "set_attributes", NULL,
+                     s->token->ops->set_attributes(&c, ref, tmpl, n));
+}
+
 void provider_discard_object(struct session *s, void *ref)
 {
     struct pcall c = pcall_of(s);

@@ -70,6 +70,10 @@ CK_RV provider_create_object(struct session *s, const CK_ATTRIBUTE *tmpl,
                              CK_ULONG n, struct pobj *out);
 /* C_DestroyObject: CKR_OK where the provider has no destroy_object. */
 CK_RV provider_destroy_object(struct session *s, void *ref);
+/* C_SetAttributeValue on a back-end object: CKR_ACTION_PROHIBITED where
+ * the provider has no set_attributes. */
+CK_RV provider_set_attributes(struct session *s, void *ref,
+                              const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 /* Cleanup: an object the application will never see (a publication that
  * failed, a closing session's objects). No result, no device error. */
 void provider_discard_object(struct session *s, void *ref);

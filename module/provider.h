@@ -148,6 +148,13 @@ struct provider_ops {
      * (the front end has checked CKA_SENSITIVE and CKA_EXTRACTABLE). With
      * a NULL out, the length. */
     CK_RV (*get_value)(struct pcall *c, void *ref, CK_BYTE *out, CK_ULONG *len);
+    /* Optional: C_SetAttributeValue on an object the back end holds. The
+     * template holds only attributes attrpolicy_provider_settable() lets
+     * through (vendor attributes such as CKA_CMK_ENABLED), each once; the
+     * provider answers CKR_ATTRIBUTE_READ_ONLY for one it does not change.
+     * The front end lists the token again after a success. */
+    CK_RV(*set_attributes)
+    (struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 
     /* Key pairs made in the back end (a new key, or a new version). */
     CK_RV(*generate_key_pair)

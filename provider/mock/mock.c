@@ -350,12 +350,16 @@ static CK_RV mock_crypt(struct pcall *c, enum pop op, void *key,
     EVP_PKEY_CTX *ctx;
     size_t olen = *outlen;
     CK_RV rv = CKR_OK;
+    bool enabled;
     static const char *names[] = {"encrypt", "decrypt", "unwrap", "sign"};
 
     if (failing(c, names[op], &rv))
         return rv;
     delay(c->tok);
-    if (!k->enabled && op != POP_ENCRYPT) {
+    pthread_mutex_lock(&((struct mock_token *)c->tok)->lock);
+    enabled = k->enabled;
+    pthread_mutex_unlock(&((struct mock_token *)c->tok)->lock);
+    if (!enabled && op != POP_ENCRYPT) {
         c->device_error = 403;
         return CKR_KEY_FUNCTION_NOT_PERMITTED;
     }
@@ -469,6 +473,28 @@ static CK_RV mock_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     return r == 0 ? CKR_OK : CKR_HOST_MEMORY;
 }
 
+/* CKA_CMK_ENABLED: the version enabled or disabled, as a vault's
+ * "enabled" attribute. */
+static CK_RV mock_set_attributes(struct pcall *c, void *ref,
+                                 const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    struct mock_token *mt = c->tok;
+    struct mock_key *k = ref;
+    CK_ULONG i;
+    CK_RV rv;
+
+    if (failing(c, "set_attributes", &rv))
+        return rv;
+    for (i = 0; i < n; i++)
+        if (tmpl[i].type != CKA_CMK_ENABLED)
+            return CKR_ATTRIBUTE_READ_ONLY;
+    pthread_mutex_lock(&mt->lock);
+    for (i = 0; i < n; i++)
+        k->enabled = *(const CK_BBOOL *)tmpl[i].pValue != CK_FALSE;
+    pthread_mutex_unlock(&mt->lock);
+    return CKR_OK;
+}
+
 const struct provider_ops mock_provider = {
     .name = "mock",
     .open = mock_open,
@@ -480,4 +506,5 @@ const struct provider_ops mock_provider = {
     .ref_free = mock_ref_free,
     .crypt = mock_crypt,
     .generate_key_pair = mock_generate_key_pair,
+    .set_attributes = mock_set_attributes,
 };

@@ -402,6 +402,54 @@ static void test_secret_keys(void)
     p11->C_CloseSession(other);
 }
 
+/* C_SetAttributeValue on a key version the back end holds: the vendor
+ * attributes attrpolicy_provider_set() lets through reach the back end
+ * (the mock: CKA_CMK_ENABLED), the state is listed again at once, and
+ * everything else stays CKR_ACTION_PROHIBITED. */
+static void test_provider_set(void)
+{
+    CK_OBJECT_HANDLE priv = p11_find(sess, CKO_PRIVATE_KEY, "mock-key");
+    CK_OBJECT_HANDLE pub = p11_find(sess, CKO_PUBLIC_KEY, "mock-key");
+    CK_SESSION_HANDLE ro = p11_open(0, false);
+    CK_BBOOL f = CK_FALSE, t = CK_TRUE;
+    CK_ULONG wide = 1;
+    CK_ATTRIBUTE off = {CKA_CMK_ENABLED, &f, sizeof(f)};
+    CK_ATTRIBUTE on = {CKA_CMK_ENABLED, &t, sizeof(t)};
+    CK_ATTRIBUTE bad = {CKA_CMK_ENABLED, &wide, sizeof(wide)};
+    CK_ATTRIBUTE two[] = {{CKA_CMK_ENABLED, &f, sizeof(f)},
+                          {CKA_LABEL, (void *)"x", 1}};
+    CK_RSA_PKCS_OAEP_PARAMS oaep = {CKM_SHA_1, CKG_MGF1_SHA1, 0, NULL, 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &oaep, sizeof(oaep)};
+    CK_BYTE in[256] = {0}, out[256];
+    CK_ULONG outlen = sizeof(out);
+
+    ok(priv != 0 && pub != 0 && ro != 0, "key version and RO session found");
+    is_num(p11_bool(sess, priv, CKA_CMK_ENABLED), 1, "enabled at first");
+    is_rv(p11->C_SetAttributeValue(ro, priv, &off, 1), CKR_SESSION_READ_ONLY,
+          "disabling a token key in a read-only session");
+    is_rv(p11->C_SetAttributeValue(sess, priv, &bad, 1),
+          CKR_ATTRIBUTE_VALUE_INVALID, "CKA_CMK_ENABLED of CK_ULONG size");
+    is_rv(p11->C_SetAttributeValue(sess, priv, two, 2), CKR_ACTION_PROHIBITED,
+          "CKA_CMK_ENABLED with CKA_LABEL: the label is not the back end's");
+    is_rv(p11->C_SetAttributeValue(sess, pub, &off, 1), CKR_ACTION_PROHIBITED,
+          "CKA_CMK_ENABLED on the public key object");
+    is_num(p11_bool(sess, priv, CKA_CMK_ENABLED), 1, "still enabled");
+    is_rv(p11->C_SetAttributeValue(sess, priv, &off, 1), CKR_OK,
+          "CKA_CMK_ENABLED set to false");
+    is_num(p11_bool(sess, priv, CKA_CMK_ENABLED), 0,
+           "the listing shows it disabled at once");
+    is_num(p11_bool(sess, priv, CKA_DECRYPT), 0, "CKA_DECRYPT false with it");
+    is_rv(p11->C_DecryptInit(sess, &m, priv), CKR_KEY_FUNCTION_NOT_PERMITTED,
+          "a disabled version does not decrypt");
+    is_rv(p11->C_SetAttributeValue(sess, priv, &on, 1), CKR_OK,
+          "CKA_CMK_ENABLED set to true again");
+    is_num(p11_bool(sess, priv, CKA_CMK_ENABLED), 1, "enabled again");
+    is_rv(p11->C_DecryptInit(sess, &m, priv), CKR_OK, "it decrypts again");
+    is_rv(p11->C_Decrypt(sess, in, sizeof(in), out, &outlen),
+          CKR_ENCRYPTED_DATA_INVALID, "  (and refuses a zero ciphertext)");
+    p11->C_CloseSession(ro);
+}
+
 int main(void)
 {
     char *conf;
@@ -417,6 +465,7 @@ int main(void)
     test_rsa_attributes();
     test_get_attribute_rules();
     test_secret_keys();
+    test_provider_set();
     p11->C_CloseSession(sess);
     p11->C_Finalize(NULL);
     free(conf);
