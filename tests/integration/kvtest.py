@@ -70,6 +70,28 @@ def section_lines(options):
                    for k, v in options.items() if v is not None)
 
 
+SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def hsm_token(name, token_label="cmk", **options):
+    """A [token NAME] section for an hsm token on SoftHSM's token_label
+    (tests/softhsm-init.sh makes "cmk"); options add to it."""
+    return token_section(name, backend="hsm", module=SOFTHSM,
+                         token_label=token_label, **options)
+
+
+def emu_token(emu, name, secret_file, **options):
+    """A [token NAME] section for the vault "kvemu" of a running emulator
+    (taplib.Emu), signing in as the identity "app" of emulator_config()
+    with its secret in secret_file; options add to or replace these."""
+    o = {"backend": "keyvault", "vault_url": emu.vault_url, "ca_file": emu.ca,
+         "auth": "client-secret", "tenant_id": TENANT, "client_id": APP_ID,
+         "client_secret_file": secret_file,
+         "authority_host": emu.env["AZURE_AUTHORITY_HOST"]}
+    o.update(options)
+    return token_section(name, **o)
+
+
 def conf_text(tokens, **options):
     """A cmkp11.conf: [cmkp11] with the named options (as token_section()),
     then the token sections (from token_section() or KvSetup.token(), or

@@ -10,7 +10,7 @@ import re
 import subprocess
 
 from kvtest import (Tap, PyKCS11, find, aes_template, OAEP256, emulator_config,
-                    write_private, APP_SECRET)
+                    write_private, APP_SECRET, conf_text, hsm_token, emu_token)
 from taplib import Emu
 
 P = PyKCS11
@@ -45,28 +45,8 @@ secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 audit = os.path.join(work, "audit.jsonl")
 debuglog = os.path.join(work, "debug.log")
 emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
-conf = """[cmkp11]
-log-level = debug
-log-file = {debug}
-audit-log = {audit}
-
-[token local]
-backend = hsm
-module = /usr/lib/softhsm/libsofthsm2.so
-token-label = cmk
-
-[token kv]
-backend = keyvault
-vault-url = {url}
-ca-file = {ca}
-auth = client-secret
-tenant-id = {tenant}
-client-id = {cid}
-client-secret-file = {secret}
-authority-host = {auth}
-""".format(debug=debuglog, audit=audit, url=emu.vault_url, ca=emu.ca,
-           tenant=emu.env["AZURE_TENANT_ID"], cid=emu.env["AZURE_CLIENT_ID"],
-           secret=secret, auth=emu.env["AZURE_AUTHORITY_HOST"])
+conf = conf_text([hsm_token("local"), emu_token(emu, "kv", secret)],
+                 log_level="debug", log_file=debuglog, audit_log=audit)
 os.environ["CMKP11_CONF"] = write_private(os.path.join(work, "cmkp11.conf"), conf)
 
 lib = P.PyKCS11Lib()

@@ -9,7 +9,7 @@ the reference, gives that host no token either."""
 import os
 
 from kvtest import (Tap, PyKCS11, emulator_config, write_private,
-                    TENANT, APP_ID, APP_SECRET)
+                    APP_SECRET, conf_text, emu_token)
 from taplib import Emu
 
 P = PyKCS11
@@ -24,21 +24,8 @@ work = emu.dir
 emu.admin("POST", "vaults/kvemu/keys", {"name": "k", "count": 30})
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 log = os.path.join(work, "cmkp11.log")
-conf = """[cmkp11]
-log-level = info
-log-file = {log}
-
-[token kv]
-backend = keyvault
-vault-url = {url}
-ca-file = {ca}
-auth = client-secret
-tenant-id = {tenant}
-client-id = {cid}
-client-secret-file = {secret}
-authority-host = {auth}
-""".format(log=log, url=emu.vault_url, ca=emu.ca, tenant=TENANT, cid=APP_ID,
-           secret=secret, auth=emu.env["AZURE_AUTHORITY_HOST"])
+conf = conf_text([emu_token(emu, "kv", secret)], log_level="info",
+                 log_file=log)
 os.environ["CMKP11_CONF"] = write_private(os.path.join(work, "cmkp11.conf"),
                                           conf)
 

@@ -9,7 +9,8 @@ import struct
 import subprocess
 import time
 
-from kvtest import Tap, PyKCS11, emulator_config, write_private, APP_SECRET
+from kvtest import (Tap, PyKCS11, emulator_config, write_private, APP_SECRET,
+                    conf_text, hsm_token, emu_token)
 from taplib import Emu
 
 P = PyKCS11
@@ -31,30 +32,10 @@ os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
 write_private(os.path.join(work, "pin"), "1234\n")
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
-conf = """[cmkp11]
-log-level = info
-log-file = {work}/cmkp11.log
-refresh-interval = {refresh}
-
-[token local]
-backend = hsm
-module = {softhsm}
-token-label = cmk
-pin-file = {work}/pin
-
-[token kv]
-backend = keyvault
-vault-url = {url}
-ca-file = {ca}
-auth = client-secret
-tenant-id = {tenant}
-client-id = {cid}
-client-secret-file = {secret}
-authority-host = {auth}
-""".format(work=work, refresh=REFRESH, softhsm=SOFTHSM, url=emu.vault_url,
-           ca=emu.ca, tenant=emu.env["AZURE_TENANT_ID"],
-           cid=emu.env["AZURE_CLIENT_ID"], secret=secret,
-           auth=emu.env["AZURE_AUTHORITY_HOST"])
+conf = conf_text([hsm_token("local", pin_file=os.path.join(work, "pin")),
+                  emu_token(emu, "kv", secret)],
+                 log_level="info", log_file=os.path.join(work, "cmkp11.log"),
+                 refresh_interval=REFRESH)
 env = dict(os.environ,
            CMKP11_CONF=write_private(os.path.join(work, "cmkp11.conf"), conf))
 

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 from kvtest import (Tap, PyKCS11, find, ckr, aes_template, OAEP256, OAEP1,
-                    PKCS1, emulator_config, write_private, APP_SECRET)
+                    PKCS1, emulator_config, write_private, APP_SECRET,
+                    conf_text, hsm_token, emu_token)
 from taplib import Emu
 
 P = PyKCS11
@@ -26,30 +27,10 @@ os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
 
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 emu.admin("POST", "vaults/kvemu/keys", {"name": "kek"})
-conf = """[cmkp11]
-log-level = info
-log-file = {work}/cmkp11.log
-
-[token local]
-backend = hsm
-module = /usr/lib/softhsm/libsofthsm2.so
-token-label = cmk
-pin-file = {work}/pin
-
-[token kv]
-backend = keyvault
-vault-url = {url}
-ca-file = {ca}
-auth = client-secret
-tenant-id = {tenant}
-client-id = {cid}
-client-secret-file = {secret}
-authority-host = {auth}
 # PKCS#1 v1.5 unwrapping is refused on keyvault tokens unless allowed.
-rsa-pkcs1-decrypt = allow
-""".format(work=work, url=emu.vault_url, ca=emu.ca, tenant=emu.env["AZURE_TENANT_ID"],
-           cid=emu.env["AZURE_CLIENT_ID"], secret=secret,
-           auth=emu.env["AZURE_AUTHORITY_HOST"])
+conf = conf_text([hsm_token("local", pin_file=os.path.join(work, "pin")),
+                  emu_token(emu, "kv", secret, rsa_pkcs1_decrypt="allow")],
+                 log_level="info", log_file=os.path.join(work, "cmkp11.log"))
 write_private(os.path.join(work, "pin"), "1234\n")
 os.environ["CMKP11_CONF"] = write_private(os.path.join(work, "cmkp11.conf"), conf)
 
