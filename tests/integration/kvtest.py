@@ -70,14 +70,15 @@ def section_lines(options):
                    for k, v in options.items() if v is not None)
 
 
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
+SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 
 
 def hsm_token(name, token_label="cmk", **options):
     """A [token NAME] section for an hsm token on SoftHSM's token_label
     (tests/softhsm-init.sh makes "cmk"); options add to it."""
-    return token_section(name, backend="hsm", module=SOFTHSM,
-                         token_label=token_label, **options)
+    o = {"backend": "hsm", "module": SOFTHSM, "token_label": token_label}
+    o.update(options)
+    return token_section(name, **o)
 
 
 def emu_token(emu, name, secret_file, **options):

@@ -27,9 +27,7 @@ failing calls are loose behaviour bounds. TAP output.
 import os
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 TESTS = 0
@@ -59,75 +57,23 @@ SRC = os.environ.get("top_srcdir", ".")
 BUILD = os.environ.get("top_builddir", ".")
 MODULE = os.environ.get("CMKP11_MODULE", "./.libs/cmkp11.so")
 FAULT_LIB = os.path.join(BUILD, ".libs/p11-fault.so")
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
-PIN = "1234"
+
+from hsmtest import softhsm_dir, use_conf, lower, PIN, SOFTHSM  # noqa: E402
+from kvtest import hsm_token, write_private  # noqa: E402
 OAEP = P.RSAOAEPMechanism(P.CKM_SHA_1, P.CKG_MGF1_SHA1)
 
-# Changes the lower token directly (not through the failing library), as
-# an administrator would: lower.py ACTION HEXID.
-LOWER = r'''
-import sys
-import PyKCS11
-P = PyKCS11
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
-s.login("1234")
-action, cid = sys.argv[2], bytes.fromhex(sys.argv[3])
-k = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, cid)])
-assert len(k) == 1, k
-if action == "delete":
-    s.destroyObject(k[0])
-else:
-    on = action == "enable"
-    s.setAttributeValue(k[0], [(P.CKA_UNWRAP, on), (P.CKA_DECRYPT, on)])
-s.logout()
-'''
-
-
-def lower(action, cid):
-    r = subprocess.run([sys.executable, "-c", LOWER, SOFTHSM, action, cid],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        print("Bail out! changing the lower token failed: " +
-              r.stdout.decode(errors="replace"))
-        sys.exit(99)
-
-
 def setup():
-    tmp = tempfile.mkdtemp(prefix="tmp-hsm-grace-", dir=os.getcwd())
-    r = subprocess.run(["sh", os.path.join(SRC, "tests/softhsm-init.sh"),
-                        os.path.join(tmp, "softhsm")],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode == 77:
-        shutil.rmtree(tmp)
-        print("1..0 # SKIP " + r.stdout.decode(errors="replace").strip())
-        sys.exit(77)
-    if r.returncode != 0:
-        print("Bail out! softhsm-init.sh failed")
-        sys.exit(99)
-    os.environ["SOFTHSM2_CONF"] = os.path.join(tmp, "softhsm/softhsm2.conf")
+    tmp = softhsm_dir("tmp-hsm-grace-")
     os.environ["CMKP11_FAULT_MODULE"] = SOFTHSM
     os.environ["CMKP11_FAULT_FILE"] = os.path.join(tmp, "fault")
-    pin = os.path.join(tmp, "pin")
-    with open(pin, "w") as f:
-        f.write(PIN)
-    os.chmod(pin, 0o600)
-    conf = os.path.join(tmp, "cmkp11.conf")
-    with open(conf, "w") as f:
-        f.write("[cmkp11]\nlog-level = info\nlog-file = %s\n"
-                "audit-log = %s\nrefresh-interval = %d\n\n"
-                % (os.path.join(tmp, "log"), os.path.join(tmp, "audit"),
-                   REFRESH))
-        for name, grace in (("local", GRACE), ("closed", 0),
-                            ("short", SHORT)):
-            f.write("[token %s]\nbackend = hsm\nmodule = %s\n"
-                    "token-label = cmk\npin-file = %s\noffline-grace = %d\n\n"
-                    % (name, FAULT_LIB, pin, grace))
-    os.chmod(conf, 0o600)
-    os.environ["CMKP11_CONF"] = conf
+    pin = write_private(os.path.join(tmp, "pin"), PIN)
+    # The tokens reach SoftHSM through the fault library (tests/p11-fault.c).
+    use_conf(tmp, [hsm_token(name, module=FAULT_LIB, pin_file=pin,
+                             offline_grace=grace)
+                   for name, grace in (("local", GRACE), ("closed", 0),
+                                       ("short", SHORT))],
+             log_level="info", log_file=os.path.join(tmp, "log"),
+             audit_log=os.path.join(tmp, "audit"), refresh_interval=REFRESH)
     return tmp
 
 

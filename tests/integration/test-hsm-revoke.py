@@ -23,9 +23,7 @@ needs the few milliseconds between two calls to stay below 3 s. TAP output.
 """
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 TESTS = 0
@@ -52,63 +50,15 @@ except ImportError as e:
 
 SRC = os.environ.get("top_srcdir", ".")
 MODULE = os.environ.get("CMKP11_MODULE", "./.libs/cmkp11.so")
-SOFTHSM = "/usr/lib/softhsm/libsofthsm2.so"
-PIN = "1234"
 
-# Changes the lower token from another process: lower.py ACTION HEXID.
-LOWER = r'''
-import sys
-import PyKCS11
-P = PyKCS11
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
-s.login("1234")
-action, cid = sys.argv[2], bytes.fromhex(sys.argv[3])
-k = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, cid)])
-assert len(k) == 1, k
-if action == "delete":
-    s.destroyObject(k[0])
-else:
-    flags = {"off": (False, False), "nodecrypt": (True, False),
-             "enable": (True, True)}[action]
-    s.setAttributeValue(k[0], [(P.CKA_UNWRAP, flags[0]),
-                               (P.CKA_DECRYPT, flags[1])])
-s.logout()
-'''
-
-
-def lower(action, cid):
-    r = subprocess.run([sys.executable, "-c", LOWER, SOFTHSM, action, cid],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        print("Bail out! changing the lower token failed: " +
-              r.stdout.decode(errors="replace"))
-        sys.exit(99)
+from hsmtest import softhsm_dir, use_conf, lower, PIN  # noqa: E402
+from kvtest import hsm_token  # noqa: E402
 
 
 def setup():
-    tmp = tempfile.mkdtemp(prefix="tmp-hsm-revoke-", dir=os.getcwd())
-    r = subprocess.run(["sh", os.path.join(SRC, "tests/softhsm-init.sh"),
-                        os.path.join(tmp, "softhsm")],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if r.returncode == 77:
-        shutil.rmtree(tmp)
-        print("1..0 # SKIP " + r.stdout.decode(errors="replace").strip())
-        sys.exit(77)
-    if r.returncode != 0:
-        print("Bail out! softhsm-init.sh failed")
-        sys.exit(99)
-    os.environ["SOFTHSM2_CONF"] = os.path.join(tmp, "softhsm/softhsm2.conf")
-    conf = os.path.join(tmp, "cmkp11.conf")
-    with open(conf, "w") as f:
-        f.write("[cmkp11]\nlog-level = error\nrefresh-interval = %d\n\n"
-                "[token local]\nbackend = hsm\nmodule = %s\n"
-                "token-label = cmk\n" % (REFRESH, SOFTHSM))
-    os.chmod(conf, 0o600)
-    os.environ["CMKP11_CONF"] = conf
+    tmp = softhsm_dir("tmp-hsm-revoke-")
+    use_conf(tmp, [hsm_token("local")], log_level="error",
+             refresh_interval=REFRESH)
     return tmp
 
 

@@ -121,7 +121,8 @@ if len(sys.argv) == 6 and sys.argv[1] == "--read":
     sys.exit(0)
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
-                    APP_SECRET, APP_ID, TENANT, skip_all)
+                    APP_SECRET, conf_text, hsm_token, emu_token,
+                    skip_all)
 
 if not os.access(TOOL, os.X_OK):
     skip_all("cmkp11-tool is not built")
@@ -176,14 +177,9 @@ emu.admin("POST", "vaults/kvemu/keys", {"name": "cmk"})
 emu.admin("POST", "vaults/kvemu/keys", {"name": "cmk2"})
 conf = write_private(
     os.path.join(work, "both.conf"),
-    "[cmkp11]\nlog-level = error\nlog-file = %s\n\n"
-    "[token local]\nbackend = hsm\nmodule = %s\ntoken-label = cmk\n"
-    "pin-file = %s\n\n"
-    "[token kv]\nbackend = keyvault\nvault-url = %s\nca-file = %s\n"
-    "auth = client-secret\ntenant-id = %s\nclient-id = %s\n"
-    "client-secret-file = %s\nauthority-host = %s\n" %
-    (os.path.join(work, "both.log"), SOFTHSM, pinfile, emu.url("kvemu"),
-     emu.ca, TENANT, APP_ID, secret, emu.env["AZURE_AUTHORITY_HOST"]))
+    conf_text([hsm_token("local", pin_file=pinfile),
+               emu_token(emu, "kv", secret)],
+              log_level="error", log_file=os.path.join(work, "both.log")))
 t.eq(st.returncode, 0, "a SoftHSM token (local) and an emulated vault (kv) "
      "in one configuration")
 KV = "pkcs11:token=kv;object=cmk"

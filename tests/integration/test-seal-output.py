@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from taplib import Tap, skip_all  # noqa: E402
-from kvtest import write_private  # noqa: E402
+from kvtest import write_private, conf_text, hsm_token  # noqa: E402
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
@@ -45,9 +45,8 @@ if st.returncode != 0:
     sys.exit(99)
 pin = write_private(os.path.join(work, "pin"), "1234\n")
 conf = write_private(os.path.join(work, "cmkp11.conf"),
-                     "[cmkp11]\nlog-level = error\n\n[token local]\n"
-                     "backend = hsm\nmodule = %s\ntoken-label = cmk\n"
-                     "pin-file = %s\n" % (SOFTHSM, pin))
+                     conf_text([hsm_token("local", pin_file=pin)],
+                               log_level="error"))
 os.umask(0o022)
 d = os.path.join(work, "out")
 os.mkdir(d)

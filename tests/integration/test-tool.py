@@ -17,7 +17,7 @@ TOP_BUILDDIR = os.environ.get("top_builddir") or TOP_SRCDIR
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
-                    conf_text, token_section, TENANT, APP_ID, READER_ID,
+                    conf_text, token_section, hsm_token, TENANT, APP_ID, READER_ID,
                     APP_SECRET, READER_SECRET, skip_all)
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
@@ -163,10 +163,8 @@ st = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "cmk",
                     capture_output=True, text=True)
 t.eq(st.returncode, 0, "a key pair whose label needs JSON escaping")
 hconf = write_private(os.path.join(work, "hsm.conf"),
-                      "[cmkp11]\nlog-level = error\nlog-file = %s\n\n"
-                      "[token local]\nbackend = hsm\nmodule = %s\n"
-                      "token-label = cmk\n" % (os.path.join(work, "hsm.log"),
-                                               SOFTHSM))
+                      conf_text([hsm_token("local")], log_level="error",
+                                log_file=os.path.join(work, "hsm.log")))
 pinfile = write_private(os.path.join(work, "pin"), "1234\n")
 
 rc, out, err = run("list", conf=hconf)
