@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +128,20 @@ void *secure_alloc(size_t len)
     return calloc(1, len ? len : 1);
 }
 
-void secure_free(void *ptr, size_t len)
+/* A pooled chunk's size less its header; a heap block's usable size (at
+ * least what was asked for, by malloc_usable_size(3)). */
+size_t secure_size(const void *ptr)
+{
+    const unsigned char *p = ptr;
+
+    if (p == NULL)
+        return 0;
+    if (in_pool(p))
+        return ((size_t)POOL_MIN << p[-POOL_HEADER]) - POOL_HEADER;
+    return malloc_usable_size((void *)p);
+}
+
+void secure_free(void *ptr)
 {
     unsigned char *p = ptr;
 
@@ -144,7 +158,9 @@ void secure_free(void *ptr, size_t len)
         pthread_mutex_unlock(&pool_lock);
         return;
     }
-    secure_zero(p, len ? len : 1);
+    /* The heap fallback of secure_alloc, or a malloc'd buffer that held a
+     * secret: the whole block is wiped, whatever was asked for. */
+    secure_zero(p, malloc_usable_size(p));
     free(p);
 }
 
@@ -278,25 +294,13 @@ static int read_file(const char *path, int strip, bool secret, char **buf,
     }
     data[used] = '\0';
 
-    /* The caller frees with *len + 1: hand back an allocation of exactly
-     * that size. */
-    if (used + 1 != cap + 1) {
-        char *exact = secure_dup(data, used + 1);
-        if (exact == NULL) {
-            snprintf(err, errlen, "%s: out of memory", path);
-            goto out;
-        }
-        secure_free(data, cap + 1);
-        data = exact;
-    }
     *buf = data;
     *len = used;
     data = NULL;
     ret = 0;
 
 out:
-    if (data != NULL)
-        secure_free(data, cap + 1);
+    secure_free(data);
     if (fd >= 0)
         close(fd);
     return ret;

@@ -10,8 +10,14 @@
 
 /* Wipes len bytes in a way the compiler may not remove. */
 void secure_zero(void *p, size_t len);
-/* Wipes then frees; p may be NULL. */
-void secure_free(void *p, size_t len);
+/*
+ * Wipes the whole allocation then frees it; p may be NULL. p comes from
+ * secure_alloc(), secure_dup() or secure_read_file(); a buffer from
+ * malloc() that held a secret is taken too (its whole block is wiped).
+ */
+void secure_free(void *p);
+/* How many bytes secure_free(p) wipes: at least what was allocated. */
+size_t secure_size(const void *p);
 /* Allocates zeroed memory that is locked in RAM where possible. Free with
  * secure_free(). */
 void *secure_alloc(size_t len);
@@ -46,7 +52,7 @@ int ct_memcmp(const void *a, const void *b, size_t len);
  * Reads a whole file that must be a regular file, not writable by group or
  * others, and owned by root or the current user. With strip, trailing
  * newlines and carriage returns are removed. The result is NUL-terminated,
- * in secure memory; free it with secure_free(buf, *len + 1).
+ * in secure memory; free it with secure_free(buf).
  * On failure returns -1 and writes a reason (no file contents) to err.
  */
 int secure_read_file(const char *path, int strip, char **buf, size_t *len,

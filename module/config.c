@@ -574,7 +574,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     if (secure_read_file(path, 0, &text, &len, err, errlen) < 0)
         return NULL;
     cfg = config_parse(path, text, len, err, errlen);
-    secure_free(text, len + 1);
+    secure_free(text);
     return cfg;
 }
 

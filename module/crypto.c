@@ -277,7 +277,7 @@ CK_RV op_append(struct op *op, const CK_BYTE *in, CK_ULONG inlen)
             return CKR_HOST_MEMORY;
         if (op->len > 0)
             memcpy(nb, op->buf, op->len);
-        secure_free(op->buf, op->cap);
+        secure_free(op->buf);
         op->buf = nb;
         op->cap = ncap;
     }
@@ -474,7 +474,7 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
         input_hash(in, inlen, h);
         cached = ct_memcmp(h, op->in_hash, sizeof(h)) == 0;
         if (!cached) {
-            secure_free(op->result, op->result_len);
+            secure_free(op->result);
             op->result = NULL;
             op->result_len = 0;
         }
@@ -523,7 +523,7 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
         audit_record(s, op->key, op_spec[kind].name, op->mech.mechanism, rv,
                      s->device_error);
         if (rv != CKR_OK) {
-            secure_free(res, cap ? cap : 1);
+            secure_free(res);
             op_end(op);
             return rv;
         }
@@ -540,7 +540,7 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
     memcpy(out, res, len);
     *outlen = len;
     if (!cached)
-        secure_free(res, cap ? cap : 1);
+        secure_free(res);
     op_end(op);
     return CKR_OK;
 }

@@ -99,7 +99,7 @@ static CK_RV publish_secret(struct session *s, const CK_ATTRIBUTE *tmpl,
     }
     pobj_clear(NULL, NULL, &p);
     if (rv != CKR_OK)
-        secure_free(value, len);
+        secure_free(value);
     return rv;
 }
 
@@ -169,7 +169,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         goto put;
     }
     if (RAND_priv_bytes(value, (int)len) != 1) {
-        secure_free(value, len);
+        secure_free(value);
         rv = CKR_FUNCTION_FAILED;
         goto put;
     }
@@ -287,7 +287,7 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
     value = secure_alloc(cap ? cap : 1);
     t = calloc(nd + 2, sizeof(*t));
     if (value == NULL || t == NULL) {
-        secure_free(value, cap ? cap : 1);
+        secure_free(value);
         free(t);
         attrpolicy_free_defaults(tmpl, d);
         return CKR_HOST_MEMORY;
@@ -314,7 +314,7 @@ static CK_RV unwrap_pkcs1(struct session *s, struct object *key,
         if (rv == CKR_OK)
             rv = publish_provider_object(s, &p, ph);
     }
-    secure_free(value, cap ? cap : 1);
+    secure_free(value);
     free(t);
     attrpolicy_free_defaults(tmpl, d);
     return rv;
@@ -372,7 +372,7 @@ static CK_RV unwrap_one(struct session *s, struct object *key,
         rv = exact ? publish_secret(s, tmpl, n, kt, exact, len, CK_FALSE, ph)
                    : CKR_HOST_MEMORY;
     }
-    secure_free(value, cap ? cap : 1);
+    secure_free(value);
     return rv;
 }
 

@@ -24,9 +24,9 @@ void object_unref(struct object *o)
         return;
     provider_ref_free(o->token, o->ref);
     attrs_clear(&o->attrs);
-    secure_free(o->secret, o->secret_len);
+    secure_free(o->secret);
     rsa_pkey_release(o->pkey);
-    secure_free(o->pkcs1_secret, 32);
+    secure_free(o->pkcs1_secret);
     free(o->uid);
     free(o);
 }
@@ -438,7 +438,7 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         object_unref(o);
     }
 put:
-    secure_free(fetched, fetched_len + 1);
+    secure_free(fetched);
     session_put(s);
     END_CALL;
 }

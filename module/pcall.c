@@ -392,7 +392,7 @@ CK_RV provider_read_value(struct session *s, void *ref, CK_BYTE **value,
         *value = buf;
         *len = n;
     } else {
-        secure_free(buf, n + 1);
+        secure_free(buf);
     }
     return pcall_end(s, &c, "get_value", NULL, rv);
 }

@@ -78,7 +78,7 @@ CK_RV provider_set_attributes(struct session *s, void *ref,
  * failed, a closing session's objects). No result, no device error. */
 void provider_discard_object(struct session *s, void *ref);
 /* The value of a secret key the back end keeps, in secure memory (free
- * with secure_free(*value, *len + 1)); *value NULL and *len 0 where the
+ * with secure_free(*value)); *value NULL and *len 0 where the
  * provider has no get_value. */
 CK_RV provider_read_value(struct session *s, void *ref, CK_BYTE **value,
                           CK_ULONG *len);

@@ -137,7 +137,7 @@ static CK_RV raw_rsa(struct session *s, struct object *key, const CK_BYTE *in,
         memset(out, 0, k - len);
         memcpy(out + (k - len), tmp, len);
     }
-    secure_free(tmp, k + 1024);
+    secure_free(tmp);
     return rv;
 }
 
@@ -191,9 +191,9 @@ out:
         cmk_error("token %s: implicit rejection needs raw RSA with this key "
                   "(the hsm back end: CKA_DECRYPT on the lower private key)",
                   s->token->name);
-    secure_free(secret, SECRET_LEN);
-    secure_free(x, k + 1);
-    secure_free(y, k + 1);
+    secure_free(secret);
+    secure_free(x);
+    secure_free(y);
     free(n);
     return rv;
 }
@@ -295,7 +295,7 @@ CK_RV pkcs1_decode(const unsigned char *secret, const CK_BYTE *c,
 out:
     secure_zero(kdk, sizeof(kdk));
     secure_zero(lens, sizeof(lens));
-    secure_free(synth, k);
+    secure_free(synth);
     return rv;
 }
 
@@ -335,6 +335,6 @@ CK_RV pkcs1_decrypt(struct session *s, struct object *key, const CK_BYTE *in,
         rv = CKR_BUFFER_TOO_SMALL;
     if (rv == CKR_OK)
         rv = pkcs1_decode(secret, in, em, k, want, out, outlen);
-    secure_free(em, k);
+    secure_free(em);
     return rv;
 }

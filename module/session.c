@@ -29,8 +29,8 @@ void op_reset(struct op *op)
         object_unref(op->key);
     if (op->md != NULL)
         EVP_MD_CTX_free(op->md);
-    secure_free(op->buf, op->cap);
-    secure_free(op->result, op->result_len);
+    secure_free(op->buf);
+    secure_free(op->result);
     free(op->param_data[0]);
     free(op->param_data[1]);
     secure_zero(op, sizeof(*op));

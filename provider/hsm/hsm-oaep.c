@@ -146,7 +146,7 @@ CK_RV hsm_oaep_decrypt_raw(struct pcall *c, CK_OBJECT_HANDLE priv,
                           CKR_ENCRYPTED_DATA_INVALID);
     *outlen = (CK_ULONG)ct_select(ct_eq(rv, CKR_OK), (unsigned long)r, 0);
 out:
-    secure_free(block, inlen + 1024);
-    secure_free(em, inlen + 1);
+    secure_free(block);
+    secure_free(em);
     return rv;
 }

@@ -282,7 +282,7 @@ static CK_RV unwrap_local(struct pcall *c, CK_OBJECT_HANDLE priv,
         hsm_oaep_decrypt_raw(c, priv, m, wrapped, len, value, &keylen));
     if (rv == CKR_OK)
         rv = create_unwrapped(c, t, nt, value, keylen, h);
-    secure_free(value, len + 1);
+    secure_free(value);
     return rv;
 }
 

@@ -61,8 +61,8 @@ static void hsm_close(void *tok, bool in_child)
         }
         hsm_lib_close(ht->lib, in_child);
     }
-    secure_free(ht->pin_key, 32);
-    secure_free(ht->pin_mac, 32);
+    secure_free(ht->pin_key);
+    secure_free(ht->pin_mac);
     free_versions(ht);
     config_free_list(ht->keys);
     free(ht->mechs);
@@ -301,13 +301,13 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     rv = open_lower(ht, cfg, pin, pin_len, err, errlen);
     if (rv != CKR_OK)
         goto fail;
-    secure_free(pin, pin_len + 1);
+    secure_free(pin);
     *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC |
              (ht->has_raw ? PROVIDER_RAW_RSA : 0);
     *tok = ht;
     return CKR_OK;
 fail:
-    secure_free(pin, pin_len + 1);
+    secure_free(pin);
     hsm_close(ht, false);
     return rv;
 }
@@ -387,8 +387,8 @@ static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
         key = ht->pin_key, kept = ht->pin_mac;
         ht->pin_key = ht->pin_mac = NULL;
         pthread_mutex_unlock(&ht->lock);
-        secure_free(key, 32);
-        secure_free(kept, 32);
+        secure_free(key);
+        secure_free(kept);
         key = kept = NULL;
         LOWER(ht, C_Logout, ht->anchor);
     }
@@ -411,8 +411,8 @@ static CK_RV hsm_login(struct pcall *c, CK_USER_TYPE user,
             }
             pthread_mutex_unlock(&ht->lock);
         }
-        secure_free(key, 32);
-        secure_free(kept, 32);
+        secure_free(key);
+        secure_free(kept);
     }
     return hsm_mapped(c, rv);
 }

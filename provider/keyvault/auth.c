@@ -114,10 +114,8 @@ static void config_clear(struct kv_auth_config *c)
     free(c->identity_thumbprint);
     free(c->msi_endpoint);
     free(c->arc_token_dir);
-    if (c->msi_secret != NULL)
-        secure_free(c->msi_secret, strlen(c->msi_secret) + 1);
-    if (c->secret_env != NULL)
-        secure_free(c->secret_env, strlen(c->secret_env) + 1);
+    secure_free(c->msi_secret);
+    secure_free(c->secret_env);
     memset(c, 0, sizeof(*c));
 }
 
@@ -245,7 +243,7 @@ void kv_auth_free(struct kv_auth *a)
         return;
     for (i = 0; i < a->n; i++) {
         free(a->entries[i].resource);
-        secure_free(a->entries[i].token, a->entries[i].token_len + 1);
+        secure_free(a->entries[i].token);
     }
     config_clear(&a->cfg);
     pthread_mutex_destroy(&a->lock);
@@ -353,8 +351,7 @@ static void store(struct kv_auth *a, const char *resource, const char *token,
     pthread_mutex_lock(&a->lock);
     e = entry_unlocked(a, resource);
     if (e != NULL) {
-        if (e->token != NULL)
-            secure_free(e->token, e->token_len + 1);
+        secure_free(e->token);
         e->token_len = strlen(token);
         e->token = secure_dup(token, e->token_len + 1);
         e->requested_at_ms = requested_at_ms;
@@ -544,9 +541,8 @@ static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
         PKCS12_free(p12);
     }
     BIO_free(bio);
-    secure_free(data, len + 1);
-    if (pass != NULL)
-        secure_free(pass, plen + 1);
+    secure_free(data);
+    secure_free(pass);
     /* A key that did not open leaves OpenSSL's errors on this thread's
      * queue, where the application's next TLS call would find them. */
     ERR_clear_error();
@@ -646,7 +642,7 @@ static char *credential_fields(struct kv_auth *a, const char *token_url,
     if (raw == NULL)
         return NULL;
     esc = kv_url_escape(raw);
-    secure_free(raw, len + 1);
+    secure_free(raw);
     if (esc == NULL)
         return NULL;
     len = strlen(esc) + sizeof(assertion_type) + 32;
@@ -656,7 +652,7 @@ static char *credential_fields(struct kv_auth *a, const char *token_url,
                  a->cfg.method == KV_AUTH_CLIENT_SECRET ? "client_secret="
                                                         : assertion_type,
                  esc);
-    secure_free(esc, strlen(esc) + 1);
+    secure_free(esc);
     return out;
 }
 
@@ -715,7 +711,7 @@ static CK_RV fetch_from_authority(struct kv_auth *a, const char *resource,
             snprintf(body, blen,
                      "grant_type=client_credentials&client_id=%s&%s&scope=%s",
                      cid, cred, scope);
-        secure_free(cred, strlen(cred) + 1);
+        secure_free(cred);
         if (body == NULL) {
             rv = CKR_HOST_MEMORY;
             break;
@@ -726,7 +722,7 @@ static CK_RV fetch_from_authority(struct kv_auth *a, const char *resource,
         req.body = body;
         req.form = true;
         kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
-        secure_free(body, blen);
+        secure_free(body);
         *status = fetch_status(&r);
         if (r.curl == CURLE_OK && r.status == 200) {
             rv = parse_token(&r, url, token, lifetime);
@@ -874,8 +870,7 @@ static CK_RV fetch_azure_cli(struct kv_auth *a, const char *resource,
     }
     json_object_put(doc);
 out:
-    if (out != NULL)
-        secure_free(out, len + 1);
+    secure_free(out);
     return rv;
 }
 
@@ -917,7 +912,7 @@ static CK_RV fetch_token_file(struct kv_auth *a, char **token,
         return CKR_DEVICE_ERROR;
     if (len == 0) {
         cmk_error("access-token-file: %s is empty", a->cfg.token_file);
-        secure_free(t, 1);
+        secure_free(t);
         return CKR_DEVICE_ERROR;
     }
     life = jwt_lifetime(t);
@@ -982,8 +977,7 @@ static char *mi_selector(const struct kv_auth *a, const char *lead)
  * at most 4096 bytes. Returns "Authorization: Basic CONTENTS" in secure
  * memory, or NULL after logging why.
  */
-static char *arc_answer(const struct kv_auth *a, const char *challenge,
-                        size_t *len)
+static char *arc_answer(const struct kv_auth *a, const char *challenge)
 {
     const char *p, *dir = a->cfg.arc_token_dir;
     char path[4096], *data = NULL, *out = NULL, real[PATH_MAX],
@@ -1036,7 +1030,7 @@ static char *arc_answer(const struct kv_auth *a, const char *challenge,
                       fd < 0 ? strerror(errno) : "out of memory");
             if (fd >= 0)
                 close(fd);
-            secure_free(data, 4097);
+            secure_free(data);
             return NULL;
         }
         while (dl < 4096 && (got = read(fd, data + dl, 4096 - dl)) > 0)
@@ -1046,11 +1040,11 @@ static char *arc_answer(const struct kv_auth *a, const char *challenge,
     }
     while (dl > 0 && (data[dl - 1] == '\n' || data[dl - 1] == '\r'))
         data[--dl] = '\0';
-    *len = dl + 32;
-    out = secure_alloc(*len);
+    n = dl + 32;
+    out = secure_alloc(n);
     if (out != NULL)
-        snprintf(out, *len, "Authorization: Basic %s", data);
-    secure_free(data, 4097);
+        snprintf(out, n, "Authorization: Basic %s", data);
+    secure_free(data);
     return out;
 }
 
@@ -1067,7 +1061,6 @@ static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
     char *res = kv_url_escape(resource), *url = NULL, *hdr = NULL, *sel = NULL,
          *body = NULL, *basic = NULL;
     const char *headers[4] = {NULL, NULL, NULL, NULL};
-    size_t basic_len = 0;
     struct kv_request req;
     struct kv_response r;
     CK_RV rv = CKR_DEVICE_ERROR;
@@ -1137,7 +1130,7 @@ static CK_RV fetch_managed_identity(struct kv_auth *a, const char *resource,
     kv_http_do(a->http, &req, (long)(deadline - kv_now_ms()), &r);
     if (a->cfg.mi_host == KV_MI_ARC && r.curl == CURLE_OK && r.status == 401) {
         /* Arc's challenge, then the same request with the file's secret. */
-        basic = arc_answer(a, r.www_authenticate, &basic_len);
+        basic = arc_answer(a, r.www_authenticate);
         kv_response_clear(&r);
         if (basic == NULL) {
             *status = 401;
@@ -1157,10 +1150,8 @@ out:
     free(sel);
     free(url);
     free(body);
-    if (hdr != NULL)
-        secure_free(hdr, strlen(hdr) + 1);
-    if (basic != NULL)
-        secure_free(basic, basic_len);
+    secure_free(hdr);
+    secure_free(basic);
     return rv;
 }
 
@@ -1289,7 +1280,7 @@ CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
         char *held = cached_valid(a, resource, false, NULL);
 
         if (held != NULL) {
-            secure_free(held, strlen(held) + 1);
+            secure_free(held);
             deadline_ms = kv_now_ms() + (deadline_ms - kv_now_ms()) / 2;
         }
     }

@@ -67,8 +67,7 @@ struct kv_cache *kv_cache_new(long ttl_ms, size_t max)
 
 static void clear_unlocked(struct entry *e)
 {
-    if (e->value != NULL)
-        secure_free(e->value, e->len);
+    secure_free(e->value);
     memset(e, 0, sizeof(*e));
 }
 
@@ -190,8 +189,7 @@ void kv_cache_put(struct kv_cache *c, const unsigned char id[32],
     pthread_mutex_lock(&c->lock);
     e = find_unlocked(c, id);
     if (e != NULL && e->pending) {
-        if (e->value != NULL)
-            secure_free(e->value, e->len);
+        secure_free(e->value);
         e->value = secure_dup(value, len ? len : 1);
         e->len = len;
         e->pending = false;

@@ -200,7 +200,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *user)
             return 0;
         if (r->body != NULL)
             memcpy(nb, r->body, r->len);
-        secure_free(r->body, r->cap);
+        secure_free(r->body);
         r->body = nb;
         r->cap = ncap;
     }
@@ -320,7 +320,7 @@ static CURLcode on_ssl_ctx_pin(CURL *c, void *ssl_ctx, void *user)
 
 void kv_response_clear(struct kv_response *r)
 {
-    secure_free(r->body, r->cap);
+    secure_free(r->body);
     free(r->www_authenticate);
     memset(r, 0, sizeof(*r));
     r->retry_after_ms = -1;
@@ -484,7 +484,7 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
             secure_zero(l->data, strlen(l->data));
         curl_slist_free_all(headers);
     }
-    secure_free(auth, auth_len);
+    secure_free(auth);
     give_handle(h, c, r->curl == CURLE_OK);
     return r->body != NULL ? 0 : -1;
 }

@@ -66,7 +66,7 @@ void kv_close(void *tok, bool in_child)
     free(kt->resource);
     free(kt->tenant);
     free(kt->key_type);
-    secure_free(kt->pin, kt->pin_len + 1);
+    secure_free(kt->pin);
     pthread_mutex_destroy(&kt->lock);
     free(kt);
 }
@@ -394,7 +394,7 @@ CK_RV kv_open(const struct config_token *cfg, void **tok, unsigned *flags,
             rv = bad(err, errlen, cfg, "ca-file", msg);
             goto fail;
         }
-        secure_free(buf, blen + 1);
+        secure_free(buf);
     }
     kt->http = kv_http_new(&ho);
     if (kt->http == NULL) {

@@ -195,7 +195,7 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     char why[128], *vers[KV_MAX_REPLICAS] = {NULL};
     int order[KV_MAX_REPLICAS], n = 0, i;
     unsigned char *dec = NULL;
-    size_t declen = 0, deccap = 0;
+    size_t declen = 0;
     CK_RV rv;
 
     if (op == POP_SIGN)
@@ -262,7 +262,7 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
         kv_result_clear(&res);
         goto out;
     }
-    rv = kv_parse_result(res.doc, &dec, &declen, &deccap, why, sizeof(why));
+    rv = kv_parse_result(res.doc, &dec, &declen, why, sizeof(why));
     if (rv != CKR_OK) {
         kv_malformed(kt, "POST", path, why);
     } else if (declen > *outlen) {
@@ -273,12 +273,9 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     }
     kv_result_clear(&res);
 out:
-    if (dec != NULL)
-        secure_free(dec, deccap);
-    if (b64 != NULL)
-        secure_free(b64, strlen(b64) + 1);
-    if (body != NULL)
-        secure_free(body, strlen(body) + 1);
+    secure_free(dec);
+    secure_free(b64);
+    secure_free(body);
     free(path);
     free(name);
     for (i = 0; i < n; i++)

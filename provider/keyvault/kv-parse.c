@@ -314,7 +314,7 @@ void kv_bundle_clear(struct kv_bundle *b)
 }
 
 CK_RV kv_parse_result(json_object *doc, unsigned char **out, size_t *len,
-                      size_t *cap, char *why, size_t whylen)
+                      char *why, size_t whylen)
 {
     json_object *v;
     char *s;
@@ -322,7 +322,6 @@ CK_RV kv_parse_result(json_object *doc, unsigned char **out, size_t *len,
 
     *out = NULL;
     *len = 0;
-    *cap = 0;
     if (!json_object_object_get_ex(doc, "value", &v) ||
         !json_object_is_type(v, json_type_string))
         return bad(why, whylen, "the answer has no %s string", "value");
@@ -333,7 +332,6 @@ CK_RV kv_parse_result(json_object *doc, unsigned char **out, size_t *len,
     secure_zero(s, slen);
     if (*out == NULL)
         return bad(why, whylen, "the answer's %s is not base64url", "value");
-    *cap = slen + 4;
     return CKR_OK;
 }
 

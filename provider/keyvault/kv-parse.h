@@ -73,14 +73,14 @@ CK_RV kv_parse_bundle(json_object *doc, struct kv_bundle *out, char *why,
 void kv_bundle_clear(struct kv_bundle *b);
 
 /* The value of an operation's answer ({"kid":...,"value":B64URL}), decoded
- * into secure memory: free with secure_free(*out, *cap). The string in the
+ * into secure memory: free with secure_free(*out). The string in the
  * document is wiped. */
 CK_RV kv_parse_result(json_object *doc, unsigned char **out, size_t *len,
-                      size_t *cap, char *why, size_t whylen);
+                      char *why, size_t whylen);
 
 /*
  * An identity endpoint's token answer (Entra ID, IMDS, App Service): the
- * access token, a secure copy for secure_free(strlen + 1), and its
+ * access token, a secure copy for secure_free(), and its
  * lifetime in seconds from expires_in or expires_on (now: the current
  * time), at most KV_LIFETIME_MAX; 300 when neither is given.
  * The token's characters in the parsed document are wiped.

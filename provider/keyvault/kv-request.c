@@ -474,7 +474,7 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
             }
             if (token != NULL && !refreshed) {
                 /* Expired or revoked token: fetch a new one, once. */
-                secure_free(token, strlen(token) + 1);
+                secure_free(token);
                 token = NULL;
                 refreshed = true;
                 continue;
@@ -543,8 +543,7 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
     if (!unavailable || last)
         token_reach(kt, unavailable);
     kv_call_unreachable = unavailable;
-    if (token != NULL)
-        secure_free(token, strlen(token) + 1);
+    secure_free(token);
     free(url);
     free(resource);
     free(tenant);

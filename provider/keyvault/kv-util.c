@@ -71,14 +71,11 @@ static unsigned char *b64url_decode(const char *in, size_t *len, bool secret)
     if (w < 0)
         goto fail;
     *len = (size_t)w - pad;
-    secure_free(tmp, cap);
+    secure_free(tmp);
     return out;
 fail:
-    secure_free(tmp, cap);
-    if (secret)
-        secure_free(out, cap);
-    else
-        free(out);
+    secure_free(tmp);
+    secure_free(out); /* secure_alloc'd or malloc'd: either is taken */
     return NULL;
 }
 

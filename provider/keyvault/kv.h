@@ -132,7 +132,7 @@ void kv_auth_free(struct kv_auth *a);
  * A bearer token for resource (e.g. https://vault.azure.net), from the
  * cache or fetched. force: the cached one was refused; fetch a new one.
  * tenant: from the vault's challenge, used when none is configured.
- * *token is a secure copy for the caller to secure_free(strlen + 1).
+ * *token is a secure copy for the caller to secure_free().
  * http_status gets the identity endpoint's status on failure.
  */
 CK_RV kv_auth_token(struct kv_auth *a, const char *resource, const char *tenant,
@@ -159,7 +159,7 @@ int kv_check_key_name(const char *name, char *why, size_t len);
 char *kv_b64url_encode(const unsigned char *in, size_t len);
 /* Decodes base64url (padded or not); returns a malloc'd buffer. */
 unsigned char *kv_b64url_decode(const char *in, size_t *len);
-/* The same into secure memory: free with secure_free(p, strlen(in) + 4). */
+/* The same into secure memory: free with secure_free(p). */
 unsigned char *kv_b64url_decode_secret(const char *in, size_t *len);
 char *kv_strdup_printf(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));

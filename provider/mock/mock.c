@@ -113,7 +113,7 @@ static void mock_close(void *tok, bool in_child)
         EVP_PKEY_free(mt->keys[i]->pkey);
         free(mt->keys[i]);
     }
-    secure_free(mt->pin, mt->pin_len + 1);
+    secure_free(mt->pin);
     free(mt->fail_op);
     pthread_mutex_destroy(&mt->lock);
     free(mt);

@@ -46,14 +46,14 @@ static void bundle(json_object *doc)
 static void result(json_object *doc)
 {
     unsigned char *out;
-    size_t len, cap;
+    size_t len;
     char why[128];
 
-    if (kv_parse_result(doc, &out, &len, &cap, why, sizeof(why)) != CKR_OK)
+    if (kv_parse_result(doc, &out, &len, why, sizeof(why)) != CKR_OK)
         return;
-    if (len > cap)
+    if (len > secure_size(out))
         abort();
-    secure_free(out, cap);
+    secure_free(out);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -95,7 +95,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                            &token, &life, why, sizeof(why)) == CKR_OK) {
             if (life > KV_LIFETIME_MAX)
                 abort();
-            secure_free(token, strlen(token) + 1);
+            secure_free(token);
         }
         break;
     case 4: /* an error answer */

@@ -42,16 +42,42 @@ static void test_secure_memory(void)
         ok(p[0] == 0 && p[31] == 0 && p[32] == 0xa5,
            "secure_zero wipes exactly len bytes");
     }
-    secure_free(p, 64);
-    secure_free(NULL, 10);
+    ok(secure_in_pool(p) && secure_size(p) >= 64,
+       "a small secret is pooled; secure_size covers what was asked");
+    if (p != NULL) {
+        size_t size = secure_size(p);
+        memset(p, 0xa5, size);
+        secure_free(p);
+        /* The pool stays mapped: the freed chunk can be read. */
+        zero = true;
+        for (i = 0; i < size; i++)
+            zero = zero && p[i] == 0;
+        ok(zero, "secure_free wipes the whole pooled chunk, no length given");
+    }
+    secure_free(NULL);
 
     p = secure_dup(secret, sizeof(secret));
     ok(p != NULL && memcmp(p, secret, sizeof(secret)) == 0, "secure_dup");
-    secure_free(p, sizeof(secret));
+    secure_free(p);
 
     p = secure_alloc(0);
     ok(p != NULL, "secure_alloc(0) gives a freeable pointer");
-    secure_free(p, 0);
+    secure_free(p);
+
+    /* Larger than the largest class: the heap fallback, wiped whole. */
+    p = secure_alloc(8192);
+    ok(p != NULL && !secure_in_pool(p) && secure_size(p) >= 8192,
+       "a large buffer comes from the heap; secure_size covers it");
+    if (p != NULL)
+        memset(p, 0xa5, 8192);
+    secure_free(p);
+
+    /* A malloc'd buffer that held a secret is taken too. */
+    p = malloc(100);
+    ok(p != NULL && secure_size(p) >= 100, "secure_size of a malloc'd buffer");
+    if (p != NULL)
+        memset(p, 0xa5, 100);
+    secure_free(p);
 }
 
 static void test_constant_time(void)
@@ -80,17 +106,17 @@ static void test_secure_file(void)
     rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
     ok(rc == 0 && len == 12 && strcmp(buf, "s3cr3t-value") == 0,
        "secure_read_file strips the line end");
-    secure_free(buf, len + 1);
+    secure_free(buf);
 
     rc = secure_read_file(path, 0, &buf, &len, err, sizeof(err));
     ok(rc == 0 && len == 15 && buf[len] == '\0',
        "secure_read_file without strip keeps everything");
-    secure_free(buf, len + 1);
+    secure_free(buf);
 
     chmod(path, 0644);
     rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
     ok(rc == 0, "mode 0644 is accepted (only writing is checked)");
-    secure_free(buf, len + 1);
+    secure_free(buf);
 
     /* A secret: others may not read it; the group may. */
     chmod(path, 0604);
@@ -106,7 +132,7 @@ static void test_secure_file(void)
     chmod(path, 0640);
     rc = secure_read_secret_file(path, 1, &buf, &len, err, sizeof(err));
     ok(rc == 0 && strcmp(buf, "s3cr3t-value") == 0, "  0640 is accepted");
-    secure_free(buf, len + 1);
+    secure_free(buf);
     chmod(path, 0660);
     buf = NULL;
     rc = secure_read_secret_file(path, 1, &buf, &len, err, sizeof(err));
@@ -126,7 +152,7 @@ static void test_secure_file(void)
         rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
         ok(rc == 0 && strcmp(buf, "s3cr3t-value") == 0,
            "a symbolic link is followed");
-        secure_free(buf, len + 1);
+        secure_free(buf);
         unlink(path);
     } else {
         test_skip("cannot make a symbolic link");
@@ -147,7 +173,7 @@ static void test_secure_file(void)
     rc = secure_read_file(path, 1, &buf, &len, err, sizeof(err));
     ok(rc == 0 && len == 0 && buf != NULL && buf[0] == '\0',
        "an empty file is an empty string");
-    secure_free(buf, len + 1);
+    secure_free(buf);
     unlink(path);
     snprintf(path, sizeof(path), "%s/secret", tmpdir);
     unlink(path);

@@ -74,7 +74,7 @@ int main(void)
     pthread_t th;
     char url[64], why[128];
     unsigned char *p, *dec;
-    size_t cap, declen, deccap, i;
+    size_t cap, declen, i;
     json_object *doc;
     const char *v;
     static const char secret[] = "0123456789abcdef0123456789abcdef";
@@ -111,13 +111,13 @@ int main(void)
     doc = kv_parse_body(r.body, r.len, why, sizeof(why));
     ok(doc != NULL, "it parses");
     v = kv_json_str(doc, "value");
-    is_rv(kv_parse_result(doc, &dec, &declen, &deccap, why, sizeof(why)),
-          CKR_OK, "kv_parse_result");
+    is_rv(kv_parse_result(doc, &dec, &declen, why, sizeof(why)), CKR_OK,
+          "kv_parse_result");
     ok(declen == 32 && memcmp(dec, secret, 32) == 0, "the value is decoded");
     ok(secure_in_pool(dec), "into the secure pool");
     ok(v != NULL && all_zero((const unsigned char *)v, strlen(b64)),
        "the value's base64url in the parsed document is wiped");
-    secure_free(dec, deccap);
+    secure_free(dec);
     json_object_put(doc);
     p = (unsigned char *)r.body;
     cap = r.cap;

@@ -437,7 +437,7 @@ out:
         err[0] = '\0';
     free(hdr);
     seal_header_clear(&nh);
-    secure_free(value, SEAL_DEK_LEN);
+    secure_free(value);
 }
 
 static void rewrap_one(struct sctx *c, const struct target *to,

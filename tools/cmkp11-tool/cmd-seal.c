@@ -131,7 +131,7 @@ static int seal_data_multi(struct sctx *c, const struct target *tg, size_t n,
     r = seg_run(ss, err);
 out:
     dek_destroy(c, tg[0].ts, &dek);
-    secure_free(value, SEAL_DEK_LEN);
+    secure_free(value);
     free(hdr);
     return r;
 }
@@ -364,7 +364,7 @@ static int unseal_key(struct sctx *c, const struct seal_header *h,
             (*s = recip_token(c, h, *used, err)) != NULL &&
             dek_create(c, *s, value, false, dek, err) == 0)
             r = 0;
-        secure_free(value, SEAL_DEK_LEN);
+        secure_free(value);
     } else {
         n = recip_order(c, h, order);
         for (i = 0; i < n; i++) {

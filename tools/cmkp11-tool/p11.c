@@ -348,8 +348,7 @@ int tpin_from_file(struct tpin *p, const char *path)
 
 void tpin_free(struct tpin *p)
 {
-    if (p->value != NULL)
-        secure_free(p->value, p->len + 1);
+    secure_free(p->value);
     p->value = NULL;
     p->len = 0;
 }

@@ -507,12 +507,12 @@ int dek_move(struct sctx *c, struct tstate *from, CK_OBJECT_HANDLE dek,
     if (rv != CKR_OK || va.ulValueLen != SEAL_DEK_LEN) {
         efmt(err, "reading the data key on token %s: %s", from->t->label,
              trv_name(rv));
-        secure_free(value, SEAL_DEK_LEN);
+        secure_free(value);
         return -1;
     }
     tmpl[3].pValue = value;
     rv = c->m->f->C_CreateObject(to->t->sess, tmpl, CMK_ARRAY_SIZE(tmpl), out);
-    secure_free(value, SEAL_DEK_LEN);
+    secure_free(value);
     if (rv != CKR_OK) {
         efmt(err, "C_CreateObject (the data key) on token %s: %s", to->t->label,
              ts_rv_text(c, to, rv, text, sizeof(text)));

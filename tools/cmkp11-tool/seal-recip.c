@@ -140,7 +140,7 @@ int header_dek_value(struct sctx *c, const struct seal_header *h,
         efmt(err, "no recipient can unwrap the data key");
     }
 out:
-    secure_free(share, SEAL_DEK_LEN);
+    secure_free(share);
     if (r < 0)
         memset(value, 0, SEAL_DEK_LEN);
     return r;
@@ -200,8 +200,8 @@ int recip_wrap_all(struct sctx *c, struct seal_header *h,
         r = recip_wrap(c, h, i, &tg[i], share, err);
     }
 out:
-    secure_free(share, SEAL_DEK_LEN);
-    secure_free(rest, SEAL_DEK_LEN);
+    secure_free(share);
+    secure_free(rest);
     return r;
 }
 

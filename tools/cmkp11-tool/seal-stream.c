@@ -117,8 +117,8 @@ static int reader_init(struct seg_reader *r, FILE *f, size_t size, bool wipe)
 static void reader_free(struct seg_reader *r)
 {
     if (r->wipe) {
-        secure_free(r->cur, r->size);
-        secure_free(r->next, r->size);
+        secure_free(r->cur);
+        secure_free(r->next);
     } else {
         free(r->cur);
         free(r->next);
@@ -373,7 +373,7 @@ int seg_run(struct seg_stream *s, char *err)
 out:
     reader_free(&r);
     if (s->op == SEG_DECRYPT)
-        secure_free(buf, SEG_CT);
+        secure_free(buf);
     else
         free(buf);
     return ret;
