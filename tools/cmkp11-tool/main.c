@@ -33,6 +33,7 @@ struct command {
 #define TO_OK     4u
 #define OUTPUT_OK 8u
 #define FILES     16u
+#define RETIRE_OK 32u /* --paths, --audit-log, --since, --dry-run, --undo */
 
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
@@ -52,6 +53,10 @@ static const struct command commands[] = {
     {"rewrap", cmd_rewrap, 1, INT_MAX, "rewrap FILE|DIR...",
      "wrap sealed files' data keys under the current version (or KEY)",
      TOKEN_OK | TO_OK | FILES},
+    {"retire", cmd_retire, 2, 2, "retire TOKEN KEY@VERSION",
+     "disable an old version once no sealed file under --paths and no\n"
+     "                         --audit-log record within --since uses it",
+     RETIRE_OK},
 };
 
 void tool_error(const char *fmt, ...)
@@ -101,13 +106,24 @@ static void usage(FILE *f)
             "  --remove-key KEY    rewrap: remove KEY from each file's keys\n"
             "  -o, --output FILE   seal, unseal: write to FILE (default: "
             "standard output)\n"
+            "  --paths DIR         retire: sealed files here must not name "
+            "the version\n"
+            "                      (repeat for more directories or files)\n"
+            "  --audit-log FILE    retire: the module's audit log to read "
+            "(repeat)\n"
+            "  --since AGE         retire: audit records this recent count "
+            "(90m, 24h, 7d;\n"
+            "                      default 24h)\n"
+            "  --dry-run           retire: report only, change nothing\n"
+            "  --undo              retire: enable the version again\n"
             "  --min-key-bits N    the smallest RSA size check accepts "
             "(default: the\n"
             "                      module's min-key-bits where it shows it, "
             "else 2048)\n"
             "  -h, --help          show this help and exit\n"
             "  -V, --version       show the version and exit\n\n"
-            "Exit status: 0 ok, 1 failed (or a check failed), 2 usage.\n"
+            "Exit status: 0 ok, 1 failed (or a check failed), 2 usage, 3 "
+            "retire refused.\n"
             "See cmkp11-tool(1).\n",
             CMKP11_DEFAULT_MODULE);
 }
@@ -134,6 +150,11 @@ enum {
     OPT_REQUIRE_ALL,
     OPT_ADD_KEY,
     OPT_REMOVE_KEY,
+    OPT_PATHS,
+    OPT_AUDIT_LOG,
+    OPT_SINCE,
+    OPT_DRY_RUN,
+    OPT_UNDO,
 };
 
 static int parse_long_arg(const char *s, long lo, long hi, long *out)
@@ -163,6 +184,11 @@ int main(int argc, char **argv)
         {"require-all", no_argument, NULL, OPT_REQUIRE_ALL},
         {"add-key", required_argument, NULL, OPT_ADD_KEY},
         {"remove-key", required_argument, NULL, OPT_REMOVE_KEY},
+        {"paths", required_argument, NULL, OPT_PATHS},
+        {"audit-log", required_argument, NULL, OPT_AUDIT_LOG},
+        {"since", required_argument, NULL, OPT_SINCE},
+        {"dry-run", no_argument, NULL, OPT_DRY_RUN},
+        {"undo", no_argument, NULL, OPT_UNDO},
         {"output", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
@@ -173,6 +199,7 @@ int main(int argc, char **argv)
     const char *pin_file = NULL;
     struct tmod m;
     int c, nargs, status = TOOL_USAGE;
+    bool retire_opt = false;
 
     memset(&o, 0, sizeof(o));
     o.module = CMKP11_DEFAULT_MODULE;
@@ -230,6 +257,38 @@ int main(int argc, char **argv)
         case 'o':
             o.output = optarg;
             break;
+        case OPT_PATHS:
+            if (o.npaths == CMK_ARRAY_SIZE(o.paths)) {
+                tool_error("--paths: at most %zu", CMK_ARRAY_SIZE(o.paths));
+                goto out;
+            }
+            o.paths[o.npaths++] = optarg;
+            retire_opt = true;
+            break;
+        case OPT_AUDIT_LOG:
+            if (o.naudit == CMK_ARRAY_SIZE(o.audit_logs)) {
+                tool_error("--audit-log: at most %zu",
+                           CMK_ARRAY_SIZE(o.audit_logs));
+                goto out;
+            }
+            o.audit_logs[o.naudit++] = optarg;
+            retire_opt = true;
+            break;
+        case OPT_SINCE:
+            if (retire_parse_since(optarg, &o.since) < 0) {
+                tool_error("--since: an age such as 90m, 24h or 7d (minutes, "
+                           "hours or days), not '%s'",
+                           optarg);
+                goto out;
+            }
+            o.since_set = retire_opt = true;
+            break;
+        case OPT_DRY_RUN:
+            o.dry_run = retire_opt = true;
+            break;
+        case OPT_UNDO:
+            o.undo = retire_opt = true;
+            break;
         case 'h':
             usage(stdout);
             status = TOOL_OK;
@@ -280,6 +339,24 @@ int main(int argc, char **argv)
                    : o.token != NULL && !(cmd->opts & TOKEN_OK) ? "token"
                    : o.to != NULL && !(cmd->opts & TO_OK)       ? "to"
                                                                 : "output");
+        goto out;
+    }
+    if (retire_opt && !(cmd->opts & RETIRE_OK)) {
+        tool_error("%s does not take --%s", cmd->name,
+                   o.npaths      ? "paths"
+                   : o.naudit    ? "audit-log"
+                   : o.since_set ? "since"
+                   : o.dry_run   ? "dry-run"
+                                 : "undo");
+        goto out;
+    }
+    if (o.since_set && o.naudit == 0) {
+        tool_error("--since: give the audit logs to read (--audit-log FILE)");
+        goto out;
+    }
+    if (o.undo && (o.npaths || o.naudit)) {
+        tool_error("retire --undo enables the version again: it takes no "
+                   "--paths or --audit-log");
         goto out;
     }
     for (c = optind + 1; c < argc && !(cmd->opts & FILES); c++) {

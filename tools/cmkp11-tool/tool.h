@@ -10,9 +10,10 @@
 #include "p11.h"
 
 /* Exit statuses. */
-#define TOOL_OK     0
-#define TOOL_FAILED 1
-#define TOOL_USAGE  2
+#define TOOL_OK      0
+#define TOOL_FAILED  1
+#define TOOL_USAGE   2
+#define TOOL_REFUSED 3 /* retire: something still depends on the version */
 
 /* Options common to every command. */
 struct tool_opts {
@@ -29,6 +30,15 @@ struct tool_opts {
     const char *token;      /* --token (seal, unseal, rewrap) */
     const char *to;         /* --to (rewrap) */
     const char *output;     /* -o (seal, unseal) */
+    /* retire */
+    const char *paths[64]; /* --paths, repeated */
+    size_t npaths;
+    const char *audit_logs[16]; /* --audit-log, repeated */
+    size_t naudit;
+    long long since; /* --since, in seconds */
+    bool since_set;
+    bool dry_run; /* --dry-run */
+    bool undo;    /* --undo */
 };
 
 /* A command: argv[0] is the command's name; returns an exit status. */
@@ -51,6 +61,11 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc,
                char **argv);
 int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc,
                char **argv);
+
+/* retire (cmd-retire.c); --since's "90m", "24h", "7d" in seconds. */
+int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc,
+               char **argv);
+int retire_parse_since(const char *s, long long *seconds);
 
 struct jw;
 struct tversion;
