@@ -20,6 +20,9 @@
 #include "secure.h"
 
 static int audit_fd = -1;
+/* Who writes the records: the host's name and the program's, read when
+ * the log opens (cmkp11-tool retire lists them, docs/cmkp11.conf.5). */
+static char audit_host[256], audit_process[64];
 
 int audit_open(const char *path, char *err, size_t errlen)
 {
@@ -40,6 +43,11 @@ int audit_open(const char *path, char *err, size_t errlen)
         return -1;
     }
     audit_fd = fd;
+    if (gethostname(audit_host, sizeof(audit_host)) != 0)
+        audit_host[0] = '\0';
+    audit_host[sizeof(audit_host) - 1] = '\0';
+    snprintf(audit_process, sizeof(audit_process), "%s",
+             program_invocation_short_name);
     return 0;
 }
 
@@ -195,9 +203,13 @@ void audit_record(struct session *s, struct object *key, const char *op,
     gmtime_r(&ts.tv_sec, &tm);
     put_fmt(l,
             "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\","
-            "\"pid\":%ld,\"token\":",
+            "\"pid\":%ld,\"host\":",
             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
             tm.tm_sec, ts.tv_nsec / 1000000, (long)getpid());
+    put_string(l, audit_host, strlen(audit_host));
+    put_raw(l, ",\"process\":", 11);
+    put_string(l, audit_process, strlen(audit_process));
+    put_raw(l, ",\"token\":", 9);
     put_string(l, s->token->name, strlen(s->token->name));
     put_raw(l, ",\"key\":", 7);
     put_attr(l, key, CKA_CMK_KEY_NAME);
