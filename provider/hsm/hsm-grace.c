@@ -258,3 +258,78 @@ CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
 {
     return hsm_usage_check(c, key, wrap ? USE_WRAP : USE_ENCRYPT);
 }
+
+/*
+ * C_SetAttributeValue on a version's private key (cmkp11-tool retire):
+ * CKA_CMK_ENABLED false clears the lower private key's CKA_DECRYPT,
+ * CKA_UNWRAP and CKA_SIGN, the flags revocation and listing read (a
+ * version is disabled when the first two are false). True sets each from
+ * its counterpart on the lower public key, CKA_ENCRYPT, CKA_WRAP and
+ * CKA_VERIFY, which disabling leaves as they are: the pair gets back the
+ * uses it was made for, whatever its label became meanwhile. A pair whose
+ * public key permits neither encryption nor wrapping (or that has no
+ * public key) gets CKA_DECRYPT and CKA_UNWRAP. See docs/hsm.md,
+ * "Retiring a version".
+ */
+CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
+                         CK_ULONG n)
+{
+    struct hsm_token *ht = c->tok;
+    struct hsm_ver *v = ref;
+    CK_BBOOL f[3] = {CK_FALSE, CK_FALSE, CK_FALSE};
+    CK_ATTRIBUTE a[] = {
+        {CKA_DECRYPT, &f[0], sizeof(f[0])},
+        {CKA_UNWRAP, &f[1], sizeof(f[1])},
+        {CKA_SIGN, &f[2], sizeof(f[2])},
+    };
+    CK_SESSION_HANDLE s = hsm_lower_session(c);
+    CK_OBJECT_HANDLE priv, pub;
+    bool on = true;
+    CK_ULONG i;
+    CK_RV rv;
+
+    if (v == NULL || v->kind != HSM_REF_VERSION)
+        return CKR_ATTRIBUTE_READ_ONLY;
+    for (i = 0; i < n; i++) {
+        if (tmpl[i].type != CKA_CMK_ENABLED)
+            return CKR_ATTRIBUTE_READ_ONLY;
+        on = *(const CK_BBOOL *)tmpl[i].pValue != CK_FALSE;
+    }
+    if (n == 0)
+        return CKR_OK;
+    pthread_mutex_lock(&ht->lock);
+    priv = v->priv;
+    pub = v->pub;
+    pthread_mutex_unlock(&ht->lock);
+    if (priv == 0)
+        return CKR_OBJECT_HANDLE_INVALID;
+    if (on && pub != 0) {
+        CK_ATTRIBUTE q[] = {
+            {CKA_ENCRYPT, &f[0], sizeof(f[0])},
+            {CKA_WRAP, &f[1], sizeof(f[1])},
+            {CKA_VERIFY, &f[2], sizeof(f[2])},
+        };
+        rv = LOWER(ht, C_GetAttributeValue, s, pub, q, CMK_ARRAY_SIZE(q));
+        if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+            return hsm_mapped(c, rv);
+        for (i = 0; i < CMK_ARRAY_SIZE(q); i++)
+            if (q[i].ulValueLen != sizeof(f[i]))
+                f[i] = CK_FALSE;
+    }
+    if (on && !f[0] && !f[1])
+        f[0] = f[1] = CK_TRUE;
+    rv = LOWER(ht, C_SetAttributeValue, s, priv, a, CMK_ARRAY_SIZE(a));
+    /* Whatever happened, the flags are read again before the next public
+     * operation. */
+    pthread_mutex_lock(&ht->lock);
+    v->usage_at = 0;
+    v->usage_gen++;
+    pthread_mutex_unlock(&ht->lock);
+    if (rv != CKR_OK)
+        return hsm_mapped(c, rv);
+    cmk_info("token %s: version %s %s (lower CKA_DECRYPT %d, CKA_UNWRAP %d, "
+             "CKA_SIGN %d)",
+             ht->name, v->label ? v->label : "?", on ? "enabled" : "disabled",
+             f[0], f[1], f[2]);
+    return CKR_OK;
+}

@@ -484,5 +484,6 @@ const struct provider_ops hsm_provider = {
     .get_value = hsm_get_value,
     .generate_key_pair = hsm_generate_key_pair,
     .generate_random = hsm_generate_random,
+    .set_attributes = hsm_set_attributes,
     .atfork = hsm_atfork,
 };

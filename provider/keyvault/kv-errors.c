@@ -110,6 +110,10 @@ static const struct {
     {KV_CTX_CREATE, 409, CKR_OK, CKR_ATTRIBUTE_VALUE_INVALID},
     {KV_CTX_CREATE, 403, CKR_OK, CKR_FUNCTION_FAILED},
     {KV_CTX_CREATE, 0, CKR_KEY_HANDLE_INVALID, CKR_FUNCTION_FAILED},
+    /* C_SetAttributeValue (Update Key): a 403 (no update permission) is
+     * the function's failure; a version gone, the object's handle. */
+    {KV_CTX_UPDATE, 403, CKR_OK, CKR_FUNCTION_FAILED},
+    {KV_CTX_UPDATE, 0, CKR_KEY_HANDLE_INVALID, CKR_OBJECT_HANDLE_INVALID},
 };
 
 CK_RV kv_map_context(enum kv_context ctx, long status, CK_RV rv)

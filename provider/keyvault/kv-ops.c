@@ -602,6 +602,88 @@ static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
     return rv;
 }
 
+/*
+ * C_SetAttributeValue on a version's private key: CKA_CMK_ENABLED is the
+ * version's "enabled" attribute, changed with Key Vault's Update Key
+ * (PATCH /keys/NAME/VERSION, body {"attributes":{"enabled":false}}; the
+ * answer is the whole key bundle; the identity needs the keys update
+ * permission). cmkp11-tool retire disables an old version this way, and
+ * retire --undo enables it again.
+ */
+static CK_RV kv_set_attributes(struct pcall *c, void *ref,
+                               const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    struct kv_token *kt = c->tok;
+    struct kv_version *v = ref;
+    int64_t deadline = kv_now_ms() + kt->deadline_ms;
+    char *name = NULL, *version = NULL, *esc = NULL, *vesc = NULL;
+    char *path = NULL;
+    struct kv_result res;
+    struct kv_key *k;
+    bool on = true;
+    CK_ULONG i;
+    CK_RV rv;
+
+    for (i = 0; i < n; i++) {
+        if (tmpl[i].type != CKA_CMK_ENABLED)
+            return CKR_ATTRIBUTE_READ_ONLY;
+        on = *(const CK_BBOOL *)tmpl[i].pValue != CK_FALSE;
+    }
+    if (n == 0)
+        return CKR_OK;
+    if (kt->nrep > 1) {
+        /* A version enabled in one vault and not in the others would be
+         * read as disabled (the replicas disagree); each vault is its
+         * own resource. */
+        cmk_warning("token %s has replicas (%s): enable or disable the "
+                    "version in each vault (az keyvault key set-attributes "
+                    "--enabled), not through cmkp11",
+                    kt->name, kt->hosts);
+        return CKR_FUNCTION_FAILED;
+    }
+    pthread_mutex_lock(&kt->lock);
+    k = v->key;
+    name = strdup(k->name);
+    version = strdup(v->version);
+    pthread_mutex_unlock(&kt->lock);
+    if (name != NULL && version != NULL) {
+        esc = kv_url_escape(name);
+        vesc = kv_url_escape(version);
+    }
+    if (esc != NULL && vesc != NULL)
+        path = kv_strdup_printf("/keys/%s/%s", esc, vesc);
+    if (path == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    rv = kv_call(kt, &kt->rep[0], c, "PATCH", path,
+                 on ? "{\"attributes\":{\"enabled\":true}}"
+                    : "{\"attributes\":{\"enabled\":false}}",
+                 deadline, true, &res);
+    if (rv != CKR_OK) {
+        kv_explain(kt, name, on ? "enable" : "disable", "update", &res, rv);
+        rv = kv_map_context(KV_CTX_UPDATE, res.status, rv);
+        kv_result_clear(&res);
+        goto out;
+    }
+    /* The answer is the version's bundle, "enabled" as it is now. */
+    rv = kv_take_bundle(kt, &kt->rep[0], true, k, res.doc, "PATCH", path, NULL);
+    kv_result_clear(&res);
+    if (rv != CKR_OK)
+        goto out;
+    cmk_info("token %s: version %s of key %s %s", kt->name, version, name,
+             on ? "enabled" : "disabled");
+    if (!on)
+        kv_unwrap_cache_prune(kt, k, false);
+out:
+    free(path);
+    free(esc);
+    free(vesc);
+    free(name);
+    free(version);
+    return rv;
+}
+
 static CK_RV kv_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
 {
     (void)c;
@@ -622,4 +704,5 @@ const struct provider_ops keyvault_provider = {
     .crypt = kv_crypt,
     .generate_key_pair = kv_generate_key_pair,
     .generate_random = kv_generate_random,
+    .set_attributes = kv_set_attributes,
 };

@@ -148,7 +148,7 @@ CK_RV kv_map_http(long status, const char *body, char *code, size_t codelen,
 
 /* What an operation's own codes make of a refusal kv_map_http mapped to rv
  * (the context rows of kv-errors.c). */
-enum kv_context { KV_CTX_SIGN, KV_CTX_CREATE };
+enum kv_context { KV_CTX_SIGN, KV_CTX_CREATE, KV_CTX_UPDATE };
 CK_RV kv_map_context(enum kv_context ctx, long status, CK_RV rv);
 
 /* ---- helpers (kv-util.c) ---- */
