@@ -337,7 +337,7 @@ static char *rewrap_command(const struct retire *r, const struct tool_opts *o)
 
 static const char *since_text(long long s, char *buf, size_t len)
 {
-    if (s % 86400 == 0 && s > 0)
+    if (s % 86400 == 0 && s > 86400)
         snprintf(buf, len, "%lldd", s / 86400);
     else if (s % 3600 == 0 && s > 0)
         snprintf(buf, len, "%lldh", s / 3600);
@@ -603,9 +603,9 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         if (scan_audit(&r, o->audit_logs[i], now) < 0)
             goto out;
     if (r.bad_lines > 0)
-        tool_error("retire: warning: %lu audit line%s that are not audit "
-                   "records were skipped",
-                   r.bad_lines, r.bad_lines == 1 ? "" : "s");
+        tool_error("retire: warning: %lu audit line%s not an audit record: "
+                   "skipped",
+                   r.bad_lines, r.bad_lines == 1 ? " is" : "s are");
     if (r.nfiles > 0 && (cmd = rewrap_command(&r, o)) == NULL) {
         tool_error("retire: out of memory");
         goto out;
