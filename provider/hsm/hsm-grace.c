@@ -271,8 +271,7 @@ CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
  * public key) gets CKA_DECRYPT and CKA_UNWRAP. See docs/hsm.md,
  * "Retiring a version".
  */
-CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
-                         CK_ULONG n)
+CK_RV hsm_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
 {
     struct hsm_token *ht = c->tok;
     struct hsm_ver *v = ref;
@@ -284,19 +283,12 @@ CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
     };
     CK_SESSION_HANDLE s = hsm_lower_session(c);
     CK_OBJECT_HANDLE priv, pub;
-    bool on = true;
+    bool on = *(const CK_BBOOL *)at->pValue != CK_FALSE;
     CK_ULONG i;
     CK_RV rv;
 
     if (v == NULL || v->kind != HSM_REF_VERSION)
         return CKR_ATTRIBUTE_READ_ONLY;
-    for (i = 0; i < n; i++) {
-        if (tmpl[i].type != CKA_CMK_ENABLED)
-            return CKR_ATTRIBUTE_READ_ONLY;
-        on = *(const CK_BBOOL *)tmpl[i].pValue != CK_FALSE;
-    }
-    if (n == 0)
-        return CKR_OK;
     pthread_mutex_lock(&ht->lock);
     priv = v->priv;
     pub = v->pub;
@@ -332,4 +324,21 @@ CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
              ht->name, v->label ? v->label : "?", on ? "enabled" : "disabled",
              f[0], f[1], f[2]);
     return CKR_OK;
+}
+
+/* provider_ops.set_attributes: the vendor attributes the lower token
+ * keeps (the front end let only those of attrpolicy.c through). */
+CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
+                         CK_ULONG n)
+{
+    CK_ULONG i;
+    CK_RV rv = CKR_OK;
+
+    for (i = 0; rv == CKR_OK && i < n; i++) {
+        if (tmpl[i].type == CKA_CMK_ENABLED)
+            rv = hsm_set_enabled(c, ref, &tmpl[i]);
+        else
+            rv = CKR_ATTRIBUTE_READ_ONLY;
+    }
+    return rv;
 }

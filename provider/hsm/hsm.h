@@ -192,7 +192,9 @@ enum usage { USE_WRAP, USE_ENCRYPT, USE_ANY };
 CK_RV hsm_usage_check(struct pcall *c, void *key, enum usage use);
 CK_RV hsm_usage_after(struct hsm_token *ht, void *ref, CK_RV rv);
 CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap);
-/* CKA_CMK_ENABLED: the lower private key's usage flags (retire). */
+/* CKA_CMK_ENABLED: the lower private key's usage flags (retire); the
+ * provider's set_attributes. */
+CK_RV hsm_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at);
 CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
                          CK_ULONG n);
 

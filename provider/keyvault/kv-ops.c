@@ -603,15 +603,14 @@ static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
 }
 
 /*
- * C_SetAttributeValue on a version's private key: CKA_CMK_ENABLED is the
- * version's "enabled" attribute, changed with Key Vault's Update Key
+ * CKA_CMK_ENABLED set on a version's private key: the version's "enabled"
+ * attribute, changed with Key Vault's Update Key
  * (PATCH /keys/NAME/VERSION, body {"attributes":{"enabled":false}}; the
  * answer is the whole key bundle; the identity needs the keys update
  * permission). cmkp11-tool retire disables an old version this way, and
  * retire --undo enables it again.
  */
-static CK_RV kv_set_attributes(struct pcall *c, void *ref,
-                               const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
 {
     struct kv_token *kt = c->tok;
     struct kv_version *v = ref;
@@ -620,17 +619,9 @@ static CK_RV kv_set_attributes(struct pcall *c, void *ref,
     char *path = NULL;
     struct kv_result res;
     struct kv_key *k;
-    bool on = true;
-    CK_ULONG i;
+    bool on = *(const CK_BBOOL *)at->pValue != CK_FALSE;
     CK_RV rv;
 
-    for (i = 0; i < n; i++) {
-        if (tmpl[i].type != CKA_CMK_ENABLED)
-            return CKR_ATTRIBUTE_READ_ONLY;
-        on = *(const CK_BBOOL *)tmpl[i].pValue != CK_FALSE;
-    }
-    if (n == 0)
-        return CKR_OK;
     if (kt->nrep > 1) {
         /* A version enabled in one vault and not in the others would be
          * read as disabled (the replicas disagree); each vault is its
@@ -681,6 +672,23 @@ out:
     free(vesc);
     free(name);
     free(version);
+    return rv;
+}
+
+/* provider_ops.set_attributes: the vendor attributes the vault changes
+ * (the front end let only those of attrpolicy.c through). */
+static CK_RV kv_set_attributes(struct pcall *c, void *ref,
+                               const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    CK_ULONG i;
+    CK_RV rv = CKR_OK;
+
+    for (i = 0; rv == CKR_OK && i < n; i++) {
+        if (tmpl[i].type == CKA_CMK_ENABLED)
+            rv = kv_set_enabled(c, ref, &tmpl[i]);
+        else
+            rv = CKR_ATTRIBUTE_READ_ONLY;
+    }
     return rv;
 }
 

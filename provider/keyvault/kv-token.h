@@ -195,5 +195,7 @@ void kv_ref_free(void *tok, void *ref);
 
 /* kv-ops.c */
 void kv_unwrap_cache_prune(struct kv_token *kt, struct kv_key *k, bool all);
+/* CKA_CMK_ENABLED of version ref (Update Key). */
+CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at);
 
 #endif
