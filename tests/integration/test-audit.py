@@ -118,8 +118,8 @@ for line in lines:
     except ValueError:
         bad_lines += 1
 t.eq(bad_lines, 0, "every audit line is JSON (%d lines)" % len(lines))
-fields = {"time", "pid", "token", "key", "version", "operation", "mechanism",
-          "result", "http_status"}
+fields = {"time", "pid", "host", "process", "token", "key", "version",
+          "operation", "mechanism", "result", "http_status"}
 t.ok(all(fields <= set(r) for r in records), "every line has all the fields")
 for tok in ("local", "kv"):
     got = {}
