@@ -7,6 +7,7 @@
 #include "config.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
@@ -260,31 +261,148 @@ CK_RV hsm_check_public(struct pcall *c, void *key, bool wrap)
 }
 
 /*
- * C_SetAttributeValue on a version's private key (cmkp11-tool retire):
- * CKA_CMK_ENABLED false clears the lower private key's CKA_DECRYPT,
+ * CKA_CMK_ENABLED of a version (cmkp11-tool retire; docs/hsm.md, "Retiring
+ * a version"). Disabling clears the lower private key's CKA_DECRYPT,
  * CKA_UNWRAP and CKA_SIGN, the flags revocation and listing read (a
- * version is disabled when the first two are false). True sets each from
- * its counterpart on the lower public key, CKA_ENCRYPT, CKA_WRAP and
- * CKA_VERIFY, which disabling leaves as they are: the pair gets back the
- * uses it was made for, whatever its label became meanwhile. A pair whose
- * public key permits neither encryption nor wrapping (or that has no
- * public key) gets CKA_DECRYPT and CKA_UNWRAP. See docs/hsm.md,
- * "Retiring a version".
+ * version is disabled when the first two are false). Which of them were
+ * true is recorded first in a data object on the lower token, so that
+ * enabling sets back exactly those, and the record travels with the token:
+ *   CKA_CLASS CKO_DATA, CKA_TOKEN and CKA_PRIVATE true,
+ *   CKA_APPLICATION "cmkp11 disabled-usage",
+ *   CKA_LABEL "NAME@HEXID" (the key's name and the pair's CKA_ID, which no
+ *   rotation changes, whatever the pair's own label becomes),
+ *   CKA_VALUE the flags that were true, "decrypt,unwrap,sign" or fewer.
+ * Enabling reads the record, sets those flags and destroys it. A version
+ * disabled by other means has no record: each flag then comes from its
+ * counterpart on the lower public key (CKA_ENCRYPT, CKA_WRAP, CKA_VERIFY),
+ * and a pair whose public key permits neither encryption nor wrapping (or
+ * that has none) gets CKA_DECRYPT and CKA_UNWRAP.
  */
+#define USAGE_APP "cmkp11 disabled-usage"
+
+static const CK_ATTRIBUTE_TYPE usage_flags[3] = {CKA_DECRYPT, CKA_UNWRAP,
+                                                 CKA_SIGN};
+static const char *const usage_names[3] = {"decrypt", "unwrap", "sign"};
+
+/* The record of version v: *h 0 when there is none. label gets its label
+ * (at least 200 bytes). */
+static CK_RV usage_record_find(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                               struct hsm_ver *v, char *label, size_t len,
+                               CK_OBJECT_HANDLE *h)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    char hex[2 * sizeof(v->id) + 1];
+    CK_ULONG n = 0;
+    CK_RV rv, rv2;
+
+    pthread_mutex_lock(&ht->lock);
+    hsm_hex(v->id, v->id_len, hex, sizeof(hex));
+    snprintf(label, len, "%s@%s", v->name ? v->name : "", hex);
+    pthread_mutex_unlock(&ht->lock);
+    {
+        CK_ATTRIBUTE tmpl[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_APPLICATION, (void *)USAGE_APP, strlen(USAGE_APP)},
+            {CKA_LABEL, label, strlen(label)},
+        };
+        *h = 0;
+        rv = LOWER(ht, C_FindObjectsInit, s, tmpl, CMK_ARRAY_SIZE(tmpl));
+        if (rv != CKR_OK)
+            return rv;
+        rv = LOWER(ht, C_FindObjects, s, h, 1, &n);
+        rv2 = LOWER(ht, C_FindObjectsFinal, s);
+    }
+    if (rv != CKR_OK || n == 0)
+        *h = 0;
+    return rv != CKR_OK ? rv : rv2;
+}
+
+/* Disabling: records the flags now true (f), replacing an older record. */
+static CK_RV usage_record_write(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                                struct hsm_ver *v, const CK_BBOOL f[3])
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    CK_OBJECT_HANDLE old, h = 0;
+    char label[400], value[32] = "";
+    size_t i;
+    CK_RV rv;
+
+    for (i = 0; i < 3; i++)
+        if (f[i])
+            snprintf(value + strlen(value), sizeof(value) - strlen(value),
+                     "%s%s", value[0] ? "," : "", usage_names[i]);
+    rv = usage_record_find(ht, s, v, label, sizeof(label), &old);
+    if (rv != CKR_OK)
+        return rv;
+    {
+        CK_ATTRIBUTE tmpl[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &yes, sizeof(yes)},
+            {CKA_APPLICATION, (void *)USAGE_APP, strlen(USAGE_APP)},
+            {CKA_LABEL, label, strlen(label)},
+            {CKA_VALUE, value, strlen(value)},
+        };
+        rv = LOWER(ht, C_CreateObject, s, tmpl, CMK_ARRAY_SIZE(tmpl), &h);
+    }
+    if (rv == CKR_OK && old != 0)
+        (void)LOWER(ht, C_DestroyObject, s, old);
+    return rv;
+}
+
+/* Enabling: the flags the record holds (*found), or the public key's. */
+static CK_RV usage_to_restore(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                              struct hsm_ver *v, CK_OBJECT_HANDLE pub,
+                              CK_BBOOL f[3], CK_OBJECT_HANDLE *record)
+{
+    char label[400], value[64];
+    CK_ATTRIBUTE va = {CKA_VALUE, value, sizeof(value) - 1};
+    size_t i;
+    CK_RV rv;
+
+    rv = usage_record_find(ht, s, v, label, sizeof(label), record);
+    if (rv != CKR_OK)
+        return rv;
+    if (*record != 0 &&
+        LOWER(ht, C_GetAttributeValue, s, *record, &va, 1) == CKR_OK) {
+        value[va.ulValueLen] = '\0';
+        for (i = 0; i < 3; i++) {
+            char *p = strstr(value, usage_names[i]);
+            f[i] = p != NULL ? CK_TRUE : CK_FALSE;
+        }
+        return CKR_OK;
+    }
+    *record = 0;
+    if (pub != 0) {
+        CK_ATTRIBUTE q[] = {
+            {CKA_ENCRYPT, &f[0], sizeof(f[0])},
+            {CKA_WRAP, &f[1], sizeof(f[1])},
+            {CKA_VERIFY, &f[2], sizeof(f[2])},
+        };
+        rv = LOWER(ht, C_GetAttributeValue, s, pub, q, CMK_ARRAY_SIZE(q));
+        if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+            return rv;
+        for (i = 0; i < CMK_ARRAY_SIZE(q); i++)
+            if (q[i].ulValueLen != sizeof(f[i]))
+                f[i] = CK_FALSE;
+    }
+    if (!f[0] && !f[1])
+        f[0] = f[1] = CK_TRUE;
+    return CKR_OK;
+}
+
 CK_RV hsm_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
 {
     struct hsm_token *ht = c->tok;
     struct hsm_ver *v = ref;
     CK_BBOOL f[3] = {CK_FALSE, CK_FALSE, CK_FALSE};
-    CK_ATTRIBUTE a[] = {
-        {CKA_DECRYPT, &f[0], sizeof(f[0])},
-        {CKA_UNWRAP, &f[1], sizeof(f[1])},
-        {CKA_SIGN, &f[2], sizeof(f[2])},
-    };
+    CK_BBOOL now[3] = {CK_FALSE, CK_FALSE, CK_FALSE};
+    CK_ATTRIBUTE a[3];
     CK_SESSION_HANDLE s = hsm_lower_session(c);
-    CK_OBJECT_HANDLE priv, pub;
+    CK_OBJECT_HANDLE priv, pub, record = 0;
     bool on = *(const CK_BBOOL *)at->pValue != CK_FALSE;
-    CK_ULONG i;
+    size_t i;
     CK_RV rv;
 
     if (v == NULL || v->kind != HSM_REF_VERSION)
@@ -295,34 +413,43 @@ CK_RV hsm_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
     pthread_mutex_unlock(&ht->lock);
     if (priv == 0)
         return CKR_OBJECT_HANDLE_INVALID;
-    if (on && pub != 0) {
-        CK_ATTRIBUTE q[] = {
-            {CKA_ENCRYPT, &f[0], sizeof(f[0])},
-            {CKA_WRAP, &f[1], sizeof(f[1])},
-            {CKA_VERIFY, &f[2], sizeof(f[2])},
-        };
-        rv = LOWER(ht, C_GetAttributeValue, s, pub, q, CMK_ARRAY_SIZE(q));
-        if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
-            return hsm_mapped(c, rv);
-        for (i = 0; i < CMK_ARRAY_SIZE(q); i++)
-            if (q[i].ulValueLen != sizeof(f[i]))
-                f[i] = CK_FALSE;
+    for (i = 0; i < 3; i++) {
+        a[i].type = usage_flags[i];
+        a[i].pValue = &now[i];
+        a[i].ulValueLen = sizeof(now[i]);
     }
-    if (on && !f[0] && !f[1])
-        f[0] = f[1] = CK_TRUE;
-    rv = LOWER(ht, C_SetAttributeValue, s, priv, a, CMK_ARRAY_SIZE(a));
-    /* Whatever happened, the flags are read again before the next public
-     * operation. */
+    rv = LOWER(ht, C_GetAttributeValue, s, priv, a, 3);
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID)
+        return hsm_mapped(c, rv);
+    for (i = 0; i < 3; i++) {
+        if (a[i].ulValueLen != sizeof(now[i]))
+            now[i] = CK_FALSE;
+        a[i].pValue = &f[i];
+        a[i].ulValueLen = sizeof(f[i]);
+    }
+    if (!on && (now[0] || now[1] || now[2]))
+        rv = usage_record_write(ht, s, v, now); /* before anything changes */
+    else if (on && !now[0] && !now[1])
+        rv = usage_to_restore(ht, s, v, pub, f, &record);
+    else
+        memcpy(f, now, sizeof(f)); /* already as asked: set the same */
+    if (rv == CKR_OK)
+        rv = LOWER(ht, C_SetAttributeValue, s, priv, a, 3);
+    if (rv == CKR_OK && record != 0)
+        (void)LOWER(ht, C_DestroyObject, s, record);
+    /* The flags are read again before the next public operation. */
     pthread_mutex_lock(&ht->lock);
     v->usage_at = 0;
     v->usage_gen++;
     pthread_mutex_unlock(&ht->lock);
     if (rv != CKR_OK)
         return hsm_mapped(c, rv);
+    pthread_mutex_lock(&ht->lock); /* labels change under the lock */
     cmk_info("token %s: version %s %s (lower CKA_DECRYPT %d, CKA_UNWRAP %d, "
              "CKA_SIGN %d)",
              ht->name, v->label ? v->label : "?", on ? "enabled" : "disabled",
              f[0], f[1], f[2]);
+    pthread_mutex_unlock(&ht->lock);
     return CKR_OK;
 }
 

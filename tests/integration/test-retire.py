@@ -314,6 +314,85 @@ for tok, key, uri, other in CASES:
     t.ok(rc == 0 and rfile(o + ".u") == plain, "%s: the file outside "
          "--paths unseals again" % tok, err)
 
+# ---- PKCS#11 directly: the hsm back end restores the flags it recorded ------
+P11_SET = r'''
+import os, sys
+import PyKCS11 as P
+os.environ["CMKP11_CONF"] = sys.argv[2]
+lib = P.PyKCS11Lib()
+lib.load(sys.argv[1])
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == "local"][0]
+s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+k = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY),
+                   (P.CKA_LABEL, sys.argv[3])])[0]
+try:
+    s.setAttributeValue(k, [(P.CKA_VENDOR_DEFINED | 0x434D0005,
+                             b"\x01" if sys.argv[4] == "on" else b"\x00")])
+    print("CKR_OK")
+except P.PyKCS11Error as e:
+    print(P.CKR[e.value])
+'''
+
+RECORDS = r'''
+import sys
+import PyKCS11 as P
+lib = P.PyKCS11Lib()
+lib.load(sys.argv[1])
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
+s = lib.openSession(slot, P.CKF_SERIAL_SESSION)
+s.login("1234")
+objs = s.findObjects([(P.CKA_CLASS, P.CKO_DATA),
+                      (P.CKA_APPLICATION, "cmkp11 disabled-usage")])
+def text(v):
+    return v if isinstance(v, str) else bytes(v).decode()
+print(" ".join(sorted(
+    text(s.getAttributeValue(o, [P.CKA_LABEL])[0]) + "=" +
+    text(s.getAttributeValue(o, [P.CKA_VALUE])[0]) for o in objs)))
+s.logout()
+'''
+
+
+def p11_set(label, on):
+    r = subprocess.run([sys.executable, "-c", P11_SET, MODULE, conf, label,
+                        "on" if on else "off"], capture_output=True, text=True)
+    return r.stdout.strip() or r.stderr[-500:]
+
+
+def records():
+    """The records of the flags disabled versions had, on the lower token."""
+    r = subprocess.run([sys.executable, "-c", RECORDS, SOFTHSM],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+before = lower_flags("30")
+t.ok(before == "False,True,True" and records() == "",
+     "local: the unwrap-only pair: CKA_DECRYPT false, CKA_UNWRAP and "
+     "CKA_SIGN true; no record", before)
+rv = p11_set("unwrap-only", False)
+t.ok(rv == "CKR_OK" and lower_flags("30") == "False,False,False" and
+     records() == "unwrap-only@30=unwrap,sign" and
+     versions("local", "unwrap-only")["30"]["enabled"] is False,
+     "local: C_SetAttributeValue CKA_CMK_ENABLED false: every flag false, "
+     "the ones that were true recorded on the lower token",
+     (rv, records()))
+rv = p11_set("unwrap-only", False)
+t.ok(rv == "CKR_OK" and records() == "unwrap-only@30=unwrap,sign",
+     "local: disabled twice: the record stays", (rv, records()))
+rv = p11_set("unwrap-only", True)
+t.ok(rv == "CKR_OK" and lower_flags("30") == before and records() == "" and
+     versions("local", "unwrap-only")["30"]["enabled"] is True,
+     "local: CKA_CMK_ENABLED true: exactly the recorded flags come back "
+     "(unwrap only, no decrypt), the record is gone", (rv, lower_flags("30")))
+rv = p11_set("disabled", True)
+t.ok(rv == "CKR_OK" and lower_flags("20") == "True,True,True" and
+     records() == "",
+     "local: a pair disabled by other means (no record): the flags from the "
+     "public key's CKA_ENCRYPT, CKA_WRAP, CKA_VERIFY", (rv, lower_flags("20")))
+
 # ---- the command line --------------------------------------------------------
 rc, out, err = run("retire", "kv", "cmk", conf=conf)
 t.ok(rc == 2 and "name the version as KEY@VERSION" in err,
