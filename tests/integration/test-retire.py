@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
-                    APP_SECRET, APP_ID, TENANT, skip_all)
+                    APP_SECRET, APP_ID, TENANT, READER_ID, READER_SECRET,
+                    skip_all)
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
@@ -392,6 +393,30 @@ t.ok(rv == "CKR_OK" and lower_flags("20") == "True,True,True" and
      records() == "",
      "local: a pair disabled by other means (no record): the flags from the "
      "public key's CKA_ENCRYPT, CKA_WRAP, CKA_VERIFY", (rv, lower_flags("20")))
+
+# ---- keyvault: an identity without the update permission ------------------
+rsecret = write_private(os.path.join(work, "reader.secret"),
+                        READER_SECRET + "\n")
+rolog = os.path.join(work, "reader.log")
+roconf = write_private(
+    os.path.join(work, "reader.conf"),
+    "[cmkp11]\nlog-level = error\nlog-file = %s\n\n"
+    "[token kv]\nbackend = keyvault\nvault-url = %s\nca-file = %s\n"
+    "auth = client-secret\ntenant-id = %s\nclient-id = %s\n"
+    "client-secret-file = %s\nauthority-host = %s\n" %
+    (rolog, emu.url("kvemu"), emu.ca, TENANT, READER_ID, rsecret,
+     emu.env["AZURE_AUTHORITY_HOST"]))
+empty = os.path.join(work, "empty")
+os.makedirs(empty)
+rc, out, err = run("retire", "kv", "cmk@" + retired["kv"], "--paths", empty,
+                   conf=roconf)
+log = open(rolog).read() if os.path.exists(rolog) else ""
+t.ok(rc == 1 and "C_SetAttributeValue CKA_CMK_ENABLED=false on key cmk "
+     "version %s, token kv: CKR_FUNCTION_FAILED (HTTP 403)" % retired["kv"]
+     in err and "disable needs the keys update permission" in log and
+     kv_enabled(retired["kv"]) is True,
+     "kv: an identity with get and list only: exit 1, CKR_FUNCTION_FAILED "
+     "(HTTP 403), the log names the update permission", (err, log))
 
 # ---- the command line --------------------------------------------------------
 rc, out, err = run("retire", "kv", "cmk", conf=conf)
