@@ -180,6 +180,12 @@ for tok, key, uri, other in CASES:
          in err and versions(tok, key)[new]["enabled"] is True,
          "%s: retiring the current version: refused (exit 3), says why" % tok,
          (rc, out, err))
+    rc, js, err = run("--json", "retire", tok, "%s@%s" % (key, new),
+                      "--audit-log", audit, conf=conf)
+    doc = json.loads(js) if js else {}
+    t.ok(rc == 3 and doc.get("result") == "refused" and
+         doc.get("reason") == "the current version",
+         "%s: the same with --json" % tok, (js, err))
 
     # Refused while files under --paths name the version.
     before = tree(os.path.join(work, tok))
@@ -419,9 +425,13 @@ t.ok(rc == 1 and "C_SetAttributeValue CKA_CMK_ENABLED=false on key cmk "
      "(HTTP 403), the log names the update permission", (err, log))
 
 # ---- the command line --------------------------------------------------------
-rc, out, err = run("retire", "kv", "cmk", conf=conf)
+rc, out, err = run("retire", "kv", "cmk", "--paths", work, conf=conf)
 t.ok(rc == 2 and "name the version as KEY@VERSION" in err,
      "retire KEY without @VERSION: exit 2", err)
+rc, out, err = run("retire", "kv", "cmk@x", conf=conf)
+t.ok(rc == 2 and "retire: give --paths DIR (where sealed files are) or "
+     "--audit-log FILE" in err, "retire without --paths or --audit-log: "
+     "exit 2 (nothing would be checked)", err)
 rc, out, err = run("retire", "kv", "cmk@x", "--since", "1h", conf=conf)
 t.ok(rc == 2 and "--since: give the audit logs to read" in err,
      "--since without --audit-log: exit 2", err)

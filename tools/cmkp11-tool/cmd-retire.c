@@ -556,6 +556,13 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 
     memset(&r, 0, sizeof(r));
     (void)argc;
+    if (!o->undo && o->npaths == 0 && o->naudit == 0) {
+        /* Nothing to show that the version is unused. */
+        tool_error("retire: give --paths DIR (where sealed files are) or "
+                   "--audit-log FILE (the module's audit log), or both: "
+                   "what must no longer use the version");
+        return TOOL_USAGE;
+    }
     status = resolve(m, o, argv[1], argv[2], &toks, &ntok, &r.t, &keys, name,
                      sizeof(name), version, sizeof(version));
     if (status != TOOL_OK)
@@ -587,6 +594,8 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         goto out;
     }
     if (v->current) {
+        if (o->json)
+            print_json(&r, o, "refused", "the current version", NULL);
         tool_error("retire: version %s is the current version of key %s on "
                    "token %s: new wraps use it, so it cannot be retired; "
                    "rotate the key first (cmkp11-tool rotate %s %s), rewrap "
