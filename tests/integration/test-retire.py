@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
-                    APP_SECRET, APP_ID, TENANT, READER_ID, READER_SECRET,
-                    skip_all)
+                    APP_SECRET, READER_ID, READER_SECRET, conf_text,
+                    hsm_token, emu_token, skip_all)
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
@@ -81,15 +81,10 @@ emu.admin("POST", "vaults/kvemu/keys", {"name": "cmk"})
 audit = os.path.join(work, "audit.log")
 conf = write_private(
     os.path.join(work, "both.conf"),
-    "[cmkp11]\nlog-level = error\nlog-file = %s\naudit-log = %s\n\n"
-    "[token local]\nbackend = hsm\nmodule = %s\ntoken-label = cmk\n"
-    "pin-file = %s\n\n"
-    "[token kv]\nbackend = keyvault\nvault-url = %s\nca-file = %s\n"
-    "auth = client-secret\ntenant-id = %s\nclient-id = %s\n"
-    "client-secret-file = %s\nauthority-host = %s\n" %
-    (os.path.join(work, "both.log"), audit, SOFTHSM, pinfile,
-     emu.url("kvemu"), emu.ca, TENANT, APP_ID, secret,
-     emu.env["AZURE_AUTHORITY_HOST"]))
+    conf_text([hsm_token("local", pin_file=pinfile),
+               emu_token(emu, "kv", secret)],
+              log_level="error", log_file=os.path.join(work, "both.log"),
+              audit_log=audit))
 t.eq(st.returncode, 0, "a SoftHSM token (local) and an emulated vault (kv) "
      "in one configuration, with an audit log")
 KV = "pkcs11:token=kv;object=cmk"
@@ -406,12 +401,8 @@ rsecret = write_private(os.path.join(work, "reader.secret"),
 rolog = os.path.join(work, "reader.log")
 roconf = write_private(
     os.path.join(work, "reader.conf"),
-    "[cmkp11]\nlog-level = error\nlog-file = %s\n\n"
-    "[token kv]\nbackend = keyvault\nvault-url = %s\nca-file = %s\n"
-    "auth = client-secret\ntenant-id = %s\nclient-id = %s\n"
-    "client-secret-file = %s\nauthority-host = %s\n" %
-    (rolog, emu.url("kvemu"), emu.ca, TENANT, READER_ID, rsecret,
-     emu.env["AZURE_AUTHORITY_HOST"]))
+    conf_text([emu_token(emu, "kv", rsecret, client_id=READER_ID)],
+              log_level="error", log_file=rolog))
 empty = os.path.join(work, "empty")
 os.makedirs(empty)
 rc, out, err = run("retire", "kv", "cmk@" + retired["kv"], "--paths", empty,
