@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -133,6 +134,23 @@ def versions(tok, key):
     return {}
 
 
+# An application using a version: an encryption with its public key, through
+# cmkp11 (an audit record of the process "python3"). Prints its pid.
+APP_USE = r'''
+import os, sys
+import PyKCS11 as P
+os.environ["CMKP11_CONF"] = sys.argv[2]
+lib = P.PyKCS11Lib()
+lib.load(sys.argv[1])
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == sys.argv[3]][0]
+s = lib.openSession(slot, P.CKF_SERIAL_SESSION)
+k = s.findObjects([(P.CKA_CLASS, P.CKO_PUBLIC_KEY),
+                   (P.CKA_ID, bytes.fromhex(sys.argv[4]))])[0]
+s.encrypt(k, b"x", P.RSAOAEPMechanism(P.CKM_SHA256, P.CKG_MGF1_SHA256))
+print(os.getpid())
+'''
+
 plain = os.urandom(70000)
 src = wfile(os.path.join(work, "plain"), plain)
 
@@ -251,15 +269,29 @@ for tok, key, uri, other in CASES:
          versions(tok, key)[old]["enabled"] is True,
          "%s: a 2-hour-old audit line with the default --since (24h): "
          "refused, the process and host named" % tok, (rc, out, err))
+    app = subprocess.run([sys.executable, "-c", APP_USE, MODULE, conf, tok,
+                          old], capture_output=True, text=True)
+    rc, out, err = run("retire", "--dry-run", tok, "%s@%s" % (key, old),
+                       "--paths", d, "--audit-log", audit, conf=conf)
+    t.ok(app.returncode == 0 and rc == 3 and
+         "version %s NOT retired: audit records show it in use" % old in out
+         and "  python3 (pid %s) on host %s: 1 operation (encrypt), last at "
+         % (app.stdout.strip(), socket.gethostname()) in out and
+         "Not counted: %d audit records of cmkp11-tool itself" % len(mine)
+         in out, "%s: an application (python3, PyKCS11) encrypts under the "
+         "version: the module's audit log names it and this host; "
+         "cmkp11-tool's own records (the rewrap) are not counted" % tok,
+         (app.stderr, rc, out, err))
     rc, js, err = run("--json", "retire", tok, "%s@%s" % (key, old),
                       "--paths", d, "--audit-log", audit, "--since", "7d",
                       conf=conf)
     doc = json.loads(js) if js else {}
     t.ok(rc == 3 and doc.get("files") == [] and
-         any(p["process"] == "cmkp11-tool" and
-             p["host"] == socket.gethostname() for p in doc["processes"]),
-         "%s: the module's own audit log: this host's cmkp11-tool seen "
-         "(--since 7d, --json)" % tok, (js, err))
+         [(p["process"], p["host"], p["operations"])
+          for p in doc["processes"]] ==
+         [("python3", socket.gethostname(), 1)] and
+         doc["tool_records"] == len(mine) and doc["audit_records"] == 1,
+         "%s: the same with --json (--since 7d)" % tok, (js, err))
 
     # Nothing depends on it any more: --dry-run reports, then it retires.
     before = tree(os.path.join(work, tok))
@@ -445,3 +477,4 @@ t.ok(rc == 1 and "nowhere: No such file or directory" in err and
      "a path that cannot be read: exit 1, not retired", err)
 
 emu.stop()
+shutil.rmtree(work, ignore_errors=True)

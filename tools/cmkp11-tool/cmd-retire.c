@@ -62,6 +62,7 @@ struct retire {
     struct dep_proc *procs;
     size_t nprocs;
     unsigned long records, bad_lines;
+    unsigned long tool_records; /* of cmkp11-tool itself: not counted */
     long long since;
 };
 
@@ -202,6 +203,15 @@ static int scan_audit(struct retire *r, const char *path, time_t now)
                           r->t->label) == 0 &&
                    strcmp(jstr(o, "key") ? jstr(o, "key") : "", r->name) == 0 &&
                    same_version(jstr(o, "version"), r->version)) {
+            /* cmkp11-tool's own records (seal, unseal, rewrap, check) are
+             * of the sealed files --paths checks: the rewrap that freed
+             * them used the version a moment ago. */
+            if (strcmp(jstr(o, "process") ? jstr(o, "process") : "",
+                       "cmkp11-tool") == 0) {
+                r->tool_records++;
+                json_object_put(o);
+                continue;
+            }
             r->records++;
             if (proc_note(r, jstr(o, "host"), jstr(o, "process"),
                           json_object_object_get_ex(o, "pid", &pid)
@@ -374,6 +384,7 @@ static void print_json(const struct retire *r, const struct tool_opts *o,
     jw_end_array(&w);
     jw_kv_int(&w, "since_seconds", r->since);
     jw_kv_int(&w, "audit_records", (long long)r->records);
+    jw_kv_int(&w, "tool_records", (long long)r->tool_records);
     jw_key(&w, "processes");
     jw_begin_array(&w);
     for (i = 0; i < r->nprocs; i++) {
@@ -415,7 +426,7 @@ static void print_dependants(const struct retire *r, const struct tool_opts *o,
                "record%s):\n",
                since_text(r->since, since, sizeof(since)), r->records,
                r->records == 1 ? "" : "s");
-        for (i = 0; i < r->nprocs; i++) {
+        for (i = 0; i < r->nprocs && i < 20; i++) {
             const struct dep_proc *p = &r->procs[i];
             printf("  %s (pid %lld) on host %s: %lu operation%s (%s), last "
                    "at %s\n",
@@ -423,11 +434,23 @@ static void print_dependants(const struct retire *r, const struct tool_opts *o,
                    p->host[0] ? p->host : "(not recorded)", p->ops,
                    p->ops == 1 ? "" : "s", p->operations, p->last);
         }
+        if (r->nprocs > 20)
+            printf("  and %zu more (--json lists every one)\n", r->nprocs - 20);
         printf("They must stop using it (restart them, so that they wrap "
                "under the current\nversion, and rewrap what they read) "
                "before it is retired.\n");
     }
     (void)o;
+}
+
+/* The records left out of the audit check, in words. */
+static void print_not_counted(const struct retire *r)
+{
+    if (r->tool_records > 0)
+        printf("Not counted: %lu audit record%s of cmkp11-tool itself (the "
+               "sealed files it\nseals, unseals and rewraps are what --paths "
+               "checks)\n",
+               r->tool_records, r->tool_records == 1 ? "" : "s");
 }
 
 /* The token, the key and the version named by the operands. */
@@ -637,6 +660,7 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
             printf("Token %s, key %s: version %s NOT retired: %s\n", r.t->label,
                    name, version, reason);
             print_dependants(&r, o, cmd);
+            print_not_counted(&r);
         }
         status = TOOL_REFUSED;
         goto out;
@@ -666,6 +690,7 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                           : "retired (disabled)",
                r.checked, since_text(r.since, since, sizeof(since)), o->naudit,
                o->naudit == 1 ? "" : "s");
+        print_not_counted(&r);
     }
     status = TOOL_OK;
 out:
