@@ -420,6 +420,9 @@ static void print_dependants(const struct retire *r, const struct tool_opts *o,
         printf("Free them (each moves to its keys' current versions; the "
                "data is not re-encrypted):\n  %s\n",
                cmd ? cmd : "cmkp11-tool rewrap FILE...");
+        if (r->t->info.flags & CKF_LOGIN_REQUIRED)
+            printf("  (with the token's PIN, as for this command: --pin-file "
+                   "FILE or CMKP11_PIN)\n");
     }
     if (r->nprocs > 0) {
         printf("Processes that used it in the last %s (%lu audit "
