@@ -76,7 +76,9 @@ if st.returncode == 77:
     skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
 os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
 pinfile = write_private(os.path.join(work, "pin"), "1234\n")
-emu = Emu(emulator_config())
+emu = Emu(emulator_config(extra_vaults=[
+    {"name": "kvcopy", "kind": "vault", "soft_delete": True,
+     "purge_protection": True, "access": {"app": ["all"]}}]))
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 emu.admin("POST", "vaults/kvemu/keys", {"name": "cmk"})
 audit = os.path.join(work, "audit.log")
@@ -446,6 +448,23 @@ t.ok(rc == 1 and "C_SetAttributeValue CKA_CMK_ENABLED=false on key cmk "
      kv_enabled(retired["kv"]) is True,
      "kv: an identity with get and list only: exit 1, CKR_FUNCTION_FAILED "
      "(HTTP 403), the log names the update permission", (err, log))
+
+# ---- keyvault with replicas: each vault is its own resource --------------
+emu.admin("POST", "vaults/kvemu/keys/cmk/copy", {"to": "kvcopy"})
+replog = os.path.join(work, "replicas.log")
+repconf = write_private(
+    os.path.join(work, "replicas.conf"),
+    conf_text([emu_token(emu, "kv", secret, vault_url="%s, %s" % (
+        emu.url("kvemu"), emu.url("kvcopy")))],
+        log_level="warning", log_file=replog))
+rc, out, err = run("retire", "kv", "cmk@" + retired["kv"], "--paths", empty,
+                   conf=repconf)
+log = open(replog).read() if os.path.exists(replog) else ""
+t.ok(rc == 1 and "CKR_FUNCTION_FAILED" in err and "token kv has replicas" in
+     log and "enable or disable the version in each vault" in log and
+     kv_enabled(retired["kv"]) is True,
+     "kv with replicas: refused (CKR_FUNCTION_FAILED), the log says to "
+     "change each vault", (err, log))
 
 # ---- the command line --------------------------------------------------------
 rc, out, err = run("retire", "kv", "cmk", "--paths", work, conf=conf)
