@@ -215,10 +215,13 @@ void audit_record(struct session *s, struct object *key, const char *op,
     put_attr(l, key, CKA_CMK_KEY_NAME);
     put_raw(l, ",\"version\":", 11);
     put_attr(l, key, CKA_CMK_VERSION);
-    put_fmt(l,
-            ",\"operation\":\"%s\",\"mechanism\":\"%s\","
-            "\"result\":\"%s\",\"http_status\":%lu",
-            op, cmk_mech_name(mech), cmk_rv_name(rv),
+    /* No mechanism (enable, disable): null. */
+    if (mech == CK_UNAVAILABLE_INFORMATION)
+        put_fmt(l, ",\"operation\":\"%s\",\"mechanism\":null", op);
+    else
+        put_fmt(l, ",\"operation\":\"%s\",\"mechanism\":\"%s\"", op,
+                cmk_mech_name(mech));
+    put_fmt(l, ",\"result\":\"%s\",\"http_status\":%lu", cmk_rv_name(rv),
             (unsigned long)http_status);
     if (offline && rv == CKR_OK) /* served, not merely attempted */
         put_raw(l, ",\"offline\":true", 15);

@@ -13,7 +13,8 @@ int audit_open(const char *path, char *err, size_t errlen);
 void audit_close(void);
 bool audit_enabled(void);
 /* Records an operation on key (a back-end key object; others are not
- * audited). http_status: the back end's status, 0 for a local one. */
+ * audited). http_status: the back end's status, 0 for a local one; mech
+ * CK_UNAVAILABLE_INFORMATION: none (enable, disable), written as null. */
 void audit_record(struct session *s, struct object *key, const char *op,
                   CK_MECHANISM_TYPE mech, CK_RV rv, CK_ULONG http_status);
 /* Called by a back end during an operation: the next record of this thread

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "attrpolicy.h"
+#include "audit.h"
 #include "call.h"
 #include "pcall.h"
 #include "rsa.h"
@@ -462,6 +463,13 @@ static CK_RV set_in_provider(struct session *s, struct object *o,
         return rv;
     pthread_mutex_unlock(&g.mutex);
     rv = provider_set_attributes(s, o->ref, tmpl, n);
+    /* A version enabled or disabled is audited, as a key operation is
+     * (cmkp11-tool retire; docs/cmkp11.conf.5, audit-log). */
+    for (i = 0; i < n; i++)
+        if (tmpl[i].type == CKA_CMK_ENABLED)
+            audit_record(
+                s, o, *(const CK_BBOOL *)tmpl[i].pValue ? "enable" : "disable",
+                CK_UNAVAILABLE_INFORMATION, rv, s->device_error);
     if (rv == CKR_OK)
         (void)object_refresh(s, NULL, 0);
     pthread_mutex_lock(&g.mutex);

@@ -314,6 +314,13 @@ for tok, key, uri, other in CASES:
          vs[old]["enabled"] is False and vs[new]["enabled"] is True,
          "%s: retired: the module lists the version disabled" % tok,
          (rc, out, err))
+    last = json.loads(open(audit).read().splitlines()[-1])
+    t.ok({k: last.get(k) for k in ("token", "key", "version", "operation",
+                                  "mechanism", "result", "process")} ==
+         {"token": tok, "key": key, "version": old, "operation": "disable",
+          "mechanism": None, "result": "CKR_OK", "process": "cmkp11-tool"},
+         "%s: the audit log records the disabling (operation disable, "
+         "mechanism null)" % tok, last)
     if tok == "kv":
         t.eq(kv_enabled(old), False, "kv: the emulator shows the version "
              "enabled=false")
@@ -346,6 +353,10 @@ for tok, key, uri, other in CASES:
     else:
         t.eq(lower_flags(old), "True,True,True", "local: the usage flags are "
              "back, from the public key's")
+    last = json.loads(open(audit).read().splitlines()[-1])
+    t.ok(last.get("operation") == "enable" and last.get("version") == old and
+         last.get("result") == "CKR_OK", "%s: the audit log records the "
+         "enabling" % tok, last)
     rc, out, err = run("unseal", o, "-o", o + ".u", conf=conf)
     t.ok(rc == 0 and rfile(o + ".u") == plain, "%s: the file outside "
          "--paths unseals again" % tok, err)

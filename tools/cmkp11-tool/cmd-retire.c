@@ -203,6 +203,13 @@ static int scan_audit(struct retire *r, const char *path, time_t now)
                           r->t->label) == 0 &&
                    strcmp(jstr(o, "key") ? jstr(o, "key") : "", r->name) == 0 &&
                    same_version(jstr(o, "version"), r->version)) {
+            const char *op = jstr(o, "operation");
+            /* Enabling or disabling the version is no use of it. */
+            if (op != NULL &&
+                (strcmp(op, "enable") == 0 || strcmp(op, "disable") == 0)) {
+                json_object_put(o);
+                continue;
+            }
             /* cmkp11-tool's own records (seal, unseal, rewrap, check) are
              * of the sealed files --paths checks: the rewrap that freed
              * them used the version a moment ago. */
