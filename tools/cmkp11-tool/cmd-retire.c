@@ -238,14 +238,20 @@ static int scan_audit(struct retire *r, const char *path, time_t now)
     return ret;
 }
 
-/* Whether recipient rc names the version being retired. */
+/* Whether recipient rc names the version being retired: the same token
+ * and key, and the version or its CKA_ID; on another token (the token was
+ * renamed), the same key and a CKA_ID of 16 bytes or more (a Key Vault
+ * version's, which no other version has). */
 static bool names_version(const struct retire *r, const struct seal_recip *rc)
 {
-    if (strcmp(rc->token, r->t->label) != 0 || strcmp(rc->key, r->name) != 0)
+    bool same_id = r->id_len > 0 && rc->key_id_len == r->id_len &&
+                   memcmp(rc->key_id, r->id, r->id_len) == 0;
+
+    if (strcmp(rc->key, r->name) != 0)
         return false;
-    return same_version(rc->version, r->version) ||
-           (r->id_len > 0 && rc->key_id_len == r->id_len &&
-            memcmp(rc->key_id, r->id, r->id_len) == 0);
+    if (strcmp(rc->token, r->t->label) != 0)
+        return same_id && r->id_len >= 16;
+    return same_id || same_version(rc->version, r->version);
 }
 
 static int scan_files(struct retire *r, const struct tool_opts *o)
@@ -272,6 +278,7 @@ static int scan_files(struct retire *r, const struct tool_opts *o)
             }
             tool_error("retire: %s: %s", l.v[i].path,
                        f == NULL ? strerror(errno) : err);
+            seal_header_clear(&h);
             r->unreadable++;
             if (f != NULL)
                 fclose(f);
@@ -341,6 +348,11 @@ static char *rewrap_command(const struct retire *r, const struct tool_opts *o)
         fputc(' ', m);
     }
     fputs("rewrap", m);
+    for (i = 0; i < r->nfiles; i++)
+        if (r->files[i].path[0] == '-') {
+            fputs(" --", m); /* no option */
+            break;
+        }
     for (i = 0; i < r->nfiles; i++) {
         fputc(' ', m);
         shell_word(m, r->files[i].path);
