@@ -322,8 +322,11 @@ for tok, key, uri, other in CASES:
          "%s: the audit log records the disabling (operation disable, "
          "mechanism null)" % tok, last)
     if tok == "kv":
-        t.eq(kv_enabled(old), False, "kv: the emulator shows the version "
-             "enabled=false")
+        t.eq((kv_enabled(old), emu.admin(
+            "GET", "vaults/kvemu/keys/cmk?version=" + old)[
+                "attributes"]["enabled"]), (False, False),
+             "kv: the emulator shows the version enabled=false (REST GET "
+             "and admin GET)")
     else:
         t.eq(lower_flags(old), "False,False,False", "local: the lower "
              "private key's CKA_DECRYPT, CKA_UNWRAP and CKA_SIGN are false")
