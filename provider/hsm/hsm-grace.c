@@ -402,6 +402,7 @@ CK_RV hsm_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
     CK_SESSION_HANDLE s = hsm_lower_session(c);
     CK_OBJECT_HANDLE priv, pub, record = 0;
     bool on = *(const CK_BBOOL *)at->pValue != CK_FALSE;
+    char label[160];
     size_t i;
     CK_RV rv;
 
@@ -445,11 +446,11 @@ CK_RV hsm_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
     if (rv != CKR_OK)
         return hsm_mapped(c, rv);
     pthread_mutex_lock(&ht->lock); /* labels change under the lock */
+    snprintf(label, sizeof(label), "%s", v->label ? v->label : "?");
+    pthread_mutex_unlock(&ht->lock);
     cmk_info("token %s: version %s %s (lower CKA_DECRYPT %d, CKA_UNWRAP %d, "
              "CKA_SIGN %d)",
-             ht->name, v->label ? v->label : "?", on ? "enabled" : "disabled",
-             f[0], f[1], f[2]);
-    pthread_mutex_unlock(&ht->lock);
+             ht->name, label, on ? "enabled" : "disabled", f[0], f[1], f[2]);
     return CKR_OK;
 }
 
