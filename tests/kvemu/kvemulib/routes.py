@@ -124,6 +124,9 @@ _CRYPTO = [("encrypt", "encrypt"), ("decrypt", "decrypt"), ("wrapkey", "wrapKey"
 _ACTIONS = [(seg, op, op, partial(_crypto, seg)) for seg, op in _CRYPTO] + [
     ("release", "release", "release", _release)]
 
+# The rotation policy has key permissions of its own ("Get Rotation Policy",
+# "Set Rotation Policy": learn.microsoft.com/azure/key-vault/keys/
+# how-to-configure-key-rotation, "Key Vault access policy permission model").
 ROUTES = [
     Route("GET", "keys", "getKeys", "list", _get_keys),
     Route("POST", "keys/restore", "restoreKey", "restore", _restore_key),
@@ -134,9 +137,11 @@ ROUTES = [
     Route("GET", "keys/{name}/versions", "getKeyVersions", "list", _get_key_versions),
     Route("POST", "keys/{name}/create", "createKey", "create", _create_key),
     Route("POST", "keys/{name}/rotate", "rotateKey", "rotate", _rotate_key),
-    Route("GET", "keys/{name}/rotationpolicy", "getKeyRotationPolicy", "get",
+    Route("GET", "keys/{name}/rotationpolicy", "getKeyRotationPolicy",
+          "getrotationpolicy",
           _get_rotation_policy),
-    Route("PUT", "keys/{name}/rotationpolicy", "updateKeyRotationPolicy", "update",
+    Route("PUT", "keys/{name}/rotationpolicy", "updateKeyRotationPolicy",
+          "setrotationpolicy",
           _update_rotation_policy),
     Route("POST", "keys/{name}/backup", "backupKey", "backup", _backup_key),
 ] + [Route("POST", prefix + seg, op, perm, serve)

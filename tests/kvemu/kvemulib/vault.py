@@ -601,12 +601,44 @@ class Vault:
         return out
 
     def set_rotation_policy(self, name, body):
+        """updateKeyRotationPolicy (api-version 7.3+). The service's rules, and
+        where each is written down:
+        - a trigger (timeAfterCreate or timeBeforeExpiry) is at least 7 days:
+          "Rotation time: key rotation interval, the minimum value is seven
+          days from creation and seven days from expiration time"
+          (learn.microsoft.com/azure/key-vault/keys/how-to-configure-key-rotation);
+        - attributes.expiryTime is at least 28 days (Az.KeyVault,
+          Update-AzKeyVaultKeyRotationPolicy -ExpiresIn: "It should be at least
+          28 days");
+        - a Rotate at a time before expiry "requires 'Expiry Time' set on
+          rotation policy" (the same how-to page), and so leaves at least 7
+          days after creation: expiryTime - timeBeforeExpiry >= 7 days;
+        - Notify is the "key near expiry event": its trigger is
+          timeBeforeExpiry (the same page; the service's own default policy
+          is Notify 30 days before expiry). The page does not say that a
+          Notify may not use timeAfterCreate; refusing it is this emulator's
+          reading.
+        - exactly one trigger per action (the REST specification's
+          LifetimeActionsTrigger has the two as alternatives).
+        The service's error texts for these are not documented: the messages
+        below are this emulator's, with the service's code (BadParameter)."""
         if not isinstance(body, dict):
             raise bad("The request body is not valid JSON.")
         key = self.get_key(name)
         actions = body.get("lifetimeActions") or []
         if not isinstance(actions, list):
             raise bad("Property lifetimeActions must be an array.")
+        attrs_in = body.get("attributes") or {}
+        if not isinstance(attrs_in, dict):
+            raise bad("Property attributes must be an object.")
+        expiry = None
+        attrs = {}
+        if attrs_in.get("expiryTime"):
+            expiry = duration_seconds(attrs_in["expiryTime"])
+            if expiry < 28 * 86400:
+                raise bad("The expiryTime of a rotation policy must be at least 28 days "
+                          "(P28D): %s." % attrs_in["expiryTime"])
+            attrs["expiryTime"] = attrs_in["expiryTime"]
         clean = []
         for a in actions:
             trig = (a or {}).get("trigger") or {}
@@ -614,22 +646,28 @@ class Vault:
             typ = act.get("type")
             if not isinstance(typ, str) or typ.lower() not in ("rotate", "notify"):
                 raise bad("Invalid lifetime action type: %r" % (typ,))
+            typ = "Rotate" if typ.lower() == "rotate" else "Notify"
             t = {}
             for f in ("timeAfterCreate", "timeBeforeExpiry"):
                 if trig.get(f):
-                    duration_seconds(trig[f])
+                    if duration_seconds(trig[f]) < 7 * 86400:
+                        raise bad("The %s of a %s action must be at least 7 days (P7D): %s."
+                                  % (f, typ, trig[f]))
                     t[f] = trig[f]
             if len(t) != 1:
                 raise bad("A lifetime action trigger needs exactly one of timeAfterCreate "
                           "and timeBeforeExpiry.")
-            clean.append({"trigger": t, "action": {"type": "Rotate" if typ.lower() == "rotate"
-                                                   else "Notify"}})
-        attrs_in = body.get("attributes") or {}
-        attrs = {}
-        if attrs_in.get("expiryTime"):
-            if duration_seconds(attrs_in["expiryTime"]) < 28 * 86400:
-                raise bad("The expiryTime of a rotation policy must be at least 28 days.")
-            attrs["expiryTime"] = attrs_in["expiryTime"]
+            if typ == "Notify" and "timeBeforeExpiry" not in t:
+                raise bad("A Notify action's trigger must be timeBeforeExpiry.")
+            if typ == "Rotate" and "timeBeforeExpiry" in t:
+                if expiry is None:
+                    raise bad("A Rotate action with timeBeforeExpiry requires the policy's "
+                              "expiryTime.")
+                if expiry - duration_seconds(t["timeBeforeExpiry"]) < 7 * 86400:
+                    raise bad("The timeBeforeExpiry of a Rotate action must leave at least "
+                              "7 days (P7D) after creation: %s before %s."
+                              % (t["timeBeforeExpiry"], attrs["expiryTime"]))
+            clean.append({"trigger": t, "action": {"type": typ}})
         t = now()
         with self.lock:
             old = key.rotation_policy
