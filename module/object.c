@@ -356,9 +356,58 @@ static bool secret_readable_unlocked(struct object *o)
            attrs_get_bool(&o->attrs, CKA_EXTRACTABLE, false);
 }
 
-/* fetched: the value of a back-end secret key, read before the lock. */
+/* The attributes of back-end objects read only when a template names them
+ * (provider_ops.get_attribute), each a request of its own. */
+static const CK_ATTRIBUTE_TYPE on_demand[] = {CKA_CMK_ROTATION_POLICY};
+
+static bool is_on_demand(CK_ATTRIBUTE_TYPE type)
+{
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(on_demand); i++)
+        if (on_demand[i] == type)
+            return true;
+    return false;
+}
+
+/* Reads the on-demand attributes tmpl names into read[] (type
+ * CK_UNAVAILABLE_INFORMATION where the provider has none). */
+static CK_RV read_on_demand(struct session *s, struct object *o,
+                            const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                            CK_ATTRIBUTE read[])
+{
+    size_t i;
+    CK_RV rv;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(on_demand); i++) {
+        read[i].type = CK_UNAVAILABLE_INFORMATION;
+        read[i].pValue = NULL;
+        read[i].ulValueLen = 0;
+    }
+    if (o->ref == NULL)
+        return CKR_OK;
+    for (i = 0; i < CMK_ARRAY_SIZE(on_demand); i++) {
+        CK_BYTE *v = NULL;
+        CK_ULONG len = 0;
+        if (tmpl_find(tmpl, n, on_demand[i]) == NULL)
+            continue;
+        rv = provider_get_attribute(s, o->ref, on_demand[i], &v, &len);
+        if (rv == CKR_ATTRIBUTE_TYPE_INVALID)
+            continue;
+        if (rv != CKR_OK)
+            return rv;
+        read[i].type = on_demand[i];
+        read[i].pValue = v;
+        read[i].ulValueLen = len;
+    }
+    return CKR_OK;
+}
+
+/* fetched: the value of a back-end secret key, read before the lock;
+ * extra: the on-demand attributes read before it. */
 static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at,
-                              const CK_BYTE *fetched, CK_ULONG fetched_len)
+                              const CK_BYTE *fetched, CK_ULONG fetched_len,
+                              const CK_ATTRIBUTE *extra)
 {
     CK_OBJECT_CLASS cls = attrs_get_ulong(&o->attrs, CKA_CLASS, ~0UL);
     const void *value;
@@ -376,6 +425,11 @@ static CK_RV get_one_unlocked(struct object *o, CK_ATTRIBUTE *at,
         len = o->secret != NULL ? o->secret_len : fetched_len;
     } else {
         have = attrs_find(&o->attrs, at->type);
+        for (size_t i = 0; have == NULL && is_on_demand(at->type) &&
+                           i < CMK_ARRAY_SIZE(on_demand);
+             i++)
+            if (extra[i].type == at->type)
+                have = &extra[i];
         if (have == NULL) {
             at->ulValueLen = CK_UNAVAILABLE_INFORMATION;
             return CKR_ATTRIBUTE_TYPE_INVALID;
@@ -404,9 +458,11 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     struct object *o;
     CK_BYTE *fetched = NULL;
     CK_ULONG i, fetched_len = 0;
+    CK_ATTRIBUTE extra[CMK_ARRAY_SIZE(on_demand)];
     CK_RV r;
 
     BEGIN_CALL(GetAttributeValue);
+    memset(extra, 0, sizeof(extra));
     if (pTemplate == NULL && ulCount > 0) {
         rv = CKR_ARGUMENTS_BAD;
         goto out;
@@ -429,9 +485,16 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
         }
     }
     if (rv == CKR_OK) {
+        rv = read_on_demand(s, o, pTemplate, ulCount, extra);
+        if (rv != CKR_OK) {
+            object_unref(o);
+            goto put;
+        }
+    }
+    if (rv == CKR_OK) {
         pthread_mutex_lock(&g.mutex);
         for (i = 0; i < ulCount; i++) {
-            r = get_one_unlocked(o, &pTemplate[i], fetched, fetched_len);
+            r = get_one_unlocked(o, &pTemplate[i], fetched, fetched_len, extra);
             if (r != CKR_OK && rv == CKR_OK)
                 rv = r;
         }
@@ -440,6 +503,8 @@ CK_RV C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE hObject,
     }
 put:
     secure_free(fetched);
+    for (i = 0; i < CMK_ARRAY_SIZE(extra); i++)
+        free(extra[i].pValue);
     session_put(s);
     END_CALL;
 }

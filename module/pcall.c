@@ -397,6 +397,21 @@ CK_RV provider_read_value(struct session *s, void *ref, CK_BYTE **value,
     return pcall_end(s, &c, "get_value", NULL, rv);
 }
 
+CK_RV provider_get_attribute(struct session *s, void *ref,
+                             CK_ATTRIBUTE_TYPE type, CK_BYTE **value,
+                             CK_ULONG *len)
+{
+    const struct provider_ops *ops = s->token->ops;
+    struct pcall c = pcall_of(s);
+
+    *value = NULL;
+    *len = 0;
+    if (ops->get_attribute == NULL || ref == NULL)
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    return pcall_end(s, &c, "get_attribute", NULL,
+                     ops->get_attribute(&c, ref, type, value, len));
+}
+
 /* ---- Key pairs and random ---- */
 
 CK_RV provider_generate_key_pair(struct session *s, const CK_MECHANISM *m,

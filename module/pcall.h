@@ -80,6 +80,11 @@ void provider_discard_object(struct session *s, void *ref);
 /* The value of a secret key the back end keeps, in secure memory (free
  * with secure_free(*value)); *value NULL and *len 0 where the
  * provider has no get_value. */
+/* An attribute the provider reads only when asked (ops->get_attribute):
+ * *value malloc'd (free()), or CKR_ATTRIBUTE_TYPE_INVALID. */
+CK_RV provider_get_attribute(struct session *s, void *ref,
+                             CK_ATTRIBUTE_TYPE type, CK_BYTE **value,
+                             CK_ULONG *len);
 CK_RV provider_read_value(struct session *s, void *ref, CK_BYTE **value,
                           CK_ULONG *len);
 

@@ -167,6 +167,15 @@ struct provider_ops {
     /* Optional: called by the module's pthread_atfork handlers, outside
      * (before, in PROVIDER_FORK_PREPARE) every lock of the front end. */
     void (*atfork)(enum provider_fork phase);
+
+    /* Optional: an attribute of a back-end object read only when a
+     * C_GetAttributeValue template names it, because reading it costs a
+     * request of its own (CKA_CMK_ROTATION_POLICY; object.c lists them).
+     * *out: malloc'd, freed by the caller; CKR_ATTRIBUTE_TYPE_INVALID when
+     * the object has no such attribute. */
+    CK_RV(*get_attribute)
+    (struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type, CK_BYTE **out,
+     CK_ULONG *len);
 };
 
 /* For a back end that loads another PKCS#11 module: whether fl is this
