@@ -935,7 +935,11 @@ int kv_version_objects_unlocked(struct kv_token *kt, struct kv_version *v,
     d.recovery_level = v->recovery ? v->recovery : "";
     d.key_ops = v->key_ops ? v->key_ops : "";
     d.key_type = v->kty;
-    d.refused = kt->list_refused ? "list" : "";
+    d.refused = kt->list_refused && kt->policy_refused
+                    ? "list,getrotationpolicy"
+                : kt->list_refused   ? "list"
+                : kt->policy_refused ? "getrotationpolicy"
+                                     : "";
     d.replicas = replicas;
     r = rsa_key_objects(&d, priv, pub);
     free(replicas);

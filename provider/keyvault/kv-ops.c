@@ -713,4 +713,5 @@ const struct provider_ops keyvault_provider = {
     .generate_key_pair = kv_generate_key_pair,
     .generate_random = kv_generate_random,
     .set_attributes = kv_set_attributes,
+    .get_attribute = kv_get_attribute,
 };

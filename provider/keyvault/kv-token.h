@@ -123,6 +123,8 @@ struct kv_token {
     /* The identity may not list a key's versions (403 once): versions are
      * then read one by one, only those something names. */
     bool list_refused;
+    /* A rotation policy read was refused (403): CKA_CMK_REFUSED says so. */
+    bool policy_refused;
 };
 
 #define KV_CIRCUIT_FAILURES 5
@@ -197,5 +199,11 @@ void kv_ref_free(void *tok, void *ref);
 void kv_unwrap_cache_prune(struct kv_token *kt, struct kv_key *k, bool all);
 /* CKA_CMK_ENABLED of version ref (Update Key). */
 CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at);
+
+/* kv-policy.c: CKA_CMK_ROTATION_POLICY */
+CK_RV kv_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,
+                       CK_BYTE **out, CK_ULONG *len);
+CK_RV kv_set_rotation_policy(struct pcall *c, void *ref,
+                             const CK_ATTRIBUTE *at);
 
 #endif
