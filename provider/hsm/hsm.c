@@ -486,4 +486,6 @@ const struct provider_ops hsm_provider = {
     .generate_random = hsm_generate_random,
     .set_attributes = hsm_set_attributes,
     .atfork = hsm_atfork,
+    .get_attribute = hsm_get_attribute,
+    .set_attributes = hsm_set_attributes,
 };
