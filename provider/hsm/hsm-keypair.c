@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/rand.h>
 
@@ -103,6 +104,7 @@ static CK_RV generate_pair(struct pcall *c, const CK_MECHANISM *m,
     struct hsm_token *ht = c->tok;
     CK_BYTE exp[] = {0x01, 0x00, 0x01};
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_DATE today;
     CK_ATTRIBUTE pub[] = {
         {CKA_TOKEN, &yes, sizeof(yes)},
         {CKA_PRIVATE, &no, sizeof(no)},
@@ -113,6 +115,7 @@ static CK_RV generate_pair(struct pcall *c, const CK_MECHANISM *m,
         {CKA_ENCRYPT, &yes, sizeof(yes)},
         {CKA_WRAP, &yes, sizeof(yes)},
         {CKA_VERIFY, &yes, sizeof(yes)},
+        {CKA_START_DATE, &today, sizeof(today)},
     };
     CK_ATTRIBUTE priv[] = {
         {CKA_TOKEN, &yes, sizeof(yes)},
@@ -124,8 +127,20 @@ static CK_RV generate_pair(struct pcall *c, const CK_MECHANISM *m,
         {CKA_DECRYPT, &yes, sizeof(yes)},
         {CKA_UNWRAP, &yes, sizeof(yes)},
         {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_START_DATE, &today, sizeof(today)},
     };
+    time_t now = time(NULL);
+    struct tm tm;
+    char f[40];
 
+    /* The day the version is made: PKCS#11 keeps no creation time, and
+     * rotation policies count from it (hsm-list.c, start_date). */
+    gmtime_r(&now, &tm);
+    snprintf(f, sizeof(f), "%04d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday);
+    memcpy(today.year, f, 4);
+    memcpy(today.month, f + 4, 2);
+    memcpy(today.day, f + 6, 2);
     return LOWER(ht, C_GenerateKeyPair, hsm_lower_session(c), (CK_MECHANISM *)m,
                  pub, CMK_ARRAY_SIZE(pub), priv, CMK_ARRAY_SIZE(priv), hpub,
                  hpriv);

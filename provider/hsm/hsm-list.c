@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
 #include "debug.h"
@@ -189,6 +190,36 @@ static int version_copy_unlocked(const struct hsm_ver *v, struct ver_copy *c)
     return 0;
 }
 
+/* When the version was made, as far as the lower token says: PKCS#11 keeps
+ * no creation time, so cmkp11 sets CKA_START_DATE to the day it makes a
+ * version (hsm-keypair.c) and reads it back here, at 00:00 UTC; 0 when the
+ * key has none (docs/hsm.md, "Rotation policies"). */
+static long long start_date(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                            CK_OBJECT_HANDLE h)
+{
+    CK_DATE d;
+    CK_ATTRIBUTE a = {CKA_START_DATE, &d, sizeof(d)};
+    struct tm tm;
+    char f[9];
+    int y, mo, dd;
+
+    if (h == 0 || LOWER(ht, C_GetAttributeValue, s, h, &a, 1) != CKR_OK ||
+        a.ulValueLen != sizeof(d))
+        return 0;
+    memcpy(f, d.year, 4);
+    memcpy(f + 4, d.month, 2);
+    memcpy(f + 6, d.day, 2);
+    f[8] = '\0';
+    if (sscanf(f, "%4d%2d%2d", &y, &mo, &dd) != 3 || y < 1970 || mo < 1 ||
+        mo > 12 || dd < 1 || dd > 31)
+        return 0;
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = y - 1900;
+    tm.tm_mon = mo - 1;
+    tm.tm_mday = dd;
+    return (long long)timegm(&tm);
+}
+
 static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
                            const struct ver_copy *v, struct pobj *priv,
                            struct pobj *pub)
@@ -250,6 +281,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.recovery_level = "";
     d.key_ops = ops;
     d.key_type = "RSA";
+    d.created = start_date(ht, s, v->priv ? v->priv : v->pub);
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
         priv->ref = v->ref;
