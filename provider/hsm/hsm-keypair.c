@@ -127,14 +127,15 @@ static CK_RV generate_pair(struct pcall *c, const CK_MECHANISM *m,
         {CKA_DECRYPT, &yes, sizeof(yes)},
         {CKA_UNWRAP, &yes, sizeof(yes)},
         {CKA_SIGN, &yes, sizeof(yes)},
-        {CKA_START_DATE, &today, sizeof(today)},
     };
     time_t now = time(NULL);
     struct tm tm;
     char f[40];
 
-    /* The day the version is made: PKCS#11 keeps no creation time, and
-     * rotation policies count from it (hsm-list.c, start_date). */
+    /* The day the version is made, on the public key: PKCS#11 keeps no
+     * creation time, and rotation policies count from it (hsm-list.c,
+     * start_date). Not on the private key: SoftHSM 2.6 fails to read a
+     * date attribute of a private key back (CKR_GENERAL_ERROR). */
     gmtime_r(&now, &tm);
     snprintf(f, sizeof(f), "%04d%02d%02d", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday);

@@ -192,8 +192,8 @@ static int version_copy_unlocked(const struct hsm_ver *v, struct ver_copy *c)
 
 /* When the version was made, as far as the lower token says: PKCS#11 keeps
  * no creation time, so cmkp11 sets CKA_START_DATE to the day it makes a
- * version (hsm-keypair.c) and reads it back here, at 00:00 UTC; 0 when the
- * key has none (docs/hsm.md, "Rotation policies"). */
+ * version's public key (hsm-keypair.c) and reads it back here, at 00:00
+ * UTC; 0 when the key has none (docs/hsm.md, "Rotation policies"). */
 static long long start_date(struct hsm_token *ht, CK_SESSION_HANDLE s,
                             CK_OBJECT_HANDLE h)
 {
@@ -281,7 +281,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.recovery_level = "";
     d.key_ops = ops;
     d.key_type = "RSA";
-    d.created = start_date(ht, s, v->priv ? v->priv : v->pub);
+    d.created = start_date(ht, s, v->pub ? v->pub : v->priv);
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
         priv->ref = v->ref;

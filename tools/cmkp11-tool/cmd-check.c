@@ -1,6 +1,8 @@
 /*
  * cmkp11-tool check [TOKEN [KEY]]: the prerequisites of a customer-managed
- * key, one row each, PASS or FAIL with the remedy in words.
+ * key, one row each, PASS or FAIL with the remedy in words. A few rows
+ * (the rotation policy, an expiry within 30 days) only warn (WARN): the key
+ * still passes, unless --strict.
  */
 #include "config.h"
 
@@ -13,15 +15,18 @@
 
 #include "keys.h"
 #include "out.h"
+#include "rotpolicy.h"
 #include "tool.h"
 
 #define DEFAULT_MIN_BITS 2048
-#define MAX_ROWS         9
+#define MAX_ROWS         12
+#define EXPIRY_WARN_DAYS 30
 
 struct row {
     const char *name;  /* stable name, in the JSON */
     const char *title; /* in the text table */
     bool pass;
+    bool warn; /* pass is true: a warning, a failure with --strict */
     char detail[512];
     char remedy[512];
 };
@@ -32,6 +37,7 @@ struct result {
     const char *version;
     struct row rows[MAX_ROWS];
     size_t n;
+    bool strict; /* --strict: a warning fails the key */
 };
 
 static struct row *add_row(struct result *r, const char *name,
@@ -51,9 +57,14 @@ static bool result_pass(const struct result *r)
     size_t i;
 
     for (i = 0; i < r->n; i++)
-        if (!r->rows[i].pass)
+        if (!r->rows[i].pass || (r->rows[i].warn && r->strict))
             return false;
     return r->n > 0;
+}
+
+static const char *row_result(const struct row *w)
+{
+    return !w->pass ? "FAIL" : w->warn ? "WARN" : "PASS";
 }
 
 /* ---- the checks ---------------------------------------------------------- */
@@ -414,6 +425,93 @@ static void check_optional(struct result *r, const struct tversion *v)
              "Microsoft.KeyVault/vaults/keys/read) to turn them on");
 }
 
+/*
+ * Warnings: whether the key has a rotation policy that rotates it (Azure
+ * Policy audits Key Vault keys for one; on hsm tokens `rotate --if-due`
+ * acts on it), and whether the version expires within 30 days. On hsm,
+ * where versions carry no expiry date, the expiry is the creation day plus
+ * the policy's expire-after.
+ */
+static void check_rotation(struct tmod *m, struct ttoken *t,
+                           const struct tkey *key, const struct tversion *v,
+                           struct result *r)
+{
+    struct row *pw = add_row(r, "rotation-policy", "has a rotation policy");
+    struct row *ew = add_row(r, "expiry", "expires within 30 days");
+    struct rotpolicy p;
+    long long now = (long long)time(NULL), exp = out_epoch(v->expires);
+    long long created = out_epoch(v->created);
+    char text[4 * (ROTPOLICY_DUR_MAX + 24)], rvt[128], when[32], epoch[24];
+    bool have = false;
+    CK_RV rv;
+
+    memset(&p, 0, sizeof(p));
+    if (v->priv == 0) {
+        pw->warn = true;
+        snprintf(pw->detail, sizeof(pw->detail),
+                 "not known: the private key is hidden until a login");
+        snprintf(pw->remedy, sizeof(pw->remedy),
+                 "give the token's PIN with --pin or --pin-file");
+    } else if ((rv = tool_read_policy(m, t->sess, v->priv, &p)) != CKR_OK) {
+        pw->warn = true;
+        snprintf(pw->detail, sizeof(pw->detail), "not known: %s",
+                 tool_rv_text(t, rv, tmod_device_error(m, t->sess), rvt,
+                              sizeof(rvt)));
+        snprintf(pw->remedy, sizeof(pw->remedy),
+                 "see the module's log for what the back end answered");
+    } else if (*p.rotate_after == '\0' && *p.rotate_before == '\0') {
+        rotpolicy_format(&p, text, sizeof(text));
+        pw->warn = true;
+        snprintf(pw->detail, sizeof(pw->detail), "%s%s%s",
+                 rotpolicy_empty(&p) ? "no rotation policy"
+                                     : "no Rotate action: ",
+                 rotpolicy_empty(&p) ? "" : text,
+                 v->refused != NULL && tops_has(v->refused, "getrotationpolicy")
+                     ? " (the vault refused getrotationpolicy)"
+                     : "");
+        snprintf(pw->remedy, sizeof(pw->remedy),
+                 "cmkp11-tool rotation-policy set '%s' '%s' --rotate-after "
+                 "P90D --expire-after P1Y%s",
+                 t->label, key->name,
+                 t->keyvault ? ""
+                             : "; run cmkp11-tool rotate --if-due "
+                               "from a timer (cmkp11-tool(1))");
+    } else {
+        have = true;
+        rotpolicy_format(&p, text, sizeof(text));
+        snprintf(pw->detail, sizeof(pw->detail), "%s%s", text,
+                 t->keyvault ? " (Key Vault rotates by it)"
+                             : " (cmkp11-tool rotate --if-due rotates by "
+                               "it)");
+    }
+    if (exp == 0 && !t->keyvault && created > 0 && *p.expire_after != '\0')
+        exp = created + rotpolicy_seconds(p.expire_after);
+    snprintf(epoch, sizeof(epoch), "%lld", exp);
+    out_time(epoch, when, sizeof(when));
+    if (exp == 0) {
+        snprintf(ew->detail, sizeof(ew->detail), "no expiry date");
+    } else if (exp - now > EXPIRY_WARN_DAYS * 86400LL) {
+        snprintf(ew->detail, sizeof(ew->detail),
+                 "no: expires %s, in %lld "
+                 "days",
+                 when, (exp - now) / 86400);
+    } else {
+        ew->warn = true;
+        if (exp <= now)
+            snprintf(ew->detail, sizeof(ew->detail), "expired %s", when);
+        else
+            snprintf(ew->detail, sizeof(ew->detail),
+                     "yes: expires %s, in %lld days", when,
+                     (exp - now) / 86400);
+        snprintf(ew->remedy, sizeof(ew->remedy),
+                 "rotate the key (cmkp11-tool rotate '%s' '%s')%s", t->label,
+                 key->name,
+                 have && t->keyvault
+                     ? ", or let the vault rotate it as its policy says"
+                     : ", or move its expiry date later");
+    }
+}
+
 /* Credentials, from the login and the listing (before any key). */
 static void credentials_row(struct result *r, const struct ttoken *t,
                             CK_RV list_rv, CK_ULONG list_dev)
@@ -477,6 +575,7 @@ static void check_version(struct tmod *m, const struct tool_opts *o,
         check_replicas(r, v);
     if (t->keyvault)
         check_optional(r, v);
+    check_rotation(m, t, key, v, r);
     before = r->n;
     credentials_row(r, t, CKR_OK, 0);
     cred = &r->rows[before];
@@ -557,7 +656,7 @@ static void result_json(struct jw *w, const struct result *r)
     for (i = 0; i < r->n; i++) {
         jw_begin_object(w);
         jw_kv_string(w, "name", r->rows[i].name);
-        jw_kv_string(w, "result", r->rows[i].pass ? "PASS" : "FAIL");
+        jw_kv_string(w, "result", row_result(&r->rows[i]));
         jw_kv_string(w, "detail", r->rows[i].detail);
         jw_kv_string(w, "remedy", r->rows[i].remedy);
         jw_end_object(w);
@@ -582,8 +681,7 @@ static void result_text(const struct result *r, bool first)
     if (tab == NULL)
         return;
     for (i = 0; i < r->n; i++) {
-        const char *cells[4] = {r->rows[i].title,
-                                r->rows[i].pass ? "PASS" : "FAIL",
+        const char *cells[4] = {r->rows[i].title, row_result(&r->rows[i]),
                                 r->rows[i].detail, r->rows[i].remedy};
         table_add(tab, cells);
     }
@@ -671,6 +769,7 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
             res = nr;
             memset(&res[nres], 0, sizeof(*res));
             res[nres].token = t->label;
+            res[nres].strict = o->strict;
             check_version(m, o, t, &keys[i].k[j], v, &res[nres]);
             nres++;
         }

@@ -3,6 +3,10 @@
  * C_GenerateKeyPair with the key's label (Key Vault "rotate"; on hsm a new
  * pair under the same label with a new CKA_ID), then the old and the new
  * current versions.
+ *
+ * With --if-due, only when the key's rotation policy says so (cmd-policy.c,
+ * rotate_due), on hsm tokens; Key Vault rotates by the policy itself, so
+ * there the command says so and does nothing.
  */
 #include "config.h"
 
@@ -32,6 +36,27 @@ static CK_RV generate(struct tmod *m, CK_SESSION_HANDLE s, const char *name)
 
     return m->f->C_GenerateKeyPair(s, &mech, pub, CMK_ARRAY_SIZE(pub), priv,
                                    CMK_ARRAY_SIZE(priv), &hpub, &hpriv);
+}
+
+/* --if-due when nothing is rotated: why, as text or JSON. */
+static void print_not_rotated(const struct tool_opts *o, const char *token,
+                              const char *key, int due, const char *why)
+{
+    struct jw w;
+
+    if (o->json) {
+        jw_init(&w, stdout);
+        jw_begin_object(&w);
+        jw_kv_string(&w, "token", token);
+        jw_kv_string(&w, "key", key);
+        jw_kv_bool(&w, "due", false);
+        jw_kv_bool(&w, "rotated", false);
+        jw_kv_string(&w, "reason", why);
+        jw_end_object(&w);
+        jw_finish(&w);
+    } else if (due == 0) {
+        printf("Token %s, key %s: not rotated: %s\n", token, key, why);
+    }
 }
 
 static void print_text(const char *token, const char *key,
@@ -75,7 +100,7 @@ int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     struct tkeys keys = {0};
     struct tversion old, *cur, *fresh, *shown_old = NULL;
     struct tkey *key;
-    char name[256], text[128];
+    char name[256], text[128], why[512] = "";
     size_t ntok = 0, nkeys, i;
     int status = TOOL_FAILED;
     bool have_old = false;
@@ -141,6 +166,26 @@ int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         have_old = true;
         shown_old = &old;
     }
+    if (o->if_due) {
+        int due;
+        if (t->keyvault) {
+            snprintf(why, sizeof(why),
+                     "Key Vault rotates this key itself as its rotation "
+                     "policy says (cmkp11-tool rotation-policy get)");
+            due = 0;
+        } else {
+            due = rotate_due(m, o, t, cur, why, sizeof(why));
+        }
+        if (due < 0)
+            tool_error("key %s on token %s: %s", name, t->label, why);
+        if (due <= 0) {
+            print_not_rotated(o, t->label, name, due, why);
+            status = due < 0 ? TOOL_FAILED : TOOL_OK;
+            goto out;
+        }
+        if (!o->json)
+            printf("Token %s, key %s: due: %s\n", t->label, name, why);
+    }
     rv = generate(m, t->sess, name);
     if (rv != CKR_OK) {
         tool_error("C_GenerateKeyPair for key %s on token %s: %s", name,
@@ -166,6 +211,11 @@ int cmd_rotate(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
         jw_begin_object(&w);
         jw_kv_string(&w, "token", t->label);
         jw_kv_string(&w, "key", name);
+        if (o->if_due) {
+            jw_kv_bool(&w, "due", true);
+            jw_kv_bool(&w, "rotated", true);
+            jw_kv_string(&w, "reason", why);
+        }
         jw_key(&w, "old");
         if (shown_old != NULL)
             tool_version_json(&w, shown_old);

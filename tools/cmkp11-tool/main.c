@@ -34,6 +34,9 @@ struct command {
 #define OUTPUT_OK 8u
 #define FILES     16u
 #define RETIRE_OK 32u /* --paths, --audit-log, --since, --dry-run, --undo */
+#define POLICY_OK 64u /* --rotate-after, --notify-before, ... */
+#define IF_DUE_OK 128u
+#define STRICT_OK 256u
 
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
@@ -41,9 +44,14 @@ static const struct command commands[] = {
     {"check", cmd_check, 0, 2, "check [TOKEN [KEY]]",
      "check the customer-managed key prerequisites (PASS or FAIL); with\n"
      "                         FILE|DIR: which keys can unseal sealed files",
-     0},
+     STRICT_OK},
     {"rotate", cmd_rotate, 1, 2, "rotate TOKEN KEY",
-     "make a new version of KEY and show the old and the new one", 0},
+     "make a new version of KEY and show the old and the new one; with\n"
+     "                         --if-due: only when its rotation policy says",
+     IF_DUE_OK},
+    {"rotation-policy", cmd_rotation_policy, 3, 3,
+     "rotation-policy get|set TOKEN KEY",
+     "show or set KEY's rotation policy (ISO 8601 durations)", POLICY_OK},
     {"seal", cmd_seal, 0, 1, "seal [IN] [-o OUT]",
      "envelope-encrypt IN (or standard input) under KEY's current version",
      KEY_OK | TOKEN_OK | OUTPUT_OK | FILES},
@@ -116,6 +124,19 @@ static void usage(FILE *f)
             "                      default 24h)\n"
             "  --dry-run           retire: report only, change nothing\n"
             "  --undo              retire: enable the version again\n"
+            "  --rotate-after DUR  rotation-policy set: rotate DUR after a "
+            "version is made\n"
+            "  --rotate-before-expiry DUR\n"
+            "                      rotation-policy set: rotate DUR before "
+            "expiry\n"
+            "  --notify-before DUR rotation-policy set: notify DUR before "
+            "expiry\n"
+            "  --expire-after DUR  rotation-policy set: new versions expire "
+            "DUR after\n"
+            "                      they are made (at least P28D)\n"
+            "  --if-due            rotate: only when the key's rotation "
+            "policy says so\n"
+            "  --strict            check: warnings (WARN) fail too\n"
             "  --min-key-bits N    the smallest RSA size check accepts "
             "(default: the\n"
             "                      module's min-key-bits where it shows it, "
@@ -155,6 +176,12 @@ enum {
     OPT_SINCE,
     OPT_DRY_RUN,
     OPT_UNDO,
+    OPT_ROTATE_AFTER,
+    OPT_ROTATE_BEFORE,
+    OPT_NOTIFY_BEFORE,
+    OPT_EXPIRE_AFTER,
+    OPT_IF_DUE,
+    OPT_STRICT,
 };
 
 static int parse_long_arg(const char *s, long lo, long hi, long *out)
@@ -190,6 +217,12 @@ int main(int argc, char **argv)
         {"dry-run", no_argument, NULL, OPT_DRY_RUN},
         {"undo", no_argument, NULL, OPT_UNDO},
         {"output", required_argument, NULL, 'o'},
+        {"rotate-after", required_argument, NULL, OPT_ROTATE_AFTER},
+        {"rotate-before-expiry", required_argument, NULL, OPT_ROTATE_BEFORE},
+        {"notify-before", required_argument, NULL, OPT_NOTIFY_BEFORE},
+        {"expire-after", required_argument, NULL, OPT_EXPIRE_AFTER},
+        {"if-due", no_argument, NULL, OPT_IF_DUE},
+        {"strict", no_argument, NULL, OPT_STRICT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -288,6 +321,23 @@ int main(int argc, char **argv)
             break;
         case OPT_UNDO:
             o.undo = retire_opt = true;
+        case OPT_ROTATE_AFTER:
+            o.rotate_after = optarg;
+            break;
+        case OPT_ROTATE_BEFORE:
+            o.rotate_before = optarg;
+            break;
+        case OPT_NOTIFY_BEFORE:
+            o.notify_before = optarg;
+            break;
+        case OPT_EXPIRE_AFTER:
+            o.expire_after = optarg;
+            break;
+        case OPT_IF_DUE:
+            o.if_due = true;
+            break;
+        case OPT_STRICT:
+            o.strict = true;
             break;
         case 'h':
             usage(stdout);
@@ -357,33 +407,46 @@ int main(int argc, char **argv)
     if (o.undo && (o.npaths || o.naudit)) {
         tool_error("retire --undo enables the version again: it takes no "
                    "--paths or --audit-log");
-        goto out;
+        if (((o.rotate_after || o.rotate_before || o.notify_before ||
+              o.expire_after) &&
+             !(cmd->opts & POLICY_OK)) ||
+            (o.if_due && !(cmd->opts & IF_DUE_OK)) ||
+            (o.strict && !(cmd->opts & STRICT_OK))) {
+            tool_error("%s does not take --%s", cmd->name,
+                       o.if_due && !(cmd->opts & IF_DUE_OK)   ? "if-due"
+                       : o.strict && !(cmd->opts & STRICT_OK) ? "strict"
+                       : o.rotate_after                       ? "rotate-after"
+                       : o.rotate_before ? "rotate-before-expiry"
+                       : o.notify_before ? "notify-before"
+                                         : "expire-after");
+            goto out;
+        }
+        for (c = optind + 1; c < argc && !(cmd->opts & FILES); c++) {
+            struct tsel sel;
+            if (tsel_parse(&sel, argv[c]) < 0)
+                goto out; /* a malformed URI is a usage error */
+            tsel_clear(&sel);
+        }
+        if (pin_file != NULL && o.pin.value != NULL) {
+            tool_error("give --pin or --pin-file, not both");
+            goto out;
+        }
+        if (pin_file != NULL && tpin_from_file(&o.pin, pin_file) < 0) {
+            status = TOOL_FAILED;
+            goto out;
+        }
+        if (pin_file == NULL && o.pin.value == NULL &&
+            tpin_from_env(&o.pin) < 0)
+            goto out;
+        if (tmod_load(&m, o.module) < 0) {
+            status = TOOL_FAILED;
+            goto out;
+        }
+        status = cmd->fn(&m, &o, nargs + 1, argv + optind);
+        tmod_unload(&m);
+    out:
+        tpin_free(&o.pin);
+        if (fflush(stdout) != 0 && status == TOOL_OK)
+            status = TOOL_FAILED;
+        return status;
     }
-    for (c = optind + 1; c < argc && !(cmd->opts & FILES); c++) {
-        struct tsel sel;
-        if (tsel_parse(&sel, argv[c]) < 0)
-            goto out; /* a malformed URI is a usage error */
-        tsel_clear(&sel);
-    }
-    if (pin_file != NULL && o.pin.value != NULL) {
-        tool_error("give --pin or --pin-file, not both");
-        goto out;
-    }
-    if (pin_file != NULL && tpin_from_file(&o.pin, pin_file) < 0) {
-        status = TOOL_FAILED;
-        goto out;
-    }
-    if (pin_file == NULL && o.pin.value == NULL && tpin_from_env(&o.pin) < 0)
-        goto out;
-    if (tmod_load(&m, o.module) < 0) {
-        status = TOOL_FAILED;
-        goto out;
-    }
-    status = cmd->fn(&m, &o, nargs + 1, argv + optind);
-    tmod_unload(&m);
-out:
-    tpin_free(&o.pin);
-    if (fflush(stdout) != 0 && status == TOOL_OK)
-        status = TOOL_FAILED;
-    return status;
-}

@@ -39,6 +39,10 @@ struct tool_opts {
     bool since_set;
     bool dry_run; /* --dry-run */
     bool undo;    /* --undo */
+    /* rotation-policy set: ISO 8601 durations, NULL when not given */
+    const char *rotate_after, *rotate_before, *notify_before, *expire_after;
+    bool if_due; /* --if-due (rotate) */
+    bool strict; /* --strict (check): warnings fail */
 };
 
 /* A command: argv[0] is the command's name; returns an exit status. */
@@ -68,7 +72,22 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc,
 int retire_parse_since(const char *s, long long *seconds);
 
 struct jw;
+/* rotation-policy get|set TOKEN KEY (cmd-policy.c). */
+int cmd_rotation_policy(struct tmod *m, const struct tool_opts *o, int argc,
+                        char **argv);
+struct rotpolicy;
+struct ttoken;
 struct tversion;
+/* CKA_CMK_ROTATION_POLICY of a version's private key, parsed. */
+CK_RV tool_read_policy(struct tmod *m, CK_SESSION_HANDLE s,
+                       CK_OBJECT_HANDLE priv, struct rotpolicy *p);
+/* rotate --if-due: 1 when cur's key is due for rotation by its policy, 0
+ * when not, -1 when that cannot be told; why says which and why. */
+int rotate_due(struct tmod *m, const struct tool_opts *o,
+               const struct ttoken *t, const struct tversion *cur, char *why,
+               size_t whylen);
+
+struct jw;
 struct tkey;
 struct ttoken;
 

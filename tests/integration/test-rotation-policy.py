@@ -1,0 +1,357 @@
+#!/usr/bin/python3
+"""Rotation policies (CKA_CMK_ROTATION_POLICY, docs/vendor.md) through
+cmkp11-tool, on both back ends:
+
+- Key Vault (emulator): a policy set with `rotation-policy set` is what
+  Microsoft's Python SDK reads (get_key_rotation_policy), and one the SDK
+  sets (update_key_rotation_policy) is what `rotation-policy get` shows; the
+  service's default policy; the service's rules refused by the tool and by
+  the vault with the same words; an identity without getrotationpolicy;
+  `rotate --if-due` leaves rotation to the vault.
+- hsm (SoftHSM): the policy kept on the lower token as a data object;
+  `rotate --if-due` on a key made 100 days ago (CKA_START_DATE on the lower
+  key, written by the test as an administrator would) rotates under
+  rotate-after P90D and not under P180D, and says why; C_SetAttributeValue
+  refuses a policy the rules refuse.
+- check: the rows "has a rotation policy" and "expires within 30 days"
+  warn (WARN, exit 0), and fail with --strict.
+No clock is faked: ages come from the keys' dates. TAP output.
+"""
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+TOP_BUILDDIR = os.environ.get("top_builddir") or TOP_SRCDIR
+sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
+sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
+
+from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
+                    APP_SECRET, APP_ID, READER_ID, READER_SECRET, TENANT,
+                    skip_all)
+import taplib  # noqa: E402
+
+TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
+MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
+    TOP_BUILDDIR, ".libs", "cmkp11.so")
+SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+
+if not os.access(TOOL, os.X_OK):
+    skip_all("cmkp11-tool is not built")
+taplib.need_azure()
+import PyKCS11  # noqa: E402
+from azure.core.exceptions import HttpResponseError  # noqa: E402
+from azure.keyvault.keys import (KeyRotationLifetimeAction,  # noqa: E402
+                                 KeyRotationPolicy, KeyRotationPolicyAction)
+
+t = Tap()
+work = tempfile.mkdtemp(prefix="tmp-test-rotation-policy-",
+                        dir=os.environ.get("TMPDIR") or os.getcwd())
+
+# ---- set-up: SoftHSM and the emulator, one configuration ---------------------
+hsmdir = os.path.join(work, "softhsm")
+st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
+                     hsmdir], capture_output=True, text=True)
+if st.returncode == 77:
+    skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
+os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+pinfile = write_private(os.path.join(work, "pin"), "1234\n")
+emu = Emu(emulator_config())
+secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
+rsecret = write_private(os.path.join(work, "reader.secret"),
+                        READER_SECRET + "\n")
+KVTOK = ("backend = keyvault\nvault-url = %s\nca-file = %s\n"
+         "auth = client-secret\ntenant-id = %s\nauthority-host = %s\n" %
+         (emu.url("kvemu"), emu.ca, TENANT, emu.env["AZURE_AUTHORITY_HOST"]))
+conf = write_private(
+    os.path.join(work, "both.conf"),
+    "[cmkp11]\nlog-level = error\nlog-file = %s\nrefresh-interval = 0\n\n"
+    "[token local]\nbackend = hsm\nmodule = %s\ntoken-label = cmk\n"
+    "pin-file = %s\n\n"
+    "[token kv]\n%sclient-id = %s\nclient-secret-file = %s\n\n"
+    "[token kvread]\n%sclient-id = %s\nclient-secret-file = %s\n" %
+    (os.path.join(work, "both.log"), SOFTHSM, pinfile, KVTOK, APP_ID, secret,
+     KVTOK, READER_ID, rsecret))
+t.eq(st.returncode, 0, "a SoftHSM token (local) and an emulated vault (kv, "
+     "kvread) in one configuration")
+kc = emu.key_client()
+
+
+def run(*args):
+    env = dict(os.environ, CMKP11_CONF=conf)
+    p = subprocess.run([TOOL, "--module", MODULE] + list(args), env=env,
+                       capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+def log_text():
+    try:
+        with open(os.path.join(work, "both.log")) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+# ---- Key Vault: the tool and the SDK agree ------------------------------------
+emu.admin("POST", "vaults/kvemu/keys", {"name": "cmk"})
+rc, out, err = run("rotation-policy", "get", "kv", "cmk")
+t.eq((rc, out.splitlines()[0] if out else err),
+     (0, "Token kv, key cmk: rotation policy notify-before=P30D"),
+     "get: a key without a policy has the service's default (Notify 30 days "
+     "before expiry)")
+
+rc, out, err = run("rotation-policy", "set", "kv", "cmk", "--rotate-after",
+                   "P90D", "--expire-after", "P2Y", "--notify-before", "P30D")
+t.eq((rc, out.splitlines()[0] if out else err),
+     (0, "Token kv, key cmk: rotation policy "
+         "rotate-after=P90D;notify-before=P30D;expire-after=P2Y"),
+     "set: the tool shows the policy as the vault returns it")
+pol = kc.get_key_rotation_policy("cmk")
+acts = sorted((a.action.lower(), a.time_after_create, a.time_before_expiry)
+              for a in pol.lifetime_actions)
+t.eq((pol.expires_in, acts),
+     ("P2Y", [("notify", None, "P30D"), ("rotate", "P90D", None)]),
+     "the SDK's get_key_rotation_policy reads what cmkp11-tool set")
+
+kc.update_key_rotation_policy(
+    "cmk", KeyRotationPolicy(), expires_in="P1Y",
+    lifetime_actions=[KeyRotationLifetimeAction(
+        KeyRotationPolicyAction.rotate, time_before_expiry="P45D")])
+rc, out, err = run("--json", "rotation-policy", "get", "kv", "cmk")
+doc = json.loads(out) if rc == 0 else {}
+t.eq((rc, doc.get("policy"), doc.get("rotate-after"),
+      doc.get("rotate-before-expiry"), doc.get("expire-after"),
+      doc.get("refused")),
+     (0, "rotate-before-expiry=P45D;expire-after=P1Y", None, "P45D", "P1Y",
+      False),
+     "get --json reads what the SDK's update_key_rotation_policy set")
+
+# ---- the service's rules: the tool and the vault say the same -----------------
+P1D = "The timeAfterCreate of a Rotate action must be at least 7 days (P7D): P1D."
+rc, out, err = run("rotation-policy", "set", "kv", "cmk", "--rotate-after",
+                   "P1D")
+t.eq((rc, err.strip()), (2, "cmkp11-tool: rotation policy refused: " + P1D),
+     "set --rotate-after P1D: refused before any request, exit 2")
+e = t.raises("the SDK's update with timeAfterCreate P1D is refused",
+             HttpResponseError, kc.update_key_rotation_policy, "cmk",
+             KeyRotationPolicy(), lifetime_actions=[KeyRotationLifetimeAction(
+                 KeyRotationPolicyAction.rotate, time_after_create="P1D")])
+t.eq((e and e.status_code, e and e.error.code, e and e.error.message),
+     (400, "BadParameter", P1D), "... by the vault with the same words")
+for args, msg in [
+        (["--expire-after", "P10D"],
+         "The expiryTime of a rotation policy must be at least 28 days "
+         "(P28D): P10D."),
+        (["--rotate-before-expiry", "P30D"],
+         "A Rotate action with timeBeforeExpiry requires the policy's "
+         "expiryTime."),
+        (["--rotate-before-expiry", "P25D", "--expire-after", "P30D"],
+         "The timeBeforeExpiry of a Rotate action must leave at least 7 days "
+         "(P7D) after creation: P25D before P30D."),
+        (["--notify-before", "P3D"],
+         "The timeBeforeExpiry of a Notify action must be at least 7 days "
+         "(P7D): P3D.")]:
+    rc, out, err = run("rotation-policy", "set", "kv", "cmk", *args)
+    t.eq((rc, err.strip()), (2, "cmkp11-tool: rotation policy refused: " + msg),
+         "set %s: refused with the service's rule" % " ".join(args))
+rc, out, err = run("rotation-policy", "set", "kv", "cmk", "--rotate-after",
+                   "90 days")
+t.eq((rc, err.strip()),
+     (2, "cmkp11-tool: --rotate-after: '90 days' is not an ISO 8601 duration "
+         "(for example P90D, P1Y, P1Y6M)"), "a duration not in ISO 8601")
+rc, out, err = run("rotation-policy", "set", "kv", "cmk")
+t.eq(rc, 2, "set without a policy option: usage error")
+pol = kc.get_key_rotation_policy("cmk")
+t.eq(pol.expires_in, "P1Y", "the refused policies changed nothing in the vault")
+
+# ---- an identity without getrotationpolicy ------------------------------------
+rc, out, err = run("rotation-policy", "get", "kvread", "cmk")
+t.eq((rc, out.strip()),
+     (0, "Token kvread, key cmk: no rotation policy known: the vault refused "
+         "getrotationpolicy"),
+     "get as an identity without getrotationpolicy: an empty value, and "
+     "CKA_CMK_REFUSED says why")
+t.ok("keys getrotationpolicy permission" in log_text(),
+     "... and the module's log names the permission to grant")
+
+# ---- rotate --if-due on Key Vault: the vault rotates by itself ----------------
+before = kc.get_key("cmk").properties.version
+rc, out, err = run("rotate", "kv", "cmk", "--if-due")
+t.eq((rc, out.strip(), kc.get_key("cmk").properties.version),
+     (0, "Token kv, key cmk: not rotated: Key Vault rotates this key itself "
+         "as its rotation policy says (cmkp11-tool rotation-policy get)",
+      before), "rotate --if-due on Key Vault: nothing rotated, and why")
+
+# ---- hsm: the policy on the lower token ---------------------------------------
+MAKE = r'''
+import sys
+import PyKCS11 as P
+lib = P.PyKCS11Lib()
+lib.load(sys.argv[1])
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
+s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+s.login("1234")
+label, cid = sys.argv[2], bytes.fromhex(sys.argv[3])
+day = sys.argv[4].encode()
+pub = [(P.CKA_TOKEN, True), (P.CKA_LABEL, label), (P.CKA_ID, cid),
+       (P.CKA_MODULUS_BITS, 2048), (P.CKA_PUBLIC_EXPONENT, bytes([1, 0, 1])),
+       (P.CKA_ENCRYPT, True), (P.CKA_WRAP, True), (P.CKA_VERIFY, True),
+       (P.CKA_START_DATE, day)]
+priv = [(P.CKA_TOKEN, True), (P.CKA_PRIVATE, True), (P.CKA_LABEL, label),
+        (P.CKA_ID, cid), (P.CKA_SENSITIVE, True), (P.CKA_DECRYPT, True),
+        (P.CKA_UNWRAP, True), (P.CKA_SIGN, True)]
+s.generateKeyPair(pub, priv)
+s.logout()
+'''
+
+
+def made_days_ago(label, cid, days):
+    """A key pair made in SoftHSM directly, dated `days` days ago
+    (CKA_START_DATE), as an administrator's older key would be."""
+    day = (datetime.datetime.now(datetime.timezone.utc) -
+           datetime.timedelta(days=days)).strftime("%Y%m%d")
+    r = subprocess.run([sys.executable, "-c", MAKE, SOFTHSM, label, cid, day],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+made_days_ago("old", "41", 100)
+made_days_ago("young", "42", 10)
+
+rc, out, err = run("rotation-policy", "get", "local", "old")
+t.eq((rc, out.strip()), (0, "Token local, key old: no rotation policy"),
+     "hsm: a key has no policy until one is set")
+rc, out, err = run("rotation-policy", "set", "local", "old", "--rotate-after",
+                   "P90D", "--expire-after", "P1Y")
+t.eq((rc, out.splitlines()[0] if out else err),
+     (0, "Token local, key old: rotation policy "
+         "rotate-after=P90D;expire-after=P1Y"), "hsm: set")
+rc, out, err = run("rotation-policy", "set", "local", "young",
+                   "--rotate-after", "P180D")
+t.eq(rc, 0, "hsm: set on a second key")
+
+LOOK = r'''
+import sys
+import PyKCS11 as P
+lib = P.PyKCS11Lib()
+lib.load(sys.argv[1])
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
+s = lib.openSession(slot, P.CKF_SERIAL_SESSION)
+s.login("1234")
+for o in s.findObjects([(P.CKA_CLASS, P.CKO_DATA)]):
+    a = s.getAttributeValue(o, [P.CKA_APPLICATION, P.CKA_LABEL, P.CKA_VALUE,
+                                P.CKA_PRIVATE])
+    print("%s|%s|%s|%s" % (a[0], a[1], bytes(a[2]).decode(),
+                           a[3]))
+s.logout()
+'''
+r = subprocess.run([sys.executable, "-c", LOOK, SOFTHSM], capture_output=True,
+                   text=True)
+t.eq(sorted(r.stdout.splitlines()),
+     ["cmkp11 rotation-policy|old|rotate-after=P90D;expire-after=P1Y|True",
+      "cmkp11 rotation-policy|young|rotate-after=P180D|True"],
+     "hsm: each policy is a private data object on the lower token")
+
+# C_SetAttributeValue itself refuses what the rules refuse.
+os.environ["CMKP11_CONF"] = conf
+lib = PyKCS11.PyKCS11Lib()
+lib.load(MODULE)
+slot = [s for s in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(s).label.strip() == "local"][0]
+sess = lib.openSession(slot, PyKCS11.CKF_SERIAL_SESSION |
+                       PyKCS11.CKF_RW_SESSION)
+CKA_POLICY = PyKCS11.CKA_VENDOR_DEFINED | 0x434D0000 + 17
+priv = sess.findObjects([(PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY),
+                         (PyKCS11.CKA_LABEL, "old")])[0]
+try:
+    sess.setAttributeValue(priv, [(CKA_POLICY, b"rotate-after=P1D")])
+    got = "CKR_OK"
+except PyKCS11.PyKCS11Error as e:
+    got = PyKCS11.CKR[e.value]
+t.eq(got, "CKR_ATTRIBUTE_VALUE_INVALID",
+     "hsm: C_SetAttributeValue refuses rotate-after=P1D")
+val = bytes(sess.getAttributeValue(priv, [CKA_POLICY])[0]).decode()
+t.eq(val, "rotate-after=P90D;expire-after=P1Y",
+     "... and the policy is unchanged (C_GetAttributeValue)")
+sess.closeSession()
+
+# ---- hsm: rotate --if-due ------------------------------------------------------
+rc, out, err = run("rotate", "local", "young", "--if-due")
+day = (datetime.datetime.now(datetime.timezone.utc) -
+       datetime.timedelta(days=10)).strftime("%Y-%m-%d")
+due = (datetime.datetime.now(datetime.timezone.utc) +
+       datetime.timedelta(days=170)).strftime("%Y-%m-%d")
+t.eq((rc, out.strip()),
+     (0, "Token local, key young: not rotated: version 42 was made on %s, "
+         "10 days ago: rotate-after P180D is due on %s" % (day, due)),
+     "rotate --if-due: a key 10 days old under rotate-after P180D is not due")
+rc, out, err = run("list", "local")
+t.ok(rc == 0 and "young@" not in out, "... and it has one version still")
+
+day = (datetime.datetime.now(datetime.timezone.utc) -
+       datetime.timedelta(days=100)).strftime("%Y-%m-%d")
+rc, out, err = run("rotate", "local", "old", "--if-due")
+t.eq((rc, out.splitlines()[0] if out else err),
+     (0, "Token local, key old: due: version 41 was made on %s, 100 days "
+         "ago: rotate-after P90D is reached" % day),
+     "rotate --if-due: a key 100 days old under rotate-after P90D is due")
+rc, out, err = run("--json", "list", "local")
+names = sorted(v.get("label") for tk in json.loads(out).get("tokens", [])
+               for k in tk.get("keys", []) for v in k.get("versions", [])
+               if v.get("label", "").startswith("old")) if rc == 0 else []
+t.eq(names, ["old", "old@41"], "... rotated: a new current version, the old "
+     "one kept as old@41")
+rc, out, err = run("rotate", "local", "old", "--if-due", "--json")
+doc = json.loads(out) if rc == 0 else {}
+t.eq((rc, doc.get("due"), doc.get("rotated")), (0, False, False),
+     "rotate --if-due again: the new version (made today) is not due")
+rc, out, err = run("rotation-policy", "get", "local", "old")
+t.eq((rc, out.splitlines()[0] if out else err),
+     (0, "Token local, key old: rotation policy "
+         "rotate-after=P90D;expire-after=P1Y"),
+     "the policy stays with the key across the rotation")
+
+# ---- check: warnings, and --strict ---------------------------------------------
+rc, out, err = run("--json", "check", "local", "kek")
+doc = json.loads(out) if out.strip() else {}
+rows = {c["name"]: c for k in doc.get("keys", []) for c in k["checks"]}
+t.eq((rc, doc.get("result"), rows.get("rotation-policy", {}).get("result"),
+      rows.get("rotation-policy", {}).get("detail")),
+     (0, "PASS", "WARN", "no rotation policy"),
+     "check: a key without a rotation policy is a warning (WARN), exit 0")
+rc, out, err = run("--json", "--strict", "check", "local", "kek")
+doc = json.loads(out) if out.strip() else {}
+t.eq((rc, doc.get("result")), (1, "FAIL"), "check --strict: the warning fails")
+
+# Expiring within 30 days: a vault key that expires in 20 days.
+exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=20)
+kc.create_rsa_key("soon", expires_on=exp)
+kc.update_key_rotation_policy(
+    "soon", KeyRotationPolicy(), expires_in="P1Y",
+    lifetime_actions=[KeyRotationLifetimeAction(
+        KeyRotationPolicyAction.rotate, time_after_create="P90D")])
+rc, out, err = run("--json", "check", "kv", "soon")
+doc = json.loads(out) if out.strip() else {}
+rows = {c["name"]: c for k in doc.get("keys", []) for c in k["checks"]}
+t.eq((rc, rows.get("rotation-policy", {}).get("result"),
+      rows.get("expiry", {}).get("result")), (0, "PASS", "WARN"),
+     "check: a policy that rotates passes; an expiry in 20 days warns")
+detail = rows.get("expiry", {}).get("detail", "")
+t.ok(detail.startswith("yes: expires ") and
+     ("in 19 days" in detail or "in 20 days" in detail),
+     "... saying when", detail)
+rc, out, err = run("--strict", "check", "kv", "soon")
+t.ok(rc == 1 and "WARN" in out, "check --strict: exit 1, the row still WARN")
+rc, out, err = run("check", "kv", "cmk")
+t.ok(rc == 0 and "has a rotation policy" in out and "expires within 30 days"
+     in out, "check (text): both rows, by title")
+
+emu.stop()
+shutil.rmtree(work, ignore_errors=True)
