@@ -582,6 +582,12 @@ static const char *rbac_action(const char *perm)
         return "read";
     if (strcmp(perm, "update") == 0)
         return "write";
+    /* The rotation policy's own data actions (the built-in role Key Vault
+     * Crypto Officer lists them). */
+    if (strcmp(perm, "getrotationpolicy") == 0)
+        return "rotationpolicy/read";
+    if (strcmp(perm, "setrotationpolicy") == 0)
+        return "rotationpolicy/write";
     return NULL; /* the others are "<perm>/action" */
 }
 

@@ -20,6 +20,7 @@ No clock is faked: ages come from the keys' dates. TAP output.
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -352,6 +353,50 @@ t.ok(rc == 1 and "WARN" in out, "check --strict: exit 1, the row still WARN")
 rc, out, err = run("check", "kv", "cmk")
 t.ok(rc == 0 and "has a rotation policy" in out and "expires within 30 days"
      in out, "check (text): both rows, by title")
+
+# ---- docs/hsm.md: the systemd units run as written -------------------------------
+# Two substitutions, nothing else: the installed tool becomes the one just
+# built (with this build's module), /etc/cmkp11/cmkp11.conf this test's.
+units = {}
+with open(os.path.join(TOP_SRCDIR, "docs", "hsm.md")) as f:
+    lines = f.read().split("\n")
+for i, line in enumerate(lines):
+    m = re.match(r"<!-- unit file=(\S+) -->$", line)
+    if m and lines[i + 1] == "```":
+        end = lines.index("```", i + 2)
+        units[m.group(1)] = "\n".join(lines[i + 2:end]) + "\n"
+t.eq(sorted(units), ["cmkp11-rotate.service", "cmkp11-rotate.timer"],
+     "docs/hsm.md: a service and a timer")
+svc = units.get("cmkp11-rotate.service", "")
+exec_line = [x for x in svc.splitlines() if x.startswith("ExecStart=")]
+env_line = [x for x in svc.splitlines() if x.startswith("Environment=")]
+t.eq((len(exec_line), env_line),
+     (1, ["Environment=CMKP11_CONF=/etc/cmkp11/cmkp11.conf"]),
+     "the service runs one command with the configuration in CMKP11_CONF")
+built = os.path.abspath(TOOL)
+udir = os.path.join(work, "units")
+os.makedirs(udir)
+for name, text in units.items():
+    text = text.replace("/usr/bin/cmkp11-tool",
+                        "%s --module %s" % (built, os.path.abspath(MODULE)))
+    text = text.replace("/etc/cmkp11/cmkp11.conf", conf)
+    with open(os.path.join(udir, name), "w") as f:
+        f.write(text)
+r = subprocess.run(["systemd-analyze", "verify"] +
+                   [os.path.join(udir, n) for n in sorted(units)],
+                   capture_output=True, text=True, timeout=120)
+t.eq((r.returncode, r.stderr.strip()), (0, ""),
+     "systemd-analyze verify accepts both units")
+cmd = exec_line[0][len("ExecStart="):].replace(
+    "/usr/bin/cmkp11-tool", built).split() if exec_line else ["false"]
+p = subprocess.run(cmd[:1] + ["--module", MODULE] + cmd[1:],
+                   env=dict(os.environ, CMKP11_CONF=conf),
+                   capture_output=True, text=True, timeout=300)
+t.eq((p.returncode, p.stdout.strip()),
+     (0, "Token local, key kek: not rotated: the key's rotation policy has no "
+         "Rotate action (no policy)"),
+     "the service's ExecStart runs as written: kek has no policy, so nothing "
+     "is rotated, exit 0")
 
 emu.stop()
 shutil.rmtree(work, ignore_errors=True)

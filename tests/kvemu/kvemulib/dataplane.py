@@ -16,6 +16,10 @@ RBAC_ACTIONS = {
     "restore": "restore/action", "encrypt": "encrypt/action", "decrypt": "decrypt/action",
     "wrapKey": "wrapKey/action", "unwrapKey": "unwrapKey/action", "sign": "sign/action",
     "verify": "verify/action", "release": "release/action",
+    # The rotation policy's data actions (the built-in role Key Vault Crypto
+    # Officer lists them).
+    "getrotationpolicy": "rotationpolicy/read",
+    "setrotationpolicy": "rotationpolicy/write",
 }
 
 
