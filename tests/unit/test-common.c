@@ -18,6 +18,7 @@
 #include "attrs.h"
 #include "debug.h"
 #include "hmap.h"
+#include "rotpolicy.h"
 #include "secure.h"
 #include "p11.h"
 #include "test.h"
@@ -465,6 +466,89 @@ static void test_debug_env(void)
     unlink(path);
 }
 
+/* A rotation policy's text (common/rotpolicy.h): durations, parsing,
+ * Key Vault's rules, the text written back. */
+static int parse(const char *text, struct rotpolicy *p, char *why,
+                 size_t whylen)
+{
+    return rotpolicy_parse(text, strlen(text), p, why, whylen);
+}
+
+static void test_rotpolicy(void)
+{
+    static const struct {
+        const char *text;
+        long long secs;
+    } durs[] = {
+        {"P7D", 7 * 86400LL},
+        {"P1Y", 365 * 86400LL},
+        {"P1Y6M", (365 + 180) * 86400LL},
+        {"P1DT12H", 86400LL + 12 * 3600},
+        {"PT90M", 90 * 60},
+        {"P", -1},
+        {"PT", -1},
+        {"P1D2Y", -1}, /* out of order */
+        {"P1H", -1},   /* hours belong after T */
+        {"90D", -1},
+        {"P-1D", -1},
+        {"P1W", -1}, /* not taken (Key Vault's examples never use weeks) */
+    };
+    struct rotpolicy p;
+    char why[256], out[256];
+    size_t i;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(durs); i++)
+        is_num(rotpolicy_seconds(durs[i].text), durs[i].secs,
+               "rotpolicy_seconds(%s)", durs[i].text);
+
+    ok(parse(" notify-before = P30D ;rotate-after=P90D;", &p, why,
+             sizeof(why)) == 0 &&
+           strcmp(p.rotate_after, "P90D") == 0 &&
+           strcmp(p.notify_before, "P30D") == 0 && p.expire_after[0] == '\0',
+       "parse: spaces and an empty last pair");
+    rotpolicy_format(&p, out, sizeof(out));
+    ok(strcmp(out, "rotate-after=P90D;notify-before=P30D") == 0,
+       "format: the fields in their order");
+    ok(parse("", &p, why, sizeof(why)) == 0 && rotpolicy_empty(&p),
+       "the empty text is no policy");
+    ok(parse("rotate=P90D", &p, why, sizeof(why)) < 0 &&
+           strstr(why, "unknown field 'rotate'") != NULL,
+       "parse: an unknown field");
+    ok(parse("rotate-after=P9D;rotate-after=P9D", &p, why, sizeof(why)) < 0 &&
+           strstr(why, "given twice") != NULL,
+       "parse: a field twice");
+    ok(parse("rotate-after", &p, why, sizeof(why)) < 0, "parse: no '='");
+
+    parse("rotate-after=P1D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) < 0 &&
+           strcmp(why, "The timeAfterCreate of a Rotate action must be at "
+                       "least 7 days (P7D): P1D.") == 0,
+       "check: rotate-after under 7 days");
+    parse("rotate-after=P7D;expire-after=P28D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) == 0, "check: the minimums pass");
+    parse("expire-after=P27D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) < 0 && strstr(why, "28 days"),
+       "check: expire-after under 28 days");
+    parse("rotate-before-expiry=P30D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) < 0 &&
+           strstr(why, "requires the policy's expiryTime"),
+       "check: rotate-before-expiry without expire-after");
+    parse("rotate-before-expiry=P22D;expire-after=P28D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) < 0 &&
+           strstr(why, "leave at least 7 days"),
+       "check: rotate-before-expiry leaving under 7 days");
+    parse("rotate-before-expiry=P21D;expire-after=P28D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) == 0,
+       "check: rotate-before-expiry leaving exactly 7 days");
+    parse("notify-before=P6D", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) < 0,
+       "check: notify-before under 7 days");
+    parse("expire-after=2Y", &p, why, sizeof(why));
+    ok(rotpolicy_check(&p, why, sizeof(why)) < 0 &&
+           strcmp(why, "Invalid ISO 8601 duration: '2Y'") == 0,
+       "check: not a duration");
+}
+
 int main(void)
 {
     if (mkdtemp(tmpdir) == NULL)
@@ -478,6 +562,7 @@ int main(void)
     test_hex();
     test_logging();
     test_debug_env();
+    test_rotpolicy();
     rmdir(tmpdir);
     return test_done();
 }
