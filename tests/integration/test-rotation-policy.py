@@ -319,6 +319,17 @@ t.eq((rc, out.splitlines()[0] if out else err),
          "rotate-after=P90D;expire-after=P1Y"),
      "the policy stays with the key across the rotation")
 
+# A key made without CKA_START_DATE (softhsm-init.sh's, by pkcs11-tool):
+# its age is not known, and --if-due says so instead of guessing.
+rc, out, err = run("rotation-policy", "set", "local", "dec-only",
+                   "--rotate-after", "P30D")
+rc2, out2, err2 = run("rotate", "local", "dec-only", "--if-due")
+t.eq((rc, rc2, out2, err2.strip()),
+     (0, 1, "", "cmkp11-tool: key dec-only on token local: version 10 has no "
+      "creation day (on hsm: CKA_START_DATE of its public key in the lower "
+      "token): rotate-after cannot be applied"),
+     "rotate --if-due without a creation day: exit 1, and why")
+
 # ---- check: warnings, and --strict ---------------------------------------------
 rc, out, err = run("--json", "check", "local", "kek")
 doc = json.loads(out) if out.strip() else {}

@@ -348,12 +348,19 @@ int rotate_due(struct tmod *m, const struct tool_opts *o,
         day_text(expiry - before, b, sizeof(b));
         snprintf(why, whylen, "rotate-before-expiry %s is due on %s",
                  p.rotate_before, b);
+    } else if (after >= 0) {
+        snprintf(why, whylen,
+                 "version %s has no creation day (on hsm: CKA_START_DATE of "
+                 "its public key in the lower token): rotate-after cannot be "
+                 "applied",
+                 cur->version);
+        return -1;
     } else {
         snprintf(why, whylen,
-                 "version %s has no %s (on hsm: CKA_START_DATE of the lower "
-                 "key, or the policy's expire-after): the policy cannot be "
+                 "version %s has no expiry date (on hsm: a creation day and "
+                 "the policy's expire-after): rotate-before-expiry cannot be "
                  "applied",
-                 cur->version, after >= 0 ? "creation day" : "expiry date");
+                 cur->version);
         return -1;
     }
     return 0;
