@@ -170,6 +170,18 @@ t.eq(rc, 2, "set without a policy option: usage error")
 pol = kc.get_key_rotation_policy("cmk")
 t.eq(pol.expires_in, "P1Y", "the refused policies changed nothing in the vault")
 
+# ---- the REST API as the specification says (api-version 7.3 and later) --------
+for api in ("7.3", "7.4", "7.5"):
+    st, _, body = emu.vault("GET", "/keys/cmk/rotationpolicy", api=api)
+    doc = body if st == 200 and isinstance(body, dict) else {}
+    t.eq((st, sorted(doc), doc.get("attributes", {}).get("expiryTime")),
+         (200, ["attributes", "id", "lifetimeActions"], "P1Y"),
+         "GET rotationpolicy with api-version %s: id, lifetimeActions, "
+         "attributes" % api)
+st, _, body = emu.vault("GET", "/keys/cmk/rotationpolicy", api="7.2")
+t.eq((st, body.get("error", {}).get("code") if isinstance(body, dict) else body),
+     (400, "BadParameter"), "GET rotationpolicy with api-version 7.2: 400")
+
 # ---- an identity without getrotationpolicy ------------------------------------
 rc, out, err = run("rotation-policy", "get", "kvread", "cmk")
 t.eq((rc, out.strip()),
