@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
-                    APP_SECRET, APP_ID, READER_ID, READER_SECRET, TENANT,
-                    skip_all)
+                    conf_text, hsm_token, emu_token, APP_SECRET, READER_ID,
+                    READER_SECRET, skip_all)
 import taplib  # noqa: E402
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
@@ -66,18 +66,12 @@ emu = Emu(emulator_config())
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")
 rsecret = write_private(os.path.join(work, "reader.secret"),
                         READER_SECRET + "\n")
-KVTOK = ("backend = keyvault\nvault-url = %s\nca-file = %s\n"
-         "auth = client-secret\ntenant-id = %s\nauthority-host = %s\n" %
-         (emu.url("kvemu"), emu.ca, TENANT, emu.env["AZURE_AUTHORITY_HOST"]))
-conf = write_private(
-    os.path.join(work, "both.conf"),
-    "[cmkp11]\nlog-level = error\nlog-file = %s\nrefresh-interval = 0\n\n"
-    "[token local]\nbackend = hsm\nmodule = %s\ntoken-label = cmk\n"
-    "pin-file = %s\n\n"
-    "[token kv]\n%sclient-id = %s\nclient-secret-file = %s\n\n"
-    "[token kvread]\n%sclient-id = %s\nclient-secret-file = %s\n" %
-    (os.path.join(work, "both.log"), SOFTHSM, pinfile, KVTOK, APP_ID, secret,
-     KVTOK, READER_ID, rsecret))
+conf = write_private(os.path.join(work, "both.conf"), conf_text(
+    [hsm_token("local", pin_file=pinfile),
+     emu_token(emu, "kv", secret),
+     emu_token(emu, "kvread", rsecret, client_id=READER_ID)],
+    log_level="error", log_file=os.path.join(work, "both.log"),
+    refresh_interval=0))
 t.eq(st.returncode, 0, "a SoftHSM token (local) and an emulated vault (kv, "
      "kvread) in one configuration")
 kc = emu.key_client()
