@@ -185,6 +185,16 @@ t.eq((rc, out.strip()),
      "CKA_CMK_REFUSED says why")
 t.ok("keys getrotationpolicy permission" in log_text(),
      "... and the module's log names the permission to grant")
+rc, out, err = run("--json", "check", "kvread", "cmk")
+doc = json.loads(out) if out.strip() else {}
+rows = {c["name"]: c for k in doc.get("keys", []) for c in k["checks"]}
+pr = rows.get("rotation-policy", {})
+t.eq((pr.get("result"), pr.get("detail")),
+     ("WARN", "not known: the vault refused the keys getrotationpolicy "
+      "permission"), "check as that identity: the row warns that the policy "
+     "is not known, not that there is none")
+t.ok("rotationpolicy/read" in pr.get("remedy", ""),
+     "... and the remedy names the permission", pr)
 
 # ---- rotate --if-due on Key Vault: the vault rotates by itself ----------------
 before = kc.get_key("cmk").properties.version

@@ -459,16 +459,23 @@ static void check_rotation(struct tmod *m, struct ttoken *t,
                               sizeof(rvt)));
         snprintf(pw->remedy, sizeof(pw->remedy),
                  "see the module's log for what the back end answered");
+    } else if (t->keyvault && rotpolicy_empty(&p) &&
+               tool_policy_refused(m, t->sess, v->priv)) {
+        pw->warn = true;
+        snprintf(pw->detail, sizeof(pw->detail),
+                 "not known: the vault refused the keys getrotationpolicy "
+                 "permission");
+        snprintf(pw->remedy, sizeof(pw->remedy),
+                 "grant the identity getrotationpolicy (access policy) or "
+                 "Microsoft.KeyVault/vaults/keys/rotationpolicy/read (RBAC) "
+                 "to check it; the module's log quotes the vault");
     } else if (*p.rotate_after == '\0' && *p.rotate_before == '\0') {
         rotpolicy_format(&p, text, sizeof(text));
         pw->warn = true;
-        snprintf(pw->detail, sizeof(pw->detail), "%s%s%s",
+        snprintf(pw->detail, sizeof(pw->detail), "%s%s",
                  rotpolicy_empty(&p) ? "no rotation policy"
                                      : "no Rotate action: ",
-                 rotpolicy_empty(&p) ? "" : text,
-                 v->refused != NULL && tops_has(v->refused, "getrotationpolicy")
-                     ? " (the vault refused getrotationpolicy)"
-                     : "");
+                 rotpolicy_empty(&p) ? "" : text);
         snprintf(pw->remedy, sizeof(pw->remedy),
                  "cmkp11-tool rotation-policy set '%s' '%s' --rotate-after "
                  "P90D --expire-after P1Y%s",

@@ -40,6 +40,25 @@ CK_RV tool_read_policy(struct tmod *m, CK_SESSION_HANDLE s,
     return CKR_OK;
 }
 
+bool tool_policy_refused(struct tmod *m, CK_SESSION_HANDLE s,
+                         CK_OBJECT_HANDLE priv)
+{
+    /* A vault always has a policy (its default notifies 30 days before
+     * expiry): an empty one is a refusal, which the module records in
+     * CKA_CMK_REFUSED at the next listing. A search lists again. */
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE any = {CKA_CLASS, &cls, sizeof(cls)};
+    char *refused;
+    bool r;
+
+    if (m->f->C_FindObjectsInit(s, &any, 1) == CKR_OK)
+        m->f->C_FindObjectsFinal(s);
+    refused = tattr_string(m, s, priv, CKA_CMK_REFUSED);
+    r = refused != NULL && tops_has(refused, "getrotationpolicy");
+    free(refused);
+    return r;
+}
+
 /* The token and key of TOKEN KEY (argv[0], argv[1]), opened. */
 struct keyctx {
     struct tsel tsel, ksel;
@@ -258,19 +277,8 @@ int cmd_rotation_policy(struct tmod *m, const struct tool_opts *o, int argc,
                                 sizeof(rvt)));
         goto out;
     }
-    if (rotpolicy_empty(&p) && k.t->keyvault) {
-        /* A vault always has a policy (its default notifies 30 days before
-         * expiry): an empty one may be a refusal, which the next listing
-         * shows in CKA_CMK_REFUSED. */
-        struct tkeys again = {0};
-        struct tkey *kk;
-        struct tversion *cv;
-        if (tkeys_load(m, k.t, &again) == CKR_OK &&
-            (kk = tkeys_find(&again, k.key->name)) != NULL &&
-            (cv = tkey_current(kk)) != NULL && cv->refused != NULL)
-            denied = tops_has(cv->refused, "getrotationpolicy");
-        tkeys_free(&again);
-    }
+    if (rotpolicy_empty(&p) && k.t->keyvault)
+        denied = tool_policy_refused(m, k.t->sess, h);
     print_policy(o, k.t->label, k.key->name, &p, denied);
     status = TOOL_OK;
 out:

@@ -81,6 +81,10 @@ struct tversion;
 /* CKA_CMK_ROTATION_POLICY of a version's private key, parsed. */
 CK_RV tool_read_policy(struct tmod *m, CK_SESSION_HANDLE s,
                        CK_OBJECT_HANDLE priv, struct rotpolicy *p);
+/* Key Vault: whether the vault refused this identity the policy (an empty
+ * value read): CKA_CMK_REFUSED after a new listing. */
+bool tool_policy_refused(struct tmod *m, CK_SESSION_HANDLE s,
+                         CK_OBJECT_HANDLE priv);
 /* rotate --if-due: 1 when cur's key is due for rotation by its policy, 0
  * when not, -1 when that cannot be told; why says which and why. */
 int rotate_due(struct tmod *m, const struct tool_opts *o,
