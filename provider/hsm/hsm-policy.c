@@ -94,7 +94,8 @@ CK_RV hsm_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,
     return CKR_OK;
 }
 
-static CK_RV set_policy(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
+CK_RV hsm_set_rotation_policy(struct pcall *c, void *ref,
+                              const CK_ATTRIBUTE *at)
 {
     struct hsm_token *ht = c->tok;
     CK_SESSION_HANDLE s = hsm_lower_session(c);
@@ -148,7 +149,7 @@ CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
 
     for (i = 0; rv == CKR_OK && i < n; i++) {
         if (tmpl[i].type == CKA_CMK_ROTATION_POLICY)
-            rv = set_policy(c, ref, &tmpl[i]);
+            rv = hsm_set_rotation_policy(c, ref, &tmpl[i]);
         else
             rv = CKR_ATTRIBUTE_READ_ONLY;
     }

@@ -487,5 +487,4 @@ const struct provider_ops hsm_provider = {
     .set_attributes = hsm_set_attributes,
     .atfork = hsm_atfork,
     .get_attribute = hsm_get_attribute,
-    .set_attributes = hsm_set_attributes,
 };

@@ -201,6 +201,8 @@ CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
 /* hsm-policy.c: CKA_CMK_ROTATION_POLICY, kept on the lower token */
 CK_RV hsm_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,
                         CK_BYTE **out, CK_ULONG *len);
+CK_RV hsm_set_rotation_policy(struct pcall *c, void *ref,
+                              const CK_ATTRIBUTE *at);
 CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
                          CK_ULONG n);
 

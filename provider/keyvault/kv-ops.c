@@ -714,5 +714,4 @@ const struct provider_ops keyvault_provider = {
     .generate_random = kv_generate_random,
     .set_attributes = kv_set_attributes,
     .get_attribute = kv_get_attribute,
-    .set_attributes = kv_set_attributes,
 };
