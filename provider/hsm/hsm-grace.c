@@ -465,6 +465,9 @@ CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
     for (i = 0; rv == CKR_OK && i < n; i++) {
         if (tmpl[i].type == CKA_CMK_ENABLED)
             rv = hsm_set_enabled(c, ref, &tmpl[i]);
+        else if (tmpl[i].type == CKA_CMK_ROTATION_POLICY)
+            /* The policy belongs to the key: any version sets it. */
+            rv = hsm_set_rotation_policy(c, ref, &tmpl[i]);
         else
             rv = CKR_ATTRIBUTE_READ_ONLY;
     }

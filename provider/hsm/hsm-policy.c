@@ -138,20 +138,3 @@ CK_RV hsm_set_rotation_policy(struct pcall *c, void *ref,
     free(name);
     return hsm_mapped(c, rv);
 }
-
-/* provider_ops.set_attributes: the policy belongs to the key, so any of
- * its versions sets it. */
-CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
-                         CK_ULONG n)
-{
-    CK_ULONG i;
-    CK_RV rv = CKR_OK;
-
-    for (i = 0; rv == CKR_OK && i < n; i++) {
-        if (tmpl[i].type == CKA_CMK_ROTATION_POLICY)
-            rv = hsm_set_rotation_policy(c, ref, &tmpl[i]);
-        else
-            rv = CKR_ATTRIBUTE_READ_ONLY;
-    }
-    return rv;
-}

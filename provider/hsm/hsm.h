@@ -203,7 +203,5 @@ CK_RV hsm_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,
                         CK_BYTE **out, CK_ULONG *len);
 CK_RV hsm_set_rotation_policy(struct pcall *c, void *ref,
                               const CK_ATTRIBUTE *at);
-CK_RV hsm_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
-                         CK_ULONG n);
 
 #endif

@@ -686,6 +686,9 @@ static CK_RV kv_set_attributes(struct pcall *c, void *ref,
     for (i = 0; rv == CKR_OK && i < n; i++) {
         if (tmpl[i].type == CKA_CMK_ENABLED)
             rv = kv_set_enabled(c, ref, &tmpl[i]);
+        else if (tmpl[i].type == CKA_CMK_ROTATION_POLICY)
+            /* The policy belongs to the key: any version sets it. */
+            rv = kv_set_rotation_policy(c, ref, &tmpl[i]);
         else
             rv = CKR_ATTRIBUTE_READ_ONLY;
     }

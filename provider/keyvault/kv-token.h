@@ -205,7 +205,5 @@ CK_RV kv_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,
                        CK_BYTE **out, CK_ULONG *len);
 CK_RV kv_set_rotation_policy(struct pcall *c, void *ref,
                              const CK_ATTRIBUTE *at);
-CK_RV kv_set_attributes(struct pcall *c, void *ref, const CK_ATTRIBUTE *tmpl,
-                        CK_ULONG n);
 
 #endif

@@ -321,6 +321,7 @@ int main(int argc, char **argv)
             break;
         case OPT_UNDO:
             o.undo = retire_opt = true;
+            break;
         case OPT_ROTATE_AFTER:
             o.rotate_after = optarg;
             break;
@@ -391,6 +392,20 @@ int main(int argc, char **argv)
                                                                 : "output");
         goto out;
     }
+    if (((o.rotate_after || o.rotate_before || o.notify_before ||
+          o.expire_after) &&
+         !(cmd->opts & POLICY_OK)) ||
+        (o.if_due && !(cmd->opts & IF_DUE_OK)) ||
+        (o.strict && !(cmd->opts & STRICT_OK))) {
+        tool_error("%s does not take --%s", cmd->name,
+                   o.if_due && !(cmd->opts & IF_DUE_OK)   ? "if-due"
+                   : o.strict && !(cmd->opts & STRICT_OK) ? "strict"
+                   : o.rotate_after                       ? "rotate-after"
+                   : o.rotate_before ? "rotate-before-expiry"
+                   : o.notify_before ? "notify-before"
+                                     : "expire-after");
+        goto out;
+    }
     if (retire_opt && !(cmd->opts & RETIRE_OK)) {
         tool_error("%s does not take --%s", cmd->name,
                    o.npaths      ? "paths"
@@ -407,46 +422,33 @@ int main(int argc, char **argv)
     if (o.undo && (o.npaths || o.naudit)) {
         tool_error("retire --undo enables the version again: it takes no "
                    "--paths or --audit-log");
-        if (((o.rotate_after || o.rotate_before || o.notify_before ||
-              o.expire_after) &&
-             !(cmd->opts & POLICY_OK)) ||
-            (o.if_due && !(cmd->opts & IF_DUE_OK)) ||
-            (o.strict && !(cmd->opts & STRICT_OK))) {
-            tool_error("%s does not take --%s", cmd->name,
-                       o.if_due && !(cmd->opts & IF_DUE_OK)   ? "if-due"
-                       : o.strict && !(cmd->opts & STRICT_OK) ? "strict"
-                       : o.rotate_after                       ? "rotate-after"
-                       : o.rotate_before ? "rotate-before-expiry"
-                       : o.notify_before ? "notify-before"
-                                         : "expire-after");
-            goto out;
-        }
-        for (c = optind + 1; c < argc && !(cmd->opts & FILES); c++) {
-            struct tsel sel;
-            if (tsel_parse(&sel, argv[c]) < 0)
-                goto out; /* a malformed URI is a usage error */
-            tsel_clear(&sel);
-        }
-        if (pin_file != NULL && o.pin.value != NULL) {
-            tool_error("give --pin or --pin-file, not both");
-            goto out;
-        }
-        if (pin_file != NULL && tpin_from_file(&o.pin, pin_file) < 0) {
-            status = TOOL_FAILED;
-            goto out;
-        }
-        if (pin_file == NULL && o.pin.value == NULL &&
-            tpin_from_env(&o.pin) < 0)
-            goto out;
-        if (tmod_load(&m, o.module) < 0) {
-            status = TOOL_FAILED;
-            goto out;
-        }
-        status = cmd->fn(&m, &o, nargs + 1, argv + optind);
-        tmod_unload(&m);
-    out:
-        tpin_free(&o.pin);
-        if (fflush(stdout) != 0 && status == TOOL_OK)
-            status = TOOL_FAILED;
-        return status;
+        goto out;
     }
+    for (c = optind + 1; c < argc && !(cmd->opts & FILES); c++) {
+        struct tsel sel;
+        if (tsel_parse(&sel, argv[c]) < 0)
+            goto out; /* a malformed URI is a usage error */
+        tsel_clear(&sel);
+    }
+    if (pin_file != NULL && o.pin.value != NULL) {
+        tool_error("give --pin or --pin-file, not both");
+        goto out;
+    }
+    if (pin_file != NULL && tpin_from_file(&o.pin, pin_file) < 0) {
+        status = TOOL_FAILED;
+        goto out;
+    }
+    if (pin_file == NULL && o.pin.value == NULL && tpin_from_env(&o.pin) < 0)
+        goto out;
+    if (tmod_load(&m, o.module) < 0) {
+        status = TOOL_FAILED;
+        goto out;
+    }
+    status = cmd->fn(&m, &o, nargs + 1, argv + optind);
+    tmod_unload(&m);
+out:
+    tpin_free(&o.pin);
+    if (fflush(stdout) != 0 && status == TOOL_OK)
+        status = TOOL_FAILED;
+    return status;
+}
