@@ -70,9 +70,9 @@ static const struct ap_rule rules[] = {
     {SK, CKA_LABEL, K_BYTES, FN(8), 0, D_EMPTY},
     {SK, CKA_COPYABLE, K_BOOL, 0, 0, D_FALSE},
     {SK, CKA_DESTROYABLE, K_BOOL, 0, 0, D_TRUE},
-    /* Common key (table 25). Footnote 5 on CKA_KEY_TYPE is not enforced:
-     * an unwrapped key without one is a generic secret, as the unwrap
-     * mechanism implies no type. */
+    /* Common key (table 25). Footnote 5: C_UnwrapKey needs CKA_KEY_TYPE;
+     * RSA OAEP and PKCS #1 v1.5 unwrap imply no key type, so a template
+     * without it is CKR_TEMPLATE_INCOMPLETE. */
     {SK, CKA_KEY_TYPE, K_ULONG, FN(1) | FN(5), AP_COMPUTED, D_NONE},
     {SK, CKA_ID, K_BYTES, FN(8), 0, D_EMPTY},
     {SK, CKA_START_DATE, K_DATE, FN(8), 0, D_EMPTY},
@@ -182,17 +182,22 @@ static CK_RV op_check(const struct ap_rule *r, enum ap_op op)
     return (r->fn & no[op]) ? CKR_TEMPLATE_INCONSISTENT : CKR_OK;
 }
 
-/* Footnotes 1, 3, 5: left out of a call that needs it. CKA_CLASS and
- * CKA_KEY_TYPE are implied by the call and mechanism except in
- * C_CreateObject; footnote 5 is not enforced (see the table). */
-static CK_RV required_check(const CK_ATTRIBUTE *tmpl, CK_ULONG n, enum ap_op op)
+/* Footnotes 1, 3, 5: left out of a call that needs it. kt is the key type
+ * the mechanism implies (0: none), which stands for a CKA_KEY_TYPE the
+ * template leaves out: C_GenerateKey's mechanism names one; the RSA
+ * unwrap mechanisms name none, so footnote 5 holds for them. */
+static CK_RV required_check(const CK_ATTRIBUTE *tmpl, CK_ULONG n, enum ap_op op,
+                            CK_KEY_TYPE kt)
 {
-    static const unsigned req[] = {FN_CREATE_REQ, FN_GENERATE_REQ, 0};
+    static const unsigned req[] = {FN_CREATE_REQ, FN_GENERATE_REQ,
+                                   FN_UNWRAP_REQ};
     const CK_ATTRIBUTE *at;
     size_t i;
 
     for (i = 0; i < CMK_ARRAY_SIZE(rules); i++) {
         if (rules[i].cls != SK || !(rules[i].fn & req[op]))
+            continue;
+        if (rules[i].type == CKA_KEY_TYPE && kt != 0)
             continue;
         at = tmpl_find(tmpl, n, rules[i].type);
         if (at == NULL || at->ulValueLen == 0)
@@ -245,18 +250,17 @@ CK_RV attrpolicy_secret(enum ap_op op, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
         if (rv != CKR_OK)
             return rv;
     }
-    rv = required_check(tmpl, n, op);
+    rv = required_check(tmpl, n, op, *kt);
     if (rv != CKR_OK)
         return rv;
     /* Session objects only, on every back end: nowhere to keep it. */
     if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 && token)
         return CKR_TEMPLATE_INCONSISTENT;
+    /* Given, or implied by the mechanism (required_check saw to it). */
     if (tmpl_find_ulong(tmpl, n, CKA_KEY_TYPE, &tkt) == 1) {
         if (*kt != 0 && *kt != tkt)
             return CKR_TEMPLATE_INCONSISTENT;
         *kt = tkt;
-    } else if (*kt == 0) {
-        *kt = CKK_GENERIC_SECRET;
     }
     val = tmpl_find(tmpl, n, CKA_VALUE);
     if (val != NULL)

@@ -49,16 +49,6 @@
  * CKA_MODIFIABLE true from the lower token. */
 #define CAP_SECRET_SET 0x4
 
-/* Known bugs: the checks they break are TAP TODO items on that back end
- * (an expected failure; passing is XPASS, a failure, once it is fixed).
- *
- * BUG_UNWRAP_KEY_TYPE: on tokens whose secret keys the module holds (mock,
- * keyvault), C_UnwrapKey without CKA_KEY_TYPE makes a CKK_GENERIC_SECRET
- * key (module/keys.c, secret_template_check); 2.40 4.7 table 25 footnote 5
- * says CKA_KEY_TYPE must be specified when a key is unwrapped, so the
- * code is CKR_TEMPLATE_INCOMPLETE, as hsm tokens (SoftHSM) answer. */
-#define BUG_UNWRAP_KEY_TYPE 0x200
-
 struct backend {
     const char *name;   /* the program's name is "suite-" name */
     const char *module; /* the environment variable naming the module */
@@ -89,12 +79,11 @@ static char *kv_suite_setup(void)
 
 static const struct backend backends[] = {
     {"mock", "CMKP11_TEST_MODULE", "mock-key", "1234",
-     CAP_LOGIN | CAP_SO | CAP_SECRET_SET | BUG_UNWRAP_KEY_TYPE, mock_setup},
+     CAP_LOGIN | CAP_SO | CAP_SECRET_SET, mock_setup},
     {"hsm", "CMKP11_MODULE", "kek", HSM_PIN, CAP_LOGIN | CAP_SO,
      hsm_suite_setup},
     /* No pin-file: any PIN logs in (docs/keyvault.md). */
-    {"keyvault", "CMKP11_MODULE", "kek", "",
-     CAP_SECRET_SET | BUG_UNWRAP_KEY_TYPE, kv_suite_setup},
+    {"keyvault", "CMKP11_MODULE", "kek", "", CAP_SECRET_SET, kv_suite_setup},
 };
 
 static const struct backend *be;
@@ -115,13 +104,6 @@ static CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &oaep256, sizeof(oaep256)};
 static bool has(unsigned cap)
 {
     return (be->caps & cap) != 0;
-}
-
-/* The next check is a TAP TODO item on back ends with the bug. */
-static void todo_if(unsigned bug, const char *reason)
-{
-    if (has(bug))
-        test_todo(reason);
 }
 
 static bool ossl_verify(const CK_BYTE *data, size_t len, const CK_BYTE *sig,
@@ -456,7 +438,6 @@ static void test_wrap_unwrap(void)
     is_rv(p11->C_UnwrapKey(sess, &oaep, priv, blob, 255, readable_aes,
                            CMK_ARRAY_SIZE(readable_aes), &back),
           CKR_WRAPPED_KEY_LEN_RANGE, "C_UnwrapKey: 255 bytes");
-    todo_if(BUG_UNWRAP_KEY_TYPE, "no CKA_KEY_TYPE makes a generic secret");
     is_rv(p11->C_UnwrapKey(sess, &oaep, priv, blob, len, no_type,
                            CMK_ARRAY_SIZE(no_type), &back),
           CKR_TEMPLATE_INCOMPLETE, "C_UnwrapKey: no CKA_KEY_TYPE");

@@ -356,10 +356,14 @@ static void test_rsa_wrap(void)
                            CMK_ARRAY_SIZE(unwrap_tmpl), &un),
           CKR_ARGUMENTS_BAD, "unwrap NULL wrapped key");
     {
-        CK_ATTRIBUTE tok[2] = {{CKA_CLASS, &secret_class, sizeof(secret_class)},
+        CK_ATTRIBUTE tok[3] = {{CKA_CLASS, &secret_class, sizeof(secret_class)},
+                               {CKA_KEY_TYPE, &aes_type, sizeof(aes_type)},
                                {CKA_TOKEN, &yes, sizeof(yes)}};
-        is_rv(p11->C_UnwrapKey(sess, &ms[1], priv, wrapped, wlen, tok, 2, &un),
+        is_rv(p11->C_UnwrapKey(sess, &ms[1], priv, wrapped, wlen, tok, 3, &un),
               CKR_TEMPLATE_INCONSISTENT, "unwrap into a token object");
+        /* 2.40 table 10 footnote 5: no key type, and OAEP implies none. */
+        is_rv(p11->C_UnwrapKey(sess, &ms[1], priv, wrapped, wlen, tok, 1, &un),
+              CKR_TEMPLATE_INCOMPLETE, "unwrap without CKA_KEY_TYPE");
     }
     p11->C_DestroyObject(sess, dek);
     p11->C_DestroyObject(sess, locked);
