@@ -6,6 +6,7 @@
 #define CMKP11_AUDIT_H
 
 #include "module.h"
+#include "provider-util.h"
 
 /* Opens the file named by the configuration (NULL: audit off). Returns 0,
  * or -1 with err set. */
@@ -17,8 +18,6 @@ bool audit_enabled(void);
  * CK_UNAVAILABLE_INFORMATION: none (enable, disable), written as null. */
 void audit_record(struct session *s, struct object *key, const char *op,
                   CK_MECHANISM_TYPE mech, CK_RV rv, CK_ULONG http_status);
-/* Called by a back end during an operation: the next record of this thread
- * says it was served offline (offline-grace: "offline":true). */
-void audit_note_offline(bool offline);
+/* audit_note_offline() (provider-util.h): a back end's offline answer. */
 
 #endif

@@ -81,6 +81,22 @@ static void uid_remove_unlocked(struct token *t, struct object *o)
     }
 }
 
+/* What the front end adds to every object a back end lists: the table's
+ * defaults and, on the key versions a back end describes (those with
+ * CKA_CMK_BACKEND, from rsa_key_objects), the configuration's
+ * min-key-bits as CKA_CMK_MIN_BITS for cmkp11-tool check (docs/vendor.md).
+ * Front-end policy: no provider reads the configuration. */
+static int listed_attrs(struct attrs *a, bool token_object)
+{
+    if (attrpolicy_listed_defaults(a, token_object) != 0)
+        return -1;
+    if (attrs_find(a, CKA_CMK_BACKEND) == NULL)
+        return 0;
+    return attrs_set_ulong(a, CKA_CMK_MIN_BITS,
+                           g.cfg != NULL ? (CK_ULONG)g.cfg->min_key_bits
+                                         : 2048);
+}
+
 CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
                      unsigned char *secret, CK_ULONG secret_len,
                      CK_OBJECT_HANDLE *h)
@@ -88,7 +104,7 @@ CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
     struct object *o = calloc(1, sizeof(*o));
     CK_RV rv = CKR_OK;
 
-    if (o == NULL || attrpolicy_listed_defaults(&p->attrs, sess == 0) != 0) {
+    if (o == NULL || listed_attrs(&p->attrs, sess == 0) != 0) {
         free(o);
         return CKR_HOST_MEMORY;
     }
@@ -146,7 +162,7 @@ void object_merge(struct token *t, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
         if (p->uid == NULL)
             continue;
         o = uid_find_unlocked(t, p->uid);
-        if (o != NULL && attrpolicy_listed_defaults(&p->attrs, true) == 0) {
+        if (o != NULL && listed_attrs(&p->attrs, true) == 0) {
             /* Same object: new attributes, the old reference stays. */
             attrs_clear(&o->attrs);
             attrs_compact(&p->attrs);

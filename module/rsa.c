@@ -531,9 +531,6 @@ static int common_key_attrs(struct attrs *a, const struct rsa_key_desc *d)
     r |= attrs_set_string(a, CKA_CMK_KEY_TYPE, d->key_type);
     r |= attrs_set_string(a, CKA_CMK_REFUSED, d->refused ? d->refused : "");
     r |= attrs_set_string(a, CKA_CMK_REPLICAS, d->replicas ? d->replicas : "");
-    /* The configuration's min-key-bits, for cmkp11-tool check. */
-    r |= attrs_set_ulong(a, CKA_CMK_MIN_BITS,
-                         g.cfg != NULL ? (CK_ULONG)g.cfg->min_key_bits : 2048);
     return r ? -1 : 0;
 }
 

@@ -5,15 +5,12 @@
 #ifndef CMKP11_SOFTKEY_H
 #define CMKP11_SOFTKEY_H
 
-#include "module.h"
+#include "provider-util.h"
 
 /* Checks a mechanism's parameters for use with a key of key_len bytes. */
 CK_RV softkey_check_mech(const CK_MECHANISM *m, CK_ULONG key_len);
 /* The most output an operation on inlen bytes can give. */
 CK_ULONG softkey_out_bound(const CK_MECHANISM *m, bool encrypt, CK_ULONG inlen);
-/* One whole encryption or decryption. out has softkey_out_bound bytes. */
-CK_RV softkey_crypt(const CK_MECHANISM *m, bool encrypt, const CK_BYTE *key,
-                    CK_ULONG key_len, const CK_BYTE *in, CK_ULONG inlen,
-                    CK_BYTE *out, CK_ULONG *outlen);
+/* softkey_crypt() (provider-util.h): one whole encryption or decryption. */
 
 #endif

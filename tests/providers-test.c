@@ -9,11 +9,7 @@ extern const struct provider_ops keyvault_provider;
 
 const struct provider_ops *const cmk_providers[] = {
     &mock_provider,
-#ifdef WITH_HSM_PROVIDER
     &hsm_provider,
-#endif
-#ifdef WITH_KEYVAULT_PROVIDER
     &keyvault_provider,
-#endif
     NULL,
 };

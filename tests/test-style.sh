@@ -7,4 +7,18 @@ for f in $(find common module provider tests bench tools -name '*.[ch]' 2>/dev/n
     clang-format --dry-run -Werror "$f" >/dev/null 2>&1
     ok $? "$f is clang-formatted"
 done
+# Providers see the provider contract only (docs/architecture.md): of
+# module/, provider.h and provider-util.h; else common/ and their own.
+bad=
+for f in $(find provider -name '*.[ch]' | sort); do
+    for h in $(sed -n 's/^#include "\(.*\)"$/\1/p' "$f"); do
+        case $h in
+        config.h | provider.h | provider-util.h) ;;
+        *) [ -f "common/$h" ] || [ -f "$(dirname "$f")/$h" ] ||
+            bad="$bad $f:$h" ;;
+        esac
+    done
+done
+[ -z "$bad" ]
+ok $? "providers include no front-end header:${bad:- none}"
 done_testing

@@ -11,7 +11,7 @@
 #include <time.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
-#include "audit.h"
+#include "provider-util.h"
 #include "debug.h"
 #include "hsm.h"
 

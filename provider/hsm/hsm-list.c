@@ -13,7 +13,7 @@
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
 #include "debug.h"
 #include "hsm.h"
-#include "rsa.h"
+#include "provider-util.h"
 
 void *hsm_get_attr(struct hsm_token *ht, CK_SESSION_HANDLE s,
                    CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len)

@@ -14,7 +14,7 @@
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
 #include "debug.h"
 #include "hsm.h"
-#include "rsa.h"
+#include "provider-util.h"
 #include "secure.h"
 
 static int oaep_slot(const CK_RSA_PKCS_OAEP_PARAMS *p)

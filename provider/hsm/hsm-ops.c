@@ -11,12 +11,10 @@
 #include <openssl/evp.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_HSM
-#include "audit.h"
+#include "provider-util.h"
 #include "debug.h"
 #include "hsm.h"
-#include "rsa.h"
 #include "secure.h"
-#include "softkey.h"
 
 /*
  * Parameters refused at C_*Init rather than at the operation: PSS whose

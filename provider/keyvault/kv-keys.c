@@ -16,7 +16,7 @@
 #include "debug.h"
 #include "kv-parse.h"
 #include "kv-token.h"
-#include "rsa.h"
+#include "provider-util.h"
 
 /* ---- keys and versions ---- */
 

@@ -13,7 +13,7 @@
 #include <openssl/rand.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
-#include "audit.h"
+#include "provider-util.h"
 #include "debug.h"
 #include "kv-cache.h"
 #include "kv-parse.h"

@@ -30,7 +30,7 @@
 #define CMK_DEBUG_FLAG CMK_DEBUG_MOCK
 #include "debug.h"
 #include "provider.h"
-#include "rsa.h"
+#include "provider-util.h"
 #include "secure.h"
 
 struct mock_key {

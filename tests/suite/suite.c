@@ -224,6 +224,11 @@ static void test_objects(void)
     if (pk == NULL)
         test_bail("no public key for %s", be->key);
     is_num(EVP_PKEY_get_bits(pk), 2048, "CKA_PUBLIC_KEY_INFO: RSA-2048");
+    /* Stamped by the front end on every back end's key versions. */
+    is_num(p11_ulong(sess, priv, CKA_CMK_MIN_BITS), 2048,
+           "CKA_CMK_MIN_BITS: min-key-bits, 2048 by default");
+    is_num(p11_ulong(sess, pub, CKA_CMK_MIN_BITS), 2048,
+           "  on the public key too");
 
     is_rv(p11->C_GetAttributeValue(sess, priv, &a, 1), CKR_OK,
           "CKA_MODULUS length query");
