@@ -316,7 +316,6 @@ static CK_RV do_initialize(CK_VOID_PTR pInitArgs)
         rv = CKR_HOST_MEMORY;
         goto fail;
     }
-    g.pid = getpid();
     g.generation = fork_generation;
     g.next_handle = 0;
     for (i = 0; i < cfg->n_tokens; i++) {

@@ -133,7 +133,6 @@ struct module_state {
     pthread_rwlock_t rwlock;
     pthread_mutex_t mutex;
     bool initialized;
-    pid_t pid;
     unsigned long generation; /* fork generation at C_Initialize */
     struct config *cfg;
     struct token *tokens;
