@@ -287,7 +287,7 @@ static int pin_verify(int ok, X509_STORE_CTX *st)
         ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), pin_index) : NULL;
     X509 *cert = X509_STORE_CTX_get_current_cert(st);
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int n = 0, i;
+    unsigned int n = 0;
     char hex[2 * EVP_MAX_MD_SIZE + 1];
 
     (void)ok;
@@ -296,8 +296,7 @@ static int pin_verify(int ok, X509_STORE_CTX *st)
     if (pin == NULL || cert == NULL ||
         X509_digest(cert, EVP_sha1(), md, &n) != 1)
         return 0;
-    for (i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    cmk_hex(md, n, hex);
     if (strlen(pin) != 2 * n || strncasecmp(hex, pin, 2 * n) != 0) {
         cmk_error("the identity endpoint's certificate has thumbprint %s, "
                   "not the pinned %s: refused",

@@ -10,8 +10,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/rand.h>
-
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "provider-util.h"
 #include "debug.h"
@@ -695,12 +693,6 @@ static CK_RV kv_set_attributes(struct pcall *c, void *ref,
     return rv;
 }
 
-static CK_RV kv_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len)
-{
-    (void)c;
-    return RAND_bytes(out, (int)len) == 1 ? CKR_OK : CKR_FUNCTION_FAILED;
-}
-
 const struct provider_ops keyvault_provider = {
     .name = "keyvault",
     .open = kv_open,
@@ -714,7 +706,6 @@ const struct provider_ops keyvault_provider = {
     .check_mechanism = kv_check_mechanism,
     .crypt = kv_crypt,
     .generate_key_pair = kv_generate_key_pair,
-    .generate_random = kv_generate_random,
     .set_attributes = kv_set_attributes,
     .get_attribute = kv_get_attribute,
 };
