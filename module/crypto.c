@@ -119,18 +119,17 @@ static bool allowed_mechanism(struct object *key, CK_MECHANISM_TYPE m)
     return ok;
 }
 
-/* Key Vault's rule: outside nbf/exp, encrypt, wrap and sign are refused
- * while decrypt, unwrap and verify still work. */
+/* key_dates_valid() on the dates a back end published (CKA_CMK_NOT_BEFORE,
+ * CKA_CMK_EXPIRES: decimal seconds, empty for none). */
 CK_RV key_check_dates(struct object *key)
 {
     CK_ULONG len;
     char *nbf = object_get_value(key, CKA_CMK_NOT_BEFORE, &len);
     char *exp = object_get_value(key, CKA_CMK_EXPIRES, &len);
-    long long now = (long long)time(NULL);
     CK_RV rv = CKR_OK;
 
-    if ((nbf != NULL && nbf[0] && now < atoll(nbf)) ||
-        (exp != NULL && exp[0] && now >= atoll(exp)))
+    if (!key_dates_valid(nbf ? atoll(nbf) : 0, exp ? atoll(exp) : 0,
+                         (long long)time(NULL)))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
     free(nbf);
     free(exp);

@@ -30,6 +30,17 @@ CK_RV rsa_set_oaep(EVP_PKEY_CTX *ctx, const CK_MECHANISM *m);
 CK_RV rsa_encrypt(EVP_PKEY *pk, const CK_MECHANISM *m, const CK_BYTE *in,
                   CK_ULONG inlen, CK_BYTE *out, CK_ULONG *outlen);
 
+/* Key Vault's rule for a key version's dates (seconds since the epoch, 0:
+ * none): outside [not_before, expires) encrypt, wrap and sign are refused;
+ * decrypt, unwrap and verify still work. The front end applies it at every
+ * Init (key_check_dates), a back end when it checks a version again. */
+static inline bool key_dates_valid(long long not_before, long long expires,
+                                   long long now)
+{
+    return (not_before == 0 || now >= not_before) &&
+           (expires == 0 || now < expires);
+}
+
 /* A description of one RSA key version, for rsa_key_objects(). */
 struct rsa_key_desc {
     const char *uid_prefix; /* unique within the token */

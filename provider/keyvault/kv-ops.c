@@ -513,8 +513,7 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
     else if (use != USE_REMOTE &&
              (!kv_has_op(v->key_ops, ops[use][0]) ||
               !kv_has_op(v->key_ops, ops[use][1]) ||
-              (use != USE_UNWRAP && ((v->nbf != 0 && now < v->nbf) ||
-                                     (v->exp != 0 && now >= v->exp)))))
+              (use != USE_UNWRAP && !key_dates_valid(v->nbf, v->exp, now))))
         rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
     pthread_mutex_unlock(&kt->lock);
     if (rv != CKR_OK) {
