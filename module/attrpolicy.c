@@ -62,8 +62,8 @@ struct ap_rule {
 static const struct ap_rule rules[] = {
     /* Common object (table 15). */
     {SK, CKA_CLASS, K_ULONG, FN(1), AP_COMPUTED, D_NONE},
-    /* Storage (table 17). cmkp11 makes session objects only: CKA_TOKEN
-     * true is refused in attrpolicy_secret(). */
+    /* Storage (table 17). CKA_TOKEN true only where the back end keeps
+     * token secret keys (attrpolicy_secret(), PROVIDER_TOKEN_SECRET_KEYS). */
     {SK, CKA_TOKEN, K_BOOL, 0, 0, D_FALSE},
     {SK, CKA_PRIVATE, K_BOOL, 0, 0, D_FALSE},
     {SK, CKA_MODIFIABLE, K_BOOL, 0, 0, D_TRUE},
@@ -227,7 +227,7 @@ CK_RV attrpolicy_length(CK_KEY_TYPE kt, CK_ULONG len)
 }
 
 CK_RV attrpolicy_secret(enum ap_op op, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                        CK_KEY_TYPE *kt, CK_ULONG *value_len)
+                        bool token_keys, CK_KEY_TYPE *kt, CK_ULONG *value_len)
 {
     const struct ap_rule *r;
     const CK_ATTRIBUTE *val;
@@ -253,8 +253,8 @@ CK_RV attrpolicy_secret(enum ap_op op, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     rv = required_check(tmpl, n, op, *kt);
     if (rv != CKR_OK)
         return rv;
-    /* Session objects only, on every back end: nowhere to keep it. */
-    if (tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 && token)
+    /* Session objects only, unless the back end keeps token keys. */
+    if (!token_keys && tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 && token)
         return CKR_TEMPLATE_INCONSISTENT;
     /* Given, or implied by the mechanism (required_check saw to it). */
     if (tmpl_find_ulong(tmpl, n, CKA_KEY_TYPE, &tkt) == 1) {

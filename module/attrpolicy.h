@@ -23,9 +23,11 @@ CK_RV attrpolicy_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n, bool so);
  * Checks a secret key template for op against the table. kt and
  * value_len are in/out: what the mechanism or the value implies (0 =
  * unknown) and what the template asks for; on return kt is the key type.
+ * token_keys: the back end keeps token secret keys
+ * (PROVIDER_TOKEN_SECRET_KEYS); otherwise CKA_TOKEN true is refused.
  */
 CK_RV attrpolicy_secret(enum ap_op op, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
-                        CK_KEY_TYPE *kt, CK_ULONG *value_len);
+                        bool token_keys, CK_KEY_TYPE *kt, CK_ULONG *value_len);
 
 /* Whether a key of type kt may have a value of len bytes (0: not known
  * yet): CKR_OK, CKR_ATTRIBUTE_VALUE_INVALID, or CKR_TEMPLATE_INCONSISTENT

@@ -40,6 +40,25 @@ static CK_RV template_policy(struct session *s, const CK_ATTRIBUTE *tmpl,
     return attrpolicy_template(tmpl, n, so);
 }
 
+/* The table's check (attrpolicy_secret) with what this token allows:
+ * CKA_TOKEN true where the back end keeps token secret keys, and then
+ * only in a R/W session (PKCS#11 2.40 5.7: CKR_SESSION_READ_ONLY for a
+ * token object in a R/O session). */
+static CK_RV secret_policy(struct session *s, enum ap_op op,
+                           const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                           CK_KEY_TYPE *kt, CK_ULONG *len)
+{
+    bool token_keys = (s->token->pflags & PROVIDER_TOKEN_SECRET_KEYS) != 0;
+    CK_BBOOL token = CK_FALSE;
+    CK_RV rv;
+
+    rv = attrpolicy_secret(op, tmpl, n, token_keys, kt, len);
+    if (rv == CKR_OK && tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 &&
+        token && !session_is_rw(s))
+        rv = CKR_SESSION_READ_ONLY;
+    return rv;
+}
+
 /* The attributes of a module-held secret key whose template passed
  * attrpolicy_secret(): the table's defaults, the template, then what
  * follows from how the key was made (PKCS#11 2.40 4.7, 4.9). */
@@ -103,14 +122,22 @@ static CK_RV publish_secret(struct session *s, const CK_ATTRIBUTE *tmpl,
     return rv;
 }
 
+/* A key the back end made: a session object of this session, or a token
+ * object (CKA_TOKEN true, the provider's uid) as its listings show it. */
 static CK_RV publish_provider_object(struct session *s, struct pobj *p,
                                      CK_OBJECT_HANDLE_PTR ph)
 {
+    bool token = attrs_get_bool(&p->attrs, CKA_TOKEN, false);
     CK_RV rv;
 
+    if (token && p->uid == NULL) {
+        provider_discard_object(s, p->ref);
+        pobj_clear(s->token->ops, s->token->ptok, p);
+        return CKR_GENERAL_ERROR;
+    }
     if (p->uid == NULL)
         p->uid = new_uid(s->handle);
-    rv = object_publish(s->token, s->handle, p, NULL, 0, ph);
+    rv = object_publish(s->token, token ? 0 : s->handle, p, NULL, 0, ph);
     if (rv != CKR_OK) {
         provider_discard_object(s, p->ref);
         pobj_clear(s->token->ops, s->token->ptok, p);
@@ -146,7 +173,7 @@ CK_RV C_GenerateKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         pMechanism->mechanism == CKM_AES_KEY_GEN ? CKK_AES : CKK_GENERIC_SECRET;
     rv = template_policy(s, pTemplate, ulCount);
     if (rv == CKR_OK)
-        rv = attrpolicy_secret(AP_GENERATE, pTemplate, ulCount, &kt, &len);
+        rv = secret_policy(s, AP_GENERATE, pTemplate, ulCount, &kt, &len);
     if (rv != CKR_OK)
         goto put;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
@@ -209,7 +236,7 @@ CK_RV C_CreateObject(CK_SESSION_HANDLE hSession, CK_ATTRIBUTE_PTR pTemplate,
         rv = CKR_TEMPLATE_INCONSISTENT;
         goto put;
     }
-    rv = attrpolicy_secret(AP_CREATE, pTemplate, ulCount, &kt, &len);
+    rv = secret_policy(s, AP_CREATE, pTemplate, ulCount, &kt, &len);
     if (rv != CKR_OK)
         goto put;
     if (s->token->pflags & PROVIDER_OWNS_SECRET_KEYS) {
@@ -469,8 +496,8 @@ CK_RV C_UnwrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     if (rv == CKR_OK)
         rv = template_policy(s, pTemplate, ulAttributeCount);
     if (rv == CKR_OK)
-        rv = attrpolicy_secret(AP_UNWRAP, pTemplate, ulAttributeCount, &kt,
-                               &len);
+        rv =
+            secret_policy(s, AP_UNWRAP, pTemplate, ulAttributeCount, &kt, &len);
     if (rv == CKR_OK && pkcs1_implicit(s->token, pMechanism, key))
         rv = pkcs1_prepare(s, key);
     if (rv != CKR_OK)

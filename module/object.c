@@ -119,6 +119,17 @@ CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
     o->secret_len = secret_len;
     memset(p, 0, sizeof(*p));
     pthread_mutex_lock(&g.mutex);
+    if (sess == 0 && o->uid != NULL) {
+        /* A token object a listing published meanwhile (a key just made
+         * in the back end): that object is this one. */
+        struct object *had = uid_find_unlocked(t, o->uid);
+        if (had != NULL && !had->gone) {
+            *h = had->handle;
+            pthread_mutex_unlock(&g.mutex);
+            object_unref(o);
+            return CKR_OK;
+        }
+    }
     o->handle = module_new_handle_unlocked();
     if (hmap_put(g.objects, o->handle, o) != 0)
         rv = CKR_HOST_MEMORY;

@@ -55,7 +55,11 @@ enum pop {
     POP_DECRYPT,
     POP_UNWRAP, /* an RSA decryption on behalf of C_UnwrapKey */
     POP_SIGN,
-    POP_VERIFY, /* check_mechanism only: verification runs in the module */
+    /* check_mechanism only for public keys: verification runs in the
+     * module. For a secret key the back end keeps (an HMAC), crypt()
+     * verifies: in is the data, out the signature and *outlen its
+     * length; the answer is CKR_OK or CKR_SIGNATURE_INVALID. */
+    POP_VERIFY,
 };
 
 /* The pthread_atfork phases, for ops->atfork. */
@@ -71,6 +75,10 @@ enum provider_fork {
 /* crypt() does raw RSA (CKM_RSA_X_509) for POP_DECRYPT, so that PKCS#1
  * v1.5 padding can be removed in the module (implicit rejection). */
 #define PROVIDER_RAW_RSA 0x4
+/* With PROVIDER_OWNS_SECRET_KEYS: secret keys may be token objects
+ * (CKA_TOKEN true), kept by the back end across processes and listed by
+ * list() with a stable uid; other back ends make session keys only. */
+#define PROVIDER_TOKEN_SECRET_KEYS 0x8
 
 struct provider_ops {
     const char *name; /* the "backend =" value */

@@ -348,6 +348,66 @@ static CK_RV copy_present(struct hsm_token *ht, struct ver_copy **list,
     return rv;
 }
 
+/* The lower token's secret keys that are token objects (made through
+ * this module with CKA_TOKEN true, or by other tools: pkcs11-tool
+ * --keygen), as objects of their own; "keys =" applies to their labels. */
+static CK_RV scan_secrets(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                          struct pobj **objs, size_t *count)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_BBOOL t = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, &t, sizeof(t)},
+    };
+    CK_OBJECT_HANDLE found[64], *all = NULL, *more;
+    size_t n_all = 0, i, k = 0;
+    CK_ULONG n;
+    CK_RV rv;
+
+    *objs = NULL;
+    *count = 0;
+    rv = LOWER(ht, C_FindObjectsInit, s, tmpl, CMK_ARRAY_SIZE(tmpl));
+    if (rv != CKR_OK)
+        return rv;
+    do {
+        n = 0;
+        rv = LOWER(ht, C_FindObjects, s, found, CMK_ARRAY_SIZE(found), &n);
+        if (rv != CKR_OK || n == 0)
+            break;
+        more = realloc(all, (n_all + n) * sizeof(*all));
+        if (more == NULL) {
+            rv = CKR_HOST_MEMORY;
+            break;
+        }
+        all = more;
+        memcpy(all + n_all, found, n * sizeof(*found));
+        n_all += n;
+    } while (rv == CKR_OK);
+    LOWER(ht, C_FindObjectsFinal, s);
+    if (rv == CKR_OK && n_all > 0 &&
+        (*objs = calloc(n_all, sizeof(**objs))) == NULL)
+        rv = CKR_HOST_MEMORY;
+    for (i = 0; rv == CKR_OK && i < n_all; i++) {
+        CK_ULONG len = 0;
+        char *label = hsm_get_attr(ht, s, all[i], CKA_LABEL, &len);
+        bool allowed = config_list_allows(ht->keys, label ? label : "");
+
+        free(label);
+        /* A key destroyed meanwhile by another process is left out. */
+        if (allowed && hsm_secret_pobj(ht, s, all[i], &(*objs)[k]) == CKR_OK)
+            k++;
+    }
+    free(all);
+    if (rv != CKR_OK) {
+        free(*objs);
+        *objs = NULL;
+        return rv;
+    }
+    *count = k;
+    return CKR_OK;
+}
+
 CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
                struct pobj **objs, CK_ULONG *count, bool *complete)
 {
@@ -358,9 +418,14 @@ CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     size_t n = 0, i, k = 0;
     CK_RV rv;
 
+    struct pobj *secrets = NULL;
+    size_t n_secrets = 0;
+
     (void)hint;
     (void)nhint;
     rv = scan(ht, s);
+    if (rv == CKR_OK)
+        rv = scan_secrets(ht, s, &secrets, &n_secrets);
     if (rv != CKR_OK) {
         if (hsm_outage_keeps_listing(ht, rv)) {
             /* The objects of the last listing stay (each version's use
@@ -376,10 +441,20 @@ CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     __atomic_store_n(&ht->listed, true, __ATOMIC_RELAXED);
 
     rv = copy_present(ht, &list, &n);
-    out = rv == CKR_OK ? calloc(2 * n + 1, sizeof(*out)) : NULL;
+    out = rv == CKR_OK ? calloc(2 * n + n_secrets + 1, sizeof(*out)) : NULL;
     for (i = 0; out != NULL && i < n; i++)
         if (version_objects(ht, s, &list[i], &out[k], &out[k + 1]) == 0)
             k += 2;
+    for (i = 0; i < n_secrets; i++) {
+        if (out != NULL)
+            out[k++] = secrets[i];
+        else {
+            hsm_ref_free(ht, secrets[i].ref);
+            secrets[i].ref = NULL;
+            pobj_clear(NULL, NULL, &secrets[i]);
+        }
+    }
+    free(secrets);
     for (i = 0; i < n; i++) {
         free(list[i].name);
         free(list[i].label);

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -168,21 +169,42 @@ static CK_RV secret_attrs(struct hsm_token *ht, CK_SESSION_HANDLE s,
     return CKR_OK;
 }
 
-/* A lower secret key as the front end's object. */
-static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
-                         CK_OBJECT_HANDLE h, struct pobj *out)
+/* The front end's uid of a token secret key in the lower token: its
+ * handle, which the lower module keeps for the object's life in this
+ * process (PKCS#11 2.40 2.5: object handles are the application's, not
+ * the session's). */
+void hsm_secret_uid(CK_OBJECT_HANDLE h, char *buf, size_t len)
+{
+    snprintf(buf, len, "hsm/secret/%lu", (unsigned long)h);
+}
+
+/* A lower secret key as the front end's object. A token object (CKA_TOKEN
+ * true) gets its uid, and may be destroyed through this module. */
+CK_RV hsm_secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                      CK_OBJECT_HANDLE h, struct pobj *out)
 {
     struct hsm_secret *ref;
+    char uid[64];
     CK_RV rv;
 
     memset(out, 0, sizeof(*out));
     rv = secret_attrs(ht, s, h, out);
     if (rv != CKR_OK)
         return rv;
-    /* CKA_COPYABLE, CKA_DESTROYABLE: the front end's defaults. */
+    /* CKA_COPYABLE, CKA_DESTROYABLE: the front end's defaults, but a
+     * token key made here is destroyed here too. */
+    if (attrs_get_bool(&out->attrs, CKA_TOKEN, false)) {
+        hsm_secret_uid(h, uid, sizeof(uid));
+        out->uid = strdup(uid);
+        if (out->uid == NULL ||
+            attrs_set_bool(&out->attrs, CKA_DESTROYABLE, true) != 0) {
+            pobj_clear(NULL, NULL, out);
+            return CKR_HOST_MEMORY;
+        }
+    }
     ref = calloc(1, sizeof(*ref));
     if (ref == NULL) {
-        attrs_clear(&out->attrs);
+        pobj_clear(NULL, NULL, out);
         return CKR_HOST_MEMORY;
     }
     ref->kind = HSM_REF_SECRET;
@@ -191,27 +213,30 @@ static CK_RV secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
     return CKR_OK;
 }
 
-/* A copy of the template with CKA_TOKEN false: the keys this back end
- * makes are session objects of the caller's lower session. The front end
- * has checked the template (module/attrpolicy.c). */
+/* A copy of the template with CKA_TOKEN as the caller gave it, false when
+ * absent: session keys are session objects of the caller's lower session,
+ * token keys (PROVIDER_TOKEN_SECRET_KEYS) objects of the lower token. The
+ * front end has checked the template (module/attrpolicy.c). */
 static CK_RV session_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
                               CK_ATTRIBUTE **out, CK_ULONG *nout)
 {
     static CK_BBOOL no = CK_FALSE;
     CK_ATTRIBUTE *t;
-    CK_ULONG i, k = 0;
+    CK_ULONG k = n;
 
     t = calloc(n + 1, sizeof(*t));
     if (t == NULL)
         return CKR_HOST_MEMORY;
-    for (i = 0; i < n; i++)
-        if (tmpl[i].type != CKA_TOKEN)
-            t[k++] = tmpl[i];
-    t[k].type = CKA_TOKEN;
-    t[k].pValue = &no;
-    t[k].ulValueLen = sizeof(no);
+    if (n > 0)
+        memcpy(t, tmpl, n * sizeof(*t));
+    if (tmpl_find(tmpl, n, CKA_TOKEN) == NULL) {
+        t[k].type = CKA_TOKEN;
+        t[k].pValue = &no;
+        t[k].ulValueLen = sizeof(no);
+        k++;
+    }
     *out = t;
-    *nout = k + 1;
+    *nout = k;
     return CKR_OK;
 }
 
@@ -317,7 +342,7 @@ static CK_RV unwrap_lower(struct pcall *c, void *key, const CK_MECHANISM *m,
     rv = unwrap_local(c, priv, m, wrapped, len, t, nt, &h);
 done:
     if (rv == CKR_OK) {
-        rv = secret_pobj(ht, s, h, out);
+        rv = hsm_secret_pobj(ht, s, h, out);
         if (rv != CKR_OK)
             LOWER(ht, C_DestroyObject, s, h);
     }
@@ -454,7 +479,7 @@ static CK_RV new_secret(struct pcall *c, const CK_MECHANISM *m,
     rv = hsm_mapped(c, rv);
     free(t);
     if (rv == CKR_OK) {
-        rv = secret_pobj(ht, s, h, out);
+        rv = hsm_secret_pobj(ht, s, h, out);
         if (rv != CKR_OK)
             LOWER(ht, C_DestroyObject, s, h);
     }

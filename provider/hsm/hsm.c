@@ -302,8 +302,8 @@ static CK_RV hsm_open(const struct config_token *cfg, void **tok,
     if (rv != CKR_OK)
         goto fail;
     secure_free(pin);
-    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_LOCAL_PUBLIC |
-             (ht->has_raw ? PROVIDER_RAW_RSA : 0);
+    *flags = PROVIDER_OWNS_SECRET_KEYS | PROVIDER_TOKEN_SECRET_KEYS |
+             PROVIDER_LOCAL_PUBLIC | (ht->has_raw ? PROVIDER_RAW_RSA : 0);
     *tok = ht;
     return CKR_OK;
 fail:

@@ -60,7 +60,8 @@ struct hsm_ver {
     struct hsm_ver *next;
 };
 
-/* A secret key the provider made in the lower token (a session object). */
+/* A secret key in the lower token: a session object the provider made, or
+ * a token object (made here or listed). */
 struct hsm_secret {
     int kind; /* HSM_REF_SECRET */
     CK_OBJECT_HANDLE h;
@@ -174,6 +175,11 @@ CK_RV hsm_create_object(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
 CK_RV hsm_destroy_object(struct pcall *c, void *ref);
 CK_RV hsm_get_value(struct pcall *c, void *ref, CK_BYTE *out, CK_ULONG *len);
 CK_RV hsm_generate_random(struct pcall *c, CK_BYTE *out, CK_ULONG len);
+/* Token secret keys (PROVIDER_TOKEN_SECRET_KEYS): a lower secret key as
+ * the front end's object, and its uid. */
+CK_RV hsm_secret_pobj(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                      CK_OBJECT_HANDLE h, struct pobj *out);
+void hsm_secret_uid(CK_OBJECT_HANDLE h, char *buf, size_t len);
 
 /* hsm-keypair.c */
 CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
