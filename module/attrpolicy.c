@@ -89,8 +89,10 @@ static const struct ap_rule rules[] = {
     {SK, CKA_SENSITIVE, K_BOOL, FN(8) | FN(11), AP_DOWN, D_FALSE},
     {SK, CKA_ENCRYPT, K_BOOL, FN(8) | FN(9), 0, D_TRUE},
     {SK, CKA_DECRYPT, K_BOOL, FN(8) | FN(9), 0, D_TRUE},
-    {SK, CKA_SIGN, K_BOOL, FN(8) | FN(9), 0, D_FALSE},
-    {SK, CKA_VERIFY, K_BOOL, FN(8) | FN(9), 0, D_FALSE},
+    /* Lower tokens default these to true (SoftHSM): given down, so that
+     * a generic secret signs (HMAC) on every back end only when asked. */
+    {SK, CKA_SIGN, K_BOOL, FN(8) | FN(9), AP_DOWN, D_FALSE},
+    {SK, CKA_VERIFY, K_BOOL, FN(8) | FN(9), AP_DOWN, D_FALSE},
     {SK, CKA_WRAP, K_BOOL, FN(8) | FN(9), 0, D_TRUE},
     {SK, CKA_UNWRAP, K_BOOL, FN(8) | FN(9), 0, D_TRUE},
     {SK, CKA_EXTRACTABLE, K_BOOL, FN(8) | FN(9) | FN(12), AP_DOWN, D_FALSE},

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "audit.h"
@@ -156,6 +157,9 @@ CK_RV key_check(struct session *s, struct object *key, const CK_MECHANISM *m,
     } else if (mech_is_aes(m->mechanism)) {
         if (kt != CKK_AES || cls != CKO_SECRET_KEY)
             return CKR_KEY_TYPE_INCONSISTENT;
+    } else if (softkey_is_hmac(m->mechanism)) {
+        if (kt != CKK_GENERIC_SECRET || cls != CKO_SECRET_KEY)
+            return CKR_KEY_TYPE_INCONSISTENT;
     }
     return CKR_OK;
 }
@@ -200,6 +204,10 @@ CK_RV mech_check_params(struct object *key, const CK_MECHANISM *m)
     }
     if (rsa_hash_sign_mech(m->mechanism, &digest, &pss))
         return pss ? pss_check_size(key, rsa_check_pss(m, digest), m) : CKR_OK;
+    if (softkey_is_hmac(m->mechanism)) {
+        CK_ULONG maclen;
+        return softkey_hmac_check(m, &maclen);
+    }
     if (mech_is_aes(m->mechanism)) {
         CK_ULONG len = key->secret != NULL
                            ? key->secret_len
@@ -291,6 +299,11 @@ static CK_ULONG op_bound(struct op *op, enum op_kind kind, CK_ULONG inlen)
         return (CK_ULONG)EVP_MD_get_size(rsa_md_for_mech(op->mech.mechanism));
     if (mech_is_rsa(op->mech.mechanism))
         return rsa_object_bytes(op->key);
+    if (softkey_is_hmac(op->mech.mechanism)) {
+        CK_ULONG maclen = 32;
+        softkey_hmac_check(&op->mech, &maclen);
+        return maclen;
+    }
     if (op->key->secret != NULL)
         return softkey_out_bound(&op->mech, kind == OP_ENCRYPT, inlen);
     return inlen + 32;
@@ -345,6 +358,9 @@ static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
         return provider_crypt(s, POP_DECRYPT, key, &op->mech, in, inlen, out,
                               outlen);
     case OP_SIGN:
+        if (key->secret != NULL && softkey_is_hmac(op->mech.mechanism))
+            return softkey_hmac(&op->mech, key->secret, key->secret_len, in,
+                                inlen, out, outlen);
         return sign_prepared(s, op, in, inlen, out, outlen);
     default:
         return CKR_GENERAL_ERROR;
@@ -817,15 +833,52 @@ CK_RV C_VerifyInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     END_CALL;
 }
 
-static CK_RV verify_run(struct op *op, const CK_BYTE *data, CK_ULONG len,
-                        bool final, const CK_BYTE *sig, CK_ULONG siglen)
+/*
+ * HMAC verification: the signature must be as long as the MAC (PKCS#11
+ * 3.0 Current Mechanisms 2.21: CKR_SIGNATURE_LEN_RANGE otherwise), and is
+ * compared in constant time with the MAC computed here, or checked by the
+ * back end that keeps the key (POP_VERIFY).
+ */
+static CK_RV verify_hmac(struct session *s, struct op *op, const CK_BYTE *data,
+                         CK_ULONG len, const CK_BYTE *sig, CK_ULONG siglen)
+{
+    CK_BYTE mac[32];
+    CK_ULONG maclen = 0, outlen = sizeof(mac);
+    struct object *key = op->key;
+    CK_RV rv;
+
+    rv = softkey_hmac_check(&op->mech, &maclen);
+    if (rv != CKR_OK)
+        return rv;
+    if (siglen != maclen)
+        return CKR_SIGNATURE_LEN_RANGE;
+    if (key->secret == NULL) {
+        outlen = siglen;
+        return provider_crypt(s, POP_VERIFY, key, &op->mech, data, len,
+                              (CK_BYTE *)sig, &outlen);
+    }
+    rv = softkey_hmac(&op->mech, key->secret, key->secret_len, data, len, mac,
+                      &outlen);
+    if (rv == CKR_OK && CRYPTO_memcmp(mac, sig, maclen) != 0)
+        rv = CKR_SIGNATURE_INVALID;
+    secure_zero(mac, sizeof(mac));
+    return rv;
+}
+
+static CK_RV verify_run(struct session *s, struct op *op, const CK_BYTE *data,
+                        CK_ULONG len, bool final, const CK_BYTE *sig,
+                        CK_ULONG siglen)
 {
     CK_BYTE buf[EVP_MAX_MD_SIZE + 32];
     CK_ULONG blen = sizeof(buf);
     CK_MECHANISM inner = op->mech;
-    EVP_PKEY *pk = rsa_object_pkey(op->key);
+    EVP_PKEY *pk;
     CK_RV rv;
 
+    if (softkey_is_hmac(op->mech.mechanism))
+        return final ? verify_hmac(s, op, op->buf, op->len, sig, siglen)
+                     : verify_hmac(s, op, data, len, sig, siglen);
+    pk = rsa_object_pkey(op->key);
     if (pk == NULL)
         return CKR_GENERAL_ERROR;
     inner.mechanism = op->inner;
@@ -853,8 +906,8 @@ CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,
     else if (op->updated)
         rv = CKR_OPERATION_ACTIVE;
     else
-        rv =
-            verify_run(op, pData, ulDataLen, false, pSignature, ulSignatureLen);
+        rv = verify_run(s, op, pData, ulDataLen, false, pSignature,
+                        ulSignatureLen);
     if (rv != CKR_OPERATION_ACTIVE && rv != CKR_ARGUMENTS_BAD)
         audit_record(s, op->key, "verify", op->mech.mechanism, rv, 0);
     if (rv != CKR_OPERATION_ACTIVE)
@@ -894,7 +947,7 @@ CK_RV C_VerifyFinal(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pSignature,
     if (pSignature == NULL)
         rv = CKR_ARGUMENTS_BAD;
     else
-        rv = verify_run(op, NULL, 0, true, pSignature, ulSignatureLen);
+        rv = verify_run(s, op, NULL, 0, true, pSignature, ulSignatureLen);
     if (rv != CKR_ARGUMENTS_BAD)
         audit_record(s, op->key, "verify", op->mech.mechanism, rv, 0);
     op_end(op);

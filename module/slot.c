@@ -130,6 +130,9 @@ static CK_RV build_mechanisms(struct token *t)
                  CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP);
         add_mech(t, CKM_AES_KEY_WRAP_PAD, 16, 32,
                  CKF_ENCRYPT | CKF_DECRYPT | CKF_WRAP | CKF_UNWRAP);
+        /* Generic secrets of 1 to 512 bytes (attrpolicy.c). */
+        add_mech(t, CKM_SHA256_HMAC, 1, 512, CKF_SIGN | CKF_VERIFY);
+        add_mech(t, CKM_SHA256_HMAC_GENERAL, 1, 512, CKF_SIGN | CKF_VERIFY);
     }
     return CKR_OK;
 }

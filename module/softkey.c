@@ -2,7 +2,9 @@
 
 #include <string.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "softkey.h"
 
@@ -178,4 +180,62 @@ out:
         OPENSSL_cleanse(out, softkey_out_bound(m, encrypt, inlen));
     EVP_CIPHER_CTX_free(ctx);
     return rv;
+}
+
+bool softkey_is_hmac(CK_MECHANISM_TYPE m)
+{
+    return m == CKM_SHA256_HMAC || m == CKM_SHA256_HMAC_GENERAL;
+}
+
+/*
+ * PKCS#11 3.0 Current Mechanisms 2.21 (2.40: 2.20): CKM_SHA256_HMAC has
+ * no parameter and gives 32 bytes; CKM_SHA256_HMAC_GENERAL takes a
+ * CK_MAC_GENERAL_PARAMS, the output length, 1 to 32 bytes.
+ */
+CK_RV softkey_hmac_check(const CK_MECHANISM *m, CK_ULONG *maclen)
+{
+    CK_ULONG len;
+
+    if (m->mechanism == CKM_SHA256_HMAC) {
+        if (m->pParameter != NULL || m->ulParameterLen != 0)
+            return CKR_MECHANISM_PARAM_INVALID;
+        *maclen = 32;
+        return CKR_OK;
+    }
+    if (m->mechanism != CKM_SHA256_HMAC_GENERAL)
+        return CKR_MECHANISM_INVALID;
+    if (m->pParameter == NULL || m->ulParameterLen != sizeof(CK_ULONG))
+        return CKR_MECHANISM_PARAM_INVALID;
+    len = *(const CK_ULONG *)m->pParameter; /* CK_MAC_GENERAL_PARAMS */
+    if (len == 0 || len > 32)
+        return CKR_MECHANISM_PARAM_INVALID;
+    *maclen = len;
+    return CKR_OK;
+}
+
+CK_RV softkey_hmac(const CK_MECHANISM *m, const CK_BYTE *key, CK_ULONG key_len,
+                   const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                   CK_ULONG *outlen)
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    CK_ULONG want = 0;
+    CK_RV rv;
+
+    rv = softkey_hmac_check(m, &want);
+    if (rv != CKR_OK)
+        return rv;
+    if (key_len > 0x7fffffffUL)
+        return CKR_KEY_SIZE_RANGE;
+    if (HMAC(EVP_sha256(), key, (int)key_len,
+             in != NULL ? in : (const CK_BYTE *)"", (size_t)inlen, mac,
+             &n) == NULL ||
+        n != 32) {
+        OPENSSL_cleanse(mac, sizeof(mac));
+        return CKR_GENERAL_ERROR;
+    }
+    memcpy(out, mac, want);
+    OPENSSL_cleanse(mac, sizeof(mac));
+    *outlen = want;
+    return CKR_OK;
 }

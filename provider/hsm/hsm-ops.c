@@ -87,8 +87,12 @@ static CK_RV crypt_lower(struct pcall *c, enum pop op, void *key,
         if (rv == CKR_OK)
             rv = LOWER(ht, C_Encrypt, s, (CK_BYTE *)in, inlen, out, outlen);
         return hsm_mapped(c, rv);
-    case POP_VERIFY: /* done in the module */
-        break;
+    case POP_VERIFY:
+        /* A secret key's MAC (provider.h): out is the signature. */
+        rv = LOWER(ht, C_VerifyInit, s, (CK_MECHANISM *)m, h);
+        if (rv == CKR_OK)
+            rv = LOWER(ht, C_Verify, s, (CK_BYTE *)in, inlen, out, *outlen);
+        return hsm_mapped(c, rv);
     }
     return CKR_GENERAL_ERROR;
 }

@@ -155,6 +155,8 @@ static CK_RV load_mechanisms(struct hsm_token *ht)
         CKM_AES_CBC_PAD,
         CKM_AES_KEY_WRAP,
         CKM_AES_KEY_WRAP_PAD,
+        CKM_SHA256_HMAC,
+        CKM_SHA256_HMAC_GENERAL,
     };
     CK_MECHANISM_INFO info;
     size_t i;
@@ -174,8 +176,12 @@ static CK_RV load_mechanisms(struct hsm_token *ht)
         memset(&info, 0, sizeof(info));
         if (LOWER(ht, C_GetMechanismInfo, ht->slot, wanted[i], &info) != CKR_OK)
             continue;
-        /* Public-key operations run here, with the cached public key. */
-        info.flags &= ~(CKF_VERIFY | CKF_VERIFY_RECOVER | CKF_SIGN_RECOVER);
+        /* Public-key operations run here, with the cached public key;
+         * HMAC verification runs in the lower token, which keeps the key. */
+        info.flags &= ~(CKF_VERIFY_RECOVER | CKF_SIGN_RECOVER);
+        if (wanted[i] != CKM_SHA256_HMAC &&
+            wanted[i] != CKM_SHA256_HMAC_GENERAL)
+            info.flags &= ~CKF_VERIFY;
         if (wanted[i] == CKM_RSA_PKCS || wanted[i] == CKM_RSA_PKCS_OAEP)
             info.flags &= ~CKF_ENCRYPT;
         if (wanted[i] == CKM_RSA_PKCS_OAEP && ht->has_raw)

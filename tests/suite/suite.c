@@ -49,6 +49,16 @@
  * CKA_MODIFIABLE true from the lower token. */
 #define CAP_SECRET_SET 0x4
 
+/* HMAC-SHA256 signs with generic secrets shorter than 32 bytes, as RFC
+ * 4231's test cases 1 and 2 need (20 and 4 bytes). Without it (hsm tokens
+ * on SoftHSM 2.6: its SHA256-HMAC takes keys of 32 to 512 bytes) the
+ * lower token refuses them: CKR_KEY_SIZE_RANGE, at C_Sign, where the
+ * lower token's C_SignInit runs. */
+#define CAP_HMAC_SHORT 0x8
+/* CKM_SHA256_HMAC_GENERAL is offered (the module's own HMAC); SoftHSM
+ * has none, so hsm tokens answer CKR_MECHANISM_INVALID. */
+#define CAP_HMAC_GENERAL 0x10
+
 struct backend {
     const char *name;   /* the program's name is "suite-" name */
     const char *module; /* the environment variable naming the module */
@@ -79,11 +89,13 @@ static char *kv_suite_setup(void)
 
 static const struct backend backends[] = {
     {"mock", "CMKP11_TEST_MODULE", "mock-key", "1234",
-     CAP_LOGIN | CAP_SO | CAP_SECRET_SET, mock_setup},
+     CAP_LOGIN | CAP_SO | CAP_SECRET_SET | CAP_HMAC_SHORT | CAP_HMAC_GENERAL,
+     mock_setup},
     {"hsm", "CMKP11_MODULE", "kek", HSM_PIN, CAP_LOGIN | CAP_SO,
      hsm_suite_setup},
     /* No pin-file: any PIN logs in (docs/keyvault.md). */
-    {"keyvault", "CMKP11_MODULE", "kek", "", CAP_SECRET_SET, kv_suite_setup},
+    {"keyvault", "CMKP11_MODULE", "kek", "",
+     CAP_SECRET_SET | CAP_HMAC_SHORT | CAP_HMAC_GENERAL, kv_suite_setup},
 };
 
 static const struct backend *be;
@@ -611,6 +623,216 @@ static void test_key_pair(void)
     EVP_PKEY_free(npk);
 }
 
+/* RFC 4231 (HMAC-SHA-256 test vectors): test cases 1, 2, 5 (truncated to
+ * 128 bits) and 6 (a key longer than the block). */
+static struct {
+    const char *name;
+    CK_BYTE key[131];
+    CK_ULONG key_len;
+    const char *data;
+    CK_BYTE mac[32];
+    CK_ULONG mac_len;
+} rfc4231[] = {
+    {"RFC 4231 test case 1",
+     {0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b,
+      0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b, 0x0b},
+     20,
+     "Hi There",
+     {0xb0, 0x34, 0x4c, 0x61, 0xd8, 0xdb, 0x38, 0x53, 0x5c, 0xa8, 0xaf,
+      0xce, 0xaf, 0x0b, 0xf1, 0x2b, 0x88, 0x1d, 0xc2, 0x00, 0xc9, 0x83,
+      0x3d, 0xa7, 0x26, 0xe9, 0x37, 0x6c, 0x2e, 0x32, 0xcf, 0xf7},
+     32},
+    {"RFC 4231 test case 2",
+     {'J', 'e', 'f', 'e'},
+     4,
+     "what do ya want for nothing?",
+     {0x5b, 0xdc, 0xc1, 0x46, 0xbf, 0x60, 0x75, 0x4e, 0x6a, 0x04, 0x24,
+      0x26, 0x08, 0x95, 0x75, 0xc7, 0x5a, 0x00, 0x3f, 0x08, 0x9d, 0x27,
+      0x39, 0x83, 0x9d, 0xec, 0x58, 0xb9, 0x64, 0xec, 0x38, 0x43},
+     32},
+    {"RFC 4231 test case 5",
+     {0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c,
+      0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c, 0x0c},
+     20,
+     "Test With Truncation",
+     {0xa3, 0xb6, 0x16, 0x74, 0x73, 0x10, 0x0e, 0xe0, 0x6e, 0x0c, 0x79, 0x6c,
+      0x29, 0x55, 0x55, 0x2b},
+     16},
+    {"RFC 4231 test case 6",
+     {0}, /* 131 bytes of 0xaa, set in test_hmac */
+     131,
+     "Test Using Larger Than Block-Size Key - Hash Key First",
+     {0x60, 0xe4, 0x31, 0x59, 0x1e, 0xe0, 0xb6, 0x7f, 0x0d, 0x8a, 0x26,
+      0xaa, 0xcb, 0xf5, 0xb7, 0x7f, 0x8e, 0x0b, 0xc6, 0x21, 0x37, 0x28,
+      0xc5, 0x14, 0x05, 0x46, 0x04, 0x0f, 0x0e, 0xe3, 0x7f, 0x54},
+     32},
+};
+
+/* is_rv with a formatted description. */
+#define is_rvf(got, want, ...)                                                 \
+    do {                                                                       \
+        char what_[200];                                                       \
+        snprintf(what_, sizeof(what_), __VA_ARGS__);                           \
+        is_rv((got), (want), what_);                                           \
+    } while (0)
+
+/* A generic secret session key with this value, for HMAC (CKA_SIGN and
+ * CKA_VERIFY default to false: docs/attributes.md). */
+static CK_RV hmac_key(const CK_BYTE *value, CK_ULONG len, bool usage,
+                      CK_OBJECT_HANDLE *h)
+{
+    CK_KEY_TYPE gen = CKK_GENERIC_SECRET;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &secret_class, sizeof(secret_class)},
+        {CKA_KEY_TYPE, &gen, sizeof(gen)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_VALUE, (void *)value, len},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_VERIFY, &yes, sizeof(yes)},
+    };
+
+    return p11->C_CreateObject(sess, t, usage ? 6 : 4, h);
+}
+
+/* One test case: C_Sign (length query, short buffer, result), multi-part
+ * signing, C_Verify and C_VerifyUpdate/Final, a changed MAC, a MAC one
+ * byte short. */
+static void hmac_case(size_t i)
+{
+    CK_ULONG general_len = rfc4231[i].mac_len;
+    CK_MECHANISM m = {CKM_SHA256_HMAC, NULL, 0};
+    CK_BYTE *data = (CK_BYTE *)rfc4231[i].data, mac[64];
+    CK_ULONG dlen = strlen(rfc4231[i].data), mlen, want = 32;
+    CK_OBJECT_HANDLE k = 0;
+    const char *name = rfc4231[i].name;
+    bool truncated = rfc4231[i].mac_len < 32;
+
+    if (truncated) {
+        m.mechanism = CKM_SHA256_HMAC_GENERAL;
+        m.pParameter = &general_len;
+        m.ulParameterLen = sizeof(general_len);
+        want = general_len;
+    }
+    is_rvf(hmac_key(rfc4231[i].key, rfc4231[i].key_len, true, &k), CKR_OK,
+           "%s: C_CreateObject of a %lu-byte generic secret", name,
+           rfc4231[i].key_len);
+    if (truncated && !has(CAP_HMAC_GENERAL)) {
+        is_rvf(p11->C_SignInit(sess, &m, k), CKR_MECHANISM_INVALID,
+               "%s: CKM_SHA256_HMAC_GENERAL is not offered", name);
+        p11->C_DestroyObject(sess, k);
+        return;
+    }
+    is_rvf(p11->C_SignInit(sess, &m, k), CKR_OK, "%s: C_SignInit", name);
+    if (rfc4231[i].key_len < 32 && !has(CAP_HMAC_SHORT)) {
+        mlen = sizeof(mac);
+        is_rvf(p11->C_Sign(sess, data, dlen, mac, &mlen), CKR_KEY_SIZE_RANGE,
+               "%s: the lower token refuses a key under 32 bytes", name);
+        p11->C_DestroyObject(sess, k);
+        return;
+    }
+    mlen = 0;
+    is_rvf(p11->C_Sign(sess, data, dlen, NULL, &mlen), CKR_OK,
+           "%s: C_Sign length query", name);
+    is_num(mlen, want, "  %lu bytes", want);
+    mlen = want - 1;
+    is_rvf(p11->C_Sign(sess, data, dlen, mac, &mlen), CKR_BUFFER_TOO_SMALL,
+           "  C_Sign into %lu bytes", want - 1);
+    is_num(mlen, want, "  asks for %lu", want);
+    mlen = sizeof(mac);
+    is_rvf(p11->C_Sign(sess, data, dlen, mac, &mlen), CKR_OK, "  C_Sign");
+    ok(mlen == rfc4231[i].mac_len &&
+           memcmp(mac, rfc4231[i].mac, rfc4231[i].mac_len) == 0,
+       "  the RFC's MAC");
+
+    memset(mac, 0, sizeof(mac));
+    p11->C_SignInit(sess, &m, k);
+    is_rvf(p11->C_SignUpdate(sess, data, 3), CKR_OK, "  C_SignUpdate, 3 bytes");
+    is_rvf(p11->C_SignUpdate(sess, data + 3, dlen - 3), CKR_OK,
+           "  C_SignUpdate, the rest");
+    mlen = sizeof(mac);
+    is_rvf(p11->C_SignFinal(sess, mac, &mlen), CKR_OK, "  C_SignFinal");
+    ok(mlen == rfc4231[i].mac_len &&
+           memcmp(mac, rfc4231[i].mac, rfc4231[i].mac_len) == 0,
+       "  the RFC's MAC in parts");
+
+    is_rvf(p11->C_VerifyInit(sess, &m, k), CKR_OK, "  C_VerifyInit");
+    is_rvf(p11->C_Verify(sess, data, dlen, (CK_BYTE *)rfc4231[i].mac, want),
+           CKR_OK, "  C_Verify the RFC's MAC");
+    p11->C_VerifyInit(sess, &m, k);
+    p11->C_VerifyUpdate(sess, data, 5);
+    p11->C_VerifyUpdate(sess, data + 5, dlen - 5);
+    is_rvf(p11->C_VerifyFinal(sess, (CK_BYTE *)rfc4231[i].mac, want), CKR_OK,
+           "  C_VerifyUpdate, C_VerifyFinal");
+    memcpy(mac, rfc4231[i].mac, want);
+    mac[want - 1] ^= 0x01;
+    p11->C_VerifyInit(sess, &m, k);
+    is_rvf(p11->C_Verify(sess, data, dlen, mac, want), CKR_SIGNATURE_INVALID,
+           "  C_Verify a MAC with its last bit changed");
+    p11->C_VerifyInit(sess, &m, k);
+    is_rvf(p11->C_Verify(sess, data, dlen, (CK_BYTE *)rfc4231[i].mac, want - 1),
+           CKR_SIGNATURE_LEN_RANGE, "  C_Verify a MAC one byte short");
+    is_rvf(p11->C_Verify(sess, data, dlen, (CK_BYTE *)rfc4231[i].mac, want),
+           CKR_OPERATION_NOT_INITIALIZED, "  which ended the operation");
+    p11->C_DestroyObject(sess, k);
+}
+
+/* HMAC-SHA256 with generic secrets (PKCS#11 3.0 Current Mechanisms 2.21). */
+static void test_hmac(void)
+{
+    CK_MECHANISM m = {CKM_SHA256_HMAC, NULL, 0};
+    CK_ULONG param = 16;
+    CK_MECHANISM with_param = {CKM_SHA256_HMAC, &param, sizeof(param)};
+    CK_MECHANISM_INFO mi;
+    CK_OBJECT_HANDLE k = 0, aes = 0;
+    CK_BYTE key[32];
+    size_t i;
+
+    memset(rfc4231[3].key, 0xaa, sizeof(rfc4231[3].key));
+    is_rvf(p11->C_GetMechanismInfo(slot, CKM_SHA256_HMAC, &mi), CKR_OK,
+           "C_GetMechanismInfo SHA256-HMAC");
+    is_num(mi.flags & (CKF_SIGN | CKF_VERIFY), CKF_SIGN | CKF_VERIFY,
+           "  sign, verify");
+    is_rvf(p11->C_GetMechanismInfo(slot, CKM_SHA256_HMAC_GENERAL, &mi),
+           has(CAP_HMAC_GENERAL) ? CKR_OK : CKR_MECHANISM_INVALID,
+           "C_GetMechanismInfo SHA256-HMAC-GENERAL");
+    for (i = 0; i < CMK_ARRAY_SIZE(rfc4231); i++)
+        hmac_case(i);
+
+    memset(key, 0x42, sizeof(key));
+    is_rvf(hmac_key(key, sizeof(key), false, &k), CKR_OK,
+           "a generic secret with the default usage");
+    is_rvf(p11->C_SignInit(sess, &m, k), CKR_KEY_FUNCTION_NOT_PERMITTED,
+           "  C_SignInit: CKA_SIGN is false");
+    is_rvf(p11->C_VerifyInit(sess, &m, k), CKR_KEY_FUNCTION_NOT_PERMITTED,
+           "  C_VerifyInit: CKA_VERIFY is false");
+    p11->C_DestroyObject(sess, k);
+    is_rvf(hmac_key(key, sizeof(key), true, &k), CKR_OK,
+           "a generic secret that signs");
+    is_rvf(p11->C_SignInit(sess, &with_param, k), CKR_MECHANISM_PARAM_INVALID,
+           "  C_SignInit: SHA256-HMAC with a parameter");
+    if (has(CAP_HMAC_GENERAL)) {
+        CK_MECHANISM g = {CKM_SHA256_HMAC_GENERAL, &param, sizeof(param)};
+        param = 33;
+        is_rvf(p11->C_SignInit(sess, &g, k), CKR_MECHANISM_PARAM_INVALID,
+               "  C_SignInit: SHA256-HMAC-GENERAL of 33 bytes");
+        param = 0;
+        is_rvf(p11->C_SignInit(sess, &g, k), CKR_MECHANISM_PARAM_INVALID,
+               "  C_SignInit: SHA256-HMAC-GENERAL of 0 bytes");
+    }
+    is_rvf(gen_aes(NULL, 0, &aes), CKR_OK, "an AES key");
+    is_rvf(p11->C_SignInit(sess, &m, aes), CKR_KEY_FUNCTION_NOT_PERMITTED,
+           "  C_SignInit SHA256-HMAC: CKA_SIGN false");
+    p11->C_DestroyObject(sess, aes);
+    {
+        CK_ATTRIBUTE sign = {CKA_SIGN, &yes, sizeof(yes)};
+        is_rvf(gen_aes(&sign, 1, &aes), CKR_OK, "an AES key that signs");
+        is_rvf(p11->C_SignInit(sess, &m, aes), CKR_KEY_TYPE_INCONSISTENT,
+               "  C_SignInit SHA256-HMAC: CKR_KEY_TYPE_INCONSISTENT");
+        p11->C_DestroyObject(sess, aes);
+    }
+    p11->C_DestroyObject(sess, k);
+}
+
 static void test_mechanisms(void)
 {
     CK_MECHANISM_INFO mi;
@@ -693,6 +915,7 @@ int main(int argc, char **argv)
     test_decrypt();
     test_sign();
     test_key_pair();
+    test_hmac();
     test_mechanisms();
     test_end();
 
