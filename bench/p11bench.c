@@ -37,6 +37,9 @@
  *                  thread is compared with OpenSSL's)
  *   openssl-gcm-64k
  *                  its baseline: EVP AES-256-GCM of the same 64 KiB
+ *   gcm-4k, openssl-gcm-4k
+ *                  the same of 4 KiB (the first 4 KiB of the segment): one
+ *                  envelope of a KMS-style consumer (issue 22)
  * Each measured call is preceded by its *Init call. The wrapped keys and
  * the ciphertext are made beforehand with OpenSSL and the public key read
  * from the token.
@@ -100,6 +103,8 @@ enum op {
     OP_OSSL_VERIFY,
     OP_GCM,
     OP_OSSL_GCM,
+    OP_GCM_4K,
+    OP_OSSL_GCM_4K,
     OP_COUNT
 };
 
@@ -116,6 +121,8 @@ static const char *const op_names[OP_COUNT] = {
     [OP_OSSL_VERIFY] = "openssl-verify",
     [OP_GCM] = "gcm-64k",
     [OP_OSSL_GCM] = "openssl-gcm-64k",
+    [OP_GCM_4K] = "gcm-4k",
+    [OP_OSSL_GCM_4K] = "openssl-gcm-4k",
 };
 
 #define GCM_SEG 65536
@@ -149,6 +156,7 @@ struct bench {
     pthread_barrier_t start;
     atomic_int stop;
     int verbose;
+    int token_key; /* -T: the AES keys are token objects */
 };
 
 struct worker {
@@ -190,8 +198,10 @@ static void usage(void)
         "  -t LIST     thread counts (default 1,2)\n"
         "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
         "              openssl-wrap-sha256, encrypt, openssl-encrypt, verify,\n"
-        "              openssl-verify (default unwrap,decrypt,sign)\n"
+        "              openssl-verify, gcm-64k, openssl-gcm-64k, gcm-4k,\n"
+        "              openssl-gcm-4k (default unwrap,decrypt,sign)\n"
         "  -w WARMUP   untimed operations per thread first (default 20)\n"
+        "  -T          gcm-*: the AES key is a token object\n"
         "  -v          details on stderr\n"
         "PIN \"-\": no C_Login\n"
         "output, one line per measurement:\n"
@@ -408,15 +418,19 @@ static int verify_signature(EVP_PKEY *key, const unsigned char *msg,
 /* ---- the operations --------------------------------------------------- */
 
 /* An extractable AES session key with the value B->aes_key. */
+/* The AES-256 key of the measurement: a session object, or with -T a token
+ * object (labelled p11bench-gcm; destroyed after the measurement). */
 static CK_OBJECT_HANDLE session_aes_key(struct bench *b, CK_SESSION_HANDLE s)
 {
+    static const char label[] = "p11bench-gcm";
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
     CK_BBOOL no = CK_FALSE, yes = CK_TRUE;
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_TOKEN, b->token_key ? &yes : &no, sizeof(no)},
+        {CKA_LABEL, (void *)label, sizeof(label) - 1},
         {CKA_SENSITIVE, &no, sizeof(no)},
         {CKA_EXTRACTABLE, &yes, sizeof(yes)},
         {CKA_VALUE, b->aes_key, sizeof(b->aes_key)},
@@ -426,7 +440,8 @@ static CK_OBJECT_HANDLE session_aes_key(struct bench *b, CK_SESSION_HANDLE s)
 
     rv = b->p11->C_CreateObject(s, tmpl, CMK_ARRAY_SIZE(tmpl), &h);
     if (rv != CKR_OK)
-        die("C_CreateObject (AES-256 session key): 0x%lx", (unsigned long)rv);
+        die("C_CreateObject (AES-256 %s key): 0x%lx",
+            b->token_key ? "token" : "session", (unsigned long)rv);
     return h;
 }
 
@@ -534,8 +549,9 @@ static int unwrap_blob(struct worker *w, int sha256, const unsigned char *blob,
     return 0;
 }
 
-/* AES-256-GCM of the 64 KiB segment with OpenSSL: ciphertext and tag. */
-static int gcm_encrypt(struct bench *b, const unsigned char iv[12],
+/* AES-256-GCM of the first len bytes of the segment with OpenSSL:
+ * ciphertext and tag. */
+static int gcm_encrypt(struct bench *b, const unsigned char iv[12], size_t len,
                        unsigned char *out)
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
@@ -545,9 +561,9 @@ static int gcm_encrypt(struct bench *b, const unsigned char iv[12],
         ctx &&
         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, b->aes_key, iv) == 1 &&
         EVP_EncryptUpdate(ctx, NULL, &n, gcm_aad, sizeof(gcm_aad)) == 1 &&
-        EVP_EncryptUpdate(ctx, out, &n, b->seg, sizeof(b->seg)) == 1 &&
+        EVP_EncryptUpdate(ctx, out, &n, b->seg, (int)len) == 1 &&
         EVP_EncryptFinal_ex(ctx, out + n, &m) == 1 &&
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out + GCM_SEG) == 1;
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out + len) == 1;
     EVP_CIPHER_CTX_free(ctx);
     if (!ok)
         ERR_clear_error();
@@ -726,7 +742,9 @@ static int run_op(struct worker *w, int first)
             return -1;
         }
         return 0;
-    case OP_GCM: {
+    case OP_GCM:
+    case OP_GCM_4K: {
+        size_t n = b->op == OP_GCM ? GCM_SEG : 4096;
         unsigned char iv[12] = {0}, ref[GCM_SEG + 16];
         CK_GCM_PARAMS gp = {iv,
                             sizeof(iv),
@@ -741,28 +759,30 @@ static int run_op(struct worker *w, int first)
         memcpy(iv, &w->ops, sizeof(w->ops) < 12 ? sizeof(w->ops) : 12);
         rv = p11->C_EncryptInit(s, &mech, w->aes);
         if (rv == CKR_OK)
-            rv = p11->C_Encrypt(s, b->seg, sizeof(b->seg), out, &len);
+            rv = p11->C_Encrypt(s, b->seg, n, out, &len);
         if (rv != CKR_OK) {
             fail(w, "C_Encrypt (AES-GCM): 0x%lx", (unsigned long)rv);
             return -1;
         }
-        if (len != sizeof(out)) {
+        if (len != n + 16) {
             fail(w, "C_Encrypt (AES-GCM): %lu bytes", (unsigned long)len);
             return -1;
         }
-        if (first && (gcm_encrypt(b, iv, ref) != 0 ||
-                      memcmp(ref, out, sizeof(ref)) != 0)) {
+        if (first && (gcm_encrypt(b, iv, n, ref) != 0 ||
+                      memcmp(ref, out, n + 16) != 0)) {
             fail(w, "C_Encrypt (AES-GCM): not what OpenSSL gives");
             return -1;
         }
         return 0;
     }
-    case OP_OSSL_GCM: {
+    case OP_OSSL_GCM:
+    case OP_OSSL_GCM_4K: {
         static __thread unsigned char out[GCM_SEG + 16];
         unsigned char iv[12] = {0};
 
         memcpy(iv, &w->ops, sizeof(w->ops) < 12 ? sizeof(w->ops) : 12);
-        if (gcm_encrypt(b, iv, out) != 0) {
+        if (gcm_encrypt(b, iv, b->op == OP_OSSL_GCM ? GCM_SEG : 4096, out) !=
+            0) {
             fail(w, "EVP AES-256-GCM failed");
             return -1;
         }
@@ -829,7 +849,7 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
         rv = b->p11->C_OpenSession(b->slot, flags, NULL, NULL, &w[i].session);
         if (rv != CKR_OK)
             die("C_OpenSession: 0x%lx", (unsigned long)rv);
-        if (b->op == OP_WRAP_SHA256 || b->op == OP_GCM)
+        if (b->op == OP_WRAP_SHA256 || b->op == OP_GCM || b->op == OP_GCM_4K)
             w[i].aes = session_aes_key(b, w[i].session);
     }
     for (i = 0; i < nthreads; i++) {
@@ -863,6 +883,13 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
         if (w[i].failed) {
             fprintf(stderr, "%s: %s, thread %u: %s\n", prog, op_names[b->op],
                     i + 1, w[i].err);
+            failed = 1;
+        }
+        if (b->token_key && w[i].aes != CK_INVALID_HANDLE &&
+            (b->op == OP_GCM || b->op == OP_GCM_4K) &&
+            (rv = b->p11->C_DestroyObject(w[i].session, w[i].aes)) != CKR_OK) {
+            fprintf(stderr, "%s: C_DestroyObject (token key): 0x%lx\n", prog,
+                    (unsigned long)rv);
             failed = 1;
         }
         rv = b->p11->C_CloseSession(w[i].session);
@@ -912,7 +939,7 @@ int main(int argc, char **argv)
 
     b.seconds = 3;
     b.warmup = 20;
-    while ((opt = getopt(argc, argv, "d:n:t:o:w:vh")) != -1) {
+    while ((opt = getopt(argc, argv, "d:n:t:o:w:vTh")) != -1) {
         switch (opt) {
         case 'd':
             b.seconds = strtod(optarg, NULL);
@@ -936,6 +963,9 @@ int main(int argc, char **argv)
             break;
         case 'v':
             b.verbose = 1;
+            break;
+        case 'T':
+            b.token_key = 1;
             break;
         default:
             usage();

@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -8,12 +9,57 @@
 
 #include "softkey.h"
 
+/*
+ * The ciphers, fetched once for the process (OpenSSL 3: a legacy
+ * EVP_aes_*() given to EVP_CipherInit_ex is fetched again from the
+ * provider at each call, by name under a lock, which costs as much as
+ * sealing 4 KiB; docs/performance.md). A cipher that cannot be fetched
+ * falls back to the legacy one.
+ */
+static const char *const cipher_names[4][3] = {
+    {"AES-128-GCM", "AES-192-GCM", "AES-256-GCM"},
+    {"AES-128-CBC", "AES-192-CBC", "AES-256-CBC"},
+    {"AES-128-WRAP", "AES-192-WRAP", "AES-256-WRAP"},
+    {"AES-128-WRAP-PAD", "AES-192-WRAP-PAD", "AES-256-WRAP-PAD"},
+};
+static EVP_CIPHER *fetched[4][3];
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+
+static void fetch_ciphers(void)
+{
+    size_t i, j;
+
+    for (i = 0; i < 4; i++)
+        for (j = 0; j < 3; j++)
+            fetched[i][j] = EVP_CIPHER_fetch(NULL, cipher_names[i][j], NULL);
+}
+
 static const EVP_CIPHER *cipher_for(CK_MECHANISM_TYPE m, CK_ULONG key_len)
 {
     int i = key_len == 16 ? 0 : key_len == 24 ? 1 : key_len == 32 ? 2 : -1;
+    int row;
 
     if (i < 0)
         return NULL;
+    switch (m) {
+    case CKM_AES_GCM:
+        row = 0;
+        break;
+    case CKM_AES_CBC_PAD:
+        row = 1;
+        break;
+    case CKM_AES_KEY_WRAP:
+        row = 2;
+        break;
+    case CKM_AES_KEY_WRAP_PAD:
+        row = 3;
+        break;
+    default:
+        return NULL;
+    }
+    pthread_once(&fetch_once, fetch_ciphers);
+    if (fetched[row][i] != NULL)
+        return fetched[row][i];
     switch (m) {
     case CKM_AES_GCM:
         return (const EVP_CIPHER *[]){EVP_aes_128_gcm(), EVP_aes_192_gcm(),
@@ -24,12 +70,10 @@ static const EVP_CIPHER *cipher_for(CK_MECHANISM_TYPE m, CK_ULONG key_len)
     case CKM_AES_KEY_WRAP:
         return (const EVP_CIPHER *[]){EVP_aes_128_wrap(), EVP_aes_192_wrap(),
                                       EVP_aes_256_wrap()}[i];
-    case CKM_AES_KEY_WRAP_PAD:
+    default:
         return (const EVP_CIPHER *[]){EVP_aes_128_wrap_pad(),
                                       EVP_aes_192_wrap_pad(),
                                       EVP_aes_256_wrap_pad()}[i];
-    default:
-        return NULL;
     }
 }
 
@@ -137,11 +181,17 @@ CK_RV softkey_crypt(const CK_MECHANISM *m, bool encrypt, const CK_BYTE *key,
         break;
     }
 
-    if (EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, encrypt) != 1 ||
-        (m->mechanism == CKM_AES_GCM &&
-         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, (int)gcm->ulIvLen,
-                             NULL) != 1) ||
-        EVP_CipherInit_ex(ctx, NULL, NULL, key, iv, encrypt) != 1) {
+    if (m->mechanism != CKM_AES_GCM || gcm->ulIvLen == 12) {
+        /* The cipher's own IV length (GCM: 96 bits, SP 800-38D 8.2): one
+         * initialisation with the key and the IV. */
+        if (EVP_CipherInit_ex2(ctx, cipher, key, iv, encrypt, NULL) != 1) {
+            rv = CKR_GENERAL_ERROR;
+            goto out;
+        }
+    } else if (EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, encrypt) != 1 ||
+               EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN,
+                                   (int)gcm->ulIvLen, NULL) != 1 ||
+               EVP_CipherInit_ex(ctx, NULL, NULL, key, iv, encrypt) != 1) {
         rv = CKR_GENERAL_ERROR;
         goto out;
     }
