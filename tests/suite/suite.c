@@ -59,6 +59,12 @@
  * has none, so hsm tokens answer CKR_MECHANISM_INVALID. */
 #define CAP_HMAC_GENERAL 0x10
 
+/* CKA_TOKEN true makes a secret key a token object of the back end
+ * (PROVIDER_TOKEN_SECRET_KEYS: hsm tokens, in the lower token; docs/hsm.md,
+ * "Token secret keys"). Without it: CKR_TEMPLATE_INCONSISTENT, session keys
+ * only (docs/attributes.md). */
+#define CAP_TOKEN_SECRET 0x20
+
 struct backend {
     const char *name;   /* the program's name is "suite-" name */
     const char *module; /* the environment variable naming the module */
@@ -91,8 +97,8 @@ static const struct backend backends[] = {
     {"mock", "CMKP11_TEST_MODULE", "mock-key", "1234",
      CAP_LOGIN | CAP_SO | CAP_SECRET_SET | CAP_HMAC_SHORT | CAP_HMAC_GENERAL,
      mock_setup},
-    {"hsm", "CMKP11_MODULE", "kek", HSM_PIN, CAP_LOGIN | CAP_SO,
-     hsm_suite_setup},
+    {"hsm", "CMKP11_MODULE", "kek", HSM_PIN,
+     CAP_LOGIN | CAP_SO | CAP_TOKEN_SECRET, hsm_suite_setup},
     /* No pin-file: any PIN logs in (docs/keyvault.md). */
     {"keyvault", "CMKP11_MODULE", "kek", "",
      CAP_SECRET_SET | CAP_HMAC_SHORT | CAP_HMAC_GENERAL, kv_suite_setup},
@@ -833,6 +839,88 @@ static void test_hmac(void)
     p11->C_DestroyObject(sess, k);
 }
 
+/* AES-256-GCM of data with OpenSSL, to compare with a key's output. */
+static bool ossl_gcm(const CK_BYTE key[32], const CK_BYTE iv[12],
+                     const CK_BYTE *data, int len, CK_BYTE *out)
+{
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+    bool good =
+        ctx != NULL &&
+        EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, iv) == 1 &&
+        EVP_EncryptUpdate(ctx, out, &n, data, len) == 1 &&
+        EVP_EncryptFinal_ex(ctx, out + n, &m) == 1 &&
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out + len) == 1;
+
+    EVP_CIPHER_CTX_free(ctx);
+    return good;
+}
+
+/* Secret keys with CKA_TOKEN true: token objects where the back end keeps
+ * them, found by label from another session, used, destroyed. */
+static void test_token_keys(void)
+{
+    static const char label[] = "suite-token-aes";
+    static const CK_BYTE data[] = "sealed by a token key";
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BYTE key[32], iv[12] = "nonce-twelve", ct[64], ref[64];
+    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM gcm = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_ULONG len = 32, clen = sizeof(ct);
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &secret_class, sizeof(secret_class)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_LABEL, (void *)label, sizeof(label) - 1},
+        {CKA_VALUE, key, sizeof(key)},
+    };
+    CK_ATTRIBUTE g[] = {
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+    };
+    CK_OBJECT_HANDLE h = 0, h2 = 0;
+    CK_SESSION_HANDLE ro = p11_open(slot, false), other = p11_open(slot, true);
+    bool token = has(CAP_TOKEN_SECRET);
+
+    memset(key, 0x3c, sizeof(key));
+    is_rv(p11->C_GenerateKey(ro, &gen, g, 2, &h2),
+          token ? CKR_SESSION_READ_ONLY : CKR_TEMPLATE_INCONSISTENT,
+          "C_GenerateKey CKA_TOKEN true in a R/O session");
+    is_rv(p11->C_CreateObject(sess, t, CMK_ARRAY_SIZE(t), &h),
+          token ? CKR_OK : CKR_TEMPLATE_INCONSISTENT,
+          "C_CreateObject of an AES key with CKA_TOKEN true");
+    if (!token) {
+        p11->C_CloseSession(ro);
+        p11->C_CloseSession(other);
+        return;
+    }
+    is_num(p11_bool(sess, h, CKA_TOKEN), 1, "  CKA_TOKEN true");
+    is_num(p11_bool(sess, h, CKA_DESTROYABLE), 1, "  CKA_DESTROYABLE true");
+    ok(p11_find(other, CKO_SECRET_KEY, label) == h,
+       "  another session finds it by label, with the same handle");
+    ok(p11_find(ro, CKO_SECRET_KEY, label) == h, "  so does a R/O session");
+    is_rv(p11->C_EncryptInit(ro, &gcm, h), CKR_OK,
+          "  C_EncryptInit AES-GCM in the R/O session");
+    is_rv(p11->C_Encrypt(ro, (CK_BYTE *)data, sizeof(data), ct, &clen), CKR_OK,
+          "  C_Encrypt");
+    ok(clen == sizeof(data) + 16 &&
+           ossl_gcm(key, iv, data, sizeof(data), ref) &&
+           memcmp(ct, ref, clen) == 0,
+       "  what OpenSSL gives with the key's value");
+    is_rv(p11->C_CloseSession(other), CKR_OK, "  another session closes");
+    ok(p11_find(sess, CKO_SECRET_KEY, label) == h, "  the key stays");
+    is_rv(p11->C_DestroyObject(ro, h), CKR_SESSION_READ_ONLY,
+          "  C_DestroyObject in a R/O session");
+    is_rv(p11->C_DestroyObject(sess, h), CKR_OK, "  C_DestroyObject");
+    ok(p11_find(sess, CKO_SECRET_KEY, label) == 0, "  no longer found");
+    is_rv(p11->C_GenerateKey(sess, &gen, g, 2, &h2), CKR_OK,
+          "C_GenerateKey CKA_TOKEN true");
+    is_num(p11_bool(sess, h2, CKA_TOKEN), 1, "  CKA_TOKEN true");
+    is_rv(p11->C_DestroyObject(sess, h2), CKR_OK, "  C_DestroyObject");
+    p11->C_CloseSession(ro);
+}
+
 static void test_mechanisms(void)
 {
     CK_MECHANISM_INFO mi;
@@ -916,6 +1004,7 @@ int main(int argc, char **argv)
     test_sign();
     test_key_pair();
     test_hmac();
+    test_token_keys();
     test_mechanisms();
     test_end();
 
