@@ -424,8 +424,12 @@ CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     (void)hint;
     (void)nhint;
     rv = scan(ht, s);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
+        /* One search at a time on the lower session, as scan(). */
+        pthread_mutex_lock(&ht->list_lock);
         rv = scan_secrets(ht, s, &secrets, &n_secrets);
+        pthread_mutex_unlock(&ht->list_lock);
+    }
     if (rv != CKR_OK) {
         if (hsm_outage_keeps_listing(ht, rv)) {
             /* The objects of the last listing stay (each version's use
