@@ -14,6 +14,7 @@
 #include "audit.h"
 #include "call.h"
 #include "pcall.h"
+#include "softkey.h"
 #include "rsa.h"
 #include "secure.h"
 
@@ -397,8 +398,10 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
     else if (is_exiting())
         g.initialized = false; /* no back end may be called any more */
-    else
+    else {
         teardown_unlocked(false);
+        softkey_release();
+    }
     err_restore();
     pthread_rwlock_unlock(&g.rwlock);
     RETURN_CALL(Finalize, rv);

@@ -1,6 +1,5 @@
 #include "config.h"
 
-#include <pthread.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -10,11 +9,12 @@
 #include "softkey.h"
 
 /*
- * The ciphers, fetched once for the process (OpenSSL 3: a legacy
- * EVP_aes_*() given to EVP_CipherInit_ex is fetched again from the
+ * The ciphers, fetched once while the module is initialised (OpenSSL 3: a
+ * legacy EVP_aes_*() given to EVP_CipherInit_ex is fetched again from the
  * provider at each call, by name under a lock, which costs as much as
- * sealing 4 KiB; docs/performance.md). A cipher that cannot be fetched
- * falls back to the legacy one.
+ * sealing 4 KiB; docs/performance.md) and released by C_Finalize, so that
+ * an application that unloads the module leaks none. A cipher that cannot
+ * be fetched falls back to the legacy one.
  */
 static const char *const cipher_names[4][3] = {
     {"AES-128-GCM", "AES-192-GCM", "AES-256-GCM"},
@@ -23,20 +23,40 @@ static const char *const cipher_names[4][3] = {
     {"AES-128-WRAP-PAD", "AES-192-WRAP-PAD", "AES-256-WRAP-PAD"},
 };
 static EVP_CIPHER *fetched[4][3];
-static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
 
-static void fetch_ciphers(void)
+static const EVP_CIPHER *fetch_cipher(int row, int i)
+{
+    EVP_CIPHER *c = __atomic_load_n(&fetched[row][i], __ATOMIC_ACQUIRE);
+    EVP_CIPHER *expected = NULL;
+
+    if (c != NULL)
+        return c;
+    c = EVP_CIPHER_fetch(NULL, cipher_names[row][i], NULL);
+    if (c == NULL)
+        return NULL;
+    /* Another thread may have fetched it meanwhile: keep the first. */
+    if (!__atomic_compare_exchange_n(&fetched[row][i], &expected, c, false,
+                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        EVP_CIPHER_free(c);
+        c = expected;
+    }
+    return c;
+}
+
+void softkey_release(void)
 {
     size_t i, j;
 
     for (i = 0; i < 4; i++)
         for (j = 0; j < 3; j++)
-            fetched[i][j] = EVP_CIPHER_fetch(NULL, cipher_names[i][j], NULL);
+            EVP_CIPHER_free(
+                __atomic_exchange_n(&fetched[i][j], NULL, __ATOMIC_ACQ_REL));
 }
 
 static const EVP_CIPHER *cipher_for(CK_MECHANISM_TYPE m, CK_ULONG key_len)
 {
     int i = key_len == 16 ? 0 : key_len == 24 ? 1 : key_len == 32 ? 2 : -1;
+    const EVP_CIPHER *c;
     int row;
 
     if (i < 0)
@@ -57,9 +77,8 @@ static const EVP_CIPHER *cipher_for(CK_MECHANISM_TYPE m, CK_ULONG key_len)
     default:
         return NULL;
     }
-    pthread_once(&fetch_once, fetch_ciphers);
-    if (fetched[row][i] != NULL)
-        return fetched[row][i];
+    if ((c = fetch_cipher(row, i)) != NULL)
+        return c;
     switch (m) {
     case CKM_AES_GCM:
         return (const EVP_CIPHER *[]){EVP_aes_128_gcm(), EVP_aes_192_gcm(),

@@ -8,6 +8,8 @@
 
 #include "provider-util.h"
 
+/* Releases the ciphers fetched since C_Initialize (C_Finalize). */
+void softkey_release(void);
 /* Checks a mechanism's parameters for use with a key of key_len bytes. */
 CK_RV softkey_check_mech(const CK_MECHANISM *m, CK_ULONG key_len);
 /* The most output an operation on inlen bytes can give. */
