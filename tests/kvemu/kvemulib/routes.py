@@ -170,11 +170,18 @@ ROUTES = [
 ]
 
 
-def _compile(routes):
-    """Each row as (route, [(literal or None, parameter, words it may not take)])."""
-    split = [r.pattern.split("/") for r in routes]
+def compile_routes(routes):
+    """Each row as (route, [(literal or None, parameter, words it may not take)], rest).
+
+    A pattern's last segment "*" takes any number of further segments, none
+    included (rest true; the admin API's table has such rows); "" is the
+    empty path."""
+    split = [r.pattern.split("/") if r.pattern else [] for r in routes]
     out = []
     for r, segs in zip(routes, split):
+        rest = segs[-1:] == ["*"]
+        if rest:
+            segs = segs[:-1]
         parts = []
         for i, s in enumerate(segs):
             if not s.startswith("{"):
@@ -185,24 +192,23 @@ def _compile(routes):
                 taken = {o[i] for o in split if len(o) == len(segs) and o[:i] == segs[:i]
                          and not o[i].startswith("{")}
             parts.append((None, s[1:-1], taken))
-        out.append((r, parts))
+        out.append((r, parts, rest))
     return out
 
 
-_TABLE = _compile(ROUTES)
+def match_segments(table, method, segs, fold=True):
+    """(route, parameters) for a path already split, or (None, {}).
 
-
-def match_route(method, path):
-    """(route, parameters) for a vault request, or (None, {})."""
-    if len(path) > 1:
-        path = path.rstrip("/")
-    segs = [unquote(s) for s in path.split("/")[1:]]
-    for r, parts in _TABLE:
-        if r.method != method or len(parts) != len(segs):
+    A row's method "*" takes any method; fold false compares literal
+    segments as they are. A rest's segments are the parameter "*"."""
+    for r, parts, rest in table:
+        if r.method not in (method, "*"):
+            continue
+        if len(parts) != len(segs) and not (rest and len(segs) > len(parts)):
             continue
         prm = {}
         for (lit, param, taken), seg in zip(parts, segs):
-            low = seg.lower()
+            low = seg.lower() if fold else seg
             if lit is not None:
                 if low != lit:
                     break
@@ -211,5 +217,17 @@ def match_route(method, path):
             else:
                 prm[param] = seg
         else:
+            if rest:
+                prm["*"] = segs[len(parts):]
             return r, prm
     return None, {}
+
+
+_TABLE = compile_routes(ROUTES)
+
+
+def match_route(method, path):
+    """(route, parameters) for a vault request, or (None, {})."""
+    if len(path) > 1:
+        path = path.rstrip("/")
+    return match_segments(_TABLE, method, [unquote(s) for s in path.split("/")[1:]])
