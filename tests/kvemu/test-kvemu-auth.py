@@ -259,6 +259,20 @@ t.eq((st, r.get("error")), (400, "invalid_request"), "IMDS unknown client_id: 40
 # ---- admin endpoint requires its token ---------------------------------------------------------------------------------------
 st, _, r = emu.request("GET", "https://localhost:%d/_admin/status" % port)
 t.eq(st, 401, "admin API without its token: 401")
+# The admin route table (kvemulib/admin.py, ADMIN_ROUTES): an unknown vault
+# or identity is named before the route is judged; a method a collection
+# lacks is an unknown route.
+for m, p, want in [
+        ("PUT", "identities", "unknown admin route PUT /_admin/identities"),
+        ("DELETE", "vaults", "unknown admin route DELETE /_admin/vaults"),
+        ("GET", "vaults/kvemu/keys", "unknown admin route GET /_admin/vaults/kvemu/keys"),
+        ("GET", "vaults/nope/keys", "vault nope not found"),
+        ("POST", "identities/nobody/secrets", "identity nobody not found"),
+        ("GET", "Status", "unknown admin route GET /_admin/Status")]:
+    st, _, r = emu.request(m, "https://localhost:%d/_admin/%s" % (port, p),
+                           headers={"Authorization": "Bearer " + emu.admin_info["token"]})
+    t.eq((st, r["error"]["code"], r["error"]["message"]), (404, "NotFound", want),
+         "admin %s /_admin/%s: 404 %s" % (m, p, want))
 
 # ---- env file -------------------------------------------------------------------------------------------------------------------
 with open(os.path.join(emu.state, "env")) as f:
