@@ -20,7 +20,9 @@ enum ap_op { AP_CREATE, AP_GENERATE, AP_UNWRAP };
 CK_RV attrpolicy_template(const CK_ATTRIBUTE *tmpl, CK_ULONG n, bool so);
 
 /*
- * Checks a secret key template for op against the table. kt and
+ * Checks a secret key template for op against the table; CKA_TOKEN true
+ * only with token_keys (the back end keeps token secret keys,
+ * PROVIDER_TOKEN_SECRET_KEYS). kt and
  * value_len are in/out: what the mechanism or the value implies (0 =
  * unknown) and what the template asks for; on return kt is the key type.
  * token_keys: the back end keeps token secret keys

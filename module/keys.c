@@ -108,9 +108,50 @@ static CK_RV publish_secret(struct session *s, const CK_ATTRIBUTE *tmpl,
                             CK_OBJECT_HANDLE_PTR ph)
 {
     struct pobj p;
+    CK_BBOOL token = CK_FALSE;
     CK_RV rv;
 
     rv = secret_object_build(tmpl, n, kt, len, local, &p);
+    if (rv == CKR_OK && tmpl_find_bool(tmpl, n, CKA_TOKEN, &token) == 1 &&
+        token) {
+        /* A token secret key the back end keeps (keyvault: wrapped under
+         * the CMK in its state directory): it gets every attribute and
+         * the value, and lists the key from then on. */
+        struct pobj kept;
+        CK_ATTRIBUTE *t = NULL;
+        memset(&kept, 0, sizeof(kept));
+        if (!session_is_rw(s))
+            rv = CKR_SESSION_READ_ONLY;
+        else if (attrs_set_bool(&p.attrs, CKA_TOKEN, CK_TRUE) != 0 ||
+                 (t = calloc(p.attrs.n + 1, sizeof(*t))) == NULL)
+            rv = CKR_HOST_MEMORY;
+        if (rv == CKR_OK) {
+            memcpy(t, p.attrs.v, p.attrs.n * sizeof(*t));
+            t[p.attrs.n] = (CK_ATTRIBUTE){CKA_VALUE, value, len};
+            rv = provider_create_object(s, t, p.attrs.n + 1, &kept);
+        }
+        free(t);
+        pobj_clear(NULL, NULL, &p);
+        secure_free(value);
+        if (rv == CKR_OK) {
+            rv = object_publish(s->token, 0, &kept, NULL, 0, ph);
+            if (rv != CKR_OK)
+                pobj_clear(s->token->ops, s->token->ptok, &kept);
+        }
+        if (rv == CKR_OK && audit_enabled()) {
+            struct object *o;
+            if (object_get(s, *ph, &o) == CKR_OK) {
+                audit_record(s, o, local ? "generate" : "create",
+                             local
+                                 ? (kt == CKK_AES ? CKM_AES_KEY_GEN
+                                                  : CKM_GENERIC_SECRET_KEY_GEN)
+                                 : CK_UNAVAILABLE_INFORMATION,
+                             rv, s->device_error);
+                object_unref(o);
+            }
+        }
+        return rv;
+    }
     if (rv == CKR_OK) {
         p.uid = new_uid(s->handle);
         rv = p.uid ? object_publish(s->token, s->handle, &p, value, len, ph)
@@ -543,8 +584,9 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
 {
     struct session *s;
     struct object *wkey = NULL, *key = NULL;
-    CK_ULONG cap, len;
-    unsigned char *buf = NULL;
+    CK_ULONG cap, len, klen = 0, fetched_len = 0;
+    unsigned char *buf = NULL, *fetched = NULL;
+    const unsigned char *kval = NULL;
 
     BEGIN_CALL(WrapKey);
     if (pMechanism == NULL || pulWrappedKeyLen == NULL) {
@@ -571,6 +613,8 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         rv = mech_check_params(wkey, pMechanism);
     if (rv != CKR_OK)
         goto put;
+    kval = key->secret;
+    klen = key->secret_len;
     if (object_get_ulong(key, CKA_CLASS, ~0UL) != CKO_SECRET_KEY) {
         rv = CKR_KEY_NOT_WRAPPABLE;
         goto put;
@@ -590,7 +634,18 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         goto put;
     }
 
-    if (key->secret == NULL) {
+    if (key->secret == NULL && key->ref != NULL &&
+        !(s->token->pflags & PROVIDER_OWNS_SECRET_KEYS)) {
+        /* A token secret key of a back end that keeps none in a token
+         * (keyvault): its value, to be wrapped here. */
+        rv = provider_read_value(s, key->ref, &fetched, &fetched_len);
+        if (rv == CKR_OK && fetched == NULL)
+            rv = CKR_KEY_NOT_WRAPPABLE;
+        if (rv != CKR_OK)
+            goto put;
+        kval = fetched;
+        klen = fetched_len;
+    } else if (key->secret == NULL) {
         /* The key lives in the back end: it wraps it there. */
         rv = provider_wrap(s, wkey, pMechanism, key, pWrappedKey,
                            pulWrappedKeyLen);
@@ -598,7 +653,7 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     }
     cap = mech_is_rsa(pMechanism->mechanism)
               ? rsa_object_bytes(wkey)
-              : softkey_out_bound(pMechanism, true, key->secret_len);
+              : softkey_out_bound(pMechanism, true, klen);
     if (pWrappedKey == NULL) {
         *pulWrappedKeyLen = cap;
         goto put;
@@ -616,17 +671,23 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     } else if (mech_is_rsa(pMechanism->mechanism)) {
         EVP_PKEY *pk = rsa_object_pkey(wkey);
         if (!(s->token->pflags & PROVIDER_LOCAL_PUBLIC))
-            rv = provider_crypt(s, POP_ENCRYPT, wkey, pMechanism, key->secret,
-                                key->secret_len, buf, &len);
+            rv = provider_crypt(s, POP_ENCRYPT, wkey, pMechanism, kval, klen,
+                                buf, &len);
         else
-            rv = pk ? rsa_encrypt(pk, pMechanism, key->secret, key->secret_len,
-                                  buf, &len)
+            rv = pk ? rsa_encrypt(pk, pMechanism, kval, klen, buf, &len)
                     : CKR_GENERAL_ERROR;
         if (rv == CKR_DATA_LEN_RANGE)
             rv = CKR_KEY_SIZE_RANGE;
     } else if (wkey->secret != NULL) {
         rv = softkey_crypt(pMechanism, true, wkey->secret, wkey->secret_len,
-                           key->secret, key->secret_len, buf, &len);
+                           kval, klen, buf, &len);
+        if (rv == CKR_DATA_LEN_RANGE)
+            rv = CKR_KEY_SIZE_RANGE;
+    } else if (wkey->ref != NULL &&
+               !(s->token->pflags & PROVIDER_OWNS_SECRET_KEYS)) {
+        /* A token secret key (keyvault) wraps in the module too. */
+        rv = provider_crypt(s, POP_ENCRYPT, wkey, pMechanism, kval, klen, buf,
+                            &len);
         if (rv == CKR_DATA_LEN_RANGE)
             rv = CKR_KEY_SIZE_RANGE;
     } else {
@@ -646,6 +707,8 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
     *pulWrappedKeyLen = len;
 put:
     free(buf);
+    if (fetched != NULL)
+        secure_free(fetched);
     object_unref(wkey);
     object_unref(key);
     session_put(s);

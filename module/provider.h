@@ -75,9 +75,11 @@ enum provider_fork {
 /* crypt() does raw RSA (CKM_RSA_X_509) for POP_DECRYPT, so that PKCS#1
  * v1.5 padding can be removed in the module (implicit rejection). */
 #define PROVIDER_RAW_RSA 0x4
-/* With PROVIDER_OWNS_SECRET_KEYS: secret keys may be token objects
- * (CKA_TOKEN true), kept by the back end across processes and listed by
- * list() with a stable uid; other back ends make session keys only. */
+/* Secret keys may be token objects (CKA_TOKEN true), kept by the back end
+ * across processes and listed by list() with a stable uid: in the lower
+ * token (hsm, with PROVIDER_OWNS_SECRET_KEYS), or wrapped under the CMK in
+ * the token's state directory (keyvault); other back ends make session
+ * keys only. */
 #define PROVIDER_TOKEN_SECRET_KEYS 0x8
 
 struct provider_ops {

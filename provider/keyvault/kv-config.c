@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -53,6 +56,7 @@ void kv_close(void *tok, bool in_child)
         free(k->latest);
         free(k);
     }
+    kv_store_free(kt);
     kv_cache_free(kt->cache);
     kv_auth_free(kt->auth);
     kv_http_free(kt->http, in_child);
@@ -245,6 +249,24 @@ bad_url:
     return bad(err, errlen, cfg, "vault-url", why);
 }
 
+/* The state directory exists, or could be made (its nearest existing
+ * ancestor is writable): token secret keys may be made. No file is
+ * touched here. */
+static bool state_dir_usable(const char *dir)
+{
+    char buf[4096], *slash;
+    struct stat st;
+
+    if (snprintf(buf, sizeof(buf), "%s", dir) >= (int)sizeof(buf))
+        return false;
+    while (stat(buf, &st) != 0) {
+        if (errno != ENOENT || (slash = strrchr(buf, '/')) == NULL)
+            return false;
+        slash[slash == buf ? 1 : 0] = '\0';
+    }
+    return S_ISDIR(st.st_mode) && access(buf, W_OK | X_OK) == 0;
+}
+
 CK_RV kv_open(const struct config_token *cfg, void **tok, unsigned *flags,
               char *err, size_t errlen)
 {
@@ -323,6 +345,28 @@ CK_RV kv_open(const struct config_token *cfg, void **tok, unsigned *flags,
             rv = bad(err, errlen, cfg, "keys", why);
             goto fail;
         }
+    }
+    /* Token secret keys (kv-store.c): where they are kept, under which key. */
+    v = config_token_get(cfg, "state-dir");
+    if (v != NULL && v[0] != '/') {
+        rv = bad(err, errlen, cfg, "state-dir", "must be an absolute path");
+        goto fail;
+    }
+    kt->state_dir =
+        v ? strdup(v)
+          : kv_strdup_printf("%s/lib/cmkp11/%s", LOCALSTATEDIR, cfg->name);
+    v = config_token_get(cfg, "wrapping-key");
+    if (v != NULL) {
+        char why[400];
+        if (kv_check_key_name(v, why, sizeof(why)) != 0) {
+            rv = bad(err, errlen, cfg, "wrapping-key", why);
+            goto fail;
+        }
+        kt->wrapping_key = strdup(v);
+    }
+    if (kt->state_dir == NULL || (v != NULL && kt->wrapping_key == NULL)) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
     }
     v = config_token_get(cfg, "pin-file");
     if (v != NULL) {
@@ -411,6 +455,8 @@ CK_RV kv_open(const struct config_token *cfg, void **tok, unsigned *flags,
         }
     }
     *flags = kt->local_public ? PROVIDER_LOCAL_PUBLIC : 0;
+    if (state_dir_usable(kt->state_dir))
+        *flags |= PROVIDER_TOKEN_SECRET_KEYS;
     *tok = kt;
     return CKR_OK;
 fail:

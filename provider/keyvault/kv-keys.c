@@ -959,8 +959,8 @@ bool kv_stale(int64_t at, long refresh_ms)
     return kv_now_ms() - at >= refresh_ms;
 }
 
-CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
-              struct pobj **objs, CK_ULONG *count, bool *complete)
+CK_RV kv_list_keys(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+                   struct pobj **objs, CK_ULONG *count, bool *complete)
 {
     struct kv_token *kt = c->tok;
     const CK_ATTRIBUTE *la = tmpl_find(hint, nhint, CKA_LABEL);
@@ -1087,6 +1087,34 @@ CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
     *count = k;
     /* After a failed refresh, keep what the front end has. */
     *complete = first_error == CKR_OK;
+    return CKR_OK;
+}
+
+/* The vault's keys, then the token secret keys of the state directory. A
+ * search for secret keys asks the vault nothing; one the vault does not
+ * answer still lists the secret keys. */
+CK_RV kv_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+              struct pobj **objs, CK_ULONG *count, bool *complete)
+{
+    struct kv_token *kt = c->tok;
+    CK_OBJECT_CLASS cls;
+    CK_RV rv = CKR_OK;
+
+    *objs = NULL;
+    *count = 0;
+    *complete = true;
+    if (tmpl_find_ulong(hint, nhint, CKA_CLASS, &cls) != 1 ||
+        cls != CKO_SECRET_KEY)
+        rv = kv_list_keys(c, hint, nhint, objs, count, complete);
+    if (rv != CKR_OK) {
+        *objs = NULL;
+        *count = 0;
+        *complete = false;
+    }
+    if (kv_store_list(kt, objs, count) != CKR_OK ||
+        (rv != CKR_OK && *count == 0)) {
+        return rv != CKR_OK ? rv : CKR_HOST_MEMORY;
+    }
     return CKR_OK;
 }
 

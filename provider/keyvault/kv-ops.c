@@ -527,7 +527,64 @@ static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
 
 static CK_RV kv_check_public(struct pcall *c, void *key, bool wrap)
 {
+    struct kv_token *kt = c->tok;
+    bool secret;
+
+    pthread_mutex_lock(&kt->lock);
+    secret = kv_skey_of_unlocked(kt, key) != NULL;
+    pthread_mutex_unlock(&kt->lock);
+    if (secret)
+        return CKR_OK; /* checked at each use (kv-store.c) */
     return version_usable(c->tok, c, key, wrap ? USE_WRAP : USE_ENCRYPT);
+}
+
+CK_RV kv_version_check(struct kv_token *kt, struct pcall *c,
+                       struct kv_version *v)
+{
+    return version_usable(kt, c, v, USE_UNWRAP);
+}
+
+CK_RV kv_unwrap_oaep256(struct pcall *c, struct kv_version *v,
+                        const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                        CK_ULONG *outlen)
+{
+    CK_RSA_PKCS_OAEP_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256,
+                                 CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p, sizeof(p)};
+
+    return kv_crypt_remote(c, POP_UNWRAP, v, &m, in, inlen, out, outlen);
+}
+
+/* The front end's reference: a token secret key, or NULL (a version). */
+static struct kv_skey *skey_of(struct kv_token *kt, void *ref)
+{
+    struct kv_skey *k;
+
+    pthread_mutex_lock(&kt->lock);
+    k = kv_skey_of_unlocked(kt, ref);
+    pthread_mutex_unlock(&kt->lock);
+    return k;
+}
+
+static CK_RV kv_create_object(struct pcall *c, const CK_ATTRIBUTE *tmpl,
+                              CK_ULONG n, struct pobj *out)
+{
+    return kv_store_create(c, tmpl, n, out);
+}
+
+static CK_RV kv_destroy_object(struct pcall *c, void *ref)
+{
+    struct kv_skey *k = skey_of(c->tok, ref);
+
+    return k ? kv_store_destroy(c, k) : CKR_ACTION_PROHIBITED;
+}
+
+static CK_RV kv_get_value(struct pcall *c, void *ref, CK_BYTE *out,
+                          CK_ULONG *len)
+{
+    struct kv_skey *k = skey_of(c->tok, ref);
+
+    return k ? kv_store_get_value(c, k, out, len) : CKR_ATTRIBUTE_SENSITIVE;
 }
 
 static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
@@ -544,6 +601,11 @@ static CK_RV kv_crypt(struct pcall *c, enum pop op, void *key,
     int r;
 
     audit_note_offline(false);
+    {
+        struct kv_skey *sk = skey_of(kt, key);
+        if (sk != NULL)
+            return kv_store_crypt(c, op, sk, m, in, inlen, out, outlen);
+    }
     if (op != POP_UNWRAP || kt->cache == NULL)
         return kv_crypt_remote(c, op, key, m, in, inlen, out, outlen);
     alg = m->mechanism == CKM_RSA_PKCS_OAEP ? oaep_alg(m)
@@ -704,6 +766,9 @@ const struct provider_ops keyvault_provider = {
     .check_public = kv_check_public,
     .check_mechanism = kv_check_mechanism,
     .crypt = kv_crypt,
+    .create_object = kv_create_object,
+    .destroy_object = kv_destroy_object,
+    .get_value = kv_get_value,
     .generate_key_pair = kv_generate_key_pair,
     .set_attributes = kv_set_attributes,
     .get_attribute = kv_get_attribute,

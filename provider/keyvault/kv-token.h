@@ -125,6 +125,12 @@ struct kv_token {
     bool list_refused;
     /* A rotation policy read was refused (403): CKA_CMK_REFUSED says so. */
     bool policy_refused;
+    /* Token secret keys (kv-store.c), under lock: state-dir (NULL: none),
+     * wrapping-key (NULL: the only key), the keys as last scanned. */
+    char *state_dir;
+    char *wrapping_key;
+    struct kv_skey *skeys;
+    int64_t scanned_at_ms;
 };
 
 #define KV_CIRCUIT_FAILURES 5
@@ -199,6 +205,36 @@ void kv_ref_free(void *tok, void *ref);
 void kv_unwrap_cache_prune(struct kv_token *kt, struct kv_key *k, bool all);
 /* CKA_CMK_ENABLED of version ref (Update Key). */
 CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at);
+/* Whether v may unwrap now (reloaded after refresh-interval, offline-grace
+ * as for every unwrap). */
+CK_RV kv_version_check(struct kv_token *kt, struct pcall *c,
+                       struct kv_version *v);
+/* RSA-OAEP-256 unwrapKey of in with v, through the vault. */
+CK_RV kv_unwrap_oaep256(struct pcall *c, struct kv_version *v,
+                        const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                        CK_ULONG *outlen);
+
+/* kv-keys.c: the vault's keys alone (kv_list adds the token secret keys). */
+CK_RV kv_list_keys(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
+                   struct pobj **objs, CK_ULONG *count, bool *complete);
+
+/* kv-store.c: token secret keys (docs/keyvault.md, "Token secret keys") */
+struct kv_skey;
+void kv_store_free(struct kv_token *kt);
+/* The key behind a front-end reference, or NULL (a key version). */
+struct kv_skey *kv_skey_of_unlocked(struct kv_token *kt, void *ref);
+/* Appends the state directory's keys (re-read after refresh-interval). */
+CK_RV kv_store_list(struct kv_token *kt, struct pobj **objs, CK_ULONG *count);
+/* A new key from the front end's complete template (CKA_VALUE included). */
+CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                      struct pobj *out);
+CK_RV kv_store_destroy(struct pcall *c, struct kv_skey *k);
+CK_RV kv_store_crypt(struct pcall *c, enum pop op, struct kv_skey *k,
+                     const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                     CK_BYTE *out, CK_ULONG *outlen);
+CK_RV kv_store_get_value(struct pcall *c, struct kv_skey *k, CK_BYTE *out,
+                         CK_ULONG *outlen);
+CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want);
 
 /* kv-policy.c: CKA_CMK_ROTATION_POLICY */
 CK_RV kv_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,

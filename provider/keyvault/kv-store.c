@@ -1,0 +1,1164 @@
+/*
+ * The keyvault back end's token secret keys (docs/keyvault.md, "Token
+ * secret keys"): AES and generic secret keys with CKA_TOKEN true, kept in
+ * the token's state directory, one file per key, their value wrapped
+ * (RSA-OAEP-SHA256) under a version of the wrapping key. The value is
+ * unwrapped through the vault at first use and kept in secure memory while
+ * the wrapping version may be used; operations run in the module
+ * (softkey.c).
+ *
+ * The file (format 1), JSON:
+ *   {"format":"cmkp11-secret-key","version":1,"id":"<32 hex>",
+ *    "wrapping-key":NAME,"wrapping-version":VERSION,
+ *    "algorithm":"RSA-OAEP-256","wrapped":BASE64URL,
+ *    "attributes":[["<type, hex>","<value, hex>"],...],"mac":"<64 hex>"}
+ * mac = HMAC-SHA256(K, "cmkp11-secret-key/1\n" id "\n" NAME "\n"
+ *                   ("<type>=<value hex>\n")*), with
+ * K = HMAC-SHA256(value, "cmkp11-secret-key attributes"): whoever cannot
+ * unwrap the value cannot change an attribute of the key unnoticed.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
+#include "debug.h"
+#include "kv-token.h"
+#include "rsa.h"
+#include "secure.h"
+#include "softkey.h"
+
+#define SK_FORMAT  "cmkp11-secret-key"
+#define SK_VERSION 1
+#define SK_SUFFIX  ".json"
+#define SK_MAX     (256 * 1024) /* a larger file is not ours */
+
+struct kv_skey {
+    char *id;  /* 32 hex digits: the file ID.json, the uid secret/ID */
+    char *uid; /* "secret/ID" */
+    struct attrs attrs;
+    char *cmk;     /* wrapping key name */
+    char *cmk_ver; /* wrapping version */
+    unsigned char *wrapped;
+    size_t wrapped_len;
+    unsigned char mac[32];
+    unsigned char *value; /* secure memory, NULL until unwrapped */
+    size_t value_len;
+    bool present; /* in the directory at the last scan */
+    bool bad;     /* failed its integrity check: not listed again */
+    bool seen;    /* in the directory, during a scan */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+    struct kv_skey *next;
+};
+
+static bool is_id(const char *s, size_t len)
+{
+    size_t i;
+
+    if (len != 32)
+        return false;
+    for (i = 0; i < len; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static void skey_drop_value_unlocked(struct kv_skey *k)
+{
+    if (k->value != NULL)
+        secure_free(k->value);
+    k->value = NULL;
+    k->value_len = 0;
+}
+
+static void skey_free(struct kv_skey *k)
+{
+    skey_drop_value_unlocked(k);
+    attrs_clear(&k->attrs);
+    free(k->id);
+    free(k->uid);
+    free(k->cmk);
+    free(k->cmk_ver);
+    free(k->wrapped);
+    free(k);
+}
+
+void kv_store_free(struct kv_token *kt)
+{
+    struct kv_skey *k, *next;
+
+    for (k = kt->skeys; k != NULL; k = next) {
+        next = k->next;
+        skey_free(k);
+    }
+    kt->skeys = NULL;
+    free(kt->state_dir);
+    free(kt->wrapping_key);
+}
+
+struct kv_skey *kv_skey_of_unlocked(struct kv_token *kt, void *ref)
+{
+    struct kv_skey *k;
+
+    for (k = kt->skeys; k != NULL; k = k->next)
+        if ((void *)k == ref)
+            return k;
+    return NULL;
+}
+
+/* ---- the MAC ---- */
+
+static int mac_compute(const unsigned char *value, size_t vlen, const char *id,
+                       const char *cmk, const struct attrs *a,
+                       unsigned char out[32])
+{
+    static const char label[] = "cmkp11-secret-key attributes";
+    unsigned char k[32];
+    unsigned int klen = sizeof(k);
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[2];
+    char head[256], *hex = NULL;
+    size_t olen2 = 0;
+    CK_ULONG i;
+    int ok = 0;
+
+    if (HMAC(EVP_sha256(), value, (int)vlen, (const unsigned char *)label,
+             sizeof(label) - 1, k, &klen) == NULL ||
+        ctx == NULL)
+        goto out;
+    params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+    if (EVP_MAC_init(ctx, k, klen, params) != 1)
+        goto out;
+    snprintf(head, sizeof(head), "%s/%d\n%s\n%s\n", SK_FORMAT, SK_VERSION, id,
+             cmk);
+    if (EVP_MAC_update(ctx, (unsigned char *)head, strlen(head)) != 1)
+        goto out;
+    for (i = 0; i < a->n; i++) {
+        const CK_ATTRIBUTE *at = &a->v[i];
+        char t[32];
+        snprintf(t, sizeof(t), "%lx=", (unsigned long)at->type);
+        hex = malloc(2 * at->ulValueLen + 2);
+        if (hex == NULL)
+            goto out;
+        cmk_hex(at->pValue, at->ulValueLen, hex);
+        strcat(hex, "\n");
+        if (EVP_MAC_update(ctx, (unsigned char *)t, strlen(t)) != 1 ||
+            EVP_MAC_update(ctx, (unsigned char *)hex, strlen(hex)) != 1)
+            goto out;
+        free(hex);
+        hex = NULL;
+    }
+    ok = EVP_MAC_final(ctx, out, &olen2, 32) == 1 && olen2 == 32;
+out:
+    free(hex);
+    OPENSSL_cleanse(k, sizeof(k));
+    EVP_MAC_CTX_free(ctx);
+    EVP_MAC_free(mac);
+    return ok ? 0 : -1;
+}
+
+/* ---- reading a file ---- */
+
+static int unhex(const char *s, unsigned char *out, size_t max, size_t *len)
+{
+    size_t n = strlen(s), i;
+
+    if (n % 2 != 0 || n / 2 > max)
+        return -1;
+    for (i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(s + 2 * i, "%2x", &v) != 1 ||
+            strchr("0123456789abcdefABCDEF", s[2 * i]) == NULL ||
+            strchr("0123456789abcdefABCDEF", s[2 * i + 1]) == NULL)
+            return -1;
+        out[i] = (unsigned char)v;
+    }
+    *len = n / 2;
+    return 0;
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(o, key, &v) ||
+        !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+/* Parses a file's text into a new key; why says what is wrong. */
+static struct kv_skey *skey_parse(const char *text, size_t len, const char *id,
+                                  char *why, size_t whylen)
+{
+    json_tokener *tk = json_tokener_new();
+    json_object *doc = NULL, *v, *list;
+    struct kv_skey *k = NULL;
+    const char *s;
+    size_t i, n, mlen = 0;
+    unsigned char *buf = NULL;
+
+    if (tk != NULL)
+        doc = json_tokener_parse_ex(tk, text, (int)len);
+    if (doc == NULL || json_tokener_get_error(tk) != json_tokener_success ||
+        tk->char_offset != (int)len) {
+        /* Trailing whitespace is allowed: the writer ends with "\n". */
+        if (doc == NULL || strspn(text + tk->char_offset, " \r\n\t") !=
+                               len - (size_t)tk->char_offset) {
+            snprintf(why, whylen, "not JSON (truncated?)");
+            goto fail;
+        }
+    }
+    if ((s = jstr(doc, "format")) == NULL || strcmp(s, SK_FORMAT) != 0 ||
+        !json_object_object_get_ex(doc, "version", &v) ||
+        !json_object_is_type(v, json_type_int)) {
+        snprintf(why, whylen, "not a %s file", SK_FORMAT);
+        goto fail;
+    }
+    if (json_object_get_int(v) != SK_VERSION) {
+        snprintf(why, whylen, "format version %d (this module reads %d)",
+                 json_object_get_int(v), SK_VERSION);
+        goto fail;
+    }
+    k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        goto nomem;
+    attrs_init(&k->attrs);
+    if ((s = jstr(doc, "id")) == NULL || strcmp(s, id) != 0) {
+        snprintf(why, whylen, "its id is not its file name");
+        goto fail;
+    }
+    k->id = strdup(s);
+    k->uid = kv_strdup_printf("secret/%s", s);
+    s = jstr(doc, "wrapping-key");
+    k->cmk = s && *s ? strdup(s) : NULL;
+    s = jstr(doc, "wrapping-version");
+    k->cmk_ver = s && *s ? strdup(s) : NULL;
+    if (k->id == NULL || k->uid == NULL || k->cmk == NULL ||
+        k->cmk_ver == NULL) {
+        snprintf(why, whylen, "no wrapping key or version");
+        goto fail;
+    }
+    if ((s = jstr(doc, "algorithm")) == NULL ||
+        strcmp(s, "RSA-OAEP-256") != 0) {
+        snprintf(why, whylen, "unknown algorithm");
+        goto fail;
+    }
+    if ((s = jstr(doc, "wrapped")) == NULL ||
+        (k->wrapped = kv_b64url_decode(s, &k->wrapped_len)) == NULL ||
+        k->wrapped_len == 0) {
+        snprintf(why, whylen, "no wrapped value");
+        goto fail;
+    }
+    if ((s = jstr(doc, "mac")) == NULL ||
+        unhex(s, k->mac, sizeof(k->mac), &mlen) != 0 || mlen != 32) {
+        snprintf(why, whylen, "no mac");
+        goto fail;
+    }
+    if (!json_object_object_get_ex(doc, "attributes", &list) ||
+        !json_object_is_type(list, json_type_array)) {
+        snprintf(why, whylen, "no attributes");
+        goto fail;
+    }
+    n = json_object_array_length(list);
+    for (i = 0; i < n; i++) {
+        json_object *pair = json_object_array_get_idx(list, i), *t, *val;
+        unsigned long type;
+        size_t blen = 0;
+        char *end;
+        if (!json_object_is_type(pair, json_type_array) ||
+            json_object_array_length(pair) != 2 ||
+            !json_object_is_type(t = json_object_array_get_idx(pair, 0),
+                                 json_type_string) ||
+            !json_object_is_type(val = json_object_array_get_idx(pair, 1),
+                                 json_type_string)) {
+            snprintf(why, whylen, "attribute %zu malformed", i);
+            goto fail;
+        }
+        errno = 0;
+        type = strtoul(json_object_get_string(t), &end, 16);
+        s = json_object_get_string(val);
+        free(buf);
+        buf = malloc(strlen(s) / 2 + 1);
+        if (buf == NULL)
+            goto nomem;
+        if (errno != 0 || *end != '\0' || end == json_object_get_string(t) ||
+            unhex(s, buf, strlen(s) / 2, &blen) != 0 || type == CKA_VALUE ||
+            attrs_find(&k->attrs, type) != NULL) {
+            snprintf(why, whylen, "attribute %zu malformed", i);
+            goto fail;
+        }
+        if (attrs_set(&k->attrs, type, buf, blen) != 0)
+            goto nomem;
+    }
+    if (attrs_get_ulong(&k->attrs, CKA_CLASS, ~0UL) != CKO_SECRET_KEY ||
+        attrs_find(&k->attrs, CKA_KEY_TYPE) == NULL) {
+        snprintf(why, whylen, "not a secret key");
+        goto fail;
+    }
+    free(buf);
+    json_object_put(doc);
+    json_tokener_free(tk);
+    return k;
+nomem:
+    snprintf(why, whylen, "out of memory");
+fail:
+    free(buf);
+    if (k != NULL)
+        skey_free(k);
+    json_object_put(doc);
+    if (tk != NULL)
+        json_tokener_free(tk);
+    return NULL;
+}
+
+/* The state directory may be used: ours, a directory, nobody else may
+ * write it. Logged once per reason change. */
+static bool dir_ok(struct kv_token *kt, const struct stat *st)
+{
+    const char *why = NULL;
+
+    if (!S_ISDIR(st->st_mode))
+        why = "not a directory";
+    else if (st->st_uid != geteuid())
+        why = "owned by another user";
+    else if (st->st_mode & 022)
+        why = "writable by group or others";
+    if (why != NULL)
+        cmk_error("token %s: state-dir %s: %s; its secret keys are not used",
+                  kt->name, kt->state_dir, why);
+    return why == NULL;
+}
+
+/* Reads one file of the directory into the table (under the lock). */
+static void scan_one_unlocked(struct kv_token *kt, int dfd, const char *name)
+{
+    char id[40], why[160] = "", *text = NULL;
+    struct kv_skey *k, *nk, **pp;
+    struct stat st;
+    size_t nlen = strlen(name), got = 0;
+    ssize_t r;
+    int fd;
+
+    if (nlen != 32 + strlen(SK_SUFFIX) || strcmp(name + 32, SK_SUFFIX) != 0 ||
+        !is_id(name, 32))
+        return; /* temporary files (".ID.json.tmp.PID") and others */
+    memcpy(id, name, 32);
+    id[32] = '\0';
+    fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(why, sizeof(why), "cannot be read: %s", strerror(errno));
+        goto bad;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077) != 0) {
+        snprintf(why, sizeof(why),
+                 "not a regular file of this user with mode 0600");
+        goto bad;
+    }
+    for (k = kt->skeys; k != NULL; k = k->next)
+        if (strcmp(k->id, id) == 0)
+            break;
+    if (k != NULL && !k->bad && k->dev == st.st_dev && k->ino == st.st_ino &&
+        k->size == st.st_size && k->mtime.tv_sec == st.st_mtim.tv_sec &&
+        k->mtime.tv_nsec == st.st_mtim.tv_nsec) {
+        k->present = true; /* unchanged */
+        close(fd);
+        return;
+    }
+    if (k != NULL && k->bad && k->ino == st.st_ino && k->size == st.st_size &&
+        k->mtime.tv_sec == st.st_mtim.tv_sec)
+        goto quiet; /* logged already */
+    if (st.st_size <= 0 || st.st_size > SK_MAX) {
+        snprintf(why, sizeof(why), "empty or too large (%lld bytes)",
+                 (long long)st.st_size);
+        goto bad;
+    }
+    text = malloc((size_t)st.st_size + 1);
+    if (text == NULL)
+        goto quiet;
+    while (got < (size_t)st.st_size &&
+           (r = read(fd, text + got, (size_t)st.st_size - got)) > 0)
+        got += (size_t)r;
+    text[got] = '\0';
+    nk = skey_parse(text, got, id, why, sizeof(why));
+    free(text);
+    text = NULL;
+    if (nk == NULL)
+        goto bad;
+    nk->dev = st.st_dev;
+    nk->ino = st.st_ino;
+    nk->size = st.st_size;
+    nk->mtime = st.st_mtim;
+    nk->present = true;
+    if (k == NULL) {
+        nk->next = kt->skeys;
+        kt->skeys = nk;
+    } else {
+        /* Changed (rewrapped, or rewritten): the new content, in place,
+         * so that the front end's reference stays valid. */
+        struct kv_skey tmp = *k;
+        skey_drop_value_unlocked(k);
+        *k = *nk;
+        k->next = tmp.next;
+        tmp.next = NULL;
+        tmp.value = NULL;
+        *nk = tmp;
+        skey_free(nk);
+    }
+    close(fd);
+    return;
+bad:
+    cmk_error("token %s: state file %s/%s skipped: %s", kt->name, kt->state_dir,
+              name, why);
+    for (pp = &kt->skeys; *pp != NULL; pp = &(*pp)->next)
+        if (strcmp((*pp)->id, id) == 0)
+            break;
+    if (*pp == NULL && (k = calloc(1, sizeof(*k))) != NULL) {
+        attrs_init(&k->attrs);
+        k->id = strdup(id);
+        if (k->id == NULL) {
+            free(k);
+            k = NULL;
+        } else {
+            k->next = kt->skeys;
+            kt->skeys = k;
+        }
+    } else {
+        k = *pp;
+    }
+    if (k != NULL) {
+        skey_drop_value_unlocked(k);
+        k->bad = true;
+        k->present = false;
+        k->ino = st.st_ino;
+        k->size = st.st_size;
+        k->mtime = st.st_mtim;
+    }
+quiet:
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Re-reads the directory when the last scan is older than
+ * refresh-interval (or force). */
+static void scan(struct kv_token *kt, bool force)
+{
+    struct kv_skey *k;
+    struct dirent *de;
+    struct stat st;
+    DIR *d = NULL;
+    int dfd;
+
+    pthread_mutex_lock(&kt->lock);
+    if (!force && !kv_stale(kt->scanned_at_ms, kt->refresh_ms)) {
+        pthread_mutex_unlock(&kt->lock);
+        return;
+    }
+    kt->scanned_at_ms = kv_now_ms();
+    for (k = kt->skeys; k != NULL; k = k->next)
+        k->seen = false;
+    dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        if (errno != ENOENT)
+            cmk_error("token %s: state-dir %s: %s", kt->name, kt->state_dir,
+                      strerror(errno));
+    } else if (fstat(dfd, &st) == 0 && dir_ok(kt, &st) &&
+               (d = fdopendir(dfd)) != NULL) {
+        while ((de = readdir(d)) != NULL) {
+            scan_one_unlocked(kt, dirfd(d), de->d_name);
+            for (k = kt->skeys; k != NULL; k = k->next)
+                if (k->id != NULL && strncmp(de->d_name, k->id, 32) == 0 &&
+                    strcmp(de->d_name + 32, SK_SUFFIX) == 0)
+                    k->seen = true;
+        }
+        closedir(d);
+        dfd = -1;
+    }
+    if (dfd >= 0)
+        close(dfd);
+    for (k = kt->skeys; k != NULL; k = k->next) {
+        if (!k->seen) {
+            /* Destroyed (here or by another process). */
+            if (k->present)
+                cmk_debug("token %s: secret key %s is gone", kt->name, k->id);
+            k->present = false;
+            k->bad = false;
+            skey_drop_value_unlocked(k);
+        }
+    }
+    pthread_mutex_unlock(&kt->lock);
+}
+
+/* ---- listing ---- */
+
+static int skey_pobj_unlocked(struct kv_token *kt, struct kv_skey *k,
+                              struct pobj *p)
+{
+    int r = 0;
+
+    memset(p, 0, sizeof(*p));
+    attrs_init(&p->attrs);
+    p->uid = strdup(k->uid);
+    if (p->uid == NULL || attrs_copy(&p->attrs, &k->attrs) != 0)
+        return -1;
+    r |= attrs_set_bool(&p->attrs, CKA_TOKEN, CK_TRUE);
+    r |= attrs_set_bool(&p->attrs, CKA_DESTROYABLE, CK_TRUE);
+    r |= attrs_set_bool(&p->attrs, CKA_MODIFIABLE, CK_FALSE);
+    r |= attrs_set_string(&p->attrs, CKA_CMK_BACKEND, "keyvault");
+    r |= attrs_set_string(&p->attrs, CKA_CMK_SOURCE, kt->vault_url);
+    r |= attrs_set_string(&p->attrs, CKA_CMK_KEY_NAME, k->cmk);
+    r |= attrs_set_string(&p->attrs, CKA_CMK_VERSION, k->cmk_ver);
+    r |= attrs_set_string(&p->attrs, CKA_CMK_WRAP_VERSION, k->cmk_ver);
+    {
+        struct kv_key *key = kv_key_get_unlocked(kt, k->cmk, false);
+        struct kv_version *v =
+            key ? kv_version_get_unlocked(key, k->cmk_ver) : NULL;
+        if (v != NULL && v->loaded)
+            r |= attrs_set_bool(&p->attrs, CKA_CMK_ENABLED,
+                                key->exists && v->present &&
+                                    kv_version_enabled_unlocked(kt, v));
+    }
+    p->ref = k;
+    return r ? -1 : 0;
+}
+
+CK_RV kv_store_list(struct kv_token *kt, struct pobj **objs, CK_ULONG *count)
+{
+    struct kv_skey *k;
+    struct pobj *out = *objs, *no;
+    CK_ULONG n = *count, cap = *count;
+
+    if (kt->state_dir == NULL)
+        return CKR_OK;
+    scan(kt, false);
+    pthread_mutex_lock(&kt->lock);
+    for (k = kt->skeys; k != NULL; k = k->next) {
+        if (!k->present || k->bad)
+            continue;
+        if (n + 1 > cap) {
+            cap = cap < 8 ? 16 : cap * 2;
+            no = realloc(out, cap * sizeof(*out));
+            if (no == NULL)
+                break;
+            out = no;
+        }
+        if (skey_pobj_unlocked(kt, k, &out[n]) == 0)
+            n++;
+        else
+            pobj_clear(NULL, NULL, &out[n]);
+    }
+    pthread_mutex_unlock(&kt->lock);
+    *objs = out;
+    *count = n;
+    return CKR_OK;
+}
+
+/* ---- writing ---- */
+
+/* mkdir -p with mode 0700 for what it makes. */
+static int make_dirs(const char *path)
+{
+    char buf[PATH_MAX], *p;
+
+    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+        return -1;
+    for (p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static char *skey_json(const struct kv_skey *k)
+{
+    json_object *doc = json_object_new_object(),
+                *list = json_object_new_array();
+    char *b64 = kv_b64url_encode(k->wrapped, k->wrapped_len), mac[65];
+    char *out = NULL;
+    CK_ULONG i;
+
+    if (doc == NULL || list == NULL || b64 == NULL)
+        goto out;
+    json_object_object_add(doc, "format", json_object_new_string(SK_FORMAT));
+    json_object_object_add(doc, "version", json_object_new_int(SK_VERSION));
+    json_object_object_add(doc, "id", json_object_new_string(k->id));
+    json_object_object_add(doc, "wrapping-key", json_object_new_string(k->cmk));
+    json_object_object_add(doc, "wrapping-version",
+                           json_object_new_string(k->cmk_ver));
+    json_object_object_add(doc, "algorithm",
+                           json_object_new_string("RSA-OAEP-256"));
+    json_object_object_add(doc, "wrapped", json_object_new_string(b64));
+    for (i = 0; i < k->attrs.n; i++) {
+        const CK_ATTRIBUTE *at = &k->attrs.v[i];
+        json_object *pair = json_object_new_array();
+        char t[32], *hex = malloc(2 * at->ulValueLen + 1);
+        if (pair == NULL || hex == NULL) {
+            free(hex);
+            json_object_put(pair);
+            goto out;
+        }
+        snprintf(t, sizeof(t), "%lx", (unsigned long)at->type);
+        cmk_hex(at->pValue, at->ulValueLen, hex);
+        json_object_array_add(pair, json_object_new_string(t));
+        json_object_array_add(pair, json_object_new_string(hex));
+        json_object_array_add(list, pair);
+        free(hex);
+    }
+    json_object_object_add(doc, "attributes", list);
+    list = NULL;
+    json_object_object_add(doc, "mac",
+                           json_object_new_string(cmk_hex(k->mac, 32, mac)));
+    out =
+        kv_strdup_printf("%s\n", json_object_to_json_string_ext(
+                                     doc, JSON_C_TO_STRING_PRETTY |
+                                              JSON_C_TO_STRING_NOSLASHESCAPE));
+out:
+    free(b64);
+    json_object_put(list);
+    json_object_put(doc);
+    return out;
+}
+
+/*
+ * Writes the key's file atomically: a temporary file beside it, written
+ * and fsync'd, renamed over the name, the directory fsync'd. A writer
+ * killed at any point leaves the old file or the new one, never a part.
+ * CMKP11_TEST_STORE_PAUSE (tests only, docs/keyvault.md) stops the
+ * process (SIGSTOP) between the write and the rename.
+ */
+static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k)
+{
+    char tmp[PATH_MAX], final[PATH_MAX], *text;
+    size_t len, off = 0;
+    struct stat st;
+    ssize_t r;
+    int fd = -1, dfd = -1;
+    CK_RV rv = CKR_DEVICE_ERROR;
+
+    if (make_dirs(kt->state_dir) != 0) {
+        cmk_error("token %s: state-dir %s cannot be made: %s", kt->name,
+                  kt->state_dir, strerror(errno));
+        return CKR_DEVICE_ERROR;
+    }
+    dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fstat(dfd, &st) != 0 || !dir_ok(kt, &st)) {
+        if (dfd >= 0)
+            close(dfd);
+        return CKR_DEVICE_ERROR;
+    }
+    text = skey_json(k);
+    if (text == NULL) {
+        close(dfd);
+        return CKR_HOST_MEMORY;
+    }
+    len = strlen(text);
+    snprintf(tmp, sizeof(tmp), ".%s%s.tmp.%ld", k->id, SK_SUFFIX,
+             (long)getpid());
+    snprintf(final, sizeof(final), "%s%s", k->id, SK_SUFFIX);
+    fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+                0600);
+    if (fd < 0)
+        goto fail;
+    while (off < len && (r = write(fd, text + off, len - off)) > 0)
+        off += (size_t)r;
+    if (off != len || fsync(fd) != 0 || close(fd) != 0) {
+        fd = -1;
+        goto fail;
+    }
+    fd = -1;
+    if (getenv("CMKP11_TEST_STORE_PAUSE") != NULL)
+        raise(SIGSTOP);
+    if (renameat(dfd, tmp, dfd, final) != 0)
+        goto fail;
+    if (fsync(dfd) != 0)
+        cmk_error("token %s: state-dir %s: fsync: %s", kt->name, kt->state_dir,
+                  strerror(errno));
+    free(text);
+    close(dfd);
+    return CKR_OK;
+fail:
+    cmk_error("token %s: state file %s/%s cannot be written: %s", kt->name,
+              kt->state_dir, final, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    unlinkat(dfd, tmp, 0);
+    close(dfd);
+    free(text);
+    return rv;
+}
+
+/* ---- the wrapping key ---- */
+
+/* The wrapping key's name: wrapping-key, else the only key of the token. */
+static CK_RV wrapping_key_name(struct kv_token *kt, struct pcall *c, char **out)
+{
+    struct pobj *objs = NULL;
+    CK_ULONG n = 0, i;
+    bool complete = false;
+    char *only = NULL;
+    int count = 0;
+    CK_RV rv;
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE hint = {CKA_CLASS, &cls, sizeof(cls)};
+
+    if (kt->wrapping_key != NULL) {
+        *out = strdup(kt->wrapping_key);
+        return *out ? CKR_OK : CKR_HOST_MEMORY;
+    }
+    rv = kv_list_keys(c, &hint, 1, &objs, &n, &complete);
+    if (rv != CKR_OK)
+        return rv;
+    for (i = 0; i < n; i++) {
+        CK_ATTRIBUTE *a = attrs_find(&objs[i].attrs, CKA_CMK_KEY_NAME);
+        if (a != NULL &&
+            attrs_get_ulong(&objs[i].attrs, CKA_CLASS, 0) == CKO_PRIVATE_KEY) {
+            if (only == NULL || strlen(only) != a->ulValueLen ||
+                memcmp(only, a->pValue, a->ulValueLen) != 0) {
+                count++;
+                free(only);
+                only = strndup(a->pValue, a->ulValueLen);
+            }
+        }
+        pobj_clear(NULL, NULL, &objs[i]);
+    }
+    free(objs);
+    if (count != 1) {
+        cmk_error("token %s: a token secret key needs a wrapping key: the "
+                  "token has %d keys; set wrapping-key = NAME in its [token] "
+                  "section",
+                  kt->name, count);
+        free(only);
+        return CKR_TEMPLATE_INCONSISTENT;
+    }
+    *out = only;
+    return only ? CKR_OK : CKR_HOST_MEMORY;
+}
+
+/* The version a key is to be wrapped under: want, or the current one.
+ * Loads the key; copies out its version id and public key. */
+static CK_RV wrapping_version(struct kv_token *kt, struct pcall *c,
+                              const char *name, const char *want, char **ver,
+                              EVP_PKEY **pk)
+{
+    struct kv_key *k;
+    struct kv_version *v;
+    CK_RV rv;
+
+    rv = kv_load_key(kt, c, name, want, kv_now_ms() + kt->deadline_ms);
+    if (rv != CKR_OK)
+        return rv;
+    pthread_mutex_lock(&kt->lock);
+    k = kv_key_get_unlocked(kt, name, false);
+    v = k == NULL || !k->exists ? NULL
+        : want != NULL          ? kv_version_get_unlocked(k, want)
+                                : kv_current_unlocked(kt, k);
+    if (v == NULL || !v->present || !v->loaded || v->n == NULL) {
+        rv = CKR_KEY_HANDLE_INVALID;
+    } else if (!kv_version_enabled_unlocked(kt, v) ||
+               !kv_has_op(v->key_ops, "wrapKey") ||
+               !kv_has_op(v->key_ops, "unwrapKey")) {
+        rv = CKR_KEY_FUNCTION_NOT_PERMITTED;
+    } else {
+        *ver = strdup(v->version);
+        *pk = rsa_pkey_from_parts(v->n, v->nlen, v->e, v->elen);
+        if (*ver == NULL || *pk == NULL) {
+            free(*ver);
+            EVP_PKEY_free(*pk);
+            *pk = NULL;
+            rv = CKR_HOST_MEMORY;
+        }
+    }
+    pthread_mutex_unlock(&kt->lock);
+    if (rv != CKR_OK)
+        cmk_error("token %s: key %s%s%s cannot wrap a token secret key (%s)",
+                  kt->name, name, want ? " version " : "", want ? want : "",
+                  cmk_rv_name(rv));
+    return rv;
+}
+
+static CK_RV oaep_wrap(EVP_PKEY *pk, const unsigned char *value, size_t len,
+                       unsigned char **out, size_t *outlen)
+{
+    CK_RSA_PKCS_OAEP_PARAMS p = {CKM_SHA256, CKG_MGF1_SHA256,
+                                 CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &p, sizeof(p)};
+    CK_ULONG n = (CK_ULONG)EVP_PKEY_get_size(pk);
+    CK_RV rv;
+
+    *out = malloc(n ? n : 1);
+    if (*out == NULL)
+        return CKR_HOST_MEMORY;
+    rv = rsa_encrypt(pk, &m, value, len, *out, &n);
+    if (rv != CKR_OK) {
+        free(*out);
+        *out = NULL;
+        return rv == CKR_DATA_LEN_RANGE ? CKR_KEY_SIZE_RANGE : rv;
+    }
+    *outlen = n;
+    return CKR_OK;
+}
+
+/* ---- creating, destroying ---- */
+
+CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                      struct pobj *out)
+{
+    struct kv_token *kt = c->tok;
+    const CK_ATTRIBUTE *val = tmpl_find(tmpl, n, CKA_VALUE);
+    struct kv_skey *k;
+    unsigned char rnd[16];
+    char idhex[33];
+    EVP_PKEY *pk = NULL;
+    CK_ULONG i;
+    CK_RV rv;
+
+    if (kt->state_dir == NULL)
+        return CKR_TEMPLATE_INCONSISTENT;
+    if (val == NULL || val->pValue == NULL || val->ulValueLen == 0)
+        return CKR_TEMPLATE_INCOMPLETE;
+    k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return CKR_HOST_MEMORY;
+    attrs_init(&k->attrs);
+    for (i = 0; i < n; i++) {
+        /* What the front end built; the token's own attributes are added
+         * when listed. */
+        if (tmpl[i].type == CKA_VALUE || tmpl[i].type == CKA_TOKEN ||
+            (tmpl[i].type & CKA_VENDOR_DEFINED))
+            continue;
+        if (attrs_set(&k->attrs, tmpl[i].type, tmpl[i].pValue,
+                      tmpl[i].ulValueLen) != 0) {
+            rv = CKR_HOST_MEMORY;
+            goto fail;
+        }
+    }
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        rv = CKR_FUNCTION_FAILED;
+        goto fail;
+    }
+    k->id = strdup(cmk_hex(rnd, sizeof(rnd), idhex));
+    k->uid = kv_strdup_printf("secret/%s", idhex);
+    k->value = secure_dup(val->pValue, val->ulValueLen);
+    k->value_len = val->ulValueLen;
+    if (k->id == NULL || k->uid == NULL || k->value == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto fail;
+    }
+    rv = wrapping_key_name(kt, c, &k->cmk);
+    if (rv == CKR_OK)
+        rv = wrapping_version(kt, c, k->cmk, NULL, &k->cmk_ver, &pk);
+    if (rv == CKR_OK)
+        rv =
+            oaep_wrap(pk, k->value, k->value_len, &k->wrapped, &k->wrapped_len);
+    if (rv == CKR_OK && mac_compute(k->value, k->value_len, k->id, k->cmk,
+                                    &k->attrs, k->mac) != 0)
+        rv = CKR_FUNCTION_FAILED;
+    if (rv == CKR_OK)
+        rv = skey_write(kt, k);
+    EVP_PKEY_free(pk);
+    if (rv != CKR_OK)
+        goto fail;
+    pthread_mutex_lock(&kt->lock);
+    k->present = true;
+    k->next = kt->skeys;
+    kt->skeys = k;
+    if (skey_pobj_unlocked(kt, k, out) != 0)
+        rv = CKR_HOST_MEMORY;
+    pthread_mutex_unlock(&kt->lock);
+    if (rv != CKR_OK)
+        pobj_clear(NULL, NULL, out);
+    return rv;
+fail:
+    skey_free(k);
+    return rv;
+}
+
+CK_RV kv_store_destroy(struct pcall *c, struct kv_skey *k)
+{
+    struct kv_token *kt = c->tok;
+    char name[64];
+    int dfd;
+    CK_RV rv = CKR_OK;
+
+    pthread_mutex_lock(&kt->lock);
+    snprintf(name, sizeof(name), "%s%s", k->id, SK_SUFFIX);
+    dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || (unlinkat(dfd, name, 0) != 0 && errno != ENOENT)) {
+        cmk_error("token %s: state file %s/%s cannot be removed: %s", kt->name,
+                  kt->state_dir, name, strerror(errno));
+        rv = CKR_DEVICE_ERROR;
+    } else {
+        fsync(dfd);
+        k->present = false;
+        skey_drop_value_unlocked(k);
+    }
+    if (dfd >= 0)
+        close(dfd);
+    pthread_mutex_unlock(&kt->lock);
+    return rv;
+}
+
+/* ---- using ---- */
+
+/* The value of k, unwrapped through the vault at first use, while the
+ * wrapping version may be used (checked on every use; reloaded after
+ * refresh-interval). Copies it to buf (room for 512 bytes). */
+static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
+                        size_t *len)
+{
+    struct kv_token *kt = c->tok;
+    struct kv_key *key;
+    struct kv_version *v = NULL;
+    char *cmk = NULL, *ver = NULL, *id = NULL;
+    unsigned char *plain = NULL, mac[32], *wrapped = NULL;
+    CK_ULONG plen = 0;
+    size_t cap = 0, wlen = 0;
+    struct attrs a;
+    CK_RV rv;
+
+    attrs_init(&a);
+    pthread_mutex_lock(&kt->lock);
+    if (!k->present || k->bad) {
+        pthread_mutex_unlock(&kt->lock);
+        return CKR_KEY_HANDLE_INVALID;
+    }
+    cmk = strdup(k->cmk);
+    ver = strdup(k->cmk_ver);
+    key = kv_key_get_unlocked(kt, k->cmk, false);
+    v = key ? kv_version_get_unlocked(key, k->cmk_ver) : NULL;
+    pthread_mutex_unlock(&kt->lock);
+    if (cmk == NULL || ver == NULL) {
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    if (v == NULL) {
+        rv = kv_load_key(kt, c, cmk, ver, kv_now_ms() + kt->deadline_ms);
+        pthread_mutex_lock(&kt->lock);
+        key = kv_key_get_unlocked(kt, cmk, false);
+        v = key ? kv_version_get_unlocked(key, ver) : NULL;
+        pthread_mutex_unlock(&kt->lock);
+        if (v == NULL) {
+            cmk_error("token %s: the wrapping key %s version %s of a token "
+                      "secret key is not found (%s)",
+                      kt->name, cmk, ver, cmk_rv_name(rv));
+            rv = CKR_KEY_HANDLE_INVALID;
+            goto out;
+        }
+    }
+    /* The key's life follows its wrapping version. */
+    rv = kv_version_check(kt, c, v);
+    if (rv != CKR_OK) {
+        pthread_mutex_lock(&kt->lock);
+        skey_drop_value_unlocked(k);
+        pthread_mutex_unlock(&kt->lock);
+        goto out;
+    }
+    pthread_mutex_lock(&kt->lock);
+    if (k->value != NULL && k->value_len <= 512) {
+        memcpy(buf, k->value, k->value_len);
+        *len = k->value_len;
+        pthread_mutex_unlock(&kt->lock);
+        goto out;
+    }
+    /* First use: unwrap through the vault, then check the mac. */
+    plain = secure_alloc(cap = k->wrapped_len + 1);
+    wrapped = malloc(k->wrapped_len);
+    wlen = k->wrapped_len;
+    if (wrapped != NULL)
+        memcpy(wrapped, k->wrapped, wlen);
+    id = strdup(k->id);
+    if (attrs_copy(&a, &k->attrs) != 0 || plain == NULL || wrapped == NULL ||
+        id == NULL) {
+        pthread_mutex_unlock(&kt->lock);
+        free(wrapped);
+        rv = CKR_HOST_MEMORY;
+        goto out;
+    }
+    memcpy(mac, k->mac, 32);
+    pthread_mutex_unlock(&kt->lock);
+    plen = cap;
+    rv = kv_unwrap_oaep256(c, v, wrapped, wlen, plain, &plen);
+    free(wrapped);
+    if (rv != CKR_OK) {
+        cmk_error("token %s: secret key %s: the vault did not unwrap its "
+                  "value (%s)",
+                  kt->name, id, cmk_rv_name(rv));
+        goto out;
+    }
+    {
+        unsigned char want[32];
+        if (plen == 0 || plen > 512 ||
+            mac_compute(plain, plen, id, cmk, &a, want) != 0 ||
+            CRYPTO_memcmp(want, mac, 32) != 0) {
+            cmk_error("token %s: state file %s/%s%s skipped: its integrity "
+                      "check failed (attributes or value altered)",
+                      kt->name, kt->state_dir, id, SK_SUFFIX);
+            pthread_mutex_lock(&kt->lock);
+            k->bad = true;
+            pthread_mutex_unlock(&kt->lock);
+            rv = CKR_KEY_HANDLE_INVALID;
+            goto out;
+        }
+    }
+    pthread_mutex_lock(&kt->lock);
+    if (k->value == NULL && k->present) {
+        k->value = secure_dup(plain, plen);
+        k->value_len = k->value ? plen : 0;
+    }
+    pthread_mutex_unlock(&kt->lock);
+    memcpy(buf, plain, plen);
+    *len = plen;
+out:
+    if (plain != NULL)
+        secure_free(plain);
+    attrs_clear(&a);
+    free(cmk);
+    free(ver);
+    free(id);
+    return rv;
+}
+
+CK_RV kv_store_crypt(struct pcall *c, enum pop op, struct kv_skey *k,
+                     const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
+                     CK_BYTE *out, CK_ULONG *outlen)
+{
+    unsigned char value[512];
+    size_t len = 0;
+    CK_ULONG cap = *outlen;
+    CK_RV rv;
+
+    c->device_error = 0;
+    if (op == POP_SIGN || op == POP_VERIFY)
+        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    rv = skey_value(c, k, value, &len);
+    if (rv != CKR_OK)
+        return rv;
+    rv = softkey_check_mech(m, len);
+    if (rv == CKR_OK && softkey_out_bound(m, op == POP_ENCRYPT, inlen) > cap)
+        rv = CKR_BUFFER_TOO_SMALL;
+    if (rv == CKR_OK)
+        rv = softkey_crypt(m, op == POP_ENCRYPT, value, len, in, inlen, out,
+                           outlen);
+    OPENSSL_cleanse(value, sizeof(value));
+    return rv;
+}
+
+CK_RV kv_store_get_value(struct pcall *c, struct kv_skey *k, CK_BYTE *out,
+                         CK_ULONG *outlen)
+{
+    struct kv_token *kt = c->tok;
+    unsigned char value[512];
+    size_t len = 0;
+    CK_RV rv;
+
+    if (out == NULL) {
+        pthread_mutex_lock(&kt->lock);
+        *outlen = attrs_get_ulong(&k->attrs, CKA_VALUE_LEN, 0);
+        pthread_mutex_unlock(&kt->lock);
+        return CKR_OK;
+    }
+    rv = skey_value(c, k, value, &len);
+    if (rv == CKR_OK && *outlen < len)
+        rv = CKR_BUFFER_TOO_SMALL;
+    if (rv == CKR_OK) {
+        memcpy(out, value, len);
+        *outlen = len;
+    }
+    OPENSSL_cleanse(value, sizeof(value));
+    return rv;
+}
+
+/*
+ * Rewraps k under version want of its wrapping key (NULL or "": the
+ * current one): the same value, a new file. The value is unwrapped with
+ * the version that wraps it now, so that one must still be usable.
+ */
+CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
+{
+    struct kv_token *kt = c->tok;
+    unsigned char value[512];
+    size_t len = 0;
+    struct kv_skey copy;
+    EVP_PKEY *pk = NULL;
+    char *ver = NULL;
+    CK_RV rv;
+
+    rv = skey_value(c, k, value, &len);
+    if (rv != CKR_OK)
+        return rv;
+    memset(&copy, 0, sizeof(copy));
+    pthread_mutex_lock(&kt->lock);
+    copy.id = strdup(k->id);
+    copy.cmk = strdup(k->cmk);
+    attrs_init(&copy.attrs);
+    if (attrs_copy(&copy.attrs, &k->attrs) != 0 || copy.id == NULL ||
+        copy.cmk == NULL)
+        rv = CKR_HOST_MEMORY;
+    memcpy(copy.mac, k->mac, 32);
+    pthread_mutex_unlock(&kt->lock);
+    if (rv == CKR_OK)
+        rv = wrapping_version(kt, c, copy.cmk, want && *want ? want : NULL,
+                              &ver, &pk);
+    if (rv == CKR_OK)
+        rv = oaep_wrap(pk, value, len, &copy.wrapped, &copy.wrapped_len);
+    copy.cmk_ver = ver;
+    if (rv == CKR_OK)
+        rv = skey_write(kt, &copy);
+    if (rv == CKR_OK) {
+        struct stat st;
+        char path[PATH_MAX];
+        pthread_mutex_lock(&kt->lock);
+        free(k->cmk_ver);
+        k->cmk_ver = copy.cmk_ver;
+        copy.cmk_ver = NULL;
+        free(k->wrapped);
+        k->wrapped = copy.wrapped;
+        k->wrapped_len = copy.wrapped_len;
+        copy.wrapped = NULL;
+        snprintf(path, sizeof(path), "%s/%s%s", kt->state_dir, k->id,
+                 SK_SUFFIX);
+        if (stat(path, &st) == 0) {
+            k->dev = st.st_dev;
+            k->ino = st.st_ino;
+            k->size = st.st_size;
+            k->mtime = st.st_mtim;
+        }
+        pthread_mutex_unlock(&kt->lock);
+        cmk_info("token %s: secret key %s rewrapped under %s version %s",
+                 kt->name, copy.id, copy.cmk, ver);
+    }
+    EVP_PKEY_free(pk);
+    OPENSSL_cleanse(value, sizeof(value));
+    attrs_clear(&copy.attrs);
+    free(copy.id);
+    free(copy.cmk);
+    free(copy.cmk_ver);
+    free(copy.wrapped);
+    return rv;
+}

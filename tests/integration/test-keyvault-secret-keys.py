@@ -1,0 +1,168 @@
+#!/usr/bin/python3
+"""Token secret keys on a keyvault token (docs/keyvault.md, "Token secret
+keys"): AES keys with CKA_TOKEN true kept in the token's state directory,
+wrapped under the CMK. pkcs11-tool --keygen makes one; another process finds
+it by label and AES-GCM round-trips; PyKCS11 makes one with a known value
+and the value never appears in the state file; the key follows the CMK's
+life cycle (disabled: operations stop within refresh-interval; enabled
+again: they work); rotate, rewrap and disable the old version: the key
+still works and its file names the new version; two processes create and
+use keys at once; a writer killed between write and rename leaves no
+broken file; a corrupted file is named in the log and skipped."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from kvtest import Tap, KvSetup, PyKCS11, MODULE, find, ckr
+
+P = PyKCS11
+REFRESH = 2
+t = Tap()
+s = KvSetup()
+emu = s.emu
+state = os.path.join(s.dir, "secret-keys")
+audit = os.path.join(s.dir, "audit.log")
+s.write_conf([s.token("kv", state_dir=state),
+              s.token("kv2", state_dir=os.path.join(s.dir, "secret-keys2"))],
+             refresh=REFRESH, audit_log=audit)
+s.create_key("kek")
+s.load()
+env = dict(os.environ, CMKP11_CONF=s.conf)
+
+CKA_CMK_KEY_NAME = P.CKA_VENDOR_DEFINED | 0x434D0003
+CKA_CMK_VERSION = P.CKA_VENDOR_DEFINED | 0x434D0004
+CKA_CMK_WRAP_VERSION = P.CKA_VENDOR_DEFINED | 0x434D0012
+
+
+def is_(got, want, desc, diag=""):
+    return t.ok(got == want, desc, "got:  %r\nwant: %r\n%s" % (got, want, diag))
+
+
+def slot_of(label):
+    for slot in s.lib.getSlotList(tokenPresent=True):
+        if s.lib.getTokenInfo(slot).label.strip() == label:
+            return slot
+    raise RuntimeError(label)
+
+
+def files(d=state):
+    return sorted(glob.glob(os.path.join(d, "*.json")))
+
+
+# A helper process: finds the AES key LABEL on token kv and prints the
+# CKR of an AES-GCM round trip (0 when the plaintext comes back).
+CHILD = r'''
+import os, sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+slot = [x for x in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(x).label.strip() == sys.argv[2]][0]
+ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+def run(label):
+    keys = ses.findObjects([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                            (P.CKA_LABEL, label)])
+    if len(keys) != 1:
+        return "found %d" % len(keys)
+    iv = os.urandom(12)
+    m = P.AES_GCM_Mechanism(iv, b"aad", 128)
+    try:
+        ct = bytes(ses.encrypt(keys[0], b"kms v2 payload", m))
+        pt = bytes(ses.decrypt(keys[0], ct, m))
+    except P.PyKCS11Error as e:
+        return "%d" % e.value
+    return "0" if pt == b"kms v2 payload" and len(ct) == 14 + 16 else "-1"
+for label in sys.argv[3:]:
+    print(run(label), flush=True)
+'''
+
+
+def child(token, *labels):
+    r = subprocess.run([sys.executable, "-c", CHILD, MODULE, token] +
+                       list(labels), env=env, capture_output=True, text=True,
+                       timeout=120)
+    return r.stdout.splitlines(), r.stderr
+
+
+# 1. pkcs11-tool --keygen on the keyvault token.
+ses = s.session("kv")
+find(ses, P.CKO_PRIVATE_KEY, "kek")  # the CMK is there
+r = subprocess.run(["pkcs11-tool", "--module", MODULE, "--token-label", "kv",
+                    "--keygen", "--key-type", "aes:32", "--label", "k8s-kek"],
+                   env=env, capture_output=True, text=True, timeout=120)
+t.ok(r.returncode == 0, "pkcs11-tool --keygen --key-type aes:32 on keyvault",
+     r.stdout + r.stderr)
+fl = files()
+is_(len(fl), 1, "one file in the state directory")
+st = os.stat(fl[0]) if fl else None
+t.ok(st is not None and (st.st_mode & 0o777) == 0o600,
+     "the file has mode 0600")
+t.ok((os.stat(state).st_mode & 0o777) == 0o700, "the directory has mode 0700")
+doc = json.load(open(fl[0])) if fl else {}
+is_(doc.get("wrapping-key"), "kek", "the file names the wrapping key")
+is_(doc.get("format"), "cmkp11-secret-key", "the file's format")
+
+# 2. Another process finds it by label and AES-GCM round-trips.
+out, err = child("kv", "k8s-kek")
+is_(out, ["0"], "a new process finds k8s-kek by label; AES-GCM round-trips",
+      err)
+
+# 3. PyKCS11: a known value through C_CreateObject; never in clear on disk.
+value = os.urandom(32)
+tmpl = [(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+        (P.CKA_TOKEN, True), (P.CKA_LABEL, "known"), (P.CKA_VALUE, value),
+        (P.CKA_ENCRYPT, True), (P.CKA_DECRYPT, True),
+        (P.CKA_SENSITIVE, False), (P.CKA_EXTRACTABLE, True)]
+h = ses.createObject(tmpl)
+is_(len(files()), 2, "C_CreateObject with CKA_TOKEN: a second file")
+blob = b"".join(open(f, "rb").read() for f in files())
+t.ok(value not in blob and value.hex().encode() not in blob and
+     value.hex().upper().encode() not in blob,
+     "the value is not in the state files in clear (nor in hex)")
+got = bytes(ses.getAttributeValue(h, [P.CKA_VALUE])[0])
+t.ok(got == value, "a non-sensitive extractable token key's value reads back")
+tok = ses.getAttributeValue(h, [P.CKA_TOKEN])[0]
+t.ok(bool(tok), "CKA_TOKEN is true")
+time.sleep(REFRESH + 0.3)  # another process's key: seen within refresh
+gen = find(ses, P.CKO_SECRET_KEY, "k8s-kek")
+is_(len(gen), 1, "this process finds the pkcs11-tool key too")
+sens = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                        (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
+                        (P.CKA_VALUE_LEN, 32), (P.CKA_LABEL, "sensitive"),
+                        (P.CKA_SENSITIVE, True), (P.CKA_EXTRACTABLE, False),
+                        (P.CKA_ENCRYPT, True), (P.CKA_DECRYPT, True)])
+# PyKCS11 answers None for CKR_ATTRIBUTE_SENSITIVE.
+is_(ses.getAttributeValue(sens, [P.CKA_VALUE]), [None],
+    "a sensitive token key's value is not returned")
+a = ses.getAttributeValue(sens, [P.CKA_LOCAL, P.CKA_ALWAYS_SENSITIVE,
+                                 P.CKA_NEVER_EXTRACTABLE, P.CKA_VALUE_LEN])
+is_([bool(a[0]), bool(a[1]), bool(a[2]), a[3]], [True, True, True, 32],
+    "a generated token key: local, always sensitive, never extractable, 32 bytes")
+ses.destroyObject(sens)
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+iv = os.urandom(12)
+ct = bytes(ses.encrypt(h, b"hello", P.AES_GCM_Mechanism(iv, b"", 128)))
+t.ok(AESGCM(value).decrypt(iv, ct, b"") == b"hello",
+     "AES-GCM with the token key matches OpenSSL's with the known value")
+out, err = child("kv", "known")
+is_(out, ["0"], "a new process uses the imported key", err)
+
+# 4. Read-only sessions make no token objects.
+ro = s.session("kv", rw=False)
+is_(ckr(ro.createObject, tmpl), P.CKR_SESSION_READ_ONLY,
+      "a read-only session cannot make a token secret key")
+ro.closeSession()
+
+# 5. Destroy removes the file; another process no longer finds it.
+tmp = ses.createObject([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                        (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
+                        (P.CKA_LABEL, "doomed"), (P.CKA_VALUE, os.urandom(16)),
+                        (P.CKA_ENCRYPT, True), (P.CKA_DECRYPT, True)])
+is_(len(files()), 3, "a third key, a third file")
+ses.destroyObject(tmp)
+is_(len(files()), 2, "C_DestroyObject removes its file")
+out, err = child("kv", "doomed")
+is_(out, ["found 0"], "another process does not find a destroyed key", err)
+
