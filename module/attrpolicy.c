@@ -413,6 +413,8 @@ static const struct {
     {CKO_PRIVATE_KEY, CKA_CMK_ENABLED, K_BOOL},
     /* The key's rotation policy, as text (docs/vendor.md). */
     {CKO_PRIVATE_KEY, CKA_CMK_ROTATION_POLICY, K_BYTES},
+    /* A token secret key rewrapped under a version of its wrapping key. */
+    {CKO_SECRET_KEY, CKA_CMK_WRAP_VERSION, K_BYTES},
 };
 
 CK_RV attrpolicy_provider_set(CK_OBJECT_CLASS cls, const CK_ATTRIBUTE *at)

@@ -735,13 +735,17 @@ out:
 }
 
 /* provider_ops.set_attributes: the vendor attributes the vault changes
- * (the front end let only those of attrpolicy.c through). */
+ * (the front end let only those of attrpolicy.c through); on a token
+ * secret key, CKA_CMK_WRAP_VERSION rewraps it (kv-store.c). */
 static CK_RV kv_set_attributes(struct pcall *c, void *ref,
                                const CK_ATTRIBUTE *tmpl, CK_ULONG n)
 {
+    struct kv_skey *k = skey_of(c->tok, ref);
     CK_ULONG i;
     CK_RV rv = CKR_OK;
 
+    if (k != NULL)
+        return kv_store_set_attributes(c, k, tmpl, n);
     for (i = 0; rv == CKR_OK && i < n; i++) {
         if (tmpl[i].type == CKA_CMK_ENABLED)
             rv = kv_set_enabled(c, ref, &tmpl[i]);

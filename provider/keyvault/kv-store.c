@@ -943,6 +943,9 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
     CK_RV rv;
 
     attrs_init(&a);
+    /* What other processes did (destroyed, rewrapped) counts within
+     * refresh-interval, as for the wrapping version's state. */
+    scan(kt, false);
     pthread_mutex_lock(&kt->lock);
     if (!k->present || k->bad) {
         pthread_mutex_unlock(&kt->lock);
@@ -1160,5 +1163,28 @@ CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
     free(copy.cmk);
     free(copy.cmk_ver);
     free(copy.wrapped);
+    return rv;
+}
+
+CK_RV kv_store_set_attributes(struct pcall *c, struct kv_skey *k,
+                              const CK_ATTRIBUTE *tmpl, CK_ULONG n)
+{
+    char ver[128];
+    CK_ULONG i;
+    CK_RV rv = CKR_OK;
+
+    for (i = 0; rv == CKR_OK && i < n; i++) {
+        if (tmpl[i].type != CKA_CMK_WRAP_VERSION)
+            return CKR_ATTRIBUTE_READ_ONLY;
+        /* A version id (empty: the current version). */
+        if (tmpl[i].ulValueLen >= sizeof(ver) ||
+            memchr(tmpl[i].pValue, '/', tmpl[i].ulValueLen) != NULL ||
+            memchr(tmpl[i].pValue, '\0', tmpl[i].ulValueLen) != NULL)
+            return CKR_ATTRIBUTE_VALUE_INVALID;
+        if (tmpl[i].ulValueLen > 0)
+            memcpy(ver, tmpl[i].pValue, tmpl[i].ulValueLen);
+        ver[tmpl[i].ulValueLen] = '\0';
+        rv = kv_store_rewrap(c, k, ver);
+    }
     return rv;
 }

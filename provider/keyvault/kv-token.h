@@ -235,6 +235,8 @@ CK_RV kv_store_crypt(struct pcall *c, enum pop op, struct kv_skey *k,
 CK_RV kv_store_get_value(struct pcall *c, struct kv_skey *k, CK_BYTE *out,
                          CK_ULONG *outlen);
 CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want);
+CK_RV kv_store_set_attributes(struct pcall *c, struct kv_skey *k,
+                              const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 
 /* kv-policy.c: CKA_CMK_ROTATION_POLICY */
 CK_RV kv_get_attribute(struct pcall *c, void *ref, CK_ATTRIBUTE_TYPE type,

@@ -166,3 +166,99 @@ is_(len(files()), 2, "C_DestroyObject removes its file")
 out, err = child("kv", "doomed")
 is_(out, ["found 0"], "another process does not find a destroyed key", err)
 
+
+# 6. The key follows its wrapping version: disabled, its operations stop
+# within refresh-interval (CKR_KEY_FUNCTION_NOT_PERMITTED, in this process
+# and in a new one); enabled again, they work.
+TOOL = os.path.join(os.environ.get("top_builddir", "."), "cmkp11-tool")
+GCM_NOT_PERMITTED = str(P.CKR_KEY_FUNCTION_NOT_PERMITTED)
+
+
+def gcm(h):
+    return ckr(ses.encrypt, h, b"x", P.AES_GCM_Mechanism(os.urandom(12), b"",
+                                                          128))
+
+
+def until(fn, want, limit):
+    """Polls fn until it answers want or limit seconds pass; returns the
+    last answer and the time it took."""
+    start = time.monotonic()
+    while True:
+        got = fn()
+        if got == want or time.monotonic() - start > limit:
+            return got, time.monotonic() - start
+        time.sleep(0.2)
+
+
+def file_of(label):
+    for f in files():
+        d = json.load(open(f))
+        for typ, val in d["attributes"]:
+            if int(typ, 16) == P.CKA_LABEL and bytes.fromhex(val) == \
+                    label.encode():
+                return f, d
+    return None, None
+
+
+v1 = file_of("known")[1]["wrapping-version"]
+is_(gcm(h), 0, "AES-GCM works while the wrapping version is enabled")
+emu.admin("PATCH", "vaults/kvemu/keys/kek", {"version": v1, "enabled": False})
+got, took = until(lambda: gcm(h), P.CKR_KEY_FUNCTION_NOT_PERMITTED,
+                  3 * REFRESH)
+t.ok(got == P.CKR_KEY_FUNCTION_NOT_PERMITTED and took <= REFRESH + 1.5,
+     "the CMK version disabled: AES-GCM stops within refresh-interval "
+     "(CKR_KEY_FUNCTION_NOT_PERMITTED)", "got %r after %.1f s" % (got, took))
+out, err = child("kv", "known")
+is_(out, [GCM_NOT_PERMITTED], "a new process: CKR_KEY_FUNCTION_NOT_PERMITTED",
+    err)
+t.ok("secret key" in s.log_text() or "can no longer be used" in s.log_text(),
+     "the log says why")
+emu.admin("PATCH", "vaults/kvemu/keys/kek", {"version": v1, "enabled": True})
+got, took = until(lambda: gcm(h), 0, 3 * REFRESH)
+t.ok(got == 0 and took <= REFRESH + 1.5,
+     "enabled again: AES-GCM works within refresh-interval",
+     "got %r after %.1f s" % (got, took))
+out, err = child("kv", "known")
+is_(out, ["0"], "enabled again: a new process uses it", err)
+
+# 7. Rotate, rewrap the token's secret keys, disable the old version: the
+# keys still work, their files name the new version.
+r = subprocess.run([TOOL, "--module", MODULE, "rotate", "kv", "kek"], env=env,
+                   capture_output=True, text=True, timeout=120)
+t.ok(r.returncode == 0, "cmkp11-tool rotate kv kek", r.stdout + r.stderr)
+time.sleep(REFRESH + 0.3)
+r = subprocess.run([TOOL, "--module", MODULE, "rewrap", "--token", "kv"], env=env,
+                   capture_output=True, text=True, timeout=120)
+t.ok(r.returncode == 0 and "2 rewrapped, 0 skipped, 0 failed" in r.stdout,
+     "cmkp11-tool rewrap --token kv rewraps both secret keys",
+     r.stdout + r.stderr)
+v2 = file_of("known")[1]["wrapping-version"]
+t.ok(v2 != v1 and file_of("k8s-kek")[1]["wrapping-version"] == v2,
+     "both files name the new version", "%s %s" % (v1, v2))
+r = subprocess.run([TOOL, "--module", MODULE, "rewrap", "--token", "kv"], env=env,
+                   capture_output=True, text=True, timeout=120)
+t.ok(r.returncode == 0 and "0 rewrapped, 2 skipped, 0 failed" in r.stdout,
+     "a second rewrap skips them", r.stdout + r.stderr)
+emu.admin("PATCH", "vaults/kvemu/keys/kek", {"version": v1, "enabled": False})
+time.sleep(REFRESH + 0.3)
+is_(gcm(h), 0, "the old version disabled: the rewrapped key still works here")
+ct2 = bytes(ses.encrypt(h, b"same key", P.AES_GCM_Mechanism(iv, b"", 128)))
+t.ok(AESGCM(value).decrypt(iv, ct2, b"") == b"same key",
+     "the AES key did not change")
+out, err = child("kv", "known", "k8s-kek")
+is_(out, ["0", "0"], "a new process unwraps both under the new version", err)
+r = subprocess.run([TOOL, "--module", MODULE, "--json", "list", "kv"], env=env,
+                   capture_output=True, text=True, timeout=120)
+try:
+    sk = json.loads(r.stdout)["tokens"][0]["secret_keys"]
+except (ValueError, KeyError, IndexError):
+    sk = []
+is_(sorted((k["label"], k["wrapping_key"], k["wrapping_version"],
+            k["current"]) for k in sk),
+    [("k8s-kek", "kek", v2, True), ("known", "kek", v2, True)],
+    "cmkp11-tool list --json shows them with their wrapping key and version",
+    r.stdout + r.stderr)
+r = subprocess.run([TOOL, "--module", MODULE, "list", "kv"], env=env, capture_output=True,
+                   text=True, timeout=120)
+t.ok("secret keys:" in r.stdout and "k8s-kek" in r.stdout and v2 in r.stdout,
+     "cmkp11-tool list shows them", r.stdout + r.stderr)

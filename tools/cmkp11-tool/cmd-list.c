@@ -7,6 +7,7 @@
 
 #include "keys.h"
 #include "out.h"
+#include "secret-keys.h"
 #include "tool.h"
 
 const char *const tool_version_headers[TOOL_VERSION_COLS] = {
@@ -124,7 +125,7 @@ static void token_source(const struct ttoken *t, const struct tkeys *k,
 }
 
 static void list_json(struct jw *w, struct ttoken *t, CK_RV rv, CK_ULONG dev,
-                      struct tkeys *k)
+                      struct tkeys *k, struct tskeys *sk)
 {
     const char *backend, *source;
     struct tversion *cur;
@@ -174,10 +175,13 @@ static void list_json(struct jw *w, struct ttoken *t, CK_RV rv, CK_ULONG dev,
         jw_end_object(w);
     }
     jw_end_array(w);
+    if (sk->n > 0)
+        tskeys_json(w, sk, k);
     jw_end_object(w);
 }
 
-static int list_text(struct ttoken *t, CK_RV rv, CK_ULONG dev, struct tkeys *k)
+static int list_text(struct ttoken *t, CK_RV rv, CK_ULONG dev, struct tkeys *k,
+                     struct tskeys *sk)
 {
     const char *backend, *source, *cells[TOOL_VERSION_COLS];
     char buf[TOOL_VERSION_BUF], text[128];
@@ -219,6 +223,7 @@ static int list_text(struct ttoken *t, CK_RV rv, CK_ULONG dev, struct tkeys *k)
     else
         printf("  no keys\n");
     table_free(tab);
+    tskeys_print(sk, k);
     return 0;
 }
 
@@ -248,6 +253,7 @@ int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
     }
     for (i = 0; i < n; i++) {
         struct tkeys keys = {0};
+        struct tskeys sk = {0};
         CK_ULONG dev = 0;
         CK_RV rv = ttoken_open(m, &toks[i], &o->pin);
 
@@ -255,6 +261,10 @@ int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
             rv = tkeys_load(m, &toks[i], &keys);
             if (rv == CKR_OK)
                 rv = tkeys_load_named(m, &toks[i], &keys, &sel);
+            /* Token secret keys (keyvault's state-dir), when listed. */
+            if (rv == CKR_OK && sel.uri == NULL && toks[i].keyvault &&
+                tskeys_load(m, &toks[i], &sk) != CKR_OK)
+                tskeys_free(&sk);
             if (rv != CKR_OK)
                 dev = tmod_device_error(m, toks[i].sess);
         }
@@ -271,12 +281,13 @@ int cmd_list(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
             (toks[i].login_rv != CKR_OK && !toks[i].pin_missing))
             status = TOOL_FAILED;
         if (o->json)
-            list_json(&w, &toks[i], rv, dev, &keys);
+            list_json(&w, &toks[i], rv, dev, &keys, &sk);
         else {
             if (i > 0)
                 putchar('\n');
-            list_text(&toks[i], rv, dev, &keys);
+            list_text(&toks[i], rv, dev, &keys, &sk);
         }
+        tskeys_free(&sk);
         tkeys_free(&keys);
     }
     if (o->json) {

@@ -19,6 +19,7 @@
 #include "out.h"
 #include "secure.h"
 #include "seal-int.h"
+#include "secret-keys.h"
 #include "tool.h"
 
 enum outcome { RW_DONE, RW_SKIPPED, RW_FAILED };
@@ -600,6 +601,16 @@ int cmd_rewrap(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
 
     memset(&l, 0, sizeof(l));
     memset(&run, 0, sizeof(run));
+    if (argc == 1) {
+        /* rewrap --token TOKEN: the token's secret keys. */
+        if (o->token == NULL || o->to != NULL || o->add_key != NULL ||
+            o->remove_key != NULL) {
+            tool_error("usage: cmkp11-tool rewrap FILE|DIR..., or rewrap "
+                       "--token TOKEN for the token's secret keys");
+            return TOOL_USAGE;
+        }
+        return secret_keys_rewrap(m, o);
+    }
     tmp_signals_install();
     run.counts[RW_FAILED] =
         sealed_files_collect(&l, argc - 1, argv + 1, "rewrap");

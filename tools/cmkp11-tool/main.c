@@ -58,8 +58,9 @@ static const struct command commands[] = {
     {"unseal", cmd_unseal, 0, 1, "unseal [IN] [-o OUT]",
      "decrypt a sealed file, verifying every segment",
      TOKEN_OK | OUTPUT_OK | FILES},
-    {"rewrap", cmd_rewrap, 1, INT_MAX, "rewrap FILE|DIR...",
-     "wrap sealed files' data keys under the current version (or KEY)",
+    {"rewrap", cmd_rewrap, 0, INT_MAX, "rewrap FILE|DIR... | --token TOKEN",
+     "wrap sealed files' data keys under the current version (or KEY);\n"
+     "                         with --token alone: the token's secret keys",
      TOKEN_OK | TO_OK | FILES},
     {"retire", cmd_retire, 2, 2, "retire TOKEN KEY@VERSION",
      "disable an old version once no sealed file under --paths and no\n"
