@@ -876,6 +876,14 @@ CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     if (rv == CKR_OK)
         rv =
             oaep_wrap(pk, k->value, k->value_len, &k->wrapped, &k->wrapped_len);
+    if (rv == CKR_KEY_SIZE_RANGE) {
+        /* Longer than one RSA-OAEP-SHA256 block of the wrapping key
+         * (190 bytes under RSA 2048): the template's length is refused. */
+        cmk_error("token %s: a %zu-byte secret key does not fit one "
+                  "RSA-OAEP-SHA256 block of key %s",
+                  kt->name, k->value_len, k->cmk);
+        rv = CKR_ATTRIBUTE_VALUE_INVALID;
+    }
     if (rv == CKR_OK && mac_compute(k->value, k->value_len, k->id, k->cmk,
                                     &k->attrs, k->mac) != 0)
         rv = CKR_FUNCTION_FAILED;
@@ -1087,6 +1095,10 @@ CK_RV kv_store_get_value(struct pcall *c, struct kv_skey *k, CK_BYTE *out,
         return CKR_OK;
     }
     rv = skey_value(c, k, value, &len);
+    /* A value that cannot be had (its file altered, the version revoked)
+     * is not revealed: the answer C_GetAttributeValue has for it. */
+    if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_KEY_FUNCTION_NOT_PERMITTED)
+        rv = CKR_ATTRIBUTE_SENSITIVE;
     if (rv == CKR_OK && *outlen < len)
         rv = CKR_BUFFER_TOO_SMALL;
     if (rv == CKR_OK) {

@@ -192,7 +192,10 @@ def until(fn, want, limit):
 
 def file_of(label):
     for f in files():
-        d = json.load(open(f))
+        try:
+            d = json.load(open(f))
+        except ValueError:
+            continue  # the broken files of part 10
         for typ, val in d["attributes"]:
             if int(typ, 16) == P.CKA_LABEL and bytes.fromhex(val) == \
                     label.encode():
@@ -262,3 +265,151 @@ r = subprocess.run([TOOL, "--module", MODULE, "list", "kv"], env=env, capture_ou
                    text=True, timeout=120)
 t.ok("secret keys:" in r.stdout and "k8s-kek" in r.stdout and v2 in r.stdout,
      "cmkp11-tool list shows them", r.stdout + r.stderr)
+
+# 8. Two processes create and use keys at the same time.
+MAKER = r'''
+import os, sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+slot = [x for x in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(x).label.strip() == "kv"][0]
+ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+bad = 0
+for i in range(int(sys.argv[3])):
+    h = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                         (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
+                         (P.CKA_VALUE_LEN, 32), (P.CKA_ENCRYPT, True),
+                         (P.CKA_DECRYPT, True),
+                         (P.CKA_LABEL, "%s-%d" % (sys.argv[2], i))])
+    m = P.AES_GCM_Mechanism(os.urandom(12), b"", 128)
+    if bytes(ses.decrypt(h, ses.encrypt(h, b"data", m), m)) != b"data":
+        bad += 1
+print("done %d" % bad, flush=True)
+'''
+N = 6
+procs = [subprocess.Popen([sys.executable, "-c", MAKER, MODULE, name, str(N)],
+                          env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+         for name in ("a", "b")]
+outs = [p.communicate(timeout=300) for p in procs]
+is_([o[0].strip() for o in outs], ["done 0", "done 0"],
+    "two processes create %d keys each at once and use them" % N,
+    "".join(o[1] for o in outs))
+labels = ["%s-%d" % (n, i) for n in ("a", "b") for i in range(N)]
+out, err = child("kv", *labels)
+is_(out, ["0"] * len(labels), "a third process finds and uses all %d"
+    % len(labels), err)
+is_(len(files()), 2 + len(labels), "one file per key")
+
+# 9. A writer killed between write and rename (CMKP11_TEST_STORE_PAUSE
+# stops it there) leaves the old state: no key, or the key as it was.
+KILLED = r'''
+import os, sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+slot = [x for x in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(x).label.strip() == "kv"][0]
+ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+if sys.argv[2] == "create":
+    ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                     (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
+                     (P.CKA_VALUE_LEN, 16), (P.CKA_LABEL, "killed")])
+else:
+    h = ses.findObjects([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                         (P.CKA_LABEL, "known")])[0]
+    ses.setAttributeValue(h, [(P.CKA_VENDOR_DEFINED | 0x434D0012, b"")])
+print("not stopped", flush=True)
+'''
+
+
+def stopped(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+def kill_paused(what):
+    before = {f: open(f, "rb").read() for f in files()}
+    p = subprocess.Popen([sys.executable, "-c", KILLED, MODULE, what],
+                         env=dict(env, CMKP11_TEST_STORE_PAUSE="1"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not stopped(p.pid) and p.poll() is None and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    paused = stopped(p.pid)
+    tmps = glob.glob(os.path.join(state, ".*.tmp.%d" % p.pid))
+    p.kill()
+    p.communicate()
+    after = {f: open(f, "rb").read() for f in files()}
+    return paused, tmps, before == after
+
+
+# Rotate first, so that a rewrap has a version to move to.
+r = subprocess.run([TOOL, "--module", MODULE, "rotate", "kv", "kek"], env=env,
+                   capture_output=True, text=True, timeout=120)
+t.ok(r.returncode == 0, "rotate again", r.stdout + r.stderr)
+time.sleep(REFRESH + 0.3)
+for what in ("create", "rewrap"):
+    paused, tmps, same = kill_paused(what)
+    t.ok(paused and len(tmps) == 1,
+         "%s: the writer stops between write and rename, its temporary file "
+         "written" % what, "paused %s, %r" % (paused, tmps))
+    t.ok(same, "%s: SIGKILL there: every key file as it was" % what)
+out, err = child("kv", "killed", "known", "a-0")
+is_(out, ["found 0", "0", "0"],
+    "a new process: no half-made key, the others work (temporary files "
+    "ignored)", err)
+
+# 10. A truncated, a corrupted and an altered file are named in the log
+# and skipped; the other keys work.
+import shutil
+fk, dk = file_of("known")
+text = open(fk).read()
+bad_ids = ["%032x" % n for n in (1, 2, 3, 4)]
+paths = [os.path.join(state, i + ".json") for i in bad_ids]
+open(paths[0], "w").write(text.replace(dk["id"], bad_ids[0])[:len(text) // 2])
+open(paths[1], "w").write("\x00garbage{")
+open(paths[2], "w").write(text.replace(dk["id"], bad_ids[2]))
+os.chmod(paths[2], 0o644)  # others may read it: refused
+for p in paths[:2]:
+    os.chmod(p, 0o600)
+# An attacker who may write the file makes the sensitive key extractable.
+sens_h = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                          (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
+                          (P.CKA_VALUE_LEN, 32), (P.CKA_LABEL, "victim"),
+                          (P.CKA_SENSITIVE, True), (P.CKA_EXTRACTABLE, False),
+                          (P.CKA_ENCRYPT, True), (P.CKA_DECRYPT, True)])
+fv, dv = file_of("victim")
+for a in dv["attributes"]:
+    if int(a[0], 16) in (P.CKA_SENSITIVE, P.CKA_ALWAYS_SENSITIVE):
+        a[1] = "00"
+    if int(a[0], 16) == P.CKA_EXTRACTABLE:
+        a[1] = "01"
+with open(fv + ".new", "w") as f:
+    json.dump(dv, f)
+os.chmod(fv + ".new", 0o600)
+os.rename(fv + ".new", fv)
+READ = r'''
+import sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+slot = [x for x in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(x).label.strip() == "kv"][0]
+ses = lib.openSession(slot, P.CKF_SERIAL_SESSION)
+h = ses.findObjects([(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_LABEL, "victim")])
+print(len(h), ses.getAttributeValue(h[0], [P.CKA_VALUE])[0] if h else "-")
+'''
+r = subprocess.run([sys.executable, "-c", READ, MODULE], env=env,
+                   capture_output=True, text=True, timeout=120)
+is_(r.stdout.split(), ["1", "None"],
+    "an altered CKA_EXTRACTABLE: the value is not returned", r.stderr)
+out, err = child("kv", "known", "k8s-kek", "b-5", "victim")
+is_(out, ["0", "0", "0", str(P.CKR_KEY_HANDLE_INVALID)],
+    "the other keys work; the altered one refuses (CKR_KEY_HANDLE_INVALID)",
+    err)
+log = s.log_text()
+for i, why in zip(bad_ids[:3], ("not JSON", "not JSON", "mode 0600")):
+    t.ok(("%s.json skipped" % i) in log and why in log,
+         "the log names %s.json (%s)" % (i, why))
+t.ok(os.path.basename(fv) + " skipped: its integrity check failed" in log,
+     "the log names the altered file")
