@@ -27,7 +27,9 @@ emu = s.emu
 state = os.path.join(s.dir, "secret-keys")
 audit = os.path.join(s.dir, "audit.log")
 s.write_conf([s.token("kv", state_dir=state),
-              s.token("kv2", state_dir=os.path.join(s.dir, "secret-keys2"))],
+              s.token("kv2", state_dir=os.path.join(s.dir, "secret-keys2")),
+              s.token("kv3", state_dir=os.path.join(s.dir, "secret-keys3"),
+                      wrapping_key="other")],
              refresh=REFRESH, audit_log=audit)
 s.create_key("kek")
 s.load()
@@ -413,3 +415,65 @@ for i, why in zip(bad_ids[:3], ("not JSON", "not JSON", "mode 0600")):
          "the log names %s.json (%s)" % (i, why))
 t.ok(os.path.basename(fv) + " skipped: its integrity check failed" in log,
      "the log names the altered file")
+
+# 11. Key wrap with a token key (RFC 5649), CBC-PAD, and the token key
+# itself wrapped as the specification allows (extractable only).
+kwp = P.Mechanism(P.CKM_AES_KEY_WRAP_PAD, None)
+dek = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                       (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_VALUE_LEN, 32),
+                       (P.CKA_EXTRACTABLE, True), (P.CKA_SENSITIVE, False)])
+kek_h = ses.createObject([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                          (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
+                          (P.CKA_LABEL, "kw"), (P.CKA_VALUE, value),
+                          (P.CKA_WRAP, True), (P.CKA_UNWRAP, True),
+                          (P.CKA_ENCRYPT, True), (P.CKA_DECRYPT, True),
+                          (P.CKA_EXTRACTABLE, False)])
+wrapped = bytes(ses.wrapKey(kek_h, dek, kwp))
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
+dek_value = bytes(ses.getAttributeValue(dek, [P.CKA_VALUE])[0])
+t.ok(aes_key_unwrap_with_padding(value, wrapped) == dek_value,
+     "a token key wraps a data key (CKM_AES_KEY_WRAP_PAD), as OpenSSL does")
+back = ses.unwrapKey(kek_h, wrapped, [(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                                      (P.CKA_KEY_TYPE, P.CKK_AES),
+                                      (P.CKA_EXTRACTABLE, True),
+                                      (P.CKA_SENSITIVE, False)], kwp)
+t.ok(bytes(ses.getAttributeValue(back, [P.CKA_VALUE])[0]) == dek_value,
+     "and unwraps it")
+cbc_iv = os.urandom(16)
+ct = bytes(ses.encrypt(kek_h, b"cbc data", P.Mechanism(P.CKM_AES_CBC_PAD,
+                                                       cbc_iv)))
+t.ok(bytes(ses.decrypt(kek_h, ct, P.Mechanism(P.CKM_AES_CBC_PAD, cbc_iv))) ==
+     b"cbc data", "AES-CBC-PAD round-trips")
+pub = find(ses, P.CKO_PUBLIC_KEY, "kek")[0]
+from kvtest import OAEP256
+is_(ckr(ses.wrapKey, pub, kek_h, OAEP256), P.CKR_KEY_UNEXTRACTABLE,
+    "an unextractable token key is not wrapped: CKR_KEY_UNEXTRACTABLE")
+blob2 = bytes(ses.wrapKey(pub, h, OAEP256))
+t.ok(len(blob2) == 256, "an extractable token key is wrapped under the CMK")
+is_(ckr(ses.generateKey, [(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                          (P.CKA_KEY_TYPE, P.CKK_GENERIC_SECRET),
+                          (P.CKA_TOKEN, True), (P.CKA_VALUE_LEN, 256)],
+        P.Mechanism(P.CKM_GENERIC_SECRET_KEY_GEN, None)),
+    P.CKR_ATTRIBUTE_VALUE_INVALID,
+    "a 256-byte token secret does not fit one OAEP block: "
+    "CKR_ATTRIBUTE_VALUE_INVALID")
+g = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                     (P.CKA_KEY_TYPE, P.CKK_GENERIC_SECRET),
+                     (P.CKA_TOKEN, True), (P.CKA_VALUE_LEN, 64),
+                     (P.CKA_LABEL, "hmac")],
+                    P.Mechanism(P.CKM_GENERIC_SECRET_KEY_GEN, None))
+is_(ses.getAttributeValue(g, [P.CKA_KEY_TYPE, P.CKA_VALUE_LEN]),
+    [P.CKK_GENERIC_SECRET, 64], "a 64-byte generic secret token key")
+
+# 12. wrapping-key: needed once the token has two keys.
+s.create_key("other")
+time.sleep(REFRESH + 0.3)
+ses2 = s.session("kv2")
+is_(ckr(ses2.createObject, tmpl), P.CKR_TEMPLATE_INCONSISTENT,
+    "two keys and no wrapping-key: CKR_TEMPLATE_INCONSISTENT")
+t.ok("set wrapping-key = NAME" in s.log_text(), "the log names the option")
+ses3 = s.session("kv3")
+ses3.createObject(tmpl)
+f3 = glob.glob(os.path.join(s.dir, "secret-keys3", "*.json"))
+is_([json.load(open(f))["wrapping-key"] for f in f3], ["other"],
+    "wrapping-key = other: the key is wrapped under other")
