@@ -214,19 +214,18 @@ static struct kv_skey *skey_parse(const char *text, size_t len, const char *id,
     json_object *doc = NULL, *v, *list;
     struct kv_skey *k = NULL;
     const char *s;
-    size_t i, n, mlen = 0;
+    size_t i, n, mlen = 0, pend;
     unsigned char *buf = NULL;
 
     if (tk != NULL)
         doc = json_tokener_parse_ex(tk, text, (int)len);
-    if (doc == NULL || json_tokener_get_error(tk) != json_tokener_success ||
-        tk->char_offset != (int)len) {
-        /* Trailing whitespace is allowed: the writer ends with "\n". */
-        if (doc == NULL || strspn(text + tk->char_offset, " \r\n\t") !=
-                               len - (size_t)tk->char_offset) {
-            snprintf(why, whylen, "not JSON (truncated?)");
-            goto fail;
-        }
+    pend = doc != NULL ? json_tokener_get_parse_end(tk) : 0;
+    /* One document; trailing white space allowed (the writer ends with a
+     * newline). A truncated file is not a document. */
+    if (doc == NULL || pend > len ||
+        strspn(text + pend, " \r\n\t") != len - pend) {
+        snprintf(why, whylen, "not JSON (truncated?)");
+        goto fail;
     }
     if ((s = jstr(doc, "format")) == NULL || strcmp(s, SK_FORMAT) != 0 ||
         !json_object_object_get_ex(doc, "version", &v) ||
@@ -354,7 +353,7 @@ static void scan_one_unlocked(struct kv_token *kt, int dfd, const char *name)
 {
     char id[40], why[160] = "", *text = NULL;
     struct kv_skey *k, *nk, **pp;
-    struct stat st;
+    struct stat st = {0};
     size_t nlen = strlen(name), got = 0;
     ssize_t r;
     int fd;
@@ -958,6 +957,22 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
     if (!k->present || k->bad) {
         pthread_mutex_unlock(&kt->lock);
         return CKR_KEY_HANDLE_INVALID;
+    }
+    key = kv_key_get_unlocked(kt, k->cmk, false);
+    v = key ? kv_version_get_unlocked(key, k->cmk_ver) : NULL;
+    if (v != NULL && k->value != NULL && k->value_len <= 512) {
+        /* In use already: a copy, if the version may still be used. */
+        memcpy(buf, k->value, k->value_len);
+        *len = k->value_len;
+        pthread_mutex_unlock(&kt->lock);
+        rv = kv_version_check(kt, c, v);
+        if (rv != CKR_OK) {
+            OPENSSL_cleanse(buf, *len);
+            pthread_mutex_lock(&kt->lock);
+            skey_drop_value_unlocked(k);
+            pthread_mutex_unlock(&kt->lock);
+        }
+        return rv;
     }
     cmk = strdup(k->cmk);
     ver = strdup(k->cmk_ver);
