@@ -415,6 +415,8 @@ for i, why in zip(bad_ids[:3], ("not JSON", "not JSON", "mode 0600")):
          "the log names %s.json (%s)" % (i, why))
 t.ok(os.path.basename(fv) + " skipped: its integrity check failed" in log,
      "the log names the altered file")
+for p in paths[:3]:
+    os.remove(p)
 
 # 11. Key wrap with a token key (RFC 5649), CBC-PAD, and the token key
 # itself wrapped as the specification allows (extractable only).
@@ -477,3 +479,21 @@ ses3.createObject(tmpl)
 f3 = glob.glob(os.path.join(s.dir, "secret-keys3", "*.json"))
 is_([json.load(open(f))["wrapping-key"] for f in f3], ["other"],
     "wrapping-key = other: the key is wrapped under other")
+
+# 13. A copied state directory serves the same keys on another token (host)
+# that may use the CMK; every use is audited under the wrapping key.
+fk, _ = file_of("known")
+state2 = os.path.join(s.dir, "secret-keys2")
+os.makedirs(state2, mode=0o700, exist_ok=True)
+t.ok(glob.glob(os.path.join(state2, "*.json")) == [], "kv2 has no keys")
+shutil.copy2(fk, state2)
+out, err = child("kv2", "known")
+is_(out, ["0"], "a copied key file works on another token", err)
+recs = [json.loads(line) for line in open(audit)]
+gcm_recs = [r for r in recs if r.get("mechanism") == "CKM_AES_GCM"]
+t.ok(len(gcm_recs) > 0 and all(r["key"] == "kek" for r in gcm_recs) and
+     any(r["version"] == v2 and r["result"] == "CKR_OK" and
+         r["operation"] == "encrypt" for r in gcm_recs) and
+     any(r["result"] == "CKR_KEY_FUNCTION_NOT_PERMITTED" for r in gcm_recs),
+     "AES-GCM with token keys is audited: wrapping key, version, result",
+     "%d records" % len(gcm_recs))
