@@ -478,9 +478,12 @@ static void scan(struct kv_token *kt, bool force)
         k->seen = false;
     dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
-        if (errno != ENOENT)
-            cmk_error("token %s: state-dir %s: %s", kt->name, kt->state_dir,
-                      strerror(errno));
+        /* No directory yet: no keys. Another error is logged once. */
+        if (errno != ENOENT && !kt->state_logged)
+            cmk_error("token %s: state-dir %s: %s; its secret keys are not "
+                      "used",
+                      kt->name, kt->state_dir, strerror(errno));
+        kt->state_logged = errno != ENOENT;
     } else if (fstat(dfd, &st) == 0 && dir_ok(kt, &st) &&
                (d = fdopendir(dfd)) != NULL) {
         while ((de = readdir(d)) != NULL) {
@@ -574,7 +577,8 @@ CK_RV kv_store_list(struct kv_token *kt, struct pobj **objs, CK_ULONG *count)
 
 /* ---- writing ---- */
 
-/* mkdir -p with mode 0700 for what it makes. */
+/* mkdir -p: the state directory itself with mode 0700, missing parents
+ * (such as $(localstatedir)/lib/cmkp11) with 0755. */
 static int make_dirs(const char *path)
 {
     char buf[PATH_MAX], *p;
@@ -585,7 +589,7 @@ static int make_dirs(const char *path)
         if (*p != '/')
             continue;
         *p = '\0';
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
             return -1;
         *p = '/';
     }

@@ -131,6 +131,7 @@ struct kv_token {
     char *wrapping_key;
     struct kv_skey *skeys;
     int64_t scanned_at_ms;
+    bool state_logged; /* the state directory's error was logged */
 };
 
 #define KV_CIRCUIT_FAILURES 5

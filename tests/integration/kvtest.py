@@ -88,7 +88,9 @@ def emu_token(emu, name, secret_file, **options):
     o = {"backend": "keyvault", "vault_url": emu.vault_url, "ca_file": emu.ca,
          "auth": "client-secret", "tenant_id": TENANT, "client_id": APP_ID,
          "client_secret_file": secret_file,
-         "authority_host": emu.env["AZURE_AUTHORITY_HOST"]}
+         "authority_host": emu.env["AZURE_AUTHORITY_HOST"],
+         # Token secret keys stay in the test's directory.
+         "state_dir": os.path.join(emu.dir, "secret-keys")}
     o.update(options)
     return token_section(name, **o)
 
@@ -129,7 +131,9 @@ class KvSetup:
         as an identity of emulator_config() signs in: auth "client-secret"
         (app), "reader" or "imds" (the system-assigned identity)."""
         o = {"backend": "keyvault", "vault_url": self.vault_url(vault),
-             "ca_file": self.emu.ca}
+             "ca_file": self.emu.ca,
+             # Token secret keys stay in the test's directory.
+             "state_dir": os.path.join(self.dir, "secret-keys")}
         if auth in ("client-secret", "reader"):
             app = auth == "client-secret"
             o.update(auth="client-secret", tenant_id=TENANT,

@@ -54,8 +54,7 @@ s.create_key("kek")
 s.write_conf([
     ("mock", "backend = mock\n"),
     ("hsm", "backend = hsm\nmodule = %s\ntoken-label = cmk\n" % SOFTHSM),
-    ("kv", s.token_body("kvemu", "client-secret") +
-     "state-dir = %s\n" % os.path.join(s.dir, "secret-keys")),
+    ("kv", s.token_body("kvemu", "client-secret")),
 ], log_level="error")
 lib = PyKCS11.PyKCS11Lib()
 lib.load(MODULE)

@@ -168,11 +168,16 @@ t.ok(ses.verify(pub, msg, bytes(ses.sign(priv, msg, P.Mechanism(P.CKM_SHA256_RSA
                 P.Mechanism(P.CKM_SHA256_RSA_PKCS)), "C_Verify runs locally")
 
 # ---- module-held AES keys ----------------------------------------------
+# Token secret keys need a wrapping key: this vault has several and the
+# token no wrapping-key (test-keyvault-secret-keys.py makes them).
 t.eq(ckr(ses.generateKey, aes_template(token=True) + [(P.CKA_VALUE_LEN, 32)]),
-     P.CKR_TEMPLATE_INCONSISTENT, "an AES key with CKA_TOKEN=TRUE is refused")
+     P.CKR_TEMPLATE_INCONSISTENT,
+     "an AES key with CKA_TOKEN=TRUE and no wrapping-key among several keys "
+     "is refused")
 t.eq(ckr(ses.unwrapKey, priv, pk.encrypt(os.urandom(32), OAEP_OSSL["OAEP-SHA256"]),
          aes_template(token=True), OAEP256),
-     P.CKR_TEMPLATE_INCONSISTENT, "unwrap into a token object is refused")
+     P.CKR_TEMPLATE_INCONSISTENT,
+     "unwrap into a token object without a wrapping key is refused")
 sk = ses.generateKey(aes_template(sensitive=True, extractable=False) +
                      [(P.CKA_VALUE_LEN, 32)])
 # PyKCS11 turns CKR_ATTRIBUTE_SENSITIVE into a None value.
