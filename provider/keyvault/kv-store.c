@@ -655,7 +655,8 @@ out:
  * CMKP11_TEST_STORE_PAUSE (tests only, docs/keyvault.md) stops the
  * process (SIGSTOP) between the write and the rename.
  */
-static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k)
+static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k,
+                        struct stat *written)
 {
     char tmp[PATH_MAX], final[PATH_MAX], *text;
     size_t len, off = 0;
@@ -699,6 +700,9 @@ static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k)
         raise(SIGSTOP);
     if (renameat(dfd, tmp, dfd, final) != 0)
         goto fail;
+    /* What the next scan compares, so that it does not read it again. */
+    if (fstatat(dfd, final, written, AT_SYMLINK_NOFOLLOW) != 0)
+        memset(written, 0, sizeof(*written));
     if (fsync(dfd) != 0)
         cmk_error("token %s: state-dir %s: fsync: %s", kt->name, kt->state_dir,
                   strerror(errno));
@@ -834,7 +838,8 @@ CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
 {
     struct kv_token *kt = c->tok;
     const CK_ATTRIBUTE *val = tmpl_find(tmpl, n, CKA_VALUE);
-    struct kv_skey *k;
+    struct kv_skey *k, *e;
+    struct stat st;
     unsigned char rnd[16];
     char idhex[33];
     EVP_PKEY *pk = NULL;
@@ -891,14 +896,32 @@ CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
                                     &k->attrs, k->mac) != 0)
         rv = CKR_FUNCTION_FAILED;
     if (rv == CKR_OK)
-        rv = skey_write(kt, k);
+        rv = skey_write(kt, k, &st);
     EVP_PKEY_free(pk);
     if (rv != CKR_OK)
         goto fail;
-    pthread_mutex_lock(&kt->lock);
+    k->dev = st.st_dev;
+    k->ino = st.st_ino;
+    k->size = st.st_size;
+    k->mtime = st.st_mtim;
     k->present = true;
-    k->next = kt->skeys;
-    kt->skeys = k;
+    pthread_mutex_lock(&kt->lock);
+    for (e = kt->skeys; e != NULL; e = e->next)
+        if (e->id != NULL && strcmp(e->id, k->id) == 0)
+            break;
+    if (e != NULL) {
+        /* A scan of another thread read the file first: that entry. */
+        if (e->value == NULL) {
+            e->value = k->value;
+            e->value_len = k->value_len;
+            k->value = NULL;
+        }
+        skey_free(k);
+        k = e;
+    } else {
+        k->next = kt->skeys;
+        kt->skeys = k;
+    }
     if (skey_pobj_unlocked(kt, k, out) != 0)
         rv = CKR_HOST_MEMORY;
     pthread_mutex_unlock(&kt->lock);
@@ -1084,11 +1107,25 @@ CK_RV kv_store_crypt(struct pcall *c, enum pop op, struct kv_skey *k,
     CK_RV rv;
 
     c->device_error = 0;
-    if (op == POP_SIGN || op == POP_VERIFY)
-        return CKR_KEY_FUNCTION_NOT_PERMITTED;
+    if (op == POP_VERIFY || (op == POP_SIGN && m->mechanism != CKM_SHA256_HMAC))
+        return CKR_MECHANISM_INVALID;
     rv = skey_value(c, k, value, &len);
     if (rv != CKR_OK)
         return rv;
+    if (op == POP_SIGN) {
+        /* HMAC-SHA256 with a generic secret (RFC 2104; the front end
+         * checked the key's type and CKA_SIGN). */
+        unsigned int mlen = 0;
+        if (cap < 32)
+            rv = CKR_BUFFER_TOO_SMALL;
+        else if (HMAC(EVP_sha256(), value, (int)len, in, inlen, out, &mlen) ==
+                 NULL)
+            rv = CKR_FUNCTION_FAILED;
+        else
+            *outlen = mlen;
+        OPENSSL_cleanse(value, sizeof(value));
+        return rv;
+    }
     rv = softkey_check_mech(m, len);
     if (rv == CKR_OK && softkey_out_bound(m, op == POP_ENCRYPT, inlen) > cap)
         rv = CKR_BUFFER_TOO_SMALL;
@@ -1139,6 +1176,7 @@ CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
     unsigned char value[512];
     size_t len = 0;
     struct kv_skey copy;
+    struct stat st;
     EVP_PKEY *pk = NULL;
     char *ver = NULL;
     CK_RV rv;
@@ -1163,10 +1201,8 @@ CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
         rv = oaep_wrap(pk, value, len, &copy.wrapped, &copy.wrapped_len);
     copy.cmk_ver = ver;
     if (rv == CKR_OK)
-        rv = skey_write(kt, &copy);
+        rv = skey_write(kt, &copy, &st);
     if (rv == CKR_OK) {
-        struct stat st;
-        char path[PATH_MAX];
         pthread_mutex_lock(&kt->lock);
         free(k->cmk_ver);
         k->cmk_ver = copy.cmk_ver;
@@ -1175,14 +1211,10 @@ CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
         k->wrapped = copy.wrapped;
         k->wrapped_len = copy.wrapped_len;
         copy.wrapped = NULL;
-        snprintf(path, sizeof(path), "%s/%s%s", kt->state_dir, k->id,
-                 SK_SUFFIX);
-        if (stat(path, &st) == 0) {
-            k->dev = st.st_dev;
-            k->ino = st.st_ino;
-            k->size = st.st_size;
-            k->mtime = st.st_mtim;
-        }
+        k->dev = st.st_dev;
+        k->ino = st.st_ino;
+        k->size = st.st_size;
+        k->mtime = st.st_mtim;
         pthread_mutex_unlock(&kt->lock);
         cmk_info("token %s: secret key %s rewrapped under %s version %s",
                  kt->name, copy.id, copy.cmk, ver);
