@@ -758,6 +758,17 @@ static CK_RV kv_set_attributes(struct pcall *c, void *ref,
     return rv;
 }
 
+/* provider_ops.get_attribute: a key version's on-demand attributes; a
+ * token secret key has none (its references are not versions). */
+static CK_RV kv_get_attribute_ref(struct pcall *c, void *ref,
+                                  CK_ATTRIBUTE_TYPE type, CK_BYTE **out,
+                                  CK_ULONG *len)
+{
+    if (skey_of(c->tok, ref) != NULL)
+        return CKR_ATTRIBUTE_TYPE_INVALID;
+    return kv_get_attribute(c, ref, type, out, len);
+}
+
 const struct provider_ops keyvault_provider = {
     .name = "keyvault",
     .open = kv_open,
@@ -775,5 +786,5 @@ const struct provider_ops keyvault_provider = {
     .get_value = kv_get_value,
     .generate_key_pair = kv_generate_key_pair,
     .set_attributes = kv_set_attributes,
-    .get_attribute = kv_get_attribute,
+    .get_attribute = kv_get_attribute_ref,
 };

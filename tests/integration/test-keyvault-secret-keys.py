@@ -497,3 +497,5 @@ t.ok(len(gcm_recs) > 0 and all(r["key"] == "kek" for r in gcm_recs) and
      any(r["result"] == "CKR_KEY_FUNCTION_NOT_PERMITTED" for r in gcm_recs),
      "AES-GCM with token keys is audited: wrapping key, version, result",
      "%d records" % len(gcm_recs))
+is_(ses.getAttributeValue(h, [P.CKA_VENDOR_DEFINED | 0x434D0011]), [None],
+    "a token secret key has no rotation policy (CKR_ATTRIBUTE_TYPE_INVALID)")
