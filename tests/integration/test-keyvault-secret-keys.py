@@ -232,6 +232,15 @@ r = subprocess.run([TOOL, "--module", MODULE, "rotate", "kv", "kek"], env=env,
                    capture_output=True, text=True, timeout=120)
 t.ok(r.returncode == 0, "cmkp11-tool rotate kv kek", r.stdout + r.stderr)
 time.sleep(REFRESH + 0.3)
+empty = os.path.join(s.dir, "no-sealed-files")
+os.mkdir(empty)
+r = subprocess.run([TOOL, "--module", MODULE, "retire", "--paths", empty,
+                    "kv", "kek@" + v1], env=env, capture_output=True,
+                   text=True, timeout=120)
+t.ok(r.returncode == 3 and "token secret keys are wrapped under it" in
+     r.stdout and "cmkp11-tool rewrap --token kv" in r.stdout,
+     "cmkp11-tool retire refuses the old version while token secret keys "
+     "are wrapped under it, and names the rewrap", r.stdout + r.stderr)
 r = subprocess.run([TOOL, "--module", MODULE, "rewrap", "--token", "kv"], env=env,
                    capture_output=True, text=True, timeout=120)
 t.ok(r.returncode == 0 and "2 rewrapped, 0 skipped, 0 failed" in r.stdout,

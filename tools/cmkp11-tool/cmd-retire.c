@@ -28,6 +28,7 @@
 #include "keys.h"
 #include "out.h"
 #include "seal-int.h"
+#include "secret-keys.h"
 #include "tool.h"
 
 #ifndef CMKP11_DEFAULT_MODULE
@@ -475,6 +476,44 @@ static void print_not_counted(const struct retire *r)
                r->tool_records, r->tool_records == 1 ? "" : "s");
 }
 
+/* A keyvault token's secret keys wrapped under the version
+ * (docs/keyvault.md, "Token secret keys") stop with it: refused, with
+ * the command that moves them. Returns the number of such keys. */
+static size_t secret_keys_depend(struct tmod *m, const struct tool_opts *o,
+                                 const struct retire *r)
+{
+    struct tskeys sk = {0};
+    char cmd[128];
+    size_t i, n = 0;
+
+    if (!r->t->keyvault || tskeys_load(m, r->t, &sk) != CKR_OK) {
+        tskeys_free(&sk);
+        return 0;
+    }
+    for (i = 0; i < sk.n; i++)
+        if (sk.k[i].cmk != NULL && strcmp(sk.k[i].cmk, r->name) == 0 &&
+            same_version(sk.k[i].version, r->version))
+            n++;
+    snprintf(cmd, sizeof(cmd), "cmkp11-tool rewrap --token %s", r->t->label);
+    if (n > 0 && o->json) {
+        print_json(r, o, "refused", "token secret keys are wrapped under it",
+                   cmd);
+    } else if (n > 0) {
+        printf("Token %s, key %s: version %s NOT retired: token secret keys "
+               "are wrapped under it\n",
+               r->t->label, r->name, r->version);
+        printf("Secret keys wrapped under it (%zu):\n", n);
+        for (i = 0; i < sk.n; i++)
+            if (sk.k[i].cmk != NULL && strcmp(sk.k[i].cmk, r->name) == 0 &&
+                same_version(sk.k[i].version, r->version))
+                printf("  %s (id %s)\n", sk.k[i].label ? sk.k[i].label : "",
+                       sk.k[i].id ? sk.k[i].id : "");
+        printf("Free them (their values do not change):\n  %s\n", cmd);
+    }
+    tskeys_free(&sk);
+    return n;
+}
+
 /* The token, the key and the version named by the operands. */
 static int resolve(struct tmod *m, const struct tool_opts *o, const char *tok,
                    const char *kv, struct ttoken **toks, size_t *ntok,
@@ -646,6 +685,10 @@ int cmd_retire(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                    "rotate the key first (cmkp11-tool rotate %s %s), rewrap "
                    "the files under it, then retire it",
                    version, name, r.t->label, r.t->label, name);
+        status = TOOL_REFUSED;
+        goto out;
+    }
+    if (secret_keys_depend(m, o, &r) != 0) {
         status = TOOL_REFUSED;
         goto out;
     }
