@@ -36,11 +36,10 @@
 #include <openssl/rand.h>
 
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
+#include "provider-util.h"
 #include "debug.h"
 #include "kv-token.h"
-#include "rsa.h"
 #include "secure.h"
-#include "softkey.h"
 
 #define SK_FORMAT  "cmkp11-secret-key"
 #define SK_VERSION 1
@@ -1097,39 +1096,65 @@ out:
     return rv;
 }
 
+/* HMAC-SHA256 (RFC 2104) for CKM_SHA256_HMAC and _GENERAL, whose
+ * parameters the front end checked (its length, 1 to 32); POP_VERIFY
+ * compares with the signature in out in constant time. */
+static CK_RV skey_hmac(enum pop op, const CK_MECHANISM *m,
+                       const unsigned char *key, size_t keylen,
+                       const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,
+                       CK_ULONG *outlen)
+{
+    unsigned char mac[32];
+    unsigned int mlen = 0;
+    CK_ULONG want = 32;
+    CK_RV rv = CKR_OK;
+
+    if (m->mechanism == CKM_SHA256_HMAC_GENERAL) {
+        if (m->pParameter == NULL || m->ulParameterLen != sizeof(CK_ULONG))
+            return CKR_MECHANISM_PARAM_INVALID;
+        want = *(const CK_ULONG *)m->pParameter;
+        if (want == 0 || want > 32)
+            return CKR_MECHANISM_PARAM_INVALID;
+    }
+    if (HMAC(EVP_sha256(), key, (int)keylen, in, inlen, mac, &mlen) == NULL ||
+        mlen != 32)
+        rv = CKR_FUNCTION_FAILED;
+    else if (op == POP_VERIFY)
+        rv = *outlen != want                      ? CKR_SIGNATURE_LEN_RANGE
+             : CRYPTO_memcmp(mac, out, want) != 0 ? CKR_SIGNATURE_INVALID
+                                                  : CKR_OK;
+    else if (*outlen < want)
+        rv = CKR_BUFFER_TOO_SMALL;
+    else {
+        memcpy(out, mac, want);
+        *outlen = want;
+    }
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return rv;
+}
+
 CK_RV kv_store_crypt(struct pcall *c, enum pop op, struct kv_skey *k,
                      const CK_MECHANISM *m, const CK_BYTE *in, CK_ULONG inlen,
                      CK_BYTE *out, CK_ULONG *outlen)
 {
+    bool hmac = m->mechanism == CKM_SHA256_HMAC ||
+                m->mechanism == CKM_SHA256_HMAC_GENERAL;
     unsigned char value[512];
     size_t len = 0;
-    CK_ULONG cap = *outlen;
     CK_RV rv;
 
     c->device_error = 0;
-    if (op == POP_VERIFY || (op == POP_SIGN && m->mechanism != CKM_SHA256_HMAC))
+    if ((op == POP_SIGN || op == POP_VERIFY) != hmac)
         return CKR_MECHANISM_INVALID;
     rv = skey_value(c, k, value, &len);
     if (rv != CKR_OK)
         return rv;
-    if (op == POP_SIGN) {
-        /* HMAC-SHA256 with a generic secret (RFC 2104; the front end
-         * checked the key's type and CKA_SIGN). */
-        unsigned int mlen = 0;
-        if (cap < 32)
-            rv = CKR_BUFFER_TOO_SMALL;
-        else if (HMAC(EVP_sha256(), value, (int)len, in, inlen, out, &mlen) ==
-                 NULL)
-            rv = CKR_FUNCTION_FAILED;
-        else
-            *outlen = mlen;
-        OPENSSL_cleanse(value, sizeof(value));
-        return rv;
-    }
-    rv = softkey_check_mech(m, len);
-    if (rv == CKR_OK && softkey_out_bound(m, op == POP_ENCRYPT, inlen) > cap)
-        rv = CKR_BUFFER_TOO_SMALL;
-    if (rv == CKR_OK)
+    /* The front end checked the mechanism's parameters against the key's
+     * CKA_VALUE_LEN (the value's length, bound by the MAC) and gives an out
+     * buffer the operation's largest output fits. */
+    if (hmac)
+        rv = skey_hmac(op, m, value, len, in, inlen, out, outlen);
+    else
         rv = softkey_crypt(m, op == POP_ENCRYPT, value, len, in, inlen, out,
                            outlen);
     OPENSSL_cleanse(value, sizeof(value));

@@ -147,12 +147,16 @@ void kv_admin(const char *command)
 
 char *kv_conf(const char *extra)
 {
-    char text[2048];
+    char text[3072], cwd[1024];
 
+    /* Token secret keys stay in the test's directory (an absolute path). */
+    if (getcwd(cwd, sizeof(cwd)) == NULL)
+        test_bail("getcwd failed");
     snprintf(text, sizeof(text),
              "[cmkp11]\nlog-level = error\n\n"
              "[token kv]\nbackend = keyvault\nvault-url = %s\n"
-             "ca-file = %s\nauth = managed-identity\nimds-endpoint = %s\n%s",
-             emu_url, emu_ca, emu_imds, extra ? extra : "");
+             "ca-file = %s\nauth = managed-identity\nimds-endpoint = %s\n"
+             "state-dir = %s/%s/secret-keys\n%s",
+             emu_url, emu_ca, emu_imds, cwd, p11_tmpdir(), extra ? extra : "");
     return p11_write_file("cmkp11.conf", text);
 }

@@ -508,3 +508,21 @@ t.ok(len(gcm_recs) > 0 and all(r["key"] == "kek" for r in gcm_recs) and
      "%d records" % len(gcm_recs))
 is_(ses.getAttributeValue(h, [P.CKA_VENDOR_DEFINED | 0x434D0011]), [None],
     "a token secret key has no rotation policy (CKR_ATTRIBUTE_TYPE_INVALID)")
+
+# 14. HMAC-SHA256 with a generic secret token key.
+import hashlib
+import hmac as pyhmac
+secret = os.urandom(48)
+hk = ses3.createObject([(P.CKA_CLASS, P.CKO_SECRET_KEY),
+                       (P.CKA_KEY_TYPE, P.CKK_GENERIC_SECRET),
+                       (P.CKA_TOKEN, True), (P.CKA_LABEL, "hmac-key"),
+                       (P.CKA_VALUE, secret), (P.CKA_SIGN, True),
+                       (P.CKA_VERIFY, True)])
+hm = P.Mechanism(P.CKM_SHA256_HMAC, None)
+mac = bytes(ses3.sign(hk, b"message", hm))
+t.ok(mac == pyhmac.new(secret, b"message", hashlib.sha256).digest(),
+     "CKM_SHA256_HMAC with a token generic secret: RFC 2104's value")
+t.ok(ses3.verify(hk, b"message", mac, hm), "C_Verify accepts it")
+# PyKCS11 answers False for CKR_SIGNATURE_INVALID.
+t.ok(ses3.verify(hk, b"message", bytes([mac[0] ^ 1]) + mac[1:], hm) is False,
+     "a changed MAC: CKR_SIGNATURE_INVALID")

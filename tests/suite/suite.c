@@ -90,7 +90,8 @@ static char *kv_suite_setup(void)
 {
     kv_start();
     kv_admin("create-key kvemu kek");
-    return kv_conf(NULL);
+    /* Token secret keys are wrapped under kek (docs/keyvault.md). */
+    return kv_conf("wrapping-key = kek\n");
 }
 
 static const struct backend backends[] = {
@@ -101,7 +102,8 @@ static const struct backend backends[] = {
      CAP_LOGIN | CAP_SO | CAP_TOKEN_SECRET, hsm_suite_setup},
     /* No pin-file: any PIN logs in (docs/keyvault.md). */
     {"keyvault", "CMKP11_MODULE", "kek", "",
-     CAP_SECRET_SET | CAP_HMAC_SHORT | CAP_HMAC_GENERAL, kv_suite_setup},
+     CAP_SECRET_SET | CAP_HMAC_SHORT | CAP_HMAC_GENERAL | CAP_TOKEN_SECRET,
+     kv_suite_setup},
 };
 
 static const struct backend *be;
