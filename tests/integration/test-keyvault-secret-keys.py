@@ -8,7 +8,9 @@ life cycle (disabled: operations stop within refresh-interval; enabled
 again: they work); rotate, rewrap and disable the old version: the key
 still works and its file names the new version; two processes create and
 use keys at once; a writer killed between write and rename leaves no
-broken file; a corrupted file is named in the log and skipped."""
+broken file; a corrupted file is named in the log and skipped; key wrap,
+CBC-PAD and HMAC with token keys; cmkp11-tool list, rewrap --token and
+retire; the Kubernetes-KMS-v2-shaped consumer (k8s-kms.c) on this token."""
 import glob
 import json
 import os
@@ -526,3 +528,20 @@ t.ok(ses3.verify(hk, b"message", mac, hm), "C_Verify accepts it")
 # PyKCS11 answers False for CKR_SIGNATURE_INVALID.
 t.ok(ses3.verify(hk, b"message", bytes([mac[0] ^ 1]) + mac[1:], hm) is False,
      "a changed MAC: CKR_SIGNATURE_INVALID")
+
+# 15. The Kubernetes-KMS-v2-shaped consumer (tests/integration/k8s-kms.c)
+# on the keyvault token: k8s-kek (made by pkcs11-tool in part 1, rewrapped
+# since) found by label, 200 AES-GCM rounds with random nonces and AAD.
+KMS = os.path.join(os.environ.get("top_builddir", "."), "tests",
+                   "integration", "k8s-kms")
+r = subprocess.run([KMS, "--module", MODULE, "--token", "kv", "--label",
+                    "k8s-kek", "--pin", "any", "--rounds", "200"], env=env,
+                   capture_output=True, text=True, timeout=300)
+t.ok(r.returncode == 0 and "k8s-kms: 200 rounds, 0 failures" in r.stdout,
+     "the KMS v2-shaped consumer: 200 AES-GCM rounds with the token key",
+     r.stdout + r.stderr)
+r = subprocess.run([KMS, "--module", MODULE, "--token", "kv", "--label",
+                    "k8s-other", "--pin", "any", "--rounds", "1"], env=env,
+                   capture_output=True, text=True, timeout=300)
+t.ok(r.returncode == 2 and "no AES key labelled k8s-other" in
+     r.stdout + r.stderr, "another label finds no key", r.stdout + r.stderr)
