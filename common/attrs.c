@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,12 +18,211 @@ static void value_free(void *p, CK_ULONG len)
     }
 }
 
-/* Values in a packed block are aligned to this. */
-#define PACK_ALIGN sizeof(CK_ULONG)
+/*
+ * Cells of packed arrays. A cell is one attribute (type and value); equal
+ * ones are held once, counted, in a hash table, so that the two objects
+ * of a key version, or the objects of many keys, keep one copy of what
+ * they share: the flags and classes every object has, the modulus, the
+ * SubjectPublicKeyInfo, the label and the vendor attributes of a version.
+ * The table's lock is a leaf: nothing else is taken under it. Cells never
+ * change once made: a packed array reads them without the lock.
+ */
+struct attr_cell {
+    struct attr_cell *next; /* in its bucket */
+    unsigned long refs;     /* under cells.lock for shared cells */
+    bool shared;            /* in the table; else the array's own */
+    CK_ATTRIBUTE at;
+    unsigned char value[];
+};
 
-static size_t pack_round(CK_ULONG len)
+static struct {
+    pthread_mutex_t lock;
+    struct attr_cell **bucket;
+    size_t nbuckets, count;
+} cells = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+void attrs_atfork_prepare(void)
 {
-    return ((size_t)len + PACK_ALIGN - 1) / PACK_ALIGN * PACK_ALIGN;
+    pthread_mutex_lock(&cells.lock);
+}
+
+void attrs_atfork_release(void)
+{
+    pthread_mutex_unlock(&cells.lock);
+}
+
+size_t attrs_cells_count(void)
+{
+    size_t n;
+
+    pthread_mutex_lock(&cells.lock);
+    n = cells.count;
+    pthread_mutex_unlock(&cells.lock);
+    return n;
+}
+
+/* Values that may be secret are never shared: comparing them against
+ * other arrays' values would make lookups depend on them. */
+static bool type_secret(CK_ATTRIBUTE_TYPE type)
+{
+    switch (type) {
+    case CKA_VALUE:
+    case CKA_PRIVATE_EXPONENT:
+    case CKA_PRIME_1:
+    case CKA_PRIME_2:
+    case CKA_EXPONENT_1:
+    case CKA_EXPONENT_2:
+    case CKA_COEFFICIENT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* FNV-1a over the type and the value. */
+static size_t cell_hash(CK_ATTRIBUTE_TYPE type, const void *value, CK_ULONG len)
+{
+    const unsigned char *p = value;
+    uint64_t h = 14695981039346656037ULL;
+    CK_ULONG i;
+
+    for (i = 0; i < sizeof(type); i++)
+        h = (h ^ ((type >> (8 * i)) & 0xff)) * 1099511628211ULL;
+    for (i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+static struct attr_cell *cell_new(CK_ATTRIBUTE_TYPE type, const void *value,
+                                  CK_ULONG len, bool shared)
+{
+    struct attr_cell *c = malloc(sizeof(*c) + len);
+
+    if (c == NULL)
+        return NULL;
+    c->next = NULL;
+    c->refs = 1;
+    c->shared = shared;
+    c->at.type = type;
+    c->at.ulValueLen = len;
+    c->at.pValue = NULL;
+    if (len > 0) {
+        memcpy(c->value, value, len);
+        c->at.pValue = c->value;
+    }
+    return c;
+}
+
+static void cell_free(struct attr_cell *c)
+{
+    secure_zero(c, sizeof(*c) + c->at.ulValueLen);
+    free(c);
+}
+
+/* Under cells.lock: twice the buckets when the chains grow long. */
+static void cells_grow_locked(void)
+{
+    size_t nb = cells.nbuckets ? cells.nbuckets * 2 : 1024, i;
+    struct attr_cell **nv, *c, *next;
+
+    if (cells.count < 2 * cells.nbuckets)
+        return;
+    nv = calloc(nb, sizeof(*nv));
+    if (nv == NULL)
+        return; /* longer chains, still correct */
+    for (i = 0; i < cells.nbuckets; i++) {
+        for (c = cells.bucket[i]; c != NULL; c = next) {
+            size_t b =
+                cell_hash(c->at.type, c->at.pValue, c->at.ulValueLen) % nb;
+            next = c->next;
+            c->next = nv[b];
+            nv[b] = c;
+        }
+    }
+    free(cells.bucket);
+    cells.bucket = nv;
+    cells.nbuckets = nb;
+}
+
+/* A counted reference to the cell for (type, value). */
+static struct attr_cell *cell_get(const CK_ATTRIBUTE *at)
+{
+    size_t h;
+    struct attr_cell *c;
+
+    if (type_secret(at->type))
+        return cell_new(at->type, at->pValue, at->ulValueLen, false);
+    h = cell_hash(at->type, at->pValue, at->ulValueLen);
+    pthread_mutex_lock(&cells.lock);
+    cells_grow_locked();
+    if (cells.nbuckets == 0) {
+        pthread_mutex_unlock(&cells.lock);
+        return NULL;
+    }
+    for (c = cells.bucket[h % cells.nbuckets]; c != NULL; c = c->next) {
+        if (c->at.type == at->type && c->at.ulValueLen == at->ulValueLen &&
+            (at->ulValueLen == 0 ||
+             memcmp(c->value, at->pValue, at->ulValueLen) == 0)) {
+            c->refs++;
+            break;
+        }
+    }
+    if (c == NULL) {
+        c = cell_new(at->type, at->pValue, at->ulValueLen, true);
+        if (c != NULL) {
+            c->next = cells.bucket[h % cells.nbuckets];
+            cells.bucket[h % cells.nbuckets] = c;
+            cells.count++;
+        }
+    }
+    pthread_mutex_unlock(&cells.lock);
+    return c;
+}
+
+static void cell_put(struct attr_cell *c)
+{
+    struct attr_cell **at;
+    bool last;
+
+    if (!c->shared) {
+        cell_free(c);
+        return;
+    }
+    pthread_mutex_lock(&cells.lock);
+    last = --c->refs == 0;
+    if (last) {
+        size_t b = cell_hash(c->at.type, c->at.pValue, c->at.ulValueLen) %
+                   cells.nbuckets;
+        for (at = &cells.bucket[b]; *at != c; at = &(*at)->next)
+            ;
+        *at = c->next;
+        if (--cells.count == 0) {
+            /* Nothing packed is left (C_Finalize): no table either. */
+            free(cells.bucket);
+            cells.bucket = NULL;
+            cells.nbuckets = 0;
+        }
+    }
+    pthread_mutex_unlock(&cells.lock);
+    if (last)
+        cell_free(c);
+}
+
+/* The i-th attribute, packed or not. */
+static CK_ATTRIBUTE *attrs_at(const struct attrs *a, CK_ULONG i)
+{
+    return a->packed > 0 ? &a->cells[i]->at : &a->v[i];
+}
+
+static void cells_release(struct attrs *a)
+{
+    CK_ULONG i;
+
+    for (i = 0; i < a->n; i++)
+        cell_put(a->cells[i]);
+    free(a->cells);
+    a->cells = NULL;
+    a->packed = 0;
 }
 
 /* Back to one allocation per value and a vector with room, before a
@@ -37,24 +238,24 @@ static int attrs_unpack(struct attrs *a)
     if (nv == NULL)
         return -1;
     for (i = 0; i < a->n; i++) {
-        nv[i] = a->v[i];
+        const CK_ATTRIBUTE *at = &a->cells[i]->at;
+
+        nv[i] = *at;
         nv[i].pValue = NULL;
-        if (a->v[i].ulValueLen == 0 || a->v[i].pValue == NULL)
+        if (at->ulValueLen == 0 || at->pValue == NULL)
             continue;
-        nv[i].pValue = malloc(a->v[i].ulValueLen);
+        nv[i].pValue = malloc(at->ulValueLen);
         if (nv[i].pValue == NULL) {
             while (i-- > 0)
                 value_free(nv[i].pValue, nv[i].ulValueLen);
             free(nv);
             return -1;
         }
-        memcpy(nv[i].pValue, a->v[i].pValue, a->v[i].ulValueLen);
+        memcpy(nv[i].pValue, at->pValue, at->ulValueLen);
     }
-    secure_zero(a->v, a->packed);
-    free(a->v);
+    cells_release(a);
     a->v = nv;
     a->alloc = na;
-    a->packed = 0;
     return 0;
 }
 
@@ -70,8 +271,7 @@ void attrs_clear(struct attrs *a)
     if (a == NULL)
         return;
     if (a->packed > 0) {
-        secure_zero(a->v, a->packed);
-        free(a->v);
+        cells_release(a);
         attrs_init(a);
         return;
     }
@@ -86,8 +286,8 @@ CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
     CK_ULONG i;
 
     for (i = 0; i < a->n; i++)
-        if (a->v[i].type == type)
-            return &a->v[i];
+        if (attrs_at(a, i)->type == type)
+            return attrs_at(a, i);
     return NULL;
 }
 
@@ -156,10 +356,16 @@ int attrs_merge(struct attrs *a, const CK_ATTRIBUTE *tmpl, CK_ULONG n)
 
 int attrs_copy(struct attrs *dst, const struct attrs *src)
 {
+    CK_ULONG i;
+
     attrs_init(dst);
-    if (attrs_merge(dst, src->v, src->n)) {
-        attrs_clear(dst);
-        return -1;
+    for (i = 0; i < src->n; i++) {
+        const CK_ATTRIBUTE *at = attrs_at(src, i);
+
+        if (attrs_set(dst, at->type, at->pValue, at->ulValueLen)) {
+            attrs_clear(dst);
+            return -1;
+        }
     }
     return 0;
 }
@@ -279,34 +485,29 @@ CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
 
 int attrs_compact(struct attrs *a)
 {
-    size_t size = 0, at;
-    unsigned char *block;
-    CK_ATTRIBUTE *nv;
+    struct attr_cell **cv;
     CK_ULONG i;
 
     if (a->n == 0 || a->packed > 0)
         return 0;
-    size = (size_t)a->n * sizeof(*nv);
-    for (i = 0; i < a->n; i++)
-        if (a->v[i].pValue != NULL)
-            size += pack_round(a->v[i].ulValueLen);
-    block = malloc(size);
-    if (block == NULL)
+    cv = malloc((size_t)a->n * sizeof(*cv));
+    if (cv == NULL)
         return -1;
-    nv = (CK_ATTRIBUTE *)(void *)block;
-    at = (size_t)a->n * sizeof(*nv);
     for (i = 0; i < a->n; i++) {
-        nv[i] = a->v[i];
-        if (a->v[i].pValue == NULL)
-            continue;
-        nv[i].pValue = block + at;
-        memcpy(nv[i].pValue, a->v[i].pValue, a->v[i].ulValueLen);
-        at += pack_round(a->v[i].ulValueLen);
-        value_free(a->v[i].pValue, a->v[i].ulValueLen);
+        cv[i] = cell_get(&a->v[i]);
+        if (cv[i] == NULL) {
+            while (i-- > 0)
+                cell_put(cv[i]);
+            free(cv);
+            return -1;
+        }
     }
+    for (i = 0; i < a->n; i++)
+        value_free(a->v[i].pValue, a->v[i].ulValueLen);
     free(a->v);
-    a->v = nv;
+    a->v = NULL;
+    a->cells = cv;
     a->alloc = a->n;
-    a->packed = size;
+    a->packed = (size_t)a->n * sizeof(*cv);
     return 0;
 }

@@ -6,13 +6,16 @@
 
 #include "compat.h"
 
+struct attr_cell;
+
 struct attrs {
-    CK_ATTRIBUTE *v;
+    CK_ATTRIBUTE *v; /* NULL once packed */
     CK_ULONG n;
     CK_ULONG alloc;
-    /* Bytes of the block v heads once packed (attrs_compact): the vector
-     * and every value in one allocation; 0 while values are each their
-     * own allocation. */
+    /* Once packed (attrs_compact): the n attributes as cells shared with
+     * every other packed array that holds the same type and value, and
+     * the bytes of that vector; 0 while the values are the array's own. */
+    struct attr_cell **cells;
     size_t packed;
 };
 
@@ -28,13 +31,23 @@ int attrs_set_string(struct attrs *a, CK_ATTRIBUTE_TYPE type, const char *s);
 int attrs_copy(struct attrs *dst, const struct attrs *src);
 /* Adds every attribute of the template (replacing). */
 int attrs_merge(struct attrs *a, const CK_ATTRIBUTE *tmpl, CK_ULONG n);
-/* Borrows the attribute, or NULL. */
+/* Borrows the attribute, or NULL. Read only: in a packed array it is
+ * shared with other arrays. */
 CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type);
 int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type);
-/* Packs the vector and every value into one allocation (for long-lived
- * objects): no unused slots, no allocation per value. A later change
- * unpacks it first. -1 on ENOMEM (the array is left as it was). */
+/* Packs the array for long-lived objects: a vector of pointers to cells,
+ * each one (type, value) held once however many packed arrays have it
+ * (the private and public objects of a key share their modulus, SPKI,
+ * label and vendor attributes; every object shares its flags), counted.
+ * Secret values (CKA_VALUE, RSA private components) get cells of their
+ * own. A later change unpacks it first. -1 on ENOMEM (the array is left
+ * as it was). */
 int attrs_compact(struct attrs *a);
+/* Fork: the shared cells' lock. */
+void attrs_atfork_prepare(void);
+void attrs_atfork_release(void);
+/* Cells in use (tests). */
+size_t attrs_cells_count(void);
 
 /* Lookups in a caller's template. find_* return 1 if found and valid,
  * 0 if absent, -1 if present with a bad length. */

@@ -40,6 +40,7 @@ static void atfork_prepare(void)
     providers_atfork(PROVIDER_FORK_PREPARE);
     pthread_mutex_lock(&g.mutex);
     rsa_atfork_prepare();
+    attrs_atfork_prepare();
     secure_atfork_prepare();
     cmk_log_atfork_prepare();
 }
@@ -48,6 +49,7 @@ static void atfork_parent(void)
 {
     cmk_log_atfork_release();
     secure_atfork_release();
+    attrs_atfork_release();
     rsa_atfork_release();
     pthread_mutex_unlock(&g.mutex);
     providers_atfork(PROVIDER_FORK_PARENT);
@@ -65,6 +67,7 @@ static void atfork_child(void)
     memcpy(&g.rwlock, &fresh, sizeof(fresh));
     cmk_log_atfork_release();
     secure_atfork_release();
+    attrs_atfork_release();
     rsa_atfork_release();
     pthread_mutex_unlock(&g.mutex);
     providers_atfork(PROVIDER_FORK_CHILD);

@@ -41,7 +41,8 @@
 #     the bare client). Bar: <= 1.2. The emulator shares the CPUs: compare
 #     the ratio, not the absolute figures.
 #
-# -u measures only 6, the cached unwraps; -T only 7.
+# -u measures only 6, the cached unwraps; -T only 7; -M only 5, once a
+# round (memory does not depend on the load), with the median.
 #
 # The injected latency ("kvemu-admin latency MS --identity-ms MS") delays
 # every vault and every token request, as a remote service would. At 0 ms,
@@ -59,15 +60,17 @@ rounds=5
 raw=
 only_cache=no
 only_threads=no
-while getopts d:r:o:uTh opt; do
+only_mem=no
+while getopts d:r:o:uTMh opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
     o) raw=$OPTARG ;;
     u) only_cache=yes ;;
     T) only_threads=yes ;;
+    M) only_mem=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T | -M]" >&2
         exit 2
         ;;
     esac
@@ -215,6 +218,22 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "bench: $rounds rounds of ${seconds}s measurements; load average $load0" >&2
 loads=$(cut -d' ' -f1 /proc/loadavg)
 r=1
+if [ "$only_mem" = yes ]; then
+    latency 0
+    : >"$tmp/mem"
+    while [ "$r" -le "$rounds" ]; do
+        CMKP11_CONF=$tmp/kv1000.conf "$kvstart" -m 1000 "$cmkp11_so" kv1000 k >>"$tmp/mem" ||
+            { echo "bench: memory run failed" >&2; exit 1; }
+        echo "bench: round $r: $(tail -n 1 "$tmp/mem")" >&2
+        r=$((r + 1))
+    done
+    echo
+    echo "5. Memory after using 1,000 keys (kv-start -m 1000), $rounds runs; load average before: $load0"
+    sort -n -k5 "$tmp/mem" | awk '{ v[NR] = $0 } END { print v[int((NR + 1) / 2)] }' |
+        awk '{ printf "median: VmRSS before C_Initialize %d KiB, after %d KiB: +%.1f MiB; RssAnon +%.1f MiB\n", $3, $4, $5 / 1024, ($8 - $7) / 1024
+               printf "bar (<= 10 MiB): %s\n", ($5 <= 10 * 1024) ? "PASS" : "FAIL" }'
+    exit 0
+fi
 cache_threads="1 2 8"
 : >"$tmp/cache"
 cached_unwraps() { # 6. cached unwrap, one process per thread count

@@ -253,14 +253,14 @@ static void test_hmap(void)
     hmap_free(NULL);
 }
 
-/* attrs_compact packs the vector and the values into one block; every
- * change after it still works and leaves the values intact. */
+/* attrs_compact packs the array into shared cells; every change after it
+ * still works and leaves the values intact. */
 static void test_attrs_packed(void)
 {
     static const unsigned char modulus[256] = {0xc3, 1, 2, 3, [255] = 0x9d};
-    struct attrs a, b;
+    struct attrs a, b, c;
     CK_ATTRIBUTE *at;
-    CK_ULONG i;
+    size_t cells0 = attrs_cells_count();
 
     attrs_init(&a);
     ok(attrs_compact(&a) == 0 && a.packed == 0, "an empty array is not packed");
@@ -270,16 +270,9 @@ static void test_attrs_packed(void)
            attrs_set(&a, CKA_SUBJECT, NULL, 0) == 0 &&
            attrs_set_string(&a, CKA_LABEL, "kek") == 0,
        "five attributes");
-    ok(attrs_compact(&a) == 0 && a.packed > 0 && a.alloc == 5 &&
-           a.packed == 5 * sizeof(CK_ATTRIBUTE) + 8 + 8 + 256 + 8,
-       "packed: the vector and the values, each rounded to 8 bytes");
-    for (i = 0; i < a.n; i++)
-        if (a.v[i].pValue != NULL &&
-            ((unsigned char *)a.v[i].pValue < (unsigned char *)a.v ||
-             (unsigned char *)a.v[i].pValue + a.v[i].ulValueLen >
-                 (unsigned char *)a.v + a.packed))
-            break;
-    ok(i == a.n, "every value lies inside the block");
+    ok(attrs_compact(&a) == 0 && a.packed == 5 * sizeof(void *) &&
+           a.alloc == 5 && a.v == NULL && attrs_cells_count() == cells0 + 5,
+       "packed: a vector of five cells, all new");
     at = attrs_find(&a, CKA_MODULUS);
     ok(at != NULL && at->ulValueLen == 256 &&
            memcmp(at->pValue, modulus, 256) == 0,
@@ -288,10 +281,32 @@ static void test_attrs_packed(void)
            attrs_get_bool(&a, CKA_ENCRYPT, false) &&
            attrs_find(&a, CKA_SUBJECT)->ulValueLen == 0,
        "small values and an empty one survive");
+
+    /* A second array with the same modulus and label, another class, and
+     * a secret value: shares four cells, the secret is its own. */
+    attrs_init(&c);
+    ok(attrs_set_ulong(&c, CKA_CLASS, CKO_PRIVATE_KEY) == 0 &&
+           attrs_set(&c, CKA_MODULUS, modulus, sizeof(modulus)) == 0 &&
+           attrs_set(&c, CKA_SUBJECT, NULL, 0) == 0 &&
+           attrs_set_string(&c, CKA_LABEL, "kek") == 0 &&
+           attrs_set(&c, CKA_VALUE, "secret", 6) == 0 &&
+           attrs_compact(&c) == 0 && attrs_cells_count() == cells0 + 6,
+       "equal attributes share a cell; a secret value is not shared");
+    ok(attrs_find(&c, CKA_MODULUS) == attrs_find(&a, CKA_MODULUS) &&
+           attrs_find(&c, CKA_CLASS) != attrs_find(&a, CKA_CLASS) &&
+           attrs_find(&c, CKA_VALUE)->ulValueLen == 6 &&
+           memcmp(attrs_find(&c, CKA_VALUE)->pValue, "secret", 6) == 0,
+       "the modulus is held once");
+    attrs_clear(&c);
+    ok(attrs_cells_count() == cells0 + 5 &&
+           memcmp(attrs_find(&a, CKA_MODULUS)->pValue, modulus, 256) == 0,
+       "clearing one leaves the other's cells");
     ok(attrs_compact(&a) == 0, "packing twice is harmless");
 
     ok(attrs_copy(&b, &a) == 0 && b.packed == 0 && b.n == 5 &&
-           attrs_match(&b, a.v, a.n),
+           attrs_match(&b, b.v, b.n) &&
+           memcmp(attrs_find(&b, CKA_MODULUS)->pValue, modulus, 256) == 0 &&
+           attrs_find(&b, CKA_MODULUS) != attrs_find(&a, CKA_MODULUS),
        "a copy of a packed array is an ordinary one with the same values");
     attrs_clear(&b);
 
@@ -313,7 +328,9 @@ static void test_attrs_packed(void)
            a.packed > 0,
        "removing an absent attribute leaves it packed");
     attrs_clear(&a);
-    ok(a.v == NULL && a.n == 0 && a.packed == 0, "cleared");
+    ok(a.v == NULL && a.n == 0 && a.packed == 0 &&
+           attrs_cells_count() == cells0,
+       "cleared, its cells gone");
 }
 
 static void test_names(void)
