@@ -112,7 +112,11 @@ CK_RV object_publish(struct token *t, CK_SESSION_HANDLE sess, struct pobj *p,
     o->token = t;
     o->session = sess;
     o->uid = p->uid;
-    attrs_compact(&p->attrs);
+    /* A back end's listed objects share their values (attrs_compact); a
+     * session object (an unwrapped or generated key) lives for a call or
+     * two, and would only add the shared table's lock to every unwrap. */
+    if (sess == 0)
+        attrs_compact(&p->attrs);
     o->attrs = p->attrs;
     o->ref = p->ref;
     o->secret = secret;
