@@ -72,7 +72,9 @@ t.eq(p.stdout, "%s %s" % (env["VAULT_URL"], env["AZURE_CLIENT_SECRET"]),
 t0 = time.time()
 r = emu.admin("POST", "vaults/kvemu/keys", {"name": "bench", "count": 1000, "distinct": 4})
 dt = time.time() - t0
-t.ok(r["created"] == 1000 and dt < 10, "bulk create of 1000 keys (4 materials)", "%.2f s" % dt)
+# How long it took is shown, not judged: speed belongs to benchmarks, and a
+# loaded machine must not fail the suite.
+t.ok(r["created"] == 1000, "bulk create of 1000 keys (4 materials)", r)
 t.diag("bulk create took %.2f s" % dt)
 emu.stop()
 
