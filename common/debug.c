@@ -399,14 +399,21 @@ void cmk_precond_failed(const char *expr, const char *func)
 
 char *cmk_hex(const void *in, size_t len, char *out)
 {
+    return cmk_hex_n(in, len, out, 2 * len + 1);
+}
+
+char *cmk_hex_n(const void *in, size_t len, char *out, size_t outlen)
+{
     static const char digits[] = "0123456789abcdef";
     const unsigned char *b = in;
     size_t i;
 
-    for (i = 0; i < len; i++) {
+    if (outlen == 0)
+        return out;
+    for (i = 0; i < len && 2 * i + 2 < outlen; i++) {
         out[2 * i] = digits[b[i] >> 4];
         out[2 * i + 1] = digits[b[i] & 15];
     }
-    out[2 * len] = '\0';
+    out[2 * i] = '\0';
     return out;
 }

@@ -85,5 +85,11 @@ const char *cmk_attr_name(unsigned long type);
 
 /* in as lowercase hexadecimal into out (2 * len + 1 bytes); returns out. */
 char *cmk_hex(const void *in, size_t len, char *out);
+/* As cmk_hex into out of outlen bytes, truncated: the first (outlen - 1) / 2
+ * bytes of in at most (whole bytes only, never half of one), the rest
+ * dropped; out is always NUL-terminated, except that nothing is written
+ * when outlen is 0. For ids and names shown in logs and listings, where a
+ * fixed buffer is enough. Returns out. */
+char *cmk_hex_n(const void *in, size_t len, char *out, size_t outlen);
 
 #endif

@@ -106,18 +106,6 @@ const CK_ATTRIBUTE *certs_hint(const struct token *t, const CK_ATTRIBUTE *hint,
     return buf;
 }
 
-static void hex(const CK_BYTE *in, CK_ULONG len, char *out, size_t cap)
-{
-    static const char digits[] = "0123456789abcdef";
-    size_t i;
-
-    for (i = 0; i < len && 2 * i + 2 < cap; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 15];
-    }
-    out[2 * i] = '\0';
-}
-
 /* A copy of a string attribute, or NULL. */
 static char *attr_string(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 {
@@ -362,7 +350,7 @@ static unsigned char *from_dir(struct token *t, const struct pobj *p,
         der = load_pem(t, label, pk, len);
     if (der == NULL && id != NULL && id->ulValueLen > 0 &&
         id->ulValueLen <= 64) {
-        hex(id->pValue, id->ulValueLen, hexid, sizeof(hexid));
+        cmk_hex_n(id->pValue, id->ulValueLen, hexid, sizeof(hexid));
         der = load_pem(t, hexid, pk, len);
     }
     EVP_PKEY_free(pk);

@@ -296,7 +296,7 @@ static CK_RV usage_record_find(struct hsm_token *ht, CK_SESSION_HANDLE s,
     CK_RV rv, rv2;
 
     pthread_mutex_lock(&ht->lock);
-    hsm_hex(v->id, v->id_len, hex, sizeof(hex));
+    cmk_hex_n(v->id, v->id_len, hex, sizeof(hex));
     snprintf(label, len, "%s@%s", v->name ? v->name : "", hex);
     pthread_mutex_unlock(&ht->lock);
     {

@@ -78,7 +78,7 @@ static CK_RV find_current(struct pcall *c, const char *name,
         cur->found = true;
         cur->priv = found->priv;
         cur->pub = found->pub;
-        hsm_hex(found->id, found->id_len, idhex, sizeof(idhex));
+        cmk_hex_n(found->id, found->id_len, idhex, sizeof(idhex));
         snprintf(cur->old_label, sizeof(cur->old_label), "%s@%s", name, idhex);
     }
     pthread_mutex_unlock(&ht->lock);
@@ -231,7 +231,7 @@ CK_RV hsm_generate_key_pair(struct pcall *c, const CK_MECHANISM *m,
         return rv;
     if (RAND_bytes(id, sizeof(id)) != 1)
         return CKR_FUNCTION_FAILED;
-    hsm_hex(id, sizeof(id), idhex, sizeof(idhex));
+    cmk_hex_n(id, sizeof(id), idhex, sizeof(idhex));
     snprintf(tmp_label, sizeof(tmp_label), "%s@%s", name, idhex);
     rv = generate_pair(c, m, tmp_label, id, sizeof(id), bits, &hpub, &hpriv);
     if (rv == CKR_OK)

@@ -46,22 +46,13 @@ static bool get_bool(struct hsm_token *ht, CK_SESSION_HANDLE s,
     return LOWER(ht, C_GetAttributeValue, s, o, &a, 1) == CKR_OK && v;
 }
 
-void hsm_hex(const CK_BYTE *b, CK_ULONG n, char *out, size_t outlen)
-{
-    CK_ULONG i;
-
-    out[0] = '\0';
-    for (i = 0; i < n && 2 * i + 2 < outlen; i++)
-        snprintf(out + 2 * i, 3, "%02x", b[i]);
-}
-
 /* NAME@HEXID names a version of NAME when HEXID is its own CKA_ID. */
 static char *key_name(const char *label, const CK_BYTE *id, CK_ULONG id_len)
 {
     const char *at = strrchr(label, '@');
     char h[130];
 
-    hsm_hex(id, id_len, h, sizeof(h));
+    cmk_hex_n(id, id_len, h, sizeof(h));
     if (at != NULL && at != label && id_len > 0 && strcasecmp(at + 1, h) == 0)
         return strndup(label, (size_t)(at - label));
     return strdup(label);
@@ -248,7 +239,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
      * tells the user to set is what is used. */
     wrp = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_WRAP));
     enc = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_ENCRYPT));
-    hsm_hex(v->id, v->id_len, version, sizeof(version));
+    cmk_hex_n(v->id, v->id_len, version, sizeof(version));
     snprintf(uid, sizeof(uid), "hsm/%s", version);
     snprintf(source, sizeof(source), "%s;token=%s", ht->module_path,
              ht->token_label ? ht->token_label : ht->token_uri);

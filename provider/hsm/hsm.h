@@ -144,7 +144,6 @@ CK_RV hsm_mapped(struct pcall *c, CK_RV lower);
 /* hsm-list.c */
 void *hsm_get_attr(struct hsm_token *ht, CK_SESSION_HANDLE s,
                    CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type, CK_ULONG *len);
-void hsm_hex(const CK_BYTE *b, CK_ULONG n, char *out, size_t outlen);
 CK_RV hsm_list(struct pcall *c, const CK_ATTRIBUTE *hint, CK_ULONG nhint,
                struct pobj **objs, CK_ULONG *count, bool *complete);
 void hsm_ref_free(void *tok, void *ref);

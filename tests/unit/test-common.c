@@ -368,6 +368,29 @@ static void test_hex(void)
     ok(cmk_hex(in, sizeof(in), out) == out, "cmk_hex returns its buffer");
     ok(strcmp(out, "000fa5ff10") == 0, "cmk_hex: lowercase, two digits a byte");
     ok(strcmp(cmk_hex(in, 0, out), "") == 0, "cmk_hex of nothing: empty");
+
+    /* cmk_hex_n: whole bytes that fit with the NUL, nothing past outlen. */
+    memset(out, 'x', sizeof(out));
+    ok(cmk_hex_n(in, sizeof(in), out, sizeof(out)) == out,
+       "cmk_hex_n returns its buffer");
+    ok(strcmp(out, "000fa5ff10") == 0, "cmk_hex_n: all of it when it fits");
+    memset(out, 'x', sizeof(out));
+    cmk_hex_n(in, sizeof(in), out, 7);
+    ok(strcmp(out, "000fa5") == 0 && out[7] == 'x',
+       "cmk_hex_n into 7: three bytes, NUL at 6, out[7] untouched");
+    memset(out, 'x', sizeof(out));
+    cmk_hex_n(in, sizeof(in), out, 6);
+    ok(strcmp(out, "000f") == 0 && out[5] == 'x',
+       "cmk_hex_n into 6: two bytes (no half byte), NUL at 4");
+    memset(out, 'x', sizeof(out));
+    cmk_hex_n(in, sizeof(in), out, 1);
+    ok(out[0] == '\0' && out[1] == 'x', "cmk_hex_n into 1: empty string");
+    memset(out, 'x', sizeof(out));
+    cmk_hex_n(in, sizeof(in), out, 0);
+    ok(out[0] == 'x', "cmk_hex_n into 0: nothing written");
+    memset(out, 'x', sizeof(out));
+    ok(strcmp(cmk_hex_n(in, 0, out, sizeof(out)), "") == 0,
+       "cmk_hex_n of nothing: empty");
 }
 
 static void test_logging(void)

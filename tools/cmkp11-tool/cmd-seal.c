@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "debug.h"
 #include "keys.h"
 #include "out.h"
 #include "secure.h"
@@ -155,15 +156,6 @@ static int targets_resolve(struct sctx *c, const struct tool_opts *o,
     return 0;
 }
 
-static void hex(const unsigned char *p, size_t n, char *out, size_t outlen)
-{
-    size_t i;
-
-    out[0] = '\0';
-    for (i = 0; i < n && 2 * i + 2 < outlen; i++)
-        snprintf(out + 2 * i, 3, "%02x", p[i]);
-}
-
 /* What seal and unseal print with --json: the file's key as its header
  * names it, the token used, and what the segments held. fallback < 0:
  * not printed. */
@@ -176,8 +168,7 @@ static void report_json(const char *inpath, const char *outpath,
     struct jw w;
     size_t i;
 
-    hex(h->key_id, h->key_id_len < 64 ? h->key_id_len : 64, idhex,
-        sizeof(idhex));
+    cmk_hex_n(h->key_id, h->key_id_len, idhex, sizeof(idhex));
     jw_init(&w, stdout);
     jw_begin_object(&w);
     jw_kv_string(&w, "input", path_is_stdio(inpath) ? "-" : inpath);

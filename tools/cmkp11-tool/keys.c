@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "debug.h"
 #include "keys.h"
 #include "out.h"
 
@@ -351,13 +352,7 @@ struct tversion *tkey_selected(struct tkey *key)
 
 void tversion_id_hex(const struct tversion *v, char *out, size_t len)
 {
-    size_t i;
-
-    if (len == 0)
-        return;
-    out[0] = '\0';
-    for (i = 0; i < v->id_len && 2 * i + 2 < len; i++)
-        snprintf(out + 2 * i, 3, "%02x", v->id[i]);
+    cmk_hex_n(v->id, v->id_len, out, len);
 }
 
 bool tops_has(const char *ops, const char *op)
