@@ -210,49 +210,46 @@ static size_t on_body(char *data, size_t size, size_t n, void *user)
     return len;
 }
 
-static bool header_is(const char *line, size_t len, const char *name,
-                      const char **value, size_t *vlen)
+/*
+ * The value of the last NAME header of the final response, or NULL: libcurl
+ * (curl_easy_header, 7.84) keeps the headers of the transfer until the
+ * handle's next one, without surrounding white space. CURLH_HEADER leaves
+ * out a proxy's CONNECT answer and any 1xx response; a name repeated keeps
+ * the last, as a parser of every line would.
+ */
+static const char *header(CURL *c, const char *name)
 {
-    size_t n = strlen(name);
+    struct curl_header *h;
+    size_t n;
 
-    if (len <= n || strncasecmp(line, name, n) != 0 || line[n] != ':')
-        return false;
-    line += n + 1;
-    len -= n + 1;
-    while (len > 0 && (*line == ' ' || *line == '\t'))
-        line++, len--;
-    while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == '\n' ||
-                       line[len - 1] == ' '))
-        len--;
-    *value = line;
-    *vlen = len;
-    return true;
+    if (curl_easy_header(c, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    n = h->amount;
+    if (n > 1 &&
+        curl_easy_header(c, name, n - 1, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    return h->value;
 }
 
-static size_t on_header(char *data, size_t size, size_t n, void *user)
+/* What the response's headers say for the retry policy, the challenge
+ * and the trace. retry-after-ms and x-ms-retry-after-ms (milliseconds)
+ * come before Retry-After (seconds; an HTTP date is not used by Key Vault).
+ */
+static void read_headers(CURL *c, struct kv_response *r)
 {
-    struct kv_response *r = user;
-    size_t len = size * n, vlen;
+    static const char *const ms[] = {"retry-after-ms", "x-ms-retry-after-ms"};
     const char *v;
+    size_t i;
 
-    if (header_is(data, len, "WWW-Authenticate", &v, &vlen)) {
-        free(r->www_authenticate);
-        r->www_authenticate = strndup(v, vlen);
-    } else if (header_is(data, len, "retry-after-ms", &v, &vlen) ||
-               header_is(data, len, "x-ms-retry-after-ms", &v, &vlen)) {
-        r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1);
-    } else if (header_is(data, len, "x-ms-request-id", &v, &vlen)) {
-        snprintf(r->request_id, sizeof(r->request_id), "%.*s",
-                 (int)(vlen < sizeof(r->request_id)
-                           ? vlen
-                           : sizeof(r->request_id) - 1),
-                 v);
-    } else if (header_is(data, len, "Retry-After", &v, &vlen) &&
-               r->retry_after_ms < 0) {
-        /* Seconds; an HTTP date is not used by Key Vault. */
-        r->retry_after_ms = kv_parse_retry_ms(v, vlen, 1000);
-    }
-    return len;
+    if ((v = header(c, "WWW-Authenticate")) != NULL)
+        r->www_authenticate = strdup(v);
+    if ((v = header(c, "x-ms-request-id")) != NULL)
+        snprintf(r->request_id, sizeof(r->request_id), "%s", v);
+    for (i = 0; i < sizeof(ms) / sizeof(ms[0]) && r->retry_after_ms < 0; i++)
+        if ((v = header(c, ms[i])) != NULL)
+            r->retry_after_ms = kv_parse_retry_ms(v, strlen(v), 1);
+    if (r->retry_after_ms < 0 && (v = header(c, "Retry-After")) != NULL)
+        r->retry_after_ms = kv_parse_retry_ms(v, strlen(v), 1000);
 }
 
 static CURLcode on_ssl_ctx(CURL *c, void *ssl_ctx, void *user)
@@ -418,8 +415,6 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     curl_easy_setopt(c, CURLOPT_USERAGENT, "cmkp11/" PACKAGE_VERSION);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
     curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
@@ -451,6 +446,7 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
 
     r->curl = curl_easy_perform(c);
+    read_headers(c, r);
     url_parts(req->url, host, sizeof(host), path, sizeof(path));
     if (r->curl == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
