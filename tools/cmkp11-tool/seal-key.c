@@ -347,30 +347,86 @@ int source_priv(struct sctx *c, struct tstate *s, const struct seal_recip *h,
 static const CK_RSA_PKCS_OAEP_PARAMS oaep256 = {CKM_SHA256, CKG_MGF1_SHA256,
                                                 CKZ_DATA_SPECIFIED, NULL, 0};
 
+/* What a data key may do, and whether it leaves the token in the clear or
+ * wrapped. */
+enum {
+    DEK_ENC = 1,
+    DEK_DEC = 2,
+    DEK_SENS = 4,
+    DEK_EXTR = 8,
+};
+
+/* The template of every data key: a session AES key. */
+struct dek_tmpl {
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE type;
+    CK_ULONG len;
+    CK_BBOOL no, enc, dec, sens, extr;
+    CK_ATTRIBUTE a[8];
+};
+
+/* Fills t (used in place: it points into itself) and returns its count:
+ * with CKA_VALUE when value is given, else CKA_VALUE_LEN when len is not 0
+ * (C_GenerateKey), else neither (C_UnwrapKey: the wrapped key says). */
+static CK_ULONG dek_template(struct dek_tmpl *t, const unsigned char *value,
+                             CK_ULONG len, unsigned flags)
+{
+    CK_ULONG n = 0;
+
+    t->cls = CKO_SECRET_KEY;
+    t->type = CKK_AES;
+    t->len = len;
+    t->no = CK_FALSE;
+    t->enc = (flags & DEK_ENC) ? CK_TRUE : CK_FALSE;
+    t->dec = (flags & DEK_DEC) ? CK_TRUE : CK_FALSE;
+    t->sens = (flags & DEK_SENS) ? CK_TRUE : CK_FALSE;
+    t->extr = (flags & DEK_EXTR) ? CK_TRUE : CK_FALSE;
+    t->a[n++] = (CK_ATTRIBUTE){CKA_CLASS, &t->cls, sizeof(t->cls)};
+    t->a[n++] = (CK_ATTRIBUTE){CKA_KEY_TYPE, &t->type, sizeof(t->type)};
+    t->a[n++] = (CK_ATTRIBUTE){CKA_TOKEN, &t->no, sizeof(t->no)};
+    if (value != NULL)
+        t->a[n++] = (CK_ATTRIBUTE){CKA_VALUE, (void *)value, len};
+    else if (len != 0)
+        t->a[n++] = (CK_ATTRIBUTE){CKA_VALUE_LEN, &t->len, sizeof(t->len)};
+    t->a[n++] = (CK_ATTRIBUTE){CKA_ENCRYPT, &t->enc, sizeof(t->enc)};
+    t->a[n++] = (CK_ATTRIBUTE){CKA_DECRYPT, &t->dec, sizeof(t->dec)};
+    t->a[n++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &t->sens, sizeof(t->sens)};
+    t->a[n++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &t->extr, sizeof(t->extr)};
+    return n;
+}
+
+/* A data key of value on token s. */
+static int dek_object(struct sctx *c, struct tstate *s,
+                      const unsigned char value[SEAL_DEK_LEN], unsigned flags,
+                      CK_OBJECT_HANDLE *dek, char *err)
+{
+    struct dek_tmpl t;
+    CK_ULONG n = dek_template(&t, value, SEAL_DEK_LEN, flags);
+    char text[128];
+    CK_RV rv;
+
+    *dek = 0;
+    rv = c->m->f->C_CreateObject(s->t->sess, t.a, n, dek);
+    if (rv != CKR_OK) {
+        efmt(err, "C_CreateObject (the data key) on token %s: %s", s->t->label,
+             ts_rv_text(c, s, rv, text, sizeof(text)));
+        return -1;
+    }
+    return 0;
+}
+
 int dek_generate(struct sctx *c, const struct target *tg, CK_OBJECT_HANDLE *dek,
                  char *err)
 {
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_ULONG vlen = SEAL_DEK_LEN;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ATTRIBUTE gen[] = {
-        {CKA_CLASS, &sk, sizeof(sk)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_VALUE_LEN, &vlen, sizeof(vlen)},
-        {CKA_ENCRYPT, &yes, sizeof(yes)},
-        {CKA_DECRYPT, &no, sizeof(no)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-    };
+    struct dek_tmpl t;
+    CK_ULONG n =
+        dek_template(&t, NULL, SEAL_DEK_LEN, DEK_ENC | DEK_SENS | DEK_EXTR);
     CK_MECHANISM kgen = {CKM_AES_KEY_GEN, NULL, 0};
     char text[128];
     CK_RV rv;
 
     *dek = 0;
-    rv = c->m->f->C_GenerateKey(tg->ts->t->sess, &kgen, gen,
-                                CMK_ARRAY_SIZE(gen), dek);
+    rv = c->m->f->C_GenerateKey(tg->ts->t->sess, &kgen, t.a, n, dek);
     if (rv != CKR_OK) {
         efmt(err, "C_GenerateKey (the AES-256 data key) on token %s: %s",
              tg->ts->t->label, ts_rv_text(c, tg->ts, rv, text, sizeof(text)));
@@ -440,27 +496,17 @@ int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
                const struct seal_recip *h, enum dek_use use,
                CK_OBJECT_HANDLE *dek, char *err)
 {
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_BBOOL sens = use == DEK_READABLE ? CK_FALSE : CK_TRUE;
-    CK_BBOOL extr = use == DEK_SEALED ? CK_FALSE : CK_TRUE;
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &sk, sizeof(sk)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},
-        {CKA_ENCRYPT, &no, sizeof(no)},
-        {CKA_SENSITIVE, &sens, sizeof(sens)},
-        {CKA_EXTRACTABLE, &extr, sizeof(extr)},
-    };
+    struct dek_tmpl t;
+    CK_ULONG n = dek_template(&t, NULL, 0,
+                              DEK_DEC | (use == DEK_READABLE ? 0 : DEK_SENS) |
+                                  (use == DEK_SEALED ? 0 : DEK_EXTR));
     CK_MECHANISM mech = {CKM_RSA_PKCS_OAEP, (void *)&oaep256, sizeof(oaep256)};
     CK_ULONG vlen;
     CK_RV rv;
 
     *dek = 0;
     rv = c->m->f->C_UnwrapKey(s->t->sess, &mech, priv, h->wrapped,
-                              h->wrapped_len, tmpl, CMK_ARRAY_SIZE(tmpl), dek);
+                              h->wrapped_len, t.a, n, dek);
     if (rv != CKR_OK) {
         unwrap_error(c, s, h, rv, err);
         return -1;
@@ -480,45 +526,19 @@ int dek_unwrap(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE priv,
 int dek_move(struct sctx *c, struct tstate *from, CK_OBJECT_HANDLE dek,
              struct tstate *to, CK_OBJECT_HANDLE *out, char *err)
 {
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &sk, sizeof(sk)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_VALUE, NULL, SEAL_DEK_LEN},
-        {CKA_DECRYPT, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-    };
-    CK_ATTRIBUTE va = {CKA_VALUE, NULL, SEAL_DEK_LEN};
     unsigned char *value = secure_alloc(SEAL_DEK_LEN);
-    char text[128];
-    CK_RV rv;
+    int ret;
 
     *out = 0;
     if (value == NULL) {
         efmt(err, "out of memory");
         return -1;
     }
-    va.pValue = value;
-    rv = c->m->f->C_GetAttributeValue(from->t->sess, dek, &va, 1);
-    if (rv != CKR_OK || va.ulValueLen != SEAL_DEK_LEN) {
-        efmt(err, "reading the data key on token %s: %s", from->t->label,
-             trv_name(rv));
-        secure_free(value);
-        return -1;
-    }
-    tmpl[3].pValue = value;
-    rv = c->m->f->C_CreateObject(to->t->sess, tmpl, CMK_ARRAY_SIZE(tmpl), out);
+    ret = dek_read(c, from, dek, value, err);
+    if (ret == 0)
+        ret = dek_object(c, to, value, DEK_DEC | DEK_SENS | DEK_EXTR, out, err);
     secure_free(value);
-    if (rv != CKR_OK) {
-        efmt(err, "C_CreateObject (the data key) on token %s: %s", to->t->label,
-             ts_rv_text(c, to, rv, text, sizeof(text)));
-        return -1;
-    }
-    return 0;
+    return ret;
 }
 
 void dek_destroy(struct sctx *c, struct tstate *s, CK_OBJECT_HANDLE *dek)
@@ -546,28 +566,7 @@ int dek_create(struct sctx *c, struct tstate *s,
                const unsigned char value[SEAL_DEK_LEN], bool encrypt,
                CK_OBJECT_HANDLE *dek, char *err)
 {
-    CK_OBJECT_CLASS sk = CKO_SECRET_KEY;
-    CK_KEY_TYPE aes = CKK_AES;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ATTRIBUTE tmpl[] = {
-        {CKA_CLASS, &sk, sizeof(sk)},
-        {CKA_KEY_TYPE, &aes, sizeof(aes)},
-        {CKA_TOKEN, &no, sizeof(no)},
-        {CKA_VALUE, (void *)value, SEAL_DEK_LEN},
-        {CKA_ENCRYPT, encrypt ? &yes : &no, sizeof(yes)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, encrypt ? &yes : &no, sizeof(yes)},
-    };
-    char text[128];
-    CK_RV rv;
-
-    *dek = 0;
-    rv = c->m->f->C_CreateObject(s->t->sess, tmpl, CMK_ARRAY_SIZE(tmpl), dek);
-    if (rv != CKR_OK) {
-        efmt(err, "C_CreateObject (the data key) on token %s: %s", s->t->label,
-             ts_rv_text(c, s, rv, text, sizeof(text)));
-        return -1;
-    }
-    return 0;
+    return dek_object(c, s, value,
+                      DEK_DEC | DEK_SENS | (encrypt ? DEK_ENC | DEK_EXTR : 0),
+                      dek, err);
 }
