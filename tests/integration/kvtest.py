@@ -21,6 +21,8 @@ except ImportError:
 
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
     os.environ.get("top_builddir", "."), ".libs", "cmkp11.so")
+TOOL = os.path.join(os.environ.get("top_builddir") or TOP_SRCDIR,
+                    "cmkp11-tool")
 
 # Identities of the emulator configuration below.
 TENANT = "72f9e1c1-1e6b-4b0f-9d3a-6b7e0c2a5e10"

@@ -15,17 +15,12 @@ import threading
 
 TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
-TOP_BUILDDIR = os.environ.get("top_builddir") or TOP_SRCDIR
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from taplib import Tap, skip_all  # noqa: E402
-from kvtest import write_private, conf_text, hsm_token  # noqa: E402
-
-TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
-MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
-    TOP_BUILDDIR, ".libs", "cmkp11.so")
-SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+from kvtest import (MODULE, SOFTHSM, TOOL, write_private,  # noqa: E402
+                    conf_text, hsm_token)
 
 t = Tap()
 work = tempfile.mkdtemp(prefix="tmp-test-seal-output-",

@@ -17,14 +17,11 @@ import tempfile
 
 TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
-TOP_BUILDDIR = os.environ.get("top_builddir") or TOP_SRCDIR
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
-TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
-MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
-    TOP_BUILDDIR, ".libs", "cmkp11.so")
-SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+from kvtest import MODULE, SOFTHSM, TOOL  # noqa: E402
+
 SEG = 65536
 TAG = 16
 MiB = 1 << 20
