@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "audit.h"
+#include "json.h"
 #include "secure.h"
 
 static int audit_fd = -1;
@@ -107,32 +108,12 @@ static void put_fmt(struct line *l, const char *fmt, ...)
         put_raw(l, tmp, (size_t)n);
 }
 
-/* The length of the UTF-8 character at s (at most n bytes), or 0 if the
- * bytes are not one. */
-static size_t utf8_char(const unsigned char *s, size_t n)
-{
-    size_t len, i;
-
-    if (s[0] < 0x80)
-        return 1;
-    len = s[0] >= 0xf0 && s[0] <= 0xf4   ? 4
-          : s[0] >= 0xe0                 ? 3
-          : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
-                                         : 0;
-    if (len == 0 || len > n)
-        return 0;
-    for (i = 1; i < len; i++)
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-    return len;
-}
-
 /* s as a JSON string: quoted, escaped, invalid UTF-8 as U+FFFD, cut at
  * AUDIT_FIELD_MAX bytes of s. */
 static void put_string(struct line *l, const char *str, size_t n)
 {
     const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0, cl;
+    size_t i = 0, used, len;
     char esc[8];
 
     put_raw(l, "\"", 1);
@@ -141,22 +122,9 @@ static void put_string(struct line *l, const char *str, size_t n)
             put_raw(l, "...", 3);
             break;
         }
-        if (s[i] == '"' || s[i] == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)s[i];
-            put_raw(l, esc, 2);
-            i++;
-        } else if (s[i] < 0x20 || s[i] == 0x7f) {
-            snprintf(esc, sizeof(esc), "\\u%04x", s[i]);
-            put_raw(l, esc, 6);
-            i++;
-        } else if ((cl = utf8_char(s + i, n - i)) == 0) {
-            put_raw(l, "\\ufffd", 6);
-            i++;
-        } else {
-            put_raw(l, (const char *)s + i, cl);
-            i += cl;
-        }
+        len = cmk_json_char(s + i, n - i, esc, &used);
+        put_raw(l, esc, len);
+        i += used;
     }
     put_raw(l, "\"", 1);
 }

@@ -18,6 +18,7 @@
 #include "attrs.h"
 #include "debug.h"
 #include "hmap.h"
+#include "json.h"
 #include "rotpolicy.h"
 #include "secure.h"
 #include "p11.h"
@@ -589,6 +590,60 @@ static void test_rotpolicy(void)
        "check: not a duration");
 }
 
+static void is_str(const char *got, const char *want, const char *what)
+{
+    ok(strcmp(got, want) == 0, "%s", what);
+    if (strcmp(got, want) != 0)
+        test_diag("  got \"%s\", want \"%s\"", got, want);
+}
+
+/* A whole string through cmk_json_char, as the audit log and the tool
+ * write it. */
+static void json_of(const char *in, size_t n, char *out, size_t cap)
+{
+    const unsigned char *s = (const unsigned char *)in;
+    size_t len, used, k = 0;
+    char c[8];
+
+    while (n > 0 && k + 7 < cap) {
+        len = cmk_json_char(s, n, c, &used);
+        memcpy(out + k, c, len);
+        k += len;
+        s += used;
+        n -= used;
+    }
+    out[k] = '\0';
+}
+
+/* RFC 8259 section 7 (escapes) and RFC 3629 section 3 (well-formed
+ * UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF). */
+static void test_json(void)
+{
+    char out[128];
+
+    json_of("a\"b\\c/", 6, out, sizeof(out));
+    is_str(out, "a\\\"b\\\\c/", "quote and backslash escaped, '/' kept");
+    json_of("\b\f\n\r\t", 5, out, sizeof(out));
+    is_str(out, "\\b\\f\\n\\r\\t", "the five short escapes");
+    json_of("\x01\x1f\x7f", 3, out, sizeof(out));
+    is_str(out, "\\u0001\\u001f\\u007f", "other controls and DEL as \\u00XX");
+    json_of("x\0y", 3, out, sizeof(out));
+    is_str(out, "x\\u0000y", "a NUL inside a counted string");
+    json_of("\xc3\xa9\xe2\x82\xac\xf0\x9f\x94\x91", 9, out, sizeof(out));
+    is_str(out, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x94\x91",
+           "well-formed 2-, 3- and 4-byte characters copied");
+    json_of("\xc0\xaf", 2, out, sizeof(out));
+    is_str(out, "\\ufffd\\ufffd", "an overlong '/' is two U+FFFD");
+    json_of("\xed\xa0\x80", 3, out, sizeof(out));
+    is_str(out, "\\ufffd\\ufffd\\ufffd", "a surrogate is not a character");
+    json_of("\xf4\x90\x80\x80", 4, out, sizeof(out));
+    is_str(out, "\\ufffd\\ufffd\\ufffd\\ufffd", "beyond U+10FFFF");
+    json_of("\xe2\x82", 2, out, sizeof(out));
+    is_str(out, "\\ufffd\\ufffd", "a character cut short");
+    is_num(cmk_utf8_len((const unsigned char *)"\xe2\x82\xac", 2), 0,
+           "cmk_utf8_len: not past n");
+}
+
 int main(void)
 {
     if (mkdtemp(tmpdir) == NULL)
@@ -603,6 +658,7 @@ int main(void)
     test_logging();
     test_debug_env();
     test_rotpolicy();
+    test_json();
     rmdir(tmpdir);
     return test_done();
 }

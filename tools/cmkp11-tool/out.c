@@ -7,87 +7,22 @@
 #include <string.h>
 #include <time.h>
 
+#include "json.h"
 #include "out.h"
 
 /* ---- JSON ---------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if it is not one. */
-static size_t utf8_len(const unsigned char *s)
-{
-    unsigned char c = s[0];
-    size_t n, i;
-    uint32_t cp;
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    for (i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0; /* overlong or out of range */
-    if (cp >= 0xd800 && cp <= 0xdfff)
-        return 0; /* surrogates are not characters */
-    return n;
-}
-
 void json_write_string(FILE *f, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
-    size_t n;
+    size_t n = strlen(s), used;
+    char esc[8];
 
     fputc('"', f);
-    while (*p != '\0') {
-        switch (*p) {
-        case '"':
-            fputs("\\\"", f);
-            break;
-        case '\\':
-            fputs("\\\\", f);
-            break;
-        case '\b':
-            fputs("\\b", f);
-            break;
-        case '\f':
-            fputs("\\f", f);
-            break;
-        case '\n':
-            fputs("\\n", f);
-            break;
-        case '\r':
-            fputs("\\r", f);
-            break;
-        case '\t':
-            fputs("\\t", f);
-            break;
-        default:
-            if (*p < 0x20 || *p == 0x7f) {
-                fprintf(f, "\\u%04x", *p);
-                break;
-            }
-            n = utf8_len(p);
-            if (n == 0) {
-                fputs("\\ufffd", f);
-                break;
-            }
-            fwrite(p, 1, n, f);
-            p += n - 1;
-            break;
-        }
-        p++;
+    while (n > 0) {
+        fwrite(esc, 1, cmk_json_char(p, n, esc, &used), f);
+        p += used;
+        n -= used;
     }
     fputc('"', f);
 }
