@@ -75,6 +75,22 @@ def section_lines(options):
 SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 
 
+def softhsm_in(work):
+    """A SoftHSM token "cmk" (PIN 1234, tests/softhsm-init.sh) in
+    WORK/softhsm, made this process's SOFTHSM2_CONF; skips the test where
+    SoftHSM, pkcs11-tool or PyKCS11 is missing. Returns the directory and
+    softhsm-init.sh's completed process (a test checks its return code)."""
+    import subprocess
+    hsmdir = os.path.join(work, "softhsm")
+    st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests",
+                                            "softhsm-init.sh"), hsmdir],
+                        capture_output=True, text=True)
+    if st.returncode == 77:
+        skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
+    os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+    return hsmdir, st
+
+
 def hsm_token(name, token_label="cmk", **options):
     """A [token NAME] section for an hsm token on SoftHSM's token_label
     (tests/softhsm-init.sh makes "cmk"); options add to it."""

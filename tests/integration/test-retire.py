@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
                     APP_SECRET, READER_ID, READER_SECRET, conf_text,
-                    hsm_token, emu_token, skip_all)
+                    hsm_token, emu_token, skip_all, softhsm_in)
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
@@ -69,12 +69,7 @@ def tree(d):
 
 
 # ---- set-up: SoftHSM and the emulator, one configuration ---------------------
-hsmdir = os.path.join(work, "softhsm")
-st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
-                     hsmdir], capture_output=True, text=True)
-if st.returncode == 77:
-    skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
-os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+hsmdir, st = softhsm_in(work)
 pinfile = write_private(os.path.join(work, "pin"), "1234\n")
 emu = Emu(emulator_config(extra_vaults=[
     {"name": "kvcopy", "kind": "vault", "soft_delete": True,

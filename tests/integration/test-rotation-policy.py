@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
                     conf_text, hsm_token, emu_token, APP_SECRET, READER_ID,
-                    READER_SECRET, skip_all)
+                    READER_SECRET, skip_all, softhsm_in)
 import taplib  # noqa: E402
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
@@ -55,12 +55,7 @@ work = tempfile.mkdtemp(prefix="tmp-test-rotation-policy-",
                         dir=os.environ.get("TMPDIR") or os.getcwd())
 
 # ---- set-up: SoftHSM and the emulator, one configuration ---------------------
-hsmdir = os.path.join(work, "softhsm")
-st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
-                     hsmdir], capture_output=True, text=True)
-if st.returncode == 77:
-    skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
-os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+hsmdir, st = softhsm_in(work)
 pinfile = write_private(os.path.join(work, "pin"), "1234\n")
 emu = Emu(emulator_config())
 secret = write_private(os.path.join(work, "app.secret"), APP_SECRET + "\n")

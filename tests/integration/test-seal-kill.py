@@ -19,7 +19,7 @@ TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from taplib import Tap, skip_all  # noqa: E402
-from kvtest import MODULE, SOFTHSM, TOOL  # noqa: E402
+from kvtest import MODULE, SOFTHSM, TOOL, softhsm_in  # noqa: E402
 
 MiB = 1 << 20
 FILES = 20
@@ -30,12 +30,7 @@ if not os.access(TOOL, os.X_OK):
 t = Tap()
 work = tempfile.mkdtemp(prefix="tmp-test-seal-kill-",
                         dir=os.environ.get("TMPDIR") or os.getcwd())
-hsmdir = os.path.join(work, "softhsm")
-st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
-                     hsmdir], capture_output=True, text=True)
-if st.returncode == 77:
-    skip_all("SoftHSMv2 or pkcs11-tool is missing")
-os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+hsmdir, st = softhsm_in(work)
 st2 = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label",
                       "cmk", "--login", "--pin", "1234", "--keypairgen",
                       "--key-type", "rsa:2048", "--label", "kek2", "--id",

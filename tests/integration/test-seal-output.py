@@ -20,17 +20,12 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
 from taplib import Tap, skip_all  # noqa: E402
 from kvtest import (MODULE, SOFTHSM, TOOL, write_private,  # noqa: E402
-                    conf_text, hsm_token)
+                    conf_text, hsm_token, softhsm_in)
 
 t = Tap()
 work = tempfile.mkdtemp(prefix="tmp-test-seal-output-",
                         dir=os.environ.get("TMPDIR") or os.getcwd())
-hsmdir = os.path.join(work, "softhsm")
-st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
-                     hsmdir], capture_output=True, text=True)
-if st.returncode == 77:
-    skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
-os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+hsmdir, st = softhsm_in(work)
 st = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "cmk",
                      "--login", "--pin", "1234", "--keypairgen", "--key-type",
                      "rsa:2048", "--label", "kek2", "--id", "60"],

@@ -113,7 +113,7 @@ if len(sys.argv) == 6 and sys.argv[1] == "--read":
     sys.exit(0)
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
-                    APP_SECRET, APP_ID, TENANT, skip_all)
+                    APP_SECRET, APP_ID, TENANT, skip_all, softhsm_in)
 
 if not os.access(TOOL, os.X_OK):
     skip_all("cmkp11-tool is not built")
@@ -192,12 +192,7 @@ def independent(conf, token, path, plain):
 
 
 # ---- set-up: SoftHSM and the emulator, one configuration ---------------------
-hsmdir = os.path.join(work, "softhsm")
-st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
-                     hsmdir], capture_output=True, text=True)
-if st.returncode == 77:
-    skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
-os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
+hsmdir, st = softhsm_in(work)
 pinfile = write_private(os.path.join(work, "pin"), "1234\n")
 HSM_TOKEN = ("backend = hsm\nmodule = %s\ntoken-label = cmk\npin-file = %s\n"
              % (SOFTHSM, pinfile))

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
                     conf_text, token_section, hsm_token, TENANT, APP_ID, READER_ID,
-                    APP_SECRET, READER_SECRET, skip_all)
+                    APP_SECRET, READER_SECRET, skip_all, softhsm_in)
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
@@ -147,13 +147,8 @@ t.ok(rc == 1 and "cannot load" in err, "a module that cannot be loaded: "
 work = os.path.join(os.environ.get("TMPDIR") or os.getcwd(),
                     "test-tool.%d" % os.getpid())
 os.makedirs(work, exist_ok=True)
-hsmdir = os.path.join(work, "softhsm")
-st = subprocess.run(["sh", os.path.join(TOP_SRCDIR, "tests", "softhsm-init.sh"),
-                     hsmdir], capture_output=True, text=True)
-if st.returncode == 77:
-    skip_all("SoftHSMv2, pkcs11-tool or PyKCS11 is missing")
+hsmdir, st = softhsm_in(work)
 t.eq(st.returncode, 0, "softhsm-init.sh made the token")
-os.environ["SOFTHSM2_CONF"] = os.path.join(hsmdir, "softhsm2.conf")
 st = subprocess.run(["pkcs11-tool", "--module", SOFTHSM, "--token-label", "cmk",
                      "--login", "--pin", "1234", "--keypairgen", "--key-type",
                      "rsa:1024", "--label", "small", "--id", "40"],
