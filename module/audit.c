@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "audit.h"
-#include "json.h"
+#include "jsonesc.h"
 #include "secure.h"
 
 static int audit_fd = -1;

@@ -18,7 +18,7 @@
 #include "attrs.h"
 #include "debug.h"
 #include "hmap.h"
-#include "json.h"
+#include "jsonesc.h"
 #include "rotpolicy.h"
 #include "secure.h"
 #include "p11.h"

@@ -23,7 +23,7 @@
 #include <strings.h>
 #include <time.h>
 
-#include <json.h>
+#include <json-c/json.h>
 
 #include "keys.h"
 #include "out.h"

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "json.h"
+#include "jsonesc.h"
 #include "out.h"
 
 /* ---- JSON ---------------------------------------------------------------- */

@@ -1,10 +1,10 @@
-/* Strings as JSON text (json.h). */
+/* Strings as JSON text (jsonesc.h). */
 #include "config.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "json.h"
+#include "jsonesc.h"
 
 size_t cmk_utf8_len(const unsigned char *s, size_t n)
 {

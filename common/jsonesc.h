@@ -2,8 +2,8 @@
  * Strings as JSON text (RFC 8259, section 7): the one escaper of the
  * module's audit lines and of cmkp11-tool's JSON output.
  */
-#ifndef CMKP11_JSON_H
-#define CMKP11_JSON_H
+#ifndef CMKP11_JSONESC_H
+#define CMKP11_JSONESC_H
 
 #include <stddef.h>
 
