@@ -200,6 +200,13 @@ static CK_RV parse_vaults(struct kv_token *kt, const struct config_token *cfg,
                      list[1] ? u : "", list[1] ? " " : "");
             goto bad_url;
         }
+        if (!kv_same_origin(u, u)) { /* kv_call relies on it for paths */
+            snprintf(why, sizeof(why),
+                     "%s%smust be an https:// URL with a host and no user "
+                     "information",
+                     list[1] ? u : "", list[1] ? " " : "");
+            goto bad_url;
+        }
         for (j = 0; j < i; j++)
             if (strcasecmp(kt->rep[j].url, u) == 0) {
                 snprintf(why, sizeof(why), "%s is listed twice", u);

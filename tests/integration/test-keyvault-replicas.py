@@ -264,7 +264,10 @@ for urls, why in (
          s.vault_url("kvhsm")),
         ("%s, %s/" % (A, A), "vault-url: %s is listed twice" % A),
         ("%s, http://kvb.vault.localhost" % A,
-         "vault-url: http://kvb.vault.localhost must be an https:// URL")):
+         "vault-url: http://kvb.vault.localhost must be an https:// URL"),
+        ("%s, https://app@kvb.vault.localhost" % A,
+         "vault-url: https://app@kvb.vault.localhost must be an https:// "
+         "URL with a host and no user information")):
     conf = s.write_conf([token("bad", urls, "kek")], refresh=None,
                         log_level="error", log_file=None, name="bad.conf",
                         export=False)
