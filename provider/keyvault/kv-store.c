@@ -1266,8 +1266,9 @@ CK_RV kv_store_set_attributes(struct pcall *c, struct kv_skey *k,
             return CKR_ATTRIBUTE_READ_ONLY;
         /* A version id (empty: the current version). */
         if (tmpl[i].ulValueLen >= sizeof(ver) ||
-            memchr(tmpl[i].pValue, '/', tmpl[i].ulValueLen) != NULL ||
-            memchr(tmpl[i].pValue, '\0', tmpl[i].ulValueLen) != NULL)
+            (tmpl[i].ulValueLen > 0 &&
+             (memchr(tmpl[i].pValue, '/', tmpl[i].ulValueLen) != NULL ||
+              memchr(tmpl[i].pValue, '\0', tmpl[i].ulValueLen) != NULL)))
             return CKR_ATTRIBUTE_VALUE_INVALID;
         if (tmpl[i].ulValueLen > 0)
             memcpy(ver, tmpl[i].pValue, tmpl[i].ulValueLen);
