@@ -43,19 +43,34 @@ def use_conf(tmp, tokens, **options):
     return path
 
 
-# Changes the lower token from another process: ACTION HEXID, where
-# ACTION is "delete", "off" (no unwrap, no decrypt), "nodecrypt" (unwrap
-# only) or "enable" (both).
-LOWER = r'''
+# The start of every script run on SoftHSM's token directly (on_lower):
+# PyKCS11 as P, and s, a logged-in R/W session on the token labelled "cmk".
+PROLOG = r'''
 import sys
-import PyKCS11
-P = PyKCS11
+import PyKCS11 as P
 lib = P.PyKCS11Lib()
 lib.load(sys.argv[1])
 slot = [s for s in lib.getSlotList(tokenPresent=True)
         if lib.getTokenInfo(s).label.strip() == "cmk"][0]
 s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
 s.login("1234")
+'''
+
+
+def on_lower(body, *args):
+    """Runs BODY after PROLOG in another process, as an administrator
+    changing or reading the lower token outside cmkp11 would; ARGS are
+    sys.argv[2:]. Returns what it printed, stripped; a failure is an
+    AssertionError with its error output."""
+    r = subprocess.run([sys.executable, "-c", PROLOG + body, SOFTHSM] +
+                       [str(a) for a in args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip()
+
+
+# Changes the lower token: ACTION HEXID, where ACTION is "delete", "off"
+# (no unwrap, no decrypt), "nodecrypt" (unwrap only) or "enable" (both).
+LOWER = r'''
 action, cid = sys.argv[2], bytes.fromhex(sys.argv[3])
 k = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_ID, cid)])
 assert len(k) == 1, k
@@ -73,8 +88,8 @@ s.logout()
 def lower(action, cid):
     """Changes the private key with CKA_ID cid (hex) on SoftHSM's token
     directly, not through cmkp11 (LOWER above)."""
-    r = subprocess.run([sys.executable, "-c", LOWER, SOFTHSM, action, cid],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    r = subprocess.run([sys.executable, "-c", PROLOG + LOWER, SOFTHSM, action,
+                        cid], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if r.returncode != 0:
         print("Bail out! changing the lower token failed: " +
               r.stdout.decode(errors="replace"))

@@ -26,11 +26,11 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
                     APP_SECRET, READER_ID, READER_SECRET, conf_text,
                     hsm_token, emu_token, skip_all, softhsm_in)
+from hsmtest import on_lower  # noqa: E402
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
     TOP_BUILDDIR, ".libs", "cmkp11.so")
-SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 
 if not os.access(TOOL, os.X_OK):
     skip_all("cmkp11-tool is not built")
@@ -89,14 +89,6 @@ KV = "pkcs11:token=kv;object=cmk"
 HSM = "pkcs11:token=local;object=kek"
 
 LOWER_FLAGS = r'''
-import sys
-import PyKCS11 as P
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION)
-s.login("1234")
 k = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY),
                    (P.CKA_ID, bytes.fromhex(sys.argv[2]))])[0]
 v = s.getAttributeValue(k, [P.CKA_DECRYPT, P.CKA_UNWRAP, P.CKA_SIGN])
@@ -108,10 +100,7 @@ s.logout()
 def lower_flags(hexid):
     """The lower private key's CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN, read from
     SoftHSM directly."""
-    r = subprocess.run([sys.executable, "-c", LOWER_FLAGS, SOFTHSM, hexid],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+    return on_lower(LOWER_FLAGS, hexid)
 
 
 def kv_enabled(version):
@@ -380,14 +369,6 @@ except P.PyKCS11Error as e:
 '''
 
 RECORDS = r'''
-import sys
-import PyKCS11 as P
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION)
-s.login("1234")
 objs = s.findObjects([(P.CKA_CLASS, P.CKO_DATA),
                       (P.CKA_APPLICATION, "cmkp11 disabled-usage")])
 def text(v):
@@ -407,10 +388,7 @@ def p11_set(label, on):
 
 def records():
     """The records of the flags disabled versions had, on the lower token."""
-    r = subprocess.run([sys.executable, "-c", RECORDS, SOFTHSM],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+    return on_lower(RECORDS)
 
 
 before = lower_flags("30")

@@ -35,12 +35,12 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 from kvtest import (Tap, Emu, emulator_config, write_private,  # noqa: E402
                     conf_text, hsm_token, emu_token, APP_SECRET, READER_ID,
                     READER_SECRET, skip_all, softhsm_in)
+from hsmtest import on_lower  # noqa: E402
 import taplib  # noqa: E402
 
 TOOL = os.path.join(TOP_BUILDDIR, "cmkp11-tool")
 MODULE = os.environ.get("CMKP11_MODULE") or os.path.join(
     TOP_BUILDDIR, ".libs", "cmkp11.so")
-SOFTHSM = os.environ.get("SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 
 if not os.access(TOOL, os.X_OK):
     skip_all("cmkp11-tool is not built")
@@ -201,14 +201,6 @@ t.eq((rc, out.strip(), kc.get_key("cmk").properties.version),
 
 # ---- hsm: the policy on the lower token ---------------------------------------
 MAKE = r'''
-import sys
-import PyKCS11 as P
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
-s.login("1234")
 label, cid = sys.argv[2], bytes.fromhex(sys.argv[3])
 day = sys.argv[4].encode()
 pub = [(P.CKA_TOKEN, True), (P.CKA_LABEL, label), (P.CKA_ID, cid),
@@ -228,9 +220,7 @@ def made_days_ago(label, cid, days):
     (CKA_START_DATE), as an administrator's older key would be."""
     day = (datetime.datetime.now(datetime.timezone.utc) -
            datetime.timedelta(days=days)).strftime("%Y%m%d")
-    r = subprocess.run([sys.executable, "-c", MAKE, SOFTHSM, label, cid, day],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    on_lower(MAKE, label, cid, day)
 
 
 made_days_ago("old", "41", 100)
@@ -249,14 +239,6 @@ rc, out, err = run("rotation-policy", "set", "local", "young",
 t.eq(rc, 0, "hsm: set on a second key")
 
 LOOK = r'''
-import sys
-import PyKCS11 as P
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION)
-s.login("1234")
 for o in s.findObjects([(P.CKA_CLASS, P.CKO_DATA)]):
     a = s.getAttributeValue(o, [P.CKA_APPLICATION, P.CKA_LABEL, P.CKA_VALUE,
                                 P.CKA_PRIVATE])
@@ -264,9 +246,7 @@ for o in s.findObjects([(P.CKA_CLASS, P.CKO_DATA)]):
                            a[3]))
 s.logout()
 '''
-r = subprocess.run([sys.executable, "-c", LOOK, SOFTHSM], capture_output=True,
-                   text=True)
-t.eq(sorted(r.stdout.splitlines()),
+t.eq(sorted(on_lower(LOOK).splitlines()),
      ["cmkp11 rotation-policy|old|rotate-after=P90D;expire-after=P1Y|True",
       "cmkp11 rotation-policy|young|rotate-after=P180D|True"],
      "hsm: each policy is a private data object on the lower token")
