@@ -5,17 +5,7 @@
  * (RSA-OAEP-SHA256) under a version of the wrapping key. The value is
  * unwrapped through the vault at first use and kept in secure memory while
  * the wrapping version may be used; operations run in the module
- * (softkey.c).
- *
- * The file (format 1), JSON:
- *   {"format":"cmkp11-secret-key","version":1,"id":"<32 hex>",
- *    "wrapping-key":NAME,"wrapping-version":VERSION,
- *    "algorithm":"RSA-OAEP-256","wrapped":BASE64URL,
- *    "attributes":[["<type, hex>","<value, hex>"],...],"mac":"<64 hex>"}
- * mac = HMAC-SHA256(K, "cmkp11-secret-key/1\n" id "\n" NAME "\n"
- *                   ("<type>=<value hex>\n")*), with
- * K = HMAC-SHA256(value, "cmkp11-secret-key attributes"): whoever cannot
- * unwrap the value cannot change an attribute of the key unnoticed.
+ * (softkey.c). The file's format: kv-skey.h.
  */
 #include "config.h"
 
@@ -38,46 +28,9 @@
 #define CMK_DEBUG_FLAG CMK_DEBUG_KEYVAULT
 #include "provider-util.h"
 #include "debug.h"
+#include "kv-skey.h"
 #include "kv-token.h"
 #include "secure.h"
-
-#define SK_FORMAT  "cmkp11-secret-key"
-#define SK_VERSION 1
-#define SK_SUFFIX  ".json"
-#define SK_MAX     (256 * 1024) /* a larger file is not ours */
-
-struct kv_skey {
-    char *id;  /* 32 hex digits: the file ID.json, the uid secret/ID */
-    char *uid; /* "secret/ID" */
-    struct attrs attrs;
-    char *cmk;     /* wrapping key name */
-    char *cmk_ver; /* wrapping version */
-    unsigned char *wrapped;
-    size_t wrapped_len;
-    unsigned char mac[32];
-    unsigned char *value; /* secure memory, NULL until unwrapped */
-    size_t value_len;
-    bool present; /* in the directory at the last scan */
-    bool bad;     /* failed its integrity check: not listed again */
-    bool seen;    /* in the directory, during a scan */
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime;
-    struct kv_skey *next;
-};
-
-static bool is_id(const char *s, size_t len)
-{
-    size_t i;
-
-    if (len != 32)
-        return false;
-    for (i = 0; i < len; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
 
 static void skey_drop_value_unlocked(struct kv_skey *k)
 {
@@ -87,25 +40,13 @@ static void skey_drop_value_unlocked(struct kv_skey *k)
     k->value_len = 0;
 }
 
-static void skey_free(struct kv_skey *k)
-{
-    skey_drop_value_unlocked(k);
-    attrs_clear(&k->attrs);
-    free(k->id);
-    free(k->uid);
-    free(k->cmk);
-    free(k->cmk_ver);
-    free(k->wrapped);
-    free(k);
-}
-
 void kv_store_free(struct kv_token *kt)
 {
     struct kv_skey *k, *next;
 
     for (k = kt->skeys; k != NULL; k = next) {
         next = k->next;
-        skey_free(k);
+        kv_skey_free(k);
     }
     kt->skeys = NULL;
     free(kt->state_dir);
@@ -122,212 +63,7 @@ struct kv_skey *kv_skey_of_unlocked(struct kv_token *kt, void *ref)
     return NULL;
 }
 
-/* ---- the MAC ---- */
-
-static int mac_compute(const unsigned char *value, size_t vlen, const char *id,
-                       const char *cmk, const struct attrs *a,
-                       unsigned char out[32])
-{
-    static const char label[] = "cmkp11-secret-key attributes";
-    unsigned char k[32];
-    unsigned int klen = sizeof(k);
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-    OSSL_PARAM params[2];
-    char head[256], *hex = NULL;
-    size_t olen2 = 0;
-    CK_ULONG i;
-    int ok = 0;
-
-    if (HMAC(EVP_sha256(), value, (int)vlen, (const unsigned char *)label,
-             sizeof(label) - 1, k, &klen) == NULL ||
-        ctx == NULL)
-        goto out;
-    params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0);
-    params[1] = OSSL_PARAM_construct_end();
-    if (EVP_MAC_init(ctx, k, klen, params) != 1)
-        goto out;
-    snprintf(head, sizeof(head), "%s/%d\n%s\n%s\n", SK_FORMAT, SK_VERSION, id,
-             cmk);
-    if (EVP_MAC_update(ctx, (unsigned char *)head, strlen(head)) != 1)
-        goto out;
-    for (i = 0; i < a->n; i++) {
-        const CK_ATTRIBUTE *at = &a->v[i];
-        char t[32];
-        snprintf(t, sizeof(t), "%lx=", (unsigned long)at->type);
-        hex = malloc(2 * at->ulValueLen + 2);
-        if (hex == NULL)
-            goto out;
-        cmk_hex(at->pValue, at->ulValueLen, hex);
-        strcat(hex, "\n");
-        if (EVP_MAC_update(ctx, (unsigned char *)t, strlen(t)) != 1 ||
-            EVP_MAC_update(ctx, (unsigned char *)hex, strlen(hex)) != 1)
-            goto out;
-        free(hex);
-        hex = NULL;
-    }
-    ok = EVP_MAC_final(ctx, out, &olen2, 32) == 1 && olen2 == 32;
-out:
-    free(hex);
-    OPENSSL_cleanse(k, sizeof(k));
-    EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(mac);
-    return ok ? 0 : -1;
-}
-
 /* ---- reading a file ---- */
-
-static int unhex(const char *s, unsigned char *out, size_t max, size_t *len)
-{
-    size_t n = strlen(s), i;
-
-    if (n % 2 != 0 || n / 2 > max)
-        return -1;
-    for (i = 0; i < n / 2; i++) {
-        unsigned v;
-        if (sscanf(s + 2 * i, "%2x", &v) != 1 ||
-            strchr("0123456789abcdefABCDEF", s[2 * i]) == NULL ||
-            strchr("0123456789abcdefABCDEF", s[2 * i + 1]) == NULL)
-            return -1;
-        out[i] = (unsigned char)v;
-    }
-    *len = n / 2;
-    return 0;
-}
-
-static const char *jstr(json_object *o, const char *key)
-{
-    json_object *v;
-
-    if (!json_object_object_get_ex(o, key, &v) ||
-        !json_object_is_type(v, json_type_string))
-        return NULL;
-    return json_object_get_string(v);
-}
-
-/* Parses a file's text into a new key; why says what is wrong. */
-static struct kv_skey *skey_parse(const char *text, size_t len, const char *id,
-                                  char *why, size_t whylen)
-{
-    json_tokener *tk = json_tokener_new();
-    json_object *doc = NULL, *v, *list;
-    struct kv_skey *k = NULL;
-    const char *s;
-    size_t i, n, mlen = 0, pend;
-    unsigned char *buf = NULL;
-
-    if (tk != NULL)
-        doc = json_tokener_parse_ex(tk, text, (int)len);
-    pend = doc != NULL ? json_tokener_get_parse_end(tk) : 0;
-    /* One document; trailing white space allowed (the writer ends with a
-     * newline). A truncated file is not a document. */
-    if (doc == NULL || pend > len ||
-        strspn(text + pend, " \r\n\t") != len - pend) {
-        snprintf(why, whylen, "not JSON (truncated?)");
-        goto fail;
-    }
-    if ((s = jstr(doc, "format")) == NULL || strcmp(s, SK_FORMAT) != 0 ||
-        !json_object_object_get_ex(doc, "version", &v) ||
-        !json_object_is_type(v, json_type_int)) {
-        snprintf(why, whylen, "not a %s file", SK_FORMAT);
-        goto fail;
-    }
-    if (json_object_get_int(v) != SK_VERSION) {
-        snprintf(why, whylen, "format version %d (this module reads %d)",
-                 json_object_get_int(v), SK_VERSION);
-        goto fail;
-    }
-    k = calloc(1, sizeof(*k));
-    if (k == NULL)
-        goto nomem;
-    attrs_init(&k->attrs);
-    if ((s = jstr(doc, "id")) == NULL || strcmp(s, id) != 0) {
-        snprintf(why, whylen, "its id is not its file name");
-        goto fail;
-    }
-    k->id = strdup(s);
-    k->uid = kv_strdup_printf("secret/%s", s);
-    s = jstr(doc, "wrapping-key");
-    k->cmk = s && *s ? strdup(s) : NULL;
-    s = jstr(doc, "wrapping-version");
-    k->cmk_ver = s && *s ? strdup(s) : NULL;
-    if (k->id == NULL || k->uid == NULL || k->cmk == NULL ||
-        k->cmk_ver == NULL) {
-        snprintf(why, whylen, "no wrapping key or version");
-        goto fail;
-    }
-    if ((s = jstr(doc, "algorithm")) == NULL ||
-        strcmp(s, "RSA-OAEP-256") != 0) {
-        snprintf(why, whylen, "unknown algorithm");
-        goto fail;
-    }
-    if ((s = jstr(doc, "wrapped")) == NULL ||
-        (k->wrapped = kv_b64url_decode(s, &k->wrapped_len)) == NULL ||
-        k->wrapped_len == 0) {
-        snprintf(why, whylen, "no wrapped value");
-        goto fail;
-    }
-    if ((s = jstr(doc, "mac")) == NULL ||
-        unhex(s, k->mac, sizeof(k->mac), &mlen) != 0 || mlen != 32) {
-        snprintf(why, whylen, "no mac");
-        goto fail;
-    }
-    if (!json_object_object_get_ex(doc, "attributes", &list) ||
-        !json_object_is_type(list, json_type_array)) {
-        snprintf(why, whylen, "no attributes");
-        goto fail;
-    }
-    n = json_object_array_length(list);
-    for (i = 0; i < n; i++) {
-        json_object *pair = json_object_array_get_idx(list, i), *t, *val;
-        unsigned long type;
-        size_t blen = 0;
-        char *end;
-        if (!json_object_is_type(pair, json_type_array) ||
-            json_object_array_length(pair) != 2 ||
-            !json_object_is_type(t = json_object_array_get_idx(pair, 0),
-                                 json_type_string) ||
-            !json_object_is_type(val = json_object_array_get_idx(pair, 1),
-                                 json_type_string)) {
-            snprintf(why, whylen, "attribute %zu malformed", i);
-            goto fail;
-        }
-        errno = 0;
-        type = strtoul(json_object_get_string(t), &end, 16);
-        s = json_object_get_string(val);
-        free(buf);
-        buf = malloc(strlen(s) / 2 + 1);
-        if (buf == NULL)
-            goto nomem;
-        if (errno != 0 || *end != '\0' || end == json_object_get_string(t) ||
-            unhex(s, buf, strlen(s) / 2, &blen) != 0 || type == CKA_VALUE ||
-            attrs_find(&k->attrs, type) != NULL) {
-            snprintf(why, whylen, "attribute %zu malformed", i);
-            goto fail;
-        }
-        if (attrs_set(&k->attrs, type, buf, blen) != 0)
-            goto nomem;
-    }
-    if (attrs_get_ulong(&k->attrs, CKA_CLASS, ~0UL) != CKO_SECRET_KEY ||
-        attrs_find(&k->attrs, CKA_KEY_TYPE) == NULL) {
-        snprintf(why, whylen, "not a secret key");
-        goto fail;
-    }
-    free(buf);
-    json_object_put(doc);
-    json_tokener_free(tk);
-    return k;
-nomem:
-    snprintf(why, whylen, "out of memory");
-fail:
-    free(buf);
-    if (k != NULL)
-        skey_free(k);
-    json_object_put(doc);
-    if (tk != NULL)
-        json_tokener_free(tk);
-    return NULL;
-}
 
 /* The state directory may be used: ours, a directory, nobody else may
  * write it. Logged once per reason change. */
@@ -358,7 +94,7 @@ static void scan_one_unlocked(struct kv_token *kt, int dfd, const char *name)
     int fd;
 
     if (nlen != 32 + strlen(SK_SUFFIX) || strcmp(name + 32, SK_SUFFIX) != 0 ||
-        !is_id(name, 32))
+        !kv_skey_is_id(name, 32))
         return; /* temporary files (".ID.json.tmp.PID") and others */
     memcpy(id, name, 32);
     id[32] = '\0';
@@ -398,7 +134,7 @@ static void scan_one_unlocked(struct kv_token *kt, int dfd, const char *name)
            (r = read(fd, text + got, (size_t)st.st_size - got)) > 0)
         got += (size_t)r;
     text[got] = '\0';
-    nk = skey_parse(text, got, id, why, sizeof(why));
+    nk = kv_skey_parse(text, got, id, why, sizeof(why));
     free(text);
     text = NULL;
     if (nk == NULL)
@@ -421,7 +157,7 @@ static void scan_one_unlocked(struct kv_token *kt, int dfd, const char *name)
         tmp.next = NULL;
         tmp.value = NULL;
         *nk = tmp;
-        skey_free(nk);
+        kv_skey_free(nk);
     }
     close(fd);
     return;
@@ -597,56 +333,6 @@ static int make_dirs(const char *path)
     return 0;
 }
 
-static char *skey_json(const struct kv_skey *k)
-{
-    json_object *doc = json_object_new_object(),
-                *list = json_object_new_array();
-    char *b64 = kv_b64url_encode(k->wrapped, k->wrapped_len), mac[65];
-    char *out = NULL;
-    CK_ULONG i;
-
-    if (doc == NULL || list == NULL || b64 == NULL)
-        goto out;
-    json_object_object_add(doc, "format", json_object_new_string(SK_FORMAT));
-    json_object_object_add(doc, "version", json_object_new_int(SK_VERSION));
-    json_object_object_add(doc, "id", json_object_new_string(k->id));
-    json_object_object_add(doc, "wrapping-key", json_object_new_string(k->cmk));
-    json_object_object_add(doc, "wrapping-version",
-                           json_object_new_string(k->cmk_ver));
-    json_object_object_add(doc, "algorithm",
-                           json_object_new_string("RSA-OAEP-256"));
-    json_object_object_add(doc, "wrapped", json_object_new_string(b64));
-    for (i = 0; i < k->attrs.n; i++) {
-        const CK_ATTRIBUTE *at = &k->attrs.v[i];
-        json_object *pair = json_object_new_array();
-        char t[32], *hex = malloc(2 * at->ulValueLen + 1);
-        if (pair == NULL || hex == NULL) {
-            free(hex);
-            json_object_put(pair);
-            goto out;
-        }
-        snprintf(t, sizeof(t), "%lx", (unsigned long)at->type);
-        cmk_hex(at->pValue, at->ulValueLen, hex);
-        json_object_array_add(pair, json_object_new_string(t));
-        json_object_array_add(pair, json_object_new_string(hex));
-        json_object_array_add(list, pair);
-        free(hex);
-    }
-    json_object_object_add(doc, "attributes", list);
-    list = NULL;
-    json_object_object_add(doc, "mac",
-                           json_object_new_string(cmk_hex(k->mac, 32, mac)));
-    out =
-        kv_strdup_printf("%s\n", json_object_to_json_string_ext(
-                                     doc, JSON_C_TO_STRING_PRETTY |
-                                              JSON_C_TO_STRING_NOSLASHESCAPE));
-out:
-    free(b64);
-    json_object_put(list);
-    json_object_put(doc);
-    return out;
-}
-
 /*
  * Writes the key's file atomically: a temporary file beside it, written
  * and fsync'd, renamed over the name, the directory fsync'd. A writer
@@ -675,7 +361,7 @@ static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k,
             close(dfd);
         return CKR_DEVICE_ERROR;
     }
-    text = skey_json(k);
+    text = kv_skey_json(k);
     if (text == NULL) {
         close(dfd);
         return CKR_HOST_MEMORY;
@@ -891,7 +577,7 @@ CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
                   kt->name, k->value_len, k->cmk);
         rv = CKR_ATTRIBUTE_VALUE_INVALID;
     }
-    if (rv == CKR_OK && mac_compute(k->value, k->value_len, k->id, k->cmk,
+    if (rv == CKR_OK && kv_skey_mac(k->value, k->value_len, k->id, k->cmk,
                                     &k->attrs, k->mac) != 0)
         rv = CKR_FUNCTION_FAILED;
     if (rv == CKR_OK)
@@ -915,7 +601,7 @@ CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
             e->value_len = k->value_len;
             k->value = NULL;
         }
-        skey_free(k);
+        kv_skey_free(k);
         k = e;
     } else {
         k->next = kt->skeys;
@@ -928,7 +614,7 @@ CK_RV kv_store_create(struct pcall *c, const CK_ATTRIBUTE *tmpl, CK_ULONG n,
         pobj_clear(NULL, NULL, out);
     return rv;
 fail:
-    skey_free(k);
+    kv_skey_free(k);
     return rv;
 }
 
@@ -1066,7 +752,7 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
     {
         unsigned char want[32];
         if (plen == 0 || plen > 512 ||
-            mac_compute(plain, plen, id, cmk, &a, want) != 0 ||
+            kv_skey_mac(plain, plen, id, cmk, &a, want) != 0 ||
             CRYPTO_memcmp(want, mac, 32) != 0) {
             cmk_error("token %s: state file %s/%s%s skipped: its integrity "
                       "check failed (attributes or value altered)",
