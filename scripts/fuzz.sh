@@ -5,9 +5,9 @@
 #   scripts/fuzz.sh --ci [NAME...]        each for FUZZ_RUNS (20000) runs
 #                                         over its seed corpus; TAP lines
 #   scripts/fuzz.sh --build               build only
-# NAME: config, kv-answer, seal, uri (default: all). New inputs found go
-# to $FUZZ_OUT/NAME/ (default fuzz-out/), never into the committed seeds in
-# tests/fuzz/corpus/NAME/; a crash leaves its input in $FUZZ_OUT/.
+# NAME: config, kv-answer, kv-store, seal, uri (default: all). New inputs
+# found go to $FUZZ_OUT/NAME/ (default fuzz-out/), never into the committed
+# seeds in tests/fuzz/corpus/NAME/; a crash leaves its input in $FUZZ_OUT/.
 # BUILDDIR: the configured build directory (default: the current one, or
 # the source tree).
 set -u
@@ -27,7 +27,7 @@ case ${1:-} in
 --build) mode=build; shift ;;
 [0-9]*) seconds=$1; shift ;;
 esac
-names=${*:-config kv-answer seal uri}
+names=${*:-config kv-answer kv-store seal uri}
 
 command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC is missing" >&2; exit 2; }
 flags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
@@ -41,6 +41,8 @@ sources() { # sources NAME: the harness and the code it drives
     config) echo "$src/tests/fuzz/fuzz-config.c $src/module/config.c $common" ;;
     kv-answer) echo "$src/tests/fuzz/fuzz-kv-answer.c $src/provider/keyvault/kv-parse.c
         $src/provider/keyvault/kv-util.c $src/provider/keyvault/kv-errors.c $common" ;;
+    kv-store) echo "$src/tests/fuzz/fuzz-kv-store.c $src/provider/keyvault/kv-skey.c
+        $src/provider/keyvault/kv-util.c $common" ;;
     seal) echo "$src/tests/fuzz/fuzz-seal.c $src/tools/cmkp11-tool/seal.c" ;;
     uri) echo "$src/tests/fuzz/fuzz-uri.c $src/tools/cmkp11-tool/p11.c $common" ;;
     *) return 1 ;;
