@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -193,6 +194,36 @@ quiet:
         close(fd);
 }
 
+/*
+ * A writer's temporary file ".ID.json.tmp.PID" left by a writer killed
+ * before its rename is removed once nobody can be writing it: its PID is
+ * no live process of this host (kill answers ESRCH) and it is older than
+ * SK_TMP_MAX_AGE, since a writer of another host or PID namespace sharing
+ * the directory is invisible to kill. Never this process's own: another
+ * of its threads may be writing it.
+ */
+static void sweep_tmp_unlocked(struct kv_token *kt, int dfd, const char *name)
+{
+    pid_t pid = kv_skey_tmp_pid(name);
+    time_t now = time(NULL);
+    struct stat st;
+
+    if (pid == 0 || pid == getpid() || kill(pid, 0) == 0 || errno != ESRCH)
+        return;
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_mtime > now ||
+        now - st.st_mtime < SK_TMP_MAX_AGE)
+        return;
+    if (unlinkat(dfd, name, 0) == 0)
+        cmk_info("token %s: removed %s/%s, the temporary file of process "
+                 "%ld, which ended before renaming it",
+                 kt->name, kt->state_dir, name, (long)pid);
+    else if (errno != ENOENT)
+        cmk_warning("token %s: leftover temporary file %s/%s cannot be "
+                    "removed: %s",
+                    kt->name, kt->state_dir, name, strerror(errno));
+}
+
 /* Re-reads the directory when the last scan is older than
  * refresh-interval (or force). */
 static void scan(struct kv_token *kt, bool force)
@@ -222,6 +253,7 @@ static void scan(struct kv_token *kt, bool force)
     } else if (fstat(dfd, &st) == 0 && dir_ok(kt, &st) &&
                (d = fdopendir(dfd)) != NULL) {
         while ((de = readdir(d)) != NULL) {
+            sweep_tmp_unlocked(kt, dirfd(d), de->d_name);
             scan_one_unlocked(kt, dirfd(d), de->d_name);
             for (k = kt->skeys; k != NULL; k = k->next)
                 if (k->id != NULL && strncmp(de->d_name, k->id, 32) == 0 &&

@@ -8,7 +8,8 @@ life cycle (disabled: operations stop within refresh-interval; enabled
 again: they work); rotate, rewrap and disable the old version: the key
 still works and its file names the new version; two processes create and
 use keys at once; a writer killed between write and rename leaves no
-broken file; a corrupted file is named in the log and skipped; key wrap,
+broken file, and its temporary file is removed later (a live writer's
+never); a corrupted file is named in the log and skipped; key wrap,
 CBC-PAD and HMAC with token keys; cmkp11-tool list, rewrap --token and
 retire; the Kubernetes-KMS-v2-shaped consumer (k8s-kms.c) on this token."""
 import glob
@@ -314,7 +315,8 @@ is_(out, ["0"] * len(labels), "a third process finds and uses all %d"
 is_(len(files()), 2 + len(labels), "one file per key")
 
 # 9. A writer killed between write and rename (CMKP11_TEST_STORE_PAUSE
-# stops it there) leaves the old state: no key, or the key as it was.
+# stops it there) leaves the old state: no key, or the key as it was; its
+# temporary file is removed by a later listing once it is old enough.
 KILLED = r'''
 import os, sys, PyKCS11 as P
 lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
@@ -341,8 +343,9 @@ def stopped(pid):
         return False
 
 
-def kill_paused(what):
-    before = {f: open(f, "rb").read() for f in files()}
+def pause_writer(what):
+    """A writer stopped between write and rename: the process, whether it
+    stopped there, its temporary files."""
     p = subprocess.Popen([sys.executable, "-c", KILLED, MODULE, what],
                          env=dict(env, CMKP11_TEST_STORE_PAUSE="1"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -350,8 +353,13 @@ def kill_paused(what):
     while not stopped(p.pid) and p.poll() is None and \
             time.monotonic() < deadline:
         time.sleep(0.05)
-    paused = stopped(p.pid)
-    tmps = glob.glob(os.path.join(state, ".*.tmp.%d" % p.pid))
+    return p, stopped(p.pid), glob.glob(os.path.join(state,
+                                                     ".*.tmp.%d" % p.pid))
+
+
+def kill_paused(what):
+    before = {f: open(f, "rb").read() for f in files()}
+    p, paused, tmps = pause_writer(what)
     p.kill()
     p.communicate()
     after = {f: open(f, "rb").read() for f in files()}
@@ -363,16 +371,45 @@ r = subprocess.run([TOOL, "--module", MODULE, "rotate", "kv", "kek"], env=env,
                    capture_output=True, text=True, timeout=120)
 t.ok(r.returncode == 0, "rotate again", r.stdout + r.stderr)
 time.sleep(REFRESH + 0.3)
+leftovers = []
 for what in ("create", "rewrap"):
     paused, tmps, same = kill_paused(what)
     t.ok(paused and len(tmps) == 1,
          "%s: the writer stops between write and rename, its temporary file "
          "written" % what, "paused %s, %r" % (paused, tmps))
     t.ok(same, "%s: SIGKILL there: every key file as it was" % what)
+    leftovers += tmps
 out, err = child("kv", "killed", "known", "a-0")
 is_(out, ["found 0", "0", "0"],
     "a new process: no half-made key, the others work (temporary files "
     "ignored)", err)
+# Leftovers are removed once their writer is no live process of this host
+# and they are older than 10 minutes (a writer of another host sharing
+# the directory is not seen); a live writer's file never.
+t.ok(len(leftovers) == 2 and all(os.path.exists(f) for f in leftovers),
+     "a leftover younger than 10 minutes stays after a listing", leftovers)
+hour_ago = time.time() - 3600
+for f in leftovers:
+    os.utime(f, (hour_ago, hour_ago))
+live, paused, live_tmps = pause_writer("create")
+for f in live_tmps:
+    os.utime(f, (hour_ago, hour_ago))
+out, err = child("kv", "known")
+is_(out, ["0"], "a new process lists and uses the keys", err)
+is_([f for f in leftovers if os.path.exists(f)], [],
+    "the listing removed the leftovers an hour old whose writers are gone")
+log = s.log_text()
+t.ok(all("removed %s, the temporary file of process %s" %
+         (f, f.rsplit(".", 1)[1]) in log for f in leftovers),
+     "the log names each removed file and its process")
+t.ok(paused and len(live_tmps) == 1 and os.path.exists(live_tmps[0]),
+     "a stopped, live writer's temporary file an hour old stays",
+     "paused %s, %r" % (paused, live_tmps))
+live.kill()
+live.communicate()
+out, err = child("kv", "known")
+t.ok(out == ["0"] and live_tmps and not os.path.exists(live_tmps[0]),
+     "its writer killed, the next listing removes it", err)
 
 # 10. A truncated, a corrupted and an altered file are named in the log
 # and skipped; the other keys work.
