@@ -197,6 +197,8 @@ CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion,
 #define CKA_CMK_ROTATION_POLICY (CKA_CMK_BASE + 17) /* the key's policy */
 /* A token secret key's wrapping version; set: rewrap under it. */
 #define CKA_CMK_WRAP_VERSION (CKA_CMK_BASE + 18) /* token secret keys */
+/* A keyvault token's state files that are skipped, one line each. */
+#define CKA_CMK_STATE_FILES (CKA_CMK_BASE + 19) /* "PATH\tWHY\n"... */
 
 #define CMK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -389,7 +389,8 @@ static bool secret_readable_unlocked(struct object *o)
 
 /* The attributes of back-end objects read only when a template names them
  * (provider_ops.get_attribute), each a request of its own. */
-static const CK_ATTRIBUTE_TYPE on_demand[] = {CKA_CMK_ROTATION_POLICY};
+static const CK_ATTRIBUTE_TYPE on_demand[] = {CKA_CMK_ROTATION_POLICY,
+                                              CKA_CMK_STATE_FILES};
 
 static bool is_on_demand(CK_ATTRIBUTE_TYPE type)
 {

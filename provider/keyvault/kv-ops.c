@@ -766,6 +766,8 @@ static CK_RV kv_get_attribute_ref(struct pcall *c, void *ref,
 {
     if (skey_of(c->tok, ref) != NULL)
         return CKR_ATTRIBUTE_TYPE_INVALID;
+    if (type == CKA_CMK_STATE_FILES)
+        return kv_store_state_files(c, out, len);
     return kv_get_attribute(c, ref, type, out, len);
 }
 

@@ -67,6 +67,7 @@ void kv_skey_free(struct kv_skey *k)
     free(k->cmk);
     free(k->cmk_ver);
     free(k->wrapped);
+    free(k->why);
     free(k);
 }
 

@@ -46,7 +46,8 @@ struct kv_skey {
     unsigned char *value; /* secure memory, NULL until unwrapped */
     size_t value_len;
     bool present; /* in the directory at the last scan */
-    bool bad;     /* failed its integrity check: not listed again */
+    bool bad;     /* skipped: unreadable, or failed its integrity check */
+    char *why;    /* why it is skipped (bad), or NULL */
     bool seen;    /* in the directory, during a scan */
     dev_t dev;
     ino_t ino;

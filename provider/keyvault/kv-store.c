@@ -66,18 +66,24 @@ struct kv_skey *kv_skey_of_unlocked(struct kv_token *kt, void *ref)
 
 /* ---- reading a file ---- */
 
-/* The state directory may be used: ours, a directory, nobody else may
- * write it. Logged once per reason change. */
+/* Why the state directory may not be used, or NULL: it must be ours, a
+ * directory, and nobody else may write it. */
+static const char *dir_problem(const struct stat *st)
+{
+    if (!S_ISDIR(st->st_mode))
+        return "not a directory";
+    if (st->st_uid != geteuid())
+        return "owned by another user";
+    if (st->st_mode & 022)
+        return "writable by group or others";
+    return NULL;
+}
+
+/* The state directory may be used; the reason it may not is logged. */
 static bool dir_ok(struct kv_token *kt, const struct stat *st)
 {
-    const char *why = NULL;
+    const char *why = dir_problem(st);
 
-    if (!S_ISDIR(st->st_mode))
-        why = "not a directory";
-    else if (st->st_uid != geteuid())
-        why = "owned by another user";
-    else if (st->st_mode & 022)
-        why = "writable by group or others";
     if (why != NULL)
         cmk_error("token %s: state-dir %s: %s; its secret keys are not used",
                   kt->name, kt->state_dir, why);
@@ -183,6 +189,8 @@ bad:
     }
     if (k != NULL) {
         skey_drop_value_unlocked(k);
+        free(k->why);
+        k->why = strdup(why);
         k->bad = true;
         k->present = false;
         k->ino = st.st_ino;
@@ -242,16 +250,23 @@ static void scan(struct kv_token *kt, bool force)
     kt->scanned_at_ms = kv_now_ms();
     for (k = kt->skeys; k != NULL; k = k->next)
         k->seen = false;
+    kt->state_why[0] = '\0';
     dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         /* No directory yet: no keys. Another error is logged once. */
-        if (errno != ENOENT && !kt->state_logged)
+        if (errno != ENOENT)
+            snprintf(kt->state_why, sizeof(kt->state_why), "%s",
+                     strerror(errno));
+        if (kt->state_why[0] != '\0' && !kt->state_logged)
             cmk_error("token %s: state-dir %s: %s; its secret keys are not "
                       "used",
-                      kt->name, kt->state_dir, strerror(errno));
-        kt->state_logged = errno != ENOENT;
-    } else if (fstat(dfd, &st) == 0 && dir_ok(kt, &st) &&
-               (d = fdopendir(dfd)) != NULL) {
+                      kt->name, kt->state_dir, kt->state_why);
+        kt->state_logged = kt->state_why[0] != '\0';
+    } else if (fstat(dfd, &st) != 0) {
+        snprintf(kt->state_why, sizeof(kt->state_why), "%s", strerror(errno));
+    } else if (!dir_ok(kt, &st)) {
+        snprintf(kt->state_why, sizeof(kt->state_why), "%s", dir_problem(&st));
+    } else if ((d = fdopendir(dfd)) != NULL) {
         while ((de = readdir(d)) != NULL) {
             sweep_tmp_unlocked(kt, dirfd(d), de->d_name);
             scan_one_unlocked(kt, dirfd(d), de->d_name);
@@ -272,6 +287,8 @@ static void scan(struct kv_token *kt, bool force)
                 cmk_debug("token %s: secret key %s is gone", kt->name, k->id);
             k->present = false;
             k->bad = false;
+            free(k->why);
+            k->why = NULL;
             skey_drop_value_unlocked(k);
         }
     }
@@ -791,6 +808,9 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
                       kt->name, kt->state_dir, id, SK_SUFFIX);
             pthread_mutex_lock(&kt->lock);
             k->bad = true;
+            free(k->why);
+            k->why = strdup("its integrity check failed (attributes or "
+                            "value altered)");
             pthread_mutex_unlock(&kt->lock);
             rv = CKR_KEY_HANDLE_INVALID;
             goto out;
@@ -812,6 +832,85 @@ out:
     free(ver);
     free(id);
     return rv;
+}
+
+/* The listed keys whose MAC was not checked yet (under the lock): the
+ * references stay valid while the token is open. */
+static size_t unchecked_unlocked(struct kv_token *kt, struct kv_skey ***out)
+{
+    struct kv_skey *k, **v;
+    size_t n = 0;
+
+    for (k = kt->skeys; k != NULL; k = k->next)
+        n += k->present && !k->bad && k->value == NULL;
+    *out = v = n ? calloc(n, sizeof(*v)) : NULL;
+    if (v == NULL)
+        return 0;
+    n = 0;
+    for (k = kt->skeys; k != NULL; k = k->next)
+        if (k->present && !k->bad && k->value == NULL)
+            v[n++] = k;
+    return n;
+}
+
+/* The skipped files, one line "PATH\tWHY\n" each, after the directory's
+ * own when it was not read (under the lock). */
+static char *skipped_text_unlocked(struct kv_token *kt)
+{
+    struct kv_skey *k;
+    size_t len = 1, off = 0;
+    char *text;
+
+    for (k = kt->skeys; k != NULL; k = k->next)
+        if (k->bad)
+            len += strlen(kt->state_dir) + strlen(k->id) + strlen(SK_SUFFIX) +
+                   (k->why ? strlen(k->why) : 7) + 3;
+    len += strlen(kt->state_dir) + strlen(kt->state_why) + 2;
+    text = malloc(len);
+    if (text == NULL)
+        return NULL;
+    text[0] = '\0';
+    if (kt->state_why[0] != '\0') /* the directory itself, not read */
+        off += (size_t)snprintf(text, len, "%s\t%s\n", kt->state_dir,
+                                kt->state_why);
+    for (k = kt->skeys; k != NULL; k = k->next)
+        if (k->bad)
+            off += (size_t)snprintf(text + off, len - off, "%s/%s%s\t%s\n",
+                                    kt->state_dir, k->id, SK_SUFFIX,
+                                    k->why ? k->why : "skipped");
+    return text;
+}
+
+CK_RV kv_store_state_files(struct pcall *c, CK_BYTE **out, CK_ULONG *len)
+{
+    struct kv_token *kt = c->tok;
+    unsigned char value[512];
+    struct kv_skey **todo = NULL;
+    size_t n, i, vlen;
+    char *text;
+
+    if (kt->state_dir == NULL) {
+        text = strdup("");
+    } else {
+        scan(kt, true);
+        pthread_mutex_lock(&kt->lock);
+        n = unchecked_unlocked(kt, &todo);
+        pthread_mutex_unlock(&kt->lock);
+        /* Their first use: the unwrap, then the MAC. Another failure (the
+         * version disabled, the vault away) is the key's, not its file's. */
+        for (i = 0; i < n; i++)
+            if (skey_value(c, todo[i], value, &vlen) == CKR_OK)
+                OPENSSL_cleanse(value, vlen);
+        free(todo);
+        pthread_mutex_lock(&kt->lock);
+        text = skipped_text_unlocked(kt);
+        pthread_mutex_unlock(&kt->lock);
+    }
+    if (text == NULL)
+        return CKR_HOST_MEMORY;
+    *out = (CK_BYTE *)text;
+    *len = strlen(text);
+    return CKR_OK;
 }
 
 /* HMAC-SHA256 (RFC 2104) for CKM_SHA256_HMAC and _GENERAL, whose

@@ -131,7 +131,8 @@ struct kv_token {
     char *wrapping_key;
     struct kv_skey *skeys;
     int64_t scanned_at_ms;
-    bool state_logged; /* the state directory's error was logged */
+    bool state_logged;   /* the state directory's error was logged */
+    char state_why[128]; /* why the last scan did not read it, or "" */
 };
 
 #define KV_CIRCUIT_FAILURES 5
@@ -236,6 +237,10 @@ CK_RV kv_store_crypt(struct pcall *c, enum pop op, struct kv_skey *k,
 CK_RV kv_store_get_value(struct pcall *c, struct kv_skey *k, CK_BYTE *out,
                          CK_ULONG *outlen);
 CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want);
+/* CKA_CMK_STATE_FILES: every listed key's MAC checked (unwrapped through
+ * the vault if not yet), then one line "PATH\tWHY\n" per file skipped
+ * (first the directory's, if it was not read). */
+CK_RV kv_store_state_files(struct pcall *c, CK_BYTE **out, CK_ULONG *len);
 CK_RV kv_store_set_attributes(struct pcall *c, struct kv_skey *k,
                               const CK_ATTRIBUTE *tmpl, CK_ULONG n);
 

@@ -468,6 +468,38 @@ for i, why in zip(bad_ids[:3], ("not JSON", "not JSON", "mode 0600")):
          "the log names %s.json (%s)" % (i, why))
 t.ok(os.path.basename(fv) + " skipped: its integrity check failed" in log,
      "the log names the altered file")
+
+
+def state_row(token, key):
+    """cmkp11-tool check's row on the token's secret key files."""
+    r = subprocess.run([TOOL, "--module", MODULE, "--json", "check", token,
+                        key], env=env, capture_output=True, text=True,
+                       timeout=300)
+    try:
+        rows = json.loads(r.stdout)["keys"][0]["checks"]
+    except (ValueError, KeyError, IndexError):
+        rows = []
+    return ([c for c in rows if c["name"] == "state-files"] or [{}])[0], \
+        r.stdout + r.stderr
+
+
+# cmkp11-tool check (a new process) reads the directory and checks every
+# listed key's MAC: the altered file shows without any use of it before.
+row, diag = state_row("kv", "kek")
+names = [os.path.basename(p) for p in paths[:3]] + [os.path.basename(fv)]
+is_(row.get("result"), "FAIL", "cmkp11-tool check: the state files row fails",
+    diag)
+t.ok(row.get("detail", "").startswith("4 files of %s skipped: " % state) and
+     all(n in row.get("detail", "") for n in names) and
+     "%s (its integrity check failed (attributes or value altered))" %
+     os.path.basename(fv) in row.get("detail", "") and
+     "%s (not JSON (truncated?))" % names[0] in row.get("detail", "") and
+     "mode 0600" in row.get("detail", ""),
+     "it names the directory, each skipped file and why, the altered one "
+     "included", diag)
+t.ok(row.get("remedy", "").startswith("restore each file named from a "
+                                      "backup, or remove it"),
+     "and the remedy", diag)
 for p in paths[:3]:
     os.remove(p)
 
@@ -570,6 +602,22 @@ t.ok(ses3.verify(hk, b"message", mac, hm), "C_Verify accepts it")
 # PyKCS11 answers False for CKR_SIGNATURE_INVALID.
 t.ok(ses3.verify(hk, b"message", bytes([mac[0] ^ 1]) + mac[1:], hm) is False,
      "a changed MAC: CKR_SIGNATURE_INVALID")
+row, diag = state_row("kv3", "other")
+is_((row.get("result"), row.get("detail")),
+    ("PASS", "no file of the state directory skipped"),
+    "cmkp11-tool check on kv3: the state files row passes",
+    diag)
+state3 = os.path.join(s.dir, "secret-keys3")
+os.chmod(state3, 0o770)
+row, diag = state_row("kv3", "other")
+os.chmod(state3, 0o700)
+is_((row.get("result"), row.get("detail")),
+    ("FAIL", "the state directory %s is not read: writable by group or "
+     "others" % state3),
+    "a state directory group may write: the row fails and says why", diag)
+t.ok(row.get("remedy", "").startswith("make the state directory (state-dir) "
+                                      "a directory of the module's user"),
+     "and the remedy", diag)
 
 # 15. The Kubernetes-KMS-v2-shaped consumer (tests/integration/k8s-kms.c)
 # on the keyvault token: k8s-kek (made by pkcs11-tool in part 1, rewrapped

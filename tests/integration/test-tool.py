@@ -30,7 +30,7 @@ HEX32 = re.compile(r"^[0-9a-f]{32}$")
 ROWS_HSM = ["key-type", "key-ops", "enabled", "rotation-policy", "expiry",
             "credentials", "round-trip"]
 ROWS_KV = ["key-type", "key-ops", "enabled", "recovery", "rotation-policy",
-           "expiry", "credentials", "round-trip"]
+           "expiry", "credentials", "round-trip", "state-files"]
 
 if not os.access(TOOL, os.X_OK):
     skip_all("cmkp11-tool is not built")

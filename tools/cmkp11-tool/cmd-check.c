@@ -19,7 +19,7 @@
 #include "tool.h"
 
 #define DEFAULT_MIN_BITS 2048
-#define MAX_ROWS         12
+#define MAX_ROWS         14
 #define EXPIRY_WARN_DAYS 30
 
 struct row {
@@ -560,6 +560,78 @@ static void credentials_row(struct result *r, const struct ttoken *t,
     }
 }
 
+/*
+ * A keyvault token's secret key files (docs/keyvault.md, "Token secret
+ * keys"): CKA_CMK_STATE_FILES makes the module read the state directory
+ * and check the MAC of every key it lists (their first use: an unwrap
+ * through the vault each), then names each file it skipped and why. No
+ * row where the module does not give it (an hsm token).
+ */
+static void check_state_files(struct tmod *m, const struct ttoken *t,
+                              const struct tversion *v, struct result *r)
+{
+    char *text, *line, *tab, *next, *end, *slash, list[512] = "";
+    char dirwhy[256] = "";
+    const char *dir = "";
+    int dirlen = 0;
+    struct row *w;
+    size_t len = 0, n = 0;
+
+    if (!t->keyvault || v->priv == 0)
+        return;
+    text = tattr_string(m, t->sess, v->priv, CKA_CMK_STATE_FILES);
+    if (text == NULL)
+        return;
+    w = add_row(r, "state-files", "token secret key files");
+    /* Lines "DIR/ID.json\tWHY", the directory once, then each file; or
+     * "DIR\tWHY" when the directory itself was not read. */
+    for (line = text; *line != '\0'; line = next) {
+        end = line + strcspn(line, "\n");
+        next = *end ? end + 1 : end;
+        tab = memchr(line, '\t', (size_t)(end - line));
+        if (tab == NULL)
+            continue;
+        if (tab - line < 5 || memcmp(tab - 5, ".json", 5) != 0) {
+            snprintf(dirwhy, sizeof(dirwhy),
+                     "the state directory %.*s is not read: %.*s",
+                     (int)(tab - line), line, (int)(end - tab - 1), tab + 1);
+            continue;
+        }
+        slash = memrchr(line, '/', (size_t)(tab - line));
+        if (slash == NULL)
+            continue;
+        dir = line;
+        dirlen = (int)(slash - line);
+        n++;
+        if (len < sizeof(list))
+            len += (size_t)snprintf(list + len, sizeof(list) - len,
+                                    "%s%.*s (%.*s)", n > 1 ? "; " : "",
+                                    (int)(tab - slash - 1), slash + 1,
+                                    (int)(end - tab - 1), tab + 1);
+    }
+    if (dirwhy[0] != '\0') {
+        w->pass = false;
+        snprintf(w->detail, sizeof(w->detail), "%s", dirwhy);
+        snprintf(w->remedy, sizeof(w->remedy),
+                 "make the state directory (state-dir) a directory of the "
+                 "module's user that group and others may not write (chmod "
+                 "0700), readable by that user");
+    } else if (n == 0) {
+        snprintf(w->detail, sizeof(w->detail),
+                 "no file of the state directory skipped");
+    } else {
+        w->pass = false;
+        snprintf(w->detail, sizeof(w->detail), "%zu file%s of %.*s skipped: %s",
+                 n, n > 1 ? "s" : "", dirlen, dir, list);
+        snprintf(w->remedy, sizeof(w->remedy),
+                 "restore each file named from a backup, or remove it (its "
+                 "key is lost unless a copy of the file or of the key "
+                 "exists); keep the state directory writable by the module's "
+                 "user only");
+    }
+    free(text); /* dir points into it */
+}
+
 /* Runs the checks on one version. */
 static void check_version(struct tmod *m, const struct tool_opts *o,
                           struct ttoken *t, struct tkey *key,
@@ -778,6 +850,7 @@ int cmd_check(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
             res[nres].token = t->label;
             res[nres].strict = o->strict;
             check_version(m, o, t, &keys[i].k[j], v, &res[nres]);
+            check_state_files(m, t, v, &res[nres]);
             nres++;
         }
     }
