@@ -137,6 +137,10 @@ static const struct name_entry attr_names[] = {
     {0xc34d000dUL, "CKA_CMK_EXPIRES"},
     {0xc34d000eUL, "CKA_CMK_MIN_BITS"},
     {0xc34d000fUL, "CKA_CMK_REFUSED"},
+    {0xc34d0010UL, "CKA_CMK_REPLICAS"},
+    {0xc34d0011UL, "CKA_CMK_ROTATION_POLICY"},
+    {0xc34d0012UL, "CKA_CMK_WRAP_VERSION"},
+    {0xc34d0013UL, "CKA_CMK_STATE_FILES"},
 };
 
 static const struct name_entry mech_names[] = {

@@ -21,4 +21,12 @@ for f in $(find provider -name '*.[ch]' | sort); do
 done
 [ -z "$bad" ]
 ok $? "providers include no front-end header:${bad:- none}"
+# Every vendor attribute has its name in the logs (common/names.c, made
+# by scripts/gen-names.sh from pkcs11.h and common/compat.h).
+bad=
+for n in $(sed -n 's/^#define \(CKA_CMK_[A-Z0-9_]*\) .*/\1/p' common/compat.h); do
+    [ "$n" = CKA_CMK_BASE ] || grep -q "\"$n\"" common/names.c || bad="$bad $n"
+done
+[ -z "$bad" ]
+ok $? "common/names.c names every CKA_CMK_ attribute (scripts/gen-names.sh):${bad:- none}"
 done_testing
