@@ -214,6 +214,85 @@ static CK_ATTRIBUTE *attrs_at(const struct attrs *a, CK_ULONG i)
     return a->packed > 0 ? &a->cells[i]->at : &a->v[i];
 }
 
+/*
+ * A reserved array (attrs_reserve): the vector, then the values, each
+ * at an offset aligned for a CK_ULONG, in one allocation, wiped whole
+ * when it goes.
+ */
+#define BLOCK_ALIGN sizeof(CK_ULONG)
+
+static size_t block_round(size_t n)
+{
+    return (n + BLOCK_ALIGN - 1) & ~(BLOCK_ALIGN - 1);
+}
+
+size_t attrs_value_room(const CK_ATTRIBUTE *t, CK_ULONG n)
+{
+    size_t sum = 0, len;
+    CK_ULONG i;
+
+    for (i = 0; i < n; i++) {
+        if (t[i].ulValueLen > SIZE_MAX / 2)
+            return SIZE_MAX;
+        len = block_round(t[i].ulValueLen);
+        if (sum > SIZE_MAX / 2 - len)
+            return SIZE_MAX;
+        sum += len;
+    }
+    return sum;
+}
+
+int attrs_reserve(struct attrs *a, CK_ULONG n, size_t value_bytes)
+{
+    size_t head, size;
+    void *b;
+
+    if (a->n != 0 || a->v != NULL || a->packed > 0 || n == 0 ||
+        n > SIZE_MAX / 4 / sizeof(CK_ATTRIBUTE) || value_bytes > SIZE_MAX / 4)
+        return -1;
+    head = block_round(n * sizeof(CK_ATTRIBUTE));
+    size = head + block_round(value_bytes);
+    b = malloc(size);
+    if (b == NULL)
+        return -1;
+    a->v = b;
+    a->alloc = n;
+    a->block = size;
+    a->block_used = head;
+    return 0;
+}
+
+/* Room in the block for a value of len bytes, or NULL. */
+static void *block_room(struct attrs *a, CK_ULONG len)
+{
+    void *p;
+
+    if (len > a->block - a->block_used)
+        return NULL;
+    p = (unsigned char *)a->v + a->block_used;
+    a->block_used += block_round(len);
+    if (a->block_used > a->block)
+        a->block_used = a->block;
+    return p;
+}
+
+/* Frees an unpacked array's values (wiped) and vector. */
+static void values_release(struct attrs *a)
+{
+    CK_ULONG i;
+
+    if (a->block > 0) {
+        secure_zero(a->v, a->block);
+        free(a->v);
+        a->block = a->block_used = 0;
+    } else {
+        for (i = 0; i < a->n; i++)
+            value_free(a->v[i].pValue, a->v[i].ulValueLen);
+        free(a->v);
+    }
+    a->v = NULL;
+}
+
 static void cells_release(struct attrs *a)
 {
     CK_ULONG i;
@@ -226,19 +305,19 @@ static void cells_release(struct attrs *a)
 }
 
 /* Back to one allocation per value and a vector with room, before a
- * change to a packed array. */
+ * change to a packed array or one that does not fit its block. */
 static int attrs_unpack(struct attrs *a)
 {
     CK_ATTRIBUTE *nv;
     CK_ULONG i, na = a->n < 8 ? 8 : a->n + a->n / 2;
 
-    if (a->packed == 0)
+    if (a->packed == 0 && a->block == 0)
         return 0;
     nv = calloc(na, sizeof(*nv));
     if (nv == NULL)
         return -1;
     for (i = 0; i < a->n; i++) {
-        const CK_ATTRIBUTE *at = &a->cells[i]->at;
+        const CK_ATTRIBUTE *at = attrs_at(a, i);
 
         nv[i] = *at;
         nv[i].pValue = NULL;
@@ -253,7 +332,10 @@ static int attrs_unpack(struct attrs *a)
         }
         memcpy(nv[i].pValue, at->pValue, at->ulValueLen);
     }
-    cells_release(a);
+    if (a->packed > 0)
+        cells_release(a);
+    else
+        values_release(a);
     a->v = nv;
     a->alloc = na;
     return 0;
@@ -266,18 +348,12 @@ void attrs_init(struct attrs *a)
 
 void attrs_clear(struct attrs *a)
 {
-    CK_ULONG i;
-
     if (a == NULL)
         return;
-    if (a->packed > 0) {
+    if (a->packed > 0)
         cells_release(a);
-        attrs_init(a);
-        return;
-    }
-    for (i = 0; i < a->n; i++)
-        value_free(a->v[i].pValue, a->v[i].ulValueLen);
-    free(a->v);
+    else
+        values_release(a);
     attrs_init(a);
 }
 
@@ -291,12 +367,39 @@ CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
     return NULL;
 }
 
+/* attrs_set in a reserved array with room for it: 1, else 0. */
+static int block_set(struct attrs *a, CK_ATTRIBUTE_TYPE type, const void *value,
+                     CK_ULONG len)
+{
+    CK_ATTRIBUTE *at = attrs_find(a, type);
+    void *copy = NULL;
+
+    if (at == NULL && a->n == a->alloc)
+        return 0;
+    if (len > 0) {
+        copy = block_room(a, len);
+        if (copy == NULL)
+            return 0;
+        memcpy(copy, value, len);
+    }
+    if (at == NULL)
+        at = &a->v[a->n++];
+    else
+        secure_zero(at->pValue, at->ulValueLen);
+    at->type = type;
+    at->pValue = copy;
+    at->ulValueLen = len;
+    return 1;
+}
+
 int attrs_set(struct attrs *a, CK_ATTRIBUTE_TYPE type, const void *value,
               CK_ULONG len)
 {
     CK_ATTRIBUTE *at;
     void *copy = NULL;
 
+    if (a->block > 0 && block_set(a, type, value, len))
+        return 0;
     if (attrs_unpack(a) != 0)
         return -1;
     if (len > 0) {
@@ -376,6 +479,13 @@ int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type)
 
     if (at == NULL)
         return 0;
+    if (a->block > 0) {
+        /* Its bytes stay in the block, wiped. */
+        secure_zero(at->pValue, at->ulValueLen);
+        *at = a->v[a->n - 1];
+        a->n--;
+        return 1;
+    }
     if (attrs_unpack(a) != 0)
         return -1;
     at = attrs_find(a, type);
@@ -502,10 +612,7 @@ int attrs_compact(struct attrs *a)
             return -1;
         }
     }
-    for (i = 0; i < a->n; i++)
-        value_free(a->v[i].pValue, a->v[i].ulValueLen);
-    free(a->v);
-    a->v = NULL;
+    values_release(a);
     a->cells = cv;
     a->alloc = a->n;
     a->packed = (size_t)a->n * sizeof(*cv);

@@ -17,11 +17,25 @@ struct attrs {
      * the bytes of that vector; 0 while the values are the array's own. */
     struct attr_cell **cells;
     size_t packed;
+    /* Made by attrs_reserve: the bytes of the one allocation that holds
+     * the vector and the values, and how many of them are used; 0 while
+     * each value is an allocation of its own. */
+    size_t block, block_used;
 };
 
 void attrs_init(struct attrs *a);
 /* Frees the values (wiping them) and the vector. */
 void attrs_clear(struct attrs *a);
+/* Makes an empty array one allocation with room for n attributes and
+ * value_bytes bytes of values (attrs_value_room), which attrs_set fills
+ * while they fit: an array that lives for a call or two (a session key)
+ * then costs one allocation, not one per value. A change that does not
+ * fit gives every value its own allocation first. -1 on ENOMEM or an
+ * array that is not empty (left as it was). */
+int attrs_reserve(struct attrs *a, CK_ULONG n, size_t value_bytes);
+/* The bytes values of these lengths take in a reserved array, or
+ * SIZE_MAX when that overflows. */
+size_t attrs_value_room(const CK_ATTRIBUTE *t, CK_ULONG n);
 /* Sets (adds or replaces) an attribute, copying the value. -1 on ENOMEM. */
 int attrs_set(struct attrs *a, CK_ATTRIBUTE_TYPE type, const void *value,
               CK_ULONG len);

@@ -336,6 +336,17 @@ int attrpolicy_secret_defaults(struct attrs *a)
     return r;
 }
 
+CK_ULONG attrpolicy_secret_defaults_count(void)
+{
+    size_t i;
+    CK_ULONG n = 0;
+
+    for (i = 0; i < CMK_ARRAY_SIZE(rules); i++)
+        if (rules[i].cls == SK && rules[i].dflt != D_NONE)
+            n++;
+    return n;
+}
+
 int attrpolicy_listed_defaults(struct attrs *a, bool token_object)
 {
     /* What a back end's listing leaves out: its objects are not to be

@@ -45,6 +45,8 @@ void attrpolicy_free_defaults(const CK_ATTRIBUTE *tmpl, CK_ATTRIBUTE *out);
 
 /* Sets every default of the table for a new secret key in a. */
 int attrpolicy_secret_defaults(struct attrs *a);
+/* How many attributes attrpolicy_secret_defaults sets, at most. */
+CK_ULONG attrpolicy_secret_defaults_count(void);
 
 /* Fills in the attributes every listed object has, where the back end
  * left them out (token_object: a token object, not a session one). */

@@ -59,6 +59,26 @@ static CK_RV secret_policy(struct session *s, enum ap_op op,
     return rv;
 }
 
+/* Attributes a module-held secret key gets besides the table's defaults
+ * and the template: the class and key type, the five that follow from how
+ * it was made (secret_object_build), and what object_publish adds
+ * (listed_attrs: the listed defaults and CKA_CMK_MIN_BITS, at most
+ * seven). */
+#define SECRET_OBJECT_EXTRA 14
+
+/* The key's attributes as one allocation (attrs_reserve): it is made and
+ * destroyed for every unwrap. Without it (no memory, an absurd template)
+ * the same array gives each value its own allocation. */
+static void reserve_secret_object(struct attrs *a, const CK_ATTRIBUTE *tmpl,
+                                  CK_ULONG n)
+{
+    CK_ULONG count = attrpolicy_secret_defaults_count() + SECRET_OBJECT_EXTRA;
+    size_t room = attrs_value_room(tmpl, n);
+
+    if (room <= SIZE_MAX / 4 && n <= ((CK_ULONG)-1) / 4)
+        (void)attrs_reserve(a, count + n, room + count * sizeof(CK_ULONG));
+}
+
 /* The attributes of a module-held secret key whose template passed
  * attrpolicy_secret(): the table's defaults, the template, then what
  * follows from how the key was made (PKCS#11 2.40 4.7, 4.9). */
@@ -71,6 +91,7 @@ static CK_RV secret_object_build(const CK_ATTRIBUTE *tmpl, CK_ULONG n,
     int r = 0;
 
     memset(out, 0, sizeof(*out));
+    reserve_secret_object(a, tmpl, n);
     r |= attrs_set_ulong(a, CKA_CLASS, CKO_SECRET_KEY);
     r |= attrs_set_ulong(a, CKA_KEY_TYPE, kt);
     r |= attrpolicy_secret_defaults(a);

@@ -334,6 +334,70 @@ static void test_attrs_packed(void)
        "cleared, its cells gone");
 }
 
+/* attrs_reserve: one allocation that attrs_set fills while it has room;
+ * replacing and removing stay in it, a change that does not fit leaves
+ * every value its own allocation with the values intact. */
+static void test_attrs_reserved(void)
+{
+    static char label[] = "dek", id[] = "\x01\x02";
+    const CK_ATTRIBUTE tmpl[] = {{CKA_LABEL, label, 3}, {CKA_ID, id, 2}};
+    struct attrs a;
+    size_t room = attrs_value_room(tmpl, 2), cells0 = attrs_cells_count();
+    CK_ATTRIBUTE *at;
+    void *block;
+
+    ok(room == 2 * sizeof(CK_ULONG), "two short values: two aligned slots");
+    attrs_init(&a);
+    ok(attrs_reserve(&a, 4, room + 2 * sizeof(CK_ULONG)) == 0 && a.block > 0 &&
+           a.n == 0 && a.alloc == 4,
+       "reserved: room for four attributes");
+    block = a.v;
+    ok(attrs_reserve(&a, 4, 8) == -1, "reserving twice is refused");
+    ok(attrs_merge(&a, tmpl, 2) == 0 &&
+           attrs_set_ulong(&a, CKA_CLASS, CKO_SECRET_KEY) == 0 &&
+           attrs_set_bool(&a, CKA_SENSITIVE, CK_TRUE) == 0 && a.n == 4 &&
+           a.v == block && a.block_used == a.block,
+       "four attributes filled the block, no other allocation");
+    at = attrs_find(&a, CKA_LABEL);
+    ok(at != NULL && at->ulValueLen == 3 && memcmp(at->pValue, "dek", 3) == 0 &&
+           (unsigned char *)at->pValue > (unsigned char *)block &&
+           attrs_get_ulong(&a, CKA_CLASS, 0) == CKO_SECRET_KEY &&
+           ((uintptr_t)attrs_find(&a, CKA_CLASS)->pValue % sizeof(CK_ULONG)) ==
+               0,
+       "the values are in the block, a CK_ULONG aligned");
+    ok(attrs_remove(&a, CKA_ID) == 1 && a.n == 3 && a.v == block &&
+           attrs_find(&a, CKA_ID) == NULL &&
+           attrs_get_bool(&a, CKA_SENSITIVE, false),
+       "removing stays in the block");
+    ok(attrs_set_bool(&a, CKA_SENSITIVE, CK_FALSE) == 0 && a.block == 0 &&
+           a.v != block && a.n == 3 &&
+           !attrs_get_bool(&a, CKA_SENSITIVE, true) &&
+           memcmp(attrs_find(&a, CKA_LABEL)->pValue, "dek", 3) == 0 &&
+           attrs_get_ulong(&a, CKA_CLASS, 0) == CKO_SECRET_KEY,
+       "a change without room: ordinary values, the others intact");
+    attrs_clear(&a);
+
+    attrs_init(&a);
+    ok(attrs_reserve(&a, 2, 16) == 0 && attrs_merge(&a, tmpl, 2) == 0 &&
+           attrs_set(&a, CKA_VALUE, "secret", 6) == 0 && a.block == 0 &&
+           a.n == 3 &&
+           memcmp(attrs_find(&a, CKA_ID)->pValue, "\x01\x02", 2) == 0,
+       "a third attribute in room for two: ordinary values");
+    attrs_clear(&a);
+
+    attrs_init(&a);
+    ok(attrs_reserve(&a, 3, 24) == 0 && attrs_merge(&a, tmpl, 2) == 0 &&
+           attrs_compact(&a) == 0 && a.packed > 0 && a.block == 0 &&
+           attrs_cells_count() == cells0 + 2 &&
+           memcmp(attrs_find(&a, CKA_LABEL)->pValue, "dek", 3) == 0,
+       "a reserved array packs");
+    attrs_clear(&a);
+    ok(a.v == NULL && a.block == 0 && attrs_cells_count() == cells0, "cleared");
+    ok(attrs_value_room(&(CK_ATTRIBUTE){CKA_LABEL, NULL, (CK_ULONG)-1}, 1) ==
+           SIZE_MAX,
+       "an absurd length: no room to reserve");
+}
+
 static void test_names(void)
 {
     ok(strcmp(cmk_rv_name(CKR_OK), "CKR_OK") == 0, "CKR_OK");
@@ -653,6 +717,7 @@ int main(void)
     test_secure_file();
     test_hmap();
     test_attrs_packed();
+    test_attrs_reserved();
     test_names();
     test_hex();
     test_logging();
