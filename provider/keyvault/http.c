@@ -25,15 +25,32 @@
 #define KV_POOL_MAX 64
 #define KV_MAX_BODY (4L * 1024 * 1024)
 
-/* An idle handle, and the thread that used it last. */
-struct kv_idle {
+/* What a request's header lines begin with: its Content-Type. */
+enum kv_hdr_kind { HDR_NONE, HDR_GET, HDR_EMPTY, HDR_FORM, HDR_JSON };
+
+/*
+ * A pooled handle and what it keeps from one request to the next, as
+ * libcurl keeps a handle's options: the options every request sets alike
+ * are set once, those that depend on the request (protocols, proxy, the
+ * certificate pin) when they change, and the header lines are kept while
+ * the next request asks for the same ones (the same Content-Type and
+ * bearer token, no extra lines). The lines hold the token: they are
+ * wiped before they are freed, whenever the token changes or the handle
+ * goes.
+ */
+struct kv_conn {
     CURL *c;
-    pthread_t owner;
+    pthread_t owner; /* the thread that used it last */
+    struct curl_slist *headers;
+    enum kv_hdr_kind kind; /* HDR_NONE: nothing to keep */
+    bool set;              /* the request-dependent options below are set */
+    bool allow_http, no_proxy;
+    const char *pin_sha1;
 };
 
 struct kv_http {
     pthread_mutex_t lock;
-    struct kv_idle idle[KV_POOL_MAX];
+    struct kv_conn *idle[KV_POOL_MAX];
     int n_idle;
     CURLSH *share;
     pthread_mutex_t share_lock[CURL_LOCK_DATA_LAST];
@@ -108,20 +125,36 @@ fail:
     return NULL;
 }
 
+/* Frees header lines, wiped: the last one may hold a bearer token. */
+static void headers_free(struct curl_slist *headers)
+{
+    struct curl_slist *l;
+
+    for (l = headers; l != NULL; l = l->next)
+        secure_zero(l->data, strlen(l->data));
+    curl_slist_free_all(headers);
+}
+
+/* In a forked child the connections belong to the parent: closing them
+ * would send TLS alerts on its sockets. They are left alone. */
+static void conn_free(struct kv_conn *k, bool in_child)
+{
+    if (!in_child)
+        curl_easy_cleanup(k->c);
+    headers_free(k->headers);
+    free(k);
+}
+
 void kv_http_free(struct kv_http *h, bool in_child)
 {
     int i;
 
     if (h == NULL)
         return;
-    /* In a forked child the connections belong to the parent: closing
-     * them would send TLS alerts on its sockets. They are left alone. */
-    if (!in_child) {
-        for (i = 0; i < h->n_idle; i++)
-            curl_easy_cleanup(h->idle[i].c);
-        if (h->share != NULL)
-            curl_share_cleanup(h->share);
-    }
+    for (i = 0; i < h->n_idle; i++)
+        conn_free(h->idle[i], in_child);
+    if (!in_child && h->share != NULL)
+        curl_share_cleanup(h->share);
     for (i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&h->share_lock[i]);
     pthread_mutex_destroy(&h->lock);
@@ -139,43 +172,66 @@ void kv_http_free(struct kv_http *h, bool in_child)
  * "Many threads"). A thread that keeps its handle allocates and frees in
  * its own arena, as a client with a handle per thread does.
  */
-static CURL *take_handle(struct kv_http *h)
+static size_t on_body(char *data, size_t size, size_t n, void *user);
+static size_t on_header(char *data, size_t size, size_t n, void *user);
+
+/* A new handle with the options every request sets alike. */
+static struct kv_conn *conn_new(struct kv_http *h)
+{
+    struct kv_conn *k = calloc(1, sizeof(*k));
+
+    if (k == NULL)
+        return NULL;
+    k->c = curl_easy_init();
+    if (k->c == NULL) {
+        free(k);
+        return NULL;
+    }
+    curl_easy_setopt(k->c, CURLOPT_SHARE, h->share);
+    curl_easy_setopt(k->c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(k->c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(k->c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(k->c, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(k->c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(k->c, CURLOPT_USERAGENT, "cmkp11/" PACKAGE_VERSION);
+    curl_easy_setopt(k->c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(k->c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(k->c, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    return k;
+}
+
+static struct kv_conn *take_handle(struct kv_http *h)
 {
     pthread_t self = pthread_self();
-    CURL *c = NULL;
+    struct kv_conn *k = NULL;
     int i;
 
     pthread_mutex_lock(&h->lock);
     for (i = h->n_idle - 1; i >= 0; i--) {
-        if (pthread_equal(h->idle[i].owner, self))
+        if (pthread_equal(h->idle[i]->owner, self))
             break;
     }
     if (i < 0 && h->n_idle > 0)
         i = h->n_idle - 1;
     if (i >= 0) {
-        c = h->idle[i].c;
+        k = h->idle[i];
         h->idle[i] = h->idle[--h->n_idle];
     }
     pthread_mutex_unlock(&h->lock);
-    if (c == NULL) {
-        c = curl_easy_init();
-        if (c != NULL)
-            curl_easy_setopt(c, CURLOPT_SHARE, h->share);
-    }
-    return c;
+    return k != NULL ? k : conn_new(h);
 }
 
-static void give_handle(struct kv_http *h, CURL *c, bool keep)
+static void give_handle(struct kv_http *h, struct kv_conn *k, bool keep)
 {
     pthread_mutex_lock(&h->lock);
     if (keep && h->n_idle < KV_POOL_MAX) {
-        h->idle[h->n_idle].c = c;
-        h->idle[h->n_idle++].owner = pthread_self();
-        c = NULL;
+        k->owner = pthread_self();
+        h->idle[h->n_idle++] = k;
+        k = NULL;
     }
     pthread_mutex_unlock(&h->lock);
-    if (c != NULL)
-        curl_easy_cleanup(c);
+    if (k != NULL)
+        conn_free(k, false);
 }
 
 /*
@@ -211,45 +267,74 @@ static size_t on_body(char *data, size_t size, size_t n, void *user)
 }
 
 /*
- * The value of the last NAME header of the final response, or NULL: libcurl
- * (curl_easy_header, 7.84) keeps the headers of the transfer until the
- * handle's next one, without surrounding white space. CURLH_HEADER leaves
- * out a proxy's CONNECT answer and any 1xx response; a name repeated keeps
- * the last, as a parser of every line would.
+ * What the response's headers say for the retry policy, the challenge
+ * and the trace, read as libcurl hands over each line (one pass, no
+ * lookup after the transfer). Only the final response counts: a status
+ * line starts over (a 1xx answer, a proxy's CONNECT answer), and lines
+ * after the body (trailers) are not headers. A name repeated counts by
+ * its last value. retry-after-ms and x-ms-retry-after-ms (milliseconds)
+ * come before Retry-After (seconds; an HTTP date is not used by Key
+ * Vault).
  */
-static const char *header(CURL *c, const char *name)
-{
-    struct curl_header *h;
-    size_t n;
+struct kv_headers {
+    struct kv_response *r;
+    long ms, x_ms, secs;
+};
 
-    if (curl_easy_header(c, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
-        return NULL;
-    n = h->amount;
-    if (n > 1 &&
-        curl_easy_header(c, name, n - 1, CURLH_HEADER, -1, &h) != CURLHE_OK)
-        return NULL;
-    return h->value;
+static void headers_reset(struct kv_headers *hs)
+{
+    free(hs->r->www_authenticate);
+    hs->r->www_authenticate = NULL;
+    hs->r->request_id[0] = '\0';
+    hs->ms = hs->x_ms = hs->secs = -1;
 }
 
-/* What the response's headers say for the retry policy, the challenge
- * and the trace. retry-after-ms and x-ms-retry-after-ms (milliseconds)
- * come before Retry-After (seconds; an HTTP date is not used by Key Vault).
- */
-static void read_headers(CURL *c, struct kv_response *r)
+static bool header_is(const char *name, size_t n, const char *want)
 {
-    static const char *const ms[] = {"retry-after-ms", "x-ms-retry-after-ms"};
-    const char *v;
-    size_t i;
+    return strlen(want) == n && strncasecmp(name, want, n) == 0;
+}
 
-    if ((v = header(c, "WWW-Authenticate")) != NULL)
-        r->www_authenticate = strdup(v);
-    if ((v = header(c, "x-ms-request-id")) != NULL)
-        snprintf(r->request_id, sizeof(r->request_id), "%s", v);
-    for (i = 0; i < sizeof(ms) / sizeof(ms[0]) && r->retry_after_ms < 0; i++)
-        if ((v = header(c, ms[i])) != NULL)
-            r->retry_after_ms = kv_parse_retry_ms(v, strlen(v), 1);
-    if (r->retry_after_ms < 0 && (v = header(c, "Retry-After")) != NULL)
-        r->retry_after_ms = kv_parse_retry_ms(v, strlen(v), 1000);
+static size_t on_header(char *data, size_t size, size_t n, void *user)
+{
+    struct kv_headers *hs = user;
+    size_t len = size * n, nlen, vlen;
+    const char *colon, *v;
+
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        headers_reset(hs);
+        return len;
+    }
+    colon = memchr(data, ':', len);
+    if (colon == NULL || hs->r->body != NULL)
+        return len;
+    nlen = (size_t)(colon - data);
+    v = colon + 1;
+    vlen = len - nlen - 1;
+    while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        vlen--;
+    }
+    while (vlen > 0 && strchr(" \t\r\n", v[vlen - 1]) != NULL)
+        vlen--;
+    if (header_is(data, nlen, "WWW-Authenticate")) {
+        free(hs->r->www_authenticate);
+        hs->r->www_authenticate = strndup(v, vlen);
+    } else if (header_is(data, nlen, "x-ms-request-id")) {
+        snprintf(hs->r->request_id, sizeof(hs->r->request_id), "%.*s",
+                 (int)vlen, v);
+    } else if (header_is(data, nlen, "retry-after-ms")) {
+        hs->ms = kv_parse_retry_ms(v, vlen, 1);
+    } else if (header_is(data, nlen, "x-ms-retry-after-ms")) {
+        hs->x_ms = kv_parse_retry_ms(v, vlen, 1);
+    } else if (header_is(data, nlen, "Retry-After")) {
+        hs->secs = kv_parse_retry_ms(v, vlen, 1000);
+    }
+    return len;
+}
+
+static long headers_retry_ms(const struct kv_headers *hs)
+{
+    return hs->ms >= 0 ? hs->ms : hs->x_ms >= 0 ? hs->x_ms : hs->secs;
 }
 
 static CURLcode on_ssl_ctx(CURL *c, void *ssl_ctx, void *user)
@@ -366,26 +451,16 @@ static void tls_failure(CURL *c, const char *origin, const char *errbuf)
               host ? host + 3 : origin, why);
 }
 
-int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
-               struct kv_response *r)
+/* The protocols, the proxy rule and the TLS checks of this request, set
+ * again only when they differ from the handle's last request. */
+static void conn_options(struct kv_http *h, struct kv_conn *k,
+                         const struct kv_request *req)
 {
-    struct curl_slist *headers = NULL;
-    char *auth = NULL, errbuf[CURL_ERROR_SIZE] = "";
-    char host[256], path[512];
-    size_t auth_len = 0;
-    int64_t start = kv_now_ms();
-    CURL *c;
-    int i;
+    CURL *c = k->c;
 
-    memset(r, 0, sizeof(*r));
-    r->retry_after_ms = -1;
-    c = take_handle(h);
-    if (c == NULL)
-        return -1;
-    if (timeout_ms <= 0 || timeout_ms > h->timeout_ms)
-        timeout_ms = h->timeout_ms;
-
-    curl_easy_setopt(c, CURLOPT_URL, req->url);
+    if (k->set && k->allow_http == req->allow_http &&
+        k->no_proxy == req->no_proxy && k->pin_sha1 == req->pin_sha1)
+        return;
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR,
                      req->allow_http ? "http,https" : "https");
     if (req->pin_sha1 != NULL) {
@@ -405,16 +480,95 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     }
     /* Identity endpoints are local to the host: never through a proxy. */
     curl_easy_setopt(c, CURLOPT_NOPROXY, req->no_proxy ? "*" : NULL);
-    curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    k->set = true;
+    k->allow_http = req->allow_http;
+    k->no_proxy = req->no_proxy;
+    k->pin_sha1 = req->pin_sha1;
+}
+
+#define BEARER_PREFIX "Authorization: Bearer "
+
+/* Whether the handle's kept lines are those the request needs. */
+static bool headers_fit(const struct kv_conn *k, enum kv_hdr_kind kind,
+                        const struct kv_request *req)
+{
+    const struct curl_slist *l = k->headers;
+    const size_t n = sizeof(BEARER_PREFIX) - 1;
+    bool has;
+
+    if (k->kind != kind || kind == HDR_NONE || req->headers != NULL ||
+        l == NULL)
+        return false;
+    while (l->next != NULL)
+        l = l->next;
+    has = strncmp(l->data, BEARER_PREFIX, n) == 0;
+    if (req->bearer == NULL)
+        return !has;
+    return has && strcmp(l->data + n, req->bearer) == 0;
+}
+
+/* The request's header lines on the handle: those kept when they fit,
+ * else new ones (and the old wiped and freed). Lines with extra headers
+ * (identity requests) are not kept. */
+static void conn_headers(struct kv_conn *k, enum kv_hdr_kind kind,
+                         const struct kv_request *req)
+{
+    static const char *const ctype[] = {
+        [HDR_EMPTY] = "Content-Type:",
+        [HDR_FORM] = "Content-Type: application/x-www-form-urlencoded",
+        [HDR_JSON] = "Content-Type: application/json"};
+    struct curl_slist *headers = NULL, *old = k->headers;
+    int i;
+
+    if (headers_fit(k, kind, req))
+        return;
+    if (kind != HDR_GET)
+        headers = curl_slist_append(headers, ctype[kind]);
+    headers = curl_slist_append(headers, "Accept: application/json");
+    headers = curl_slist_append(headers, "Expect:");
+    for (i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
+        headers = curl_slist_append(headers, req->headers[i]);
+    if (req->bearer != NULL) {
+        size_t len = strlen(req->bearer) + sizeof(BEARER_PREFIX);
+        char *auth = secure_alloc(len);
+        if (auth != NULL) {
+            snprintf(auth, len, BEARER_PREFIX "%s", req->bearer);
+            headers = curl_slist_append(headers, auth);
+        }
+        secure_free(auth);
+    }
+    curl_easy_setopt(k->c, CURLOPT_HTTPHEADER, headers);
+    headers_free(old);
+    k->headers = headers;
+    k->kind = req->headers == NULL && headers != NULL ? kind : HDR_NONE;
+}
+
+int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
+               struct kv_response *r)
+{
+    enum kv_hdr_kind kind = HDR_GET;
+    char errbuf[CURL_ERROR_SIZE] = "";
+    char host[256], path[512];
+    int64_t start = kv_now_ms();
+    struct kv_headers hs = {r, -1, -1, -1};
+    struct kv_conn *k;
+    CURL *c;
+
+    memset(r, 0, sizeof(*r));
+    r->retry_after_ms = -1;
+    k = take_handle(h);
+    if (k == NULL)
+        return -1;
+    c = k->c;
+    if (timeout_ms <= 0 || timeout_ms > h->timeout_ms)
+        timeout_ms = h->timeout_ms;
+
+    conn_options(h, k, req);
+    curl_easy_setopt(c, CURLOPT_URL, req->url);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "cmkp11/" PACKAGE_VERSION);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hs);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
     curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
@@ -425,36 +579,22 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
         if (strcmp(req->method, "POST") != 0)
             curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, req->method);
         /* An empty body (rotate) goes without a content type. */
-        headers = curl_slist_append(
-            headers, body[0] == '\0' ? "Content-Type:"
-                     : req->form
-                         ? "Content-Type: application/x-www-form-urlencoded"
-                         : "Content-Type: application/json");
+        kind = body[0] == '\0' ? HDR_EMPTY : req->form ? HDR_FORM : HDR_JSON;
     }
-    headers = curl_slist_append(headers, "Accept: application/json");
-    headers = curl_slist_append(headers, "Expect:");
-    for (i = 0; req->headers != NULL && req->headers[i] != NULL; i++)
-        headers = curl_slist_append(headers, req->headers[i]);
-    if (req->bearer != NULL) {
-        auth_len = strlen(req->bearer) + 32;
-        auth = secure_alloc(auth_len);
-        if (auth != NULL) {
-            snprintf(auth, auth_len, "Authorization: Bearer %s", req->bearer);
-            headers = curl_slist_append(headers, auth);
-        }
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    conn_headers(k, kind, req);
 
     r->curl = curl_easy_perform(c);
-    read_headers(c, r);
-    url_parts(req->url, host, sizeof(host), path, sizeof(path));
+    r->retry_after_ms = headers_retry_ms(&hs);
     if (r->curl == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    else if (kv_http_tls_failure(r->curl))
+    else if (kv_http_tls_failure(r->curl)) {
+        url_parts(req->url, host, sizeof(host), path, sizeof(path));
         tls_failure(c, host, errbuf);
+    }
     /* The request trace (log-level = debug, CMKP11_DEBUG=http): never the
      * query, a header or a body. */
-    if (cmk_debug_mask & CMK_DEBUG_HTTP)
+    if (cmk_debug_mask & CMK_DEBUG_HTTP) {
+        url_parts(req->url, host, sizeof(host), path, sizeof(path));
         cmk_debug_msg(CMK_DEBUG_HTTP, __FILE__, __LINE__, __func__,
                       "%s %s%s: %ld%s%s, x-ms-request-id %s, %lld ms, "
                       "retry %d",
@@ -463,23 +603,22 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
                       r->curl != CURLE_OK ? curl_easy_strerror(r->curl) : "",
                       r->request_id[0] ? r->request_id : "-",
                       (long long)(kv_now_ms() - start), req->attempt);
+    }
     if (r->body == NULL) {
         r->body = secure_alloc(1);
         r->cap = 1;
         r->len = 0;
     }
-    /* Drop every reference to this request's data before pooling. */
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
+    /* Drop every reference to this request's data before pooling; the
+     * header lines stay with the handle when they may serve the next. */
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, NULL);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
-    if (headers != NULL) {
-        /* The header list holds a copy of the bearer token. */
-        struct curl_slist *l;
-        for (l = headers; l != NULL; l = l->next)
-            secure_zero(l->data, strlen(l->data));
-        curl_slist_free_all(headers);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, NULL);
+    if (k->kind == HDR_NONE) {
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
+        headers_free(k->headers);
+        k->headers = NULL;
     }
-    secure_free(auth);
-    give_handle(h, c, r->curl == CURLE_OK);
+    give_handle(h, k, r->curl == CURLE_OK);
     return r->body != NULL ? 0 : -1;
 }
