@@ -169,6 +169,25 @@ enum kv_use { USE_WRAP, USE_ENCRYPT, USE_UNWRAP, USE_REMOTE };
 static CK_RV version_usable(struct kv_token *kt, struct pcall *c,
                             struct kv_version *v, enum kv_use use);
 
+/* {"alg":ALG,"value":BASE64URL(in)}, in one allocation: in may be a
+ * plaintext (encrypt), so no growing buffer leaves copies of it. */
+static char *crypt_body(const char *alg, const CK_BYTE *in, CK_ULONG inlen)
+{
+    static const char value[] = "\",\"value\":\"", end[] = "\"}";
+    size_t alen = strlen(alg), blen = kv_b64url_len(inlen);
+    char *body = malloc(8 + alen + sizeof(value) - 1 + blen + sizeof(end));
+    char *o = body;
+
+    if (body == NULL)
+        return NULL;
+    memcpy(o, "{\"alg\":\"", 8);
+    memcpy(o += 8, alg, alen);
+    memcpy(o += alen, value, sizeof(value) - 1);
+    kv_b64url_write(o += sizeof(value) - 1, in, inlen);
+    memcpy(o + blen, end, sizeof(end));
+    return body;
+}
+
 /*
  * A private-key operation: on the first vault of replica_order; when it
  * is unreachable, on the next, within the same deadline. An answer that
@@ -189,7 +208,7 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     const char *alg = NULL;
     CK_ULONG skip = 0;
     struct kv_result res;
-    char *b64 = NULL, *body = NULL, *path = NULL, *name, *esc;
+    char *body = NULL, *path = NULL, *name, *esc;
     char why[128], *vers[KV_MAX_REPLICAS] = {NULL};
     int order[KV_MAX_REPLICAS], n = 0, i;
     unsigned char *dec = NULL;
@@ -217,9 +236,7 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     n = replica_order_unlocked(kt, v, order, vers);
     pthread_mutex_unlock(&kt->lock);
     esc = name ? kv_url_escape(name) : NULL;
-    b64 = kv_b64url_encode(in + skip, inlen - skip);
-    if (b64 != NULL)
-        body = kv_strdup_printf("{\"alg\":\"%s\",\"value\":\"%s\"}", alg, b64);
+    body = crypt_body(alg, in + skip, inlen - skip);
     if (esc == NULL || body == NULL) {
         rv = CKR_HOST_MEMORY;
         goto out;
@@ -228,9 +245,9 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
         struct kv_replica *rep = &kt->rep[order[i]];
         int64_t left = deadline - kv_now_ms();
         free(path);
-        path = vers[i]
-                   ? kv_strdup_printf("/keys/%s/%s/%s", esc, vers[i], verbs[op])
-                   : NULL;
+        path = vers[i] ? kv_concat("/keys/", esc, "/", vers[i], "/", verbs[op],
+                                   NULL)
+                       : NULL;
         if (path == NULL) {
             rv = CKR_HOST_MEMORY;
             goto out;
@@ -272,7 +289,6 @@ static CK_RV kv_crypt_remote(struct pcall *c, enum pop op, void *key,
     kv_result_clear(&res);
 out:
     secure_free(dec);
-    secure_free(b64);
     secure_free(body);
     free(path);
     free(name);

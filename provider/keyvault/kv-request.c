@@ -205,8 +205,7 @@ static char *with_api_version(const struct kv_replica *rep, const char *path)
                                 KV_API_VERSION);
     }
     sep = strchr(path, '?') ? "&" : "?";
-    return kv_strdup_printf("%s%s%sapi-version=%s", rep->url, path, sep,
-                            KV_API_VERSION);
+    return kv_concat(rep->url, path, sep, "api-version=" KV_API_VERSION, NULL);
 }
 
 /* Whether a link the vault sent (nextLink) points at the vault itself. */

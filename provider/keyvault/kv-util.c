@@ -15,24 +15,76 @@
 #include "kv.h"
 #include "secure.h"
 
+static const char b64url[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+size_t kv_b64url_len(size_t len)
+{
+    return len / 3 * 4 + (len % 3 ? len % 3 + 1 : 0);
+}
+
+void kv_b64url_write(char *out, const unsigned char *in, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i + 3 <= len; i += 3) {
+        unsigned long v = (unsigned long)in[i] << 16 |
+                          (unsigned long)in[i + 1] << 8 | in[i + 2];
+        *out++ = b64url[v >> 18];
+        *out++ = b64url[(v >> 12) & 63];
+        *out++ = b64url[(v >> 6) & 63];
+        *out++ = b64url[v & 63];
+    }
+    if (len - i == 1) {
+        *out++ = b64url[in[i] >> 2];
+        *out = b64url[(in[i] & 3) << 4];
+    } else if (len - i == 2) {
+        *out++ = b64url[in[i] >> 2];
+        *out++ = b64url[(in[i] & 3) << 4 | in[i + 1] >> 4];
+        *out = b64url[(in[i + 1] & 15) << 2];
+    }
+}
+
 char *kv_b64url_encode(const unsigned char *in, size_t len)
 {
-    size_t n = 4 * ((len + 2) / 3) + 1, i;
-    char *out = malloc(n);
-    int w;
+    size_t n = kv_b64url_len(len);
+    char *out = len < SIZE_MAX / 2 ? malloc(n + 1) : NULL;
 
     if (out == NULL)
         return NULL;
-    w = EVP_EncodeBlock((unsigned char *)out, in, (int)len);
-    while (w > 0 && out[w - 1] == '=')
-        w--;
-    out[w] = '\0';
-    for (i = 0; i < (size_t)w; i++) {
-        if (out[i] == '+')
-            out[i] = '-';
-        else if (out[i] == '/')
-            out[i] = '_';
+    kv_b64url_write(out, in, len);
+    out[n] = '\0';
+    return out;
+}
+
+char *kv_concat(const char *s, ...)
+{
+    va_list ap;
+    const char *p;
+    size_t n = 0, l;
+    char *out, *o;
+
+    va_start(ap, s);
+    for (p = s; p != NULL; p = va_arg(ap, const char *)) {
+        l = strlen(p);
+        if (l > SIZE_MAX / 2 - n) {
+            va_end(ap);
+            return NULL;
+        }
+        n += l;
     }
+    va_end(ap);
+    out = o = malloc(n + 1);
+    if (out == NULL)
+        return NULL;
+    va_start(ap, s);
+    for (p = s; p != NULL; p = va_arg(ap, const char *)) {
+        l = strlen(p);
+        memcpy(o, p, l);
+        o += l;
+    }
+    va_end(ap);
+    *o = '\0';
     return out;
 }
 

@@ -157,6 +157,13 @@ CK_RV kv_map_context(enum kv_context ctx, long status, CK_RV rv);
 int kv_check_key_name(const char *name, char *why, size_t len);
 
 char *kv_b64url_encode(const unsigned char *in, size_t len);
+/* The characters of base64url (no padding) for len bytes, and the
+ * encoding written at out (that many characters, no NUL). */
+size_t kv_b64url_len(size_t len);
+void kv_b64url_write(char *out, const unsigned char *in, size_t len);
+/* The strings up to NULL, one after the other, in one allocation of
+ * their length (nothing left behind by a growing buffer). */
+char *kv_concat(const char *s, ...) __attribute__((sentinel));
 /* Decodes base64url (padded or not); returns a malloc'd buffer. */
 unsigned char *kv_b64url_decode(const char *in, size_t *len);
 /* The same into secure memory: free with secure_free(p). */

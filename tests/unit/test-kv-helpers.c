@@ -194,6 +194,14 @@ static void test_base64url(void)
     secure_free(out);
     ok(kv_b64url_decode_secret("Zm9v*", &len) == NULL,
        "the secret decoder refuses what the other does");
+
+    enc = kv_concat("/keys/", "kek", "/", "", "/unwrapkey", NULL);
+    ok(enc != NULL && strcmp(enc, "/keys/kek//unwrapkey") == 0,
+       "kv_concat: the strings one after the other, an empty one too");
+    free(enc);
+    enc = kv_concat("", NULL);
+    ok(enc != NULL && enc[0] == '\0', "kv_concat of an empty string: empty");
+    free(enc);
 }
 
 /* ---- names and identifiers ---- */
