@@ -361,6 +361,12 @@ CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 {
     CK_ULONG i;
 
+    if (a->packed == 0) {
+        for (i = 0; i < a->n; i++)
+            if (a->v[i].type == type)
+                return &a->v[i];
+        return NULL;
+    }
     for (i = 0; i < a->n; i++)
         if (attrs_at(a, i)->type == type)
             return attrs_at(a, i);

@@ -289,9 +289,13 @@ static void headers_reset(struct kv_headers *hs)
     hs->ms = hs->x_ms = hs->secs = -1;
 }
 
-static bool header_is(const char *name, size_t n, const char *want)
+/* Whether the n bytes at name are the header name want, a literal. */
+#define HEADER_IS(name, n, want)                                               \
+    ((n) == sizeof(want) - 1 && strncasecmp(name, want, n) == 0)
+
+static bool blank(char ch)
 {
-    return strlen(want) == n && strncasecmp(name, want, n) == 0;
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
 }
 
 static size_t on_header(char *data, size_t size, size_t n, void *user)
@@ -310,23 +314,25 @@ static size_t on_header(char *data, size_t size, size_t n, void *user)
     nlen = (size_t)(colon - data);
     v = colon + 1;
     vlen = len - nlen - 1;
-    while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+    while (vlen > 0 && blank(*v)) {
         v++;
         vlen--;
     }
-    while (vlen > 0 && strchr(" \t\r\n", v[vlen - 1]) != NULL)
+    while (vlen > 0 && blank(v[vlen - 1]))
         vlen--;
-    if (header_is(data, nlen, "WWW-Authenticate")) {
+    if (HEADER_IS(data, nlen, "WWW-Authenticate")) {
         free(hs->r->www_authenticate);
         hs->r->www_authenticate = strndup(v, vlen);
-    } else if (header_is(data, nlen, "x-ms-request-id")) {
-        snprintf(hs->r->request_id, sizeof(hs->r->request_id), "%.*s",
-                 (int)vlen, v);
-    } else if (header_is(data, nlen, "retry-after-ms")) {
+    } else if (HEADER_IS(data, nlen, "x-ms-request-id")) {
+        if (vlen >= sizeof(hs->r->request_id))
+            vlen = sizeof(hs->r->request_id) - 1;
+        memcpy(hs->r->request_id, v, vlen);
+        hs->r->request_id[vlen] = '\0';
+    } else if (HEADER_IS(data, nlen, "retry-after-ms")) {
         hs->ms = kv_parse_retry_ms(v, vlen, 1);
-    } else if (header_is(data, nlen, "x-ms-retry-after-ms")) {
+    } else if (HEADER_IS(data, nlen, "x-ms-retry-after-ms")) {
         hs->x_ms = kv_parse_retry_ms(v, vlen, 1);
-    } else if (header_is(data, nlen, "Retry-After")) {
+    } else if (HEADER_IS(data, nlen, "Retry-After")) {
         hs->secs = kv_parse_retry_ms(v, vlen, 1000);
     }
     return len;
