@@ -3,7 +3,9 @@
  * in memory"): a body is received into the secure pool, is whole when it
  * grows, and is wiped when the response is cleared; the value of a result
  * is wiped in the parsed document; absurd Retry-After headers are
- * clamped. A small HTTP server in a thread answers kv_http_do().
+ * clamped; the header lines a pooled handle keeps follow the bearer
+ * token; only the final response's headers count. A small HTTP server in
+ * a thread answers kv_http_do().
  */
 #include "config.h"
 
@@ -21,7 +23,9 @@
 
 static int listen_fd;
 static const char *answer_headers;
+static const char *answer_interim = ""; /* a 1xx response before the answer */
 static char *answer_body;
+static char last_request[8192]; /* the request line and headers */
 
 /* One answer per connection, until the listening socket is closed. */
 static void *serve(void *arg)
@@ -42,10 +46,11 @@ static void *serve(void *arg)
             if (strstr(req, "\r\n\r\n") != NULL)
                 break;
         }
+        memcpy(last_request, req, got + 1);
         snprintf(head, sizeof(head),
-                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 "%sHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                  "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
-                 strlen(answer_body), answer_headers);
+                 answer_interim, strlen(answer_body), answer_headers);
         if (write(fd, head, strlen(head)) < 0 ||
             write(fd, answer_body, strlen(answer_body)) < 0)
             test_diag("write failed");
@@ -171,6 +176,66 @@ int main(void)
             kv_response_clear(&r);
         }
     }
+
+    /* The header lines kept on the pooled handle follow the token. */
+    answer_headers = "";
+    req.bearer = "token-one";
+    ok(kv_http_do(h, &req, 0, &r) == 0 &&
+           strstr(last_request, "\r\nAuthorization: Bearer token-one\r\n") &&
+           strstr(last_request, "\r\nContent-Type: application/json\r\n"),
+       "the bearer token and the content type are sent");
+    kv_response_clear(&r);
+    ok(kv_http_do(h, &req, 0, &r) == 0 &&
+           strstr(last_request, "\r\nAuthorization: Bearer token-one\r\n"),
+       "and again on the kept lines");
+    kv_response_clear(&r);
+    req.bearer = "token-two";
+    ok(kv_http_do(h, &req, 0, &r) == 0 &&
+           strstr(last_request, "\r\nAuthorization: Bearer token-two\r\n") &&
+           strstr(last_request, "token-one") == NULL,
+       "a new token: the new one only");
+    kv_response_clear(&r);
+    {
+        const char *extra[] = {"Metadata: true", NULL};
+        req.headers = extra;
+        ok(kv_http_do(h, &req, 0, &r) == 0 &&
+               strstr(last_request, "\r\nMetadata: true\r\n") &&
+               strstr(last_request, "token-two"),
+           "an extra line is sent");
+        kv_response_clear(&r);
+        req.headers = NULL;
+    }
+    req.bearer = NULL;
+    req.method = "GET";
+    ok(kv_http_do(h, &req, 0, &r) == 0 &&
+           strncmp(last_request, "GET ", 4) == 0 &&
+           strstr(last_request, "Metadata") == NULL &&
+           strstr(last_request, "Authorization") == NULL &&
+           strstr(last_request, "Content-Type") == NULL,
+       "a GET without a token: neither the extra line nor a token is left");
+    kv_response_clear(&r);
+    req.method = "POST";
+
+    /* Headers: a name repeated counts by its last value; a 1xx response's
+     * headers do not count. */
+    answer_interim = "HTTP/1.1 100 Continue\r\nx-ms-request-id: interim\r\n"
+                     "Retry-After: 9\r\nWWW-Authenticate: Bearer a=1\r\n\r\n";
+    answer_headers = "Retry-After: 3\r\nretry-after: 7 \r\n"
+                     "x-ms-request-id:  abc-123\r\n"
+                     "WWW-Authenticate: Bearer resource=\"https://v\"\r\n";
+    ok(kv_http_do(h, &req, 0, &r) == 0 && r.retry_after_ms == 7000 &&
+           strcmp(r.request_id, "abc-123") == 0 && r.www_authenticate != NULL &&
+           strcmp(r.www_authenticate, "Bearer resource=\"https://v\"") == 0,
+       "the final response's headers, the last of a repeated one");
+    if (r.retry_after_ms != 7000 || strcmp(r.request_id, "abc-123") != 0)
+        test_diag("  got %ld, '%s'", r.retry_after_ms, r.request_id);
+    kv_response_clear(&r);
+    answer_interim = "";
+    answer_headers = "x-ms-retry-after-ms: 250\r\nRetry-After: 2\r\n";
+    ok(kv_http_do(h, &req, 0, &r) == 0 && r.retry_after_ms == 250 &&
+           r.request_id[0] == '\0' && r.www_authenticate == NULL,
+       "x-ms-retry-after-ms before Retry-After; no request id, no challenge");
+    kv_response_clear(&r);
     free(answer_body);
 
     kv_http_free(h, false);
