@@ -27,6 +27,26 @@
 #include "seal-int.h"
 #include "tool.h"
 
+/* The segments encrypted at once on token ts: --threads, else the online
+ * CPUs (at most TOOL_THREADS_DEFAULT_MAX) where the token does AES itself
+ * (hsm: its lower module, a few hundred MB/s a core), else one. On a
+ * keyvault token the module's AES runs at the speed of writing the
+ * output already (docs/performance.md). */
+static unsigned seg_threads(const struct tool_opts *o, const struct tstate *ts)
+{
+    long n;
+
+    if (o->threads > 0)
+        return (unsigned)o->threads;
+    if (ts->t->keyvault)
+        return 1;
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return n > TOOL_THREADS_DEFAULT_MAX ? TOOL_THREADS_DEFAULT_MAX
+                                        : (unsigned)n;
+}
+
 /* ---- seal -----------------------------------------------------------------
  */
 
@@ -75,6 +95,7 @@ static int seal_data(struct sctx *c, const struct target *tg, FILE *in,
     }
     ss->op = SEG_ENCRYPT;
     ss->key = (struct seg_key){c, tg->ts, dek, h};
+    ss->threads = seg_threads(c->o, tg->ts);
     ss->in = in;
     ss->out = out;
     ss->in_what = "the input";
@@ -125,6 +146,7 @@ static int seal_data_multi(struct sctx *c, const struct target *tg, size_t n,
     }
     ss->op = SEG_ENCRYPT;
     ss->key = (struct seg_key){c, tg[0].ts, dek, h};
+    ss->threads = seg_threads(c->o, tg[0].ts);
     ss->in = in;
     ss->out = out;
     ss->in_what = "the input";
@@ -430,7 +452,8 @@ int cmd_unseal(struct tmod *m, const struct tool_opts *o, int argc, char **argv)
                                  .out = of.f,
                                  .in_what = "the sealed data",
                                  .out_what = "the data",
-                                 .pg = &pg};
+                                 .pg = &pg,
+                                 .threads = seg_threads(o, s)};
         progress_start(&pg, in);
         r = output_end(&of, &pg, seg_run(&ss, err), o->output, err);
     }

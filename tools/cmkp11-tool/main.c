@@ -28,15 +28,16 @@ struct command {
                       operands are files, not token or key selections */
 };
 
-#define KEY_OK    1u
-#define TOKEN_OK  2u
-#define TO_OK     4u
-#define OUTPUT_OK 8u
-#define FILES     16u
-#define RETIRE_OK 32u /* --paths, --audit-log, --since, --dry-run, --undo */
-#define POLICY_OK 64u /* --rotate-after, --notify-before, ... */
-#define IF_DUE_OK 128u
-#define STRICT_OK 256u
+#define KEY_OK     1u
+#define TOKEN_OK   2u
+#define TO_OK      4u
+#define OUTPUT_OK  8u
+#define FILES      16u
+#define RETIRE_OK  32u /* --paths, --audit-log, --since, --dry-run, --undo */
+#define POLICY_OK  64u /* --rotate-after, --notify-before, ... */
+#define IF_DUE_OK  128u
+#define STRICT_OK  256u
+#define THREADS_OK 512u
 
 static const struct command commands[] = {
     {"list", cmd_list, 0, 1, "list [TOKEN]",
@@ -54,10 +55,10 @@ static const struct command commands[] = {
      "show or set KEY's rotation policy (ISO 8601 durations)", POLICY_OK},
     {"seal", cmd_seal, 0, 1, "seal [IN] [-o OUT]",
      "envelope-encrypt IN (or standard input) under KEY's current version",
-     KEY_OK | TOKEN_OK | OUTPUT_OK | FILES},
+     KEY_OK | TOKEN_OK | OUTPUT_OK | THREADS_OK | FILES},
     {"unseal", cmd_unseal, 0, 1, "unseal [IN] [-o OUT]",
      "decrypt a sealed file, verifying every segment",
-     TOKEN_OK | OUTPUT_OK | FILES},
+     TOKEN_OK | OUTPUT_OK | THREADS_OK | FILES},
     {"rewrap", cmd_rewrap, 0, INT_MAX, "rewrap FILE|DIR... | --token TOKEN",
      "wrap sealed files' data keys under the current version (or KEY);\n"
      "                         with --token alone: the token's secret keys",
@@ -115,6 +116,11 @@ static void usage(FILE *f)
             "  --remove-key KEY    rewrap: remove KEY from each file's keys\n"
             "  -o, --output FILE   seal, unseal: write to FILE (default: "
             "standard output)\n"
+            "  --threads N         seal, unseal: segments encrypted at once "
+            "(1 to %d;\n"
+            "                      default: the online CPUs, at most %d, on "
+            "an hsm token,\n"
+            "                      1 on a keyvault token)\n"
             "  --paths DIR         retire: sealed files here must not name "
             "the version\n"
             "                      (repeat for more directories or files)\n"
@@ -147,7 +153,7 @@ static void usage(FILE *f)
             "Exit status: 0 ok, 1 failed (or a check failed), 2 usage, 3 "
             "retire refused.\n"
             "See cmkp11-tool(1).\n",
-            CMKP11_DEFAULT_MODULE);
+            CMKP11_DEFAULT_MODULE, TOOL_THREADS_MAX, TOOL_THREADS_DEFAULT_MAX);
 }
 
 static const struct command *find_command(const char *name)
@@ -183,6 +189,7 @@ enum {
     OPT_EXPIRE_AFTER,
     OPT_IF_DUE,
     OPT_STRICT,
+    OPT_THREADS,
 };
 
 static int parse_long_arg(const char *s, long lo, long hi, long *out)
@@ -224,6 +231,7 @@ int main(int argc, char **argv)
         {"expire-after", required_argument, NULL, OPT_EXPIRE_AFTER},
         {"if-due", no_argument, NULL, OPT_IF_DUE},
         {"strict", no_argument, NULL, OPT_STRICT},
+        {"threads", required_argument, NULL, OPT_THREADS},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -341,6 +349,14 @@ int main(int argc, char **argv)
         case OPT_STRICT:
             o.strict = true;
             break;
+        case OPT_THREADS:
+            if (parse_long_arg(optarg, 1, TOOL_THREADS_MAX, &o.threads) < 0) {
+                tool_error("--threads: a number of threads from 1 to %d, "
+                           "not '%s'",
+                           TOOL_THREADS_MAX, optarg);
+                goto out;
+            }
+            break;
         case 'h':
             usage(stdout);
             status = TOOL_OK;
@@ -397,11 +413,13 @@ int main(int argc, char **argv)
           o.expire_after) &&
          !(cmd->opts & POLICY_OK)) ||
         (o.if_due && !(cmd->opts & IF_DUE_OK)) ||
-        (o.strict && !(cmd->opts & STRICT_OK))) {
+        (o.strict && !(cmd->opts & STRICT_OK)) ||
+        (o.threads != 0 && !(cmd->opts & THREADS_OK))) {
         tool_error("%s does not take --%s", cmd->name,
-                   o.if_due && !(cmd->opts & IF_DUE_OK)   ? "if-due"
-                   : o.strict && !(cmd->opts & STRICT_OK) ? "strict"
-                   : o.rotate_after                       ? "rotate-after"
+                   o.if_due && !(cmd->opts & IF_DUE_OK)          ? "if-due"
+                   : o.strict && !(cmd->opts & STRICT_OK)        ? "strict"
+                   : o.threads != 0 && !(cmd->opts & THREADS_OK) ? "threads"
+                   : o.rotate_after  ? "rotate-after"
                    : o.rotate_before ? "rotate-before-expiry"
                    : o.notify_before ? "notify-before"
                                      : "expire-after");

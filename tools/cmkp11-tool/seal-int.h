@@ -267,6 +267,8 @@ struct progress {
 void progress_start(struct progress *p, FILE *in);
 /* Draws at most every 100 ms, unless forced. */
 void progress_draw(struct progress *p, bool force);
+/* n more bytes done. */
+void progress_add(struct progress *p, unsigned long long n);
 /* All read: the full bar. */
 void progress_finish(struct progress *p);
 void progress_clear(struct progress *p);
@@ -298,6 +300,8 @@ struct seg_stream {
     const char *out_what; /* "writing OUT_WHAT: why" */
     unsigned long max;    /* stop after this many segments; 0: all */
     struct progress *pg;  /* advanced by the bytes read; or NULL */
+    unsigned threads;     /* SEG_ENCRYPT, SEG_DECRYPT of all segments: more
+                             than 1, that many segments at once (seal-par.c) */
     /* results */
     unsigned long long bytes; /* of data (not sealed) */
     unsigned long segments;
@@ -308,5 +312,30 @@ struct seg_stream {
  * a segment is written before it is verified. Returns 0, or -1 with err
  * set (which segment, and why). */
 int seg_run(struct seg_stream *s, char *err);
+
+/* One segment as read: its bytes, index and whether it is the last. */
+struct seg {
+    const unsigned char *in;
+    size_t len;
+    uint32_t i;
+    bool last;
+};
+
+/* Encrypts or decrypts (op) g with k on session sess into out (SEG_CT
+ * bytes, *n of them used), with the messages of seg_run: 0, or -1 with
+ * err set. */
+int seg_crypt_one(const struct seg_key *k, CK_SESSION_HANDLE sess,
+                  enum seg_op op, const struct seg *g, unsigned char *out,
+                  CK_ULONG *n, char *err);
+
+/* ---- segments in parallel (seal-par.c) ------------------------------------
+ * s->threads workers, each with its own session on the key's token (the
+ * data key is a session object, which every session of the process sees),
+ * at most two segments each in flight; this thread reads ahead and writes
+ * the results in order. The output and the messages are those of the one
+ * loop: the first segment in order that fails is reported, and nothing
+ * from it or after it is written.
+ */
+int seg_run_parallel(struct seg_stream *s, char *err);
 
 #endif

@@ -16,6 +16,7 @@
 
 #include "seal-int.h"
 #include "secure.h"
+#include "tool.h"
 
 /* ---- the progress bar -----------------------------------------------------
  */
@@ -80,7 +81,7 @@ void progress_finish(struct progress *p)
     progress_draw(p, true);
 }
 
-static void progress_add(struct progress *p, unsigned long long n)
+void progress_add(struct progress *p, unsigned long long n)
 {
     p->done += n;
     if (p->total != 0 && p->done > p->total)
@@ -166,12 +167,11 @@ static int reader_next(struct seg_reader *r)
  */
 
 /* Encrypts or decrypts segment i through the module; out holds SEG_CT. */
-static CK_RV seg_crypt(const struct seg_key *k, uint32_t i, bool last,
-                       bool encrypt, const unsigned char *in, size_t inlen,
-                       unsigned char *out, CK_ULONG *outlen)
+static CK_RV seg_crypt(const struct seg_key *k, CK_SESSION_HANDLE s, uint32_t i,
+                       bool last, bool encrypt, const unsigned char *in,
+                       size_t inlen, unsigned char *out, CK_ULONG *outlen)
 {
     CK_FUNCTION_LIST *f = k->c->m->f;
-    CK_SESSION_HANDLE s = k->ts->t->sess;
     unsigned char nonce[SEAL_NONCE_LEN], aad[SEAL_FIXED_LEN];
     CK_GCM_PARAMS gp;
     CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
@@ -206,23 +206,24 @@ static bool is_auth_failure(CK_RV rv)
 }
 
 /* Whether segment i's bytes authenticate as segment j, last or not. */
-static bool seg_is(const struct seg_key *k, uint32_t j, bool last,
-                   const unsigned char *in, size_t len, unsigned char *scratch)
+static bool seg_is(const struct seg_key *k, CK_SESSION_HANDLE sess, uint32_t j,
+                   bool last, const unsigned char *in, size_t len,
+                   unsigned char *scratch)
 {
     CK_ULONG n;
 
-    return seg_crypt(k, j, last, false, in, len, scratch, &n) == CKR_OK;
+    return seg_crypt(k, sess, j, last, false, in, len, scratch, &n) == CKR_OK;
 }
 
 /* Why segment i (len bytes, last when the file ends after it) does not
  * authenticate: tries the other flag and nearby indices. */
-static void seg_diagnose(const struct seg_key *k, uint32_t i, bool last,
-                         const unsigned char *in, size_t len,
-                         unsigned char *scratch, char *err)
+static void seg_diagnose(const struct seg_key *k, CK_SESSION_HANDLE sess,
+                         uint32_t i, bool last, const unsigned char *in,
+                         size_t len, unsigned char *scratch, char *err)
 {
     uint32_t j, lo = i > 16 ? i - 16 : 0;
 
-    if (seg_is(k, i, !last, in, len, scratch)) {
+    if (seg_is(k, sess, i, !last, in, len, scratch)) {
         if (last)
             efmt(err,
                  "the file is truncated: it ends after segment %lu, which is "
@@ -236,8 +237,8 @@ static void seg_diagnose(const struct seg_key *k, uint32_t i, bool last,
         return;
     }
     for (j = lo; j < i + 16 && j >= lo; j++) {
-        if (j != i && (seg_is(k, j, false, in, len, scratch) ||
-                       seg_is(k, j, true, in, len, scratch))) {
+        if (j != i && (seg_is(k, sess, j, false, in, len, scratch) ||
+                       seg_is(k, sess, j, true, in, len, scratch))) {
             efmt(err,
                  "the segments are reordered: segment %lu holds segment %lu",
                  (unsigned long)i, (unsigned long)j);
@@ -257,60 +258,75 @@ static void seg_diagnose(const struct seg_key *k, uint32_t i, bool last,
              (unsigned long)i);
 }
 
-/* A call on the segment in r failed with rv (not an authentication
- * failure). */
-static void seg_error(const struct seg_key *k, const struct seg_reader *r,
-                      const char *call, CK_RV rv, char *err)
+/* A call on segment g failed with rv (not an authentication failure). */
+static void seg_error(const struct seg_key *k, CK_SESSION_HANDLE sess,
+                      const struct seg *g, const char *call, CK_RV rv,
+                      char *err)
 {
     char text[128];
 
     efmt(err, "%s (AES-GCM, segment %lu) on token %s: %s", call,
-         (unsigned long)r->i, k->ts->t->label,
-         ts_rv_text(k->c, k->ts, rv, text, sizeof(text)));
+         (unsigned long)g->i, k->ts->t->label,
+         tool_rv_text(k->ts->t, rv, tmod_device_error(k->c->m, sess), text,
+                      sizeof(text)));
 }
 
-static int seg_encrypt(const struct seg_key *k, const struct seg_reader *r,
-                       unsigned char *ct, CK_ULONG *n, char *err)
+static int seg_encrypt(const struct seg_key *k, CK_SESSION_HANDLE sess,
+                       const struct seg *g, unsigned char *ct, CK_ULONG *n,
+                       char *err)
 {
-    CK_RV rv = seg_crypt(k, r->i, r->last, true, r->cur, r->len, ct, n);
+    CK_RV rv = seg_crypt(k, sess, g->i, g->last, true, g->in, g->len, ct, n);
 
     if (rv != CKR_OK) {
-        seg_error(k, r, "C_Encrypt", rv, err);
+        seg_error(k, sess, g, "C_Encrypt", rv, err);
         return -1;
     }
-    if (*n != (CK_ULONG)r->len + SEAL_TAG_LEN) {
-        efmt(err, "C_Encrypt returned %lu bytes for %zu", *n, r->len);
+    if (*n != (CK_ULONG)g->len + SEAL_TAG_LEN) {
+        efmt(err, "C_Encrypt returned %lu bytes for %zu", *n, g->len);
         return -1;
     }
     return 0;
 }
 
-static int seg_decrypt(const struct seg_key *k, const struct seg_reader *r,
-                       unsigned char *pt, CK_ULONG *n, char *err)
+static int seg_decrypt(const struct seg_key *k, CK_SESSION_HANDLE sess,
+                       const struct seg *g, unsigned char *pt, CK_ULONG *n,
+                       char *err)
 {
     CK_RV rv;
 
-    if (r->len == 0) {
+    if (g->len == 0) {
         efmt(err, "the file is truncated: it ends after the header, "
                   "without a segment");
         return -1;
     }
-    if (r->len < SEAL_TAG_LEN) {
+    if (g->len < SEAL_TAG_LEN) {
         efmt(err,
              "the file is truncated inside segment %lu (%zu bytes, "
              "shorter than a tag)",
-             (unsigned long)r->i, r->len);
+             (unsigned long)g->i, g->len);
         return -1;
     }
-    rv = seg_crypt(k, r->i, r->last, false, r->cur, r->len, pt, n);
+    rv = seg_crypt(k, sess, g->i, g->last, false, g->in, g->len, pt, n);
     if (is_auth_failure(rv)) {
-        seg_diagnose(k, r->i, r->last, r->cur, r->len, pt, err);
+        seg_diagnose(k, sess, g->i, g->last, g->in, g->len, pt, err);
         return -1;
     }
     if (rv != CKR_OK) {
-        seg_error(k, r, "C_Decrypt", rv, err);
+        seg_error(k, sess, g, "C_Decrypt", rv, err);
         return -1;
     }
+    return 0;
+}
+
+int seg_crypt_one(const struct seg_key *k, CK_SESSION_HANDLE sess,
+                  enum seg_op op, const struct seg *g, unsigned char *out,
+                  CK_ULONG *n, char *err)
+{
+    *n = g->len;
+    if (op == SEG_ENCRYPT)
+        return seg_encrypt(k, sess, g, out, n, err);
+    if (op == SEG_DECRYPT)
+        return seg_decrypt(k, sess, g, out, n, err);
     return 0;
 }
 
@@ -319,11 +335,11 @@ static int seg_one(struct seg_stream *s, const struct seg_reader *r,
                    unsigned char *buf, char *err)
 {
     const unsigned char *data = s->op == SEG_COPY ? r->cur : buf;
-    CK_ULONG n = r->len;
+    struct seg g = {r->cur, r->len, r->i, r->last};
+    CK_SESSION_HANDLE sess = s->op == SEG_COPY ? 0 : s->key.ts->t->sess;
+    CK_ULONG n;
 
-    if (s->op == SEG_ENCRYPT && seg_encrypt(&s->key, r, buf, &n, err) < 0)
-        return -1;
-    if (s->op == SEG_DECRYPT && seg_decrypt(&s->key, r, buf, &n, err) < 0)
+    if (seg_crypt_one(&s->key, sess, s->op, &g, buf, &n, err) < 0)
         return -1;
     if (s->out != NULL && n > 0 && fwrite(data, 1, n, s->out) != n) {
         efmt(err, "writing %s: %s", s->out_what, strerror(errno));
@@ -346,6 +362,8 @@ int seg_run(struct seg_stream *s, char *err)
     unsigned char *buf = NULL;
     int got = 0, ret = -1;
 
+    if (s->threads > 1 && s->op != SEG_COPY && s->max == 0)
+        return seg_run_parallel(s, err);
     s->bytes = 0;
     s->segments = 0;
     if (s->op == SEG_ENCRYPT)

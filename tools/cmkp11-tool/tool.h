@@ -41,9 +41,15 @@ struct tool_opts {
     bool undo;    /* --undo */
     /* rotation-policy set: ISO 8601 durations, NULL when not given */
     const char *rotate_after, *rotate_before, *notify_before, *expire_after;
-    bool if_due; /* --if-due (rotate) */
-    bool strict; /* --strict (check): warnings fail */
+    bool if_due;  /* --if-due (rotate) */
+    bool strict;  /* --strict (check): warnings fail */
+    long threads; /* --threads (seal, unseal); 0 when not given */
 };
+
+/* --threads: the most that may be given, and the most the default (the
+ * online CPUs) uses. */
+#define TOOL_THREADS_MAX         64
+#define TOOL_THREADS_DEFAULT_MAX 8
 
 /* A command: argv[0] is the command's name; returns an exit status. */
 typedef int (*tool_cmd_fn)(struct tmod *m, const struct tool_opts *o, int argc,
