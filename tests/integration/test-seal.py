@@ -10,10 +10,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -420,6 +422,190 @@ plain4 = os.urandom(3 * SEG + 500)
 p4 = wfile(os.path.join(d_hsm, "p4"), plain4)
 rc, out, err = run("seal", "--key", "kek", p4, "-o", p4 + ".s", conf=hconf)
 tamper(hconf, "hsm", rfile(p4 + ".s"))
+
+
+# ---- segments in parallel (--threads) ---------------------------------------
+def parallel(conf, label):
+    """Files sealed one segment at a time and several at once read the same
+    both ways; failures give the same message, exit status and output."""
+    d = os.path.join(work, "par-" + label)
+    os.makedirs(d)
+    rc, out, err = run("list", "--threads", "2", conf=conf)
+    t.ok(rc == 2 and "list does not take --threads" in err,
+         "list --threads: exit 2", err)
+    for bad in ("0", "65", "x"):
+        rc, out, err = run("seal", "--threads", bad, "--key", "kek", conf=conf,
+                           stdin=b"x")
+        t.ok(rc == 2 and "--threads: a number of threads from 1 to 64, not "
+             "'%s'" % bad in err, "seal --threads %s: exit 2" % bad, err)
+    for n in (0, 1, SEG, 3 * SEG + 5, 20 * SEG, 20 * SEG + 123):
+        data = os.urandom(n)
+        p = wfile(os.path.join(d, "p"), data)
+        sealed = {}
+        for th in (1, 4):
+            s = os.path.join(d, "s%d" % th)
+            rc, out, err = run("--json", "seal", "--threads", str(th),
+                               "--key", "kek", p, "-o", s, conf=conf)
+            doc = json.loads(out) if rc == 0 else {}
+            sealed[th] = rfile(s) if rc == 0 else b""
+            t.ok(rc == 0 and doc.get("bytes") == n and
+                 doc.get("segments") == max(1, -(-n // SEG)),
+                 "%s: seal %d bytes --threads %d" % (label, n, th), err)
+        f1, f4 = Sealed(sealed[1]), Sealed(sealed[4])
+        t.ok(len(sealed[1]) == len(sealed[4]) and
+             [len(x) for x in f1.segments()] ==
+             [len(x) for x in f4.segments()],
+             "%s: %d bytes: --threads 1 and 4 cut the same segments" %
+             (label, n))
+        ok = True
+        for th_s in (1, 4):
+            for th_u in (1, 3, 4):
+                u = os.path.join(d, "u")
+                rc, out, err = run("unseal", "--threads", str(th_u),
+                                   os.path.join(d, "s%d" % th_s), "-o", u,
+                                   conf=conf)
+                if rc != 0 or rfile(u) != data:
+                    ok = False
+                    t.diag("sealed --threads %d, unsealed --threads %d: %s" %
+                           (th_s, th_u, err))
+        t.ok(ok and not leftovers(d), "%s: %d bytes: sealed with --threads 1 "
+             "or 4, unsealed with --threads 1, 3 or 4: the same data" %
+             (label, n))
+        if n == 20 * SEG + 123:
+            t.ok(independent(conf, "local", os.path.join(d, "s4"), data),
+                 "%s: the independent reader reads a --threads 4 file" %
+                 label)
+            plain, sealed4 = data, sealed[4]
+    parallel_failures(conf, label, d, plain, sealed4)
+    parallel_memory(conf, label, d)
+    parallel_signals(conf, label, d)
+    shutil.rmtree(d)
+
+
+def parallel_failures(conf, label, d, plain, sealed):
+    """A 21-segment file altered: --threads 1 and 4 fail alike."""
+    f = Sealed(sealed)
+    h, n = f.header_len, SEG + TAG
+    flip = lambda b, i: b[:i] + bytes([b[i] ^ 1]) + b[i + 1:]  # noqa: E731
+    seg = lambda i: sealed[h + i * n:h + (i + 1) * n]  # noqa: E731
+    cases = [
+        ("segment 0 altered", flip(sealed, h + 3),
+         "segment 0 does not authenticate"),
+        ("segment 9 altered", flip(sealed, h + 9 * n + 100),
+         "segment 9 does not authenticate"),
+        ("segments 5 and 15 altered", flip(flip(sealed, h + 15 * n + 7),
+                                           h + 5 * n + 7),
+         "segment 5 does not authenticate"),
+        ("the last segment altered", flip(sealed, len(sealed) - 1),
+         "segment 20 (the last, 139 bytes) does not authenticate"),
+        ("segments 7 and 12 swapped",
+         sealed[:h + 7 * n] + seg(12) + sealed[h + 8 * n:h + 12 * n] +
+         seg(7) + sealed[h + 13 * n:],
+         "the segments are reordered: segment 7 holds segment 12"),
+        ("segment 3 repeated", sealed[:h + 4 * n] + seg(3) +
+         sealed[h + 4 * n:], "segment 4 holds segment 3"),
+        ("truncated after segment 10", sealed[:h + 11 * n],
+         "the file is truncated: it ends after segment 10"),
+        ("truncated inside segment 13", sealed[:h + 13 * n + 5],
+         "truncated inside segment 13"),
+        ("bytes appended", sealed + b"x" * 50, "appended"),
+        ("truncated after the header", sealed[:h], "ends after the header"),
+    ]
+    for desc, data, msg in cases:
+        p = wfile(os.path.join(d, "bad"), data)
+        res = {}
+        for th in (1, 4):
+            u = os.path.join(d, "out")
+            rc, out, err = run("unseal", "--threads", str(th), p, "-o", u,
+                               conf=conf)
+            res[th] = (rc, err, os.path.exists(u) or bool(leftovers(d)))
+        t.ok(res[1] == res[4] and res[4][0] == 1 and msg in res[4][1] and
+             res[4][1].count("\n") == 1 and not res[4][2],
+             "%s: %s: --threads 1 and 4: exit 1, '%s' (once), no output "
+             "file" % (label, desc, msg), res)
+        # To standard output: the verified segments before the first bad
+        # one, nothing of it or after it.
+        outs = {}
+        for th in (1, 4):
+            rc, outs[th], err = run("unseal", "--threads", str(th), p,
+                                    conf=conf)
+        good = {"segment 9 altered": 9, "segments 5 and 15 altered": 5,
+                "segments 7 and 12 swapped": 7,
+                "truncated after segment 10": 10}.get(desc)
+        if good is not None:
+            t.ok(outs[1] == outs[4] == plain[:good * SEG],
+                 "%s: %s, to standard output: --threads 1 and 4 write the "
+                 "%d verified segments, nothing more" % (label, desc, good),
+                 (len(outs[1]), len(outs[4])))
+
+
+def parallel_memory(conf, label, d):
+    """--threads 4: memory does not grow with the file."""
+    p1 = wfile(os.path.join(d, "m1"), os.urandom(MiB))
+    p64 = os.path.join(d, "m64")
+    with open(p64, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(MiB))
+    rss = {}
+    for name, p in (("m1", p1), ("m64", p64)):
+        rc, out, err, rss[name] = run(
+            "seal", "--threads", "4", "--key", "kek", p, "-o", p + ".s",
+            conf=conf, measure=True)
+        t.eq(rc, 0, "%s: seal %s --threads 4" % (label, name))
+    rc, out, err, rss["unseal"] = run(
+        "unseal", "--threads", "4", p64 + ".s", "-o", p64 + ".u", conf=conf,
+        measure=True)
+    t.ok(rc == 0 and sha(p64 + ".u") == sha(p64), "%s: 64 MiB round trip "
+         "--threads 4" % label, err)
+    slack = int(os.environ.get("CMKP11_TEST_RSS_SLACK_KIB", "2048"))
+    t.diag("%s: --threads 4, max RSS (KiB): %s" % (label, rss))
+    t.ok(rss["m64"] <= rss["m1"] + slack and
+         rss["unseal"] <= rss["m1"] + slack,
+         "%s: --threads 4: the tool's memory does not grow with the file "
+         "(64 MiB within %d KiB of 1 MiB)" % (label, slack), rss)
+    for x in (p64, p64 + ".s", p64 + ".u"):
+        os.unlink(x)
+
+
+def parallel_signals(conf, label, d):
+    """SIGINT and SIGTERM during a parallel seal or unseal: the signal ends
+    the tool, the temporary file is removed, no output is left."""
+    sd = os.path.join(d, "sig")
+    os.makedirs(sd)
+    sealed = os.path.join(d, "s4")
+    for cmd, sig in (("seal", signal.SIGINT), ("seal", signal.SIGTERM),
+                     ("unseal", signal.SIGTERM)):
+        out = os.path.join(sd, "out")
+        args = ["seal", "--key", "kek"] if cmd == "seal" else ["unseal"]
+        p = subprocess.Popen([TOOL, "--module", MODULE, "--threads", "4"] +
+                             args + ["-o", out],
+                             env=dict(os.environ, CMKP11_CONF=conf),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        # Part of the input; the tool waits for more with its workers and
+        # its temporary file.
+        p.stdin.write(os.urandom(5 * SEG) if cmd == "seal"
+                      else rfile(sealed)[:5 * (SEG + TAG)])
+        p.stdin.flush()
+        for _ in range(600):
+            if leftovers(sd):
+                break
+            time.sleep(0.05)
+        had = bool(leftovers(sd))
+        time.sleep(0.2)
+        p.send_signal(sig)
+        rc = p.wait(timeout=60)
+        p.stdin.close()
+        p.stdout.close()
+        p.stderr.close()
+        t.ok(had and rc == -sig and not leftovers(sd) and
+             not os.path.exists(out),
+             "%s: %s --threads 4 ended by %s: the temporary file removed, "
+             "no output" % (label, cmd, signal.Signals(sig).name),
+             (had, rc, os.listdir(sd)))
+
+
+parallel(hconf, "hsm")
 
 # A key that may not unwrap; a header that names a key that is not this one.
 rc, out, err = run("seal", "--key", "pkcs11:token=local;object=dec-only", p4,
