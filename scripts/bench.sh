@@ -2,7 +2,7 @@
 # RSA-2048 throughput: SoftHSMv2 directly, through cmkp11 and through
 # p11-kit's proxy (issue 4, docs/performance.md).
 #
-#   scripts/bench.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE]
+#   scripts/bench.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-s]
 #
 # Builds cmkp11 and bench/p11bench if needed, creates a private SoftHSM
 # token in a temporary directory (tests/softhsm-init.sh) and measures
@@ -18,12 +18,14 @@
 # EVP_PKEY_encrypt / EVP_DigestVerify in the same p11bench process that has
 # cmkp11 loaded; their bar is cmkp11/direct >= 2.0 and cmkp11/openssl >= 0.9.
 #
-# Sealing (issue 24, item 2): one 64 KiB AES-256-GCM segment as cmkp11-tool
-# seal encrypts it (p11bench gcm-64k: C_EncryptInit + C_Encrypt under a
-# session key) on SoftHSM directly and through cmkp11, OpenSSL's EVP on the
-# same data in the same process, and cmkp11-tool seal of $BENCH_SEAL_MIB
-# MiB (default 128) of random data to /dev/null against openssl enc
+# Sealing: one 64 KiB AES-256-GCM segment as cmkp11-tool seal encrypts it
+# (p11bench gcm-64k: C_EncryptInit + C_Encrypt under a session key) on
+# SoftHSM directly (1 thread, and as many as seal uses) and through cmkp11,
+# OpenSSL's EVP on the same data in the same process, and cmkp11-tool seal
+# and unseal of $BENCH_SEAL_MIB MiB (default 128) of random data to
+# /dev/null, with --threads 1 and with the default, against openssl enc
 # -aes-256-ctr of the same file, in MB/s of wall clock and of CPU time.
+# -s runs only these rows.
 #
 # The bar: cmkp11/direct >= 0.97 on every row, and not more than 0.02 below
 # proxy/direct. It is printed as PASS or FAIL, on wall-clock ops/s and on
@@ -44,14 +46,16 @@ seconds=2
 rounds=5
 raw=
 instructions=no
-while getopts d:r:o:ih opt; do
+seal_only=no
+while getopts d:r:o:ish opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
     o) raw=$OPTARG ;;
     i) instructions=yes ;;
+    s) seal_only=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-i]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-i] [-s]" >&2
         exit 2
         ;;
     esac
@@ -75,7 +79,7 @@ if [ ! -f Makefile ]; then
     [ -x configure ] || autoreconf -fi
     ./configure --enable-strict
 fi
-make -j2 cmkp11.la bench/p11bench >/dev/null
+make -j2 cmkp11.la bench/p11bench cmkp11-tool >/dev/null
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/cmkp11-bench.XXXXXX")
 etc_module=
@@ -190,7 +194,8 @@ setup_proxy() {
     return 1
 }
 bench_proxy=$bench
-setup_proxy || { echo "bench: cannot serve SoftHSM through $proxy_so" >&2; exit 1; }
+[ "$seal_only" = yes ] || setup_proxy ||
+    { echo "bench: cannot serve SoftHSM through $proxy_so" >&2; exit 1; }
 
 results=$tmp/results
 : >"$results"
@@ -210,6 +215,9 @@ run() { # run NAME OP THREADS MODULE TOKEN, with $pre before p11bench
 ops="unwrap decrypt sign"
 pub_ops="encrypt verify"
 seal_mib=${BENCH_SEAL_MIB:-128}
+# The threads seal and unseal use by default on an hsm token.
+seal_threads=$(nproc)
+[ "$seal_threads" -le 8 ] || seal_threads=8
 
 # -i: instructions per operation instead of time (valgrind's callgrind),
 # which other load on the machine does not change. Each module runs 20
@@ -305,25 +313,54 @@ case $load0 in
 esac
 head -c $((seal_mib * 1048576)) /dev/urandom >"$tmp/seal.in"
 aeskey=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-timed() { # timed NAME COMMAND...: "r seal NAME MB/s MB-per-CPU-s" into results
-    name=$1
-    shift
+timed() { # timed NAME OP THREADS COMMAND...: "r NAME OP THREADS MB/s
+    # MB-per-CPU-s" into results (MB of the data, not sealed)
+    name=$1 sop=$2 th=$3
+    shift 3
     /usr/bin/time -f '%e %U %S' -o "$tmp/time" "$@" >/dev/null 2>"$tmp/time.err" ||
         { cat "$tmp/time.err" >&2; echo "bench: $name failed" >&2; exit 1; }
-    awk -v r="$r" -v n="$name" -v mb="$((seal_mib * 1048576))" '{
+    awk -v r="$r" -v n="$name" -v o="$sop" -v t="$th" \
+        -v mb="$((seal_mib * 1048576))" '{
         w = $1 > 0 ? $1 : 0.01; c = $2 + $3 > 0 ? $2 + $3 : 0.01
-        printf "%s %s seal 1 %.1f %.1f\n", r, n, mb / w / 1e6, mb / c / 1e6 }' \
+        printf "%s %s %s %s %.1f %.1f\n", r, n, o, t, mb / w / 1e6, mb / c / 1e6 }' \
         "$tmp/time" >>"$results"
-    echo "bench: round $r: $name seal $(tail -n 1 "$results" | cut -d' ' -f5-)" >&2
+    echo "bench: round $r: $name $sop $th $(tail -n 1 "$results" | cut -d' ' -f5-)" >&2
 }
-seal_round() {
-    timed sealtool env CMKP11_CONF="$tmp/cmkp11.conf" CMKP11_PIN=$pin \
-        "$top/cmkp11-tool" --module "$cmkp11_so" \
-        --key "pkcs11:token=local;object=$key" seal "$tmp/seal.in"
-    timed opensslenc openssl enc -aes-256-ctr -K "$aeskey" \
+tool_env() { # tool_env COMMAND...: with the configuration and the PIN
+    env CMKP11_CONF="$tmp/cmkp11.conf" CMKP11_PIN=$pin "$@"
+}
+tool_env "$top/cmkp11-tool" --module "$cmkp11_so" \
+    --key "pkcs11:token=local;object=$key" seal "$tmp/seal.in" \
+    -o "$tmp/seal.sealed" >/dev/null
+seal_round() { # the tool's default, then one thread, then openssl enc
+    for t in "$seal_threads" 1; do
+        timed sealtool seal "$t" env CMKP11_CONF="$tmp/cmkp11.conf" \
+            CMKP11_PIN=$pin "$top/cmkp11-tool" --module "$cmkp11_so" \
+            --threads "$t" --key "pkcs11:token=local;object=$key" \
+            seal "$tmp/seal.in"
+        timed sealtool unseal "$t" env CMKP11_CONF="$tmp/cmkp11.conf" \
+            CMKP11_PIN=$pin "$top/cmkp11-tool" --module "$cmkp11_so" \
+            --threads "$t" unseal "$tmp/seal.sealed"
+    done
+    timed opensslenc seal 1 openssl enc -aes-256-ctr -K "$aeskey" \
         -iv 00000000000000000000000000000000 -in "$tmp/seal.in" -out /dev/null
 }
+gcm_round() { # p11bench gcm-64k: direct (1 and seal's threads), cmkp11, EVP
+    pre="env"
+    for t in 1 "$seal_threads"; do
+        run direct gcm-64k "$t" "$softhsm" cmk
+        [ "$seal_threads" != 1 ] || break
+    done
+    pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+    run cmkp11 gcm-64k 1 "$cmkp11_so" local
+    run openssl openssl-gcm-64k 1 "$cmkp11_so" local
+}
 r=1
+while [ "$r" -le "$rounds" ] && [ "$seal_only" = yes ]; do
+    gcm_round
+    seal_round
+    r=$((r + 1))
+done
 while [ "$r" -le "$rounds" ]; do
     for op in $ops; do
         for t in 1 2; do
@@ -348,11 +385,7 @@ while [ "$r" -le "$rounds" ]; do
             run openssl "openssl-$pop" "$t" "$cmkp11_so" local
         done
     done
-    pre="env"
-    run direct gcm-64k 1 "$softhsm" cmk
-    pre="env CMKP11_CONF=$tmp/cmkp11.conf"
-    run cmkp11 gcm-64k 1 "$cmkp11_so" local
-    run openssl openssl-gcm-64k 1 "$cmkp11_so" local
+    gcm_round
     seal_round
     r=$((r + 1))
 done
@@ -367,6 +400,44 @@ median() { # median NAME OP THREADS COLUMN (5: ops/s, 6: ops per CPU second)
               else if (NR % 2) print v[(NR + 1) / 2];
               else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+seal_table() {
+    echo
+    echo "sealing: 64 KiB AES-256-GCM segments (segments/s; per CPU second), and $seal_mib MiB (MB/s; per CPU second), $seal_threads threads by default:"
+    printf '%-32s %12s %12s\n' "" wall cpu
+    for row in "direct gcm-64k 1" "direct gcm-64k $seal_threads" \
+        "cmkp11 gcm-64k 1" "openssl openssl-gcm-64k 1" \
+        "sealtool seal 1" "sealtool seal $seal_threads" \
+        "sealtool unseal 1" "sealtool unseal $seal_threads" \
+        "opensslenc seal 1"; do
+        # shellcheck disable=SC2086 # three words
+        set -- $row
+        printf '%-32s %12.0f %12.0f\n' "$1 $2 --threads $3" \
+            "$(median "$1" "$2" "$3" 5)" "$(median "$1" "$2" "$3" 6)"
+    done
+    for col in 5 6; do
+        awk -v c="$(median cmkp11 gcm-64k 1 "$col")" \
+            -v d1="$(median direct gcm-64k 1 "$col")" \
+            -v dn="$(median direct gcm-64k "$seal_threads" "$col")" \
+            -v s1="$(median sealtool seal 1 "$col")" \
+            -v sn="$(median sealtool seal "$seal_threads" "$col")" \
+            -v u1="$(median sealtool unseal 1 "$col")" \
+            -v un="$(median sealtool unseal "$seal_threads" "$col")" \
+            -v o="$(median opensslenc seal 1 "$col")" -v n="$seal_threads" \
+            -v what="$([ "$col" = 5 ] && echo "wall clock" || echo "per CPU second")" 'BEGIN {
+            seg = 65536 / 1e6
+            printf "%s: gcm-64k cmkp11/direct %.3f\n", what, c / d1
+            printf "  seal   --threads %d: /direct GCM loop (1 thread) %.3f, (%d threads) %.3f, /openssl enc %.3f; --threads 1: %.3f, %.3f\n",
+                n, sn / (d1 * seg), n, sn / (dn * seg), sn / o, s1 / (d1 * seg), s1 / o
+            printf "  unseal --threads %d: /direct GCM loop (1 thread) %.3f, (%d threads) %.3f, /openssl enc %.3f; --threads 1: %.3f, %.3f\n",
+                n, un / (d1 * seg), n, un / (dn * seg), un / o, u1 / (d1 * seg), u1 / o }'
+    done
+}
+if [ "$seal_only" = yes ]; then
+    echo
+    echo "load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    seal_table
+    exit 0
+fi
 table() { # table COLUMN: prints the rows, then BAR=PASS|FAIL
     verdict=PASS
     for op in $ops; do
@@ -438,21 +509,7 @@ for col in 5 6; do
     pub_table "$col" >"$tmp/pub$col"
     grep -v '^BAR=' "$tmp/pub$col"
 done
-echo
-echo "sealing: 64 KiB AES-256-GCM segments (segments/s; per CPU second), and $seal_mib MiB sealed (MB/s; per CPU second):"
-printf '%-28s %12s %12s\n' "" wall cpu
-for row in "direct gcm-64k" "cmkp11 gcm-64k" "openssl openssl-gcm-64k" \
-    "sealtool seal" "opensslenc seal"; do
-    # shellcheck disable=SC2086 # two words
-    set -- $row
-    printf '%-28s %12.0f %12.0f\n' "$1 $2" "$(median "$1" "$2" 1 5)" \
-        "$(median "$1" "$2" 1 6)"
-done
-awk -v d="$(median direct gcm-64k 1 6)" -v c="$(median cmkp11 gcm-64k 1 6)" \
-    -v s="$(median sealtool seal 1 6)" -v o="$(median opensslenc seal 1 6)" 'BEGIN {
-    printf "per CPU second: gcm-64k cmkp11/direct %.3f; seal/openssl enc %.3f; seal/(direct GCM x 64 KiB) %.3f\n",
-        c / d, s / o, s / (d * 65536 / 1e6) }'
-
+seal_table
 echo
 echo "bar (cmkp11/direct >= 0.97 and >= proxy/direct - 0.02 on every row):"
 echo "  ops/s:               $(sed -n 's/^BAR=//p' "$tmp/wall")"
