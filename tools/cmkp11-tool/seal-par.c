@@ -18,8 +18,9 @@
 #include "secure.h"
 #include "tool.h"
 
-/* Buffers a worker: one being encrypted, one read or written meanwhile. */
-#define PAR_SLOTS_PER_WORKER 2
+/* Segments in flight a worker: this thread refills half of them at a time
+ * while the workers go on with the other half. */
+#define PAR_SLOTS_PER_WORKER 4
 
 /* A segment in flight: slot q % nslots holds segment q. */
 struct pslot {
@@ -63,6 +64,20 @@ static struct pslot *slot_of(struct par *p, uint64_t q)
     return &p->slots[q % p->nslots];
 }
 
+/* Whether this thread has work: the first segment failed, or it is done
+ * and the workers are down to half the ring (each wake-up writes and reads
+ * several segments; a busy machine delays it). With the lock. */
+static bool main_needed(struct par *p)
+{
+    uint64_t end = p->published < p->stop ? p->published : p->stop;
+
+    if (p->written == p->stop)
+        return true;
+    if (p->written >= p->published || !slot_of(p, p->written)->done)
+        return false;
+    return p->ended || end <= p->taken || end - p->taken <= p->nslots / 2;
+}
+
 static void worker_one(struct pworker *w, uint64_t q)
 {
     struct par *p = w->p;
@@ -77,7 +92,8 @@ static void worker_one(struct pworker *w, uint64_t q)
     sl->failed = r < 0;
     if (r < 0 && q < p->stop)
         p->stop = q; /* the others take nothing after it */
-    pthread_cond_signal(&p->main);
+    if (main_needed(p))
+        pthread_cond_signal(&p->main);
     pthread_mutex_unlock(&p->mu);
 }
 
