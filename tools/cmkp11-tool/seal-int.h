@@ -5,6 +5,7 @@
  *   seal-file.c     temporary files, -o output, inputs, finding sealed files
  *   seal-key.c      tokens, the keys to wrap and unwrap with, the data key
  *   seal-stream.c   the segments: one loop to seal, unseal, verify, copy
+ *   seal-par.c      the same for seal and unseal, several segments at once
  *   seal-recip.c    the recipients of a version 2 header (any-of, all-of)
  *   cmd-seal.c      seal and unseal
  *   cmd-rewrap.c    rewrap
@@ -331,7 +332,7 @@ int seg_crypt_one(const struct seg_key *k, CK_SESSION_HANDLE sess,
 /* ---- segments in parallel (seal-par.c) ------------------------------------
  * s->threads workers, each with its own session on the key's token (the
  * data key is a session object, which every session of the process sees),
- * at most two segments each in flight; this thread reads ahead and writes
+ * at most four segments each in flight; this thread reads ahead and writes
  * the results in order. The output and the messages are those of the one
  * loop: the first segment in order that fails is reported, and nothing
  * from it or after it is written.

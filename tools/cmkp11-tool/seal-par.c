@@ -1,10 +1,10 @@
 /*
  * cmkp11-tool seal and unseal: the segments in parallel, for a token that
- * does AES-GCM itself at a few hundred MB/s a core (an hsm token's lower
- * module). Workers, each with its own session, take the segments in
- * order; this thread reads them (one ahead, for the last flag) into a
- * ring of two buffers a worker and writes the results in order, so memory
- * stays constant and the output is the one loop's byte for byte.
+ * does AES-GCM itself (an hsm token's lower module, SoftHSM at a sixth of
+ * OpenSSL's speed). Workers, each with its own session, take the segments
+ * in order; this thread reads them (one ahead, for the last flag) into a
+ * ring of four segments a worker and writes the results in order, so
+ * memory stays constant and the output is the one loop's byte for byte.
  */
 #include "config.h"
 
