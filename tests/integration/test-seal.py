@@ -723,6 +723,17 @@ pk = wfile(os.path.join(d_kv, "pk"), os.urandom(3 * SEG + 100))
 rc, out, err = run("seal", "--key", "pkcs11:token=kv;object=kek", pk, "-o",
                    pk + ".s", conf=bconf)
 tamper(bconf, "keyvault", rfile(pk + ".s"))
+# --threads on a keyvault token (one by default): the module's key seen
+# from every session; the same data both ways.
+pkd = rfile(pk)
+rc, out, err = run("seal", "--threads", "3", "--key", "kek", "--token", "kv",
+                   pk, "-o", pk + ".s3", conf=bconf)
+rc2, out2, err2 = run("unseal", pk + ".s3", "-o", pk + ".u1", conf=bconf)
+rc3, out3, err3 = run("unseal", "--threads", "3", pk + ".s", "-o",
+                      pk + ".u3", conf=bconf)
+t.ok(rc == rc2 == rc3 == 0 and rfile(pk + ".u1") == pkd and
+     rfile(pk + ".u3") == pkd, "keyvault: sealed with --threads 3, unsealed "
+     "with one thread, and the other way round", (err, err2, err3))
 rc, out, err = run("unseal", "--token", "other", pk + ".s", "-o", pk + ".u",
                    conf=bconf)
 t.ok(rc == 1 and "does not unwrap" in err and not os.path.exists(pk + ".u"),
