@@ -2,12 +2,13 @@
 # The Key Vault benchmarks of issue 9 (docs/performance.md, "Key Vault"),
 # against the local emulator (tests/kvemu) on loopback.
 #
-#   scripts/bench-keyvault.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T]
+#   scripts/bench-keyvault.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T | -M | -W]
 #
 # Builds cmkp11, bench/p11bench, bench/kv-curl and bench/kv-start if
 # needed, starts one emulator in a temporary directory (vault "kvemu" with
-# one key "kek"; vaults kv10, kv100 and kv1000 with that many keys), and
-# stops it on exit. Each round measures, interleaved:
+# one key "kek"; vaults kv10, kv100 and kv1000 with that many keys sharing 2
+# key pairs; kv1000d with 1,000 distinct key pairs, for 5 only), and stops
+# it on exit. Each round measures, interleaved:
 #
 #  1. local wrap: C_WrapKey (OAEP-SHA256) through cmkp11's public key
 #     object ÷ OpenSSL's EVP_PKEY_encrypt of 32 bytes with the same key, in
@@ -32,7 +33,8 @@
 #     unwraps/s at 2 threads, and 1 unwrapkey request per run.
 # Once, after the rounds:
 #  5. memory: VmRSS before C_Initialize and after using each of 1,000 keys
-#     once (kv-start -m 1000). Bar: <= 10 MiB growth.
+#     once (kv-start -m 1000), in kv1000 (2 distinct key pairs) and in
+#     kv1000d (1,000 distinct key pairs). Bar: <= 10 MiB growth in both.
 #
 #  7. CPU per remote unwrap at 32 threads: cmkp11 (p11bench unwrap-sha256)
 #     against bench/kv-curl, the order alternating from round to round, no
@@ -41,8 +43,9 @@
 #     the bare client). Bar: <= 1.2. The emulator shares the CPUs: compare
 #     the ratio, not the absolute figures.
 #
-# -u measures only 6, the cached unwraps; -T only 7; -M only 5, once a
-# round (memory does not depend on the load), with the median.
+# -u measures only 6, the cached unwraps; -T only 7; -W only 1, the local
+# wrap; -M only 5, once a round for each vault (memory does not depend on
+# the load), with the medians.
 #
 # The injected latency ("kvemu-admin latency MS --identity-ms MS") delays
 # every vault and every token request, as a remote service would. At 0 ms,
@@ -61,7 +64,8 @@ raw=
 only_cache=no
 only_threads=no
 only_mem=no
-while getopts d:r:o:uTMh opt; do
+only_wrap=no
+while getopts d:r:o:uTMWh opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
@@ -69,8 +73,9 @@ while getopts d:r:o:uTMh opt; do
     u) only_cache=yes ;;
     T) only_threads=yes ;;
     M) only_mem=yes ;;
+    W) only_wrap=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T | -M]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-u | -T | -M | -W]" >&2
         exit 2
         ;;
     esac
@@ -116,7 +121,7 @@ cat >"$tmp/emu.json" <<EOT
 {
   "tenants": ["$tenant"],
   "identities": [{"name": "app", "client_id": "$client", "client_secrets": ["$secret"]}],
-  "vaults": [$(vault_json kvemu), $(vault_json kv10), $(vault_json kv100), $(vault_json kv1000)]
+  "vaults": [$(vault_json kvemu), $(vault_json kv10), $(vault_json kv100), $(vault_json kv1000), $(vault_json kv1000d)]
 }
 EOT
 "$top/tests/kvemu/kvemu" --port 0 --state-dir "$tmp/emu" --config "$tmp/emu.json" --exit-with-parent \
@@ -149,6 +154,10 @@ admin POST vaults/kvemu/keys '{"name": "kek"}' >/dev/null
 for n in $sizes; do
     admin POST "vaults/kv$n/keys" "{\"name\": \"k\", \"count\": $n, \"distinct\": 2}" >/dev/null
 done
+if [ "$only_cache$only_threads$only_wrap" = nonono ]; then
+    # (about a minute: 1,000 RSA-2048 key pairs)
+    admin POST "vaults/kv1000d/keys" '{"name": "k", "count": 1000, "distinct": 1000}' >/dev/null
+fi
 
 printf '%s\n' "$secret" >"$tmp/secret"
 chmod 600 "$tmp/secret"
@@ -176,8 +185,8 @@ conf() { # conf FILE LABEL VAULT-URL
 conf "$tmp/kv.conf" kv "$KVEMU_VAULT_URL"
 conf "$tmp/kvc.conf" kv "$KVEMU_VAULT_URL"
 printf 'unwrap-cache = 600\n' >>"$tmp/kvc.conf"
-for n in $sizes; do
-    url=$(sed -n "s/^KVEMU_URL_KV$n=//p" "$tmp/emu.out")
+for n in $sizes 1000d; do
+    url=$(sed -n "s/^KVEMU_URL_KV$(echo "$n" | tr d D)=//p" "$tmp/emu.out")
     [ -n "$url" ] || { echo "bench: no URL for vault kv$n" >&2; exit 1; }
     conf "$tmp/kv$n.conf" "kv$n" "$url"
 done
@@ -185,6 +194,7 @@ done
 # ---- measurements -------------------------------------------------------------
 results=$tmp/results
 : >"$results"
+: >"$tmp/start"
 # Each line: ROUND LATENCY NAME OP THREADS OPS/S OPS/CPU-S
 record() { # record LATENCY NAME OUTPUT...
     lat=$1 name=$2
@@ -218,20 +228,39 @@ load0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "bench: $rounds rounds of ${seconds}s measurements; load average $load0" >&2
 loads=$(cut -d' ' -f1 /proc/loadavg)
 r=1
+mem_vaults="kv1000 kv1000d"
+mem_name() { # mem_name VAULT
+    case $1 in
+    kv1000d) echo "kv1000d, 1,000 distinct key pairs" ;;
+    *) echo "$1, 2 distinct key pairs" ;;
+    esac
+}
+mem_line() { # mem_line: a kv-start -m line on stdin, as a sentence
+    awk '{ printf "VmRSS before C_Initialize %d KiB, after %d KiB: +%.1f MiB; RssAnon (without shared library pages) +%.1f MiB; %s\n",
+                  $3, $4, $5 / 1024, ($8 - $7) / 1024, ($5 <= 10 * 1024) ? "PASS" : "FAIL" }'
+}
 if [ "$only_mem" = yes ]; then
     latency 0
-    : >"$tmp/mem"
+    for v in $mem_vaults; do
+        : >"$tmp/mem.$v"
+    done
     while [ "$r" -le "$rounds" ]; do
-        CMKP11_CONF=$tmp/kv1000.conf "$kvstart" -m 1000 "$cmkp11_so" kv1000 k >>"$tmp/mem" ||
-            { echo "bench: memory run failed" >&2; exit 1; }
-        echo "bench: round $r: $(tail -n 1 "$tmp/mem")" >&2
+        for v in $mem_vaults; do
+            CMKP11_CONF=$tmp/$v.conf "$kvstart" -m 1000 "$cmkp11_so" "$v" k >>"$tmp/mem.$v" ||
+                { echo "bench: memory run failed ($v)" >&2; exit 1; }
+            echo "bench: round $r: $v: $(tail -n 1 "$tmp/mem.$v")" >&2
+        done
         r=$((r + 1))
     done
     echo
-    echo "5. Memory after using 1,000 keys (kv-start -m 1000), $rounds runs; load average before: $load0"
-    sort -n -k5 "$tmp/mem" | awk '{ v[NR] = $0 } END { print v[int((NR + 1) / 2)] }' |
-        awk '{ printf "median: VmRSS before C_Initialize %d KiB, after %d KiB: +%.1f MiB; RssAnon +%.1f MiB\n", $3, $4, $5 / 1024, ($8 - $7) / 1024
-               printf "bar (<= 10 MiB): %s\n", ($5 <= 10 * 1024) ? "PASS" : "FAIL" }'
+    echo "5. Memory after using 1,000 keys (kv-start -m 1000), median of $rounds runs; load average before: $load0"
+    bar5=PASS
+    for v in $mem_vaults; do
+        line=$(sort -n -k5 "$tmp/mem.$v" | awk '{ v[NR] = $0 } END { print v[int((NR + 1) / 2)] }' | mem_line)
+        echo "$(mem_name "$v"): $line"
+        case $line in *FAIL) bar5=FAIL ;; esac
+    done
+    echo "bar (<= 10 MiB in both vaults): $bar5"
     exit 0
 fi
 cache_threads="1 2 8"
@@ -295,7 +324,7 @@ while [ "$r" -le "$rounds" ]; do
         r=$((r + 1))
         continue
     fi
-    cached_unwraps
+    [ "$only_wrap" = yes ] || cached_unwraps
     if [ "$only_cache" = yes ]; then
         r=$((r + 1))
         continue
@@ -315,6 +344,11 @@ while [ "$r" -le "$rounds" ]; do
             failed "local wrap"
         record 0 local "$out"
     done
+    if [ "$only_wrap" = yes ]; then
+        loads="$loads $(cut -d' ' -f1 /proc/loadavg)"
+        r=$((r + 1))
+        continue
+    fi
     # 2 and 3. remote unwrap
     for lat in $latencies; do
         latency "$lat"
@@ -383,9 +417,14 @@ fi
 
 # 5. memory
 latency 0
-mem=$(CMKP11_CONF=$tmp/kv1000.conf "$kvstart" -m 1000 "$cmkp11_so" kv1000 k) ||
-    { echo "bench: memory run failed" >&2; exit 1; }
-echo "bench: $mem" >&2
+: >"$tmp/mem"
+for v in $mem_vaults; do
+    [ "$only_wrap" = no ] || break
+    mem=$(CMKP11_CONF=$tmp/$v.conf "$kvstart" -m 1000 "$cmkp11_so" "$v" k) ||
+        { echo "bench: memory run failed ($v)" >&2; exit 1; }
+    echo "$v $mem" >>"$tmp/mem"
+    echo "bench: $v: $mem" >&2
+done
 [ -z "$raw" ] || cat "$results" "$tmp/start" >"$raw"
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -431,6 +470,10 @@ for t in 1 2; do
     echo "$line"
     case $line in *FAIL) bar1=FAIL ;; esac
 done
+if [ "$only_wrap" = yes ]; then
+    echo "bar: $bar1"
+    exit 0
+fi
 
 echo
 echo "2./3. Remote unwrap, RSA-OAEP-256 (ops/s); keep = kv-curl on kept-alive"
@@ -486,8 +529,12 @@ done
 
 echo
 echo "5. Memory after using 1,000 keys (kv-start -m 1000):"
-echo "$mem" | awk '{ printf "VmRSS before C_Initialize %d KiB, after %d KiB: +%.1f MiB (%.1f s); RssAnon (without shared library pages) +%.1f MiB\n", $3, $4, $5 / 1024, $6, ($8 - $7) / 1024 }'
-bar5=$(echo "$mem" | awk '{ print ($5 <= 10 * 1024) ? "PASS" : "FAIL" }')
+bar5=PASS
+for v in $mem_vaults; do
+    line=$(sed -n "s/^$v //p" "$tmp/mem" | mem_line)
+    echo "$(mem_name "$v"): $line"
+    case $line in *FAIL) bar5=FAIL ;; esac
+done
 
 cache_table
 many_table
@@ -498,5 +545,5 @@ echo "  1. local wrap cmkp11/OpenSSL >= 0.9:                 $bar1"
 echo "  2. remote unwrap cmkp11/keep-alive curl >= 0.9:      $bar2 (latency-bound rows)"
 echo "  3. cmkp11/new connection + token per call >= 3:      $bar3 (latency-bound rows)"
 echo "  4. start-up flat in the number of keys:              $bar4 (same requests; minimum time at 1,000 keys <= 1.5 x at 10)"
-echo "  5. memory growth with 1,000 keys <= 10 MiB:          $bar5"
+echo "  5. memory growth with 1,000 keys <= 10 MiB:          $bar5 (both vaults)"
 exit 0

@@ -2,7 +2,7 @@
 # RSA-2048 throughput: SoftHSMv2 directly, through cmkp11 and through
 # p11-kit's proxy (issue 4, docs/performance.md).
 #
-#   scripts/bench.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-s]
+#   scripts/bench.sh [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-i] [-s | -p]
 #
 # Builds cmkp11 and bench/p11bench if needed, creates a private SoftHSM
 # token in a temporary directory (tests/softhsm-init.sh) and measures
@@ -17,6 +17,7 @@
 # measured on SoftHSM directly, through cmkp11, and as OpenSSL's own
 # EVP_PKEY_encrypt / EVP_DigestVerify in the same p11bench process that has
 # cmkp11 loaded; their bar is cmkp11/direct >= 2.0 and cmkp11/openssl >= 0.9.
+# -p runs only these rows (with -i too: their instructions only).
 #
 # Sealing: one 64 KiB AES-256-GCM segment as cmkp11-tool seal encrypts it
 # (p11bench gcm-64k: C_EncryptInit + C_Encrypt under a session key) on
@@ -47,15 +48,17 @@ rounds=5
 raw=
 instructions=no
 seal_only=no
-while getopts d:r:o:ish opt; do
+only_pub=no
+while getopts d:r:o:isph opt; do
     case $opt in
     d) seconds=$OPTARG ;;
     r) rounds=$OPTARG ;;
     o) raw=$OPTARG ;;
     i) instructions=yes ;;
     s) seal_only=yes ;;
+    p) only_pub=yes ;;
     *)
-        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-i] [-s]" >&2
+        echo "usage: $0 [-d SECONDS] [-r ROUNDS] [-o RAWFILE] [-i] [-s | -p]" >&2
         exit 2
         ;;
     esac
@@ -194,7 +197,7 @@ setup_proxy() {
     return 1
 }
 bench_proxy=$bench
-[ "$seal_only" = yes ] || setup_proxy ||
+[ "$seal_only$only_pub" != nono ] || setup_proxy ||
     { echo "bench: cannot serve SoftHSM through $proxy_so" >&2; exit 1; }
 
 results=$tmp/results
@@ -240,11 +243,12 @@ per_op() { # per_op NAME PROG MODULE TOKEN OP
 }
 if [ "$instructions" = yes ]; then
     command -v valgrind >/dev/null || { echo "bench: valgrind is missing" >&2; exit 1; }
-    echo "instructions per operation (callgrind; 1 thread):"
-    printf '%-14s %12s %12s %12s  %7s %7s  %s\n' op direct cmkp11 proxy \
+    [ "$only_pub" = no ] || ops=
+    [ -z "$ops" ] || echo "instructions per operation (callgrind; 1 thread):"
+    [ -z "$ops" ] || printf '%-14s %12s %12s %12s  %7s %7s  %s\n' op direct cmkp11 proxy \
         cmk/dir prx/dir bar
     verdict=PASS
-    for op in $ops unwrap-sha256; do
+    for op in ${ops:+$ops unwrap-sha256}; do
         pre="env"
         d=-
         [ "$op" = unwrap-sha256 ] || d=$(per_op direct "$bench" "$softhsm" cmk "$op")
@@ -267,8 +271,8 @@ if [ "$instructions" = yes ]; then
         [ "$3" = PASS ] || verdict=FAIL
         printf '%-14s %12d %12d %12d  %7s %7s  %s\n' "$op" "$d" "$c" "$x" "$1" "$2" "$3"
     done
-    echo "bar (direct/cmkp11 >= 0.97 and >= direct/proxy - 0.02): $verdict"
-    echo
+    [ -z "$ops" ] || echo "bar (direct/cmkp11 >= 0.97 and >= direct/proxy - 0.02): $verdict"
+    [ -z "$ops" ] || echo
     echo "public-key operations, instructions per operation (callgrind; 1 thread):"
     printf '%-14s %12s %12s %12s  %7s %7s  %s\n' op direct cmkp11 openssl \
         cmk/dir cmk/ssl bar
@@ -292,6 +296,7 @@ if [ "$instructions" = yes ]; then
         printf '%-14s %12d %12d %12d  %7s %7s  %s\n' "$op" "$d" "$c" "$o" "$1" "$2" "$3"
     done
     echo "bar (cmkp11 >= 0.9 x openssl, as speed; direct: see the CPU-time run): $verdict"
+    [ "$only_pub" = no ] || exit 0
     echo
     echo "sealing: one 64 KiB AES-256-GCM segment, instructions (callgrind; 1 thread):"
     pre="env"
@@ -311,7 +316,7 @@ case $load0 in
 0.[0-4]*) ;;
 *) echo "bench: the machine is busy: wall-clock figures will be noisy" >&2 ;;
 esac
-head -c $((seal_mib * 1048576)) /dev/urandom >"$tmp/seal.in"
+[ "$only_pub" = yes ] || head -c $((seal_mib * 1048576)) /dev/urandom >"$tmp/seal.in"
 aeskey=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 timed() { # timed NAME OP THREADS COMMAND...: "r NAME OP THREADS MB/s
     # MB-per-CPU-s" into results (MB of the data, not sealed)
@@ -329,7 +334,7 @@ timed() { # timed NAME OP THREADS COMMAND...: "r NAME OP THREADS MB/s
 tool_env() { # tool_env COMMAND...: with the configuration and the PIN
     env CMKP11_CONF="$tmp/cmkp11.conf" CMKP11_PIN=$pin "$@"
 }
-tool_env "$top/cmkp11-tool" --module "$cmkp11_so" \
+[ "$only_pub" = yes ] || tool_env "$top/cmkp11-tool" --module "$cmkp11_so" \
     --key "pkcs11:token=local;object=$key" seal "$tmp/seal.in" \
     -o "$tmp/seal.sealed" >/dev/null
 seal_round() { # the tool's default, then one thread, then openssl enc
@@ -355,7 +360,22 @@ gcm_round() { # p11bench gcm-64k: direct (1 and seal's threads), cmkp11, EVP
     run cmkp11 gcm-64k 1 "$cmkp11_so" local
     run openssl openssl-gcm-64k 1 "$cmkp11_so" local
 }
+pub_round() { # public-key operations: direct, cmkp11, OpenSSL in its process
+    for pop in $pub_ops; do # (run sets op)
+        for t in 1 2; do
+            pre="env"
+            run direct "$pop" "$t" "$softhsm" cmk
+            pre="env CMKP11_CONF=$tmp/cmkp11.conf"
+            run cmkp11 "$pop" "$t" "$cmkp11_so" local
+            run openssl "openssl-$pop" "$t" "$cmkp11_so" local
+        done
+    done
+}
 r=1
+while [ "$r" -le "$rounds" ] && [ "$only_pub" = yes ]; do
+    pub_round
+    r=$((r + 1))
+done
 while [ "$r" -le "$rounds" ] && [ "$seal_only" = yes ]; do
     gcm_round
     seal_round
@@ -376,15 +396,7 @@ while [ "$r" -le "$rounds" ]; do
     for t in 1 2; do
         run cmkp11 unwrap-sha256 "$t" "$cmkp11_so" local
     done
-    for pop in $pub_ops; do # (run sets op)
-        for t in 1 2; do
-            pre="env"
-            run direct "$pop" "$t" "$softhsm" cmk
-            pre="env CMKP11_CONF=$tmp/cmkp11.conf"
-            run cmkp11 "$pop" "$t" "$cmkp11_so" local
-            run openssl "openssl-$pop" "$t" "$cmkp11_so" local
-        done
-    done
+    pub_round
     gcm_round
     seal_round
     r=$((r + 1))
@@ -432,10 +444,53 @@ seal_table() {
                 n, un / (d1 * seg), n, un / (dn * seg), un / o, u1 / (d1 * seg), u1 / o }'
     done
 }
+pub_table() { # pub_table COLUMN
+    verdict=PASS
+    for op in $pub_ops; do
+        for t in 1 2; do
+            d=$(median direct "$op" "$t" "$1")
+            c=$(median cmkp11 "$op" "$t" "$1")
+            o=$(median openssl "openssl-$op" "$t" "$1")
+            line=$(awk -v op="$op" -v t="$t" -v d="$d" -v c="$c" -v o="$o" 'BEGIN {
+                rd = c / d; ro = c / o
+                ok = (rd >= 2.0 && ro >= 0.9) ? "PASS" : "FAIL"
+                printf "%-14s %7d %9.0f %9.0f %9.0f %8.3f %8.3f  %s", op, t, d, c, o, rd, ro, ok
+            }')
+            echo "$line"
+            case $line in *FAIL) verdict=FAIL ;; esac
+        done
+    done
+    echo "BAR=$verdict"
+}
+pub_tables() { # both, and their bars into $tmp/pub5 and $tmp/pub6
+    echo
+    echo "public-key operations (bar: cmkp11/direct >= 2.0, cmkp11/openssl >= 0.9):"
+    for col in 5 6; do
+        [ "$col" = 5 ] && echo "ops/s (wall clock):" || echo "ops per CPU second:"
+        printf '%-14s %7s %9s %9s %9s %8s %8s  %s\n' op threads direct cmkp11 \
+            openssl cmk/dir cmk/ssl bar
+        pub_table "$col" >"$tmp/pub$col"
+        grep -v '^BAR=' "$tmp/pub$col"
+    done
+}
+pub_bars() {
+    echo "public-key bar:"
+    echo "  ops/s:               $(sed -n 's/^BAR=//p' "$tmp/pub5")"
+    echo "  ops per CPU second:  $(sed -n 's/^BAR=//p' "$tmp/pub6")"
+}
 if [ "$seal_only" = yes ]; then
     echo
     echo "load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
     seal_table
+    exit 0
+fi
+if [ "$only_pub" = yes ]; then
+    echo
+    echo "RSA-2048, median of $rounds rounds of ${seconds}s, $(nproc) CPUs"
+    echo "load average before: $load0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    pub_tables
+    echo
+    pub_bars
     exit 0
 fi
 table() { # table COLUMN: prints the rows, then BAR=PASS|FAIL
@@ -482,39 +537,11 @@ for t in 1 2; do
     printf '%-14s %7d %9s %9.0f %9s\n' unwrap-sha256 "$t" - \
         "$(median cmkp11 unwrap-sha256 "$t" 6)" -
 done
-pub_table() { # pub_table COLUMN
-    verdict=PASS
-    for op in $pub_ops; do
-        for t in 1 2; do
-            d=$(median direct "$op" "$t" "$1")
-            c=$(median cmkp11 "$op" "$t" "$1")
-            o=$(median openssl "openssl-$op" "$t" "$1")
-            line=$(awk -v op="$op" -v t="$t" -v d="$d" -v c="$c" -v o="$o" 'BEGIN {
-                rd = c / d; ro = c / o
-                ok = (rd >= 2.0 && ro >= 0.9) ? "PASS" : "FAIL"
-                printf "%-14s %7d %9.0f %9.0f %9.0f %8.3f %8.3f  %s", op, t, d, c, o, rd, ro, ok
-            }')
-            echo "$line"
-            case $line in *FAIL) verdict=FAIL ;; esac
-        done
-    done
-    echo "BAR=$verdict"
-}
-echo
-echo "public-key operations (bar: cmkp11/direct >= 2.0, cmkp11/openssl >= 0.9):"
-for col in 5 6; do
-    [ "$col" = 5 ] && echo "ops/s (wall clock):" || echo "ops per CPU second:"
-    printf '%-14s %7s %9s %9s %9s %8s %8s  %s\n' op threads direct cmkp11 \
-        openssl cmk/dir cmk/ssl bar
-    pub_table "$col" >"$tmp/pub$col"
-    grep -v '^BAR=' "$tmp/pub$col"
-done
+pub_tables
 seal_table
 echo
 echo "bar (cmkp11/direct >= 0.97 and >= proxy/direct - 0.02 on every row):"
 echo "  ops/s:               $(sed -n 's/^BAR=//p' "$tmp/wall")"
 echo "  ops per CPU second:  $(sed -n 's/^BAR=//p' "$tmp/cpu")"
-echo "public-key bar:"
-echo "  ops/s:               $(sed -n 's/^BAR=//p' "$tmp/pub5")"
-echo "  ops per CPU second:  $(sed -n 's/^BAR=//p' "$tmp/pub6")"
+pub_bars
 exit 0
