@@ -330,7 +330,7 @@ static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
                     CK_ULONG *outlen)
 {
     struct object *key = op->key;
-    EVP_PKEY *pk;
+    struct rsa_pkey *pk;
 
     switch (kind) {
     case OP_ENCRYPT:
@@ -345,7 +345,10 @@ static CK_RV op_run(struct session *s, struct op *op, enum op_kind kind,
             pk = rsa_object_pkey(key);
             if (pk == NULL)
                 return CKR_GENERAL_ERROR;
-            return rsa_encrypt(pk, &op->mech, in, inlen, out, outlen);
+            rv = rsa_encrypt(rsa_pkey_evp(pk), &op->mech, in, inlen, out,
+                             outlen);
+            rsa_pkey_unref(pk);
+            return rv;
         }
         return provider_crypt(s, POP_ENCRYPT, key, &op->mech, in, inlen, out,
                               outlen);
@@ -872,25 +875,29 @@ static CK_RV verify_run(struct session *s, struct op *op, const CK_BYTE *data,
     CK_BYTE buf[EVP_MAX_MD_SIZE + 32];
     CK_ULONG blen = sizeof(buf);
     CK_MECHANISM inner = op->mech;
-    EVP_PKEY *pk;
+    struct rsa_pkey *pk;
     CK_RV rv;
 
     if (softkey_is_hmac(op->mech.mechanism))
         return final ? verify_hmac(s, op, op->buf, op->len, sig, siglen)
                      : verify_hmac(s, op, data, len, sig, siglen);
-    pk = rsa_object_pkey(op->key);
-    if (pk == NULL)
-        return CKR_GENERAL_ERROR;
     inner.mechanism = op->inner;
     if (op->md != NULL) {
         rv = sign_input(op, data, len, final, buf, &blen);
         if (rv != CKR_OK)
             return rv;
-        return rsa_verify(pk, &inner, buf, blen, sig, siglen);
+        data = buf;
+        len = blen;
+    } else if (final) {
+        data = op->buf;
+        len = op->len;
     }
-    if (final)
-        return rsa_verify(pk, &inner, op->buf, op->len, sig, siglen);
-    return rsa_verify(pk, &inner, data, len, sig, siglen);
+    pk = rsa_object_pkey(op->key);
+    if (pk == NULL)
+        return CKR_GENERAL_ERROR;
+    rv = rsa_verify(rsa_pkey_evp(pk), &inner, data, len, sig, siglen);
+    rsa_pkey_unref(pk);
+    return rv;
 }
 
 CK_RV C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData,

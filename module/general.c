@@ -404,6 +404,7 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     else {
         teardown_unlocked(false);
         softkey_release();
+        rsa_pkey_flush();
     }
     err_restore();
     pthread_rwlock_unlock(&g.rwlock);

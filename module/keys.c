@@ -599,6 +599,21 @@ put:
     END_CALL;
 }
 
+/* An RSA wrap with the wrapping key's public key, in the module. */
+static CK_RV wrap_local(struct object *wkey, const CK_MECHANISM *m,
+                        const CK_BYTE *kval, CK_ULONG klen, CK_BYTE *out,
+                        CK_ULONG *outlen)
+{
+    struct rsa_pkey *pk = rsa_object_pkey(wkey);
+    CK_RV rv;
+
+    if (pk == NULL)
+        return CKR_GENERAL_ERROR;
+    rv = rsa_encrypt(rsa_pkey_evp(pk), m, kval, klen, out, outlen);
+    rsa_pkey_unref(pk);
+    return rv;
+}
+
 CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
                 CK_OBJECT_HANDLE hWrappingKey, CK_OBJECT_HANDLE hKey,
                 CK_BYTE_PTR pWrappedKey, CK_ULONG_PTR pulWrappedKeyLen)
@@ -690,13 +705,11 @@ CK_RV C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMechanism,
         (rv = provider_check_public(s, wkey, true)) != CKR_OK) {
         /* The version can no longer be used: no local wrap either. */
     } else if (mech_is_rsa(pMechanism->mechanism)) {
-        EVP_PKEY *pk = rsa_object_pkey(wkey);
         if (!(s->token->pflags & PROVIDER_LOCAL_PUBLIC))
             rv = provider_crypt(s, POP_ENCRYPT, wkey, pMechanism, kval, klen,
                                 buf, &len);
         else
-            rv = pk ? rsa_encrypt(pk, pMechanism, kval, klen, buf, &len)
-                    : CKR_GENERAL_ERROR;
+            rv = wrap_local(wkey, pMechanism, kval, klen, buf, &len);
         if (rv == CKR_DATA_LEN_RANGE)
             rv = CKR_KEY_SIZE_RANGE;
     } else if (wkey->secret != NULL) {

@@ -77,8 +77,7 @@ struct object {
     void *ref;               /* the provider's reference, or NULL */
     unsigned char *secret;   /* a module-held secret key's value */
     CK_ULONG secret_len;
-    bool gone;             /* no longer in the back end */
-    struct rsa_pkey *pkey; /* public key, shared, built on first use */
+    bool gone; /* no longer in the back end */
     /* Implicit rejection's per-key secret (pkcs1.c), secure memory. */
     unsigned char *pkcs1_secret;
 };

@@ -26,7 +26,6 @@ void object_unref(struct object *o)
     provider_ref_free(o->token, o->ref);
     attrs_clear(&o->attrs);
     secure_free(o->secret);
-    rsa_pkey_release(o->pkey);
     secure_free(o->pkcs1_secret);
     free(o->uid);
     free(o);

@@ -24,12 +24,26 @@ CK_RV rsa_check_pss(const CK_MECHANISM *m, CK_MECHANISM_TYPE hash_mech);
 CK_RV rsa_digest_info(CK_MECHANISM_TYPE digest, const CK_BYTE *hash,
                       CK_ULONG hlen, CK_BYTE *out, CK_ULONG *outlen);
 
-/* The object's public key, built once from CKA_MODULUS and
- * CKA_PUBLIC_EXPONENT and shared by every object with the same key.
- * Borrowed; valid while the object is referenced. */
-EVP_PKEY *rsa_object_pkey(struct object *o);
-/* Drops an object's reference (object_unref). */
-void rsa_pkey_release(struct rsa_pkey *k);
+/* How many public keys of local operations are kept built (module/rsa.c):
+ * with the Montgomery context OpenSSL adds on first use, about 2.5 KiB
+ * each for RSA-2048. */
+#define RSA_PKEY_CACHE_MAX 128
+
+/* The object's public key, from CKA_MODULUS and CKA_PUBLIC_EXPONENT, for
+ * a local operation: shared by every object with the same key and kept in
+ * a cache of the most recently used keys (module/rsa.c). The caller holds
+ * the reference for the length of its operation and drops it with
+ * rsa_pkey_unref(); NULL if the object has no public key or it cannot be
+ * built. */
+struct rsa_pkey *rsa_object_pkey(struct object *o);
+/* The key itself; valid while the reference is held. */
+EVP_PKEY *rsa_pkey_evp(const struct rsa_pkey *k);
+void rsa_pkey_unref(struct rsa_pkey *k);
+/* Empties the cache (C_Finalize); a key an operation still holds is freed
+ * when it is dropped. */
+void rsa_pkey_flush(void);
+/* How many keys the cache holds. */
+size_t rsa_pkey_cached(void);
 /* Fork: the shared key table's lock (general.c's handlers). */
 void rsa_atfork_prepare(void);
 void rsa_atfork_release(void);

@@ -5,7 +5,7 @@
  * dates were clamped) it leaves nothing allocated behind; the keyvault
  * back end leaked about 3 KB per listing. A leak checker run (make
  * memcheck, a sanitizer build) sees any that remains. And objects with one
- * public key share one EVP_PKEY.
+ * public key share one EVP_PKEY, in a cache of bounded size.
  */
 #include "config.h"
 
@@ -34,13 +34,14 @@ static void key_object(struct object *o, const CK_BYTE *n, CK_ULONG nlen)
 }
 
 /* rsa_object_pkey(): objects with the same public key (a version's private
- * and public objects, the same key in two vaults) share one EVP_PKEY; the
- * last release frees it (a leak checker sees it otherwise). */
+ * and public objects, the same key in two vaults) share one EVP_PKEY, which
+ * stays cached when the operation drops its reference. */
 static void test_shared_pkey(void)
 {
     static CK_BYTE n1[256], n2[256];
     struct object a, b, c;
-    EVP_PKEY *pa, *pb, *pc;
+    struct rsa_pkey *pa, *pb, *pc;
+    size_t before = rsa_pkey_cached();
 
     memset(n1, 0xc5, sizeof(n1));
     memset(n2, 0xc5, sizeof(n2));
@@ -52,22 +53,78 @@ static void test_shared_pkey(void)
     pb = rsa_object_pkey(&b);
     pc = rsa_object_pkey(&c);
     ok(pa != NULL && pa == pb, "two objects of one key share its EVP_PKEY");
-    ok(pc != NULL && pc != pa && EVP_PKEY_get_bits(pc) == 2048,
+    ok(pc != NULL && pc != pa && EVP_PKEY_get_bits(rsa_pkey_evp(pc)) == 2048,
        "another modulus has its own");
-    ok(rsa_object_pkey(&a) == pa, "the object keeps it");
-    rsa_pkey_release(a.pkey);
-    ok(rsa_object_pkey(&b) == pb && EVP_PKEY_get_bits(pb) == 2048,
-       "released by one object, still there for the other");
-    rsa_pkey_release(b.pkey);
-    b.pkey = NULL;
+    rsa_pkey_unref(pa);
+    rsa_pkey_unref(pb);
+    rsa_pkey_unref(pc);
+    ok(rsa_pkey_cached() == before + 2, "both stay cached after use");
     pb = rsa_object_pkey(&b);
-    ok(pb != NULL && EVP_PKEY_get_bits(pb) == 2048,
-       "built again after the last release");
-    rsa_pkey_release(b.pkey);
-    rsa_pkey_release(c.pkey);
+    ok(pb == pa && EVP_PKEY_get_bits(rsa_pkey_evp(pb)) == 2048,
+       "the next use finds the cached key");
+    rsa_pkey_unref(pb);
     attrs_clear(&a.attrs);
     attrs_clear(&b.attrs);
     attrs_clear(&c.attrs);
+}
+
+/* Use o[i]'s key once. */
+static void use(struct object *o)
+{
+    rsa_pkey_unref(rsa_object_pkey(o));
+}
+
+/* The cache holds RSA_PKEY_CACHE_MAX keys, pushes out the least recently
+ * used one, and never frees a key an operation still holds (a sanitizer
+ * build or valgrind sees a use after free otherwise). */
+static void test_bounded_pkeys(void)
+{
+    enum { N = RSA_PKEY_CACHE_MAX + 2 };
+    static CK_BYTE n[N][256];
+    static struct object o[N];
+    struct rsa_pkey *h0, *h0b, *h2, *h3;
+    int i;
+
+    for (i = 0; i < N; i++) {
+        memset(n[i], 0xd3, sizeof(n[i]));
+        n[i][254] = (CK_BYTE)(i >> 8);
+        n[i][255] = (CK_BYTE)i;
+        key_object(&o[i], n[i], sizeof(n[i]));
+    }
+    h0 = rsa_object_pkey(&o[0]); /* held throughout */
+    for (i = 1; i <= RSA_PKEY_CACHE_MAX; i++)
+        use(&o[i]);
+    ok(rsa_pkey_cached() == RSA_PKEY_CACHE_MAX,
+       "%d distinct keys used: %d cached", RSA_PKEY_CACHE_MAX + 1,
+       RSA_PKEY_CACHE_MAX);
+    ok(h0 != NULL && EVP_PKEY_get_bits(rsa_pkey_evp(h0)) == 2048,
+       "the least recently used key, pushed out, is still whole for the "
+       "operation holding it");
+    h0b = rsa_object_pkey(&o[0]);
+    ok(h0b != NULL && h0b != h0 && EVP_PKEY_get_bits(rsa_pkey_evp(h0b)) == 2048,
+       "its next use builds it again from the object's modulus");
+    rsa_pkey_unref(h0);
+    rsa_pkey_unref(h0b);
+
+    /* Cached now, oldest first: o[2] .. o[MAX], o[0]. Use o[3] and o[2]
+     * again; the next new key pushes out o[4], not them. */
+    h3 = rsa_object_pkey(&o[3]);
+    h2 = rsa_object_pkey(&o[2]);
+    use(&o[N - 1]);
+    ok(rsa_pkey_cached() == RSA_PKEY_CACHE_MAX, "still %d cached",
+       RSA_PKEY_CACHE_MAX);
+    h0b = rsa_object_pkey(&o[2]);
+    ok(h0b == h2, "a key used recently stays cached");
+    rsa_pkey_unref(h0b);
+    h0b = rsa_object_pkey(&o[3]);
+    ok(h0b == h3, "so does the one used just before it");
+    rsa_pkey_unref(h0b);
+    rsa_pkey_unref(h2);
+    rsa_pkey_unref(h3);
+    for (i = 0; i < N; i++)
+        attrs_clear(&o[i].attrs);
+    rsa_pkey_flush();
+    ok(rsa_pkey_cached() == 0, "C_Finalize's flush empties the cache");
 }
 
 int main(void)
@@ -105,5 +162,6 @@ int main(void)
            "and both objects are left empty, nothing to free");
     }
     test_shared_pkey();
+    test_bounded_pkeys();
     return test_done();
 }
