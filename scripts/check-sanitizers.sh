@@ -13,8 +13,9 @@
 #           interceptors need when a C++ library is loaded later).
 # tsan      the thread, fork and storm tests in a ThreadSanitizer build
 #           (clang): the front end's own thread and fork tests, the hsm
-#           back end's, and 8 threads that search, wrap and unwrap at once
-#           on an hsm and a keyvault token.
+#           back end's, 8 threads that search, wrap and unwrap at once
+#           on an hsm and a keyvault token, and 4 that use more distinct
+#           public keys than the module keeps built.
 # memcheck  every C test program under valgrind's memcheck (definite leaks
 #           are errors), with loop counts cut tenfold (CMKP11_TEST_LIGHT).
 # fuzz      each libFuzzer harness in tests/fuzz for a fixed number of runs
@@ -147,7 +148,8 @@ gate_asan() {
 
 TSAN_TESTS="tests/unit/test-threads tests/unit/test-fork \
 tests/integration/test-hsm-threads tests/integration/test-hsm-fork \
-tests/integration/test-storm.sh tests/integration/test-keyvault-storm.py"
+tests/integration/test-storm.sh tests/integration/test-keyvault-storm.py \
+tests/integration/test-kv-many-keys"
 
 gate_tsan() {
     command -v clang >/dev/null 2>&1 || { tap 1 "tsan: clang is not installed"; return; }
