@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,11 +27,17 @@ static void value_free(void *p, CK_ULONG len)
  * SubjectPublicKeyInfo, the label and the vendor attributes of a version.
  * The table's lock is a leaf: nothing else is taken under it. Cells never
  * change once made: a packed array reads them without the lock.
+ *
+ * A modulus packed with its SubjectPublicKeyInfo, which holds the same
+ * bytes, is a cell *inside* that one: its value points into the
+ * SubjectPublicKeyInfo's, which it holds (counted) instead of a copy, so
+ * a key's public key is held once.
  */
 struct attr_cell {
     struct attr_cell *next; /* in its bucket */
     unsigned long refs;     /* under cells.lock for shared cells */
     bool shared;            /* in the table; else the array's own */
+    bool inside;            /* value[] holds the outer cell, not the value */
     CK_ATTRIBUTE at;
     unsigned char value[];
 };
@@ -103,6 +110,7 @@ static struct attr_cell *cell_new(CK_ATTRIBUTE_TYPE type, const void *value,
     c->next = NULL;
     c->refs = 1;
     c->shared = shared;
+    c->inside = false;
     c->at.type = type;
     c->at.ulValueLen = len;
     c->at.pValue = NULL;
@@ -113,9 +121,42 @@ static struct attr_cell *cell_new(CK_ATTRIBUTE_TYPE type, const void *value,
     return c;
 }
 
+/* Under cells.lock: a shared cell for at, whose value is the bytes at
+ * offset off of outer's (a shared cell), which it holds. */
+static struct attr_cell *cell_new_inside(const CK_ATTRIBUTE *at,
+                                         struct attr_cell *outer, size_t off)
+{
+    struct attr_cell *c = malloc(sizeof(*c) + sizeof(outer));
+
+    if (c == NULL)
+        return NULL;
+    c->next = NULL;
+    c->refs = 1;
+    c->shared = true;
+    c->inside = true;
+    c->at.type = at->type;
+    c->at.ulValueLen = at->ulValueLen;
+    c->at.pValue = (unsigned char *)outer->at.pValue + off;
+    memcpy(c->value, &outer, sizeof(outer));
+    outer->refs++;
+    return c;
+}
+
+/* The cell an inside cell holds, or NULL. */
+static struct attr_cell *cell_outer(const struct attr_cell *c)
+{
+    struct attr_cell *outer = NULL;
+
+    if (c->inside)
+        memcpy(&outer, c->value, sizeof(outer));
+    return outer;
+}
+
 static void cell_free(struct attr_cell *c)
 {
-    secure_zero(c, sizeof(*c) + c->at.ulValueLen);
+    size_t len = c->inside ? sizeof(struct attr_cell *) : c->at.ulValueLen;
+
+    secure_zero(c, sizeof(*c) + len);
     free(c);
 }
 
@@ -144,10 +185,27 @@ static void cells_grow_locked(void)
     cells.nbuckets = nb;
 }
 
-/* A counted reference to the cell for (type, value). */
-static struct attr_cell *cell_get(const CK_ATTRIBUTE *at)
+/* Where at's value lies in outer's (a shared cell), or SIZE_MAX. */
+static size_t inside_offset(const CK_ATTRIBUTE *at,
+                            const struct attr_cell *outer)
 {
-    size_t h;
+    const unsigned char *p;
+
+    if (outer == NULL || !outer->shared || at->ulValueLen == 0 ||
+        at->pValue == NULL)
+        return SIZE_MAX;
+    p = memmem(outer->at.pValue, outer->at.ulValueLen, at->pValue,
+               at->ulValueLen);
+    return p != NULL ? (size_t)(p - (const unsigned char *)outer->at.pValue)
+                     : SIZE_MAX;
+}
+
+/* A counted reference to the cell for (type, value); a new one is made
+ * inside outer when outer (if not NULL) holds the value. */
+static struct attr_cell *cell_get(const CK_ATTRIBUTE *at,
+                                  struct attr_cell *outer)
+{
+    size_t h, off;
     struct attr_cell *c;
 
     if (type_secret(at->type))
@@ -162,13 +220,16 @@ static struct attr_cell *cell_get(const CK_ATTRIBUTE *at)
     for (c = cells.bucket[h % cells.nbuckets]; c != NULL; c = c->next) {
         if (c->at.type == at->type && c->at.ulValueLen == at->ulValueLen &&
             (at->ulValueLen == 0 ||
-             memcmp(c->value, at->pValue, at->ulValueLen) == 0)) {
+             memcmp(c->at.pValue, at->pValue, at->ulValueLen) == 0)) {
             c->refs++;
             break;
         }
     }
     if (c == NULL) {
-        c = cell_new(at->type, at->pValue, at->ulValueLen, true);
+        off = inside_offset(at, outer);
+        c = off != SIZE_MAX
+                ? cell_new_inside(at, outer, off)
+                : cell_new(at->type, at->pValue, at->ulValueLen, true);
         if (c != NULL) {
             c->next = cells.bucket[h % cells.nbuckets];
             cells.bucket[h % cells.nbuckets] = c;
@@ -181,7 +242,7 @@ static struct attr_cell *cell_get(const CK_ATTRIBUTE *at)
 
 static void cell_put(struct attr_cell *c)
 {
-    struct attr_cell **at;
+    struct attr_cell **at, *outer;
     bool last;
 
     if (!c->shared) {
@@ -204,8 +265,31 @@ static void cell_put(struct attr_cell *c)
         }
     }
     pthread_mutex_unlock(&cells.lock);
-    if (last)
-        cell_free(c);
+    if (!last)
+        return;
+    outer = cell_outer(c);
+    cell_free(c);
+    if (outer != NULL)
+        cell_put(outer);
+}
+
+const CK_ATTRIBUTE *attrs_hold(CK_ATTRIBUTE_TYPE type, const void *value,
+                               CK_ULONG len)
+{
+    CK_ATTRIBUTE at = {type, (void *)value, len};
+    struct attr_cell *c;
+
+    if (type_secret(type) || (len > 0 && value == NULL))
+        return NULL;
+    c = cell_get(&at, NULL);
+    return c != NULL ? &c->at : NULL;
+}
+
+void attrs_release(const CK_ATTRIBUTE *held)
+{
+    if (held != NULL)
+        cell_put((struct attr_cell *)((const unsigned char *)held -
+                                      offsetof(struct attr_cell, at)));
 }
 
 /* The i-th attribute, packed or not. */
@@ -599,28 +683,48 @@ CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
     return v;
 }
 
+/* The index of type in an unpacked array, or a->n. */
+static CK_ULONG index_of(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
+{
+    CK_ULONG i;
+
+    for (i = 0; i < a->n && a->v[i].type != type; i++)
+        ;
+    return i;
+}
+
 int attrs_compact(struct attrs *a)
 {
     struct attr_cell **cv;
-    CK_ULONG i;
+    CK_ULONG i, spki;
 
     if (a->n == 0 || a->packed > 0)
         return 0;
-    cv = malloc((size_t)a->n * sizeof(*cv));
+    cv = calloc(a->n, sizeof(*cv));
     if (cv == NULL)
         return -1;
+    /* The SubjectPublicKeyInfo first: a new modulus cell goes inside it. */
+    spki = index_of(a, CKA_PUBLIC_KEY_INFO);
+    if (spki < a->n && (cv[spki] = cell_get(&a->v[spki], NULL)) == NULL)
+        goto fail;
     for (i = 0; i < a->n; i++) {
-        cv[i] = cell_get(&a->v[i]);
-        if (cv[i] == NULL) {
-            while (i-- > 0)
-                cell_put(cv[i]);
-            free(cv);
-            return -1;
-        }
+        if (i == spki)
+            continue;
+        cv[i] = cell_get(&a->v[i], a->v[i].type == CKA_MODULUS && spki < a->n
+                                       ? cv[spki]
+                                       : NULL);
+        if (cv[i] == NULL)
+            goto fail;
     }
     values_release(a);
     a->cells = cv;
     a->alloc = a->n;
     a->packed = (size_t)a->n * sizeof(*cv);
     return 0;
+fail:
+    for (i = 0; i < a->n; i++)
+        if (cv[i] != NULL)
+            cell_put(cv[i]);
+    free(cv);
+    return -1;
 }

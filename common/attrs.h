@@ -57,6 +57,16 @@ int attrs_remove(struct attrs *a, CK_ATTRIBUTE_TYPE type);
  * own. A later change unpacks it first. -1 on ENOMEM (the array is left
  * as it was). */
 int attrs_compact(struct attrs *a);
+/* A counted reference to the shared cell for (type, value), the one every
+ * packed array with that attribute shares: a record that lives as long as
+ * the objects made from it (a back end's key version) keeps a value there
+ * rather than a copy of its own. Read only. NULL on ENOMEM or for a type
+ * that may be secret (never shared). attrs_release (NULL is fine) gives it
+ * back. A modulus packed with its CKA_PUBLIC_KEY_INFO is held inside it,
+ * once. */
+const CK_ATTRIBUTE *attrs_hold(CK_ATTRIBUTE_TYPE type, const void *value,
+                               CK_ULONG len);
+void attrs_release(const CK_ATTRIBUTE *held);
 /* Fork: the shared cells' lock. */
 void attrs_atfork_prepare(void);
 void attrs_atfork_release(void);

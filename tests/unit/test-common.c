@@ -334,6 +334,71 @@ static void test_attrs_packed(void)
        "cleared, its cells gone");
 }
 
+/* A modulus packed with a CKA_PUBLIC_KEY_INFO that holds its bytes lies
+ * inside that cell, which it holds; attrs_hold keeps a value in the cells
+ * the packed arrays share. The values read are the same bytes. */
+static void test_attrs_inside(void)
+{
+    static unsigned char spki[294], modulus[256];
+    struct attrs a, b;
+    const CK_ATTRIBUTE *held, *n, *s;
+    size_t cells0 = attrs_cells_count(), i;
+
+    for (i = 0; i < sizeof(spki); i++)
+        spki[i] = (unsigned char)(i * 7 + 3);
+    memcpy(modulus, spki + 33, sizeof(modulus));
+    held = attrs_hold(CKA_PUBLIC_KEY_INFO, spki, sizeof(spki));
+    ok(held != NULL && held->ulValueLen == sizeof(spki) &&
+           memcmp(held->pValue, spki, sizeof(spki)) == 0 &&
+           attrs_cells_count() == cells0 + 1,
+       "attrs_hold: a shared cell with the value");
+    ok(attrs_hold(CKA_VALUE, "secret", 6) == NULL,
+       "attrs_hold refuses a value that may be secret");
+
+    attrs_init(&a);
+    ok(attrs_set(&a, CKA_MODULUS, modulus, sizeof(modulus)) == 0 &&
+           attrs_set(&a, CKA_PUBLIC_KEY_INFO, spki, sizeof(spki)) == 0 &&
+           attrs_compact(&a) == 0 && attrs_cells_count() == cells0 + 2,
+       "packed: the held SubjectPublicKeyInfo and a modulus cell");
+    n = attrs_find(&a, CKA_MODULUS);
+    s = attrs_find(&a, CKA_PUBLIC_KEY_INFO);
+    ok(s == held, "the array shares the held cell");
+    ok(n != NULL && n->ulValueLen == sizeof(modulus) &&
+           memcmp(n->pValue, modulus, sizeof(modulus)) == 0 &&
+           (const unsigned char *)n->pValue ==
+               (const unsigned char *)s->pValue + 33,
+       "the modulus is read inside the SubjectPublicKeyInfo, not copied");
+
+    attrs_init(&b);
+    ok(attrs_set(&b, CKA_MODULUS, modulus, sizeof(modulus)) == 0 &&
+           attrs_compact(&b) == 0 && attrs_find(&b, CKA_MODULUS) == n &&
+           attrs_cells_count() == cells0 + 2,
+       "another array with that modulus shares the inside cell");
+    attrs_release(held);
+    attrs_clear(&a);
+    ok(attrs_cells_count() == cells0 + 2 &&
+           memcmp(attrs_find(&b, CKA_MODULUS)->pValue, modulus,
+                  sizeof(modulus)) == 0,
+       "the inside cell keeps the cell it lies in");
+    attrs_clear(&b);
+    ok(attrs_cells_count() == cells0, "both gone with the last array");
+
+    attrs_init(&a);
+    modulus[0] ^= 1;
+    ok(attrs_set(&a, CKA_MODULUS, modulus, sizeof(modulus)) == 0 &&
+           attrs_set(&a, CKA_PUBLIC_KEY_INFO, spki, sizeof(spki)) == 0 &&
+           attrs_compact(&a) == 0 &&
+           memcmp(attrs_find(&a, CKA_MODULUS)->pValue, modulus,
+                  sizeof(modulus)) == 0 &&
+           attrs_find(&a, CKA_MODULUS)->pValue !=
+               (unsigned char *)attrs_find(&a, CKA_PUBLIC_KEY_INFO)->pValue +
+                   33,
+       "a modulus the SubjectPublicKeyInfo does not hold has its own bytes");
+    attrs_clear(&a);
+    ok(attrs_cells_count() == cells0, "cleared");
+    attrs_release(NULL);
+}
+
 /* attrs_reserve: one allocation that attrs_set fills while it has room;
  * replacing and removing stay in it, a change that does not fit leaves
  * every value its own allocation with the values intact. */
@@ -717,6 +782,7 @@ int main(void)
     test_secure_file();
     test_hmap();
     test_attrs_packed();
+    test_attrs_inside();
     test_attrs_reserved();
     test_names();
     test_hex();
