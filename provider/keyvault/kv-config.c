@@ -45,8 +45,7 @@ void kv_close(void *tok, bool in_child)
         for (v = k->versions; v != NULL; v = vn) {
             vn = v->next;
             free(v->version);
-            free(v->n);
-            free(v->e);
+            attrs_release(v->pub);
             free(v->kty);
             free(v->key_ops);
             free(v->recovery);

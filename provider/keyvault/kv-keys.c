@@ -87,20 +87,37 @@ static void set_attributes(struct kv_version *v, const struct kv_attrs *a)
 /* The SHA-256 of an RSA public key's DER SubjectPublicKeyInfo (what
  * `openssl pkey -pubin -outform DER | sha256sum` prints): how versions
  * are matched across replicas. */
-static void spki_hash(const unsigned char *n, size_t nlen,
-                      const unsigned char *e, size_t elen,
-                      unsigned char out[32])
+/*
+ * The public key (n, e) as its DER SubjectPublicKeyInfo, held in the cells
+ * the published objects share (attrs_hold): their CKA_PUBLIC_KEY_INFO, and
+ * their CKA_MODULUS inside it. out gets its SHA-256, *in_der where n lies
+ * in it. NULL (out zeroed) if OpenSSL refuses the key or memory runs out.
+ */
+static const CK_ATTRIBUTE *spki_hold(const unsigned char *n, size_t nlen,
+                                     const unsigned char *e, size_t elen,
+                                     unsigned char out[32],
+                                     const CK_BYTE **in_der)
 {
     EVP_PKEY *pk = rsa_pkey_from_parts(n, nlen, e, elen);
     unsigned char *der = NULL;
     unsigned int mdlen = 32;
     int len = pk != NULL ? i2d_PUBKEY(pk, &der) : -1;
+    const CK_ATTRIBUTE *held = NULL;
 
     memset(out, 0, 32);
     if (len > 0)
+        held = attrs_hold(CKA_PUBLIC_KEY_INFO, der, (CK_ULONG)len);
+    if (held != NULL)
+        *in_der = memmem(held->pValue, held->ulValueLen, n, nlen);
+    if (held != NULL && *in_der != NULL)
         EVP_Digest(der, (size_t)len, out, &mdlen, EVP_sha256(), NULL);
+    else if (held != NULL) {
+        attrs_release(held);
+        held = NULL;
+    }
     OPENSSL_free(der);
     EVP_PKEY_free(pk);
+    return held;
 }
 
 /* Replica r's record of version (created when create is set). */
@@ -193,6 +210,8 @@ CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
     struct kv_version *v = NULL;
     struct kv_rver *x;
     unsigned char spki[32];
+    const CK_ATTRIBUTE *pub = NULL;
+    const CK_BYTE *n = NULL;
     char why[128];
     CK_RV rv = kv_parse_bundle(doc, &b, why, sizeof(why));
 
@@ -200,12 +219,13 @@ CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
         kv_malformed(kt, method, path, why);
         return rv;
     }
-    if (b.n != NULL && b.e != NULL)
-        spki_hash(b.n, b.nlen, b.e, b.elen, spki);
+    memset(spki, 0, sizeof(spki));
+    if (b.n != NULL && b.e != NULL && b.elen <= sizeof(v->e))
+        pub = spki_hold(b.n, b.nlen, b.e, b.elen, spki, &n);
     pthread_mutex_lock(&kt->lock);
     x = rver_get_unlocked(k, rep->index, b.version, true);
     if (x != NULL) {
-        x->read = b.n != NULL && b.e != NULL;
+        x->read = pub != NULL;
         if (x->read)
             memcpy(x->spki, spki, 32);
         x->present = true;
@@ -217,25 +237,27 @@ CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
     if (v != NULL) {
         free(v->kty);
         v->kty = strdup(b.kty);
-        if (b.n != NULL && b.e != NULL) {
-            free(v->n);
-            free(v->e);
-            v->n = b.n;
+        if (pub != NULL) {
+            /* The version keeps the public key where its objects do. */
+            attrs_release(v->pub);
+            v->pub = pub;
+            v->n = n;
             v->nlen = b.nlen;
-            v->e = b.e;
+            memcpy(v->e, b.e, b.elen);
             v->elen = b.elen;
             memcpy(v->spki, spki, 32);
-            b.n = b.e = NULL;
+            pub = NULL;
         }
         free(v->key_ops);
         v->key_ops = strdup(b.ops);
         if (b.has_attrs)
             set_attributes(v, &b.attrs);
-        v->loaded = v->n != NULL && v->e != NULL && v->kty != NULL;
+        v->loaded = v->n != NULL && v->kty != NULL;
         v->read = true;
         v->present = true;
     }
     pthread_mutex_unlock(&kt->lock);
+    attrs_release(pub);
     if (out != NULL)
         *out = v;
     kv_bundle_clear(&b);

@@ -62,8 +62,13 @@ struct kv_version {
     char *version;
     CK_BYTE id[64];
     CK_ULONG id_len;
-    CK_BYTE *n, *e;
-    CK_ULONG nlen, elen;
+    /* The public key: its DER SubjectPublicKeyInfo, held in the cells the
+     * published objects share (attrs_hold), n inside it, and e. */
+    const CK_ATTRIBUTE *pub;
+    const CK_BYTE *n;
+    CK_ULONG nlen;
+    CK_BYTE e[4];
+    CK_ULONG elen;
     char *kty;
     char *key_ops; /* "wrapKey,unwrapKey,..." */
     char *recovery;
