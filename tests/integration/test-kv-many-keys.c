@@ -6,7 +6,9 @@
  * through the token (decrypted, unwrapped, signed by the vault). Then 4
  * threads, each on its own session, go through all the keys at once from
  * different starting points, so that keys are pushed out while other
- * threads use them.
+ * threads use them. Every key's CKA_PUBLIC_KEY_INFO, on both objects, is
+ * OpenSSL's i2d_PUBKEY of its CKA_MODULUS and CKA_PUBLIC_EXPONENT, also
+ * when the keys are listed again.
  */
 #include "config.h"
 
@@ -14,6 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
 
 #include "kv-setup.h"
 #include "p11.h"
@@ -175,6 +183,66 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* The DER SubjectPublicKeyInfo OpenSSL makes of a modulus and an exponent
+ * (i2d_PUBKEY), or NULL. */
+static unsigned char *openssl_spki(const CK_BYTE *n, CK_ULONG nlen,
+                                   const CK_BYTE *e, CK_ULONG elen, int *len)
+{
+    BIGNUM *bn = BN_bin2bn(n, (int)nlen, NULL);
+    BIGNUM *be = BN_bin2bn(e, (int)elen, NULL);
+    OSSL_PARAM_BLD *b = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *pk = NULL;
+    unsigned char *der = NULL;
+
+    *len = -1;
+    if (bn != NULL && be != NULL && b != NULL && ctx != NULL &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_N, bn) &&
+        OSSL_PARAM_BLD_push_BN(b, OSSL_PKEY_PARAM_RSA_E, be) &&
+        (params = OSSL_PARAM_BLD_to_param(b)) != NULL &&
+        EVP_PKEY_fromdata_init(ctx) > 0 &&
+        EVP_PKEY_fromdata(ctx, &pk, EVP_PKEY_PUBLIC_KEY, params) > 0)
+        *len = i2d_PUBKEY(pk, &der);
+    EVP_PKEY_free(pk);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(b);
+    BN_free(bn);
+    BN_free(be);
+    return der;
+}
+
+/* Whether both objects of key i read CKA_PUBLIC_KEY_INFO byte for byte as
+ * OpenSSL's i2d_PUBKEY of their CKA_MODULUS and CKA_PUBLIC_EXPONENT, and
+ * the same CKA_MODULUS. */
+static bool spki_exact(CK_SESSION_HANDLE s, int i)
+{
+    CK_ULONG nl = 0, el = 0, pl = 0, ql = 0, ml = 0;
+    CK_BYTE *n = p11_attr(s, pubs[i], CKA_MODULUS, &nl);
+    CK_BYTE *m = p11_attr(s, privs[i], CKA_MODULUS, &ml);
+    CK_BYTE *e = p11_attr(s, pubs[i], CKA_PUBLIC_EXPONENT, &el);
+    CK_BYTE *p = p11_attr(s, pubs[i], CKA_PUBLIC_KEY_INFO, &pl);
+    CK_BYTE *q = p11_attr(s, privs[i], CKA_PUBLIC_KEY_INFO, &ql);
+    unsigned char *want = NULL;
+    int wl = -1;
+    bool good;
+
+    if (n != NULL && e != NULL)
+        want = openssl_spki(n, nl, e, el, &wl);
+    good = want != NULL && p != NULL && q != NULL && m != NULL && nl == 256 &&
+           ml == nl && memcmp(m, n, nl) == 0 && (CK_ULONG)wl == pl &&
+           (CK_ULONG)wl == ql && memcmp(p, want, pl) == 0 &&
+           memcmp(q, want, ql) == 0;
+    OPENSSL_free(want);
+    free(n);
+    free(m);
+    free(e);
+    free(p);
+    free(q);
+    return good;
+}
+
 static void find_keys(CK_SESSION_HANDLE s)
 {
     char label[32];
@@ -214,6 +282,12 @@ int main(void)
     is_rv(p11->C_GetSlotList(CK_TRUE, &slot, &n), CKR_OK, "C_GetSlotList");
     s = p11_open(slot, true);
     find_keys(s);
+    for (i = 0, good = 0; i < NKEYS; i++)
+        good += spki_exact(s, i);
+    is_num(good, NKEYS,
+           "CKA_PUBLIC_KEY_INFO of both objects of every key: OpenSSL's "
+           "i2d_PUBKEY of its CKA_MODULUS and CKA_PUBLIC_EXPONENT, byte for "
+           "byte");
     memset(val, 0x5c, sizeof(val));
     dek = data_key(s, val);
     ok(dek != 0, "a data key to wrap");
@@ -239,6 +313,14 @@ int main(void)
            "the first 8 again, pushed out of the cache meanwhile: "
            "the same results%s%s",
            err ? ", first failure: " : "", err ? err : "");
+
+    /* Listed again: the objects made again from the back end's record. */
+    find_keys(s);
+    for (i = 0, good = 0; i < NKEYS; i++)
+        good += spki_exact(s, i);
+    is_num(good, NKEYS,
+           "listed again: the same CKA_PUBLIC_KEY_INFO and "
+           "CKA_MODULUS");
 
     /* Threads: keys pushed out while others use them. */
     memset(jobs, 0, sizeof(jobs));
