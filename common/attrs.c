@@ -42,10 +42,29 @@ struct attr_cell {
     unsigned char value[];
 };
 
+/*
+ * The small attributes of a packed array (values of at most a CK_ULONG:
+ * flags, classes, sizes, empty values) are its *shape*: the vector of
+ * their cells, held once for every packed array that has the same ones,
+ * counted, in lists by hash under cells.lock. Objects of one kind share their
+ * thirty-odd flags and hold one pointer to them. Shapes never change once
+ * made either.
+ */
+#define SHAPE_LISTS 64
+
+struct attr_shape {
+    struct attr_shape *next;
+    unsigned long refs; /* under cells.lock */
+    size_t hash;
+    CK_ULONG n;
+    struct attr_cell *cells[];
+};
+
 static struct {
     pthread_mutex_t lock;
     struct attr_cell **bucket;
     size_t nbuckets, count;
+    struct attr_shape *shapes[SHAPE_LISTS]; /* by hash */
 } cells = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 void attrs_atfork_prepare(void)
@@ -292,10 +311,103 @@ void attrs_release(const CK_ATTRIBUTE *held)
                                       offsetof(struct attr_cell, at)));
 }
 
-/* The i-th attribute, packed or not. */
+/* Attributes that name an object (a short label, a key name) stay its
+ * own, however small: in a shape they would make a shape per object. */
+static bool type_names(CK_ATTRIBUTE_TYPE type)
+{
+    switch (type) {
+    case CKA_LABEL:
+    case CKA_ID:
+    case CKA_APPLICATION:
+    case CKA_OBJECT_ID:
+    case CKA_CMK_KEY_NAME:
+    case CKA_CMK_VERSION:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Values that go in a shape. */
+static bool cell_small(const struct attr_cell *c)
+{
+    return c->shared && c->at.ulValueLen <= sizeof(CK_ULONG) &&
+           !type_names(c->at.type);
+}
+
+static size_t shape_hash(struct attr_cell *const *cv, CK_ULONG n)
+{
+    uint64_t h = 14695981039346656037ULL;
+    CK_ULONG i;
+
+    for (i = 0; i < n; i++)
+        h = (h ^ (uintptr_t)cv[i]) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+/* The shape of the n cells cv, whose references it takes: an equal one
+ * (and the references go back) or a new one. NULL on ENOMEM. */
+static struct attr_shape *shape_get(struct attr_cell *const *cv, CK_ULONG n)
+{
+    size_t h = shape_hash(cv, n);
+    struct attr_shape *sh;
+    CK_ULONG i;
+
+    pthread_mutex_lock(&cells.lock);
+    for (sh = cells.shapes[h % SHAPE_LISTS]; sh != NULL; sh = sh->next)
+        if (sh->hash == h && sh->n == n &&
+            memcmp(sh->cells, cv, n * sizeof(*cv)) == 0)
+            break;
+    if (sh != NULL) {
+        sh->refs++;
+        /* The shape holds them too: none reaches 0. */
+        for (i = 0; i < n; i++)
+            cv[i]->refs--;
+    } else {
+        sh = malloc(sizeof(*sh) + n * sizeof(*cv));
+        if (sh != NULL) {
+            sh->refs = 1;
+            sh->hash = h;
+            sh->n = n;
+            memcpy(sh->cells, cv, n * sizeof(*cv));
+            sh->next = cells.shapes[h % SHAPE_LISTS];
+            cells.shapes[h % SHAPE_LISTS] = sh;
+        }
+    }
+    pthread_mutex_unlock(&cells.lock);
+    return sh;
+}
+
+static void shape_put(struct attr_shape *sh)
+{
+    struct attr_shape **pp;
+    bool last;
+    CK_ULONG i;
+
+    if (sh == NULL)
+        return;
+    pthread_mutex_lock(&cells.lock);
+    last = --sh->refs == 0;
+    if (last) {
+        for (pp = &cells.shapes[sh->hash % SHAPE_LISTS]; *pp != sh;
+             pp = &(*pp)->next)
+            ;
+        *pp = sh->next;
+    }
+    pthread_mutex_unlock(&cells.lock);
+    if (!last)
+        return;
+    for (i = 0; i < sh->n; i++)
+        cell_put(sh->cells[i]);
+    free(sh);
+}
+
+/* The i-th attribute, packed (its own cells, then its shape's) or not. */
 static CK_ATTRIBUTE *attrs_at(const struct attrs *a, CK_ULONG i)
 {
-    return a->packed > 0 ? &a->cells[i]->at : &a->v[i];
+    if (a->packed == 0)
+        return &a->v[i];
+    return i < a->own ? &a->cells[i]->at : &a->shape->cells[i - a->own]->at;
 }
 
 /*
@@ -381,10 +493,13 @@ static void cells_release(struct attrs *a)
 {
     CK_ULONG i;
 
-    for (i = 0; i < a->n; i++)
+    for (i = 0; i < a->own; i++)
         cell_put(a->cells[i]);
     free(a->cells);
+    shape_put(a->shape);
     a->cells = NULL;
+    a->shape = NULL;
+    a->own = 0;
     a->packed = 0;
 }
 
@@ -451,9 +566,12 @@ CK_ATTRIBUTE *attrs_find(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
                 return &a->v[i];
         return NULL;
     }
-    for (i = 0; i < a->n; i++)
-        if (attrs_at(a, i)->type == type)
-            return attrs_at(a, i);
+    for (i = 0; i < a->own; i++)
+        if (a->cells[i]->at.type == type)
+            return &a->cells[i]->at;
+    for (i = 0; a->shape != NULL && i < a->shape->n; i++)
+        if (a->shape->cells[i]->at.type == type)
+            return &a->shape->cells[i]->at;
     return NULL;
 }
 
@@ -683,6 +801,43 @@ CK_ULONG attrs_get_ulong(const struct attrs *a, CK_ATTRIBUTE_TYPE type,
     return v;
 }
 
+/* Splits the n cells cv of a (in a's order) into its own cells, first,
+ * and its shape's: sets a->cells, a->own and a->shape. cv is freed once
+ * it succeeds; on ENOMEM it is left as it was. */
+static int split_shape(struct attrs *a, struct attr_cell **cv)
+{
+    struct attr_cell **own = malloc(a->n * sizeof(*own)), **small = own;
+    CK_ULONG i, n_own = 0, n_small = 0;
+    struct attr_shape *sh = NULL;
+
+    if (own == NULL)
+        return -1;
+    for (i = 0; i < a->n; i++)
+        if (!cell_small(cv[i]))
+            own[n_own++] = cv[i];
+    small = own + n_own;
+    for (i = 0; i < a->n; i++)
+        if (cell_small(cv[i]))
+            small[n_small++] = cv[i];
+    if (n_small > 0) {
+        sh = shape_get(small, n_small);
+        if (sh == NULL) {
+            free(own);
+            return -1;
+        }
+    }
+    free(cv);
+    if (n_own < a->n) {
+        struct attr_cell **fit =
+            realloc(own, (n_own ? n_own : 1) * sizeof(*own));
+        own = fit != NULL ? fit : own;
+    }
+    a->cells = own;
+    a->own = n_own;
+    a->shape = sh;
+    return 0;
+}
+
 /* The index of type in an unpacked array, or a->n. */
 static CK_ULONG index_of(const struct attrs *a, CK_ATTRIBUTE_TYPE type)
 {
@@ -716,10 +871,11 @@ int attrs_compact(struct attrs *a)
         if (cv[i] == NULL)
             goto fail;
     }
+    if (split_shape(a, cv) != 0)
+        goto fail;
     values_release(a);
-    a->cells = cv;
     a->alloc = a->n;
-    a->packed = (size_t)a->n * sizeof(*cv);
+    a->packed = (size_t)a->own * sizeof(*cv) + sizeof(a->shape);
     return 0;
 fail:
     for (i = 0; i < a->n; i++)

@@ -7,6 +7,7 @@
 #include "compat.h"
 
 struct attr_cell;
+struct attr_shape;
 
 struct attrs {
     CK_ATTRIBUTE *v; /* NULL once packed */
@@ -17,6 +18,11 @@ struct attrs {
      * the bytes of that vector; 0 while the values are the array's own. */
     struct attr_cell **cells;
     size_t packed;
+    /* Packed: the first own attributes are cells, the others those of
+     * its shape (its small values, held once for all the arrays that
+     * have the same). */
+    CK_ULONG own;
+    struct attr_shape *shape;
     /* Made by attrs_reserve: the bytes of the one allocation that holds
      * the vector and the values, and how many of them are used; 0 while
      * each value is an allocation of its own. */

@@ -271,9 +271,11 @@ static void test_attrs_packed(void)
            attrs_set(&a, CKA_SUBJECT, NULL, 0) == 0 &&
            attrs_set_string(&a, CKA_LABEL, "kek") == 0,
        "five attributes");
-    ok(attrs_compact(&a) == 0 && a.packed == 5 * sizeof(void *) &&
-           a.alloc == 5 && a.v == NULL && attrs_cells_count() == cells0 + 5,
-       "packed: a vector of five cells, all new");
+    ok(attrs_compact(&a) == 0 && a.own == 2 && a.shape != NULL &&
+           a.packed == 3 * sizeof(void *) && a.alloc == 5 && a.v == NULL &&
+           attrs_cells_count() == cells0 + 5,
+       "packed: five cells, all new: the modulus and the label (short, but "
+       "it names the object) its own, the three small values in a shape");
     at = attrs_find(&a, CKA_MODULUS);
     ok(at != NULL && at->ulValueLen == 256 &&
            memcmp(at->pValue, modulus, 256) == 0,
@@ -397,6 +399,57 @@ static void test_attrs_inside(void)
     attrs_clear(&a);
     ok(attrs_cells_count() == cells0, "cleared");
     attrs_release(NULL);
+}
+
+/* Packed arrays with the same small values (flags, classes: a CK_ULONG or
+ * less) share one vector of them, their shape; each keeps its other
+ * cells in a vector of its own. */
+static void test_attrs_shapes(void)
+{
+    struct attrs a, b, c;
+    size_t cells0 = attrs_cells_count();
+
+    attrs_init(&a);
+    attrs_init(&b);
+    attrs_init(&c);
+    ok(attrs_set_ulong(&a, CKA_CLASS, CKO_PUBLIC_KEY) == 0 &&
+           attrs_set_string(&a, CKA_LABEL, "the first key") == 0 &&
+           attrs_set_bool(&a, CKA_ENCRYPT, CK_TRUE) == 0 &&
+           attrs_set_ulong(&b, CKA_CLASS, CKO_PUBLIC_KEY) == 0 &&
+           attrs_set_string(&b, CKA_LABEL, "the second key") == 0 &&
+           attrs_set_bool(&b, CKA_ENCRYPT, CK_TRUE) == 0 &&
+           attrs_set_ulong(&c, CKA_CLASS, CKO_PRIVATE_KEY) == 0 &&
+           attrs_set_string(&c, CKA_LABEL, "the first key") == 0 &&
+           attrs_set_bool(&c, CKA_ENCRYPT, CK_TRUE) == 0 &&
+           attrs_compact(&a) == 0 && attrs_compact(&b) == 0 &&
+           attrs_compact(&c) == 0,
+       "three arrays packed");
+    ok(a.shape != NULL && a.shape == b.shape && a.own == 1 && b.own == 1 &&
+           a.packed == 2 * sizeof(void *),
+       "the same flags: one shape, the label a cell of each one's own");
+    ok(c.shape != NULL && c.shape != a.shape &&
+           attrs_find(&c, CKA_LABEL) == attrs_find(&a, CKA_LABEL) &&
+           attrs_cells_count() == cells0 + 5,
+       "another class: another shape; the equal label one cell");
+    ok(attrs_get_ulong(&a, CKA_CLASS, 0) == CKO_PUBLIC_KEY &&
+           attrs_get_ulong(&c, CKA_CLASS, 0) == CKO_PRIVATE_KEY &&
+           attrs_get_bool(&b, CKA_ENCRYPT, false) &&
+           attrs_find(&b, CKA_LABEL)->ulValueLen == 14 &&
+           memcmp(attrs_find(&b, CKA_LABEL)->pValue, "the second key", 14) == 0,
+       "the values read through own cells and shapes");
+    attrs_clear(&a);
+    ok(attrs_get_ulong(&b, CKA_CLASS, 0) == CKO_PUBLIC_KEY &&
+           attrs_get_bool(&b, CKA_ENCRYPT, false) &&
+           attrs_cells_count() == cells0 + 5,
+       "clearing one array leaves the shape to the other");
+    ok(attrs_set_bool(&b, CKA_ENCRYPT, CK_FALSE) == 0 && b.packed == 0 &&
+           b.shape == NULL && !attrs_get_bool(&b, CKA_ENCRYPT, true) &&
+           attrs_get_ulong(&b, CKA_CLASS, 0) == CKO_PUBLIC_KEY &&
+           attrs_compact(&b) == 0 && b.shape != c.shape && b.own == 1,
+       "a change unpacks; packed again, another shape");
+    attrs_clear(&b);
+    attrs_clear(&c);
+    ok(attrs_cells_count() == cells0, "all cells gone with the arrays");
 }
 
 /* attrs_reserve: one allocation that attrs_set fills while it has room;
@@ -783,6 +836,7 @@ int main(void)
     test_hmap();
     test_attrs_packed();
     test_attrs_inside();
+    test_attrs_shapes();
     test_attrs_reserved();
     test_names();
     test_hex();
