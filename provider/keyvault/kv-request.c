@@ -347,12 +347,15 @@ void kv_malformed(struct kv_token *kt, const char *method, const char *path,
               method, path, kv_call_host ? kv_call_host : kt->host, why);
 }
 
+/* Fresh tokens one call may fetch after the vault refused its token. */
+#define KV_TOKEN_REFRESHES 2
+
 /*
  * One Key Vault call to one vault of vault-url with the whole retry
- * policy: the 401 challenge (once), a refused token (refreshed once),
- * retries of 408/429/5xx and transport errors with backoff, all within
- * the call's deadline. last: no other vault will be tried after this one
- * (its unreachability is the token's, for offline-grace).
+ * policy: the 401 challenge (once), a refused token (refreshed at most
+ * KV_TOKEN_REFRESHES times), retries of 408/429/5xx and transport errors with
+ * backoff, all within the call's deadline. last: no other vault will be tried
+ * after this one (its unreachability is the token's, for offline-grace).
  */
 CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
               const char *method, const char *path, const char *body,
@@ -360,7 +363,8 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
 {
     char *url = with_api_version(rep, path), *token = NULL, *resource = NULL,
          *tenant = NULL;
-    bool challenged = false, refreshed = false, unavailable = false;
+    bool challenged = false, unavailable = false;
+    int refreshes = 0;
     struct kv_request req;
     struct kv_response r;
     int attempt = 0;
@@ -417,8 +421,8 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
         tenant = kt->tenant ? strdup(kt->tenant) : NULL;
         pthread_mutex_unlock(&kt->lock);
         if (resource != NULL && token == NULL) {
-            rv = kv_auth_token(kt->auth, resource, tenant, refreshed, deadline,
-                               &token, &identity_status);
+            rv = kv_auth_token(kt->auth, resource, tenant, refreshes > 0,
+                               deadline, &token, &identity_status);
             if (rv != CKR_OK) {
                 c->device_error = (CK_ULONG)identity_status;
                 /* Unreachable or 5xx/429: an outage; any other answer
@@ -476,11 +480,14 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
                 challenged = true; /* the first request of this vault */
                 continue;
             }
-            if (token != NULL && !refreshed) {
-                /* Expired or revoked token: fetch a new one, once. */
+            if (token != NULL && refreshes < KV_TOKEN_REFRESHES) {
+                /* Expired or revoked token: fetch one issued after this
+                 * answer. Twice: a token being issued while the old ones
+                 * were revoked (continuous access evaluation, a rolled
+                 * secret) is refused too, and only the next is good. */
                 secure_free(token);
                 token = NULL;
-                refreshed = true;
+                refreshes++;
                 continue;
             }
             cmk_error("token %s: %s refused the credentials (401)", kt->name,
