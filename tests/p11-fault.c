@@ -13,6 +13,13 @@
  *                        without reaching the real library: a name
  *                        (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
  *                        CKR_TOKEN_NOT_PRESENT) or a number (0x30)
+ *   CMKP11_FAULT_PARTS   "refuse": C_EncryptUpdate, C_EncryptFinal,
+ *                        C_DecryptUpdate and C_DecryptFinal answer
+ *                        CKR_FUNCTION_NOT_SUPPORTED without reaching the
+ *                        real library (whose operation stays active), as
+ *                        a module that does AES-GCM only in one call
+ *   CMKP11_FAULT_CALLS   a file each encryption and decryption call
+ *                        appends its name to, a line a call
  *
  * C_Initialize, C_Finalize, C_GetInfo, the slot list, C_CloseSession and
  * C_FindObjectsFinal always pass, so the real library is never left with
@@ -22,6 +29,7 @@
 #include "config.h"
 
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +64,25 @@ static CK_RV fault(void)
     if (strcmp(word, "CKR_TOKEN_NOT_PRESENT") == 0)
         return CKR_TOKEN_NOT_PRESENT;
     return (CK_RV)strtoul(word, NULL, 0);
+}
+
+/* Appends name to the call log, if one is asked for. */
+static void called(const char *name)
+{
+    const char *path = getenv("CMKP11_FAULT_CALLS");
+    FILE *f;
+
+    if (path == NULL || (f = fopen(path, "a")) == NULL)
+        return;
+    fprintf(f, "%s\n", name);
+    fclose(f);
+}
+
+static bool parts_refused(void)
+{
+    const char *v = getenv("CMKP11_FAULT_PARTS");
+
+    return v != NULL && strcmp(v, "refuse") == 0;
 }
 
 #define FORWARD(fn, params, args)                                              \
@@ -98,20 +125,45 @@ FORWARD(C_FindObjects,
         (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE_PTR b, CK_ULONG c,
          CK_ULONG_PTR d),
         (a, b, c, d))
-FORWARD(C_EncryptInit,
-        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
-        (a, b, c))
-FORWARD(C_Encrypt,
-        (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
-         CK_ULONG_PTR e),
-        (a, b, c, d, e))
-FORWARD(C_DecryptInit,
-        (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
-        (a, b, c))
-FORWARD(C_Decrypt,
-        (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
-         CK_ULONG_PTR e),
-        (a, b, c, d, e))
+/* An encryption or decryption call: logged, and refused in parts when
+ * asked (parts true). */
+#define FORWARD_CRYPT(fn, parts, params, args)                                 \
+    static CK_RV shim_##fn params                                              \
+    {                                                                          \
+        CK_RV rv = fault();                                                    \
+                                                                               \
+        called(#fn);                                                           \
+        if (rv == CKR_OK && (parts) && parts_refused())                        \
+            rv = CKR_FUNCTION_NOT_SUPPORTED;                                   \
+        return rv != CKR_OK ? rv : real->fn args;                              \
+    }
+
+FORWARD_CRYPT(C_EncryptInit, false,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+              (a, b, c))
+FORWARD_CRYPT(C_Encrypt, false,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+               CK_ULONG_PTR e),
+              (a, b, c, d, e))
+FORWARD_CRYPT(C_EncryptUpdate, true,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+               CK_ULONG_PTR e),
+              (a, b, c, d, e))
+FORWARD_CRYPT(C_EncryptFinal, true,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c))
+FORWARD_CRYPT(C_DecryptInit, false,
+              (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
+              (a, b, c))
+FORWARD_CRYPT(C_Decrypt, false,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+               CK_ULONG_PTR e),
+              (a, b, c, d, e))
+FORWARD_CRYPT(C_DecryptUpdate, true,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG c, CK_BYTE_PTR d,
+               CK_ULONG_PTR e),
+              (a, b, c, d, e))
+FORWARD_CRYPT(C_DecryptFinal, true,
+              (CK_SESSION_HANDLE a, CK_BYTE_PTR b, CK_ULONG_PTR c), (a, b, c))
 FORWARD(C_SignInit,
         (CK_SESSION_HANDLE a, CK_MECHANISM_PTR b, CK_OBJECT_HANDLE c),
         (a, b, c))
@@ -177,8 +229,12 @@ C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list)
         SHIM(C_FindObjects);
         SHIM(C_EncryptInit);
         SHIM(C_Encrypt);
+        SHIM(C_EncryptUpdate);
+        SHIM(C_EncryptFinal);
         SHIM(C_DecryptInit);
         SHIM(C_Decrypt);
+        SHIM(C_DecryptUpdate);
+        SHIM(C_DecryptFinal);
         SHIM(C_SignInit);
         SHIM(C_Sign);
         SHIM(C_GenerateKey);

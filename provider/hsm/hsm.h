@@ -103,6 +103,9 @@ struct hsm_token {
     CK_ULONG n_mechs;
     bool has_raw; /* the lower token decrypts with CKM_RSA_X_509 */
     bool oaep_local[HSM_OAEP_SLOTS];
+    /* The lower token refused AES-GCM in C_*Update and C_*Final parts
+     * (hsm-ops.c): single-part calls. Atomic. */
+    bool gcm_single;
     /* The user's lower login, kept for the process once made (docs/hsm.md,
      * "Login"): HMAC-SHA256 of the PIN under pin_key, both in secure
      * memory, to check later C_Login calls without a lower C_Login.
