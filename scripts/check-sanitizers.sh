@@ -14,8 +14,9 @@
 # tsan      the thread, fork and storm tests in a ThreadSanitizer build
 #           (clang): the front end's own thread and fork tests, the hsm
 #           back end's, 8 threads that search, wrap and unwrap at once
-#           on an hsm and a keyvault token, and 4 that use more distinct
-#           public keys than the module keeps built.
+#           on an hsm and a keyvault token, 4 that use more distinct
+#           public keys than the module keeps built, and cmkp11-tool
+#           sealing and unsealing with 3 workers.
 # memcheck  every C test program under valgrind's memcheck (definite leaks
 #           are errors), with loop counts cut tenfold (CMKP11_TEST_LIGHT).
 # fuzz      each libFuzzer harness in tests/fuzz for a fixed number of runs
@@ -149,7 +150,7 @@ gate_asan() {
 TSAN_TESTS="tests/unit/test-threads tests/unit/test-fork \
 tests/integration/test-hsm-threads tests/integration/test-hsm-fork \
 tests/integration/test-storm.sh tests/integration/test-keyvault-storm.py \
-tests/integration/test-kv-many-keys"
+tests/integration/test-kv-many-keys tests/integration/test-hsm-gcm-parts.py"
 
 gate_tsan() {
     command -v clang >/dev/null 2>&1 || { tap 1 "tsan: clang is not installed"; return; }

@@ -1,10 +1,12 @@
 /*
  * cmkp11-tool seal and unseal: the segments in parallel, for a token that
- * does AES-GCM itself (an hsm token's lower module, SoftHSM at a sixth of
- * OpenSSL's speed). Workers, each with its own session, take the segments
- * in order; this thread reads them (one ahead, for the last flag) into a
- * ring of four segments a worker and writes the results in order, so
- * memory stays constant and the output is the one loop's byte for byte.
+ * does AES-GCM itself (an hsm token's lower module). Each worker, with its
+ * own session, takes the next segment by reading it into a slot of a ring
+ * (one worker reads at a time, in order), encrypts or decrypts it there,
+ * and marks it done; whichever worker finds the next segment to write
+ * done writes it and every done segment after it. No thread waits for
+ * another's segment unless the ring is full, memory stays constant, and
+ * the output is the one loop's byte for byte.
  */
 #include "config.h"
 
@@ -18,16 +20,15 @@
 #include "secure.h"
 #include "tool.h"
 
-/* Segments in flight a worker: this thread refills half of them at a time
- * while the workers go on with the other half. */
-#define PAR_SLOTS_PER_WORKER 4
+/* Slots a worker: one being worked on, one waiting to be written. */
+#define PAR_SLOTS_PER_WORKER 2
 
-/* A segment in flight: slot q % nslots holds segment q. */
+/* A segment in the ring: slot q % nslots holds segment q. */
 struct pslot {
     unsigned char *in, *out; /* SEG_CT each, wiped when freed */
-    size_t len;
+    size_t len;              /* bytes read */
     bool last;
-    bool done;   /* a worker finished it */
+    bool done;   /* worked on (or failed); not yet written */
     bool failed; /* ... and err says why */
     CK_ULONG n;  /* bytes in out */
     char err[ERRLEN];
@@ -35,20 +36,23 @@ struct pslot {
 
 struct par {
     struct seg_stream *s;
-    pthread_mutex_t mu;
-    pthread_cond_t work; /* a segment to take, or the end */
-    pthread_cond_t main; /* a segment done */
     struct pslot *slots;
     size_t nslots;
-    /* Segments q < published may be taken; q < taken have been; q < written
-     * are written. read: the next to read into (published or one more,
-     * held back until the next read tells whether it is the last). */
-    uint64_t published, taken, written, read;
-    uint64_t stop;       /* the first segment that failed (or not to start) */
-    bool ended;          /* nothing more to read */
-    bool quit;           /* workers return */
-    char rd_err[ERRLEN]; /* why reading stopped at segment stop */
-    bool rd_failed;
+    /* Reading, one worker at a time: the next segment's index, and whether
+     * the input has ended (after the last segment, or a failed read). */
+    pthread_mutex_t rd;
+    uint64_t next;
+    bool ended;
+    /* The rest: segments q < written are written; writing, a worker is
+     * writing; stop, the first segment that failed (UINT64_MAX: none; read
+     * atomically without mu) and err why. space: a slot was freed, or
+     * stop set. */
+    pthread_mutex_t mu;
+    pthread_cond_t space;
+    uint64_t written;
+    bool writing;
+    uint64_t stop;
+    char err[ERRLEN];
 };
 
 struct pworker {
@@ -64,36 +68,122 @@ static struct pslot *slot_of(struct par *p, uint64_t q)
     return &p->slots[q % p->nslots];
 }
 
-/* Whether this thread has work: the first segment failed, or it is done
- * and the workers are down to half the ring (each wake-up writes and reads
- * several segments; a busy machine delays it). With the lock. */
-static bool main_needed(struct par *p)
+static bool stopped(struct par *p)
 {
-    uint64_t end = p->published < p->stop ? p->published : p->stop;
-
-    if (p->written == p->stop)
-        return true;
-    if (p->written >= p->published || !slot_of(p, p->written)->done)
-        return false;
-    return p->ended || end <= p->taken || end - p->taken <= p->nslots / 2;
+    return __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) != UINT64_MAX;
 }
 
-static void worker_one(struct pworker *w, uint64_t q)
+/* Reads the next segment into its slot. Returns its index, or -1 when
+ * there is none to take. A read that fails makes the segment fail. As the
+ * one loop: a segment is the last when it is short or nothing follows it;
+ * the first segment of an empty stream is empty, and the last. */
+static int64_t take(struct par *p)
 {
-    struct par *p = w->p;
-    struct pslot *sl = slot_of(p, q);
-    struct seg g = {sl->in, sl->len, (uint32_t)q, sl->last};
-    int r;
+    struct seg_stream *s = p->s;
+    size_t size = s->op == SEG_ENCRYPT ? SEAL_SEGMENT : SEG_CT;
+    struct pslot *sl;
+    ssize_t got;
+    int c, saved;
+    uint64_t q;
 
-    r = seg_crypt_one(&p->s->key, w->sess, p->s->op, &g, sl->out, &sl->n,
-                      sl->err);
+    pthread_mutex_lock(&p->rd);
+    q = p->next;
+    /* Slot q is free once segment q - nslots is written. */
     pthread_mutex_lock(&p->mu);
-    sl->done = true;
-    sl->failed = r < 0;
-    if (r < 0 && q < p->stop)
-        p->stop = q; /* the others take nothing after it */
-    if (main_needed(p))
-        pthread_cond_signal(&p->main);
+    while (!p->ended && !stopped(p) && q >= p->written + p->nslots)
+        pthread_cond_wait(&p->space, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    if (p->ended || stopped(p)) {
+        pthread_mutex_unlock(&p->rd);
+        return -1;
+    }
+    p->next++;
+    sl = slot_of(p, q);
+    sl->failed = false;
+    sl->last = false;
+    got = fread_full(s->in, sl->in, size);
+    saved = errno;
+    if (got >= 0 && (size_t)got == size) {
+        /* Whether anything follows: a byte read and put back. */
+        c = getc(s->in);
+        saved = errno;
+        if (c != EOF)
+            ungetc(c, s->in);
+        else if (ferror(s->in))
+            got = -1;
+        else
+            sl->last = true;
+    } else if (got >= 0) {
+        sl->last = true;
+    }
+    if (got < 0) {
+        efmt(sl->err, "reading %s: %s", s->in_what, strerror(saved));
+        sl->failed = true;
+    } else if (q > UINT32_MAX) {
+        efmt(sl->err, "%s",
+             s->op == SEG_ENCRYPT
+                 ? "the input is too large for the format (2^32 segments)"
+                 : "more segments than the format allows");
+        sl->failed = true;
+    }
+    sl->len = got < 0 ? 0 : (size_t)got;
+    if (sl->last || sl->failed)
+        p->ended = true;
+    pthread_mutex_unlock(&p->rd);
+    return (int64_t)q;
+}
+
+/* Writes segment sl (this thread is the only writer). Returns false with
+ * sl->err set when it cannot. */
+static bool write_slot(struct par *p, struct pslot *sl)
+{
+    struct seg_stream *s = p->s;
+
+    if (s->out != NULL && sl->n > 0 &&
+        fwrite(sl->out, 1, sl->n, s->out) != sl->n) {
+        efmt(sl->err, "writing %s: %s", s->out_what, strerror(errno));
+        return false;
+    }
+    s->bytes += s->op == SEG_DECRYPT ? sl->n : sl->len;
+    s->segments++;
+    if (s->pg != NULL)
+        progress_add(s->pg, sl->len);
+    return true;
+}
+
+/* Segment q is done: writes it and the done segments after it when no
+ * other worker is writing (that one then writes them). The first segment
+ * in order that failed, in its work or its writing, stops everything. */
+static void finish(struct par *p, uint64_t q)
+{
+    struct pslot *sl;
+    bool ok;
+
+    pthread_mutex_lock(&p->mu);
+    slot_of(p, q)->done = true;
+    if (p->writing) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    p->writing = true;
+    while (!stopped(p) && (sl = slot_of(p, p->written))->done) {
+        ok = !sl->failed;
+        if (ok) {
+            pthread_mutex_unlock(&p->mu);
+            ok = write_slot(p, sl);
+            pthread_mutex_lock(&p->mu);
+        }
+        if (!ok) {
+            memcpy(p->err, sl->err, ERRLEN);
+            __atomic_store_n(&p->stop, p->written, __ATOMIC_RELEASE);
+            pthread_cond_broadcast(&p->space);
+            break;
+        }
+        sl->done = false;
+        p->written++;
+        pthread_cond_broadcast(&p->space);
+    }
+    p->writing = false;
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -101,149 +191,21 @@ static void *worker_main(void *arg)
 {
     struct pworker *w = arg;
     struct par *p = w->p;
-    uint64_t q;
+    struct pslot *sl;
+    int64_t q;
 
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        if (p->taken < p->published && p->taken < p->stop) {
-            q = p->taken++;
-            pthread_mutex_unlock(&p->mu);
-            worker_one(w, q);
-            pthread_mutex_lock(&p->mu);
-        } else if (p->quit) {
-            break;
-        } else {
-            pthread_cond_wait(&p->work, &p->mu);
+    while ((q = take(p)) >= 0) {
+        sl = slot_of(p, (uint64_t)q);
+        sl->n = 0;
+        if (!sl->failed) {
+            struct seg g = {sl->in, sl->len, (uint32_t)q, sl->last};
+
+            sl->failed = seg_crypt_one(&p->s->key, w->sess, p->s->op, &g,
+                                       sl->out, &sl->n, sl->err) < 0;
         }
+        finish(p, (uint64_t)q);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
-}
-
-/* ---- reading: called without the lock, on slot p->read ------------------
- */
-
-/* Makes segment q available to the workers (with the lock). */
-static void publish(struct par *p, bool last)
-{
-    slot_of(p, p->published)->last = last;
-    p->published++;
-    pthread_cond_signal(&p->work);
-}
-
-/* Reading stopped before segment p->published (with the lock). */
-static void read_failed(struct par *p)
-{
-    p->rd_failed = true;
-    p->ended = true;
-    if (p->published < p->stop)
-        p->stop = p->published;
-}
-
-/* Reads the next segment; updates the counters with the lock. As the one
- * loop: a segment is done once the next one is read (or the input ends),
- * and not at all when that read fails. */
-static void read_one(struct par *p)
-{
-    size_t size = p->s->op == SEG_ENCRYPT ? SEAL_SEGMENT : SEG_CT;
-    struct pslot *sl = slot_of(p, p->read);
-    bool held = p->read > p->published; /* the one before waits for this */
-    ssize_t got = fread_full(p->s->in, sl->in, size);
-    int saved = errno;
-
-    pthread_mutex_lock(&p->mu);
-    if (got < 0) {
-        efmt(p->rd_err, "reading %s: %s", p->s->in_what, strerror(saved));
-        read_failed(p);
-    } else if (got == 0 && held) {
-        publish(p, true);
-        p->ended = true;
-    } else {
-        /* The first segment of an empty stream is empty, and the last. */
-        if (held)
-            publish(p, false);
-        if (p->read > UINT32_MAX) {
-            efmt(p->rd_err, "%s",
-                 p->s->op == SEG_ENCRYPT
-                     ? "the input is too large for the format (2^32 segments)"
-                     : "more segments than the format allows");
-            read_failed(p);
-        } else {
-            sl->len = (size_t)got;
-            sl->done = sl->failed = false;
-            p->read++;
-            if ((size_t)got < size) {
-                publish(p, true);
-                p->ended = true;
-            }
-        }
-    }
-    pthread_mutex_unlock(&p->mu);
-}
-
-/* ---- writing: segment p->written, done -----------------------------------
- */
-
-static int write_one(struct par *p, struct pslot *sl, char *err)
-{
-    struct seg_stream *s = p->s;
-
-    if (s->out != NULL && sl->n > 0 &&
-        fwrite(sl->out, 1, sl->n, s->out) != sl->n) {
-        efmt(err, "writing %s: %s", s->out_what, strerror(errno));
-        return -1;
-    }
-    s->bytes += s->op == SEG_DECRYPT ? sl->n : sl->len;
-    s->segments++;
-    if (s->pg != NULL)
-        progress_add(s->pg, sl->len);
-    return 0;
-}
-
-/* What this thread does next: 1 write, 2 read, 0 finished, -1 failed (err
- * set), 3 wait. With the lock. */
-static int next_step(struct par *p, char *err)
-{
-    struct pslot *head = slot_of(p, p->written);
-
-    if (p->written == p->stop) {
-        if (p->rd_failed && !(p->written < p->published && head->failed))
-            efmt(err, "%s", p->rd_err);
-        else
-            memcpy(err, head->err, ERRLEN);
-        return -1;
-    }
-    if (p->written < p->published && head->done)
-        return 1;
-    if (!p->ended && p->stop == UINT64_MAX && p->read - p->written < p->nslots)
-        return 2;
-    if (p->ended && p->written == p->published)
-        return 0;
-    return 3;
-}
-
-/* The loop of this thread: read ahead, write in order. */
-static int par_loop(struct par *p, char *err)
-{
-    int step;
-
-    for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while ((step = next_step(p, err)) == 3)
-            pthread_cond_wait(&p->main, &p->mu);
-        pthread_mutex_unlock(&p->mu);
-        if (step <= 0)
-            return step;
-        if (step == 2) {
-            read_one(p);
-            continue;
-        }
-        if (write_one(p, slot_of(p, p->written), err) < 0)
-            return -1;
-        pthread_mutex_lock(&p->mu);
-        p->written++;
-        pthread_mutex_unlock(&p->mu);
-    }
 }
 
 /* ---- set-up ---------------------------------------------------------------
@@ -315,21 +277,19 @@ static size_t workers_start(struct par *p, struct pworker *w, size_t n)
     return i;
 }
 
-static void workers_stop(struct par *p, struct pworker *w, size_t n)
+/* Waits for the workers and closes their sessions. */
+static void workers_end(struct par *p, struct pworker *w, size_t n)
 {
     CK_FUNCTION_LIST *f = p->s->key.c->m->f;
     size_t i;
 
-    pthread_mutex_lock(&p->mu);
-    p->quit = true;
-    p->stop = 0; /* after a failure here: take nothing more */
-    pthread_cond_broadcast(&p->work);
-    pthread_mutex_unlock(&p->mu);
     for (i = 0; i < n; i++) {
         if (w[i].started)
             pthread_join(w[i].th, NULL);
+        w[i].started = false;
         if (w[i].own)
             f->C_CloseSession(w[i].sess);
+        w[i].own = false;
     }
 }
 
@@ -345,9 +305,9 @@ int seg_run_parallel(struct seg_stream *s, char *err)
     p.stop = UINT64_MAX;
     s->bytes = 0;
     s->segments = 0;
+    pthread_mutex_init(&p.rd, NULL);
     pthread_mutex_init(&p.mu, NULL);
-    pthread_cond_init(&p.work, NULL);
-    pthread_cond_init(&p.main, NULL);
+    pthread_cond_init(&p.space, NULL);
     if (w == NULL ||
         slots_alloc(&p, (size_t)s->threads * PAR_SLOTS_PER_WORKER) < 0) {
         efmt(err, "out of memory");
@@ -356,24 +316,25 @@ int seg_run_parallel(struct seg_stream *s, char *err)
     n = sessions_open(s, w, s->threads);
     if (workers_start(&p, w, n) == 0) {
         /* No thread: the one loop, on the tool's session. */
-        workers_stop(&p, w, n);
-        n = 0;
+        workers_end(&p, w, n);
         s->threads = 1;
         r = seg_run(s, err);
         goto out;
     }
-    r = par_loop(&p, err);
-    if (r == 0 && s->out != NULL && fflush(s->out) != 0) {
+    workers_end(&p, w, n);
+    if (p.stop != UINT64_MAX)
+        memcpy(err, p.err, ERRLEN);
+    else if (s->out != NULL && fflush(s->out) != 0)
         efmt(err, "writing %s: %s", s->out_what, strerror(errno));
-        r = -1;
-    }
+    else
+        r = 0;
 out:
     if (w != NULL)
-        workers_stop(&p, w, n);
+        workers_end(&p, w, n);
     slots_free(&p);
     free(w);
-    pthread_cond_destroy(&p.main);
-    pthread_cond_destroy(&p.work);
+    pthread_cond_destroy(&p.space);
     pthread_mutex_destroy(&p.mu);
+    pthread_mutex_destroy(&p.rd);
     return r;
 }
