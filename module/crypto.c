@@ -523,6 +523,30 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
             return rv;
         }
     }
+    if (!cached && kind == OP_DECRYPT && op->mech.mechanism == CKM_AES_GCM &&
+        gcm_exact(&op->mech) && *outlen >= inlen &&
+        ((uintptr_t)out + inlen <= (uintptr_t)in ||
+         (uintptr_t)in + inlen <= (uintptr_t)out)) {
+        /* AES-GCM decryption into a buffer as long as the ciphertext
+         * (which every lower token accepts: SoftHSM's C_DecryptUpdate asks
+         * for that much) and not overlapping it: straight into it, as
+         * encryption (unsealing is one C_Decrypt per 64 KiB segment). The
+         * plaintext is the caller's only once the tag is checked: on any
+         * failure the buffer is wiped, so nothing unverified stays in it
+         * (OpenSSL, and a lower token, may write plaintext before they
+         * check the tag). */
+        len = inlen;
+        s->device_error = 0;
+        rv = op_run(s, op, kind, in, inlen, out, &len);
+        audit_record(s, op->key, op_spec[kind].name, op->mech.mechanism, rv,
+                     s->device_error);
+        if (rv == CKR_OK)
+            *outlen = len;
+        else
+            secure_zero(out, inlen);
+        op_end(op);
+        return rv;
+    }
     if (cached) {
         res = op->result;
         len = op->result_len;

@@ -923,6 +923,65 @@ static void test_token_keys(void)
     p11->C_CloseSession(ro);
 }
 
+/* AES-GCM decryption into the caller's buffer: the plaintext when the tag
+ * holds, into a buffer as long as the ciphertext or as the plaintext; when
+ * it does not, CKR_ENCRYPTED_DATA_INVALID and no plaintext left in the
+ * buffer (the module decrypts straight into a buffer as long as the
+ * ciphertext and wipes it on failure, docs/architecture.md). */
+static void test_gcm_decrypt(void)
+{
+    static const CK_BYTE data[] = "an unsealed segment of plaintext data";
+    CK_KEY_TYPE aes = CKK_AES;
+    CK_BYTE key[32], iv[12] = "twelve-bytes", ct[64], ref[64], pt[64];
+    CK_GCM_PARAMS gp = {iv, 12, 96, NULL, 0, 128};
+    CK_MECHANISM gcm = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ULONG clen = sizeof(ct), plen, i;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &secret_class, sizeof(secret_class)},
+        {CKA_KEY_TYPE, &aes, sizeof(aes)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_ENCRYPT, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_VALUE, key, sizeof(key)},
+    };
+    CK_OBJECT_HANDLE h = 0;
+    bool zero;
+
+    memset(key, 0x5a, sizeof(key));
+    is_rv(p11->C_CreateObject(sess, t, CMK_ARRAY_SIZE(t), &h), CKR_OK,
+          "AES-GCM decryption: a session AES key");
+    is_rv(p11->C_EncryptInit(sess, &gcm, h), CKR_OK, "  C_EncryptInit");
+    is_rv(p11->C_Encrypt(sess, (CK_BYTE *)data, sizeof(data), ct, &clen),
+          CKR_OK, "  C_Encrypt");
+    ok(clen == sizeof(data) + 16 &&
+           ossl_gcm(key, iv, data, sizeof(data), ref) &&
+           memcmp(ct, ref, clen) == 0,
+       "  what OpenSSL gives");
+    for (i = 0; i < 2; i++) {
+        /* A buffer as long as the ciphertext, then one as the plaintext. */
+        plen = i == 0 ? clen : sizeof(data);
+        memset(pt, 0xaa, sizeof(pt));
+        is_rv(p11->C_DecryptInit(sess, &gcm, h), CKR_OK, "  C_DecryptInit");
+        is_rv(p11->C_Decrypt(sess, ct, clen, pt, &plen), CKR_OK,
+              i == 0 ? "  C_Decrypt into the ciphertext's length"
+                     : "  C_Decrypt into the plaintext's length");
+        ok(plen == sizeof(data) && memcmp(pt, data, plen) == 0,
+           "  the plaintext");
+    }
+    ct[clen - 1] ^= 1;
+    memset(pt, 0xaa, sizeof(pt));
+    plen = clen;
+    is_rv(p11->C_DecryptInit(sess, &gcm, h), CKR_OK, "  C_DecryptInit");
+    is_rv(p11->C_Decrypt(sess, ct, clen, pt, &plen), CKR_ENCRYPTED_DATA_INVALID,
+          "  C_Decrypt with the tag altered");
+    for (zero = true, i = 0; i < clen; i++)
+        zero = zero && pt[i] == 0;
+    ok(zero && pt[clen] == 0xaa,
+       "  the buffer wiped (as long as the ciphertext), nothing past it");
+    ct[clen - 1] ^= 1;
+    is_rv(p11->C_DestroyObject(sess, h), CKR_OK, "  C_DestroyObject");
+}
+
 static void test_mechanisms(void)
 {
     CK_MECHANISM_INFO mi;
@@ -1007,6 +1066,7 @@ int main(int argc, char **argv)
     test_key_pair();
     test_hmac();
     test_token_keys();
+    test_gcm_decrypt();
     test_mechanisms();
     test_end();
 
