@@ -150,7 +150,7 @@ gate_asan() {
 TSAN_TESTS="tests/unit/test-threads tests/unit/test-fork \
 tests/integration/test-hsm-threads tests/integration/test-hsm-fork \
 tests/integration/test-storm.sh tests/integration/test-keyvault-storm.py \
-tests/integration/test-kv-many-keys tests/integration/test-hsm-gcm-parts.py"
+tests/integration/test-kv-many-keys tests/integration/test-seal-threads.py"
 
 gate_tsan() {
     command -v clang >/dev/null 2>&1 || { tap 1 "tsan: clang is not installed"; return; }

@@ -205,8 +205,7 @@ t.eq(calls(), ["C_EncryptInit", "C_EncryptUpdate", "C_EncryptFinal"],
      "parts: the other token's refusal does not change this one")
 
 # ---- cmkp11-tool: sealed through one, unsealed through the other ----------
-# 40 segments and 3 workers: the ring of slots wraps many times (the
-# ThreadSanitizer gate runs this test).
+# 40 segments and 3 workers: the ring of slots wraps many times.
 data = os.urandom(40 * 65536 + 123)
 src = os.path.join(tmp, "data")
 with open(src, "wb") as f:

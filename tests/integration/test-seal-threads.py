@@ -1,0 +1,87 @@
+#!/usr/bin/python3
+"""cmkp11-tool seal and unseal with several workers (tools/cmkp11-tool/
+seal-par.c) on an hsm token, driven only through the tool, so that the
+ThreadSanitizer gate (scripts/check-sanitizers.sh tsan) runs it with an
+instrumented tool and module:
+
+- 40 segments and a short one sealed with 3 workers: unsealed with 3
+  workers and with one, the same bytes; sealed with one worker, unsealed
+  with 3;
+- segment 17 altered: 3 workers stop at it with the one loop's message,
+  and write the 17 verified segments to standard output, nothing more;
+- the file truncated after segment 30: 'truncated', exit 1.
+
+TAP output.
+"""
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+
+TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
+
+from kvtest import MODULE, TOOL, Tap, hsm_token, write_private  # noqa: E402
+from hsmtest import softhsm_dir, use_conf, PIN  # noqa: E402
+
+SEG, TAG = 65536, 16
+t = Tap()
+tmp = softhsm_dir("tmp-seal-threads-")
+atexit.register(lambda: t.failed or shutil.rmtree(tmp, ignore_errors=True))
+pin = write_private(os.path.join(tmp, "pin"), PIN)
+conf = use_conf(tmp, [hsm_token("local", pin_file=pin)], log_level="error")
+
+
+def tool(*args):
+    return subprocess.run([TOOL, "--module", MODULE] + list(args),
+                          env=dict(os.environ, CMKP11_CONF=conf),
+                          capture_output=True, timeout=600)
+
+
+def path(name):
+    return os.path.join(tmp, name)
+
+
+data = os.urandom(40 * SEG + 123)
+with open(path("data"), "wb") as f:
+    f.write(data)
+KEY = "pkcs11:token=local;object=kek"
+
+r = tool("--threads", "3", "--key", KEY, "seal", path("data"), "-o",
+         path("sealed3"))
+t.ok(r.returncode == 0, "seal --threads 3 of 41 segments", r.stderr)
+got = {n: tool("--threads", n, "unseal", path("sealed3")) for n in ("3", "1")}
+t.ok(all(g.returncode == 0 and g.stdout == data for g in got.values()),
+     "unsealed with 3 workers and with one: the same bytes",
+     [g.stderr for g in got.values()])
+r = tool("--threads", "1", "--key", KEY, "seal", path("data"), "-o",
+         path("sealed1"))
+u = tool("--threads", "3", "unseal", path("sealed1"))
+t.ok(r.returncode == 0 and u.returncode == 0 and u.stdout == data,
+     "sealed with one worker, unsealed with 3: the same bytes",
+     r.stderr + u.stderr)
+
+with open(path("sealed3"), "rb") as f:
+    sealed = f.read()
+header = len(sealed) - (40 * (SEG + TAG) + 123 + TAG)
+bad = bytearray(sealed)
+bad[header + 17 * (SEG + TAG) + 5] ^= 1
+with open(path("altered"), "wb") as f:
+    f.write(bad)
+u = tool("--threads", "3", "unseal", path("altered"))
+err = u.stderr.decode(errors="replace")
+t.ok(u.returncode == 1 and "segment 17 does not authenticate" in err and
+     err.count("does not authenticate") == 1,
+     "segment 17 altered: exit 1, its message once", err)
+t.ok(u.stdout == data[:17 * SEG],
+     "... the 17 verified segments written, nothing more (%d bytes)" %
+     len(u.stdout))
+with open(path("truncated"), "wb") as f:
+    f.write(sealed[:header + 31 * (SEG + TAG)])
+u = tool("--threads", "3", "unseal", path("truncated"), "-o", path("out"))
+err = u.stderr.decode(errors="replace")
+t.ok(u.returncode == 1 and "truncated" in err and
+     not os.path.exists(path("out")),
+     "truncated after segment 30: exit 1, 'truncated', no output file", err)
