@@ -332,8 +332,8 @@ int seg_crypt_one(const struct seg_key *k, CK_SESSION_HANDLE sess,
 /* ---- segments in parallel (seal-par.c) ------------------------------------
  * s->threads workers, each with its own session on the key's token (the
  * data key is a session object, which every session of the process sees),
- * at most four segments each in flight; this thread reads ahead and writes
- * the results in order. The output and the messages are those of the one
+ * at most two segments each in flight, read and written by the workers in
+ * order. The output and the messages are those of the one
  * loop: the first segment in order that fails is reported, and nothing
  * from it or after it is written.
  */
