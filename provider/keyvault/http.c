@@ -266,81 +266,12 @@ static size_t on_body(char *data, size_t size, size_t n, void *user)
     return len;
 }
 
-/*
- * What the response's headers say for the retry policy, the challenge
- * and the trace, read as libcurl hands over each line (one pass, no
- * lookup after the transfer). Only the final response counts: a status
- * line starts over (a 1xx answer, a proxy's CONNECT answer), and lines
- * after the body (trailers) are not headers. A name repeated counts by
- * its last value. retry-after-ms and x-ms-retry-after-ms (milliseconds)
- * come before Retry-After (seconds; an HTTP date is not used by Key
- * Vault).
- */
-struct kv_headers {
-    struct kv_response *r;
-    long ms, x_ms, secs;
-};
-
-static void headers_reset(struct kv_headers *hs)
-{
-    free(hs->r->www_authenticate);
-    hs->r->www_authenticate = NULL;
-    hs->r->request_id[0] = '\0';
-    hs->ms = hs->x_ms = hs->secs = -1;
-}
-
-/* Whether the n bytes at name are the header name want, a literal. */
-#define HEADER_IS(name, n, want)                                               \
-    ((n) == sizeof(want) - 1 && strncasecmp(name, want, n) == 0)
-
-static bool blank(char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
+/* The response's header lines, read as libcurl hands them over
+ * (kv_headers_line, kv-parse.c). */
 static size_t on_header(char *data, size_t size, size_t n, void *user)
 {
-    struct kv_headers *hs = user;
-    size_t len = size * n, nlen, vlen;
-    const char *colon, *v;
-
-    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
-        headers_reset(hs);
-        return len;
-    }
-    colon = memchr(data, ':', len);
-    if (colon == NULL || hs->r->body != NULL)
-        return len;
-    nlen = (size_t)(colon - data);
-    v = colon + 1;
-    vlen = len - nlen - 1;
-    while (vlen > 0 && blank(*v)) {
-        v++;
-        vlen--;
-    }
-    while (vlen > 0 && blank(v[vlen - 1]))
-        vlen--;
-    if (HEADER_IS(data, nlen, "WWW-Authenticate")) {
-        free(hs->r->www_authenticate);
-        hs->r->www_authenticate = strndup(v, vlen);
-    } else if (HEADER_IS(data, nlen, "x-ms-request-id")) {
-        if (vlen >= sizeof(hs->r->request_id))
-            vlen = sizeof(hs->r->request_id) - 1;
-        memcpy(hs->r->request_id, v, vlen);
-        hs->r->request_id[vlen] = '\0';
-    } else if (HEADER_IS(data, nlen, "retry-after-ms")) {
-        hs->ms = kv_parse_retry_ms(v, vlen, 1);
-    } else if (HEADER_IS(data, nlen, "x-ms-retry-after-ms")) {
-        hs->x_ms = kv_parse_retry_ms(v, vlen, 1);
-    } else if (HEADER_IS(data, nlen, "Retry-After")) {
-        hs->secs = kv_parse_retry_ms(v, vlen, 1000);
-    }
-    return len;
-}
-
-static long headers_retry_ms(const struct kv_headers *hs)
-{
-    return hs->ms >= 0 ? hs->ms : hs->x_ms >= 0 ? hs->x_ms : hs->secs;
+    kv_headers_line(user, data, size * n);
+    return size * n;
 }
 
 static CURLcode on_ssl_ctx(CURL *c, void *ssl_ctx, void *user)
@@ -590,7 +521,7 @@ int kv_http_do(struct kv_http *h, const struct kv_request *req, long timeout_ms,
     conn_headers(k, kind, req);
 
     r->curl = curl_easy_perform(c);
-    r->retry_after_ms = headers_retry_ms(&hs);
+    r->retry_after_ms = kv_headers_retry_ms(&hs);
     if (r->curl == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     else if (kv_http_tls_failure(r->curl)) {

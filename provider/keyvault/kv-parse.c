@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "kv-parse.h"
 #include "kv.h"
@@ -404,4 +405,67 @@ long kv_parse_retry_ms(const char *v, size_t vlen, long scale)
             return KV_RETRY_AFTER_MAX_MS;
     }
     return (long)(x * scale);
+}
+
+/* ---- response headers ----------------------------------------------------
+ */
+
+static void headers_reset(struct kv_headers *hs)
+{
+    free(hs->r->www_authenticate);
+    hs->r->www_authenticate = NULL;
+    hs->r->request_id[0] = '\0';
+    hs->ms = hs->x_ms = hs->secs = -1;
+}
+
+/* Whether the n bytes at name are the header name want, a literal. */
+#define HEADER_IS(name, n, want)                                               \
+    ((n) == sizeof(want) - 1 && strncasecmp(name, want, n) == 0)
+
+static bool blank(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+void kv_headers_line(struct kv_headers *hs, const char *data, size_t len)
+{
+    size_t nlen, vlen;
+    const char *colon, *v;
+
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        headers_reset(hs);
+        return;
+    }
+    colon = memchr(data, ':', len);
+    if (colon == NULL || hs->r->body != NULL)
+        return;
+    nlen = (size_t)(colon - data);
+    v = colon + 1;
+    vlen = len - nlen - 1;
+    while (vlen > 0 && blank(*v)) {
+        v++;
+        vlen--;
+    }
+    while (vlen > 0 && blank(v[vlen - 1]))
+        vlen--;
+    if (HEADER_IS(data, nlen, "WWW-Authenticate")) {
+        free(hs->r->www_authenticate);
+        hs->r->www_authenticate = strndup(v, vlen);
+    } else if (HEADER_IS(data, nlen, "x-ms-request-id")) {
+        if (vlen >= sizeof(hs->r->request_id))
+            vlen = sizeof(hs->r->request_id) - 1;
+        memcpy(hs->r->request_id, v, vlen);
+        hs->r->request_id[vlen] = '\0';
+    } else if (HEADER_IS(data, nlen, "retry-after-ms")) {
+        hs->ms = kv_parse_retry_ms(v, vlen, 1);
+    } else if (HEADER_IS(data, nlen, "x-ms-retry-after-ms")) {
+        hs->x_ms = kv_parse_retry_ms(v, vlen, 1);
+    } else if (HEADER_IS(data, nlen, "Retry-After")) {
+        hs->secs = kv_parse_retry_ms(v, vlen, 1000);
+    }
+}
+
+long kv_headers_retry_ms(const struct kv_headers *hs)
+{
+    return hs->ms >= 0 ? hs->ms : hs->x_ms >= 0 ? hs->x_ms : hs->secs;
 }

@@ -96,4 +96,24 @@ CK_RV kv_parse_token(const char *body, size_t len, long long now, char **token,
  * number (an HTTP date included: Key Vault sends none). */
 long kv_parse_retry_ms(const char *v, size_t vlen, long scale);
 
+/*
+ * What an answer's headers say for the retry policy, the challenge and the
+ * trace, read as libcurl hands over each line (http.c; one pass, no
+ * lookup after the transfer): into r's www_authenticate (malloc'd; the
+ * caller frees it) and request_id, and the retry delays here. Only the
+ * final response counts: a status line starts over (a 1xx answer, a
+ * proxy's CONNECT answer), and lines after the body has started (r->body
+ * set: trailers) are not headers. A name repeated counts by its last
+ * value. Start with ms, x_ms and secs at -1.
+ */
+struct kv_response;
+struct kv_headers {
+    struct kv_response *r;
+    long ms, x_ms, secs;
+};
+void kv_headers_line(struct kv_headers *hs, const char *data, size_t len);
+/* retry-after-ms and x-ms-retry-after-ms (milliseconds) before Retry-After
+ * (seconds; an HTTP date is not used by Key Vault); -1 if none. */
+long kv_headers_retry_ms(const struct kv_headers *hs);
+
 #endif

@@ -2,7 +2,7 @@
  * libFuzzer harness: every answer the keyvault back end reads, through
  * the same functions (provider/keyvault/kv-parse.c, kv-errors.c) with the
  * transport left out. The first byte chooses the reader, the rest is the
- * body (or the header value).
+ * body (or the header value, or header lines).
  */
 #include "config.h"
 
@@ -56,6 +56,36 @@ static void result(json_object *doc)
     secure_free(out);
 }
 
+/* Header lines as libcurl hands them over, one at a time with its line
+ * end; a line "--body--" stands for the body's first bytes (after which
+ * lines are trailers). */
+static void header_lines(const char *text, size_t size)
+{
+    struct kv_response r;
+    struct kv_headers hs = {&r, -1, -1, -1};
+    static char body[] = "{}";
+    const char *line = text, *end = text + size, *nl;
+    size_t len;
+    long ms;
+
+    memset(&r, 0, sizeof(r));
+    while (line < end) {
+        nl = memchr(line, '\n', (size_t)(end - line));
+        len = nl != NULL ? (size_t)(nl - line) + 1 : (size_t)(end - line);
+        if (len >= 8 && memcmp(line, "--body--", 8) == 0)
+            r.body = body;
+        else
+            kv_headers_line(&hs, line, len);
+        line += len;
+    }
+    ms = kv_headers_retry_ms(&hs);
+    if (ms < -1 || ms > KV_RETRY_AFTER_MAX_MS ||
+        memchr(r.request_id, '\0', sizeof(r.request_id)) == NULL ||
+        (r.www_authenticate != NULL && strlen(r.www_authenticate) >= size))
+        abort();
+    free(r.www_authenticate);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char why[128], code[64], msg[256], *body, *token;
@@ -102,7 +132,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)kv_map_http(400 + (long)(sel >> 3), body, code, sizeof(code), msg,
                           sizeof(msg));
         break;
-    default: /* Retry-After, retry-after-ms */
+    default: /* Retry-After, retry-after-ms; or whole header lines */
+        if (sel & 0x40) {
+            header_lines(body, size);
+            break;
+        }
         ms = kv_parse_retry_ms(body, size, sel & 8 ? 1000 : 1);
         if (ms < -1 || ms > KV_RETRY_AFTER_MAX_MS)
             abort();
