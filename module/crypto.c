@@ -478,6 +478,40 @@ static bool gcm_exact(const CK_MECHANISM *m)
            p->ulTagBits % 8 == 0 && p->ulTagBits <= 128;
 }
 
+/*
+ * Whether the result goes straight into the caller's buffer, without a
+ * copy through secure memory (sealing and unsealing a file is one call per
+ * 64 KiB segment, docs/performance.md): the room given it, or 0. Only into
+ * a buffer that does not overlap the input and holds
+ * - for encryption, the whole result (ciphertext is no secret; AES-GCM's
+ *   is exactly the input and the tag, PKCS#11 3.0, 2.12.5);
+ * - for AES-GCM decryption, as much as the ciphertext (which every lower
+ *   token accepts: SoftHSM's C_DecryptUpdate asks for that much). The
+ *   plaintext is the caller's only once the tag is checked: on any failure
+ *   the buffer is wiped (deliver), so nothing unverified stays in it
+ *   (OpenSSL, and a lower token, may write plaintext before they check
+ *   the tag).
+ */
+static CK_ULONG direct_cap(struct op *op, enum op_kind kind, const CK_BYTE *in,
+                           CK_ULONG inlen, const CK_BYTE *out, CK_ULONG outlen)
+{
+    bool gcm = op->mech.mechanism == CKM_AES_GCM && gcm_exact(&op->mech);
+    CK_ULONG cap;
+
+    if (kind == OP_ENCRYPT)
+        cap = gcm ? softkey_out_bound(&op->mech, true, inlen)
+                  : op_bound(op, kind, inlen);
+    else if (kind == OP_DECRYPT && gcm)
+        cap = inlen;
+    else
+        return 0;
+    if (cap == 0 || outlen < cap ||
+        !((uintptr_t)out + cap <= (uintptr_t)in ||
+          (uintptr_t)in + inlen <= (uintptr_t)out))
+        return 0;
+    return cap;
+}
+
 static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
                      const CK_BYTE *in, CK_ULONG inlen, CK_BYTE_PTR out,
                      CK_ULONG_PTR outlen)
@@ -501,49 +535,17 @@ static CK_RV deliver(struct session *s, struct op *op, enum op_kind kind,
         *outlen = cached ? op->result_len : op_bound(op, kind, inlen);
         return CKR_OK;
     }
-    if (!cached && kind == OP_ENCRYPT) {
-        /* Encryption into a buffer that holds the whole result and does
-         * not overlap the input: straight into it, without a copy through
-         * secure memory (ciphertext is no secret; sealing a file is one
-         * C_Encrypt per 64 KiB segment, docs/performance.md). AES-GCM's
-         * result is exactly the input and the tag (PKCS#11 3.0, 2.12.5). */
-        cap = op_bound(op, kind, inlen);
-        if (op->mech.mechanism == CKM_AES_GCM && gcm_exact(&op->mech))
-            cap = softkey_out_bound(&op->mech, true, inlen);
-        if (*outlen >= cap && ((uintptr_t)out + cap <= (uintptr_t)in ||
-                               (uintptr_t)in + inlen <= (uintptr_t)out)) {
-            len = cap;
-            s->device_error = 0;
-            rv = op_run(s, op, kind, in, inlen, out, &len);
-            audit_record(s, op->key, op_spec[kind].name, op->mech.mechanism, rv,
-                         s->device_error);
-            if (rv == CKR_OK)
-                *outlen = len;
-            op_end(op);
-            return rv;
-        }
-    }
-    if (!cached && kind == OP_DECRYPT && op->mech.mechanism == CKM_AES_GCM &&
-        gcm_exact(&op->mech) && *outlen >= inlen &&
-        ((uintptr_t)out + inlen <= (uintptr_t)in ||
-         (uintptr_t)in + inlen <= (uintptr_t)out)) {
-        /* AES-GCM decryption into a buffer as long as the ciphertext
-         * (which every lower token accepts: SoftHSM's C_DecryptUpdate asks
-         * for that much) and not overlapping it: straight into it, as
-         * encryption (unsealing is one C_Decrypt per 64 KiB segment). The
-         * plaintext is the caller's only once the tag is checked: on any
-         * failure the buffer is wiped, so nothing unverified stays in it
-         * (OpenSSL, and a lower token, may write plaintext before they
-         * check the tag). */
-        len = inlen;
+    cap = direct_cap(op, kind, in, inlen, out, *outlen);
+    if (!cached && cap > 0) {
+        len = cap;
         s->device_error = 0;
         rv = op_run(s, op, kind, in, inlen, out, &len);
         audit_record(s, op->key, op_spec[kind].name, op->mech.mechanism, rv,
                      s->device_error);
         if (rv == CKR_OK)
             *outlen = len;
-        else
-            secure_zero(out, inlen);
+        else if (kind == OP_DECRYPT)
+            secure_zero(out, cap);
         op_end(op);
         return rv;
     }
