@@ -75,8 +75,8 @@ static bool parts_refused(CK_RV rv)
 }
 
 /* After C_*Init: the operation in parts into out (*outlen bytes, the whole
- * result's bound). CKR_FUNCTION_NOT_SUPPORTED, with the lower operation
- * ended, when the lower module refuses the parts. */
+ * result's bound). When the lower module refuses the parts, the operation
+ * again in one call, and single-part calls on this token from then on. */
 static CK_RV crypt_parts(struct hsm_token *ht, CK_SESSION_HANDLE s, bool enc,
                          const CK_MECHANISM *m, CK_OBJECT_HANDLE h,
                          const CK_BYTE *in, CK_ULONG inlen, CK_BYTE *out,

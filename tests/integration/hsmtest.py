@@ -15,6 +15,22 @@ SRC = os.environ.get("top_srcdir", ".")
 PIN = "1234"
 
 
+def rv_of(fn):
+    """CKR_OK or the PyKCS11 error code of fn()."""
+    import PyKCS11
+    try:
+        fn()
+        return PyKCS11.CKR_OK
+    except PyKCS11.PyKCS11Error as e:
+        return e.value
+
+
+def rv_name(rv):
+    """The CKR_ name of a code (hex when PyKCS11 has none)."""
+    import PyKCS11
+    return PyKCS11.CKR.get(rv, hex(rv))
+
+
 def softhsm_dir(prefix):
     """A new directory under the current one with a SoftHSM token in
     DIR/softhsm, made the SOFTHSM2_CONF of this process. Skips the test

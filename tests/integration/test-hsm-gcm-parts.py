@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 
 from kvtest import MODULE, SOFTHSM, TOOL, Tap, skip_all, hsm_token  # noqa
 from kvtest import write_private  # noqa: E402
-from hsmtest import softhsm_dir, use_conf, PIN  # noqa: E402
+from hsmtest import softhsm_dir, use_conf, PIN, rv_of, rv_name as name  # noqa: E402
 import PyKCS11 as P  # noqa: E402
 
 try:
@@ -79,18 +79,6 @@ def refusing(on):
         os.environ["CMKP11_FAULT_PARTS"] = "refuse"
     else:
         os.environ.pop("CMKP11_FAULT_PARTS", None)
-
-
-def rv_of(fn):
-    try:
-        fn()
-        return P.CKR_OK
-    except P.PyKCS11Error as e:
-        return e.value
-
-
-def name(rv):
-    return P.CKR.get(rv, hex(rv))
 
 
 lib = P.PyKCS11Lib()

@@ -59,6 +59,7 @@ MODULE = os.environ.get("CMKP11_MODULE", "./.libs/cmkp11.so")
 FAULT_LIB = os.path.join(BUILD, ".libs/p11-fault.so")
 
 from hsmtest import softhsm_dir, use_conf, lower, PIN, SOFTHSM  # noqa: E402
+from hsmtest import rv_of, rv_name as name  # noqa: E402
 from kvtest import hsm_token, write_private  # noqa: E402
 OAEP = P.RSAOAEPMechanism(P.CKM_SHA_1, P.CKG_MGF1_SHA1)
 
@@ -80,18 +81,6 @@ def setup():
 def fault(tmp, code):
     with open(os.path.join(tmp, "fault"), "w") as f:
         f.write(code)
-
-
-def rv_of(fn):
-    try:
-        fn()
-        return P.CKR_OK
-    except P.PyKCS11Error as e:
-        return e.value
-
-
-def name(rv):
-    return P.CKR.get(rv, hex(rv))
 
 
 class Tok:

@@ -52,6 +52,7 @@ SRC = os.environ.get("top_srcdir", ".")
 MODULE = os.environ.get("CMKP11_MODULE", "./.libs/cmkp11.so")
 
 from hsmtest import softhsm_dir, use_conf, lower, PIN  # noqa: E402
+from hsmtest import rv_of, rv_name as name  # noqa: E402
 from kvtest import hsm_token  # noqa: E402
 
 
@@ -63,19 +64,6 @@ def setup():
 
 
 OAEP = PyKCS11.RSAOAEPMechanism(PyKCS11.CKM_SHA_1, PyKCS11.CKG_MGF1_SHA1)
-
-
-def rv_of(fn):
-    """CKR_OK or the PyKCS11 error code of fn()."""
-    try:
-        fn()
-        return PyKCS11.CKR_OK
-    except PyKCS11.PyKCS11Error as e:
-        return e.value
-
-
-def name(rv):
-    return PyKCS11.CKR.get(rv, hex(rv))
 
 
 def run():
