@@ -13,7 +13,6 @@
 #include <openssl/err.h>
 #include <openssl/param_build.h>
 #include <openssl/rsa.h>
-#include <openssl/x509.h>
 
 #include "module.h"
 #include "rsa.h"
@@ -635,27 +634,92 @@ static int common_key_attrs(struct attrs *a, const struct rsa_key_desc *d)
     return r ? -1 : 0;
 }
 
-static int public_key_info(struct attrs *a, const struct rsa_key_desc *d)
+/* DER: a length of LEN at P (when P is not NULL); returns its size. */
+static size_t der_len(unsigned char *p, size_t len)
 {
-    EVP_PKEY *pk = rsa_pkey_from_parts(d->modulus, d->modulus_len, d->exponent,
-                                       d->exponent_len);
-    unsigned char *der = NULL;
-    int len, r = -1;
+    size_t n = 0, i, v;
 
-    if (pk == NULL)
-        return -1;
-    len = i2d_PUBKEY(pk, &der);
-    if (len > 0)
-        r = attrs_set(a, CKA_PUBLIC_KEY_INFO, der, (CK_ULONG)len);
-    OPENSSL_free(der);
-    EVP_PKEY_free(pk);
-    return r;
+    if (len < 0x80) {
+        if (p)
+            p[0] = (unsigned char)len;
+        return 1;
+    }
+    for (v = len; v; v >>= 8)
+        n++;
+    if (p) {
+        p[0] = (unsigned char)(0x80 | n);
+        for (i = 0, v = len; i < n; i++, v >>= 8)
+            p[n - i] = (unsigned char)(v & 0xff);
+    }
+    return 1 + n;
+}
+
+/* DER: an INTEGER from unsigned big-endian bytes (leading zeros dropped, a
+ * zero byte before a high bit); writes at P when not NULL, returns the
+ * size. */
+static size_t der_uint(unsigned char *p, const CK_BYTE *v, CK_ULONG len)
+{
+    size_t body, h;
+
+    while (len > 0 && v[0] == 0) {
+        v++;
+        len--;
+    }
+    body = len == 0 || (v[0] & 0x80) ? len + 1 : len;
+    if (p == NULL)
+        return 1 + der_len(NULL, body) + body;
+    p[0] = 0x02;
+    h = 1 + der_len(p + 1, body);
+    if (body > len)
+        p[h++] = 0;
+    if (len)
+        memcpy(p + h, v, len);
+    return h + len;
+}
+
+/*
+ * CKA_PUBLIC_KEY_INFO of an RSA key: the DER SubjectPublicKeyInfo (RFC 5280;
+ * the algorithm rsaEncryption with NULL parameters, RFC 8017 A.1) of the
+ * modulus and exponent, as i2d_PUBKEY() writes it. Written here, not by
+ * OpenSSL's encoder, which costs a token with many keys milliseconds at
+ * every listing. Returns a malloc'd buffer and sets *LEN, or NULL.
+ */
+static unsigned char *rsa_spki(const struct rsa_key_desc *d, size_t *len)
+{
+    static const unsigned char alg[] = {0x30, 0x0d, 0x06, 0x09, 0x2a,
+                                        0x86, 0x48, 0x86, 0xf7, 0x0d,
+                                        0x01, 0x01, 0x01, 0x05, 0x00};
+    size_t ints = der_uint(NULL, d->modulus, d->modulus_len) +
+                  der_uint(NULL, d->exponent, d->exponent_len);
+    size_t rsapub = 1 + der_len(NULL, ints) + ints;
+    size_t bits = 1 + rsapub; /* the unused-bits byte */
+    size_t inner = sizeof(alg) + 1 + der_len(NULL, bits) + bits;
+    size_t total = 1 + der_len(NULL, inner) + inner, o = 0;
+    unsigned char *p = malloc(total);
+
+    if (p == NULL)
+        return NULL;
+    p[o++] = 0x30;
+    o += der_len(p + o, inner);
+    memcpy(p + o, alg, sizeof(alg));
+    o += sizeof(alg);
+    p[o++] = 0x03;
+    o += der_len(p + o, bits);
+    p[o++] = 0;
+    p[o++] = 0x30;
+    o += der_len(p + o, ints);
+    o += der_uint(p + o, d->modulus, d->modulus_len);
+    o += der_uint(p + o, d->exponent, d->exponent_len);
+    *len = o;
+    return p;
 }
 
 int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
                     struct pobj *pub)
 {
     char uid[512];
+    unsigned char *spki;
+    size_t spki_len = 0;
     int r = 0;
 
     memset(priv, 0, sizeof(*priv));
@@ -681,7 +745,10 @@ int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
     r |= attrs_set_bool(&priv->attrs, CKA_ALWAYS_AUTHENTICATE, CK_FALSE);
     r |= attrs_set_bool(&priv->attrs, CKA_WRAP_WITH_TRUSTED, CK_FALSE);
     r |= attrs_set(&priv->attrs, CKA_SUBJECT, NULL, 0);
-    r |= public_key_info(&priv->attrs, d);
+    spki = rsa_spki(d, &spki_len);
+    r |= spki ? attrs_set(&priv->attrs, CKA_PUBLIC_KEY_INFO, spki,
+                          (CK_ULONG)spki_len)
+              : -1;
 
     r |= attrs_set_ulong(&pub->attrs, CKA_CLASS, CKO_PUBLIC_KEY);
     r |= common_key_attrs(&pub->attrs, d);
@@ -692,11 +759,14 @@ int rsa_key_objects(const struct rsa_key_desc *d, struct pobj *priv,
     r |= attrs_set_bool(&pub->attrs, CKA_VERIFY_RECOVER, CK_FALSE);
     r |= attrs_set_bool(&pub->attrs, CKA_TRUSTED, CK_FALSE);
     r |= attrs_set(&pub->attrs, CKA_SUBJECT, NULL, 0);
-    r |= public_key_info(&pub->attrs, d);
+    r |= spki ? attrs_set(&pub->attrs, CKA_PUBLIC_KEY_INFO, spki,
+                          (CK_ULONG)spki_len)
+              : -1;
+    free(spki);
     if (r == 0)
         return 0;
 fail:
-    /* A modulus OpenSSL refuses (or no memory): nothing is kept. */
+    /* No memory: nothing is kept. */
     pobj_clear(NULL, NULL, priv);
     pobj_clear(NULL, NULL, pub);
     return -1;

@@ -5,11 +5,15 @@
  * dates were clamped) it leaves nothing allocated behind; the keyvault
  * back end leaked about 3 KB per listing. A leak checker run (make
  * memcheck, a sanitizer build) sees any that remains. And objects with one
- * public key share one EVP_PKEY, in a cache of bounded size.
+ * public key share one EVP_PKEY, in a cache of bounded size. And both
+ * objects' CKA_PUBLIC_KEY_INFO, which rsa_key_objects() encodes itself, is
+ * byte for byte what OpenSSL's i2d_PUBKEY() writes for the same key.
  */
 #include "config.h"
 
 #include <string.h>
+
+#include <openssl/x509.h>
 
 #include "module.h"
 #include "rsa.h"
@@ -127,6 +131,76 @@ static void test_bounded_pkeys(void)
     ok(rsa_pkey_cached() == 0, "C_Finalize's flush empties the cache");
 }
 
+/* CKA_PUBLIC_KEY_INFO of both objects of (N, E) against i2d_PUBKEY. */
+static void spki_case(const char *what, const CK_BYTE *n, CK_ULONG nlen,
+                      const CK_BYTE *e, CK_ULONG elen)
+{
+    struct rsa_key_desc d;
+    struct pobj priv, pub;
+    EVP_PKEY *pk = rsa_pkey_from_parts(n, nlen, e, elen);
+    unsigned char *der = NULL;
+    int len = pk ? i2d_PUBKEY(pk, &der) : -1;
+    const CK_ATTRIBUTE *a, *b;
+
+    memset(&d, 0, sizeof(d));
+    d.uid_prefix = "t/spki/1";
+    d.label = d.key_name = "spki";
+    d.version = "1";
+    d.modulus = n;
+    d.modulus_len = nlen;
+    d.exponent = e;
+    d.exponent_len = elen;
+    if (rsa_key_objects(&d, &priv, &pub) != 0) {
+        ok(0, "%s: rsa_key_objects", what);
+        goto out;
+    }
+    a = attrs_find(&priv.attrs, CKA_PUBLIC_KEY_INFO);
+    b = attrs_find(&pub.attrs, CKA_PUBLIC_KEY_INFO);
+    ok(len > 0 && a && b && a->ulValueLen == (CK_ULONG)len &&
+           b->ulValueLen == (CK_ULONG)len &&
+           memcmp(a->pValue, der, (size_t)len) == 0 &&
+           memcmp(b->pValue, der, (size_t)len) == 0,
+       "%s: CKA_PUBLIC_KEY_INFO of both objects is OpenSSL's DER (%d bytes)",
+       what, len);
+    pobj_clear(NULL, NULL, &priv);
+    pobj_clear(NULL, NULL, &pub);
+out:
+    OPENSSL_free(der);
+    EVP_PKEY_free(pk);
+}
+
+static void test_spki(void)
+{
+    static CK_BYTE n[1024], e[] = {1, 0, 1}, e3[] = {3},
+                            e_lead[] = {0, 0, 1, 0, 1}, e_high[] = {0x81};
+    size_t i;
+
+    for (i = 0; i < sizeof(n); i++)
+        n[i] = (CK_BYTE)(0x9b ^ (i * 7));
+    n[0] = 0xc1; /* the high bit set: a zero byte before it */
+    spki_case("2048 bits", n, 256, e, sizeof(e));
+    spki_case("3072 bits, e = 3", n, 384, e3, sizeof(e3));
+    spki_case("8192 bits", n, 1024, e, sizeof(e));
+    spki_case("a 64-byte modulus (short lengths)", n, 64, e, sizeof(e));
+    spki_case("an exponent with its high bit set", n, 256, e_high,
+              sizeof(e_high));
+    spki_case("an exponent with leading zero bytes", n, 256, e_lead,
+              sizeof(e_lead));
+    n[0] = 0x41; /* no high bit */
+    spki_case("a modulus whose top bit is clear", n, 256, e, sizeof(e));
+    n[0] = 0;
+    n[1] = 0;
+    n[2] = 0x85; /* leading zero bytes, as a JWK \"n\" may carry one */
+    spki_case("a modulus with two leading zero bytes", n, 258, e, sizeof(e));
+    n[2] = 0x05;
+    spki_case("leading zero bytes, then no high bit", n, 258, e, sizeof(e));
+    n[0] = 0x80;
+    spki_case("a 127-byte INTEGER: the longest short length", n, 126, e,
+              sizeof(e));
+    spki_case("a 128-byte INTEGER: the shortest long length", n, 127, e,
+              sizeof(e));
+}
+
 int main(void)
 {
     static CK_BYTE n[256], e[] = {1, 0, 1};
@@ -163,5 +237,6 @@ int main(void)
     }
     test_shared_pkey();
     test_bounded_pkeys();
+    test_spki();
     return test_done();
 }
