@@ -20,6 +20,13 @@
  *                        a module that does AES-GCM only in one call
  *   CMKP11_FAULT_CALLS   a file each encryption and decryption call
  *                        appends its name to, a line a call
+ *   CMKP11_FAULT_ATTRS   "single": a C_GetAttributeValue of more than one
+ *                        attribute answers CKR_FUNCTION_FAILED without
+ *                        reaching the real library, as a module that reads
+ *                        only one attribute a call
+ *   CMKP11_FAULT_ATTR_LOG
+ *                        a file each C_GetAttributeValue appends the size
+ *                        of its template to, a line a call
  *
  * C_Initialize, C_Finalize, C_GetInfo, the slot list, C_CloseSession and
  * C_FindObjectsFinal always pass, so the real library is never left with
@@ -111,10 +118,23 @@ FORWARD(C_CreateObject,
          CK_OBJECT_HANDLE_PTR d),
         (a, b, c, d))
 FORWARD(C_DestroyObject, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (a, b))
-FORWARD(C_GetAttributeValue,
-        (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
-         CK_ULONG d),
-        (a, b, c, d))
+static CK_RV shim_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
+                                      CK_ATTRIBUTE_PTR t, CK_ULONG n)
+{
+    const char *single = getenv("CMKP11_FAULT_ATTRS");
+    const char *log = getenv("CMKP11_FAULT_ATTR_LOG");
+    CK_RV rv = fault();
+    FILE *f;
+
+    if (log != NULL && (f = fopen(log, "a")) != NULL) {
+        fprintf(f, "%lu\n", (unsigned long)n);
+        fclose(f);
+    }
+    if (rv == CKR_OK && n > 1 && single != NULL &&
+        strcmp(single, "single") == 0)
+        rv = CKR_FUNCTION_FAILED;
+    return rv != CKR_OK ? rv : real->C_GetAttributeValue(s, o, t, n);
+}
 FORWARD(C_SetAttributeValue,
         (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,
          CK_ULONG d),

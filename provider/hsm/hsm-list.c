@@ -46,6 +46,44 @@ static bool get_bool(struct hsm_token *ht, CK_SESSION_HANDLE s,
     return LOWER(ht, C_GetAttributeValue, s, o, &a, 1) == CKR_OK && v;
 }
 
+/*
+ * Several attributes of one object in one call, each into the buffer its
+ * template gives: true only when the lower token answers CKR_OK, so that
+ * every value is there. A listing reads about twenty attributes a key
+ * pair, and a token such as SoftHSM checks its store on every call, so
+ * one call instead of one each is most of a listing's time. Otherwise
+ * (a value larger than its buffer, a token that has not the attribute, or
+ * one that answers a template of several attributes otherwise than the
+ * specification says) the caller reads them one by one as before.
+ */
+static bool get_attrs(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                      CK_OBJECT_HANDLE o, CK_ATTRIBUTE *a, CK_ULONG n)
+{
+    CK_ULONG i;
+
+    if (LOWER(ht, C_GetAttributeValue, s, o, a, n) != CKR_OK)
+        return false;
+    for (i = 0; i < n; i++)
+        if (a[i].ulValueLen == CK_UNAVAILABLE_INFORMATION)
+            return false;
+    return true;
+}
+
+/* A copy of an attribute get_attrs() read, NUL-terminated as
+ * hsm_get_attr() gives it. */
+static void *attr_dup(const CK_ATTRIBUTE *a, CK_ULONG *len)
+{
+    char *v = malloc(a->ulValueLen + 1);
+
+    if (v == NULL)
+        return NULL;
+    if (a->ulValueLen)
+        memcpy(v, a->pValue, a->ulValueLen);
+    v[a->ulValueLen] = '\0';
+    *len = a->ulValueLen;
+    return v;
+}
+
 /* NAME@HEXID names a version of NAME when HEXID is its own CKA_ID. */
 static char *key_name(const char *label, const CK_BYTE *id, CK_ULONG id_len)
 {
@@ -74,10 +112,22 @@ static void see_object(struct hsm_token *ht, CK_SESSION_HANDLE s,
                        CK_OBJECT_HANDLE o, bool is_private)
 {
     CK_ULONG id_len = 0, label_len = 0;
-    CK_BYTE *id = hsm_get_attr(ht, s, o, CKA_ID, &id_len);
-    char *label = hsm_get_attr(ht, s, o, CKA_LABEL, &label_len);
+    CK_BYTE idb[65];
+    char labelb[256];
+    CK_ATTRIBUTE a[] = {{CKA_ID, idb, sizeof(idb)},
+                        {CKA_LABEL, labelb, sizeof(labelb)}};
+    CK_BYTE *id;
+    char *label;
     struct hsm_ver *v;
     char *name, *old_name = NULL, *old_label = NULL;
+
+    if (get_attrs(ht, s, o, a, CMK_ARRAY_SIZE(a))) {
+        id = attr_dup(&a[0], &id_len);
+        label = attr_dup(&a[1], &label_len);
+    } else {
+        id = hsm_get_attr(ht, s, o, CKA_ID, &id_len);
+        label = hsm_get_attr(ht, s, o, CKA_LABEL, &label_len);
+    }
 
     if (id == NULL || label == NULL || id_len == 0 || id_len > 64)
         goto out;
@@ -185,21 +235,18 @@ static int version_copy_unlocked(const struct hsm_ver *v, struct ver_copy *c)
  * no creation time, so cmkp11 sets CKA_START_DATE to the day it makes a
  * version's public key (hsm-keypair.c) and reads it back here, at 00:00
  * UTC; 0 when the key has none (docs/hsm.md, "Rotation policies"). */
-static long long start_date(struct hsm_token *ht, CK_SESSION_HANDLE s,
-                            CK_OBJECT_HANDLE h)
+static long long start_date(const CK_ATTRIBUTE *a)
 {
-    CK_DATE d;
-    CK_ATTRIBUTE a = {CKA_START_DATE, &d, sizeof(d)};
+    const CK_DATE *d = a->pValue;
     struct tm tm;
     char f[9];
     int y, mo, dd;
 
-    if (h == 0 || LOWER(ht, C_GetAttributeValue, s, h, &a, 1) != CKR_OK ||
-        a.ulValueLen != sizeof(d))
+    if (a->ulValueLen != sizeof(*d))
         return 0;
-    memcpy(f, d.year, 4);
-    memcpy(f + 4, d.month, 2);
-    memcpy(f + 6, d.day, 2);
+    memcpy(f, d->year, 4);
+    memcpy(f + 4, d->month, 2);
+    memcpy(f + 6, d->day, 2);
     f[8] = '\0';
     if (sscanf(f, "%4d%2d%2d", &y, &mo, &dd) != 3 || y < 1970 || mo < 1 ||
         mo > 12 || dd < 1 || dd > 31)
@@ -211,34 +258,98 @@ static long long start_date(struct hsm_token *ht, CK_SESSION_HANDLE s,
     return (long long)timegm(&tm);
 }
 
+/* What a listing reads of a version's lower objects: three calls in all
+ * (get_attrs), or one an attribute where a token answers those otherwise. */
+struct ver_attrs {
+    CK_BYTE *n, *e; /* malloc'd */
+    CK_ULONG nlen, elen;
+    CK_DATE start;
+    CK_ATTRIBUTE start_attr; /* CKA_START_DATE, as the token answered */
+    bool dec, unw, sig, local, wrp, enc;
+};
+
+static int read_version(struct hsm_token *ht, CK_SESSION_HANDLE s,
+                        const struct ver_copy *v, struct ver_attrs *r)
+{
+    CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
+    CK_BYTE nb[1024], eb[64];
+    CK_BBOOL pb[4] = {0}, qb[2] = {0};
+    CK_ATTRIBUTE ka[] = {{CKA_MODULUS, nb, sizeof(nb)},
+                         {CKA_PUBLIC_EXPONENT, eb, sizeof(eb)},
+                         {CKA_START_DATE, &r->start, sizeof(r->start)}};
+    CK_ATTRIBUTE pa[] = {{CKA_DECRYPT, &pb[0], 1},
+                         {CKA_UNWRAP, &pb[1], 1},
+                         {CKA_SIGN, &pb[2], 1},
+                         {CKA_LOCAL, &pb[3], 1}};
+    CK_ATTRIBUTE qa[] = {{CKA_WRAP, &qb[0], 1}, {CKA_ENCRYPT, &qb[1], 1}};
+
+    memset(r, 0, sizeof(*r));
+    if (get_attrs(ht, s, src, ka, CMK_ARRAY_SIZE(ka))) {
+        r->n = attr_dup(&ka[0], &r->nlen);
+        r->e = attr_dup(&ka[1], &r->elen);
+        r->start_attr = ka[2];
+    } else {
+        r->n = hsm_get_attr(ht, s, src, CKA_MODULUS, &r->nlen);
+        r->e = hsm_get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &r->elen);
+        r->start_attr = ka[2];
+        if (LOWER(ht, C_GetAttributeValue, s, src, &r->start_attr, 1) != CKR_OK)
+            r->start_attr.ulValueLen = 0;
+    }
+    r->start_attr.pValue = &r->start;
+    if (r->n == NULL || r->e == NULL || r->nlen == 0)
+        return -1;
+    if (v->priv && get_attrs(ht, s, v->priv, pa, CMK_ARRAY_SIZE(pa))) {
+        r->dec = pb[0];
+        r->unw = pb[1];
+        r->sig = pb[2];
+        r->local = pb[3];
+    } else if (v->priv) {
+        r->dec = get_bool(ht, s, v->priv, CKA_DECRYPT);
+        r->unw = get_bool(ht, s, v->priv, CKA_UNWRAP);
+        r->sig = get_bool(ht, s, v->priv, CKA_SIGN);
+        r->local = get_bool(ht, s, v->priv, CKA_LOCAL);
+    }
+    /* The lower public key's own flags, where it has one: what check
+     * tells the user to set is what is used. */
+    if (!(r->dec || r->unw))
+        return 0;
+    if (!v->pub) {
+        r->wrp = r->enc = true;
+    } else if (get_attrs(ht, s, v->pub, qa, CMK_ARRAY_SIZE(qa))) {
+        r->wrp = qb[0];
+        r->enc = qb[1];
+    } else {
+        r->wrp = get_bool(ht, s, v->pub, CKA_WRAP);
+        r->enc = get_bool(ht, s, v->pub, CKA_ENCRYPT);
+    }
+    return 0;
+}
+
 static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
                            const struct ver_copy *v, struct pobj *priv,
                            struct pobj *pub)
 {
-    CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
-    CK_ULONG nlen = 0, elen = 0;
-    CK_BYTE *n = hsm_get_attr(ht, s, src, CKA_MODULUS, &nlen);
-    CK_BYTE *e = hsm_get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &elen);
+    struct ver_attrs va;
+    CK_ULONG nlen;
     struct rsa_key_desc d;
     char uid[160], version[130], source[600], ops[128];
     CK_BYTE *nn;
     bool dec, unw, sig, wrp, enc;
     int r = -1;
 
-    if (n == NULL || e == NULL || nlen == 0)
+    if (read_version(ht, s, v, &va) != 0)
         goto out;
-    nn = n;
+    nn = va.n;
+    nlen = va.nlen;
     while (nlen > 1 && *nn == 0) {
         nn++;
         nlen--;
     }
-    dec = v->priv && get_bool(ht, s, v->priv, CKA_DECRYPT);
-    unw = v->priv && get_bool(ht, s, v->priv, CKA_UNWRAP);
-    sig = v->priv && get_bool(ht, s, v->priv, CKA_SIGN);
-    /* The lower public key's own flags, where it has one: what check
-     * tells the user to set is what is used. */
-    wrp = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_WRAP));
-    enc = (dec || unw) && (!v->pub || get_bool(ht, s, v->pub, CKA_ENCRYPT));
+    dec = va.dec;
+    unw = va.unw;
+    sig = va.sig;
+    wrp = va.wrp;
+    enc = va.enc;
     cmk_hex_n(v->id, v->id_len, version, sizeof(version));
     snprintf(uid, sizeof(uid), "hsm/%s", version);
     snprintf(source, sizeof(source), "%s;token=%s", ht->module_path,
@@ -253,8 +364,8 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.id_len = v->id_len;
     d.modulus = nn;
     d.modulus_len = nlen;
-    d.exponent = e;
-    d.exponent_len = elen;
+    d.exponent = va.e;
+    d.exponent_len = va.elen;
     d.decrypt = dec;
     d.unwrap = unw;
     d.sign = sig && (dec || unw); /* a disabled version signs nothing */
@@ -264,7 +375,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.private_obj = !ht->self_login;
     d.enabled = dec || unw;
     d.current = strcmp(v->label, v->name) == 0;
-    d.local = v->priv && get_bool(ht, s, v->priv, CKA_LOCAL);
+    d.local = va.local;
     d.backend = "hsm";
     d.source = source;
     d.key_name = v->name;
@@ -272,15 +383,15 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.recovery_level = "";
     d.key_ops = ops;
     d.key_type = "RSA";
-    d.created = start_date(ht, s, v->pub ? v->pub : v->priv);
+    d.created = start_date(&va.start_attr);
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
         priv->ref = v->ref;
         pub->ref = v->ref;
     }
 out:
-    free(n);
-    free(e);
+    free(va.n);
+    free(va.e);
     return r;
 }
 
