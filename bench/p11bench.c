@@ -43,7 +43,16 @@
  *                  its baseline: EVP AES-256-GCM of the same 64 KiB
  *   gcm-4k, openssl-gcm-4k
  *                  the same of 4 KiB (the first 4 KiB of the segment): one
- *                  envelope of a KMS-style consumer (issue 22)
+ *                  envelope of a KMS-style consumer
+ *   gcm-file       the lower token's own file job, what cmkp11-tool seal
+ *                  does without cmkp11: the threads take the 64 KiB
+ *                  segments of the file given with -f in turn (an atomic
+ *                  counter), read each with pread(2), encrypt it in parts
+ *                  (as gcm-64k-mp, the segment's index in the IV) and write
+ *                  it to /dev/null with write(2); one measurement runs to
+ *                  the end of the file, without warm-up (the first segment
+ *                  of each thread is compared with OpenSSL's). An operation
+ *                  is a segment; the last one may be short
  * Each measured call is preceded by its *Init call. The wrapped keys and
  * the ciphertext are made beforehand with OpenSSL and the public key read
  * from the token.
@@ -71,6 +80,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -110,6 +120,7 @@ enum op {
     OP_GCM_4K,
     OP_OSSL_GCM_4K,
     OP_GCM_MP,
+    OP_GCM_FILE,
     OP_COUNT
 };
 
@@ -129,6 +140,7 @@ static const char *const op_names[OP_COUNT] = {
     [OP_GCM_4K] = "gcm-4k",
     [OP_OSSL_GCM_4K] = "openssl-gcm-4k",
     [OP_GCM_MP] = "gcm-64k-mp",
+    [OP_GCM_FILE] = "gcm-file",
 };
 
 #define GCM_SEG 65536
@@ -162,7 +174,10 @@ struct bench {
     pthread_barrier_t start;
     atomic_int stop;
     int verbose;
-    int token_key; /* -T: the AES keys are token objects */
+    int token_key;         /* -T: the AES keys are token objects */
+    int file_fd;           /* gcm-file: the input (-f), or -1 */
+    int null_fd;           /* gcm-file: /dev/null, the output */
+    atomic_ulong next_seg; /* gcm-file: the next segment to take */
 };
 
 struct worker {
@@ -205,7 +220,9 @@ static void usage(void)
         "  -o LIST     unwrap, unwrap-sha256, decrypt, sign, wrap-sha256,\n"
         "              openssl-wrap-sha256, encrypt, openssl-encrypt, verify,\n"
         "              openssl-verify, gcm-64k, gcm-64k-mp, openssl-gcm-64k,\n"
-        "              gcm-4k, openssl-gcm-4k (default unwrap,decrypt,sign)\n"
+        "              gcm-4k, openssl-gcm-4k, gcm-file (default\n"
+        "              unwrap,decrypt,sign)\n"
+        "  -f FILE     gcm-file: the file to encrypt, once per measurement\n"
         "  -w WARMUP   untimed operations per thread first (default 20)\n"
         "  -T          gcm-*: the AES key is a token object\n"
         "  -v          details on stderr\n"
@@ -555,10 +572,9 @@ static int unwrap_blob(struct worker *w, int sha256, const unsigned char *blob,
     return 0;
 }
 
-/* AES-256-GCM of the first len bytes of the segment with OpenSSL:
- * ciphertext and tag. */
-static int gcm_encrypt(struct bench *b, const unsigned char iv[12], size_t len,
-                       unsigned char *out)
+/* AES-256-GCM of LEN bytes of IN with OpenSSL: ciphertext and tag. */
+static int gcm_encrypt(struct bench *b, const unsigned char iv[12],
+                       const unsigned char *in, size_t len, unsigned char *out)
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int n = 0, m = 0, ok;
@@ -567,7 +583,7 @@ static int gcm_encrypt(struct bench *b, const unsigned char iv[12], size_t len,
         ctx &&
         EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, b->aes_key, iv) == 1 &&
         EVP_EncryptUpdate(ctx, NULL, &n, gcm_aad, sizeof(gcm_aad)) == 1 &&
-        EVP_EncryptUpdate(ctx, out, &n, b->seg, (int)len) == 1 &&
+        EVP_EncryptUpdate(ctx, out, &n, in, (int)len) == 1 &&
         EVP_EncryptFinal_ex(ctx, out + n, &m) == 1 &&
         EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, out + len) == 1;
     EVP_CIPHER_CTX_free(ctx);
@@ -784,9 +800,71 @@ static int run_op(struct worker *w, int first)
             fail(w, "C_Encrypt (AES-GCM): %lu bytes", (unsigned long)len);
             return -1;
         }
-        if (first && (gcm_encrypt(b, iv, n, ref) != 0 ||
+        if (first && (gcm_encrypt(b, iv, b->seg, n, ref) != 0 ||
                       memcmp(ref, out, n + 16) != 0)) {
             fail(w, "C_Encrypt (AES-GCM): not what OpenSSL gives");
+            return -1;
+        }
+        return 0;
+    }
+    case OP_GCM_FILE: {
+        /* The segment's index is the IV's first 8 bytes (as in gcm-64k). */
+        unsigned long i = atomic_fetch_add(&b->next_seg, 1);
+        unsigned char iv[12] = {0}, ref[GCM_SEG + 16];
+        CK_GCM_PARAMS gp = {iv,
+                            sizeof(iv),
+                            sizeof(iv) * 8,
+                            (CK_BYTE_PTR)gcm_aad,
+                            sizeof(gcm_aad),
+                            128};
+        CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
+        static __thread unsigned char in[GCM_SEG], out[GCM_SEG + 16];
+        CK_ULONG len = sizeof(out), tail;
+        size_t n = 0;
+        ssize_t got;
+
+        while (n < GCM_SEG) {
+            got = pread(b->file_fd, in + n, GCM_SEG - n,
+                        (off_t)i * GCM_SEG + (off_t)n);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0) {
+                fail(w, "reading the file: %s", strerror(errno));
+                return -1;
+            }
+            if (got == 0)
+                break;
+            n += (size_t)got;
+        }
+        if (n == 0) { /* past the end: the measurement is over */
+            atomic_store(&b->stop, 1);
+            return 1;
+        }
+        memcpy(iv, &i, sizeof(i) < 12 ? sizeof(i) : 12);
+        rv = p11->C_EncryptInit(s, &mech, w->aes);
+        if (rv == CKR_OK)
+            rv = p11->C_EncryptUpdate(s, in, n, out, &len);
+        tail = sizeof(out) - len;
+        if (rv == CKR_OK)
+            rv = p11->C_EncryptFinal(s, out + len, &tail);
+        len += tail;
+        if (rv != CKR_OK) {
+            fail(w, "C_EncryptUpdate/Final (AES-GCM): 0x%lx",
+                 (unsigned long)rv);
+            return -1;
+        }
+        if (len != n + 16) {
+            fail(w, "C_EncryptUpdate/Final (AES-GCM): %lu bytes",
+                 (unsigned long)len);
+            return -1;
+        }
+        if (first && (gcm_encrypt(b, iv, in, n, ref) != 0 ||
+                      memcmp(ref, out, n + 16) != 0)) {
+            fail(w, "C_EncryptUpdate/Final (AES-GCM): not what OpenSSL gives");
+            return -1;
+        }
+        if (write(b->null_fd, out, len) != (ssize_t)len) {
+            fail(w, "writing to /dev/null: %s", strerror(errno));
             return -1;
         }
         return 0;
@@ -797,8 +875,8 @@ static int run_op(struct worker *w, int first)
         unsigned char iv[12] = {0};
 
         memcpy(iv, &w->ops, sizeof(w->ops) < 12 ? sizeof(w->ops) : 12);
-        if (gcm_encrypt(b, iv, b->op == OP_OSSL_GCM ? GCM_SEG : 4096, out) !=
-            0) {
+        if (gcm_encrypt(b, iv, b->seg, b->op == OP_OSSL_GCM ? GCM_SEG : 4096,
+                        out) != 0) {
             fail(w, "EVP AES-256-GCM failed");
             return -1;
         }
@@ -811,27 +889,35 @@ static int run_op(struct worker *w, int first)
     return -1;
 }
 
+/* Whether the next operation is checked in full: the first one, where no
+ * warm-up did it. */
+static int first_check(const struct worker *w)
+{
+    return (w->b->warmup == 0 || w->b->op == OP_GCM_FILE) && w->ops == 0;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct bench *b = w->b;
     unsigned long i;
 
-    /* The first operation of each thread is checked in full. */
-    for (i = 0; i < b->warmup && !w->failed; i++)
+    /* The first operation of each thread is checked in full. gcm-file has
+     * no warm-up: it would take segments of the file. */
+    for (i = 0; i < b->warmup && b->op != OP_GCM_FILE && !w->failed; i++)
         run_op(w, i == 0);
 
     pthread_barrier_wait(&b->start);
     clock_gettime(CLOCK_MONOTONIC, &w->t0);
     if (b->count) {
         while (w->ops < b->count && !w->failed && !atomic_load(&b->stop)) {
-            if (run_op(w, b->warmup == 0 && w->ops == 0) == 0)
+            if (run_op(w, first_check(w)) == 0)
                 w->ops++;
         }
     } else {
         while (!w->failed &&
                !atomic_load_explicit(&b->stop, memory_order_relaxed)) {
-            if (run_op(w, b->warmup == 0 && w->ops == 0) == 0)
+            if (run_op(w, first_check(w)) == 0)
                 w->ops++;
         }
     }
@@ -839,6 +925,13 @@ static void *worker_main(void *arg)
     if (w->failed)
         atomic_store(&b->stop, 1);
     return NULL;
+}
+
+/* The operations with an AES key of their own in each thread's session. */
+static int is_gcm(enum op op)
+{
+    return op == OP_GCM || op == OP_GCM_MP || op == OP_GCM_4K ||
+           op == OP_GCM_FILE;
 }
 
 /*
@@ -858,6 +951,9 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
 
     memset(w, 0, sizeof(w));
     atomic_store(&b->stop, 0);
+    atomic_store(&b->next_seg, 0);
+    if (b->op == OP_GCM_FILE && b->file_fd < 0)
+        die("gcm-file needs a file (-f FILE)");
     if (pthread_barrier_init(&b->start, NULL, nthreads + 1) != 0)
         die("pthread_barrier_init failed");
     for (i = 0; i < nthreads; i++) {
@@ -865,8 +961,7 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
         rv = b->p11->C_OpenSession(b->slot, flags, NULL, NULL, &w[i].session);
         if (rv != CKR_OK)
             die("C_OpenSession: 0x%lx", (unsigned long)rv);
-        if (b->op == OP_WRAP_SHA256 || b->op == OP_GCM || b->op == OP_GCM_MP ||
-            b->op == OP_GCM_4K)
+        if (b->op == OP_WRAP_SHA256 || is_gcm(b->op))
             w[i].aes = session_aes_key(b, w[i].session);
     }
     for (i = 0; i < nthreads; i++) {
@@ -875,7 +970,7 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
     }
     pthread_barrier_wait(&b->start);
     cpu0 = cpu_seconds();
-    if (!b->count) {
+    if (!b->count && b->op != OP_GCM_FILE) {
         struct timespec d;
 
         d.tv_sec = (time_t)b->seconds;
@@ -902,8 +997,7 @@ static double measure(struct bench *b, unsigned nthreads, double *per_cpu)
                     i + 1, w[i].err);
             failed = 1;
         }
-        if (b->token_key && w[i].aes != CK_INVALID_HANDLE &&
-            (b->op == OP_GCM || b->op == OP_GCM_MP || b->op == OP_GCM_4K) &&
+        if (b->token_key && w[i].aes != CK_INVALID_HANDLE && is_gcm(b->op) &&
             (rv = b->p11->C_DestroyObject(w[i].session, w[i].aes)) != CKR_OK) {
             fprintf(stderr, "%s: C_DestroyObject (token key): 0x%lx\n", prog,
                     (unsigned long)rv);
@@ -956,7 +1050,9 @@ int main(int argc, char **argv)
 
     b.seconds = 3;
     b.warmup = 20;
-    while ((opt = getopt(argc, argv, "d:n:t:o:w:vTh")) != -1) {
+    b.file_fd = -1;
+    b.null_fd = -1;
+    while ((opt = getopt(argc, argv, "d:n:t:o:w:f:vTh")) != -1) {
         switch (opt) {
         case 'd':
             b.seconds = strtod(optarg, NULL);
@@ -977,6 +1073,16 @@ int main(int argc, char **argv)
             break;
         case 'w':
             b.warmup = parse_ulong(optarg, "warm-up count");
+            break;
+        case 'f':
+            if (b.file_fd >= 0)
+                close(b.file_fd);
+            b.file_fd = open(optarg, O_RDONLY | O_CLOEXEC);
+            if (b.file_fd < 0)
+                die("%s: %s", optarg, strerror(errno));
+            b.null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+            if (b.null_fd < 0)
+                die("/dev/null: %s", strerror(errno));
             break;
         case 'v':
             b.verbose = 1;
