@@ -9,7 +9,13 @@ instrumented tool and module:
   with 3;
 - segment 17 altered: 3 workers stop at it with the one loop's message,
   and write the 17 verified segments to standard output, nothing more;
-- the file truncated after segment 30: 'truncated', exit 1.
+- the file truncated after segment 30: 'truncated', exit 1;
+- a regular file is read where each segment lies (pread, all workers at
+  once): empty, 1 byte, exactly 3 segments, 3 segments and a byte give
+  the one loop's number of segments (an empty last one only for the empty
+  input) and unseal to the same bytes; standard input that is a regular
+  file already read up to byte 12,345 is sealed from there and left at
+  its end, as the one loop leaves it; a pipe is read in order, both ways.
 
 TAP output.
 """
@@ -85,3 +91,49 @@ err = u.stderr.decode(errors="replace")
 t.ok(u.returncode == 1 and "truncated" in err and
      not os.path.exists(path("out")),
      "truncated after segment 30: exit 1, 'truncated', no output file", err)
+
+# Positional reads (a regular file): the segment count follows the one
+# loop's rule, whatever the size.
+for n, segs in ((0, [0]), (1, [1]), (3 * SEG, [SEG] * 3),
+                (3 * SEG + 1, [SEG] * 3 + [1])):
+    d = os.urandom(n)
+    with open(path("n"), "wb") as f:
+        f.write(d)
+    r = tool("--threads", "3", "--key", KEY, "seal", path("n"), "-o",
+             path("n.sealed"))
+    u = tool("--threads", "1", "unseal", path("n.sealed"))
+    size = os.path.getsize(path("n.sealed")) if r.returncode == 0 else -1
+    t.ok(r.returncode == 0 and u.returncode == 0 and u.stdout == d and
+         size == header + sum(x + TAG for x in segs),
+         "%d bytes sealed with 3 workers: %d segments, unsealed the same" %
+         (n, len(segs)), (r.stderr, u.stderr, size))
+
+# Standard input: a regular file whose offset is not 0 (shared with the
+# tool), then a pipe.
+with open(path("data"), "rb") as f:
+    f.seek(12345)
+    r = subprocess.run([TOOL, "--module", MODULE, "--threads", "3", "--key",
+                        KEY, "seal", "-o", path("tail.sealed")], stdin=f,
+                       env=dict(os.environ, CMKP11_CONF=conf),
+                       capture_output=True, timeout=600)
+    pos = os.lseek(f.fileno(), 0, os.SEEK_CUR)
+u = tool("--threads", "3", "unseal", path("tail.sealed"))
+t.ok(r.returncode == 0 and u.returncode == 0 and u.stdout == data[12345:],
+     "standard input read up to byte 12,345: sealed from there",
+     (r.stderr, u.stderr, len(u.stdout)))
+t.eq(pos, len(data), "and left at its end")
+p1 = subprocess.Popen(["cat", path("data")], stdout=subprocess.PIPE)
+r = subprocess.run([TOOL, "--module", MODULE, "--threads", "3", "--key",
+                    KEY, "seal", "-o", path("pipe.sealed")], stdin=p1.stdout,
+                   env=dict(os.environ, CMKP11_CONF=conf),
+                   capture_output=True, timeout=600)
+p1.stdout.close()
+p1.wait()
+p2 = subprocess.Popen(["cat", path("pipe.sealed")], stdout=subprocess.PIPE)
+u = subprocess.run([TOOL, "--module", MODULE, "--threads", "3", "unseal"],
+                   stdin=p2.stdout, env=dict(os.environ, CMKP11_CONF=conf),
+                   capture_output=True, timeout=600)
+p2.stdout.close()
+p2.wait()
+t.ok(r.returncode == 0 and u.returncode == 0 and u.stdout == data,
+     "through pipes, both ways: the same bytes", (r.stderr, u.stderr))

@@ -1,12 +1,17 @@
 /*
  * cmkp11-tool seal and unseal: the segments in parallel, for a token that
  * does AES-GCM itself (an hsm token's lower module). Each worker, with its
- * own session, takes the next segment by reading it into a slot of a ring
- * (one worker reads at a time, in order), encrypts or decrypts it there,
- * and marks it done; whichever worker finds the next segment to write
- * done writes it and every done segment after it. No thread waits for
- * another's segment unless the ring is full, memory stays constant, and
- * the output is the one loop's byte for byte.
+ * own session, takes the next segment by reading it into a slot of a ring,
+ * encrypts or decrypts it there, and marks it done; whichever worker finds
+ * the next segment to write done writes it and every done segment after
+ * it. No thread waits for another's segment unless the ring is full,
+ * memory stays constant, and the output is the one loop's byte for byte.
+ *
+ * An input that is a regular file is read where each segment lies, with
+ * pread(2), by all workers at once: one call a segment, which reads one
+ * byte more to know whether another follows. Any other input (a pipe, a
+ * terminal) is read in order, one worker at a time. The output is written
+ * with write(2), one call a segment, in order.
  */
 #include "config.h"
 
@@ -15,6 +20,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "seal-int.h"
 #include "secure.h"
@@ -23,9 +30,13 @@
 /* Slots a worker: one being worked on, one waiting to be written. */
 #define PAR_SLOTS_PER_WORKER 2
 
+/* A slot's input buffer: a sealed segment, and the byte after it that a
+ * positional read takes to know whether the input goes on. */
+#define PAR_IN_LEN (SEG_CT + 1)
+
 /* A segment in the ring: slot q % nslots holds segment q. */
 struct pslot {
-    unsigned char *in, *out; /* SEG_CT each, wiped when freed */
+    unsigned char *in, *out; /* PAR_IN_LEN, SEG_CT; wiped when freed */
     size_t len;              /* bytes read */
     bool last;
     bool done;   /* worked on (or failed); not yet written */
@@ -38,19 +49,29 @@ struct par {
     struct seg_stream *s;
     struct pslot *slots;
     size_t nslots;
-    /* Reading, one worker at a time: the next segment's index, and whether
-     * the input has ended (after the last segment, or a failed read). */
+    /* positional: the input is a regular file, read with pread from base;
+     * otherwise in order, one worker at a time under rd. */
+    bool positional;
+    off_t base;
+    int in_fd, out_fd; /* out_fd -1: no output */
     pthread_mutex_t rd;
-    uint64_t next;
-    bool ended;
-    /* The rest: segments q < written are written; writing, a worker is
-     * writing; stop, the first segment that failed (UINT64_MAX: none; read
-     * atomically without mu) and err why. space: a slot was freed, or
-     * stop set. */
+    /* Under mu: the next segment's index; whether the input has ended
+     * (after the last segment, or a failed read); final, the first
+     * segment known to be the last (UINT64_MAX: none yet), after which
+     * nothing is written (a positional read past it, when the file grew
+     * meanwhile, is dropped). Segments q < written are written; writing,
+     * a worker is writing; consumed, the input bytes of those; stop, the
+     * first segment that failed (UINT64_MAX: none; read atomically
+     * without mu) and err why. space: a slot was freed, the input ended,
+     * or stop set. */
     pthread_mutex_t mu;
     pthread_cond_t space;
+    uint64_t next;
+    bool ended;
+    uint64_t final;
     uint64_t written;
     bool writing;
+    unsigned long long consumed;
     uint64_t stop;
     char err[ERRLEN];
 };
@@ -73,32 +94,60 @@ static bool stopped(struct par *p)
     return __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) != UINT64_MAX;
 }
 
-/* Reads the next segment into its slot. Returns its index, or -1 when
- * there is none to take. A read that fails makes the segment fail. As the
- * one loop: a segment is the last when it is short or nothing follows it;
- * the first segment of an empty stream is empty, and the last. */
-static int64_t take(struct par *p)
+/* The checks every segment read gets: a failed read, and the format's
+ * limit on the number of segments. */
+static void read_checks(struct par *p, struct pslot *sl, uint64_t q,
+                        ssize_t got, int saved)
+{
+    struct seg_stream *s = p->s;
+
+    if (got < 0) {
+        efmt(sl->err, "reading %s: %s", s->in_what, strerror(saved));
+        sl->failed = true;
+    } else if (q > UINT32_MAX) {
+        efmt(sl->err, "%s",
+             s->op == SEG_ENCRYPT
+                 ? "the input is too large for the format (2^32 segments)"
+                 : "more segments than the format allows");
+        sl->failed = true;
+    }
+    sl->len = got < 0 ? 0 : (size_t)got;
+}
+
+/* The next segment's index, once its slot is free (segment q - nslots
+ * written); -1 when there is none to take. Called with mu held. */
+static int64_t next_index(struct par *p)
+{
+    while (!p->ended && !stopped(p) && p->next >= p->written + p->nslots)
+        pthread_cond_wait(&p->space, &p->mu);
+    if (p->ended || stopped(p))
+        return -1;
+    return (int64_t)p->next++;
+}
+
+/* Reads the next segment into its slot, in order, one worker at a time.
+ * Returns its index, or -1 when there is none to take. A read that fails
+ * makes the segment fail. As the one loop: a segment is the last when it
+ * is short or nothing follows it; the first segment of an empty stream is
+ * empty, and the last. */
+static int64_t take_in_order(struct par *p)
 {
     struct seg_stream *s = p->s;
     size_t size = s->op == SEG_ENCRYPT ? SEAL_SEGMENT : SEG_CT;
     struct pslot *sl;
     ssize_t got;
     int c, saved;
-    uint64_t q;
+    int64_t q;
 
     pthread_mutex_lock(&p->rd);
-    q = p->next;
-    /* Slot q is free once segment q - nslots is written. */
     pthread_mutex_lock(&p->mu);
-    while (!p->ended && !stopped(p) && q >= p->written + p->nslots)
-        pthread_cond_wait(&p->space, &p->mu);
+    q = next_index(p);
     pthread_mutex_unlock(&p->mu);
-    if (p->ended || stopped(p)) {
+    if (q < 0) {
         pthread_mutex_unlock(&p->rd);
         return -1;
     }
-    p->next++;
-    sl = slot_of(p, q);
+    sl = slot_of(p, (uint64_t)q);
     sl->failed = false;
     sl->last = false;
     got = fread_full(s->in, sl->in, size);
@@ -116,21 +165,72 @@ static int64_t take(struct par *p)
     } else if (got >= 0) {
         sl->last = true;
     }
-    if (got < 0) {
-        efmt(sl->err, "reading %s: %s", s->in_what, strerror(saved));
-        sl->failed = true;
-    } else if (q > UINT32_MAX) {
-        efmt(sl->err, "%s",
-             s->op == SEG_ENCRYPT
-                 ? "the input is too large for the format (2^32 segments)"
-                 : "more segments than the format allows");
-        sl->failed = true;
-    }
-    sl->len = got < 0 ? 0 : (size_t)got;
-    if (sl->last || sl->failed)
+    read_checks(p, sl, (uint64_t)q, got, saved);
+    if (sl->last || sl->failed) {
+        pthread_mutex_lock(&p->mu);
         p->ended = true;
+        pthread_cond_broadcast(&p->space);
+        pthread_mutex_unlock(&p->mu);
+    }
     pthread_mutex_unlock(&p->rd);
-    return (int64_t)q;
+    return q;
+}
+
+/* pread of up to n bytes at off, to the end of the file: the bytes read,
+ * or -1 with errno set. */
+static ssize_t pread_full(int fd, unsigned char *buf, size_t n, off_t off)
+{
+    size_t have = 0;
+    ssize_t got;
+
+    while (have < n) {
+        got = pread(fd, buf + have, n - have, off + (off_t)have);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -1;
+        if (got == 0)
+            break;
+        have += (size_t)got;
+    }
+    return (ssize_t)have;
+}
+
+/* Reads the next segment where it lies in the file, with the byte after
+ * it: the segment is the last when that byte is not there. Workers read
+ * at once; the first segment found to be the last ends the input. */
+static int64_t take_positional(struct par *p)
+{
+    struct seg_stream *s = p->s;
+    size_t size = s->op == SEG_ENCRYPT ? SEAL_SEGMENT : SEG_CT;
+    struct pslot *sl;
+    ssize_t got;
+    int64_t q;
+    int saved;
+
+    pthread_mutex_lock(&p->mu);
+    q = next_index(p);
+    pthread_mutex_unlock(&p->mu);
+    if (q < 0)
+        return -1;
+    sl = slot_of(p, (uint64_t)q);
+    sl->failed = false;
+    got = pread_full(p->in_fd, sl->in, size + 1,
+                     p->base + (off_t)((uint64_t)q * size));
+    saved = errno;
+    sl->last = got >= 0 && (size_t)got <= size;
+    if (got > (ssize_t)size)
+        got = (ssize_t)size;
+    read_checks(p, sl, (uint64_t)q, got, saved);
+    if (sl->last || sl->failed) {
+        pthread_mutex_lock(&p->mu);
+        p->ended = true;
+        if ((uint64_t)q < p->final)
+            p->final = (uint64_t)q;
+        pthread_cond_broadcast(&p->space);
+        pthread_mutex_unlock(&p->mu);
+    }
+    return q;
 }
 
 /* Writes segment sl (this thread is the only writer). Returns false with
@@ -138,12 +238,21 @@ static int64_t take(struct par *p)
 static bool write_slot(struct par *p, struct pslot *sl)
 {
     struct seg_stream *s = p->s;
+    size_t done = 0;
+    ssize_t w;
 
-    if (s->out != NULL && sl->n > 0 &&
-        fwrite(sl->out, 1, sl->n, s->out) != sl->n) {
-        efmt(sl->err, "writing %s: %s", s->out_what, strerror(errno));
-        return false;
+    while (p->out_fd >= 0 && done < sl->n) {
+        w = write(p->out_fd, sl->out + done, sl->n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            efmt(sl->err, "writing %s: %s", s->out_what,
+                 w < 0 ? strerror(errno) : "nothing written");
+            return false;
+        }
+        done += (size_t)w;
     }
+    p->consumed += sl->len;
     s->bytes += s->op == SEG_DECRYPT ? sl->n : sl->len;
     s->segments++;
     if (s->pg != NULL)
@@ -166,7 +275,8 @@ static void finish(struct par *p, uint64_t q)
         return;
     }
     p->writing = true;
-    while (!stopped(p) && (sl = slot_of(p, p->written))->done) {
+    while (!stopped(p) && p->written <= p->final &&
+           (sl = slot_of(p, p->written))->done) {
         ok = !sl->failed;
         if (ok) {
             pthread_mutex_unlock(&p->mu);
@@ -194,7 +304,7 @@ static void *worker_main(void *arg)
     struct pslot *sl;
     int64_t q;
 
-    while ((q = take(p)) >= 0) {
+    while ((q = p->positional ? take_positional(p) : take_in_order(p)) >= 0) {
         sl = slot_of(p, (uint64_t)q);
         sl->n = 0;
         if (!sl->failed) {
@@ -220,7 +330,7 @@ static int slots_alloc(struct par *p, size_t n)
         return -1;
     p->nslots = n;
     for (i = 0; i < n; i++) {
-        p->slots[i].in = secure_alloc(SEG_CT);
+        p->slots[i].in = secure_alloc(PAR_IN_LEN);
         p->slots[i].out = secure_alloc(SEG_CT);
         if (p->slots[i].in == NULL || p->slots[i].out == NULL)
             return -1;
@@ -293,6 +403,33 @@ static void workers_end(struct par *p, struct pworker *w, size_t n)
     }
 }
 
+/* The descriptors the workers read and write: what the streams hold is
+ * flushed first (the header written), and the input is read where each
+ * segment lies when it is a regular file whose position is known. */
+static int io_open(struct par *p, char *err)
+{
+    struct seg_stream *s = p->s;
+    struct stat st;
+
+    p->out_fd = -1;
+    if (s->out != NULL) {
+        if (fflush(s->out) != 0) {
+            efmt(err, "writing %s: %s", s->out_what, strerror(errno));
+            return -1;
+        }
+        p->out_fd = fileno(s->out);
+        if (p->out_fd < 0) {
+            efmt(err, "writing %s: %s", s->out_what, strerror(EBADF));
+            return -1;
+        }
+    }
+    p->in_fd = fileno(s->in);
+    if (p->in_fd >= 0 && fstat(p->in_fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (p->base = ftello(s->in)) >= 0)
+        p->positional = true;
+    return 0;
+}
+
 int seg_run_parallel(struct seg_stream *s, char *err)
 {
     struct pworker *w = calloc(s->threads, sizeof(*w));
@@ -303,6 +440,7 @@ int seg_run_parallel(struct seg_stream *s, char *err)
     memset(&p, 0, sizeof(p));
     p.s = s;
     p.stop = UINT64_MAX;
+    p.final = UINT64_MAX;
     s->bytes = 0;
     s->segments = 0;
     pthread_mutex_init(&p.rd, NULL);
@@ -313,6 +451,8 @@ int seg_run_parallel(struct seg_stream *s, char *err)
         efmt(err, "out of memory");
         goto out;
     }
+    if (io_open(&p, err) < 0)
+        goto out;
     n = sessions_open(s, w, s->threads);
     if (workers_start(&p, w, n) == 0) {
         /* No thread: the one loop, on the tool's session. */
@@ -322,10 +462,11 @@ int seg_run_parallel(struct seg_stream *s, char *err)
         goto out;
     }
     workers_end(&p, w, n);
+    /* The input where the one loop leaves it: after the last segment. */
+    if (p.positional)
+        fseeko(s->in, p.base + (off_t)p.consumed, SEEK_SET);
     if (p.stop != UINT64_MAX)
         memcpy(err, p.err, ERRLEN);
-    else if (s->out != NULL && fflush(s->out) != 0)
-        efmt(err, "writing %s: %s", s->out_what, strerror(errno));
     else
         r = 0;
 out:
