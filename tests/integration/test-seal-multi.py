@@ -20,7 +20,8 @@ TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.abspath(
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "integration"))
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "tests", "kvemu"))
 
-from kvtest import MODULE, SOFTHSM, TOOL  # noqa: E402
+from kvtest import MODULE, TOOL  # noqa: E402
+from hsmtest import on_lower  # noqa: E402
 
 SEG = 65536
 TAG = 16
@@ -178,28 +179,15 @@ KV = "pkcs11:token=kv;object=cmk"
 KV2 = "pkcs11:token=kv;object=cmk2"
 HSM = "pkcs11:token=local;object=kek"
 
-LOWER = r'''
-import sys
-import PyKCS11 as P
-lib = P.PyKCS11Lib()
-lib.load(sys.argv[1])
-slot = [s for s in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(s).label.strip() == "cmk"][0]
-s = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
-s.login("1234")
-k = s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY), (P.CKA_LABEL, "kek")])
-for o in k:
-    s.setAttributeValue(o, [(P.CKA_UNWRAP, sys.argv[2] == "on")])
-s.logout()
-'''
-
-
 def hsm_unwrap(on):
     """Revokes (or restores) the hsm key's unwrap permission in SoftHSM,
     as an administrator would."""
-    r = subprocess.run([sys.executable, "-c", LOWER, SOFTHSM,
-                        "on" if on else "off"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    on_lower(r'''
+for o in s.findObjects([(P.CKA_CLASS, P.CKO_PRIVATE_KEY),
+                        (P.CKA_LABEL, "kek")]):
+    s.setAttributeValue(o, [(P.CKA_UNWRAP, sys.argv[2] == "on")])
+s.logout()
+''', "on" if on else "off")
 
 
 def kv_enabled(name, on):
