@@ -592,6 +592,51 @@ static int gcm_encrypt(struct bench *b, const unsigned char iv[12],
     return ok ? 0 : -1;
 }
 
+/* One AES-256-GCM segment: N bytes of IN into OUT (N + 16 bytes), the
+ * index in the IV's first bytes, in one call or in parts
+ * (C_EncryptUpdate + C_EncryptFinal); FIRST compares it with OpenSSL's.
+ * Returns 0 or -1. */
+static int gcm_segment(struct worker *w, const unsigned char *in, size_t n,
+                       unsigned long index, bool parts, bool first,
+                       unsigned char *out)
+{
+    struct bench *b = w->b;
+    CK_FUNCTION_LIST_PTR p11 = b->p11;
+    unsigned char iv[12] = {0}, ref[GCM_SEG + 16];
+    CK_GCM_PARAMS gp = {
+        iv, sizeof(iv), sizeof(iv) * 8, (CK_BYTE_PTR)gcm_aad, sizeof(gcm_aad),
+        128};
+    CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
+    CK_ULONG len = GCM_SEG + 16, tail;
+    CK_RV rv;
+
+    memcpy(iv, &index, sizeof(index) < 12 ? sizeof(index) : 12);
+    rv = p11->C_EncryptInit(w->session, &mech, w->aes);
+    if (rv == CKR_OK && parts) {
+        rv = p11->C_EncryptUpdate(w->session, (CK_BYTE_PTR)in, n, out, &len);
+        tail = GCM_SEG + 16 - len;
+        if (rv == CKR_OK)
+            rv = p11->C_EncryptFinal(w->session, out + len, &tail);
+        len += tail;
+    } else if (rv == CKR_OK) {
+        rv = p11->C_Encrypt(w->session, (CK_BYTE_PTR)in, n, out, &len);
+    }
+    if (rv != CKR_OK) {
+        fail(w, "C_Encrypt (AES-GCM): 0x%lx", (unsigned long)rv);
+        return -1;
+    }
+    if (len != n + 16) {
+        fail(w, "C_Encrypt (AES-GCM): %lu bytes", (unsigned long)len);
+        return -1;
+    }
+    if (first && (gcm_encrypt(b, iv, in, n, ref) != 0 ||
+                  memcmp(ref, out, n + 16) != 0)) {
+        fail(w, "C_Encrypt (AES-GCM): not what OpenSSL gives");
+        return -1;
+    }
+    return 0;
+}
+
 /* One operation; FIRST asks for the extra check. Returns 0 or -1. */
 static int run_op(struct worker *w, int first)
 {
@@ -767,59 +812,14 @@ static int run_op(struct worker *w, int first)
     case OP_GCM:
     case OP_GCM_MP:
     case OP_GCM_4K: {
-        size_t n = b->op != OP_GCM_4K ? GCM_SEG : 4096;
-        unsigned char iv[12] = {0}, ref[GCM_SEG + 16];
-        CK_GCM_PARAMS gp = {iv,
-                            sizeof(iv),
-                            sizeof(iv) * 8,
-                            (CK_BYTE_PTR)gcm_aad,
-                            sizeof(gcm_aad),
-                            128};
-        CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
         static __thread unsigned char out[GCM_SEG + 16];
-        CK_ULONG len = sizeof(out);
 
-        memcpy(iv, &w->ops, sizeof(w->ops) < 12 ? sizeof(w->ops) : 12);
-        rv = p11->C_EncryptInit(s, &mech, w->aes);
-        if (rv == CKR_OK && b->op == OP_GCM_MP) {
-            CK_ULONG tail;
-
-            rv = p11->C_EncryptUpdate(s, b->seg, n, out, &len);
-            tail = sizeof(out) - len;
-            if (rv == CKR_OK)
-                rv = p11->C_EncryptFinal(s, out + len, &tail);
-            len += tail;
-        } else if (rv == CKR_OK) {
-            rv = p11->C_Encrypt(s, b->seg, n, out, &len);
-        }
-        if (rv != CKR_OK) {
-            fail(w, "C_Encrypt (AES-GCM): 0x%lx", (unsigned long)rv);
-            return -1;
-        }
-        if (len != n + 16) {
-            fail(w, "C_Encrypt (AES-GCM): %lu bytes", (unsigned long)len);
-            return -1;
-        }
-        if (first && (gcm_encrypt(b, iv, b->seg, n, ref) != 0 ||
-                      memcmp(ref, out, n + 16) != 0)) {
-            fail(w, "C_Encrypt (AES-GCM): not what OpenSSL gives");
-            return -1;
-        }
-        return 0;
+        return gcm_segment(w, b->seg, b->op != OP_GCM_4K ? GCM_SEG : 4096,
+                           w->ops, b->op == OP_GCM_MP, first, out);
     }
     case OP_GCM_FILE: {
-        /* The segment's index is the IV's first 8 bytes (as in gcm-64k). */
         unsigned long i = atomic_fetch_add(&b->next_seg, 1);
-        unsigned char iv[12] = {0}, ref[GCM_SEG + 16];
-        CK_GCM_PARAMS gp = {iv,
-                            sizeof(iv),
-                            sizeof(iv) * 8,
-                            (CK_BYTE_PTR)gcm_aad,
-                            sizeof(gcm_aad),
-                            128};
-        CK_MECHANISM mech = {CKM_AES_GCM, &gp, sizeof(gp)};
         static __thread unsigned char in[GCM_SEG], out[GCM_SEG + 16];
-        CK_ULONG len = sizeof(out), tail;
         size_t n = 0;
         ssize_t got;
 
@@ -840,30 +840,9 @@ static int run_op(struct worker *w, int first)
             atomic_store(&b->stop, 1);
             return 1;
         }
-        memcpy(iv, &i, sizeof(i) < 12 ? sizeof(i) : 12);
-        rv = p11->C_EncryptInit(s, &mech, w->aes);
-        if (rv == CKR_OK)
-            rv = p11->C_EncryptUpdate(s, in, n, out, &len);
-        tail = sizeof(out) - len;
-        if (rv == CKR_OK)
-            rv = p11->C_EncryptFinal(s, out + len, &tail);
-        len += tail;
-        if (rv != CKR_OK) {
-            fail(w, "C_EncryptUpdate/Final (AES-GCM): 0x%lx",
-                 (unsigned long)rv);
+        if (gcm_segment(w, in, n, i, true, first, out) != 0)
             return -1;
-        }
-        if (len != n + 16) {
-            fail(w, "C_EncryptUpdate/Final (AES-GCM): %lu bytes",
-                 (unsigned long)len);
-            return -1;
-        }
-        if (first && (gcm_encrypt(b, iv, in, n, ref) != 0 ||
-                      memcmp(ref, out, n + 16) != 0)) {
-            fail(w, "C_EncryptUpdate/Final (AES-GCM): not what OpenSSL gives");
-            return -1;
-        }
-        if (write(b->null_fd, out, len) != (ssize_t)len) {
+        if (write(b->null_fd, out, n + 16) != (ssize_t)(n + 16)) {
             fail(w, "writing to /dev/null: %s", strerror(errno));
             return -1;
         }
