@@ -23,7 +23,13 @@
  *   CMKP11_FAULT_ATTRS   "single": a C_GetAttributeValue of more than one
  *                        attribute answers CKR_FUNCTION_FAILED without
  *                        reaching the real library, as a module that reads
- *                        only one attribute a call
+ *                        only one attribute a call; "overstate": one of
+ *                        more than one attribute that the real library
+ *                        answers with CKR_OK says each value is a byte
+ *                        longer than the buffer it was given, as a module
+ *                        that does not follow the specification; "long-date":
+ * every CKA_START_DATE is 200 bytes (CKR_BUFFER_TOO_SMALL and
+ * CK_UNAVAILABLE_INFORMATION for a smaller buffer, as the specification says)
  *   CMKP11_FAULT_ATTR_LOG
  *                        a file each C_GetAttributeValue appends the size
  *                        of its template to, a line a call
@@ -118,22 +124,49 @@ FORWARD(C_CreateObject,
          CK_OBJECT_HANDLE_PTR d),
         (a, b, c, d))
 FORWARD(C_DestroyObject, (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b), (a, b))
+static bool mode_is(const char *mode, const char *want)
+{
+    return mode != NULL && strcmp(mode, want) == 0;
+}
+
 static CK_RV shim_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o,
                                       CK_ATTRIBUTE_PTR t, CK_ULONG n)
 {
-    const char *single = getenv("CMKP11_FAULT_ATTRS");
+    const char *mode = getenv("CMKP11_FAULT_ATTRS");
     const char *log = getenv("CMKP11_FAULT_ATTR_LOG");
     CK_RV rv = fault();
+    CK_ULONG i, size[16];
     FILE *f;
 
     if (log != NULL && (f = fopen(log, "a")) != NULL) {
         fprintf(f, "%lu\n", (unsigned long)n);
         fclose(f);
     }
-    if (rv == CKR_OK && n > 1 && single != NULL &&
-        strcmp(single, "single") == 0)
+    if (rv == CKR_OK && n > 1 && mode_is(mode, "single"))
         rv = CKR_FUNCTION_FAILED;
-    return rv != CKR_OK ? rv : real->C_GetAttributeValue(s, o, t, n);
+    if (rv != CKR_OK)
+        return rv;
+    for (i = 0; i < n && i < 16; i++)
+        size[i] = t[i].ulValueLen;
+    rv = real->C_GetAttributeValue(s, o, t, n);
+    if (rv == CKR_OK && n > 1 && n <= 16 && mode_is(mode, "overstate"))
+        for (i = 0; i < n; i++)
+            if (t[i].pValue != NULL)
+                t[i].ulValueLen = size[i] + 1;
+    for (i = 0; mode_is(mode, "long-date") && i < n; i++) {
+        if (t[i].type != CKA_START_DATE)
+            continue;
+        if (t[i].pValue == NULL) {
+            t[i].ulValueLen = 200;
+        } else if (t[i].ulValueLen < 200) {
+            t[i].ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            rv = CKR_BUFFER_TOO_SMALL;
+        } else {
+            memset(t[i].pValue, 'X', 200);
+            t[i].ulValueLen = 200;
+        }
+    }
+    return rv;
 }
 FORWARD(C_SetAttributeValue,
         (CK_SESSION_HANDLE a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE_PTR c,

@@ -48,23 +48,33 @@ static bool get_bool(struct hsm_token *ht, CK_SESSION_HANDLE s,
 
 /*
  * Several attributes of one object in one call, each into the buffer its
- * template gives: true only when the lower token answers CKR_OK, so that
- * every value is there. A listing reads about twenty attributes a key
+ * template gives: true only when the lower token answers CKR_OK and every
+ * value fits its buffer. A listing reads about twenty attributes a key
  * pair, and a token such as SoftHSM checks its store on every call, so
- * one call instead of one each is most of a listing's time. Otherwise
- * (a value larger than its buffer, a token that has not the attribute, or
+ * one call instead of one each is most of a listing's time. Otherwise (a
+ * value larger than its buffer, a token that has not the attribute, or
  * one that answers a template of several attributes otherwise than the
- * specification says) the caller reads them one by one as before.
+ * specification says, even with CKR_OK and a length its buffer cannot
+ * hold) the caller reads them one by one as before. The buffers are
+ * zeroed first, so that a value a token leaves untouched is no stack
+ * garbage.
  */
 static bool get_attrs(struct hsm_token *ht, CK_SESSION_HANDLE s,
                       CK_OBJECT_HANDLE o, CK_ATTRIBUTE *a, CK_ULONG n)
 {
-    CK_ULONG i;
+    CK_ULONG size[8], i;
 
+    if (n > CMK_ARRAY_SIZE(size))
+        return false;
+    for (i = 0; i < n; i++) {
+        size[i] = a[i].ulValueLen;
+        memset(a[i].pValue, 0, size[i]);
+    }
     if (LOWER(ht, C_GetAttributeValue, s, o, a, n) != CKR_OK)
         return false;
     for (i = 0; i < n; i++)
-        if (a[i].ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        if (a[i].ulValueLen == CK_UNAVAILABLE_INFORMATION ||
+            a[i].ulValueLen > size[i])
             return false;
     return true;
 }
@@ -291,8 +301,13 @@ static int read_version(struct hsm_token *ht, CK_SESSION_HANDLE s,
     } else {
         r->n = hsm_get_attr(ht, s, src, CKA_MODULUS, &r->nlen);
         r->e = hsm_get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &r->elen);
-        r->start_attr = ka[2];
-        if (LOWER(ht, C_GetAttributeValue, s, src, &r->start_attr, 1) != CKR_OK)
+        /* Not ka[2]: the call above may have set its length to
+         * anything. */
+        r->start_attr =
+            (CK_ATTRIBUTE){CKA_START_DATE, &r->start, sizeof(r->start)};
+        if (LOWER(ht, C_GetAttributeValue, s, src, &r->start_attr, 1) !=
+                CKR_OK ||
+            r->start_attr.ulValueLen > sizeof(r->start))
             r->start_attr.ulValueLen = 0;
     }
     r->start_attr.pValue = &r->start;

@@ -20,7 +20,13 @@ does not fit the buffer a batched read gives it.
   exponent, usage flags, CKA_LOCAL, the start date as CKA_CMK_CREATED,
   the long label;
 - a listing reads several attributes a call, and makes fewer than half
-  the calls of a listing one attribute a call.
+  the calls of a listing one attribute a call;
+- a lower token that answers CKR_OK with lengths larger than the buffers
+  it was given (not as the specification says) is read one attribute a
+  call, with the same result; one whose CKA_START_DATE is 200 bytes (too
+  long for a date) gives versions without a creation time, and nothing
+  else changes (the process would crash, or a sanitizer build report,
+  where a value is written past its buffer).
 
 TAP output.
 """
@@ -128,13 +134,13 @@ print(json.dumps(out, sort_keys=True))
 '''
 
 
-def dump(module, label, cmk, single=False):
+def dump(module, label, cmk, mode=None):
     """The objects, listed by a process of its own; and the template size
     of every lower C_GetAttributeValue it made (through the fault
-    library)."""
+    library, in CMKP11_FAULT_ATTRS mode MODE)."""
     env = dict(os.environ, CMKP11_FAULT_ATTR_LOG=LOG)
-    if single:
-        env["CMKP11_FAULT_ATTRS"] = "single"
+    if mode:
+        env["CMKP11_FAULT_ATTRS"] = mode
     open(LOG, "w").close()
     r = subprocess.run([sys.executable, "-c", DUMP, module, label, PIN] +
                        (["cmk"] if cmk else []), env=env,
@@ -148,7 +154,7 @@ def dump(module, label, cmk, single=False):
 
 
 batched, b_sizes = dump(MODULE, "t", True)
-single, s_sizes = dump(MODULE, "t", True, single=True)
+single, s_sizes = dump(MODULE, "t", True, "single")
 lower, _ = dump(SOFTHSM, "cmk", False)
 
 t.ok(len(batched) == 12, "6 versions, 12 objects through cmkp11",
@@ -214,3 +220,18 @@ t.eq(find(batched, "private", "40")["name"], LONG,
 t.ok(find(batched, "private", "40")["ops"] ==
      "decrypt,unwrapKey,sign,encrypt,wrapKey,verify",
      "with every operation", find(batched, "private", "40")["ops"])
+
+over, _ = dump(MODULE, "t", True, "overstate")
+t.ok(over == batched,
+     "a token that answers CKR_OK with lengths past its buffers: the same "
+     "objects and attributes",
+     [(k, batched.get(k), over.get(k))
+      for k in sorted(set(batched) | set(over))
+      if batched.get(k) != over.get(k)][:2])
+longd, _ = dump(MODULE, "t", True, "long-date")
+t.ok(all(v["created"] == "" for v in longd.values()),
+     "a 200-byte CKA_START_DATE: no creation time on any version",
+     sorted(set(v["created"] for v in longd.values())))
+t.ok({k: dict(v, created="") for k, v in longd.items()} ==
+     {k: dict(v, created="") for k, v in batched.items()},
+     "and every other attribute as before")
