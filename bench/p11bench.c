@@ -1056,6 +1056,8 @@ int main(int argc, char **argv)
         case 'f':
             if (b.file_fd >= 0)
                 close(b.file_fd);
+            if (b.null_fd >= 0)
+                close(b.null_fd);
             b.file_fd = open(optarg, O_RDONLY | O_CLOEXEC);
             if (b.file_fd < 0)
                 die("%s: %s", optarg, strerror(errno));

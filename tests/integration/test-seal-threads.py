@@ -15,7 +15,8 @@ instrumented tool and module:
   the one loop's number of segments (an empty last one only for the empty
   input) and unseal to the same bytes; standard input that is a regular
   file already read up to byte 12,345 is sealed from there and left at
-  its end, as the one loop leaves it; a pipe is read in order, both ways.
+  its end, as the one loop leaves it; a pipe is read in order, both ways,
+  and so is a file whose size says nothing (/proc/version, size 0).
 
 TAP output.
 """
@@ -137,3 +138,12 @@ p2.stdout.close()
 p2.wait()
 t.ok(r.returncode == 0 and u.returncode == 0 and u.stdout == data,
      "through pipes, both ways: the same bytes", (r.stderr, u.stderr))
+with open("/proc/version", "rb") as f:
+    version = f.read()
+r = tool("--threads", "3", "--key", KEY, "seal", "/proc/version", "-o",
+         path("proc.sealed"))
+u = tool("--threads", "3", "unseal", path("proc.sealed"))
+t.ok(r.returncode == 0 and u.returncode == 0 and u.stdout == version and
+     len(version) > 0,
+     "/proc/version (size 0 to stat) sealed with 3 workers: its %d bytes" %
+     len(version), (r.stderr, u.stderr))

@@ -7,10 +7,11 @@
  * it. No thread waits for another's segment unless the ring is full,
  * memory stays constant, and the output is the one loop's byte for byte.
  *
- * An input that is a regular file is read where each segment lies, with
- * pread(2), by all workers at once: one call a segment, which reads one
- * byte more to know whether another follows. Any other input (a pipe, a
- * terminal) is read in order, one worker at a time. The output is written
+ * An input that is a regular file (not empty, as /proc's files say they
+ * are) is read where each segment lies, with pread(2), by all workers at
+ * once: one call a segment, which reads one byte more to know whether
+ * another follows. Any other input (a pipe, a terminal) is read in order,
+ * one worker at a time. The output is written
  * with write(2), one call a segment, in order.
  */
 #include "config.h"
@@ -423,9 +424,11 @@ static int io_open(struct par *p, char *err)
             return -1;
         }
     }
+    /* Not a file whose size says nothing (/proc), nor offsets of 32 bits
+     * (2 GiB). */
     p->in_fd = fileno(s->in);
-    if (p->in_fd >= 0 && fstat(p->in_fd, &st) == 0 && S_ISREG(st.st_mode) &&
-        (p->base = ftello(s->in)) >= 0)
+    if (sizeof(off_t) >= 8 && p->in_fd >= 0 && fstat(p->in_fd, &st) == 0 &&
+        S_ISREG(st.st_mode) && st.st_size > 0 && (p->base = ftello(s->in)) >= 0)
         p->positional = true;
     return 0;
 }
@@ -464,7 +467,7 @@ int seg_run_parallel(struct seg_stream *s, char *err)
     workers_end(&p, w, n);
     /* The input where the one loop leaves it: after the last segment. */
     if (p.positional)
-        fseeko(s->in, p.base + (off_t)p.consumed, SEEK_SET);
+        (void)fseeko(s->in, p.base + (off_t)p.consumed, SEEK_SET);
     if (p.stop != UINT64_MAX)
         memcpy(err, p.err, ERRLEN);
     else
