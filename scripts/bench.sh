@@ -16,7 +16,9 @@
 # version's usage flags kept for refresh-interval, see docs/hsm.md) are
 # measured on SoftHSM directly, through cmkp11, and as OpenSSL's own
 # EVP_PKEY_encrypt / EVP_DigestVerify in the same p11bench process that has
-# cmkp11 loaded; their bar is cmkp11/direct >= 2.0 and cmkp11/openssl >= 0.9.
+# cmkp11 loaded; their bar is cmkp11/openssl >= 0.9 and cmkp11/direct >=
+# 2.0, or >= 0.9 x openssl/direct where OpenSSL itself is under 2.0 x
+# SoftHSM (cmkp11 does these operations with that OpenSSL).
 # -p runs only these rows (with -i too: their instructions only).
 #
 # Sealing: one 64 KiB AES-256-GCM segment as cmkp11-tool seal encrypts it
@@ -571,9 +573,10 @@ pub_table() { # pub_table COLUMN
             c=$(median cmkp11 "$op" "$t" "$1")
             o=$(median openssl "openssl-$op" "$t" "$1")
             line=$(awk -v op="$op" -v t="$t" -v d="$d" -v c="$c" -v o="$o" 'BEGIN {
-                rd = c / d; ro = c / o
-                ok = (rd >= 2.0 && ro >= 0.9) ? "PASS" : "FAIL"
-                printf "%-14s %7d %9.0f %9.0f %9.0f %8.3f %8.3f  %s", op, t, d, c, o, rd, ro, ok
+                rd = c / d; ro = c / o; od = o / d
+                need = od < 2.0 ? 0.9 * od : 2.0
+                ok = (rd >= need && ro >= 0.9) ? "PASS" : "FAIL"
+                printf "%-14s %7d %9.0f %9.0f %9.0f %8.3f %8.3f %8.3f  %s", op, t, d, c, o, rd, ro, od, ok
             }')
             echo "$line"
             case $line in *FAIL) verdict=FAIL ;; esac
@@ -583,11 +586,11 @@ pub_table() { # pub_table COLUMN
 }
 pub_tables() { # both, and their bars into $tmp/pub5 and $tmp/pub6
     echo
-    echo "public-key operations (bar: cmkp11/direct >= 2.0, cmkp11/openssl >= 0.9):"
+    echo "public-key operations (bar: cmkp11/openssl >= 0.9, cmkp11/direct >= 2.0 or, where openssl/direct is under 2.0, >= 0.9 x openssl/direct):"
     for col in 5 6; do
         [ "$col" = 5 ] && echo "ops/s (wall clock):" || echo "ops per CPU second:"
-        printf '%-14s %7s %9s %9s %9s %8s %8s  %s\n' op threads direct cmkp11 \
-            openssl cmk/dir cmk/ssl bar
+        printf '%-14s %7s %9s %9s %9s %8s %8s %8s  %s\n' op threads direct cmkp11 \
+            openssl cmk/dir cmk/ssl ssl/dir bar
         pub_table "$col" >"$tmp/pub$col"
         grep -v '^BAR=' "$tmp/pub$col"
     done
