@@ -342,7 +342,7 @@ if [ "$instructions" = yes ]; then
             tail -n 1
     }
     printf '%-28s %14s %14s  %s\n' "" per-segment "fixed (M)" "segment / file job's"
-    base=
+    base='' base1=''
     for row in "directfile 1" "directfile $seal_threads" "seal 1" "seal $seal_threads"; do
         # shellcheck disable=SC2086 # two words
         set -- $row

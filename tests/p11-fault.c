@@ -20,16 +20,20 @@
  *                        a module that does AES-GCM only in one call
  *   CMKP11_FAULT_CALLS   a file each encryption and decryption call
  *                        appends its name to, a line a call
- *   CMKP11_FAULT_ATTRS   "single": a C_GetAttributeValue of more than one
- *                        attribute answers CKR_FUNCTION_FAILED without
- *                        reaching the real library, as a module that reads
- *                        only one attribute a call; "overstate": one of
- *                        more than one attribute that the real library
- *                        answers with CKR_OK says each value is a byte
- *                        longer than the buffer it was given, as a module
- *                        that does not follow the specification; "long-date":
- * every CKA_START_DATE is 200 bytes (CKR_BUFFER_TOO_SMALL and
- * CK_UNAVAILABLE_INFORMATION for a smaller buffer, as the specification says)
+ *   CMKP11_FAULT_ATTRS   how C_GetAttributeValue answers:
+ *                        "single": a template of more than one attribute
+ *                        gets CKR_FUNCTION_FAILED without reaching the
+ *                        real library, as a module that reads only one
+ *                        attribute a call;
+ *                        "overstate": a template of more than one
+ *                        attribute that the real library answers with
+ *                        CKR_OK says each value is a byte longer than the
+ *                        buffer it was given, as a module that does not
+ *                        follow the specification;
+ *                        "long-date": every CKA_START_DATE is 200 bytes
+ *                        (CKR_BUFFER_TOO_SMALL and CK_UNAVAILABLE_
+ *                        INFORMATION for a smaller buffer, as the
+ *                        specification says)
  *   CMKP11_FAULT_ATTR_LOG
  *                        a file each C_GetAttributeValue appends the size
  *                        of its template to, a line a call

@@ -243,16 +243,16 @@ static int version_copy_unlocked(const struct hsm_ver *v, struct ver_copy *c)
 
 /* When the version was made, as far as the lower token says: PKCS#11 keeps
  * no creation time, so cmkp11 sets CKA_START_DATE to the day it makes a
- * version's public key (hsm-keypair.c) and reads it back here, at 00:00
- * UTC; 0 when the key has none (docs/hsm.md, "Rotation policies"). */
-static long long start_date(const CK_ATTRIBUTE *a)
+ * version's public key (hsm-keypair.c) and reads it back here (D, LEN
+ * bytes of it), at 00:00 UTC; 0 when the key has none (docs/hsm.md,
+ * "Rotation policies"). */
+static long long start_date(const CK_DATE *d, CK_ULONG len)
 {
-    const CK_DATE *d = a->pValue;
     struct tm tm;
     char f[9];
     int y, mo, dd;
 
-    if (a->ulValueLen != sizeof(*d))
+    if (len != sizeof(*d))
         return 0;
     memcpy(f, d->year, 4);
     memcpy(f + 4, d->month, 2);
@@ -273,8 +273,7 @@ static long long start_date(const CK_ATTRIBUTE *a)
 struct ver_attrs {
     CK_BYTE *n, *e; /* malloc'd */
     CK_ULONG nlen, elen;
-    CK_DATE start;
-    CK_ATTRIBUTE start_attr; /* CKA_START_DATE, as the token answered */
+    long long created; /* start_date() */
     bool dec, unw, sig, local, wrp, enc;
 };
 
@@ -284,9 +283,10 @@ static int read_version(struct hsm_token *ht, CK_SESSION_HANDLE s,
     CK_OBJECT_HANDLE src = v->pub ? v->pub : v->priv;
     CK_BYTE nb[1024], eb[64];
     CK_BBOOL pb[4] = {0}, qb[2] = {0};
+    CK_DATE date;
     CK_ATTRIBUTE ka[] = {{CKA_MODULUS, nb, sizeof(nb)},
                          {CKA_PUBLIC_EXPONENT, eb, sizeof(eb)},
-                         {CKA_START_DATE, &r->start, sizeof(r->start)}};
+                         {CKA_START_DATE, &date, sizeof(date)}};
     CK_ATTRIBUTE pa[] = {{CKA_DECRYPT, &pb[0], 1},
                          {CKA_UNWRAP, &pb[1], 1},
                          {CKA_SIGN, &pb[2], 1},
@@ -297,20 +297,17 @@ static int read_version(struct hsm_token *ht, CK_SESSION_HANDLE s,
     if (get_attrs(ht, s, src, ka, CMK_ARRAY_SIZE(ka))) {
         r->n = attr_dup(&ka[0], &r->nlen);
         r->e = attr_dup(&ka[1], &r->elen);
-        r->start_attr = ka[2];
+        r->created = start_date(&date, ka[2].ulValueLen);
     } else {
         r->n = hsm_get_attr(ht, s, src, CKA_MODULUS, &r->nlen);
         r->e = hsm_get_attr(ht, s, src, CKA_PUBLIC_EXPONENT, &r->elen);
-        /* Not ka[2]: the call above may have set its length to
-         * anything. */
-        r->start_attr =
-            (CK_ATTRIBUTE){CKA_START_DATE, &r->start, sizeof(r->start)};
-        if (LOWER(ht, C_GetAttributeValue, s, src, &r->start_attr, 1) !=
-                CKR_OK ||
-            r->start_attr.ulValueLen > sizeof(r->start))
-            r->start_attr.ulValueLen = 0;
+        /* A template of its own: the call above may have set ka[2]'s
+         * length to anything. */
+        CK_ATTRIBUTE a = {CKA_START_DATE, &date, sizeof(date)};
+
+        if (LOWER(ht, C_GetAttributeValue, s, src, &a, 1) == CKR_OK)
+            r->created = start_date(&date, a.ulValueLen);
     }
-    r->start_attr.pValue = &r->start;
     if (r->n == NULL || r->e == NULL || r->nlen == 0)
         return -1;
     if (v->priv && get_attrs(ht, s, v->priv, pa, CMK_ARRAY_SIZE(pa))) {
@@ -349,7 +346,6 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     struct rsa_key_desc d;
     char uid[160], version[130], source[600], ops[128];
     CK_BYTE *nn;
-    bool dec, unw, sig, wrp, enc;
     int r = -1;
 
     if (read_version(ht, s, v, &va) != 0)
@@ -360,18 +356,13 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
         nn++;
         nlen--;
     }
-    dec = va.dec;
-    unw = va.unw;
-    sig = va.sig;
-    wrp = va.wrp;
-    enc = va.enc;
     cmk_hex_n(v->id, v->id_len, version, sizeof(version));
     snprintf(uid, sizeof(uid), "hsm/%s", version);
     snprintf(source, sizeof(source), "%s;token=%s", ht->module_path,
              ht->token_label ? ht->token_label : ht->token_uri);
-    snprintf(ops, sizeof(ops), "%s%s%s%s%s%s", dec ? "decrypt," : "",
-             unw ? "unwrapKey," : "", sig ? "sign," : "", enc ? "encrypt," : "",
-             wrp ? "wrapKey," : "", "verify");
+    snprintf(ops, sizeof(ops), "%s%s%s%s%s%s", va.dec ? "decrypt," : "",
+             va.unw ? "unwrapKey," : "", va.sig ? "sign," : "",
+             va.enc ? "encrypt," : "", va.wrp ? "wrapKey," : "", "verify");
     memset(&d, 0, sizeof(d));
     d.uid_prefix = uid;
     d.label = v->label;
@@ -381,14 +372,15 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.modulus_len = nlen;
     d.exponent = va.e;
     d.exponent_len = va.elen;
-    d.decrypt = dec;
-    d.unwrap = unw;
-    d.sign = sig && (dec || unw); /* a disabled version signs nothing */
-    d.encrypt = enc;
-    d.wrap = wrp;
+    d.decrypt = va.dec;
+    d.unwrap = va.unw;
+    /* A disabled version signs nothing. */
+    d.sign = va.sig && (va.dec || va.unw);
+    d.encrypt = va.enc;
+    d.wrap = va.wrp;
     d.verify = true;
     d.private_obj = !ht->self_login;
-    d.enabled = dec || unw;
+    d.enabled = va.dec || va.unw;
     d.current = strcmp(v->label, v->name) == 0;
     d.local = va.local;
     d.backend = "hsm";
@@ -398,7 +390,7 @@ static int version_objects(struct hsm_token *ht, CK_SESSION_HANDLE s,
     d.recovery_level = "";
     d.key_ops = ops;
     d.key_type = "RSA";
-    d.created = start_date(&va.start_attr);
+    d.created = va.created;
     r = rsa_key_objects(&d, priv, pub);
     if (r == 0) {
         priv->ref = v->ref;

@@ -153,6 +153,12 @@ def dump(module, label, cmk, mode=None):
     return json.loads(r.stdout), sizes
 
 
+def differ(a, b):
+    """The first two objects whose attributes differ, for a diagnostic."""
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)][:2]
+
+
 batched, b_sizes = dump(MODULE, "t", True)
 single, s_sizes = dump(MODULE, "t", True, "single")
 lower, _ = dump(SOFTHSM, "cmk", False)
@@ -161,10 +167,7 @@ t.ok(len(batched) == 12, "6 versions, 12 objects through cmkp11",
    sorted(batched))
 t.ok(batched == single,
      "every attribute of every object is the same whether the lower token "
-     "reads several attributes a call or one",
-     [(k, batched.get(k), single.get(k))
-      for k in sorted(set(batched) | set(single))
-      if batched.get(k) != single.get(k)][:2])
+     "reads several attributes a call or one", differ(batched, single))
 t.ok(any(n > 1 for n in b_sizes),
      "a listing reads several attributes a call (%d calls, the largest "
      "template %d)" % (len(b_sizes), max(b_sizes or [0])))
@@ -224,10 +227,7 @@ t.ok(find(batched, "private", "40")["ops"] ==
 over, _ = dump(MODULE, "t", True, "overstate")
 t.ok(over == batched,
      "a token that answers CKR_OK with lengths past its buffers: the same "
-     "objects and attributes",
-     [(k, batched.get(k), over.get(k))
-      for k in sorted(set(batched) | set(over))
-      if batched.get(k) != over.get(k)][:2])
+     "objects and attributes", differ(batched, over))
 longd, _ = dump(MODULE, "t", True, "long-date")
 t.ok(all(v["created"] == "" for v in longd.values()),
      "a 200-byte CKA_START_DATE: no creation time on any version",

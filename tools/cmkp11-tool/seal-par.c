@@ -11,8 +11,8 @@
  * are) is read where each segment lies, with pread(2), by all workers at
  * once: one call a segment, which reads one byte more to know whether
  * another follows. Any other input (a pipe, a terminal) is read in order,
- * one worker at a time. The output is written
- * with write(2), one call a segment, in order.
+ * one worker at a time. The output is written with write(2), one call a
+ * segment, in order.
  */
 #include "config.h"
 
