@@ -700,8 +700,9 @@ again:
     /* A replica that said the key is gone keeps it gone until it holds
      * the key again (read below). */
     k->exists = k->gone_on == 0;
-    pthread_mutex_unlock(&kt->lock);
+    /* Read here: another search may be loading the same key. */
     rv = fetch != NULL && k->latest != NULL ? CKR_OK : CKR_HOST_MEMORY;
+    pthread_mutex_unlock(&kt->lock);
     for (i = 0; rv == CKR_OK && i < n_fetch; i++) {
         path = fetch[i] ? kv_strdup_printf("/keys/%s/%s", esc, fetch[i]) : NULL;
         rv = path ? kv_call(kt, rep, c, "GET", path, NULL, deadline,
