@@ -274,22 +274,96 @@ static void key_gone(struct kv_token *kt, struct kv_key *k)
     kv_unwrap_cache_prune(kt, k, true);
 }
 
+/* The version ids a versions listing named, every page. */
+struct listed {
+    char **ids;
+    size_t n, cap;
+};
+
+static bool listed_add(struct listed *l, const char *id)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        char **ids = realloc(l->ids, cap * sizeof(*ids));
+        if (ids == NULL)
+            return false;
+        l->ids = ids;
+        l->cap = cap;
+    }
+    if ((l->ids[l->n] = strdup(id)) == NULL)
+        return false;
+    l->n++;
+    return true;
+}
+
+static bool listed_has(const struct listed *l, const char *id)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        if (strcasecmp(l->ids[i], id) == 0)
+            return true;
+    return false;
+}
+
+static void listed_clear(struct listed *l)
+{
+    size_t i;
+
+    for (i = 0; i < l->n; i++)
+        free(l->ids[i]);
+    free(l->ids);
+    memset(l, 0, sizeof(*l));
+}
+
 /*
- * GET /keys/NAME/versions on rep, every page: marks the listed versions
- * present (the token's versions too when rep is the one they are listed
- * from). Returns CKR_OK; *refused when the identity may not list (403),
- * which is logged once for the replica and not asked again.
+ * What a whole listing found, applied at once under the lock: the listed
+ * versions (and keep, the current one) are present, the others not. So a
+ * search or an operation on another thread never sees a version absent
+ * because a listing of it is under way, and a listing that fails part way
+ * changes nothing. The token's versions only from a load (seq) no older
+ * than the one they show.
+ */
+static void listed_apply(struct kv_token *kt, struct kv_replica *rep, bool ref,
+                         struct kv_key *k, const char *keep, uint64_t seq,
+                         const struct listed *l)
+{
+    struct kv_version *v;
+    struct kv_rver *x;
+
+    pthread_mutex_lock(&kt->lock);
+    for (x = k->rv[rep->index]; x != NULL; x = x->next)
+        x->present = (keep != NULL && strcasecmp(x->version, keep) == 0) ||
+                     listed_has(l, x->version);
+    if (ref && seq >= k->seq) {
+        k->seq = seq;
+        for (v = k->versions; v != NULL; v = v->next)
+            v->present = (keep != NULL && strcasecmp(v->version, keep) == 0) ||
+                         listed_has(l, v->version);
+    }
+    pthread_mutex_unlock(&kt->lock);
+}
+
+/*
+ * GET /keys/NAME/versions on rep, every page: then marks the listed
+ * versions present and the others absent (the token's versions too when
+ * rep is the one they are listed from), keep (the version GET /keys/NAME
+ * answered) present either way. Returns CKR_OK; *refused when the identity
+ * may not list (403), which is logged once for the replica and not asked
+ * again; *gone when the key is not there (404). Neither, nor an error,
+ * changes which versions are present.
  */
 static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
                            bool ref, struct pcall *c, struct kv_key *k,
-                           const char *esc, int64_t deadline, bool *refused,
-                           bool *gone)
+                           const char *esc, const char *keep, uint64_t seq,
+                           int64_t deadline, bool *refused, bool *gone)
 {
     struct kv_result res;
     char *path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
     struct kv_version *v;
     struct kv_rver *x;
-    CK_RV rv = CKR_OK;
+    struct listed found = {NULL, 0, 0};
+    CK_RV rv = path != NULL ? CKR_OK : CKR_HOST_MEMORY;
 
     *refused = *gone = false;
     while (path != NULL) {
@@ -306,6 +380,7 @@ static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
         if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
             *gone = true;
             kv_result_clear(&res);
+            listed_clear(&found);
             return CKR_OK;
         }
         if (res.status == 403 && strcmp(res.code, "ForbiddenByFirewall") != 0) {
@@ -326,44 +401,48 @@ static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
                         kt->nrep > 1 ? rep->host : "", res.code, k->name, said);
             *refused = true;
             kv_result_clear(&res);
+            listed_clear(&found);
             return CKR_OK;
         }
         if (rv != CKR_OK) {
             kv_explain(kt, k->name, "list versions", "list", &res, rv);
             kv_result_clear(&res);
+            listed_clear(&found);
             return rv;
         }
         rv = kv_parse_listing(res.doc, &l, why, sizeof(why));
         if (rv != CKR_OK) {
             kv_malformed(kt, "GET", "(versions)", why);
             kv_result_clear(&res);
+            listed_clear(&found);
             return rv;
         }
         pthread_mutex_lock(&kt->lock);
-        for (i = 0; i < l.n; i++) {
+        for (i = 0; rv == CKR_OK && i < l.n; i++) {
             char kname[256], version[128];
             if (!kv_split_kid(l.items[i].kid, kname, sizeof(kname), version,
                               sizeof(version)))
                 continue;
-            x = rver_get_unlocked(k, rep->index, version, true);
-            if (x != NULL) {
-                x->present = true;
-                if (l.items[i].has_attrs)
-                    rver_attrs(x, &l.items[i].attrs);
+            if (!listed_add(&found, version)) {
+                rv = CKR_HOST_MEMORY;
+                break;
             }
+            x = rver_get_unlocked(k, rep->index, version, true);
+            if (x != NULL && l.items[i].has_attrs)
+                rver_attrs(x, &l.items[i].attrs);
             v = ref ? kv_version_get_unlocked(k, version) : NULL;
-            if (v == NULL)
-                continue;
-            v->present = true;
-            if (l.items[i].has_attrs)
+            if (v != NULL && l.items[i].has_attrs)
                 set_attributes(v, &l.items[i].attrs);
         }
         pthread_mutex_unlock(&kt->lock);
-        if (l.next != NULL)
-            path = strdup(l.next);
+        if (rv == CKR_OK && l.next != NULL && (path = strdup(l.next)) == NULL)
+            rv = CKR_HOST_MEMORY;
         kv_listing_clear(&l);
         kv_result_clear(&res);
     }
+    if (rv == CKR_OK)
+        listed_apply(kt, rep, ref, k, keep, seq, &found);
+    listed_clear(&found);
     return rv;
 }
 
@@ -446,9 +525,8 @@ static int load_replica(struct kv_token *kt, struct kv_replica *rep,
     refused = rep->list_refused;
     pthread_mutex_unlock(&kt->lock);
     if (!refused) {
-        rver_unmark(kt, k, rep->index, cur ? cur->version : NULL);
-        rv =
-            list_versions(kt, rep, false, c, k, esc, deadline, &refused, &gone);
+        rv = list_versions(kt, rep, false, c, k, esc, cur ? cur->version : NULL,
+                           0, deadline, &refused, &gone);
         if (gone) {
             pthread_mutex_lock(&kt->lock);
             k->gone_on |= 1u << rep->index;
@@ -571,6 +649,7 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
     size_t n_fetch = 0, i, ncand = 0, first = 0, chosen = 0;
     bool list, refused = false, gone = false;
     int r, cand[KV_MAX_REPLICAS];
+    uint64_t seq;
     CK_RV rv = CKR_DEVICE_ERROR;
 
     if (esc == NULL)
@@ -599,6 +678,9 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
 again:
     rep = NULL;
     latest = NULL;
+    pthread_mutex_lock(&kt->lock);
+    seq = ++kt->load_seq;
+    pthread_mutex_unlock(&kt->lock);
     path = kv_strdup_printf("/keys/%s", esc);
     for (i = first; path != NULL && i < ncand; i++) {
         /* An unreachable vault leaves the others time to answer. */
@@ -653,13 +735,10 @@ again:
     /* The other versions. */
     pthread_mutex_lock(&kt->lock);
     list = !rep->list_refused;
-    if (list)
-        for (v = k->versions; v != NULL; v = v->next)
-            v->present = v == latest;
     pthread_mutex_unlock(&kt->lock);
     if (list) {
-        rver_unmark(kt, k, rep->index, latest->version);
-        rv = list_versions(kt, rep, true, c, k, esc, deadline, &refused, &gone);
+        rv = list_versions(kt, rep, true, c, k, esc, latest->version, seq,
+                           deadline, &refused, &gone);
         if (rv != CKR_OK && !gone && kv_call_unreachable &&
             chosen + 1 < ncand) {
             first = chosen + 1;
@@ -673,8 +752,11 @@ again:
         }
     }
     pthread_mutex_lock(&kt->lock);
-    free(k->latest);
-    k->latest = strdup(latest->version);
+    if (seq >= k->seq) { /* else a load that asked later has ended first */
+        k->seq = seq;
+        free(k->latest);
+        k->latest = strdup(latest->version);
+    }
     if (latest->kty != NULL && strncmp(latest->kty, "RSA", 3) != 0 &&
         !k->not_rsa) {
         k->not_rsa = true;

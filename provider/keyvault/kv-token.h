@@ -93,6 +93,10 @@ struct kv_key {
     int ref;      /* the replica its versions were last listed from */
     unsigned gone_on; /* replicas whose last answer was a 404 on the key */
     struct kv_rver *rv[KV_MAX_REPLICAS]; /* as each replica holds them */
+    /* The newest load whose current version and versions listing the key
+     * shows (kv_token.load_seq when it asked): an older load that ends
+     * later does not undo a newer one's view. */
+    uint64_t seq;
     struct kv_key *next;
 };
 
@@ -111,6 +115,7 @@ struct kv_token {
     char *tenant;
     char **allow; /* keys =, NULL-terminated, or NULL */
     struct kv_key *keys;
+    uint64_t load_seq; /* loads of a key started, under lock (kv_key.seq) */
     int64_t names_loaded_at_ms;
     long refresh_ms;
     long deadline_ms;

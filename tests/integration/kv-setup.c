@@ -145,6 +145,28 @@ void kv_admin(const char *command)
         test_bail("kvemu admin %s failed", command);
 }
 
+bool kv_admin_says(const char *command, const char *text)
+{
+    char cmd[2048], buf[4096];
+    size_t n;
+    FILE *f;
+    bool found = false;
+
+    snprintf(cmd, sizeof(cmd), "%s %s admin --state-dir %s %s", PYTHON,
+             kvemu_path(), emu_state, command);
+    fflush(stdout);
+    f = popen(cmd, "r");
+    if (f == NULL)
+        test_bail("kvemu admin %s: %s", command, strerror(errno));
+    while ((n = fread(buf, 1, sizeof(buf) - 1, f)) > 0) {
+        buf[n] = '\0';
+        found = found || strstr(buf, text) != NULL;
+    }
+    if (pclose(f) != 0)
+        test_bail("kvemu admin %s failed", command);
+    return found;
+}
+
 char *kv_conf(const char *extra)
 {
     char text[3072], cwd[1024];

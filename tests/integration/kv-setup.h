@@ -3,6 +3,8 @@
 #ifndef CMKP11_TEST_KV_SETUP_H
 #define CMKP11_TEST_KV_SETUP_H
 
+#include <stdbool.h>
+
 /* Starts the emulator with its default configuration (docs/kvemu.md: the
  * vault "kvemu", the system-assigned managed identity "mi" with every key
  * permission) in the test's private directory; it is stopped when the
@@ -12,6 +14,9 @@ void kv_start(void);
 /* Runs "kvemu admin COMMAND" against it (e.g. "create-key kvemu kek");
  * bails out when the command fails. */
 void kv_admin(const char *command);
+/* Whether what "kvemu admin COMMAND" prints contains text (read in pieces
+ * of 4 KiB: for short answers); bails out when the command fails. */
+bool kv_admin_says(const char *command, const char *text);
 /* A cmkp11 configuration with one [token kv] on the vault "kvemu" through
  * the emulator's IMDS endpoint (extra: more lines for the section, or
  * NULL); returns its path. */
