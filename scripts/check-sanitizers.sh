@@ -15,7 +15,8 @@
 #           (clang): the front end's own thread and fork tests, the hsm
 #           back end's, 8 threads that search, wrap and unwrap at once
 #           on an hsm and a keyvault token, 4 that use more distinct
-#           public keys than the module keeps built, and cmkp11-tool
+#           public keys than the module keeps built, 2 that use a key
+#           while it is reloaded, and cmkp11-tool
 #           sealing and unsealing with 3 workers.
 # memcheck  every C test program under valgrind's memcheck (definite leaks
 #           are errors), with loop counts cut tenfold (CMKP11_TEST_LIGHT).
@@ -150,7 +151,8 @@ gate_asan() {
 TSAN_TESTS="tests/unit/test-threads tests/unit/test-fork \
 tests/integration/test-hsm-threads tests/integration/test-hsm-fork \
 tests/integration/test-storm.sh tests/integration/test-keyvault-storm.py \
-tests/integration/test-kv-many-keys tests/integration/test-seal-threads.py"
+tests/integration/test-kv-many-keys tests/integration/test-kv-reload \
+tests/integration/test-seal-threads.py"
 
 gate_tsan() {
     command -v clang >/dev/null 2>&1 || { tap 1 "tsan: clang is not installed"; return; }
