@@ -29,12 +29,6 @@ static CK_SLOT_ID slot;
 static char current[64]; /* the current version's id */
 
 static CK_OBJECT_CLASS priv_class = CKO_PRIVATE_KEY;
-static CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
-static CK_KEY_TYPE aes_type = CKK_AES;
-static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-static CK_RSA_PKCS_OAEP_PARAMS oaep256 = {CKM_SHA256, CKG_MGF1_SHA256,
-                                          CKZ_DATA_SPECIFIED, NULL, 0};
-static CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &oaep256, sizeof(oaep256)};
 
 /* The private keys labelled label (NULL: all): up to 8 in out; returns how
  * many, or 999 when the search fails. */
@@ -59,6 +53,12 @@ static CK_ULONG find_privs(CK_SESSION_HANDLE s, const char *label,
  * unwraps it through priv: CKR_OK only when the value comes back. */
 static CK_RV unwrap_known(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv)
 {
+    CK_OBJECT_CLASS secret_class = CKO_SECRET_KEY;
+    CK_KEY_TYPE aes_type = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_RSA_PKCS_OAEP_PARAMS params = {CKM_SHA256, CKG_MGF1_SHA256,
+                                      CKZ_DATA_SPECIFIED, NULL, 0};
+    CK_MECHANISM oaep = {CKM_RSA_PKCS_OAEP, &params, sizeof(params)};
     CK_BYTE dek[32], blob[512], val[32];
     CK_ULONG vlen = sizeof(val);
     CK_ATTRIBUTE t[] = {
