@@ -383,74 +383,118 @@ static int make_dirs(const char *path)
 }
 
 /*
- * Writes the key's file atomically: a temporary file beside it, written
- * and fsync'd, renamed over the name, the directory fsync'd. A writer
- * killed at any point leaves the old file or the new one, never a part.
- * CMKP11_TEST_STORE_PAUSE (tests only, docs/keyvault.md) stops the
- * process (SIGSTOP) between the write and the rename.
+ * A key's file is written atomically: a temporary file beside it, written
+ * and fsync'd (tmp_write), renamed over the name (tmp_rename), the
+ * directory fsync'd (tmp_end). A writer killed at any point leaves the old
+ * file or the new one, never a part. The rename of a rewrap is made under
+ * the token's lock, where the key is known to be still there, so that a
+ * destroy or a scan sees the old file or the new one, never a file put
+ * back after a destroy. CMKP11_TEST_STORE_PAUSE (tests only,
+ * docs/keyvault.md) stops the process (SIGSTOP) between the write and the
+ * rename.
  */
-static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k,
-                        struct stat *written)
-{
-    char tmp[PATH_MAX], final[PATH_MAX], *text;
-    size_t len, off = 0;
-    struct stat st;
-    ssize_t r;
-    int fd = -1, dfd = -1;
-    CK_RV rv = CKR_DEVICE_ERROR;
+struct tmp_file {
+    int dfd;        /* the state directory */
+    char tmp[128];  /* ".ID.json.tmp.PID" */
+    char final[64]; /* "ID.json" */
+};
 
+/* The end of a write: the directory fsync'd after a rename (rv CKR_OK),
+ * else the temporary file removed. */
+static void tmp_end(struct kv_token *kt, struct tmp_file *w, CK_RV rv)
+{
+    if (rv != CKR_OK)
+        unlinkat(w->dfd, w->tmp, 0);
+    else if (fsync(w->dfd) != 0)
+        cmk_error("token %s: state-dir %s: fsync: %s", kt->name, kt->state_dir,
+                  strerror(errno));
+    close(w->dfd);
+    w->dfd = -1;
+}
+
+static int write_all(int fd, const char *text, size_t len)
+{
+    size_t off = 0;
+    ssize_t r;
+
+    while (off < len && (r = write(fd, text + off, len - off)) > 0)
+        off += (size_t)r;
+    return off == len ? 0 : -1;
+}
+
+/* Writes k's file under its temporary name (w->dfd open on success). */
+static CK_RV tmp_write(struct kv_token *kt, const struct kv_skey *k,
+                       struct tmp_file *w)
+{
+    struct stat st;
+    char *text;
+    int fd, err = 0;
+
+    snprintf(w->tmp, sizeof(w->tmp), ".%s%s.tmp.%ld", k->id, SK_SUFFIX,
+             (long)getpid());
+    snprintf(w->final, sizeof(w->final), "%s%s", k->id, SK_SUFFIX);
     if (make_dirs(kt->state_dir) != 0) {
         cmk_error("token %s: state-dir %s cannot be made: %s", kt->name,
                   kt->state_dir, strerror(errno));
         return CKR_DEVICE_ERROR;
     }
-    dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fstat(dfd, &st) != 0 || !dir_ok(kt, &st)) {
-        if (dfd >= 0)
-            close(dfd);
+    w->dfd = open(kt->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (w->dfd < 0 || fstat(w->dfd, &st) != 0 || !dir_ok(kt, &st)) {
+        if (w->dfd >= 0)
+            close(w->dfd);
         return CKR_DEVICE_ERROR;
     }
     text = kv_skey_json(k);
     if (text == NULL) {
-        close(dfd);
+        close(w->dfd);
         return CKR_HOST_MEMORY;
     }
-    len = strlen(text);
-    snprintf(tmp, sizeof(tmp), ".%s%s.tmp.%ld", k->id, SK_SUFFIX,
-             (long)getpid());
-    snprintf(final, sizeof(final), "%s%s", k->id, SK_SUFFIX);
-    fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
-                0600);
-    if (fd < 0)
-        goto fail;
-    while (off < len && (r = write(fd, text + off, len - off)) > 0)
-        off += (size_t)r;
-    if (off != len || fsync(fd) != 0 || close(fd) != 0) {
-        fd = -1;
-        goto fail;
+    errno = 0;
+    fd = openat(w->dfd, w->tmp,
+                O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 || write_all(fd, text, strlen(text)) != 0 || fsync(fd) != 0)
+        err = errno ? errno : EIO;
+    if (fd >= 0 && close(fd) != 0 && err == 0)
+        err = errno;
+    free(text);
+    if (err != 0) {
+        cmk_error("token %s: state file %s/%s cannot be written: %s", kt->name,
+                  kt->state_dir, w->final, strerror(err));
+        tmp_end(kt, w, CKR_DEVICE_ERROR);
+        return CKR_DEVICE_ERROR;
     }
-    fd = -1;
     if (getenv("CMKP11_TEST_STORE_PAUSE") != NULL)
         raise(SIGSTOP);
-    if (renameat(dfd, tmp, dfd, final) != 0)
-        goto fail;
-    /* What the next scan compares, so that it does not read it again. */
-    if (fstatat(dfd, final, written, AT_SYMLINK_NOFOLLOW) != 0)
-        memset(written, 0, sizeof(*written));
-    if (fsync(dfd) != 0)
-        cmk_error("token %s: state-dir %s: fsync: %s", kt->name, kt->state_dir,
-                  strerror(errno));
-    free(text);
-    close(dfd);
     return CKR_OK;
-fail:
-    cmk_error("token %s: state file %s/%s cannot be written: %s", kt->name,
-              kt->state_dir, final, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    unlinkat(dfd, tmp, 0);
-    close(dfd);
-    free(text);
+}
+
+/* Renames the temporary file over the key's; written: what the next scan
+ * compares, so that it does not read it again. */
+static CK_RV tmp_rename(struct kv_token *kt, struct tmp_file *w,
+                        struct stat *written)
+{
+    if (renameat(w->dfd, w->tmp, w->dfd, w->final) != 0) {
+        cmk_error("token %s: state file %s/%s cannot be written: %s", kt->name,
+                  kt->state_dir, w->final, strerror(errno));
+        return CKR_DEVICE_ERROR;
+    }
+    if (fstatat(w->dfd, w->final, written, AT_SYMLINK_NOFOLLOW) != 0)
+        memset(written, 0, sizeof(*written));
+    return CKR_OK;
+}
+
+/* Writes a new key's file (its name is new: no lock needed). */
+static CK_RV skey_write(struct kv_token *kt, const struct kv_skey *k,
+                        struct stat *written)
+{
+    struct tmp_file w;
+    CK_RV rv;
+
+    rv = tmp_write(kt, k, &w);
+    if (rv != CKR_OK)
+        return rv;
+    rv = tmp_rename(kt, &w, written);
+    tmp_end(kt, &w, rv);
     return rv;
 }
 
@@ -694,6 +738,20 @@ CK_RV kv_store_destroy(struct pcall *c, struct kv_skey *k)
 
 /* ---- using ---- */
 
+/* Whether mac is the MAC of the key's id, wrapping key and attributes
+ * under value. */
+static bool mac_ok(const unsigned char *value, size_t len, const char *id,
+                   const char *cmk, const struct attrs *a,
+                   const unsigned char mac[32])
+{
+    unsigned char want[32];
+    bool ok = kv_skey_mac(value, len, id, cmk, a, want) == 0 &&
+              CRYPTO_memcmp(want, mac, 32) == 0;
+
+    OPENSSL_cleanse(want, sizeof(want));
+    return ok;
+}
+
 /* The value of k, unwrapped through the vault at first use, while the
  * wrapping version may be used (checked on every use; reloaded after
  * refresh-interval). Copies it to buf (room for 512 bytes). */
@@ -798,23 +856,18 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
                   kt->name, id, cmk_rv_name(rv));
         goto out;
     }
-    {
-        unsigned char want[32];
-        if (plen == 0 || plen > 512 ||
-            kv_skey_mac(plain, plen, id, cmk, &a, want) != 0 ||
-            CRYPTO_memcmp(want, mac, 32) != 0) {
-            cmk_error("token %s: state file %s/%s%s skipped: its integrity "
-                      "check failed (attributes or value altered)",
-                      kt->name, kt->state_dir, id, SK_SUFFIX);
-            pthread_mutex_lock(&kt->lock);
-            k->bad = true;
-            free(k->why);
-            k->why = strdup("its integrity check failed (attributes or "
-                            "value altered)");
-            pthread_mutex_unlock(&kt->lock);
-            rv = CKR_KEY_HANDLE_INVALID;
-            goto out;
-        }
+    if (plen == 0 || plen > 512 || !mac_ok(plain, plen, id, cmk, &a, mac)) {
+        cmk_error("token %s: state file %s/%s%s skipped: its integrity "
+                  "check failed (attributes or value altered)",
+                  kt->name, kt->state_dir, id, SK_SUFFIX);
+        pthread_mutex_lock(&kt->lock);
+        k->bad = true;
+        free(k->why);
+        k->why = strdup("its integrity check failed (attributes or "
+                        "value altered)");
+        pthread_mutex_unlock(&kt->lock);
+        rv = CKR_KEY_HANDLE_INVALID;
+        goto out;
     }
     pthread_mutex_lock(&kt->lock);
     if (k->value == NULL && k->present) {
@@ -1007,10 +1060,78 @@ CK_RV kv_store_get_value(struct pcall *c, struct kv_skey *k, CK_BYTE *out,
     return rv;
 }
 
+/* Whether k left the directory: destroyed, here or by another process
+ * (not a file skipped). */
+static bool skey_gone(struct kv_token *kt, struct kv_skey *k)
+{
+    bool gone;
+
+    pthread_mutex_lock(&kt->lock);
+    gone = !k->present && !k->bad;
+    pthread_mutex_unlock(&kt->lock);
+    return gone;
+}
+
+/*
+ * The rewrap's new file, written as copy, takes the place of k's (under
+ * the lock, as kv_store_destroy removes it): only while k is in the
+ * directory, so that a key destroyed during the rewrap stays destroyed.
+ * Its file is looked at first, so that one destroyed by another process
+ * since the last scan is not put back either (but for such a process's
+ * destroy between this look and the rename). k then holds the new
+ * wrapping.
+ */
+static CK_RV rewrap_commit(struct kv_token *kt, struct kv_skey *k,
+                           struct kv_skey *copy, struct tmp_file *w)
+{
+    struct stat st;
+    CK_RV rv;
+
+    pthread_mutex_lock(&kt->lock);
+    if (k->present && !k->bad &&
+        fstatat(w->dfd, w->final, &st, AT_SYMLINK_NOFOLLOW) != 0 &&
+        errno == ENOENT) {
+        k->present = false;
+        skey_drop_value_unlocked(k);
+    }
+    if (k->bad) {
+        cmk_error("token %s: secret key %s not rewrapped: its file was "
+                  "skipped meanwhile (%s)",
+                  kt->name, k->id, k->why ? k->why : "unreadable");
+        rv = CKR_KEY_HANDLE_INVALID;
+    } else if (!k->present) {
+        cmk_info("token %s: secret key %s was destroyed during its rewrap: "
+                 "its file is not written again",
+                 kt->name, k->id);
+        rv = CKR_OBJECT_HANDLE_INVALID;
+    } else {
+        rv = tmp_rename(kt, w, &st);
+    }
+    if (rv == CKR_OK) {
+        free(k->cmk_ver);
+        k->cmk_ver = copy->cmk_ver;
+        copy->cmk_ver = NULL;
+        free(k->wrapped);
+        k->wrapped = copy->wrapped;
+        k->wrapped_len = copy->wrapped_len;
+        copy->wrapped = NULL;
+        k->dev = st.st_dev;
+        k->ino = st.st_ino;
+        k->size = st.st_size;
+        k->mtime = st.st_mtim;
+        cmk_info("token %s: secret key %s rewrapped under %s version %s",
+                 kt->name, k->id, k->cmk, k->cmk_ver);
+    }
+    pthread_mutex_unlock(&kt->lock);
+    return rv;
+}
+
 /*
  * Rewraps k under version want of its wrapping key (NULL or "": the
  * current one): the same value, a new file. The value is unwrapped with
- * the version that wraps it now, so that one must still be usable.
+ * the version that wraps it now, so that one must still be usable. A key
+ * destroyed before or during the rewrap: CKR_OBJECT_HANDLE_INVALID, as the
+ * front end answers for an object gone.
  */
 CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
 {
@@ -1018,12 +1139,14 @@ CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
     unsigned char value[512];
     size_t len = 0;
     struct kv_skey copy;
-    struct stat st;
+    struct tmp_file w;
     EVP_PKEY *pk = NULL;
     char *ver = NULL;
     CK_RV rv;
 
     rv = skey_value(c, k, value, &len);
+    if (rv == CKR_KEY_HANDLE_INVALID && skey_gone(kt, k))
+        rv = CKR_OBJECT_HANDLE_INVALID;
     if (rv != CKR_OK)
         return rv;
     memset(&copy, 0, sizeof(copy));
@@ -1043,23 +1166,10 @@ CK_RV kv_store_rewrap(struct pcall *c, struct kv_skey *k, const char *want)
         rv = oaep_wrap(pk, value, len, &copy.wrapped, &copy.wrapped_len);
     copy.cmk_ver = ver;
     if (rv == CKR_OK)
-        rv = skey_write(kt, &copy, &st);
+        rv = tmp_write(kt, &copy, &w);
     if (rv == CKR_OK) {
-        pthread_mutex_lock(&kt->lock);
-        free(k->cmk_ver);
-        k->cmk_ver = copy.cmk_ver;
-        copy.cmk_ver = NULL;
-        free(k->wrapped);
-        k->wrapped = copy.wrapped;
-        k->wrapped_len = copy.wrapped_len;
-        copy.wrapped = NULL;
-        k->dev = st.st_dev;
-        k->ino = st.st_ino;
-        k->size = st.st_size;
-        k->mtime = st.st_mtim;
-        pthread_mutex_unlock(&kt->lock);
-        cmk_info("token %s: secret key %s rewrapped under %s version %s",
-                 kt->name, copy.id, copy.cmk, ver);
+        rv = rewrap_commit(kt, k, &copy, &w);
+        tmp_end(kt, &w, rv);
     }
     EVP_PKEY_free(pk);
     OPENSSL_cleanse(value, sizeof(value));
