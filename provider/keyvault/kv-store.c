@@ -869,8 +869,12 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
         rv = CKR_KEY_HANDLE_INVALID;
         goto out;
     }
+    /* Kept only beside what it was checked with: a scan may have put
+     * another file's attributes and MAC in k meanwhile (this use goes on
+     * with the file it read; the next checks k's own). */
     pthread_mutex_lock(&kt->lock);
-    if (k->value == NULL && k->present) {
+    if (k->value == NULL && k->present && !k->bad &&
+        mac_ok(plain, plen, k->id, k->cmk, &k->attrs, k->mac)) {
         k->value = secure_dup(plain, plen);
         k->value_len = k->value ? plen : 0;
     }

@@ -8,6 +8,11 @@ call, and the second session acts while it is held.
    rewrap answers CKR_OBJECT_HANDLE_INVALID and writes no file: the key
    stays destroyed, on disk and in the listings after refresh-interval;
    also when another process destroys it.
+2. A first use of a key unwraps its value through the vault while its file
+   is altered (CKA_EXTRACTABLE set, the MAC kept) and C_FindObjects reads
+   the altered file. The value checked against the old file is not kept
+   beside the new attributes: the next use checks the new file's MAC, so
+   the value is not revealed and the key is no longer listed.
 
 The racing call goes through ctypes, which lets other threads run while it
 waits (PyKCS11 keeps Python's lock for the whole call)."""
@@ -230,3 +235,52 @@ is_(rv, P.CKR_OBJECT_HANDLE_INVALID,
 is_(files(), [], "no file put back")
 time.sleep(REFRESH + 0.3)
 is_(len(find(s1, "elsewhere")), 0, "after refresh-interval it is not listed")
+
+# 2. A first use unwraps while the file is altered and read again. The key
+# is made by another process, so that this one has never held its value.
+value = os.urandom(32)
+r = subprocess.run([sys.executable, "-c", OTHER, MODULE, value.hex()],
+                   env=env, capture_output=True, text=True, timeout=120)
+is_(r.stdout.strip(), "made", "another process makes a sensitive key",
+    r.stderr)
+time.sleep(REFRESH + 0.3)
+v1 = find(s1, "victim")
+is_(len(v1), 1, "this process lists it")
+
+
+def alter():
+    """The attacker who may write the file: CKA_SENSITIVE off,
+    CKA_EXTRACTABLE on, the MAC kept; then a listing reads it."""
+    f, d = file_of("victim")
+    for a in d["attributes"]:
+        if int(a[0], 16) in (P.CKA_SENSITIVE, P.CKA_ALWAYS_SENSITIVE):
+            a[1] = "00"
+        if int(a[0], 16) == P.CKA_EXTRACTABLE:
+            a[1] = "01"
+    with open(f + ".new", "w") as out:
+        json.dump(d, out)
+    os.chmod(f + ".new", 0o600)
+    os.rename(f + ".new", f)
+    time.sleep(REFRESH + 0.3)
+    find(s2, "victim")
+
+
+rv, was_held, waiting = race("kvemu:unwrapKey", lambda: cbc_encrypt(s1, v1[0]),
+                             alter)
+t.ok(was_held and waiting,
+     "the first use unwraps through the vault while the file is altered and "
+     "listed again", "held %s, still waiting %s" % (was_held, waiting))
+is_(rv, 0, "that use, checked against the file it read, works")
+v2 = find(s2, "victim")
+ext = bool(s2.getAttributeValue(v2[0], [P.CKA_EXTRACTABLE])[0]) if v2 else None
+is_((len(v2), ext), (1, True),
+    "the altered file is listed with it (its MAC needs the value)")
+# PyKCS11 answers None for CKR_ATTRIBUTE_SENSITIVE.
+got = s2.getAttributeValue(v2[0], [P.CKA_VALUE])[0] if v2 else "-"
+t.ok(got is None, "the value is not revealed through the altered attributes",
+     "the value came back" if got is not None and bytes(got) == value
+     else repr(got))
+is_(len(find(s2, "victim")), 0, "the altered key is no longer listed")
+t.ok(os.path.basename(file_of("victim")[0] or "-") +
+     " skipped: its integrity check failed" in s.log_text(),
+     "the log names the altered file")
