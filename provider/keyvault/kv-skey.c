@@ -32,26 +32,40 @@ bool kv_skey_is_id(const char *s, size_t len)
     return true;
 }
 
+/* A decimal number as the writer prints them (no sign, no leading zero,
+ * at most 10 digits) from p up to end; 0 if it is not one. */
+static unsigned long long decimal(const char *p, const char *end)
+{
+    unsigned long long v = 0;
+    size_t digits = (size_t)(end - p), i;
+
+    if (digits == 0 || digits > 10 || p[0] == '0')
+        return 0;
+    for (i = 0; i < digits; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        v = v * 10 + (unsigned)(p[i] - '0');
+    }
+    return v;
+}
+
 pid_t kv_skey_tmp_pid(const char *name)
 {
     static const char mid[] = SK_SUFFIX ".tmp.";
-    const char *p = name + 1 + 32 + sizeof(mid) - 1;
-    size_t n = strlen(name), i, digits;
-    unsigned long long pid = 0;
+    const char *p = name + 1 + 32 + sizeof(mid) - 1, *dot, *end;
+    size_t n = strlen(name);
+    unsigned long long pid;
 
     if (n <= 1 + 32 + sizeof(mid) - 1 || name[0] != '.' ||
         !kv_skey_is_id(name + 1, 32) ||
         memcmp(name + 33, mid, sizeof(mid) - 1) != 0)
         return 0;
-    digits = strlen(p);
-    /* As the writer names them: decimal, no sign, no leading zero. */
-    if (digits > 10 || p[0] == '0')
+    end = name + n;
+    /* ".PID.SERIAL": one writer of several in the process. */
+    dot = strchr(p, '.');
+    if (dot != NULL && decimal(dot + 1, end) == 0)
         return 0;
-    for (i = 0; i < digits; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return 0;
-        pid = pid * 10 + (unsigned)(p[i] - '0');
-    }
+    pid = decimal(p, dot != NULL ? dot : end);
     return pid > 0 && pid <= INT_MAX ? (pid_t)pid : 0;
 }
 

@@ -58,8 +58,9 @@ struct kv_skey {
 
 /* s[0..len) is a key id: 32 lowercase hex digits. */
 bool kv_skey_is_id(const char *s, size_t len);
-/* The PID of a temporary file's name ".ID.json.tmp.PID", or 0 if name is
- * not one. */
+/* The PID of a temporary file's name ".ID.json.tmp.PID.SERIAL" (or
+ * ".ID.json.tmp.PID", as earlier releases name them), or 0 if name is not
+ * one. */
 pid_t kv_skey_tmp_pid(const char *name);
 
 /* Parses one file's text (text[len] is a NUL) into a new key whose file

@@ -102,7 +102,7 @@ static void scan_one_unlocked(struct kv_token *kt, int dfd, const char *name)
 
     if (nlen != 32 + strlen(SK_SUFFIX) || strcmp(name + 32, SK_SUFFIX) != 0 ||
         !kv_skey_is_id(name, 32))
-        return; /* temporary files (".ID.json.tmp.PID") and others */
+        return; /* temporary files (".ID.json.tmp.PID.SERIAL") and others */
     memcpy(id, name, 32);
     id[32] = '\0';
     fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
@@ -203,7 +203,7 @@ quiet:
 }
 
 /*
- * A writer's temporary file ".ID.json.tmp.PID" left by a writer killed
+ * A writer's temporary file ".ID.json.tmp.PID.SERIAL" left by a writer killed
  * before its rename is removed once nobody can be writing it: its PID is
  * no live process of this host (kill answers ESRCH) and it is older than
  * SK_TMP_MAX_AGE, since a writer of another host or PID namespace sharing
@@ -395,7 +395,7 @@ static int make_dirs(const char *path)
  */
 struct tmp_file {
     int dfd;        /* the state directory */
-    char tmp[128];  /* ".ID.json.tmp.PID" */
+    char tmp[128];  /* ".ID.json.tmp.PID.SERIAL" */
     char final[64]; /* "ID.json" */
 };
 
@@ -423,15 +423,20 @@ static int write_all(int fd, const char *text, size_t len)
 }
 
 /* Writes k's file under its temporary name (w->dfd open on success). */
+static unsigned tmp_serial; /* atomic: each temporary file's own name */
+
 static CK_RV tmp_write(struct kv_token *kt, const struct kv_skey *k,
                        struct tmp_file *w)
 {
     struct stat st;
     char *text;
     int fd, err = 0;
+    unsigned serial;
 
-    snprintf(w->tmp, sizeof(w->tmp), ".%s%s.tmp.%ld", k->id, SK_SUFFIX,
-             (long)getpid());
+    /* Its own name: two calls may rewrap the same key at once. */
+    serial = __atomic_add_fetch(&tmp_serial, 1, __ATOMIC_RELAXED);
+    snprintf(w->tmp, sizeof(w->tmp), ".%s%s.tmp.%ld.%u", k->id, SK_SUFFIX,
+             (long)getpid(), serial != 0 ? serial : 1);
     snprintf(w->final, sizeof(w->final), "%s%s", k->id, SK_SUFFIX);
     if (make_dirs(kt->state_dir) != 0) {
         cmk_error("token %s: state-dir %s cannot be made: %s", kt->name,

@@ -354,7 +354,7 @@ def pause_writer(what):
             time.monotonic() < deadline:
         time.sleep(0.05)
     return p, stopped(p.pid), glob.glob(os.path.join(state,
-                                                     ".*.tmp.%d" % p.pid))
+                                                     ".*.tmp.%d.*" % p.pid))
 
 
 def kill_paused(what):
@@ -400,7 +400,7 @@ is_([f for f in leftovers if os.path.exists(f)], [],
     "the listing removed the leftovers an hour old whose writers are gone")
 log = s.log_text()
 t.ok(all("removed %s, the temporary file of process %s" %
-         (f, f.rsplit(".", 1)[1]) in log for f in leftovers),
+         (f, f.split(".tmp.")[1].split(".")[0]) in log for f in leftovers),
      "the log names each removed file and its process")
 t.ok(paused and len(live_tmps) == 1 and os.path.exists(live_tmps[0]),
      "a stopped, live writer's temporary file an hour old stays",
