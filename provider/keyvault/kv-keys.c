@@ -196,15 +196,39 @@ bool kv_version_enabled_unlocked(struct kv_token *kt,
     return true;
 }
 
+uint64_t kv_next_seq(struct kv_token *kt)
+{
+    uint64_t seq;
+
+    pthread_mutex_lock(&kt->lock);
+    seq = ++kt->load_seq;
+    pthread_mutex_unlock(&kt->lock);
+    return seq;
+}
+
+/* Whether answers asked for at seq may change what *mark says (they are
+ * no older than the newest already taken); then they are the newest. */
+static bool newer_unlocked(uint64_t *mark, uint64_t seq)
+{
+    if (seq < *mark)
+        return false;
+    *mark = seq;
+    return true;
+}
+
 /*
- * Stores a key bundle (GET /keys/NAME[/VERSION]) read from replica rep.
- * From the replica the key's versions are listed from (ref), the bundle
- * is the version's; *out (if not NULL) gets the version, which lives as
- * long as the token. From any replica it is that replica's record.
+ * Stores a key bundle (GET /keys/NAME[/VERSION]) read from replica rep
+ * for the load numbered seq. From the replica the key's versions are
+ * listed from (ref), the bundle is the version's; *out (if not NULL) gets
+ * the version, which lives as long as the token. From any replica it is
+ * that replica's record (*xout, if not NULL, as long-lived). The public
+ * key is taken whenever; presence and attributes only from a load no
+ * older than the one the key shows.
  */
 CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
-                     struct kv_key *k, json_object *doc, const char *method,
-                     const char *path, struct kv_version **out)
+                     uint64_t seq, struct kv_key *k, json_object *doc,
+                     const char *method, const char *path,
+                     struct kv_version **out, struct kv_rver **xout)
 {
     struct kv_bundle b;
     struct kv_version *v = NULL;
@@ -228,6 +252,8 @@ CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
         x->read = pub != NULL;
         if (x->read)
             memcpy(x->spki, spki, 32);
+    }
+    if (x != NULL && newer_unlocked(&k->rseq[rep->index], seq)) {
         x->present = true;
         if (b.has_attrs)
             rver_attrs(x, &b.attrs);
@@ -235,6 +261,7 @@ CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
     if (ref)
         v = kv_version_get_unlocked(k, b.version);
     if (v != NULL) {
+        bool fresh = newer_unlocked(&k->seq, seq);
         free(v->kty);
         v->kty = strdup(b.kty);
         if (pub != NULL) {
@@ -248,50 +275,81 @@ CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
             memcpy(v->spki, spki, 32);
             pub = NULL;
         }
-        free(v->key_ops);
-        v->key_ops = strdup(b.ops);
-        if (b.has_attrs)
+        if (fresh || v->key_ops == NULL) {
+            free(v->key_ops);
+            v->key_ops = strdup(b.ops);
+        }
+        if (fresh && b.has_attrs)
             set_attributes(v, &b.attrs);
         v->loaded = v->n != NULL && v->kty != NULL;
         v->read = true;
-        v->present = true;
+        if (fresh)
+            v->present = true;
     }
     pthread_mutex_unlock(&kt->lock);
     attrs_release(pub);
     if (out != NULL)
         *out = v;
+    if (xout != NULL)
+        *xout = x;
     kv_bundle_clear(&b);
     return CKR_OK;
 }
 
-/* A 404 on the key: it was deleted, and its versions disappear. */
-static void key_gone(struct kv_token *kt, struct kv_key *k)
+/* A 404 on the key, for the load numbered seq: it was deleted, and its
+ * versions disappear (unless a newer load has found it since). */
+static void key_gone(struct kv_token *kt, struct kv_key *k, uint64_t seq)
 {
+    bool fresh;
+
     pthread_mutex_lock(&kt->lock);
-    k->exists = false;
-    k->loaded_at_ms = kv_now_ms();
+    fresh = newer_unlocked(&k->exists_seq, seq);
+    if (fresh) {
+        k->exists = false;
+        k->loaded_at_ms = kv_now_ms();
+    }
     pthread_mutex_unlock(&kt->lock);
-    kv_unwrap_cache_prune(kt, k, true);
+    if (fresh)
+        kv_unwrap_cache_prune(kt, k, true);
 }
 
-/* The version ids a versions listing named, every page. */
+/* What a versions listing named, every page: each version's id and,
+ * where the listing gives them, its attributes. */
+struct listed_one {
+    char *id;
+    bool has_attrs;
+    struct kv_attrs attrs; /* recovery: a copy */
+};
+
 struct listed {
-    char **ids;
+    struct listed_one *v;
     size_t n, cap;
 };
 
-static bool listed_add(struct listed *l, const char *id)
+static bool listed_add(struct listed *l, const char *id,
+                       const struct kv_item *it)
 {
+    struct listed_one *one;
+
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 16;
-        char **ids = realloc(l->ids, cap * sizeof(*ids));
-        if (ids == NULL)
+        struct listed_one *v = realloc(l->v, cap * sizeof(*v));
+        if (v == NULL)
             return false;
-        l->ids = ids;
+        l->v = v;
         l->cap = cap;
     }
-    if ((l->ids[l->n] = strdup(id)) == NULL)
+    one = &l->v[l->n];
+    memset(one, 0, sizeof(*one));
+    one->has_attrs = it->has_attrs;
+    one->attrs = it->attrs;
+    one->attrs.recovery = NULL;
+    if ((one->id = strdup(id)) == NULL ||
+        (it->has_attrs && it->attrs.recovery != NULL &&
+         (one->attrs.recovery = strdup(it->attrs.recovery)) == NULL)) {
+        free(one->id);
         return false;
+    }
     l->n++;
     return true;
 }
@@ -301,7 +359,7 @@ static bool listed_has(const struct listed *l, const char *id)
     size_t i;
 
     for (i = 0; i < l->n; i++)
-        if (strcasecmp(l->ids[i], id) == 0)
+        if (strcasecmp(l->v[i].id, id) == 0)
             return true;
     return false;
 }
@@ -310,19 +368,22 @@ static void listed_clear(struct listed *l)
 {
     size_t i;
 
-    for (i = 0; i < l->n; i++)
-        free(l->ids[i]);
-    free(l->ids);
+    for (i = 0; i < l->n; i++) {
+        free(l->v[i].id);
+        free((char *)l->v[i].attrs.recovery);
+    }
+    free(l->v);
     memset(l, 0, sizeof(*l));
 }
 
 /*
  * What a whole listing found, applied at once under the lock: the listed
- * versions (and keep, the current one) are present, the others not. So a
- * search or an operation on another thread never sees a version absent
- * because a listing of it is under way, and a listing that fails part way
- * changes nothing. The token's versions only from a load (seq) no older
- * than the one they show.
+ * versions (and keep, the current one) are present, with the attributes
+ * listed, the others not. So a search or an operation on another thread
+ * never sees a version absent because a listing of it is under way, and
+ * a listing that fails part way changes nothing. Replica rep's records,
+ * and the token's versions when rep is the one they are listed from
+ * (ref), only from a load (seq) no older than the one they show.
  */
 static void listed_apply(struct kv_token *kt, struct kv_replica *rep, bool ref,
                          struct kv_key *k, const char *keep, uint64_t seq,
@@ -330,13 +391,25 @@ static void listed_apply(struct kv_token *kt, struct kv_replica *rep, bool ref,
 {
     struct kv_version *v;
     struct kv_rver *x;
+    size_t i;
 
     pthread_mutex_lock(&kt->lock);
-    for (x = k->rv[rep->index]; x != NULL; x = x->next)
-        x->present = (keep != NULL && strcasecmp(x->version, keep) == 0) ||
-                     listed_has(l, x->version);
-    if (ref && seq >= k->seq) {
-        k->seq = seq;
+    if (newer_unlocked(&k->rseq[rep->index], seq)) {
+        for (i = 0; i < l->n; i++) {
+            x = rver_get_unlocked(k, rep->index, l->v[i].id, true);
+            if (x != NULL && l->v[i].has_attrs)
+                rver_attrs(x, &l->v[i].attrs);
+        }
+        for (x = k->rv[rep->index]; x != NULL; x = x->next)
+            x->present = (keep != NULL && strcasecmp(x->version, keep) == 0) ||
+                         listed_has(l, x->version);
+    }
+    if (ref && newer_unlocked(&k->seq, seq)) {
+        for (i = 0; i < l->n; i++) {
+            v = kv_version_get_unlocked(k, l->v[i].id);
+            if (v != NULL && l->v[i].has_attrs)
+                set_attributes(v, &l->v[i].attrs);
+        }
         for (v = k->versions; v != NULL; v = v->next)
             v->present = (keep != NULL && strcasecmp(v->version, keep) == 0) ||
                          listed_has(l, v->version);
@@ -351,7 +424,8 @@ static void listed_apply(struct kv_token *kt, struct kv_replica *rep, bool ref,
  * answered) present either way. Returns CKR_OK; *refused when the identity
  * may not list (403), which is logged once for the replica and not asked
  * again; *gone when the key is not there (404). Neither, nor an error,
- * changes which versions are present.
+ * changes which versions are present: after a refusal they are what the
+ * last listing found until each is read by its id.
  */
 static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
                            bool ref, struct pcall *c, struct kv_key *k,
@@ -360,8 +434,6 @@ static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
 {
     struct kv_result res;
     char *path = kv_strdup_printf("/keys/%s/versions?maxresults=25", esc);
-    struct kv_version *v;
-    struct kv_rver *x;
     struct listed found = {NULL, 0, 0};
     CK_RV rv = path != NULL ? CKR_OK : CKR_HOST_MEMORY;
 
@@ -417,24 +489,13 @@ static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
             listed_clear(&found);
             return rv;
         }
-        pthread_mutex_lock(&kt->lock);
         for (i = 0; rv == CKR_OK && i < l.n; i++) {
             char kname[256], version[128];
-            if (!kv_split_kid(l.items[i].kid, kname, sizeof(kname), version,
-                              sizeof(version)))
-                continue;
-            if (!listed_add(&found, version)) {
+            if (kv_split_kid(l.items[i].kid, kname, sizeof(kname), version,
+                             sizeof(version)) &&
+                !listed_add(&found, version, &l.items[i]))
                 rv = CKR_HOST_MEMORY;
-                break;
-            }
-            x = rver_get_unlocked(k, rep->index, version, true);
-            if (x != NULL && l.items[i].has_attrs)
-                rver_attrs(x, &l.items[i].attrs);
-            v = ref ? kv_version_get_unlocked(k, version) : NULL;
-            if (v != NULL && l.items[i].has_attrs)
-                set_attributes(v, &l.items[i].attrs);
         }
-        pthread_mutex_unlock(&kt->lock);
         if (rv == CKR_OK && l.next != NULL && (path = strdup(l.next)) == NULL)
             rv = CKR_HOST_MEMORY;
         kv_listing_clear(&l);
@@ -446,15 +507,19 @@ static CK_RV list_versions(struct kv_token *kt, struct kv_replica *rep,
     return rv;
 }
 
-/* Marks replica r's versions of k absent until a listing finds them. */
-static void rver_unmark(struct kv_token *kt, struct kv_key *k, int r,
-                        const char *keep)
+/* Replica rep said the key is not there (404), for the load numbered
+ * seq: it holds no version of it (unless a newer load has found it since). */
+static void rep_gone(struct kv_token *kt, struct kv_replica *rep,
+                     struct kv_key *k, uint64_t seq)
 {
     struct kv_rver *x;
 
     pthread_mutex_lock(&kt->lock);
-    for (x = k->rv[r]; x != NULL; x = x->next)
-        x->present = keep != NULL && strcasecmp(x->version, keep) == 0;
+    if (newer_unlocked(&k->rseq[rep->index], seq)) {
+        k->gone_on |= 1u << rep->index;
+        for (x = k->rv[rep->index]; x != NULL; x = x->next)
+            x->present = false;
+    }
     pthread_mutex_unlock(&kt->lock);
 }
 
@@ -472,7 +537,7 @@ static void rver_unmark(struct kv_token *kt, struct kv_key *k, int r,
  */
 static int load_replica(struct kv_token *kt, struct kv_replica *rep,
                         struct pcall *c, struct kv_key *k, const char *esc,
-                        int64_t deadline, CK_RV *rvp)
+                        uint64_t seq, int64_t deadline, CK_RV *rvp)
 {
     struct kv_result res;
     struct kv_version *v;
@@ -492,9 +557,7 @@ static int load_replica(struct kv_token *kt, struct kv_replica *rep,
         return REP_OK;
     }
     if (rv == CKR_KEY_HANDLE_INVALID && res.status == 404) {
-        pthread_mutex_lock(&kt->lock);
-        k->gone_on |= 1u << rep->index;
-        pthread_mutex_unlock(&kt->lock);
+        rep_gone(kt, rep, k, seq);
         cmk_error("token %s: key %s is not in %s, a replica of %s (404 %s): "
                   "the key is treated as deleted (a replica never undoes a "
                   "revocation); copy it there with backup and restore, or "
@@ -502,7 +565,6 @@ static int load_replica(struct kv_token *kt, struct kv_replica *rep,
                   kt->name, k->name, rep->url, kt->vault_url, res.code);
         kv_result_clear(&res);
         free(path);
-        rver_unmark(kt, k, rep->index, NULL);
         return REP_GONE;
     }
     if (rv != CKR_OK) {
@@ -512,26 +574,23 @@ static int load_replica(struct kv_token *kt, struct kv_replica *rep,
         free(path);
         return REP_REFUSED;
     }
-    rv = kv_take_bundle(kt, rep, false, k, res.doc, "GET", path, NULL);
+    /* cur: the replica's current version, as it answered. */
+    rv = kv_take_bundle(kt, rep, false, seq, k, res.doc, "GET", path, NULL,
+                        &cur);
     kv_result_clear(&res);
     free(path);
-    if (rv != CKR_OK)
+    if (rv != CKR_OK || cur == NULL)
         return REP_OK;
     pthread_mutex_lock(&kt->lock);
-    k->gone_on &= ~(1u << rep->index);
-    for (x = k->rv[rep->index]; x != NULL; x = x->next)
-        if (x->present)
-            cur = x;
+    if (seq >= k->rseq[rep->index])
+        k->gone_on &= ~(1u << rep->index);
     refused = rep->list_refused;
     pthread_mutex_unlock(&kt->lock);
     if (!refused) {
-        rv = list_versions(kt, rep, false, c, k, esc, cur ? cur->version : NULL,
-                           0, deadline, &refused, &gone);
+        rv = list_versions(kt, rep, false, c, k, esc, cur->version, seq,
+                           deadline, &refused, &gone);
         if (gone) {
-            pthread_mutex_lock(&kt->lock);
-            k->gone_on |= 1u << rep->index;
-            pthread_mutex_unlock(&kt->lock);
-            rver_unmark(kt, k, rep->index, NULL);
+            rep_gone(kt, rep, k, seq);
             return REP_GONE;
         }
         if (rv != CKR_OK)
@@ -548,7 +607,7 @@ static int load_replica(struct kv_token *kt, struct kv_replica *rep,
         /* The token's versions by id (backup and restore keep them). */
         for (v = k->versions; v != NULL; v = v->next)
             if (v->present && v->loaded &&
-                (cur == NULL || strcasecmp(v->version, cur->version) != 0))
+                strcasecmp(v->version, cur->version) != 0)
                 fetch[n++] = strdup(v->version);
     } else if (fetch != NULL) {
         for (x = k->rv[rep->index]; x != NULL; x = x->next)
@@ -562,11 +621,12 @@ static int load_replica(struct kv_token *kt, struct kv_replica *rep,
                  ? kv_call(kt, rep, c, "GET", path, NULL, deadline, false, &res)
                  : CKR_HOST_MEMORY;
         if (rv == CKR_OK) {
-            kv_take_bundle(kt, rep, false, k, res.doc, "GET", path, NULL);
+            kv_take_bundle(kt, rep, false, seq, k, res.doc, "GET", path, NULL,
+                           NULL);
         } else if (res.status == 404) {
             pthread_mutex_lock(&kt->lock);
             x = rver_get_unlocked(k, rep->index, fetch[i], false);
-            if (x != NULL)
+            if (x != NULL && seq >= k->rseq[rep->index])
                 x->present = false;
             pthread_mutex_unlock(&kt->lock);
         }
@@ -678,9 +738,7 @@ CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
 again:
     rep = NULL;
     latest = NULL;
-    pthread_mutex_lock(&kt->lock);
-    seq = ++kt->load_seq;
-    pthread_mutex_unlock(&kt->lock);
+    seq = kv_next_seq(kt);
     path = kv_strdup_printf("/keys/%s", esc);
     for (i = first; path != NULL && i < ncand; i++) {
         /* An unreachable vault leaves the others time to answer. */
@@ -708,7 +766,7 @@ again:
                         kt->name, name, rep->host, res.code, res.message);
         kv_result_clear(&res);
         free(esc);
-        key_gone(kt, k);
+        key_gone(kt, k, seq);
         return CKR_OK;
     }
     if (rv != CKR_OK) {
@@ -719,12 +777,14 @@ again:
         return rv;
     }
     pthread_mutex_lock(&kt->lock);
-    k->ref = rep->index;
-    k->gone_on &= ~(1u << rep->index);
+    if (seq >= k->rseq[rep->index]) {
+        k->ref = rep->index;
+        k->gone_on &= ~(1u << rep->index);
+    }
     pthread_mutex_unlock(&kt->lock);
     path = kv_strdup_printf("/keys/%s", esc);
-    rv = kv_take_bundle(kt, rep, true, k, res.doc, "GET", path ? path : name,
-                        &latest);
+    rv = kv_take_bundle(kt, rep, true, seq, k, res.doc, "GET",
+                        path ? path : name, &latest, NULL);
     free(path);
     kv_result_clear(&res);
     if (rv != CKR_OK || latest == NULL) {
@@ -747,13 +807,12 @@ again:
         if (rv != CKR_OK || gone) {
             free(esc);
             if (gone)
-                key_gone(kt, k);
+                key_gone(kt, k, seq);
             return rv;
         }
     }
     pthread_mutex_lock(&kt->lock);
-    if (seq >= k->seq) { /* else a load that asked later has ended first */
-        k->seq = seq;
+    if (newer_unlocked(&k->latest_seq, seq)) { /* else a later one has ended */
         free(k->latest);
         k->latest = strdup(latest->version);
     }
@@ -781,7 +840,8 @@ again:
     }
     /* A replica that said the key is gone keeps it gone until it holds
      * the key again (read below). */
-    k->exists = k->gone_on == 0;
+    if (newer_unlocked(&k->exists_seq, seq))
+        k->exists = k->gone_on == 0;
     /* Read here: another search may be loading the same key. */
     rv = fetch != NULL && k->latest != NULL ? CKR_OK : CKR_HOST_MEMORY;
     pthread_mutex_unlock(&kt->lock);
@@ -791,12 +851,13 @@ again:
                             kt->nrep == 1, &res)
                   : CKR_HOST_MEMORY;
         if (rv == CKR_OK) {
-            rv = kv_take_bundle(kt, rep, true, k, res.doc, "GET", path, NULL);
+            rv = kv_take_bundle(kt, rep, true, seq, k, res.doc, "GET", path,
+                                NULL, NULL);
         } else if (res.status == 404) {
             rv = CKR_OK; /* deleted since, or never was */
             pthread_mutex_lock(&kt->lock);
             v = kv_version_get_unlocked(k, fetch[i]);
-            if (v != NULL)
+            if (v != NULL && seq >= k->seq)
                 v->present = v->named = false;
             pthread_mutex_unlock(&kt->lock);
         } else {
@@ -820,10 +881,10 @@ again:
         int got;
         if (r <= rep->index)
             continue; /* the one read above, or found unreachable */
-        got = load_replica(kt, &kt->rep[r], c, k, esc, deadline, &rrv);
+        got = load_replica(kt, &kt->rep[r], c, k, esc, seq, deadline, &rrv);
         if (got == REP_GONE) {
             free(esc);
-            key_gone(kt, k);
+            key_gone(kt, k, seq);
             return CKR_OK;
         }
         if (got == REP_REFUSED) {
@@ -836,8 +897,10 @@ again:
         if (kt->nrep > 1)
             log_differences(kt, k);
         pthread_mutex_lock(&kt->lock);
-        k->exists = k->gone_on == 0;
-        k->loaded_at_ms = kv_now_ms();
+        if (newer_unlocked(&k->exists_seq, seq)) {
+            k->exists = k->gone_on == 0;
+            k->loaded_at_ms = kv_now_ms();
+        }
         pthread_mutex_unlock(&kt->lock);
         kv_unwrap_cache_prune(kt, k, false); /* versions revoked since */
     }

@@ -317,6 +317,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     struct kv_key *k;
     struct kv_version *v;
     bool exists;
+    uint64_t seq;
     CK_RV rv;
     int r = -1;
 
@@ -376,6 +377,7 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
         rv = CKR_HOST_MEMORY;
         goto out;
     }
+    seq = kv_next_seq(kt); /* before the request: its answer is newer */
     rv = kv_call(kt, &kt->rep[0], c, "POST", path, body, deadline, true, &res);
     if (rv != CKR_OK) {
         kv_explain(kt, name, exists && bits == 0 ? "rotate" : "create",
@@ -400,8 +402,8 @@ static CK_RV kv_generate_key_pair(struct pcall *c, const CK_MECHANISM *mech,
     k = kv_key_get_unlocked(kt, name, true);
     pthread_mutex_unlock(&kt->lock);
     if (k != NULL)
-        rv = kv_take_bundle(kt, &kt->rep[0], true, k, res.doc, "POST", path,
-                            NULL);
+        rv = kv_take_bundle(kt, &kt->rep[0], true, seq, k, res.doc, "POST",
+                            path, NULL, NULL);
     kv_result_clear(&res);
     if (rv != CKR_OK)
         goto out;
@@ -695,6 +697,7 @@ CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
     struct kv_result res;
     struct kv_key *k;
     bool on = *(const CK_BBOOL *)at->pValue != CK_FALSE;
+    uint64_t seq;
     CK_RV rv;
 
     if (kt->nrep > 1) {
@@ -722,6 +725,7 @@ CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
         rv = CKR_HOST_MEMORY;
         goto out;
     }
+    seq = kv_next_seq(kt); /* before the request: its answer is newer */
     rv = kv_call(kt, &kt->rep[0], c, "PATCH", path,
                  on ? "{\"attributes\":{\"enabled\":true}}"
                     : "{\"attributes\":{\"enabled\":false}}",
@@ -733,7 +737,8 @@ CK_RV kv_set_enabled(struct pcall *c, void *ref, const CK_ATTRIBUTE *at)
         goto out;
     }
     /* The answer is the version's bundle, "enabled" as it is now. */
-    rv = kv_take_bundle(kt, &kt->rep[0], true, k, res.doc, "PATCH", path, NULL);
+    rv = kv_take_bundle(kt, &kt->rep[0], true, seq, k, res.doc, "PATCH", path,
+                        NULL, NULL);
     kv_result_clear(&res);
     if (rv != CKR_OK)
         goto out;

@@ -93,10 +93,14 @@ struct kv_key {
     int ref;      /* the replica its versions were last listed from */
     unsigned gone_on; /* replicas whose last answer was a 404 on the key */
     struct kv_rver *rv[KV_MAX_REPLICAS]; /* as each replica holds them */
-    /* The newest load whose current version and versions listing the key
-     * shows (kv_token.load_seq when it asked): an older load that ends
-     * later does not undo a newer one's view. */
-    uint64_t seq;
+    /* The newest loads (kv_token.load_seq when they asked the vault)
+     * whose answers the key shows: its versions' presence and attributes
+     * (seq), its current version (latest_seq), whether it exists
+     * (exists_seq), what each replica holds (rseq). An older load that
+     * ends later does not undo a newer one; each load sets what no newer
+     * one has set yet, so that it ends with a whole view. */
+    uint64_t seq, latest_seq, exists_seq;
+    uint64_t rseq[KV_MAX_REPLICAS];
     struct kv_key *next;
 };
 
@@ -192,9 +196,12 @@ CK_RV kv_call(struct kv_token *kt, struct kv_replica *rep, struct pcall *c,
 /* kv-keys.c */
 bool kv_stale(int64_t at, long refresh_ms);
 bool kv_has_op(const char *ops, const char *op);
+/* A new number for what the vault is asked next (kv_key.seq). */
+uint64_t kv_next_seq(struct kv_token *kt);
 CK_RV kv_take_bundle(struct kv_token *kt, struct kv_replica *rep, bool ref,
-                     struct kv_key *k, json_object *doc, const char *method,
-                     const char *path, struct kv_version **out);
+                     uint64_t seq, struct kv_key *k, json_object *doc,
+                     const char *method, const char *path,
+                     struct kv_version **out, struct kv_rver **xout);
 CK_RV kv_load_key(struct kv_token *kt, struct pcall *c, const char *name,
                   const char *want, int64_t deadline);
 struct kv_version *kv_current_unlocked(struct kv_token *kt, struct kv_key *k);
