@@ -387,7 +387,7 @@ static int make_dirs(const char *path)
  * and fsync'd (tmp_write), renamed over the name (tmp_rename), the
  * directory fsync'd (tmp_end). A writer killed at any point leaves the old
  * file or the new one, never a part. The rename of a rewrap is made under
- * the token's lock, where the key is known to be still there, so that a
+ * the token's lock, and only over the key's file (tmp_replace), so that a
  * destroy or a scan sees the old file or the new one, never a file put
  * back after a destroy. CMKP11_TEST_STORE_PAUSE (tests only,
  * docs/keyvault.md) stops the process (SIGSTOP) between the write and the
@@ -422,21 +422,35 @@ static int write_all(int fd, const char *text, size_t len)
     return off == len ? 0 : -1;
 }
 
-/* Writes k's file under its temporary name (w->dfd open on success). */
 static unsigned tmp_serial; /* atomic: each temporary file's own name */
 
+/* Makes k's temporary file, a name no one else has (not even a process
+ * of another PID namespace with the same PID): O_EXCL, the next serial
+ * while the name is taken. The descriptor, or -1 (errno). */
+static int tmp_open(struct tmp_file *w, const struct kv_skey *k)
+{
+    int fd = -1, i;
+
+    for (i = 0; fd < 0 && i < 16; i++) {
+        unsigned serial = __atomic_add_fetch(&tmp_serial, 1, __ATOMIC_RELAXED);
+        snprintf(w->tmp, sizeof(w->tmp), ".%s%s.tmp.%ld.%u", k->id, SK_SUFFIX,
+                 (long)getpid(), serial != 0 ? serial : 1);
+        fd = openat(w->dfd, w->tmp,
+                    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    return fd;
+}
+
+/* Writes k's file under its temporary name (w->dfd open on success). */
 static CK_RV tmp_write(struct kv_token *kt, const struct kv_skey *k,
                        struct tmp_file *w)
 {
     struct stat st;
     char *text;
     int fd, err = 0;
-    unsigned serial;
 
-    /* Its own name: two calls may rewrap the same key at once. */
-    serial = __atomic_add_fetch(&tmp_serial, 1, __ATOMIC_RELAXED);
-    snprintf(w->tmp, sizeof(w->tmp), ".%s%s.tmp.%ld.%u", k->id, SK_SUFFIX,
-             (long)getpid(), serial != 0 ? serial : 1);
     snprintf(w->final, sizeof(w->final), "%s%s", k->id, SK_SUFFIX);
     if (make_dirs(kt->state_dir) != 0) {
         cmk_error("token %s: state-dir %s cannot be made: %s", kt->name,
@@ -454,12 +468,18 @@ static CK_RV tmp_write(struct kv_token *kt, const struct kv_skey *k,
         close(w->dfd);
         return CKR_HOST_MEMORY;
     }
+    fd = tmp_open(w, k);
+    if (fd < 0) {
+        cmk_error("token %s: state file %s/%s cannot be written: %s", kt->name,
+                  kt->state_dir, w->tmp, strerror(errno));
+        free(text);
+        close(w->dfd);
+        return CKR_DEVICE_ERROR;
+    }
     errno = 0;
-    fd = openat(w->dfd, w->tmp,
-                O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0 || write_all(fd, text, strlen(text)) != 0 || fsync(fd) != 0)
+    if (write_all(fd, text, strlen(text)) != 0 || fsync(fd) != 0)
         err = errno ? errno : EIO;
-    if (fd >= 0 && close(fd) != 0 && err == 0)
+    if (close(fd) != 0 && err == 0)
         err = errno;
     free(text);
     if (err != 0) {
@@ -486,6 +506,43 @@ static CK_RV tmp_rename(struct kv_token *kt, struct tmp_file *w,
     if (fstatat(w->dfd, w->final, written, AT_SYMLINK_NOFOLLOW) != 0)
         memset(written, 0, sizeof(*written));
     return CKR_OK;
+}
+
+/*
+ * Puts the rewrap's file in the place of the key's, only while the key's
+ * file is there: the two names are exchanged, which fails when the key's
+ * is gone (destroyed, by this process or another: CKR_OBJECT_HANDLE_INVALID),
+ * and the old file, now under the temporary name, is removed. Where the
+ * file system cannot exchange names, the key's file is looked at, then
+ * renamed over (another process's destroy between the two is undone).
+ */
+static CK_RV tmp_replace(struct kv_token *kt, struct tmp_file *w,
+                         struct stat *written)
+{
+    struct stat st;
+
+#ifdef RENAME_EXCHANGE
+    if (renameat2(w->dfd, w->tmp, w->dfd, w->final, RENAME_EXCHANGE) == 0) {
+        if (unlinkat(w->dfd, w->tmp, 0) != 0)
+            cmk_warning("token %s: the replaced file %s/%s cannot be removed: "
+                        "%s",
+                        kt->name, kt->state_dir, w->tmp, strerror(errno));
+        if (fstatat(w->dfd, w->final, written, AT_SYMLINK_NOFOLLOW) != 0)
+            memset(written, 0, sizeof(*written));
+        return CKR_OK;
+    }
+    if (errno == ENOENT)
+        return CKR_OBJECT_HANDLE_INVALID;
+    if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+        cmk_error("token %s: state file %s/%s cannot be written: %s", kt->name,
+                  kt->state_dir, w->final, strerror(errno));
+        return CKR_DEVICE_ERROR;
+    }
+#endif
+    if (fstatat(w->dfd, w->final, &st, AT_SYMLINK_NOFOLLOW) != 0 &&
+        errno == ENOENT)
+        return CKR_OBJECT_HANDLE_INVALID;
+    return tmp_rename(kt, w, written);
 }
 
 /* Writes a new key's file (its name is new: no lock needed). */
@@ -771,12 +828,14 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
     CK_ULONG plen = 0;
     size_t cap = 0, wlen = 0;
     struct attrs a;
+    int tries = 0;
     CK_RV rv;
 
     attrs_init(&a);
     /* What other processes did (destroyed, rewrapped) counts within
      * refresh-interval, as for the wrapping version's state. */
     scan(kt, false);
+again:
     pthread_mutex_lock(&kt->lock);
     if (!k->present || k->bad) {
         pthread_mutex_unlock(&kt->lock);
@@ -836,6 +895,21 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
         pthread_mutex_unlock(&kt->lock);
         goto out;
     }
+    if (strcmp(k->cmk_ver, ver) != 0) {
+        /* Rewrapped meanwhile: its value is now wrapped under another
+         * version, which is checked instead. */
+        pthread_mutex_unlock(&kt->lock);
+        free(cmk);
+        free(ver);
+        cmk = ver = NULL;
+        if (++tries < 3)
+            goto again;
+        cmk_error("token %s: secret key %s is rewrapped again and again "
+                  "while it is used; try again",
+                  kt->name, k->id);
+        rv = CKR_FUNCTION_FAILED;
+        goto out;
+    }
     /* First use: unwrap through the vault, then check the mac. */
     plain = secure_alloc(cap = k->wrapped_len + 1);
     wrapped = malloc(k->wrapped_len);
@@ -865,11 +939,14 @@ static CK_RV skey_value(struct pcall *c, struct kv_skey *k, unsigned char *buf,
         cmk_error("token %s: state file %s/%s%s skipped: its integrity "
                   "check failed (attributes or value altered)",
                   kt->name, kt->state_dir, id, SK_SUFFIX);
+        /* The file checked, unless a scan has read another since. */
         pthread_mutex_lock(&kt->lock);
-        k->bad = true;
-        free(k->why);
-        k->why = strdup("its integrity check failed (attributes or "
-                        "value altered)");
+        if (memcmp(k->mac, mac, 32) == 0) {
+            k->bad = true;
+            free(k->why);
+            k->why = strdup("its integrity check failed (attributes or "
+                            "value altered)");
+        }
         pthread_mutex_unlock(&kt->lock);
         rv = CKR_KEY_HANDLE_INVALID;
         goto out;
@@ -1084,11 +1161,9 @@ static bool skey_gone(struct kv_token *kt, struct kv_skey *k)
 /*
  * The rewrap's new file, written as copy, takes the place of k's (under
  * the lock, as kv_store_destroy removes it): only while k is in the
- * directory, so that a key destroyed during the rewrap stays destroyed.
- * Its file is looked at first, so that one destroyed by another process
- * since the last scan is not put back either (but for such a process's
- * destroy between this look and the rename). k then holds the new
- * wrapping.
+ * directory, so that a key destroyed during the rewrap stays destroyed,
+ * also by another process since the last scan (tmp_replace). k then holds
+ * the new wrapping.
  */
 static CK_RV rewrap_commit(struct kv_token *kt, struct kv_skey *k,
                            struct kv_skey *copy, struct tmp_file *w)
@@ -1097,25 +1172,24 @@ static CK_RV rewrap_commit(struct kv_token *kt, struct kv_skey *k,
     CK_RV rv;
 
     pthread_mutex_lock(&kt->lock);
-    if (k->present && !k->bad &&
-        fstatat(w->dfd, w->final, &st, AT_SYMLINK_NOFOLLOW) != 0 &&
-        errno == ENOENT) {
-        k->present = false;
-        skey_drop_value_unlocked(k);
-    }
     if (k->bad) {
         cmk_error("token %s: secret key %s not rewrapped: its file was "
                   "skipped meanwhile (%s)",
                   kt->name, k->id, k->why ? k->why : "unreadable");
         rv = CKR_KEY_HANDLE_INVALID;
     } else if (!k->present) {
+        rv = CKR_OBJECT_HANDLE_INVALID;
+    } else {
+        rv = tmp_replace(kt, w, &st);
+        if (rv == CKR_OBJECT_HANDLE_INVALID) {
+            k->present = false;
+            skey_drop_value_unlocked(k);
+        }
+    }
+    if (rv == CKR_OBJECT_HANDLE_INVALID)
         cmk_info("token %s: secret key %s was destroyed during its rewrap: "
                  "its file is not written again",
                  kt->name, k->id);
-        rv = CKR_OBJECT_HANDLE_INVALID;
-    } else {
-        rv = tmp_rename(kt, w, &st);
-    }
     if (rv == CKR_OK) {
         free(k->cmk_ver);
         k->cmk_ver = copy->cmk_ver;

@@ -205,6 +205,8 @@ is_(rv, P.CKR_OBJECT_HANDLE_INVALID,
     "the rewrap of the key destroyed meanwhile: CKR_OBJECT_HANDLE_INVALID",
     s.log_text()[-2000:])
 is_(files(), [], "the rewrap wrote no file for the destroyed key")
+is_(glob.glob(os.path.join(state, ".*.tmp.*")), [],
+    "nor left its temporary file")
 t.ok("secret key %s was destroyed during its rewrap: its file is not written "
      "again" % key_id in s.log_text(), "the log says so")
 time.sleep(REFRESH + 0.3)
@@ -233,6 +235,7 @@ t.ok(was_held and waiting and other and
 is_(rv, P.CKR_OBJECT_HANDLE_INVALID,
     "the rewrap: CKR_OBJECT_HANDLE_INVALID", s.log_text()[-2000:])
 is_(files(), [], "no file put back")
+is_(glob.glob(os.path.join(state, ".*.tmp.*")), [], "no temporary file left")
 time.sleep(REFRESH + 0.3)
 is_(len(find(s1, "elsewhere")), 0, "after refresh-interval it is not listed")
 
