@@ -302,3 +302,50 @@ def unwrap(session, priv, pk):
     except PyKCS11.PyKCS11Error as e:
         return e.value
     return 0 if val == dek else -1
+
+
+def skey_file(state, label):
+    """The file of the token secret key labelled label in the state
+    directory state, and its JSON; (None, None) if there is none. Files
+    that are not JSON are passed over."""
+    import glob
+    import json
+    for f in sorted(glob.glob(os.path.join(state, "*.json"))):
+        try:
+            with open(f) as fh:
+                d = json.load(fh)
+        except ValueError:
+            continue
+        for typ, val in d["attributes"]:
+            if int(typ, 16) == PyKCS11.CKA_LABEL and \
+                    bytes.fromhex(val) == label.encode():
+                return f, d
+    return None, None
+
+
+def skey_make_extractable(path, doc):
+    """What an attacker who may write a token secret key's file does:
+    CKA_SENSITIVE and CKA_ALWAYS_SENSITIVE off, CKA_EXTRACTABLE on, the
+    MAC kept; the file replaced as the module writes it (mode 0600)."""
+    import json
+    for a in doc["attributes"]:
+        if int(a[0], 16) in (PyKCS11.CKA_SENSITIVE,
+                             PyKCS11.CKA_ALWAYS_SENSITIVE):
+            a[1] = "00"
+        if int(a[0], 16) == PyKCS11.CKA_EXTRACTABLE:
+            a[1] = "01"
+    with open(path + ".new", "w") as out:
+        json.dump(doc, out)
+    os.chmod(path + ".new", 0o600)
+    os.rename(path + ".new", path)
+
+
+# The start of a helper process's script (python3 -c SCRIPT MODULE ...): a
+# read-write session "ses" on token kv of the module argv[1], PyKCS11 as P.
+KV_CHILD_SESSION = r'''
+import os, sys, PyKCS11 as P
+lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
+slot = [x for x in lib.getSlotList(tokenPresent=True)
+        if lib.getTokenInfo(x).label.strip() == "kv"][0]
+ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+'''

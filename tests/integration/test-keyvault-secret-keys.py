@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-from kvtest import Tap, KvSetup, PyKCS11, MODULE, find, ckr
+from kvtest import (Tap, KvSetup, PyKCS11, MODULE, find, ckr, skey_file,
+                    skey_make_extractable, KV_CHILD_SESSION)
 
 P = PyKCS11
 REFRESH = 2
@@ -196,16 +197,7 @@ def until(fn, want, limit):
 
 
 def file_of(label):
-    for f in files():
-        try:
-            d = json.load(open(f))
-        except ValueError:
-            continue  # the broken files of part 10
-        for typ, val in d["attributes"]:
-            if int(typ, 16) == P.CKA_LABEL and bytes.fromhex(val) == \
-                    label.encode():
-                return f, d
-    return None, None
+    return skey_file(state, label)
 
 
 v1 = file_of("known")[1]["wrapping-version"]
@@ -281,12 +273,7 @@ t.ok("secret keys:" in r.stdout and "k8s-kek" in r.stdout and v2 in r.stdout,
      "cmkp11-tool list shows them", r.stdout + r.stderr)
 
 # 8. Two processes create and use keys at the same time.
-MAKER = r'''
-import os, sys, PyKCS11 as P
-lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
-slot = [x for x in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(x).label.strip() == "kv"][0]
-ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+MAKER = KV_CHILD_SESSION + r'''
 bad = 0
 for i in range(int(sys.argv[3])):
     h = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
@@ -317,12 +304,7 @@ is_(len(files()), 2 + len(labels), "one file per key")
 # 9. A writer killed between write and rename (CMKP11_TEST_STORE_PAUSE
 # stops it there) leaves the old state: no key, or the key as it was; its
 # temporary file is removed by a later listing once it is old enough.
-KILLED = r'''
-import os, sys, PyKCS11 as P
-lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
-slot = [x for x in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(x).label.strip() == "kv"][0]
-ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+KILLED = KV_CHILD_SESSION + r'''
 if sys.argv[2] == "create":
     ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
                      (P.CKA_KEY_TYPE, P.CKK_AES), (P.CKA_TOKEN, True),
@@ -431,15 +413,7 @@ sens_h = ses.generateKey([(P.CKA_CLASS, P.CKO_SECRET_KEY),
                           (P.CKA_SENSITIVE, True), (P.CKA_EXTRACTABLE, False),
                           (P.CKA_ENCRYPT, True), (P.CKA_DECRYPT, True)])
 fv, dv = file_of("victim")
-for a in dv["attributes"]:
-    if int(a[0], 16) in (P.CKA_SENSITIVE, P.CKA_ALWAYS_SENSITIVE):
-        a[1] = "00"
-    if int(a[0], 16) == P.CKA_EXTRACTABLE:
-        a[1] = "01"
-with open(fv + ".new", "w") as f:
-    json.dump(dv, f)
-os.chmod(fv + ".new", 0o600)
-os.rename(fv + ".new", fv)
+skey_make_extractable(fv, dv)
 READ = r'''
 import sys, PyKCS11 as P
 lib = P.PyKCS11Lib(); lib.load(sys.argv[1])

@@ -18,14 +18,14 @@ The racing call goes through ctypes, which lets other threads run while it
 waits (PyKCS11 keeps Python's lock for the whole call)."""
 import ctypes
 import glob
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
 
-from kvtest import Tap, KvSetup, PyKCS11, MODULE
+from kvtest import (Tap, KvSetup, PyKCS11, MODULE, skey_file,
+                    skey_make_extractable, KV_CHILD_SESSION)
 
 P = PyKCS11
 REFRESH = 2
@@ -50,13 +50,7 @@ def files():
 
 
 def file_of(label):
-    for f in files():
-        d = json.load(open(f))
-        for typ, val in d["attributes"]:
-            if int(typ, 16) == P.CKA_LABEL and \
-                    bytes.fromhex(val) == label.encode():
-                return f, d
-    return None, None
+    return skey_file(state, label)
 
 
 def find(ses, label):
@@ -160,12 +154,7 @@ def race(route, call, during):
 
 # Another process on token kv: "destroy LABEL" destroys the key LABEL;
 # "HEX" makes a sensitive AES key "victim" with that value.
-OTHER = r'''
-import sys, PyKCS11 as P
-lib = P.PyKCS11Lib(); lib.load(sys.argv[1])
-slot = [x for x in lib.getSlotList(tokenPresent=True)
-        if lib.getTokenInfo(x).label.strip() == "kv"][0]
-ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
+OTHER = KV_CHILD_SESSION + r'''
 if sys.argv[2] == "destroy":
     for h in ses.findObjects([(P.CKA_CLASS, P.CKO_SECRET_KEY),
                               (P.CKA_LABEL, sys.argv[3])]):
@@ -254,16 +243,7 @@ is_(len(v1), 1, "this process lists it")
 def alter():
     """The attacker who may write the file: CKA_SENSITIVE off,
     CKA_EXTRACTABLE on, the MAC kept; then a listing reads it."""
-    f, d = file_of("victim")
-    for a in d["attributes"]:
-        if int(a[0], 16) in (P.CKA_SENSITIVE, P.CKA_ALWAYS_SENSITIVE):
-            a[1] = "00"
-        if int(a[0], 16) == P.CKA_EXTRACTABLE:
-            a[1] = "01"
-    with open(f + ".new", "w") as out:
-        json.dump(d, out)
-    os.chmod(f + ".new", 0o600)
-    os.rename(f + ".new", f)
+    skey_make_extractable(*file_of("victim"))
     time.sleep(REFRESH + 0.3)
     find(s2, "victim")
 
