@@ -370,6 +370,13 @@ is_(out, ["found 0", "0", "0"],
 # the directory is not seen); a live writer's file never.
 t.ok(len(leftovers) == 2 and all(os.path.exists(f) for f in leftovers),
      "a leftover younger than 10 minutes stays after a listing", leftovers)
+# The first as earlier releases name them: .ID.json.tmp.PID.
+if leftovers and leftovers[0].count(".tmp.") == 1:
+    old_form = leftovers[0].rsplit(".", 1)[0]
+    os.rename(leftovers[0], old_form)
+    leftovers[0] = old_form
+t.ok(leftovers and leftovers[0].split(".tmp.")[1].isdigit(),
+     "one leftover renamed to the earlier form .ID.json.tmp.PID", leftovers)
 hour_ago = time.time() - 3600
 for f in leftovers:
     os.utime(f, (hour_ago, hour_ago))
@@ -379,7 +386,8 @@ for f in live_tmps:
 out, err = child("kv", "known")
 is_(out, ["0"], "a new process lists and uses the keys", err)
 is_([f for f in leftovers if os.path.exists(f)], [],
-    "the listing removed the leftovers an hour old whose writers are gone")
+    "the listing removed the leftovers an hour old whose writers are gone, "
+    "in either form")
 log = s.log_text()
 t.ok(all("removed %s, the temporary file of process %s" %
          (f, f.split(".tmp.")[1].split(".")[0]) in log for f in leftovers),
