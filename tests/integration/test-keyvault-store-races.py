@@ -7,7 +7,8 @@ call, and the second session acts while it is held.
    key is read from the vault while C_DestroyObject destroys the key. The
    rewrap answers CKR_OBJECT_HANDLE_INVALID and writes no file: the key
    stays destroyed, on disk and in the listings after refresh-interval;
-   also when another process destroys it.
+   also when another process destroys it. Two rewraps of one key at once
+   both succeed, leave one file and no temporary one, and the same value.
 2. A first use of a key unwraps its value through the vault while its file
    is altered (CKA_EXTRACTABLE set, the MAC kept) and C_FindObjects reads
    the altered file. The value checked against the old file is not kept
@@ -227,6 +228,36 @@ is_(files(), [], "no file put back")
 is_(glob.glob(os.path.join(state, ".*.tmp.*")), [], "no temporary file left")
 time.sleep(REFRESH + 0.3)
 is_(len(find(s1, "elsewhere")), 0, "after refresh-interval it is not listed")
+
+# Two rewraps of one key at once, from two sessions: the vault's answers
+# held for both, so that they write and rename together. Each writes its
+# own temporary file; one file stays, with the same value.
+twice = os.urandom(32)
+s1.createObject([(P.CKA_CLASS, P.CKO_SECRET_KEY), (P.CKA_KEY_TYPE, P.CKK_AES),
+                 (P.CKA_TOKEN, True), (P.CKA_LABEL, "twice"),
+                 (P.CKA_VALUE, twice), (P.CKA_SENSITIVE, False),
+                 (P.CKA_EXTRACTABLE, True), (P.CKA_ENCRYPT, True),
+                 (P.CKA_DECRYPT, True)])
+h1, h2 = find(s1, "twice"), find(s2, "twice")
+emu.admin("POST", "faults", {"kind": "delay", "match": "kvemu:getKey",
+                             "delay_ms": 2000, "count": 2})
+got = {}
+threads = [threading.Thread(target=lambda n=n, ses=ses, h=h: got.update(
+    {n: rewrap(ses, h[0])})) for n, ses, h in ((1, s1, h1), (2, s2, h2))]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+emu.admin("DELETE", "faults")
+is_((got.get(1), got.get(2)), (0, 0), "two rewraps of one key at once: both "
+    "CKR_OK")
+is_(len(files()), 1, "one file")
+is_(glob.glob(os.path.join(state, ".*.tmp.*")), [], "no temporary file left")
+time.sleep(REFRESH + 0.3)
+h2 = find(s2, "twice")
+is_(bytes(s2.getAttributeValue(h2[0], [P.CKA_VALUE])[0]) if h2 else None,
+    twice, "read again from its file, the key has the same value")
+s1.destroyObject(find(s1, "twice")[0])
 
 # 2. A first use unwraps while the file is altered and read again. The key
 # is made by another process, so that this one has never held its value.
