@@ -445,9 +445,13 @@ static char *read_file_secret(const char *what, const char *file, size_t *len)
 {
     char err[300];
     char *buf = NULL;
-    int r = strcmp(what, "federated-token-file") == 0
-                ? secure_read_file(file, 1, &buf, len, err, sizeof(err))
-                : secure_read_secret_file(file, 1, &buf, len, err, sizeof(err));
+    /* The end of line a text file ends with goes; a certificate file is
+     * read whole: a PKCS#12 file is binary, and may end with any byte. */
+    int strip = strcmp(what, "client-certificate-file") != 0;
+    int r =
+        strcmp(what, "federated-token-file") == 0
+            ? secure_read_file(file, strip, &buf, len, err, sizeof(err))
+            : secure_read_secret_file(file, strip, &buf, len, err, sizeof(err));
 
     if (r != 0) {
         cmk_error("%s: %s", what, err);
