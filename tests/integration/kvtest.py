@@ -4,6 +4,7 @@ Starts the Key Vault emulator (tests/kvemu) in a private directory, writes a
 cmkp11 configuration for it, and loads cmkp11 through PyKCS11. Microsoft's
 Python SDK is available against the same emulator for cross-checks.
 """
+import ctypes
 import os
 import sys
 
@@ -349,3 +350,75 @@ slot = [x for x in lib.getSlotList(tokenPresent=True)
         if lib.getTokenInfo(x).label.strip() == "kv"][0]
 ses = lib.openSession(slot, P.CKF_SERIAL_SESSION | P.CKF_RW_SESSION)
 '''
+
+
+# PKCS #11 calls through ctypes, which lets other Python threads run while
+# a call waits (PyKCS11 keeps Python's lock for the whole call): for tests
+# that act on one thread while a call of another is held.
+CK_ULONG = ctypes.c_ulong
+
+
+class CK_ATTRIBUTE(ctypes.Structure):
+    _fields_ = [("type", CK_ULONG), ("pValue", ctypes.c_void_p),
+                ("ulValueLen", CK_ULONG)]
+
+
+class CK_MECHANISM(ctypes.Structure):
+    _fields_ = [("mechanism", CK_ULONG), ("pParameter", ctypes.c_void_p),
+                ("ulParameterLen", CK_ULONG)]
+
+
+class CK_FUNCTION_LIST(ctypes.Structure):
+    # CK_VERSION, then the functions in the order of PKCS #11 2.40.
+    _fields_ = [("version", ctypes.c_ubyte * 2),
+                ("f", ctypes.c_void_p * 68)]
+
+
+# Indexes in CK_FUNCTION_LIST.
+C_GET_FUNCTION_LIST, C_SET_ATTRIBUTE_VALUE = 3, 25
+C_FIND_OBJECTS_INIT, C_FIND_OBJECTS, C_FIND_OBJECTS_FINAL = 26, 27, 28
+C_ENCRYPT_INIT, C_ENCRYPT = 29, 30
+
+
+class RawP11:
+    """The function list of module (the library PyKCS11 loaded: the same
+    module, initialised once). ok: its C_GetFunctionList, where PKCS #11
+    puts it, answers the same list (its layout is read right)."""
+
+    def __init__(self, module):
+        self.so = ctypes.CDLL(module)
+        self.fl = ctypes.POINTER(CK_FUNCTION_LIST)()
+        self.so.C_GetFunctionList(ctypes.byref(self.fl))
+        again = ctypes.POINTER(CK_FUNCTION_LIST)()
+        self.fn(C_GET_FUNCTION_LIST, ctypes.c_void_p)(ctypes.byref(again))
+        self.ok = ctypes.addressof(again.contents) == \
+            ctypes.addressof(self.fl.contents)
+
+    def fn(self, index, *args):
+        """The function at index, returning a CK_RV, taking args."""
+        return ctypes.CFUNCTYPE(CK_ULONG, *args)(self.fl.contents.f[index])
+
+    def find_count(self, session, template):
+        """C_FindObjectsInit, C_FindObjects (up to 16), C_FindObjectsFinal
+        on a PyKCS11 session, template of (type, bytes); the number found,
+        or the CKR of the first call that failed, as ("rv", CKR)."""
+        attrs = (CK_ATTRIBUTE * len(template))()
+        keep = []
+        for i, (typ, val) in enumerate(template):
+            buf = ctypes.create_string_buffer(val, len(val))
+            keep.append(buf)
+            attrs[i] = CK_ATTRIBUTE(typ, ctypes.cast(buf, ctypes.c_void_p),
+                                    len(val))
+        h = session.session.value()
+        rv = self.fn(C_FIND_OBJECTS_INIT, CK_ULONG,
+                     ctypes.POINTER(CK_ATTRIBUTE), CK_ULONG)(
+            h, attrs, len(template))
+        if rv != 0:
+            return ("rv", rv)
+        out = (CK_ULONG * 16)()
+        n = CK_ULONG(0)
+        rv = self.fn(C_FIND_OBJECTS, CK_ULONG, ctypes.POINTER(CK_ULONG),
+                     CK_ULONG, ctypes.POINTER(CK_ULONG))(
+            h, out, 16, ctypes.byref(n))
+        self.fn(C_FIND_OBJECTS_FINAL, CK_ULONG)(h)
+        return ("rv", rv) if rv != 0 else n.value

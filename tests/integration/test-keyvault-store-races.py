@@ -26,7 +26,9 @@ import threading
 import time
 
 from kvtest import (Tap, KvSetup, PyKCS11, MODULE, skey_file,
-                    skey_make_extractable, KV_CHILD_SESSION)
+                    skey_make_extractable, KV_CHILD_SESSION, RawP11, CK_ULONG,
+                    CK_ATTRIBUTE, CK_MECHANISM, C_SET_ATTRIBUTE_VALUE,
+                    C_ENCRYPT_INIT, C_ENCRYPT)
 
 P = PyKCS11
 REFRESH = 2
@@ -59,52 +61,16 @@ def find(ses, label):
                             (P.CKA_LABEL, label)])
 
 
-# The module's function list through ctypes (the library PyKCS11 loaded:
-# the same module, initialised once).
-CK_ULONG = ctypes.c_ulong
-
-
-class CK_ATTRIBUTE(ctypes.Structure):
-    _fields_ = [("type", CK_ULONG), ("pValue", ctypes.c_void_p),
-                ("ulValueLen", CK_ULONG)]
-
-
-class CK_MECHANISM(ctypes.Structure):
-    _fields_ = [("mechanism", CK_ULONG), ("pParameter", ctypes.c_void_p),
-                ("ulParameterLen", CK_ULONG)]
-
-
-class CK_FUNCTION_LIST(ctypes.Structure):
-    # CK_VERSION, then the functions in the order of PKCS #11 2.40.
-    _fields_ = [("version", ctypes.c_ubyte * 2),
-                ("f", ctypes.c_void_p * 68)]
-
-
-C_GET_FUNCTION_LIST, C_SET_ATTRIBUTE_VALUE = 3, 25
-C_ENCRYPT_INIT, C_ENCRYPT = 29, 30
-
 s.load()
-so = ctypes.CDLL(MODULE)
-fl = ctypes.POINTER(CK_FUNCTION_LIST)()
-so.C_GetFunctionList(ctypes.byref(fl))
-
-
-def fn(index, *args):
-    return ctypes.CFUNCTYPE(CK_ULONG, *args)(fl.contents.f[index])
-
-
-again = ctypes.POINTER(CK_FUNCTION_LIST)()
-fn(C_GET_FUNCTION_LIST, ctypes.c_void_p)(ctypes.byref(again))
-t.ok(ctypes.addressof(again.contents) == ctypes.addressof(fl.contents),
-     "the list's C_GetFunctionList, where PKCS #11 puts it, answers the same "
-     "list (its layout is read right)")
-
-set_attribute_value = fn(C_SET_ATTRIBUTE_VALUE, CK_ULONG, CK_ULONG,
-                         ctypes.POINTER(CK_ATTRIBUTE), CK_ULONG)
-encrypt_init = fn(C_ENCRYPT_INIT, CK_ULONG, ctypes.POINTER(CK_MECHANISM),
-                  CK_ULONG)
-encrypt = fn(C_ENCRYPT, CK_ULONG, ctypes.c_char_p, CK_ULONG,
-             ctypes.c_char_p, ctypes.POINTER(CK_ULONG))
+raw = RawP11(MODULE)
+t.ok(raw.ok, "the list's C_GetFunctionList, where PKCS #11 puts it, answers "
+     "the same list (its layout is read right)")
+set_attribute_value = raw.fn(C_SET_ATTRIBUTE_VALUE, CK_ULONG, CK_ULONG,
+                             ctypes.POINTER(CK_ATTRIBUTE), CK_ULONG)
+encrypt_init = raw.fn(C_ENCRYPT_INIT, CK_ULONG, ctypes.POINTER(CK_MECHANISM),
+                      CK_ULONG)
+encrypt = raw.fn(C_ENCRYPT, CK_ULONG, ctypes.c_char_p, CK_ULONG,
+                 ctypes.c_char_p, ctypes.POINTER(CK_ULONG))
 
 
 def rewrap(ses, h):
