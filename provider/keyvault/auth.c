@@ -441,17 +441,17 @@ static void describe_failure(struct kv_auth *a, const char *where,
 /* Secrets others can read are refused (secure_read_secret_file), except
  * the federated token: Kubernetes writes that short-lived, audience-bound
  * token itself, 0644 by default in a projected volume. */
-static char *read_file_secret(const char *what, const char *file, size_t *len)
+/* A credential file: its end of line stripped (text), or whole (a
+ * certificate file: a PKCS#12 file is binary, and may end with any byte). */
+static char *read_file_secret(const char *what, const char *file, bool text,
+                              size_t *len)
 {
     char err[300];
     char *buf = NULL;
-    /* The end of line a text file ends with goes; a certificate file is
-     * read whole: a PKCS#12 file is binary, and may end with any byte. */
-    int strip = strcmp(what, "client-certificate-file") != 0;
     int r =
         strcmp(what, "federated-token-file") == 0
-            ? secure_read_file(file, strip, &buf, len, err, sizeof(err))
-            : secure_read_secret_file(file, strip, &buf, len, err, sizeof(err));
+            ? secure_read_file(file, text, &buf, len, err, sizeof(err))
+            : secure_read_secret_file(file, text, &buf, len, err, sizeof(err));
 
     if (r != 0) {
         cmk_error("%s: %s", what, err);
@@ -513,8 +513,8 @@ static json_object *jwt_claims(const char *aud, const char *client_id,
 static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
 {
     size_t len = 0, plen = 0;
-    char *data =
-        read_file_secret("client-certificate-file", a->cfg.cert_file, &len);
+    char *data = read_file_secret("client-certificate-file", a->cfg.cert_file,
+                                  false, &len);
     char *pass = NULL, none[1] = "";
     BIO *bio;
     int r = -1;
@@ -526,7 +526,7 @@ static int load_certificate(struct kv_auth *a, X509 **cert, EVP_PKEY **key)
     bio = BIO_new_mem_buf(data, (int)len);
     if (a->cfg.cert_password_file != NULL)
         pass = read_file_secret("client-certificate-password-file",
-                                a->cfg.cert_password_file, &plen);
+                                a->cfg.cert_password_file, true, &plen);
     if (bio != NULL && strstr(data, "-----BEGIN") != NULL) {
         *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
         BIO_reset(bio);
@@ -620,13 +620,14 @@ static char *credential_fields(struct kv_auth *a, const char *token_url,
     switch (a->cfg.method) {
     case KV_AUTH_CLIENT_SECRET:
         if (which == 1)
-            raw = a->cfg.secondary_secret_file
-                      ? read_file_secret("secondary-client-secret-file",
-                                         a->cfg.secondary_secret_file, &len)
-                      : NULL;
+            raw =
+                a->cfg.secondary_secret_file
+                    ? read_file_secret("secondary-client-secret-file",
+                                       a->cfg.secondary_secret_file, true, &len)
+                    : NULL;
         else if (a->cfg.secret_file != NULL)
             raw = read_file_secret("client-secret-file", a->cfg.secret_file,
-                                   &len);
+                                   true, &len);
         else if (a->cfg.secret_env != NULL)
             raw = secure_dup(a->cfg.secret_env,
                              (len = strlen(a->cfg.secret_env)) + 1);
@@ -638,7 +639,7 @@ static char *credential_fields(struct kv_auth *a, const char *token_url,
     case KV_AUTH_WORKLOAD_IDENTITY:
         if (which == 0)
             raw = read_file_secret("federated-token-file",
-                                   a->cfg.federated_token_file, &len);
+                                   a->cfg.federated_token_file, true, &len);
         break;
     default:
         break;
@@ -909,7 +910,8 @@ static CK_RV fetch_token_file(struct kv_auth *a, char **token,
                               long long *lifetime)
 {
     size_t len = 0;
-    char *t = read_file_secret("access-token-file", a->cfg.token_file, &len);
+    char *t =
+        read_file_secret("access-token-file", a->cfg.token_file, true, &len);
     long long life;
 
     if (t == NULL)

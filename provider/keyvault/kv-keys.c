@@ -354,10 +354,14 @@ static bool listed_add(struct listed *l, const char *id,
     return true;
 }
 
-static bool listed_has(const struct listed *l, const char *id)
+/* Whether version id is there after the listing l: listed, or keep (the
+ * current version, which a listing may not show yet). */
+static bool listed_has(const struct listed *l, const char *keep, const char *id)
 {
     size_t i;
 
+    if (keep != NULL && strcasecmp(keep, id) == 0)
+        return true;
     for (i = 0; i < l->n; i++)
         if (strcasecmp(l->v[i].id, id) == 0)
             return true;
@@ -401,8 +405,7 @@ static void listed_apply(struct kv_token *kt, struct kv_replica *rep, bool ref,
                 rver_attrs(x, &l->v[i].attrs);
         }
         for (x = k->rv[rep->index]; x != NULL; x = x->next)
-            x->present = (keep != NULL && strcasecmp(x->version, keep) == 0) ||
-                         listed_has(l, x->version);
+            x->present = listed_has(l, keep, x->version);
     }
     if (ref && newer_unlocked(&k->seq, seq)) {
         for (i = 0; i < l->n; i++) {
@@ -411,8 +414,7 @@ static void listed_apply(struct kv_token *kt, struct kv_replica *rep, bool ref,
                 set_attributes(v, &l->v[i].attrs);
         }
         for (v = k->versions; v != NULL; v = v->next)
-            v->present = (keep != NULL && strcasecmp(v->version, keep) == 0) ||
-                         listed_has(l, v->version);
+            v->present = listed_has(l, keep, v->version);
     }
     pthread_mutex_unlock(&kt->lock);
 }
